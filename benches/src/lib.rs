@@ -1,0 +1,1 @@
+//! Benchmarks of Tally (criterion and gungraun); see `benches/`.

@@ -1,0 +1,80 @@
+//! Operations on counters and their outcomes.
+//!
+//! An [`Op`] names one key and what to do to it; applying it yields an [`Outcome`] or an
+//! [`OpError`]. Failed operations never change state: the value after a rejected operation
+//! is the value before it.
+
+use crate::error::OpError;
+
+/// What an addition does when it would cross a counter's floor or ceiling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum BoundPolicy {
+    /// Reject the operation and leave the value unchanged (the default).
+    #[default]
+    Reject = 0,
+    /// Apply as much of the delta as the bound allows; the outcome reports `clamped`.
+    Clamp = 1,
+}
+
+/// One operation on one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op<'a> {
+    /// Add `delta` (negative to decrement). Creates the counter at 0 first if missing.
+    Add {
+        key: &'a [u8],
+        delta: i64,
+        policy: BoundPolicy,
+    },
+    /// Set the value; creates the counter if missing. A value outside the bounds is
+    /// rejected, or clamped if `policy` is [`BoundPolicy::Clamp`].
+    Set {
+        key: &'a [u8],
+        value: i64,
+        policy: BoundPolicy,
+    },
+    /// Read the value; a missing counter reads as 0 with `existed == false`.
+    Get { key: &'a [u8] },
+    /// Remove the counter and its bounds. Deleting a missing counter is not an error.
+    Delete { key: &'a [u8] },
+    /// Set or clear the floor and ceiling; creates the counter at 0 if missing. Rejected
+    /// with [`OpError::InvalidBounds`] if `floor > ceiling`, or with
+    /// [`OpError::OutOfBounds`] if the current value lies outside the new bounds.
+    SetBounds {
+        key: &'a [u8],
+        floor: Option<i64>,
+        ceiling: Option<i64>,
+    },
+}
+
+impl<'a> Op<'a> {
+    /// The key this operation touches.
+    pub fn key(&self) -> &'a [u8] {
+        match *self {
+            Op::Add { key, .. }
+            | Op::Set { key, .. }
+            | Op::Get { key }
+            | Op::Delete { key }
+            | Op::SetBounds { key, .. } => key,
+        }
+    }
+
+    /// Whether applying this operation can change state (and so must be journaled).
+    pub fn is_mutation(&self) -> bool {
+        !matches!(self, Op::Get { .. })
+    }
+}
+
+/// The result of a successful operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The counter's value after the operation (for `Delete`, the value it had).
+    pub value: i64,
+    /// Whether the counter existed before the operation.
+    pub existed: bool,
+    /// Whether a bound limited the operation (only with [`BoundPolicy::Clamp`]).
+    pub clamped: bool,
+}
+
+/// One result per operation of a batch, in the batch's order.
+pub type OpResult = Result<Outcome, OpError>;

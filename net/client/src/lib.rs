@@ -1,0 +1,2 @@
+//! Native, shard-aware client for Tally.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Tally's thread-per-core server.
