@@ -1,0 +1,161 @@
+//! The one error type of the RESP codec.
+//!
+//! Every message is the exact text of the error reply, without the leading `-` and the
+//! trailing CRLF, worded like Redis's own so that clients and people recognize it
+//! (`ERR wrong number of arguments for 'incr' command`). No message contains CR or LF.
+//!
+//! Errors fall in two classes, told apart by [`RespError::closes_connection`]:
+//!
+//! - protocol errors (`ERR Protocol error: ...`): the byte stream itself is broken, so
+//!   the next request cannot be found; like Redis, the server sends the error and closes
+//!   the connection;
+//! - command errors: the request was well framed but names an unknown command, has the
+//!   wrong arity, or carries a value Tally cannot use; the server replies with the error,
+//!   skips the request's bytes, and the connection stays usable.
+
+use crate::{ARGUMENTS_MAX, KEY_BYTES_MAX, REPLY_DEPTH_MAX, REQUEST_BYTES_MAX};
+
+/// Why bytes could not be decoded, or why a well-framed command cannot be served.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RespError {
+    /// A multibulk header `*<count>` is not an integer or exceeds [`ARGUMENTS_MAX`].
+    #[error("ERR Protocol error: invalid multibulk length")]
+    InvalidMultibulkLength,
+    /// A bulk header `$<length>` is not an integer, negative, or over [`crate::BULK_BYTES_MAX`].
+    #[error("ERR Protocol error: invalid bulk length")]
+    InvalidBulkLength,
+    /// The multibulk count line is longer than any valid count.
+    #[error("ERR Protocol error: too big mbulk count string")]
+    MultibulkCountTooLong,
+    /// The bulk length line is longer than any valid length.
+    #[error("ERR Protocol error: too big bulk count string")]
+    BulkCountTooLong,
+    /// An argument of a multibulk request does not start with `$`.
+    #[error("ERR Protocol error: expected '$', got '{}'", printable(*found))]
+    ExpectedBulk { found: u8 },
+    /// A bulk string is not followed by CRLF.
+    #[error("ERR Protocol error: expected CRLF after a bulk string")]
+    MissingBulkTerminator,
+    /// A header line ends in CR without LF.
+    #[error("ERR Protocol error: expected LF after CR")]
+    MissingLineFeed,
+    /// The request grows beyond [`REQUEST_BYTES_MAX`].
+    #[error("ERR Protocol error: request is larger than {REQUEST_BYTES_MAX} bytes")]
+    RequestTooLarge,
+    /// An inline request has no newline within [`crate::INLINE_BYTES_MAX`] bytes.
+    #[error("ERR Protocol error: too big inline request")]
+    InlineTooLarge,
+    /// An inline request has an unclosed quote, or a closing quote not followed by a space.
+    #[error("ERR Protocol error: unbalanced quotes in request")]
+    UnbalancedQuotes,
+    /// An inline request uses a backslash escape inside double quotes.
+    #[error("ERR Protocol error: escape sequences in inline requests are not supported")]
+    InlineEscapeUnsupported,
+    /// An inline request has more than [`ARGUMENTS_MAX`] arguments.
+    #[error("ERR Protocol error: more than {ARGUMENTS_MAX} arguments in inline request")]
+    InlineTooManyArguments,
+    /// A reply starts with a type byte this codec does not know (client side).
+    #[error("ERR Protocol error: unknown reply type {}", printable(*found))]
+    UnknownReplyType { found: u8 },
+    /// A reply's integer, length or count field is malformed (client side).
+    #[error("ERR Protocol error: invalid number in reply")]
+    InvalidReplyNumber,
+    /// Reply arrays nest deeper than [`REPLY_DEPTH_MAX`] (client side).
+    #[error("ERR Protocol error: reply nested deeper than {REPLY_DEPTH_MAX} levels")]
+    ReplyTooDeep,
+
+    /// The command name is not one Tally serves.
+    #[error("ERR unknown command '{name}', with args beginning with: {arguments}")]
+    UnknownCommand { name: String, arguments: String },
+    /// The subcommand is not one Tally serves (`command` is upper case, e.g. `CONFIG`).
+    #[error("ERR unknown subcommand '{subcommand}'. Try {command} HELP.")]
+    UnknownSubcommand {
+        command: &'static str,
+        subcommand: String,
+    },
+    /// The command has too few or too many arguments (`command` is lower case).
+    #[error("ERR wrong number of arguments for '{command}' command")]
+    WrongArity { command: &'static str },
+    /// An argument that must be a 64-bit signed integer is not one.
+    #[error("ERR value is not an integer or out of range")]
+    NotAnInteger,
+    /// SET with a value that is not a 64-bit signed integer.
+    #[error("ERR Tally stores integers only: value is not an integer or out of range")]
+    SetValueNotInteger,
+    /// A key is empty or longer than [`KEY_BYTES_MAX`] bytes.
+    #[error("ERR invalid key: length {length} is outside 1..={KEY_BYTES_MAX} bytes")]
+    InvalidKeyLength { length: usize },
+    /// Options or arguments in an order the command does not accept.
+    #[error("ERR syntax error")]
+    Syntax,
+    /// SET with options (NX, XX, GET, EX, ...), which Tally does not serve.
+    #[error("ERR Tally does not support SET options (NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL)")]
+    SetOptionsUnsupported,
+    /// HELLO with a protocol version that is not an integer.
+    #[error("ERR Protocol version is not an integer or out of range")]
+    ProtocolVersionNotInteger,
+    /// HELLO with a protocol version other than 2 or 3.
+    #[error("NOPROTO unsupported protocol version")]
+    UnsupportedProtocolVersion,
+
+    /// Server side: EXPIRE, PEXPIRE, TTL or PTTL before Tally has key expiry.
+    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, TTL, PTTL)")]
+    ExpiryUnsupported,
+    /// Server side: an INCR, INCRBY, DECR or DECRBY would leave the i64 range.
+    #[error("ERR increment or decrement would overflow")]
+    Overflow,
+    /// Server side: DECRBY with i64::MIN, whose negation does not exist.
+    #[error("ERR decrement would overflow")]
+    DecrementOverflow,
+    /// Server side: SELECT with a database other than 0.
+    #[error("ERR DB index is out of range")]
+    DatabaseIndexOutOfRange,
+}
+
+impl RespError {
+    /// Whether the server must close the connection after sending this error, because
+    /// the byte stream cannot be resynchronized (Redis closes on every protocol error).
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            RespError::InvalidMultibulkLength
+                | RespError::InvalidBulkLength
+                | RespError::MultibulkCountTooLong
+                | RespError::BulkCountTooLong
+                | RespError::ExpectedBulk { .. }
+                | RespError::MissingBulkTerminator
+                | RespError::MissingLineFeed
+                | RespError::RequestTooLarge
+                | RespError::InlineTooLarge
+                | RespError::UnbalancedQuotes
+                | RespError::InlineEscapeUnsupported
+                | RespError::InlineTooManyArguments
+                | RespError::UnknownReplyType { .. }
+                | RespError::InvalidReplyNumber
+                | RespError::ReplyTooDeep
+        )
+    }
+
+    /// Append this error as a RESP error reply (`-<message>\r\n`) to `out`.
+    pub fn write_reply(&self, out: &mut Vec<u8>) {
+        crate::reply::write_error(out, &self.to_string());
+    }
+}
+
+/// A byte as Redis's `%c` would show it, but never a control character: those become
+/// `\xNN` so that an error message stays on one line.
+fn printable(byte: u8) -> String {
+    if byte.is_ascii_graphic() || byte == b' ' {
+        char::from(byte).to_string()
+    } else {
+        format!("\\x{byte:02x}")
+    }
+}
+
+/// Text for error messages that quote client bytes: lossy UTF-8, CR and LF replaced by
+/// spaces (as Redis's `addReplyErrorFormat` does), at most `bytes_max` bytes of input.
+pub(crate) fn sanitized(bytes: &[u8], bytes_max: usize) -> String {
+    let shown = &bytes[..bytes.len().min(bytes_max)];
+    String::from_utf8_lossy(shown).replace(['\r', '\n'], " ")
+}

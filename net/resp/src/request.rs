@@ -1,0 +1,366 @@
+//! Framing of client requests: a request is a list of byte-string arguments, the first
+//! naming the command.
+//!
+//! Two encodings exist, told apart by the first byte, as in Redis:
+//!
+//! ```text
+//! multibulk (what every client library sends):
+//!   *<count>\r\n  then <count> times:  $<length>\r\n <length bytes> \r\n
+//!   e.g. *3\r\n$6\r\nINCRBY\r\n$5\r\npages\r\n$2\r\n10\r\n
+//! inline (what people type over telnet or nc), any first byte other than '*':
+//!   INCRBY pages 10\r\n     (or a bare \n; arguments split on spaces and tabs;
+//!                            "double" or 'single' quotes group words, no escapes)
+//! ```
+//!
+//! Invariants: a [`Request`] is only built from bytes that were fully validated, so
+//! iterating its arguments cannot fail. Limits: at most [`ARGUMENTS_MAX`] arguments,
+//! bulk strings of at most [`BULK_BYTES_MAX`] bytes, inline lines of at most
+//! [`INLINE_BYTES_MAX`] bytes, and [`REQUEST_BYTES_MAX`] bytes per request; exceeding one
+//! is a protocol error. A multibulk count of zero or less and a blank inline line are
+//! empty requests, which Redis skips silently, and so does [`crate::parse`].
+
+use crate::error::RespError;
+use crate::number::parse_i64;
+use crate::{ARGUMENTS_MAX, BULK_BYTES_MAX, INLINE_BYTES_MAX, REQUEST_BYTES_MAX};
+
+/// The longest `*<count>` or `$<length>` line accepted, CRLF excluded. Redis allows more,
+/// but no valid count (at most 5 digits) or length (at most 5 digits) needs more than 20.
+const HEADER_LINE_BYTES_MAX: usize = 20;
+
+const _: () = assert!(ARGUMENTS_MAX < 100_000 && BULK_BYTES_MAX < 1_000_000);
+const _: () = assert!(INLINE_BYTES_MAX <= REQUEST_BYTES_MAX);
+
+/// How a request was encoded on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    /// `body` holds the arguments' `$<length>\r\n<bytes>\r\n` records.
+    Multibulk,
+    /// `body` holds the line, without its line ending.
+    Inline,
+}
+
+/// One validated request, borrowing the receive buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Request<'a> {
+    encoding: Encoding,
+    body: &'a [u8],
+    argument_count: usize,
+}
+
+impl<'a> Request<'a> {
+    /// How many arguments the request has, the command name included.
+    pub fn argument_count(&self) -> usize {
+        self.argument_count
+    }
+
+    /// The arguments in order, the command name first.
+    pub fn arguments(&self) -> Arguments<'a> {
+        Arguments {
+            encoding: self.encoding,
+            rest: self.body,
+            remaining: self.argument_count,
+        }
+    }
+
+    /// Whether the request has no arguments at all (skipped by [`crate::parse`]).
+    pub fn is_empty(&self) -> bool {
+        self.argument_count == 0
+    }
+}
+
+/// Iterator over a [`Request`]'s arguments.
+#[derive(Clone, Debug)]
+pub struct Arguments<'a> {
+    encoding: Encoding,
+    rest: &'a [u8],
+    remaining: usize,
+}
+
+impl<'a> Iterator for Arguments<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.remaining == 0 {
+            return None;
+        }
+        self.remaining -= 1;
+        // The request was validated when it was framed, so neither step can fail; an
+        // unexpected shape ends the iteration rather than panicking.
+        let (argument, rest) = match self.encoding {
+            Encoding::Multibulk => next_bulk(self.rest).ok()??,
+            Encoding::Inline => next_inline_token(self.rest).ok()??,
+        };
+        self.rest = rest;
+        Some(argument)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for Arguments<'_> {}
+
+/// Frame one request at the start of `buf`: `Ok(None)` if more bytes are needed,
+/// otherwise the request and how many bytes it used.
+pub fn frame(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, RespError> {
+    match buf.first() {
+        None => Ok(None),
+        Some(b'*') => frame_multibulk(buf),
+        Some(_) => frame_inline(buf),
+    }
+}
+
+fn frame_multibulk(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, RespError> {
+    debug_assert_eq!(buf.first(), Some(&b'*'));
+    let Some((count, body_start)) = header_line(buf, 1, HeaderKind::Multibulk)? else {
+        return Ok(None);
+    };
+    let argument_count = match usize::try_from(count) {
+        Err(_) | Ok(0) => 0, // `*0` and `*-1` are empty requests, as in Redis.
+        Ok(count) if count > ARGUMENTS_MAX => return Err(RespError::InvalidMultibulkLength),
+        Ok(count) => count,
+    };
+    let mut position = body_start;
+    for _ in 0..argument_count {
+        let Some((_, end)) = bulk_at(buf, position)? else {
+            return Ok(None);
+        };
+        position = end;
+    }
+    let request = Request {
+        encoding: Encoding::Multibulk,
+        body: &buf[body_start..position],
+        argument_count,
+    };
+    Ok(Some((request, position)))
+}
+
+/// Validate the bulk string at `buf[position..]`: its bytes and where it ends.
+fn bulk_at(buf: &[u8], position: usize) -> Result<Option<(&[u8], usize)>, RespError> {
+    let Some(&first) = buf.get(position) else {
+        return Ok(None);
+    };
+    if first != b'$' {
+        return Err(RespError::ExpectedBulk { found: first });
+    }
+    let Some((length, data_start)) = header_line(buf, position + 1, HeaderKind::Bulk)? else {
+        return Ok(None);
+    };
+    let length = usize::try_from(length)
+        .ok()
+        .filter(|&length| length <= BULK_BYTES_MAX)
+        .ok_or(RespError::InvalidBulkLength)?;
+    let data_end = data_start + length;
+    let end = data_end + 2;
+    if end > REQUEST_BYTES_MAX {
+        return Err(RespError::RequestTooLarge);
+    }
+    if end > buf.len() {
+        return Ok(None);
+    }
+    if &buf[data_end..end] != b"\r\n" {
+        return Err(RespError::MissingBulkTerminator);
+    }
+    Ok(Some((&buf[data_start..data_end], end)))
+}
+
+/// Which header a line holds, for choosing Redis's error message.
+#[derive(Clone, Copy)]
+enum HeaderKind {
+    Multibulk,
+    Bulk,
+}
+
+/// Parse the decimal line starting at `buf[start]` and ending in CRLF: the number and the
+/// position after the CRLF.
+fn header_line(
+    buf: &[u8],
+    start: usize,
+    kind: HeaderKind,
+) -> Result<Option<(i64, usize)>, RespError> {
+    let (too_long, invalid) = match kind {
+        HeaderKind::Multibulk => (
+            RespError::MultibulkCountTooLong,
+            RespError::InvalidMultibulkLength,
+        ),
+        HeaderKind::Bulk => (RespError::BulkCountTooLong, RespError::InvalidBulkLength),
+    };
+    let window_end = buf.len().min(start + HEADER_LINE_BYTES_MAX + 1);
+    let window = buf.get(start..window_end).unwrap_or(&[]);
+    let Some(carriage_return) = window.iter().position(|&byte| byte == b'\r') else {
+        return if window.len() > HEADER_LINE_BYTES_MAX {
+            Err(too_long)
+        } else {
+            Ok(None)
+        };
+    };
+    let line_end = start + carriage_return;
+    match buf.get(line_end + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return Err(RespError::MissingLineFeed),
+    }
+    let number = parse_i64(&buf[start..line_end]).ok_or(invalid)?;
+    Ok(Some((number, line_end + 2)))
+}
+
+/// One argument and the bytes after it.
+type Split<'a> = (&'a [u8], &'a [u8]);
+
+/// The next bulk of an already validated multibulk body, and the rest of the body.
+fn next_bulk(body: &[u8]) -> Result<Option<Split<'_>>, RespError> {
+    Ok(bulk_at(body, 0)?.map(|(argument, end)| (argument, &body[end..])))
+}
+
+fn frame_inline(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, RespError> {
+    let window = &buf[..buf.len().min(INLINE_BYTES_MAX + 1)];
+    let Some(newline) = window.iter().position(|&byte| byte == b'\n') else {
+        return if window.len() > INLINE_BYTES_MAX {
+            Err(RespError::InlineTooLarge)
+        } else {
+            Ok(None)
+        };
+    };
+    let line = &buf[..newline];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let mut rest = line;
+    let mut argument_count = 0;
+    while let Some((_, after)) = next_inline_token(rest)? {
+        argument_count += 1;
+        if argument_count > ARGUMENTS_MAX {
+            return Err(RespError::InlineTooManyArguments);
+        }
+        rest = after;
+    }
+    let request = Request {
+        encoding: Encoding::Inline,
+        body: line,
+        argument_count,
+    };
+    Ok(Some((request, newline + 1)))
+}
+
+fn is_inline_space(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r' | b'\x0b' | b'\x0c')
+}
+
+/// The next whitespace-separated or quoted token of an inline line, and the rest.
+fn next_inline_token(line: &[u8]) -> Result<Option<Split<'_>>, RespError> {
+    let Some(start) = line.iter().position(|&byte| !is_inline_space(byte)) else {
+        return Ok(None);
+    };
+    let line = &line[start..];
+    let quote = line[0];
+    if quote != b'"' && quote != b'\'' {
+        let end = line
+            .iter()
+            .position(|&byte| is_inline_space(byte))
+            .unwrap_or(line.len());
+        return Ok(Some((&line[..end], &line[end..])));
+    }
+    let quoted = &line[1..];
+    let close = quoted
+        .iter()
+        .position(|&byte| byte == quote)
+        .ok_or(RespError::UnbalancedQuotes)?;
+    let token = &quoted[..close];
+    if quote == b'"' && token.contains(&b'\\') {
+        return Err(RespError::InlineEscapeUnsupported);
+    }
+    let rest = &quoted[close + 1..];
+    // As in Redis, a closing quote must be followed by a space or the end of the line.
+    if rest.first().is_some_and(|&byte| !is_inline_space(byte)) {
+        return Err(RespError::UnbalancedQuotes);
+    }
+    Ok(Some((token, rest)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arguments(buf: &[u8]) -> (Vec<Vec<u8>>, usize) {
+        let (request, consumed) = frame(buf).expect("valid").expect("complete");
+        (request.arguments().map(<[u8]>::to_vec).collect(), consumed)
+    }
+
+    #[test]
+    fn frames_multibulk() {
+        let buf = b"*3\r\n$6\r\nINCRBY\r\n$5\r\npages\r\n$2\r\n10\r\nrest";
+        let (parsed, consumed) = arguments(buf);
+        assert_eq!(parsed, [&b"INCRBY"[..], b"pages", b"10"]);
+        assert_eq!(consumed, buf.len() - 4);
+    }
+
+    #[test]
+    fn every_strict_prefix_of_a_multibulk_request_is_incomplete() {
+        let buf = b"*2\r\n$3\r\nGET\r\n$5\r\npages\r\n";
+        for end in 0..buf.len() {
+            assert_eq!(frame(&buf[..end]), Ok(None), "prefix of {end} bytes");
+        }
+    }
+
+    #[test]
+    fn frames_inline_with_quotes() {
+        let (quoted, consumed) = arguments(b"incrby  'a b' \"c\"\t5\r\nPING\r\n");
+        assert_eq!(quoted, [&b"incrby"[..], b"a b", b"c", b"5"]);
+        assert_eq!(consumed, 21);
+        let (bare, _) = arguments(b"PING\n");
+        assert_eq!(bare, [&b"PING"[..]]);
+    }
+
+    #[test]
+    fn rejects_broken_framing() {
+        let cases: [(&[u8], RespError); 9] = [
+            (b"*x\r\n", RespError::InvalidMultibulkLength),
+            (b"*10003\r\n", RespError::InvalidMultibulkLength),
+            (b"*1\r\n:5\r\n", RespError::ExpectedBulk { found: b':' }),
+            (b"*1\r\n$-1\r\n", RespError::InvalidBulkLength),
+            (b"*1\r\n$65537\r\n", RespError::InvalidBulkLength),
+            (b"*1\r\n$3\r\nabcde", RespError::MissingBulkTerminator),
+            (b"*1\rx", RespError::MissingLineFeed),
+            (
+                b"*11111111111111111111111",
+                RespError::MultibulkCountTooLong,
+            ),
+            (b"GET \"a\r\n", RespError::UnbalancedQuotes),
+        ];
+        for (buf, expected) in cases {
+            assert_eq!(
+                frame(buf),
+                Err(expected),
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_requests_over_the_size_limit_before_they_arrive() {
+        let mut buf = format!("*{ARGUMENTS_MAX}\r\n").into_bytes();
+        let bulk = format!("${BULK_BYTES_MAX}\r\n{}\r\n", "x".repeat(BULK_BYTES_MAX));
+        while buf.len() <= REQUEST_BYTES_MAX {
+            buf.extend_from_slice(bulk.as_bytes());
+        }
+        assert_eq!(frame(&buf), Err(RespError::RequestTooLarge));
+    }
+
+    #[test]
+    fn rejects_an_endless_inline_line() {
+        assert_eq!(frame(&vec![b'a'; INLINE_BYTES_MAX]), Ok(None));
+        assert_eq!(
+            frame(&vec![b'a'; INLINE_BYTES_MAX + 1]),
+            Err(RespError::InlineTooLarge)
+        );
+    }
+
+    #[test]
+    fn empty_requests_are_framed_as_empty() {
+        for buf in [&b"*0\r\n"[..], b"*-1\r\n", b"\r\n", b"   \n"] {
+            let (request, consumed) = frame(buf).unwrap().unwrap();
+            assert!(request.is_empty());
+            assert_eq!(consumed, buf.len());
+        }
+    }
+}
