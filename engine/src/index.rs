@@ -1,0 +1,331 @@
+//! The index table: an open-addressing hash table of counter slots, living in an arena file.
+//!
+//! # Layout (little-endian), file `pNNNNN.tGGGGGGGG` (partition, table generation)
+//!
+//! The file is `line_count` lines of 64 bytes, each 64-byte aligned (the mapping is page
+//! aligned and holds nothing else). A line holds two 32-byte slots:
+//!
+//! ```text
+//! slot byte  field      meaning
+//!  0..16     key        inline key, zero padded (key_len <= 16 and FLAG_EXTERNAL clear), or
+//!                        0..8  u64 offset of the key's extension record in the key heap
+//!                        8..16 the key's first 8 bytes, zero padded (a fast mismatch test)
+//! 16..24     value      i64, the counter's value
+//! 24..28     hash_high  u32, the top 32 bits of xxh3_64(key)
+//! 28         key_len    u8, 1..=255
+//! 29         kind       u8: 0 empty, 1 plain counter, 0xFF tombstone (see below);
+//!                        2..=0xFE are reserved for later kinds (windowed, sharded, ...)
+//! 30         flags      u8: bit 0 FLAG_EXTERNAL (key and bounds in the extension record)
+//! 31         reserved   0
+//! ```
+//!
+//! So a counter with a key of up to 16 bytes and no bounds costs exactly one 32-byte slot:
+//! key, value and metadata in one cache line.
+//!
+//! # Addressing
+//!
+//! A key's home line is `(hash_high * line_count) >> 32` ("fast range"), so `line_count`
+//! need not be a power of two and the table can grow by a small factor (see
+//! [`crate::partition`]). Probing is linear over slots: slot 0 then slot 1 of the home
+//! line, then the next line, wrapping at the end. Invariant (no tombstones): between a
+//! counter's home slot `2 * home_line` and its slot there is no empty slot. Deletion keeps
+//! it by backward shift. Tombstones appear only in the *old* table of a migration, where
+//! entries must not move (positions below the migration cursor count as migrated).
+//!
+//! Worked example: `line_count = 1000`, `hash_high = 0x8000_0000` gives home line
+//! `0x8000_0000 * 1000 >> 32 = 500`; probing visits slots 1000, 1001, 1002, ...
+
+use std::mem::{align_of, size_of};
+use std::path::Path;
+
+use crate::arena::ArenaFile;
+use crate::error::EngineError;
+
+/// Bytes of one slot.
+pub(crate) const SLOT_BYTES: usize = 32;
+/// Bytes of one line (one cache line).
+pub(crate) const LINE_BYTES: usize = 64;
+/// Slots per line.
+pub(crate) const SLOTS_PER_LINE: usize = 2;
+/// Longest key stored inline in the slot.
+pub(crate) const KEY_INLINE_BYTES_MAX: usize = 16;
+/// Most lines in one table: the fast-range mapping needs `line_count <= 2^32`.
+pub(crate) const TABLE_LINES_MAX: u64 = 1 << 31;
+
+pub(crate) const KIND_EMPTY: u8 = 0;
+pub(crate) const KIND_PLAIN: u8 = 1;
+pub(crate) const KIND_TOMBSTONE: u8 = 0xFF;
+
+pub(crate) const FLAG_EXTERNAL: u8 = 1;
+
+/// One counter slot; see the module doc for the byte layout.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    pub(crate) key: [u8; KEY_INLINE_BYTES_MAX],
+    pub(crate) value: i64,
+    pub(crate) hash_high: u32,
+    pub(crate) key_len: u8,
+    pub(crate) kind: u8,
+    pub(crate) flags: u8,
+    pub(crate) reserved: u8,
+}
+
+const _: () = assert!(size_of::<Slot>() == SLOT_BYTES);
+const _: () = assert!(align_of::<Slot>() == SLOT_BYTES);
+const _: () = assert!(SLOT_BYTES * SLOTS_PER_LINE == LINE_BYTES);
+const _: () = assert!(std::mem::offset_of!(Slot, value) == 16);
+const _: () = assert!(std::mem::offset_of!(Slot, hash_high) == 24);
+const _: () = assert!(std::mem::offset_of!(Slot, key_len) == 28);
+const _: () = assert!(std::mem::offset_of!(Slot, kind) == 29);
+const _: () = assert!(std::mem::offset_of!(Slot, flags) == 30);
+
+impl Slot {
+    pub(crate) const EMPTY: Slot = Slot {
+        key: [0; KEY_INLINE_BYTES_MAX],
+        value: 0,
+        hash_high: 0,
+        key_len: 0,
+        kind: KIND_EMPTY,
+        flags: 0,
+        reserved: 0,
+    };
+
+    /// Whether the slot holds a counter (not empty, not a tombstone).
+    #[inline]
+    pub(crate) fn is_live(&self) -> bool {
+        self.kind != KIND_EMPTY && self.kind != KIND_TOMBSTONE
+    }
+
+    #[inline]
+    pub(crate) fn is_external(&self) -> bool {
+        self.flags & FLAG_EXTERNAL != 0
+    }
+
+    /// The heap offset of the extension record (only if external).
+    #[inline]
+    pub(crate) fn external_offset(&self) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&self.key[..8]);
+        u64::from_le_bytes(bytes)
+    }
+}
+
+/// Where a probe ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// The key is at this slot position.
+    Found(usize),
+    /// The key is absent; this is the first empty slot of its probe sequence.
+    Absent(usize),
+    /// The key is absent and the probe met no empty slot (only in an old table).
+    AbsentFull,
+}
+
+/// One index table, mapped from its file.
+#[derive(Debug)]
+pub(crate) struct Table {
+    file: ArenaFile,
+    line_count: u64,
+}
+
+impl Table {
+    pub(crate) fn create(path: &Path, line_count: u64) -> Result<Table, EngineError> {
+        assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
+        let file = ArenaFile::create(path, line_count * LINE_BYTES as u64)?;
+        Ok(Table { file, line_count })
+    }
+
+    pub(crate) fn open(path: &Path, line_count: u64) -> Result<Table, EngineError> {
+        assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
+        let file = ArenaFile::open(path, line_count * LINE_BYTES as u64)?;
+        Ok(Table { file, line_count })
+    }
+
+    pub(crate) fn line_count(&self) -> u64 {
+        self.line_count
+    }
+
+    pub(crate) fn slot_count(&self) -> usize {
+        self.line_count as usize * SLOTS_PER_LINE
+    }
+
+    pub(crate) fn file(&self) -> &ArenaFile {
+        &self.file
+    }
+
+    pub(crate) fn into_file(self) -> ArenaFile {
+        self.file
+    }
+
+    #[inline]
+    pub(crate) fn slots(&self) -> &[Slot] {
+        let bytes = self.file.bytes();
+        debug_assert_eq!(bytes.len(), self.slot_count() * SLOT_BYTES);
+        // SAFETY: the mapping is page aligned (>= 32), exactly `slot_count * 32` bytes long
+        // (checked when the file was opened or created), and `Slot` is plain old data made
+        // only of integers, so every bit pattern in the file is a valid `Slot`.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<Slot>(), self.slot_count()) }
+    }
+
+    #[inline]
+    pub(crate) fn slots_mut(&mut self) -> &mut [Slot] {
+        let slot_count = self.slot_count();
+        let bytes = self.file.bytes_mut();
+        debug_assert_eq!(bytes.len(), slot_count * SLOT_BYTES);
+        // SAFETY: as in `slots`, and the `&mut self` borrow makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<Slot>(), slot_count) }
+    }
+
+    /// The first slot position of the home line of `hash_high`.
+    #[inline]
+    pub(crate) fn home_position(&self, hash_high: u32) -> usize {
+        let line = (u64::from(hash_high) * self.line_count) >> 32;
+        line as usize * SLOTS_PER_LINE
+    }
+
+    /// Hints the CPU to fetch the home line of `hash_high` into the cache.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash_high: u32) {
+        let position = self.home_position(hash_high);
+        let pointer = self.slots()[position..].as_ptr();
+        prefetch_line(pointer.cast());
+    }
+
+    /// Probes for a key: `matches` decides whether a live slot with the right hash and
+    /// length holds the key.
+    #[inline]
+    pub(crate) fn probe(
+        &self,
+        hash_high: u32,
+        key_len: u8,
+        matches: impl Fn(&Slot) -> bool,
+    ) -> Probe {
+        let slots = self.slots();
+        let slot_count = slots.len();
+        let mut position = self.home_position(hash_high);
+        for _ in 0..slot_count {
+            let slot = &slots[position];
+            if slot.kind == KIND_EMPTY {
+                return Probe::Absent(position);
+            }
+            if slot.hash_high == hash_high
+                && slot.key_len == key_len
+                && slot.kind != KIND_TOMBSTONE
+                && matches(slot)
+            {
+                return Probe::Found(position);
+            }
+            position += 1;
+            if position == slot_count {
+                position = 0;
+            }
+        }
+        Probe::AbsentFull
+    }
+
+    /// The first empty slot from the home line of `hash_high` (the table is never full:
+    /// the partition keeps its load below 1).
+    pub(crate) fn empty_position(&self, hash_high: u32) -> usize {
+        let slots = self.slots();
+        let mut position = self.home_position(hash_high);
+        for _ in 0..slots.len() {
+            if slots[position].kind == KIND_EMPTY {
+                return position;
+            }
+            position = (position + 1) % slots.len();
+        }
+        panic!("index table full: the load limit was not kept");
+    }
+
+    /// Removes the counter at `hole` by backward shift: later entries of the same probe
+    /// run move back so that no probe sequence crosses an empty slot.
+    pub(crate) fn remove_shifting(&mut self, mut hole: usize) {
+        let slot_count = self.slot_count();
+        let mut next = hole;
+        loop {
+            next = (next + 1) % slot_count;
+            let slot = self.slots()[next];
+            if slot.kind == KIND_EMPTY {
+                break;
+            }
+            debug_assert_ne!(slot.kind, KIND_TOMBSTONE);
+            let home = self.home_position(slot.hash_high);
+            let distance_to_hole = (hole + slot_count - home) % slot_count;
+            let distance_to_next = (next + slot_count - home) % slot_count;
+            if distance_to_hole < distance_to_next {
+                self.slots_mut()[hole] = slot;
+                hole = next;
+            }
+        }
+        self.slots_mut()[hole] = Slot::EMPTY;
+    }
+
+    /// Marks the counter at `position` deleted without moving anything (old table only).
+    pub(crate) fn remove_tombstone(&mut self, position: usize) {
+        let slot = &mut self.slots_mut()[position];
+        *slot = Slot::EMPTY;
+        slot.kind = KIND_TOMBSTONE;
+    }
+}
+
+/// Hints the CPU to fetch the cache line at `pointer`.
+#[inline(always)]
+pub(crate) fn prefetch_line(pointer: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and never reads into the program,
+    // whatever the address; `pointer` moreover points into a live mapping.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(pointer.cast::<i8>(), core::arch::x86_64::_MM_HINT_T0);
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = pointer;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(hash_high: u32, value: i64) -> Slot {
+        Slot {
+            hash_high,
+            value,
+            key_len: 1,
+            kind: KIND_PLAIN,
+            ..Slot::EMPTY
+        }
+    }
+
+    #[test]
+    fn backward_shift_keeps_probe_runs_reachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = Table::create(&dir.path().join("t"), 4).unwrap();
+        // Four counters with the same home line (line 0) fill slots 0..4.
+        for value in 0..4 {
+            let position = table.empty_position(0);
+            table.slots_mut()[position] = slot(0, value);
+        }
+        assert_eq!(table.slots()[3].value, 3);
+        table.remove_shifting(1);
+        let values: Vec<i64> = table.slots()[..3].iter().map(|s| s.value).collect();
+        assert_eq!(values, vec![0, 2, 3]);
+        assert_eq!(table.slots()[3].kind, KIND_EMPTY);
+        assert_eq!(table.probe(0, 1, |s| s.value == 3), Probe::Found(2));
+    }
+
+    #[test]
+    fn wrapped_entry_shifts_back_across_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = Table::create(&dir.path().join("t"), 2).unwrap();
+        let last_line_hash = u32::MAX; // home line 1 of 2: slots 2, 3
+        for value in 0..3 {
+            let position = table.empty_position(last_line_hash);
+            table.slots_mut()[position] = slot(last_line_hash, value);
+        }
+        assert_eq!(table.slots()[0].value, 2); // wrapped
+        table.remove_shifting(2);
+        assert_eq!(table.slots()[2].value, 1);
+        assert_eq!(table.slots()[3].value, 2);
+        assert_eq!(table.slots()[0].kind, KIND_EMPTY);
+    }
+}

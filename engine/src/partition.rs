@@ -1,0 +1,875 @@
+//! One partition: its header, its index table(s) and its key heap, and the operations on
+//! its counters.
+//!
+//! # Files
+//!
+//! `pNNNNN.meta` (this header), `pNNNNN.heap` (see [`crate::heap`]), and one or two index
+//! tables `pNNNNN.tGGGGGGGG` (see [`crate::index`]), `NNNNN` the partition index and
+//! `GGGGGGGG` the table generation, both zero-padded decimal.
+//!
+//! # Header layout (little-endian), 4096 bytes
+//!
+//! ```text
+//! byte       field             meaning
+//!    0..8    magic             b"TALLYPT1"
+//!    8..12   version           u32, 1
+//!   12..16   partition         u32, this partition's index
+//!   16..24   applied_lsn       u64, LSN of the last journal record applied (0 if none)
+//!   24..28   clean             u32, 1 after a clean close (and in checkpoints), 0 while open
+//!   28..32   migrating         u32, 1 while an old table is being migrated
+//!   32..40   table_generation  u64, the current table's file generation
+//!   40..48   table_lines       u64, its line count
+//!   48..56   old_generation    u64, the old table's generation (if migrating)
+//!   56..64   old_lines         u64, its line count (if migrating)
+//!   64..72   migrate_cursor    u64, old lines below this are migrated
+//!   72..80   counter_count     u64, live counters in both tables
+//!   80..88   table_counters    u64, live counters in the current table
+//!   88..96   heap_bytes        u64, length of the heap file
+//!   96..104  data_checksum     u64, xxh3 of heap then current then old table bytes
+//!                               (checkpoints only; 0 otherwise)
+//!  104..4088 reserved          0
+//! 4088..4096 checksum          u64, xxh3 of bytes 0..4088 (valid when clean == 1)
+//! ```
+//!
+//! # Growth
+//!
+//! When an insert would take the current table past `LOAD_MAX` (92%), a new table of
+//! `GROWTH` (x1.15) the lines is created and becomes current; the old one is migrated
+//! `MIGRATE_LINES_PER_INSERT` lines per insert (and one line per other mutation). Lookups
+//! check the current table, then the old one at positions at or above the cursor (entries
+//! below it were copied; the old table is never reshuffled, deletions there leave
+//! tombstones). An insert that finds the new table at `LOAD_MAX` first completes the
+//! migration. So a counter is always in exactly one place, and the load stays between
+//! 0.80 and 0.92 after the first growths: 32 bytes / load = 35 to 40 bytes per counter.
+//! Each step is bounded: creating the file, and a few dozen slot copies.
+
+use std::cell::Cell;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::arena::{io_error, ArenaFile};
+use crate::error::{EngineError, OpError};
+use crate::heap::{Bounds, Heap};
+use crate::index::{
+    Probe, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, TABLE_LINES_MAX,
+};
+use crate::op::{BoundPolicy, Op, OpResult, Outcome};
+
+const META_MAGIC: &[u8; 8] = b"TALLYPT1";
+const META_VERSION: u32 = 1;
+pub(crate) const META_BYTES: u64 = 4096;
+const META_CHECKSUM_OFFSET: usize = 4088;
+/// Lines of a new partition's first table (one 4 KiB page).
+const TABLE_LINES_INITIAL: u64 = 64;
+/// Load limit of a table, in percent of its slots.
+const LOAD_MAX_PERCENT: u64 = 92;
+/// Growth factor of a table, in percent of its lines.
+const GROWTH_PERCENT: u64 = 115;
+const MIGRATE_LINES_PER_INSERT: u64 = 16;
+const MIGRATE_LINES_PER_MUTATION: u64 = 1;
+
+// A migration must finish before the new table reaches the load limit: the new table
+// starts at LOAD_MAX / GROWTH = 80% and each insert adds one counter while migrating 16
+// old lines, so it ends by (old_lines / 16) inserts, well inside the 12% headroom.
+const _: () = assert!(LOAD_MAX_PERCENT * 100 / GROWTH_PERCENT >= 80);
+const _: () = assert!(MIGRATE_LINES_PER_INSERT >= 4);
+
+/// The partition header, mapped at offset 0 of the meta file.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    magic: [u8; 8],
+    version: u32,
+    partition: u32,
+    applied_lsn: u64,
+    clean: u32,
+    migrating: u32,
+    table_generation: u64,
+    table_lines: u64,
+    old_generation: u64,
+    old_lines: u64,
+    migrate_cursor: u64,
+    counter_count: u64,
+    table_counters: u64,
+    heap_bytes: u64,
+    data_checksum: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<Meta>() == 104);
+const _: () = assert!(std::mem::offset_of!(Meta, migrate_cursor) == 64);
+const _: () = assert!(std::mem::offset_of!(Meta, data_checksum) == 96);
+const _: () = assert!(std::mem::size_of::<Meta>() <= META_CHECKSUM_OFFSET);
+
+/// A key with what probing needs: its hash's top half and its first 16 bytes, padded.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct KeyProbe<'a> {
+    pub(crate) key: &'a [u8],
+    pub(crate) hash_high: u32,
+    padded: [u8; KEY_INLINE_BYTES_MAX],
+}
+
+impl<'a> KeyProbe<'a> {
+    #[inline]
+    pub(crate) fn new(key: &'a [u8], hash: u64) -> KeyProbe<'a> {
+        let mut padded = [0u8; KEY_INLINE_BYTES_MAX];
+        let prefix_len = key.len().min(KEY_INLINE_BYTES_MAX);
+        padded[..prefix_len].copy_from_slice(&key[..prefix_len]);
+        KeyProbe {
+            key,
+            hash_high: (hash >> 32) as u32,
+            padded,
+        }
+    }
+}
+
+pub(crate) fn file_name(partition: u32, suffix: &str) -> String {
+    format!("p{partition:05}.{suffix}")
+}
+
+fn table_suffix(generation: u64) -> String {
+    format!("t{generation:08}")
+}
+
+/// Where a counter lives.
+#[derive(Clone, Copy, Debug)]
+enum Location {
+    Current(usize),
+    Old(usize),
+}
+
+/// One partition's mapped files and its counters.
+#[derive(Debug)]
+pub(crate) struct Partition {
+    index: u32,
+    directory: PathBuf,
+    meta: ArenaFile,
+    table: Table,
+    old: Option<Table>,
+    heap: Heap,
+    was_clean: bool,
+    /// Not `Sync`: one thread touches a partition at a time.
+    _not_sync: std::marker::PhantomData<Cell<()>>,
+}
+
+impl Partition {
+    /// Opens the partition's files in `directory`, creating them if the header is missing.
+    pub(crate) fn open(directory: &Path, index: u32) -> Result<Partition, EngineError> {
+        let meta_path = directory.join(file_name(index, "meta"));
+        if !meta_path.exists() {
+            return Partition::create(directory, index);
+        }
+        let meta = ArenaFile::open(&meta_path, META_BYTES)?;
+        let header = check_meta(&meta, index)?;
+        let table = Table::open(
+            &directory.join(file_name(index, &table_suffix(header.table_generation))),
+            header.table_lines,
+        )?;
+        let old = if header.migrating == 1 {
+            let path = directory.join(file_name(index, &table_suffix(header.old_generation)));
+            Some(Table::open(&path, header.old_lines)?)
+        } else {
+            None
+        };
+        // After an unclean stop the heap may have grown after the header was last written.
+        let heap_path = directory.join(file_name(index, "heap"));
+        let heap_bytes = if header.clean == 1 {
+            header.heap_bytes
+        } else {
+            fs::metadata(&heap_path)
+                .map_err(io_error("stat", &heap_path))?
+                .len()
+        };
+        let heap = Heap::open(&heap_path, heap_bytes)?;
+        let mut partition = Partition {
+            index,
+            directory: directory.to_path_buf(),
+            meta,
+            table,
+            old,
+            heap,
+            was_clean: header.clean == 1,
+            _not_sync: std::marker::PhantomData,
+        };
+        partition.mark_open()?;
+        Ok(partition)
+    }
+
+    fn create(directory: &Path, index: u32) -> Result<Partition, EngineError> {
+        let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
+        Table::create(
+            &directory.join(file_name(index, &table_suffix(1))),
+            TABLE_LINES_INITIAL,
+        )?;
+        let mut meta =
+            ArenaFile::create(&directory.join(file_name(index, "meta.tmp")), META_BYTES)?;
+        let header = Meta {
+            magic: *META_MAGIC,
+            version: META_VERSION,
+            partition: index,
+            applied_lsn: 0,
+            clean: 1,
+            migrating: 0,
+            table_generation: 1,
+            table_lines: TABLE_LINES_INITIAL,
+            old_generation: 0,
+            old_lines: 0,
+            migrate_cursor: 0,
+            counter_count: 0,
+            table_counters: 0,
+            heap_bytes: heap.file().length_bytes(),
+            data_checksum: 0,
+        };
+        write_header(meta.bytes_mut(), &header);
+        seal_meta(&mut meta);
+        meta.flush()?;
+        // The header appears under its name only once complete: a crash before this
+        // rename leaves no header, and the next open creates the partition again.
+        let meta_path = directory.join(file_name(index, "meta"));
+        fs::rename(meta.path(), &meta_path).map_err(io_error("rename", &meta_path))?;
+        drop(meta);
+        Partition::open(directory, index)
+    }
+
+    /// Marks the header dirty (clean = 0) and syncs it before any counter changes, so a
+    /// power loss can never leave a modified arena that claims a clean close.
+    fn mark_open(&mut self) -> Result<(), EngineError> {
+        self.meta_mut().clean = 0;
+        self.meta.bytes_mut()[META_CHECKSUM_OFFSET..].fill(0);
+        self.meta.flush()
+    }
+
+    pub(crate) fn was_clean(&self) -> bool {
+        self.was_clean
+    }
+
+    #[inline]
+    fn meta(&self) -> &Meta {
+        // SAFETY: the meta mapping is page aligned and META_BYTES >= size_of::<Meta>() long
+        // (checked at open); Meta is plain old data (integers and bytes only).
+        unsafe { &*self.meta.bytes().as_ptr().cast::<Meta>() }
+    }
+
+    #[inline]
+    fn meta_mut(&mut self) -> &mut Meta {
+        // SAFETY: as in `meta`, and `&mut self` makes this the only view.
+        unsafe { &mut *self.meta.bytes_mut().as_mut_ptr().cast::<Meta>() }
+    }
+
+    pub(crate) fn counter_count(&self) -> u64 {
+        self.meta().counter_count
+    }
+
+    pub(crate) fn applied_lsn(&self) -> u64 {
+        self.meta().applied_lsn
+    }
+
+    pub(crate) fn set_applied_lsn(&mut self, lsn: u64) {
+        self.meta_mut().applied_lsn = lsn;
+    }
+
+    /// Bytes of all mapped files of this partition.
+    pub(crate) fn arena_bytes(&self) -> u64 {
+        let old_bytes = self.old.as_ref().map_or(0, |t| t.file().length_bytes());
+        self.meta.length_bytes()
+            + self.heap.file().length_bytes()
+            + self.table.file().length_bytes()
+            + old_bytes
+    }
+
+    /// Hints the CPU to fetch the line(s) where the key would be.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash_high: u32) {
+        self.table.prefetch(hash_high);
+        if let Some(old) = &self.old {
+            old.prefetch(hash_high);
+        }
+    }
+
+    #[inline]
+    fn slot_matches(heap: &Heap, slot: &Slot, probe: &KeyProbe) -> bool {
+        if slot.flags & FLAG_EXTERNAL == 0 {
+            return slot.key == probe.padded;
+        }
+        slot.key[8..] == probe.padded[..8] && heap.key(slot.external_offset()) == Some(probe.key)
+    }
+
+    #[inline]
+    fn locate(&self, probe: &KeyProbe) -> Option<Location> {
+        let key_len = probe.key.len() as u8;
+        let heap = &self.heap;
+        let matches = |slot: &Slot| Partition::slot_matches(heap, slot, probe);
+        if let Probe::Found(position) = self.table.probe(probe.hash_high, key_len, matches) {
+            return Some(Location::Current(position));
+        }
+        let old = self.old.as_ref()?;
+        let cursor_position = self.meta().migrate_cursor as usize * crate::index::SLOTS_PER_LINE;
+        match old.probe(probe.hash_high, key_len, matches) {
+            Probe::Found(position) if position >= cursor_position => Some(Location::Old(position)),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn slot(&self, location: Location) -> &Slot {
+        match location {
+            Location::Current(position) => &self.table.slots()[position],
+            Location::Old(position) => &self.old.as_ref().expect("old table").slots()[position],
+        }
+    }
+
+    #[inline]
+    fn slot_mut(&mut self, location: Location) -> &mut Slot {
+        match location {
+            Location::Current(position) => &mut self.table.slots_mut()[position],
+            Location::Old(position) => {
+                &mut self.old.as_mut().expect("old table").slots_mut()[position]
+            }
+        }
+    }
+
+    fn slot_bounds(&self, slot: &Slot) -> Bounds {
+        if slot.is_external() {
+            self.heap.bounds(slot.external_offset())
+        } else {
+            Bounds::NONE
+        }
+    }
+
+    /// Applies one operation whose key is valid and belongs to this partition.
+    #[inline]
+    pub(crate) fn apply(&mut self, op: &Op, probe: &KeyProbe) -> OpResult {
+        match *op {
+            Op::Add { delta, policy, .. } => self.add(probe, delta, policy),
+            Op::Set { value, policy, .. } => self.set(probe, value, policy),
+            Op::Get { .. } => Ok(self.get(probe)),
+            Op::Delete { .. } => self.delete(probe),
+            Op::SetBounds { floor, ceiling, .. } => {
+                self.set_bounds(probe, Bounds { floor, ceiling })
+            }
+        }
+    }
+
+    #[inline]
+    fn add(&mut self, probe: &KeyProbe, delta: i64, policy: BoundPolicy) -> OpResult {
+        let Some(location) = self.locate(probe) else {
+            self.insert(probe, delta, Bounds::NONE)?;
+            return Ok(Outcome {
+                value: delta,
+                existed: false,
+                clamped: false,
+            });
+        };
+        let slot = *self.slot(location);
+        let sum = slot.value.checked_add(delta).ok_or(OpError::Overflow)?;
+        let (value, clamped) = if slot.is_external() {
+            apply_bounds(sum, self.slot_bounds(&slot), policy)?
+        } else {
+            (sum, false)
+        };
+        self.slot_mut(location).value = value;
+        self.migrate_after_mutation();
+        Ok(Outcome {
+            value,
+            existed: true,
+            clamped,
+        })
+    }
+
+    fn set(&mut self, probe: &KeyProbe, value: i64, policy: BoundPolicy) -> OpResult {
+        let Some(location) = self.locate(probe) else {
+            self.insert(probe, value, Bounds::NONE)?;
+            return Ok(Outcome {
+                value,
+                existed: false,
+                clamped: false,
+            });
+        };
+        let slot = *self.slot(location);
+        let (value, clamped) = apply_bounds(value, self.slot_bounds(&slot), policy)?;
+        self.slot_mut(location).value = value;
+        self.migrate_after_mutation();
+        Ok(Outcome {
+            value,
+            existed: true,
+            clamped,
+        })
+    }
+
+    #[inline]
+    pub(crate) fn get(&self, probe: &KeyProbe) -> Outcome {
+        let (value, existed) = match self.locate(probe) {
+            Some(location) => (self.slot(location).value, true),
+            None => (0, false),
+        };
+        Outcome {
+            value,
+            existed,
+            clamped: false,
+        }
+    }
+
+    pub(crate) fn bounds(&self, probe: &KeyProbe) -> Bounds {
+        match self.locate(probe) {
+            Some(location) => self.slot_bounds(self.slot(location)),
+            None => Bounds::NONE,
+        }
+    }
+
+    fn delete(&mut self, probe: &KeyProbe) -> OpResult {
+        let Some(location) = self.locate(probe) else {
+            return Ok(Outcome {
+                value: 0,
+                existed: false,
+                clamped: false,
+            });
+        };
+        let slot = *self.slot(location);
+        if slot.is_external() {
+            self.heap.free(slot.external_offset());
+        }
+        match location {
+            Location::Current(position) => {
+                self.table.remove_shifting(position);
+                self.meta_mut().table_counters -= 1;
+            }
+            Location::Old(position) => self
+                .old
+                .as_mut()
+                .expect("old table")
+                .remove_tombstone(position),
+        }
+        self.meta_mut().counter_count -= 1;
+        self.migrate_after_mutation();
+        Ok(Outcome {
+            value: slot.value,
+            existed: true,
+            clamped: false,
+        })
+    }
+
+    fn set_bounds(&mut self, probe: &KeyProbe, bounds: Bounds) -> OpResult {
+        if let (Some(floor), Some(ceiling)) = (bounds.floor, bounds.ceiling) {
+            if floor > ceiling {
+                return Err(OpError::InvalidBounds { floor, ceiling });
+            }
+        }
+        let location = self.locate(probe);
+        let value = location.map_or(0, |l| self.slot(l).value);
+        if bounds.floor.is_some_and(|f| value < f) || bounds.ceiling.is_some_and(|c| value > c) {
+            return Err(OpError::OutOfBounds { value });
+        }
+        let Some(location) = location else {
+            self.insert(probe, 0, bounds)?;
+            return Ok(Outcome {
+                value: 0,
+                existed: false,
+                clamped: false,
+            });
+        };
+        self.rewrite_bounds(location, probe, bounds)?;
+        self.migrate_after_mutation();
+        Ok(Outcome {
+            value,
+            existed: true,
+            clamped: false,
+        })
+    }
+
+    /// Stores `bounds` for the counter at `location`, moving its key into or out of an
+    /// extension record as needed (a short key without bounds goes back inline).
+    fn rewrite_bounds(
+        &mut self,
+        location: Location,
+        probe: &KeyProbe,
+        bounds: Bounds,
+    ) -> Result<(), OpError> {
+        let slot = *self.slot(location);
+        let wants_external = bounds != Bounds::NONE || probe.key.len() > KEY_INLINE_BYTES_MAX;
+        match (slot.is_external(), wants_external) {
+            (true, true) => self.heap.set_bounds(slot.external_offset(), bounds),
+            (false, true) => {
+                let offset = self.heap.allocate(probe.key, bounds)?;
+                self.meta_mut().heap_bytes = self.heap.file().length_bytes();
+                let slot = self.slot_mut(location);
+                slot.key = external_key(offset, probe);
+                slot.flags |= FLAG_EXTERNAL;
+            }
+            (true, false) => {
+                self.heap.free(slot.external_offset());
+                let slot = self.slot_mut(location);
+                slot.key = probe.padded;
+                slot.flags &= !FLAG_EXTERNAL;
+            }
+            (false, false) => {}
+        }
+        Ok(())
+    }
+
+    /// Inserts a counter known to be absent. Nothing changes if it fails.
+    fn insert(&mut self, probe: &KeyProbe, value: i64, bounds: Bounds) -> Result<(), OpError> {
+        self.reserve_one()?;
+        let mut slot = Slot {
+            key: probe.padded,
+            value,
+            hash_high: probe.hash_high,
+            key_len: probe.key.len() as u8,
+            kind: KIND_PLAIN,
+            flags: 0,
+            reserved: 0,
+        };
+        if bounds != Bounds::NONE || probe.key.len() > KEY_INLINE_BYTES_MAX {
+            let offset = self.heap.allocate(probe.key, bounds)?;
+            slot.key = external_key(offset, probe);
+            slot.flags = FLAG_EXTERNAL;
+            self.meta_mut().heap_bytes = self.heap.file().length_bytes();
+        }
+        let position = self.table.empty_position(probe.hash_high);
+        self.table.slots_mut()[position] = slot;
+        let meta = self.meta_mut();
+        meta.counter_count += 1;
+        meta.table_counters += 1;
+        Ok(())
+    }
+
+    /// Makes room for one more counter in the current table: starts a growth if the load
+    /// limit is reached, and advances a running migration.
+    fn reserve_one(&mut self) -> Result<(), OpError> {
+        let limit = self.table.slot_count() as u64 * LOAD_MAX_PERCENT / 100;
+        if self.meta().table_counters + 1 > limit {
+            if self.old.is_some() {
+                self.migrate_lines(u64::MAX);
+            }
+            self.start_growth()?;
+        }
+        if self.old.is_some() {
+            self.migrate_lines(MIGRATE_LINES_PER_INSERT);
+        }
+        Ok(())
+    }
+
+    fn start_growth(&mut self) -> Result<(), OpError> {
+        debug_assert!(self.old.is_none());
+        let lines = self.table.line_count();
+        let grown_lines = (lines * GROWTH_PERCENT).div_ceil(100).max(lines + 8);
+        if grown_lines > TABLE_LINES_MAX {
+            return Err(OpError::StorageFull);
+        }
+        let generation = self.meta().table_generation + 1;
+        let path = self
+            .directory
+            .join(file_name(self.index, &table_suffix(generation)));
+        let table = Table::create(&path, grown_lines).map_err(|_| OpError::StorageFull)?;
+        let old = std::mem::replace(&mut self.table, table);
+        self.old = Some(old);
+        let meta = self.meta_mut();
+        meta.old_generation = meta.table_generation;
+        meta.old_lines = meta.table_lines;
+        meta.table_generation = generation;
+        meta.table_lines = grown_lines;
+        meta.migrate_cursor = 0;
+        meta.table_counters = 0;
+        meta.migrating = 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn migrate_after_mutation(&mut self) {
+        if self.old.is_some() {
+            self.migrate_lines(MIGRATE_LINES_PER_MUTATION);
+        }
+    }
+
+    /// Copies up to `line_budget` old lines into the current table; discards the old
+    /// table when done.
+    fn migrate_lines(&mut self, line_budget: u64) {
+        let Some(old) = self.old.as_ref() else {
+            return;
+        };
+        let old_lines = old.line_count();
+        let start = self.meta().migrate_cursor;
+        let end = start.saturating_add(line_budget).min(old_lines);
+        let mut moved = 0;
+        for position in start as usize * 2..end as usize * 2 {
+            let slot = old.slots()[position];
+            if slot.is_live() {
+                let target = self.table.empty_position(slot.hash_high);
+                self.table.slots_mut()[target] = slot;
+                moved += 1;
+            }
+        }
+        let meta = self.meta_mut();
+        meta.table_counters += moved;
+        meta.migrate_cursor = end;
+        if end == old_lines {
+            self.finish_migration();
+        }
+    }
+
+    fn finish_migration(&mut self) {
+        let old = self.old.take().expect("old table");
+        let meta = self.meta_mut();
+        meta.migrating = 0;
+        meta.old_generation = 0;
+        meta.old_lines = 0;
+        meta.migrate_cursor = 0;
+        debug_assert_eq!(meta.table_counters, meta.counter_count);
+        // A failed unlink leaves a stray file that the next growth of this generation
+        // overwrites; the counters are all in the current table either way.
+        let _ = old.into_file().discard();
+    }
+
+    /// Visits every live counter: (key, value, floor, ceiling).
+    pub(crate) fn for_each_counter(&self, mut f: impl FnMut(&[u8], i64, Option<i64>, Option<i64>)) {
+        let mut visit = |slot: &Slot| {
+            let bounds = self.slot_bounds(slot);
+            let key: &[u8] = if slot.is_external() {
+                match self.heap.key(slot.external_offset()) {
+                    Some(key) => key,
+                    None => return,
+                }
+            } else {
+                &slot.key[..usize::from(slot.key_len).min(KEY_INLINE_BYTES_MAX)]
+            };
+            f(key, slot.value, bounds.floor, bounds.ceiling);
+        };
+        self.table
+            .slots()
+            .iter()
+            .filter(|s| s.is_live())
+            .for_each(&mut visit);
+        if let Some(old) = &self.old {
+            let cursor_position = self.meta().migrate_cursor as usize * 2;
+            old.slots()[cursor_position..]
+                .iter()
+                .filter(|s| s.is_live())
+                .for_each(&mut visit);
+        }
+    }
+
+    /// The files of this partition, meta first.
+    fn files(&self) -> Vec<&ArenaFile> {
+        let mut files = vec![&self.meta, self.heap.file(), self.table.file()];
+        files.extend(self.old.as_ref().map(|t| t.file()));
+        files
+    }
+
+    /// msyncs every data file, then marks the header clean with its checksum and syncs it.
+    pub(crate) fn close_clean(mut self) -> Result<(), EngineError> {
+        for file in self.files().into_iter().skip(1) {
+            file.flush()?;
+        }
+        self.meta_mut().heap_bytes = self.heap.file().length_bytes();
+        self.meta_mut().clean = 1;
+        seal_meta(&mut self.meta);
+        self.meta.flush()
+    }
+
+    /// Writes a consistent copy of this partition's files into `destination` (an existing
+    /// directory), fdatasyncs them, and removes stale files of this partition there.
+    pub(crate) fn checkpoint(&self, destination: &Path) -> Result<(), EngineError> {
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for file in self.files().into_iter().skip(1) {
+            hasher.update(file.bytes());
+        }
+        let mut meta_bytes = self.meta.bytes().to_vec();
+        let mut header = read_header(&meta_bytes);
+        header.clean = 1;
+        header.heap_bytes = self.heap.file().length_bytes();
+        header.data_checksum = hasher.digest();
+        write_header(&mut meta_bytes, &header);
+        seal_bytes(&mut meta_bytes);
+        remove_partition_files(destination, self.index)?;
+        for file in self.files().into_iter().skip(1) {
+            let name = file.path().file_name().expect("arena file name");
+            write_synced(&destination.join(name), file.bytes())?;
+        }
+        write_synced(
+            &destination.join(file_name(self.index, "meta")),
+            &meta_bytes,
+        )?;
+        sync_directory(destination)
+    }
+
+    /// Checks a checkpoint of partition `index` in `source` (header checksum, file lengths,
+    /// data checksum) without changing anything.
+    pub(crate) fn verify_checkpoint(source: &Path, index: u32) -> Result<(), EngineError> {
+        let meta_path = source.join(file_name(index, "meta"));
+        let meta_bytes = fs::read(&meta_path).map_err(io_error("read", &meta_path))?;
+        let header = check_meta_bytes(&meta_bytes, index, &meta_path, true)?;
+        let mut names = vec![
+            file_name(index, "heap"),
+            file_name(index, &table_suffix(header.table_generation)),
+        ];
+        if header.migrating == 1 {
+            names.push(file_name(index, &table_suffix(header.old_generation)));
+        }
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for name in &names {
+            let path = source.join(name);
+            hasher.update(&fs::read(&path).map_err(io_error("read", &path))?);
+        }
+        if hasher.digest() != header.data_checksum {
+            return Err(EngineError::Corrupted {
+                path: source.to_path_buf(),
+                offset: 0,
+                reason: format!("checkpoint of partition {index}: data checksum mismatch"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Releases the mappings and returns the directory (for a restore).
+    pub(crate) fn into_directory(self) -> PathBuf {
+        self.directory
+    }
+}
+
+/// The key area of an external slot: the heap offset, then the first 8 key bytes.
+fn external_key(offset: u64, probe: &KeyProbe) -> [u8; KEY_INLINE_BYTES_MAX] {
+    let mut key = [0u8; KEY_INLINE_BYTES_MAX];
+    key[..8].copy_from_slice(&offset.to_le_bytes());
+    key[8..].copy_from_slice(&probe.padded[..8]);
+    key
+}
+
+/// Checks `value` against `bounds`: rejected, or clamped with `policy == Clamp`.
+#[inline]
+fn apply_bounds(value: i64, bounds: Bounds, policy: BoundPolicy) -> Result<(i64, bool), OpError> {
+    if let Some(floor) = bounds.floor.filter(|&f| value < f) {
+        return match policy {
+            BoundPolicy::Reject => Err(OpError::BelowFloor { floor }),
+            BoundPolicy::Clamp => Ok((floor, true)),
+        };
+    }
+    if let Some(ceiling) = bounds.ceiling.filter(|&c| value > c) {
+        return match policy {
+            BoundPolicy::Reject => Err(OpError::AboveCeiling { ceiling }),
+            BoundPolicy::Clamp => Ok((ceiling, true)),
+        };
+    }
+    Ok((value, false))
+}
+
+fn seal_bytes(bytes: &mut [u8]) {
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..META_CHECKSUM_OFFSET]);
+    bytes[META_CHECKSUM_OFFSET..META_BYTES as usize].copy_from_slice(&checksum.to_le_bytes());
+}
+
+fn write_header(bytes: &mut [u8], header: &Meta) {
+    assert!(bytes.len() >= std::mem::size_of::<Meta>());
+    // SAFETY: the slice holds at least size_of::<Meta>() bytes and Meta is plain old data;
+    // write_unaligned makes no alignment assumption.
+    unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<Meta>(), *header) };
+}
+
+fn seal_meta(meta: &mut ArenaFile) {
+    seal_bytes(meta.bytes_mut());
+}
+
+fn read_header(bytes: &[u8]) -> Meta {
+    assert!(bytes.len() >= std::mem::size_of::<Meta>());
+    // SAFETY: the slice holds at least size_of::<Meta>() bytes and Meta is plain old data;
+    // read_unaligned makes no alignment assumption.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Meta>()) }
+}
+
+fn check_meta(meta: &ArenaFile, index: u32) -> Result<Meta, EngineError> {
+    check_meta_bytes(meta.bytes(), index, meta.path(), false)
+}
+
+/// Validates a header: magic, version, partition, checksum (if clean or `require_clean`),
+/// and the ranges of its sizes.
+fn check_meta_bytes(
+    bytes: &[u8],
+    index: u32,
+    path: &Path,
+    require_clean: bool,
+) -> Result<Meta, EngineError> {
+    let corrupted = |offset: u64, reason: String| EngineError::Corrupted {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    };
+    if bytes.len() != META_BYTES as usize {
+        return Err(corrupted(
+            0,
+            format!("header is {} bytes, expected {META_BYTES}", bytes.len()),
+        ));
+    }
+    let header = read_header(bytes);
+    if &header.magic != META_MAGIC || header.version != META_VERSION {
+        return Err(corrupted(0, "bad partition header magic or version".into()));
+    }
+    if header.partition != index {
+        return Err(corrupted(
+            12,
+            format!("header of partition {} found for {index}", header.partition),
+        ));
+    }
+    if header.clean == 1 || require_clean {
+        let stored = u64::from_le_bytes(bytes[META_CHECKSUM_OFFSET..].try_into().expect("8 bytes"));
+        if header.clean != 1 || stored != xxhash_rust::xxh3::xxh3_64(&bytes[..META_CHECKSUM_OFFSET])
+        {
+            return Err(corrupted(
+                META_CHECKSUM_OFFSET as u64,
+                "partition header checksum mismatch".into(),
+            ));
+        }
+    }
+    let lines_valid = |lines: u64| lines > 0 && lines <= TABLE_LINES_MAX;
+    if !lines_valid(header.table_lines)
+        || (header.migrating == 1
+            && (!lines_valid(header.old_lines) || header.migrate_cursor > header.old_lines))
+        || header.migrating > 1
+        || header.heap_bytes < crate::heap::HEAP_HEADER_BYTES
+    {
+        return Err(corrupted(28, "partition header fields out of range".into()));
+    }
+    Ok(header)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+    use std::io::Write;
+    let mut file = fs::File::create(path).map_err(io_error("create", path))?;
+    file.write_all(bytes).map_err(io_error("write", path))?;
+    file.sync_data().map_err(io_error("fdatasync", path))
+}
+
+pub(crate) fn sync_directory(path: &Path) -> Result<(), EngineError> {
+    fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error("fsync directory", path))
+}
+
+/// Removes every file of partition `index` from `directory`.
+pub(crate) fn remove_partition_files(directory: &Path, index: u32) -> Result<(), EngineError> {
+    let prefix = format!("p{index:05}.");
+    let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let path = entry.path();
+            fs::remove_file(&path).map_err(io_error("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies the checkpoint files of partition `index` from `source` into `directory`.
+pub(crate) fn copy_partition_files(
+    source: &Path,
+    directory: &Path,
+    index: u32,
+) -> Result<(), EngineError> {
+    let prefix = format!("p{index:05}.");
+    let entries = fs::read_dir(source).map_err(io_error("list", source))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", source))?;
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(&prefix) {
+            let bytes = fs::read(entry.path()).map_err(io_error("read", &entry.path()))?;
+            write_synced(&directory.join(&name), &bytes)?;
+        }
+    }
+    sync_directory(directory)
+}

@@ -1,0 +1,246 @@
+//! Bad input and damaged files: each a clear error, never a panic. Also the clean and
+//! unclean restart paths, and checkpoints.
+
+use std::fs::{self, OpenOptions};
+use std::path::Path;
+
+use tally_engine::{
+    BoundPolicy, DataDir, EngineError, Op, OpError, Store, BATCH_OPS_MAX, KEY_BYTES_MAX,
+};
+
+fn add(key: &[u8], delta: i64) -> Op<'_> {
+    Op::Add {
+        key,
+        delta,
+        policy: BoundPolicy::Reject,
+    }
+}
+
+fn filled_store(path: &Path, partition_count: u32, counters: u64) -> Store {
+    let dir = DataDir::open_or_create(path, Some(partition_count)).unwrap();
+    let mut store = Store::open(&dir, 0..partition_count).unwrap();
+    for index in 0..counters {
+        let key = format!("key-{index}-{}", "x".repeat((index % 40) as usize));
+        store.apply(&add(key.as_bytes(), index as i64)).unwrap();
+    }
+    store
+}
+
+#[test]
+fn invalid_keys_are_rejected() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut store = filled_store(temp.path(), 4, 0);
+    let long = vec![b'k'; KEY_BYTES_MAX + 1];
+    assert_eq!(
+        store.apply(&add(b"", 1)),
+        Err(OpError::InvalidKey { length: 0 })
+    );
+    assert_eq!(
+        store.apply(&add(&long, 1)),
+        Err(OpError::InvalidKey { length: 256 })
+    );
+    assert_eq!(store.get(&long), Err(OpError::InvalidKey { length: 256 }));
+    assert_eq!(store.bounds(b""), Err(OpError::InvalidKey { length: 0 }));
+    let max = vec![b'k'; KEY_BYTES_MAX];
+    assert_eq!(store.apply(&add(&max, 5)).unwrap().value, 5);
+    let mut results = Vec::new();
+    store
+        .apply_batch(&[add(b"", 1), add(b"ok", 2)], &mut results)
+        .unwrap();
+    assert_eq!(results[0], Err(OpError::InvalidKey { length: 0 }));
+    assert_eq!(results[1].unwrap().value, 2);
+    assert_eq!(store.counter_count(), 2);
+}
+
+#[test]
+fn a_batch_over_the_limit_is_rejected_whole() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut store = filled_store(temp.path(), 4, 0);
+    let ops = vec![add(b"k", 1); BATCH_OPS_MAX + 1];
+    let mut results = Vec::new();
+    let error = store.apply_batch(&ops, &mut results).unwrap_err();
+    assert_eq!(
+        error,
+        OpError::BatchTooLarge {
+            count: BATCH_OPS_MAX + 1,
+            max: BATCH_OPS_MAX
+        }
+    );
+    assert_eq!(store.get(b"k").unwrap(), None);
+    store
+        .apply_batch(&ops[..BATCH_OPS_MAX], &mut results)
+        .unwrap();
+    assert_eq!(store.get(b"k").unwrap(), Some(BATCH_OPS_MAX as i64));
+}
+
+#[test]
+fn keys_of_partitions_not_owned_are_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = DataDir::open_or_create(temp.path(), Some(8)).unwrap();
+    let mut store = Store::open(&dir, [3]).unwrap();
+    assert!(store.owns(3) && !store.owns(2));
+    let foreign = (0..1000u32)
+        .map(|i| format!("k{i}"))
+        .find(|k| tally_engine::partition_of(k.as_bytes(), 8) != 3)
+        .unwrap();
+    let partition = tally_engine::partition_of(foreign.as_bytes(), 8);
+    assert_eq!(
+        store.apply(&add(foreign.as_bytes(), 1)),
+        Err(OpError::NotOwned { partition })
+    );
+    assert!(matches!(
+        Store::open(&dir, [8]),
+        Err(EngineError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn another_partition_count_is_a_mismatch() {
+    let temp = tempfile::tempdir().unwrap();
+    DataDir::open_or_create(temp.path(), Some(16)).unwrap();
+    let error = DataDir::open_or_create(temp.path(), Some(64)).unwrap_err();
+    assert!(matches!(
+        error,
+        EngineError::PartitionCountMismatch {
+            found: 16,
+            requested: 64,
+            ..
+        }
+    ));
+    assert_eq!(
+        DataDir::open_or_create(temp.path(), None)
+            .unwrap()
+            .partition_count(),
+        16
+    );
+    let bad = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        DataDir::open_or_create(bad.path(), Some(0)),
+        Err(EngineError::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn a_corrupted_superblock_is_reported() {
+    let temp = tempfile::tempdir().unwrap();
+    DataDir::open_or_create(temp.path(), Some(4)).unwrap();
+    let path = temp.path().join("superblock");
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[13] ^= 0x40;
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        DataDir::open_or_create(temp.path(), None),
+        Err(EngineError::Corrupted { .. })
+    ));
+    fs::write(&path, &bytes[..10]).unwrap();
+    assert!(matches!(
+        DataDir::open_or_create(temp.path(), None),
+        Err(EngineError::Corrupted { .. })
+    ));
+}
+
+/// The largest table file of partition 0.
+fn table_file(path: &Path) -> std::path::PathBuf {
+    fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("p00000.t")
+        })
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
+#[test]
+fn a_truncated_arena_file_is_reported() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 2000).close_clean().unwrap();
+    let table = table_file(temp.path());
+    let length = fs::metadata(&table).unwrap().len();
+    OpenOptions::new()
+        .write(true)
+        .open(&table)
+        .unwrap()
+        .set_len(length - 64)
+        .unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+}
+
+#[test]
+fn a_corrupted_partition_header_is_reported() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 100).close_clean().unwrap();
+    let meta = temp.path().join("p00001.meta");
+    let mut bytes = fs::read(&meta).unwrap();
+    bytes[75] ^= 1;
+    fs::write(&meta, &bytes).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    assert!(matches!(
+        Store::open(&dir, 0..2),
+        Err(EngineError::Corrupted { .. })
+    ));
+    fs::write(&meta, &bytes[..100]).unwrap();
+    assert!(matches!(
+        Store::open(&dir, 0..2),
+        Err(EngineError::Corrupted { .. })
+    ));
+}
+
+#[test]
+fn an_unclean_stop_reopens_and_says_so() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut store = filled_store(temp.path(), 2, 500);
+    store.set_applied_lsn(1, 77);
+    drop(store); // no close_clean: as after kill -9, the mapped pages reach the file.
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let store = Store::open(&dir, 0..2).unwrap();
+    assert!(!store.was_clean_shutdown());
+    assert_eq!(store.applied_lsn(1), 77);
+    assert_eq!(store.counter_count(), 500);
+    store.close_clean().unwrap();
+    let store = Store::open(&dir, 0..2).unwrap();
+    assert!(store.was_clean_shutdown());
+}
+
+#[test]
+fn checkpoint_then_restore_brings_a_partition_back() {
+    let temp = tempfile::tempdir().unwrap();
+    let checkpoints = tempfile::tempdir().unwrap();
+    let mut store = filled_store(temp.path(), 2, 3000);
+    store.set_applied_lsn(0, 42);
+    let snapshot: Vec<(Vec<u8>, i64)> = collect(&store, 0);
+    store.checkpoint_partition(0, checkpoints.path()).unwrap();
+    for (key, _) in &snapshot {
+        store.apply(&add(key, 1000)).unwrap();
+    }
+    store.apply(&add(b"after-the-checkpoint", 1)).unwrap();
+    store.set_applied_lsn(0, 99);
+    store.restore_partition(0, checkpoints.path()).unwrap();
+    assert_eq!(collect(&store, 0), snapshot);
+    assert_eq!(store.applied_lsn(0), 42);
+    assert!(store.owns(0));
+    // A damaged checkpoint is refused and the live partition stays as it was.
+    let heap = checkpoints.path().join("p00000.heap");
+    let mut bytes = fs::read(&heap).unwrap();
+    bytes[300] ^= 0xFF;
+    fs::write(&heap, bytes).unwrap();
+    store.apply(&add(b"kept", 1)).unwrap();
+    let error = store.restore_partition(0, checkpoints.path()).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+    assert!(store.owns(0));
+    assert_eq!(store.get(b"kept").unwrap(), Some(1));
+}
+
+fn collect(store: &Store, partition: u32) -> Vec<(Vec<u8>, i64)> {
+    let mut counters = Vec::new();
+    store.for_each_counter(partition, |key, value, _, _| {
+        counters.push((key.to_vec(), value))
+    });
+    counters.sort();
+    counters
+}
