@@ -1,0 +1,313 @@
+//! The blocking client: one connection per server core, each key sent to its owner.
+//!
+//! [`Client::connect`] says hello on the main address, reads the shard map, then opens one
+//! connection per core to that core's shard port (same IP as the main address). Every
+//! call routes its keys with [`HelloReply::owner_of_key`], so no request takes a
+//! cross-core hop inside the server. Connections are opened again lazily after a failure.
+//!
+//! A `Client` is not `Sync`: calls take `&mut self`. Use one client per thread, or the
+//! async client, which batches concurrent calls.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use tally_protocol::{
+    encode_ping, encode_stats, BoundPolicy, Durability, HelloReply, Op, Reply, BATCH_OPS_MAX,
+};
+
+use crate::config::ClientConfig;
+use crate::connection::Connection;
+use crate::dispatch::run_batch;
+use crate::error::ClientError;
+use crate::outcome::{OpResult, Outcome};
+use crate::pipeline::Pipeline;
+
+/// A shard-aware blocking client.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    hello: HelloReply,
+    /// Per core (or a single one when not shard-aware): where to connect, and the
+    /// connection if it is open.
+    shards: Vec<Shard>,
+}
+
+#[derive(Debug)]
+struct Shard {
+    addr: SocketAddr,
+    connection: Option<Connection>,
+}
+
+/// Resolves `addr` to its first socket address.
+pub(crate) fn resolve(
+    addr: impl ToSocketAddrs + std::fmt::Debug,
+) -> Result<SocketAddr, ClientError> {
+    let described = format!("{addr:?}");
+    let mut addrs = addr
+        .to_socket_addrs()
+        .map_err(|error| ClientError::Resolve {
+            addr: described.clone(),
+            reason: error.to_string(),
+        })?;
+    addrs.next().ok_or(ClientError::Resolve {
+        addr: described,
+        reason: "no addresses".to_owned(),
+    })
+}
+
+/// Where core `core`'s shard port is, given the main address (0: the main port itself).
+pub(crate) fn shard_addr(main_addr: SocketAddr, hello: &HelloReply, core: usize) -> SocketAddr {
+    match hello.shard_ports[core] {
+        0 => main_addr,
+        port => SocketAddr::new(main_addr.ip(), port),
+    }
+}
+
+impl Client {
+    /// Connects with the default configuration.
+    pub fn connect(addr: impl ToSocketAddrs + std::fmt::Debug) -> Result<Client, ClientError> {
+        Client::connect_with(addr, ClientConfig::default())
+    }
+
+    /// Connects to the main address, reads the shard map and opens the shard connections.
+    pub fn connect_with(
+        addr: impl ToSocketAddrs + std::fmt::Debug,
+        config: ClientConfig,
+    ) -> Result<Client, ClientError> {
+        config.validate()?;
+        let main_addr = resolve(addr)?;
+        let (main, hello) = Connection::open(main_addr, &config)?;
+        let mut shards = Vec::new();
+        if config.shard_aware {
+            for core in 0..hello.core_count() {
+                shards.push(Shard {
+                    addr: shard_addr(main_addr, &hello, core),
+                    connection: None,
+                });
+            }
+        } else {
+            shards.push(Shard {
+                addr: main_addr,
+                connection: None,
+            });
+        }
+        // The main connection serves the shards on the main port; others open now, so a
+        // bad shard port shows at connect time rather than at the first call.
+        let mut main = Some(main);
+        for shard in &mut shards {
+            if shard.addr == main_addr && main.is_some() {
+                shard.connection = main.take();
+            }
+        }
+        let mut client = Client {
+            config,
+            hello,
+            shards,
+        };
+        for core in 0..client.shards.len() {
+            client.connection(core)?;
+        }
+        Ok(client)
+    }
+
+    /// The shard map the server sent at connect time.
+    pub fn shard_map(&self) -> &HelloReply {
+        &self.hello
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Sets the durability of calls that do not name one.
+    pub fn set_durability(&mut self, durability: Durability) {
+        self.config.durability = durability;
+    }
+
+    /// How many connections the client routes over (the core count when shard-aware).
+    pub fn connection_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The index of the connection that serves `key`.
+    pub fn route(&self, key: &[u8]) -> usize {
+        if self.config.shard_aware {
+            self.hello.owner_of_key(key)
+        } else {
+            0
+        }
+    }
+
+    /// The open connection to `core`, opening it (and checking its shard map) if needed.
+    pub(crate) fn connection(&mut self, core: usize) -> Result<&mut Connection, ClientError> {
+        if self.shards[core].connection.is_none() {
+            let addr = self.shards[core].addr;
+            let (connection, hello) = Connection::open(addr, &self.config)?;
+            if hello.partition_count != self.hello.partition_count
+                || hello.owners != self.hello.owners
+            {
+                let reason = "the server's shard map changed; create a new client".to_owned();
+                return Err(ClientError::Handshake { addr, reason });
+            }
+            self.hello.server_id = hello.server_id;
+            self.shards[core].connection = Some(connection);
+        }
+        Ok(self.shards[core].connection.as_mut().expect("opened above"))
+    }
+
+    /// Forgets the connection to `core`; the next call opens a new one.
+    pub(crate) fn drop_connection(&mut self, core: usize) {
+        self.shards[core].connection = None;
+    }
+
+    /// Runs one operation with the configured durability.
+    pub fn execute<K: AsRef<[u8]>>(&mut self, op: &Op<K>) -> Result<Outcome, ClientError> {
+        self.execute_with(op, self.config.durability)
+    }
+
+    /// Runs one operation; a refused operation is [`ClientError::Rejected`].
+    pub fn execute_with<K: AsRef<[u8]>>(
+        &mut self,
+        op: &Op<K>,
+        durability: Durability,
+    ) -> Result<Outcome, ClientError> {
+        let mut results = run_batch(self, std::slice::from_ref(op), durability, 1)?;
+        let result = results.pop().expect("one result per operation");
+        Ok(result?)
+    }
+
+    /// Runs many operations with the configured durability; see [`Client::batch_with`].
+    pub fn batch<K: AsRef<[u8]>>(&mut self, ops: &[Op<K>]) -> Result<Vec<OpResult>, ClientError> {
+        self.batch_with(ops, self.config.durability)
+    }
+
+    /// Runs many operations, split per owning core and in frames of at most
+    /// `BATCH_OPS_MAX`, all sent before any reply is awaited. Returns one result per
+    /// operation, in order. Operations on different cores are not atomic together.
+    pub fn batch_with<K: AsRef<[u8]>>(
+        &mut self,
+        ops: &[Op<K>],
+        durability: Durability,
+    ) -> Result<Vec<OpResult>, ClientError> {
+        run_batch(self, ops, durability, BATCH_OPS_MAX)
+    }
+
+    /// Like [`Client::batch_with`], with at most `ops_per_frame` operations per frame:
+    /// 1 pipelines single-operation requests.
+    pub fn batch_framed<K: AsRef<[u8]>>(
+        &mut self,
+        ops: &[Op<K>],
+        durability: Durability,
+        ops_per_frame: usize,
+    ) -> Result<Vec<OpResult>, ClientError> {
+        run_batch(self, ops, durability, ops_per_frame)
+    }
+
+    /// Starts collecting operations to send together.
+    pub fn pipeline(&mut self) -> Pipeline<'_> {
+        Pipeline::new(self)
+    }
+
+    /// Adds `delta` and returns the new value.
+    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
+        let op = Op::Add {
+            key: key.as_ref(),
+            delta,
+            policy: BoundPolicy::Reject,
+        };
+        Ok(self.execute(&op)?.value)
+    }
+
+    /// Subtracts `delta` and returns the new value.
+    pub fn decr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> Result<i64, ClientError> {
+        let op = Op::Add {
+            key: key.as_ref(),
+            delta: negate(delta)?,
+            policy: BoundPolicy::Reject,
+        };
+        Ok(self.execute(&op)?.value)
+    }
+
+    /// The value (0 if the counter does not exist).
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<i64, ClientError> {
+        Ok(self.execute(&Op::Get { key: key.as_ref() })?.value)
+    }
+
+    /// Sets the value and returns it.
+    pub fn set(&mut self, key: impl AsRef<[u8]>, value: i64) -> Result<i64, ClientError> {
+        let op = Op::Set {
+            key: key.as_ref(),
+            value,
+            policy: BoundPolicy::Reject,
+        };
+        Ok(self.execute(&op)?.value)
+    }
+
+    /// Deletes the counter; returns the value it had, or `None` if it did not exist.
+    pub fn del(&mut self, key: impl AsRef<[u8]>) -> Result<Option<i64>, ClientError> {
+        let outcome = self.execute(&Op::Delete { key: key.as_ref() })?;
+        Ok(outcome.existed.then_some(outcome.value))
+    }
+
+    /// Whether the counter exists.
+    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> Result<bool, ClientError> {
+        Ok(self.execute(&Op::Exists { key: key.as_ref() })?.existed)
+    }
+
+    /// Sets (or with `None` clears) the floor and ceiling.
+    pub fn set_bounds(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        floor: Option<i64>,
+        ceiling: Option<i64>,
+    ) -> Result<Outcome, ClientError> {
+        self.execute(&Op::SetBounds {
+            key: key.as_ref(),
+            floor,
+            ceiling,
+        })
+    }
+
+    /// Round trip to the first connection.
+    pub fn ping(&mut self) -> Result<(), ClientError> {
+        self.control(encode_ping, |reply| match reply {
+            Reply::Pong => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    /// The server's statistics, as name/value pairs.
+    pub fn stats(&mut self) -> Result<Vec<(String, u64)>, ClientError> {
+        self.control(encode_stats, |reply| match reply {
+            Reply::StatsReply(stats) => Ok(stats.entries),
+            other => Err(other),
+        })
+    }
+
+    fn control<T>(
+        &mut self,
+        encode: fn(&mut Vec<u8>, u64),
+        accept: impl FnOnce(Reply<'_>) -> Result<T, Reply<'_>>,
+    ) -> Result<T, ClientError> {
+        let connection = self.connection(0)?;
+        let request_id = connection.next_request_id();
+        encode(&mut connection.write_buf, request_id);
+        let result = connection
+            .flush()
+            .and_then(|()| connection.read_reply(request_id, accept));
+        if result.as_ref().is_err_and(ClientError::breaks_connection) {
+            self.drop_connection(0);
+        }
+        result
+    }
+}
+
+/// `-delta`, or an overflow rejection for `i64::MIN`.
+pub(crate) fn negate(delta: i64) -> Result<i64, ClientError> {
+    delta
+        .checked_neg()
+        .ok_or(ClientError::Rejected(crate::outcome::Rejection {
+            status: tally_protocol::Status::Overflow,
+            detail: 0,
+        }))
+}

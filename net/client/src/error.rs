@@ -1,0 +1,92 @@
+//! The one error type of the native client.
+//!
+//! [`ClientError::is_transient`] tells the errors after which the connection is gone
+//! (reset, closed, timed out): only those are retried, and a mutation only when it carries
+//! an idempotency key, so a retry never counts twice.
+
+use std::net::SocketAddr;
+
+use tally_protocol::{ErrorCode, ProtocolError};
+
+use crate::outcome::Rejection;
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The address did not resolve to any socket address.
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve { addr: String, reason: String },
+    /// Opening a TCP connection failed (refused, unreachable, timed out).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Reading or writing an open connection failed.
+    #[error("{action} {addr}: {source}")]
+    Io {
+        action: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The server closed the connection.
+    #[error("connection to {addr} closed by the server")]
+    Closed { addr: SocketAddr },
+    /// No reply (or no progress writing) within the configured timeout.
+    #[error("timed out {action} {addr}")]
+    Timeout {
+        action: &'static str,
+        addr: SocketAddr,
+    },
+    /// The server sent bytes that do not decode, or a reply that does not match.
+    #[error("protocol error from {addr}: {source}")]
+    Protocol {
+        addr: SocketAddr,
+        source: ProtocolError,
+    },
+    /// The server sent a well-formed reply that is not the one expected.
+    #[error("unexpected reply from {addr}: {reason}")]
+    UnexpectedReply { addr: SocketAddr, reason: String },
+    /// The server refused the whole request (`Error` reply).
+    #[error("server refused the request ({code:?}): {message}")]
+    Server { code: ErrorCode, message: String },
+    /// The operation was refused (bound, overflow, ...); the counter is unchanged.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// A key outside 1..=255 bytes, refused before sending.
+    #[error("invalid key: length {length} is outside 1..=255 bytes")]
+    InvalidKey { length: usize },
+    /// A value the client cannot encode (client name too long, ...).
+    #[error("cannot encode request: {0}")]
+    Encode(ProtocolError),
+    /// The shard connections disagree with the main connection's shard map.
+    #[error("handshake with {addr} failed: {reason}")]
+    Handshake { addr: SocketAddr, reason: String },
+    /// A configuration value is out of range.
+    #[error("invalid client configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl ClientError {
+    /// Whether the connection was lost (or timed out): the request may or may not have
+    /// been applied, and resending it is safe only with an idempotency key.
+    /// A refused reconnect counts too: nothing was sent on it.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Connect { .. }
+                | ClientError::Io { .. }
+                | ClientError::Closed { .. }
+                | ClientError::Timeout { .. }
+        )
+    }
+
+    /// Whether the connection that raised this error can no longer be used.
+    pub(crate) fn breaks_connection(&self) -> bool {
+        !matches!(
+            self,
+            ClientError::Rejected(_) | ClientError::InvalidKey { .. } | ClientError::Encode(_)
+        )
+    }
+}
