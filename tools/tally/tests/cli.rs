@@ -1,0 +1,173 @@
+//! The `tally` binary against the client crate's fake server: output, exit status and
+//! error messages, as a person or a script would see them.
+
+#[path = "../../../net/client/tests/fake_server/mod.rs"]
+mod fake_server;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+use fake_server::FakeServer;
+
+fn tally(server: &FakeServer, arguments: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .arg("--addr")
+        .arg(server.main_addr.to_string())
+        .args(arguments)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8(output.stderr.clone()).unwrap()
+}
+
+#[test]
+fn single_commands_print_plain_values() {
+    let server = FakeServer::start(2, 16);
+    let run = |arguments: &[&str]| {
+        let output = tally(&server, arguments, "");
+        assert!(
+            output.status.success(),
+            "{arguments:?}: {}",
+            stderr(&output)
+        );
+        stdout(&output)
+    };
+    assert_eq!(run(&["incr", "page:1"]), "1\n");
+    assert_eq!(run(&["incr", "page:1", "5"]), "6\n");
+    assert_eq!(run(&["decr", "page:1", "2"]), "4\n");
+    assert_eq!(run(&["incr", "page:1", "-4"]), "0\n");
+    assert_eq!(run(&["set", "page:1", "-7"]), "-7\n");
+    assert_eq!(run(&["get", "page:1"]), "-7\n");
+    assert_eq!(run(&["exists", "page:1"]), "true\n");
+    assert_eq!(run(&["del", "page:1"]), "deleted (was -7)\n");
+    assert_eq!(run(&["del", "page:1"]), "not found\n");
+    assert_eq!(run(&["exists", "page:1"]), "false\n");
+    assert_eq!(
+        run(&["bounds", "q", "--floor", "0", "--ceiling", "3"]),
+        "bounds set (value 0)\n"
+    );
+    assert_eq!(run(&["--durability", "durable", "incr", "q", "3"]), "3\n");
+    assert_eq!(run(&["ping"]), "PONG\n");
+    assert_eq!(server.value("q"), Some(3));
+}
+
+#[test]
+fn json_prints_one_object_per_result() {
+    let server = FakeServer::start(2, 16);
+    let output = tally(&server, &["--json", "incr", "likes", "2"], "");
+    assert!(output.status.success());
+    let value: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(value["ok"], true);
+    assert_eq!(value["op"], "incr");
+    assert_eq!(value["key"], "likes");
+    assert_eq!(value["value"], 2);
+    assert_eq!(value["existed"], false);
+}
+
+#[test]
+fn a_rejected_operation_exits_1_with_a_clear_message() {
+    let server = FakeServer::start(1, 4);
+    assert!(tally(&server, &["bounds", "stock", "--floor", "0"], "")
+        .status
+        .success());
+    let output = tally(&server, &["decr", "stock"], "");
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "tally: stock: rejected: the value would fall below the floor 0\n"
+    );
+    let output = tally(&server, &["--json", "decr", "stock"], "");
+    assert_eq!(output.status.code(), Some(1));
+    let value: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(
+        (
+            value["ok"].clone(),
+            value["status"].clone(),
+            value["detail"].clone()
+        ),
+        (false.into(), "below_floor".into(), 0.into())
+    );
+}
+
+#[test]
+fn batch_reads_stdin_and_prints_one_line_per_operation() {
+    let server = FakeServer::start(2, 16);
+    let input = "# views\nincr page:1 5\nincr page:2\n\nget page:1\nexists nope\nbounds cap --ceiling 1\nincr cap 2\n";
+    let output = tally(&server, &["batch"], input);
+    assert_eq!(output.status.code(), Some(1), "one operation was rejected");
+    let expected = "page:1\t5\npage:2\t1\npage:1\t5\nnope\tfalse\ncap\tbounds set (value 0)\ncap\terror: rejected: the value would rise above the ceiling 1\n";
+    assert_eq!(stdout(&output), expected);
+
+    let output = tally(&server, &["--json", "batch"], "incr a 1\nget a\n");
+    assert!(output.status.success());
+    let lines: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[1]["value"], 1);
+}
+
+#[test]
+fn batch_stops_at_a_bad_line_after_sending_the_ones_before() {
+    let server = FakeServer::start(1, 4);
+    let output = tally(&server, &["batch"], "incr a 1\nfly a\nincr a 1\n");
+    assert_eq!(output.status.code(), Some(2));
+    assert_eq!(stdout(&output), "a\t1\n");
+    assert_eq!(
+        stderr(&output),
+        "tally: line 2: unknown operation \"fly\": \"fly a\"\n"
+    );
+    assert_eq!(server.value("a"), Some(1));
+}
+
+#[test]
+fn batch_over_ten_thousand_lines_is_sent_in_several_frames() {
+    let server = FakeServer::start(2, 16);
+    let input: String = (0..12_000)
+        .map(|index| format!("incr k{} 1\n", index % 3))
+        .collect();
+    let output = tally(&server, &["batch"], &input);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).lines().count(), 12_000);
+    assert_eq!(
+        (0..3)
+            .map(|index| server.value(&format!("k{index}")).unwrap())
+            .sum::<i64>(),
+        12_000
+    );
+}
+
+#[test]
+fn connection_refused_exits_2_and_says_so() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--addr", &free.to_string(), "get", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.starts_with(&format!("tally: cannot connect to {free}:")),
+        "{message}"
+    );
+}
