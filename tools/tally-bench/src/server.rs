@@ -1,0 +1,472 @@
+//! `tally-bench server`: drive a running server over the network with increments, in
+//! Tally's native protocol or in RESP, and report throughput and latency percentiles.
+//!
+//! Each connection is one OS thread (see [`connection`]) with its own seeded key stream
+//! ([`crate::workload`]), so the native and RESP runs of the same flags send the same
+//! keys. Throughput counts acknowledged increments; latency is per request (a batch, or
+//! `batch` pipelined Redis commands), from send (closed loop) or intended send (open
+//! loop, `--rate`) to the last reply byte.
+
+pub mod connection;
+pub mod native;
+pub mod resp;
+
+use crate::latency::{Recorder, Summary};
+use crate::workload::{write_key, Distribution, KeyChooser};
+use connection::{ConnectionReport, Plan, RequestCodec};
+use serde::Serialize;
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+use tally_protocol::{Durability, HelloReply};
+
+/// The most connections one run opens (one thread each).
+pub const CONNECTIONS_MAX: usize = 1_024;
+/// The most requests in flight per connection.
+pub const PIPELINE_MAX: usize = 4_096;
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriveError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the server closed the connection")]
+    ServerClosed,
+    #[error("{0}")]
+    Protocol(String),
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("{what}: {source}")]
+    Output {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl DriveError {
+    pub fn io(what: &'static str, source: std::io::Error) -> Self {
+        DriveError::Io { what, source }
+    }
+}
+
+/// Which wire protocol to speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireProtocol {
+    /// Tally's binary protocol (tally-protocol).
+    Native,
+    /// Redis's protocol: INCRBY commands.
+    Resp,
+}
+
+/// How keys are drawn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyDistribution {
+    Uniform,
+    Zipfian,
+}
+
+/// The durability each native batch asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityChoice {
+    /// Whatever the server was started with.
+    Server,
+    Durable,
+    Relaxed,
+}
+
+/// Flags of `tally-bench server`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ServerArgs {
+    /// Address of the server (its main port, or its RESP port with --protocol resp).
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    pub addr: SocketAddr,
+    #[arg(long, value_enum, default_value_t = WireProtocol::Native)]
+    pub protocol: WireProtocol,
+    /// Connections, one thread each.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
+    /// Requests in flight per connection (1: wait for each reply).
+    #[arg(long, default_value_t = 1)]
+    pub pipeline: usize,
+    /// Increments per request: one native Batch frame, or that many pipelined INCRBYs.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Distinct keys (`key:0` .. `key:N-1`).
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Increments to send in total (ignored with --duration).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ops: u64,
+    /// Run for this many seconds instead of a fixed operation count.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    #[arg(long, value_enum, default_value_t = KeyDistribution::Uniform)]
+    pub distribution: KeyDistribution,
+    #[arg(long, default_value_t = 0.99)]
+    pub zipf_exponent: f64,
+    /// The amount each increment adds.
+    #[arg(long, default_value_t = 1)]
+    pub delta: i64,
+    /// Open loop: target increments per second over all connections; latency counts from
+    /// each request's intended send time (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Durability each native batch asks for (RESP uses the server's default).
+    #[arg(long, value_enum, default_value_t = DurabilityChoice::Server)]
+    pub durability: DurabilityChoice,
+    /// Native: send each key to its owning core's shard port.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub shard_aware: bool,
+    /// Microseconds a read spins before blocking (default: 200 with one or two
+    /// connections, else 0, since spinning threads steal the server's cores).
+    #[arg(long)]
+    pub spin_us: Option<u64>,
+    /// Seed of the key streams (connection i uses seed + i).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a latency percentile plot (SVG) to this file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// The result of one run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub protocol: WireProtocol,
+    pub addr: String,
+    pub connections: usize,
+    pub pipeline: usize,
+    pub batch: u64,
+    pub keys: u64,
+    pub distribution: KeyDistribution,
+    pub durability: DurabilityChoice,
+    pub rate_target: Option<f64>,
+    /// Increments acknowledged.
+    pub ops: u64,
+    /// Increments the server answered with an error.
+    pub ops_failed: u64,
+    pub requests: u64,
+    pub elapsed_s: f64,
+    pub ops_per_sec: f64,
+    pub requests_per_sec: f64,
+    /// Request latency.
+    #[serde(flatten)]
+    pub latency: Summary,
+    #[serde(skip)]
+    pub curve: Vec<(f64, f64)>,
+}
+
+/// The keys one connection sends, optionally only those owned by one core.
+pub struct KeySource {
+    chooser: KeyChooser,
+    key: Vec<u8>,
+    owner: Option<(Arc<HelloReply>, usize)>,
+}
+
+impl KeySource {
+    /// Tries before giving up on finding a key owned by the wanted core (with C cores a
+    /// draw hits with probability 1/C; 64 misses in a row is vanishingly rare).
+    const OWNER_TRIES_MAX: u32 = 64;
+
+    pub fn new(chooser: KeyChooser, owner: Option<(Arc<HelloReply>, usize)>) -> Self {
+        KeySource {
+            chooser,
+            key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
+            owner,
+        }
+    }
+
+    /// The next key to increment.
+    pub fn next_key(&mut self) -> &[u8] {
+        for _ in 0..Self::OWNER_TRIES_MAX {
+            write_key(&mut self.key, self.chooser.next_rank());
+            match &self.owner {
+                Some((map, core)) if map.owner_of_key(&self.key) != *core => continue,
+                _ => break,
+            }
+        }
+        &self.key
+    }
+}
+
+fn validate(args: &ServerArgs) -> Result<(), DriveError> {
+    let invalid = |reason: &str| Err(DriveError::InvalidArguments(reason.to_owned()));
+    if !(1..=CONNECTIONS_MAX).contains(&args.connections) {
+        return invalid("--connections must be within 1..=1024");
+    }
+    if !(1..=PIPELINE_MAX).contains(&args.pipeline) {
+        return invalid("--pipeline must be within 1..=4096");
+    }
+    if !(1..=tally_protocol::BATCH_OPS_MAX as u64).contains(&args.batch) {
+        return invalid("--batch must be within 1..=10000");
+    }
+    if args.keys == 0 || args.ops == 0 {
+        return invalid("--keys and --ops must be positive");
+    }
+    if args.zipf_exponent.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+        return invalid("--zipf-exponent must be positive");
+    }
+    if args
+        .duration
+        .is_some_and(|seconds| !(seconds > 0.0 && seconds < 1e6))
+    {
+        return invalid("--duration must be positive");
+    }
+    if args
+        .rate
+        .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
+    {
+        return invalid("--rate must be positive");
+    }
+    Ok(())
+}
+
+/// The plan of connection `index`.
+fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
+    let connections = args.connections as u64;
+    let requests_total = args.ops.div_ceil(args.batch);
+    let share =
+        requests_total / connections + u64::from((index as u64) < requests_total % connections);
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.batch as f64 * args.connections as f64 / rate));
+    let spin_us = args
+        .spin_us
+        .unwrap_or(if args.connections <= 2 { 200 } else { 0 });
+    Plan {
+        pipeline: args.pipeline,
+        ops_per_request: args.batch,
+        request_quota: if args.duration.is_some() {
+            None
+        } else {
+            Some(share)
+        },
+        deadline: args
+            .duration
+            .map(|seconds| start + Duration::from_secs_f64(seconds)),
+        interval,
+        phase: interval.map_or(Duration::ZERO, |interval| {
+            interval.mul_f64(index as f64 / args.connections as f64)
+        }),
+        spin: Duration::from_micros(spin_us),
+    }
+}
+
+/// Open connection `index` and build its codec.
+fn open(
+    args: &ServerArgs,
+    index: usize,
+    shard_map: Option<&Arc<HelloReply>>,
+) -> Result<(TcpStream, Box<dyn RequestCodec + Send>), DriveError> {
+    let distribution = match args.distribution {
+        KeyDistribution::Uniform => Distribution::Uniform,
+        KeyDistribution::Zipfian => Distribution::Zipfian {
+            exponent: args.zipf_exponent,
+        },
+    };
+    let chooser = KeyChooser::new(
+        distribution,
+        args.keys,
+        args.seed.wrapping_add(index as u64),
+    );
+    match (args.protocol, shard_map) {
+        (WireProtocol::Native, Some(map)) => {
+            let (stream, core) = native::connect_to_core(args.addr, map, index, args.shard_aware)?;
+            let owner = core.map(|core| (Arc::clone(map), core));
+            let durability = match args.durability {
+                DurabilityChoice::Server => Durability::ServerDefault,
+                DurabilityChoice::Durable => Durability::Durable,
+                DurabilityChoice::Relaxed => Durability::Relaxed,
+            };
+            let codec = native::NativeCodec::new(
+                KeySource::new(chooser, owner),
+                args.batch,
+                args.delta,
+                durability,
+            );
+            Ok((stream, Box::new(codec)))
+        }
+        _ => {
+            let stream = TcpStream::connect(args.addr).map_err(|source| DriveError::Connect {
+                addr: args.addr,
+                source,
+            })?;
+            let codec = resp::RespCodec::new(KeySource::new(chooser, None), args.batch, args.delta);
+            Ok((stream, Box::new(codec)))
+        }
+    }
+}
+
+/// Run the benchmark `args` describes and return its report.
+pub fn run(args: &ServerArgs) -> Result<RunReport, DriveError> {
+    validate(args)?;
+    let shard_map = match args.protocol {
+        WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
+        WireProtocol::Resp => None,
+    };
+    let mut connections = Vec::with_capacity(args.connections);
+    for index in 0..args.connections {
+        connections.push(open(args, index, shard_map.as_ref())?);
+    }
+    let ops_done = AtomicU64::new(0);
+    let barrier = Barrier::new(args.connections + 1);
+    let reports = std::thread::scope(|scope| {
+        let handles: Vec<_> = connections
+            .into_iter()
+            .enumerate()
+            .map(|(index, (stream, mut codec))| {
+                let (barrier, ops_done) = (&barrier, &ops_done);
+                scope.spawn(move || {
+                    barrier.wait();
+                    let plan = plan_for(args, index, Instant::now());
+                    connection::drive(stream, codec.as_mut(), &plan, ops_done)
+                })
+            })
+            .collect();
+        barrier.wait();
+        show_progress(args, &ops_done, || {
+            handles.iter().all(|handle| handle.is_finished())
+        });
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a connection thread panicked"))
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    Ok(summarize(args, &reports))
+}
+
+fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: impl Fn() -> bool) {
+    let bar = match args.duration {
+        Some(seconds) => indicatif::ProgressBar::new((seconds * 1_000.0) as u64),
+        None => indicatif::ProgressBar::new(args.ops),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+            .expect("the progress template is valid"),
+    );
+    let start = Instant::now();
+    while !finished() {
+        std::thread::sleep(Duration::from_millis(100));
+        let done = ops_done.load(Ordering::Relaxed);
+        let elapsed = start.elapsed();
+        match args.duration {
+            Some(_) => bar.set_position(elapsed.as_millis() as u64),
+            None => bar.set_position(done),
+        }
+        bar.set_message(format!("{:.0} ops/s", done as f64 / elapsed.as_secs_f64()));
+    }
+    bar.finish_and_clear();
+}
+
+fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
+    let mut latency = Recorder::default();
+    let (mut requests, mut ops_failed) = (0, 0);
+    for report in reports {
+        latency.merge(&report.latency);
+        requests += report.requests;
+        ops_failed += report.ops_failed;
+    }
+    let started = reports.iter().filter_map(|report| report.started).min();
+    let finished = reports.iter().filter_map(|report| report.finished).max();
+    let elapsed_s = match (started, finished) {
+        (Some(started), Some(finished)) => (finished - started).as_secs_f64().max(1e-9),
+        _ => 1e-9,
+    };
+    let ops = requests * args.batch - ops_failed;
+    RunReport {
+        protocol: args.protocol,
+        addr: args.addr.to_string(),
+        connections: args.connections,
+        pipeline: args.pipeline,
+        batch: args.batch,
+        keys: args.keys,
+        distribution: args.distribution,
+        durability: args.durability,
+        rate_target: args.rate,
+        ops,
+        ops_failed,
+        requests,
+        elapsed_s,
+        ops_per_sec: ops as f64 / elapsed_s,
+        requests_per_sec: requests as f64 / elapsed_s,
+        latency: latency.summary(),
+        curve: latency.percentile_curve(),
+    }
+}
+
+impl RunReport {
+    /// A one-line name for tables and plot legends.
+    pub fn label(&self) -> String {
+        format!(
+            "{:?} c={} P={} B={}",
+            self.protocol, self.connections, self.pipeline, self.batch
+        )
+        .to_lowercase()
+    }
+
+    /// The report for people.
+    pub fn human(&self) -> String {
+        format!(
+            "{}: {:.0} ops/s ({} ops, {} failed, {:.2} s); request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            self.label(),
+            self.ops_per_sec,
+            self.ops,
+            self.ops_failed,
+            self.elapsed_s,
+            self.latency.p50_us,
+            self.latency.p99_us,
+            self.latency.p999_us,
+            self.latency.max_us
+        )
+    }
+}
+
+/// Write `svg` to `path`.
+pub fn write_plot(path: &std::path::Path, svg: &str) -> Result<(), DriveError> {
+    std::fs::write(path, svg).map_err(|source| DriveError::Output {
+        what: format!("writing the plot {}", path.display()),
+        source,
+    })
+}
+
+/// `tally-bench server`: run, print, plot.
+pub fn main(args: &ServerArgs) -> Result<(), DriveError> {
+    let report = run(args)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serializes")
+        );
+    } else {
+        println!("{}", report.human());
+    }
+    if let Some(path) = &args.plot {
+        let label = report.label();
+        let svg = crate::plot::percentile_svg(
+            &format!("tally-bench server: {label}"),
+            &[crate::plot::Series {
+                label: &label,
+                points: &report.curve,
+            }],
+        );
+        write_plot(path, &svg)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The workload as Redis commands: each request is `batch` `INCRBY key delta` commands
+//! sent back to back (pipelined, no MULTI), complete when all `batch` replies are in.
+
+use super::connection::RequestCodec;
+use super::{DriveError, KeySource};
+use tally_resp::{parse_reply, Command, Reply};
+
+/// Encodes `INCRBY`s and counts integer replies.
+pub struct RespCodec {
+    keys: KeySource,
+    batch: u64,
+    delta: i64,
+    /// Replies received for the oldest unfinished request.
+    replies_pending: u64,
+    /// Failed commands in the oldest unfinished request.
+    failed_pending: u64,
+}
+
+impl RespCodec {
+    pub fn new(keys: KeySource, batch: u64, delta: i64) -> Self {
+        assert!(batch >= 1, "a request holds at least one command");
+        RespCodec {
+            keys,
+            batch,
+            delta,
+            replies_pending: 0,
+            failed_pending: 0,
+        }
+    }
+}
+
+impl RequestCodec for RespCodec {
+    fn encode(&mut self, out: &mut Vec<u8>, _request_id: u64) {
+        for _ in 0..self.batch {
+            let key = self.keys.next_key();
+            Command::IncrBy {
+                key,
+                delta: self.delta,
+            }
+            .encode(out);
+        }
+    }
+
+    fn decode(&mut self, buf: &[u8], completed: &mut dyn FnMut(u64)) -> Result<usize, DriveError> {
+        let mut consumed = 0;
+        while let Some((reply, reply_bytes)) = parse_reply(&buf[consumed..])
+            .map_err(|error| DriveError::Protocol(format!("bad RESP reply: {error}")))?
+        {
+            consumed += reply_bytes;
+            if !matches!(reply, Reply::Integer(_)) {
+                self.failed_pending += 1;
+                if let Reply::Error(message) = reply {
+                    log_first_error(&String::from_utf8_lossy(message));
+                }
+            }
+            self.replies_pending += 1;
+            if self.replies_pending == self.batch {
+                completed(self.failed_pending);
+                self.replies_pending = 0;
+                self.failed_pending = 0;
+            }
+        }
+        Ok(consumed)
+    }
+}
+
+/// Print the first error a run meets, so a misconfigured run does not fail silently.
+pub fn log_first_error(message: &str) {
+    static LOGGED: std::sync::Once = std::sync::Once::new();
+    LOGGED.call_once(|| eprintln!("tally-bench: the server answered an error: {message}"));
+}
