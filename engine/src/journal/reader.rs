@@ -1,0 +1,172 @@
+//! Streaming records out of a journal from any LSN: the API replication ships
+//! segments with, and tests read journals with.
+//!
+//! The reader holds one segment's bytes at a time (from the block holding its current
+//! position to the end of the file). At the end of the last segment it answers
+//! `None`; a later call re-reads from its position, so it follows a live journal. A
+//! caller following a live journal must stop at the writer's `durable_lsn`: records
+//! above it may still be torn or rewritten. A bad record in a segment that is not the
+//! last is corruption; in the last one it is treated as "not written yet".
+
+use std::path::{Path, PathBuf};
+
+use super::record::{decode, DecodeError, LoggedRecord, OwnedRecord};
+use super::segment::{list_segments, read_segment_from, SegmentInfo};
+use super::{journal_dir, JournalError, Lsn, BLOCK_BYTES};
+
+/// Reads one core's journal in LSN order.
+pub struct JournalReader {
+    dir: PathBuf,
+    segments: Vec<SegmentInfo>,
+    /// Index into `segments` of the loaded segment; `None` before the first load.
+    current: Option<usize>,
+    /// File offset of `bytes[0]`.
+    base: u64,
+    bytes: Vec<u8>,
+    /// Position in `bytes` of the next record.
+    position: usize,
+    last_lsn: Option<Lsn>,
+    /// Records below this LSN are skipped.
+    from_lsn: Lsn,
+}
+
+impl JournalReader {
+    /// Opens core `core`'s journal under `data_dir`, positioned at its first record.
+    pub fn open(data_dir: &Path, core: u32) -> Result<Self, JournalError> {
+        Self::open_dir(&journal_dir(data_dir, core))
+    }
+
+    /// Opens the journal in directory `dir` directly.
+    pub fn open_dir(dir: &Path) -> Result<Self, JournalError> {
+        Ok(JournalReader {
+            dir: dir.to_path_buf(),
+            segments: list_segments(dir)?,
+            current: None,
+            base: 0,
+            bytes: Vec::new(),
+            position: 0,
+            last_lsn: None,
+            from_lsn: 0,
+        })
+    }
+
+    /// Positions the reader so that the next record returned has an LSN of at least
+    /// `lsn` (the first such record still kept in the journal).
+    pub fn seek(&mut self, lsn: Lsn) -> Result<(), JournalError> {
+        self.segments = list_segments(&self.dir)?;
+        let index = self
+            .segments
+            .iter()
+            .rposition(|s| s.first_lsn <= lsn)
+            .unwrap_or(0);
+        self.from_lsn = lsn;
+        self.last_lsn = None;
+        self.load(index, 0)
+    }
+
+    fn load(&mut self, index: usize, offset: u64) -> Result<(), JournalError> {
+        self.current = Some(index);
+        self.base = offset / BLOCK_BYTES as u64 * BLOCK_BYTES as u64;
+        self.position = (offset - self.base) as usize;
+        self.bytes = match self.segments.get(index) {
+            Some(segment) => read_segment_from(&segment.path, self.base)?,
+            None => Vec::new(),
+        };
+        Ok(())
+    }
+
+    /// The next record, or `None` at the (current) end of the journal.
+    pub fn next_record(&mut self) -> Result<Option<LoggedRecord<'_>>, JournalError> {
+        loop {
+            let Some(index) = self.current else {
+                self.seek(self.from_lsn)?;
+                continue;
+            };
+            match decode(&self.bytes[self.position..]) {
+                Ok((logged, length)) => {
+                    self.check_sequence(index, logged.lsn)?;
+                    let start = self.position;
+                    self.position += length;
+                    self.last_lsn = Some(logged.lsn);
+                    if logged.lsn >= self.from_lsn {
+                        let (logged, _) = decode(&self.bytes[start..]).expect("decoded just now");
+                        return Ok(Some(logged));
+                    }
+                }
+                Err(stop) => {
+                    if !self.advance_segment(index, &stop)? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next record with its key copied out.
+    pub fn next_owned(&mut self) -> Result<Option<OwnedRecord>, JournalError> {
+        Ok(self.next_record()?.map(|r| r.to_owned_record()))
+    }
+
+    fn check_sequence(&self, index: usize, lsn: Lsn) -> Result<(), JournalError> {
+        let segment = &self.segments[index];
+        let at_start = self.base + self.position as u64 == 0;
+        let ok = match (at_start, self.last_lsn) {
+            (true, _) => lsn == segment.first_lsn && self.last_lsn.is_none_or(|l| lsn > l),
+            (false, Some(last)) => lsn == last + 1,
+            (false, None) => lsn >= segment.first_lsn,
+        };
+        if ok {
+            return Ok(());
+        }
+        Err(JournalError::Corrupted {
+            path: segment.path.clone(),
+            offset: self.base + self.position as u64,
+            reason: format!("LSN {lsn} out of sequence (previous {:?})", self.last_lsn),
+        })
+    }
+
+    /// At the end of the loaded segment's records: moves to the next segment if there
+    /// is one, else re-reads the last one for new records. Returns whether to go on.
+    fn advance_segment(&mut self, index: usize, stop: &DecodeError) -> Result<bool, JournalError> {
+        let offset = self.base + self.position as u64;
+        let current = self.segments[index].clone();
+        self.segments = list_segments(&self.dir)?;
+        let Some(index) = self
+            .segments
+            .iter()
+            .position(|s| s.first_lsn == current.first_lsn)
+        else {
+            return Err(JournalError::Corrupted {
+                path: current.path,
+                offset,
+                reason: "segment removed while being read (a checkpoint released it)".into(),
+            });
+        };
+        if index + 1 < self.segments.len() {
+            let at_end = self.position == self.bytes.len() || matches!(stop, DecodeError::End);
+            if !at_end {
+                return Err(JournalError::Corrupted {
+                    path: current.path,
+                    offset,
+                    reason: format!("bad record before the next segment: {stop:?}"),
+                });
+            }
+            self.load(index + 1, 0)?;
+            return Ok(true);
+        }
+        self.load(index, offset)?;
+        Ok(self.has_record_here())
+    }
+
+    fn has_record_here(&self) -> bool {
+        decode(&self.bytes[self.position..]).is_ok()
+    }
+}
+
+impl Iterator for JournalReader {
+    type Item = Result<OwnedRecord, JournalError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_owned().transpose()
+    }
+}

@@ -1,0 +1,318 @@
+//! Segment files: naming, listing, scanning and judging how a segment ends.
+//!
+//! A segment is named `segment-<first LSN as 20 decimal digits>.log`, so names sort in
+//! LSN order. Scanning decodes records from offset 0 until the bytes end, a zero byte
+//! (padding) starts, or a record fails its checks. How the scan stopped is judged by
+//! [`judge_stop`]:
+//! - end of file, or zero padding with no valid record after it: a clean end;
+//! - otherwise, in the last segment, when no valid record lies beyond the window one
+//!   commit could have torn (`COMMIT_BYTES_MAX` from the block where the damage
+//!   starts): a torn tail, to be truncated;
+//! - anything else (damage in an earlier segment, or valid records after the window):
+//!   corruption in the middle, reported with file and offset.
+//!
+//! A valid record that breaks the LSN sequence is corruption wherever it is: a torn
+//! write cannot produce one with a good checksum.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::record::{decode, DecodeError, LoggedRecord, RECORD_BYTES_MIN, RECORD_MAGIC};
+use super::{JournalError, Lsn, BLOCK_BYTES, COMMIT_BYTES_MAX};
+
+const NAME_PREFIX: &str = "segment-";
+const NAME_SUFFIX: &str = ".log";
+const LSN_DIGITS: usize = 20;
+
+/// A segment file and the LSN its name says it starts at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub first_lsn: Lsn,
+    pub path: PathBuf,
+}
+
+/// The path of the segment starting at `first_lsn` in journal directory `dir`.
+pub fn segment_path(dir: &Path, first_lsn: Lsn) -> PathBuf {
+    dir.join(format!(
+        "{NAME_PREFIX}{first_lsn:0LSN_DIGITS$}{NAME_SUFFIX}"
+    ))
+}
+
+fn parse_name(name: &str) -> Option<Lsn> {
+    let digits = name.strip_prefix(NAME_PREFIX)?.strip_suffix(NAME_SUFFIX)?;
+    if digits.len() != LSN_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segments of journal directory `dir`, in LSN order. A missing directory has none;
+/// files with other names (such as set-aside `.corrupt` files) are ignored.
+pub fn list_segments(dir: &Path) -> Result<Vec<SegmentInfo>, JournalError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(JournalError::io("list journal directory", dir, error)),
+    };
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| JournalError::io("list journal directory", dir, e))?;
+        let name = entry.file_name();
+        if let Some(first_lsn) = name.to_str().and_then(parse_name) {
+            segments.push(SegmentInfo {
+                first_lsn,
+                path: entry.path(),
+            });
+        }
+    }
+    segments.sort_by_key(|s| s.first_lsn);
+    Ok(segments)
+}
+
+/// Reads a segment file from `offset` to its end.
+pub fn read_segment_from(path: &Path, offset: u64) -> Result<Vec<u8>, JournalError> {
+    let mut file = File::open(path).map_err(|e| JournalError::io("open segment", path, e))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| JournalError::io("seek segment", path, e))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| JournalError::io("read segment", path, e))?;
+    Ok(bytes)
+}
+
+/// Cuts a segment at `offset` (a torn tail) and makes the cut durable.
+pub fn truncate_segment(path: &Path, offset: u64) -> Result<(), JournalError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| JournalError::io("open segment to truncate", path, e))?;
+    file.set_len(offset)
+        .map_err(|e| JournalError::io("truncate segment", path, e))?;
+    file.sync_all()
+        .map_err(|e| JournalError::io("sync truncated segment", path, e))
+}
+
+/// fdatasync of a segment, so what recovery found becomes durable before new records.
+pub fn sync_segment(path: &Path) -> Result<(), JournalError> {
+    let file = File::open(path).map_err(|e| JournalError::io("open segment", path, e))?;
+    file.sync_data()
+        .map_err(|e| JournalError::io("sync segment", path, e))
+}
+
+/// How a scan of a segment stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// All records read; what follows (if anything) is zero padding.
+    Clean,
+    /// The last commit was torn at `offset`: truncate there.
+    TornTail { offset: u64, reason: String },
+    /// Damage at `offset` with valid records after it.
+    Corrupted { offset: u64, reason: String },
+}
+
+/// What scanning one segment found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentScan {
+    pub last_lsn: Option<Lsn>,
+    pub record_count: u64,
+    /// Offset just after the last good record.
+    pub end: u64,
+    pub verdict: Verdict,
+}
+
+/// Decodes every record of segment `info` (content `bytes`), calling `visit` on each,
+/// and judges how it ends. `previous_lsn` is the last LSN of the segments before it.
+pub fn scan_segment<'b, F>(
+    info: &SegmentInfo,
+    bytes: &'b [u8],
+    previous_lsn: Option<Lsn>,
+    is_last: bool,
+    mut visit: F,
+) -> Result<SegmentScan, JournalError>
+where
+    F: FnMut(LoggedRecord<'b>) -> Result<(), JournalError>,
+{
+    let corrupted = |offset: usize, reason: String| JournalError::Corrupted {
+        path: info.path.clone(),
+        offset: offset as u64,
+        reason,
+    };
+    if previous_lsn.is_some_and(|last| info.first_lsn <= last) {
+        return Err(corrupted(
+            0,
+            format!(
+                "segment starts at LSN {} but LSN {} came before",
+                info.first_lsn,
+                previous_lsn.unwrap_or(0)
+            ),
+        ));
+    }
+    let mut offset = 0usize;
+    let mut last_lsn = None;
+    let mut record_count = 0u64;
+    let stop = loop {
+        match decode(&bytes[offset..]) {
+            Ok((logged, length)) => {
+                let expected = last_lsn.map_or(info.first_lsn, |lsn: Lsn| lsn + 1);
+                if logged.lsn != expected {
+                    return Err(corrupted(
+                        offset,
+                        format!("LSN {} where {expected} was expected", logged.lsn),
+                    ));
+                }
+                visit(logged)?;
+                last_lsn = Some(logged.lsn);
+                record_count += 1;
+                offset += length;
+            }
+            Err(stop) => break stop,
+        }
+    };
+    let verdict = judge_stop(bytes, offset, &stop, last_lsn.or(previous_lsn), is_last);
+    if let Verdict::Corrupted { offset, reason } = &verdict {
+        return Err(corrupted(*offset as usize, reason.clone()));
+    }
+    Ok(SegmentScan {
+        last_lsn,
+        record_count,
+        end: offset as u64,
+        verdict,
+    })
+}
+
+/// Judges a scan that stopped at `offset` for `stop` (module doc has the rules).
+pub fn judge_stop(
+    bytes: &[u8],
+    offset: usize,
+    stop: &DecodeError,
+    last_lsn: Option<Lsn>,
+    is_last: bool,
+) -> Verdict {
+    if offset == bytes.len() {
+        return Verdict::Clean;
+    }
+    let later = find_valid_after(bytes, offset + 8, last_lsn);
+    let reason = match stop {
+        DecodeError::End if later.is_none() => return Verdict::Clean,
+        DecodeError::End => "zero bytes where a record should start".to_string(),
+        DecodeError::Incomplete => "record cut short by the end of the file".to_string(),
+        DecodeError::Invalid(reason) => reason.clone(),
+    };
+    if !is_last {
+        let after = later.map_or(String::new(), |at| format!(", valid record at offset {at}"));
+        return Verdict::Corrupted {
+            offset: offset as u64,
+            reason: format!("{reason} in a segment that is not the last{after}"),
+        };
+    }
+    // Worked example: damage at offset 10,000 lies in the block at 8,192; one commit
+    // starting there ends before 8,192 + 4 MiB, so a valid record at or beyond that
+    // offset was written by a later commit, which only ran after this one was durable.
+    let window_end = offset / BLOCK_BYTES * BLOCK_BYTES + COMMIT_BYTES_MAX;
+    let beyond = later.and_then(|at| find_valid_after(bytes, at.max(window_end), last_lsn));
+    match beyond {
+        Some(at) => Verdict::Corrupted {
+            offset: offset as u64,
+            reason: format!("{reason}, followed by a valid record at offset {at}"),
+        },
+        None => Verdict::TornTail {
+            offset: offset as u64,
+            reason,
+        },
+    }
+}
+
+/// The offset of the first valid record at or after `offset` with an LSN above
+/// `last_lsn`. Records start at multiples of 8, so only those offsets are tried.
+fn find_valid_after(bytes: &[u8], offset: usize, last_lsn: Option<Lsn>) -> Option<usize> {
+    let mut at = offset.div_ceil(8) * 8;
+    while at + RECORD_BYTES_MIN <= bytes.len() {
+        if bytes[at] == RECORD_MAGIC {
+            if let Ok((logged, _)) = decode(&bytes[at..]) {
+                if last_lsn.is_none_or(|last| logged.lsn > last) {
+                    return Some(at);
+                }
+            }
+        }
+        at += 8;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::record::{Record, RecordKind};
+
+    fn segment_bytes(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let mut out = [0u8; 512];
+        for lsn in lsns {
+            let record = Record {
+                partition: 1,
+                kind: RecordKind::Add,
+                key: b"key",
+                operand: 1,
+                value: lsn as i64,
+                bounds: None,
+                idempotency: None,
+            };
+            let length = record.encode(lsn, &mut out);
+            bytes.extend_from_slice(&out[..length]);
+        }
+        bytes.resize(bytes.len().div_ceil(BLOCK_BYTES) * BLOCK_BYTES, 0);
+        bytes
+    }
+
+    fn info() -> SegmentInfo {
+        SegmentInfo {
+            first_lsn: 1,
+            path: PathBuf::from("segment-1"),
+        }
+    }
+
+    #[test]
+    fn names_round_trip_and_sort() {
+        let path = segment_path(Path::new("/j"), 42);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert_eq!(name, "segment-00000000000000000042.log");
+        assert_eq!(parse_name(name), Some(42));
+        assert_eq!(parse_name("segment-42.log"), None);
+        assert_eq!(parse_name("segment-00000000000000000042.log.corrupt"), None);
+    }
+
+    #[test]
+    fn padding_is_a_clean_end() {
+        let bytes = segment_bytes(1..=10);
+        let scan = scan_segment(&info(), &bytes, None, false, |_| Ok(())).unwrap();
+        assert_eq!(scan.last_lsn, Some(10));
+        assert_eq!(scan.verdict, Verdict::Clean);
+    }
+
+    #[test]
+    fn damage_at_the_tail_of_the_last_segment_is_torn() {
+        let mut bytes = segment_bytes(1..=10);
+        bytes[9 * 56 + 20] ^= 4;
+        let scan = scan_segment(&info(), &bytes, None, true, |_| Ok(())).unwrap();
+        assert_eq!(scan.last_lsn, Some(9));
+        assert!(matches!(
+            scan.verdict,
+            Verdict::TornTail { offset: 504, .. }
+        ));
+        let error = scan_segment(&info(), &bytes, None, false, |_| Ok(())).unwrap_err();
+        assert!(matches!(error, JournalError::Corrupted { offset: 504, .. }));
+    }
+
+    #[test]
+    fn damage_far_before_valid_records_is_corruption() {
+        let count = (COMMIT_BYTES_MAX / 56 + 200) as u64;
+        let mut bytes = segment_bytes(1..=count);
+        bytes[56 * 3 + 30] ^= 1;
+        let error = scan_segment(&info(), &bytes, None, true, |_| Ok(())).unwrap_err();
+        match error {
+            JournalError::Corrupted { offset, .. } => assert_eq!(offset, 168),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,413 @@
+//! The journal writer: buffers records and group-commits them without blocking.
+//!
+//! # Buffers
+//! Two [`AlignedBuffer`]s of [`COMMIT_BYTES_MAX`] alternate. `active` gathers records;
+//! its byte 0 sits at the block-aligned file offset `active_offset`. A commit writes
+//! `active` rounded up to whole blocks (zero padding after the last record) and hands
+//! it to the storage; the other buffer becomes `active`, starting with a copy of the
+//! partial last block just submitted (the *carry*), so the next commit rewrites that
+//! block with more records appended. Worked example: 5,000 bytes of records at offset
+//! 0 are written as 8,192 bytes; the next buffer starts at offset 4,096 holding the
+//! 904 carried bytes, and new records go after them.
+//!
+//! # Commit policy
+//! One commit is in flight at a time; records appended meanwhile ride the next one.
+//! With no commit in flight, waiting records are submitted when the oldest durable one
+//! has waited `durable_wait`, the oldest relaxed one `relaxed_interval`, or
+//! `batch_bytes` are waiting: see [`Journal::next_deadline`].
+//!
+//! # Failure
+//! The first failed write or fdatasync moves the journal to a failed state: no record
+//! is accepted or reported durable again; `durable_lsn` stays where it was.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use super::record::Record;
+use super::segment::{self, Verdict};
+use super::storage::{CommitFailure, Completion, JournalStorage, UringStorage};
+use super::{
+    journal_dir, AlignedBuffer, Durability, JournalError, JournalOptions, Lsn, BLOCK_BYTES,
+    COMMIT_BYTES_MAX,
+};
+
+/// Counts since open, for benchmarks and monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub commit_count: u64,
+    pub record_count: u64,
+    pub bytes_written: u64,
+}
+
+/// The commit in flight.
+struct InFlight {
+    last_lsn: Lsn,
+    record_count: u64,
+    offset: u64,
+    length: usize,
+}
+
+/// One core's journal writer. See the module doc for buffers, policy and failure.
+pub struct Journal<S: JournalStorage = UringStorage> {
+    dir: PathBuf,
+    options: JournalOptions,
+    storage: S,
+    active: AlignedBuffer,
+    /// Bytes of records in `active`, carry included.
+    active_bytes: usize,
+    /// File offset of `active[0]`; a multiple of BLOCK_BYTES.
+    active_offset: u64,
+    spare: Option<AlignedBuffer>,
+    /// The segment commits go to; `None` until the next commit creates one.
+    segment: Option<PathBuf>,
+    next_lsn: Lsn,
+    submitted_lsn: Lsn,
+    durable_lsn: Lsn,
+    in_flight: Option<InFlight>,
+    oldest_durable: Option<Instant>,
+    oldest_relaxed: Option<Instant>,
+    failure: Option<String>,
+    stats: JournalStats,
+}
+
+impl Journal<UringStorage> {
+    /// Opens core `core`'s journal under `data_dir` for appending, with io_uring.
+    /// Run [`super::recovery::recover`] first after an unclean stop; this repairs only
+    /// a torn tail of the last segment and refuses corruption in it.
+    pub fn open(data_dir: &Path, core: u32, options: JournalOptions) -> Result<Self, JournalError> {
+        let storage = UringStorage::new(options.direct_io)
+            .map_err(|e| JournalError::io("set up io_uring for", data_dir, e))?;
+        Self::open_with_storage(data_dir, core, options, storage)
+    }
+}
+
+impl<S: JournalStorage> Journal<S> {
+    /// Opens the journal with a given storage (fault injection in tests).
+    pub fn open_with_storage(
+        data_dir: &Path,
+        core: u32,
+        options: JournalOptions,
+        storage: S,
+    ) -> Result<Self, JournalError> {
+        options.validate()?;
+        let dir = journal_dir(data_dir, core);
+        create_dir_durably(&dir)?;
+        let last_lsn = prepare_tail(&dir)?;
+        let next_lsn = (last_lsn + 1).max(options.next_lsn_min);
+        Ok(Journal {
+            dir,
+            options,
+            storage,
+            active: AlignedBuffer::new(COMMIT_BYTES_MAX),
+            active_bytes: 0,
+            active_offset: 0,
+            spare: Some(AlignedBuffer::new(COMMIT_BYTES_MAX)),
+            segment: None,
+            next_lsn,
+            submitted_lsn: next_lsn - 1,
+            durable_lsn: next_lsn - 1,
+            in_flight: None,
+            oldest_durable: None,
+            oldest_relaxed: None,
+            failure: None,
+            stats: JournalStats::default(),
+        })
+    }
+
+    /// The journal directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The LSN of the last record appended (0 if none ever was).
+    pub fn appended_lsn(&self) -> Lsn {
+        self.next_lsn - 1
+    }
+
+    /// Every record with an LSN up to this one is on disk (fdatasync'd).
+    pub fn durable_lsn(&self) -> Lsn {
+        self.durable_lsn
+    }
+
+    /// Why the journal failed, if it did. Durable waiters above `durable_lsn` must then
+    /// be answered with an error.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.as_deref()
+    }
+
+    /// Whether a commit is in flight.
+    pub fn commit_in_flight(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    pub fn stats(&self) -> JournalStats {
+        self.stats
+    }
+
+    fn check_not_failed(&self) -> Result<(), JournalError> {
+        match &self.failure {
+            Some(reason) => Err(JournalError::Failed {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies `record` into the buffer and assigns it the next LSN. Never blocks.
+    /// `BufferFull` means a commit is in flight and the buffer is full: poll, retry.
+    pub fn append(
+        &mut self,
+        record: &Record<'_>,
+        durability: Durability,
+    ) -> Result<Lsn, JournalError> {
+        self.check_not_failed()?;
+        record.validate().map_err(JournalError::InvalidRecord)?;
+        let length = record.encoded_bytes();
+        if self.active_bytes + length > self.active.capacity() {
+            return Err(JournalError::BufferFull {
+                bytes: self.active_bytes,
+            });
+        }
+        let lsn = self.next_lsn;
+        let out = &mut self.active.as_mut_slice()[self.active_bytes..];
+        let written = record.encode(lsn, out);
+        debug_assert_eq!(
+            super::record::decode(&out[..written]).map(|(r, _)| (r.lsn, r.record)),
+            Ok((lsn, *record))
+        );
+        self.active_bytes += written;
+        self.next_lsn += 1;
+        let oldest = match durability {
+            Durability::Durable => &mut self.oldest_durable,
+            Durability::Relaxed => &mut self.oldest_relaxed,
+        };
+        if oldest.is_none() {
+            *oldest = Some(Instant::now());
+        }
+        Ok(lsn)
+    }
+
+    fn waiting_bytes(&self) -> usize {
+        if self.submitted_lsn == self.appended_lsn() {
+            return 0;
+        }
+        // The carry (bytes before the first unsubmitted record) is at most one block.
+        self.active_bytes
+    }
+
+    /// When the waiting records' commit is due, if any wait and none is in flight.
+    /// The commit task sleeps until then (or until a poll completes a commit).
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.in_flight.is_some() || self.failure.is_some() || self.waiting_bytes() == 0 {
+            return None;
+        }
+        let durable = self.oldest_durable.map(|t| t + self.options.durable_wait);
+        let relaxed = self
+            .oldest_relaxed
+            .map(|t| t + self.options.relaxed_interval);
+        let due = match (durable, relaxed) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        if self.waiting_bytes() >= self.options.batch_bytes {
+            let oldest = self
+                .oldest_durable
+                .into_iter()
+                .chain(self.oldest_relaxed)
+                .min();
+            return oldest.or(Some(due));
+        }
+        Some(due)
+    }
+
+    /// Submits the waiting records if their commit is due at `now`. Returns whether a
+    /// commit was submitted.
+    pub fn submit_if_due(&mut self, now: Instant) -> Result<bool, JournalError> {
+        match self.next_deadline() {
+            Some(due) if due <= now => self.submit(),
+            _ => {
+                self.check_not_failed()?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Submits the waiting records now (write + fdatasync) unless a commit is in
+    /// flight or nothing waits. Returns whether a commit was submitted. Never blocks,
+    /// except to create a new segment file.
+    pub fn submit(&mut self) -> Result<bool, JournalError> {
+        self.check_not_failed()?;
+        if self.in_flight.is_some() || self.waiting_bytes() == 0 {
+            return Ok(false);
+        }
+        if self.segment.is_none() {
+            self.start_segment()?;
+        }
+        let offset = self.active_offset;
+        let length = self.active_bytes.div_ceil(BLOCK_BYTES) * BLOCK_BYTES;
+        self.active.as_mut_slice()[self.active_bytes..length].fill(0);
+        let buffer = self.rotate_buffers();
+        if let Err(error) = self.storage.submit(offset, buffer, length) {
+            let path = self.segment.clone().unwrap_or_default();
+            return Err(self.fail(JournalError::io("submit a commit to", &path, error)));
+        }
+        self.in_flight = Some(InFlight {
+            last_lsn: self.appended_lsn(),
+            record_count: self.appended_lsn() - self.submitted_lsn,
+            offset,
+            length,
+        });
+        self.submitted_lsn = self.appended_lsn();
+        self.oldest_durable = None;
+        self.oldest_relaxed = None;
+        Ok(true)
+    }
+
+    /// Swaps in the spare buffer as `active`, carrying the partial last block over (or
+    /// starting a new segment at offset 0 once this one reached its target size).
+    /// Returns the buffer to submit.
+    fn rotate_buffers(&mut self) -> AlignedBuffer {
+        let full_blocks = self.active_bytes / BLOCK_BYTES * BLOCK_BYTES;
+        let carry = self.active_bytes - full_blocks;
+        let end = self.active_offset + self.active_bytes as u64;
+        let mut next = self
+            .spare
+            .take()
+            .expect("no commit in flight, so the spare is here");
+        if end >= self.options.segment_bytes_target {
+            self.segment = None;
+            self.active_offset = 0;
+            self.active_bytes = 0;
+        } else {
+            next.as_mut_slice()[..carry]
+                .copy_from_slice(&self.active.as_slice()[full_blocks..self.active_bytes]);
+            self.active_offset += full_blocks as u64;
+            self.active_bytes = carry;
+        }
+        std::mem::replace(&mut self.active, next)
+    }
+
+    fn start_segment(&mut self) -> Result<(), JournalError> {
+        assert_eq!(self.active_offset, 0, "a new segment starts at offset 0");
+        let path = segment::segment_path(&self.dir, self.submitted_lsn + 1);
+        if let Err(error) = self.storage.create_segment(&path) {
+            return Err(self.fail(JournalError::io("create segment", &path, error)));
+        }
+        self.segment = Some(path);
+        Ok(())
+    }
+
+    /// Reaps a finished commit without blocking; returns the new durable LSN if one
+    /// finished. An error means the commit failed and the journal is now failed.
+    pub fn poll(&mut self) -> Result<Option<Lsn>, JournalError> {
+        self.reap(false)
+    }
+
+    fn reap(&mut self, wait: bool) -> Result<Option<Lsn>, JournalError> {
+        if self.in_flight.is_none() {
+            return Ok(None);
+        }
+        match self.storage.reap(wait) {
+            Ok(None) => Ok(None),
+            Ok(Some(completion)) => self.complete(completion).map(Some),
+            Err(error) => {
+                let path = self.segment.clone().unwrap_or_default();
+                Err(self.fail(JournalError::io("wait for a commit to", &path, error)))
+            }
+        }
+    }
+
+    fn complete(&mut self, completion: Completion) -> Result<Lsn, JournalError> {
+        let done = self.in_flight.take().expect("reaped a commit in flight");
+        self.spare = Some(completion.buffer);
+        let path = self.segment.clone().unwrap_or_else(|| self.dir.clone());
+        match completion.outcome {
+            Ok(()) => {
+                assert!(done.last_lsn > self.durable_lsn, "durable LSN only grows");
+                self.durable_lsn = done.last_lsn;
+                self.stats.commit_count += 1;
+                self.stats.record_count += done.record_count;
+                self.stats.bytes_written += done.length as u64;
+                Ok(self.durable_lsn)
+            }
+            Err(failure) => Err(self.fail(commit_error(failure, path, done.offset, done.length))),
+        }
+    }
+
+    fn fail(&mut self, error: JournalError) -> JournalError {
+        if self.failure.is_none() {
+            self.failure = Some(error.to_string());
+        }
+        error
+    }
+
+    /// Blocks until every appended record is durable (shutdown, tests, checkpoints).
+    pub fn sync(&mut self) -> Result<Lsn, JournalError> {
+        loop {
+            self.check_not_failed()?;
+            if self.in_flight.is_some() {
+                self.reap(true)?;
+            } else if self.waiting_bytes() > 0 {
+                self.submit()?;
+            } else {
+                return Ok(self.durable_lsn);
+            }
+        }
+    }
+}
+
+fn commit_error(failure: CommitFailure, path: PathBuf, offset: u64, length: usize) -> JournalError {
+    match failure {
+        CommitFailure::Write(error) => JournalError::io("write commit to", &path, error),
+        CommitFailure::ShortWrite { written } => JournalError::ShortWrite {
+            path,
+            offset,
+            written,
+            expected: length,
+        },
+        CommitFailure::Sync(source) => JournalError::SyncFailed { path, source },
+    }
+}
+
+/// Creates `dir` and its missing parents, syncing each parent so the entries survive.
+pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| JournalError::io("create directory", dir, e))?;
+    let mut parent = dir.parent();
+    for _ in 0..3 {
+        let Some(path) = parent else { break };
+        std::fs::File::open(path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| JournalError::io("sync directory", path, e))?;
+        parent = path.parent();
+    }
+    Ok(())
+}
+
+/// Finds the last LSN of the journal in `dir`, truncating a torn tail of the last
+/// segment, removing trailing segments without records, and syncing what remains.
+/// Corruption in the last segment is an error (run recovery).
+fn prepare_tail(dir: &Path) -> Result<Lsn, JournalError> {
+    let mut segments = segment::list_segments(dir)?;
+    while let Some(last) = segments.last() {
+        let bytes = segment::read_segment_from(&last.path, 0)?;
+        let scan = segment::scan_segment(last, &bytes, None, true, |_| Ok(()))?;
+        if let Verdict::TornTail { offset, .. } = scan.verdict {
+            segment::truncate_segment(&last.path, offset)?;
+        }
+        match scan.last_lsn {
+            Some(lsn) => {
+                segment::sync_segment(&last.path)?;
+                return Ok(lsn);
+            }
+            None => {
+                std::fs::remove_file(&last.path)
+                    .map_err(|e| JournalError::io("remove empty segment", &last.path, e))?;
+                segments.pop();
+            }
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,187 @@
+//! The journal writer and reader on real files through io_uring and O_DIRECT:
+//! group commit, segment rolls, reopen, seek, deadlines.
+
+use std::time::{Duration, Instant};
+
+use tally_engine::journal::{
+    journal_dir, list_segments, Bounds, Durability, Idempotency, Journal, JournalOptions,
+    JournalReader, OwnedRecord, Record, RecordKind,
+};
+
+fn record_for(index: u64) -> OwnedRecord {
+    let kind = match index % 7 {
+        0 => RecordKind::Set,
+        1 => RecordKind::Delete,
+        2 => RecordKind::SetBounds,
+        _ => RecordKind::Add,
+    };
+    OwnedRecord {
+        lsn: 0,
+        partition: (index % 5) as u32,
+        kind,
+        key: format!("counter:{}", index % 1000)
+            .repeat(1 + (index % 3) as usize)
+            .into_bytes(),
+        operand: index as i64,
+        value: (index * 3) as i64,
+        bounds: (kind == RecordKind::SetBounds).then_some(Bounds {
+            floor: Some(-1),
+            ceiling: (index % 2 == 0).then_some(1 << 40),
+        }),
+        idempotency: (index % 11 == 0).then_some(Idempotency {
+            key: u128::from(index) << 64,
+            result: [index as u8; 16],
+        }),
+    }
+}
+
+/// Appends `count` records the way the server's commit task would: append, then let
+/// the journal submit when due and poll for completions, never blocking.
+fn append_all(journal: &mut Journal, first: u64, count: u64) -> Vec<OwnedRecord> {
+    let mut written = Vec::new();
+    for index in first..first + count {
+        let mut record = record_for(index);
+        let durability = if index % 2 == 0 {
+            Durability::Durable
+        } else {
+            Durability::Relaxed
+        };
+        record.lsn = loop {
+            match journal.append(&record.as_record(), durability) {
+                Ok(lsn) => break lsn,
+                Err(tally_engine::journal::JournalError::BufferFull { .. }) => {
+                    journal.poll().expect("poll");
+                }
+                Err(other) => panic!("append failed: {other}"),
+            }
+        };
+        journal.submit_if_due(Instant::now()).expect("submit");
+        journal.poll().expect("poll");
+        assert!(journal.durable_lsn() <= journal.appended_lsn());
+        written.push(record);
+    }
+    written
+}
+
+fn read_all(data_dir: &std::path::Path) -> Vec<OwnedRecord> {
+    JournalReader::open(data_dir, 0)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn records_come_back_in_order_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        segment_bytes_target: 64 << 10,
+        ..JournalOptions::default()
+    };
+    let mut journal = Journal::open(dir.path(), 0, options).unwrap();
+    let written = append_all(&mut journal, 0, 20_000);
+    assert_eq!(journal.sync().unwrap(), 20_000);
+    assert_eq!(journal.durable_lsn(), journal.appended_lsn());
+    let stats = journal.stats();
+    assert_eq!(stats.record_count, 20_000);
+    assert!(
+        stats.commit_count >= 2,
+        "group commit still commits more than once here"
+    );
+    drop(journal);
+    assert!(list_segments(&journal_dir(dir.path(), 0)).unwrap().len() > 5);
+    assert_eq!(read_all(dir.path()), written);
+}
+
+#[test]
+fn reopen_continues_the_lsn_sequence_and_seek_finds_any_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut written = Vec::new();
+    for round in 0..3u64 {
+        let mut journal = Journal::open(dir.path(), 0, JournalOptions::default()).unwrap();
+        assert_eq!(journal.appended_lsn(), round * 1000);
+        written.extend(append_all(&mut journal, round * 1000, 1000));
+        journal.sync().unwrap();
+    }
+    assert_eq!(read_all(dir.path()), written);
+    let mut reader = JournalReader::open(dir.path(), 0).unwrap();
+    for lsn in [1, 999, 1000, 1001, 2500, 3000] {
+        reader.seek(lsn).unwrap();
+        let found = reader.next_owned().unwrap().unwrap();
+        assert_eq!(found, written[lsn as usize - 1]);
+    }
+    reader.seek(3001).unwrap();
+    assert!(reader.next_owned().unwrap().is_none());
+}
+
+#[test]
+fn a_reader_follows_a_live_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal = Journal::open(dir.path(), 0, JournalOptions::default()).unwrap();
+    let first = append_all(&mut journal, 0, 100);
+    journal.sync().unwrap();
+    let mut reader = JournalReader::open(dir.path(), 0).unwrap();
+    for expected in &first {
+        assert_eq!(&reader.next_owned().unwrap().unwrap(), expected);
+    }
+    assert!(reader.next_owned().unwrap().is_none());
+    let second = append_all(&mut journal, 100, 50);
+    journal.sync().unwrap();
+    for expected in &second {
+        assert_eq!(&reader.next_owned().unwrap().unwrap(), expected);
+    }
+}
+
+#[test]
+fn deadlines_follow_the_durability_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        durable_wait: Duration::from_millis(2),
+        relaxed_interval: Duration::from_millis(50),
+        ..JournalOptions::default()
+    };
+    let mut journal = Journal::open(dir.path(), 0, options).unwrap();
+    assert_eq!(journal.next_deadline(), None);
+    let before = Instant::now();
+    let record = record_for(3);
+    journal
+        .append(&record.as_record(), Durability::Relaxed)
+        .unwrap();
+    let relaxed_due = journal.next_deadline().unwrap();
+    assert!(relaxed_due >= before + Duration::from_millis(50));
+    assert!(!journal.submit_if_due(before).unwrap());
+    journal
+        .append(&record.as_record(), Durability::Durable)
+        .unwrap();
+    let durable_due = journal.next_deadline().unwrap();
+    assert!(durable_due < relaxed_due);
+    assert!(journal.submit_if_due(durable_due).unwrap());
+    assert_eq!(
+        journal.next_deadline(),
+        None,
+        "nothing is due while a commit is in flight"
+    );
+    assert_eq!(journal.sync().unwrap(), 2);
+}
+
+#[test]
+fn bad_records_and_options_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_options = JournalOptions {
+        batch_bytes: 0,
+        ..JournalOptions::default()
+    };
+    assert!(Journal::open(dir.path(), 0, bad_options).is_err());
+    let mut journal = Journal::open(dir.path(), 0, JournalOptions::default()).unwrap();
+    let record = Record {
+        partition: 0,
+        kind: RecordKind::Add,
+        key: b"",
+        operand: 1,
+        value: 1,
+        bounds: None,
+        idempotency: None,
+    };
+    let error = journal.append(&record, Durability::Durable).unwrap_err();
+    assert!(error.to_string().contains("key length 0"), "{error}");
+    assert_eq!(journal.appended_lsn(), 0);
+}
