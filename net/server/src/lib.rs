@@ -1,1 +1,463 @@
-//! Tally's thread-per-core server.
+//! Tally's thread-per-core server: one glommio executor per core, each owning a share
+//! of the partitions, talking to the others only through glommio's channel mesh.
+//!
+//! # Data path of an increment
+//!
+//! ```text
+//! client ──TCP──▶ core R (main port via SO_REUSEPORT, or core R's own shard port)
+//!   connection.rs: one read brings many frames; decode (tally-protocol, borrowed keys)
+//!   for each op: partition = xxh3(key) % P, owner = partition % cores
+//!     owner == R ─▶ R's Store::apply_batch (one call per frame, prefetching)
+//!     owner == O ─▶ ForwardBatch ──request mesh──▶ core O: Store::apply_batch
+//!                                ◀──reply mesh──── results in order
+//!   merge results in the batch's order ─▶ BatchReply ─▶ one write for the whole turn
+//! ```
+//!
+//! A shard-aware client (`HelloReply` lists every core's shard port and the owner of
+//! every partition) sends each key straight to its owner and never pays the hop.
+//!
+//! # Durability (journal integration pending)
+//!
+//! The write-ahead journal (`tally_engine::journal`) is not wired in yet: every batch is
+//! acknowledged once applied to the memory-mapped store, whatever durability it asks for,
+//! so `durable` currently behaves as `relaxed` without a journal: a clean shutdown
+//! (`close_clean`, which msyncs) keeps everything; a `kill -9` keeps what the page cache
+//! holds; a power loss may lose recent updates. The server logs this at start.
+//!
+//! # Idempotency
+//!
+//! See [`idempotency`]: a batch's key is recorded on the core owning the batch's first
+//! key (its *home*), so every retry, on any connection or port, meets the same record.
+//! Keys live in memory only until the journal carries them across restarts.
+//!
+//! # Memory locking
+//!
+//! glommio registers io_uring rings and an I/O buffer per executor, which counts against
+//! `RLIMIT_MEMLOCK`. The defaults (`io_memory_bytes` 512 KiB, ring depth 128) fit 8
+//! cores comfortably in 8 MiB; on machines with a lower `ulimit -l`, lower
+//! `--io-memory-bytes` (64 KiB minimum) and `--ring-depth`, or raise the limit.
+//!
+//! Module map: [`config`] (settings and limits), `core` (per-core state, loops,
+//! ownership), `router` (partition → core routing, mesh messages), `connection` (frames,
+//! pipelining, replies), [`idempotency`] (key memory), [`shutdown`] (signals, draining).
+
+pub mod config;
+mod connection;
+mod core;
+pub mod error;
+pub mod idempotency;
+mod router;
+pub mod shutdown;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use socket2::{Domain, Protocol, Socket, Type};
+use tally_engine::{DataDir, Store};
+use tally_protocol::HelloReply;
+
+pub use config::{DurabilityMode, ServerConfig};
+pub use error::ServerError;
+pub use shutdown::ShutdownSignal;
+
+use crate::core::CoreSetup;
+use crate::router::{MeshReply, MeshRequest};
+use crate::shutdown::DrainBarrier;
+
+/// Capacity of each mesh channel (one per ordered pair of cores).
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Listen backlog of every listening socket.
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Start-up phases, published by the starting thread to every core.
+const PHASE_WAIT: u8 = 0;
+const PHASE_JOIN_MESH: u8 = 1;
+const PHASE_SERVE: u8 = 2;
+const PHASE_ABORT: u8 = 3;
+
+/// A running server.
+pub struct ServerHandle {
+    listen_addr: SocketAddr,
+    shard_addrs: Vec<SocketAddr>,
+    partition_count: u32,
+    shutdown: ShutdownSignal,
+    cores: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
+}
+
+impl ServerHandle {
+    /// The main address (with the real port if 0 was asked for).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// Each core's shard address, by core index.
+    pub fn shard_addrs(&self) -> &[SocketAddr] {
+        &self.shard_addrs
+    }
+
+    /// The data directory's partition count.
+    pub fn partition_count(&self) -> u32 {
+        self.partition_count
+    }
+
+    /// The flag that stops the server; `request()` it to shut down gracefully.
+    pub fn shutdown_signal(&self) -> &ShutdownSignal {
+        &self.shutdown
+    }
+
+    /// Waits until every core has stopped; the first error, if any.
+    pub fn join(self) -> Result<(), ServerError> {
+        let mut first_error = None;
+        for (index, handle) in self.cores.into_iter().enumerate() {
+            let outcome = match handle.join() {
+                Ok(outcome) => outcome,
+                Err(error) => Err(ServerError::CoreFailed {
+                    core: index,
+                    message: error.to_string(),
+                }),
+            };
+            if let Err(error) = outcome {
+                tracing::error!(core = index, %error, "core stopped with an error");
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// What a core tells the starting thread.
+enum StartReport {
+    Alive,
+    Ready(Result<(), ServerError>),
+}
+
+/// Opens the data directory, binds every socket, starts one executor per core, and
+/// returns once every core serves (or the first start-up error).
+pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHandle, ServerError> {
+    config.validate()?;
+    let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
+        .map_err(ServerError::DataDir)?;
+    let (main_listeners, listen_addr) = bind_main(&config)?;
+    let (shard_listeners, shard_addrs) = bind_shards(&config, listen_addr.port())?;
+    let shard_ports = shard_addrs.iter().map(SocketAddr::port).collect();
+    let hello = HelloReply::with_modulo_owners(server_id(), dir.partition_count(), shard_ports)
+        .map_err(|error| ServerError::InvalidConfig(format!("shard map: {error}")))?;
+    let phase = Arc::new(AtomicU8::new(PHASE_WAIT));
+    let shared = Shared {
+        request_mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
+        reply_mesh: MeshBuilder::full(config.cores, MESH_CHANNEL_CAPACITY),
+        connections_open: Arc::new(AtomicUsize::new(0)),
+        drain: DrainBarrier::new(config.cores),
+        phase: Arc::clone(&phase),
+        shutdown: shutdown.clone(),
+        dir,
+        hello,
+    };
+    let mut handles = Vec::new();
+    let mut reports = Vec::new();
+    let listeners = main_listeners.into_iter().zip(shard_listeners);
+    for (index, (main_listener, shard_listener)) in listeners.enumerate() {
+        let (report_tx, report_rx) = mpsc::channel();
+        let listeners = (main_listener, shard_listener);
+        let handle = spawn_core(index, &config, &shared, listeners, report_tx);
+        reports.push(report_rx);
+        match handle {
+            Ok(handle) => handles.push(handle),
+            Err(error) => return abort(&phase, handles, error),
+        }
+    }
+    if let Err(error) = await_reports(&reports, &mut handles, &phase) {
+        return abort(&phase, handles, error);
+    }
+    phase.store(PHASE_SERVE, Ordering::Release);
+    let partition_count = shared.dir.partition_count();
+    tracing::warn!("the journal is not wired in yet: durable requests are acknowledged as relaxed");
+    Ok(ServerHandle {
+        listen_addr,
+        shard_addrs,
+        partition_count,
+        shutdown,
+        cores: handles,
+    })
+}
+
+/// What every core gets a copy of.
+struct Shared {
+    request_mesh: MeshBuilder<MeshRequest, glommio::channels::channel_mesh::Full>,
+    reply_mesh: MeshBuilder<MeshReply, glommio::channels::channel_mesh::Full>,
+    connections_open: Arc<AtomicUsize>,
+    drain: DrainBarrier,
+    phase: Arc<AtomicU8>,
+    shutdown: ShutdownSignal,
+    dir: DataDir,
+    hello: HelloReply,
+}
+
+fn abort(
+    phase: &AtomicU8,
+    handles: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
+    error: ServerError,
+) -> Result<ServerHandle, ServerError> {
+    phase.store(PHASE_ABORT, Ordering::Release);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    Err(error)
+}
+
+/// Waits until every core is alive, lets them join the mesh, then waits until every
+/// core has opened its store.
+fn await_reports(
+    reports: &[mpsc::Receiver<StartReport>],
+    handles: &mut Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
+    phase: &AtomicU8,
+) -> Result<(), ServerError> {
+    for (index, report) in reports.iter().enumerate() {
+        if !matches!(report.recv(), Ok(StartReport::Alive)) {
+            // The executor never ran our code: its thread's error says why.
+            let handle = handles.remove(index);
+            let message = match handle.join() {
+                Err(error) => error.to_string(),
+                Ok(_) => "ended before starting".to_string(),
+            };
+            return Err(ServerError::Executor {
+                core: index,
+                message,
+            });
+        }
+    }
+    phase.store(PHASE_JOIN_MESH, Ordering::Release);
+    let mut first_error = None;
+    for (index, report) in reports.iter().enumerate() {
+        match report.recv() {
+            Ok(StartReport::Ready(Ok(()))) => {}
+            Ok(StartReport::Ready(Err(error))) => {
+                first_error.get_or_insert(error);
+            }
+            Ok(StartReport::Alive) | Err(_) => {
+                let message = "stopped during start-up".to_string();
+                first_error.get_or_insert(ServerError::CoreFailed {
+                    core: index,
+                    message,
+                });
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+fn spawn_core(
+    index: usize,
+    config: &ServerConfig,
+    shared: &Shared,
+    listeners: (std::net::TcpListener, std::net::TcpListener),
+    report: mpsc::Sender<StartReport>,
+) -> Result<ExecutorJoinHandle<Result<(), ServerError>>, ServerError> {
+    let cpu_count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(index % cpu_count))
+        .name(&format!("tally-core-{index}"))
+        .io_memory(config.io_memory_bytes)
+        .ring_depth(config.ring_depth)
+        .spin_before_park(Duration::from_micros(config.spin_before_park_us));
+    let config = config.clone();
+    let request_mesh = shared.request_mesh.clone();
+    let reply_mesh = shared.reply_mesh.clone();
+    let connections_open = Arc::clone(&shared.connections_open);
+    let drain = shared.drain.clone();
+    let phase = Arc::clone(&shared.phase);
+    let shutdown = shared.shutdown.clone();
+    let dir = shared.dir.clone();
+    let hello = shared.hello.clone();
+    let spawned = builder.spawn(move || async move {
+        let _ = report.send(StartReport::Alive);
+        if wait_phase(&phase, PHASE_JOIN_MESH).await != PHASE_JOIN_MESH {
+            return Ok(());
+        }
+        let requests = request_mesh.join().await;
+        let replies = reply_mesh.join().await;
+        let (Ok(requests), Ok(replies)) = (requests, replies) else {
+            let message = "could not join the channel mesh".to_string();
+            let _ = report.send(StartReport::Ready(Err(ServerError::CoreFailed {
+                core: index,
+                message,
+            })));
+            return Ok(());
+        };
+        let owned = (0..dir.partition_count())
+            .filter(|p| router::owner_of_partition(*p, config.cores) == index);
+        let store = match Store::open(&dir, owned) {
+            Ok(store) => store,
+            Err(source) => {
+                let _ = report.send(StartReport::Ready(Err(ServerError::Engine {
+                    core: index,
+                    source,
+                })));
+                return Ok(());
+            }
+        };
+        let _ = report.send(StartReport::Ready(Ok(())));
+        if wait_phase(&phase, PHASE_SERVE).await != PHASE_SERVE {
+            return store.close_clean().map_err(|source| ServerError::Engine {
+                core: index,
+                source,
+            });
+        }
+        let (main_listener, shard_listener) = listeners;
+        // SAFETY: each fd comes from a listening socket we bound and own; `into_raw_fd`
+        // gives up that ownership, so glommio's listener becomes its only owner.
+        let main_listener =
+            unsafe { glommio::net::TcpListener::from_raw_fd(main_listener.into_raw_fd()) };
+        // SAFETY: as above.
+        let shard_listener =
+            unsafe { glommio::net::TcpListener::from_raw_fd(shard_listener.into_raw_fd()) };
+        let setup = CoreSetup {
+            index,
+            config,
+            hello,
+            store,
+            requests,
+            replies,
+            main_listener,
+            shard_listener,
+            connections_open,
+            shutdown,
+            drain,
+        };
+        let store = core::run(setup).await;
+        tracing::info!(core = index, "closing the store");
+        store.close_clean().map_err(|source| ServerError::Engine {
+            core: index,
+            source,
+        })
+    });
+    spawned.map_err(|error| ServerError::Executor {
+        core: index,
+        message: error.to_string(),
+    })
+}
+
+/// Waits until the start-up phase reaches `wanted` or aborts; returns the phase seen.
+async fn wait_phase(phase: &AtomicU8, wanted: u8) -> u8 {
+    loop {
+        let seen = phase.load(Ordering::Acquire);
+        if seen == wanted || seen == PHASE_ABORT {
+            return seen;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Binds one main listener per core on the same address (SO_REUSEPORT), after checking
+/// that no other process listens there (SO_REUSEPORT would otherwise silently share).
+fn bind_main(
+    config: &ServerConfig,
+) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServerError> {
+    if config.listen.port() != 0 {
+        // A plain bind fails if anyone else holds the port, reuse-port or not.
+        let probe = new_socket(config.listen, false)?;
+        probe
+            .bind(&config.listen.into())
+            .map_err(|source| ServerError::Listen {
+                action: "bind",
+                addr: config.listen,
+                source,
+            })?;
+    }
+    let mut listeners = Vec::with_capacity(config.cores);
+    let mut addr = config.listen;
+    for _ in 0..config.cores {
+        let listener = listen(addr, true)?;
+        addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                action: "read the address of",
+                addr,
+                source,
+            })?;
+        listeners.push(listener);
+    }
+    Ok((listeners, addr))
+}
+
+/// Binds each core's shard listener (one socket per port, no SO_REUSEPORT).
+fn bind_shards(
+    config: &ServerConfig,
+    main_port: u16,
+) -> Result<(Vec<std::net::TcpListener>, Vec<SocketAddr>), ServerError> {
+    let mut listeners = Vec::with_capacity(config.cores);
+    let mut addrs = Vec::with_capacity(config.cores);
+    for core in 0..config.cores {
+        let addr = config.shard_addr(core, main_port);
+        let listener = listen(addr, false)?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                action: "read the address of",
+                addr,
+                source,
+            })?;
+        listeners.push(listener);
+        addrs.push(bound);
+    }
+    Ok((listeners, addrs))
+}
+
+fn new_socket(addr: SocketAddr, reuse_port: bool) -> Result<Socket, ServerError> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|source| ServerError::Listen {
+            action: "create a socket for",
+            addr,
+            source,
+        })?;
+    // SO_REUSEADDR: restart at once even with connections in TIME_WAIT.
+    socket
+        .set_reuse_address(true)
+        .and_then(|()| socket.set_reuse_port(reuse_port))
+        .map_err(|source| ServerError::Listen {
+            action: "set socket options for",
+            addr,
+            source,
+        })?;
+    Ok(socket)
+}
+
+fn listen(addr: SocketAddr, reuse_port: bool) -> Result<std::net::TcpListener, ServerError> {
+    let socket = new_socket(addr, reuse_port)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|source| ServerError::Listen {
+            action: "bind",
+            addr,
+            source,
+        })?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .map_err(|source| ServerError::Listen {
+            action: "listen on",
+            addr,
+            source,
+        })?;
+    // Kept as a std listener until its core converts it, so a failed start closes
+    // every socket on drop.
+    Ok(std::net::TcpListener::from(socket))
+}
+
+/// A random id per server process, so clients notice a restart.
+fn server_id() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish()
+}

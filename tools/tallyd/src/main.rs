@@ -1,1 +1,256 @@
-fn main() {}
+//! `tallyd`: Tally's server daemon.
+//!
+//! Reads flags and an optional TOML file (`--config FILE`; a flag overrides the same key
+//! in the file; keys are the flag names with `-` or `_`), starts one pinned glommio
+//! executor per core (`tally_server::start`), prints
+//! `tallyd listening on ADDR (shard ports P0,P1,...)` once every core serves, and exits 0
+//! after a graceful shutdown on SIGINT or SIGTERM (1 on a start-up or core error).
+//!
+//! Example config file:
+//!
+//! ```toml
+//! data-dir = "/var/lib/tally"
+//! listen = "0.0.0.0:7878"
+//! cores = 4
+//! durability = "durable"
+//! max-connections = 20000
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use serde::Deserialize;
+use tally_server::{DurabilityMode, ServerConfig, ShutdownSignal};
+
+/// Tally's counter server: one pinned executor per core, each owning its partitions.
+#[derive(Parser, Debug, Default)]
+#[command(version, about, long_about = None)]
+struct Flags {
+    /// TOML file with any of the settings below (flags given here win).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory, created if missing [default: ./tally-data].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Main address; every core accepts on it. Port 0 picks a free port (printed at
+    /// start) [default: 127.0.0.1:7878].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// First shard port: core i also accepts on SHARD_PORT_BASE + i, for shard-aware
+    /// clients [default: main port + 1; a free port per core if the main port is 0].
+    #[arg(long, value_name = "PORT")]
+    shard_port_base: Option<u16>,
+    /// Number of cores (executors), each pinned to one CPU [default: all CPUs].
+    #[arg(long, value_name = "N")]
+    cores: Option<usize>,
+    /// Partition count, used only when the data directory is created [default: 64].
+    #[arg(long, value_name = "N")]
+    partitions: Option<u32>,
+    /// Durability for requests that ask for the server default: `durable` (acknowledged
+    /// once on disk) or `relaxed` (acknowledged at once) [default: durable]. Until the
+    /// journal is wired in, both behave as relaxed.
+    #[arg(long, value_name = "MODE")]
+    durability: Option<String>,
+    /// Most client connections open at once; more are answered ServerBusy and closed
+    /// [default: 10000].
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close a connection that sends nothing for this long, in ms; 0 = never
+    /// [default: 300000].
+    #[arg(long, value_name = "MS")]
+    read_timeout_ms: Option<u64>,
+    /// Close a connection that does not take its replies for this long, in ms
+    /// [default: 30000].
+    #[arg(long, value_name = "MS")]
+    write_timeout_ms: Option<u64>,
+    /// Most frames one connection may have in flight (read, not yet answered)
+    /// [default: 1024].
+    #[arg(long, value_name = "N")]
+    max_frames_in_flight: Option<usize>,
+    /// How long an idle core spins before sleeping, in us. Waking a sleeping core costs
+    /// ~100 us; spinning costs CPU [default: 200].
+    #[arg(long, value_name = "US")]
+    spin_us: Option<u64>,
+    /// io_uring buffer memory per core, in bytes (locked memory: lower it if
+    /// `ulimit -l` is small) [default: 524288].
+    #[arg(long, value_name = "BYTES")]
+    io_memory_bytes: Option<usize>,
+    /// io_uring ring depth per core [default: 128].
+    #[arg(long, value_name = "N")]
+    ring_depth: Option<usize>,
+    /// How long an idempotency key's first reply is remembered, in s [default: 600].
+    #[arg(long, value_name = "S")]
+    idempotency_window_s: Option<u64>,
+    /// Most idempotency keys remembered per core [default: 1000000].
+    #[arg(long, value_name = "N")]
+    idempotency_max_keys: Option<usize>,
+    /// Log level or filter (like RUST_LOG, which wins if set) [default: info].
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+/// The same settings as [`Flags`], from the TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileSettings {
+    #[serde(alias = "data_dir")]
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    #[serde(alias = "shard_port_base")]
+    shard_port_base: Option<u16>,
+    cores: Option<usize>,
+    partitions: Option<u32>,
+    durability: Option<String>,
+    #[serde(alias = "max_connections")]
+    max_connections: Option<usize>,
+    #[serde(alias = "read_timeout_ms")]
+    read_timeout_ms: Option<u64>,
+    #[serde(alias = "write_timeout_ms")]
+    write_timeout_ms: Option<u64>,
+    #[serde(alias = "max_frames_in_flight")]
+    max_frames_in_flight: Option<usize>,
+    #[serde(alias = "spin_us")]
+    spin_us: Option<u64>,
+    #[serde(alias = "io_memory_bytes")]
+    io_memory_bytes: Option<usize>,
+    #[serde(alias = "ring_depth")]
+    ring_depth: Option<usize>,
+    #[serde(alias = "idempotency_window_s")]
+    idempotency_window_s: Option<u64>,
+    #[serde(alias = "idempotency_max_keys")]
+    idempotency_max_keys: Option<usize>,
+    #[serde(alias = "log_level")]
+    log_level: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let file = match flags.config.as_deref().map(read_file).transpose() {
+        Ok(file) => file.unwrap_or_default(),
+        Err(message) => {
+            eprintln!("tallyd: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(flags.log_level.as_deref().or(file.log_level.as_deref()));
+    let config = match merge(&flags, file) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("tallyd: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    run(config)
+}
+
+fn run(config: ServerConfig) -> ExitCode {
+    let shutdown = ShutdownSignal::new();
+    if let Err(error) = shutdown.install_os_handlers() {
+        eprintln!("tallyd: {error}");
+        return ExitCode::FAILURE;
+    }
+    tracing::info!(data_dir = %config.data_dir.display(), cores = config.cores, "starting");
+    let server = match tally_server::start(config, shutdown) {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "could not start");
+            eprintln!("tallyd: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let ports: Vec<String> = server
+        .shard_addrs()
+        .iter()
+        .map(|addr| addr.port().to_string())
+        .collect();
+    let line = format!(
+        "tallyd listening on {} (shard ports {})",
+        server.listen_addr(),
+        ports.join(",")
+    );
+    tracing::info!(partitions = server.partition_count(), "{line}");
+    println!("{line}");
+    match server.join() {
+        Ok(()) => {
+            tracing::info!("stopped cleanly");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tallyd: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileSettings, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("reading {}: {error}", path.display()))?;
+    toml::from_str(&text).map_err(|error| format!("parsing {}: {error}", path.display()))
+}
+
+/// Defaults, overridden by the file, overridden by flags.
+fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server::ServerError> {
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./tally-data"));
+    let mut config = ServerConfig::new(data_dir);
+    macro_rules! pick {
+        ($field:ident, $flag:ident) => {
+            if let Some(value) = flags.$flag.clone().or(file.$flag) {
+                config.$field = value;
+            }
+        };
+    }
+    pick!(listen, listen);
+    pick!(cores, cores);
+    pick!(connections_max, max_connections);
+    pick!(read_timeout_ms, read_timeout_ms);
+    pick!(write_timeout_ms, write_timeout_ms);
+    pick!(frames_in_flight_max, max_frames_in_flight);
+    pick!(spin_before_park_us, spin_us);
+    pick!(io_memory_bytes, io_memory_bytes);
+    pick!(ring_depth, ring_depth);
+    pick!(idempotency_window_s, idempotency_window_s);
+    pick!(idempotency_entries_max, idempotency_max_keys);
+    config.shard_port_base = flags.shard_port_base.or(file.shard_port_base);
+    config.partitions = flags.partitions.or(file.partitions);
+    if let Some(mode) = flags.durability.clone().or(file.durability) {
+        config.durability_default = mode.parse::<DurabilityMode>()?;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn init_logging(level: Option<&str>) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file() {
+        let flags = Flags::parse_from(["tallyd", "--cores", "3", "--durability", "relaxed"]);
+        let file: FileSettings = toml::from_str("cores = 1\nmax-connections = 7\n").unwrap();
+        let config = merge(&flags, file).unwrap();
+        assert_eq!(config.cores, 3);
+        assert_eq!(config.connections_max, 7);
+        assert_eq!(config.durability_default, DurabilityMode::Relaxed);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<FileSettings>("corez = 1\n").is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! The server's configuration: addresses, cores, limits, and executor tuning.
+//!
+//! [`ServerConfig`] is plain data; `tallyd` fills it from flags and a TOML file, tests
+//! build it directly. [`ServerConfig::validate`] checks every field against its limit
+//! before anything is bound or opened, so a bad value is a clear error at start-up and
+//! never a panic deep inside an executor.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::ServerError;
+
+/// The largest number of cores (executors) a server runs. Core indexes travel as `u8`
+/// in the per-connection owner scratch buffer.
+pub const CORES_MAX: usize = 256;
+
+/// The port a server listens on when none is given.
+pub const LISTEN_PORT_DEFAULT: u16 = 7878;
+
+/// When a mutation is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DurabilityMode {
+    /// Acknowledged once its journal record is on disk.
+    #[default]
+    Durable,
+    /// Acknowledged at once; the journal reaches disk within a bounded interval.
+    Relaxed,
+}
+
+impl FromStr for DurabilityMode {
+    type Err = ServerError;
+
+    fn from_str(text: &str) -> Result<Self, ServerError> {
+        match text {
+            "durable" => Ok(DurabilityMode::Durable),
+            "relaxed" => Ok(DurabilityMode::Relaxed),
+            other => Err(ServerError::InvalidConfig(format!(
+                "durability must be `durable` or `relaxed`, not `{other}`"
+            ))),
+        }
+    }
+}
+
+/// Everything a server needs to start.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// The main address; every core accepts on it (SO_REUSEPORT). Port 0 picks a free
+    /// port, shared by all cores.
+    pub listen: SocketAddr,
+    /// The first shard port: core `i` also listens on `shard_port_base + i`. `None`
+    /// means main port + 1, or a free port per core when the main port is 0.
+    pub shard_port_base: Option<u16>,
+    /// The number of cores (executors). Core `i` is pinned to CPU `i % cpu_count`.
+    pub cores: usize,
+    /// The partition count used only when the data directory is created.
+    pub partitions: Option<u32>,
+    /// The durability a request gets when it asks for the server default.
+    pub durability_default: DurabilityMode,
+    /// The most client connections open at once across all cores.
+    pub connections_max: usize,
+    /// A connection that sends nothing for this long is closed (0 disables the timeout).
+    pub read_timeout_ms: u64,
+    /// A connection that does not take its replies for this long is closed.
+    pub write_timeout_ms: u64,
+    /// The most frames one connection has in flight (decoded, not yet answered).
+    pub frames_in_flight_max: usize,
+    /// How long an idle executor spins before it sleeps; a sleeping core costs about
+    /// 100 us to wake, so spinning keeps the cross-core hop in the microseconds.
+    pub spin_before_park_us: u64,
+    /// Bytes of io_uring buffer memory per executor (locked memory).
+    pub io_memory_bytes: usize,
+    /// io_uring submission ring depth per executor.
+    pub ring_depth: usize,
+    /// How long an idempotency key's first reply is remembered.
+    pub idempotency_window_s: u64,
+    /// The most idempotency keys one core remembers.
+    pub idempotency_entries_max: usize,
+    /// The most reply bytes one core keeps for idempotency keys.
+    pub idempotency_reply_bytes_max: usize,
+}
+
+impl ServerConfig {
+    /// The defaults `tallyd` documents in `--help`, with the given data directory.
+    pub fn new(data_dir: PathBuf) -> ServerConfig {
+        ServerConfig {
+            data_dir,
+            listen: SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT_DEFAULT)),
+            shard_port_base: None,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            partitions: None,
+            durability_default: DurabilityMode::Durable,
+            connections_max: 10_000,
+            read_timeout_ms: 300_000,
+            write_timeout_ms: 30_000,
+            frames_in_flight_max: 1024,
+            spin_before_park_us: 200,
+            io_memory_bytes: 512 * 1024,
+            ring_depth: 128,
+            idempotency_window_s: 600,
+            idempotency_entries_max: 1_000_000,
+            idempotency_reply_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+
+    /// Checks every field against its limit.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let invalid = |message: String| Err(ServerError::InvalidConfig(message));
+        if self.cores == 0 || self.cores > CORES_MAX {
+            return invalid(format!(
+                "cores must be in 1..={CORES_MAX}, not {}",
+                self.cores
+            ));
+        }
+        if self.partitions == Some(0) {
+            return invalid("partitions must be at least 1".to_string());
+        }
+        if self.connections_max == 0 {
+            return invalid("max connections must be at least 1".to_string());
+        }
+        if self.frames_in_flight_max == 0 {
+            return invalid("frames in flight must be at least 1".to_string());
+        }
+        if self.io_memory_bytes < 64 * 1024 {
+            return invalid("io memory must be at least 64 KiB".to_string());
+        }
+        if self.ring_depth == 0 || self.ring_depth > 4096 {
+            return invalid(format!(
+                "ring depth must be in 1..=4096, not {}",
+                self.ring_depth
+            ));
+        }
+        if self.idempotency_entries_max == 0 {
+            return invalid("idempotency entries must be at least 1".to_string());
+        }
+        if let Some(base) = self.shard_port_base {
+            let last = usize::from(base) + self.cores - 1;
+            if base == 0 || last > usize::from(u16::MAX) {
+                return invalid(format!("shard ports {base}..={last} are not valid ports"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The shard address of core `core`, before binding (port 0: the kernel picks).
+    pub fn shard_addr(&self, core: usize, main_port: u16) -> SocketAddr {
+        assert!(core < self.cores);
+        let base = match self.shard_port_base {
+            Some(base) => Some(usize::from(base)),
+            None if self.listen.port() == 0 => None,
+            None => Some(usize::from(main_port) + 1),
+        };
+        // A base that overflows the port range degrades to a kernel-chosen port rather
+        // than wrapping onto someone else's port.
+        let port = base
+            .map(|base| base + core)
+            .and_then(|port| u16::try_from(port).ok())
+            .unwrap_or(0);
+        SocketAddr::new(self.listen.ip(), port)
+    }
+
+    /// The read timeout, or `None` when disabled.
+    pub fn read_timeout(&self) -> Option<Duration> {
+        (self.read_timeout_ms > 0).then(|| Duration::from_millis(self.read_timeout_ms))
+    }
+
+    /// The write timeout, or `None` when disabled.
+    pub fn write_timeout(&self) -> Option<Duration> {
+        (self.write_timeout_ms > 0).then(|| Duration::from_millis(self.write_timeout_ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        ServerConfig::new(PathBuf::from("x")).validate().unwrap();
+    }
+
+    #[test]
+    fn zero_cores_is_rejected() {
+        let mut config = ServerConfig::new(PathBuf::from("x"));
+        config.cores = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn shard_ports_follow_the_main_port() {
+        let mut config = ServerConfig::new(PathBuf::from("x"));
+        config.cores = 2;
+        assert_eq!(config.shard_addr(1, 7878).port(), 7880);
+        config.listen.set_port(0);
+        assert_eq!(config.shard_addr(1, 40000).port(), 0);
+        config.shard_port_base = Some(9000);
+        assert_eq!(config.shard_addr(1, 40000).port(), 9001);
+    }
+
+    #[test]
+    fn durability_parses() {
+        assert_eq!(
+            "relaxed".parse::<DurabilityMode>().unwrap(),
+            DurabilityMode::Relaxed
+        );
+        assert!("fast".parse::<DurabilityMode>().is_err());
+    }
+}

@@ -1,0 +1,712 @@
+//! One client connection: reading frames, dispatching them, writing replies in order.
+//!
+//! Each turn of the loop reads whatever the socket has (one `read`), then works in two
+//! phases over every complete frame in the buffer (at most `frames_in_flight_max`):
+//!
+//! 1. *dispatch*, frame by frame in order: a batch's operations are split by owner
+//!    core; foreign ones are copied into one [`ForwardBatch`] per owner and sent over the
+//!    mesh, then local ones are applied with one `apply_batch` call; replies that need no
+//!    other core (hello, ping, errors, idempotent replays) are encoded at once into a
+//!    staging buffer;
+//! 2. *gather*, frame by frame in the same order: wait for the frame's remote results,
+//!    merge them with the local ones in the batch's original order, encode the reply.
+//!
+//! All replies of the turn then leave in one `write`. So a pipelining client costs one
+//! read and one write per turn, a frame with foreign keys costs one mesh round trip that
+//! overlaps with the other frames of its turn, and replies keep request order.
+//!
+//! Per-key order holds across frames: all operations on a key go to its one owner, in
+//! dispatch order, through a FIFO channel (or inline when local).
+//!
+//! Limits: frames up to [`FRAME_BYTES_MAX`] (a longer length field is fatal: error reply
+//! and close, since the stream cannot be resynchronized); batches up to
+//! `BATCH_OPS_MAX` operations (longer: error reply, the connection stays usable); the
+//! input buffer grows to one whole frame at most and shrinks back once it is consumed.
+//! Buffers are kept across turns, so a steady stream of requests allocates nothing.
+
+use std::collections::VecDeque;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tally_engine::{Op, OpError, OpResult};
+use tally_protocol::{
+    decode_request, encode_error, encode_pong, frame_bytes_needed, BatchRef, BatchReplyWriter,
+    ErrorCode, MessageType, OpRef, OpReply, ProtocolError, Request, StatsReply, Status,
+    FRAME_BYTES_MAX, HEADER_BYTES,
+};
+
+use crate::core::{recycle_ops, Core};
+use crate::idempotency::IdempotencyKey;
+use crate::router::{ForwardBatch, MeshReply, MeshRequest, RemoteBegin, ReplyWait};
+
+/// The input buffer's size between large frames.
+const INPUT_BYTES_INITIAL: usize = 64 * 1024;
+/// Per-operation flag in `meta`: the operation was an `Exists`, answered from a `Get`.
+const META_EXISTS: u16 = 1 << 8;
+/// Per-operation flag in `meta`: the key is invalid; the result is in `invalid`.
+const META_INVALID: u16 = 1 << 9;
+/// The owner core index occupies the low byte of `meta`.
+const META_OWNER_MASK: u16 = 0xff;
+
+const _: () = assert!(crate::config::CORES_MAX - 1 <= META_OWNER_MASK as usize);
+const _: () =
+    assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
+
+/// Answers a connection over the limit with an error, then closes it.
+pub async fn refuse(mut stream: TcpStream) {
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        0,
+        ErrorCode::ServerBusy,
+        "too many connections; retry later",
+    );
+    let _ = stream.write_all(&out).await;
+    let _ = stream.close().await;
+}
+
+/// Serves one connection until the client closes it, it times out, it sends an
+/// unrecoverable frame, or the server shuts down.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    let registration = core.registry.register(stream.as_raw_fd());
+    let configured = stream
+        .set_read_timeout(core.config.read_timeout())
+        .and_then(|()| stream.set_write_timeout(core.config.write_timeout()))
+        .and_then(|()| stream.set_nodelay(true));
+    if let Err(error) = configured {
+        tracing::warn!(core = core.index, %peer, %error, "could not configure a connection");
+    }
+    let mut connection = Connection::new(&core);
+    let end = connection.run(&core, &mut stream).await;
+    match &end {
+        End::Closed => tracing::debug!(core = core.index, %peer, "connection closed"),
+        End::Refused(reason) => {
+            tracing::warn!(core = core.index, %peer, reason, "connection closed by the server")
+        }
+        End::Io(error) => {
+            tracing::info!(core = core.index, %peer, %error, "connection ended with an I/O error")
+        }
+    }
+    drop(registration);
+    let _ = stream.close().await;
+    core.connections_open.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// Why a connection ended.
+enum End {
+    /// The client closed it (or shutdown ended its reads) and every reply was sent.
+    Closed,
+    /// The server closed it after an error reply: what went wrong.
+    Refused(String),
+    /// Reading or writing failed (peer gone, timeout while writing).
+    Io(std::io::Error),
+}
+
+/// The bytes read and not yet consumed: `data[start..end]`.
+struct Input {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    /// Makes room for the next read: compacts, and grows to hold the pending frame.
+    fn prepare(&mut self) -> Result<(), ProtocolError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.data.len() > INPUT_BYTES_INITIAL {
+                self.data.truncate(INPUT_BYTES_INITIAL);
+                self.data.shrink_to_fit();
+            }
+        }
+        let needed = frame_bytes_needed(&self.data[self.start..self.end])?.unwrap_or(HEADER_BYTES);
+        if self.start + needed > self.data.len() && self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if needed > self.data.len() {
+            assert!(needed <= FRAME_BYTES_MAX);
+            self.data.resize(needed, 0);
+        }
+        if self.end == self.data.len() {
+            // A whole frame is buffered but was not consumed (in-flight limit): make
+            // room for more bytes anyway, so one read can bring many frames.
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        Ok(())
+    }
+}
+
+/// A reply whose frame is fully known at dispatch, or a batch awaiting its results.
+enum Pending {
+    Staged(Range<usize>),
+    Batch(BatchPlan),
+}
+
+/// What the gather phase needs to finish a dispatched batch.
+struct BatchPlan {
+    request_id: u64,
+    meta: Range<usize>,
+    local_start: usize,
+    invalid_start: usize,
+    remote_count: usize,
+    idempotency: Option<(IdempotencyKey, usize)>,
+}
+
+/// A sub-batch sent to another core; `wait` is `None` if the send failed.
+struct Remote {
+    core: usize,
+    wait: Option<ReplyWait>,
+}
+
+/// A connection: its input buffer, and the rest of its state, kept apart because a
+/// frame being dispatched borrows the input while the state changes.
+struct Connection {
+    input: Input,
+    state: State,
+}
+
+/// Per-connection scratch, kept across turns so the steady state allocates nothing.
+struct State {
+    greeted: bool,
+    close_after: Option<String>,
+    pending: Vec<Pending>,
+    staged: Vec<u8>,
+    output: Vec<u8>,
+    meta: Vec<u16>,
+    invalid: Vec<OpError>,
+    local_ops: Vec<Op<'static>>,
+    local_results: Vec<OpResult>,
+    remotes: VecDeque<Remote>,
+    outgoing: Vec<Option<ForwardBatch>>,
+    returned: Vec<Option<(ForwardBatch, Vec<OpResult>)>>,
+    cursors: Vec<usize>,
+}
+
+impl Connection {
+    fn new(core: &Core) -> Connection {
+        let input = Input {
+            data: vec![0; INPUT_BYTES_INITIAL],
+            start: 0,
+            end: 0,
+        };
+        Connection {
+            input,
+            state: State::new(core),
+        }
+    }
+
+    async fn run(&mut self, core: &Core, stream: &mut TcpStream) -> End {
+        loop {
+            if let Err(error) = self.input.prepare() {
+                return refuse_framing(stream, error).await;
+            }
+            let read = stream.read(&mut self.input.data[self.input.end..]).await;
+            let eof = match read {
+                Ok(0) => true,
+                Ok(count) => {
+                    self.input.end += count;
+                    false
+                }
+                Err(error) if error.kind() == ErrorKind::TimedOut => {
+                    let mut out = Vec::new();
+                    encode_error(
+                        &mut out,
+                        0,
+                        ErrorCode::Timeout,
+                        "read timeout: closing the connection",
+                    );
+                    let _ = stream.write_all(&out).await;
+                    return End::Refused("read timeout".to_string());
+                }
+                Err(error) => return End::Io(error),
+            };
+            if let Some(end) = self.answer_buffered(core, stream).await {
+                return end;
+            }
+            if eof {
+                return End::Closed;
+            }
+        }
+    }
+
+    /// Answers every complete frame in the input, a turn of at most the in-flight
+    /// limit at a time. `Some` if the connection must end.
+    async fn answer_buffered(&mut self, core: &Core, stream: &mut TcpStream) -> Option<End> {
+        loop {
+            let (frames, framing_error) = self.dispatch(core).await;
+            let state = &mut self.state;
+            state.gather(core).await;
+            if !state.output.is_empty() {
+                if let Err(error) = stream.write_all(&state.output).await {
+                    return Some(End::Io(error));
+                }
+                state.output.clear();
+            }
+            if let Some(reason) = state.close_after.take() {
+                return Some(End::Refused(reason));
+            }
+            if let Some(error) = framing_error {
+                return Some(refuse_framing(stream, error).await);
+            }
+            if frames < core.config.frames_in_flight_max {
+                return None;
+            }
+        }
+    }
+
+    /// Phase 1: dispatches complete frames in order. Returns how many, and a fatal
+    /// framing error if one stopped the turn.
+    async fn dispatch(&mut self, core: &Core) -> (usize, Option<ProtocolError>) {
+        let mut frames = 0;
+        let input = &mut self.input;
+        let state = &mut self.state;
+        while frames < core.config.frames_in_flight_max && state.close_after.is_none() {
+            // The frame borrows the input only until its keys are copied or applied.
+            let frame = match decode_request(&input.data[input.start..input.end]) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => return (frames, Some(error)),
+            };
+            frames += 1;
+            let consumed = frame.frame_bytes;
+            match frame.request {
+                Ok(request) => {
+                    state
+                        .dispatch_request(core, frame.request_id, request)
+                        .await
+                }
+                Err(error) => state.reject(core, frame.request_id, &error),
+            }
+            input.start += consumed;
+        }
+        core.stats
+            .frames
+            .set(core.stats.frames.get() + frames as u64);
+        (frames, None)
+    }
+}
+
+/// Sends the error reply for an unusable length field; the stream cannot be
+/// resynchronized, so the connection ends.
+async fn refuse_framing(stream: &mut TcpStream, error: ProtocolError) -> End {
+    let code = match error {
+        ProtocolError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+        _ => ErrorCode::MalformedFrame,
+    };
+    let mut out = Vec::new();
+    encode_error(&mut out, 0, code, &error.to_string());
+    let _ = stream.write_all(&out).await;
+    End::Refused(error.to_string())
+}
+
+impl State {
+    fn new(core: &Core) -> State {
+        State {
+            greeted: false,
+            close_after: None,
+            pending: Vec::new(),
+            staged: Vec::new(),
+            output: Vec::new(),
+            meta: Vec::new(),
+            invalid: Vec::new(),
+            local_ops: Vec::new(),
+            local_results: Vec::new(),
+            remotes: VecDeque::new(),
+            outgoing: (0..core.cores).map(|_| None).collect(),
+            returned: (0..core.cores).map(|_| None).collect(),
+            cursors: vec![0; core.cores],
+        }
+    }
+
+    /// Phase 2: finishes every pending reply in order into `output`.
+    async fn gather(&mut self, core: &Core) {
+        let pending = std::mem::take(&mut self.pending);
+        for item in &pending {
+            match item {
+                Pending::Staged(range) => {
+                    self.output.extend_from_slice(&self.staged[range.clone()])
+                }
+                Pending::Batch(plan) => self.finish_batch(core, plan).await,
+            }
+        }
+        self.pending = pending;
+        self.pending.clear();
+        self.staged.clear();
+        self.meta.clear();
+        self.invalid.clear();
+        self.local_results.clear();
+        debug_assert!(self.remotes.is_empty());
+    }
+
+    /// Collects a batch's remote results, merges them in order, encodes the reply.
+    async fn finish_batch(&mut self, core: &Core, plan: &BatchPlan) {
+        for _ in 0..plan.remote_count {
+            let remote = self
+                .remotes
+                .pop_front()
+                .expect("one remote per sub-batch sent");
+            let Some(wait) = remote.wait else { continue };
+            match wait.await {
+                MeshReply::Applied { batch, results, .. } => {
+                    self.returned[remote.core] = Some((batch, results))
+                }
+                MeshReply::Idempotency { .. } => panic!("an apply ticket got an idempotency reply"),
+            }
+        }
+        let start = self.output.len();
+        self.merge_into_output(core, plan);
+        for slot in &mut self.returned {
+            if let Some((batch, results)) = slot.take() {
+                core.pool.borrow_mut().give_back(batch, results);
+            }
+        }
+        if let Some((key, home)) = plan.idempotency {
+            core.idempotency_finish(home, key, &self.output[start..])
+                .await;
+        }
+    }
+
+    fn merge_into_output(&mut self, core: &Core, plan: &BatchPlan) {
+        self.cursors.iter_mut().for_each(|cursor| *cursor = 0);
+        let mut local = plan.local_start;
+        let mut invalid = plan.invalid_start;
+        let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
+        for &meta in &self.meta[plan.meta.clone()] {
+            let owner = usize::from(meta & META_OWNER_MASK);
+            let result = if meta & META_INVALID != 0 {
+                invalid += 1;
+                Some(Err(self.invalid[invalid - 1]))
+            } else if owner == core.index {
+                local += 1;
+                Some(self.local_results[local - 1])
+            } else {
+                let cursor = self.cursors[owner];
+                self.cursors[owner] += 1;
+                self.returned[owner]
+                    .as_ref()
+                    .map(|(_, results)| results[cursor])
+            };
+            let reply = match result {
+                Some(result) => to_reply(result, meta & META_EXISTS != 0),
+                None => OpReply::error(Status::Unavailable, 0),
+            };
+            writer
+                .push(&reply)
+                .expect("a batch's reply has at most BATCH_OPS_MAX results");
+        }
+        writer
+            .finish()
+            .expect("a batch reply always fits in a frame");
+    }
+
+    async fn dispatch_request(&mut self, core: &Core, request_id: u64, request: Request<'_>) {
+        if !self.greeted && !matches!(request, Request::Hello(_)) {
+            self.stage_error(request_id, ErrorCode::HandshakeRequired, "send Hello first");
+            self.close_after = Some("request before Hello".to_string());
+            return;
+        }
+        match request {
+            Request::Hello(hello) => {
+                tracing::debug!(core = core.index, client = hello.client_name, "hello");
+                self.greeted = true;
+                let staged = &mut self.staged;
+                let start = staged.len();
+                core.hello
+                    .encode(staged, request_id)
+                    .expect("the shard map was validated at start");
+                self.pending.push(Pending::Staged(start..staged.len()));
+            }
+            Request::Ping => {
+                let start = self.staged.len();
+                encode_pong(&mut self.staged, request_id);
+                self.push_staged(start);
+            }
+            Request::Stats => self.stage_stats(core, request_id),
+            Request::Batch(batch) => self.dispatch_batch(core, request_id, batch).await,
+            _ => self.stage_error(
+                request_id,
+                ErrorCode::UnknownMessageType,
+                "request type not served",
+            ),
+        }
+    }
+
+    fn push_staged(&mut self, start: usize) {
+        let end = self.staged.len();
+        self.pending.push(Pending::Staged(start..end));
+    }
+
+    fn stage_error(&mut self, request_id: u64, code: ErrorCode, message: &str) {
+        let start = self.staged.len();
+        encode_error(&mut self.staged, request_id, code, message);
+        self.push_staged(start);
+    }
+
+    /// Answers a frame whose body did not decode; the framing is intact, so the
+    /// connection stays usable unless the handshake itself failed.
+    fn reject(&mut self, core: &Core, request_id: u64, error: &ProtocolError) {
+        core.stats.bad_frames.set(core.stats.bad_frames.get() + 1);
+        tracing::warn!(core = core.index, request_id, %error, "bad frame");
+        let code = match error {
+            ProtocolError::UnknownMessageType(_) | ProtocolError::UnexpectedMessageType(_) => {
+                ErrorCode::UnknownMessageType
+            }
+            ProtocolError::UnknownOperation(_) => ErrorCode::UnknownOperation,
+            ProtocolError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
+            ProtocolError::BadMagic(_) | ProtocolError::UnsupportedVersion(_) => {
+                ErrorCode::UnsupportedVersion
+            }
+            _ => ErrorCode::MalformedFrame,
+        };
+        self.stage_error(request_id, code, &error.to_string());
+        if code == ErrorCode::UnsupportedVersion {
+            self.close_after = Some(error.to_string());
+        }
+    }
+
+    fn stage_stats(&mut self, core: &Core, request_id: u64) {
+        let stats = &core.stats;
+        let entries = [
+            ("core", core.index as u64),
+            ("cores", core.cores as u64),
+            ("partitions", u64::from(core.partition_count)),
+            (
+                "connections_open",
+                core.connections_open.load(Ordering::Relaxed) as u64,
+            ),
+            ("connections_accepted", stats.connections_accepted.get()),
+            ("connections_refused", stats.connections_refused.get()),
+            ("frames", stats.frames.get()),
+            ("ops_local", stats.ops_local.get()),
+            ("ops_forwarded", stats.ops_forwarded.get()),
+            ("ops_from_peers", stats.ops_from_peers.get()),
+            ("bad_frames", stats.bad_frames.get()),
+            ("idempotent_replays", stats.idempotent_replays.get()),
+            ("idempotency_keys", core.idempotency.borrow().len() as u64),
+        ];
+        let reply = StatsReply {
+            entries: entries
+                .iter()
+                .map(|(name, value)| (name.to_string(), *value))
+                .collect(),
+        };
+        let start = self.staged.len();
+        reply
+            .encode(&mut self.staged, request_id)
+            .expect("a few short stats entries fit");
+        self.push_staged(start);
+    }
+
+    async fn dispatch_batch(&mut self, core: &Core, request_id: u64, batch: BatchRef<'_>) {
+        let idempotency = match self.idempotency_begin(core, request_id, &batch).await {
+            Ok(idempotency) => idempotency,
+            Err(()) => return,
+        };
+        let plan_meta_start = self.meta.len();
+        let invalid_start = self.invalid.len();
+        let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
+        for op in batch.ops() {
+            let (engine_op, exists) = to_engine(op);
+            let exists_flag = if exists { META_EXISTS } else { 0 };
+            if let Err(error) = tally_engine::validate_key(engine_op.key()) {
+                self.meta.push(META_INVALID | exists_flag);
+                self.invalid.push(error);
+                continue;
+            }
+            let owner = core.owner_of_key(engine_op.key());
+            self.meta.push(owner as u16 | exists_flag);
+            if owner == core.index {
+                local_ops.push(engine_op);
+            } else {
+                let outgoing = &mut self.outgoing[owner];
+                outgoing
+                    .get_or_insert_with(|| core.pool.borrow_mut().batch())
+                    .push(&engine_op);
+            }
+        }
+        // Send first, so the other cores work while this one applies its own share.
+        let remote_count = self.send_outgoing(core).await;
+        let local_start = self.local_results.len();
+        if !local_ops.is_empty() {
+            core.apply_local(&local_ops, &mut self.local_results);
+        }
+        self.local_ops = recycle_ops(local_ops);
+        let meta = plan_meta_start..self.meta.len();
+        let plan = BatchPlan {
+            request_id,
+            meta,
+            local_start,
+            invalid_start,
+            remote_count,
+            idempotency,
+        };
+        self.pending.push(Pending::Batch(plan));
+    }
+
+    /// Sends every sub-batch built for other cores; returns how many were sent.
+    async fn send_outgoing(&mut self, core: &Core) -> usize {
+        let mut count = 0;
+        for owner in 0..core.cores {
+            let Some(batch) = self.outgoing[owner].take() else {
+                continue;
+            };
+            let forwarded = batch.len() as u64;
+            let results = core.pool.borrow_mut().results();
+            let ticket = core.replies.reserve();
+            let request = MeshRequest::Apply {
+                origin: core.index,
+                ticket,
+                batch,
+                results,
+            };
+            let wait = match core.requests_out.send_to(owner, request).await {
+                Ok(()) => Some(core.replies.wait(ticket)),
+                Err(_) => {
+                    core.replies.cancel(ticket);
+                    None
+                }
+            };
+            core.stats
+                .ops_forwarded
+                .set(core.stats.ops_forwarded.get() + forwarded);
+            self.remotes.push_back(Remote { core: owner, wait });
+            count += 1;
+        }
+        count
+    }
+
+    /// For a batch with an idempotency key: `Ok(Some((key, home)))` to run it and record
+    /// its reply, `Ok(None)` without a key, `Err(())` if already answered (a replay or
+    /// an error reply is staged).
+    async fn idempotency_begin(
+        &mut self,
+        core: &Core,
+        request_id: u64,
+        batch: &BatchRef<'_>,
+    ) -> Result<Option<(IdempotencyKey, usize)>, ()> {
+        let Some(key) = batch.idempotency_key else {
+            return Ok(None);
+        };
+        let Some(first) = batch.ops().next() else {
+            return Ok(None);
+        };
+        let home = core.owner_of_key(first.key());
+        match core.idempotency_begin(home, key).await {
+            Ok(RemoteBegin::New) => Ok(Some((key, home))),
+            Ok(RemoteBegin::InFlight) => {
+                let message = "a request with this idempotency key is still running; retry";
+                self.stage_error(request_id, ErrorCode::ServerBusy, message);
+                Err(())
+            }
+            Ok(RemoteBegin::Done(frame)) => {
+                core.stats
+                    .idempotent_replays
+                    .set(core.stats.idempotent_replays.get() + 1);
+                let start = self.staged.len();
+                self.staged.extend_from_slice(&replay(&frame, request_id));
+                self.push_staged(start);
+                Err(())
+            }
+            Err(code) => {
+                self.stage_error(
+                    request_id,
+                    code,
+                    "the idempotency record could not be reached",
+                );
+                Err(())
+            }
+        }
+    }
+}
+
+/// A recorded `BatchReply` frame re-addressed to `request_id` (header bytes 8..16).
+fn replay(frame: &[u8], request_id: u64) -> Vec<u8> {
+    assert!(frame.len() >= HEADER_BYTES);
+    assert_eq!(frame[4], MessageType::BatchReply as u8);
+    let mut copy = frame.to_vec();
+    copy[8..16].copy_from_slice(&request_id.to_le_bytes());
+    copy
+}
+
+/// The engine operation for a wire operation, and whether it was an `Exists`.
+fn to_engine(op: OpRef<'_>) -> (Op<'_>, bool) {
+    let policy = |policy: tally_protocol::BoundPolicy| match policy {
+        tally_protocol::BoundPolicy::Reject => tally_engine::BoundPolicy::Reject,
+        tally_protocol::BoundPolicy::Clamp => tally_engine::BoundPolicy::Clamp,
+    };
+    match op {
+        tally_protocol::Op::Add {
+            key,
+            delta,
+            policy: p,
+        } => (
+            Op::Add {
+                key,
+                delta,
+                policy: policy(p),
+            },
+            false,
+        ),
+        tally_protocol::Op::Set {
+            key,
+            value,
+            policy: p,
+        } => (
+            Op::Set {
+                key,
+                value,
+                policy: policy(p),
+            },
+            false,
+        ),
+        tally_protocol::Op::Get { key } => (Op::Get { key }, false),
+        tally_protocol::Op::Delete { key } => (Op::Delete { key }, false),
+        tally_protocol::Op::Exists { key } => (Op::Get { key }, true),
+        tally_protocol::Op::SetBounds {
+            key,
+            floor,
+            ceiling,
+        } => (
+            Op::SetBounds {
+                key,
+                floor,
+                ceiling,
+            },
+            false,
+        ),
+    }
+}
+
+/// The wire result for an engine result.
+fn to_reply(result: OpResult, exists: bool) -> OpReply {
+    match result {
+        Ok(outcome) if exists => OpReply::ok(i64::from(outcome.existed), outcome.existed, false),
+        Ok(outcome) => OpReply::ok(outcome.value, outcome.existed, outcome.clamped),
+        Err(error) => {
+            let (status, detail) = match error {
+                OpError::InvalidKey { length } => (Status::InvalidKey, length as i64),
+                OpError::Overflow => (Status::Overflow, 0),
+                OpError::BelowFloor { floor } => (Status::BelowFloor, floor),
+                OpError::AboveCeiling { ceiling } => (Status::AboveCeiling, ceiling),
+                OpError::InvalidBounds { floor, .. } => (Status::InvalidBounds, floor),
+                OpError::OutOfBounds { value } => (Status::OutOfBounds, value),
+                OpError::NotOwned { partition } => (Status::NotOwned, i64::from(partition)),
+                OpError::WrongKind => (Status::WrongKind, 0),
+                OpError::StorageFull => (Status::StorageFull, 0),
+                _ => (Status::Unavailable, 0),
+            };
+            OpReply::error(status, detail)
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! One core: its executor's state, its store, and the tasks it runs.
+//!
+//! Core `i` of `n` owns the partitions `{p : p % n == i}` and is the only thread that
+//! touches them: its [`Store`] is opened on its own thread and lives in a `RefCell`
+//! that is never borrowed across an `.await`. A core runs:
+//!
+//! - an accept loop on the main port (shared by all cores through SO_REUSEPORT) and one
+//!   on its own shard port, each spawning a connection task (`connection.rs`);
+//! - per peer core, a task draining the request mesh (apply forwarded operations,
+//!   answer idempotency look-ups) and a task draining the reply mesh (wake the waiting
+//!   connection task through the [`ReplyTable`]);
+//! - a watcher that polls the shutdown flag and runs the shutdown sequence
+//!   (`shutdown.rs`).
+//!
+//! Invariants: no lock or shared atomic on the data path (the only atomics are the
+//! shutdown flag, the drain barrier and the connection count, touched at accept/close);
+//! a forwarded batch holds only operations the receiving core owns.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::net::{TcpListener, TcpStream};
+use tally_engine::{Op, OpResult, Store};
+use tally_protocol::{ErrorCode, HelloReply};
+
+use crate::config::ServerConfig;
+use crate::idempotency::{Begin, IdempotencyKey, IdempotencyTable};
+use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
+use crate::shutdown::{
+    ConnectionRegistry, DrainBarrier, ShutdownSignal, StopNotice, POLL_INTERVAL,
+};
+
+/// Counters of one core, reported by the `Stats` request.
+#[derive(Debug, Default)]
+pub struct CoreStats {
+    pub connections_accepted: Cell<u64>,
+    pub connections_refused: Cell<u64>,
+    pub frames: Cell<u64>,
+    pub ops_local: Cell<u64>,
+    pub ops_forwarded: Cell<u64>,
+    pub ops_from_peers: Cell<u64>,
+    pub bad_frames: Cell<u64>,
+    pub idempotent_replays: Cell<u64>,
+}
+
+/// What every task of one core shares (through an `Rc`).
+pub struct Core {
+    pub index: usize,
+    pub cores: usize,
+    pub partition_count: u32,
+    pub config: ServerConfig,
+    pub hello: HelloReply,
+    pub store: RefCell<Store>,
+    pub replies: ReplyTable,
+    pub requests_out: Senders<MeshRequest>,
+    pub replies_out: Senders<MeshReply>,
+    pub pool: RefCell<BufferPool>,
+    pub idempotency: RefCell<IdempotencyTable>,
+    pub registry: ConnectionRegistry,
+    pub stop: StopNotice,
+    pub connections_open: Arc<AtomicUsize>,
+    pub stats: CoreStats,
+    /// Scratch for applying forwarded batches; its operations borrow nothing between
+    /// uses (see [`recycle_ops`]).
+    apply_scratch: RefCell<Vec<Op<'static>>>,
+    /// Scratch for [`Core::apply_local`] when appending to a non-empty vector.
+    results_scratch: RefCell<Vec<OpResult>>,
+}
+
+/// Everything a core needs from the thread that starts it.
+pub struct CoreSetup {
+    pub index: usize,
+    pub config: ServerConfig,
+    pub hello: HelloReply,
+    pub store: Store,
+    pub requests: (Senders<MeshRequest>, Receivers<MeshRequest>),
+    pub replies: (Senders<MeshReply>, Receivers<MeshReply>),
+    pub main_listener: TcpListener,
+    pub shard_listener: TcpListener,
+    pub connections_open: Arc<AtomicUsize>,
+    pub shutdown: ShutdownSignal,
+    pub drain: DrainBarrier,
+}
+
+/// Empties a vector of operations and gives its allocation a new lifetime, so one
+/// allocation serves every batch although each batch borrows different keys.
+pub fn recycle_ops<'a>(mut ops: Vec<Op<'_>>) -> Vec<Op<'a>> {
+    ops.clear();
+    // In-place collection: same element layout, so the allocation is reused. `filter`
+    // cannot change the lifetime, hence `filter_map`.
+    #[allow(clippy::unnecessary_filter_map)]
+    let recycled = ops.into_iter().filter_map(|_| None).collect();
+    recycled
+}
+
+impl Core {
+    /// Applies operations this core owns; one result per operation is appended to
+    /// `results`.
+    pub fn apply_local(&self, ops: &[Op<'_>], results: &mut Vec<OpResult>) {
+        let start = results.len();
+        let mut store = self.store.borrow_mut();
+        // `apply_batch` replaces the contents of its result vector: append through a
+        // scratch vector unless `results` is empty anyway.
+        let mut scratch = self.results_scratch.borrow_mut();
+        let target = if start == 0 {
+            &mut *results
+        } else {
+            &mut *scratch
+        };
+        if let Err(error) = store.apply_batch(ops, target) {
+            // Only a batch over the engine's limit fails as a whole; the protocol's
+            // limit is the same, so this is a broken invariant, reported per operation.
+            tracing::error!(core = self.index, %error, "apply_batch refused a batch");
+            target.clear();
+            target.extend(ops.iter().map(|_| Err(error)));
+        }
+        if start != 0 {
+            results.extend_from_slice(&scratch);
+        }
+        assert_eq!(results.len() - start, ops.len(), "one result per operation");
+        self.stats
+            .ops_local
+            .set(self.stats.ops_local.get() + ops.len() as u64);
+    }
+
+    /// The core that owns `key`.
+    pub fn owner_of_key(&self, key: &[u8]) -> usize {
+        let partition = tally_engine::partition_of(key, self.partition_count);
+        crate::router::owner_of_partition(partition, self.cores)
+    }
+
+    /// The idempotency state of `key` on its home core `home`, recording it in flight
+    /// if new. `Err` if the home core cannot be reached (shutting down).
+    pub async fn idempotency_begin(
+        &self,
+        home: usize,
+        key: IdempotencyKey,
+    ) -> Result<RemoteBegin, ErrorCode> {
+        if home == self.index {
+            let mut table = self.idempotency.borrow_mut();
+            return Ok(match table.begin(key, Instant::now()) {
+                Begin::New => RemoteBegin::New,
+                Begin::InFlight => RemoteBegin::InFlight,
+                Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
+            });
+        }
+        let ticket = self.replies.reserve();
+        let request = MeshRequest::IdempotencyBegin {
+            origin: self.index,
+            ticket,
+            key,
+        };
+        if self.requests_out.send_to(home, request).await.is_err() {
+            self.replies.cancel(ticket);
+            return Err(ErrorCode::ShuttingDown);
+        }
+        match self.replies.wait(ticket).await {
+            MeshReply::Idempotency { state, .. } => Ok(state),
+            MeshReply::Applied { .. } => panic!("an idempotency ticket got an apply reply"),
+        }
+    }
+
+    /// Records the reply frame of a finished idempotent batch on its home core.
+    pub async fn idempotency_finish(&self, home: usize, key: IdempotencyKey, reply: &[u8]) {
+        if home == self.index {
+            self.idempotency
+                .borrow_mut()
+                .finish(key, reply, Instant::now());
+            return;
+        }
+        let request = MeshRequest::IdempotencyFinish {
+            key,
+            reply: reply.to_vec(),
+        };
+        if self.requests_out.send_to(home, request).await.is_err() {
+            tracing::warn!(
+                core = self.index,
+                home,
+                "could not record an idempotency key: mesh closed"
+            );
+        }
+    }
+
+    /// Handles one request from a peer core; returns the reply to send, if any.
+    fn handle_mesh_request(&self, request: MeshRequest) -> Option<(usize, MeshReply)> {
+        match request {
+            MeshRequest::Apply {
+                origin,
+                ticket,
+                batch,
+                mut results,
+            } => {
+                let mut ops = recycle_ops(self.apply_scratch.take());
+                batch.ops_into(&mut ops);
+                results.clear();
+                self.apply_local(&ops, &mut results);
+                self.stats
+                    .ops_from_peers
+                    .set(self.stats.ops_from_peers.get() + ops.len() as u64);
+                self.apply_scratch.replace(recycle_ops(ops));
+                Some((
+                    origin,
+                    MeshReply::Applied {
+                        ticket,
+                        batch,
+                        results,
+                    },
+                ))
+            }
+            MeshRequest::IdempotencyBegin {
+                origin,
+                ticket,
+                key,
+            } => {
+                let mut table = self.idempotency.borrow_mut();
+                let state = match table.begin(key, Instant::now()) {
+                    Begin::New => RemoteBegin::New,
+                    Begin::InFlight => RemoteBegin::InFlight,
+                    Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
+                };
+                Some((origin, MeshReply::Idempotency { ticket, state }))
+            }
+            MeshRequest::IdempotencyFinish { key, reply } => {
+                self.idempotency
+                    .borrow_mut()
+                    .finish(key, &reply, Instant::now());
+                None
+            }
+        }
+    }
+}
+
+/// Serves requests from peer `peer` until it closes its side of the mesh.
+async fn drain_requests(core: Rc<Core>, receivers: Rc<Receivers<MeshRequest>>, peer: usize) {
+    while let Ok(Some(request)) = receivers.recv_from(peer).await {
+        if let Some((origin, reply)) = core.handle_mesh_request(request) {
+            if core.replies_out.send_to(origin, reply).await.is_err() {
+                tracing::warn!(
+                    core = core.index,
+                    peer = origin,
+                    "reply mesh closed before a reply"
+                );
+            }
+        }
+    }
+}
+
+/// Delivers replies from peer `peer` until it closes its side of the mesh.
+async fn drain_replies(core: Rc<Core>, receivers: Rc<Receivers<MeshReply>>, peer: usize) {
+    while let Ok(Some(reply)) = receivers.recv_from(peer).await {
+        core.replies.complete(reply);
+    }
+}
+
+/// Accepts connections on `listener` until the core stops.
+async fn accept_loop(
+    core: Rc<Core>,
+    listener: TcpListener,
+    gate: Rc<glommio::sync::Gate>,
+    port_kind: &'static str,
+) {
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            core.stop.wait().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                // EMFILE and friends: log, back off briefly, keep serving the others.
+                tracing::warn!(core = core.index, port_kind, %error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        admit(&core, &gate, stream);
+    }
+}
+
+/// Starts a connection task, or refuses the connection if the limit is reached.
+fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let open = core.connections_open.fetch_add(1, Ordering::AcqRel) + 1;
+    let stats = &core.stats;
+    if open > core.config.connections_max {
+        core.connections_open.fetch_sub(1, Ordering::AcqRel);
+        stats
+            .connections_refused
+            .set(stats.connections_refused.get() + 1);
+        tracing::warn!(core = core.index, %peer, max = core.config.connections_max, "connection refused: too many connections");
+        // A glommio task is cancelled when its handle drops: detach it.
+        let spawned = gate
+            .spawn(crate::connection::refuse(stream))
+            .map(|task| task.detach());
+        if spawned.is_err() {
+            tracing::debug!(core = core.index, "gate closed while refusing a connection");
+        }
+        return;
+    }
+    stats
+        .connections_accepted
+        .set(stats.connections_accepted.get() + 1);
+    tracing::debug!(core = core.index, %peer, "connection accepted");
+    let task = crate::connection::serve(Rc::clone(core), stream, peer);
+    if gate.spawn(task).map(|task| task.detach()).is_err() {
+        core.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs one core until shutdown; returns its store for a clean close.
+pub async fn run(setup: CoreSetup) -> Store {
+    let CoreSetup {
+        index,
+        config,
+        hello,
+        store,
+        requests,
+        replies,
+        ..
+    } = setup;
+    let cores = config.cores;
+    let idempotency = IdempotencyTable::new(
+        Duration::from_secs(config.idempotency_window_s),
+        config.idempotency_entries_max,
+        config.idempotency_reply_bytes_max,
+    );
+    let core = Rc::new(Core {
+        index,
+        cores,
+        partition_count: hello.partition_count,
+        config,
+        hello,
+        store: RefCell::new(store),
+        replies: ReplyTable::default(),
+        requests_out: requests.0,
+        replies_out: replies.0,
+        pool: RefCell::new(BufferPool::default()),
+        idempotency: RefCell::new(idempotency),
+        registry: ConnectionRegistry::default(),
+        stop: StopNotice::default(),
+        connections_open: setup.connections_open,
+        stats: CoreStats::default(),
+        apply_scratch: RefCell::new(Vec::new()),
+        results_scratch: RefCell::new(Vec::with_capacity(tally_engine::BATCH_OPS_MAX)),
+    });
+    let request_receivers = Rc::new(requests.1);
+    let reply_receivers = Rc::new(replies.1);
+    let mut mesh_tasks = Vec::new();
+    for peer in (0..cores).filter(|&peer| peer != index) {
+        let requests = drain_requests(Rc::clone(&core), Rc::clone(&request_receivers), peer);
+        mesh_tasks.push(glommio::spawn_local(requests));
+        let replies = drain_replies(Rc::clone(&core), Rc::clone(&reply_receivers), peer);
+        mesh_tasks.push(glommio::spawn_local(replies));
+    }
+    let gate = Rc::new(glommio::sync::Gate::new());
+    let accepts = [
+        glommio::spawn_local(accept_loop(
+            Rc::clone(&core),
+            setup.main_listener,
+            Rc::clone(&gate),
+            "main",
+        )),
+        glommio::spawn_local(accept_loop(
+            Rc::clone(&core),
+            setup.shard_listener,
+            Rc::clone(&gate),
+            "shard",
+        )),
+    ];
+    while !setup.shutdown.is_requested() {
+        glommio::timer::sleep(POLL_INTERVAL).await;
+    }
+    tracing::info!(
+        core = index,
+        open = core.registry.len(),
+        "shutting down: no longer accepting"
+    );
+    core.stop.fire();
+    for accept in accepts {
+        accept.await;
+    }
+    core.registry.shutdown_reads();
+    if gate.close().await.is_err() {
+        tracing::warn!(core = index, "connection gate was already closed");
+    }
+    setup.drain.arrive();
+    setup.drain.wait().await;
+    core.requests_out.close();
+    core.replies_out.close();
+    for task in mesh_tasks {
+        task.await;
+    }
+    assert_eq!(
+        core.replies.outstanding(),
+        0,
+        "every mesh request was answered before the mesh closed"
+    );
+    drop(request_receivers);
+    drop(reply_receivers);
+    let core = Rc::into_inner(core).expect("every task of the core has ended");
+    core.store.into_inner()
+}

@@ -1,0 +1,40 @@
+//! Errors of the server: what can stop it from starting or make it stop.
+//!
+//! Errors of one connection (bad frames, timeouts, a peer gone) never reach this type:
+//! they end that connection with a log line and the server carries on.
+
+use std::net::SocketAddr;
+
+/// Why the server could not start, or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A configuration value is out of range.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// A listening socket could not be created, bound or listened on.
+    #[error("{action} {addr}: {source}")]
+    Listen {
+        action: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The data directory or a core's store could not be opened or closed.
+    #[error("core {core}: {source}")]
+    Engine {
+        core: usize,
+        source: tally_engine::EngineError,
+    },
+    /// The data directory could not be opened or created.
+    #[error("data directory: {0}")]
+    DataDir(tally_engine::EngineError),
+    /// An executor could not be created (often: too little locked memory).
+    #[error("core {core}: could not start its executor: {message} (glommio needs locked memory: see `ulimit -l` and --io-memory-bytes)")]
+    Executor { core: usize, message: String },
+    /// Installing the SIGINT/SIGTERM handlers failed.
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// A core thread panicked or ended without reporting.
+    #[error("core {core} failed: {message}")]
+    CoreFailed { core: usize, message: String },
+}

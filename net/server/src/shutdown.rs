@@ -1,0 +1,231 @@
+//! Graceful shutdown: a process-wide request flag, and the per-core machinery that stops
+//! accepting, lets in-flight requests finish, and drains connections.
+//!
+//! Sequence on every core once [`ShutdownSignal::is_requested`] turns true (each core
+//! polls it every [`POLL_INTERVAL`]; SIGINT/SIGTERM only set the flag, no work runs in a
+//! signal handler):
+//!
+//! 1. the accept loops end ([`StopNotice`] fires), so no new connection is taken;
+//! 2. the read half of every open connection is shut down ([`ConnectionRegistry`]),
+//!    so its next read sees end-of-stream; frames already read are answered and their
+//!    replies written before the connection closes;
+//! 3. the core waits for all its connection tasks, then announces itself drained
+//!    ([`DrainBarrier`]) but keeps serving requests forwarded by other cores until every
+//!    core has drained, since a peer's last in-flight batch may still need it;
+//! 4. the core closes its mesh senders, waits for its mesh tasks, and closes its store.
+//!
+//! Invariants: the flag only ever goes from false to true; a connection's fd is in the
+//! registry exactly while its stream is alive, so `shutdown(2)` never hits a reused fd.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use crate::error::ServerError;
+
+/// How often a core looks at the shutdown flag (and the drain barrier).
+pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A process-wide "please stop" flag, shared by the cores, the signal handlers and the
+/// [`crate::ServerHandle`].
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownSignal {
+    requested: Arc<AtomicBool>,
+}
+
+impl ShutdownSignal {
+    /// A flag that is not set.
+    pub fn new() -> ShutdownSignal {
+        ShutdownSignal::default()
+    }
+
+    /// Asks every core to stop gracefully. Idempotent.
+    pub fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+    }
+
+    /// Whether a stop was requested.
+    pub fn is_requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+
+    /// Makes SIGINT and SIGTERM set this flag (instead of killing the process).
+    pub fn install_os_handlers(&self) -> Result<(), ServerError> {
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            signal_hook::flag::register(signal, Arc::clone(&self.requested))
+                .map_err(ServerError::Signals)?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts the cores whose own connections are all closed; shared by all cores.
+#[derive(Clone, Debug)]
+pub struct DrainBarrier {
+    drained: Arc<AtomicUsize>,
+    cores: usize,
+}
+
+impl DrainBarrier {
+    /// A barrier for `cores` cores.
+    pub fn new(cores: usize) -> DrainBarrier {
+        DrainBarrier {
+            drained: Arc::new(AtomicUsize::new(0)),
+            cores,
+        }
+    }
+
+    /// Records that the calling core has drained; call once per core.
+    pub fn arrive(&self) {
+        let before = self.drained.fetch_add(1, Ordering::AcqRel);
+        assert!(
+            before < self.cores,
+            "a core arrived at the drain barrier twice"
+        );
+    }
+
+    /// Waits until every core has arrived.
+    pub async fn wait(&self) {
+        while self.drained.load(Ordering::Acquire) < self.cores {
+            glommio::timer::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// A per-core, one-shot "stop now" notice that futures can await.
+#[derive(Clone, Default)]
+pub struct StopNotice {
+    inner: Rc<StopInner>,
+}
+
+#[derive(Default)]
+struct StopInner {
+    stopped: Cell<bool>,
+    wakers: RefCell<Vec<Waker>>,
+}
+
+impl StopNotice {
+    /// Fires the notice, waking every waiter.
+    pub fn fire(&self) {
+        self.inner.stopped.set(true);
+        for waker in self.inner.wakers.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Whether the notice has fired.
+    pub fn is_fired(&self) -> bool {
+        self.inner.stopped.get()
+    }
+
+    /// Resolves once the notice has fired. Meant for a few long-lived waiters (accept
+    /// loops), not per request: each poll before firing registers a waker.
+    pub fn wait(&self) -> StopWait {
+        StopWait {
+            inner: Rc::clone(&self.inner),
+            registered: false,
+        }
+    }
+}
+
+/// The future of [`StopNotice::wait`].
+pub struct StopWait {
+    inner: Rc<StopInner>,
+    registered: bool,
+}
+
+impl Future for StopWait {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<()> {
+        if self.inner.stopped.get() {
+            return Poll::Ready(());
+        }
+        if !self.registered {
+            self.inner.wakers.borrow_mut().push(context.waker().clone());
+            self.registered = true;
+        }
+        Poll::Pending
+    }
+}
+
+/// The fds of the open connections of one core, so shutdown can end their reads.
+#[derive(Clone, Default)]
+pub struct ConnectionRegistry {
+    inner: Rc<RefCell<RegistryInner>>,
+}
+
+#[derive(Default)]
+struct RegistryInner {
+    next_id: u64,
+    fds: HashMap<u64, RawFd>,
+    closing: bool,
+}
+
+impl ConnectionRegistry {
+    /// Registers an open connection's fd; the returned guard deregisters it on drop,
+    /// and must be dropped before the stream is.
+    pub fn register(&self, fd: RawFd) -> RegistrationGuard {
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.fds.insert(id, fd);
+        if inner.closing {
+            shutdown_read(fd);
+        }
+        RegistrationGuard {
+            registry: self.clone(),
+            id,
+        }
+    }
+
+    /// Ends the read half of every open connection, now and for later registrations.
+    pub fn shutdown_reads(&self) {
+        let mut inner = self.inner.borrow_mut();
+        inner.closing = true;
+        for &fd in inner.fds.values() {
+            shutdown_read(fd);
+        }
+    }
+
+    /// The number of open connections on this core.
+    pub fn len(&self) -> usize {
+        self.inner.borrow().fds.len()
+    }
+
+    /// Whether no connection is open on this core.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Deregisters a connection's fd when dropped.
+pub struct RegistrationGuard {
+    registry: ConnectionRegistry,
+    id: u64,
+}
+
+impl Drop for RegistrationGuard {
+    fn drop(&mut self) {
+        let removed = self.registry.inner.borrow_mut().fds.remove(&self.id);
+        debug_assert!(removed.is_some());
+    }
+}
+
+fn shutdown_read(fd: RawFd) {
+    // SAFETY: `shutdown(2)` reads no memory of ours. The fd belongs to a live stream:
+    // registry entries are removed (guard drop) before their stream is dropped, and all
+    // of this happens on the one thread that owns both, so the fd cannot have been
+    // closed and reused in between.
+    let result = unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    if result != 0 {
+        tracing::debug!(fd, error = %std::io::Error::last_os_error(), "shutdown(SHUT_RD) failed");
+    }
+}

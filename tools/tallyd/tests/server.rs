@@ -1,0 +1,560 @@
+//! Process-level tests of `tallyd`: a real daemon on 127.0.0.1 with a free port, driven
+//! over std sockets with the protocol crate's codec.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tally_protocol::{
+    decode_reply, encode_batch, encode_hello, encode_ping, BoundPolicy, Durability, ErrorCode,
+    HelloReply, Op, OpReply, Reply, Status,
+};
+
+/// A running `tallyd` child; killed on drop if still running.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    shard_ports: Vec<u16>,
+}
+
+impl Daemon {
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--cores",
+                "2",
+                "--partitions",
+                "16",
+                "--spin-us",
+                "20",
+            ])
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn tallyd");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the start line");
+        // "tallyd listening on 127.0.0.1:PORT (shard ports A,B)"
+        let rest = line
+            .trim()
+            .strip_prefix("tallyd listening on ")
+            .unwrap_or_else(|| panic!("start line: {line:?}"));
+        let (addr, ports) = rest
+            .split_once(" (shard ports ")
+            .expect("shard ports in the start line");
+        let shard_ports = ports
+            .trim_end_matches(')')
+            .split(',')
+            .map(|port| port.parse().unwrap())
+            .collect();
+        Daemon {
+            child,
+            addr: addr.parse().unwrap(),
+            shard_ports,
+        }
+    }
+
+    fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    fn shard(&self, core: usize) -> Client {
+        Client::connect(SocketAddr::from(([127, 0, 0, 1], self.shard_ports[core])))
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let code = self.child.wait().unwrap().code();
+        std::mem::forget(self);
+        code
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking test client that owns the replies it decodes.
+struct Client {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+enum Answer {
+    Hello(HelloReply),
+    Pong,
+    Results(Vec<OpReply>),
+    Error(ErrorCode, String),
+    Closed,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Client {
+            stream,
+            buffer: Vec::new(),
+            next_id: 1,
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn hello(&mut self) -> HelloReply {
+        let mut out = Vec::new();
+        let id = self.id();
+        encode_hello(&mut out, id, "test").unwrap();
+        self.send(&out);
+        match self.answer(id) {
+            Answer::Hello(reply) => reply,
+            other => panic!("expected a HelloReply, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn batch_with(&mut self, key: Option<u128>, ops: &[Op<&[u8]>]) -> Answer {
+        let mut out = Vec::new();
+        let id = self.id();
+        encode_batch(&mut out, id, Durability::ServerDefault, key, ops).unwrap();
+        self.send(&out);
+        self.answer(id)
+    }
+
+    fn batch(&mut self, ops: &[Op<&[u8]>]) -> Vec<OpReply> {
+        match self.batch_with(None, ops) {
+            Answer::Results(results) => results,
+            other => panic!("expected results, got {other:?}"),
+        }
+    }
+
+    fn get(&mut self, key: &[u8]) -> i64 {
+        self.batch(&[Op::Get { key }])[0].value
+    }
+
+    /// Reads the next reply and checks it answers `id` (0 for connection-level errors).
+    fn answer(&mut self, id: u64) -> Answer {
+        let (reply_id, answer) = self.next_answer();
+        if !matches!(answer, Answer::Closed) {
+            assert!(
+                reply_id == id || reply_id == 0,
+                "reply {reply_id} for request {id}"
+            );
+        }
+        answer
+    }
+
+    fn next_answer(&mut self) -> (u64, Answer) {
+        loop {
+            if let Some(frame) = decode_reply(&self.buffer).expect("server framing is valid") {
+                let consumed = frame.frame_bytes;
+                let answer = match frame.reply.expect("server replies decode") {
+                    Reply::HelloReply(reply) => Answer::Hello(reply),
+                    Reply::Pong => Answer::Pong,
+                    Reply::BatchReply(results) => Answer::Results(results.results().collect()),
+                    Reply::Error(error) => Answer::Error(error.code, error.message.to_string()),
+                    other => panic!("unexpected reply {other:?}"),
+                };
+                let id = frame.request_id;
+                self.buffer.drain(..consumed);
+                return (id, answer);
+            }
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return (0, Answer::Closed),
+                Ok(count) => self.buffer.extend_from_slice(&chunk[..count]),
+            }
+        }
+    }
+}
+
+fn add(key: &[u8], delta: i64) -> Op<&[u8]> {
+    Op::Add {
+        key,
+        delta,
+        policy: BoundPolicy::Reject,
+    }
+}
+
+fn keys(count: usize) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|index| format!("key:{index}").into_bytes())
+        .collect()
+}
+
+#[test]
+fn handshake_and_every_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    let hello = client.hello();
+    assert_eq!(hello.partition_count, 16);
+    assert_eq!(hello.shard_ports, daemon.shard_ports);
+    assert_eq!(hello.owners.len(), 16);
+    assert!(hello
+        .owners
+        .iter()
+        .enumerate()
+        .all(|(p, &owner)| usize::from(owner) == p % 2));
+    let key = b"views".as_slice();
+    let results = client.batch(&[
+        add(key, 5),
+        add(key, -2),
+        Op::Get { key },
+        Op::Exists { key },
+        Op::Set {
+            key,
+            value: 40,
+            policy: BoundPolicy::Reject,
+        },
+        Op::Delete { key },
+        Op::Exists { key },
+        Op::Get { key },
+    ]);
+    let values: Vec<i64> = results.iter().map(|r| r.value).collect();
+    assert!(
+        results.iter().all(|r| r.status == Status::Ok),
+        "{results:?}"
+    );
+    assert_eq!(values, [5, 3, 3, 1, 40, 40, 0, 0]);
+    assert!(!results[0].existed && results[1].existed && !results[7].existed);
+    let empty = client.batch(&[Op::Get {
+        key: b"".as_slice(),
+    }]);
+    assert_eq!(empty[0].status, Status::InvalidKey);
+    let mut ping = Vec::new();
+    encode_ping(&mut ping, 99);
+    client.send(&ping);
+    assert!(matches!(client.answer(99), Answer::Pong));
+}
+
+#[test]
+fn a_batch_across_cores_is_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let keys = keys(300);
+    for core in 0..2 {
+        let mut client = daemon.shard(core);
+        let hello = client.hello();
+        let owners: Vec<usize> = keys.iter().map(|key| hello.owner_of_key(key)).collect();
+        assert!(
+            owners.contains(&0) && owners.contains(&1),
+            "keys span both cores"
+        );
+        let ops: Vec<Op<&[u8]>> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| add(key, i as i64 + 1))
+            .collect();
+        let results = client.batch(&ops);
+        for (index, result) in results.iter().enumerate() {
+            assert_eq!(result.status, Status::Ok);
+            let expected = (index as i64 + 1) * (core as i64 + 1);
+            assert_eq!(result.value, expected, "key {index} through core {core}");
+        }
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let keys = keys(50);
+    let mut out = Vec::new();
+    for round in 0..200u64 {
+        let key = keys[round as usize % keys.len()].as_slice();
+        encode_batch(
+            &mut out,
+            1000 + round,
+            Durability::Relaxed,
+            None,
+            &[add(key, 1)],
+        )
+        .unwrap();
+    }
+    client.send(&out);
+    for round in 0..200u64 {
+        let (id, answer) = client.next_answer();
+        assert_eq!(id, 1000 + round);
+        let Answer::Results(results) = answer else {
+            panic!("{answer:?}")
+        };
+        assert_eq!(results[0].value, (round / 50 + 1) as i64);
+    }
+}
+
+#[test]
+fn bounds_reject_and_clamp() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let key = b"likes".as_slice();
+    let results = client.batch(&[
+        Op::SetBounds {
+            key,
+            floor: Some(0),
+            ceiling: Some(10),
+        },
+        add(key, 3),
+        add(key, -5),
+        Op::Add {
+            key,
+            delta: -5,
+            policy: BoundPolicy::Clamp,
+        },
+        add(key, 11),
+        Op::SetBounds {
+            key,
+            floor: Some(5),
+            ceiling: Some(1),
+        },
+    ]);
+    assert_eq!(results[0].status, Status::Ok);
+    assert_eq!(results[1].value, 3);
+    assert_eq!(
+        (results[2].status, results[2].value),
+        (Status::BelowFloor, 0)
+    );
+    assert!(results[3].status == Status::Ok && results[3].value == 0 && results[3].clamped);
+    assert_eq!(
+        (results[4].status, results[4].value),
+        (Status::AboveCeiling, 10)
+    );
+    assert_eq!(results[5].status, Status::InvalidBounds);
+    assert_eq!(client.get(key), 0);
+}
+
+#[test]
+fn an_idempotent_retry_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let keys = keys(20);
+    let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 7)).collect();
+    let idempotency_key = 0x1234_5678_9abc_def0_1122_3344_5566_7788u128;
+    let mut first = daemon.shard(0);
+    first.hello();
+    let Answer::Results(original) = first.batch_with(Some(idempotency_key), &ops) else {
+        panic!()
+    };
+    // The retry arrives on another core's port and another connection.
+    let mut retry = daemon.shard(1);
+    retry.hello();
+    let Answer::Results(replayed) = retry.batch_with(Some(idempotency_key), &ops) else {
+        panic!()
+    };
+    assert_eq!(original, replayed);
+    for key in &keys {
+        assert_eq!(retry.get(key), 7);
+    }
+    let Answer::Results(fresh) = retry.batch_with(Some(idempotency_key + 1), &ops) else {
+        panic!()
+    };
+    assert!(fresh.iter().all(|result| result.value == 14));
+}
+
+#[test]
+fn malformed_and_unknown_frames_get_errors_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut bad = daemon.connect();
+    bad.hello();
+    let mut other = daemon.connect();
+    other.hello();
+    // A Batch whose body is 3 bytes of garbage.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(12u32 + 3).to_le_bytes());
+    frame.extend_from_slice(&[0x05, 0, 0, 0]);
+    frame.extend_from_slice(&77u64.to_le_bytes());
+    frame.extend_from_slice(&[9, 9, 9]);
+    bad.send(&frame);
+    let Answer::Error(code, message) = bad.answer(77) else {
+        panic!("expected an error")
+    };
+    assert_eq!(code, ErrorCode::MalformedFrame);
+    assert!(!message.is_empty(), "errors explain themselves");
+    // An unknown message type.
+    frame[4] = 0x42;
+    frame[8..16].copy_from_slice(&78u64.to_le_bytes());
+    bad.send(&frame);
+    assert!(matches!(
+        bad.answer(78),
+        Answer::Error(ErrorCode::UnknownMessageType, _)
+    ));
+    // An unknown operation code inside a batch.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(12u32 + 5 + 3).to_le_bytes());
+    frame.extend_from_slice(&[0x05, 0, 0, 0]);
+    frame.extend_from_slice(&79u64.to_le_bytes());
+    frame.extend_from_slice(&[0, 1, 0, 0, 0, 0x33, 1, b'k']);
+    bad.send(&frame);
+    assert!(matches!(
+        bad.answer(79),
+        Answer::Error(ErrorCode::UnknownOperation, _)
+    ));
+    assert_eq!(bad.batch(&[add(b"k", 1)])[0].value, 1);
+    assert_eq!(other.batch(&[add(b"k", 1)])[0].value, 2);
+}
+
+#[test]
+fn a_batch_over_the_limit_is_refused_and_the_connection_stays_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    // durability 0, op_count 10,001: refused before any operation is read.
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&(12u32 + 5).to_le_bytes());
+    frame.extend_from_slice(&[0x05, 0, 0, 0]);
+    frame.extend_from_slice(&5u64.to_le_bytes());
+    frame.push(0);
+    frame.extend_from_slice(&10_001u32.to_le_bytes());
+    client.send(&frame);
+    assert!(matches!(
+        client.answer(5),
+        Answer::Error(ErrorCode::BatchTooLarge, _)
+    ));
+    let keys = keys(10_000);
+    let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+    let results = client.batch(&ops);
+    assert_eq!(results.len(), 10_000);
+    assert!(results.iter().all(|result| result.value == 1));
+}
+
+#[test]
+fn an_oversize_frame_is_refused_and_closed_while_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let mut other = daemon.connect();
+    other.hello();
+    let mut header = Vec::new();
+    header.extend_from_slice(&(64u32 << 20).to_le_bytes());
+    header.extend_from_slice(&[0x05, 0, 0, 0]);
+    header.extend_from_slice(&6u64.to_le_bytes());
+    client.send(&header);
+    assert!(matches!(
+        client.answer(6),
+        Answer::Error(ErrorCode::FrameTooLarge, _)
+    ));
+    assert!(matches!(client.next_answer().1, Answer::Closed));
+    assert_eq!(other.batch(&[add(b"x", 2)])[0].value, 2);
+}
+
+#[test]
+fn requests_before_hello_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    let Answer::Error(code, _) = client.batch_with(None, &[add(b"x", 1)]) else {
+        panic!()
+    };
+    assert_eq!(code, ErrorCode::HandshakeRequired);
+    assert!(matches!(client.next_answer().1, Answer::Closed));
+}
+
+#[test]
+fn connections_over_the_limit_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--max-connections", "2"]);
+    let mut first = daemon.connect();
+    first.hello();
+    let mut second = daemon.shard(1);
+    second.hello();
+    let mut third = daemon.connect();
+    assert!(matches!(
+        third.next_answer().1,
+        Answer::Error(ErrorCode::ServerBusy, _)
+    ));
+    assert!(matches!(third.next_answer().1, Answer::Closed));
+    drop(first);
+    // The slot frees once the server sees the close; retry briefly.
+    let served = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        let mut client = daemon.connect();
+        let mut out = Vec::new();
+        encode_hello(&mut out, 1, "retry").unwrap();
+        client.send(&out);
+        matches!(client.next_answer().1, Answer::Hello(_))
+    });
+    assert!(served);
+    assert_eq!(second.batch(&[add(b"y", 1)])[0].value, 1);
+}
+
+#[test]
+fn idle_connections_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "200"]);
+    let mut idle = daemon.connect();
+    idle.hello();
+    assert!(matches!(
+        idle.next_answer().1,
+        Answer::Error(ErrorCode::Timeout, _)
+    ));
+    assert!(matches!(idle.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let keys = keys(100);
+    let mut client = daemon.connect();
+    client.hello();
+    let ops: Vec<Op<&[u8]>> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| add(key, i as i64))
+        .collect();
+    client.batch(&ops);
+    client.batch(&ops);
+    assert_eq!(daemon.terminate(), Some(0));
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let gets: Vec<Op<&[u8]>> = keys
+        .iter()
+        .map(|key| Op::Get {
+            key: key.as_slice(),
+        })
+        .collect();
+    let results = client.batch(&gets);
+    for (index, result) in results.iter().enumerate() {
+        assert_eq!(result.value, 2 * index as i64);
+    }
+    assert_eq!(daemon.terminate(), Some(0));
+}
