@@ -1,0 +1,708 @@
+//! `tally-bench compare`: Redis and Tally side by side, on 127.0.0.1, in one run.
+//!
+//! It starts each server in turn (Redis without persistence, Redis with
+//! `appendfsync always`, `tallyd` relaxed, `tallyd` durable), drives each with the same
+//! workloads through [`crate::server::run`] (Tally in both its native protocol and RESP),
+//! runs `redis-benchmark` against every RESP port so a third-party generator confirms the
+//! numbers, stops what it started, and prints a table with Tally/Redis ratios: relaxed
+//! Tally against Redis without persistence, durable Tally against Redis `appendfsync
+//! always`. It installs nothing: the binaries are given as paths.
+
+use crate::server::{self, DriveError, RunReport, ServerArgs, WireProtocol};
+use serde::Serialize;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to accept connections after it was started.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Flags of `tally-bench compare`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CompareArgs {
+    /// The redis-server binary to compare against (e.g. /usr/bin/redis-server).
+    #[arg(long)]
+    pub redis_server: PathBuf,
+    /// The tallyd binary (default: `tallyd` next to this executable).
+    #[arg(long)]
+    pub tallyd: Option<PathBuf>,
+    /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server).
+    #[arg(long)]
+    pub redis_benchmark: Option<PathBuf>,
+    /// Seconds each workload runs against each server.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 100_000)]
+    pub keys: u64,
+    /// Requests per redis-benchmark run.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub redis_benchmark_requests: u64,
+    /// Skip the Tally runs (measure Redis alone).
+    #[arg(long)]
+    pub redis_only: bool,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write one latency plot (SVG) per workload into this directory.
+    #[arg(long)]
+    pub plot_dir: Option<PathBuf>,
+}
+
+/// Why a comparison failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CompareError {
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("{program} did not become ready within {STARTUP_TIMEOUT:?}; its output:\n{output}")]
+    NotReady { program: String, output: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{system}, {workload}: {source}")]
+    Drive {
+        system: &'static str,
+        workload: &'static str,
+        source: DriveError,
+    },
+}
+
+/// One workload: the same flags for every server.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Workload {
+    pub name: &'static str,
+    pub connections: usize,
+    pub pipeline: usize,
+}
+
+/// The workloads every server runs, in order.
+pub const WORKLOADS: [Workload; 4] = [
+    Workload {
+        name: "1 connection, unpipelined",
+        connections: 1,
+        pipeline: 1,
+    },
+    Workload {
+        name: "50 connections, unpipelined",
+        connections: 50,
+        pipeline: 1,
+    },
+    Workload {
+        name: "4 connections, pipeline 16",
+        connections: 4,
+        pipeline: 16,
+    },
+    Workload {
+        name: "4 connections, pipeline 64",
+        connections: 4,
+        pipeline: 64,
+    },
+];
+
+/// The servers, in the order they run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum System {
+    Redis,
+    RedisAofAlways,
+    TallyRelaxed,
+    TallyDurable,
+}
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Redis => "redis",
+            System::RedisAofAlways => "redis-aof-always",
+            System::TallyRelaxed => "tally-relaxed",
+            System::TallyDurable => "tally-durable",
+        }
+    }
+
+    /// The Redis configuration Tally in this mode is measured against.
+    pub fn baseline(self) -> System {
+        match self {
+            System::Redis | System::TallyRelaxed => System::Redis,
+            System::RedisAofAlways | System::TallyDurable => System::RedisAofAlways,
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub workload: &'static str,
+    pub system: System,
+    /// Throughput over the baseline's for the same workload (RESP baseline run).
+    pub ops_ratio_vs_redis: Option<f64>,
+    /// p99 over the baseline's p99 (below 1 is better).
+    pub p99_ratio_vs_redis: Option<f64>,
+    #[serde(flatten)]
+    pub report: RunReport,
+}
+
+/// One `redis-benchmark` run.
+#[derive(Clone, Debug, Serialize)]
+pub struct RedisBenchmarkRow {
+    pub system: System,
+    pub command: String,
+    pub requests_per_sec: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// The CSV line as printed, or the error output.
+    pub raw: String,
+}
+
+/// Everything `compare` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    pub rows: Vec<Row>,
+    pub redis_benchmark: Vec<RedisBenchmarkRow>,
+    pub notes: Vec<String>,
+}
+
+/// A server process this run started; killed and reaped on drop.
+struct Started {
+    system: System,
+    child: Child,
+    /// The native port (Tally) or the RESP port (Redis).
+    main_addr: SocketAddr,
+    /// The RESP port, if the server has one.
+    resp_addr: Option<SocketAddr>,
+    data_dir: PathBuf,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn free_port() -> Result<u16, CompareError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .map_err(|source| CompareError::Io {
+            what: "finding a free port".into(),
+            source,
+        })
+}
+
+fn fresh_dir(system: System) -> Result<PathBuf, CompareError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let dir = std::env::temp_dir().join(format!(
+        "tally-compare-{}-{}-{nanos}",
+        system.name(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|source| CompareError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    Ok(dir)
+}
+
+fn spawn(program: &Path, arguments: &[String]) -> Result<Child, CompareError> {
+    Command::new(program)
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| CompareError::Spawn {
+            program: program.display().to_string(),
+            source,
+        })
+}
+
+/// Collect the child's output lines on a channel, so readiness can be awaited with a
+/// timeout and the output shown if it never comes.
+fn watch_output(child: &mut Child) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    let streams: [Option<Box<dyn std::io::Read + Send>>; 2] = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+    ];
+    for stream in streams.into_iter().flatten() {
+        let sender = sender.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    receiver
+}
+
+/// Wait until `ready` holds, the child exits, or the timeout passes.
+fn await_ready(
+    started: &mut Started,
+    output: &mpsc::Receiver<String>,
+    program: &Path,
+    ready: &dyn Fn(&str) -> bool,
+) -> Result<(), CompareError> {
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    let mut seen = String::new();
+    let mut ready_seen = false;
+    let accepts =
+        |addr: Option<SocketAddr>| addr.is_none_or(|addr| TcpStream::connect(addr).is_ok());
+    while Instant::now() < deadline {
+        match output.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) => {
+                ready_seen |= ready(&line);
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+        }
+        if ready_seen && accepts(Some(started.main_addr)) && accepts(started.resp_addr) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = started.child.try_wait() {
+            seen.push_str(&format!("(exited: {status})\n"));
+            break;
+        }
+    }
+    Err(CompareError::NotReady {
+        program: program.display().to_string(),
+        output: seen,
+    })
+}
+
+fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareError> {
+    let port = free_port()?;
+    let data_dir = fresh_dir(system)?;
+    let mut arguments: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--dir",
+        &data_dir.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let persistence: &[&str] = match system {
+        System::RedisAofAlways => &["--appendonly", "yes", "--appendfsync", "always"],
+        _ => &["--appendonly", "no"],
+    };
+    arguments.extend(persistence.iter().map(|s| s.to_string()));
+    let mut child = spawn(redis_server, &arguments)?;
+    let output = watch_output(&mut child);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut started = Started {
+        system,
+        child,
+        main_addr: addr,
+        resp_addr: Some(addr),
+        data_dir,
+    };
+    await_ready(&mut started, &output, redis_server, &|line| {
+        line.contains("Ready to accept connections")
+    })?;
+    Ok(started)
+}
+
+fn start_tallyd(tallyd: &Path, system: System, with_resp: bool) -> Result<Started, CompareError> {
+    let (port, resp_port) = (free_port()?, free_port()?);
+    let data_dir = fresh_dir(system)?;
+    let durability = if system == System::TallyDurable {
+        "durable"
+    } else {
+        "relaxed"
+    };
+    let mut arguments = vec![
+        "--data-dir".to_owned(),
+        data_dir.display().to_string(),
+        "--listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--durability".to_owned(),
+        durability.to_owned(),
+    ];
+    if with_resp {
+        arguments.push("--resp-listen".to_owned());
+        arguments.push(format!("127.0.0.1:{resp_port}"));
+    }
+    let mut child = spawn(tallyd, &arguments)?;
+    let output = watch_output(&mut child);
+    let mut started = Started {
+        system,
+        child,
+        main_addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        resp_addr: with_resp.then(|| SocketAddr::from(([127, 0, 0, 1], resp_port))),
+        data_dir,
+    };
+    await_ready(&mut started, &output, tallyd, &|line| {
+        line.contains("listening on")
+    })?;
+    Ok(started)
+}
+
+/// The `tally-bench server` flags of one workload against one address.
+fn server_args(
+    args: &CompareArgs,
+    workload: &Workload,
+    addr: SocketAddr,
+    protocol: WireProtocol,
+) -> ServerArgs {
+    ServerArgs {
+        addr,
+        protocol,
+        connections: workload.connections,
+        pipeline: workload.pipeline,
+        batch: 1,
+        keys: args.keys,
+        ops: u64::MAX,
+        duration: Some(args.seconds),
+        distribution: server::KeyDistribution::Uniform,
+        zipf_exponent: 0.99,
+        delta: 1,
+        rate: None,
+        durability: server::DurabilityChoice::Server,
+        shard_aware: true,
+        spin_us: None,
+        seed: 1,
+        json: false,
+        plot: None,
+    }
+}
+
+/// Run every workload against `started`, over each protocol it serves.
+fn drive_all(
+    args: &CompareArgs,
+    started: &Started,
+    rows: &mut Vec<Row>,
+) -> Result<(), CompareError> {
+    let mut endpoints = Vec::new();
+    match started.system {
+        System::Redis | System::RedisAofAlways => {
+            endpoints.push((started.main_addr, WireProtocol::Resp))
+        }
+        System::TallyRelaxed | System::TallyDurable => {
+            endpoints.push((started.main_addr, WireProtocol::Native));
+            endpoints.extend(started.resp_addr.map(|addr| (addr, WireProtocol::Resp)));
+        }
+    }
+    for workload in &WORKLOADS {
+        for &(addr, protocol) in &endpoints {
+            let flags = server_args(args, workload, addr, protocol);
+            let report = server::run(&flags).map_err(|source| CompareError::Drive {
+                system: started.system.name(),
+                workload: workload.name,
+                source,
+            })?;
+            if !args.json {
+                eprintln!("  {:<17} {}", started.system.name(), report.human());
+            }
+            rows.push(Row {
+                workload: workload.name,
+                system: started.system,
+                ops_ratio_vs_redis: None,
+                p99_ratio_vs_redis: None,
+                report,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Run `redis-benchmark -t incr -P 16 -c 50` against `addr` and parse its CSV line.
+fn redis_benchmark(
+    args: &CompareArgs,
+    program: &Path,
+    system: System,
+    addr: SocketAddr,
+) -> RedisBenchmarkRow {
+    let arguments = [
+        "-h".to_owned(),
+        addr.ip().to_string(),
+        "-p".to_owned(),
+        addr.port().to_string(),
+        "-t".to_owned(),
+        "incr".to_owned(),
+        "-P".to_owned(),
+        "16".to_owned(),
+        "-c".to_owned(),
+        "50".to_owned(),
+        "-n".to_owned(),
+        args.redis_benchmark_requests.to_string(),
+        "-r".to_owned(),
+        args.keys.to_string(),
+        "--csv".to_owned(),
+    ];
+    let command = format!("redis-benchmark {}", arguments.join(" "));
+    let output = Command::new(program)
+        .args(&arguments)
+        .stdin(Stdio::null())
+        .output();
+    let (raw, fields) = match output {
+        Err(error) => (
+            format!("cannot run {}: {error}", program.display()),
+            Vec::new(),
+        ),
+        Ok(output) => {
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            match stdout.lines().find(|line| line.starts_with("\"INCR\"")) {
+                Some(line) => (line.to_owned(), parse_csv_numbers(line)),
+                None => (
+                    format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+                    Vec::new(),
+                ),
+            }
+        }
+    };
+    // CSV columns: test, rps, avg, min, p50, p95, p99, max (latencies in ms).
+    RedisBenchmarkRow {
+        system,
+        command,
+        requests_per_sec: fields.first().copied(),
+        p50_ms: fields.get(3).copied(),
+        p99_ms: fields.get(5).copied(),
+        raw,
+    }
+}
+
+fn parse_csv_numbers(line: &str) -> Vec<f64> {
+    line.split(',')
+        .skip(1)
+        .filter_map(|field| field.trim_matches('"').parse().ok())
+        .collect()
+}
+
+/// Fill in each Tally row's ratios against the Redis RESP run of the same workload.
+fn add_ratios(rows: &mut [Row]) {
+    let baselines: Vec<(&'static str, System, f64, f64)> = rows
+        .iter()
+        .filter(|row| matches!(row.system, System::Redis | System::RedisAofAlways))
+        .map(|row| {
+            (
+                row.workload,
+                row.system,
+                row.report.ops_per_sec,
+                row.report.latency.p99_us,
+            )
+        })
+        .collect();
+    for row in rows.iter_mut() {
+        let baseline = baselines.iter().find(|(workload, system, _, _)| {
+            *workload == row.workload && *system == row.system.baseline()
+        });
+        if let Some(&(_, _, ops_per_sec, p99_us)) = baseline {
+            row.ops_ratio_vs_redis =
+                (ops_per_sec > 0.0).then(|| row.report.ops_per_sec / ops_per_sec);
+            row.p99_ratio_vs_redis = (p99_us > 0.0).then(|| row.report.latency.p99_us / p99_us);
+        }
+    }
+}
+
+/// The comparison as a Markdown table (also readable in a terminal).
+pub fn table(comparison: &Comparison) -> String {
+    let mut out = String::from(
+        "| workload | system | protocol | ops/s | p50 us | p99 us | p99.9 us | ops vs Redis | p99 vs Redis |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let ratio = |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{value:.2}x"));
+    for row in &comparison.rows {
+        out.push_str(
+            &format!(
+                "| {} | {} | {:?} | {:.0} | {:.1} | {:.1} | {:.1} | {} | {} |\n",
+                row.workload,
+                row.system.name(),
+                row.report.protocol,
+                row.report.ops_per_sec,
+                row.report.latency.p50_us,
+                row.report.latency.p99_us,
+                row.report.latency.p999_us,
+                ratio(row.ops_ratio_vs_redis),
+                ratio(row.p99_ratio_vs_redis),
+            )
+            .to_lowercase(),
+        );
+    }
+    if !comparison.redis_benchmark.is_empty() {
+        out.push_str("\n| redis-benchmark -t incr -P 16 -c 50 against | requests/s | p50 ms | p99 ms |\n|---|---:|---:|---:|\n");
+        let number = |value: Option<f64>, digits: usize| {
+            value.map_or("-".to_owned(), |value| format!("{value:.digits$}"))
+        };
+        for row in &comparison.redis_benchmark {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} |\n",
+                row.system.name(),
+                number(row.requests_per_sec, 0),
+                number(row.p50_ms, 3),
+                number(row.p99_ms, 3)
+            ));
+        }
+    }
+    for note in &comparison.notes {
+        out.push_str(&format!("\nNote: {note}\n"));
+    }
+    out
+}
+
+fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
+    std::fs::create_dir_all(dir).map_err(|source| CompareError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    for (index, workload) in WORKLOADS.iter().enumerate() {
+        let selected: Vec<&Row> = rows
+            .iter()
+            .filter(|row| row.workload == workload.name)
+            .collect();
+        let labels: Vec<String> = selected
+            .iter()
+            .map(|row| format!("{} {:?}", row.system.name(), row.report.protocol).to_lowercase())
+            .collect();
+        let series: Vec<crate::plot::Series<'_>> = selected
+            .iter()
+            .zip(&labels)
+            .map(|(row, label)| crate::plot::Series {
+                label,
+                points: &row.report.curve,
+            })
+            .collect();
+        let svg = crate::plot::percentile_svg(&format!("INCR latency: {}", workload.name), &series);
+        let path = dir.join(format!(
+            "compare-{}-c{}-p{}.svg",
+            index + 1,
+            workload.connections,
+            workload.pipeline
+        ));
+        server::write_plot(&path, &svg).map_err(|source| CompareError::Drive {
+            system: "plot",
+            workload: workload.name,
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The tallyd to use: the flag, or `tallyd` next to this executable.
+fn tallyd_path(args: &CompareArgs) -> Option<PathBuf> {
+    args.tallyd.clone().or_else(|| {
+        let sibling = std::env::current_exe().ok()?.with_file_name("tallyd");
+        sibling.exists().then_some(sibling)
+    })
+}
+
+/// Run the whole comparison.
+pub fn run(args: &CompareArgs) -> Result<Comparison, CompareError> {
+    let mut comparison = Comparison {
+        rows: Vec::new(),
+        redis_benchmark: Vec::new(),
+        notes: Vec::new(),
+    };
+    let redis_benchmark_path = args.redis_benchmark.clone().or_else(|| {
+        let sibling = args.redis_server.with_file_name("redis-benchmark");
+        sibling.exists().then_some(sibling)
+    });
+    for system in [System::Redis, System::RedisAofAlways] {
+        eprintln!(
+            "{}: starting {}",
+            system.name(),
+            args.redis_server.display()
+        );
+        let started = start_redis(&args.redis_server, system)?;
+        drive_all(args, &started, &mut comparison.rows)?;
+        if let Some(program) = &redis_benchmark_path {
+            comparison.redis_benchmark.push(redis_benchmark(
+                args,
+                program,
+                system,
+                started.main_addr,
+            ));
+        }
+    }
+    match (args.redis_only, tallyd_path(args)) {
+        (true, _) => comparison
+            .notes
+            .push("Tally runs skipped (--redis-only).".into()),
+        (false, None) => comparison
+            .notes
+            .push("Tally runs skipped: no tallyd found (pass --tallyd PATH).".into()),
+        (false, Some(tallyd)) => {
+            for system in [System::TallyRelaxed, System::TallyDurable] {
+                eprintln!("{}: starting {}", system.name(), tallyd.display());
+                let started = match start_tallyd(&tallyd, system, true) {
+                    Ok(started) => started,
+                    Err(error) => {
+                        comparison.notes.push(format!("{}: tallyd would not start with --resp-listen, RESP runs skipped: {error}", system.name()));
+                        start_tallyd(&tallyd, system, false)?
+                    }
+                };
+                drive_all(args, &started, &mut comparison.rows)?;
+                if let (Some(program), Some(addr)) = (&redis_benchmark_path, started.resp_addr) {
+                    comparison
+                        .redis_benchmark
+                        .push(redis_benchmark(args, program, system, addr));
+                }
+            }
+        }
+    }
+    add_ratios(&mut comparison.rows);
+    if let Some(dir) = &args.plot_dir {
+        write_plots(dir, &comparison.rows)?;
+    }
+    Ok(comparison)
+}
+
+/// `tally-bench compare`: run and print.
+pub fn main(args: &CompareArgs) -> Result<(), CompareError> {
+    let comparison = run(args)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&comparison).expect("a comparison serializes")
+        );
+    } else {
+        println!("{}", table(&comparison));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_redis_benchmark_csv() {
+        let line = r#""INCR","715648.88","1.043","0.112","0.815","2.903","6.167","30.415""#;
+        let numbers = parse_csv_numbers(line);
+        assert_eq!(numbers.len(), 7);
+        assert_eq!(numbers[0], 715_648.88);
+        assert_eq!(numbers[3], 0.815);
+        assert_eq!(numbers[5], 6.167);
+    }
+
+    #[test]
+    fn tally_modes_compare_with_the_matching_redis() {
+        assert_eq!(System::TallyRelaxed.baseline(), System::Redis);
+        assert_eq!(System::TallyDurable.baseline(), System::RedisAofAlways);
+    }
+}
