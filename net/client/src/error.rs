@@ -66,6 +66,9 @@ pub enum ClientError {
     /// A configuration value is out of range.
     #[error("invalid client configuration: {0}")]
     InvalidConfig(String),
+    /// The async client's connection task has stopped (its runtime is shutting down).
+    #[error("the client's connection task has stopped")]
+    TaskStopped,
 }
 
 impl ClientError {
@@ -88,5 +91,58 @@ impl ClientError {
             self,
             ClientError::Rejected(_) | ClientError::InvalidKey { .. } | ClientError::Encode(_)
         )
+    }
+}
+
+impl ClientError {
+    /// A copy of this error for each of several callers that share one failure (the
+    /// async client fails every call waiting on a lost connection). I/O errors keep their
+    /// kind and message.
+    pub(crate) fn replicate(&self) -> ClientError {
+        match self {
+            ClientError::Connect { addr, source } => ClientError::Connect {
+                addr: *addr,
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            ClientError::Io {
+                action,
+                addr,
+                source,
+            } => ClientError::Io {
+                action,
+                addr: *addr,
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            ClientError::Closed { addr } => ClientError::Closed { addr: *addr },
+            ClientError::Timeout { action, addr } => ClientError::Timeout {
+                action,
+                addr: *addr,
+            },
+            ClientError::Protocol { addr, source } => ClientError::Protocol {
+                addr: *addr,
+                source: source.clone(),
+            },
+            ClientError::Server { code, message } => ClientError::Server {
+                code: *code,
+                message: message.clone(),
+            },
+            ClientError::Rejected(rejection) => ClientError::Rejected(*rejection),
+            ClientError::InvalidKey { length } => ClientError::InvalidKey { length: *length },
+            ClientError::Encode(error) => ClientError::Encode(error.clone()),
+            ClientError::Handshake { addr, reason } => ClientError::Handshake {
+                addr: *addr,
+                reason: reason.clone(),
+            },
+            ClientError::UnexpectedReply { addr, reason } => ClientError::UnexpectedReply {
+                addr: *addr,
+                reason: reason.clone(),
+            },
+            ClientError::Resolve { addr, reason } => ClientError::Resolve {
+                addr: addr.clone(),
+                reason: reason.clone(),
+            },
+            ClientError::InvalidConfig(reason) => ClientError::InvalidConfig(reason.clone()),
+            ClientError::TaskStopped => ClientError::TaskStopped,
+        }
     }
 }

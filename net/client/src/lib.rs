@@ -43,6 +43,10 @@
 //! ```
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "tokio")]
+mod async_client;
+#[cfg(feature = "tokio")]
+mod async_connection;
 mod blocking;
 mod config;
 mod connection;
@@ -52,6 +56,8 @@ mod idempotency;
 mod outcome;
 mod pipeline;
 
+#[cfg(feature = "tokio")]
+pub use async_client::AsyncClient;
 pub use blocking::Client;
 pub use config::{ClientConfig, RETRIES_MAX};
 pub use dispatch::{IN_FLIGHT_FRAMES_MAX, IN_FLIGHT_OPS_MAX};
