@@ -26,9 +26,9 @@ fn record_for(index: u64) -> OwnedRecord {
         value: (index * 3) as i64,
         bounds: (kind == RecordKind::SetBounds).then_some(Bounds {
             floor: Some(-1),
-            ceiling: (index % 2 == 0).then_some(1 << 40),
+            ceiling: index.is_multiple_of(2).then_some(1 << 40),
         }),
-        idempotency: (index % 11 == 0).then_some(Idempotency {
+        idempotency: index.is_multiple_of(11).then_some(Idempotency {
             key: u128::from(index) << 64,
             result: [index as u8; 16],
         }),

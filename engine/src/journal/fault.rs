@@ -27,8 +27,11 @@ pub enum Fault {
     /// reports the short count.
     ShortWrite { bytes: usize },
     /// Power loss mid-commit: the first `bytes` (rounded down to a sector) reach the
-    /// disk, the sector after them holds garbage if `garbage`, the rest keeps its old
-    /// content; the commit reports a failed sync (the process is considered dead).
+    /// disk, the rest keeps its old content, except that with `garbage` the sector
+    /// after them reads back as noise if it was never written (all zero before).
+    /// Bytes written by earlier commits keep their content, as the sector-atomicity
+    /// assumption of the journal says. The commit reports a failed sync (the process
+    /// is considered dead).
     TornWrite { bytes: usize, garbage: bool },
     /// The commit is written with bit `bit` of byte `byte` (modulo the write length)
     /// flipped, and reports success: silent media corruption.
@@ -94,10 +97,7 @@ impl FaultStorage {
                     .write_at(offset, &buffer.as_slice()[..kept])
                     .map_err(CommitFailure::Write)?;
                 if garbage && kept < length {
-                    let noise: Vec<u8> = (0..SECTOR_BYTES).map(|i| (i * 151 + 7) as u8).collect();
-                    self.inner
-                        .write_at(offset + kept as u64, &noise)
-                        .map_err(CommitFailure::Write)?;
+                    self.write_noise_if_unwritten(offset + kept as u64)?;
                 }
                 Err(CommitFailure::Sync(io::Error::other(
                     "simulated power loss",
@@ -113,6 +113,23 @@ impl FaultStorage {
                 self.inner.sync().map_err(CommitFailure::Sync)
             }
         }
+    }
+}
+
+impl FaultStorage {
+    /// Fills the sector at `at` with noise if it was never written (all zero).
+    fn write_noise_if_unwritten(&mut self, at: u64) -> Result<(), CommitFailure> {
+        let old = self
+            .inner
+            .read_at(at, SECTOR_BYTES)
+            .map_err(CommitFailure::Write)?;
+        if old.iter().any(|&byte| byte != 0) {
+            return Ok(());
+        }
+        let noise: Vec<u8> = (0..SECTOR_BYTES).map(|i| (i * 151 + 7) as u8).collect();
+        self.inner
+            .write_at(at, &noise)
+            .map_err(CommitFailure::Write)
     }
 }
 

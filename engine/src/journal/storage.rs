@@ -60,7 +60,7 @@ pub trait JournalStorage {
 
 fn open_segment(path: &Path, direct_io: bool) -> io::Result<File> {
     let mut options = OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.read(true).write(true).create(true).truncate(true);
     if direct_io {
         options.custom_flags(libc::O_DIRECT);
     }
@@ -294,6 +294,23 @@ impl FileStorage {
             .as_ref()
             .ok_or_else(|| io::Error::other("no segment open"))?;
         file.write_all_at(bytes, offset)
+    }
+
+    /// Reads `length` bytes at `offset` of the open segment (zeros past its end).
+    pub fn read_at(&mut self, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+        let file = self
+            .file
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no segment open"))?;
+        let mut bytes = vec![0u8; length];
+        let mut done = 0;
+        while done < length {
+            match file.read_at(&mut bytes[done..], offset + done as u64)? {
+                0 => break,
+                count => done += count,
+            }
+        }
+        Ok(bytes)
     }
 
     /// fdatasync of the open segment.

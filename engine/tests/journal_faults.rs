@@ -1,0 +1,283 @@
+//! Fault injection through the journal's storage seam: failed writes and syncs, short
+//! and torn writes, ENOSPC, a silently flipped bit. Each case must end in a clear error
+//! or a correct recovery, checked against a model of what was appended.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use tally_engine::journal::fault::{Fault, FaultStorage};
+use tally_engine::journal::recovery::{scan_journal, RecoveryOptions};
+use tally_engine::journal::storage::FileStorage;
+use tally_engine::journal::{
+    Durability, Journal, JournalError, JournalOptions, JournalReader, Lsn, OwnedRecord, RecordKind,
+};
+
+const RECORDS_PER_COMMIT: u64 = 40;
+
+fn record(index: u64) -> OwnedRecord {
+    OwnedRecord {
+        lsn: index + 1,
+        partition: (index % 4) as u32,
+        kind: if index.is_multiple_of(9) {
+            RecordKind::Set
+        } else {
+            RecordKind::Add
+        },
+        key: format!("key:{}", index % 97).into_bytes(),
+        operand: 1,
+        value: index as i64,
+        bounds: None,
+        idempotency: None,
+    }
+}
+
+/// What happened while writing through a faulty storage.
+struct Written {
+    appended: Lsn,
+    durable_at_failure: Lsn,
+    error: Option<JournalError>,
+}
+
+/// Appends `total` records in commits of `RECORDS_PER_COMMIT` until the first error.
+fn write_through<S: tally_engine::journal::storage::JournalStorage>(
+    journal: &mut Journal<S>,
+    total: u64,
+) -> Written {
+    for index in 0..total {
+        let owned = record(index);
+        match journal.append(&owned.as_record(), Durability::Durable) {
+            Ok(lsn) => assert_eq!(lsn, owned.lsn),
+            Err(error) => return failed(journal, error),
+        }
+        if (index + 1).is_multiple_of(RECORDS_PER_COMMIT) {
+            if let Err(error) = journal.sync() {
+                return failed(journal, error);
+            }
+        }
+    }
+    if let Err(error) = journal.sync() {
+        return failed(journal, error);
+    }
+    Written {
+        appended: journal.appended_lsn(),
+        durable_at_failure: journal.durable_lsn(),
+        error: None,
+    }
+}
+
+fn failed<S: tally_engine::journal::storage::JournalStorage>(
+    journal: &mut Journal<S>,
+    error: JournalError,
+) -> Written {
+    let durable = journal.durable_lsn();
+    assert!(
+        journal.failure().is_some(),
+        "an error leaves the journal failed"
+    );
+    let again = journal.append(&record(0).as_record(), Durability::Durable);
+    assert!(
+        matches!(again, Err(JournalError::Failed { .. })),
+        "no record accepted after a failure"
+    );
+    assert!(
+        matches!(journal.sync(), Err(JournalError::Failed { .. })),
+        "a failed sync is not retried as if it worked"
+    );
+    assert_eq!(
+        journal.durable_lsn(),
+        durable,
+        "nothing more becomes durable"
+    );
+    Written {
+        appended: journal.appended_lsn(),
+        durable_at_failure: durable,
+        error: Some(error),
+    }
+}
+
+fn small_segments() -> JournalOptions {
+    JournalOptions {
+        segment_bytes_target: 32 << 10,
+        ..JournalOptions::default()
+    }
+}
+
+/// Replays the journal into a model (key -> value) and checks every record kept is the
+/// one appended with that LSN. Returns the last LSN kept.
+fn recover_into_model(
+    data_dir: &Path,
+    options: &RecoveryOptions,
+) -> Result<(Lsn, HashMap<Vec<u8>, i64>), JournalError> {
+    let mut model = HashMap::new();
+    let mut expected_lsn = 1;
+    let dir = tally_engine::journal::journal_dir(data_dir, 0);
+    let scan = scan_journal(&dir, options, |_, logged| {
+        assert_eq!(logged.lsn, expected_lsn, "records form a gapless prefix");
+        assert_eq!(logged.to_owned_record(), record(logged.lsn - 1));
+        model.insert(logged.record.key.to_vec(), logged.record.value);
+        expected_lsn += 1;
+        Ok(())
+    })?;
+    assert_eq!(scan.last_lsn, expected_lsn - 1);
+    Ok((scan.last_lsn, model))
+}
+
+fn model_of_prefix(last_lsn: Lsn) -> HashMap<Vec<u8>, i64> {
+    (0..last_lsn)
+        .map(|i| (record(i).key, record(i).value))
+        .collect()
+}
+
+/// After recovery, a normal journal continues the sequence and the reader sees it all.
+fn check_journal_continues(data_dir: &Path, last_lsn: Lsn) {
+    let mut journal =
+        Journal::open_with_storage(data_dir, 0, small_segments(), FileStorage::new()).unwrap();
+    assert_eq!(journal.appended_lsn(), last_lsn);
+    let next = record(last_lsn);
+    assert_eq!(
+        journal
+            .append(&next.as_record(), Durability::Durable)
+            .unwrap(),
+        last_lsn + 1
+    );
+    journal.sync().unwrap();
+    let count = JournalReader::open(data_dir, 0).unwrap().count() as u64;
+    assert_eq!(count, last_lsn + 1);
+}
+
+fn run_fault(fault: Fault, at_commit: u64) -> (Written, Lsn) {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultStorage::new(vec![(at_commit, fault)]);
+    let mut journal = Journal::open_with_storage(dir.path(), 0, small_segments(), storage).unwrap();
+    let written = write_through(&mut journal, 2_000);
+    drop(journal);
+    let (last_lsn, model) = recover_into_model(dir.path(), &RecoveryOptions::default())
+        .unwrap_or_else(|e| panic!("{fault:?} at commit {at_commit}: recovery failed: {e}"));
+    assert!(
+        last_lsn >= written.durable_at_failure,
+        "{fault:?} at commit {at_commit}: durable LSN {} lost, kept up to {last_lsn}",
+        written.durable_at_failure
+    );
+    assert!(last_lsn <= written.appended);
+    assert_eq!(model, model_of_prefix(last_lsn));
+    check_journal_continues(dir.path(), last_lsn);
+    (written, last_lsn)
+}
+
+#[test]
+fn failed_writes_and_syncs_lose_nothing_durable() {
+    for at_commit in [0, 1, 7, 30] {
+        let (written, _) = run_fault(Fault::FailWrite { errno: libc::EIO }, at_commit);
+        assert!(matches!(written.error, Some(JournalError::Io { .. })));
+        let (written, _) = run_fault(Fault::FailSync { errno: libc::EIO }, at_commit);
+        assert!(matches!(
+            written.error,
+            Some(JournalError::SyncFailed { .. })
+        ));
+    }
+}
+
+#[test]
+fn disk_full_is_a_clear_no_space_error() {
+    let (written, last_lsn) = run_fault(
+        Fault::FailWrite {
+            errno: libc::ENOSPC,
+        },
+        5,
+    );
+    let error = written.error.expect("the commit failed");
+    assert!(matches!(error, JournalError::NoSpace { .. }), "{error:?}");
+    assert!(error.to_string().contains("no space"), "{error}");
+    assert_eq!(last_lsn, written.durable_at_failure);
+}
+
+#[test]
+fn short_and_torn_writes_are_truncated_at_the_tear() {
+    for at_commit in [0, 3, 12] {
+        for bytes in [0, 512, 1024, 2048, 4096] {
+            let (written, _) = run_fault(Fault::ShortWrite { bytes }, at_commit);
+            assert!(matches!(
+                written.error,
+                Some(JournalError::ShortWrite { .. })
+            ));
+            for garbage in [false, true] {
+                run_fault(Fault::TornWrite { bytes, garbage }, at_commit);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_flipped_bit_in_the_middle_refuses_to_start_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        segment_bytes_target: 64 << 20,
+        ..JournalOptions::default()
+    };
+    // Commit 2 starts in the block holding the end of commit 1 and goes on with whole
+    // new blocks; byte 5,000 of it lies in its second block, which no later commit
+    // rewrites. Then ~5 MiB more, beyond the torn-tail window.
+    let storage = FaultStorage::new(vec![(
+        2,
+        Fault::FlipBit {
+            byte: 5_000,
+            bit: 3,
+        },
+    )]);
+    let mut journal = Journal::open_with_storage(dir.path(), 0, options, storage).unwrap();
+    for commit in 0..3 {
+        for index in commit * 200..(commit + 1) * 200 {
+            journal
+                .append(&record(index).as_record(), Durability::Durable)
+                .unwrap();
+        }
+        journal.sync().unwrap();
+    }
+    let written = write_through_from(&mut journal, 600, 100_000);
+    drop(journal);
+    let error = recover_into_model(dir.path(), &RecoveryOptions::default()).unwrap_err();
+    let JournalError::Corrupted { path, offset, .. } = &error else {
+        panic!("expected corruption, got {error:?}");
+    };
+    assert!(path.to_string_lossy().ends_with(".log"), "{error}");
+    assert!(*offset > 0 && *offset < 3 * 200 * 56, "{error}");
+    let options = RecoveryOptions {
+        recover_to_corruption: true,
+    };
+    let (last_lsn, model) = recover_into_model(dir.path(), &options).unwrap();
+    assert!(
+        last_lsn < written && last_lsn >= 200,
+        "recovered up to the damage: {last_lsn}"
+    );
+    assert_eq!(model, model_of_prefix(last_lsn));
+    let again = recover_into_model(dir.path(), &RecoveryOptions::default()).unwrap();
+    assert_eq!(
+        again.0, last_lsn,
+        "after recovering to the corruption, the journal is clean"
+    );
+}
+
+fn write_through_from(journal: &mut Journal<FaultStorage>, first: u64, last: u64) -> Lsn {
+    for index in first..last {
+        journal
+            .append(&record(index).as_record(), Durability::Durable)
+            .unwrap();
+        if index.is_multiple_of(1000) {
+            journal.sync().unwrap();
+        }
+    }
+    journal.sync().unwrap()
+}
+
+#[test]
+fn a_flipped_bit_in_the_last_commit_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultStorage::new(vec![(4, Fault::FlipBit { byte: 100, bit: 0 })]);
+    let mut journal = Journal::open_with_storage(dir.path(), 0, small_segments(), storage).unwrap();
+    let written = write_through(&mut journal, 5 * RECORDS_PER_COMMIT);
+    assert!(written.error.is_none(), "a silent flip reports success");
+    drop(journal);
+    let (last_lsn, model) = recover_into_model(dir.path(), &RecoveryOptions::default()).unwrap();
+    assert!(last_lsn < written.appended, "the damaged tail was cut");
+    assert_eq!(model, model_of_prefix(last_lsn));
+}
