@@ -98,6 +98,7 @@ impl ClientError {
     /// A copy of this error for each of several callers that share one failure (the
     /// async client fails every call waiting on a lost connection). I/O errors keep their
     /// kind and message.
+    #[cfg(feature = "tokio")]
     pub(crate) fn replicate(&self) -> ClientError {
         match self {
             ClientError::Connect { addr, source } => ClientError::Connect {
