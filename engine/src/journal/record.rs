@@ -30,6 +30,7 @@
 //! checksum: L = 56.
 
 use super::Lsn;
+use crate::op::{Op, Outcome};
 
 /// The first byte of every record: magic nibble 0xA, format version 1.
 pub const RECORD_MAGIC: u8 = 0xA1;
@@ -168,6 +169,31 @@ impl OwnedRecord {
             bounds: self.bounds,
             idempotency: self.idempotency,
         }
+    }
+}
+
+impl<'a> Record<'a> {
+    /// The record of a mutation that `outcome` reports applied, for the journal of the
+    /// core owning `partition`; `None` for a read (`Get`), which is not journaled.
+    pub fn from_op(op: &Op<'a>, outcome: &Outcome, partition: u32) -> Option<Record<'a>> {
+        let (kind, operand, bounds) = match *op {
+            Op::Add { delta, .. } => (RecordKind::Add, delta, None),
+            Op::Set { value, .. } => (RecordKind::Set, value, None),
+            Op::Delete { .. } => (RecordKind::Delete, 0, None),
+            Op::SetBounds { floor, ceiling, .. } => {
+                (RecordKind::SetBounds, 0, Some(Bounds { floor, ceiling }))
+            }
+            Op::Get { .. } => return None,
+        };
+        Some(Record {
+            partition,
+            kind,
+            key: op.key(),
+            operand,
+            value: outcome.value,
+            bounds,
+            idempotency: None,
+        })
     }
 }
 
