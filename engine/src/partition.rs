@@ -59,18 +59,20 @@ const META_MAGIC: &[u8; 8] = b"TALLYPT1";
 const META_VERSION: u32 = 1;
 pub(crate) const META_BYTES: u64 = 4096;
 const META_CHECKSUM_OFFSET: usize = 4088;
-/// Lines of a new partition's first table (one 4 KiB page).
+/// Lines of a new partition's first table (one 4 KiB page), before the per-partition
+/// offset of `initial_lines`.
 const TABLE_LINES_INITIAL: u64 = 64;
 /// Load limit of a table, in percent of its slots.
 const LOAD_MAX_PERCENT: u64 = 92;
 /// Growth factor of a table, in percent of its lines.
 const GROWTH_PERCENT: u64 = 115;
-const MIGRATE_LINES_PER_INSERT: u64 = 16;
-const MIGRATE_LINES_PER_MUTATION: u64 = 1;
+const MIGRATE_LINES_PER_INSERT: u64 = 64;
+const MIGRATE_LINES_PER_MUTATION: u64 = 4;
 
 // A migration must finish before the new table reaches the load limit: the new table
-// starts at LOAD_MAX / GROWTH = 80% and each insert adds one counter while migrating 16
-// old lines, so it ends by (old_lines / 16) inserts, well inside the 12% headroom.
+// starts at LOAD_MAX / GROWTH = 80% and each insert adds one counter while migrating 64
+// old lines, so it ends by (old_lines / 64) inserts, well inside the 12% headroom. The
+// sooner it ends, the shorter both tables are mapped (memory per counter).
 const _: () = assert!(LOAD_MAX_PERCENT * 100 / GROWTH_PERCENT >= 80);
 const _: () = assert!(MIGRATE_LINES_PER_INSERT >= 4);
 
@@ -198,7 +200,7 @@ impl Partition {
         let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
         Table::create(
             &directory.join(file_name(index, &table_suffix(1))),
-            TABLE_LINES_INITIAL,
+            initial_lines(index),
         )?;
         let mut meta =
             ArenaFile::create(&directory.join(file_name(index, "meta.tmp")), META_BYTES)?;
@@ -210,7 +212,7 @@ impl Partition {
             clean: 1,
             migrating: 0,
             table_generation: 1,
-            table_lines: TABLE_LINES_INITIAL,
+            table_lines: initial_lines(index),
             old_generation: 0,
             old_lines: 0,
             migrate_cursor: 0,
@@ -722,6 +724,14 @@ impl Partition {
     pub(crate) fn into_directory(self) -> PathBuf {
         self.directory
     }
+}
+
+/// The first table's lines: 64 plus a per-partition offset spread over one growth step,
+/// so that partitions filled at the same rate do not all grow (and hold two tables) at
+/// the same moment. Example: partition 1 gets 64 + (41 % 64) * 10 / 64 = 70 lines.
+fn initial_lines(index: u32) -> u64 {
+    let growth_step_lines = TABLE_LINES_INITIAL * (GROWTH_PERCENT - 100) / 100;
+    TABLE_LINES_INITIAL + (u64::from(index) * 41 % 64) * growth_step_lines / 64
 }
 
 /// The key area of an external slot: the heap offset, then the first 8 key bytes.

@@ -22,7 +22,7 @@ use crate::partition::{copy_partition_files, remove_partition_files, KeyProbe, P
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 
 /// How many operations ahead the batch pipeline prefetches.
-pub const PREFETCH_DISTANCE: usize = 16;
+pub const PREFETCH_DISTANCE: usize = 32;
 
 const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX);
 

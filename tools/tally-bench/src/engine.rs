@@ -1,0 +1,444 @@
+//! `tally-bench engine`: the counter engine in-process on one pinned core.
+//!
+//! 1. Loads `--counters` counters (keys of `--key-bytes` bytes) through `apply_batch`.
+//! 2. Reads the memory cost: arena bytes / counters, and process RSS growth / counters
+//!    (RSS from `/proc/self/statm`; mapped file pages count once touched).
+//! 3. Applies `--ops` increments in batches of `--batch`, to uniformly random existing
+//!    keys (or one key with `--hot-key`), timing only `apply_batch` (building the batch's
+//!    keys is excluded).
+//! 4. Measures the floor in the same run: random read-modify-writes of whole 64-byte lines
+//!    over an array as large as the arenas, with the same batch shape and prefetch
+//!    distance, so a drifting machine speed shows in both figures alike.
+//! 5. Verifies the sum of all counters (load + increments), and prints one JSON object
+//!    (`--json`) or a human summary.
+//!
+//! The data directory is a temporary directory unless `--data-dir` is given; a temporary
+//! one is deleted afterwards.
+
+use std::error::Error;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tally_engine::{
+    BoundPolicy, DataDir, Op, OpResult, Store, BATCH_OPS_MAX, KEY_BYTES_MAX, PREFETCH_DISTANCE,
+};
+
+#[derive(Args, Debug)]
+pub struct EngineArgs {
+    /// Counters to create before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    counters: u64,
+    /// Increments to measure.
+    #[arg(long, default_value_t = 10_000_000)]
+    ops: u64,
+    /// Bytes per key (1..=255; keys over 16 bytes go to the key heap).
+    #[arg(long, default_value_t = 16)]
+    key_bytes: usize,
+    /// Operations per batch (1..=10000).
+    #[arg(long, default_value_t = 10_000)]
+    batch: usize,
+    /// Increment one single key instead of random keys.
+    #[arg(long)]
+    hot_key: bool,
+    /// Print one JSON object instead of a human summary.
+    #[arg(long)]
+    json: bool,
+    /// Data directory (default: a temporary directory, deleted afterwards).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Partitions of a new data directory (all owned by the one benchmark thread).
+    #[arg(long, default_value_t = tally_engine::PARTITION_COUNT_DEFAULT)]
+    partitions: u32,
+    /// CPU to pin the benchmark thread to.
+    #[arg(long, default_value_t = 0)]
+    core: usize,
+    /// Seed of the key sequence.
+    #[arg(long, default_value_t = 0x7a11_7a11)]
+    seed: u64,
+}
+
+/// SplitMix64: a small, fast, well-mixed sequence for picking keys.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (fast range).
+    fn below(&mut self, bound: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(bound)) >> 64) as u64
+    }
+}
+
+/// Writes key number `index` into `out` (`out.len()` bytes): its little-endian bytes,
+/// then filler, so distinct indexes give distinct keys while `index < 256^len`.
+fn write_key(index: u64, out: &mut [u8]) {
+    let bytes = index.to_le_bytes();
+    let prefix = out.len().min(8);
+    out[..prefix].copy_from_slice(&bytes[..prefix]);
+    out[prefix..].fill(b'k');
+}
+
+fn check(args: &EngineArgs) -> Result<(), Box<dyn Error>> {
+    if args.key_bytes == 0 || args.key_bytes > KEY_BYTES_MAX {
+        return Err(format!("--key-bytes must be 1..={KEY_BYTES_MAX}").into());
+    }
+    if args.batch == 0 || args.batch > BATCH_OPS_MAX {
+        return Err(format!("--batch must be 1..={BATCH_OPS_MAX}").into());
+    }
+    let distinct_keys = if args.key_bytes >= 8 {
+        u64::MAX
+    } else {
+        1u64 << (8 * args.key_bytes)
+    };
+    if args.counters == 0 || args.counters > distinct_keys {
+        return Err(format!(
+            "--counters must be 1..={distinct_keys} for {}-byte keys",
+            args.key_bytes
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Pins the calling thread to `core`.
+fn pin_to_core(core: usize) -> Result<(), Box<dyn Error>> {
+    // SAFETY: cpu_set_t is plain data that CPU_ZERO/CPU_SET initialise; sched_setaffinity
+    // reads `size_of::<cpu_set_t>()` bytes of it and only affects this thread (pid 0).
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_ZERO(&mut set);
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        return Err(format!(
+            "pinning to core {core}: {}",
+            std::io::Error::last_os_error()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// Resident set size of this process, in bytes.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let resident_pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    resident_pages * page_bytes
+}
+
+/// A field of `/proc/self/smaps_rollup` in bytes (e.g. "FilePmdMapped", "AnonHugePages").
+fn smaps_bytes(field: &str) -> u64 {
+    let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
+    rollup
+        .lines()
+        .find(|line| line.starts_with(field) && line[field.len()..].starts_with(':'))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn progress(length: u64, visible: bool) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    let style =
+        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> ");
+    bar.set_style(style);
+    bar
+}
+
+/// Reusable batch buffers: the keys' bytes and the operations' results.
+struct Batch {
+    key_bytes: Vec<u8>,
+    results: Vec<OpResult>,
+}
+
+impl Batch {
+    fn new(args: &EngineArgs) -> Batch {
+        Batch {
+            key_bytes: vec![0; args.batch * args.key_bytes],
+            results: Vec::with_capacity(args.batch),
+        }
+    }
+
+    /// Applies one batch of additions to the keys `indexes` and returns the time spent in
+    /// `apply_batch` alone.
+    fn add(
+        &mut self,
+        store: &mut Store,
+        indexes: &[u64],
+        key_len: usize,
+        delta: i64,
+    ) -> Result<Duration, Box<dyn Error>> {
+        for (index, out) in indexes.iter().zip(self.key_bytes.chunks_exact_mut(key_len)) {
+            write_key(*index, out);
+        }
+        let ops: Vec<Op> = self
+            .key_bytes
+            .chunks_exact(key_len)
+            .take(indexes.len())
+            .map(|key| Op::Add {
+                key,
+                delta,
+                policy: BoundPolicy::Reject,
+            })
+            .collect();
+        let start = Instant::now();
+        store.apply_batch(&ops, &mut self.results)?;
+        let elapsed = start.elapsed();
+        if let Some(Err(error)) = self.results.iter().find(|r| r.is_err()) {
+            return Err(format!("an increment failed: {error}").into());
+        }
+        Ok(elapsed)
+    }
+}
+
+struct Measured {
+    load: Duration,
+    ops: Duration,
+    floor: Duration,
+    arena_bytes: u64,
+    rss_growth_bytes: u64,
+    file_huge_bytes: u64,
+    floor_huge_bytes: u64,
+    verified: bool,
+}
+
+pub fn run(args: &EngineArgs) -> Result<(), Box<dyn Error>> {
+    check(args)?;
+    pin_to_core(args.core)?;
+    let temporary = match &args.data_dir {
+        Some(_) => None,
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("tally-bench-engine")
+                .tempdir()?,
+        ),
+    };
+    let path = args.data_dir.clone().unwrap_or_else(|| {
+        temporary
+            .as_ref()
+            .expect("temporary dir")
+            .path()
+            .to_path_buf()
+    });
+    let measured = measure(args, &path)?;
+    drop(temporary);
+    report(args, &measured);
+    if !measured.verified {
+        return Err(
+            "verification failed: the counters' sum differs from the increments applied".into(),
+        );
+    }
+    Ok(())
+}
+
+fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dyn Error>> {
+    let rss_before = rss_bytes();
+    let dir = DataDir::open_or_create(path, Some(args.partitions))?;
+    let mut store = Store::open(&dir, 0..dir.partition_count())?;
+    if store.counter_count() != 0 {
+        return Err(format!("data directory {} is not empty", path.display()).into());
+    }
+    let long_run = args.counters + args.ops > 5_000_000;
+    let bar = progress(args.counters + args.ops, long_run && !args.json);
+    let mut batch = Batch::new(args);
+    let mut indexes: Vec<u64> = Vec::with_capacity(args.batch);
+
+    bar.set_message("load");
+    let load_start = Instant::now();
+    let mut next = 0;
+    while next < args.counters {
+        let end = (next + args.batch as u64).min(args.counters);
+        indexes.clear();
+        indexes.extend(next..end);
+        batch.add(&mut store, &indexes, args.key_bytes, 1)?;
+        bar.inc(end - next);
+        next = end;
+    }
+    let load = load_start.elapsed();
+    let arena_bytes = store.arena_bytes();
+    let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
+    let file_huge_bytes = smaps_bytes("FilePmdMapped");
+
+    bar.set_message("increment");
+    let mut rng = SplitMix(args.seed);
+    let mut ops_time = Duration::ZERO;
+    let mut done = 0;
+    while done < args.ops {
+        let count = (args.ops - done).min(args.batch as u64);
+        indexes.clear();
+        for _ in 0..count {
+            indexes.push(if args.hot_key {
+                0
+            } else {
+                rng.below(args.counters)
+            });
+        }
+        ops_time += batch.add(&mut store, &indexes, args.key_bytes, 1)?;
+        done += count;
+        bar.inc(count);
+    }
+    bar.finish_and_clear();
+
+    let mut sum: i128 = 0;
+    for partition in 0..store.partition_count() {
+        store.for_each_counter(partition, |_, value, _, _| sum += i128::from(value));
+    }
+    let verified = sum == i128::from(args.counters) + i128::from(args.ops)
+        && store.counter_count() == args.counters;
+    store.close_clean()?;
+    let (floor, floor_huge_bytes) = measure_floor(args, arena_bytes);
+    Ok(Measured {
+        load,
+        ops: ops_time,
+        floor,
+        arena_bytes,
+        rss_growth_bytes,
+        file_huge_bytes,
+        floor_huge_bytes,
+        verified,
+    })
+}
+
+/// One 64-byte line of the floor array.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Line([u64; 8]);
+
+/// Random read-modify-writes of whole lines over `bytes` of memory, in batches shaped
+/// like the engine's (indexes first, then apply with prefetch `PREFETCH_DISTANCE` ahead).
+fn measure_floor(args: &EngineArgs, bytes: u64) -> (Duration, u64) {
+    let line_count = (bytes / 64).max(1) as usize;
+    let mut lines = vec![Line([0; 8]); line_count];
+    let mut rng = SplitMix(args.seed ^ 0xf100_7000);
+    let mut targets: Vec<usize> = Vec::with_capacity(args.batch);
+    let mut elapsed = Duration::ZERO;
+    let mut done = 0;
+    while done < args.ops {
+        let count = (args.ops - done).min(args.batch as u64) as usize;
+        targets.clear();
+        for _ in 0..count {
+            targets.push(if args.hot_key {
+                0
+            } else {
+                rng.below(line_count as u64) as usize
+            });
+        }
+        let start = Instant::now();
+        for index in 0..count {
+            if let Some(&ahead) = targets.get(index + PREFETCH_DISTANCE) {
+                prefetch(&lines[ahead]);
+            }
+            let line = &mut lines[targets[index]];
+            line.0[0] = line.0[0].wrapping_add(1);
+            line.0[7] = line.0[0];
+        }
+        elapsed += start.elapsed();
+        done += count as u64;
+    }
+    std::hint::black_box(&lines);
+    (elapsed, smaps_bytes("AnonHugePages"))
+}
+
+#[inline(always)]
+fn prefetch(line: &Line) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint that never faults; the pointer is a live reference.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch(
+            (line as *const Line).cast::<i8>(),
+            core::arch::x86_64::_MM_HINT_T0,
+        );
+    }
+}
+
+fn per_second(count: u64, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn report(args: &EngineArgs, m: &Measured) {
+    let ops_per_sec = per_second(args.ops, m.ops);
+    let floor_ops_per_sec = per_second(args.ops, m.floor);
+    let load_per_sec = per_second(args.counters, m.load);
+    let arena_per_counter = m.arena_bytes as f64 / args.counters as f64;
+    let rss_per_counter = m.rss_growth_bytes as f64 / args.counters as f64;
+    if args.json {
+        let object = serde_json::json!({
+            "counters": args.counters,
+            "ops": args.ops,
+            "key_bytes": args.key_bytes,
+            "batch": args.batch,
+            "hot_key": args.hot_key,
+            "partitions": args.partitions,
+            "prefetch_distance": PREFETCH_DISTANCE,
+            "ops_per_sec": ops_per_sec.round(),
+            "floor_ops_per_sec": floor_ops_per_sec.round(),
+            "ns_per_op": 1e9 / ops_per_sec,
+            "load_secs": m.load.as_secs_f64(),
+            "load_inserts_per_sec": load_per_sec.round(),
+            "arena_bytes": m.arena_bytes,
+            "bytes_per_counter_arena": arena_per_counter,
+            "rss_growth_bytes": m.rss_growth_bytes,
+            "bytes_per_counter_rss": rss_per_counter,
+            "file_huge_page_bytes": m.file_huge_bytes,
+            "floor_huge_page_bytes": m.floor_huge_bytes,
+            "verified": m.verified,
+        });
+        println!("{object}");
+        return;
+    }
+    let target = if args.hot_key {
+        "one hot key"
+    } else {
+        "random existing keys"
+    };
+    println!(
+        "tally-bench engine: {} counters, {}-byte keys, {} partitions",
+        args.counters, args.key_bytes, args.partitions
+    );
+    println!(
+        "  load        {:.2} s, {:.2} M inserts/s",
+        m.load.as_secs_f64(),
+        load_per_sec / 1e6
+    );
+    println!("  memory      {arena_per_counter:.1} B/counter (arena), {rss_per_counter:.1} B/counter (RSS growth)");
+    println!(
+        "  increments  {} to {target} in batches of {}",
+        args.ops, args.batch
+    );
+    println!(
+        "              {:.1} M ops/s ({:.1} ns/op)",
+        ops_per_sec / 1e6,
+        1e9 / ops_per_sec
+    );
+    println!(
+        "  floor       {:.1} M line RMW/s over {} MB",
+        floor_ops_per_sec / 1e6,
+        m.arena_bytes >> 20
+    );
+    println!(
+        "  huge pages  {} MB of the arenas' file mappings, {} MB of the floor array",
+        m.file_huge_bytes >> 20,
+        m.floor_huge_bytes >> 20
+    );
+    println!("  verified    {}", m.verified);
+}
