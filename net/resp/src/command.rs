@@ -10,7 +10,7 @@
 //! name, `DEL key [key ...]` at least 2, and so on.
 
 use crate::error::{sanitized, RespError};
-use crate::number::{parse_i64, push_i64, push_usize};
+use crate::number::{format_i64, parse_i64};
 use crate::reply::ProtocolVersion;
 use crate::request::{Arguments, Request};
 use crate::KEY_BYTES_MAX;
@@ -113,9 +113,18 @@ impl<'a> Command<'a> {
 
     /// Append this command to `out` as a multibulk request.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let mut writer = RequestWriter::default();
+        let mut counter = RequestWriter {
+            count: 0,
+            out: None,
+        };
+        self.write_arguments(&mut counter);
+        crate::reply::write_array_header(out, counter.count);
+        let mut writer = RequestWriter {
+            count: 0,
+            out: Some(out),
+        };
         self.write_arguments(&mut writer);
-        writer.finish(out);
+        debug_assert_eq!(writer.count, counter.count);
     }
 }
 
@@ -402,24 +411,25 @@ fn unknown_subcommand(command: &'static str, subcommand: &[u8]) -> RespError {
     }
 }
 
-/// Collects a request's arguments, then writes `*<count>` and the bulks.
-#[derive(Default)]
-struct RequestWriter {
+/// Writes a request's arguments as bulks, or only counts them when `out` is `None`:
+/// [`Command::encode`] counts first, to write the `*<count>` header without allocating.
+struct RequestWriter<'o> {
     count: usize,
-    bulks: Vec<u8>,
+    out: Option<&'o mut Vec<u8>>,
 }
 
-impl RequestWriter {
+impl RequestWriter<'_> {
     fn bytes(&mut self, argument: &[u8]) -> &mut Self {
         self.count += 1;
-        crate::reply::write_bulk(&mut self.bulks, argument);
+        if let Some(out) = self.out.as_deref_mut() {
+            crate::reply::write_bulk(out, argument);
+        }
         self
     }
 
     fn integer(&mut self, value: i64) -> &mut Self {
-        let mut text = Vec::with_capacity(crate::number::I64_DECIMAL_BYTES_MAX);
-        push_i64(&mut text, value);
-        self.bytes(&text)
+        let mut digits = [0_u8; crate::number::I64_DECIMAL_BYTES_MAX];
+        self.bytes(format_i64(&mut digits, value))
     }
 
     fn all(&mut self, arguments: &[&[u8]]) -> &mut Self {
@@ -427,13 +437,6 @@ impl RequestWriter {
             self.bytes(argument);
         }
         self
-    }
-
-    fn finish(self, out: &mut Vec<u8>) {
-        out.push(b'*');
-        push_usize(out, self.count);
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.bulks);
     }
 }
 

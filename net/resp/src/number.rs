@@ -39,9 +39,8 @@ pub fn parse_i64(text: &[u8]) -> Option<i64> {
     }
 }
 
-/// Append `value` in decimal to `out`.
-pub fn push_i64(out: &mut Vec<u8>, value: i64) {
-    let mut digits = [0_u8; I64_DECIMAL_BYTES_MAX];
+/// Write `value` in decimal at the end of `digits`; return the written part.
+pub fn format_i64(digits: &mut [u8; I64_DECIMAL_BYTES_MAX], value: i64) -> &[u8] {
     let mut start = digits.len();
     let mut magnitude = value.unsigned_abs();
     loop {
@@ -56,7 +55,13 @@ pub fn push_i64(out: &mut Vec<u8>, value: i64) {
         start -= 1;
         digits[start] = b'-';
     }
-    out.extend_from_slice(&digits[start..]);
+    &digits[start..]
+}
+
+/// Append `value` in decimal to `out`.
+pub fn push_i64(out: &mut Vec<u8>, value: i64) {
+    let mut digits = [0_u8; I64_DECIMAL_BYTES_MAX];
+    out.extend_from_slice(format_i64(&mut digits, value));
 }
 
 /// Append `value` in decimal to `out`.
