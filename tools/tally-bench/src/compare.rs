@@ -2,7 +2,7 @@
 //!
 //! It starts each server in turn (Redis without persistence, Redis with
 //! `appendfsync always`, `tallyd` relaxed, `tallyd` durable), drives each with the same
-//! workloads through [`crate::server::run`] (Tally in both its native protocol and RESP),
+//! workloads through [`crate::server::measure`] (Tally in both its native protocol and RESP),
 //! runs `redis-benchmark` against every RESP port so a third-party generator confirms the
 //! numbers, stops what it started, and prints a table with Tally/Redis ratios: relaxed
 //! Tally against Redis without persistence, durable Tally against Redis `appendfsync
@@ -412,7 +412,7 @@ fn drive_all(
     for workload in &WORKLOADS {
         for &(addr, protocol) in &endpoints {
             let flags = server_args(args, workload, addr, protocol);
-            let report = server::run(&flags).map_err(|source| CompareError::Drive {
+            let report = server::measure(&flags).map_err(|source| CompareError::Drive {
                 system: started.system.name(),
                 workload: workload.name,
                 source,
@@ -612,7 +612,7 @@ fn tallyd_path(args: &CompareArgs) -> Option<PathBuf> {
 }
 
 /// Run the whole comparison.
-pub fn run(args: &CompareArgs) -> Result<Comparison, CompareError> {
+pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
     let mut comparison = Comparison {
         rows: Vec::new(),
         redis_benchmark: Vec::new(),
@@ -672,9 +672,9 @@ pub fn run(args: &CompareArgs) -> Result<Comparison, CompareError> {
     Ok(comparison)
 }
 
-/// `tally-bench compare`: run and print.
-pub fn main(args: &CompareArgs) -> Result<(), CompareError> {
-    let comparison = run(args)?;
+/// `tally-bench compare`: measure and print.
+pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let comparison = measure(args)?;
     if args.json {
         println!(
             "{}",

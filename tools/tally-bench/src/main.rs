@@ -8,7 +8,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod compare;
 mod engine;
+mod latency;
+mod plot;
+mod server;
+mod workload;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,12 +31,20 @@ enum Command {
     /// The counter engine in-process on one pinned core: load, then increments, beside
     /// the raw floor of random cache-line read-modify-writes over the same bytes.
     Engine(engine::EngineArgs),
+    /// A running server over the network (native protocol or RESP): increments per
+    /// second and latency percentiles, closed or open loop.
+    Server(server::ServerArgs),
+    /// Redis and Tally side by side on 127.0.0.1: starts each, drives each with the
+    /// same workloads, runs redis-benchmark too, prints absolute figures and ratios.
+    Compare(compare::CompareArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Engine(args) => engine::run(&args),
+        Command::Server(args) => server::run(&args),
+        Command::Compare(args) => compare::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

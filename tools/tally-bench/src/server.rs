@@ -315,7 +315,7 @@ fn open(
 }
 
 /// Run the benchmark `args` describes and return its report.
-pub fn run(args: &ServerArgs) -> Result<RunReport, DriveError> {
+pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
     validate(args)?;
     let shard_map = match args.protocol {
         WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
@@ -446,9 +446,9 @@ pub fn write_plot(path: &std::path::Path, svg: &str) -> Result<(), DriveError> {
     })
 }
 
-/// `tally-bench server`: run, print, plot.
-pub fn main(args: &ServerArgs) -> Result<(), DriveError> {
-    let report = run(args)?;
+/// `tally-bench server`: measure, print, plot.
+pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let report = measure(args)?;
     if args.json {
         println!(
             "{}",
