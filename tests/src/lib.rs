@@ -7,13 +7,22 @@
 //!
 //! The binaries are the ones `cargo test --workspace` builds into the same target
 //! directory as the test executable (`target/<profile>/tallyd`).
+//!
+//! [`RawConnection`] speaks the protocol below the native client, with the codec of
+//! `tally-protocol` and a plain `TcpStream`, for what the client never sends: idempotency
+//! keys of the test's choosing, batches over the limit, garbage, half frames.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use tally_protocol::{
+    decode_reply, encode_batch, encode_hello, encode_stats, BoundPolicy, Durability, ErrorCode,
+    HelloReply, Op, OpReply, Reply,
+};
 
 /// How long a server may take to start listening before the test gives up.
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -183,7 +192,6 @@ pub fn tally_cli(
     args: &[&str],
     stdin: Option<&str>,
 ) -> (ExitStatus, String, String) {
-    use std::io::Write;
     let mut child = Command::new(binary_path("tally"))
         .arg("--addr")
         .arg(addr.to_string())
@@ -204,6 +212,230 @@ pub fn tally_cli(
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// How long a raw connection waits for a reply before the test fails.
+pub const RAW_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A reply decoded and copied out of the receive buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RawReply {
+    Hello(HelloReply),
+    Pong,
+    Batch(Vec<OpReply>),
+    Stats(Vec<(String, u64)>),
+    Error { code: ErrorCode, message: String },
+}
+
+/// One protocol connection over a plain `TcpStream`, without the native client.
+pub struct RawConnection {
+    pub stream: TcpStream,
+    received: Vec<u8>,
+    next_request_id: u64,
+}
+
+impl RawConnection {
+    /// Opens a TCP connection; no hello is sent.
+    pub fn connect(addr: SocketAddr) -> RawConnection {
+        let stream = TcpStream::connect(addr).expect("connect to tallyd");
+        stream.set_nodelay(true).expect("nodelay");
+        stream
+            .set_read_timeout(Some(RAW_READ_TIMEOUT))
+            .expect("read timeout");
+        RawConnection {
+            stream,
+            received: Vec::new(),
+            next_request_id: 1,
+        }
+    }
+
+    /// Opens a connection and completes the handshake.
+    pub fn open(addr: SocketAddr) -> (RawConnection, HelloReply) {
+        let mut connection = RawConnection::connect(addr);
+        let hello = connection.hello();
+        (connection, hello)
+    }
+
+    /// Sends `Hello` and returns the shard map.
+    pub fn hello(&mut self) -> HelloReply {
+        let mut frame = Vec::new();
+        let request_id = self.request_id();
+        encode_hello(&mut frame, request_id, "tally-tests").expect("encode hello");
+        self.send(&frame);
+        match self.reply_to(request_id) {
+            RawReply::Hello(hello) => hello,
+            other => panic!("hello answered with {other:?}"),
+        }
+    }
+
+    /// A fresh request id.
+    pub fn request_id(&mut self) -> u64 {
+        self.next_request_id += 1;
+        self.next_request_id
+    }
+
+    /// Writes bytes as they are.
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write to tallyd");
+    }
+
+    /// Sends one batch and returns its reply.
+    pub fn batch<K: AsRef<[u8]>>(
+        &mut self,
+        idempotency_key: Option<u128>,
+        ops: &[Op<K>],
+    ) -> RawReply {
+        let mut frame = Vec::new();
+        let request_id = self.request_id();
+        encode_batch(
+            &mut frame,
+            request_id,
+            Durability::ServerDefault,
+            idempotency_key,
+            ops,
+        )
+        .expect("encode batch");
+        self.send(&frame);
+        self.reply_to(request_id)
+    }
+
+    /// Sends one batch and returns its results, failing the test on an `Error` reply.
+    pub fn batch_results<K: AsRef<[u8]>>(&mut self, ops: &[Op<K>]) -> Vec<OpReply> {
+        match self.batch(None, ops) {
+            RawReply::Batch(results) => results,
+            other => panic!("batch answered with {other:?}"),
+        }
+    }
+
+    /// Sends `Stats` and returns the answering core's statistics.
+    pub fn stats(&mut self) -> Vec<(String, u64)> {
+        let mut frame = Vec::new();
+        let request_id = self.request_id();
+        encode_stats(&mut frame, request_id);
+        self.send(&frame);
+        match self.reply_to(request_id) {
+            RawReply::Stats(entries) => entries,
+            other => panic!("stats answered with {other:?}"),
+        }
+    }
+
+    /// The next reply, which must answer `request_id`.
+    pub fn reply_to(&mut self, request_id: u64) -> RawReply {
+        match self.next_reply() {
+            Some((id, reply)) => {
+                assert_eq!(id, request_id, "reply {reply:?} answers another request");
+                reply
+            }
+            None => panic!("tallyd closed the connection instead of answering {request_id}"),
+        }
+    }
+
+    /// The next reply and the request id it carries, or `None` when the server closed
+    /// the connection (end of stream or reset) before a whole reply arrived.
+    pub fn next_reply(&mut self) -> Option<(u64, RawReply)> {
+        loop {
+            if let Some(decoded) = self.decode_buffered() {
+                return Some(decoded);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(count) => self.received.extend_from_slice(&chunk[..count]),
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                Err(error) if is_reset(&error) => return None,
+                Err(error) => panic!("reading a reply from tallyd: {error}"),
+            }
+        }
+    }
+
+    /// Whether the server closed the connection (nothing but end of stream is left).
+    pub fn is_closed_by_server(&mut self) -> bool {
+        self.next_reply().is_none()
+    }
+
+    fn decode_buffered(&mut self) -> Option<(u64, RawReply)> {
+        let frame = decode_reply(&self.received).expect("tallyd sent a bad frame")?;
+        let reply = match frame
+            .reply
+            .expect("tallyd sent a reply that does not decode")
+        {
+            Reply::HelloReply(hello) => RawReply::Hello(hello),
+            Reply::Pong => RawReply::Pong,
+            Reply::BatchReply(batch) => RawReply::Batch(batch.results().collect()),
+            Reply::StatsReply(stats) => RawReply::Stats(stats.entries),
+            Reply::Error(error) => RawReply::Error {
+                code: error.code,
+                message: error.message.to_owned(),
+            },
+            other => panic!("unexpected reply {other:?}"),
+        };
+        let decoded = (frame.request_id, reply);
+        let frame_bytes = frame.frame_bytes;
+        self.received.drain(..frame_bytes);
+        Some(decoded)
+    }
+}
+
+fn is_reset(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
+
+/// The value of statistic `name`, failing the test if the server does not report it.
+pub fn stat(entries: &[(String, u64)], name: &str) -> u64 {
+    entries
+        .iter()
+        .find(|(entry, _)| entry == name)
+        .map(|(_, value)| *value)
+        .unwrap_or_else(|| panic!("tallyd reports no statistic {name:?}: {entries:?}"))
+}
+
+/// An `Add` with the reject policy.
+pub fn add<K>(key: K, delta: i64) -> Op<K> {
+    Op::Add {
+        key,
+        delta,
+        policy: BoundPolicy::Reject,
+    }
+}
+
+/// A small deterministic generator (SplitMix64) so a failing run can be replayed: tests
+/// print the seed, and `TALLY_TEST_SEED` sets it.
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `TALLY_TEST_SEED` if set, else from `default_seed`; prints the seed.
+    pub fn from_env(default_seed: u64) -> Rng {
+        let seed = std::env::var("TALLY_TEST_SEED")
+            .ok()
+            .and_then(|text| text.parse().ok())
+            .unwrap_or(default_seed);
+        eprintln!("seed {seed} (set TALLY_TEST_SEED to replay)");
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `0..bound` (bound > 0).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        assert!(bound > 0, "empty range");
+        self.next_u64() % bound
+    }
+
+    /// A number in `low..=high`.
+    pub fn between(&mut self, low: i64, high: i64) -> i64 {
+        assert!(low <= high, "empty range");
+        let span = (high as i128 - low as i128 + 1) as u128;
+        (low as i128 + (u128::from(self.next_u64()) % span) as i128) as i64
+    }
 }
 
 #[cfg(test)]
