@@ -43,8 +43,7 @@ impl Ledger {
 
     /// Checks the values the restarted child recovered.
     fn check(&self, values: &[u64], round: usize) {
-        for counter in 0..COUNTERS {
-            let value = values[counter];
+        for (counter, &value) in values.iter().enumerate() {
             assert!(
                 value >= self.durable_acked[counter],
                 "round {round}: counter {counter} = {value} lost durable increments ({} acknowledged)",

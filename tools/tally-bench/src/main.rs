@@ -12,6 +12,7 @@ mod compare;
 mod engine;
 mod latency;
 mod plot;
+mod recovery;
 mod server;
 mod workload;
 
@@ -37,6 +38,8 @@ enum Command {
     /// Redis and Tally side by side on 127.0.0.1: starts each, drives each with the
     /// same workloads, runs redis-benchmark too, prints absolute figures and ratios.
     Compare(compare::CompareArgs),
+    /// Restart time after an unclean stop: checkpoint restore plus journal replay.
+    Recovery(recovery::RecoveryArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Engine(args) => engine::run(&args),
         Command::Server(args) => server::run(&args),
         Command::Compare(args) => compare::run(&args),
+        Command::Recovery(args) => recovery::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
