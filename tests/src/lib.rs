@@ -268,6 +268,18 @@ impl RawConnection {
         }
     }
 
+    /// Sends `Hello` and returns whatever comes back: `Some(HelloReply)` when admitted,
+    /// `Some(Error ...)` or `None` (closed) when the server refuses the connection.
+    pub fn try_hello(&mut self) -> Option<RawReply> {
+        let mut frame = Vec::new();
+        let request_id = self.request_id();
+        encode_hello(&mut frame, request_id, "tally-tests").expect("encode hello");
+        // A refused connection may already be closed: the write can fail, the refusal
+        // may still be readable.
+        let _ = self.stream.write_all(&frame);
+        self.next_reply().map(|(_, reply)| reply)
+    }
+
     /// A fresh request id.
     pub fn request_id(&mut self) -> u64 {
         self.next_request_id += 1;
