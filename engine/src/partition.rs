@@ -51,7 +51,8 @@ use crate::arena::{io_error, ArenaFile};
 use crate::error::{EngineError, OpError};
 use crate::heap::{Bounds, Heap};
 use crate::index::{
-    Probe, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, TABLE_LINES_MAX,
+    Probe, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
+    TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 
@@ -113,9 +114,15 @@ pub(crate) struct KeyProbe<'a> {
 impl<'a> KeyProbe<'a> {
     #[inline]
     pub(crate) fn new(key: &'a [u8], hash: u64) -> KeyProbe<'a> {
-        let mut padded = [0u8; KEY_INLINE_BYTES_MAX];
-        let prefix_len = key.len().min(KEY_INLINE_BYTES_MAX);
-        padded[..prefix_len].copy_from_slice(&key[..prefix_len]);
+        // A key of 16 bytes or more fills the prefix with one 16-byte load (no memcpy call).
+        let padded = match key.first_chunk::<KEY_INLINE_BYTES_MAX>() {
+            Some(prefix) => *prefix,
+            None => {
+                let mut padded = [0u8; KEY_INLINE_BYTES_MAX];
+                padded[..key.len()].copy_from_slice(key);
+                padded
+            }
+        };
         KeyProbe {
             key,
             hash_high: (hash >> 32) as u32,
@@ -552,7 +559,10 @@ impl Partition {
     fn start_growth(&mut self) -> Result<(), OpError> {
         debug_assert!(self.old.is_none());
         let lines = self.table.line_count();
-        let grown_lines = (lines * GROWTH_PERCENT).div_ceil(100).max(lines + 8);
+        let grown_lines = (lines * GROWTH_PERCENT)
+            .div_ceil(100)
+            .max(lines + 8)
+            .next_multiple_of(LINES_PER_BUCKET as u64);
         if grown_lines > TABLE_LINES_MAX {
             return Err(OpError::StorageFull);
         }
@@ -731,7 +741,8 @@ impl Partition {
 /// the same moment. Example: partition 1 gets 64 + (41 % 64) * 10 / 64 = 70 lines.
 fn initial_lines(index: u32) -> u64 {
     let growth_step_lines = TABLE_LINES_INITIAL * (GROWTH_PERCENT - 100) / 100;
-    TABLE_LINES_INITIAL + (u64::from(index) * 41 % 64) * growth_step_lines / 64
+    let lines = TABLE_LINES_INITIAL + (u64::from(index) * 41 % 64) * growth_step_lines / 64;
+    lines.next_multiple_of(LINES_PER_BUCKET as u64)
 }
 
 /// The key area of an external slot: the heap offset, then the first 8 key bytes.
@@ -826,7 +837,9 @@ fn check_meta_bytes(
             ));
         }
     }
-    let lines_valid = |lines: u64| lines > 0 && lines <= TABLE_LINES_MAX;
+    let lines_valid = |lines: u64| {
+        lines > 0 && lines <= TABLE_LINES_MAX && lines.is_multiple_of(LINES_PER_BUCKET as u64)
+    };
     if !lines_valid(header.table_lines)
         || (header.migrating == 1
             && (!lines_valid(header.old_lines) || header.migrate_cursor > header.old_lines))
