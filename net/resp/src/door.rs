@@ -1,0 +1,502 @@
+//! The Redis door's logic, without I/O and without the engine: what each [`Command`]
+//! does to counters and how the results read in RESP, so that the server only moves
+//! bytes and applies [`CounterOp`]s.
+//!
+//! A connection keeps a [`Session`] (its RESP version and client name). For each parsed
+//! command the server calls [`Session::begin`], which either writes the whole reply
+//! (PING, ECHO, HELLO, COMMAND, CONFIG GET, INFO, errors, ...) or returns a [`Pending`]
+//! holding the counter operations to apply, in order; once applied, the server calls
+//! [`Pending::finish`] with one [`CounterResult`] per operation and the reply is written.
+//!
+//! Semantics, as in Redis where Redis has them: `GET` of a missing key is a null, of an
+//! existing one its decimal value as a bulk string; `DEL` and `EXISTS` count keys that
+//! existed; `MGET` is an array of bulks and nulls; `SET` replies `+OK`; `INCR`, `INCRBY`,
+//! `DECR`, `DECRBY` reply with the new value. `DECRBY key -9223372036854775808` is
+//! refused before anything is applied, since its negation does not fit an i64. Expiry
+//! commands are refused until Tally has expiry; `SELECT` accepts only database 0.
+
+use crate::command::{Command, CommandQuery};
+use crate::error::RespError;
+use crate::reply::{self, ProtocolVersion};
+
+/// One operation on one counter, as the engine understands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CounterOp<'a> {
+    /// Add `delta` (creating the counter at 0), reply with the new value.
+    Add { key: &'a [u8], delta: i64 },
+    /// Set the value (creating the counter).
+    Set { key: &'a [u8], value: i64 },
+    /// Read the value; a missing counter reads as `existed == false`.
+    Get { key: &'a [u8] },
+    /// Remove the counter.
+    Delete { key: &'a [u8] },
+    /// Whether the counter exists, without creating it.
+    Exists { key: &'a [u8] },
+}
+
+/// The outcome of one [`CounterOp`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CounterResult {
+    /// Applied: the value after the operation (for a delete, the value it had), and
+    /// whether the counter existed before.
+    Applied { value: i64, existed: bool },
+    /// The result would leave the i64 range.
+    Overflow,
+    /// Refused for another reason; the text becomes the error reply (starting with a
+    /// code such as `ERR`), e.g. a bound, a full store, or the server shutting down.
+    Refused(String),
+}
+
+/// What the server reports in `INFO` (fields it does not know stay `None`).
+#[derive(Clone, Debug, Default)]
+pub struct ServerInfo {
+    pub tally_version: &'static str,
+    pub tcp_port: u16,
+    pub uptime_s: u64,
+    pub cores: usize,
+    pub connected_clients: Option<u64>,
+    pub used_memory_bytes: Option<u64>,
+    pub commands_processed: Option<u64>,
+    pub keys: Option<u64>,
+}
+
+/// Per-connection state.
+#[derive(Clone, Debug)]
+pub struct Session {
+    version: ProtocolVersion,
+    connection_id: i64,
+    client_name: Vec<u8>,
+}
+
+/// What to do after [`Session::begin`].
+#[derive(Debug)]
+pub enum Step<'a> {
+    /// The reply is written; read the next command.
+    Replied,
+    /// The reply is written; close the connection once it is sent (QUIT).
+    ReplyThenClose,
+    /// Apply the operations, then call [`Pending::finish`].
+    Apply(Pending<'a>),
+}
+
+/// A command waiting for its counter operations to be applied.
+#[derive(Debug)]
+pub struct Pending<'a> {
+    kind: PendingKind,
+    ops: Vec<CounterOp<'a>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PendingKind {
+    /// One Add or Set; reply with the value (or OK for Set).
+    Value,
+    Set,
+    Get,
+    /// Reply with how many of the keys existed.
+    Count,
+    MGet,
+}
+
+impl Session {
+    /// A new connection's session: RESP2, no name.
+    pub fn new(connection_id: i64) -> Self {
+        Session {
+            version: ProtocolVersion::Resp2,
+            connection_id,
+            client_name: Vec::new(),
+        }
+    }
+
+    /// The RESP version replies are written in.
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
+    /// Start serving `parsed` (the command, or its command error), writing to `out`.
+    pub fn begin<'a>(
+        &mut self,
+        parsed: Result<Command<'a>, RespError>,
+        info: &ServerInfo,
+        out: &mut Vec<u8>,
+    ) -> Step<'a> {
+        let command = match parsed {
+            Ok(command) => command,
+            Err(error) => {
+                error.write_reply(out);
+                return Step::Replied;
+            }
+        };
+        match route(command) {
+            Route::Counter(pending) => Step::Apply(pending),
+            Route::Refused(error) => {
+                error.write_reply(out);
+                Step::Replied
+            }
+            Route::Other(command) => self.administrative(command, info, out),
+        }
+    }
+
+    fn administrative(
+        &mut self,
+        command: Command<'_>,
+        info: &ServerInfo,
+        out: &mut Vec<u8>,
+    ) -> Step<'static> {
+        match command {
+            Command::Ping { message: None } => reply::write_simple(out, "PONG"),
+            Command::Ping {
+                message: Some(message),
+            }
+            | Command::Echo { message } => reply::write_bulk(out, message),
+            Command::Hello {
+                protocol_version,
+                client_name,
+                ..
+            } => {
+                if let Some(version) = protocol_version {
+                    self.version = version;
+                }
+                if let Some(name) = client_name {
+                    self.client_name = name.to_vec();
+                }
+                reply::write_hello(out, self.version, self.connection_id);
+            }
+            Command::Command(query) => write_command_query(out, &query, self.version),
+            Command::Info { sections } => {
+                reply::write_bulk(out, info_text(info, &sections).as_bytes())
+            }
+            Command::Quit => {
+                reply::write_ok(out);
+                return Step::ReplyThenClose;
+            }
+            Command::Select { index: 0 } => reply::write_ok(out),
+            Command::Select { .. } => RespError::DatabaseIndexOutOfRange.write_reply(out),
+            Command::ConfigGet { parameters } => write_config(out, &parameters, self.version),
+            Command::ClientSetName { name } => {
+                self.client_name = name.to_vec();
+                reply::write_ok(out);
+            }
+            Command::ClientGetName if self.client_name.is_empty() => {
+                reply::write_null(out, self.version)
+            }
+            Command::ClientGetName => reply::write_bulk(out, &self.client_name),
+            Command::ClientId => reply::write_integer(out, self.connection_id),
+            Command::ClientSetInfo { .. } => reply::write_ok(out),
+            Command::Expire { .. }
+            | Command::PExpire { .. }
+            | Command::Ttl { .. }
+            | Command::PTtl { .. } => RespError::ExpiryUnsupported.write_reply(out),
+            // Counter commands were taken by `counter_ops`; a new variant lands here.
+            _ => RespError::Syntax.write_reply(out),
+        }
+        Step::Replied
+    }
+}
+
+/// Where a command goes: to the counters, refused before touching them, or elsewhere.
+enum Route<'a> {
+    Counter(Pending<'a>),
+    Refused(RespError),
+    Other(Command<'a>),
+}
+
+/// The counter operations of `command`, or the command back if it touches no counter.
+fn route(command: Command<'_>) -> Route<'_> {
+    let (kind, ops) = match command {
+        Command::Incr { key } => (PendingKind::Value, vec![CounterOp::Add { key, delta: 1 }]),
+        Command::IncrBy { key, delta } => (PendingKind::Value, vec![CounterOp::Add { key, delta }]),
+        Command::Decr { key } => (PendingKind::Value, vec![CounterOp::Add { key, delta: -1 }]),
+        Command::DecrBy { key, delta } => {
+            let Some(delta) = delta.checked_neg() else {
+                return Route::Refused(RespError::DecrementOverflow);
+            };
+            (PendingKind::Value, vec![CounterOp::Add { key, delta }])
+        }
+        Command::Set { key, value } => (PendingKind::Set, vec![CounterOp::Set { key, value }]),
+        Command::Get { key } => (PendingKind::Get, vec![CounterOp::Get { key }]),
+        Command::Del { keys } => (
+            PendingKind::Count,
+            keys.into_iter()
+                .map(|key| CounterOp::Delete { key })
+                .collect(),
+        ),
+        Command::Exists { keys } => (
+            PendingKind::Count,
+            keys.into_iter()
+                .map(|key| CounterOp::Exists { key })
+                .collect(),
+        ),
+        Command::MGet { keys } => (
+            PendingKind::MGet,
+            keys.into_iter().map(|key| CounterOp::Get { key }).collect(),
+        ),
+        other => return Route::Other(other),
+    };
+    debug_assert!(!ops.is_empty(), "arity checks guarantee at least one key");
+    Route::Counter(Pending { kind, ops })
+}
+
+impl<'a> Pending<'a> {
+    /// The operations to apply, in order.
+    pub fn ops(&self) -> &[CounterOp<'a>] {
+        &self.ops
+    }
+
+    /// Write the reply from one result per operation (in the order of [`Self::ops`]).
+    pub fn finish(self, results: &[CounterResult], version: ProtocolVersion, out: &mut Vec<u8>) {
+        assert_eq!(results.len(), self.ops.len(), "one result per operation");
+        if self.kind != PendingKind::MGet {
+            if let Some(error) = results.iter().find_map(result_error) {
+                reply::write_error(out, &error);
+                return;
+            }
+        }
+        match self.kind {
+            PendingKind::Value => reply::write_integer(out, applied(&results[0]).0),
+            PendingKind::Set => reply::write_ok(out),
+            PendingKind::Get => write_value_or_null(out, &results[0], version),
+            PendingKind::Count => {
+                let existed = results.iter().filter(|result| applied(result).1).count();
+                reply::write_integer(out, existed as i64);
+            }
+            PendingKind::MGet => {
+                reply::write_array_header(out, results.len());
+                for result in results {
+                    write_value_or_null(out, result, version);
+                }
+            }
+        }
+    }
+}
+
+fn result_error(result: &CounterResult) -> Option<String> {
+    match result {
+        CounterResult::Applied { .. } => None,
+        CounterResult::Overflow => Some(RespError::Overflow.to_string()),
+        CounterResult::Refused(message) => Some(message.clone()),
+    }
+}
+
+/// The value and existence of an applied result (a failed one reads as missing).
+fn applied(result: &CounterResult) -> (i64, bool) {
+    match result {
+        CounterResult::Applied { value, existed } => (*value, *existed),
+        _ => (0, false),
+    }
+}
+
+fn write_value_or_null(out: &mut Vec<u8>, result: &CounterResult, version: ProtocolVersion) {
+    match applied(result) {
+        (value, true) => {
+            let mut digits = [0_u8; crate::number::I64_DECIMAL_BYTES_MAX];
+            reply::write_bulk(out, crate::number::format_i64(&mut digits, value));
+        }
+        (_, false) => reply::write_null(out, version),
+    }
+}
+
+/// `COMMAND` replies: enough for redis-cli (which asks for `COMMAND DOCS` at start and
+/// only uses it for hints) and for client libraries that ask for the count.
+fn write_command_query(out: &mut Vec<u8>, query: &CommandQuery<'_>, version: ProtocolVersion) {
+    match query {
+        CommandQuery::Count => reply::write_integer(out, SERVED_COMMANDS.len() as i64),
+        CommandQuery::List => {
+            reply::write_array_header(out, SERVED_COMMANDS.len());
+            for name in SERVED_COMMANDS {
+                reply::write_bulk(out, name.as_bytes());
+            }
+        }
+        CommandQuery::Docs { .. } => reply::write_map_header(out, 0, version),
+        CommandQuery::Table | CommandQuery::Info { .. } => reply::write_array_header(out, 0),
+    }
+}
+
+/// The commands the door serves, lower case, as `COMMAND LIST` reports them.
+pub const SERVED_COMMANDS: [&str; 22] = [
+    "ping", "echo", "hello", "incr", "incrby", "decr", "decrby", "get", "set", "del", "exists",
+    "mget", "command", "info", "quit", "select", "config", "client", "expire", "pexpire", "ttl",
+    "pttl",
+];
+
+/// `CONFIG GET`: the parameters load generators ask for (`save`, `appendonly`), with
+/// values that describe Tally (no RDB snapshots; the journal plays the AOF's role).
+fn write_config(out: &mut Vec<u8>, parameters: &[&[u8]], version: ProtocolVersion) {
+    const KNOWN: [(&str, &str); 3] = [("save", ""), ("appendonly", "yes"), ("databases", "1")];
+    let found: Vec<(&str, &str)> = KNOWN
+        .iter()
+        .filter(|(name, _)| {
+            parameters
+                .iter()
+                .any(|asked| asked.eq_ignore_ascii_case(name.as_bytes()) || *asked == b"*")
+        })
+        .copied()
+        .collect();
+    reply::write_map_header(out, found.len(), version);
+    for (name, value) in found {
+        reply::write_bulk(out, name.as_bytes());
+        reply::write_bulk(out, value.as_bytes());
+    }
+}
+
+/// `INFO` text: the server, memory, stats and keyspace sections, or those asked for.
+pub fn info_text(info: &ServerInfo, sections: &[&[u8]]) -> String {
+    let wanted = |section: &str| {
+        sections.is_empty()
+            || sections.iter().any(|asked| {
+                asked.eq_ignore_ascii_case(section.as_bytes())
+                    || asked.eq_ignore_ascii_case(b"all")
+                    || asked.eq_ignore_ascii_case(b"default")
+                    || asked.eq_ignore_ascii_case(b"everything")
+            })
+    };
+    let optional =
+        |value: Option<u64>| value.map_or_else(|| "unknown".to_owned(), |value| value.to_string());
+    let mut text = String::new();
+    if wanted("server") {
+        text.push_str(&format!(
+            "# Server\r\nredis_version:{}\r\ntally_version:{}\r\nredis_mode:standalone\r\narch_bits:64\r\nmultiplexing_api:io_uring\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\ncores:{}\r\n\r\n",
+            crate::COMPATIBLE_REDIS_VERSION, info.tally_version, info.tcp_port, info.uptime_s, info.cores
+        ));
+    }
+    if wanted("clients") {
+        text.push_str(&format!(
+            "# Clients\r\nconnected_clients:{}\r\n\r\n",
+            optional(info.connected_clients)
+        ));
+    }
+    if wanted("memory") {
+        text.push_str(&format!(
+            "# Memory\r\nused_memory:{}\r\n\r\n",
+            optional(info.used_memory_bytes)
+        ));
+    }
+    if wanted("stats") {
+        text.push_str(&format!(
+            "# Stats\r\ntotal_commands_processed:{}\r\n\r\n",
+            optional(info.commands_processed)
+        ));
+    }
+    if wanted("keyspace") {
+        text.push_str("# Keyspace\r\n");
+        if let Some(keys) = info.keys.filter(|&keys| keys > 0) {
+            text.push_str(&format!("db0:keys={keys},expires=0,avg_ttl=0\r\n"));
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+    use std::collections::HashMap;
+
+    /// Serve `requests` against a HashMap model of the engine; return the reply bytes.
+    fn serve(requests: &[u8]) -> Vec<u8> {
+        let mut model: HashMap<Vec<u8>, i64> = HashMap::new();
+        let mut session = Session::new(1);
+        let (mut out, mut start) = (Vec::new(), 0);
+        while let Some((parsed, consumed)) = parse(&requests[start..]).expect("valid framing") {
+            start += consumed;
+            match session.begin(parsed, &ServerInfo::default(), &mut out) {
+                Step::Replied => {}
+                Step::ReplyThenClose => break,
+                Step::Apply(pending) => {
+                    let results: Vec<CounterResult> = pending
+                        .ops()
+                        .iter()
+                        .map(|op| apply(&mut model, op))
+                        .collect();
+                    pending.finish(&results, session.version(), &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn apply(model: &mut HashMap<Vec<u8>, i64>, op: &CounterOp<'_>) -> CounterResult {
+        match *op {
+            CounterOp::Add { key, delta } => {
+                let old = model.get(key).copied();
+                match old.unwrap_or(0).checked_add(delta) {
+                    Some(value) => {
+                        model.insert(key.to_vec(), value);
+                        CounterResult::Applied {
+                            value,
+                            existed: old.is_some(),
+                        }
+                    }
+                    None => CounterResult::Overflow,
+                }
+            }
+            CounterOp::Set { key, value } => {
+                let existed = model.insert(key.to_vec(), value).is_some();
+                CounterResult::Applied { value, existed }
+            }
+            CounterOp::Get { key } | CounterOp::Exists { key } => {
+                let old = model.get(key).copied();
+                CounterResult::Applied {
+                    value: old.unwrap_or(0),
+                    existed: old.is_some(),
+                }
+            }
+            CounterOp::Delete { key } => {
+                let old = model.remove(key);
+                CounterResult::Applied {
+                    value: old.unwrap_or(0),
+                    existed: old.is_some(),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn counters_behave_like_redis() {
+        let replies = serve(
+            b"INCR a\r\nINCRBY a 10\r\nDECRBY a 3\r\nGET a\r\nGET b\r\nSET b 5\r\nMGET a b c\r\nEXISTS a b c a\r\nDEL a c\r\nGET a\r\n",
+        );
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            ":1\r\n:11\r\n:8\r\n$1\r\n8\r\n$-1\r\n+OK\r\n*3\r\n$1\r\n8\r\n$1\r\n5\r\n$-1\r\n:3\r\n:1\r\n$-1\r\n"
+        );
+    }
+
+    #[test]
+    fn overflow_and_errors_read_like_redis() {
+        let replies = serve(b"SET a 9223372036854775807\r\nINCR a\r\nDECRBY a -9223372036854775808\r\nEXPIRE a 10\r\nSELECT 1\r\nINCR\r\n");
+        let text = String::from_utf8(replies).unwrap();
+        assert_eq!(
+            text,
+            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, TTL, PTTL)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
+        );
+    }
+
+    #[test]
+    fn hello_3_switches_to_resp3_nulls() {
+        let replies = serve(b"HELLO 3\r\nGET missing\r\nCLIENT GETNAME\r\n");
+        assert!(replies.starts_with(b"%7\r\n"));
+        assert!(replies.ends_with(b"_\r\n_\r\n"));
+    }
+
+    #[test]
+    fn tools_start_up_and_quit() {
+        let replies = serve(
+            b"COMMAND DOCS\r\nCONFIG GET save\r\nCONFIG GET appendonly\r\nPING\r\nQUIT\r\nPING\r\n",
+        );
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            "*0\r\n*2\r\n$4\r\nsave\r\n$0\r\n\r\n*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n+PONG\r\n+OK\r\n"
+        );
+    }
+
+    #[test]
+    fn info_lists_the_asked_sections() {
+        let info = ServerInfo {
+            keys: Some(3),
+            ..ServerInfo::default()
+        };
+        let text = info_text(&info, &[b"keyspace"]);
+        assert_eq!(text, "# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\n");
+        assert!(info_text(&info, &[]).contains("# Server\r\nredis_version:"));
+    }
+}
