@@ -20,6 +20,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        // Short spins by default: tests share two CPUs with the daemon.
+        let spin: &[&str] = if extra.contains(&"--spin-us") {
+            &[]
+        } else {
+            &["--spin-us", "20"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
             .args([
                 "--listen",
@@ -28,9 +34,8 @@ impl Daemon {
                 "2",
                 "--partitions",
                 "16",
-                "--spin-us",
-                "20",
             ])
+            .args(spin)
             .arg("--data-dir")
             .arg(dir)
             .args(extra)
@@ -557,4 +562,43 @@ fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
         assert_eq!(result.value, 2 * index as i64);
     }
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// Opt-in (`TALLYD_LATENCY=1`, best with `--release`): one connection, no pipelining,
+/// round trips through the main port and through the owner's shard port. Prints
+/// percentiles; asserts only that every reply is correct, never a timing.
+#[test]
+fn round_trip_latency_report() {
+    if std::env::var_os("TALLYD_LATENCY").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--spin-us", "200"]);
+    let key = b"rate:user:1".as_slice();
+    let owner = daemon.connect().hello().owner_of_key(key);
+    for (name, mut client) in [
+        ("main port", daemon.connect()),
+        ("shard port", daemon.shard(owner)),
+    ] {
+        client.hello();
+        client.stream.set_nodelay(true).unwrap();
+        let rounds = 20_000usize;
+        let mut latencies_ns = Vec::with_capacity(rounds);
+        let start_value = client.get(key);
+        for round in 0..rounds {
+            let started = std::time::Instant::now();
+            let results = client.batch(&[add(key, 1)]);
+            latencies_ns.push(started.elapsed().as_nanos() as u64);
+            assert_eq!(results[0].value, start_value + round as i64 + 1);
+        }
+        latencies_ns.sort_unstable();
+        let percentile =
+            |p: f64| latencies_ns[((rounds as f64 * p) as usize).min(rounds - 1)] as f64 / 1000.0;
+        println!(
+            "{name}: p50_us {:.1} p99_us {:.1} p999_us {:.1}",
+            percentile(0.50),
+            percentile(0.99),
+            percentile(0.999)
+        );
+    }
 }
