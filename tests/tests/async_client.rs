@@ -1,0 +1,159 @@
+//! The tokio client against a real `tallyd`: many tasks incrementing at once (the client
+//! packs their calls into shared batch frames), on a multi-thread and a current-thread
+//! runtime. Each increment must apply exactly once and return its own result, and a
+//! ceiling must admit exactly as many concurrent calls as it allows.
+
+use std::collections::HashMap;
+
+use tally_client::{AsyncClient, ClientError, Op, Rejection, Status};
+use tally_tests::{add, Tallyd};
+
+const TASK_COUNT: usize = 64;
+const INCREMENTS_PER_TASK: usize = 250;
+const KEY_COUNT: usize = 8;
+
+fn start() -> (tempfile::TempDir, Tallyd) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Tallyd::start(dir.path(), &["--cores", "2"]);
+    (dir, server)
+}
+
+/// Runs `TASK_COUNT` tasks of `INCREMENTS_PER_TASK` increments by 1 over `KEY_COUNT` keys
+/// and checks that, per key, the values returned are exactly 1..=n: every increment was
+/// applied once and every caller got the reply to its own call.
+async fn concurrent_increments_are_exact(client: AsyncClient) {
+    let keys: Vec<String> = (0..KEY_COUNT)
+        .map(|index| format!("async:{index}"))
+        .collect();
+    let cores: std::collections::BTreeSet<usize> = keys
+        .iter()
+        .map(|key| client.shard_map().owner_of_key(key.as_bytes()))
+        .collect();
+    assert_eq!(cores.len(), 2, "the keys must span both cores");
+
+    let mut tasks = Vec::new();
+    for task in 0..TASK_COUNT {
+        let client = client.clone();
+        let keys = keys.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::with_capacity(INCREMENTS_PER_TASK);
+            for step in 0..INCREMENTS_PER_TASK {
+                let key = &keys[(task + step) % KEY_COUNT];
+                seen.push((key.clone(), client.incr(key, 1).await.expect("incr")));
+            }
+            seen
+        }));
+    }
+    let mut returned: HashMap<String, Vec<i64>> = HashMap::new();
+    for task in tasks {
+        for (key, value) in task.await.expect("task") {
+            returned.entry(key).or_default().push(value);
+        }
+    }
+    let per_key = (TASK_COUNT * INCREMENTS_PER_TASK / KEY_COUNT) as i64;
+    for key in &keys {
+        let mut values = returned.remove(key).unwrap_or_default();
+        values.sort_unstable();
+        let expected: Vec<i64> = (1..=per_key).collect();
+        assert!(
+            values == expected,
+            "{key}: returned values are not exactly 1..={per_key}"
+        );
+        assert_eq!(client.get(key).await.unwrap(), per_key, "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tasks_increment_exactly_on_a_multi_thread_runtime() {
+    let (_dir, server) = start();
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    concurrent_increments_are_exact(client).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn many_tasks_increment_exactly_on_a_current_thread_runtime() {
+    let (_dir, server) = start();
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    concurrent_increments_are_exact(client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ceiling_admits_exactly_its_limit_under_concurrency() {
+    let (_dir, server) = start();
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    const LIMIT: i64 = 100;
+    client
+        .set_bounds("rate:alice:0", Some(0), Some(LIMIT))
+        .await
+        .unwrap();
+
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(
+            async move { client.incr("rate:alice:0", 1).await },
+        ));
+    }
+    let (mut allowed, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(value) => allowed.push(value),
+            Err(ClientError::Rejected(Rejection {
+                status: Status::AboveCeiling,
+                detail: LIMIT,
+            })) => refused += 1,
+            Err(error) => panic!("unexpected error: {error}"),
+        }
+    }
+    allowed.sort_unstable();
+    assert_eq!(allowed, (1..=LIMIT).collect::<Vec<_>>());
+    assert_eq!(refused, 300 - LIMIT as usize);
+    assert_eq!(client.get("rate:alice:0").await.unwrap(), LIMIT);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn every_operation_and_batches_through_the_async_client() {
+    let (_dir, server) = start();
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    assert_eq!(client.get("a").await.unwrap(), 0);
+    assert!(!client.exists("a").await.unwrap());
+    assert_eq!(client.incr("a", 7).await.unwrap(), 7);
+    assert_eq!(client.decr("a", 10).await.unwrap(), -3);
+    assert_eq!(client.set("a", 40).await.unwrap(), 40);
+    assert!(client.exists("a").await.unwrap());
+    assert_eq!(client.del("a").await.unwrap(), Some(40));
+    assert_eq!(client.del("a").await.unwrap(), None);
+
+    client.set_bounds("likes", Some(0), None).await.unwrap();
+    match client.decr("likes", 1).await {
+        Err(ClientError::Rejected(rejection)) => {
+            assert_eq!(rejection.status, Status::BelowFloor);
+        }
+        other => panic!("expected BelowFloor, got {other:?}"),
+    }
+    let too_long = vec![b'k'; 256];
+    assert!(matches!(
+        client.incr(&too_long, 1).await,
+        Err(ClientError::InvalidKey { length: 256 })
+    ));
+
+    // A batch over many keys on both cores, results in order.
+    let keys: Vec<String> = (0..500).map(|index| format!("batch:{index}")).collect();
+    let ops: Vec<Op<&str>> = keys
+        .iter()
+        .enumerate()
+        .map(|(index, key)| add(key.as_str(), index as i64))
+        .collect();
+    let results = client.batch(&ops).await.unwrap();
+    for (index, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap().value, index as i64, "{}", keys[index]);
+    }
+    let reads: Vec<Op<&str>> = keys
+        .iter()
+        .map(|key| Op::Get { key: key.as_str() })
+        .collect();
+    let results = client.batch(&reads).await.unwrap();
+    for (index, result) in results.into_iter().enumerate() {
+        assert_eq!(result.unwrap().value, index as i64, "{}", keys[index]);
+    }
+}
