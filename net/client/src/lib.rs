@@ -1,7 +1,7 @@
 //! Native, shard-aware client for Tally.
 //!
 //! The client speaks Tally's binary protocol (`tally-protocol`, see
-//! `net/protocol/PROTOCOL.md`) and nothing else: it does not pull in the server's runtime.
+//! `net/PROTOCOL.md`) and nothing else: it does not pull in the server's runtime.
 //! It connects once to the main address to learn the shard map, then keeps one connection
 //! per server core and sends each key straight to the core that owns it.
 //!

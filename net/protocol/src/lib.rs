@@ -2,7 +2,7 @@
 //!
 //! This crate turns messages into bytes and bytes into messages; it knows no sockets, so
 //! the server (glommio), the native clients (std and tokio) and the fuzzer share one codec.
-//! The byte-by-byte layout is in `net/protocol/PROTOCOL.md` and at the top of each module:
+//! The byte-by-byte layout is in `net/PROTOCOL.md` and at the top of each module:
 //!
 //! - [`frame`]: the 16-byte header (length, message type, flags, request id);
 //! - [`handshake`]: `Hello` / `HelloReply` and the shard map;
