@@ -61,7 +61,7 @@ pub enum CompareError {
         program: String,
         source: std::io::Error,
     },
-    #[error("{program} did not become ready within {STARTUP_TIMEOUT:?}; its output:\n{output}")]
+    #[error("{program} exited or was not ready within {STARTUP_TIMEOUT:?}; its output:\n{output}")]
     NotReady { program: String, output: String },
     #[error("{what}: {source}")]
     Io {

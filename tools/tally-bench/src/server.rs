@@ -131,8 +131,9 @@ pub struct ServerArgs {
     /// Native: send each key to its owning core's shard port.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub shard_aware: bool,
-    /// Microseconds a read spins before blocking (default: 200 with one or two
-    /// connections, else 0, since spinning threads steal the server's cores).
+    /// Microseconds a read spins before blocking (default 0). Spinning saves the
+    /// ~100 us cross-core wake-up, but only when a core is free: against tallyd, which
+    /// spins on every core itself, a spinning client on 2 cores makes things worse.
     #[arg(long)]
     pub spin_us: Option<u64>,
     /// Seed of the key streams (connection i uses seed + i).
@@ -247,9 +248,7 @@ fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let interval = args
         .rate
         .map(|rate| Duration::from_secs_f64(args.batch as f64 * args.connections as f64 / rate));
-    let spin_us = args
-        .spin_us
-        .unwrap_or(if args.connections <= 2 { 200 } else { 0 });
+    let spin_us = args.spin_us.unwrap_or(0);
     Plan {
         pipeline: args.pipeline,
         ops_per_request: args.batch,
