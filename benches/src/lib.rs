@@ -1,1 +1,88 @@
 //! Benchmarks of Tally (criterion and gungraun); see `benches/`.
+//!
+//! This library holds the fixtures the benchmarks share: a store filled with counters in
+//! a temporary data directory, and batches of operations on its keys.
+
+use tally_engine::{BoundPolicy, DataDir, Op, OpResult, Store};
+
+/// Operations per benchmark batch: the engine's batch limit.
+pub const BATCH_OPS: usize = tally_engine::BATCH_OPS_MAX;
+
+/// A filled store and the keys of a batch. The keys are leaked (`'static`) so the batch's
+/// operations can borrow them for the whole benchmark; a fixture is built a few times per
+/// process, so the leak is bounded.
+pub struct Fixture {
+    _directory: tempfile::TempDir,
+    pub store: Store,
+    pub ops: Vec<Op<'static>>,
+    pub results: Vec<OpResult>,
+}
+
+/// Key number `index`, `key_bytes` long: its little-endian bytes, then filler.
+pub fn key(index: u64, key_bytes: usize) -> Vec<u8> {
+    let mut key = vec![b'k'; key_bytes];
+    let prefix = key_bytes.min(8);
+    key[..prefix].copy_from_slice(&index.to_le_bytes()[..prefix]);
+    key
+}
+
+/// SplitMix64 step: the benchmark's deterministic key sequence.
+pub fn split_mix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl Fixture {
+    /// A store with `counters` counters of 16-byte keys over 64 partitions, and a batch of
+    /// increments to random existing keys (or all to key 0 if `hot_key`).
+    pub fn increments(counters: u64, hot_key: bool) -> Fixture {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let dir = DataDir::open_or_create(directory.path(), None).expect("data directory");
+        let mut store = Store::open(&dir, 0..dir.partition_count()).expect("store");
+        let mut results = Vec::with_capacity(BATCH_OPS);
+        let mut next = 0;
+        while next < counters {
+            let end = (next + BATCH_OPS as u64).min(counters);
+            let keys: Vec<Vec<u8>> = (next..end).map(|i| key(i, 16)).collect();
+            let ops: Vec<Op> = keys.iter().map(|k| add(k)).collect();
+            store.apply_batch(&ops, &mut results).expect("load batch");
+            next = end;
+        }
+        let mut state = 0x7a11;
+        let ops = (0..BATCH_OPS)
+            .map(|_| {
+                let index = if hot_key {
+                    0
+                } else {
+                    split_mix(&mut state) % counters
+                };
+                add(Box::leak(key(index, 16).into_boxed_slice()))
+            })
+            .collect();
+        Fixture {
+            _directory: directory,
+            store,
+            ops,
+            results,
+        }
+    }
+
+    /// Applies the batch once.
+    pub fn apply(&mut self) {
+        self.store
+            .apply_batch(&self.ops, &mut self.results)
+            .expect("batch within the limit");
+        debug_assert!(self.results.iter().all(Result::is_ok));
+    }
+}
+
+fn add(key: &[u8]) -> Op<'_> {
+    Op::Add {
+        key,
+        delta: 1,
+        policy: BoundPolicy::Reject,
+    }
+}

@@ -27,8 +27,8 @@
 //! Lines pair up into 128-byte buckets of 4 slots (`line_count` is even). A key's home
 //! bucket is `(hash_high * bucket_count) >> 32` ("fast range"), so the count need not be
 //! a power of two and the table can grow by a small factor (see `partition`). The batch
-//! pipeline prefetches both lines of the home bucket; the home bucket is tested with tag
-//! and length masks (no data-dependent branch per slot). Probing then continues linearly
+//! pipeline prefetches both lines of the home bucket; each slot of the home bucket is tested
+//! with one 64-bit compare of its metadata word (hash_high, key_len). Probing then continues linearly
 //! over slots, wrapping at the end. Invariant (no tombstones): between a counter's home
 //! slot `4 * home_bucket` and its slot there is no empty slot. Deletion keeps it by
 //! backward shift. Tombstones appear only in the *old* table of a migration, where
@@ -101,6 +101,22 @@ impl Slot {
         flags: 0,
         reserved: 0,
     };
+
+    /// Bytes 24..32 as one little-endian word: hash_high (bits 0..32), key_len (32..40),
+    /// kind (40..48), flags (48..56).
+    #[inline(always)]
+    pub(crate) fn metadata_word(&self) -> u64 {
+        // SAFETY: a Slot is 32 bytes, 32-byte aligned and plain old data; bytes 24..32 hold
+        // hash_high, key_len, kind, flags, reserved (offsets asserted above), so an aligned
+        // u64 read at offset 24 stays inside the slot.
+        unsafe {
+            std::ptr::from_ref(self)
+                .cast::<u8>()
+                .add(24)
+                .cast::<u64>()
+                .read()
+        }
+    }
 
     /// Whether the slot holds a counter (not empty, not a tombstone).
     #[inline]
@@ -209,7 +225,7 @@ impl Table {
 
     /// Probes for a key: `matches` decides whether a live slot with the right hash and
     /// length holds the key.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn probe(
         &self,
         hash_high: u32,
@@ -218,9 +234,22 @@ impl Table {
     ) -> Probe {
         let slots = self.slots();
         let home = self.home_position(hash_high);
-        if let Some(probe) = Table::probe_bucket(slots, home, hash_high, key_len, &matches) {
-            return probe;
+        match Table::probe_bucket(slots, home, hash_high, key_len, &matches) {
+            Some(probe) => probe,
+            None => Table::probe_beyond(slots, home, hash_high, key_len, &matches),
         }
+    }
+
+    /// Probing past the home bucket: linear over slots until the key or an empty slot.
+    #[cold]
+    #[inline(never)]
+    fn probe_beyond(
+        slots: &[Slot],
+        home: usize,
+        hash_high: u32,
+        key_len: u8,
+        matches: &impl Fn(&Slot) -> bool,
+    ) -> Probe {
         let slot_count = slots.len();
         let mut position = (home + SLOTS_PER_BUCKET) % slot_count;
         for _ in 0..slot_count {
@@ -240,8 +269,8 @@ impl Table {
         Probe::AbsentFull
     }
 
-    /// The common case without data-dependent branches: the 4 slots of the home bucket are
-    /// tested at once (tag and length masks); `None` if the run continues past the bucket.
+    /// The common case, unrolled: the 4 slots of the home bucket, each tested with one
+    /// 64-bit compare of its metadata word; `None` if the run continues past the bucket.
     #[inline(always)]
     fn probe_bucket(
         slots: &[Slot],
@@ -253,28 +282,19 @@ impl Table {
         let bucket: &[Slot; SLOTS_PER_BUCKET] = slots[home..home + SLOTS_PER_BUCKET]
             .try_into()
             .expect("buckets are whole");
-        let mut tag_mask = 0u32;
-        let mut empty_mask = 0u32;
+        // Bytes 24..30 of a slot as one word: hash_high, key_len, kind. An empty slot or a
+        // tombstone has key_len 0 and never equals `wanted` (keys are 1..=255 bytes).
+        let wanted = u64::from(hash_high) | (u64::from(key_len) << 32);
         for (index, slot) in bucket.iter().enumerate() {
-            let tag_equal = (slot.hash_high == hash_high) & (slot.key_len == key_len);
-            tag_mask |= u32::from(tag_equal) << index;
-            empty_mask |= u32::from(slot.kind == KIND_EMPTY) << index;
-        }
-        // Only slots before the first empty one belong to the probe run.
-        let run_len = if empty_mask == 0 {
-            SLOTS_PER_BUCKET as u32
-        } else {
-            empty_mask.trailing_zeros()
-        };
-        let mut candidates = tag_mask & ((1u32 << run_len) - 1);
-        while candidates != 0 {
-            let index = candidates.trailing_zeros() as usize;
-            if matches(&bucket[index]) {
+            let word = slot.metadata_word();
+            if word & 0xFF_FFFF_FFFF == wanted && matches(slot) {
                 return Some(Probe::Found(home + index));
             }
-            candidates &= candidates - 1;
+            if (word >> 40) as u8 == KIND_EMPTY {
+                return Some(Probe::Absent(home + index));
+            }
         }
-        (empty_mask != 0).then_some(Probe::Absent(home + run_len as usize))
+        None
     }
 
     /// The first empty slot from the home line of `hash_high` (the table is never full:

@@ -368,14 +368,18 @@ impl Partition {
                 clamped: false,
             });
         };
-        let slot = *self.slot(location);
+        let slot = self.slot_mut(location);
         let sum = slot.value.checked_add(delta).ok_or(OpError::Overflow)?;
         let (value, clamped) = if slot.is_external() {
-            apply_bounds(sum, self.slot_bounds(&slot), policy)?
+            let offset = slot.external_offset();
+            let bounded = apply_bounds(sum, self.heap.bounds(offset), policy)?;
+            self.slot_mut(location).value = bounded.0;
+            bounded
         } else {
+            // The common case: no bounds, one write to the line just probed.
+            slot.value = sum;
             (sum, false)
         };
-        self.slot_mut(location).value = value;
         self.migrate_after_mutation();
         Ok(Outcome {
             value,

@@ -31,6 +31,8 @@ const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX
 pub struct Store {
     directory: PathBuf,
     partition_count: u32,
+    /// `partition_count - 1` if the count is a power of two (the index is then a mask).
+    partition_mask: Option<u64>,
     /// Indexed by partition; `None` for partitions this store does not own.
     partitions: Vec<Option<Partition>>,
     owned: Vec<u32>,
@@ -58,6 +60,9 @@ impl Store {
         Ok(Store {
             directory: dir.path().to_path_buf(),
             partition_count,
+            partition_mask: partition_count
+                .is_power_of_two()
+                .then(|| u64::from(partition_count) - 1),
             partitions,
             owned: owned_list,
             hashes: Vec::with_capacity(BATCH_OPS_MAX),
@@ -81,11 +86,9 @@ impl Store {
 
     #[inline]
     fn partition_index(&self, hash: u64) -> usize {
-        let count = u64::from(self.partition_count);
-        if count.is_power_of_two() {
-            (hash & (count - 1)) as usize
-        } else {
-            (hash % count) as usize
+        match self.partition_mask {
+            Some(mask) => (hash & mask) as usize,
+            None => (hash % u64::from(self.partition_count)) as usize,
         }
     }
 

@@ -1,0 +1,38 @@
+//! Instructions per increment (gungraun under valgrind): one batch of 10,000 increments,
+//! so the reported instruction count divided by 10,000 is the cost of one increment,
+//! hashing and result included. Instruction counts do not drift with a noisy machine; the
+//! cache figures are valgrind's simulation, not this machine's.
+//!
+//! Run: `cargo bench -p tally-benches --bench engine_instructions` (needs valgrind and
+//! `gungraun-runner` 0.20.0 on PATH).
+
+use std::hint::black_box;
+
+use gungraun::{library_benchmark, library_benchmark_group, main};
+use tally_benches::Fixture;
+
+fn random_keys(counters: u64) -> Fixture {
+    Fixture::increments(counters, false)
+}
+
+fn hot_key(counters: u64) -> Fixture {
+    Fixture::increments(counters, true)
+}
+
+/// Drops the fixture outside the measured function (unmapping and deleting the
+/// temporary data directory costs far more instructions than the batch).
+fn teardown(fixture: Fixture) {
+    drop(fixture);
+}
+
+#[library_benchmark]
+#[bench::random_100k_counters(args = (100_000), setup = random_keys, teardown = teardown)]
+#[bench::hot_key(args = (1_000), setup = hot_key, teardown = teardown)]
+fn increment_batch_of_10000(mut fixture: Fixture) -> Fixture {
+    fixture.apply();
+    black_box(fixture)
+}
+
+library_benchmark_group!(name = engine; benchmarks = increment_batch_of_10000);
+
+main!(library_benchmark_groups = engine);
