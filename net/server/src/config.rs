@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// The first shard port: core `i` also listens on `shard_port_base + i`. `None`
     /// means main port + 1, or a free port per core when the main port is 0.
     pub shard_port_base: Option<u16>,
+    /// The Redis door's address (RESP2/RESP3, see `resp.rs`); every core accepts on it
+    /// (SO_REUSEPORT). `None`: no Redis door. Port 0 picks a free port.
+    pub resp_listen: Option<SocketAddr>,
     /// The number of cores (executors). Core `i` is pinned to CPU `i % cpu_count`.
     pub cores: usize,
     /// The partition count used only when the data directory is created.
@@ -90,6 +93,7 @@ impl ServerConfig {
             data_dir,
             listen: SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT_DEFAULT)),
             shard_port_base: None,
+            resp_listen: None,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             partitions: None,
             durability_default: DurabilityMode::Durable,

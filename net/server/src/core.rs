@@ -5,7 +5,8 @@
 //! that is never borrowed across an `.await`. A core runs:
 //!
 //! - an accept loop on the main port (shared by all cores through SO_REUSEPORT) and one
-//!   on its own shard port, each spawning a connection task (`connection.rs`);
+//!   on its own shard port, each spawning a connection task (`connection.rs`), and with
+//!   `--resp-listen` one on the Redis door (SO_REUSEPORT too, tasks in `resp.rs`);
 //! - per peer core, a task draining the request mesh (apply forwarded operations,
 //!   answer idempotency look-ups) and a task draining the reply mesh (wake the waiting
 //!   connection task through the [`ReplyTable`]);
@@ -65,6 +66,8 @@ pub struct Core {
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
     pub stats: CoreStats,
+    /// The Redis door's per-core state (`INFO` figures).
+    pub resp: crate::resp::RespCore,
     /// Scratch for applying forwarded batches; its operations borrow nothing between
     /// uses (see [`recycle_ops`]).
     apply_scratch: RefCell<Vec<Op<'static>>>,
@@ -82,6 +85,9 @@ pub struct CoreSetup {
     pub replies: (Senders<MeshReply>, Receivers<MeshReply>),
     pub main_listener: TcpListener,
     pub shard_listener: TcpListener,
+    /// The Redis door's listener, if configured.
+    pub resp_listener: Option<TcpListener>,
+    pub resp_shared: Arc<crate::resp::RespShared>,
     pub connections_open: Arc<AtomicUsize>,
     pub shutdown: ShutdownSignal,
     pub drain: DrainBarrier,
@@ -257,6 +263,9 @@ async fn drain_replies(core: Rc<Core>, receivers: Rc<Receivers<MeshReply>>, peer
     }
 }
 
+/// The `port_kind` of the Redis door's listener: its connections speak RESP.
+const RESP_PORT_KIND: &str = "resp";
+
 /// Accepts connections on `listener` until the core stops.
 async fn accept_loop(
     core: Rc<Core>,
@@ -280,12 +289,12 @@ async fn accept_loop(
                 continue;
             }
         };
-        admit(&core, &gate, stream);
+        admit(&core, &gate, stream, port_kind == RESP_PORT_KIND);
     }
 }
 
 /// Starts a connection task, or refuses the connection if the limit is reached.
-fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream) {
+fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, resp: bool) {
     let peer = stream
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -298,9 +307,13 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream) {
             .set(stats.connections_refused.get() + 1);
         tracing::warn!(core = core.index, %peer, max = core.config.connections_max, "connection refused: too many connections");
         // A glommio task is cancelled when its handle drops: detach it.
-        let spawned = gate
-            .spawn(crate::connection::refuse(stream))
-            .map(|task| task.detach());
+        let spawned = if resp {
+            gate.spawn(crate::resp::refuse(stream))
+                .map(|task| task.detach())
+        } else {
+            gate.spawn(crate::connection::refuse(stream))
+                .map(|task| task.detach())
+        };
         if spawned.is_err() {
             tracing::debug!(core = core.index, "gate closed while refusing a connection");
         }
@@ -310,8 +323,14 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream) {
         .connections_accepted
         .set(stats.connections_accepted.get() + 1);
     tracing::debug!(core = core.index, %peer, "connection accepted");
-    let task = crate::connection::serve(Rc::clone(core), stream, peer);
-    if gate.spawn(task).map(|task| task.detach()).is_err() {
+    let spawned = if resp {
+        let task = crate::resp::serve(Rc::clone(core), stream, peer);
+        gate.spawn(task).map(|task| task.detach())
+    } else {
+        let task = crate::connection::serve(Rc::clone(core), stream, peer);
+        gate.spawn(task).map(|task| task.detach())
+    };
+    if spawned.is_err() {
         core.connections_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -349,6 +368,7 @@ pub async fn run(setup: CoreSetup) -> Store {
         stop: StopNotice::default(),
         connections_open: setup.connections_open,
         stats: CoreStats::default(),
+        resp: crate::resp::RespCore::new(setup.resp_shared),
         apply_scratch: RefCell::new(Vec::new()),
         results_scratch: RefCell::new(Vec::with_capacity(tally_engine::BATCH_OPS_MAX)),
     });
@@ -376,8 +396,18 @@ pub async fn run(setup: CoreSetup) -> Store {
             "shard",
         )),
     ];
+    let resp_accept = setup.resp_listener.map(|listener| {
+        let gate = Rc::clone(&gate);
+        glommio::spawn_local(accept_loop(
+            Rc::clone(&core),
+            listener,
+            gate,
+            RESP_PORT_KIND,
+        ))
+    });
     while !setup.shutdown.is_requested() {
         glommio::timer::sleep(POLL_INTERVAL).await;
+        crate::resp::publish_figures(&core);
     }
     tracing::info!(
         core = index,
@@ -386,6 +416,9 @@ pub async fn run(setup: CoreSetup) -> Store {
     );
     core.stop.fire();
     for accept in accepts {
+        accept.await;
+    }
+    if let Some(accept) = resp_accept {
         accept.await;
     }
     core.registry.shutdown_reads();

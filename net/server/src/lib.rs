@@ -39,13 +39,17 @@
 //!
 //! Module map: [`config`] (settings and limits), `core` (per-core state, loops,
 //! ownership), `router` (partition → core routing, mesh messages), `connection` (frames,
-//! pipelining, replies), [`idempotency`] (key memory), [`shutdown`] (signals, draining).
+//! pipelining, replies), [`idempotency`] (key memory), [`shutdown`] (signals, draining),
+//! `dispatch` (routing a list of operations to their owners, for other doors), `resp`
+//! (the Redis door on `--resp-listen`).
 
 pub mod config;
 mod connection;
 mod core;
+mod dispatch;
 pub mod error;
 pub mod idempotency;
+mod resp;
 mod router;
 pub mod shutdown;
 
@@ -87,6 +91,7 @@ const PHASE_ABORT: u8 = 3;
 pub struct ServerHandle {
     listen_addr: SocketAddr,
     shard_addrs: Vec<SocketAddr>,
+    resp_addr: Option<SocketAddr>,
     partition_count: u32,
     shutdown: ShutdownSignal,
     cores: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
@@ -101,6 +106,11 @@ impl ServerHandle {
     /// Each core's shard address, by core index.
     pub fn shard_addrs(&self) -> &[SocketAddr] {
         &self.shard_addrs
+    }
+
+    /// The Redis door's address (with the real port), if one was configured.
+    pub fn resp_addr(&self) -> Option<SocketAddr> {
+        self.resp_addr
     }
 
     /// The data directory's partition count.
@@ -145,7 +155,14 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
     config.validate()?;
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
         .map_err(ServerError::DataDir)?;
-    let (main_listeners, listen_addr) = bind_main(&config)?;
+    let (main_listeners, listen_addr) = bind_main(config.listen, config.cores)?;
+    let (resp_listeners, resp_addr): (Vec<_>, _) = match config.resp_listen {
+        Some(addr) => {
+            let (listeners, addr) = bind_main(addr, config.cores)?;
+            (listeners.into_iter().map(Some).collect(), Some(addr))
+        }
+        None => ((0..config.cores).map(|_| None).collect(), None),
+    };
     let (shard_listeners, shard_addrs) = bind_shards(&config, listen_addr.port())?;
     let shard_ports = shard_addrs.iter().map(SocketAddr::port).collect();
     let hello = HelloReply::with_modulo_owners(server_id(), dir.partition_count(), shard_ports)
@@ -160,13 +177,15 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
         shutdown: shutdown.clone(),
         dir,
         hello,
+        resp: resp::RespShared::new(config.cores, resp_addr.map_or(0, |addr| addr.port())),
     };
     let mut handles = Vec::new();
     let mut reports = Vec::new();
     let listeners = main_listeners.into_iter().zip(shard_listeners);
-    for (index, (main_listener, shard_listener)) in listeners.enumerate() {
+    let listeners = listeners.zip(resp_listeners);
+    for (index, ((main_listener, shard_listener), resp_listener)) in listeners.enumerate() {
         let (report_tx, report_rx) = mpsc::channel();
-        let listeners = (main_listener, shard_listener);
+        let listeners = (main_listener, shard_listener, resp_listener);
         let handle = spawn_core(index, &config, &shared, listeners, report_tx);
         reports.push(report_rx);
         match handle {
@@ -183,6 +202,7 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
     Ok(ServerHandle {
         listen_addr,
         shard_addrs,
+        resp_addr,
         partition_count,
         shutdown,
         cores: handles,
@@ -199,6 +219,7 @@ struct Shared {
     shutdown: ShutdownSignal,
     dir: DataDir,
     hello: HelloReply,
+    resp: Arc<resp::RespShared>,
 }
 
 fn abort(
@@ -258,7 +279,11 @@ fn spawn_core(
     index: usize,
     config: &ServerConfig,
     shared: &Shared,
-    listeners: (std::net::TcpListener, std::net::TcpListener),
+    listeners: (
+        std::net::TcpListener,
+        std::net::TcpListener,
+        Option<std::net::TcpListener>,
+    ),
     report: mpsc::Sender<StartReport>,
 ) -> Result<ExecutorJoinHandle<Result<(), ServerError>>, ServerError> {
     let cpu_count = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -276,6 +301,7 @@ fn spawn_core(
     let shutdown = shared.shutdown.clone();
     let dir = shared.dir.clone();
     let hello = shared.hello.clone();
+    let resp_shared = Arc::clone(&shared.resp);
     let spawned = builder.spawn(move || async move {
         let _ = report.send(StartReport::Alive);
         if wait_phase(&phase, PHASE_JOIN_MESH).await != PHASE_JOIN_MESH {
@@ -310,7 +336,7 @@ fn spawn_core(
                 source,
             });
         }
-        let (main_listener, shard_listener) = listeners;
+        let (main_listener, shard_listener, resp_listener) = listeners;
         // SAFETY: each fd comes from a listening socket we bound and own; `into_raw_fd`
         // gives up that ownership, so glommio's listener becomes its only owner.
         let main_listener =
@@ -318,6 +344,10 @@ fn spawn_core(
         // SAFETY: as above.
         let shard_listener =
             unsafe { glommio::net::TcpListener::from_raw_fd(shard_listener.into_raw_fd()) };
+        let resp_listener = resp_listener.map(|listener| {
+            // SAFETY: as above.
+            unsafe { glommio::net::TcpListener::from_raw_fd(listener.into_raw_fd()) }
+        });
         let setup = CoreSetup {
             index,
             config,
@@ -327,6 +357,8 @@ fn spawn_core(
             replies,
             main_listener,
             shard_listener,
+            resp_listener,
+            resp_shared,
             connections_open,
             shutdown,
             drain,
@@ -355,25 +387,27 @@ async fn wait_phase(phase: &AtomicU8, wanted: u8) -> u8 {
     }
 }
 
-/// Binds one main listener per core on the same address (SO_REUSEPORT), after checking
+/// Binds one listener per core on the same address (SO_REUSEPORT), after checking
 /// that no other process listens there (SO_REUSEPORT would otherwise silently share).
+/// Used for the main port and the Redis door.
 fn bind_main(
-    config: &ServerConfig,
+    wanted: SocketAddr,
+    cores: usize,
 ) -> Result<(Vec<std::net::TcpListener>, SocketAddr), ServerError> {
-    if config.listen.port() != 0 {
+    if wanted.port() != 0 {
         // A plain bind fails if anyone else holds the port, reuse-port or not.
-        let probe = new_socket(config.listen, false)?;
+        let probe = new_socket(wanted, false)?;
         probe
-            .bind(&config.listen.into())
+            .bind(&wanted.into())
             .map_err(|source| ServerError::Listen {
                 action: "bind",
-                addr: config.listen,
+                addr: wanted,
                 source,
             })?;
     }
-    let mut listeners = Vec::with_capacity(config.cores);
-    let mut addr = config.listen;
-    for _ in 0..config.cores {
+    let mut listeners = Vec::with_capacity(cores);
+    let mut addr = wanted;
+    for _ in 0..cores {
         let listener = listen(addr, true)?;
         addr = listener
             .local_addr()

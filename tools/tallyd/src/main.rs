@@ -3,7 +3,8 @@
 //! Reads flags and an optional TOML file (`--config FILE`; a flag overrides the same key
 //! in the file; keys are the flag names with `-` or `_`), starts one pinned glommio
 //! executor per core (`tally_server::start`), prints
-//! `tallyd listening on ADDR (shard ports P0,P1,...)` once every core serves, and exits 0
+//! `tallyd listening on ADDR (shard ports P0,P1,...)` once every core serves (then, with
+//! `--resp-listen`, `tallyd resp listening on ADDR`), and exits 0
 //! after a graceful shutdown on SIGINT or SIGTERM (1 on a start-up or core error).
 //!
 //! Example config file:
@@ -42,6 +43,11 @@ struct Flags {
     /// clients [default: main port + 1; a free port per core if the main port is 0].
     #[arg(long, value_name = "PORT")]
     shard_port_base: Option<u16>,
+    /// Also serve the Redis protocol (RESP2/RESP3: INCR, INCRBY, GET, SET, MGET, ...) on
+    /// this address, for unmodified Redis clients. Port 0 picks a free port (printed at
+    /// start) [default: off].
+    #[arg(long, value_name = "ADDR")]
+    resp_listen: Option<SocketAddr>,
     /// Number of cores (executors), each pinned to one CPU [default: all CPUs].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
@@ -100,6 +106,8 @@ struct FileSettings {
     listen: Option<SocketAddr>,
     #[serde(alias = "shard_port_base")]
     shard_port_base: Option<u16>,
+    #[serde(alias = "resp_listen")]
+    resp_listen: Option<SocketAddr>,
     cores: Option<usize>,
     partitions: Option<u32>,
     durability: Option<String>,
@@ -172,6 +180,11 @@ fn run(config: ServerConfig) -> ExitCode {
     );
     tracing::info!(partitions = server.partition_count(), "{line}");
     println!("{line}");
+    if let Some(resp_addr) = server.resp_addr() {
+        let line = format!("tallyd resp listening on {resp_addr}");
+        tracing::info!("{line}");
+        println!("{line}");
+    }
     match server.join() {
         Ok(()) => {
             tracing::info!("stopped cleanly");
@@ -217,6 +230,7 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
     pick!(idempotency_window_s, idempotency_window_s);
     pick!(idempotency_entries_max, idempotency_max_keys);
     config.shard_port_base = flags.shard_port_base.or(file.shard_port_base);
+    config.resp_listen = flags.resp_listen.or(file.resp_listen);
     config.partitions = flags.partitions.or(file.partitions);
     if let Some(mode) = flags.durability.clone().or(file.durability) {
         config.durability_default = mode.parse::<DurabilityMode>()?;

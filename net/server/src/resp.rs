@@ -1,0 +1,514 @@
+//! The Redis door: one RESP connection, from bytes to counter operations and back.
+//!
+//! `tally-resp` frames and interprets commands and writes replies
+//! ([`tally_resp::door::Session`]); this module moves the bytes and applies the counter
+//! operations through the same routing path as native batches ([`Dispatch`]).
+//!
+//! Each turn reads whatever the socket has (one `read`), then, for every complete
+//! command in the buffer (at most `frames_in_flight_max` per turn), in order:
+//! `Session::begin` either writes the reply at once (PING, HELLO, errors, ...) into a
+//! staging buffer or yields the command's counter operations, which are appended to one
+//! list for the whole turn. The list is applied with one [`Dispatch::apply`] (one engine
+//! batch per core, one mesh round trip per foreign core), the pending replies are
+//! finished from the results, and every reply of the turn leaves in request order with
+//! one `write`. So `redis-benchmark -P 16` costs one read, one dispatch and one write
+//! per 16 commands.
+//!
+//! The list is applied early (a *flush*, still inside the turn) before an `INFO`, so that
+//! it counts the commands before it, and before the list would exceed the engine's
+//! batch limit. Per-key order holds as in [`Dispatch`].
+//!
+//! Errors: a command error (unknown command, wrong arity, not an integer) is answered
+//! and the connection stays usable; a protocol error (garbage framing, oversized bulk)
+//! is answered, then the connection is closed, as Redis does. Limits: a request is at
+//! most `REQUEST_BYTES_MAX` bytes, so the input buffer grows to
+//! [`INPUT_BYTES_MAX`] at most and shrinks back once drained; connections count against
+//! the server's `connections_max` together with native ones; an idle connection is
+//! closed after `read_timeout_ms`, silently, as Redis's `timeout` does.
+//!
+//! `INFO` figures: each core publishes its counter count, arena bytes and RESP command
+//! count into [`RespShared`] every `POLL_INTERVAL` (10 ms) and right before it answers
+//! an `INFO` itself, so another core's figures may be up to 10 ms old. Publishing is off
+//! the data path: the data path only bumps a core-local `Cell`.
+
+use std::cell::Cell;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use tally_engine::{BoundPolicy, Op, OpError, BATCH_OPS_MAX};
+use tally_resp::door::{CounterOp, CounterResult, Pending, ServerInfo, Session, Step};
+use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
+
+use crate::core::{recycle_ops, Core};
+use crate::dispatch::{Dispatch, RoutedResult};
+
+/// The input buffer's size between large requests.
+const INPUT_BYTES_INITIAL: usize = 16 * 1024;
+/// The input buffer's largest size: one maximal request and the start of the next.
+pub const INPUT_BYTES_MAX: usize = REQUEST_BYTES_MAX + INPUT_BYTES_INITIAL;
+
+const _: () = assert!(INPUT_BYTES_INITIAL < INPUT_BYTES_MAX);
+
+/// Redis's reply to a connection over `maxclients`.
+const REFUSED_REPLY: &[u8] = b"-ERR max number of clients reached\r\n";
+
+/// What all cores share for `INFO`: start time, the RESP port, each core's figures.
+#[derive(Debug)]
+pub struct RespShared {
+    started: Instant,
+    tcp_port: u16,
+    figures: Box<[PublishedFigures]>,
+}
+
+/// One core's figures, written only by that core.
+#[derive(Debug, Default)]
+struct PublishedFigures {
+    counters: AtomicU64,
+    arena_bytes: AtomicU64,
+    commands: AtomicU64,
+}
+
+impl RespShared {
+    /// Figures for `cores` cores, with `tcp_port` the RESP port (0 if none).
+    pub fn new(cores: usize, tcp_port: u16) -> Arc<RespShared> {
+        Arc::new(RespShared {
+            started: Instant::now(),
+            tcp_port,
+            figures: (0..cores).map(|_| PublishedFigures::default()).collect(),
+        })
+    }
+}
+
+/// A core's Redis-door state: core-local counters and the shared figures.
+#[derive(Debug)]
+pub struct RespCore {
+    shared: Arc<RespShared>,
+    commands: Cell<u64>,
+    connections_started: Cell<u64>,
+}
+
+impl RespCore {
+    /// A core's state, publishing into `shared`.
+    pub fn new(shared: Arc<RespShared>) -> RespCore {
+        RespCore {
+            shared,
+            commands: Cell::new(0),
+            connections_started: Cell::new(0),
+        }
+    }
+}
+
+/// Publishes this core's figures for `INFO` on any core.
+pub fn publish_figures(core: &Core) {
+    let figures = &core.resp.shared.figures[core.index];
+    let store = core.store.borrow();
+    figures
+        .counters
+        .store(store.counter_count(), Ordering::Relaxed);
+    figures
+        .arena_bytes
+        .store(store.arena_bytes(), Ordering::Relaxed);
+    figures
+        .commands
+        .store(core.resp.commands.get(), Ordering::Relaxed);
+}
+
+/// The figures `INFO` reports, summed over all cores.
+fn server_info(core: &Core) -> ServerInfo {
+    publish_figures(core);
+    let shared = &core.resp.shared;
+    let sum = |field: fn(&PublishedFigures) -> &AtomicU64| {
+        let values = shared.figures.iter().map(field);
+        values.map(|value| value.load(Ordering::Relaxed)).sum()
+    };
+    ServerInfo {
+        tally_version: env!("CARGO_PKG_VERSION"),
+        tcp_port: shared.tcp_port,
+        uptime_s: shared.started.elapsed().as_secs(),
+        cores: core.cores,
+        connected_clients: Some(core.connections_open.load(Ordering::Relaxed) as u64),
+        used_memory_bytes: Some(sum(|figures| &figures.arena_bytes)),
+        commands_processed: Some(sum(|figures| &figures.commands)),
+        keys: Some(sum(|figures| &figures.counters)),
+    }
+}
+
+/// Answers a connection over the limit as Redis does, then closes it.
+pub async fn refuse(mut stream: TcpStream) {
+    let _ = stream.write_all(REFUSED_REPLY).await;
+    let _ = stream.close().await;
+}
+
+/// Serves one RESP connection until the client closes it or QUITs, it times out, it
+/// breaks the framing, or the server shuts down.
+pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
+    let registration = core.registry.register(stream.as_raw_fd());
+    let configured = stream
+        .set_read_timeout(core.config.read_timeout())
+        .and_then(|()| stream.set_write_timeout(core.config.write_timeout()))
+        .and_then(|()| stream.set_nodelay(true));
+    if let Err(error) = configured {
+        tracing::warn!(core = core.index, %peer, %error, "could not configure a RESP connection");
+    }
+    let started = core.resp.connections_started.get();
+    core.resp.connections_started.set(started + 1);
+    // Unique across cores: core index in the low digits, as in a mixed-radix number.
+    let connection_id = (started * core.cores as u64 + core.index as u64 + 1) as i64;
+    let mut connection = Connection::new(&core, connection_id);
+    match connection.run(&core, &mut stream).await {
+        Ok(reason) => tracing::debug!(core = core.index, %peer, reason, "RESP connection closed"),
+        Err(error) => {
+            tracing::info!(core = core.index, %peer, %error, "RESP connection ended with an I/O error")
+        }
+    }
+    drop(registration);
+    let _ = stream.close().await;
+    core.connections_open.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// The bytes read and not yet consumed: `data[start..end]`.
+struct Input {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Input {
+    /// Makes room for the next read: compacts, or grows up to [`INPUT_BYTES_MAX`].
+    fn prepare(&mut self) -> Result<(), RespError> {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.data.len() > INPUT_BYTES_INITIAL {
+                self.data.truncate(INPUT_BYTES_INITIAL);
+                self.data.shrink_to_fit();
+            }
+        }
+        if self.end < self.data.len() {
+            return Ok(());
+        }
+        if self.start > 0 {
+            self.data.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        } else if self.data.len() < INPUT_BYTES_MAX {
+            let grown = (self.data.len() * 2).min(INPUT_BYTES_MAX);
+            self.data.resize(grown, 0);
+        } else {
+            // The parser refuses any request longer than REQUEST_BYTES_MAX before it
+            // is complete, so a full buffer always holds a refused request.
+            return Err(RespError::RequestTooLarge);
+        }
+        debug_assert!(self.end < self.data.len());
+        Ok(())
+    }
+}
+
+/// How a turn ended.
+enum TurnEnd {
+    /// Every complete command was answered; read more.
+    Drained,
+    /// The per-turn command limit was reached; more may be buffered.
+    LimitReached,
+    /// The connection must close once the replies are sent: why.
+    Close(String),
+}
+
+/// A reply of the turn, in request order: written at once, or waiting for results.
+enum Item<'a> {
+    Staged(Range<usize>),
+    Counter {
+        pending: Pending<'a>,
+        version: ProtocolVersion,
+        ops: Range<usize>,
+    },
+}
+
+/// A connection: its input, and the rest of its state, kept apart because the commands
+/// of a turn borrow the input while the state changes.
+struct Connection {
+    input: Input,
+    state: State,
+}
+
+/// Per-connection scratch, kept across turns.
+struct State {
+    session: Session,
+    dispatch: Dispatch,
+    staged: Vec<u8>,
+    output: Vec<u8>,
+    ops: Vec<Op<'static>>,
+    results: Vec<RoutedResult>,
+    counter_results: Vec<CounterResult>,
+}
+
+impl Connection {
+    fn new(core: &Core, connection_id: i64) -> Connection {
+        Connection {
+            input: Input {
+                data: vec![0; INPUT_BYTES_INITIAL],
+                start: 0,
+                end: 0,
+            },
+            state: State {
+                session: Session::new(connection_id),
+                dispatch: Dispatch::new(core.cores),
+                staged: Vec::new(),
+                output: Vec::new(),
+                ops: Vec::new(),
+                results: Vec::new(),
+                counter_results: Vec::new(),
+            },
+        }
+    }
+
+    /// Reads and answers until the connection ends; `Ok(reason)` for an orderly end.
+    async fn run(&mut self, core: &Core, stream: &mut TcpStream) -> std::io::Result<String> {
+        loop {
+            if let Err(error) = self.input.prepare() {
+                let mut out = Vec::new();
+                error.write_reply(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(error.to_string());
+            }
+            let input = &mut self.input;
+            let eof = match stream.read(&mut input.data[input.end..]).await {
+                Ok(0) => true,
+                Ok(count) => {
+                    input.end += count;
+                    false
+                }
+                Err(error) if error.kind() == ErrorKind::TimedOut => {
+                    return Ok("read timeout".to_string())
+                }
+                Err(error) => return Err(error),
+            };
+            if let Some(reason) = self.answer_buffered(core, stream).await? {
+                return Ok(reason);
+            }
+            if eof {
+                return Ok("closed by the client".to_string());
+            }
+        }
+    }
+
+    /// Answers every complete command in the input, a turn at a time. `Some(reason)`
+    /// if the connection must close.
+    async fn answer_buffered(
+        &mut self,
+        core: &Core,
+        stream: &mut TcpStream,
+    ) -> std::io::Result<Option<String>> {
+        loop {
+            let input = &mut self.input;
+            let buffered = &input.data[input.start..input.end];
+            let (consumed, end) = self.state.turn(core, buffered).await;
+            input.start += consumed;
+            let output = &mut self.state.output;
+            if !output.is_empty() {
+                stream.write_all(output).await?;
+                output.clear();
+            }
+            match end {
+                TurnEnd::Drained => return Ok(None),
+                TurnEnd::LimitReached => continue,
+                TurnEnd::Close(reason) => return Ok(Some(reason)),
+            }
+        }
+    }
+}
+
+impl State {
+    /// Answers up to `frames_in_flight_max` complete commands of `input` into `output`;
+    /// returns the bytes consumed and how the turn ended.
+    async fn turn<'a>(&mut self, core: &Core, input: &'a [u8]) -> (usize, TurnEnd) {
+        let mut items: Vec<Item<'a>> = Vec::new();
+        let mut ops: Vec<Op<'a>> = recycle_ops(std::mem::take(&mut self.ops));
+        let (mut consumed, mut commands) = (0, 0);
+        let mut end = TurnEnd::Drained;
+        while commands < core.config.frames_in_flight_max {
+            let parsed = match tally_resp::parse(&input[consumed..]) {
+                Ok(None) => break,
+                Ok(Some((parsed, used))) => {
+                    consumed += used;
+                    parsed
+                }
+                Err(error) => {
+                    let start = self.staged.len();
+                    error.write_reply(&mut self.staged);
+                    items.push(Item::Staged(start..self.staged.len()));
+                    end = TurnEnd::Close(error.to_string());
+                    break;
+                }
+            };
+            commands += 1;
+            if let Some(close) = self.begin(core, parsed, &mut items, &mut ops).await {
+                end = TurnEnd::Close(close);
+                break;
+            }
+        }
+        self.flush(core, &mut items, &mut ops).await;
+        self.ops = recycle_ops(ops);
+        core.resp
+            .commands
+            .set(core.resp.commands.get() + commands as u64);
+        if commands == core.config.frames_in_flight_max && matches!(end, TurnEnd::Drained) {
+            end = TurnEnd::LimitReached;
+        }
+        (consumed, end)
+    }
+
+    /// Starts serving one command; `Some(reason)` if the connection closes after it.
+    async fn begin<'a>(
+        &mut self,
+        core: &Core,
+        parsed: tally_resp::Parsed<'a>,
+        items: &mut Vec<Item<'a>>,
+        ops: &mut Vec<Op<'a>>,
+    ) -> Option<String> {
+        let info = if matches!(parsed, Ok(Command::Info { .. })) {
+            // INFO counts what came before it in the pipeline.
+            self.flush(core, items, ops).await;
+            server_info(core)
+        } else {
+            ServerInfo::default()
+        };
+        let start = self.staged.len();
+        match self.session.begin(parsed, &info, &mut self.staged) {
+            Step::Replied => items.push(Item::Staged(start..self.staged.len())),
+            Step::ReplyThenClose => {
+                items.push(Item::Staged(start..self.staged.len()));
+                return Some("QUIT".to_string());
+            }
+            Step::Apply(pending) => {
+                if !ops.is_empty() && ops.len() + pending.ops().len() > BATCH_OPS_MAX {
+                    self.flush(core, items, ops).await;
+                }
+                let first = ops.len();
+                ops.extend(pending.ops().iter().map(to_engine));
+                items.push(Item::Counter {
+                    pending,
+                    version: self.session.version(),
+                    ops: first..ops.len(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Applies the collected operations and writes every collected reply, in order,
+    /// to `output`.
+    async fn flush<'a>(&mut self, core: &Core, items: &mut Vec<Item<'a>>, ops: &mut Vec<Op<'a>>) {
+        self.results.clear();
+        if !ops.is_empty() {
+            self.dispatch.apply(core, ops, &mut self.results).await;
+        }
+        assert_eq!(self.results.len(), ops.len(), "one result per operation");
+        for item in items.drain(..) {
+            match item {
+                Item::Staged(range) => self.output.extend_from_slice(&self.staged[range]),
+                Item::Counter {
+                    pending,
+                    version,
+                    ops,
+                } => {
+                    self.counter_results.clear();
+                    let results = self.results[ops].iter().map(to_counter_result);
+                    self.counter_results.extend(results);
+                    pending.finish(&self.counter_results, version, &mut self.output);
+                }
+            }
+        }
+        self.staged.clear();
+        ops.clear();
+    }
+}
+
+/// The engine operation for a door operation (`EXISTS` is a read of existence).
+fn to_engine<'a>(op: &CounterOp<'a>) -> Op<'a> {
+    let policy = BoundPolicy::Reject;
+    match *op {
+        CounterOp::Add { key, delta } => Op::Add { key, delta, policy },
+        CounterOp::Set { key, value } => Op::Set { key, value, policy },
+        CounterOp::Get { key } | CounterOp::Exists { key } => Op::Get { key },
+        CounterOp::Delete { key } => Op::Delete { key },
+    }
+}
+
+/// The door's view of an engine result; errors read like Redis's.
+fn to_counter_result(result: &RoutedResult) -> CounterResult {
+    match result {
+        Some(Ok(outcome)) => CounterResult::Applied {
+            value: outcome.value,
+            existed: outcome.existed,
+        },
+        Some(Err(OpError::Overflow)) => CounterResult::Overflow,
+        Some(Err(OpError::WrongKind)) => CounterResult::Refused(
+            "WRONGTYPE Operation against a key holding the wrong kind of value".to_string(),
+        ),
+        Some(Err(error)) => CounterResult::Refused(format!("ERR {error}")),
+        None => CounterResult::Refused(
+            "ERR the core owning this key is unavailable (server shutting down)".to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tally_engine::Outcome;
+
+    #[test]
+    fn engine_errors_read_like_redis() {
+        let applied = Some(Ok(Outcome {
+            value: 7,
+            existed: true,
+            clamped: false,
+        }));
+        assert_eq!(
+            to_counter_result(&applied),
+            CounterResult::Applied {
+                value: 7,
+                existed: true
+            }
+        );
+        assert_eq!(
+            to_counter_result(&Some(Err(OpError::Overflow))),
+            CounterResult::Overflow
+        );
+        let CounterResult::Refused(text) = to_counter_result(&Some(Err(OpError::WrongKind))) else {
+            panic!("a wrong kind is refused");
+        };
+        assert!(text.starts_with("WRONGTYPE "));
+        let CounterResult::Refused(text) = to_counter_result(&None) else {
+            panic!("an unreachable core is refused");
+        };
+        assert!(text.starts_with("ERR "));
+    }
+
+    #[test]
+    fn the_input_grows_to_its_limit_and_no_further() {
+        let mut input = Input {
+            data: vec![0; INPUT_BYTES_INITIAL],
+            start: 0,
+            end: INPUT_BYTES_INITIAL,
+        };
+        while input.data.len() < INPUT_BYTES_MAX {
+            input.prepare().unwrap();
+            input.end = input.data.len();
+        }
+        assert_eq!(input.data.len(), INPUT_BYTES_MAX);
+        assert_eq!(input.prepare(), Err(RespError::RequestTooLarge));
+        input.start = 10;
+        input.prepare().unwrap();
+        assert_eq!((input.start, input.end), (0, INPUT_BYTES_MAX - 10));
+    }
+}
