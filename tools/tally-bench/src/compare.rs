@@ -526,7 +526,13 @@ pub fn table(comparison: &Comparison) -> String {
     let mut out = String::from(
         "| workload | system | protocol | ops/s | p50 us | p99 us | p99.9 us | ops vs Redis | p99 vs Redis |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
-    let ratio = |value: Option<f64>| value.map_or("-".to_owned(), |value| format!("{value:.2}x"));
+    let ratio = |value: Option<f64>| match value {
+        None => "-".to_owned(),
+        // Small ratios (a p99 a hundred times lower) keep three significant digits.
+        Some(value) if value < 0.1 => format!("{value:.4}x"),
+        Some(value) => format!("{value:.2}x"),
+    };
+
     for row in &comparison.rows {
         out.push_str(
             &format!(

@@ -17,6 +17,9 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// How long before an open-loop send time the generator stops sleeping and spins.
+const SEND_SPIN_MIN: Duration = Duration::from_micros(100);
+
 /// Bytes read from the socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -126,7 +129,10 @@ pub fn drive(
     Ok(report)
 }
 
+/// Wait for an open-loop send time. The last [`SEND_SPIN_MIN`] are spun, because a
+/// sleep overshoots by the timer slack (~50 µs), and a late send counts as latency.
 fn wait_until(due: Instant, spin: Duration) {
+    let spin = spin.max(SEND_SPIN_MIN);
     let now = Instant::now();
     if due <= now {
         return;
