@@ -393,12 +393,10 @@ fn server_args(
     }
 }
 
-/// Run every workload against `started`, over each protocol it serves.
-fn drive_all(
-    args: &CompareArgs,
-    started: &Started,
-    rows: &mut Vec<Row>,
-) -> Result<(), CompareError> {
+/// Run every workload against `started`, over each protocol it serves. A run that
+/// fails (a server that drops connections, a door that misbehaves) becomes a note, and
+/// the comparison goes on with the next one.
+fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison) {
     let mut endpoints = Vec::new();
     match started.system {
         System::Redis | System::RedisAofAlways => {
@@ -412,15 +410,23 @@ fn drive_all(
     for workload in &WORKLOADS {
         for &(addr, protocol) in &endpoints {
             let flags = server_args(args, workload, addr, protocol);
-            let report = server::measure(&flags).map_err(|source| CompareError::Drive {
-                system: started.system.name(),
-                workload: workload.name,
-                source,
-            })?;
+            let report = match server::measure(&flags) {
+                Ok(report) => report,
+                Err(error) => {
+                    let note = format!(
+                        "{}, {}, {protocol:?}: run failed: {error}",
+                        started.system.name(),
+                        workload.name
+                    );
+                    eprintln!("  {note}");
+                    comparison.notes.push(note);
+                    continue;
+                }
+            };
             if !args.json {
                 eprintln!("  {:<17} {}", started.system.name(), report.human());
             }
-            rows.push(Row {
+            comparison.rows.push(Row {
                 workload: workload.name,
                 system: started.system,
                 ops_ratio_vs_redis: None,
@@ -429,7 +435,6 @@ fn drive_all(
             });
         }
     }
-    Ok(())
 }
 
 /// Run `redis-benchmark -t incr -P 16 -c 50` against `addr` and parse its CSV line.
@@ -635,7 +640,7 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             args.redis_server.display()
         );
         let started = start_redis(&args.redis_server, system)?;
-        drive_all(args, &started, &mut comparison.rows)?;
+        drive_all(args, &started, &mut comparison);
         if let Some(program) = &redis_benchmark_path {
             comparison.redis_benchmark.push(redis_benchmark(
                 args,
@@ -662,7 +667,7 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
                         start_tallyd(&tallyd, system, false)?
                     }
                 };
-                drive_all(args, &started, &mut comparison.rows)?;
+                drive_all(args, &started, &mut comparison);
                 if let (Some(program), Some(addr)) = (&redis_benchmark_path, started.resp_addr) {
                     comparison
                         .redis_benchmark
