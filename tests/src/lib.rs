@@ -201,12 +201,16 @@ pub fn tally_cli(
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn tally");
+    // Written on its own thread: `tally batch` prints while it reads, so writing all of a
+    // long input before reading any output would deadlock on a full stdout pipe.
     let mut input = child.stdin.take().expect("stdin");
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).expect("write stdin");
-    }
-    drop(input);
+    let text = stdin.unwrap_or_default().to_owned();
+    let writer = std::thread::spawn(move || {
+        // A CLI that stops reading early (a bad line) closes the pipe: not a test failure.
+        let _ = input.write_all(text.as_bytes());
+    });
     let output = child.wait_with_output().expect("tally output");
+    writer.join().expect("stdin writer");
     (
         output.status,
         String::from_utf8_lossy(&output.stdout).into_owned(),
