@@ -84,6 +84,42 @@ pub struct ServerConfig {
     pub idempotency_entries_max: usize,
     /// The most reply bytes one core keeps for idempotency keys.
     pub idempotency_reply_bytes_max: usize,
+    /// The journal settings (see `journal.rs`).
+    pub journal: JournalConfig,
+}
+
+/// How each core's journal commits, checkpoints and recovers.
+#[derive(Clone, Debug)]
+pub struct JournalConfig {
+    /// Relaxed records reach the disk within this many ms (plus one commit).
+    pub relaxed_flush_ms: u64,
+    /// How long a durable record may wait for companions before its commit starts, in
+    /// us; 0 commits as soon as no commit is in flight (group commit still happens:
+    /// records appended during a commit ride the next one).
+    pub durable_wait_us: u64,
+    /// A commit starts at once when this many bytes of records wait.
+    pub commit_bytes: usize,
+    /// A core checkpoints its partitions this often, in s (0: only at shutdown and
+    /// when the journal grows past `checkpoint_journal_bytes`).
+    pub checkpoint_interval_s: u64,
+    /// A core checkpoints once its journal grew by this many bytes since the last one.
+    pub checkpoint_journal_bytes: u64,
+    /// At start, recover up to a corruption in the middle of a journal instead of
+    /// refusing to start (the records after it are set aside as `*.corrupt`).
+    pub recover_to_corruption: bool,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        JournalConfig {
+            relaxed_flush_ms: 10,
+            durable_wait_us: 0,
+            commit_bytes: 256 * 1024,
+            checkpoint_interval_s: 300,
+            checkpoint_journal_bytes: 1 << 30,
+            recover_to_corruption: false,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -107,6 +143,7 @@ impl ServerConfig {
             idempotency_window_s: 600,
             idempotency_entries_max: 1_000_000,
             idempotency_reply_bytes_max: 64 * 1024 * 1024,
+            journal: JournalConfig::default(),
         }
     }
 
@@ -139,6 +176,19 @@ impl ServerConfig {
         }
         if self.idempotency_entries_max == 0 {
             return invalid("idempotency entries must be at least 1".to_string());
+        }
+        let commit_bytes_max = tally_engine::journal::COMMIT_BYTES_MAX;
+        if self.journal.commit_bytes == 0 || self.journal.commit_bytes > commit_bytes_max {
+            return invalid(format!(
+                "commit bytes must be in 1..={commit_bytes_max}, not {}",
+                self.journal.commit_bytes
+            ));
+        }
+        if self.journal.relaxed_flush_ms > 60_000 || self.journal.durable_wait_us > 1_000_000 {
+            return invalid("relaxed flush at most 60 s, durable wait at most 1 s".to_string());
+        }
+        if self.journal.checkpoint_journal_bytes == 0 {
+            return invalid("checkpoint journal bytes must be at least 1".to_string());
         }
         if let Some(base) = self.shard_port_base {
             let last = usize::from(base) + self.cores - 1;

@@ -34,6 +34,7 @@ use std::sync::atomic::Ordering;
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use tally_engine::journal::{Durability, Lsn};
 use tally_engine::{Op, OpError, OpResult};
 use tally_protocol::{
     decode_request, encode_error, encode_pong, frame_bytes_needed, BatchRef, BatchReplyWriter,
@@ -41,7 +42,8 @@ use tally_protocol::{
     FRAME_BYTES_MAX, HEADER_BYTES,
 };
 
-use crate::core::{recycle_ops, Core};
+use crate::config::DurabilityMode;
+use crate::core::{recycle_ops, Core, Journaling};
 use crate::idempotency::IdempotencyKey;
 use crate::router::{ForwardBatch, MeshReply, MeshRequest, RemoteBegin, ReplyWait};
 
@@ -51,6 +53,9 @@ const INPUT_BYTES_INITIAL: usize = 64 * 1024;
 const META_EXISTS: u16 = 1 << 8;
 /// Per-operation flag in `meta`: the key is invalid; the result is in `invalid`.
 const META_INVALID: u16 = 1 << 9;
+/// Per-operation flag in `meta`: the operation is a mutation (journaled; answered
+/// `Unavailable` if its core's journal failed).
+const META_MUTATION: u16 = 1 << 10;
 /// The owner core index occupies the low byte of `meta`.
 const META_OWNER_MASK: u16 = 0xff;
 
@@ -161,6 +166,10 @@ struct BatchPlan {
     invalid_start: usize,
     remote_count: usize,
     idempotency: Option<(IdempotencyKey, usize)>,
+    /// The local LSN a durable reply waits for (0: none).
+    durable_lsn: Lsn,
+    /// This core's journal failed: its mutations are answered `Unavailable`.
+    local_unavailable: bool,
 }
 
 /// A sub-batch sent to another core; `wait` is `None` if the send failed.
@@ -186,10 +195,13 @@ struct State {
     meta: Vec<u16>,
     invalid: Vec<OpError>,
     local_ops: Vec<Op<'static>>,
+    /// Each local operation's index in its batch.
+    local_indexes: Vec<u16>,
     local_results: Vec<OpResult>,
     remotes: VecDeque<Remote>,
     outgoing: Vec<Option<ForwardBatch>>,
-    returned: Vec<Option<(ForwardBatch, Vec<OpResult>)>>,
+    /// Per core: a sub-batch's buffers, its results, and whether it was unavailable.
+    returned: Vec<Option<(ForwardBatch, Vec<OpResult>, bool)>>,
     cursors: Vec<usize>,
 }
 
@@ -321,6 +333,7 @@ impl State {
             meta: Vec::new(),
             invalid: Vec::new(),
             local_ops: Vec::new(),
+            local_indexes: Vec::new(),
             local_results: Vec::new(),
             remotes: VecDeque::new(),
             outgoing: (0..core.cores).map(|_| None).collect(),
@@ -349,7 +362,8 @@ impl State {
         debug_assert!(self.remotes.is_empty());
     }
 
-    /// Collects a batch's remote results, merges them in order, encodes the reply.
+    /// Collects a batch's remote results, waits for its local records to be durable
+    /// if it asked for that, merges the results in order, encodes the reply.
     async fn finish_batch(&mut self, core: &Core, plan: &BatchPlan) {
         for _ in 0..plan.remote_count {
             let remote = self
@@ -358,16 +372,23 @@ impl State {
                 .expect("one remote per sub-batch sent");
             let Some(wait) = remote.wait else { continue };
             match wait.await {
-                MeshReply::Applied { batch, results, .. } => {
-                    self.returned[remote.core] = Some((batch, results))
-                }
+                MeshReply::Applied {
+                    batch,
+                    results,
+                    unavailable,
+                    ..
+                } => self.returned[remote.core] = Some((batch, results, unavailable)),
                 MeshReply::Idempotency { .. } => panic!("an apply ticket got an idempotency reply"),
             }
         }
+        let mut local_unavailable = plan.local_unavailable;
+        if plan.durable_lsn > 0 && core.journal.wait_durable(plan.durable_lsn).await.is_err() {
+            local_unavailable = true;
+        }
         let start = self.output.len();
-        self.merge_into_output(core, plan);
+        self.merge_into_output(core, plan, local_unavailable);
         for slot in &mut self.returned {
-            if let Some((batch, results)) = slot.take() {
+            if let Some((batch, results, _)) = slot.take() {
                 core.pool.borrow_mut().give_back(batch, results);
             }
         }
@@ -377,25 +398,28 @@ impl State {
         }
     }
 
-    fn merge_into_output(&mut self, core: &Core, plan: &BatchPlan) {
+    fn merge_into_output(&mut self, core: &Core, plan: &BatchPlan, local_unavailable: bool) {
         self.cursors.iter_mut().for_each(|cursor| *cursor = 0);
         let mut local = plan.local_start;
         let mut invalid = plan.invalid_start;
         let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
         for &meta in &self.meta[plan.meta.clone()] {
             let owner = usize::from(meta & META_OWNER_MASK);
+            let mutation = meta & META_MUTATION != 0;
             let result = if meta & META_INVALID != 0 {
                 invalid += 1;
                 Some(Err(self.invalid[invalid - 1]))
             } else if owner == core.index {
                 local += 1;
-                Some(self.local_results[local - 1])
+                let lost = mutation && local_unavailable;
+                (!lost).then(|| self.local_results[local - 1])
             } else {
                 let cursor = self.cursors[owner];
                 self.cursors[owner] += 1;
                 self.returned[owner]
                     .as_ref()
-                    .map(|(_, results)| results[cursor])
+                    .filter(|(_, _, unavailable)| !(mutation && *unavailable))
+                    .map(|(_, results, _)| results[cursor])
             };
             let reply = match result {
                 Some(result) => to_reply(result, meta & META_EXISTS != 0),
@@ -494,6 +518,18 @@ impl State {
             ("bad_frames", stats.bad_frames.get()),
             ("idempotent_replays", stats.idempotent_replays.get()),
             ("idempotency_keys", core.idempotency.borrow().len() as u64),
+            ("journal_records", core.journal.stats.records.get()),
+            ("journal_durable_lsn", core.journal.durable_lsn()),
+            ("journal_failed", u64::from(core.journal.is_failed())),
+            (
+                "journal_buffer_full_syncs",
+                core.journal.stats.buffer_full_syncs.get(),
+            ),
+            ("checkpoints", core.journal.stats.checkpoints.get()),
+            (
+                "recovered_records",
+                core.journal.stats.recovered_records.get(),
+            ),
         ];
         let reply = StatsReply {
             entries: entries
@@ -513,36 +549,51 @@ impl State {
             Ok(idempotency) => idempotency,
             Err(()) => return,
         };
+        let durability = journal_durability(batch.durability, core.config.durability_default);
         let plan_meta_start = self.meta.len();
         let invalid_start = self.invalid.len();
         let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
-        for op in batch.ops() {
+        self.local_indexes.clear();
+        for (index, op) in batch.ops().enumerate() {
             let (engine_op, exists) = to_engine(op);
-            let exists_flag = if exists { META_EXISTS } else { 0 };
+            let mut flags = if exists { META_EXISTS } else { 0 };
+            if engine_op.is_mutation() {
+                flags |= META_MUTATION;
+            }
             if let Err(error) = tally_engine::validate_key(engine_op.key()) {
-                self.meta.push(META_INVALID | exists_flag);
+                self.meta.push(META_INVALID | flags);
                 self.invalid.push(error);
                 continue;
             }
             let owner = core.owner_of_key(engine_op.key());
-            self.meta.push(owner as u16 | exists_flag);
+            self.meta.push(owner as u16 | flags);
+            // A batch has at most BATCH_OPS_MAX operations, which fit in u16.
+            let index = index as u16;
             if owner == core.index {
                 local_ops.push(engine_op);
+                self.local_indexes.push(index);
             } else {
                 let outgoing = &mut self.outgoing[owner];
                 outgoing
                     .get_or_insert_with(|| core.pool.borrow_mut().batch())
-                    .push(&engine_op);
+                    .push(&engine_op, index);
             }
         }
         // Send first, so the other cores work while this one applies its own share.
-        let remote_count = self.send_outgoing(core).await;
+        let key = idempotency.map(|(key, _)| key);
+        let remote_count = self.send_outgoing(core, durability, key).await;
         let local_start = self.local_results.len();
+        let mut applied = crate::core::Applied::default();
         if !local_ops.is_empty() {
-            core.apply_local(&local_ops, &mut self.local_results);
+            let journaling = Journaling {
+                durability,
+                idempotency: key.map(|key| (key, &self.local_indexes[..])),
+            };
+            applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
         }
         self.local_ops = recycle_ops(local_ops);
         let meta = plan_meta_start..self.meta.len();
+        let durable = durability == Durability::Durable;
         let plan = BatchPlan {
             request_id,
             meta,
@@ -550,12 +601,19 @@ impl State {
             invalid_start,
             remote_count,
             idempotency,
+            durable_lsn: if durable { applied.lsn } else { 0 },
+            local_unavailable: applied.unavailable,
         };
         self.pending.push(Pending::Batch(plan));
     }
 
     /// Sends every sub-batch built for other cores; returns how many were sent.
-    async fn send_outgoing(&mut self, core: &Core) -> usize {
+    async fn send_outgoing(
+        &mut self,
+        core: &Core,
+        durability: Durability,
+        idempotency: Option<IdempotencyKey>,
+    ) -> usize {
         let mut count = 0;
         for owner in 0..core.cores {
             let Some(batch) = self.outgoing[owner].take() else {
@@ -569,6 +627,8 @@ impl State {
                 ticket,
                 batch,
                 results,
+                durability,
+                idempotency,
             };
             let wait = match core.requests_out.send_to(owner, request).await {
                 Ok(()) => Some(core.replies.wait(ticket)),
@@ -637,6 +697,17 @@ fn replay(frame: &[u8], request_id: u64) -> Vec<u8> {
     let mut copy = frame.to_vec();
     copy[8..16].copy_from_slice(&request_id.to_le_bytes());
     copy
+}
+
+/// The journal durability of a batch, resolving "server default".
+fn journal_durability(wire: tally_protocol::Durability, default: DurabilityMode) -> Durability {
+    match (wire, default) {
+        (tally_protocol::Durability::Durable, _)
+        | (tally_protocol::Durability::ServerDefault, DurabilityMode::Durable) => {
+            Durability::Durable
+        }
+        _ => Durability::Relaxed,
+    }
 }
 
 /// The engine operation for a wire operation, and whether it was an `Exists`.

@@ -24,12 +24,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::collections::VecDeque;
+
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
-use tally_engine::{Op, OpResult, Store};
+use tally_engine::journal::{Durability, Idempotency, Lsn, Record};
+use tally_engine::{Op, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
+use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
 use crate::idempotency::{Begin, IdempotencyKey, IdempotencyTable};
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
 use crate::shutdown::{
@@ -66,6 +70,12 @@ pub struct Core {
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
     pub stats: CoreStats,
+    pub journal: CoreJournal,
+    /// Replies to durable forwarded batches, waiting for their LSN to be durable, in
+    /// LSN order: (LSN, origin core, reply).
+    held: RefCell<VecDeque<(Lsn, usize, MeshReply)>>,
+    held_notify: Notify,
+    held_stopping: Cell<bool>,
     /// The Redis door's per-core state (`INFO` figures).
     pub resp: crate::resp::RespCore,
     /// Scratch for applying forwarded batches; its operations borrow nothing between
@@ -91,7 +101,38 @@ pub struct CoreSetup {
     pub connections_open: Arc<AtomicUsize>,
     pub shutdown: ShutdownSignal,
     pub drain: DrainBarrier,
+    pub journal: CoreJournal,
 }
+
+/// How a core's share of a batch is journaled.
+#[derive(Clone, Copy, Debug)]
+pub struct Journaling<'a> {
+    pub durability: Durability,
+    /// The batch's idempotency key, and each operation's index in its batch.
+    pub idempotency: Option<(IdempotencyKey, &'a [u16])>,
+}
+
+/// What applying a core's share of a batch leaves to do before replying.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The highest LSN appended (0 if none): a durable reply waits for it.
+    pub lsn: Lsn,
+    /// The journal failed: every mutation of this share is answered `Unavailable`.
+    pub unavailable: bool,
+}
+
+/// What the task draining the request mesh does with a reply.
+enum Outgoing {
+    Send(usize, MeshReply),
+    Hold(Lsn, usize, MeshReply),
+}
+
+/// The result given to a refused mutation; the reply turns it into `Unavailable`.
+const PLACEHOLDER: OpResult = Ok(Outcome {
+    value: 0,
+    existed: false,
+    clamped: false,
+});
 
 /// Empties a vector of operations and gives its allocation a new lifetime, so one
 /// allocation serves every batch although each batch borrows different keys.
@@ -105,9 +146,45 @@ pub fn recycle_ops<'a>(mut ops: Vec<Op<'_>>) -> Vec<Op<'a>> {
 }
 
 impl Core {
-    /// Applies operations this core owns; one result per operation is appended to
-    /// `results`.
-    pub fn apply_local(&self, ops: &[Op<'_>], results: &mut Vec<OpResult>) {
+    /// Applies operations this core owns, one result per operation appended to
+    /// `results`, and journals the mutations that changed state.
+    pub fn apply_local(
+        &self,
+        ops: &[Op<'_>],
+        results: &mut Vec<OpResult>,
+        journaling: Journaling<'_>,
+    ) -> Applied {
+        let start = results.len();
+        let recovered = journaling
+            .idempotency
+            .and_then(|(key, _)| self.journal.recovered(key));
+        let applied = if self.journal.is_failed() {
+            // Refuse mutations before they change anything; reads are still served.
+            self.apply_where(ops, results, |_, op| {
+                op.is_mutation().then_some(PLACEHOLDER)
+            });
+            Applied {
+                lsn: 0,
+                unavailable: true,
+            }
+        } else if let (Some(recovered), Some((_, indexes))) = (recovered, journaling.idempotency) {
+            // A retry of a batch journaled before a restart: its journaled operations
+            // are answered from the journal, not applied again.
+            self.apply_where(ops, results, |at, _| recovered.outcome(indexes[at]).map(Ok));
+            self.journal_share(ops, &results[start..], journaling, Some(recovered))
+        } else {
+            self.apply_store(ops, results);
+            self.journal_share(ops, &results[start..], journaling, None)
+        };
+        assert_eq!(results.len() - start, ops.len(), "one result per operation");
+        self.stats
+            .ops_local
+            .set(self.stats.ops_local.get() + ops.len() as u64);
+        applied
+    }
+
+    /// Applies every operation through the store's batch pipeline.
+    fn apply_store(&self, ops: &[Op<'_>], results: &mut Vec<OpResult>) {
         let start = results.len();
         let mut store = self.store.borrow_mut();
         // `apply_batch` replaces the contents of its result vector: append through a
@@ -128,10 +205,88 @@ impl Core {
         if start != 0 {
             results.extend_from_slice(&scratch);
         }
-        assert_eq!(results.len() - start, ops.len(), "one result per operation");
-        self.stats
-            .ops_local
-            .set(self.stats.ops_local.get() + ops.len() as u64);
+    }
+
+    /// Applies the operations for which `fixed` gives no result; the others get the
+    /// result `fixed` gives. The slow path (failed journal, retries after a restart).
+    fn apply_where(
+        &self,
+        ops: &[Op<'_>],
+        results: &mut Vec<OpResult>,
+        fixed: impl Fn(usize, &Op<'_>) -> Option<OpResult>,
+    ) {
+        let answers: Vec<Option<OpResult>> = ops
+            .iter()
+            .enumerate()
+            .map(|(at, op)| fixed(at, op))
+            .collect();
+        let to_apply: Vec<Op<'_>> = ops
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| answer.is_none())
+            .map(|(op, _)| *op)
+            .collect();
+        let mut applied = Vec::with_capacity(to_apply.len());
+        self.apply_store(&to_apply, &mut applied);
+        let mut applied = applied.into_iter();
+        for answer in answers {
+            let result = answer.or_else(|| applied.next());
+            results.push(result.expect("one applied result per operation applied"));
+        }
+    }
+
+    /// Journals the mutations of `ops` that changed state (skipping those answered
+    /// from `recovered`, which are in the journal already).
+    fn journal_share(
+        &self,
+        ops: &[Op<'_>],
+        results: &[OpResult],
+        journaling: Journaling<'_>,
+        recovered: Option<&Recovered>,
+    ) -> Applied {
+        let unix_s = journaling.idempotency.map_or(0, |_| unix_now_s());
+        let records = ops
+            .iter()
+            .zip(results)
+            .enumerate()
+            .filter_map(|(at, (op, result))| {
+                let outcome = result.as_ref().ok()?;
+                let mut record = self.record_of(op, outcome)?;
+                if let Some((key, indexes)) = journaling.idempotency {
+                    let index = indexes[at];
+                    if recovered.is_some_and(|r| r.outcome(index).is_some()) {
+                        return None;
+                    }
+                    let result = encode_result(outcome, index, unix_s);
+                    record.idempotency = Some(Idempotency { key, result });
+                }
+                Some(record)
+            });
+        match self.journal.append_all(records, journaling.durability) {
+            None => Applied {
+                lsn: 0,
+                unavailable: true,
+            },
+            Some((first, last)) => {
+                if journaling.idempotency.is_some() && first > 0 {
+                    self.journal.retain(first, unix_s);
+                }
+                Applied {
+                    lsn: last,
+                    unavailable: false,
+                }
+            }
+        }
+    }
+
+    /// The journal record of a mutation that changed state; `None` for a read or a
+    /// delete of a missing counter.
+    fn record_of<'a>(&self, op: &Op<'a>, outcome: &Outcome) -> Option<Record<'a>> {
+        if matches!(op, Op::Delete { .. }) && !outcome.existed {
+            return None;
+        }
+        let partition = tally_engine::partition_of(op.key(), self.partition_count);
+        Record::from_op(op, outcome, partition)
     }
 
     /// The core that owns `key`.
@@ -193,30 +348,38 @@ impl Core {
     }
 
     /// Handles one request from a peer core; returns the reply to send, if any.
-    fn handle_mesh_request(&self, request: MeshRequest) -> Option<(usize, MeshReply)> {
+    fn handle_mesh_request(&self, request: MeshRequest) -> Option<Outgoing> {
         match request {
             MeshRequest::Apply {
                 origin,
                 ticket,
                 batch,
                 mut results,
+                durability,
+                idempotency,
             } => {
                 let mut ops = recycle_ops(self.apply_scratch.take());
                 batch.ops_into(&mut ops);
                 results.clear();
-                self.apply_local(&ops, &mut results);
+                let journaling = Journaling {
+                    durability,
+                    idempotency: idempotency.map(|key| (key, batch.indexes())),
+                };
+                let applied = self.apply_local(&ops, &mut results, journaling);
                 self.stats
                     .ops_from_peers
                     .set(self.stats.ops_from_peers.get() + ops.len() as u64);
                 self.apply_scratch.replace(recycle_ops(ops));
-                Some((
-                    origin,
-                    MeshReply::Applied {
-                        ticket,
-                        batch,
-                        results,
-                    },
-                ))
+                let reply = MeshReply::Applied {
+                    ticket,
+                    batch,
+                    results,
+                    unavailable: applied.unavailable,
+                };
+                if durability == Durability::Durable && applied.lsn > 0 {
+                    return Some(Outgoing::Hold(applied.lsn, origin, reply));
+                }
+                Some(Outgoing::Send(origin, reply))
             }
             MeshRequest::IdempotencyBegin {
                 origin,
@@ -229,7 +392,8 @@ impl Core {
                     Begin::InFlight => RemoteBegin::InFlight,
                     Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
                 };
-                Some((origin, MeshReply::Idempotency { ticket, state }))
+                let reply = MeshReply::Idempotency { ticket, state };
+                Some(Outgoing::Send(origin, reply))
             }
             MeshRequest::IdempotencyFinish { key, reply } => {
                 self.idempotency
@@ -239,12 +403,58 @@ impl Core {
             }
         }
     }
+
+    /// Queues the reply to a durable forwarded batch until `lsn` is durable.
+    fn hold_reply(&self, lsn: Lsn, origin: usize, reply: MeshReply) {
+        let mut held = self.held.borrow_mut();
+        debug_assert!(held.back().is_none_or(|(last, _, _)| *last <= lsn));
+        held.push_back((lsn, origin, reply));
+        drop(held);
+        self.held_notify.notify();
+    }
+}
+
+/// Sends the held replies of durable forwarded batches, in LSN order, once their LSN
+/// is durable (or as `Unavailable` if the journal failed first). Ends once asked to
+/// stop and nothing is held.
+async fn send_held_replies(core: Rc<Core>) {
+    loop {
+        let front = core.held.borrow().front().map(|(lsn, _, _)| *lsn);
+        let Some(lsn) = front else {
+            if core.held_stopping.get() {
+                return;
+            }
+            core.held_notify.wait().await;
+            continue;
+        };
+        let durable = core.journal.wait_durable(lsn).await;
+        let (_, origin, mut reply) = core
+            .held
+            .borrow_mut()
+            .pop_front()
+            .expect("only this task pops");
+        if durable.is_err() {
+            if let MeshReply::Applied { unavailable, .. } = &mut reply {
+                *unavailable = true;
+            }
+        }
+        if core.replies_out.send_to(origin, reply).await.is_err() {
+            tracing::warn!(
+                core = core.index,
+                peer = origin,
+                "reply mesh closed before a held reply"
+            );
+        }
+    }
 }
 
 /// Serves requests from peer `peer` until it closes its side of the mesh.
 async fn drain_requests(core: Rc<Core>, receivers: Rc<Receivers<MeshRequest>>, peer: usize) {
     while let Ok(Some(request)) = receivers.recv_from(peer).await {
-        if let Some((origin, reply)) = core.handle_mesh_request(request) {
+        let outgoing = core.handle_mesh_request(request);
+        if let Some(Outgoing::Hold(lsn, origin, reply)) = outgoing {
+            core.hold_reply(lsn, origin, reply);
+        } else if let Some(Outgoing::Send(origin, reply)) = outgoing {
             if core.replies_out.send_to(origin, reply).await.is_err() {
                 tracing::warn!(
                     core = core.index,
@@ -344,6 +554,7 @@ pub async fn run(setup: CoreSetup) -> Store {
         store,
         requests,
         replies,
+        journal,
         ..
     } = setup;
     let cores = config.cores;
@@ -368,6 +579,10 @@ pub async fn run(setup: CoreSetup) -> Store {
         stop: StopNotice::default(),
         connections_open: setup.connections_open,
         stats: CoreStats::default(),
+        journal,
+        held: RefCell::new(VecDeque::new()),
+        held_notify: Notify::default(),
+        held_stopping: Cell::new(false),
         resp: crate::resp::RespCore::new(setup.resp_shared),
         apply_scratch: RefCell::new(Vec::new()),
         results_scratch: RefCell::new(Vec::with_capacity(tally_engine::BATCH_OPS_MAX)),
@@ -381,6 +596,8 @@ pub async fn run(setup: CoreSetup) -> Store {
         let replies = drain_replies(Rc::clone(&core), Rc::clone(&reply_receivers), peer);
         mesh_tasks.push(glommio::spawn_local(replies));
     }
+    let commit = glommio::spawn_local(crate::durability::commit_loop(Rc::clone(&core)));
+    let held = glommio::spawn_local(send_held_replies(Rc::clone(&core)));
     let gate = Rc::new(glommio::sync::Gate::new());
     let accepts = [
         glommio::spawn_local(accept_loop(
@@ -427,6 +644,10 @@ pub async fn run(setup: CoreSetup) -> Store {
     }
     setup.drain.arrive();
     setup.drain.wait().await;
+    // Every connection of every core has ended, so every held reply was sent.
+    core.held_stopping.set(true);
+    core.held_notify.notify();
+    held.await;
     core.requests_out.close();
     core.replies_out.close();
     for task in mesh_tasks {
@@ -439,6 +660,13 @@ pub async fn run(setup: CoreSetup) -> Store {
     );
     drop(request_receivers);
     drop(reply_receivers);
+    core.journal.stop();
+    commit.await;
     let core = Rc::into_inner(core).expect("every task of the core has ended");
-    core.store.into_inner()
+    let store = core.store.into_inner();
+    match core.journal.finish(&store) {
+        Ok(()) => tracing::info!(core = index, "journal synced and checkpointed"),
+        Err(error) => tracing::error!(core = index, %error, "no final checkpoint"),
+    }
+    store
 }

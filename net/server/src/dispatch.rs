@@ -13,25 +13,31 @@
 //! [`Dispatch::apply`] returns, so its pooled buffers always come back; a list longer
 //! than [`BATCH_OPS_MAX`] is applied in consecutive chunks of at most that many.
 //!
-//! Durability: results are returned once applied to the stores. When the journal is
-//! wired in, waiting for the durable acknowledgement of the mutations belongs at the
-//! end of [`Dispatch::apply`] (or in `Core::apply_local` and the peer's apply), so that
-//! every door using this path holds its replies until durable.
+//! Durability: operations are journaled with the server's default durability
+//! (`durability_default`). For `durable`, [`Dispatch::apply`] returns only once every
+//! mutation is on disk: a peer core holds its reply until its journal has the records,
+//! and this core waits for its own records' LSN. A mutation whose core's journal failed
+//! gets no result (`None`), like one whose core could not be reached.
 //!
 //! No allocation in the steady state: every vector is kept across calls.
 
+use tally_engine::journal::Durability;
 use tally_engine::{Op, OpError, OpResult, BATCH_OPS_MAX};
 
-use crate::core::{recycle_ops, Core};
+use crate::config::DurabilityMode;
+use crate::core::{recycle_ops, Applied, Core, Journaling};
 use crate::router::{ForwardBatch, MeshReply, MeshRequest, ReplyWait};
 
 /// `owners` entry of an operation whose key is invalid (its error is in `invalid`).
 const OWNER_INVALID: u16 = u16::MAX;
 
 const _: () = assert!(crate::config::CORES_MAX < OWNER_INVALID as usize);
+// An operation's index in its chunk travels as u16 in a forwarded batch.
+const _: () = assert!(BATCH_OPS_MAX <= u16::MAX as usize);
 
 /// The result of one routed operation: `None` if its owner core could not be reached
-/// (the mesh is closed because the server is shutting down).
+/// (the mesh is closed because the server is shutting down) or, for a mutation, if that
+/// core's journal failed.
 pub type RoutedResult = Option<OpResult>;
 
 /// Per-connection scratch for routing operations; create one per connection.
@@ -42,7 +48,8 @@ pub struct Dispatch {
     local_results: Vec<OpResult>,
     outgoing: Vec<Option<ForwardBatch>>,
     waits: Vec<Option<ReplyWait>>,
-    returned: Vec<Option<(ForwardBatch, Vec<OpResult>)>>,
+    /// Per core: a sub-batch's buffers, its results, and whether its journal failed.
+    returned: Vec<Option<(ForwardBatch, Vec<OpResult>, bool)>>,
     cursors: Vec<usize>,
 }
 
@@ -74,8 +81,12 @@ impl Dispatch {
 
     async fn apply_chunk(&mut self, core: &Core, ops: &[Op<'_>], results: &mut Vec<RoutedResult>) {
         debug_assert!(ops.len() <= BATCH_OPS_MAX);
+        let durability = match core.config.durability_default {
+            DurabilityMode::Durable => Durability::Durable,
+            DurabilityMode::Relaxed => Durability::Relaxed,
+        };
         let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
-        for op in ops {
+        for (index, op) in ops.iter().enumerate() {
             if let Err(error) = tally_engine::validate_key(op.key()) {
                 self.owners.push(OWNER_INVALID);
                 self.invalid.push(error);
@@ -88,19 +99,28 @@ impl Dispatch {
             } else {
                 self.outgoing[owner]
                     .get_or_insert_with(|| core.pool.borrow_mut().batch())
-                    .push(op);
+                    .push(op, index as u16);
             }
         }
         // Send first, so the other cores work while this one applies its own share.
-        self.send_outgoing(core).await;
+        self.send_outgoing(core, durability).await;
+        let mut applied = Applied::default();
         if !local_ops.is_empty() {
-            core.apply_local(&local_ops, &mut self.local_results);
+            let journaling = Journaling {
+                durability,
+                idempotency: None,
+            };
+            applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
         }
         self.local_ops = recycle_ops(local_ops);
         self.await_remotes().await;
-        self.merge(core, results);
+        let durable_wanted = durability == Durability::Durable && applied.lsn > 0;
+        if durable_wanted && core.journal.wait_durable(applied.lsn).await.is_err() {
+            applied.unavailable = true;
+        }
+        self.merge(core, ops, applied.unavailable, results);
         for slot in &mut self.returned {
-            if let Some((batch, remote_results)) = slot.take() {
+            if let Some((batch, remote_results, _)) = slot.take() {
                 core.pool.borrow_mut().give_back(batch, remote_results);
             }
         }
@@ -110,7 +130,7 @@ impl Dispatch {
     }
 
     /// Sends every sub-batch built for another core, keeping a wait per owner.
-    async fn send_outgoing(&mut self, core: &Core) {
+    async fn send_outgoing(&mut self, core: &Core, durability: Durability) {
         for owner in 0..core.cores {
             let Some(batch) = self.outgoing[owner].take() else {
                 continue;
@@ -123,6 +143,8 @@ impl Dispatch {
                 ticket,
                 batch,
                 results,
+                durability,
+                idempotency: None,
             };
             match core.requests_out.send_to(owner, request).await {
                 Ok(()) => self.waits[owner] = Some(core.replies.wait(ticket)),
@@ -141,32 +163,45 @@ impl Dispatch {
                 continue;
             };
             match wait.await {
-                MeshReply::Applied { batch, results, .. } => {
-                    self.returned[owner] = Some((batch, results))
-                }
+                MeshReply::Applied {
+                    batch,
+                    results,
+                    unavailable,
+                    ..
+                } => self.returned[owner] = Some((batch, results, unavailable)),
                 other => panic!("an apply ticket got another reply: {other:?}"),
             }
         }
     }
 
-    /// Appends the results in the operations' order.
-    fn merge(&mut self, core: &Core, results: &mut Vec<RoutedResult>) {
+    /// Appends the results in the operations' order; a mutation on a core whose journal
+    /// failed (`local_unavailable` for this core) gets `None`.
+    fn merge(
+        &mut self,
+        core: &Core,
+        ops: &[Op<'_>],
+        local_unavailable: bool,
+        results: &mut Vec<RoutedResult>,
+    ) {
         self.cursors.iter_mut().for_each(|cursor| *cursor = 0);
         let (mut local, mut invalid) = (0, 0);
-        for &owner in &self.owners {
+        for (&owner, op) in self.owners.iter().zip(ops) {
+            let mutation = op.is_mutation();
             let result = if owner == OWNER_INVALID {
                 invalid += 1;
                 Some(Err(self.invalid[invalid - 1]))
             } else if usize::from(owner) == core.index {
                 local += 1;
-                Some(self.local_results[local - 1])
+                let lost = mutation && local_unavailable;
+                (!lost).then(|| self.local_results[local - 1])
             } else {
                 let owner = usize::from(owner);
                 let cursor = self.cursors[owner];
                 self.cursors[owner] += 1;
                 self.returned[owner]
                     .as_ref()
-                    .map(|(_, remote_results)| remote_results[cursor])
+                    .filter(|(_, _, unavailable)| !(mutation && *unavailable))
+                    .map(|(_, remote_results, _)| remote_results[cursor])
             };
             results.push(result);
         }

@@ -25,6 +25,12 @@ pub enum ServerError {
         core: usize,
         source: tally_engine::EngineError,
     },
+    /// A core's recovery, journal or checkpoint failed (the message names the file).
+    #[error("core {core}: journal: {source}")]
+    Journal {
+        core: usize,
+        source: tally_engine::journal::JournalError,
+    },
     /// The data directory could not be opened or created.
     #[error("data directory: {0}")]
     DataDir(tally_engine::EngineError),

@@ -16,19 +16,31 @@
 //! A shard-aware client (`HelloReply` lists every core's shard port and the owner of
 //! every partition) sends each key straight to its owner and never pays the hop.
 //!
-//! # Durability (journal integration pending)
+//! # Durability
 //!
-//! The write-ahead journal (`tally_engine::journal`) is not wired in yet: every batch is
-//! acknowledged once applied to the memory-mapped store, whatever durability it asks for,
-//! so `durable` currently behaves as `relaxed` without a journal: a clean shutdown
-//! (`close_clean`, which msyncs) keeps everything; a `kill -9` keeps what the page cache
-//! holds; a power loss may lose recent updates. The server logs this at start.
+//! Each core owns one write-ahead journal (`tally_engine::journal`) and appends a
+//! record for every mutation it applies, its own or forwarded ones, right after the
+//! store applied it. A `relaxed` batch is answered at once (its records reach the disk
+//! within `relaxed_flush_ms`); a `durable` one (the default) once every record it made
+//! is fdatasync'd: the receiving core waits for its own journal, and an owning core
+//! holds its mesh reply until its journal has the forwarded records on disk. One
+//! group-commit task per core batches commits by time and size. At start each core
+//! recovers (checkpoint + journal replay) before serving; at graceful shutdown it
+//! syncs, checkpoints and closes its store cleanly. See `durability.rs` and
+//! docs/STORAGE.md for what each mode can lose.
+//!
+//! ```text
+//!   apply_batch ─▶ journal.append (per mutation, no await) ─▶ relaxed: reply now
+//!                  commit task: one write + fdatasync per group ─▶ durable: reply
+//! ```
 //!
 //! # Idempotency
 //!
 //! See [`idempotency`]: a batch's key is recorded on the core owning the batch's first
 //! key (its *home*), so every retry, on any connection or port, meets the same record.
-//! Keys live in memory only until the journal carries them across restarts.
+//! Journal records carry the key, so after a restart each core answers a retry's
+//! operations it journaled from its journal instead of applying them again
+//! (`durability.rs` states exactly what a retry after a restart returns).
 //!
 //! # Memory locking
 //!
@@ -39,7 +51,8 @@
 //!
 //! Module map: [`config`] (settings and limits), `core` (per-core state, loops,
 //! ownership), `router` (partition → core routing, mesh messages), `connection` (frames,
-//! pipelining, replies), [`idempotency`] (key memory), [`shutdown`] (signals, draining),
+//! pipelining, replies), `durability` (journal, group commit, checkpoints, recovery),
+//! [`idempotency`] (key memory), [`shutdown`] (signals, draining),
 //! `dispatch` (routing a list of operations to their owners, for other doors), `resp`
 //! (the Redis door on `--resp-listen`).
 
@@ -47,6 +60,7 @@ pub mod config;
 mod connection;
 mod core;
 mod dispatch;
+mod durability;
 pub mod error;
 pub mod idempotency;
 mod resp;
@@ -68,11 +82,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tally_engine::{DataDir, Store};
 use tally_protocol::HelloReply;
 
-pub use config::{DurabilityMode, ServerConfig};
+pub use config::{DurabilityMode, JournalConfig, ServerConfig};
 pub use error::ServerError;
 pub use shutdown::ShutdownSignal;
 
 use crate::core::CoreSetup;
+use crate::durability::CoreJournal;
 use crate::router::{MeshReply, MeshRequest};
 use crate::shutdown::DrainBarrier;
 
@@ -198,7 +213,6 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
     }
     phase.store(PHASE_SERVE, Ordering::Release);
     let partition_count = shared.dir.partition_count();
-    tracing::warn!("the journal is not wired in yet: durable requests are acknowledged as relaxed");
     Ok(ServerHandle {
         listen_addr,
         shard_addrs,
@@ -319,7 +333,7 @@ fn spawn_core(
         };
         let owned = (0..dir.partition_count())
             .filter(|p| router::owner_of_partition(*p, config.cores) == index);
-        let store = match Store::open(&dir, owned) {
+        let mut store = match Store::open(&dir, owned) {
             Ok(store) => store,
             Err(source) => {
                 let _ = report.send(StartReport::Ready(Err(ServerError::Engine {
@@ -329,8 +343,20 @@ fn spawn_core(
                 return Ok(());
             }
         };
+        let core_id = u32::try_from(index).expect("cores fit in u32");
+        let journal = match CoreJournal::start(&config, dir.path(), &mut store, core_id) {
+            Ok(journal) => journal,
+            Err(source) => {
+                let _ = report.send(StartReport::Ready(Err(ServerError::Journal {
+                    core: index,
+                    source,
+                })));
+                return Ok(());
+            }
+        };
         let _ = report.send(StartReport::Ready(Ok(())));
         if wait_phase(&phase, PHASE_SERVE).await != PHASE_SERVE {
+            drop(journal);
             return store.close_clean().map_err(|source| ServerError::Engine {
                 core: index,
                 source,
@@ -359,6 +385,7 @@ fn spawn_core(
             shard_listener,
             resp_listener,
             resp_shared,
+            journal,
             connections_open,
             shutdown,
             drain,

@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use tally_engine::journal::Durability;
 use tally_engine::{BoundPolicy, Op, OpResult};
 
 use crate::idempotency::IdempotencyKey;
@@ -63,16 +64,20 @@ enum ForwardKind {
 const _: () =
     assert!(tally_protocol::BATCH_OPS_MAX * tally_protocol::KEY_BYTES_MAX < u32::MAX as usize);
 
-/// Operations owned by one core, with their keys copied into one arena.
+/// Operations owned by one core, with their keys copied into one arena, and each
+/// operation's index in the client's batch (idempotency records carry it).
 #[derive(Debug, Default)]
 pub struct ForwardBatch {
     keys: Vec<u8>,
     ops: Vec<ForwardOp>,
+    indexes: Vec<u16>,
 }
 
 impl ForwardBatch {
-    /// Appends an engine operation, copying its key.
-    pub fn push(&mut self, op: &Op<'_>) {
+    /// Appends an engine operation, copying its key; `index` is its place in the
+    /// client's batch.
+    pub fn push(&mut self, op: &Op<'_>, index: u16) {
+        self.indexes.push(index);
         let key = op.key();
         let start = u32::try_from(self.keys.len()).expect("key arena below 4 GiB");
         self.keys.extend_from_slice(key);
@@ -113,22 +118,31 @@ impl ForwardBatch {
         self.ops.len()
     }
 
+    /// Each operation's index in the client's batch, in order.
+    pub fn indexes(&self) -> &[u16] {
+        &self.indexes
+    }
+
     /// Empties the batch, keeping its capacity.
     pub fn clear(&mut self) {
         self.keys.clear();
         self.ops.clear();
+        self.indexes.clear();
     }
 }
 
 /// What one core asks another.
 #[derive(Debug)]
 pub enum MeshRequest {
-    /// Apply these operations (all owned by the receiver) and answer with the results.
+    /// Apply these operations (all owned by the receiver), journal them, and answer
+    /// with the results; for `Durable`, once the receiver's journal has them on disk.
     Apply {
         origin: usize,
         ticket: u32,
         batch: ForwardBatch,
         results: Vec<OpResult>,
+        durability: Durability,
+        idempotency: Option<IdempotencyKey>,
     },
     /// Look up an idempotency key on its home core; if new, it is recorded in flight.
     IdempotencyBegin {
@@ -144,10 +158,13 @@ pub enum MeshRequest {
 #[derive(Debug)]
 pub enum MeshReply {
     /// The results of an `Apply`, in order, with the batch's buffers to reuse.
+    /// `unavailable`: the receiver's journal failed, so its mutations are answered
+    /// `Unavailable` whatever their result says.
     Applied {
         ticket: u32,
         batch: ForwardBatch,
         results: Vec<OpResult>,
+        unavailable: bool,
     },
     /// The answer to `IdempotencyBegin`.
     Idempotency { ticket: u32, state: RemoteBegin },
@@ -364,12 +381,13 @@ mod tests {
             },
             Op::Get { key: b"ccc" },
         ];
-        for op in &ops {
-            batch.push(op);
+        for (index, op) in ops.iter().enumerate() {
+            batch.push(op, index as u16);
         }
         let mut out = Vec::new();
         batch.ops_into(&mut out);
         assert_eq!(out, ops);
+        assert_eq!(batch.indexes(), &[0, 1, 2]);
     }
 
     #[test]

@@ -55,10 +55,33 @@ struct Flags {
     #[arg(long, value_name = "N")]
     partitions: Option<u32>,
     /// Durability for requests that ask for the server default: `durable` (acknowledged
-    /// once on disk) or `relaxed` (acknowledged at once) [default: durable]. Until the
-    /// journal is wired in, both behave as relaxed.
+    /// once its journal record is fdatasync'd) or `relaxed` (acknowledged at once, on
+    /// disk within --relaxed-flush-ms) [default: durable]. A request may ask for either.
     #[arg(long, value_name = "MODE")]
     durability: Option<String>,
+    /// Relaxed records reach the disk within this many ms (plus one commit)
+    /// [default: 10].
+    #[arg(long, value_name = "MS")]
+    relaxed_flush_ms: Option<u64>,
+    /// How long a durable record may wait for companions before its commit starts, in
+    /// us; 0 starts a commit as soon as none is in flight (records arriving during a
+    /// commit share the next one) [default: 0].
+    #[arg(long, value_name = "US")]
+    durable_wait_us: Option<u64>,
+    /// A commit starts at once when this many bytes of records wait [default: 262144].
+    #[arg(long, value_name = "BYTES")]
+    commit_bytes: Option<usize>,
+    /// Checkpoint every partition this often, in s; 0 = only when the journal grew by
+    /// --checkpoint-journal-bytes and at shutdown [default: 300].
+    #[arg(long, value_name = "S")]
+    checkpoint_interval_s: Option<u64>,
+    /// Checkpoint once a core's journal grew by this many bytes [default: 1073741824].
+    #[arg(long, value_name = "BYTES")]
+    checkpoint_journal_bytes: Option<u64>,
+    /// At start, recover up to a corruption in the middle of a journal instead of
+    /// refusing to start; later records are set aside as *.corrupt files.
+    #[arg(long)]
+    recover_to_corruption: bool,
     /// Most client connections open at once; more are answered ServerBusy and closed
     /// [default: 10000].
     #[arg(long, value_name = "N")]
@@ -111,6 +134,18 @@ struct FileSettings {
     cores: Option<usize>,
     partitions: Option<u32>,
     durability: Option<String>,
+    #[serde(alias = "relaxed_flush_ms")]
+    relaxed_flush_ms: Option<u64>,
+    #[serde(alias = "durable_wait_us")]
+    durable_wait_us: Option<u64>,
+    #[serde(alias = "commit_bytes")]
+    commit_bytes: Option<usize>,
+    #[serde(alias = "checkpoint_interval_s")]
+    checkpoint_interval_s: Option<u64>,
+    #[serde(alias = "checkpoint_journal_bytes")]
+    checkpoint_journal_bytes: Option<u64>,
+    #[serde(alias = "recover_to_corruption")]
+    recover_to_corruption: Option<bool>,
     #[serde(alias = "max_connections")]
     max_connections: Option<usize>,
     #[serde(alias = "read_timeout_ms")]
@@ -229,6 +264,20 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
     pick!(ring_depth, ring_depth);
     pick!(idempotency_window_s, idempotency_window_s);
     pick!(idempotency_entries_max, idempotency_max_keys);
+    macro_rules! pick_journal {
+        ($field:ident) => {
+            if let Some(value) = flags.$field.or(file.$field) {
+                config.journal.$field = value;
+            }
+        };
+    }
+    pick_journal!(relaxed_flush_ms);
+    pick_journal!(durable_wait_us);
+    pick_journal!(commit_bytes);
+    pick_journal!(checkpoint_interval_s);
+    pick_journal!(checkpoint_journal_bytes);
+    config.journal.recover_to_corruption =
+        flags.recover_to_corruption || file.recover_to_corruption.unwrap_or(false);
     config.shard_port_base = flags.shard_port_base.or(file.shard_port_base);
     config.resp_listen = flags.resp_listen.or(file.resp_listen);
     config.partitions = flags.partitions.or(file.partitions);

@@ -1,0 +1,599 @@
+//! Durability on one core: its journal, the group-commit task, durable waits,
+//! checkpoints, and what recovery gives back at start.
+//!
+//! # Data path
+//! A core applies a batch to its store, then appends one journal record per mutation
+//! that changed state ([`CoreJournal::append`], no await in between, so records are in
+//! apply order). A *relaxed* batch is acknowledged at once; a *durable* one waits in
+//! [`CoreJournal::wait_durable`] until the journal's durable LSN covers the highest LSN
+//! the batch appended on this core. Operations forwarded from another core are
+//! journaled by their owner, in its journal; the owner holds the reply of a durable
+//! forwarded batch until its records are durable (`core.rs`, `hold_reply`), so the
+//! receiving core never needs another core's LSN.
+//!
+//! # Group commit ([`commit_loop`], one task per core)
+//! One commit (write + fdatasync through io_uring) is in flight at a time; records
+//! appended meanwhile ride the next one, so the commit size follows the load. A commit
+//! starts when the oldest durable record has waited `durable_wait_us` (0: at once),
+//! the oldest relaxed one `relaxed_flush_ms`, or `commit_bytes` are waiting. While a
+//! commit is in flight the task polls its completion, yielding to the other tasks for
+//! `spin_before_park_us`, then in [`IN_FLIGHT_POLL`] sleeps, so a durable reply leaves
+//! within microseconds of the fdatasync and a commit that takes long does not pin the
+//! CPU. With nothing waiting the task sleeps until an append wakes it: an idle core
+//! parks.
+//!
+//! # Failure
+//! After a failed write or fdatasync (ENOSPC, EIO) the journal accepts nothing more.
+//! Every durable waiter above the durable LSN is answered `Unavailable`, later
+//! mutations are refused (`Unavailable`) without being applied, reads keep being
+//! served, and nothing acknowledged earlier is touched.
+//!
+//! # Idempotency across restarts
+//! A mutation of a batch with an idempotency key carries the key in its record, with a
+//! 16-byte result:
+//! ```text
+//! offset size field
+//!      0    1 flags: bit 0 the counter existed, bit 1 the operation was clamped
+//!      1    1 reserved, zero
+//!      2    2 index of the operation in its batch, u16 LE
+//!      4    4 wall-clock time of the apply, unix seconds, u32 LE
+//!      8    8 reserved, zero
+//! ```
+//! (the resulting value is the record's own `value`). At start each core reads its
+//! journal and keeps, per key seen within the window, the outcome of every operation
+//! it journaled ([`Recovered`]). A retry of such a batch skips those operations and
+//! answers with their recorded outcomes; operations with no record (reads, rejected
+//! operations, or mutations lost in the crash before they reached the journal) run
+//! again. So no mutation is applied twice and none acknowledged is lost; reads and
+//! rejections are evaluated afresh. Checkpoints keep every segment holding an
+//! idempotency record still inside the window (the `retention_lsn` of
+//! `checkpoint_core`), so the journal of a core serving idempotent traffic is bounded
+//! by the window rather than by the checkpoint interval.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tally_engine::journal::checkpoint::checkpoint_core;
+use tally_engine::journal::recovery::{recover, RecoveryOptions};
+use tally_engine::journal::{
+    journal_dir, list_segments, Durability, Idempotency, Journal, JournalError, JournalOptions,
+    JournalReader, Lsn, Record,
+};
+use tally_engine::{Outcome, Store};
+
+use crate::config::ServerConfig;
+use crate::core::Core;
+use crate::idempotency::IdempotencyKey;
+
+/// While a commit is in flight and the spin budget is spent, its completion is polled
+/// this often.
+pub const IN_FLIGHT_POLL: Duration = Duration::from_micros(50);
+/// With nothing to commit the task still wakes this often to check for a checkpoint.
+const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// The most idempotency keys whose retention one core tracks; older ones leave first.
+const RETAINED_BATCHES_MAX: usize = 1 << 20;
+
+const RESULT_FLAG_EXISTED: u8 = 1;
+const RESULT_FLAG_CLAMPED: u8 = 2;
+
+// An operation's index in its batch travels as u16.
+const _: () = assert!(tally_engine::BATCH_OPS_MAX <= u16::MAX as usize);
+
+/// The 16-byte result of an idempotent record (layout in the module doc).
+pub fn encode_result(outcome: &Outcome, index: u16, unix_s: u32) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[0] = (u8::from(outcome.existed) * RESULT_FLAG_EXISTED)
+        | (u8::from(outcome.clamped) * RESULT_FLAG_CLAMPED);
+    bytes[2..4].copy_from_slice(&index.to_le_bytes());
+    bytes[4..8].copy_from_slice(&unix_s.to_le_bytes());
+    bytes
+}
+
+/// The outcome, operation index and time of an idempotent record; `None` if the
+/// result bytes are not in the layout above.
+fn decode_result(value: i64, bytes: &[u8; 16]) -> Option<(Outcome, u16, u32)> {
+    let flags = bytes[0];
+    if flags & !(RESULT_FLAG_EXISTED | RESULT_FLAG_CLAMPED) != 0 || bytes[1] != 0 {
+        return None;
+    }
+    let outcome = Outcome {
+        value,
+        existed: flags & RESULT_FLAG_EXISTED != 0,
+        clamped: flags & RESULT_FLAG_CLAMPED != 0,
+    };
+    let index = u16::from_le_bytes([bytes[2], bytes[3]]);
+    let unix_s = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    Some((outcome, index, unix_s))
+}
+
+/// Wall-clock seconds since the epoch, as records carry them.
+pub fn unix_now_s() -> u32 {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    u32::try_from(seconds).unwrap_or(u32::MAX)
+}
+
+/// What a core's journal held for one idempotency key at start: the outcome of every
+/// operation of the batch this core journaled, by index (sorted).
+#[derive(Debug, Default)]
+pub struct Recovered {
+    unix_s: u32,
+    outcomes: Vec<(u16, Outcome)>,
+}
+
+impl Recovered {
+    /// The recorded outcome of operation `index`, if it was journaled.
+    pub fn outcome(&self, index: u16) -> Option<Outcome> {
+        let found = self.outcomes.binary_search_by_key(&index, |(i, _)| *i);
+        found.ok().map(|at| self.outcomes[at].1)
+    }
+}
+
+/// A minimal "something happened" signal for one waiting task.
+#[derive(Default)]
+pub struct Notify {
+    pending: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Notify {
+    /// Wakes the waiter, or makes its next wait return at once.
+    pub fn notify(&self) {
+        self.pending.set(true);
+        if let Some(waker) = self.waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Resolves once notified since the last wait.
+    pub fn wait(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |context| {
+            if self.pending.replace(false) {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(context.waker().clone());
+            Poll::Pending
+        })
+    }
+}
+
+/// Counters reported by the `Stats` request.
+#[derive(Debug, Default)]
+pub struct DurabilityStats {
+    pub records: Cell<u64>,
+    pub buffer_full_syncs: Cell<u64>,
+    pub checkpoints: Cell<u64>,
+    pub recovered_records: Cell<u64>,
+}
+
+/// One core's journal and everything that waits on it.
+pub struct CoreJournal {
+    journal: RefCell<Journal>,
+    data_dir: PathBuf,
+    core: u32,
+    failed: Cell<bool>,
+    durable_waiters: RefCell<Vec<Waker>>,
+    appended: Notify,
+    stopping: Cell<bool>,
+    /// (first LSN, unix seconds) of each idempotent batch journaled here, oldest first.
+    retained: RefCell<VecDeque<(Lsn, u32)>>,
+    recovered: HashMap<IdempotencyKey, Recovered>,
+    window_s: u64,
+    checkpoint_interval: Option<Duration>,
+    checkpoint_journal_bytes: u64,
+    last_checkpoint: Cell<Instant>,
+    bytes_at_checkpoint: Cell<u64>,
+    pub stats: DurabilityStats,
+}
+
+impl CoreJournal {
+    /// Recovers core `core`'s partitions in `store`, reads back its idempotency
+    /// records, and opens its journal for appending. Runs on the core's thread before
+    /// it serves.
+    pub fn start(
+        config: &ServerConfig,
+        data_dir: &Path,
+        store: &mut Store,
+        core: u32,
+    ) -> Result<CoreJournal, JournalError> {
+        let settings = &config.journal;
+        let options = RecoveryOptions {
+            recover_to_corruption: settings.recover_to_corruption,
+        };
+        let report = recover(data_dir, store, core, &options)?;
+        tracing::info!(
+            core,
+            clean_shutdown = report.clean_shutdown,
+            counters = store.counter_count(),
+            partitions_restored = report.partitions_restored.len(),
+            records_replayed = report.records_replayed,
+            journal_records = report.journal.record_count,
+            torn_tail = report.journal.torn_tail.is_some(),
+            seconds = report.elapsed.as_secs_f64(),
+            "recovered"
+        );
+        if let Some((path, offset, reason)) = &report.journal.corruption {
+            tracing::error!(core, path = %path.display(), offset, reason, "recovered up to a corruption: later records were set aside");
+        }
+        let window_s = config.idempotency_window_s;
+        let (recovered, retained, records) =
+            read_idempotency(data_dir, core, window_s, config.idempotency_entries_max)?;
+        if !recovered.is_empty() {
+            tracing::info!(
+                core,
+                keys = recovered.len(),
+                records,
+                "idempotency keys recovered"
+            );
+        }
+        let options = JournalOptions {
+            next_lsn_min: report.next_lsn,
+            durable_wait: Duration::from_micros(settings.durable_wait_us),
+            relaxed_interval: Duration::from_millis(settings.relaxed_flush_ms),
+            batch_bytes: settings.commit_bytes,
+            ..JournalOptions::default()
+        };
+        let journal = Journal::open(data_dir, core, options)?;
+        let stats = DurabilityStats::default();
+        stats.recovered_records.set(report.records_replayed);
+        Ok(CoreJournal {
+            journal: RefCell::new(journal),
+            data_dir: data_dir.to_path_buf(),
+            core,
+            failed: Cell::new(false),
+            durable_waiters: RefCell::new(Vec::new()),
+            appended: Notify::default(),
+            stopping: Cell::new(false),
+            retained: RefCell::new(retained),
+            recovered,
+            window_s,
+            checkpoint_interval: (settings.checkpoint_interval_s > 0)
+                .then(|| Duration::from_secs(settings.checkpoint_interval_s)),
+            checkpoint_journal_bytes: settings.checkpoint_journal_bytes,
+            last_checkpoint: Cell::new(Instant::now()),
+            bytes_at_checkpoint: Cell::new(0),
+            stats,
+        })
+    }
+
+    /// Whether the journal failed: mutations are refused, reads still served.
+    pub fn is_failed(&self) -> bool {
+        self.failed.get()
+    }
+
+    /// Every record up to this LSN is on disk.
+    pub fn durable_lsn(&self) -> Lsn {
+        self.journal.borrow().durable_lsn()
+    }
+
+    /// What this core's journal held at start for idempotency key `key`, if it is
+    /// still inside the window.
+    pub fn recovered(&self, key: IdempotencyKey) -> Option<&Recovered> {
+        if self.recovered.is_empty() {
+            return None;
+        }
+        let entry = self.recovered.get(&key)?;
+        let age_s = u64::from(unix_now_s().saturating_sub(entry.unix_s));
+        (age_s < self.window_s).then_some(entry)
+    }
+
+    /// Appends the records of one batch; returns the first and last LSN given (0, 0
+    /// for none), or `None` if the journal failed (then the caller answers those
+    /// mutations `Unavailable`). Never awaits, so records keep the store's order.
+    pub fn append_all<'r>(
+        &self,
+        records: impl Iterator<Item = Record<'r>>,
+        durability: Durability,
+    ) -> Option<(Lsn, Lsn)> {
+        if self.failed.get() {
+            return None;
+        }
+        let mut journal = self.journal.borrow_mut();
+        let mut first = 0;
+        let mut last = 0;
+        let mut count = 0;
+        for record in records {
+            match append_one(&mut journal, &record, durability, &self.stats) {
+                Ok(lsn) => {
+                    last = lsn;
+                    if first == 0 {
+                        first = lsn;
+                    }
+                }
+                Err(error) => {
+                    drop(journal);
+                    self.fail(&error);
+                    return None;
+                }
+            }
+            count += 1;
+        }
+        drop(journal);
+        if count > 0 {
+            self.stats.records.set(self.stats.records.get() + count);
+            self.appended.notify();
+        }
+        debug_assert!(first <= last);
+        Some((first, last))
+    }
+
+    /// Remembers that an idempotent batch's records start at `lsn`, so checkpoints keep
+    /// its segment for the window.
+    pub fn retain(&self, lsn: Lsn, unix_s: u32) {
+        let mut retained = self.retained.borrow_mut();
+        if retained.len() == RETAINED_BATCHES_MAX {
+            retained.pop_front();
+        }
+        retained.push_back((lsn, unix_s));
+    }
+
+    /// The lowest LSN an idempotency record inside the window still needs.
+    fn retention_lsn(&self) -> Option<Lsn> {
+        let now = unix_now_s();
+        let mut retained = self.retained.borrow_mut();
+        while let Some(&(_, unix_s)) = retained.front() {
+            if u64::from(now.saturating_sub(unix_s)) < self.window_s {
+                break;
+            }
+            retained.pop_front();
+        }
+        retained.front().map(|&(lsn, _)| lsn)
+    }
+
+    /// Resolves with `Ok` once `lsn` is durable, `Err` if the journal failed first.
+    pub fn wait_durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), ()>> + '_ {
+        std::future::poll_fn(move |context| {
+            if self.journal.borrow().durable_lsn() >= lsn {
+                return Poll::Ready(Ok(()));
+            }
+            if self.failed.get() {
+                return Poll::Ready(Err(()));
+            }
+            self.durable_waiters
+                .borrow_mut()
+                .push(context.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.durable_waiters.borrow_mut());
+        for waker in waiters {
+            waker.wake();
+        }
+    }
+
+    fn fail(&self, error: &JournalError) {
+        if !self.failed.replace(true) {
+            tracing::error!(core = self.core, %error, "journal failed: durable mutations are refused until restart; reads are still served");
+        }
+        self.wake_waiters();
+    }
+
+    /// Submits a due commit and reaps a finished one; wakes durable waiters on
+    /// progress. Returns whether a commit is in flight afterwards.
+    fn step(&self, now: Instant) -> bool {
+        let mut journal = self.journal.borrow_mut();
+        let polled = journal.poll().and_then(|durable| {
+            journal.submit_if_due(now)?;
+            Ok(durable)
+        });
+        let in_flight = journal.commit_in_flight();
+        drop(journal);
+        match polled {
+            Ok(Some(_)) => self.wake_waiters(),
+            Ok(None) => {}
+            Err(error) => self.fail(&error),
+        }
+        in_flight && !self.failed.get()
+    }
+
+    fn checkpoint_due(&self, now: Instant) -> bool {
+        let grown = self.journal.borrow().stats().bytes_written - self.bytes_at_checkpoint.get();
+        let late = self
+            .checkpoint_interval
+            .is_some_and(|interval| now >= self.last_checkpoint.get() + interval);
+        !self.failed.get() && (late || grown >= self.checkpoint_journal_bytes)
+    }
+
+    /// Checkpoints every partition of the core (blocking it for one sync and the copy)
+    /// and releases the segments nobody needs.
+    pub fn checkpoint(&self, store: &Store) -> Result<(), JournalError> {
+        let started = Instant::now();
+        let retention = self.retention_lsn();
+        let mut journal = self.journal.borrow_mut();
+        let result = checkpoint_core(&self.data_dir, store, &mut journal, self.core, retention);
+        let bytes_written = journal.stats().bytes_written;
+        drop(journal);
+        self.last_checkpoint.set(Instant::now());
+        self.bytes_at_checkpoint.set(bytes_written);
+        // The checkpoint synced the journal: waiters may be durable now.
+        self.wake_waiters();
+        let report = result.inspect_err(|error| self.fail(error))?;
+        self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
+        tracing::info!(
+            core = self.core,
+            partitions = report.partitions.len(),
+            segments_released = report.segments_released,
+            retention_lsn = retention,
+            seconds = started.elapsed().as_secs_f64(),
+            "checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Asks the commit task to end (after the last request was answered).
+    pub fn stop(&self) {
+        self.stopping.set(true);
+        self.appended.notify();
+    }
+
+    /// At graceful shutdown: makes every record durable and checkpoints.
+    pub fn finish(&self, store: &Store) -> Result<(), JournalError> {
+        if self.failed.get() {
+            return Err(JournalError::Failed {
+                reason: "the journal failed while serving; no final checkpoint".to_string(),
+            });
+        }
+        let synced = self.journal.borrow_mut().sync();
+        synced.inspect_err(|error| self.fail(error))?;
+        self.checkpoint(store)
+    }
+}
+
+fn append_one(
+    journal: &mut Journal,
+    record: &Record<'_>,
+    durability: Durability,
+    stats: &DurabilityStats,
+) -> Result<Lsn, JournalError> {
+    match journal.append(record, durability) {
+        Err(JournalError::BufferFull { .. }) => {
+            // A full 4 MiB buffer behind a commit in flight: the disk is far behind.
+            // Block this core until it catches up (back-pressure), then retry once.
+            stats
+                .buffer_full_syncs
+                .set(stats.buffer_full_syncs.get() + 1);
+            journal.sync()?;
+            journal.append(record, durability)
+        }
+        other => other,
+    }
+}
+
+/// What the journal gave back for idempotency at start: outcomes by key, the
+/// retention list, and how many records were kept.
+type IdempotencyScan = (
+    HashMap<IdempotencyKey, Recovered>,
+    VecDeque<(Lsn, u32)>,
+    u64,
+);
+
+/// Reads core `core`'s journal for idempotency records inside the window.
+fn read_idempotency(
+    data_dir: &Path,
+    core: u32,
+    window_s: u64,
+    keys_max: usize,
+) -> Result<IdempotencyScan, JournalError> {
+    let now = unix_now_s();
+    let mut recovered: HashMap<IdempotencyKey, Recovered> = HashMap::new();
+    let mut retained = VecDeque::new();
+    let mut kept = 0;
+    // The reader indexes past the end of an empty segment list (an engine bug
+    // reported to the journal's owner): a journal without segments holds nothing.
+    if list_segments(&journal_dir(data_dir, core))?.is_empty() {
+        return Ok((recovered, retained, kept));
+    }
+    let mut reader = JournalReader::open(data_dir, core)?;
+    while let Some(logged) = reader.next_record()? {
+        let Some(Idempotency { key, result }) = logged.record.idempotency else {
+            continue;
+        };
+        let Some((outcome, index, unix_s)) = decode_result(logged.record.value, &result) else {
+            tracing::warn!(
+                core,
+                lsn = logged.lsn,
+                "idempotency record with an unknown result layout: ignored"
+            );
+            continue;
+        };
+        if u64::from(now.saturating_sub(unix_s)) >= window_s {
+            continue;
+        }
+        if !recovered.contains_key(&key) {
+            if recovered.len() >= keys_max {
+                continue;
+            }
+            retained.push_back((logged.lsn, unix_s));
+        }
+        let entry = recovered.entry(key).or_default();
+        entry.unix_s = entry.unix_s.max(unix_s);
+        entry.outcomes.push((index, outcome));
+        kept += 1;
+    }
+    for entry in recovered.values_mut() {
+        entry.outcomes.sort_by_key(|(index, _)| *index);
+        entry.outcomes.dedup_by_key(|(index, _)| *index);
+    }
+    Ok((recovered, retained, kept))
+}
+
+/// The group-commit task of one core (see the module doc); also runs the periodic
+/// checkpoints. Ends after [`CoreJournal::stop`].
+pub async fn commit_loop(core: Rc<Core>) {
+    let journal = &core.journal;
+    let spin = Duration::from_micros(core.config.spin_before_park_us);
+    let mut in_flight_since: Option<Instant> = None;
+    while !journal.stopping.get() {
+        let now = Instant::now();
+        if journal.step(now) {
+            let since = *in_flight_since.get_or_insert(now);
+            if now.duration_since(since) < spin {
+                futures_lite::future::yield_now().await;
+            } else {
+                glommio::timer::sleep(IN_FLIGHT_POLL).await;
+            }
+            continue;
+        }
+        in_flight_since = None;
+        if journal.checkpoint_due(now) {
+            let store = core.store.borrow();
+            // A failed checkpoint fails the journal; `checkpoint` logged it.
+            let _ = journal.checkpoint(&store);
+            continue;
+        }
+        let deadline = journal.journal.borrow().next_deadline();
+        let wait = match deadline {
+            Some(due) => due.saturating_duration_since(now),
+            None => IDLE_CHECK,
+        };
+        if wait.is_zero() {
+            continue;
+        }
+        futures_lite::future::or(journal.appended.wait(), glommio::timer::sleep(wait)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_round_trip() {
+        let outcome = Outcome {
+            value: -4,
+            existed: true,
+            clamped: true,
+        };
+        let bytes = encode_result(&outcome, 9_999, 1_700_000_000);
+        assert_eq!(
+            decode_result(-4, &bytes),
+            Some((outcome, 9_999, 1_700_000_000))
+        );
+        let mut bad = bytes;
+        bad[0] |= 0x80;
+        assert_eq!(decode_result(-4, &bad), None);
+    }
+
+    #[test]
+    fn recovered_outcomes_are_found_by_index() {
+        let outcome = |value| Outcome {
+            value,
+            existed: false,
+            clamped: false,
+        };
+        let recovered = Recovered {
+            unix_s: 0,
+            outcomes: vec![(0, outcome(1)), (5, outcome(2)), (7, outcome(3))],
+        };
+        assert_eq!(recovered.outcome(5), Some(outcome(2)));
+        assert_eq!(recovered.outcome(6), None);
+    }
+}
