@@ -15,8 +15,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -57,14 +55,14 @@ impl Tally {
 }
 
 /// Pipelines batches of 1..=20 increments on random keys until the server goes away.
-fn pipelining_writer(addr: SocketAddr, durability: Durability, stop: Arc<AtomicBool>) -> Tally {
+fn pipelining_writer(addr: SocketAddr, durability: Durability) -> Tally {
     let mut rng = Rng::from_env(0x5e7_7e57);
     let (mut connection, _) = RawConnection::open(addr);
     let mut tally = Tally::default();
     let mut in_flight: VecDeque<(u64, Vec<String>)> = VecDeque::new();
     let mut writable = true;
     loop {
-        while writable && in_flight.len() < WINDOW_FRAMES && !stop.load(Ordering::Relaxed) {
+        while writable && in_flight.len() < WINDOW_FRAMES {
             let keys: Vec<String> = (0..rng.between(1, 20))
                 .map(|_| key(rng.below(KEY_COUNT as u64) as usize))
                 .collect();
@@ -101,7 +99,7 @@ fn pipelining_writer(addr: SocketAddr, durability: Durability, stop: Arc<AtomicB
 /// Calls through the native client until one fails. Each call is a batch of increments on
 /// one key, so it travels as one frame: the server applies all of it and must answer, or
 /// applies none of it.
-fn client_writer(addr: SocketAddr, durability: Durability, stop: Arc<AtomicBool>) -> Tally {
+fn client_writer(addr: SocketAddr, durability: Durability) -> Tally {
     let config = ClientConfig {
         durability,
         ..ClientConfig::default()
@@ -109,9 +107,6 @@ fn client_writer(addr: SocketAddr, durability: Durability, stop: Arc<AtomicBool>
     let mut client = Client::connect_with(addr, config).unwrap();
     let mut tally = Tally::default();
     for round in 0.. {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
         let name = key(round % KEY_COUNT);
         let ops = vec![add(name.as_str(), 1); 1 + round % 8];
         *tally.sent.entry(name.clone()).or_default() += ops.len() as i64;
@@ -130,14 +125,12 @@ fn client_writer(addr: SocketAddr, durability: Durability, stop: Arc<AtomicBool>
 }
 
 fn start_writers(addr: SocketAddr, durability: Durability) -> Vec<JoinHandle<Tally>> {
-    // `stop` only ends a writer if the server keeps serving it (a test failure path).
-    let stop = Arc::new(AtomicBool::new(false));
-    let pipelined = {
-        let stop = stop.clone();
-        std::thread::spawn(move || pipelining_writer(addr, durability, stop))
-    };
-    let single = std::thread::spawn(move || client_writer(addr, durability, stop));
-    vec![pipelined, single]
+    // Both run until the server goes away: a server that keeps serving after the signal
+    // fails the test in `signal_and_wait`, which then kills it.
+    vec![
+        std::thread::spawn(move || pipelining_writer(addr, durability)),
+        std::thread::spawn(move || client_writer(addr, durability)),
+    ]
 }
 
 fn join(writers: Vec<JoinHandle<Tally>>) -> Tally {
