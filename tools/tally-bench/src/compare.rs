@@ -260,7 +260,7 @@ fn await_ready(
     started: &mut Started,
     output: &mpsc::Receiver<String>,
     program: &Path,
-    ready: &dyn Fn(&str) -> bool,
+    ready: &mut dyn FnMut(&str, &mut Started) -> bool,
 ) -> Result<(), CompareError> {
     let deadline = Instant::now() + STARTUP_TIMEOUT;
     let mut seen = String::new();
@@ -270,7 +270,7 @@ fn await_ready(
     while Instant::now() < deadline {
         match output.recv_timeout(Duration::from_millis(50)) {
             Ok(line) => {
-                ready_seen |= ready(&line);
+                ready_seen |= ready(&line, started);
                 seen.push_str(&line);
                 seen.push('\n');
             }
@@ -323,14 +323,15 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
         resp_addr: Some(addr),
         data_dir,
     };
-    await_ready(&mut started, &output, redis_server, &|line| {
+    await_ready(&mut started, &output, redis_server, &mut |line, _| {
         line.contains("Ready to accept connections")
     })?;
     Ok(started)
 }
 
+/// Start tallyd on port 0 (its main, shard and RESP ports all chosen by the system, so
+/// they cannot collide with each other) and read the addresses it announces.
 fn start_tallyd(tallyd: &Path, system: System, with_resp: bool) -> Result<Started, CompareError> {
-    let (port, resp_port) = (free_port()?, free_port()?);
     let data_dir = fresh_dir(system)?;
     let durability = if system == System::TallyDurable {
         "durable"
@@ -341,27 +342,44 @@ fn start_tallyd(tallyd: &Path, system: System, with_resp: bool) -> Result<Starte
         "--data-dir".to_owned(),
         data_dir.display().to_string(),
         "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".to_owned(),
         "--durability".to_owned(),
         durability.to_owned(),
     ];
     if with_resp {
         arguments.push("--resp-listen".to_owned());
-        arguments.push(format!("127.0.0.1:{resp_port}"));
+        arguments.push("127.0.0.1:0".to_owned());
     }
     let mut child = spawn(tallyd, &arguments)?;
     let output = watch_output(&mut child);
     let mut started = Started {
         system,
         child,
-        main_addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        resp_addr: with_resp.then(|| SocketAddr::from(([127, 0, 0, 1], resp_port))),
+        main_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        resp_addr: None,
         data_dir,
     };
-    await_ready(&mut started, &output, tallyd, &|line| {
-        line.contains("listening on")
+    let (mut main_seen, mut resp_seen) = (false, !with_resp);
+    await_ready(&mut started, &output, tallyd, &mut |line, started| {
+        if let Some(addr) = announced_addr(line) {
+            if line.contains("resp listening on") {
+                started.resp_addr = Some(addr);
+                resp_seen = true;
+            } else if line.contains("tallyd listening on") {
+                started.main_addr = addr;
+                main_seen = true;
+            }
+        }
+        main_seen && resp_seen
     })?;
     Ok(started)
+}
+
+/// The address in a `tallyd listening on ADDR (shard ports ...)` or `tallyd resp
+/// listening on ADDR` line.
+fn announced_addr(line: &str) -> Option<SocketAddr> {
+    let rest = line.split("listening on ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }
 
 /// The `tally-bench server` flags of one workload against one address.
@@ -709,6 +727,21 @@ mod tests {
         assert_eq!(numbers[0], 715_648.88);
         assert_eq!(numbers[3], 0.815);
         assert_eq!(numbers[5], 6.167);
+    }
+
+    #[test]
+    fn reads_the_addresses_tallyd_announces() {
+        let main = "tallyd listening on 127.0.0.1:18178 (shard ports 18179,18180)";
+        let resp = "tallyd resp listening on 127.0.0.1:18190";
+        assert_eq!(
+            announced_addr(main),
+            Some("127.0.0.1:18178".parse().unwrap())
+        );
+        assert_eq!(
+            announced_addr(resp),
+            Some("127.0.0.1:18190".parse().unwrap())
+        );
+        assert_eq!(announced_addr("starting data_dir=/tmp/x"), None);
     }
 
     #[test]
