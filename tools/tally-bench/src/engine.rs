@@ -128,6 +128,17 @@ fn pin_to_core(core: usize) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// Page faults this process has taken so far (minor, major), from getrusage.
+fn page_faults() -> (u64, u64) {
+    // SAFETY: getrusage fills the zero-initialised struct it is given and reads nothing.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    (usage.ru_minflt as u64, usage.ru_majflt as u64)
+}
+
 /// Resident set size of this process, in bytes.
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
@@ -219,6 +230,9 @@ struct Measured {
     rss_growth_bytes: u64,
     file_huge_bytes: u64,
     floor_huge_bytes: u64,
+    /// Page faults taken during the increments (write faults on file pages cleaned by
+    /// the kernel's writeback, or first touches after a remap).
+    ops_page_faults: u64,
     verified: bool,
 }
 
@@ -280,6 +294,7 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
     let file_huge_bytes = smaps_bytes("FilePmdMapped");
 
     bar.set_message("increment");
+    let faults_before = page_faults();
     let mut rng = SplitMix(args.seed);
     let mut ops_time = Duration::ZERO;
     let mut done = 0;
@@ -298,6 +313,8 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         bar.inc(count);
     }
     bar.finish_and_clear();
+    let faults_after = page_faults();
+    let ops_page_faults = (faults_after.0 - faults_before.0) + (faults_after.1 - faults_before.1);
 
     let mut sum: i128 = 0;
     for partition in 0..store.partition_count() {
@@ -315,6 +332,7 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         rss_growth_bytes,
         file_huge_bytes,
         floor_huge_bytes,
+        ops_page_faults,
         verified,
     })
 }
@@ -401,6 +419,7 @@ fn report(args: &EngineArgs, m: &Measured) {
             "bytes_per_counter_rss": rss_per_counter,
             "file_huge_page_bytes": m.file_huge_bytes,
             "floor_huge_page_bytes": m.floor_huge_bytes,
+            "ops_page_faults": m.ops_page_faults,
             "verified": m.verified,
         });
         println!("{object}");
@@ -439,6 +458,10 @@ fn report(args: &EngineArgs, m: &Measured) {
         "  huge pages  {} MB of the arenas' file mappings, {} MB of the floor array",
         m.file_huge_bytes >> 20,
         m.floor_huge_bytes >> 20
+    );
+    println!(
+        "  faults      {} page faults during the increments",
+        m.ops_page_faults
     );
     println!("  verified    {}", m.verified);
 }
