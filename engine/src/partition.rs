@@ -302,7 +302,7 @@ impl Partition {
         slot.key[8..] == probe.padded[..8] && heap.key(slot.external_offset()) == Some(probe.key)
     }
 
-    #[inline]
+    #[inline(always)]
     fn locate(&self, probe: &KeyProbe) -> Option<Location> {
         let key_len = probe.key.len() as u8;
         let heap = &self.heap;
