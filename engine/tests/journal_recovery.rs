@@ -97,7 +97,11 @@ fn unclean_stop_recovers_checkpoint_plus_journal_exactly() {
     let mut store = open_store(dir.path());
     let first = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
     let mut journal = Journal::open(dir.path(), 0, small_segments(first.next_lsn)).unwrap();
-    run_ops(&mut store, &mut journal, 0..3_000);
+    run_ops(&mut store, &mut journal, 0..1_500);
+    // However slow the disk, the commit of 1,500 records ends beyond the 16 KiB segment
+    // target, so later records start a new segment and the checkpoint has one to release.
+    journal.sync().unwrap();
+    run_ops(&mut store, &mut journal, 1_500..3_000);
     let report = checkpoint_core(dir.path(), &store, &mut journal, 0, None).unwrap();
     assert_eq!(report.partitions.len(), PARTITIONS as usize);
     assert!(
@@ -153,6 +157,9 @@ fn retention_keeps_segments_a_follower_needs() {
     let mut store = open_store(dir.path());
     let mut journal = Journal::open(dir.path(), 0, small_segments(1)).unwrap();
     run_ops(&mut store, &mut journal, 0..3_000);
+    // Sync first: a commit still waiting could otherwise start a new segment inside the
+    // checkpoint's own sync, and the listing below would differ for that reason alone.
+    journal.sync().unwrap();
     let before = list_segments(&journal_dir(dir.path(), 0)).unwrap();
     let report = checkpoint_core(dir.path(), &store, &mut journal, 0, Some(1)).unwrap();
     assert_eq!(report.segments_released, 0);

@@ -185,3 +185,40 @@ fn bad_records_and_options_are_clear_errors() {
     assert!(error.to_string().contains("key length 0"), "{error}");
     assert_eq!(journal.appended_lsn(), 0);
 }
+
+/// A caller that never submits (nothing is due: long waits, the largest batch) and only
+/// polls must not be stuck when the buffer fills: `append` submits the full buffer
+/// itself, so `BufferFull` is only ever answered while a commit is in flight.
+#[test]
+fn full_buffer_without_commit_in_flight_is_submitted_by_append() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = JournalOptions {
+        relaxed_interval: Duration::from_secs(3600),
+        durable_wait: Duration::from_secs(3600),
+        batch_bytes: tally_engine::journal::COMMIT_BYTES_MAX,
+        ..JournalOptions::default()
+    };
+    let mut journal = Journal::open(dir.path(), 0, options).unwrap();
+    let record = record_for(3);
+    let count = 3 * tally_engine::journal::COMMIT_BYTES_MAX / record.as_record().encoded_bytes();
+    for _ in 0..count {
+        loop {
+            match journal.append(&record.as_record(), Durability::Relaxed) {
+                Ok(_) => break,
+                Err(tally_engine::journal::JournalError::BufferFull { .. }) => {
+                    assert!(
+                        journal.commit_in_flight(),
+                        "BufferFull with nothing in flight"
+                    );
+                    journal.poll().expect("poll");
+                }
+                Err(other) => panic!("append failed: {other}"),
+            }
+        }
+        journal.poll().expect("poll");
+    }
+    assert!(journal.stats().commit_count + u64::from(journal.commit_in_flight()) >= 2);
+    let durable = journal.sync().unwrap();
+    assert_eq!(durable, count as u64);
+    assert_eq!(read_all(dir.path()).len(), count);
+}

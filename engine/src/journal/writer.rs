@@ -153,8 +153,11 @@ impl<S: JournalStorage> Journal<S> {
         }
     }
 
-    /// Copies `record` into the buffer and assigns it the next LSN. Never blocks.
-    /// `BufferFull` means a commit is in flight and the buffer is full: poll, retry.
+    /// Copies `record` into the buffer and assigns it the next LSN. Never blocks,
+    /// except to create a segment file. A full buffer with no commit in flight is
+    /// submitted first (a caller that only polls would otherwise wait forever), so
+    /// `BufferFull` means exactly: a commit is in flight and the buffer is full; poll
+    /// until it completes, then retry.
     pub fn append(
         &mut self,
         record: &Record<'_>,
@@ -163,6 +166,10 @@ impl<S: JournalStorage> Journal<S> {
         self.check_not_failed()?;
         record.validate().map_err(JournalError::InvalidRecord)?;
         let length = record.encoded_bytes();
+        if self.active_bytes + length > self.active.capacity() && self.in_flight.is_none() {
+            self.submit()?;
+            assert!(self.active_bytes < BLOCK_BYTES, "only the carry is left");
+        }
         if self.active_bytes + length > self.active.capacity() {
             return Err(JournalError::BufferFull {
                 bytes: self.active_bytes,
