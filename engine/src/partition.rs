@@ -200,7 +200,34 @@ impl Partition {
             _not_sync: std::marker::PhantomData,
         };
         partition.mark_open()?;
+        partition.remove_stray_tables()?;
         Ok(partition)
+    }
+
+    /// Removes table files of this partition that the header does not name: a process
+    /// stopped between a growth's header update and the unlink of the old table leaves one.
+    fn remove_stray_tables(&self) -> Result<(), EngineError> {
+        let mut keep = vec![file_name(
+            self.index,
+            &table_suffix(self.meta().table_generation),
+        )];
+        if self.old.is_some() {
+            keep.push(file_name(
+                self.index,
+                &table_suffix(self.meta().old_generation),
+            ));
+        }
+        let prefix = format!("p{:05}.t", self.index);
+        let entries = fs::read_dir(&self.directory).map_err(io_error("list", &self.directory))?;
+        for entry in entries {
+            let entry = entry.map_err(io_error("list", &self.directory))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && !keep.contains(&name) {
+                let path = entry.path();
+                fs::remove_file(&path).map_err(io_error("remove", &path))?;
+            }
+        }
+        Ok(())
     }
 
     fn create(directory: &Path, index: u32) -> Result<Partition, EngineError> {

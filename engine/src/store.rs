@@ -42,6 +42,10 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the partitions `owned` of `dir`.
+    ///
+    /// The caller guarantees that no other `Store`, in this process or another, has any
+    /// of these partitions open: the files are mapped shared and written in place, and
+    /// nothing locks them.
     pub fn open(dir: &DataDir, owned: impl IntoIterator<Item = u32>) -> Result<Store, EngineError> {
         let partition_count = dir.partition_count();
         let mut partitions: Vec<Option<Partition>> = (0..partition_count).map(|_| None).collect();

@@ -208,6 +208,18 @@ fn an_unclean_stop_reopens_and_says_so() {
 }
 
 #[test]
+fn a_stray_table_file_is_removed_on_open() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 1, 1000).close_clean().unwrap();
+    let stray = temp.path().join("p00000.t00000001");
+    fs::write(&stray, [0u8; 64]).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let store = Store::open(&dir, [0]).unwrap();
+    assert!(!stray.exists());
+    assert_eq!(store.counter_count(), 1000);
+}
+
+#[test]
 fn checkpoint_then_restore_brings_a_partition_back() {
     let temp = tempfile::tempdir().unwrap();
     let checkpoints = tempfile::tempdir().unwrap();
