@@ -42,7 +42,7 @@
 //! tombstones). An insert that finds the new table at `LOAD_MAX` first completes the
 //! migration. So a counter is always in exactly one place, and the load stays between
 //! 0.80 and 0.92 after the first growths: 32 bytes / load = 35 to 40 bytes per counter.
-//! Each step is bounded: creating the file, and at most 256 slot copies. A new partition's
+//! Each step is bounded: creating the file, and at most 128 slot copies. A new partition's
 //! first table has 64 to 72 lines depending on its index, so partitions filled at the same
 //! rate grow at different moments and never all hold two tables at once (measured: 36.6
 //! bytes per counter at 10M counters, 73.7 without the staggering).
