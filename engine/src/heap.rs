@@ -105,7 +105,8 @@ impl Heap {
             return Err(corrupted("bad key heap magic"));
         }
         let top = heap.u64_at(8);
-        if top < HEAP_HEADER_BYTES || top > length_bytes || !top.is_multiple_of(RECORD_ALIGN_BYTES) {
+        if top < HEAP_HEADER_BYTES || top > length_bytes || !top.is_multiple_of(RECORD_ALIGN_BYTES)
+        {
             return Err(corrupted("key heap top out of range"));
         }
         Ok(heap)
@@ -138,7 +139,10 @@ impl Heap {
     /// The record at `offset` if it lies wholly inside the allocated area.
     fn record(&self, offset: u64) -> Option<&[u8]> {
         let top = self.top().min(self.file.length_bytes());
-        if offset < HEAP_HEADER_BYTES || !offset.is_multiple_of(RECORD_ALIGN_BYTES) || offset + 24 > top {
+        if offset < HEAP_HEADER_BYTES
+            || !offset.is_multiple_of(RECORD_ALIGN_BYTES)
+            || offset + 24 > top
+        {
             return None;
         }
         let bytes = &self.file.bytes()[offset as usize..top as usize];

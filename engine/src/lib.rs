@@ -7,14 +7,17 @@
 //! locks or atomics sit on the data path. A [`Store`] is the set of partitions one thread
 //! owns.
 //!
-//! A partition's counters live in memory-mapped arena files (see `partition`, `index`,
-//! `heap`): 32-byte slots, two per 64-byte line, in an open-addressing table that grows
+//! A partition's counters live in arenas: anonymous memory (huge pages where the kernel
+//! gives them) read from the partition's files at open and written back to them at a
+//! clean close (see `arena`, `partition`, `index`, `heap`): 32-byte slots, two per 64-byte line, in an open-addressing table that grows
 //! by x1.15 with incremental migration, and a key heap for keys over 16 bytes and bounds.
 //!
 //! The journal (write-ahead log, one per core) lives in [`journal`].
 
 #[cfg(not(target_endian = "little"))]
-compile_error!("tally-engine's on-disk layout is little-endian; big-endian targets are not supported");
+compile_error!(
+    "tally-engine's on-disk layout is little-endian; big-endian targets are not supported"
+);
 
 mod arena;
 pub mod error;

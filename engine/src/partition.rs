@@ -7,6 +7,15 @@
 //! tables `pNNNNN.tGGGGGGGG` (see [`crate::index`]), `NNNNN` the partition index and
 //! `GGGGGGGG` the table generation, both zero-padded decimal.
 //!
+//! # Files and memory
+//!
+//! While the partition is open its counters change in memory only (see `arena`); the
+//! files are written at creation, at a clean close (data files first, then the header
+//! with `clean = 1`), and for the header alone at open (`clean = 0`). So a header that
+//! says `clean = 1` describes files that are whole; one that says `clean = 0` means the
+//! process stopped without a clean close, and the partition reopens empty (recovery then
+//! restores its checkpoint and replays the journal).
+//!
 //! # Header layout (little-endian), 4096 bytes
 //!
 //! ```text
@@ -173,6 +182,15 @@ impl Partition {
         }
         let meta = ArenaFile::open(&meta_path, META_BYTES)?;
         let header = check_meta(&meta, index)?;
+        if header.clean != 1 {
+            // The files hold the state of the last clean close, or less (see `arena`):
+            // start empty, and let recovery restore the checkpoint and replay the journal.
+            drop(meta);
+            remove_partition_files(directory, index)?;
+            let mut partition = Partition::create(directory, index)?;
+            partition.was_clean = false;
+            return Ok(partition);
+        }
         let table = Table::open(
             &directory.join(file_name(index, &table_suffix(header.table_generation))),
             header.table_lines,
@@ -183,16 +201,7 @@ impl Partition {
         } else {
             None
         };
-        // After an unclean stop the heap may have grown after the header was last written.
-        let heap_path = directory.join(file_name(index, "heap"));
-        let heap_bytes = if header.clean == 1 {
-            header.heap_bytes
-        } else {
-            fs::metadata(&heap_path)
-                .map_err(io_error("stat", &heap_path))?
-                .len()
-        };
-        let heap = Heap::open(&heap_path, heap_bytes)?;
+        let heap = Heap::open(&directory.join(file_name(index, "heap")), header.heap_bytes)?;
         let mut partition = Partition {
             index,
             directory: directory.to_path_buf(),
@@ -200,7 +209,7 @@ impl Partition {
             table,
             old,
             heap,
-            was_clean: header.clean == 1,
+            was_clean: true,
             _not_sync: std::marker::PhantomData,
         };
         partition.mark_open()?;
@@ -236,10 +245,12 @@ impl Partition {
 
     fn create(directory: &Path, index: u32) -> Result<Partition, EngineError> {
         let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
-        Table::create(
+        heap.file().write_back()?;
+        let table = Table::create(
             &directory.join(file_name(index, &table_suffix(1))),
             initial_lines(index),
         )?;
+        table.file().write_back()?;
         let mut meta =
             ArenaFile::create(&directory.join(file_name(index, "meta.tmp")), META_BYTES)?;
         let header = Meta {
@@ -261,7 +272,7 @@ impl Partition {
         };
         write_header(meta.bytes_mut(), &header);
         seal_meta(&mut meta);
-        meta.flush()?;
+        meta.write_back()?;
         // The header appears under its name only once complete: a crash before this
         // rename leaves no header, and the next open creates the partition again.
         let meta_path = directory.join(file_name(index, "meta"));
@@ -271,11 +282,11 @@ impl Partition {
     }
 
     /// Marks the header dirty (clean = 0) and syncs it before any counter changes, so a
-    /// power loss can never leave a modified arena that claims a clean close.
+    /// stop before the next clean close reopens the partition empty, for recovery.
     fn mark_open(&mut self) -> Result<(), EngineError> {
         self.meta_mut().clean = 0;
         self.meta.bytes_mut()[META_CHECKSUM_OFFSET..].fill(0);
-        self.meta.flush()
+        self.meta.write_back()
     }
 
     pub(crate) fn was_clean(&self) -> bool {
@@ -700,15 +711,17 @@ impl Partition {
         files
     }
 
-    /// msyncs every data file, then marks the header clean with its checksum and syncs it.
+    /// Writes every data file back and syncs it, then marks the header clean with its
+    /// checksum and writes and syncs it: the header claims a clean close only once every
+    /// byte it describes is on disk.
     pub(crate) fn close_clean(mut self) -> Result<(), EngineError> {
         for file in self.files().into_iter().skip(1) {
-            file.flush()?;
+            file.write_back()?;
         }
         self.meta_mut().heap_bytes = self.heap.file().length_bytes();
         self.meta_mut().clean = 1;
         seal_meta(&mut self.meta);
-        self.meta.flush()
+        self.meta.write_back()
     }
 
     /// Writes a consistent copy of this partition's files into `destination` (an existing

@@ -43,9 +43,10 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the partitions `owned` of `dir`.
     ///
-    /// The caller guarantees that no other `Store`, in this process or another, has any
-    /// of these partitions open: the files are mapped shared and written in place, and
-    /// nothing locks them.
+    /// A partition that was not closed cleanly opens empty (its files hold only the state
+    /// of its last clean close); recovery restores it. The caller guarantees that no other
+    /// `Store`, in this process or another, has any of these partitions open: nothing
+    /// locks the files.
     pub fn open(dir: &DataDir, owned: impl IntoIterator<Item = u32>) -> Result<Store, EngineError> {
         let partition_count = dir.partition_count();
         let mut partitions: Vec<Option<Partition>> = (0..partition_count).map(|_| None).collect();
@@ -204,7 +205,8 @@ impl Store {
         }
     }
 
-    /// msyncs all arenas and marks them clean (a clean shutdown).
+    /// Writes every arena back to its file, syncs it, and marks it clean (a clean
+    /// shutdown). Without it, the next open finds the partitions unclean and empty.
     pub fn close_clean(self) -> Result<(), EngineError> {
         let mut first_error = None;
         for partition in self.partitions.into_iter().flatten() {
