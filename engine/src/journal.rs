@@ -43,6 +43,7 @@ pub mod fault;
 mod reader;
 pub mod record;
 pub mod recovery;
+mod replay;
 mod segment;
 pub mod storage;
 mod writer;

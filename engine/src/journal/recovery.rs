@@ -24,21 +24,22 @@
 //!    records before the damage are all that is recovered.
 //! 4. Partitions without a checkpoint get one, so step 1 always has one next time.
 //!
+//! Step 2's reading and checking runs on a second thread from the start, overlapping
+//! step 1; the records are applied on the calling thread, in order, after step 1 (see
+//! [`super::replay`]). Step 3 happens on that second thread as it reaches the end.
+//!
 //! Invariant: the journal of core N only holds records of partitions the store of
 //! core N owns; a record of another partition is refused, not skipped.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::record::{LoggedRecord, RecordKind};
+use super::record::LoggedRecord;
+use super::replay::{Reader, Replay};
 use super::segment::{self, SegmentInfo, Verdict};
 use super::{checkpoint, journal_dir, JournalError, Lsn};
-use crate::op::{BoundPolicy, Op};
+use crate::op::Op;
 use crate::store::Store;
-
-/// Most records replayed in one store batch.
-const REPLAY_BATCH_OPS: usize = 4096;
-const _: () = assert!(REPLAY_BATCH_OPS <= crate::BATCH_OPS_MAX);
 
 /// Choices for recovery.
 #[derive(Clone, Debug, Default)]
@@ -74,14 +75,17 @@ pub struct RecoveryReport {
     /// The LSN the journal must continue from (`JournalOptions::next_lsn_min`).
     pub next_lsn: Lsn,
     pub elapsed: Duration,
-    /// Where the time went: restoring partitions from checkpoints (or emptying them),
-    /// reading segments, decoding and checking records (the scan minus reading and
-    /// replaying), applying records to the store, checkpointing partitions that had none.
+    /// Where the time went. On the recovering thread: restoring partitions from
+    /// checkpoints (or emptying them), applying records to the store, waiting for the
+    /// reader after the restore, checkpointing partitions that had none. On the reader
+    /// thread, overlapping the restore and the replay: reading segments, decoding and
+    /// checking records (see [`super::replay`]).
     pub restore_elapsed: Duration,
+    pub replay_elapsed: Duration,
+    pub wait_elapsed: Duration,
+    pub checkpoint_elapsed: Duration,
     pub read_elapsed: Duration,
     pub decode_elapsed: Duration,
-    pub replay_elapsed: Duration,
-    pub checkpoint_elapsed: Duration,
 }
 
 /// Reads every segment of the journal in `dir` in order, calling `visit` on each valid
@@ -173,23 +177,22 @@ pub fn recover(
         clean_shutdown: store.was_clean_shutdown(),
         ..RecoveryReport::default()
     };
+    // Reading and checking the journal needs no partition: it starts first and
+    // overlaps the restore (see `super::replay`).
+    let reader = Reader::spawn(&journal_dir(data_dir, core), options)?;
     restore_unclean(data_dir, store, &mut report)?;
     report.restore_elapsed = started.elapsed();
     let applied: Vec<Lsn> = (0..store.partition_count())
         .map(|p| store.applied_lsn(p))
         .collect();
     let mut replay = Replay::new(applied);
-    let scan_started = Instant::now();
-    report.journal = scan_journal(&journal_dir(data_dir, core), options, |info, logged| {
-        replay.push(store, info, logged)
-    })?;
-    replay.flush(store)?;
-    replay.finish(store);
-    let scan_elapsed = scan_started.elapsed();
+    let reader_report = replay.run(store, reader)?;
+    report.journal = reader_report.scan;
     report.records_replayed = replay.replayed;
     report.read_elapsed = report.journal.read_elapsed;
+    report.decode_elapsed = reader_report.decode_elapsed;
     report.replay_elapsed = replay.elapsed;
-    report.decode_elapsed = scan_elapsed.saturating_sub(report.read_elapsed + replay.elapsed);
+    report.wait_elapsed = replay.waited;
     let applied_max = store
         .owned_partitions()
         .iter()
@@ -246,181 +249,5 @@ fn empty_partition(store: &mut Store, partition: u32) -> Result<(), JournalError
             })?;
     }
     store.set_applied_lsn(partition, 0);
-    Ok(())
-}
-
-/// Replays records in batches through the store's prefetching batch path.
-struct Replay {
-    /// Per partition: the applied LSN before replay; records at or below are skipped.
-    applied_before: Vec<Lsn>,
-    /// Per partition: the last LSN replayed.
-    replayed_to: Vec<Lsn>,
-    /// Pending `Set`/`Delete` operations, with keys copied into `keys`.
-    pending: Vec<PendingOp>,
-    keys: Vec<u8>,
-    path: PathBuf,
-    replayed: u64,
-    /// Time spent in `flush` (applying to the store).
-    elapsed: Duration,
-}
-
-struct PendingOp {
-    lsn: Lsn,
-    kind: RecordKind,
-    key_start: usize,
-    key_end: usize,
-    value: i64,
-    bounds: Option<(Option<i64>, Option<i64>)>,
-}
-
-impl Replay {
-    fn new(applied_before: Vec<Lsn>) -> Self {
-        let partitions = applied_before.len();
-        Replay {
-            applied_before,
-            replayed_to: vec![0; partitions],
-            pending: Vec::with_capacity(REPLAY_BATCH_OPS),
-            keys: Vec::with_capacity(REPLAY_BATCH_OPS * 32),
-            path: PathBuf::new(),
-            replayed: 0,
-            elapsed: Duration::ZERO,
-        }
-    }
-
-    fn push(
-        &mut self,
-        store: &mut Store,
-        info: &SegmentInfo,
-        logged: LoggedRecord<'_>,
-    ) -> Result<(), JournalError> {
-        let record = logged.record;
-        let partition = record.partition as usize;
-        if !store.owns(record.partition) {
-            return Err(JournalError::InvalidConfig(format!(
-                "{} holds LSN {} of partition {}, which this core does not own",
-                info.path.display(),
-                logged.lsn,
-                record.partition
-            )));
-        }
-        if logged.lsn <= self.applied_before[partition] {
-            return Ok(());
-        }
-        if self.path != info.path {
-            self.flush(store)?;
-            self.path = info.path.clone();
-        }
-        let key_start = self.keys.len();
-        self.keys.extend_from_slice(record.key);
-        self.pending.push(PendingOp {
-            lsn: logged.lsn,
-            kind: record.kind,
-            key_start,
-            key_end: self.keys.len(),
-            value: record.value,
-            bounds: record.bounds.map(|b| (b.floor, b.ceiling)),
-        });
-        self.replayed_to[partition] = logged.lsn;
-        if self.pending.len() == REPLAY_BATCH_OPS {
-            self.flush(store)?;
-        }
-        Ok(())
-    }
-
-    /// Applies the pending operations in order. Records without bounds go through
-    /// `apply_batch`; a refused one (a bound in the way) is redone on the slow path,
-    /// then the rest of the batch is applied again: by-value replay makes repeating
-    /// the later operations harmless, and it keeps their order after the redo.
-    fn flush(&mut self, store: &mut Store) -> Result<(), JournalError> {
-        let started = Instant::now();
-        let mut start = 0;
-        let mut results = Vec::with_capacity(self.pending.len());
-        while start < self.pending.len() {
-            let ops: Vec<Op<'_>> = self.pending[start..]
-                .iter()
-                .map(|p| fast_op(p, &self.keys))
-                .collect();
-            store
-                .apply_batch(&ops, &mut results)
-                .map_err(|source| self.refused(start, source))?;
-            match results.iter().position(|r| r.is_err()) {
-                None => break,
-                Some(failed) => {
-                    let index = start + failed;
-                    replay_slow(store, &self.pending[index], &self.keys)
-                        .map_err(|source| self.refused(index, source))?;
-                    start = index + 1;
-                }
-            }
-        }
-        self.replayed += self.pending.len() as u64;
-        self.pending.clear();
-        self.keys.clear();
-        self.elapsed += started.elapsed();
-        Ok(())
-    }
-
-    fn refused(&self, index: usize, source: crate::OpError) -> JournalError {
-        JournalError::ReplayRefused {
-            lsn: self.pending.get(index).map_or(0, |p| p.lsn),
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn finish(&self, store: &mut Store) {
-        for (partition, &lsn) in self.replayed_to.iter().enumerate() {
-            if lsn > 0 {
-                store.set_applied_lsn(partition as u32, lsn);
-            }
-        }
-    }
-}
-
-/// The one operation replaying `pending` takes when no bound is in the way. Records
-/// carrying bounds use a `Set` that a bound may refuse, which sends them to the slow
-/// path, where the bounds are set exactly.
-fn fast_op<'k>(pending: &PendingOp, keys: &'k [u8]) -> Op<'k> {
-    let key = &keys[pending.key_start..pending.key_end];
-    match pending.kind {
-        RecordKind::Delete => Op::Delete { key },
-        _ if pending.bounds.is_some() => Op::SetBounds {
-            key,
-            floor: Some(i64::MAX),
-            ceiling: Some(i64::MIN),
-        },
-        _ => Op::Set {
-            key,
-            value: pending.value,
-            policy: BoundPolicy::Reject,
-        },
-    }
-}
-
-/// Sets value and bounds exactly: clear the bounds, set the value, set the bounds the
-/// record carries (or the ones the counter had).
-fn replay_slow(store: &mut Store, pending: &PendingOp, keys: &[u8]) -> Result<(), crate::OpError> {
-    let key = &keys[pending.key_start..pending.key_end];
-    let (floor, ceiling) = match pending.bounds {
-        Some(bounds) => bounds,
-        None => store.bounds(key)?,
-    };
-    store.apply(&Op::SetBounds {
-        key,
-        floor: None,
-        ceiling: None,
-    })?;
-    store.apply(&Op::Set {
-        key,
-        value: pending.value,
-        policy: BoundPolicy::Reject,
-    })?;
-    if floor.is_some() || ceiling.is_some() {
-        store.apply(&Op::SetBounds {
-            key,
-            floor,
-            ceiling,
-        })?;
-    }
     Ok(())
 }

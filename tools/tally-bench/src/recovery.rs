@@ -156,6 +156,7 @@ pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
             "decode_seconds": report.decode_elapsed.as_secs_f64(),
             "replay_seconds": replay_seconds,
             "checkpoint_seconds": report.checkpoint_elapsed.as_secs_f64(),
+            "wait_seconds": report.wait_elapsed.as_secs_f64(),
             "records_per_sec": report.records_replayed as f64 / replay_seconds.max(1e-9),
             "records_replayed": report.records_replayed,
             "partitions_restored": report.partitions_restored.len(),
