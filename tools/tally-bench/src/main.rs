@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod compare;
 mod engine;
+mod journal;
 mod latency;
 mod plot;
 mod recovery;
@@ -40,6 +41,9 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Restart time after an unclean stop: checkpoint restore plus journal replay.
     Recovery(recovery::RecoveryArgs),
+    /// Group commit in-process on the real disk: durable increments per second and
+    /// acknowledgement latency by waiters, commit wait and batch size; relaxed cost.
+    Journal(journal::JournalArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Server(args) => server::run(&args),
         Command::Compare(args) => compare::run(&args),
         Command::Recovery(args) => recovery::run(&args),
+        Command::Journal(args) => journal::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
