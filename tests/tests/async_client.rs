@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use tally_client::{AsyncClient, ClientError, Op, Rejection, Status};
 use tally_tests::{add, Tallyd};
 
-const TASK_COUNT: usize = 64;
-const INCREMENTS_PER_TASK: usize = 250;
+const TASK_COUNT: usize = 32;
+const INCREMENTS_PER_TASK: usize = 200;
 const KEY_COUNT: usize = 8;
 
 fn start() -> (tempfile::TempDir, Tallyd) {

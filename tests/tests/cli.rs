@@ -159,7 +159,7 @@ fn batch_reads_stdin_and_prints_one_result_per_operation() {
 #[test]
 fn a_batch_longer_than_one_frame_is_streamed() {
     let (_dir, server) = start();
-    let lines = 25_000;
+    let lines = 12_000;
     let input: String = (0..lines)
         .map(|index| format!("incr big:{} 1\n", index % 100))
         .collect();

@@ -1,8 +1,7 @@
 //! Idempotent retries against a real `tallyd`, through the raw codec so the test picks the
 //! 128-bit keys: a retry with the same key returns the first reply and applies nothing
 //! twice, on the same connection, on another connection and on another core's port, and
-//! (once the journal is wired into tallyd, issue 3) across a graceful restart and a
-//! `kill -9`.
+//! across a graceful restart and a `kill -9` (the journal carries the keys).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -127,7 +126,6 @@ fn retry_after(restart: impl FnOnce(&mut Tallyd)) {
 }
 
 #[test]
-#[ignore = "needs the journal wired into tallyd (issue 3)"]
 fn a_retry_after_a_graceful_restart_applies_nothing_twice() {
     retry_after(|server| {
         let status = server.signal_and_wait(libc::SIGTERM, SHUTDOWN_TIMEOUT);
@@ -136,7 +134,6 @@ fn a_retry_after_a_graceful_restart_applies_nothing_twice() {
 }
 
 #[test]
-#[ignore = "needs the journal wired into tallyd (issue 3)"]
 fn a_retry_after_kill_9_applies_nothing_twice() {
     retry_after(Tallyd::kill9);
 }
