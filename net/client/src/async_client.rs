@@ -6,15 +6,23 @@
 //! on those tasks, and awaits the results. Calls that queue up while a task is busy are
 //! packed together into one batch frame, so many concurrent `incr`s cost the server a few
 //! frames rather than one each, with no batching code in the caller.
+//!
+//! When a task's reconnect finds a different shard map (the server restarted with other
+//! cores or partitions), the next call rebuilds the routes from it before routing.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use tally_protocol::{BoundPolicy, Durability, HelloReply, Op, BATCH_OPS_MAX};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::async_connection::{open, Call, ConnectionTask, CALL_QUEUE_DEPTH};
-use crate::blocking::{negate, resolve, shard_addr};
+use crate::async_connection::{
+    open, routes_differ, BatchCall, Call, ConnectionTask, Control, ControlReply, MapWatch,
+    CALL_QUEUE_DEPTH,
+};
+use crate::async_pipeline::AsyncPipeline;
+use crate::blocking::{negate, resolve, shard_addrs};
 use crate::config::ClientConfig;
 use crate::dispatch::check_keys;
 use crate::error::ClientError;
@@ -29,8 +37,18 @@ pub struct AsyncClient {
 #[derive(Debug)]
 struct Inner {
     config: ClientConfig,
-    hello: HelloReply,
-    queues: Vec<mpsc::Sender<Call>>,
+    main_addr: SocketAddr,
+    /// Replaced whole when a reconnect brings a new shard map; calls route with a
+    /// snapshot taken when they start.
+    routing: RwLock<Arc<Routing>>,
+    map_watch: Arc<MapWatch>,
+}
+
+/// The shard map and, per connection in route order, its address and task queue.
+#[derive(Debug)]
+struct Routing {
+    hello: Arc<HelloReply>,
+    queues: Vec<(SocketAddr, mpsc::Sender<Call>)>,
 }
 
 impl AsyncClient {
@@ -49,44 +67,77 @@ impl AsyncClient {
         config.validate()?;
         let main_addr = resolve(addr)?;
         let (main_stream, hello) = open(main_addr, &config).await?;
-        let addrs: Vec<SocketAddr> = if config.shard_aware {
-            (0..hello.core_count())
-                .map(|core| shard_addr(main_addr, &hello, core))
-                .collect()
-        } else {
-            vec![main_addr]
-        };
+        let map_watch = Arc::new(MapWatch::default());
         let mut main_stream = Some(main_stream);
         let mut queues = Vec::new();
-        for addr in addrs {
+        for addr in shard_addrs(main_addr, &hello, config.shard_aware) {
+            // Opened now, so a bad shard port shows at connect time.
             let stream = match main_stream.take_if(|_| addr == main_addr) {
                 Some(stream) => stream,
-                None => open(addr, &config).await?.0,
+                None => open_on_map(addr, &config, &hello).await?,
             };
-            let (sender, receiver) = mpsc::channel(CALL_QUEUE_DEPTH);
-            tokio::spawn(ConnectionTask::new(addr, config.clone(), stream, receiver).run());
-            queues.push(sender);
+            let sender = spawn_task(addr, &config, Some(stream), &hello, &map_watch);
+            queues.push((addr, sender));
         }
+        let routing = Routing {
+            hello: Arc::new(hello),
+            queues,
+        };
         Ok(AsyncClient {
             inner: Arc::new(Inner {
                 config,
-                hello,
-                queues,
+                main_addr,
+                routing: RwLock::new(Arc::new(routing)),
+                map_watch,
             }),
         })
     }
 
-    /// The shard map the server sent at connect time.
-    pub fn shard_map(&self) -> &HelloReply {
-        &self.inner.hello
+    /// The shard map in use: the one the server sent at connect time, or the newer one
+    /// a reconnect found.
+    pub fn shard_map(&self) -> Arc<HelloReply> {
+        self.routing().hello.clone()
     }
 
-    fn route(&self, key: &[u8]) -> usize {
-        if self.inner.config.shard_aware {
-            self.inner.hello.owner_of_key(key)
-        } else {
-            0
+    /// The routes to use now, adopting a shard map a reconnect found since the last call.
+    fn routing(&self) -> Arc<Routing> {
+        if let Some(hello) = self.inner.map_watch.take() {
+            self.adopt_shard_map(hello);
         }
+        self.inner
+            .routing
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Rebuilds the routes from `hello`: a connection whose address is still a shard's
+    /// keeps its task (and what it has in flight); new addresses get a task that connects
+    /// on its first call; tasks no longer routed to end once their queued calls are done.
+    fn adopt_shard_map(&self, hello: HelloReply) {
+        let inner = &self.inner;
+        let mut routing = inner
+            .routing
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !routes_differ(&routing.hello, &hello) {
+            return;
+        }
+        let queues = shard_addrs(inner.main_addr, &hello, inner.config.shard_aware)
+            .into_iter()
+            .map(|addr| {
+                let kept = routing.queues.iter().find(|(old, _)| *old == addr);
+                let sender = match kept {
+                    Some((_, sender)) => sender.clone(),
+                    None => spawn_task(addr, &inner.config, None, &hello, &inner.map_watch),
+                };
+                (addr, sender)
+            })
+            .collect();
+        *routing = Arc::new(Routing {
+            hello: Arc::new(hello),
+            queues,
+        });
     }
 
     /// Runs many operations with the configured durability.
@@ -101,23 +152,31 @@ impl AsyncClient {
         durability: Durability,
     ) -> Result<Vec<OpResult>, ClientError> {
         check_keys(ops)?;
-        let mut by_core: Vec<Vec<usize>> = vec![Vec::new(); self.inner.queues.len()];
+        let routing = self.routing();
+        let shard_aware = self.inner.config.shard_aware;
+        let mut by_core: Vec<Vec<usize>> = vec![Vec::new(); routing.queues.len()];
         for (index, op) in ops.iter().enumerate() {
-            by_core[self.route(op.key())].push(index);
+            let core = if shard_aware {
+                routing.hello.owner_of_key(op.key())
+            } else {
+                0
+            };
+            by_core[core].push(index);
         }
         let mut waiting = Vec::new();
         for (core, indices) in by_core.iter().enumerate() {
             for chunk in indices.chunks(BATCH_OPS_MAX) {
                 let (reply, receiver) = oneshot::channel();
-                let call = Call {
+                let call = Call::Batch(BatchCall {
                     ops: chunk
                         .iter()
                         .map(|&index| ops[index].to_owned_op())
                         .collect(),
                     durability,
                     reply,
-                };
-                self.inner.queues[core]
+                });
+                routing.queues[core]
+                    .1
                     .send(call)
                     .await
                     .map_err(|_| task_gone())?;
@@ -135,6 +194,45 @@ impl AsyncClient {
             .into_iter()
             .map(|result| result.expect("every chunk was answered"))
             .collect())
+    }
+
+    /// Starts collecting operations to send together.
+    pub fn pipeline(&self) -> AsyncPipeline {
+        AsyncPipeline::new(self.clone(), self.inner.config.durability)
+    }
+
+    /// Round trip to the first connection.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        match self.control(Control::Ping).await? {
+            ControlReply::Pong => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The server's statistics, as name/value pairs.
+    pub async fn stats(&self) -> Result<Vec<(String, u64)>, ClientError> {
+        match self.control(Control::Stats).await? {
+            ControlReply::Stats(entries) => Ok(entries),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn control(&self, control: Control) -> Result<ControlReply, ClientError> {
+        let routing = self.routing();
+        let (reply, receiver) = oneshot::channel();
+        routing.queues[0]
+            .1
+            .send(Call::Control(control, reply))
+            .await
+            .map_err(|_| task_gone())?;
+        receiver.await.map_err(|_| task_gone())?
+    }
+
+    fn unexpected(&self, reply: &ControlReply) -> ClientError {
+        ClientError::UnexpectedReply {
+            addr: self.routing().queues[0].0,
+            reason: format!("{reply:?}"),
+        }
     }
 
     /// Runs one operation; a refused operation is [`ClientError::Rejected`].
@@ -225,4 +323,39 @@ impl AsyncClient {
 
 fn task_gone() -> ClientError {
     ClientError::TaskStopped
+}
+
+/// Opens a connection to a shard and checks it serves the same map as the main one.
+async fn open_on_map(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    hello: &HelloReply,
+) -> Result<TcpStream, ClientError> {
+    let (stream, shard_hello) = open(addr, config).await?;
+    if routes_differ(&shard_hello, hello) {
+        let reason = "the shard map changed while connecting; retry".to_owned();
+        return Err(ClientError::Handshake { addr, reason });
+    }
+    Ok(stream)
+}
+
+/// Starts the task serving `addr`; returns its call queue.
+fn spawn_task(
+    addr: SocketAddr,
+    config: &ClientConfig,
+    stream: Option<TcpStream>,
+    hello: &HelloReply,
+    map_watch: &Arc<MapWatch>,
+) -> mpsc::Sender<Call> {
+    let (sender, receiver) = mpsc::channel(CALL_QUEUE_DEPTH);
+    let task = ConnectionTask::new(
+        addr,
+        config.clone(),
+        stream,
+        hello.clone(),
+        map_watch.clone(),
+        receiver,
+    );
+    tokio::spawn(task.run());
+    sender
 }

@@ -10,15 +10,26 @@
 //!
 //! A frame that can change state carries a random idempotency key when retries are on,
 //! so after a lost connection or a timeout the task reconnects and resends the same bytes
-//! and the server applies them at most once. Frames without that safety, and all frames
-//! once retries run out, fail their calls with the error.
+//! and the server applies them at most once. Each frame has its own retry budget
+//! (`ClientConfig::retries`); a frame without that safety (a mutation without a key), or
+//! one whose budget is spent, fails its calls with the error, and the others are resent.
+//!
+//! An `Error` with request id 0 is the server's parting word before it closes the
+//! connection (idle timeout, connection limit, shutdown): it is a lost connection, never
+//! the answer to the oldest frame. The task keeps reading while idle, so a connection the
+//! server closed is noticed at once and the next call goes out on a new one. A reconnect
+//! that brings a different shard map publishes it ([`MapWatch`]) for the client to
+//! rebuild its routes; frames already queued here are still correct, as the server
+//! forwards keys another core owns.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tally_protocol::{
-    decode_reply, encode_hello, BatchWriter, Durability, HelloReply, Op, Reply, BATCH_OPS_MAX,
+    decode_reply, encode_hello, encode_ping, encode_stats, BatchWriter, Durability, HelloReply, Op,
+    Reply, ReplyFrame, BATCH_OPS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -37,11 +48,43 @@ pub(crate) const CALL_QUEUE_DEPTH: usize = 4096;
 /// Where a call's results go.
 pub(crate) type ReplySender = oneshot::Sender<Result<Vec<OpResult>, ClientError>>;
 
+/// Where a control request's answer goes.
+pub(crate) type ControlSender = oneshot::Sender<Result<ControlReply, ClientError>>;
+
+/// What one caller asks of one core's task.
+pub(crate) enum Call {
+    /// Operations, packed with other callers' into batch frames.
+    Batch(BatchCall),
+    /// A `Ping` or `Stats` request, one frame of its own.
+    Control(Control, ControlSender),
+}
+
 /// Operations for one core, from one caller.
-pub(crate) struct Call {
+pub(crate) struct BatchCall {
     pub(crate) ops: Vec<Op>,
     pub(crate) durability: Durability,
     pub(crate) reply: ReplySender,
+}
+
+/// A request without operations.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Control {
+    Ping,
+    Stats,
+}
+
+/// The answer to a [`Control`] request.
+#[derive(Debug)]
+pub(crate) enum ControlReply {
+    Pong,
+    Stats(Vec<(String, u64)>),
+}
+
+/// Who waits for a frame's reply.
+enum Waiter {
+    /// The calls packed into a batch frame, with their operation counts, in order.
+    Batch(Vec<(usize, ReplySender)>),
+    Control(ControlSender),
 }
 
 /// A frame on the wire, waiting for its reply.
@@ -49,8 +92,55 @@ struct InFlight {
     request_id: u64,
     bytes: Vec<u8>,
     retry_safe: bool,
-    calls: Vec<(usize, ReplySender)>,
+    waiter: Waiter,
     op_count: usize,
+    /// Times this frame was resent; at most the configured retries.
+    retries_used: u32,
+}
+
+impl InFlight {
+    /// Fails every call waiting on this frame with `error`.
+    fn fail(self, error: &ClientError) {
+        match self.waiter {
+            Waiter::Batch(calls) => answer(calls, Err(error.replicate())),
+            Waiter::Control(reply) => {
+                let _ = reply.send(Err(error.replicate()));
+            }
+        }
+    }
+}
+
+/// A shard map a reconnect found, waiting for the client to adopt it. Tasks publish,
+/// calls take; the flag keeps the calls' check to one atomic load.
+#[derive(Debug, Default)]
+pub(crate) struct MapWatch {
+    changed: AtomicBool,
+    latest: Mutex<Option<HelloReply>>,
+}
+
+impl MapWatch {
+    fn publish(&self, hello: HelloReply) {
+        *self.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(hello);
+        self.changed.store(true, Ordering::Release);
+    }
+
+    /// The newest map published since the last call, if any.
+    pub(crate) fn take(&self) -> Option<HelloReply> {
+        if !self.changed.swap(false, Ordering::AcqRel) {
+            return None;
+        }
+        self.latest
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+/// Whether two shard maps route keys differently (the server id alone may differ).
+pub(crate) fn routes_differ(left: &HelloReply, right: &HelloReply) -> bool {
+    left.partition_count != right.partition_count
+        || left.owners != right.owners
+        || left.shard_ports != right.shard_ports
 }
 
 /// Connects, says hello, and returns the stream and shard map.
@@ -74,7 +164,7 @@ pub(crate) async fn open(
     })?;
     let mut stream = stream;
     let mut out = Vec::new();
-    encode_hello(&mut out, 0, &config.client_name).map_err(ClientError::Encode)?;
+    encode_hello(&mut out, 1, &config.client_name).map_err(ClientError::Encode)?;
     write(&mut stream, addr, &out).await?;
     let mut buf = Vec::with_capacity(4096);
     let deadline = Instant::now() + config.read_timeout;
@@ -84,7 +174,9 @@ pub(crate) async fn open(
         {
             return match frame.reply {
                 Ok(Reply::HelloReply(hello)) => Ok((stream, hello)),
-                Ok(Reply::Error(error)) => Err(ClientError::Server {
+                // Every error to a hello closes the connection (busy, bad version).
+                Ok(Reply::Error(error)) => Err(ClientError::Disconnected {
+                    addr,
                     code: error.code,
                     message: error.message.to_owned(),
                 }),
@@ -141,30 +233,35 @@ pub(crate) struct ConnectionTask {
     in_flight: VecDeque<InFlight>,
     in_flight_ops: usize,
     next_request_id: u64,
-    retries_left: u32,
     /// When the oldest unanswered frame was sent, or the last reply arrived.
     waiting_since: Instant,
+    /// The shard map this task last saw, and where to publish a different one.
+    hello: HelloReply,
+    map_watch: Arc<MapWatch>,
 }
 
 impl ConnectionTask {
+    /// A task for `addr`; with `stream` `None` it connects on the first call.
     pub(crate) fn new(
         addr: SocketAddr,
         config: ClientConfig,
-        stream: TcpStream,
+        stream: Option<TcpStream>,
+        hello: HelloReply,
+        map_watch: Arc<MapWatch>,
         calls: mpsc::Receiver<Call>,
     ) -> Self {
-        let retries_left = config.retries;
         ConnectionTask {
             addr,
             config,
             calls,
-            stream: Some(stream),
+            stream,
             read_buf: Vec::with_capacity(64 * 1024),
             in_flight: VecDeque::new(),
             in_flight_ops: 0,
             next_request_id: 1,
-            retries_left,
             waiting_since: Instant::now(),
+            hello,
+            map_watch,
         }
     }
 
@@ -186,22 +283,25 @@ impl ConnectionTask {
         let deadline = self.waiting_since + self.config.read_timeout;
         let waiting = !self.in_flight.is_empty();
         if self.stream.is_none() {
+            debug_assert!(!waiting, "frames in flight without a connection");
             let Some(call) = self.calls.recv().await else {
                 return Ok(false);
             };
             if let Err(error) = self.reconnect().await {
-                let _ = call.reply.send(Err(error));
+                fail_call(call, &error);
                 return Ok(true);
             }
             return self.send(call).await.map(|()| true);
         }
         let stream = self.stream.as_mut().expect("checked above");
+        // The socket is read even when nothing is in flight: the server's parting error
+        // or its close then shows at once, not as the answer to the next call.
         tokio::select! {
             call = self.calls.recv(), if room => match call {
                 Some(call) => self.send(call).await.map(|()| true),
                 None => Ok(waiting),
             },
-            read = stream.read_buf(&mut self.read_buf), if waiting => match read {
+            read = stream.read_buf(&mut self.read_buf) => match read {
                 Ok(0) => Err(ClientError::Closed { addr: self.addr }),
                 Ok(_) => self.deliver().map(|()| true),
                 Err(source) => Err(ClientError::Io { action: "reading from", addr: self.addr, source }),
@@ -220,17 +320,30 @@ impl ConnectionTask {
         }
         let mut out = Vec::new();
         while let Some(call) = pending.pop_front() {
-            let durability = call.durability;
-            let mut frame_calls = vec![call];
-            let mut op_count = frame_calls[0].ops.len();
-            while let Some(next) = pending.front() {
-                if next.durability != durability || op_count + next.ops.len() > BATCH_OPS_MAX {
-                    break;
+            let in_flight = match call {
+                Call::Control(control, reply) => self.encode_control(control, reply),
+                Call::Batch(call) => {
+                    let durability = call.durability;
+                    let mut frame_calls = vec![call];
+                    let mut op_count = frame_calls[0].ops.len();
+                    while let Some(Call::Batch(next)) = pending.front() {
+                        if next.durability != durability
+                            || op_count + next.ops.len() > BATCH_OPS_MAX
+                        {
+                            break;
+                        }
+                        op_count += next.ops.len();
+                        let Some(Call::Batch(next)) = pending.pop_front() else {
+                            unreachable!("the front is a batch call");
+                        };
+                        frame_calls.push(next);
+                    }
+                    match self.encode_frame(frame_calls, durability, op_count) {
+                        Some(in_flight) => in_flight,
+                        None => continue,
+                    }
                 }
-                op_count += next.ops.len();
-                frame_calls.push(pending.pop_front().expect("front exists"));
-            }
-            let in_flight = self.encode_frame(frame_calls, durability, op_count)?;
+            };
             out.extend_from_slice(&in_flight.bytes);
             if self.in_flight.is_empty() {
                 self.waiting_since = Instant::now();
@@ -242,32 +355,62 @@ impl ConnectionTask {
         write(stream, self.addr, &out).await
     }
 
+    fn take_request_id(&mut self) -> u64 {
+        let request_id = self.next_request_id;
+        // Id 0 is the server's, for errors about the connection itself.
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        request_id
+    }
+
+    fn encode_control(&mut self, control: Control, reply: ControlSender) -> InFlight {
+        let request_id = self.take_request_id();
+        let mut bytes = Vec::new();
+        match control {
+            Control::Ping => encode_ping(&mut bytes, request_id),
+            Control::Stats => encode_stats(&mut bytes, request_id),
+        }
+        InFlight {
+            request_id,
+            bytes,
+            retry_safe: true,
+            waiter: Waiter::Control(reply),
+            op_count: 0,
+            retries_used: 0,
+        }
+    }
+
     fn encode_frame(
         &mut self,
-        calls: Vec<Call>,
+        calls: Vec<BatchCall>,
         durability: Durability,
         op_count: usize,
-    ) -> Result<InFlight, ClientError> {
+    ) -> Option<InFlight> {
         let mutates = calls.iter().flat_map(|call| &call.ops).any(Op::is_mutation);
         let idempotency_key = (mutates && self.config.retries > 0).then(random_idempotency_key);
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
+        let request_id = self.take_request_id();
         let mut bytes = Vec::new();
         let mut writer = BatchWriter::begin(&mut bytes, request_id, durability, idempotency_key);
-        for op in calls.iter().flat_map(|call| &call.ops) {
-            writer.push(op).map_err(ClientError::Encode)?;
-        }
-        writer.finish().map_err(ClientError::Encode)?;
-        let calls = calls
+        let encoded = calls
+            .iter()
+            .flat_map(|call| &call.ops)
+            .try_for_each(|op| writer.push(op))
+            .and_then(|()| writer.finish());
+        let calls: Vec<(usize, ReplySender)> = calls
             .into_iter()
             .map(|call| (call.ops.len(), call.reply))
             .collect();
-        Ok(InFlight {
+        if let Err(error) = encoded {
+            // Only these calls fail; nothing of the frame is sent.
+            answer(calls, Err(ClientError::Encode(error)));
+            return None;
+        }
+        Some(InFlight {
             request_id,
             bytes,
             retry_safe: !mutates || idempotency_key.is_some(),
-            calls,
+            waiter: Waiter::Batch(calls),
             op_count,
+            retries_used: 0,
         })
     }
 
@@ -279,13 +422,20 @@ impl ConnectionTask {
             .map_err(|source| ClientError::Protocol { addr, source })?
         {
             consumed += frame.frame_bytes;
+            if let (0, Ok(Reply::Error(error))) = (frame.request_id, &frame.reply) {
+                // The server's parting word: the frames in flight are not answered.
+                return Err(ClientError::Disconnected {
+                    addr,
+                    code: error.code,
+                    message: error.message.to_owned(),
+                });
+            }
             let Some(in_flight) = self.in_flight.pop_front() else {
                 return Err(ClientError::UnexpectedReply {
                     addr,
                     reason: "reply with nothing in flight".to_owned(),
                 });
             };
-            self.in_flight_ops -= in_flight.op_count;
             if frame.request_id != in_flight.request_id {
                 let reason = format!(
                     "reply to {} while waiting for {}",
@@ -294,61 +444,131 @@ impl ConnectionTask {
                 self.in_flight.push_front(in_flight);
                 return Err(ClientError::UnexpectedReply { addr, reason });
             }
-            let results: Result<Vec<OpResult>, ClientError> = match frame.reply {
-                Ok(Reply::BatchReply(reply)) if reply.result_count() == in_flight.op_count => {
-                    Ok(reply.results().map(from_reply).collect())
+            self.in_flight_ops -= in_flight.op_count;
+            match in_flight.waiter {
+                Waiter::Batch(calls) => {
+                    answer(calls, batch_results(addr, frame, in_flight.op_count));
                 }
-                Ok(Reply::Error(error)) => Err(ClientError::Server {
-                    code: error.code,
-                    message: error.message.to_owned(),
-                }),
-                Ok(other) => Err(ClientError::UnexpectedReply {
-                    addr,
-                    reason: format!("{other:?}"),
-                }),
-                Err(source) => Err(ClientError::Protocol { addr, source }),
-            };
-            answer(in_flight.calls, results);
-            self.retries_left = self.config.retries;
+                Waiter::Control(reply) => {
+                    let _ = reply.send(control_result(addr, frame));
+                }
+            }
             self.waiting_since = Instant::now();
         }
         self.read_buf.drain(..consumed);
         Ok(())
     }
 
-    /// After a failure: resend what is safe to resend on a new connection, fail the rest.
-    async fn recover(&mut self, error: ClientError) {
-        self.stream = None;
-        self.read_buf.clear();
-        let all_safe = self.in_flight.iter().all(|in_flight| in_flight.retry_safe);
-        if error.is_transient() && all_safe && self.retries_left > 0 && !self.in_flight.is_empty() {
-            self.retries_left -= 1;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if self.reconnect().await.is_ok() {
-                let bytes: Vec<u8> = self
-                    .in_flight
-                    .iter()
-                    .flat_map(|in_flight| in_flight.bytes.clone())
-                    .collect();
-                let stream = self.stream.as_mut().expect("reconnected");
-                if write(stream, self.addr, &bytes).await.is_ok() {
-                    self.waiting_since = Instant::now();
-                    return;
-                }
-                self.stream = None;
+    /// After a failure: resends, on a new connection, the frames that are safe to resend
+    /// and within their retry budget; fails the calls of the others with the error.
+    /// Each attempt charges every frame it resends, so this ends within `retries + 1`
+    /// attempts.
+    async fn recover(&mut self, mut error: ClientError) {
+        loop {
+            self.stream = None;
+            self.read_buf.clear();
+            let retries = self.config.retries;
+            let transient = error.is_transient();
+            let (resend, fail): (VecDeque<InFlight>, VecDeque<InFlight>) =
+                self.in_flight.drain(..).partition(|in_flight| {
+                    transient && in_flight.retry_safe && in_flight.retries_used < retries
+                });
+            for in_flight in fail {
+                self.in_flight_ops -= in_flight.op_count;
+                in_flight.fail(&error);
+            }
+            self.in_flight = resend;
+            if self.in_flight.is_empty() {
+                debug_assert_eq!(self.in_flight_ops, 0);
+                return;
+            }
+            let mut attempt = 0;
+            for in_flight in &mut self.in_flight {
+                in_flight.retries_used += 1;
+                attempt = attempt.max(in_flight.retries_used);
+            }
+            tokio::time::sleep(crate::dispatch::backoff(attempt)).await;
+            match self.resend().await {
+                Ok(()) => return,
+                Err(next) => error = next,
             }
         }
-        for in_flight in self.in_flight.drain(..) {
-            answer(in_flight.calls, Err(error.replicate()));
-        }
-        self.in_flight_ops = 0;
-        self.retries_left = self.config.retries;
     }
 
+    /// Opens a new connection and writes every frame in flight to it again.
+    async fn resend(&mut self) -> Result<(), ClientError> {
+        self.reconnect().await?;
+        let bytes: Vec<u8> = self
+            .in_flight
+            .iter()
+            .flat_map(|in_flight| in_flight.bytes.iter().copied())
+            .collect();
+        let stream = self.stream.as_mut().expect("reconnected");
+        write(stream, self.addr, &bytes).await?;
+        self.waiting_since = Instant::now();
+        Ok(())
+    }
+
+    /// Opens a new connection; publishes its shard map if it routes differently.
     async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let (stream, _hello) = open(self.addr, &self.config).await?;
+        let (stream, hello) = open(self.addr, &self.config).await?;
+        if routes_differ(&hello, &self.hello) {
+            self.hello = hello.clone();
+            self.map_watch.publish(hello);
+        }
         self.stream = Some(stream);
         Ok(())
+    }
+}
+
+/// Fails a call that never made it into a frame.
+fn fail_call(call: Call, error: &ClientError) {
+    match call {
+        Call::Batch(call) => {
+            let _ = call.reply.send(Err(error.replicate()));
+        }
+        Call::Control(_, reply) => {
+            let _ = reply.send(Err(error.replicate()));
+        }
+    }
+}
+
+/// A batch frame's reply as one result per operation, or why the frame failed.
+fn batch_results(
+    addr: SocketAddr,
+    frame: ReplyFrame<'_>,
+    op_count: usize,
+) -> Result<Vec<OpResult>, ClientError> {
+    match frame.reply {
+        Ok(Reply::BatchReply(reply)) if reply.result_count() == op_count => {
+            Ok(reply.results().map(from_reply).collect())
+        }
+        Ok(Reply::Error(error)) => Err(ClientError::Server {
+            code: error.code,
+            message: error.message.to_owned(),
+        }),
+        Ok(other) => Err(ClientError::UnexpectedReply {
+            addr,
+            reason: format!("{other:?}"),
+        }),
+        Err(source) => Err(ClientError::Protocol { addr, source }),
+    }
+}
+
+/// A control frame's reply, or why it failed.
+fn control_result(addr: SocketAddr, frame: ReplyFrame<'_>) -> Result<ControlReply, ClientError> {
+    match frame.reply {
+        Ok(Reply::Pong) => Ok(ControlReply::Pong),
+        Ok(Reply::StatsReply(stats)) => Ok(ControlReply::Stats(stats.entries)),
+        Ok(Reply::Error(error)) => Err(ClientError::Server {
+            code: error.code,
+            message: error.message.to_owned(),
+        }),
+        Ok(other) => Err(ClientError::UnexpectedReply {
+            addr,
+            reason: format!("{other:?}"),
+        }),
+        Err(source) => Err(ClientError::Protocol { addr, source }),
     }
 }
 

@@ -3,7 +3,12 @@
 //! [`Client::connect`] says hello on the main address, reads the shard map, then opens one
 //! connection per core to that core's shard port (same IP as the main address). Every
 //! call routes its keys with [`HelloReply::owner_of_key`], so no request takes a
-//! cross-core hop inside the server. Connections are opened again lazily after a failure.
+//! cross-core hop inside the server. Connections are opened again lazily after a failure,
+//! or when a call finds that the server closed one while it sat idle.
+//!
+//! A reconnect that brings a different shard map (the server restarted with other cores
+//! or partitions) rebuilds the routes from it; the call in progress re-routes its
+//! unanswered frames, resending those that are safe to resend (see `dispatch`).
 //!
 //! A `Client` is not `Sync`: calls take `&mut self`. Use one client per thread, or the
 //! async client, which batches concurrent calls.
@@ -21,10 +26,14 @@ use crate::error::ClientError;
 use crate::outcome::{OpResult, Outcome};
 use crate::pipeline::Pipeline;
 
+/// How many shard map changes [`Client::connect_with`] follows before giving up.
+const MAP_CHANGES_MAX: u32 = 3;
+
 /// A shard-aware blocking client.
 #[derive(Debug)]
 pub struct Client {
     config: ClientConfig,
+    main_addr: SocketAddr,
     hello: HelloReply,
     /// Per core (or a single one when not shard-aware): where to connect, and the
     /// connection if it is open.
@@ -54,6 +63,22 @@ pub(crate) fn resolve(
     })
 }
 
+/// The addresses the client routes over: one per core when shard-aware (each core's shard
+/// port), else the main address alone.
+pub(crate) fn shard_addrs(
+    main_addr: SocketAddr,
+    hello: &HelloReply,
+    shard_aware: bool,
+) -> Vec<SocketAddr> {
+    if shard_aware {
+        (0..hello.core_count())
+            .map(|core| shard_addr(main_addr, hello, core))
+            .collect()
+    } else {
+        vec![main_addr]
+    }
+}
+
 /// Where core `core`'s shard port is, given the main address (0: the main port itself).
 pub(crate) fn shard_addr(main_addr: SocketAddr, hello: &HelloReply, core: usize) -> SocketAddr {
     match hello.shard_ports[core] {
@@ -76,40 +101,34 @@ impl Client {
         config.validate()?;
         let main_addr = resolve(addr)?;
         let (main, hello) = Connection::open(main_addr, &config)?;
-        let mut shards = Vec::new();
-        if config.shard_aware {
-            for core in 0..hello.core_count() {
-                shards.push(Shard {
-                    addr: shard_addr(main_addr, &hello, core),
-                    connection: None,
-                });
-            }
-        } else {
-            shards.push(Shard {
-                addr: main_addr,
-                connection: None,
-            });
-        }
-        // The main connection serves the shards on the main port; others open now, so a
-        // bad shard port shows at connect time rather than at the first call.
-        let mut main = Some(main);
-        for shard in &mut shards {
-            if shard.addr == main_addr && main.is_some() {
-                shard.connection = main.take();
-            }
-        }
         let mut client = Client {
             config,
-            hello,
-            shards,
+            main_addr,
+            hello: hello.clone(),
+            shards: Vec::new(),
         };
-        for core in 0..client.shards.len() {
-            client.connection(core)?;
+        // The main connection serves the shards on the main port; others open now, so a
+        // bad shard port shows at connect time rather than at the first call.
+        client.adopt_shard_map(hello, main);
+        let mut map_changes = 0;
+        let mut core = 0;
+        while core < client.shards.len() {
+            match client.connection(core) {
+                Ok(_) => core += 1,
+                // The server restarted with another map between two connects: start over
+                // under the new one, a bounded number of times.
+                Err(ClientError::ShardMapChanged { .. }) if map_changes < MAP_CHANGES_MAX => {
+                    map_changes += 1;
+                    core = 0;
+                }
+                Err(error) => return Err(error),
+            }
         }
         Ok(client)
     }
 
-    /// The shard map the server sent at connect time.
+    /// The shard map in use: the one the server sent at connect time, or the newer one
+    /// a reconnect found.
     pub fn shard_map(&self) -> &HelloReply {
         &self.hello
     }
@@ -138,21 +157,48 @@ impl Client {
         }
     }
 
-    /// The open connection to `core`, opening it (and checking its shard map) if needed.
+    /// The open connection to `core`, opening it if needed (or if the server closed it
+    /// while it sat idle). A new connection whose shard map differs from the client's
+    /// makes the client adopt the new map (see [`Client::adopt_shard_map`]) and fail
+    /// with [`ClientError::ShardMapChanged`], so the caller routes again.
     pub(crate) fn connection(&mut self, core: usize) -> Result<&mut Connection, ClientError> {
+        if let Some(connection) = &mut self.shards[core].connection {
+            if connection.closed_while_idle() {
+                self.shards[core].connection = None;
+            }
+        }
         if self.shards[core].connection.is_none() {
             let addr = self.shards[core].addr;
             let (connection, hello) = Connection::open(addr, &self.config)?;
             if hello.partition_count != self.hello.partition_count
                 || hello.owners != self.hello.owners
+                || hello.shard_ports != self.hello.shard_ports
             {
-                let reason = "the server's shard map changed; create a new client".to_owned();
-                return Err(ClientError::Handshake { addr, reason });
+                self.adopt_shard_map(hello, connection);
+                return Err(ClientError::ShardMapChanged { addr });
             }
             self.hello.server_id = hello.server_id;
             self.shards[core].connection = Some(connection);
         }
         Ok(self.shards[core].connection.as_mut().expect("opened above"))
+    }
+
+    /// Takes `hello` as the shard map and rebuilds the routes from it. Every other
+    /// connection is dropped: they were opened under the old map, which changes when
+    /// the server restarts with other cores or partitions, so they are gone anyway.
+    /// `connection`, which brought the new map, serves the shard at its address, if any.
+    fn adopt_shard_map(&mut self, hello: HelloReply, connection: Connection) {
+        let addrs = shard_addrs(self.main_addr, &hello, self.config.shard_aware);
+        let mut connection = Some(connection);
+        self.shards = addrs
+            .into_iter()
+            .map(|addr| Shard {
+                addr,
+                connection: connection.take_if(|connection| connection.addr() == addr),
+            })
+            .collect();
+        self.hello = hello;
+        debug_assert!(!self.shards.is_empty());
     }
 
     /// Forgets the connection to `core`; the next call opens a new one.

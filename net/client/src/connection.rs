@@ -8,6 +8,12 @@
 //! wake a parked thread), then switches the socket to blocking mode with the remaining
 //! read timeout, and back. With a zero spin budget the socket stays in blocking mode.
 //!
+//! An `Error` frame with request id 0 is the server's parting word before it closes the
+//! connection: it becomes [`ClientError::Disconnected`], a lost connection, never the
+//! answer to the request awaited. Before a call is sent on a connection that has been
+//! idle, one non-blocking peek tells whether the server already closed it, so the call
+//! goes out on a fresh connection instead.
+//!
 //! Invariants: `read_start <= read_end <= read_buf.len()`; the bytes in
 //! `read_buf[read_start..read_end]` are the start of the next reply; after any error the
 //! connection must be dropped (its position in the reply stream is unknown).
@@ -26,6 +32,10 @@ use crate::error::ClientError;
 /// Initial read buffer size; it grows to the largest frame seen.
 const READ_BUF_BYTES: usize = 64 * 1024;
 
+/// How long a connection must have gone without a reply before a call first checks
+/// that the server has not closed it (see [`Connection::closed_while_idle`]).
+pub(crate) const IDLE_PROBE_AFTER: Duration = Duration::from_millis(1);
+
 /// A connection with its buffers and request id sequence.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -40,6 +50,10 @@ pub(crate) struct Connection {
     /// Encoded requests waiting for [`Connection::flush`].
     pub(crate) write_buf: Vec<u8>,
     next_request_id: u64,
+    /// Requests given an id whose reply has not been read yet.
+    awaiting_count: usize,
+    /// When the last reply was read (or the connection opened).
+    last_reply_at: Instant,
 }
 
 impl Connection {
@@ -71,6 +85,8 @@ impl Connection {
             read_end: 0,
             write_buf: Vec::with_capacity(READ_BUF_BYTES),
             next_request_id: 1,
+            awaiting_count: 0,
+            last_reply_at: Instant::now(),
         };
         connection
             .stream
@@ -93,11 +109,43 @@ impl Connection {
         self.addr
     }
 
-    /// A fresh request id for this connection.
+    /// A fresh request id for this connection; its reply is then awaited. Ids start at 1
+    /// and skip 0, which the server uses for errors about the connection itself.
     pub(crate) fn next_request_id(&mut self) -> u64 {
         let request_id = self.next_request_id;
-        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.next_request_id = self.next_request_id.wrapping_add(1).max(1);
+        self.awaiting_count += 1;
+        debug_assert!(request_id != 0);
         request_id
+    }
+
+    /// Whether the server has closed this connection while it sat idle: it awaits no
+    /// reply, yet the socket holds bytes (a parting `Error` with request id 0) or has
+    /// reached its end. Checked with one non-blocking read, and only after
+    /// [`IDLE_PROBE_AFTER`] without a reply, so back-to-back calls pay nothing. A `false`
+    /// is no promise (the server may close right after); the caller still handles
+    /// a parting error in the reply stream.
+    pub(crate) fn closed_while_idle(&mut self) -> bool {
+        if self.awaiting_count != 0 || self.last_reply_at.elapsed() < IDLE_PROBE_AFTER {
+            return false;
+        }
+        debug_assert!(self.write_buf.is_empty(), "probed with a request unsent");
+        if self.read_start != self.read_end {
+            return true;
+        }
+        let was_nonblocking = self.nonblocking;
+        if self.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let mut probe = [0u8; 1];
+        let closed = match self.stream.peek(&mut probe) {
+            // Bytes nobody asked for, or the end of the stream: either way the connection
+            // is over (the server closes right after a parting error).
+            Ok(_) => true,
+            Err(error) => error.kind() != ErrorKind::WouldBlock,
+        };
+        self.last_reply_at = Instant::now();
+        closed || self.set_nonblocking(was_nonblocking).is_err()
     }
 
     fn set_nonblocking(&mut self, nonblocking: bool) -> Result<(), ClientError> {
@@ -164,6 +212,8 @@ impl Connection {
                 decode_reply(buffered).map_err(|source| ClientError::Protocol { addr, source })?;
             if let Some(frame) = decoded {
                 self.read_start += frame.frame_bytes;
+                self.awaiting_count = self.awaiting_count.saturating_sub(1);
+                self.last_reply_at = Instant::now();
                 return check_reply(addr, request_id, frame, accept);
             }
             self.fill(deadline)?;
@@ -274,8 +324,17 @@ fn check_reply<T>(
         .reply
         .map_err(|source| ClientError::Protocol { addr, source })?;
     if let Reply::Error(error) = &reply {
-        // An error reply with id 0 answers a frame the server could not read.
-        if frame.request_id == request_id || frame.request_id == 0 {
+        // Request id 0 is about the connection itself (a timeout, the connection limit,
+        // shutdown, a frame that could not be framed): the server closes it next, and
+        // the request awaited may never have been read.
+        if frame.request_id == 0 {
+            return Err(ClientError::Disconnected {
+                addr,
+                code: error.code,
+                message: error.message.to_owned(),
+            });
+        }
+        if frame.request_id == request_id {
             return Err(ClientError::Server {
                 code: error.code,
                 message: error.message.to_owned(),

@@ -7,9 +7,12 @@
 //! fill both socket buffers and deadlock; replies are read one per connection in turn
 //! and their results written back to the operations' original positions.
 //!
-//! Retries: after a transient error (lost connection, timeout, refused reconnect), a core's
-//! unanswered frames are resent on a new connection if every one of them is safe to
-//! resend: read-only, or carrying an idempotency key (then the server applies it once).
+//! Retries: after a transient error (lost connection, a parting `Error` of request id 0,
+//! timeout, refused reconnect), a core's unanswered frames are resent on a new connection
+//! if every one of them is safe to resend: read-only, or carrying an idempotency key (then
+//! the server applies it once), and under its retry budget (`ClientConfig::retries` per
+//! frame). A mutation without a key is never resent. When a reconnect finds a new shard
+//! map, every queue's unanswered frames are re-routed under it, with the same rule.
 //! After any other error, or when retries run out, every connection with unanswered
 //! frames is dropped, so no stale reply can be taken for a later call's.
 
@@ -18,6 +21,7 @@ use std::time::Duration;
 use tally_protocol::{BatchWriter, Durability, Op, Reply, BATCH_OPS_MAX, KEY_BYTES_MAX};
 
 use crate::blocking::Client;
+use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::idempotency::random_idempotency_key;
 use crate::outcome::{from_reply, OpResult};
@@ -33,6 +37,8 @@ struct Chunk {
     idempotency_key: Option<u128>,
     retry_safe: bool,
     request_id: u64,
+    /// Times this frame was resent; at most the configured retries.
+    retries_used: u32,
 }
 
 /// One core's frames and how far they got.
@@ -41,7 +47,6 @@ struct CoreQueue {
     chunks: Vec<Chunk>,
     sent: usize,
     received: usize,
-    retries_used: u32,
 }
 
 impl CoreQueue {
@@ -77,16 +82,20 @@ pub(crate) fn run_batch<K: AsRef<[u8]>>(
     check_keys(ops)?;
     let mut queues = plan(client, ops, ops_per_frame);
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-    while queues.iter().any(|queue| !queue.is_done()) {
+    'rounds: while queues.iter().any(|queue| !queue.is_done()) {
         for index in 0..queues.len() {
             if let Err(error) = send_window(client, &mut queues[index], ops, durability) {
-                recover(client, &mut queues, index, error)?;
+                if recover(client, &mut queues, ops, index, error)? == Recovery::Rerouted {
+                    continue 'rounds;
+                }
             }
         }
         for index in 0..queues.len() {
             if queues[index].received < queues[index].sent {
                 if let Err(error) = receive_one(client, &mut queues[index], &mut results) {
-                    recover(client, &mut queues, index, error)?;
+                    if recover(client, &mut queues, ops, index, error)? == Recovery::Rerouted {
+                        continue 'rounds;
+                    }
                 }
             }
         }
@@ -122,6 +131,7 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
                     idempotency_key,
                     retry_safe,
                     request_id: 0,
+                    retries_used: 0,
                 }
             })
             .collect();
@@ -130,7 +140,6 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
             chunks,
             sent: 0,
             received: 0,
-            retries_used: 0,
         });
     }
     queues
@@ -146,8 +155,23 @@ fn send_window<K: AsRef<[u8]>>(
     if queue.sent == queue.chunks.len() {
         return Ok(());
     }
-    let mut in_flight_ops = queue.in_flight_ops();
     let connection = client.connection(queue.core)?;
+    if let Err(error) = encode_window(connection, queue, ops, durability) {
+        // Half-encoded frames must never reach the server: forget the connection.
+        client.drop_connection(queue.core);
+        return Err(error);
+    }
+    connection.flush()
+}
+
+/// Encodes the frames the window allows into the connection's write buffer.
+fn encode_window<K: AsRef<[u8]>>(
+    connection: &mut Connection,
+    queue: &mut CoreQueue,
+    ops: &[Op<K>],
+    durability: Durability,
+) -> Result<(), ClientError> {
+    let mut in_flight_ops = queue.in_flight_ops();
     while queue.sent < queue.chunks.len() {
         let chunk = &mut queue.chunks[queue.sent];
         let in_flight_frames = queue.sent - queue.received;
@@ -170,7 +194,7 @@ fn send_window<K: AsRef<[u8]>>(
         in_flight_ops += chunk.op_indices.len();
         queue.sent += 1;
     }
-    connection.flush()
+    Ok(())
 }
 
 /// Reads the reply to the queue's oldest unanswered frame into `results`.
@@ -203,26 +227,46 @@ fn receive_one(
     Ok(())
 }
 
+/// What [`recover`] did with the queues.
+#[derive(Debug, PartialEq, Eq)]
+enum Recovery {
+    /// The failed queue's unanswered frames will be resent on a new connection.
+    Resend,
+    /// The shard map changed: the queues were rebuilt under the new routes.
+    Rerouted,
+}
+
 /// Decides whether the failed queue can be resent; if not, drops every connection with
 /// unanswered frames and returns the error.
-fn recover(
+fn recover<K: AsRef<[u8]>>(
     client: &mut Client,
-    queues: &mut [CoreQueue],
+    queues: &mut Vec<CoreQueue>,
+    ops: &[Op<K>],
     failed: usize,
     error: ClientError,
-) -> Result<(), ClientError> {
+) -> Result<Recovery, ClientError> {
+    if matches!(error, ClientError::ShardMapChanged { .. }) {
+        return reroute(client, queues, ops, error).map(|()| Recovery::Rerouted);
+    }
     if error.breaks_connection() {
         client.drop_connection(queues[failed].core);
     }
+    let retries = client.config().retries;
     let queue = &mut queues[failed];
-    let resendable = queue.chunks[queue.received..queue.sent.max(queue.received + 1)]
+    // The frames on the lost connection, or the next one if none was sent yet.
+    let unanswered = queue.received..queue.sent.max(queue.received + 1);
+    let resendable = queue.chunks[unanswered.clone()]
         .iter()
-        .all(|chunk| chunk.retry_safe);
-    if error.is_transient() && resendable && queue.retries_used < client.config().retries {
-        queue.retries_used += 1;
+        .all(|chunk| chunk.retry_safe && chunk.retries_used < retries);
+    if error.is_transient() && resendable {
+        let mut attempt = 0;
+        for chunk in &mut queue.chunks[unanswered] {
+            chunk.retries_used += 1;
+            attempt = attempt.max(chunk.retries_used);
+        }
         queue.sent = queue.received;
-        std::thread::sleep(backoff(queue.retries_used));
-        return Ok(());
+        std::thread::sleep(backoff(attempt));
+        return Ok(Recovery::Resend);
     }
     for queue in queues.iter().filter(|queue| queue.sent > queue.received) {
         client.drop_connection(queue.core);
@@ -230,8 +274,55 @@ fn recover(
     Err(error)
 }
 
+/// After the client adopted a new shard map (and dropped its old connections): moves
+/// every queue's unanswered frames to the core that now owns the first key of its first
+/// unanswered frame, keeping each queue's frames together and in order, so operations
+/// on one key keep their order. A frame keeps its operations and idempotency key, so a
+/// resent frame is the same request; keys in it that another core owns are forwarded
+/// by the server. Frames that were in flight are resent only if safe, as in [`recover`].
+fn reroute<K: AsRef<[u8]>>(
+    client: &mut Client,
+    queues: &mut Vec<CoreQueue>,
+    ops: &[Op<K>],
+    error: ClientError,
+) -> Result<(), ClientError> {
+    let retries = client.config().retries;
+    let in_flight = || {
+        queues
+            .iter()
+            .flat_map(|queue| &queue.chunks[queue.received..queue.sent])
+    };
+    if !in_flight().all(|chunk| chunk.retry_safe && chunk.retries_used < retries) {
+        return Err(error);
+    }
+    let mut rerouted: Vec<CoreQueue> = Vec::new();
+    for queue in queues.drain(..) {
+        let sent = queue.sent;
+        let mut unanswered = queue.chunks.into_iter().skip(queue.received).peekable();
+        let Some(first) = unanswered.peek() else {
+            continue;
+        };
+        let core = client.route(ops[first.op_indices[0]].key());
+        let chunks = unanswered.enumerate().map(|(offset, mut chunk)| {
+            chunk.retries_used += u32::from(queue.received + offset < sent);
+            chunk
+        });
+        match rerouted.iter_mut().find(|queue| queue.core == core) {
+            Some(existing) => existing.chunks.extend(chunks),
+            None => rerouted.push(CoreQueue {
+                core,
+                chunks: chunks.collect(),
+                sent: 0,
+                received: 0,
+            }),
+        }
+    }
+    *queues = rerouted;
+    Ok(())
+}
+
 /// Wait before the `attempt`-th retry (from 1): 5 ms doubling, at most 500 ms.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let doublings = attempt.saturating_sub(1).min(7);
     Duration::from_millis(5 << doublings).min(Duration::from_millis(500))
 }

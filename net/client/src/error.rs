@@ -1,7 +1,8 @@
 //! The one error type of the native client.
 //!
 //! [`ClientError::is_transient`] tells the errors after which the connection is gone
-//! (reset, closed, timed out): only those are retried, and a mutation only when it carries
+//! (reset, closed, timed out, closed with a parting `Error` of request id 0): only those
+//! are retried, and a mutation only when it carries
 //! an idempotency key, so a retry never counts twice.
 
 use std::net::SocketAddr;
@@ -48,6 +49,21 @@ pub enum ClientError {
     /// The server sent a well-formed reply that is not the one expected.
     #[error("unexpected reply from {addr}: {reason}")]
     UnexpectedReply { addr: SocketAddr, reason: String },
+    /// The server closed the connection after a parting `Error` frame with request id 0
+    /// (an idle or slow connection timed out, the connection limit was reached, the server
+    /// is shutting down, a frame could not be framed). Requests still unanswered on that
+    /// connection may or may not have been applied.
+    #[error("connection to {addr} closed by the server ({code:?}): {message}")]
+    Disconnected {
+        addr: SocketAddr,
+        code: ErrorCode,
+        message: String,
+    },
+    /// A reconnect found a different shard map (the server restarted with other cores
+    /// or partitions); the client has adopted it and dropped its other connections.
+    /// Requests still unanswered on them may or may not have been applied.
+    #[error("the shard map of {addr} changed; routes were rebuilt")]
+    ShardMapChanged { addr: SocketAddr },
     /// The server refused the whole request (`Error` reply).
     #[error("server refused the request ({code:?}): {message}")]
     Server { code: ErrorCode, message: String },
@@ -74,15 +90,22 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the connection was lost (or timed out): the request may or may not have
     /// been applied, and resending it is safe only with an idempotency key.
-    /// A refused reconnect counts too: nothing was sent on it.
+    /// A refused reconnect counts too: nothing was sent on it. A parting error counts
+    /// when a new connection may fare better (timeout, busy, shutting down), not when the
+    /// same bytes would be refused again (a frame too large, an unsupported version).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
+        match self {
             ClientError::Connect { .. }
-                | ClientError::Io { .. }
-                | ClientError::Closed { .. }
-                | ClientError::Timeout { .. }
-        )
+            | ClientError::Io { .. }
+            | ClientError::Closed { .. }
+            | ClientError::Timeout { .. }
+            | ClientError::ShardMapChanged { .. } => true,
+            ClientError::Disconnected { code, .. } => matches!(
+                code,
+                ErrorCode::Timeout | ErrorCode::ServerBusy | ErrorCode::ShuttingDown
+            ),
+            _ => false,
+        }
     }
 
     /// Whether the connection that raised this error can no longer be used.
@@ -123,6 +146,16 @@ impl ClientError {
                 addr: *addr,
                 source: source.clone(),
             },
+            ClientError::Disconnected {
+                addr,
+                code,
+                message,
+            } => ClientError::Disconnected {
+                addr: *addr,
+                code: *code,
+                message: message.clone(),
+            },
+            ClientError::ShardMapChanged { addr } => ClientError::ShardMapChanged { addr: *addr },
             ClientError::Server { code, message } => ClientError::Server {
                 code: *code,
                 message: message.clone(),

@@ -10,12 +10,17 @@
 //! - [`Pipeline`] / [`Client::batch`]: many operations, split per core, sent before any
 //!   reply is awaited.
 //! - `AsyncClient` (feature `tokio`, on by default): concurrent calls from many tasks are
-//!   coalesced into batch frames automatically.
+//!   coalesced into batch frames automatically; `AsyncPipeline` collects operations to
+//!   send together.
 //!
 //! Retries are safe: with `retries > 0` (the default) every mutating call carries a random
 //! 128-bit idempotency key, and after a lost connection or a timeout the call is resent
 //! with the same key, which the server applies at most once. Reads are resent freely.
-//! Nothing else is retried.
+//! Nothing else is retried. An `Error` frame with request id 0 is the server closing the
+//! connection (idle timeout, connection limit, shutdown), reported as
+//! [`ClientError::Disconnected`] and handled as a lost connection; a connection the server
+//! closed while idle is noticed before the next call is sent on it, so that call goes out
+//! on a new connection. A reconnect that finds a new shard map re-routes.
 //!
 //! A rate limiter: allow at most 100 requests per user per minute, never going over even
 //! under concurrency, by letting the server enforce a ceiling.
@@ -47,6 +52,8 @@
 mod async_client;
 #[cfg(feature = "tokio")]
 mod async_connection;
+#[cfg(feature = "tokio")]
+mod async_pipeline;
 mod blocking;
 mod config;
 mod connection;
@@ -58,6 +65,8 @@ mod pipeline;
 
 #[cfg(feature = "tokio")]
 pub use async_client::AsyncClient;
+#[cfg(feature = "tokio")]
+pub use async_pipeline::AsyncPipeline;
 pub use blocking::Client;
 pub use config::{ClientConfig, RETRIES_MAX};
 pub use dispatch::{IN_FLIGHT_FRAMES_MAX, IN_FLIGHT_OPS_MAX};
