@@ -2,7 +2,10 @@
 //! and the real codec. It listens on a main port and one shard port per fake core,
 //! records which core received each key (so routing can be checked), keeps an
 //! idempotency table, and can be told to misbehave: apply a batch and then drop the
-//! connection without replying, or never reply at all.
+//! connection without replying, never reply at all, close idle connections with a
+//! parting `Error Timeout` of request id 0 (as tallyd does after its read timeout),
+//! answer a batch with that parting error instead of applying it, or hand new
+//! connections a different shard map (as a restarted server with other cores would).
 
 #![allow(dead_code)]
 
@@ -42,7 +45,21 @@ pub struct State {
     pub drop_after_apply: AtomicU32,
     /// Read requests but never reply.
     pub stall: AtomicBool,
+    /// Close every idle connection with a parting `Error Timeout` (request id 0).
+    pub part_idle: AtomicBool,
+    /// Answer this many batches with a parting `Error Timeout` (request id 0) and close,
+    /// applying nothing.
+    pub part_on_batch: AtomicU32,
+    /// Connections closed with a parting error.
+    pub parted_connections: AtomicU64,
+    /// Hello frames answered (one per connection opened by a client).
+    pub hellos: AtomicU64,
+    /// The shard map handed to new connections and used to check routing.
+    hello: Mutex<Option<HelloReply>>,
 }
+
+/// How often an idle connection checks `part_idle`.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct FakeServer {
     pub main_addr: SocketAddr,
@@ -64,16 +81,45 @@ impl FakeServer {
         let hello = HelloReply::with_modulo_owners(0xFA4E, partition_count, ports).unwrap();
         let state = Arc::new(State::default());
         *state.ops_per_core.lock().unwrap() = vec![0; core_count];
+        *state.hello.lock().unwrap() = Some(hello.clone());
         let main_addr = main.local_addr().unwrap();
-        spawn_listener(main, None, hello.clone(), state.clone());
+        spawn_listener(main, None, state.clone());
         for (core, listener) in shards.into_iter().enumerate() {
-            spawn_listener(listener, Some(core), hello.clone(), state.clone());
+            spawn_listener(listener, Some(core), state.clone());
         }
         FakeServer {
             main_addr,
             hello,
             state,
         }
+    }
+
+    /// Hands new connections `partition_count` partitions over the same shard ports, with
+    /// owners reversed, so keys route differently from before.
+    pub fn change_shard_map(&self, partition_count: u32) -> HelloReply {
+        let mut hello =
+            HelloReply::with_modulo_owners(0xFA4F, partition_count, self.hello.shard_ports.clone())
+                .unwrap();
+        let core_count = hello.shard_ports.len() as u16;
+        for owner in &mut hello.owners {
+            *owner = core_count - 1 - *owner;
+        }
+        *self.state.hello.lock().unwrap() = Some(hello.clone());
+        hello
+    }
+
+    /// Closes every idle connection with a parting error and waits until `count` were.
+    pub fn part_idle_connections(&self, count: u64) {
+        let before = self.state.parted_connections.load(Ordering::SeqCst);
+        self.state.part_idle.store(true, Ordering::SeqCst);
+        for _ in 0..500 {
+            if self.state.parted_connections.load(Ordering::SeqCst) >= before + count {
+                break;
+            }
+            std::thread::sleep(IDLE_POLL);
+        }
+        self.state.part_idle.store(false, Ordering::SeqCst);
+        assert!(self.state.parted_connections.load(Ordering::SeqCst) >= before + count);
     }
 
     pub fn value(&self, key: &str) -> Option<i64> {
@@ -86,23 +132,33 @@ impl FakeServer {
     }
 }
 
-fn spawn_listener(
-    listener: TcpListener,
-    core: Option<usize>,
-    hello: HelloReply,
-    state: Arc<State>,
-) {
+fn spawn_listener(listener: TcpListener, core: Option<usize>, state: Arc<State>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let (hello, state) = (hello.clone(), state.clone());
-            std::thread::spawn(move || serve(stream, core, &hello, &state));
+            let state = state.clone();
+            std::thread::spawn(move || serve(stream, core, &state));
         }
     });
 }
 
-fn serve(mut stream: TcpStream, core: Option<usize>, hello: &HelloReply, state: &State) {
+/// Writes a parting `Error Timeout` with request id 0; the caller then closes.
+fn part(stream: &mut TcpStream, state: &State) {
+    let mut out = Vec::new();
+    encode_error(
+        &mut out,
+        0,
+        ErrorCode::Timeout,
+        "read timeout: closing the connection",
+    );
+    let _ = stream.write_all(&out);
+    state.parted_connections.fetch_add(1, Ordering::SeqCst);
+}
+
+fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
     stream.set_nodelay(true).unwrap();
+    stream.set_read_timeout(Some(IDLE_POLL)).unwrap();
+    let mut hello: Option<HelloReply> = None;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
@@ -114,6 +170,15 @@ fn serve(mut stream: TcpStream, core: Option<usize>, hello: &HelloReply, state: 
                     consumed += frame.frame_bytes;
                     match frame.request {
                         Ok(request) => {
+                            let is_batch = matches!(request, Request::Batch(_));
+                            if is_batch && take_one(&state.part_on_batch) {
+                                let _ = stream.write_all(&out);
+                                part(&mut stream, state);
+                                return;
+                            }
+                            let hello = hello.get_or_insert_with(|| {
+                                state.hello.lock().unwrap().clone().expect("set at start")
+                            });
                             if !handle(request, frame.request_id, core, hello, state, &mut out) {
                                 return; // drop the connection without replying
                             }
@@ -139,11 +204,37 @@ fn serve(mut stream: TcpStream, core: Option<usize>, hello: &HelloReply, state: 
         {
             return;
         }
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return,
-            Ok(count) => buf.extend_from_slice(&chunk[..count]),
+        loop {
+            match stream.read(&mut chunk) {
+                Ok(0) => return,
+                Ok(count) => {
+                    buf.extend_from_slice(&chunk[..count]);
+                    break;
+                }
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if buf.is_empty() && state.part_idle.load(Ordering::SeqCst) {
+                        part(&mut stream, state);
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
         }
     }
+}
+
+/// Takes one from a countdown; false once it is at zero.
+fn take_one(countdown: &AtomicU32) -> bool {
+    countdown
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+            left.checked_sub(1)
+        })
+        .is_ok()
 }
 
 /// Answers one request into `out`; false means "drop the connection now".
@@ -156,7 +247,10 @@ fn handle(
     out: &mut Vec<u8>,
 ) -> bool {
     match request {
-        Request::Hello(_) => hello.encode(out, request_id).unwrap(),
+        Request::Hello(_) => {
+            state.hellos.fetch_add(1, Ordering::SeqCst);
+            hello.encode(out, request_id).unwrap()
+        }
         Request::Ping => encode_pong(out, request_id),
         Request::Stats => StatsReply {
             entries: vec![(
@@ -195,13 +289,7 @@ fn handle(
                     results
                 }
             };
-            let drop_now = state
-                .drop_after_apply
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    left.checked_sub(1)
-                })
-                .is_ok();
-            if drop_now {
+            if take_one(&state.drop_after_apply) {
                 return false;
             }
             encode_batch_reply(out, request_id, &results).unwrap();

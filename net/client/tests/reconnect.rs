@@ -1,0 +1,250 @@
+//! Both clients against a fake server that closes connections the way tallyd does: a
+//! parting `Error Timeout` with request id 0, then the close. Calls after it reconnect and
+//! count once; a mutation without an idempotency key is never resent; a reconnect that
+//! finds a new shard map re-routes.
+
+mod fake_server;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fake_server::FakeServer;
+use tally_client::{AsyncClient, Client, ClientConfig, ClientError, ErrorCode};
+
+fn keys() -> Vec<String> {
+    (0..16).map(|index| format!("idle:{index}")).collect()
+}
+
+fn without_retries(spin: Duration) -> ClientConfig {
+    ClientConfig {
+        retries: 0,
+        spin,
+        ..ClientConfig::default()
+    }
+}
+
+fn assert_parting_timeout(error: &ClientError) {
+    assert!(
+        matches!(
+            error,
+            ClientError::Disconnected {
+                code: ErrorCode::Timeout,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert!(error.is_transient(), "{error:?}");
+}
+
+#[test]
+fn blocking_calls_after_an_idle_close_reconnect_and_count_once() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    for round in 1..=3 {
+        for key in keys() {
+            assert_eq!(client.incr(&key, 1).unwrap(), round, "{key}");
+        }
+        server.part_idle_connections(2);
+    }
+    assert_eq!(client.get("idle:0").unwrap(), 3);
+    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+    assert_eq!(
+        server.state.batch_frames.load(Ordering::SeqCst),
+        3 * 16 + 1,
+        "no frame was sent to a closed connection and resent"
+    );
+}
+
+#[test]
+fn blocking_without_retries_checks_an_idle_connection_before_sending() {
+    // Spinning keeps the socket non-blocking; without spin it is blocking: both probe.
+    for spin in [Duration::from_micros(75), Duration::ZERO] {
+        let server = FakeServer::start(2, 16);
+        let mut client = Client::connect_with(server.main_addr, without_retries(spin)).unwrap();
+        client.incr("likes", 1).unwrap();
+        server.part_idle_connections(2);
+        assert_eq!(client.incr("likes", 1).unwrap(), 2, "spin {spin:?}");
+        client.ping().unwrap();
+    }
+}
+
+#[test]
+fn blocking_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(client.incr("like", 1).unwrap(), 2);
+}
+
+#[test]
+fn blocking_a_mutation_without_a_key_is_never_resent() {
+    let server = FakeServer::start(2, 16);
+    let config = without_retries(Duration::from_micros(75));
+    let mut client = Client::connect_with(server.main_addr, config).unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    assert_parting_timeout(&client.incr("like", 1).unwrap_err());
+    assert_eq!(
+        server.value("like"),
+        None,
+        "the parted batch was not applied"
+    );
+    assert_eq!(
+        client.incr("like", 1).unwrap(),
+        1,
+        "the next call reconnects"
+    );
+}
+
+#[test]
+fn blocking_a_new_shard_map_on_reconnect_reroutes() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    for key in keys() {
+        assert_eq!(client.incr(&key, 1).unwrap(), 1);
+    }
+    let new_map = server.change_shard_map(32);
+    server.part_idle_connections(2);
+    let ops: Vec<_> = keys()
+        .iter()
+        .map(|key| tally_client::Op::Add {
+            key: key.clone().into_bytes(),
+            delta: 1,
+            policy: tally_client::BoundPolicy::Reject,
+        })
+        .collect();
+    for result in client.batch_framed(&ops, Default::default(), 1).unwrap() {
+        assert_eq!(result.unwrap().value, 2);
+    }
+    assert_eq!(client.shard_map().partition_count, new_map.partition_count);
+    assert_eq!(client.shard_map().owners, new_map.owners);
+    assert_eq!(server.state.misrouted_ops.load(Ordering::SeqCst), 0);
+    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+}
+
+/// Closes idle connections from a blocking thread while the runtime keeps running.
+async fn part_idle(server: &std::sync::Arc<FakeServer>, count: u64) {
+    let server = server.clone();
+    tokio::task::spawn_blocking(move || server.part_idle_connections(count))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_calls_after_an_idle_close_reconnect_and_count_once() {
+    let server = std::sync::Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    for round in 1..=3 {
+        for key in keys() {
+            assert_eq!(client.incr(&key, 1).await.unwrap(), round, "{key}");
+        }
+        part_idle(&server, 2).await;
+    }
+    assert_eq!(client.get("idle:0").await.unwrap(), 3);
+    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+    client.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_without_retries_an_idle_close_never_counts_twice() {
+    let server = std::sync::Arc::new(FakeServer::start(2, 16));
+    let config = without_retries(Duration::ZERO);
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    client.incr("likes", 1).await.unwrap();
+    part_idle(&server, 2).await;
+    // The task notices the close while idle; if the call raced it, the error says the
+    // connection was lost and the increment was not applied.
+    let first = client.incr("likes", 1).await;
+    if let Err(error) = &first {
+        assert!(error.is_transient(), "{error:?}");
+    }
+    let applied = i64::from(first.is_ok());
+    assert_eq!(client.incr("likes", 1).await.unwrap(), 2 + applied);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_mutation_without_a_key_is_never_resent() {
+    let server = FakeServer::start(2, 16);
+    let config = without_retries(Duration::ZERO);
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    assert_parting_timeout(&client.incr("like", 1).await.unwrap_err());
+    assert_eq!(
+        server.value("like"),
+        None,
+        "the parted batch was not applied"
+    );
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_new_shard_map_on_reconnect_reroutes() {
+    let server = std::sync::Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    for key in keys() {
+        assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
+    }
+    let new_map = server.change_shard_map(32);
+    part_idle(&server, 2).await;
+    // The first calls reconnect and find the new map (still correct: a server forwards
+    // keys another core owns); the calls after them route by it.
+    for key in keys() {
+        assert_eq!(client.incr(&key, 1).await.unwrap(), 2);
+    }
+    assert_eq!(client.shard_map().partition_count, new_map.partition_count);
+    let misrouted = server.state.misrouted_ops.load(Ordering::SeqCst);
+    for key in keys() {
+        assert_eq!(client.incr(&key, 1).await.unwrap(), 3);
+    }
+    assert_eq!(server.state.misrouted_ops.load(Ordering::SeqCst), misrouted);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_ping_stats_and_pipeline() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    client.ping().await.unwrap();
+    let mut pipeline = client.pipeline();
+    pipeline
+        .incr("a", 2)
+        .decr("a", 1)
+        .set("b", 7)
+        .get("a")
+        .exists("c");
+    assert_eq!(pipeline.len(), 5);
+    let values: Vec<i64> = pipeline
+        .execute()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|result| result.unwrap().value)
+        .collect();
+    assert_eq!(values, [2, 1, 7, 1, 0]);
+    assert!(pipeline.is_empty());
+    let stats = client.stats().await.unwrap();
+    let batches = stats.iter().find(|(name, _)| name == "batches").unwrap().1;
+    assert_eq!(batches, server.state.batch_frames.load(Ordering::SeqCst));
+    pipeline.decr("a", i64::MIN);
+    assert!(matches!(
+        pipeline.execute().await,
+        Err(ClientError::Rejected(_))
+    ));
+}
