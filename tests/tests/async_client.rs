@@ -159,7 +159,6 @@ async fn every_operation_and_batches_through_the_async_client() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-#[ignore = "bug: AsyncClient takes the server's parting `Error Timeout` (request id 0) on an idle connection for a reply (UnexpectedReply) instead of a lost connection, so the call fails"]
 async fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Tallyd::start(dir.path(), &["--cores", "2", "--read-timeout-ms", "200"]);

@@ -440,7 +440,6 @@ fn the_client_talks_to_each_core_on_its_shard_port() {
 }
 
 #[test]
-#[ignore = "bug: Client surfaces the server's parting `Error Timeout` (request id 0) on an idle connection as ClientError::Server, not a lost connection, so the call is not retried"]
 fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Tallyd::start(dir.path(), &["--cores", "2", "--read-timeout-ms", "200"]);
