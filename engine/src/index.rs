@@ -118,6 +118,12 @@ impl Slot {
         }
     }
 
+    /// The 16 key bytes as two little-endian words.
+    #[inline(always)]
+    pub(crate) fn key_words(&self) -> [u64; 2] {
+        key_words(&self.key)
+    }
+
     /// Whether the slot holds a counter (not empty, not a tombstone).
     #[inline]
     pub(crate) fn is_live(&self) -> bool {
@@ -221,6 +227,30 @@ impl Table {
         prefetch_line(bucket.cast());
         // SAFETY: the bucket's second line lies inside the slice just taken.
         prefetch_line(unsafe { bucket.add(SLOTS_PER_LINE) }.cast());
+    }
+
+    /// The fast path of an increment: the position of a plain, inline counter with this
+    /// hash, length and zero-padded key (as two little-endian words) in the home bucket,
+    /// or `None` if it is not there (it may still be further along, external, or absent).
+    /// One 56-bit compare of the metadata word covers hash, length, kind and flags; two
+    /// 64-bit compares cover the key.
+    #[inline(always)]
+    pub(crate) fn find_inline_in_home(
+        &mut self,
+        hash_high: u32,
+        key_len: u8,
+        key_words: [u64; 2],
+    ) -> Option<&mut Slot> {
+        let home = self.home_position(hash_high);
+        let bucket: &mut [Slot; SLOTS_PER_BUCKET] = (&mut self.slots_mut()
+            [home..home + SLOTS_PER_BUCKET])
+            .try_into()
+            .expect("buckets are whole");
+        let wanted =
+            u64::from(hash_high) | (u64::from(key_len) << 32) | (u64::from(KIND_PLAIN) << 40);
+        bucket.iter_mut().find(|slot| {
+            slot.metadata_word() & 0xFF_FFFF_FFFF_FFFF == wanted && slot.key_words() == key_words
+        })
     }
 
     /// Probes for a key: `matches` decides whether a live slot with the right hash and
@@ -340,6 +370,16 @@ impl Table {
         *slot = Slot::EMPTY;
         slot.kind = KIND_TOMBSTONE;
     }
+}
+
+/// 16 key bytes as two little-endian words (compiles to two loads).
+#[inline(always)]
+pub(crate) fn key_words(bytes: &[u8; KEY_INLINE_BYTES_MAX]) -> [u64; 2] {
+    let (low, high) = bytes.split_at(8);
+    [
+        u64::from_le_bytes(low.try_into().expect("8 bytes")),
+        u64::from_le_bytes(high.try_into().expect("8 bytes")),
+    ]
 }
 
 /// Hints the CPU to fetch the cache line at `pointer`.

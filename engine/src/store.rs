@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
+use crate::index::KEY_INLINE_BYTES_MAX;
 use crate::op::{Op, OpResult};
 use crate::partition::{copy_partition_files, remove_partition_files, KeyProbe, Partition};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 
-/// How many operations ahead the batch pipeline prefetches.
+/// How many operations ahead the batch pipeline prefetches the home bucket.
 pub const PREFETCH_DISTANCE: usize = 32;
 
 const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX);
@@ -38,6 +39,35 @@ pub struct Store {
     owned: Vec<u32>,
     /// Scratch: the hashes of the current batch.
     hashes: Vec<u64>,
+}
+
+/// Pushes the hash of every operation's key to `hashes`. A key equal to the previous
+/// operation's (a hot key) reuses its hash: for 16-byte keys (the common inline size) the
+/// test is two word compares, far cheaper than hashing; other lengths are always hashed.
+#[inline]
+fn hash_keys(ops: &[Op], hashes: &mut Vec<u64>) {
+    let mut previous_len = usize::MAX;
+    let mut previous_words = [0u64; 2];
+    let mut previous_hash = 0;
+    for op in ops {
+        let key = op.key();
+        let hash = match key.first_chunk::<KEY_INLINE_BYTES_MAX>() {
+            Some(bytes) if key.len() == KEY_INLINE_BYTES_MAX => {
+                let words = crate::index::key_words(bytes);
+                if previous_len != key.len() || words != previous_words {
+                    previous_len = key.len();
+                    previous_words = words;
+                    previous_hash = key_hash(key);
+                }
+                previous_hash
+            }
+            _ => {
+                previous_len = usize::MAX;
+                key_hash(key)
+            }
+        };
+        hashes.push(hash);
+    }
 }
 
 impl Store {
@@ -140,16 +170,35 @@ impl Store {
         results.reserve(ops.len());
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
-        hashes.extend(ops.iter().map(|op| key_hash(op.key())));
+        hash_keys(ops, &mut hashes);
         for (index, op) in ops.iter().enumerate() {
             if let Some(&ahead) = hashes.get(index + PREFETCH_DISTANCE) {
                 self.prefetch(ahead);
             }
-            results.push(self.apply_hashed(op, hashes[index]));
+            results.push(self.apply_batched(op, hashes[index]));
         }
         self.hashes = hashes;
         debug_assert_eq!(results.len(), ops.len());
         Ok(())
+    }
+
+    /// One operation of a batch: increments of existing inline counters take the fast
+    /// path, everything else (and whatever the fast path cannot decide) the general one.
+    #[inline(always)]
+    fn apply_batched(&mut self, op: &Op, hash: u64) -> OpResult {
+        if let Op::Add { key, delta, .. } = *op {
+            if !key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX {
+                let index = self.partition_index(hash);
+                if let Some(partition) = self.partitions[index].as_mut() {
+                    let probe = KeyProbe::new(key, hash);
+                    if let Some(result) = partition.try_add_inline(&probe, delta) {
+                        return result;
+                    }
+                    return partition.apply(op, &probe);
+                }
+            }
+        }
+        self.apply_hashed(op, hash)
     }
 
     #[inline]
