@@ -456,7 +456,8 @@ fn to_counter_result(result: &RoutedResult) -> CounterResult {
         ),
         Some(Err(error)) => CounterResult::Refused(format!("ERR {error}")),
         None => CounterResult::Refused(
-            "ERR the core owning this key is unavailable (server shutting down)".to_string(),
+            "ERR the core owning this key is unavailable (shutting down, or its journal failed)"
+                .to_string(),
         ),
     }
 }
