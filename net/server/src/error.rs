@@ -43,4 +43,11 @@ pub enum ServerError {
     /// A core thread panicked or ended without reporting.
     #[error("core {core} failed: {message}")]
     CoreFailed { core: usize, message: String },
+    /// A core did not finish a start-up stage in time.
+    #[error("start-up stuck: core {core} still {stage} after {seconds} s")]
+    StartStuck {
+        core: usize,
+        stage: &'static str,
+        seconds: u64,
+    },
 }

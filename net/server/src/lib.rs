@@ -74,9 +74,9 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use socket2::{Domain, Protocol, Socket, Type};
 use tally_engine::{DataDir, Store};
@@ -158,14 +158,26 @@ impl ServerHandle {
     }
 }
 
-/// What a core tells the starting thread.
+/// What a core tells the starting thread, tagged with the core's index.
 enum StartReport {
+    /// The executor runs our code.
     Alive,
+    /// The core joined both channel meshes and is recovering its partitions.
+    Joined,
+    /// The core recovered and opened its journal, or failed to.
     Ready(Result<(), ServerError>),
 }
 
+/// How long start-up may take before it is declared stuck: recovery of a large data
+/// set takes seconds (the goal is under 30), so a minute means something is wrong.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failed start waits for its cores to stop before giving up on them.
+const ABORT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens the data directory, binds every socket, starts one executor per core, and
-/// returns once every core serves (or the first start-up error).
+/// returns once every core serves (or the first start-up error). A core that does
+/// not report within [`START_TIMEOUT`] fails the start with
+/// [`ServerError::StartStuck`] naming its stage: start-up never hangs.
 pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHandle, ServerError> {
     config.validate()?;
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
@@ -194,21 +206,25 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
         hello,
         resp: resp::RespShared::new(config.cores, resp_addr.map_or(0, |addr| addr.port())),
     };
+    let deadline = Instant::now() + START_TIMEOUT;
     let mut handles = Vec::new();
-    let mut reports = Vec::new();
+    let (report_tx, report_rx) = mpsc::channel();
     let listeners = main_listeners.into_iter().zip(shard_listeners);
     let listeners = listeners.zip(resp_listeners);
     for (index, ((main_listener, shard_listener), resp_listener)) in listeners.enumerate() {
-        let (report_tx, report_rx) = mpsc::channel();
         let listeners = (main_listener, shard_listener, resp_listener);
-        let handle = spawn_core(index, &config, &shared, listeners, report_tx);
-        reports.push(report_rx);
-        match handle {
+        let report = CoreReport {
+            core: index,
+            sender: report_tx.clone(),
+        };
+        match spawn_core(index, &config, &shared, listeners, report) {
             Ok(handle) => handles.push(handle),
             Err(error) => return abort(&phase, handles, error),
         }
     }
-    if let Err(error) = await_reports(&reports, &mut handles, &phase) {
+    // Only the cores hold senders now: a core that dies unreported closes its own.
+    drop(report_tx);
+    if let Err(error) = await_reports(&report_rx, &mut handles, &phase, deadline) {
         return abort(&phase, handles, error);
     }
     phase.store(PHASE_SERVE, Ordering::Release);
@@ -221,6 +237,23 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
         shutdown,
         cores: handles,
     })
+}
+
+/// A core's side of the start-up reports.
+struct CoreReport {
+    core: usize,
+    sender: mpsc::Sender<(usize, StartReport)>,
+}
+
+impl CoreReport {
+    fn send(&self, report: StartReport) {
+        // The starting thread gone (it gave up) is no error of ours.
+        let _ = self.sender.send((self.core, report));
+    }
+
+    fn fail(&self, error: ServerError) {
+        self.send(StartReport::Ready(Err(error)));
+    }
 }
 
 /// What every core gets a copy of.
@@ -236,57 +269,96 @@ struct Shared {
     resp: Arc<resp::RespShared>,
 }
 
+/// Tells every core to stop and waits (a bounded time) for them; a core stuck in
+/// start-up is left behind rather than hanging the caller.
 fn abort(
     phase: &AtomicU8,
     handles: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
     error: ServerError,
 ) -> Result<ServerHandle, ServerError> {
     phase.store(PHASE_ABORT, Ordering::Release);
-    for handle in handles {
-        let _ = handle.join();
+    let (done_tx, done_rx) = mpsc::channel();
+    let joiner = std::thread::Builder::new()
+        .name("tally-abort".to_string())
+        .spawn(move || {
+            for handle in handles {
+                let _ = handle.join();
+            }
+            let _ = done_tx.send(());
+        });
+    if joiner.is_ok() && done_rx.recv_timeout(ABORT_JOIN_TIMEOUT).is_err() {
+        tracing::error!("some cores did not stop after a failed start; leaving them");
     }
     Err(error)
 }
 
+/// Where a core is in start-up, for the message naming a stuck stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Spawned,
+    Alive,
+    Joined,
+    Ready,
+}
+
+impl Stage {
+    /// What a core at this stage is busy doing.
+    fn doing(self) -> &'static str {
+        match self {
+            Stage::Spawned => "starting its executor thread",
+            Stage::Alive => "joining the channel mesh",
+            Stage::Joined => "opening its store and recovering its journal",
+            Stage::Ready => "waiting for the other cores",
+        }
+    }
+}
+
 /// Waits until every core is alive, lets them join the mesh, then waits until every
-/// core has opened its store.
+/// core has opened its store; fails at the first error, a core dying unreported, or
+/// the deadline.
 fn await_reports(
-    reports: &[mpsc::Receiver<StartReport>],
-    handles: &mut Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
+    reports: &mpsc::Receiver<(usize, StartReport)>,
+    handles: &mut [ExecutorJoinHandle<Result<(), ServerError>>],
     phase: &AtomicU8,
+    deadline: Instant,
 ) -> Result<(), ServerError> {
-    for (index, report) in reports.iter().enumerate() {
-        if !matches!(report.recv(), Ok(StartReport::Alive)) {
-            // The executor never ran our code: its thread's error says why.
-            let handle = handles.remove(index);
-            let message = match handle.join() {
-                Err(error) => error.to_string(),
-                Ok(_) => "ended before starting".to_string(),
-            };
-            return Err(ServerError::Executor {
-                core: index,
-                message,
-            });
+    let mut stages = vec![Stage::Spawned; handles.len()];
+    while !stages.iter().all(|stage| *stage == Stage::Ready) {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let (core, report) = match reports.recv_timeout(wait) {
+            Ok(received) => received,
+            Err(mpsc::RecvTimeoutError::Timeout) => return Err(stuck(&stages)),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // Every core ended; one that never reported is the culprit.
+                let core = stages.iter().position(|s| *s != Stage::Ready).unwrap_or(0);
+                let message = format!("stopped while {}", stages[core].doing());
+                return Err(ServerError::CoreFailed { core, message });
+            }
+        };
+        stages[core] = match report {
+            StartReport::Alive => Stage::Alive,
+            StartReport::Joined => Stage::Joined,
+            StartReport::Ready(Ok(())) => Stage::Ready,
+            StartReport::Ready(Err(error)) => return Err(error),
+        };
+        if stages.iter().all(|stage| *stage == Stage::Alive) {
+            phase.store(PHASE_JOIN_MESH, Ordering::Release);
         }
     }
-    phase.store(PHASE_JOIN_MESH, Ordering::Release);
-    let mut first_error = None;
-    for (index, report) in reports.iter().enumerate() {
-        match report.recv() {
-            Ok(StartReport::Ready(Ok(()))) => {}
-            Ok(StartReport::Ready(Err(error))) => {
-                first_error.get_or_insert(error);
-            }
-            Ok(StartReport::Alive) | Err(_) => {
-                let message = "stopped during start-up".to_string();
-                first_error.get_or_insert(ServerError::CoreFailed {
-                    core: index,
-                    message,
-                });
-            }
-        }
+    Ok(())
+}
+
+/// The error for a start-up past its deadline: the first core not yet ready.
+fn stuck(stages: &[Stage]) -> ServerError {
+    let core = stages
+        .iter()
+        .position(|stage| *stage != Stage::Ready)
+        .expect("a start-up past its deadline has a core not ready");
+    ServerError::StartStuck {
+        core,
+        stage: stages[core].doing(),
+        seconds: START_TIMEOUT.as_secs(),
     }
-    first_error.map_or(Ok(()), Err)
 }
 
 fn spawn_core(
@@ -298,7 +370,7 @@ fn spawn_core(
         std::net::TcpListener,
         Option<std::net::TcpListener>,
     ),
-    report: mpsc::Sender<StartReport>,
+    report: CoreReport,
 ) -> Result<ExecutorJoinHandle<Result<(), ServerError>>, ServerError> {
     let cpu_count = std::thread::available_parallelism().map_or(1, |n| n.get());
     let builder = LocalExecutorBuilder::new(Placement::Fixed(index % cpu_count))
@@ -317,44 +389,17 @@ fn spawn_core(
     let hello = shared.hello.clone();
     let resp_shared = Arc::clone(&shared.resp);
     let spawned = builder.spawn(move || async move {
-        let _ = report.send(StartReport::Alive);
-        if wait_phase(&phase, PHASE_JOIN_MESH).await != PHASE_JOIN_MESH {
-            return Ok(());
-        }
-        let requests = request_mesh.join().await;
-        let replies = reply_mesh.join().await;
-        let (Ok(requests), Ok(replies)) = (requests, replies) else {
-            let message = "could not join the channel mesh".to_string();
-            let _ = report.send(StartReport::Ready(Err(ServerError::CoreFailed {
-                core: index,
-                message,
-            })));
+        report.send(StartReport::Alive);
+        let meshes = (request_mesh, reply_mesh);
+        let Some((requests, replies)) = join_meshes(meshes, &phase, &report).await else {
             return Ok(());
         };
-        let owned = (0..dir.partition_count())
-            .filter(|p| router::owner_of_partition(*p, config.cores) == index);
-        let mut store = match Store::open(&dir, owned) {
-            Ok(store) => store,
-            Err(source) => {
-                let _ = report.send(StartReport::Ready(Err(ServerError::Engine {
-                    core: index,
-                    source,
-                })));
-                return Ok(());
-            }
+        report.send(StartReport::Joined);
+        let Some((store, journal)) = recover_core(&config, &dir, &report) else {
+            return Ok(());
         };
-        let core_id = u32::try_from(index).expect("cores fit in u32");
-        let journal = match CoreJournal::start(&config, dir.path(), &mut store, core_id) {
-            Ok(journal) => journal,
-            Err(source) => {
-                let _ = report.send(StartReport::Ready(Err(ServerError::Journal {
-                    core: index,
-                    source,
-                })));
-                return Ok(());
-            }
-        };
-        let _ = report.send(StartReport::Ready(Ok(())));
+        report.send(StartReport::Ready(Ok(())));
+        drop(report);
         if wait_phase(&phase, PHASE_SERVE).await != PHASE_SERVE {
             drop(journal);
             return store.close_clean().map_err(|source| ServerError::Engine {
@@ -401,6 +446,83 @@ fn spawn_core(
         core: index,
         message: error.to_string(),
     })
+}
+
+/// The two meshes a core joins, and what joining gives.
+type Meshes = (
+    MeshBuilder<MeshRequest, glommio::channels::channel_mesh::Full>,
+    MeshBuilder<MeshReply, glommio::channels::channel_mesh::Full>,
+);
+type Joined = (
+    (Senders<MeshRequest>, Receivers<MeshRequest>),
+    (Senders<MeshReply>, Receivers<MeshReply>),
+);
+
+/// Waits for the go-ahead, then joins both meshes; `None` (reported) if start-up was
+/// aborted meanwhile or joining failed.
+///
+/// Joining waits for every peer, through glommio shared channels whose connection and
+/// wake-ups cross threads; the abort watch runs beside it and ticks every millisecond,
+/// so this executor never parks for good while joining (a wake-up lost between two
+/// executors costs a millisecond, not a hang) and a start given up elsewhere ends it.
+async fn join_meshes(meshes: Meshes, phase: &AtomicU8, report: &CoreReport) -> Option<Joined> {
+    if wait_phase(phase, PHASE_JOIN_MESH).await != PHASE_JOIN_MESH {
+        return None;
+    }
+    let (request_mesh, reply_mesh) = meshes;
+    let join = async {
+        let requests = request_mesh.join().await;
+        let replies = reply_mesh.join().await;
+        Some((requests, replies))
+    };
+    let aborted = async {
+        wait_phase(phase, PHASE_ABORT).await;
+        None
+    };
+    match futures_lite::future::or(join, aborted).await {
+        Some((Ok(requests), Ok(replies))) => Some((requests, replies)),
+        Some(_) => {
+            let message = "could not join the channel mesh".to_string();
+            report.fail(ServerError::CoreFailed {
+                core: report.core,
+                message,
+            });
+            None
+        }
+        None => None,
+    }
+}
+
+/// Opens this core's store and recovers its journal; `None` (reported) on failure.
+fn recover_core(
+    config: &ServerConfig,
+    dir: &DataDir,
+    report: &CoreReport,
+) -> Option<(Store, CoreJournal)> {
+    let index = report.core;
+    let owned = (0..dir.partition_count())
+        .filter(|p| router::owner_of_partition(*p, config.cores) == index);
+    let mut store = match Store::open(dir, owned) {
+        Ok(store) => store,
+        Err(source) => {
+            report.fail(ServerError::Engine {
+                core: index,
+                source,
+            });
+            return None;
+        }
+    };
+    let core_id = u32::try_from(index).expect("cores fit in u32");
+    match CoreJournal::start(config, dir.path(), &mut store, core_id) {
+        Ok(journal) => Some((store, journal)),
+        Err(source) => {
+            report.fail(ServerError::Journal {
+                core: index,
+                source,
+            });
+            None
+        }
+    }
 }
 
 /// Waits until the start-up phase reaches `wanted` or aborts; returns the phase seen.

@@ -17,6 +17,7 @@
 //! max-connections = 20000
 //! ```
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -214,11 +215,11 @@ fn run(config: ServerConfig) -> ExitCode {
         ports.join(",")
     );
     tracing::info!(partitions = server.partition_count(), "{line}");
-    println!("{line}");
+    print_line(&line);
     if let Some(resp_addr) = server.resp_addr() {
         let line = format!("tallyd resp listening on {resp_addr}");
         tracing::info!("{line}");
-        println!("{line}");
+        print_line(&line);
     }
     match server.join() {
         Ok(()) => {
@@ -229,6 +230,16 @@ fn run(config: ServerConfig) -> ExitCode {
             eprintln!("tallyd: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a start-up line on stdout. Whoever started us may have closed its end
+/// already (a test that gave up, a SIGTERM during start): the server keeps running,
+/// so a write error (EPIPE) is logged, never a panic as `println!` would make it.
+fn print_line(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
+        tracing::warn!(%error, "could not print the start line on stdout");
     }
 }
 
