@@ -22,7 +22,8 @@
 //!    offset, unless [`RecoveryOptions::recover_to_corruption`]: then the damaged
 //!    segment is cut at the damage, later segments are renamed `*.corrupt`, and the
 //!    records before the damage are all that is recovered.
-//! 4. Partitions without a checkpoint get one, so step 1 always has one next time.
+//! 4. Partitions without a checkpoint get one if any of them holds counters, so step 1
+//!    has one next time; empty ones need none ("no checkpoint" restores as empty).
 //!
 //! Step 2's reading and checking runs on a second thread from the start, overlapping
 //! step 1; the records are applied on the calling thread, in order, after step 1 (see
@@ -200,10 +201,31 @@ pub fn recover(
         .max();
     report.next_lsn = report.journal.last_lsn.max(applied_max.unwrap_or(0)) + 1;
     let checkpoint_started = Instant::now();
-    checkpoint::checkpoint_missing(data_dir, store, report.journal.last_lsn)?;
+    if missing_checkpoint_has_counters(data_dir, store)? {
+        checkpoint::checkpoint_missing(data_dir, store, report.journal.last_lsn)?;
+    }
     report.checkpoint_elapsed = checkpoint_started.elapsed();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Whether an owned partition without a checkpoint holds counters. An empty one
+/// needs none: step 1 restores "no checkpoint" as empty and no segment is released
+/// while a partition lacks a checkpoint, so the whole journal replays onto it. This
+/// keeps a first start on a new data directory from writing one checkpoint per
+/// partition (several fsyncs each: seconds on a busy disk).
+fn missing_checkpoint_has_counters(data_dir: &Path, store: &Store) -> Result<bool, JournalError> {
+    for &partition in store.owned_partitions() {
+        if checkpoint::latest(data_dir, partition)?.is_some() {
+            continue;
+        }
+        let mut counters = 0u64;
+        store.for_each_counter(partition, |_, _, _, _| counters += 1);
+        if counters > 0 {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn restore_unclean(

@@ -451,6 +451,12 @@ impl CoreJournal {
         let mut written = 0;
         for &partition in store.owned_partitions() {
             let covered = latest(&self.data_dir, partition)?.map_or(0, |info| info.covered_lsn);
+            if covered == 0 && is_empty(store, partition) {
+                // "No checkpoint" restores as empty and keeps every segment (see
+                // recovery): an empty partition needs none, and a first stop on a new
+                // data directory stays fast.
+                continue;
+            }
             if covered == 0 || store.applied_lsn(partition) > covered {
                 checkpoint_partition(&self.data_dir, store, &mut journal, partition)?;
                 written += 1;
@@ -470,6 +476,13 @@ impl CoreJournal {
         );
         Ok(())
     }
+}
+
+/// Whether `partition` holds no counter.
+fn is_empty(store: &Store, partition: u32) -> bool {
+    let mut counters = 0u64;
+    store.for_each_counter(partition, |_, _, _, _| counters += 1);
+    counters == 0
 }
 
 fn append_one(
