@@ -60,6 +60,7 @@ mod connection;
 mod dispatch;
 mod error;
 mod idempotency;
+mod op_list;
 mod outcome;
 mod pipeline;
 

@@ -6,20 +6,19 @@
 
 use tally_protocol::{BoundPolicy, Durability, Op, BATCH_OPS_MAX};
 
-use crate::blocking::{negate, Client};
+use crate::blocking::Client;
 use crate::dispatch::run_batch;
 use crate::error::ClientError;
+use crate::op_list::{op_builder_methods, OpList};
 use crate::outcome::OpResult;
 
 /// Operations waiting to be sent by [`Pipeline::execute`].
 #[derive(Debug)]
 pub struct Pipeline<'c> {
     client: &'c mut Client,
-    ops: Vec<Op>,
+    ops: OpList,
     durability: Durability,
     ops_per_frame: usize,
-    /// The first operation that could not be queued; reported by `execute`.
-    invalid: Option<ClientError>,
 }
 
 impl<'c> Pipeline<'c> {
@@ -27,10 +26,9 @@ impl<'c> Pipeline<'c> {
         let durability = client.config().durability;
         Pipeline {
             client,
-            ops: Vec::new(),
+            ops: OpList::default(),
             durability,
             ops_per_frame: BATCH_OPS_MAX,
-            invalid: None,
         }
     }
 
@@ -46,92 +44,11 @@ impl<'c> Pipeline<'c> {
         self
     }
 
-    /// Queues any operation.
-    pub fn push<K: AsRef<[u8]>>(&mut self, op: &Op<K>) -> &mut Self {
-        self.ops.push(op.to_owned_op());
-        self
-    }
-
-    /// Queues an addition.
-    pub fn incr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> &mut Self {
-        self.push(&Op::Add {
-            key: key.as_ref(),
-            delta,
-            policy: BoundPolicy::Reject,
-        })
-    }
-
-    /// Queues a subtraction. `delta` must be above `i64::MIN` (whose negation does not
-    /// exist); otherwise [`Pipeline::execute`] fails without sending anything.
-    pub fn decr(&mut self, key: impl AsRef<[u8]>, delta: i64) -> &mut Self {
-        match negate(delta) {
-            Ok(delta) => self.push(&Op::Add {
-                key: key.as_ref(),
-                delta,
-                policy: BoundPolicy::Reject,
-            }),
-            Err(error) => {
-                self.invalid.get_or_insert(error);
-                self
-            }
-        }
-    }
-
-    /// Queues a read.
-    pub fn get(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(&Op::Get { key: key.as_ref() })
-    }
-
-    /// Queues a set.
-    pub fn set(&mut self, key: impl AsRef<[u8]>, value: i64) -> &mut Self {
-        self.push(&Op::Set {
-            key: key.as_ref(),
-            value,
-            policy: BoundPolicy::Reject,
-        })
-    }
-
-    /// Queues a delete.
-    pub fn del(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(&Op::Delete { key: key.as_ref() })
-    }
-
-    /// Queues an existence check.
-    pub fn exists(&mut self, key: impl AsRef<[u8]>) -> &mut Self {
-        self.push(&Op::Exists { key: key.as_ref() })
-    }
-
-    /// Queues setting the bounds.
-    pub fn set_bounds(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        floor: Option<i64>,
-        ceiling: Option<i64>,
-    ) -> &mut Self {
-        self.push(&Op::SetBounds {
-            key: key.as_ref(),
-            floor,
-            ceiling,
-        })
-    }
-
-    /// Operations queued.
-    pub fn len(&self) -> usize {
-        self.ops.len()
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
-    }
+    op_builder_methods!();
 
     /// Sends everything and returns one result per operation, in order.
     pub fn execute(&mut self) -> Result<Vec<OpResult>, ClientError> {
-        if let Some(error) = self.invalid.take() {
-            self.ops.clear();
-            return Err(error);
-        }
-        let ops = std::mem::take(&mut self.ops);
+        let ops = self.ops.take()?;
         run_batch(self.client, &ops, self.durability, self.ops_per_frame)
     }
 }
