@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tally_protocol::{
     decode_reply, encode_hello, encode_ping, encode_stats, BatchWriter, Durability, HelloReply, Op,
-    Reply, ReplyFrame, BATCH_OPS_MAX,
+    ProtocolError, Reply, ReplyFrame, BATCH_OPS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -543,15 +543,7 @@ fn batch_results(
         Ok(Reply::BatchReply(reply)) if reply.result_count() == op_count => {
             Ok(reply.results().map(from_reply).collect())
         }
-        Ok(Reply::Error(error)) => Err(ClientError::Server {
-            code: error.code,
-            message: error.message.to_owned(),
-        }),
-        Ok(other) => Err(ClientError::UnexpectedReply {
-            addr,
-            reason: format!("{other:?}"),
-        }),
-        Err(source) => Err(ClientError::Protocol { addr, source }),
+        other => Err(reply_error(addr, other)),
     }
 }
 
@@ -560,15 +552,23 @@ fn control_result(addr: SocketAddr, frame: ReplyFrame<'_>) -> Result<ControlRepl
     match frame.reply {
         Ok(Reply::Pong) => Ok(ControlReply::Pong),
         Ok(Reply::StatsReply(stats)) => Ok(ControlReply::Stats(stats.entries)),
-        Ok(Reply::Error(error)) => Err(ClientError::Server {
+        other => Err(reply_error(addr, other)),
+    }
+}
+
+/// Why a reply other than the one expected fails the request: the server's own error, a
+/// reply of the wrong kind, or a frame that could not be decoded.
+fn reply_error(addr: SocketAddr, reply: Result<Reply<'_>, ProtocolError>) -> ClientError {
+    match reply {
+        Ok(Reply::Error(error)) => ClientError::Server {
             code: error.code,
             message: error.message.to_owned(),
-        }),
-        Ok(other) => Err(ClientError::UnexpectedReply {
+        },
+        Ok(other) => ClientError::UnexpectedReply {
             addr,
             reason: format!("{other:?}"),
-        }),
-        Err(source) => Err(ClientError::Protocol { addr, source }),
+        },
+        Err(source) => ClientError::Protocol { addr, source },
     }
 }
 
