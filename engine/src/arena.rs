@@ -14,11 +14,14 @@
 //! file mapping (`MAP_PRIVATE`): its copied-on-write pages are never huge pages, while
 //! anonymous memory with `MADV_HUGEPAGE` is (checked on this kernel: 256 MiB written
 //! through each kind of mapping gave 0 and 256 MiB of `AnonHugePages`), and random
-//! increments miss the TLB on nearly every operation without them. The price: while a partition is open its files hold the state of the last
+//! increments miss the TLB on nearly every operation without them. The price: while a
+//! partition is open its files hold the state of the last
 //! clean close (or of its creation), so after an unclean stop they mean nothing and the
 //! partition reopens empty (see `partition`); recovery restores it from its checkpoint
 //! and replays the journal, which it had to do anyway (a power loss never guaranteed
-//! more).
+//! more). A restore reads the checkpoint's files straight into fresh anonymous memory
+//! ([`load_anonymous`]) and gives each to a new, sparse data file ([`ArenaFile::adopt`]):
+//! one read per file, nothing copied into the data directory, nothing synced.
 //!
 //! Invariants: the mapping covers the whole file (`map.len() == file length`); the file is
 //! written only by `write_back`; a length is never zero (a zero-length mapping is not
@@ -94,11 +97,29 @@ impl ArenaFile {
             });
         }
         let mut map = anonymous(path, length_bytes)?;
-        for (index, chunk) in map.chunks_mut(IO_CHUNK_BYTES).enumerate() {
-            let offset = (index * IO_CHUNK_BYTES) as u64;
-            file.read_exact_at(chunk, offset)
-                .map_err(io_error("read", path))?;
-        }
+        read_into(&file, path, &mut map, |_| {})?;
+        Ok(ArenaFile {
+            path: path.to_path_buf(),
+            file,
+            map,
+        })
+    }
+
+    /// Creates (or truncates) `path` with the length of `map` and makes `map` its live
+    /// contents. Nothing is written (the file is sparse until written back): the bytes
+    /// live in memory, as for every open arena, and the partition header on disk says
+    /// `clean = 0` until a clean close has written them.
+    pub(crate) fn adopt(path: &Path, map: MmapMut) -> Result<ArenaFile, EngineError> {
+        assert!(!map.is_empty());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(io_error("create", path))?;
+        file.set_len(map.len() as u64)
+            .map_err(io_error("size", path))?;
         Ok(ArenaFile {
             path: path.to_path_buf(),
             file,
@@ -169,6 +190,44 @@ impl ArenaFile {
         drop(spawned);
         Ok(())
     }
+}
+
+/// Reads `source`, which must be exactly `length_bytes` long, into fresh anonymous memory
+/// (no file behind it), passing every chunk to `inspect` right after it was read, while
+/// it is still in the CPU cache: a checksum costs no second pass over the bytes.
+pub(crate) fn load_anonymous(
+    source: &Path,
+    length_bytes: u64,
+    inspect: impl FnMut(&[u8]),
+) -> Result<MmapMut, EngineError> {
+    let file = File::open(source).map_err(io_error("open", source))?;
+    let actual_bytes = file.metadata().map_err(io_error("stat", source))?.len();
+    if actual_bytes != length_bytes || length_bytes == 0 {
+        return Err(EngineError::Corrupted {
+            path: source.to_path_buf(),
+            offset: actual_bytes,
+            reason: format!("file is {actual_bytes} bytes, expected {length_bytes}"),
+        });
+    }
+    let mut map = anonymous(source, length_bytes)?;
+    read_into(&file, source, &mut map, inspect)?;
+    Ok(map)
+}
+
+/// Fills `map` from offset 0 of `file` in large reads, each chunk passed to `inspect`.
+fn read_into(
+    file: &File,
+    path: &Path,
+    map: &mut [u8],
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<(), EngineError> {
+    for (index, chunk) in map.chunks_mut(IO_CHUNK_BYTES).enumerate() {
+        let offset = (index * IO_CHUNK_BYTES) as u64;
+        file.read_exact_at(chunk, offset)
+            .map_err(io_error("read", path))?;
+        inspect(chunk);
+    }
+    Ok(())
 }
 
 /// Writes `bytes` at offset 0 of `file` in large chunks, then `fdatasync`s it.

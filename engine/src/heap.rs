@@ -94,7 +94,15 @@ impl Heap {
     }
 
     pub(crate) fn open(path: &Path, length_bytes: u64) -> Result<Heap, EngineError> {
-        let file = ArenaFile::open(path, length_bytes)?;
+        Heap::from_file(ArenaFile::open(path, length_bytes)?)
+    }
+
+    /// A heap over an arena already in memory (opened, or restored from a checkpoint),
+    /// after checking its header.
+    pub(crate) fn from_file(file: ArenaFile) -> Result<Heap, EngineError> {
+        let path = file.path().to_path_buf();
+        let path = path.as_path();
+        let length_bytes = file.length_bytes();
         let heap = Heap { file };
         let corrupted = |reason: &str| EngineError::Corrupted {
             path: path.to_path_buf(),

@@ -192,6 +192,13 @@ impl Table {
         self.file
     }
 
+    /// A table over an arena already in memory (restored from a checkpoint).
+    pub(crate) fn from_file(file: ArenaFile, line_count: u64) -> Table {
+        assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
+        assert_eq!(file.length_bytes(), line_count * LINE_BYTES as u64);
+        Table { file, line_count }
+    }
+
     #[inline]
     pub(crate) fn slots(&self) -> &[Slot] {
         let bytes = self.file.bytes();

@@ -16,6 +16,13 @@
 //! process stopped without a clean close, and the partition reopens empty (recovery then
 //! restores its checkpoint and replays the journal).
 //!
+//! Invariant: once a partition exists, its header file is never removed, and while the
+//! partition is open it says `clean = 0` on disk. Reopening an unclean partition and
+//! restoring a checkpoint only replace the data files (sparse: their bytes live in
+//! memory) and write nothing to the header, so a crash at any moment before a clean
+//! close finds the partition unclean and restores it from its checkpoint again. A
+//! missing header means a partition that never existed: it is created empty and clean.
+//!
 //! # Header layout (little-endian), 4096 bytes
 //!
 //! ```text
@@ -65,7 +72,7 @@ use crate::error::{EngineError, OpError};
 use crate::heap::{Bounds, Heap};
 use crate::index::{
     Probe, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
-    TABLE_LINES_MAX,
+    LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 
@@ -183,13 +190,7 @@ impl Partition {
         let meta = ArenaFile::open(&meta_path, META_BYTES)?;
         let header = check_meta(&meta, index)?;
         if header.clean != 1 {
-            // The files hold the state of the last clean close, or less (see `arena`):
-            // start empty, and let recovery restore the checkpoint and replay the journal.
-            drop(meta);
-            remove_partition_files(directory, index)?;
-            let mut partition = Partition::create(directory, index)?;
-            partition.was_clean = false;
-            return Ok(partition);
+            return Partition::reopen_empty(directory, index, meta);
         }
         let table = Table::open(
             &directory.join(file_name(index, &table_suffix(header.table_generation))),
@@ -215,6 +216,58 @@ impl Partition {
         partition.mark_open()?;
         partition.remove_stray_tables()?;
         Ok(partition)
+    }
+
+    /// Opens a partition that was not closed cleanly: its data files hold the state of
+    /// the last clean close, or less (see `arena`), so it starts empty in memory, and
+    /// recovery restores its checkpoint and replays the journal.
+    ///
+    /// The header file is kept as it is on disk (`clean = 0`) and nothing is written:
+    /// a crash at any point here, or later before a clean close, finds the partition
+    /// unclean again. Removing the header instead would make the next open create a
+    /// new, clean, empty partition and skip the restore: the counters of the
+    /// checkpoint would be lost once the journal before it was released.
+    fn reopen_empty(
+        directory: &Path,
+        index: u32,
+        mut meta: ArenaFile,
+    ) -> Result<Partition, EngineError> {
+        debug_assert_eq!(read_header(meta.bytes()).clean, 0);
+        remove_data_files(directory, index)?;
+        let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
+        let table = Table::create(
+            &directory.join(file_name(index, &table_suffix(1))),
+            initial_lines(index),
+        )?;
+        let header = Meta {
+            magic: *META_MAGIC,
+            version: META_VERSION,
+            partition: index,
+            applied_lsn: 0,
+            clean: 0,
+            migrating: 0,
+            table_generation: 1,
+            table_lines: initial_lines(index),
+            old_generation: 0,
+            old_lines: 0,
+            migrate_cursor: 0,
+            counter_count: 0,
+            table_counters: 0,
+            heap_bytes: heap.file().length_bytes(),
+            data_checksum: 0,
+        };
+        meta.bytes_mut().fill(0);
+        write_header(meta.bytes_mut(), &header);
+        Ok(Partition {
+            index,
+            directory: directory.to_path_buf(),
+            meta,
+            table,
+            old: None,
+            heap,
+            was_clean: false,
+            _not_sync: std::marker::PhantomData,
+        })
     }
 
     /// Removes table files of this partition that the header does not name: a process
@@ -777,24 +830,32 @@ impl Partition {
         sync_directory(destination)
     }
 
-    /// Checks a checkpoint of partition `index` in `source` (header checksum, file lengths,
-    /// data checksum) without changing anything.
-    pub(crate) fn verify_checkpoint(source: &Path, index: u32) -> Result<(), EngineError> {
+    /// Reads the checkpoint of partition `index` in `source` into memory and checks it
+    /// (header checksum, file lengths, data checksum): one read per file, the checksum
+    /// computed over each chunk as it arrives. Changes nothing on disk.
+    pub(crate) fn load_checkpoint(
+        source: &Path,
+        index: u32,
+    ) -> Result<LoadedCheckpoint, EngineError> {
         let meta_path = source.join(file_name(index, "meta"));
         let meta_bytes = fs::read(&meta_path).map_err(io_error("read", &meta_path))?;
         let header = check_meta_bytes(&meta_bytes, index, &meta_path, true)?;
-        let mut names = vec![
-            file_name(index, "heap"),
-            file_name(index, &table_suffix(header.table_generation)),
-        ];
-        if header.migrating == 1 {
-            names.push(file_name(index, &table_suffix(header.old_generation)));
-        }
         let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for name in &names {
+        let mut load = |name: &str, length_bytes: u64| {
             let path = source.join(name);
-            hasher.update(&fs::read(&path).map_err(io_error("read", &path))?);
-        }
+            crate::arena::load_anonymous(&path, length_bytes, |chunk| hasher.update(chunk))
+        };
+        let heap = load(&file_name(index, "heap"), header.heap_bytes)?;
+        let table = load(
+            &file_name(index, &table_suffix(header.table_generation)),
+            header.table_lines * LINE_BYTES as u64,
+        )?;
+        let old = if header.migrating == 1 {
+            let name = file_name(index, &table_suffix(header.old_generation));
+            Some(load(&name, header.old_lines * LINE_BYTES as u64)?)
+        } else {
+            None
+        };
         if hasher.digest() != header.data_checksum {
             return Err(EngineError::Corrupted {
                 path: source.to_path_buf(),
@@ -802,13 +863,77 @@ impl Partition {
                 reason: format!("checkpoint of partition {index}: data checksum mismatch"),
             });
         }
-        Ok(())
+        Ok(LoadedCheckpoint {
+            header,
+            heap,
+            table,
+            old,
+        })
     }
 
-    /// Releases the mappings and returns the directory (for a restore).
-    pub(crate) fn into_directory(self) -> PathBuf {
-        self.directory
+    /// Replaces this partition's counters with a loaded checkpoint's. The data files
+    /// are recreated under the checkpoint's names, sparse (the bytes stay in memory, as
+    /// for every open partition); the header file on disk keeps `clean = 0` and is not
+    /// written: a crash before the next clean close restores from the checkpoint again,
+    /// which is still in place (the journal after it is kept until a newer one exists).
+    /// On an error the partition is gone (its files mean nothing while it is open).
+    pub(crate) fn restore(self, loaded: LoadedCheckpoint) -> Result<Partition, EngineError> {
+        let Partition {
+            index,
+            directory,
+            mut meta,
+            was_clean,
+            ..
+        } = self;
+        debug_assert_eq!(loaded.header.partition, index);
+        remove_data_files(&directory, index)?;
+        let header = loaded.header;
+        let adopt = |name: String, map| ArenaFile::adopt(&directory.join(name), map);
+        let heap = Heap::from_file(adopt(file_name(index, "heap"), loaded.heap)?)?;
+        let table = Table::from_file(
+            adopt(
+                file_name(index, &table_suffix(header.table_generation)),
+                loaded.table,
+            )?,
+            header.table_lines,
+        );
+        let old = match loaded.old {
+            Some(map) => Some(Table::from_file(
+                adopt(file_name(index, &table_suffix(header.old_generation)), map)?,
+                header.old_lines,
+            )),
+            None => None,
+        };
+        meta.bytes_mut().fill(0);
+        write_header(
+            meta.bytes_mut(),
+            &Meta {
+                clean: 0,
+                data_checksum: 0,
+                ..header
+            },
+        );
+        Ok(Partition {
+            index,
+            directory,
+            meta,
+            table,
+            old,
+            heap,
+            was_clean,
+            _not_sync: std::marker::PhantomData,
+        })
     }
+}
+
+/// A partition's checkpoint read into anonymous memory and verified, not yet attached
+/// to files of the data directory (see [`Partition::restore`]).
+#[derive(Debug)]
+pub(crate) struct LoadedCheckpoint {
+    header: Meta,
+    heap: memmap2::MmapMut,
+    table: memmap2::MmapMut,
+    old: Option<memmap2::MmapMut>,
 }
 
 /// The first table's lines: 64 plus a per-partition offset spread over one growth step,
@@ -939,35 +1064,31 @@ pub(crate) fn sync_directory(path: &Path) -> Result<(), EngineError> {
         .map_err(io_error("fsync directory", path))
 }
 
+/// Removes every file of partition `index` but its header from `directory`.
+fn remove_data_files(directory: &Path, index: u32) -> Result<(), EngineError> {
+    let meta_name = file_name(index, "meta");
+    remove_files_where(directory, index, |name| name != meta_name)
+}
+
 /// Removes every file of partition `index` from `directory`.
 pub(crate) fn remove_partition_files(directory: &Path, index: u32) -> Result<(), EngineError> {
+    remove_files_where(directory, index, |_| true)
+}
+
+fn remove_files_where(
+    directory: &Path,
+    index: u32,
+    remove: impl Fn(&str) -> bool,
+) -> Result<(), EngineError> {
     let prefix = format!("p{index:05}.");
     let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
     for entry in entries {
         let entry = entry.map_err(io_error("list", directory))?;
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && remove(&name) {
             let path = entry.path();
             fs::remove_file(&path).map_err(io_error("remove", &path))?;
         }
     }
     Ok(())
-}
-
-/// Copies the checkpoint files of partition `index` from `source` into `directory`.
-pub(crate) fn copy_partition_files(
-    source: &Path,
-    directory: &Path,
-    index: u32,
-) -> Result<(), EngineError> {
-    let prefix = format!("p{index:05}.");
-    let entries = fs::read_dir(source).map_err(io_error("list", source))?;
-    for entry in entries {
-        let entry = entry.map_err(io_error("list", source))?;
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(&prefix) {
-            let bytes = fs::read(entry.path()).map_err(io_error("read", &entry.path()))?;
-            write_synced(&directory.join(&name), &bytes)?;
-        }
-    }
-    sync_directory(directory)
 }

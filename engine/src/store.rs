@@ -13,13 +13,13 @@
 //! only hints: a growth between the prefetch and the apply costs a miss, never a wrong
 //! result.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
 use crate::index::KEY_INLINE_BYTES_MAX;
 use crate::op::{Op, OpResult};
-use crate::partition::{copy_partition_files, remove_partition_files, KeyProbe, Partition};
+use crate::partition::{KeyProbe, Partition};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 
 /// How many operations ahead the batch pipeline prefetches the home bucket.
@@ -30,7 +30,6 @@ const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX
 /// The partitions one thread owns.
 #[derive(Debug)]
 pub struct Store {
-    directory: PathBuf,
     partition_count: u32,
     /// `partition_count - 1` if the count is a power of two (the index is then a mask).
     partition_mask: Option<u64>,
@@ -93,7 +92,6 @@ impl Store {
             }
         }
         Ok(Store {
-            directory: dir.path().to_path_buf(),
             partition_count,
             partition_mask: partition_count
                 .is_power_of_two()
@@ -309,19 +307,20 @@ impl Store {
         owned.checkpoint(dest_dir)
     }
 
-    /// Replaces one owned partition's files with those of a checkpoint (verified first:
-    /// header and data checksums) and remaps it. If copying fails after the check, the
-    /// partition is left closed (`owns` turns false) and the error is returned.
+    /// Replaces one owned partition's counters with those of a checkpoint in
+    /// `src_dir`, read straight into memory and verified on the way (header and data
+    /// checksums). A damaged checkpoint is refused before anything changes. Nothing is
+    /// copied into the data directory and nothing is synced: the partition's header on
+    /// disk keeps saying `clean = 0`, so a crash before the next clean close restores
+    /// from the checkpoint again. If recreating the data files fails after the check,
+    /// the partition is left closed (`owns` turns false) and the error is returned.
     pub fn restore_partition(&mut self, partition: u32, src_dir: &Path) -> Result<(), EngineError> {
         if !self.owns(partition) {
             return Err(Store::not_owned(partition));
         }
-        Partition::verify_checkpoint(src_dir, partition)?;
+        let loaded = Partition::load_checkpoint(src_dir, partition)?;
         let live = self.partitions[partition as usize].take().expect("owned");
-        drop(live.into_directory());
-        remove_partition_files(&self.directory, partition)?;
-        copy_partition_files(src_dir, &self.directory, partition)?;
-        self.partitions[partition as usize] = Some(Partition::open(&self.directory, partition)?);
+        self.partitions[partition as usize] = Some(live.restore(loaded)?);
         Ok(())
     }
 }

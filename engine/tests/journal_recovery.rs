@@ -167,3 +167,83 @@ fn retention_keeps_segments_a_follower_needs() {
     let report = checkpoint_core(dir.path(), &store, &mut journal, 0, None).unwrap();
     assert_eq!(report.segments_released, before.len() - 1);
 }
+
+/// Builds a data directory whose journal before the checkpoint is released (so the
+/// checkpoint alone holds those counters), stops it uncleanly, and returns the state.
+fn checkpointed_then_crashed(path: &Path) -> Model {
+    let mut store = open_store(path);
+    let first = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(path, 0, small_segments(first.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 0..1_500);
+    journal.sync().unwrap();
+    run_ops(&mut store, &mut journal, 1_500..3_000);
+    let report = checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
+    assert!(report.segments_released > 0);
+    run_ops(&mut store, &mut journal, 3_000..4_000);
+    journal.sync().unwrap();
+    let expected = snapshot(&store);
+    drop(journal);
+    drop(store); // no close_clean: an unclean stop
+    expected
+}
+
+fn partition_files(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(path)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('p'))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A crash at any point of a recovery leaves the partitions unclean, so the next start
+/// restores them from their checkpoints again: states after the open, after a partial
+/// restore, with the data files gone (what a crash inside a restore leaves), and after
+/// a complete recovery that was never closed.
+#[test]
+fn a_crash_during_recovery_recovers_from_the_checkpoint_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = checkpointed_then_crashed(dir.path());
+    // Crash right after the open.
+    drop(open_store(dir.path()));
+    // Crash after restoring half the partitions.
+    let mut store = open_store(dir.path());
+    for partition in 0..PARTITIONS / 2 {
+        let found = tally_engine::journal::checkpoint::latest(dir.path(), partition)
+            .unwrap()
+            .expect("a checkpoint");
+        store.restore_partition(partition, &found.dir).unwrap();
+    }
+    drop(store);
+    // Crash inside a restore, after the old data files were removed: only headers left.
+    for name in partition_files(dir.path()) {
+        if !name.ends_with(".meta") {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+    }
+    let store = open_store(dir.path());
+    for partition in 0..PARTITIONS {
+        assert!(
+            !store.partition_was_clean(partition),
+            "partition {partition}"
+        );
+    }
+    drop(store);
+    // Crash after a whole recovery, before any clean close.
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(report.partitions_restored.len(), PARTITIONS as usize);
+    assert_eq!(snapshot(&store), expected);
+    drop(store);
+    let mut store = open_store(dir.path());
+    assert!(!store.was_clean_shutdown());
+    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    // And a clean close after recovery keeps it.
+    store.close_clean().unwrap();
+    let mut store = open_store(dir.path());
+    assert!(store.was_clean_shutdown());
+    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+}

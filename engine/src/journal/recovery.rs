@@ -10,7 +10,11 @@
 //!
 //! # Steps
 //! 1. Every owned partition that was not closed cleanly is restored from its last
-//!    checkpoint (see [`super::checkpoint`]), or emptied if it has none.
+//!    checkpoint (see [`super::checkpoint`]), or emptied if it has none. The checkpoint
+//!    is read straight into memory (`Store::restore_partition`); the partition's header
+//!    on disk keeps `clean = 0` until a clean close, so a crash during recovery
+//!    restores from the same checkpoint again, and the journal after it is kept until
+//!    a newer checkpoint exists.
 //! 2. The core's segments are scanned in LSN order. Each record of a partition whose
 //!    applied LSN is below the record's is replayed *by its resulting value*: a `Set`
 //!    of the recorded value (bounds first when the record carries them), or a

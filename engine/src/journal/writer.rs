@@ -386,7 +386,11 @@ pub(crate) fn create_dir_durably(dir: &Path) -> Result<(), JournalError> {
     for _ in 0..3 {
         let Some(path) = parent else { break };
         // `Path::new("data").parent()` is `Some("")`: the current directory.
-        let path = if path.as_os_str().is_empty() { Path::new(".") } else { path };
+        let path = if path.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            path
+        };
         std::fs::File::open(path)
             .and_then(|f| f.sync_all())
             .map_err(|e| JournalError::io("sync directory", path, e))?;
