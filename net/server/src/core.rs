@@ -663,8 +663,8 @@ pub async fn run(setup: CoreSetup) -> Store {
     core.journal.stop();
     commit.await;
     let core = Rc::into_inner(core).expect("every task of the core has ended");
-    let store = core.store.into_inner();
-    match core.journal.finish(&store) {
+    let mut store = core.store.into_inner();
+    match core.journal.finish(&mut store) {
         Ok(()) => tracing::info!(core = index, "journal synced and checkpointed"),
         Err(error) => tracing::error!(core = index, %error, "no final checkpoint"),
     }

@@ -191,6 +191,11 @@ pub struct CoreJournal {
     checkpoint_journal_bytes: u64,
     last_checkpoint: Cell<Instant>,
     bytes_at_checkpoint: Cell<u64>,
+    /// Per partition (index = partition): the LSN of the last record appended here.
+    /// Live applies do not touch the store's applied LSN (one store write per record on
+    /// the hot path); [`CoreJournal::stamp_applied`] copies these into the store before
+    /// a checkpoint or a clean close, so both record how far they reflect the journal.
+    appended_lsn: RefCell<Vec<Lsn>>,
     pub stats: DurabilityStats,
 }
 
@@ -260,6 +265,7 @@ impl CoreJournal {
             checkpoint_journal_bytes: settings.checkpoint_journal_bytes,
             last_checkpoint: Cell::new(Instant::now()),
             bytes_at_checkpoint: Cell::new(0),
+            appended_lsn: RefCell::new(vec![0; store.partition_count() as usize]),
             stats,
         })
     }
@@ -297,12 +303,14 @@ impl CoreJournal {
             return None;
         }
         let mut journal = self.journal.borrow_mut();
+        let mut appended_lsn = self.appended_lsn.borrow_mut();
         let mut first = 0;
         let mut last = 0;
         let mut count = 0;
         for record in records {
             match append_one(&mut journal, &record, durability, &self.stats) {
                 Ok(lsn) => {
+                    appended_lsn[record.partition as usize] = lsn;
                     last = lsn;
                     if first == 0 {
                         first = lsn;
@@ -310,6 +318,7 @@ impl CoreJournal {
                 }
                 Err(error) => {
                     drop(journal);
+                    drop(appended_lsn);
                     self.fail(&error);
                     return None;
                 }
@@ -404,6 +413,20 @@ impl CoreJournal {
         !self.failed.get() && (late || grown >= self.checkpoint_journal_bytes)
     }
 
+    /// Records in the store, per partition, the LSN of the last record appended here:
+    /// every record up to it was applied first (a batch is applied, then journaled,
+    /// without an await), so the store reflects it. A checkpoint or clean close then
+    /// carries that LSN, recovery skips the records at or below it, and [`Self::finish`]
+    /// sees which partitions changed since their checkpoint.
+    pub fn stamp_applied(&self, store: &mut Store) {
+        for (partition, &lsn) in self.appended_lsn.borrow().iter().enumerate() {
+            let partition = partition as u32;
+            if lsn > store.applied_lsn(partition) && store.owns(partition) {
+                store.set_applied_lsn(partition, lsn);
+            }
+        }
+    }
+
     /// Checkpoints every partition of the core (blocking it for one sync and the copy)
     /// and releases the segments nobody needs.
     pub fn checkpoint(&self, store: &Store) -> Result<(), JournalError> {
@@ -440,12 +463,21 @@ impl CoreJournal {
     /// partitions changed since their last checkpoint (a partition checkpoint costs
     /// several fsyncs; an unchanged one is skipped, so an idle partition's older
     /// checkpoint keeps its segments until the next periodic checkpoint).
-    pub fn finish(&self, store: &Store) -> Result<(), JournalError> {
+    ///
+    /// A partition changed if its applied LSN (stamped from the appends, see
+    /// [`Self::stamp_applied`]) is above its checkpoint's covered LSN. (Before the
+    /// stamp, live appends left the applied LSN where recovery had put it, so every
+    /// partition changed only since the restart looked unchanged: its checkpoint was
+    /// skipped and its journal kept. Nothing was lost, since replay is by value and
+    /// segments are released by checkpoint LSNs only, but the journal grew across
+    /// graceful restarts and every restart replayed it.)
+    pub fn finish(&self, store: &mut Store) -> Result<(), JournalError> {
         if self.failed.get() {
             return Err(JournalError::Failed {
                 reason: "the journal failed while serving; no final checkpoint".to_string(),
             });
         }
+        self.stamp_applied(store);
         let started = Instant::now();
         let mut journal = self.journal.borrow_mut();
         let mut written = 0;
@@ -582,7 +614,8 @@ pub async fn commit_loop(core: Rc<Core>) {
         }
         in_flight_since = None;
         if journal.checkpoint_due(now) {
-            let store = core.store.borrow();
+            let mut store = core.store.borrow_mut();
+            journal.stamp_applied(&mut store);
             // A failed checkpoint fails the journal; `checkpoint` logged it.
             let _ = journal.checkpoint(&store);
             continue;
