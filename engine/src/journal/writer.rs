@@ -366,6 +366,11 @@ impl<S: JournalStorage> Journal<S> {
 fn commit_error(failure: CommitFailure, path: PathBuf, offset: u64, length: usize) -> JournalError {
     match failure {
         CommitFailure::Write(error) => JournalError::io("write commit to", &path, error),
+        // A write that runs out of space stops short instead of failing with ENOSPC
+        // (only the next one would): say "no space" when the device has too little left.
+        CommitFailure::ShortWrite { written } if space_left_bytes(&path) < length - written => {
+            JournalError::NoSpace { path }
+        }
         CommitFailure::ShortWrite { written } => JournalError::ShortWrite {
             path,
             offset,
@@ -374,6 +379,26 @@ fn commit_error(failure: CommitFailure, path: PathBuf, offset: u64, length: usiz
         },
         CommitFailure::Sync(source) => JournalError::SyncFailed { path, source },
     }
+}
+
+/// Bytes an unprivileged writer can still allocate on the file system holding `path`
+/// (`usize::MAX` if unknown).
+fn space_left_bytes(path: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return usize::MAX;
+    };
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `name` is a NUL-terminated path; `stats` is writable memory of the right
+    // type, read only after statvfs reported success (it then filled it).
+    let stats = unsafe {
+        if libc::statvfs(name.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return usize::MAX;
+        }
+        stats.assume_init()
+    };
+    let bytes = u128::from(stats.f_bavail) * u128::from(stats.f_frsize);
+    usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
 /// Creates `dir` and its missing parents, syncing each parent so the entries survive.

@@ -481,3 +481,127 @@ fn graceful_stops_checkpoint_what_changed_and_a_later_crash_loses_nothing() {
     let daemon = Daemon::start(dir.path(), &[]);
     assert_eq!(Client::connect(daemon.addr).values(&keys), expected);
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct SmallFilesystem {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFilesystem {
+    /// Mounts a tmpfs of `size` (e.g. "4m") on a new directory; `Err` says why not
+    /// (not root, no mount permission in this sandbox or CI).
+    fn mount(size: &str) -> Result<SmallFilesystem, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(SmallFilesystem { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes a file until the file system has no space left.
+    fn fill(&self) -> std::path::PathBuf {
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let block = vec![0xA5u8; 64 << 10];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(error) => {
+                    assert_eq!(error.raw_os_error(), Some(libc_enospc()), "{error}");
+                    break;
+                }
+            }
+        }
+        path
+    }
+}
+
+impl Drop for SmallFilesystem {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// ENOSPC on Linux (the test crate does not depend on libc for one constant).
+fn libc_enospc() -> i32 {
+    28
+}
+
+/// Disk full at process level: `tallyd`'s data directory on a small tmpfs that the test
+/// fills. Durable increments then fail with `Unavailable` and are not acknowledged,
+/// reads keep being served, and after a `kill -9`, freeing the space and a restart,
+/// every increment acknowledged before is there (and none counted twice). Needs root
+/// to mount the tmpfs: without it the test says why and does nothing.
+#[test]
+fn disk_full_refuses_durable_increments_keeps_reads_and_loses_nothing() {
+    let filesystem = match SmallFilesystem::mount("8m") {
+        Ok(filesystem) => filesystem,
+        Err(reason) => {
+            eprintln!("SKIPPED disk_full test: cannot mount a small tmpfs: {reason}");
+            return;
+        }
+    };
+    let data_dir = filesystem.path().join("data");
+    let keys = keys();
+    let mut tally = Tally::new();
+    let daemon = Daemon::start(&data_dir, &[]);
+    let mut client = Client::connect(daemon.addr);
+    let send_round = |client: &mut Client, tally: &mut Tally| -> Vec<Status> {
+        let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+        let replies = client.batch(&ops, None);
+        for (key, reply) in replies.iter().enumerate() {
+            tally.sent[key] += 1;
+            if reply.status == Status::Ok {
+                tally.acked[key] += 1;
+            }
+        }
+        replies.iter().map(|reply| reply.status).collect()
+    };
+    for _ in 0..20 {
+        let statuses = send_round(&mut client, &mut tally);
+        assert!(statuses.iter().all(|&status| status == Status::Ok));
+    }
+    let filler = filesystem.fill();
+    // The journal's last block may still have room: go on until a commit needs a new
+    // page of the full file system.
+    let mut refused = None;
+    for round in 0..5_000 {
+        let statuses = send_round(&mut client, &mut tally);
+        if let Some(&status) = statuses.iter().find(|&&status| status != Status::Ok) {
+            refused = Some((round, status));
+            break;
+        }
+    }
+    let (round, status) = refused.expect("a durable increment is refused on a full disk");
+    assert_eq!(status, Status::Unavailable, "after {round} rounds");
+    // Refused from now on, never acknowledged; reads still answered.
+    let acked_when_full = tally.acked.clone();
+    for _ in 0..3 {
+        let statuses = send_round(&mut client, &mut tally);
+        assert!(statuses.iter().all(|&status| status == Status::Unavailable));
+    }
+    assert_eq!(tally.acked, acked_when_full);
+    let values = client.values(&keys);
+    for (key, &value) in values.iter().enumerate() {
+        assert!(value >= tally.acked[key] && value <= tally.sent[key]);
+    }
+    drop(client);
+    daemon.kill_9();
+    std::fs::remove_file(filler).unwrap();
+    let daemon = Daemon::start(&data_dir, &[]);
+    check_bounds(daemon.addr, &tally, "after disk full, kill -9 and restart");
+}
