@@ -27,6 +27,9 @@ pub const PREFETCH_DISTANCE: usize = 32;
 
 const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX);
 
+/// Most threads [`Store::restore_partitions`] reads checkpoints on.
+pub const RESTORE_THREADS_MAX: usize = 8;
+
 /// The partitions one thread owns.
 #[derive(Debug)]
 pub struct Store {
@@ -321,6 +324,51 @@ impl Store {
         let loaded = Partition::load_checkpoint(src_dir, partition)?;
         let live = self.partitions[partition as usize].take().expect("owned");
         self.partitions[partition as usize] = Some(live.restore(loaded)?);
+        Ok(())
+    }
+
+    /// [`Store::restore_partition`] for several partitions, `(partition, checkpoint
+    /// directory)`, reading the checkpoints on up to [`RESTORE_THREADS_MAX`] threads at
+    /// once (bounded by the CPUs): filling fresh memory is CPU work (the kernel zeroes
+    /// every new page before the read copies into it). Every checkpoint is read and
+    /// verified before any partition changes, so one damaged checkpoint changes nothing.
+    pub fn restore_partitions(&mut self, checkpoints: &[(u32, &Path)]) -> Result<(), EngineError> {
+        if let Some(&(partition, _)) = checkpoints.iter().find(|(p, _)| !self.owns(*p)) {
+            return Err(Store::not_owned(partition));
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(RESTORE_THREADS_MAX)
+            .min(checkpoints.len());
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let load_some = || {
+            let mut loaded = Vec::new();
+            loop {
+                let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&(partition, dir)) = checkpoints.get(at) else {
+                    return loaded;
+                };
+                loaded.push((at, Partition::load_checkpoint(dir, partition)));
+            }
+        };
+        let mut loaded: Vec<_> = std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(load_some)).collect();
+            let mut loaded = load_some();
+            for helper in helpers {
+                loaded.extend(helper.join().expect("a checkpoint loading thread panicked"));
+            }
+            loaded
+        });
+        loaded.sort_by_key(|(at, _)| *at);
+        assert_eq!(loaded.len(), checkpoints.len());
+        let loaded = loaded
+            .into_iter()
+            .map(|(_, result)| result)
+            .collect::<Result<Vec<_>, _>>()?;
+        for (&(partition, _), loaded) in checkpoints.iter().zip(loaded) {
+            let live = self.partitions[partition as usize].take().expect("owned");
+            self.partitions[partition as usize] = Some(live.restore(loaded)?);
+        }
         Ok(())
     }
 }

@@ -263,3 +263,34 @@ fn collect(store: &Store, partition: u32) -> Vec<(Vec<u8>, i64)> {
     counters.sort();
     counters
 }
+
+#[test]
+fn restoring_several_partitions_changes_none_if_one_checkpoint_is_damaged() {
+    let temp = tempfile::tempdir().unwrap();
+    let checkpoints = tempfile::tempdir().unwrap();
+    let mut store = filled_store(temp.path(), 4, 4000);
+    let snapshots: Vec<_> = (0..4).map(|p| collect(&store, p)).collect();
+    for partition in 0..4 {
+        store
+            .checkpoint_partition(partition, checkpoints.path())
+            .unwrap();
+    }
+    for (key, _) in &snapshots[0] {
+        store.apply(&add(key, 1)).unwrap();
+    }
+    let changed = collect(&store, 0);
+    let all: Vec<(u32, &Path)> = (0..4).map(|p| (p, checkpoints.path())).collect();
+    let heap = checkpoints.path().join("p00003.heap");
+    let original = fs::read(&heap).unwrap();
+    let mut damaged = original.clone();
+    damaged[300] ^= 0x10;
+    fs::write(&heap, damaged).unwrap();
+    let error = store.restore_partitions(&all).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+    assert_eq!(collect(&store, 0), changed, "nothing restored");
+    fs::write(&heap, original).unwrap();
+    store.restore_partitions(&all).unwrap();
+    for partition in 0..4 {
+        assert_eq!(collect(&store, partition), snapshots[partition as usize]);
+    }
+}

@@ -109,10 +109,11 @@ where
         ..JournalScan::default()
     };
     let mut previous = None;
+    let mut bytes = Vec::new();
     for (index, info) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         let read_started = Instant::now();
-        let bytes = segment::read_segment_from(&info.path, 0)?;
+        segment::read_segment_into(&info.path, 0, &mut bytes)?;
         scan.read_elapsed += read_started.elapsed();
         let result = segment::scan_segment(info, &bytes, previous, is_last, |logged| {
             scan.record_count += 1;
@@ -238,26 +239,32 @@ fn restore_unclean(
     report: &mut RecoveryReport,
 ) -> Result<(), JournalError> {
     let owned = store.owned_partitions().to_vec();
+    let mut checkpoints = Vec::new();
     for partition in owned {
         if store.partition_was_clean(partition) {
             continue;
         }
         match checkpoint::latest(data_dir, partition)? {
-            Some(found) => {
-                store
-                    .restore_partition(partition, &found.dir)
-                    .map_err(|source| JournalError::Engine {
-                        action: "restore partition from checkpoint",
-                        source,
-                    })?;
-                report.partitions_restored.push(partition);
-            }
+            Some(found) => checkpoints.push((partition, found.dir)),
             None => {
                 empty_partition(store, partition)?;
                 report.partitions_emptied.push(partition);
             }
         }
     }
+    let sources: Vec<(u32, &Path)> = checkpoints
+        .iter()
+        .map(|(partition, dir)| (*partition, dir.as_path()))
+        .collect();
+    store
+        .restore_partitions(&sources)
+        .map_err(|source| JournalError::Engine {
+            action: "restore partitions from checkpoints",
+            source,
+        })?;
+    report
+        .partitions_restored
+        .extend(checkpoints.iter().map(|(partition, _)| partition));
     Ok(())
 }
 

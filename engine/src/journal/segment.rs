@@ -72,6 +72,20 @@ pub fn list_segments(dir: &Path) -> Result<Vec<SegmentInfo>, JournalError> {
 
 /// Reads a segment file from `offset` to its end.
 pub fn read_segment_from(path: &Path, offset: u64) -> Result<Vec<u8>, JournalError> {
+    let mut bytes = Vec::new();
+    read_segment_into(path, offset, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// Like [`read_segment_from`], into `bytes` (cleared first), reusing its memory: a scan
+/// of many segments then touches fresh memory once, not once per segment (first
+/// touches of fresh pages, zeroed by the kernel, cost more than the copy itself).
+pub fn read_segment_into(
+    path: &Path,
+    offset: u64,
+    bytes: &mut Vec<u8>,
+) -> Result<(), JournalError> {
+    bytes.clear();
     let mut file = File::open(path).map_err(|e| JournalError::io("open segment", path, e))?;
     file.seek(SeekFrom::Start(offset))
         .map_err(|e| JournalError::io("seek segment", path, e))?;
@@ -80,10 +94,10 @@ pub fn read_segment_from(path: &Path, offset: u64) -> Result<Vec<u8>, JournalErr
         .metadata()
         .map_or(0, |m| m.len())
         .saturating_sub(offset);
-    let mut bytes = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
-    file.read_to_end(&mut bytes)
+    bytes.reserve(usize::try_from(length).unwrap_or(0));
+    file.read_to_end(bytes)
         .map_err(|e| JournalError::io("read segment", path, e))?;
-    Ok(bytes)
+    Ok(())
 }
 
 /// Cuts a segment at `offset` (a torn tail) and makes the cut durable.

@@ -1,18 +1,21 @@
 //! `tally-bench recovery`: how long a restart after an unclean stop takes.
 //!
-//! Builds a data directory with `--counters` counters (one core owning every
-//! partition), checkpoints it, writes `--journal-ops` increments to the journal after
-//! the checkpoint, then drops the store without a clean close (what `kill -9` leaves).
-//! It then times what the server does at start: open the store, restore every
-//! partition from its checkpoint and replay the journal tail. Prints
-//! `recovery_seconds` (and more with `--json`).
+//! Builds a data directory with `--counters` counters over `--cores` cores (partition
+//! `p` owned by core `p % cores`, as in `tallyd`), checkpoints it, writes
+//! `--journal-ops` increments to the owning cores' journals after the checkpoint, then
+//! drops the stores without a clean close (what `kill -9` leaves). It then times what
+//! the server does at start, where every core recovers its own partitions on its own
+//! thread at the same time: open the store, restore every partition from its
+//! checkpoint and replay the journal tail. Prints `recovery_seconds` (the wall time
+//! until the last core is done) and, with `--json`, the slowest core's breakdown and
+//! every core's.
 
 use std::error::Error;
 use std::path::Path;
 use std::time::Instant;
 
 use tally_engine::journal::checkpoint::checkpoint_core;
-use tally_engine::journal::recovery::{recover, RecoveryOptions};
+use tally_engine::journal::recovery::{recover, RecoveryOptions, RecoveryReport};
 use tally_engine::journal::{Durability, Journal, JournalError, JournalOptions, Record};
 use tally_engine::{key_hash, BoundPolicy, DataDir, Op, OpResult, Store};
 
@@ -25,9 +28,13 @@ pub struct RecoveryArgs {
     /// Increments in the journal tail after the checkpoint.
     #[arg(long, default_value_t = 1_000_000)]
     journal_ops: u64,
-    /// Partitions of the data directory (all owned by one core).
+    /// Partitions of the data directory.
     #[arg(long, default_value_t = 16)]
     partitions: u32,
+    /// Cores recovering in parallel, each owning the partitions `p % cores == core`
+    /// and its own journal (as `tallyd --cores`).
+    #[arg(long, default_value_t = 1)]
+    cores: u32,
     /// Where to build the data directory (a temporary directory inside it).
     #[arg(long, default_value = ".")]
     dir: std::path::PathBuf,
@@ -45,29 +52,46 @@ fn key_of(index: u64) -> Vec<u8> {
     format!("bench:{index:012}").into_bytes()
 }
 
-fn fill(store: &mut Store, counters: u64) -> Result<(), Box<dyn Error>> {
+/// The core owning `partition` (as `tallyd`'s router: `p % cores`).
+fn owner(partition: u32, cores: u32) -> usize {
+    (partition % cores) as usize
+}
+
+fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    (key_hash(key) % u64::from(partitions)) as u32
+}
+
+fn fill(stores: &mut [Store], args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
     let mut results: Vec<OpResult> = Vec::new();
     let mut start = 0;
-    while start < counters {
-        let end = (start + 10_000).min(counters);
-        let batch_keys: Vec<Vec<u8>> = (start..end).map(key_of).collect();
-        let ops: Vec<Op> = batch_keys
-            .iter()
-            .map(|key| Op::Set {
-                key,
-                value: 1,
-                policy: BoundPolicy::Reject,
-            })
-            .collect();
-        store.apply_batch(&ops, &mut results)?;
+    while start < args.counters {
+        let end = (start + 10_000).min(args.counters);
+        let mut per_core: Vec<Vec<Vec<u8>>> = vec![Vec::new(); stores.len()];
+        for key in (start..end).map(key_of) {
+            per_core[owner(partition_of(&key, args.partitions), args.cores)].push(key);
+        }
+        for (store, keys) in stores.iter_mut().zip(&per_core) {
+            let ops: Vec<Op> = keys
+                .iter()
+                .map(|key| Op::Set {
+                    key,
+                    value: 1,
+                    policy: BoundPolicy::Reject,
+                })
+                .collect();
+            store.apply_batch(&ops, &mut results)?;
+            if let Some(error) = results.iter().find_map(|r| r.as_ref().err()) {
+                return Err(format!("filling: {error}").into());
+            }
+        }
         start = end;
     }
     Ok(())
 }
 
 fn journal_tail(
-    store: &mut Store,
-    journal: &mut Journal,
+    stores: &mut [Store],
+    journals: &mut [Journal],
     args: &RecoveryArgs,
 ) -> Result<(), Box<dyn Error>> {
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -81,8 +105,10 @@ fn journal_tail(
             delta: 1,
             policy: BoundPolicy::Reject,
         };
+        let partition = partition_of(&key, args.partitions);
+        let core = owner(partition, args.cores);
+        let (store, journal) = (&mut stores[core], &mut journals[core]);
         let outcome = store.apply(&op)?;
-        let partition = (key_hash(&key) % u64::from(args.partitions)) as u32;
         let record = Record::from_op(&op, &outcome, partition).ok_or("not a mutation")?;
         let lsn = loop {
             match journal.append(&record, Durability::Relaxed) {
@@ -96,31 +122,104 @@ fn journal_tail(
         journal.submit_if_due(Instant::now())?;
         journal.poll()?;
     }
-    journal.sync()?;
+    for journal in journals {
+        journal.sync()?;
+    }
     Ok(())
+}
+
+fn owned(core: usize, args: &RecoveryArgs) -> Vec<u32> {
+    (0..args.partitions)
+        .filter(|&p| owner(p, args.cores) == core)
+        .collect()
 }
 
 /// Builds the data directory and leaves it as an unclean stop would.
 fn build(path: &Path, args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
     let dir = DataDir::open_or_create(path, Some(args.partitions))?;
-    let mut store = Store::open(&dir, 0..args.partitions)?;
-    let report = recover(path, &mut store, 0, &RecoveryOptions::default())?;
-    let options = JournalOptions {
-        next_lsn_min: report.next_lsn,
-        ..JournalOptions::default()
-    };
-    let mut journal = Journal::open(path, 0, options)?;
-    fill(&mut store, args.counters)?;
-    checkpoint_core(path, &store, &mut journal, 0, None)?;
-    journal_tail(&mut store, &mut journal, args)?;
-    drop(journal);
-    drop(store); // no close_clean: the arenas are marked dirty, as after kill -9
+    let mut stores = Vec::new();
+    let mut journals = Vec::new();
+    for core in 0..args.cores as usize {
+        let mut store = Store::open(&dir, owned(core, args))?;
+        let report = recover(path, &mut store, core as u32, &RecoveryOptions::default())?;
+        let options = JournalOptions {
+            next_lsn_min: report.next_lsn,
+            ..JournalOptions::default()
+        };
+        journals.push(Journal::open(path, core as u32, options)?);
+        stores.push(store);
+    }
+    fill(&mut stores, args)?;
+    for (core, (store, journal)) in stores.iter().zip(&mut journals).enumerate() {
+        checkpoint_core(path, store, journal, core as u32, None)?;
+    }
+    journal_tail(&mut stores, &mut journals, args)?;
+    drop(journals);
+    drop(stores); // no close_clean: the arenas are marked dirty, as after kill -9
     Ok(())
 }
 
+/// What one core's recovery took.
+struct CoreRecovery {
+    seconds: f64,
+    counters: u64,
+    report: RecoveryReport,
+}
+
+/// Recovers every core on its own thread, all at once, as `tallyd` starts.
+fn recover_cores(path: &Path, args: &RecoveryArgs) -> Result<Vec<CoreRecovery>, Box<dyn Error>> {
+    let dir = DataDir::open_or_create(path, None)?;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.cores as usize)
+            .map(|core| {
+                let dir = &dir;
+                scope.spawn(move || -> Result<CoreRecovery, String> {
+                    let started = Instant::now();
+                    let mut store =
+                        Store::open(dir, owned(core, args)).map_err(|e| e.to_string())?;
+                    let options = RecoveryOptions::default();
+                    let report = recover(path, &mut store, core as u32, &options)
+                        .map_err(|e| e.to_string())?;
+                    Ok(CoreRecovery {
+                        seconds: started.elapsed().as_secs_f64(),
+                        counters: store.counter_count(),
+                        report,
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .map_err(|_| "a recovering thread panicked".into())
+                    .and_then(|result| result.map_err(Into::into))
+            })
+            .collect()
+    })
+}
+
+fn core_json(core: &CoreRecovery) -> serde_json::Value {
+    let report = &core.report;
+    let replay_seconds = report.replay_elapsed.as_secs_f64();
+    serde_json::json!({
+        "recovery_seconds": core.seconds,
+        "restore_seconds": report.restore_elapsed.as_secs_f64(),
+        "read_seconds": report.read_elapsed.as_secs_f64(),
+        "decode_seconds": report.decode_elapsed.as_secs_f64(),
+        "replay_seconds": replay_seconds,
+        "checkpoint_seconds": report.checkpoint_elapsed.as_secs_f64(),
+        "wait_seconds": report.wait_elapsed.as_secs_f64(),
+        "records_per_sec": report.records_replayed as f64 / replay_seconds.max(1e-9),
+        "records_replayed": report.records_replayed,
+        "partitions_restored": report.partitions_restored.len(),
+    })
+}
+
 pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
-    if args.partitions == 0 {
-        return Err("--partitions must be at least 1".into());
+    if args.partitions == 0 || args.cores == 0 || args.cores > args.partitions {
+        return Err("--partitions and --cores must be at least 1, cores <= partitions".into());
     }
     let temporary = tempfile::tempdir_in(&args.dir)?;
     let path = args.keep.as_deref().unwrap_or(temporary.path());
@@ -130,46 +229,37 @@ pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
     }
     let build_seconds = build_started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let dir = DataDir::open_or_create(path, None)?;
-    let mut store = Store::open(&dir, 0..args.partitions)?;
-    let open_seconds = started.elapsed().as_secs_f64();
-    let report = recover(path, &mut store, 0, &RecoveryOptions::default())?;
+    let cores = recover_cores(path, args)?;
     let recovery_seconds = started.elapsed().as_secs_f64();
-    let replay_seconds = report.replay_elapsed.as_secs_f64();
-    if store.counter_count() != args.counters {
-        return Err(format!(
-            "recovered {} counters, expected {}",
-            store.counter_count(),
-            args.counters
-        )
-        .into());
+    let counters: u64 = cores.iter().map(|core| core.counters).sum();
+    if counters != args.counters {
+        return Err(format!("recovered {counters} counters, expected {}", args.counters).into());
     }
+    let replayed: u64 = cores.iter().map(|c| c.report.records_replayed).sum();
+    let slowest = cores
+        .iter()
+        .max_by(|a, b| a.seconds.total_cmp(&b.seconds))
+        .expect("at least one core");
     if args.json {
-        let object = serde_json::json!({
-            "counters": args.counters,
-            "journal_ops": args.journal_ops,
-            "partitions": args.partitions,
-            "recovery_seconds": recovery_seconds,
-            "open_seconds": open_seconds,
-            "restore_seconds": report.restore_elapsed.as_secs_f64(),
-            "read_seconds": report.read_elapsed.as_secs_f64(),
-            "decode_seconds": report.decode_elapsed.as_secs_f64(),
-            "replay_seconds": replay_seconds,
-            "checkpoint_seconds": report.checkpoint_elapsed.as_secs_f64(),
-            "wait_seconds": report.wait_elapsed.as_secs_f64(),
-            "records_per_sec": report.records_replayed as f64 / replay_seconds.max(1e-9),
-            "records_replayed": report.records_replayed,
-            "partitions_restored": report.partitions_restored.len(),
-            "build_seconds": build_seconds,
-        });
+        let mut object = core_json(slowest);
+        let fields = object.as_object_mut().expect("an object");
+        fields.insert("recovery_seconds".into(), recovery_seconds.into());
+        fields.insert("counters".into(), args.counters.into());
+        fields.insert("journal_ops".into(), args.journal_ops.into());
+        fields.insert("partitions".into(), args.partitions.into());
+        fields.insert("cores".into(), args.cores.into());
+        fields.insert("records_replayed_all_cores".into(), replayed.into());
+        fields.insert("build_seconds".into(), build_seconds.into());
+        fields.insert(
+            "per_core".into(),
+            cores.iter().map(core_json).collect::<Vec<_>>().into(),
+        );
         println!("{object}");
     } else {
         println!(
-            "recovered {} counters and replayed {} journal records in {recovery_seconds:.3} s \
-             ({} partitions restored; building took {build_seconds:.1} s)",
-            args.counters,
-            report.records_replayed,
-            report.partitions_restored.len()
+            "recovered {} counters and replayed {replayed} journal records on {} core(s) in \
+             {recovery_seconds:.3} s (building took {build_seconds:.1} s)",
+            args.counters, args.cores
         );
     }
     Ok(())
