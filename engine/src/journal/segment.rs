@@ -5,11 +5,20 @@
 //! (padding) starts, or a record fails its checks. How the scan stopped is judged by
 //! [`judge_stop`]:
 //! - end of file, or zero padding with no valid record after it: a clean end;
-//! - otherwise, in the last segment, when no valid record lies beyond the window one
-//!   commit could have torn (`COMMIT_BYTES_MAX` from the block where the damage
-//!   starts): a torn tail, to be truncated;
-//! - anything else (damage in an earlier segment, or valid records after the window):
-//!   corruption in the middle, reported with file and offset.
+//! - otherwise, in the last segment, when no valid record follows the damage: a torn
+//!   tail (the last commit's write stopped part way), to be truncated;
+//! - anything else (damage in an earlier segment, or any valid record after the
+//!   damage): corruption in the middle, reported with file and offset.
+//!
+//! Why any valid record after the damage means corruption: only the last commit can
+//! be torn, and a tear loses the end of what that write carried, so nothing valid
+//! follows it. A valid record after damaged bytes was written after them, by the same
+//! commit or a later one; a later one only started once the damaged one was durable
+//! and acknowledged. Truncating there (as a former rule did for damage within 4 MiB of
+//! the end) would silently drop acknowledged records after a media bit flip. The one
+//! tear this refuses is a power loss that persisted the sectors of the last write out
+//! of order; `RecoveryOptions::recover_to_corruption` then cuts at the damage, which
+//! loses only that unacknowledged commit.
 //!
 //! A valid record that breaks the LSN sequence is corruption wherever it is: a torn
 //! write cannot produce one with a good checksum.
@@ -19,7 +28,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use super::record::{decode, DecodeError, LoggedRecord, RECORD_BYTES_MIN, RECORD_MAGIC};
-use super::{JournalError, Lsn, BLOCK_BYTES, COMMIT_BYTES_MAX};
+use super::{JournalError, Lsn};
 
 const NAME_PREFIX: &str = "segment-";
 const NAME_SUFFIX: &str = ".log";
@@ -225,12 +234,7 @@ pub fn judge_stop(
             reason: format!("{reason} in a segment that is not the last{after}"),
         };
     }
-    // Worked example: damage at offset 10,000 lies in the block at 8,192; one commit
-    // starting there ends before 8,192 + 4 MiB, so a valid record at or beyond that
-    // offset was written by a later commit, which only ran after this one was durable.
-    let window_end = offset / BLOCK_BYTES * BLOCK_BYTES + COMMIT_BYTES_MAX;
-    let beyond = later.and_then(|at| find_valid_after(bytes, at.max(window_end), last_lsn));
-    match beyond {
+    match later {
         Some(at) => Verdict::Corrupted {
             offset: offset as u64,
             reason: format!("{reason}, followed by a valid record at offset {at}"),
@@ -263,6 +267,7 @@ fn find_valid_after(bytes: &[u8], offset: usize, last_lsn: Option<Lsn>) -> Optio
 mod tests {
     use super::*;
     use crate::journal::record::{Record, RecordKind};
+    use crate::journal::{BLOCK_BYTES, COMMIT_BYTES_MAX};
 
     fn segment_bytes(lsns: std::ops::RangeInclusive<Lsn>) -> Vec<u8> {
         let mut bytes = Vec::new();
@@ -321,6 +326,14 @@ mod tests {
         ));
         let error = scan_segment(&info(), &bytes, None, false, |_| Ok(())).unwrap_err();
         assert!(matches!(error, JournalError::Corrupted { offset: 504, .. }));
+    }
+
+    #[test]
+    fn damage_before_valid_records_is_corruption_even_near_the_end() {
+        let mut bytes = segment_bytes(1..=10);
+        bytes[8 * 56 + 20] ^= 4;
+        let error = scan_segment(&info(), &bytes, None, true, |_| Ok(())).unwrap_err();
+        assert!(matches!(error, JournalError::Corrupted { offset: 448, .. }));
     }
 
     #[test]
