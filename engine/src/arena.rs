@@ -192,6 +192,26 @@ impl ArenaFile {
     }
 }
 
+/// Lets the calling thread run on every CPU. A new thread inherits its creator's CPU
+/// affinity, and a server core's thread is pinned to one CPU, so the helper threads a
+/// core starts for its recovery (journal reader, checkpoint loaders) would otherwise
+/// all share that one CPU with it and overlap nothing. Only a scheduling hint: an
+/// error leaves the affinity as it was.
+pub(crate) fn unpin_current_thread() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes bits
+        // of the set we own; sched_setaffinity only reads `set`, of the size passed.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..libc::CPU_SETSIZE as usize {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
 /// Reads `source`, which must be exactly `length_bytes` long, into fresh anonymous memory
 /// (no file behind it), passing every chunk to `inspect` right after it was read, while
 /// it is still in the CPU cache: a checksum costs no second pass over the bytes.

@@ -336,12 +336,20 @@ impl Store {
         if let Some(&(partition, _)) = checkpoints.iter().find(|(p, _)| !self.owns(*p)) {
             return Err(Store::not_owned(partition));
         }
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(RESTORE_THREADS_MAX)
+        // Online CPUs, not `available_parallelism`: that counts the calling thread's
+        // affinity, a single CPU on a pinned server core.
+        // SAFETY: sysconf only reads its integer argument.
+        let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        let threads = usize::try_from(cpus)
+            .unwrap_or(1)
+            .clamp(1, RESTORE_THREADS_MAX)
             .min(checkpoints.len());
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let load_some = || {
+        // Helpers may run on any CPU; the calling thread (a server core's, pinned) stays.
+        let load_some = |helper: bool| {
+            if helper {
+                crate::arena::unpin_current_thread();
+            }
             let mut loaded = Vec::new();
             loop {
                 let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -352,8 +360,10 @@ impl Store {
             }
         };
         let mut loaded: Vec<_> = std::thread::scope(|scope| {
-            let helpers: Vec<_> = (1..threads).map(|_| scope.spawn(load_some)).collect();
-            let mut loaded = load_some();
+            let helpers: Vec<_> = (1..threads)
+                .map(|_| scope.spawn(|| load_some(true)))
+                .collect();
+            let mut loaded = load_some(false);
             for helper in helpers {
                 loaded.extend(helper.join().expect("a checkpoint loading thread panicked"));
             }

@@ -118,7 +118,10 @@ impl Reader {
         let options = options.clone();
         let handle = std::thread::Builder::new()
             .name("journal-reader".into())
-            .spawn(move || read_journal(&dir, &options, &chunk_sender, &recycled))
+            .spawn(move || {
+                crate::arena::unpin_current_thread();
+                read_journal(&dir, &options, &chunk_sender, &recycled)
+            })
             .map_err(|e| {
                 JournalError::io("spawn the journal reader thread for", Path::new(""), e)
             })?;

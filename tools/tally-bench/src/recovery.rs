@@ -174,6 +174,7 @@ fn recover_cores(path: &Path, args: &RecoveryArgs) -> Result<Vec<CoreRecovery>, 
             .map(|core| {
                 let dir = &dir;
                 scope.spawn(move || -> Result<CoreRecovery, String> {
+                    pin_to_cpu(core);
                     let started = Instant::now();
                     let mut store =
                         Store::open(dir, owned(core, args)).map_err(|e| e.to_string())?;
@@ -198,6 +199,20 @@ fn recover_cores(path: &Path, args: &RecoveryArgs) -> Result<Vec<CoreRecovery>, 
             })
             .collect()
     })
+}
+
+/// Pins the calling thread to CPU `core % CPUs`, as `tallyd` pins each core's thread
+/// (glommio `Placement::Fixed`); helper threads the recovery starts inherit it unless
+/// they widen it themselves.
+fn pin_to_cpu(core: usize) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: cpu_set_t is a plain bit array, valid when zeroed; CPU_SET writes a bit of
+    // the set we own; sched_setaffinity only reads `set`, of the size passed.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core % cpus, &mut set);
+        let _ = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 fn core_json(core: &CoreRecovery) -> serde_json::Value {
