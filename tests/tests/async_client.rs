@@ -4,8 +4,9 @@
 //! ceiling must admit exactly as many concurrent calls as it allows.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
-use tally_client::{AsyncClient, ClientError, Op, Rejection, Status};
+use tally_client::{AsyncClient, ClientConfig, ClientError, Op, Rejection, Status};
 use tally_tests::{add, Tallyd};
 
 const TASK_COUNT: usize = 32;
@@ -22,8 +23,13 @@ fn start() -> (tempfile::TempDir, Tallyd) {
 /// and checks that, per key, the values returned are exactly 1..=n: every increment was
 /// applied once and every caller got the reply to its own call.
 async fn concurrent_increments_are_exact(client: AsyncClient) {
+    concurrent_increments_with_prefix_are_exact(client, "async").await;
+}
+
+/// [`concurrent_increments_are_exact`] on keys named `prefix:index`.
+async fn concurrent_increments_with_prefix_are_exact(client: AsyncClient, prefix: &str) {
     let keys: Vec<String> = (0..KEY_COUNT)
-        .map(|index| format!("async:{index}"))
+        .map(|index| format!("{prefix}:{index}"))
         .collect();
     let cores: std::collections::BTreeSet<usize> = keys
         .iter()
@@ -75,6 +81,25 @@ async fn many_tasks_increment_exactly_on_a_current_thread_runtime() {
     let (_dir, server) = start();
     let client = AsyncClient::connect(server.addr).await.unwrap();
     concurrent_increments_are_exact(client).await;
+}
+
+/// The connection task's spin phase (polling the socket and the call queue before it
+/// parks) and its parking path must both deliver every reply to its own call: a spin
+/// long enough to catch almost every reply, and none at all.
+#[tokio::test(flavor = "current_thread")]
+async fn increments_are_exact_with_a_long_spin_and_with_none() {
+    let (_dir, server) = start();
+    for spin in [Duration::from_millis(5), Duration::ZERO] {
+        let config = ClientConfig {
+            spin,
+            ..ClientConfig::default()
+        };
+        let client = AsyncClient::connect_with(server.addr, config)
+            .await
+            .unwrap();
+        let prefix = format!("spin{}", spin.as_micros());
+        concurrent_increments_with_prefix_are_exact(client, &prefix).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Client settings: timeouts, the spin budget, retries and the default durability.
 //!
-//! Limits: at most [`RETRIES_MAX`] retries per call; timeouts must be positive.
+//! Limits: at most [`RETRIES_MAX`] retries per call; a spin of at most [`SPIN_MAX`];
+//! timeouts must be positive.
 
 use std::time::Duration;
 
@@ -10,6 +11,10 @@ use crate::error::ClientError;
 
 /// The most times one call may be resent after a lost connection.
 pub const RETRIES_MAX: u32 = 10;
+
+/// The longest spin before parking: past a few hundred microseconds spinning only burns
+/// a core a parked thread would have left to others.
+pub const SPIN_MAX: Duration = Duration::from_millis(10);
 
 /// How a client connects, waits and retries.
 #[derive(Clone, Debug)]
@@ -22,9 +27,10 @@ pub struct ClientConfig {
     pub read_timeout: Duration,
     /// Limit on the server accepting a request's bytes.
     pub write_timeout: Duration,
-    /// How long a blocking read busy-polls the socket before parking the thread. Waking a
-    /// parked thread costs ~100 µs on a small VM, so spinning a little first keeps the
-    /// round trip's p99 low; zero never spins.
+    /// How long a read busy-polls the socket before parking the thread (the blocking
+    /// client spins in `read`; the async client's connection task polls and yields to
+    /// the runtime). Waking a parked thread costs ~100 µs on a small VM, so spinning a
+    /// little first keeps the round trip's p99 low; zero never spins.
     pub spin: Duration,
     /// How many times a call is resent after a lost connection or timeout. With retries,
     /// every mutating call carries a random idempotency key so the server applies it
@@ -64,6 +70,9 @@ impl ClientConfig {
             || self.write_timeout.is_zero()
         {
             return invalid("timeouts must be positive");
+        }
+        if self.spin > SPIN_MAX {
+            return invalid("spin is over SPIN_MAX (10 ms)");
         }
         if self.retries > RETRIES_MAX {
             return invalid("retries is over RETRIES_MAX (10)");

@@ -69,7 +69,7 @@ pub use async_client::AsyncClient;
 #[cfg(feature = "tokio")]
 pub use async_pipeline::AsyncPipeline;
 pub use blocking::Client;
-pub use config::{ClientConfig, RETRIES_MAX};
+pub use config::{ClientConfig, RETRIES_MAX, SPIN_MAX};
 pub use dispatch::{IN_FLIGHT_FRAMES_MAX, IN_FLIGHT_OPS_MAX};
 pub use error::ClientError;
 pub use idempotency::random_idempotency_key;

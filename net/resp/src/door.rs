@@ -83,7 +83,16 @@ pub enum Step<'a> {
 #[derive(Debug)]
 pub struct Pending<'a> {
     kind: PendingKind,
-    ops: Vec<CounterOp<'a>>,
+    ops: PendingOps<'a>,
+}
+
+/// A command's operations: single-key commands (INCR, INCRBY, GET, SET, ..., the hot
+/// path) keep theirs inline, so routing them allocates nothing; only multi-key
+/// commands, whose keys the parser already collected into a vector, use one.
+#[derive(Debug)]
+enum PendingOps<'a> {
+    One(CounterOp<'a>),
+    Many(Vec<CounterOp<'a>>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,50 +210,49 @@ enum Route<'a> {
 }
 
 /// The counter operations of `command`, or the command back if it touches no counter.
-fn route(command: Command<'_>) -> Route<'_> {
-    let (kind, ops) = match command {
-        Command::Incr { key } => (PendingKind::Value, vec![CounterOp::Add { key, delta: 1 }]),
-        Command::IncrBy { key, delta } => (PendingKind::Value, vec![CounterOp::Add { key, delta }]),
-        Command::Decr { key } => (PendingKind::Value, vec![CounterOp::Add { key, delta: -1 }]),
-        Command::DecrBy { key, delta } => {
-            let Some(delta) = delta.checked_neg() else {
-                return Route::Refused(RespError::DecrementOverflow);
-            };
-            (PendingKind::Value, vec![CounterOp::Add { key, delta }])
-        }
-        Command::Set { key, value } => (PendingKind::Set, vec![CounterOp::Set { key, value }]),
-        Command::Get { key } => (PendingKind::Get, vec![CounterOp::Get { key }]),
-        Command::Del { keys } => (
-            PendingKind::Count,
-            keys.into_iter()
-                .map(|key| CounterOp::Delete { key })
-                .collect(),
-        ),
-        Command::Exists { keys } => (
-            PendingKind::Count,
-            keys.into_iter()
-                .map(|key| CounterOp::Exists { key })
-                .collect(),
-        ),
-        Command::MGet { keys } => (
-            PendingKind::MGet,
-            keys.into_iter().map(|key| CounterOp::Get { key }).collect(),
-        ),
-        other => return Route::Other(other),
-    };
-    debug_assert!(!ops.is_empty(), "arity checks guarantee at least one key");
-    Route::Counter(Pending { kind, ops })
+fn route<'a>(command: Command<'a>) -> Route<'a> {
+    fn one(kind: PendingKind, op: CounterOp<'_>) -> Route<'_> {
+        let ops = PendingOps::One(op);
+        Route::Counter(Pending { kind, ops })
+    }
+    fn many<'a>(
+        kind: PendingKind,
+        keys: Vec<&'a [u8]>,
+        op: fn(&'a [u8]) -> CounterOp<'a>,
+    ) -> Route<'a> {
+        debug_assert!(!keys.is_empty(), "arity checks guarantee at least one key");
+        let ops = PendingOps::Many(keys.into_iter().map(op).collect());
+        Route::Counter(Pending { kind, ops })
+    }
+    match command {
+        Command::Incr { key } => one(PendingKind::Value, CounterOp::Add { key, delta: 1 }),
+        Command::IncrBy { key, delta } => one(PendingKind::Value, CounterOp::Add { key, delta }),
+        Command::Decr { key } => one(PendingKind::Value, CounterOp::Add { key, delta: -1 }),
+        Command::DecrBy { key, delta } => match delta.checked_neg() {
+            Some(delta) => one(PendingKind::Value, CounterOp::Add { key, delta }),
+            None => Route::Refused(RespError::DecrementOverflow),
+        },
+        Command::Set { key, value } => one(PendingKind::Set, CounterOp::Set { key, value }),
+        Command::Get { key } => one(PendingKind::Get, CounterOp::Get { key }),
+        Command::Del { keys } => many(PendingKind::Count, keys, |key| CounterOp::Delete { key }),
+        Command::Exists { keys } => many(PendingKind::Count, keys, |key| CounterOp::Exists { key }),
+        Command::MGet { keys } => many(PendingKind::MGet, keys, |key| CounterOp::Get { key }),
+        other => Route::Other(other),
+    }
 }
 
 impl<'a> Pending<'a> {
     /// The operations to apply, in order.
     pub fn ops(&self) -> &[CounterOp<'a>] {
-        &self.ops
+        match &self.ops {
+            PendingOps::One(op) => std::slice::from_ref(op),
+            PendingOps::Many(ops) => ops,
+        }
     }
 
     /// Write the reply from one result per operation (in the order of [`Self::ops`]).
     pub fn finish(self, results: &[CounterResult], version: ProtocolVersion, out: &mut Vec<u8>) {
-        assert_eq!(results.len(), self.ops.len(), "one result per operation");
+        assert_eq!(results.len(), self.ops().len(), "one result per operation");
         if self.kind != PendingKind::MGet {
             if let Some(error) = results.iter().find_map(result_error) {
                 reply::write_error(out, &error);

@@ -3,13 +3,13 @@
 //! Each turn of the loop reads whatever the socket has (one `read`), then works in two
 //! phases over every complete frame in the buffer (at most `frames_in_flight_max`):
 //!
-//! 1. *dispatch*, frame by frame in order: a batch's operations are split by owner
-//!    core; foreign ones are copied into one [`ForwardBatch`] per owner and sent over the
-//!    mesh, then local ones are applied with one `apply_batch` call; replies that need no
-//!    other core (hello, ping, errors, idempotent replays) are encoded at once into a
-//!    staging buffer;
-//! 2. *gather*, frame by frame in the same order: wait for the frame's remote results,
-//!    merge them with the local ones in the batch's original order, encode the reply.
+//! 1. *dispatch*, frame by frame in order: a batch's operations go to
+//!    [`Dispatch::send`] (the routing path the Redis door shares: foreign operations
+//!    forwarded over the mesh, local ones applied with one `apply_batch` call); replies
+//!    that need no other core (hello, ping, errors, idempotent replays) are encoded at
+//!    once into a staging buffer;
+//! 2. *gather*, frame by frame in the same order: [`Dispatch::collect`] hands the
+//!    frame's results back in the batch's order, and the reply is encoded.
 //!
 //! All replies of the turn then leave in one `write`. So a pipelining client costs one
 //! read and one write per turn, a frame with foreign keys costs one mesh round trip that
@@ -24,17 +24,15 @@
 //! input buffer grows to one whole frame at most and shrinks back once it is consumed.
 //! Buffers are kept across turns, so a steady stream of requests allocates nothing.
 
-use std::collections::VecDeque;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use tally_engine::journal::{Durability, Lsn};
+use tally_engine::journal::Durability;
 use tally_engine::{Op, OpError, OpResult};
 use tally_protocol::{
     decode_request, encode_error, encode_pong, frame_bytes_needed, BatchRef, BatchReplyWriter,
@@ -43,23 +41,16 @@ use tally_protocol::{
 };
 
 use crate::config::DurabilityMode;
-use crate::core::{recycle_ops, Core, Journaling};
+use crate::core::Core;
+use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
 use crate::idempotency::IdempotencyKey;
-use crate::router::{ForwardBatch, MeshReply, MeshRequest, RemoteBegin, ReplyWait};
+use crate::router::RemoteBegin;
+use crate::stream::{self, Input};
 
 /// The input buffer's size between large frames.
 const INPUT_BYTES_INITIAL: usize = 64 * 1024;
-/// Per-operation flag in `meta`: the operation was an `Exists`, answered from a `Get`.
-const META_EXISTS: u16 = 1 << 8;
-/// Per-operation flag in `meta`: the key is invalid; the result is in `invalid`.
-const META_INVALID: u16 = 1 << 9;
-/// Per-operation flag in `meta`: the operation is a mutation (journaled; answered
-/// `Unavailable` if its core's journal failed).
-const META_MUTATION: u16 = 1 << 10;
-/// The owner core index occupies the low byte of `meta`.
-const META_OWNER_MASK: u16 = 0xff;
-
-const _: () = assert!(crate::config::CORES_MAX - 1 <= META_OWNER_MASK as usize);
+/// The input buffer's largest size: one maximal frame and the start of the next.
+const INPUT_BYTES_MAX: usize = FRAME_BYTES_MAX + INPUT_BYTES_INITIAL;
 const _: () =
     assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
 
@@ -79,14 +70,7 @@ pub async fn refuse(mut stream: TcpStream) {
 /// Serves one connection until the client closes it, it times out, it sends an
 /// unrecoverable frame, or the server shuts down.
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
-    let registration = core.registry.register(stream.as_raw_fd());
-    let configured = stream
-        .set_read_timeout(core.config.read_timeout())
-        .and_then(|()| stream.set_write_timeout(core.config.write_timeout()))
-        .and_then(|()| stream.set_nodelay(true));
-    if let Err(error) = configured {
-        tracing::warn!(core = core.index, %peer, %error, "could not configure a connection");
-    }
+    let registration = stream::open(&core, &stream, peer, "native");
     let mut connection = Connection::new(&core);
     let end = connection.run(&core, &mut stream).await;
     match &end {
@@ -98,9 +82,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             tracing::info!(core = core.index, %peer, %error, "connection ended with an I/O error")
         }
     }
-    drop(registration);
-    let _ = stream.close().await;
-    core.connections_open.fetch_sub(1, Ordering::AcqRel);
+    stream::close(&core, stream, registration).await;
 }
 
 /// Why a connection ended.
@@ -113,45 +95,6 @@ enum End {
     Io(std::io::Error),
 }
 
-/// The bytes read and not yet consumed: `data[start..end]`.
-struct Input {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl Input {
-    /// Makes room for the next read: compacts, and grows to hold the pending frame.
-    fn prepare(&mut self) -> Result<(), ProtocolError> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.data.len() > INPUT_BYTES_INITIAL {
-                self.data.truncate(INPUT_BYTES_INITIAL);
-                self.data.shrink_to_fit();
-            }
-        }
-        let needed = frame_bytes_needed(&self.data[self.start..self.end])?.unwrap_or(HEADER_BYTES);
-        if self.start + needed > self.data.len() && self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if needed > self.data.len() {
-            assert!(needed <= FRAME_BYTES_MAX);
-            self.data.resize(needed, 0);
-        }
-        if self.end == self.data.len() {
-            // A whole frame is buffered but was not consumed (in-flight limit): make
-            // room for more bytes anyway, so one read can bring many frames.
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        Ok(())
-    }
-}
-
 /// A reply whose frame is fully known at dispatch, or a batch awaiting its results.
 enum Pending {
     Staged(Range<usize>),
@@ -161,21 +104,10 @@ enum Pending {
 /// What the gather phase needs to finish a dispatched batch.
 struct BatchPlan {
     request_id: u64,
-    meta: Range<usize>,
-    local_start: usize,
-    invalid_start: usize,
-    remote_count: usize,
+    routed: Routed,
+    /// Where the batch's `Exists` flags start in `State::exists`.
+    exists_start: usize,
     idempotency: Option<(IdempotencyKey, usize)>,
-    /// The local LSN a durable reply waits for (0: none).
-    durable_lsn: Lsn,
-    /// This core's journal failed: its mutations are answered `Unavailable`.
-    local_unavailable: bool,
-}
-
-/// A sub-batch sent to another core; `wait` is `None` if the send failed.
-struct Remote {
-    core: usize,
-    wait: Option<ReplyWait>,
 }
 
 /// A connection: its input buffer, and the rest of its state, kept apart because a
@@ -192,44 +124,33 @@ struct State {
     pending: Vec<Pending>,
     staged: Vec<u8>,
     output: Vec<u8>,
-    meta: Vec<u16>,
-    invalid: Vec<OpError>,
-    local_ops: Vec<Op<'static>>,
-    /// Each local operation's index in its batch.
-    local_indexes: Vec<u16>,
-    local_results: Vec<OpResult>,
-    remotes: VecDeque<Remote>,
-    outgoing: Vec<Option<ForwardBatch>>,
-    /// Per core: a sub-batch's buffers, its results, and whether it was unavailable.
-    returned: Vec<Option<(ForwardBatch, Vec<OpResult>, bool)>>,
-    cursors: Vec<usize>,
+    /// Per operation of the turn: whether it was an `Exists` (sent as a `Get`).
+    exists: Vec<bool>,
+    dispatch: Dispatch,
 }
 
 impl Connection {
     fn new(core: &Core) -> Connection {
-        let input = Input {
-            data: vec![0; INPUT_BYTES_INITIAL],
-            start: 0,
-            end: 0,
-        };
         Connection {
-            input,
+            input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
             state: State::new(core),
         }
     }
 
     async fn run(&mut self, core: &Core, stream: &mut TcpStream) -> End {
         loop {
-            if let Err(error) = self.input.prepare() {
-                return refuse_framing(stream, error).await;
+            let needed = match frame_bytes_needed(self.input.buffered()) {
+                Ok(needed) => needed.unwrap_or(HEADER_BYTES),
+                Err(error) => return refuse_framing(stream, error).await,
+            };
+            // Only a partial frame is left after a turn, and its length passed the
+            // check, so this holds; closing beats a panic if it ever does not.
+            if self.input.reserve(needed).is_err() {
+                return End::Refused("input buffer full".to_string());
             }
-            let read = stream.read(&mut self.input.data[self.input.end..]).await;
-            let eof = match read {
+            let eof = match self.input.read_from(stream).await {
                 Ok(0) => true,
-                Ok(count) => {
-                    self.input.end += count;
-                    false
-                }
+                Ok(_) => false,
                 Err(error) if error.kind() == ErrorKind::TimedOut => {
                     let mut out = Vec::new();
                     encode_error(
@@ -285,7 +206,7 @@ impl Connection {
         let state = &mut self.state;
         while frames < core.config.frames_in_flight_max && state.close_after.is_none() {
             // The frame borrows the input only until its keys are copied or applied.
-            let frame = match decode_request(&input.data[input.start..input.end]) {
+            let frame = match decode_request(input.buffered()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) => return (frames, Some(error)),
@@ -300,7 +221,7 @@ impl Connection {
                 }
                 Err(error) => state.reject(core, frame.request_id, &error),
             }
-            input.start += consumed;
+            input.consume(consumed);
         }
         core.stats
             .frames
@@ -330,15 +251,8 @@ impl State {
             pending: Vec::new(),
             staged: Vec::new(),
             output: Vec::new(),
-            meta: Vec::new(),
-            invalid: Vec::new(),
-            local_ops: Vec::new(),
-            local_indexes: Vec::new(),
-            local_results: Vec::new(),
-            remotes: VecDeque::new(),
-            outgoing: (0..core.cores).map(|_| None).collect(),
-            returned: (0..core.cores).map(|_| None).collect(),
-            cursors: vec![0; core.cores],
+            exists: Vec::new(),
+            dispatch: Dispatch::new(core.cores),
         }
     }
 
@@ -356,82 +270,34 @@ impl State {
         self.pending = pending;
         self.pending.clear();
         self.staged.clear();
-        self.meta.clear();
-        self.invalid.clear();
-        self.local_results.clear();
-        debug_assert!(self.remotes.is_empty());
+        self.exists.clear();
+        self.dispatch.end_turn();
     }
 
-    /// Collects a batch's remote results, waits for its local records to be durable
-    /// if it asked for that, merges the results in order, encodes the reply.
+    /// Collects a batch's results (remote, durable) in order and encodes its reply;
+    /// records the reply of an idempotent batch on its home core.
     async fn finish_batch(&mut self, core: &Core, plan: &BatchPlan) {
-        for _ in 0..plan.remote_count {
-            let remote = self
-                .remotes
-                .pop_front()
-                .expect("one remote per sub-batch sent");
-            let Some(wait) = remote.wait else { continue };
-            match wait.await {
-                MeshReply::Applied {
-                    batch,
-                    results,
-                    unavailable,
-                    ..
-                } => self.returned[remote.core] = Some((batch, results, unavailable)),
-                MeshReply::Idempotency { .. } => panic!("an apply ticket got an idempotency reply"),
-            }
-        }
-        let mut local_unavailable = plan.local_unavailable;
-        if plan.durable_lsn > 0 && core.journal.wait_durable(plan.durable_lsn).await.is_err() {
-            local_unavailable = true;
-        }
         let start = self.output.len();
-        self.merge_into_output(core, plan, local_unavailable);
-        for slot in &mut self.returned {
-            if let Some((batch, results, _)) = slot.take() {
-                core.pool.borrow_mut().give_back(batch, results);
-            }
-        }
-        if let Some((key, home)) = plan.idempotency {
-            core.idempotency_finish(home, key, &self.output[start..])
-                .await;
-        }
-    }
-
-    fn merge_into_output(&mut self, core: &Core, plan: &BatchPlan, local_unavailable: bool) {
-        self.cursors.iter_mut().for_each(|cursor| *cursor = 0);
-        let mut local = plan.local_start;
-        let mut invalid = plan.invalid_start;
         let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
-        for &meta in &self.meta[plan.meta.clone()] {
-            let owner = usize::from(meta & META_OWNER_MASK);
-            let mutation = meta & META_MUTATION != 0;
-            let result = if meta & META_INVALID != 0 {
-                invalid += 1;
-                Some(Err(self.invalid[invalid - 1]))
-            } else if owner == core.index {
-                local += 1;
-                let lost = mutation && local_unavailable;
-                (!lost).then(|| self.local_results[local - 1])
-            } else {
-                let cursor = self.cursors[owner];
-                self.cursors[owner] += 1;
-                self.returned[owner]
-                    .as_ref()
-                    .filter(|(_, _, unavailable)| !(mutation && *unavailable))
-                    .map(|(_, results, _)| results[cursor])
-            };
+        let mut exists = self.exists[plan.exists_start..].iter();
+        let each = |result: RoutedResult| {
+            let exists = *exists.next().expect("one flag per operation");
             let reply = match result {
-                Some(result) => to_reply(result, meta & META_EXISTS != 0),
+                Some(result) => to_reply(result, exists),
                 None => OpReply::error(Status::Unavailable, 0),
             };
             writer
                 .push(&reply)
                 .expect("a batch's reply has at most BATCH_OPS_MAX results");
-        }
+        };
+        self.dispatch.collect(core, &plan.routed, each).await;
         writer
             .finish()
             .expect("a batch reply always fits in a frame");
+        if let Some((key, home)) = plan.idempotency {
+            core.idempotency_finish(home, key, &self.output[start..])
+                .await;
+        }
     }
 
     async fn dispatch_request(&mut self, core: &Core, request_id: u64, request: Request<'_>) {
@@ -549,101 +415,24 @@ impl State {
             Ok(idempotency) => idempotency,
             Err(()) => return,
         };
-        let durability = journal_durability(batch.durability, core.config.durability_default);
-        let plan_meta_start = self.meta.len();
-        let invalid_start = self.invalid.len();
-        let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
-        self.local_indexes.clear();
-        for (index, op) in batch.ops().enumerate() {
-            let (engine_op, exists) = to_engine(op);
-            let mut flags = if exists { META_EXISTS } else { 0 };
-            if engine_op.is_mutation() {
-                flags |= META_MUTATION;
-            }
-            if let Err(error) = tally_engine::validate_key(engine_op.key()) {
-                self.meta.push(META_INVALID | flags);
-                self.invalid.push(error);
-                continue;
-            }
-            let owner = core.owner_of_key(engine_op.key());
-            self.meta.push(owner as u16 | flags);
-            // A batch has at most BATCH_OPS_MAX operations, which fit in u16.
-            let index = index as u16;
-            if owner == core.index {
-                local_ops.push(engine_op);
-                self.local_indexes.push(index);
-            } else {
-                let outgoing = &mut self.outgoing[owner];
-                outgoing
-                    .get_or_insert_with(|| core.pool.borrow_mut().batch())
-                    .push(&engine_op, index);
-            }
-        }
-        // Send first, so the other cores work while this one applies its own share.
-        let key = idempotency.map(|(key, _)| key);
-        let remote_count = self.send_outgoing(core, durability, key).await;
-        let local_start = self.local_results.len();
-        let mut applied = crate::core::Applied::default();
-        if !local_ops.is_empty() {
-            let journaling = Journaling {
-                durability,
-                idempotency: key.map(|key| (key, &self.local_indexes[..])),
-            };
-            applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
-        }
-        self.local_ops = recycle_ops(local_ops);
-        let meta = plan_meta_start..self.meta.len();
-        let durable = durability == Durability::Durable;
-        let plan = BatchPlan {
-            request_id,
-            meta,
-            local_start,
-            invalid_start,
-            remote_count,
-            idempotency,
-            durable_lsn: if durable { applied.lsn } else { 0 },
-            local_unavailable: applied.unavailable,
+        let route = Route {
+            durability: journal_durability(batch.durability, core.config.durability_default),
+            idempotency: idempotency.map(|(key, _)| key),
         };
-        self.pending.push(Pending::Batch(plan));
-    }
-
-    /// Sends every sub-batch built for other cores; returns how many were sent.
-    async fn send_outgoing(
-        &mut self,
-        core: &Core,
-        durability: Durability,
-        idempotency: Option<IdempotencyKey>,
-    ) -> usize {
-        let mut count = 0;
-        for owner in 0..core.cores {
-            let Some(batch) = self.outgoing[owner].take() else {
-                continue;
-            };
-            let forwarded = batch.len() as u64;
-            let results = core.pool.borrow_mut().results();
-            let ticket = core.replies.reserve();
-            let request = MeshRequest::Apply {
-                origin: core.index,
-                ticket,
-                batch,
-                results,
-                durability,
-                idempotency,
-            };
-            let wait = match core.requests_out.send_to(owner, request).await {
-                Ok(()) => Some(core.replies.wait(ticket)),
-                Err(_) => {
-                    core.replies.cancel(ticket);
-                    None
-                }
-            };
-            core.stats
-                .ops_forwarded
-                .set(core.stats.ops_forwarded.get() + forwarded);
-            self.remotes.push_back(Remote { core: owner, wait });
-            count += 1;
-        }
-        count
+        let exists_start = self.exists.len();
+        let exists = &mut self.exists;
+        let ops = batch.ops().map(|op| {
+            let (op, is_exists) = to_engine(op);
+            exists.push(is_exists);
+            op
+        });
+        let routed = self.dispatch.send(core, ops, route).await;
+        self.pending.push(Pending::Batch(BatchPlan {
+            request_id,
+            routed,
+            exists_start,
+            idempotency,
+        }));
     }
 
     /// For a batch with an idempotency key: `Ok(Some((key, home)))` to run it and record

@@ -1,38 +1,56 @@
 //! Routing a list of engine operations to their owning cores and collecting one result
-//! per operation, in order: the split / forward / apply / gather path, for doors that
-//! turn their requests into plain [`Op`]s (the Redis door, `resp.rs`).
+//! per operation, in order: the one split / forward / apply / gather path that both
+//! doors use (native batches in `connection.rs`, Redis commands in `resp.rs`).
 //!
-//! The steps are those of the native connection (`connection.rs`): each operation's key
-//! is hashed to its owner core; foreign operations are copied into one [`ForwardBatch`]
-//! per owner and sent over the request mesh first, so the other cores work while this
-//! one applies its own share with one [`Core::apply_local`] call; then the remote
-//! results are awaited and merged back into the operations' order.
+//! A list goes through two halves, so that a door can overlap many lists in one turn:
 //!
-//! Invariants: per-key order holds (all operations on a key go to its one owner, in list
-//! order, through a FIFO mesh channel or inline); every sub-batch sent is awaited before
-//! [`Dispatch::apply`] returns, so its pooled buffers always come back; a list longer
-//! than [`BATCH_OPS_MAX`] is applied in consecutive chunks of at most that many.
+//! 1. [`Dispatch::send`]: each operation's key is hashed to its owner core; foreign
+//!    operations are copied into one [`ForwardBatch`] per owner and sent over the
+//!    request mesh first, so the other cores work while this one applies its own share
+//!    with one [`Core::apply_local`] call (journaled with the list's durability and
+//!    idempotency key). Returns a [`Routed`] ticket.
+//! 2. [`Dispatch::collect`]: waits for the list's remote results and, for `durable`,
+//!    for its own records' LSN; then hands one [`RoutedResult`] per operation, in the
+//!    list's order, to the caller.
 //!
-//! Durability: operations are journaled with the server's default durability
-//! (`durability_default`). For `durable`, [`Dispatch::apply`] returns only once every
-//! mutation is on disk: a peer core holds its reply until its journal has the records,
-//! and this core waits for its own records' LSN. A mutation whose core's journal failed
-//! gets no result (`None`), like one whose core could not be reached.
+//! A native connection sends every frame of a turn, then collects them all, so the mesh
+//! round trips of a pipeline overlap; the Redis door sends one list per turn.
+//! [`Dispatch::end_turn`] clears the turn's scratch once every ticket is collected.
 //!
-//! No allocation in the steady state: every vector is kept across calls.
+//! Invariants: lists are collected in the order they were sent (remote waits queue in
+//! FIFO order); per-key order holds (all operations on a key go to its one owner, in
+//! send order, through a FIFO mesh channel or inline); every sub-batch sent is awaited
+//! by its collect, so its pooled buffers always come back. A list has at most
+//! [`BATCH_OPS_MAX`] operations ([`Dispatch::apply`] chunks longer ones).
+//!
+//! Durability: for `durable` a result is handed out only once its mutation is on disk:
+//! a peer core holds its reply until its journal has the records, and this core waits
+//! for its own records' LSN. A mutation whose core's journal failed gets no result
+//! (`None`), like one whose core could not be reached.
+//!
+//! No allocation in the steady state: every vector is kept across turns.
 
-use tally_engine::journal::Durability;
+use std::collections::VecDeque;
+use std::ops::Range;
+
+use tally_engine::journal::{Durability, Lsn};
 use tally_engine::{Op, OpError, OpResult, BATCH_OPS_MAX};
 
 use crate::config::DurabilityMode;
 use crate::core::{recycle_ops, Applied, Core, Journaling};
+use crate::idempotency::IdempotencyKey;
 use crate::router::{ForwardBatch, MeshReply, MeshRequest, ReplyWait};
 
-/// `owners` entry of an operation whose key is invalid (its error is in `invalid`).
-const OWNER_INVALID: u16 = u16::MAX;
+/// Per-operation flag in `meta`: the key is invalid; the result is in `invalid`.
+const META_INVALID: u16 = 1 << 8;
+/// Per-operation flag in `meta`: the operation is a mutation (journaled; no result if
+/// its core's journal failed).
+const META_MUTATION: u16 = 1 << 9;
+/// The owner core index occupies the low byte of `meta`.
+const META_OWNER_MASK: u16 = 0xff;
 
-const _: () = assert!(crate::config::CORES_MAX < OWNER_INVALID as usize);
-// An operation's index in its chunk travels as u16 in a forwarded batch.
+const _: () = assert!(crate::config::CORES_MAX - 1 <= META_OWNER_MASK as usize);
+// An operation's index in its list travels as u16 in a forwarded batch.
 const _: () = assert!(BATCH_OPS_MAX <= u16::MAX as usize);
 
 /// The result of one routed operation: `None` if its owner core could not be reached
@@ -40,14 +58,58 @@ const _: () = assert!(BATCH_OPS_MAX <= u16::MAX as usize);
 /// core's journal failed.
 pub type RoutedResult = Option<OpResult>;
 
+/// How a list is journaled.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub durability: Durability,
+    /// The key of an idempotent batch: every record carries it.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+impl Route {
+    /// The server's default durability, without an idempotency key (the Redis door).
+    pub fn server_default(core: &Core) -> Route {
+        let durability = match core.config.durability_default {
+            DurabilityMode::Durable => Durability::Durable,
+            DurabilityMode::Relaxed => Durability::Relaxed,
+        };
+        Route {
+            durability,
+            idempotency: None,
+        }
+    }
+}
+
+/// A list that was sent: what [`Dispatch::collect`] needs to finish it.
+#[derive(Debug)]
+pub struct Routed {
+    meta: Range<usize>,
+    local_start: usize,
+    invalid_start: usize,
+    remote_count: usize,
+    /// The local LSN a durable list waits for (0: none).
+    durable_lsn: Lsn,
+    /// This core's journal failed: its mutations get no result.
+    local_unavailable: bool,
+}
+
+/// A sub-batch sent to another core; `wait` is `None` if the send failed.
+struct Remote {
+    core: usize,
+    wait: Option<ReplyWait>,
+}
+
 /// Per-connection scratch for routing operations; create one per connection.
 pub struct Dispatch {
-    owners: Vec<u16>,
+    /// Per operation of the turn: owner core and flags.
+    meta: Vec<u16>,
     invalid: Vec<OpError>,
     local_ops: Vec<Op<'static>>,
+    /// Each local operation's index in its list (idempotency records carry it).
+    local_indexes: Vec<u16>,
     local_results: Vec<OpResult>,
     outgoing: Vec<Option<ForwardBatch>>,
-    waits: Vec<Option<ReplyWait>>,
+    remotes: VecDeque<Remote>,
     /// Per core: a sub-batch's buffers, its results, and whether its journal failed.
     returned: Vec<Option<(ForwardBatch, Vec<OpResult>, bool)>>,
     cursors: Vec<usize>,
@@ -58,79 +120,79 @@ impl Dispatch {
     pub fn new(cores: usize) -> Dispatch {
         assert!(cores > 0 && cores <= crate::config::CORES_MAX);
         Dispatch {
-            owners: Vec::new(),
+            meta: Vec::new(),
             invalid: Vec::new(),
             local_ops: Vec::new(),
+            local_indexes: Vec::new(),
             local_results: Vec::new(),
             outgoing: (0..cores).map(|_| None).collect(),
-            waits: (0..cores).map(|_| None).collect(),
+            remotes: VecDeque::new(),
             returned: (0..cores).map(|_| None).collect(),
             cursors: vec![0; cores],
         }
     }
 
-    /// Applies `ops` on their owner cores; appends one result per operation, in order,
-    /// to `results`.
-    pub async fn apply(&mut self, core: &Core, ops: &[Op<'_>], results: &mut Vec<RoutedResult>) {
-        let start = results.len();
-        for chunk in ops.chunks(BATCH_OPS_MAX) {
-            self.apply_chunk(core, chunk, results).await;
-        }
-        assert_eq!(results.len() - start, ops.len(), "one result per operation");
-    }
-
-    async fn apply_chunk(&mut self, core: &Core, ops: &[Op<'_>], results: &mut Vec<RoutedResult>) {
-        debug_assert!(ops.len() <= BATCH_OPS_MAX);
-        let durability = match core.config.durability_default {
-            DurabilityMode::Durable => Durability::Durable,
-            DurabilityMode::Relaxed => Durability::Relaxed,
-        };
+    /// Routes `ops` (at most [`BATCH_OPS_MAX`]): sends the foreign ones to their owners
+    /// and applies the local ones. Collect the ticket with [`Dispatch::collect`].
+    pub async fn send<'a>(
+        &mut self,
+        core: &Core,
+        ops: impl Iterator<Item = Op<'a>>,
+        route: Route,
+    ) -> Routed {
+        let meta_start = self.meta.len();
+        let invalid_start = self.invalid.len();
         let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
-        for (index, op) in ops.iter().enumerate() {
+        self.local_indexes.clear();
+        for (index, op) in ops.enumerate() {
+            assert!(
+                index < BATCH_OPS_MAX,
+                "a list has at most BATCH_OPS_MAX ops"
+            );
+            let mutation = if op.is_mutation() { META_MUTATION } else { 0 };
             if let Err(error) = tally_engine::validate_key(op.key()) {
-                self.owners.push(OWNER_INVALID);
+                self.meta.push(META_INVALID | mutation);
                 self.invalid.push(error);
                 continue;
             }
             let owner = core.owner_of_key(op.key());
-            self.owners.push(owner as u16);
+            self.meta.push(owner as u16 | mutation);
+            let index = index as u16;
             if owner == core.index {
-                local_ops.push(*op);
+                local_ops.push(op);
+                self.local_indexes.push(index);
             } else {
                 self.outgoing[owner]
                     .get_or_insert_with(|| core.pool.borrow_mut().batch())
-                    .push(op, index as u16);
+                    .push(&op, index);
             }
         }
         // Send first, so the other cores work while this one applies its own share.
-        self.send_outgoing(core, durability).await;
+        let remote_count = self.send_outgoing(core, route).await;
+        let local_start = self.local_results.len();
         let mut applied = Applied::default();
         if !local_ops.is_empty() {
             let journaling = Journaling {
-                durability,
-                idempotency: None,
+                durability: route.durability,
+                idempotency: route.idempotency.map(|key| (key, &self.local_indexes[..])),
             };
             applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
         }
         self.local_ops = recycle_ops(local_ops);
-        self.await_remotes().await;
-        let durable_wanted = durability == Durability::Durable && applied.lsn > 0;
-        if durable_wanted && core.journal.wait_durable(applied.lsn).await.is_err() {
-            applied.unavailable = true;
+        let durable = route.durability == Durability::Durable;
+        Routed {
+            meta: meta_start..self.meta.len(),
+            local_start,
+            invalid_start,
+            remote_count,
+            durable_lsn: if durable { applied.lsn } else { 0 },
+            local_unavailable: applied.unavailable,
         }
-        self.merge(core, ops, applied.unavailable, results);
-        for slot in &mut self.returned {
-            if let Some((batch, remote_results, _)) = slot.take() {
-                core.pool.borrow_mut().give_back(batch, remote_results);
-            }
-        }
-        self.owners.clear();
-        self.invalid.clear();
-        self.local_results.clear();
     }
 
-    /// Sends every sub-batch built for another core, keeping a wait per owner.
-    async fn send_outgoing(&mut self, core: &Core, durability: Durability) {
+    /// Sends every sub-batch built for another core; returns how many were sent.
+    async fn send_outgoing(&mut self, core: &Core, route: Route) -> usize {
+        let mut count = 0;
         for owner in 0..core.cores {
             let Some(batch) = self.outgoing[owner].take() else {
                 continue;
@@ -143,59 +205,80 @@ impl Dispatch {
                 ticket,
                 batch,
                 results,
-                durability,
-                idempotency: None,
+                durability: route.durability,
+                idempotency: route.idempotency,
             };
-            match core.requests_out.send_to(owner, request).await {
-                Ok(()) => self.waits[owner] = Some(core.replies.wait(ticket)),
-                Err(_) => core.replies.cancel(ticket),
-            }
+            let wait = match core.requests_out.send_to(owner, request).await {
+                Ok(()) => Some(core.replies.wait(ticket)),
+                Err(_) => {
+                    core.replies.cancel(ticket);
+                    None
+                }
+            };
             core.stats
                 .ops_forwarded
                 .set(core.stats.ops_forwarded.get() + forwarded);
+            self.remotes.push_back(Remote { core: owner, wait });
+            count += 1;
         }
+        count
     }
 
-    /// Waits for every sub-batch sent; a missing one leaves its owner's slot empty.
-    async fn await_remotes(&mut self) {
-        for owner in 0..self.waits.len() {
-            let Some(wait) = self.waits[owner].take() else {
-                continue;
-            };
+    /// Waits for a sent list's results and hands them to `each`, one per operation, in
+    /// the list's order. Tickets must be collected in the order they were sent.
+    pub async fn collect(&mut self, core: &Core, routed: &Routed, each: impl FnMut(RoutedResult)) {
+        for _ in 0..routed.remote_count {
+            let remote = self
+                .remotes
+                .pop_front()
+                .expect("one remote per sub-batch sent");
+            let Some(wait) = remote.wait else { continue };
             match wait.await {
                 MeshReply::Applied {
                     batch,
                     results,
                     unavailable,
                     ..
-                } => self.returned[owner] = Some((batch, results, unavailable)),
+                } => self.returned[remote.core] = Some((batch, results, unavailable)),
                 other => panic!("an apply ticket got another reply: {other:?}"),
+            }
+        }
+        let mut local_unavailable = routed.local_unavailable;
+        let durable_lsn = routed.durable_lsn;
+        if durable_lsn > 0 && core.journal.wait_durable(durable_lsn).await.is_err() {
+            local_unavailable = true;
+        }
+        self.merge(core, routed, local_unavailable, each);
+        for slot in &mut self.returned {
+            if let Some((batch, results, _)) = slot.take() {
+                core.pool.borrow_mut().give_back(batch, results);
             }
         }
     }
 
-    /// Appends the results in the operations' order; a mutation on a core whose journal
+    /// Hands out the results in the list's order; a mutation on a core whose journal
     /// failed (`local_unavailable` for this core) gets `None`.
     fn merge(
         &mut self,
         core: &Core,
-        ops: &[Op<'_>],
+        routed: &Routed,
         local_unavailable: bool,
-        results: &mut Vec<RoutedResult>,
+        mut each: impl FnMut(RoutedResult),
     ) {
         self.cursors.iter_mut().for_each(|cursor| *cursor = 0);
-        let (mut local, mut invalid) = (0, 0);
-        for (&owner, op) in self.owners.iter().zip(ops) {
-            let mutation = op.is_mutation();
-            let result = if owner == OWNER_INVALID {
+        let mut local = routed.local_start;
+        let mut invalid = routed.invalid_start;
+        for &meta in &self.meta[routed.meta.clone()] {
+            let owner = usize::from(meta & META_OWNER_MASK);
+            let mutation = meta & META_MUTATION != 0;
+            let result = if meta & META_INVALID != 0 {
                 invalid += 1;
                 Some(Err(self.invalid[invalid - 1]))
-            } else if usize::from(owner) == core.index {
+            } else if owner == core.index {
                 local += 1;
                 let lost = mutation && local_unavailable;
                 (!lost).then(|| self.local_results[local - 1])
             } else {
-                let owner = usize::from(owner);
                 let cursor = self.cursors[owner];
                 self.cursors[owner] += 1;
                 self.returned[owner]
@@ -203,9 +286,35 @@ impl Dispatch {
                     .filter(|(_, _, unavailable)| !(mutation && *unavailable))
                     .map(|(_, remote_results, _)| remote_results[cursor])
             };
-            results.push(result);
+            each(result);
         }
-        assert_eq!(local, self.local_results.len(), "every local result used");
-        assert_eq!(invalid, self.invalid.len(), "every key error used");
+        debug_assert!(local <= self.local_results.len() && invalid <= self.invalid.len());
+    }
+
+    /// Clears the turn's scratch; every ticket sent must have been collected.
+    pub fn end_turn(&mut self) {
+        assert!(self.remotes.is_empty(), "every sent list was collected");
+        self.meta.clear();
+        self.invalid.clear();
+        self.local_results.clear();
+    }
+
+    /// Sends and collects `ops` (any length, in chunks of at most [`BATCH_OPS_MAX`]),
+    /// appending one result per operation, in order, to `results`; ends the turn.
+    pub async fn apply(
+        &mut self,
+        core: &Core,
+        ops: &[Op<'_>],
+        route: Route,
+        results: &mut Vec<RoutedResult>,
+    ) {
+        let start = results.len();
+        for chunk in ops.chunks(BATCH_OPS_MAX) {
+            let routed = self.send(core, chunk.iter().copied(), route).await;
+            self.collect(core, &routed, |result| results.push(result))
+                .await;
+        }
+        self.end_turn();
+        assert_eq!(results.len() - start, ops.len(), "one result per operation");
     }
 }

@@ -53,8 +53,9 @@
 //! ownership), `router` (partition → core routing, mesh messages), `connection` (frames,
 //! pipelining, replies), `durability` (journal, group commit, checkpoints, recovery),
 //! [`idempotency`] (key memory), [`shutdown`] (signals, draining),
-//! `dispatch` (routing a list of operations to their owners, for other doors), `resp`
-//! (the Redis door on `--resp-listen`).
+//! `dispatch` (routing a list of operations to their owners, shared by both doors),
+//! `stream` (accepted sockets and input buffers, shared by both doors), `resp` (the
+//! Redis door on `--resp-listen`).
 
 pub mod config;
 mod connection;
@@ -66,6 +67,7 @@ pub mod idempotency;
 mod resp;
 mod router;
 pub mod shutdown;
+mod stream;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

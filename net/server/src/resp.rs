@@ -35,20 +35,20 @@ use std::cell::Cell;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tally_engine::{BoundPolicy, Op, OpError, BATCH_OPS_MAX};
 use tally_resp::door::{CounterOp, CounterResult, Pending, ServerInfo, Session, Step};
 use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
 
 use crate::core::{recycle_ops, Core};
-use crate::dispatch::{Dispatch, RoutedResult};
+use crate::dispatch::{Dispatch, Route, RoutedResult};
+use crate::stream::{self, Input};
 
 /// The input buffer's size between large requests.
 const INPUT_BYTES_INITIAL: usize = 16 * 1024;
@@ -150,14 +150,7 @@ pub async fn refuse(mut stream: TcpStream) {
 /// Serves one RESP connection until the client closes it or QUITs, it times out, it
 /// breaks the framing, or the server shuts down.
 pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
-    let registration = core.registry.register(stream.as_raw_fd());
-    let configured = stream
-        .set_read_timeout(core.config.read_timeout())
-        .and_then(|()| stream.set_write_timeout(core.config.write_timeout()))
-        .and_then(|()| stream.set_nodelay(true));
-    if let Err(error) = configured {
-        tracing::warn!(core = core.index, %peer, %error, "could not configure a RESP connection");
-    }
+    let registration = stream::open(&core, &stream, peer, "resp");
     let started = core.resp.connections_started.get();
     core.resp.connections_started.set(started + 1);
     // Unique across cores: core index in the low digits, as in a mixed-radix number.
@@ -169,47 +162,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             tracing::info!(core = core.index, %peer, %error, "RESP connection ended with an I/O error")
         }
     }
-    drop(registration);
-    let _ = stream.close().await;
-    core.connections_open.fetch_sub(1, Ordering::AcqRel);
-}
-
-/// The bytes read and not yet consumed: `data[start..end]`.
-struct Input {
-    data: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-impl Input {
-    /// Makes room for the next read: compacts, or grows up to [`INPUT_BYTES_MAX`].
-    fn prepare(&mut self) -> Result<(), RespError> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.data.len() > INPUT_BYTES_INITIAL {
-                self.data.truncate(INPUT_BYTES_INITIAL);
-                self.data.shrink_to_fit();
-            }
-        }
-        if self.end < self.data.len() {
-            return Ok(());
-        }
-        if self.start > 0 {
-            self.data.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        } else if self.data.len() < INPUT_BYTES_MAX {
-            let grown = (self.data.len() * 2).min(INPUT_BYTES_MAX);
-            self.data.resize(grown, 0);
-        } else {
-            // The parser refuses any request longer than REQUEST_BYTES_MAX before it
-            // is complete, so a full buffer always holds a refused request.
-            return Err(RespError::RequestTooLarge);
-        }
-        debug_assert!(self.end < self.data.len());
-        Ok(())
-    }
+    stream::close(&core, stream, registration).await;
 }
 
 /// How a turn ended.
@@ -245,6 +198,8 @@ struct State {
     dispatch: Dispatch,
     staged: Vec<u8>,
     output: Vec<u8>,
+    /// The turn's replies in order; kept empty between turns (see [`recycle_items`]).
+    items: Vec<Item<'static>>,
     ops: Vec<Op<'static>>,
     results: Vec<RoutedResult>,
     counter_results: Vec<CounterResult>,
@@ -253,16 +208,13 @@ struct State {
 impl Connection {
     fn new(core: &Core, connection_id: i64) -> Connection {
         Connection {
-            input: Input {
-                data: vec![0; INPUT_BYTES_INITIAL],
-                start: 0,
-                end: 0,
-            },
+            input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
             state: State {
                 session: Session::new(connection_id),
                 dispatch: Dispatch::new(core.cores),
                 staged: Vec::new(),
                 output: Vec::new(),
+                items: Vec::new(),
                 ops: Vec::new(),
                 results: Vec::new(),
                 counter_results: Vec::new(),
@@ -273,19 +225,18 @@ impl Connection {
     /// Reads and answers until the connection ends; `Ok(reason)` for an orderly end.
     async fn run(&mut self, core: &Core, stream: &mut TcpStream) -> std::io::Result<String> {
         loop {
-            if let Err(error) = self.input.prepare() {
+            // The parser refuses any request longer than REQUEST_BYTES_MAX before it is
+            // complete, so an input full to its limit always holds a refused request.
+            if self.input.reserve(0).is_err() {
+                let error = RespError::RequestTooLarge;
                 let mut out = Vec::new();
                 error.write_reply(&mut out);
                 stream.write_all(&out).await?;
                 return Ok(error.to_string());
             }
-            let input = &mut self.input;
-            let eof = match stream.read(&mut input.data[input.end..]).await {
+            let eof = match self.input.read_from(stream).await {
                 Ok(0) => true,
-                Ok(count) => {
-                    input.end += count;
-                    false
-                }
+                Ok(_) => false,
                 Err(error) if error.kind() == ErrorKind::TimedOut => {
                     return Ok("read timeout".to_string())
                 }
@@ -308,10 +259,8 @@ impl Connection {
         stream: &mut TcpStream,
     ) -> std::io::Result<Option<String>> {
         loop {
-            let input = &mut self.input;
-            let buffered = &input.data[input.start..input.end];
-            let (consumed, end) = self.state.turn(core, buffered).await;
-            input.start += consumed;
+            let (consumed, end) = self.state.turn(core, self.input.buffered()).await;
+            self.input.consume(consumed);
             let output = &mut self.state.output;
             if !output.is_empty() {
                 stream.write_all(output).await?;
@@ -330,7 +279,7 @@ impl State {
     /// Answers up to `frames_in_flight_max` complete commands of `input` into `output`;
     /// returns the bytes consumed and how the turn ended.
     async fn turn<'a>(&mut self, core: &Core, input: &'a [u8]) -> (usize, TurnEnd) {
-        let mut items: Vec<Item<'a>> = Vec::new();
+        let mut items = recycle_items(std::mem::take(&mut self.items));
         let mut ops: Vec<Op<'a>> = recycle_ops(std::mem::take(&mut self.ops));
         let (mut consumed, mut commands) = (0, 0);
         let mut end = TurnEnd::Drained;
@@ -357,6 +306,7 @@ impl State {
         }
         self.flush(core, &mut items, &mut ops).await;
         self.ops = recycle_ops(ops);
+        self.items = recycle_items(items);
         core.resp
             .commands
             .set(core.resp.commands.get() + commands as u64);
@@ -409,7 +359,10 @@ impl State {
     async fn flush<'a>(&mut self, core: &Core, items: &mut Vec<Item<'a>>, ops: &mut Vec<Op<'a>>) {
         self.results.clear();
         if !ops.is_empty() {
-            self.dispatch.apply(core, ops, &mut self.results).await;
+            let route = Route::server_default(core);
+            self.dispatch
+                .apply(core, ops, route, &mut self.results)
+                .await;
         }
         assert_eq!(self.results.len(), ops.len(), "one result per operation");
         for item in items.drain(..) {
@@ -430,6 +383,15 @@ impl State {
         self.staged.clear();
         ops.clear();
     }
+}
+
+/// Empties a list of replies and gives its allocation a new lifetime, as
+/// [`recycle_ops`] does for operations: one allocation serves every turn.
+fn recycle_items<'a>(mut items: Vec<Item<'_>>) -> Vec<Item<'a>> {
+    items.clear();
+    #[allow(clippy::unnecessary_filter_map)]
+    let recycled = items.into_iter().filter_map(|_| None).collect();
+    recycled
 }
 
 /// The engine operation for a door operation (`EXISTS` is a read of existence).
@@ -496,20 +458,14 @@ mod tests {
     }
 
     #[test]
-    fn the_input_grows_to_its_limit_and_no_further() {
-        let mut input = Input {
-            data: vec![0; INPUT_BYTES_INITIAL],
-            start: 0,
-            end: INPUT_BYTES_INITIAL,
-        };
-        while input.data.len() < INPUT_BYTES_MAX {
-            input.prepare().unwrap();
-            input.end = input.data.len();
-        }
-        assert_eq!(input.data.len(), INPUT_BYTES_MAX);
-        assert_eq!(input.prepare(), Err(RespError::RequestTooLarge));
-        input.start = 10;
-        input.prepare().unwrap();
-        assert_eq!((input.start, input.end), (0, INPUT_BYTES_MAX - 10));
+    fn recycled_items_keep_their_allocation() {
+        let input = b"INCR a".to_vec();
+        let mut items: Vec<Item<'_>> = Vec::with_capacity(32);
+        items.push(Item::Staged(0..input.len()));
+        let (pointer, capacity) = (items.as_ptr() as usize, items.capacity());
+        let recycled: Vec<Item<'static>> = recycle_items(items);
+        assert!(recycled.is_empty());
+        assert_eq!(recycled.capacity(), capacity);
+        assert_eq!(recycled.as_ptr() as usize, pointer);
     }
 }
