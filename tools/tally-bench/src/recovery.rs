@@ -8,7 +8,8 @@
 //! thread at the same time: open the store, restore every partition from its
 //! checkpoint and replay the journal tail. Prints `recovery_seconds` (the wall time
 //! until the last core is done) and, with `--json`, the slowest core's breakdown and
-//! every core's.
+//! every core's. Keys are the counter's index in `--key-bytes` zero-padded decimal digits
+//! (16 by default: inline in their slot, like the engine benchmark's).
 
 use std::error::Error;
 use std::path::Path;
@@ -31,6 +32,11 @@ pub struct RecoveryArgs {
     /// Partitions of the data directory.
     #[arg(long, default_value_t = 16)]
     partitions: u32,
+    /// Bytes per key: the counter's index in zero-padded decimal. 16 (the default) keeps
+    /// keys inline in their slot, as the engine benchmark's; 17 or more puts them in the
+    /// key heap, which doubles the memory to restore and adds a miss per replayed record.
+    #[arg(long, default_value_t = 16)]
+    key_bytes: usize,
     /// Cores recovering in parallel, each owning the partitions `p % cores == core`
     /// and its own journal (as `tallyd --cores`).
     #[arg(long, default_value_t = 1)]
@@ -48,8 +54,24 @@ pub struct RecoveryArgs {
     keep: Option<std::path::PathBuf>,
 }
 
-fn key_of(index: u64) -> Vec<u8> {
-    format!("bench:{index:012}").into_bytes()
+/// Key of counter `index`: its decimal digits, zero-padded to `key_bytes`.
+fn key_of(index: u64, key_bytes: usize) -> Vec<u8> {
+    format!("{index:0key_bytes$}").into_bytes()
+}
+
+/// Keys of `key_bytes` digits name at least `counters` counters, and are valid keys.
+fn check_key_bytes(key_bytes: usize, counters: u64) -> Result<(), String> {
+    let names_all = u32::try_from(key_bytes)
+        .ok()
+        .and_then(|digits| 10u64.checked_pow(digits))
+        .is_none_or(|distinct| distinct >= counters);
+    if !(1..=255).contains(&key_bytes) || !names_all {
+        return Err(format!(
+            "--key-bytes {key_bytes}: keys are 1 to 255 bytes and need enough decimal \
+             digits for {counters} counters"
+        ));
+    }
+    Ok(())
 }
 
 /// The core owning `partition` (as `tallyd`'s router: `p % cores`).
@@ -67,7 +89,7 @@ fn fill(stores: &mut [Store], args: &RecoveryArgs) -> Result<(), Box<dyn Error>>
     while start < args.counters {
         let end = (start + 10_000).min(args.counters);
         let mut per_core: Vec<Vec<Vec<u8>>> = vec![Vec::new(); stores.len()];
-        for key in (start..end).map(key_of) {
+        for key in (start..end).map(|index| key_of(index, args.key_bytes)) {
             per_core[owner(partition_of(&key, args.partitions), args.cores)].push(key);
         }
         for (store, keys) in stores.iter_mut().zip(&per_core) {
@@ -99,7 +121,7 @@ fn journal_tail(
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
-        let key = key_of(state % args.counters.max(1));
+        let key = key_of(state % args.counters.max(1), args.key_bytes);
         let op = Op::Add {
             key: &key,
             delta: 1,
@@ -236,6 +258,7 @@ pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
     if args.partitions == 0 || args.cores == 0 || args.cores > args.partitions {
         return Err("--partitions and --cores must be at least 1, cores <= partitions".into());
     }
+    check_key_bytes(args.key_bytes, args.counters)?;
     let temporary = tempfile::tempdir_in(&args.dir)?;
     let path = args.keep.as_deref().unwrap_or(temporary.path());
     let build_started = Instant::now();
@@ -262,6 +285,7 @@ pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
         fields.insert("counters".into(), args.counters.into());
         fields.insert("journal_ops".into(), args.journal_ops.into());
         fields.insert("partitions".into(), args.partitions.into());
+        fields.insert("key_bytes".into(), args.key_bytes.into());
         fields.insert("cores".into(), args.cores.into());
         fields.insert("records_replayed_all_cores".into(), replayed.into());
         fields.insert("build_seconds".into(), build_seconds.into());
