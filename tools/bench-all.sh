@@ -22,7 +22,10 @@ date -u >>"$out/machine.txt"
 run $bench engine --counters 10000000 --ops 50000000 --key-bytes 16 --json
 run $bench engine --counters 10000000 --ops 200000000 --key-bytes 16 --hot-key --json
 run $bench journal --dir "$scratch" --seconds 2 --waiters 64,1024,4096 --wait-us 0 --json
-run $bench recovery --counters 10000000 --journal-ops 10000000 --json --dir "$scratch"
+for cores in 1 2; do
+    run $bench recovery --counters 10000000 --journal-ops 10000000 --cores $cores --json --dir "$scratch"
+done
+run $bench recovery --counters 10000000 --journal-ops 10000000 --cores 2 --key-bytes 18 --json --dir "$scratch"
 if [ "${TALLY_BENCH_LARGE:-0}" = 1 ]; then
     run $bench engine --counters 100000000 --ops 50000000 --key-bytes 16 --json
 fi
