@@ -45,8 +45,8 @@
 //! When an insert would take the current table past `LOAD_MAX` (92%), a new table of
 //! `GROWTH` (x1.15, give or take 3%: see `grown_lines`) the lines becomes current; the
 //! old one is migrated `MIGRATE_LINES_PER_INSERT` (256) lines per insert and
-//! `MIGRATE_LINES_PER_MUTATION` (4) per other mutation; when done it is handed to the
-//! arena helper thread, which unlinks its file (if it was ever written) and unmaps it.
+//! `MIGRATE_LINES_PER_MUTATION` (4) per other mutation; when done its file (if it was
+//! ever written) is unlinked and its memory handed to the arena helper thread to unmap.
 //! Lookups check the current table, then the old one at positions at or above the cursor
 //! (entries below it were copied; the old table is never reshuffled, deletions there
 //! leave tombstones). An insert that finds the new table at `LOAD_MAX` first completes
@@ -54,7 +54,8 @@
 //! between about 0.80 and 0.92 after the first growths: 32 bytes / load = 35 to 40 bytes
 //! per counter.
 //!
-//! Each step is bounded and makes no file-system call: a table of 2 MiB or more is
+//! Each step is bounded and makes no file-system call but the unlink of a table read at
+//! open (or written back since): a table of 2 MiB or more is
 //! prepared by the helper thread (mapped, every page faulted in) once the current table
 //! is within `slots / PREPARE_AHEAD_DIVISOR` counters of its limit, so the growth only
 //! swaps it in; a smaller table, or one the helper has not finished, is mapped on the
@@ -752,9 +753,8 @@ impl Partition {
         meta.old_lines = 0;
         meta.migrate_cursor = 0;
         debug_assert_eq!(meta.table_counters, meta.counter_count);
-        // Unlinked and unmapped off this thread (see `arena`); a failed unlink leaves a
-        // stray file that the next open removes. The counters are all in the current
-        // table either way.
+        // Unmapped off this thread (see `arena`); a failed unlink leaves a stray file that
+        // the next open removes. The counters are all in the current table either way.
         old.into_file().discard();
     }
 
