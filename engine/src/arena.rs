@@ -33,10 +33,15 @@
 //!   (a VM) at 0.36 ms typical and up to 6 ms, and an insert that migrates lines into a
 //!   new table touched up to 8 new pages.
 //!
-//! Invariants: the mapping covers the whole file once the file exists
-//! (`map.len() == file length` after `open` and after every `write_back`); the file is
-//! written only by `write_back`; a length is never zero (a zero-length mapping is not
-//! portable).
+//! What is left: a table mapped on the partition thread (one under 2 MiB, or one the
+//! helper had not finished) needs the process's memory-map lock, which waits while the
+//! helper faults a huge page in (one 2 MiB step); and the unlink of a table that has a
+//! file (read at open or written back since) stays on the partition thread, since an
+//! unclean reopen lists and removes the partition's files and must not race with it.
+//!
+//! Invariants: the arena's bytes (`map[offset..offset + length]`) cover the whole file
+//! once the file exists (after `open` and after every `write_back`); the file is written
+//! only by `write_back`; a length is never zero (a zero-length mapping is not portable).
 
 use std::cell::OnceCell;
 use std::fs::{File, OpenOptions};
