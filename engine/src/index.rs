@@ -45,7 +45,7 @@
 use std::mem::{align_of, size_of};
 use std::path::Path;
 
-use crate::arena::ArenaFile;
+use crate::arena::{ArenaFile, Prepared};
 use crate::error::EngineError;
 
 /// Bytes of one slot.
@@ -160,6 +160,8 @@ pub(crate) enum Probe {
 pub(crate) struct Table {
     file: ArenaFile,
     line_count: u64,
+    /// The next, grown table while the helper thread prepares it (see `partition`).
+    successor: Option<Prepared>,
 }
 
 impl Table {
@@ -167,13 +169,54 @@ impl Table {
         assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
         assert!(line_count.is_multiple_of(LINES_PER_BUCKET as u64));
         let file = ArenaFile::create(path, line_count * LINE_BYTES as u64)?;
-        Ok(Table { file, line_count })
+        Ok(Table {
+            file,
+            line_count,
+            successor: None,
+        })
     }
 
     pub(crate) fn open(path: &Path, line_count: u64) -> Result<Table, EngineError> {
         assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
         let file = ArenaFile::open(path, line_count * LINE_BYTES as u64)?;
-        Ok(Table { file, line_count })
+        Ok(Table {
+            file,
+            line_count,
+            successor: None,
+        })
+    }
+
+    /// Asks the helper thread to prepare this table's successor, `line_count` lines at
+    /// `path`, with its pages faulted in (see `arena`), unless it already does.
+    pub(crate) fn prepare_successor(&mut self, path: &Path, line_count: u64) {
+        assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
+        if self.successor.is_none() {
+            self.successor = ArenaFile::prepare(path, line_count * LINE_BYTES as u64);
+        }
+    }
+
+    pub(crate) fn has_successor(&self) -> bool {
+        self.successor.is_some()
+    }
+
+    /// Bytes of the successor being prepared (0 if none).
+    pub(crate) fn successor_bytes(&self) -> u64 {
+        self.successor.as_ref().map_or(0, Prepared::length_bytes)
+    }
+
+    /// The prepared successor if it is ready and `line_count` lines long; `None` (and the
+    /// preparation abandoned) otherwise.
+    pub(crate) fn take_successor(&mut self, line_count: u64) -> Option<Table> {
+        let file = self.successor.take()?.try_take()?;
+        if file.length_bytes() != line_count * LINE_BYTES as u64 {
+            file.discard();
+            return None;
+        }
+        Some(Table {
+            file,
+            line_count,
+            successor: None,
+        })
     }
 
     pub(crate) fn line_count(&self) -> u64 {
@@ -196,7 +239,11 @@ impl Table {
     pub(crate) fn from_file(file: ArenaFile, line_count: u64) -> Table {
         assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
         assert_eq!(file.length_bytes(), line_count * LINE_BYTES as u64);
-        Table { file, line_count }
+        Table {
+            file,
+            line_count,
+            successor: None,
+        }
     }
 
     #[inline]

@@ -1,6 +1,10 @@
 //! `tally-bench engine`: the counter engine in-process on one pinned core.
 //!
-//! 1. Loads `--counters` counters (keys of `--key-bytes` bytes) through `apply_batch`.
+//! 1. Loads `--counters` counters (keys of `--key-bytes` bytes), one `Store::apply` per
+//!    insert, timing each one: the load grows every table from its first 64 lines to
+//!    full size (table creations, incremental migrations, the release of old tables), so
+//!    the longest insert is the longest pause growth imposed on a partition
+//!    (`growth_pause_us_max`); `insert_latency_us_p999` shows the common case.
 //! 2. Reads the memory cost: arena bytes / counters, and process RSS growth / counters
 //!    (RSS from `/proc/self/statm`; mapped file pages count once touched).
 //! 3. Applies `--ops` increments in batches of `--batch`, to uniformly random existing
@@ -19,6 +23,7 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::latency::Recorder;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tally_engine::{
@@ -220,6 +225,81 @@ impl Batch {
         }
         Ok(elapsed)
     }
+
+    /// Inserts counters `indexes` (value 1) one `Store::apply` at a time, timing each:
+    /// the time of one call is the pause that insert imposed on its partition, growth
+    /// steps included. `first` is the number of counters before the first of them.
+    fn insert_timed(
+        &mut self,
+        store: &mut Store,
+        indexes: &[u64],
+        key_len: usize,
+        first: u64,
+        load: &mut Load,
+    ) -> Result<(), Box<dyn Error>> {
+        for (index, out) in indexes.iter().zip(self.key_bytes.chunks_exact_mut(key_len)) {
+            write_key(*index, out);
+        }
+        let keys = self.key_bytes.chunks_exact(key_len).take(indexes.len());
+        for (offset, key) in keys.enumerate() {
+            let op = Op::Add {
+                key,
+                delta: 1,
+                policy: BoundPolicy::Reject,
+            };
+            let start = Instant::now();
+            let result = store.apply(&op);
+            let elapsed = start.elapsed();
+            if let Err(error) = result {
+                return Err(format!("an insert failed: {error}").into());
+            }
+            load.total += elapsed;
+            load.latencies.record(elapsed);
+            // Was this thread preempted (by another process on its core) since the last
+            // check, just after the previous insert? Read outside the timed call.
+            let switches = involuntary_switches();
+            let preempted = switches != load.switches;
+            load.switches = switches;
+            if preempted {
+                load.preempted += 1;
+                load.preempted_max = load.preempted_max.max(elapsed);
+                continue;
+            }
+            if elapsed > load.max {
+                load.max = elapsed;
+                load.max_at = first + offset as u64;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the load phase measured: every insert's latency, the longest exactly.
+#[derive(Default)]
+struct Load {
+    total: Duration,
+    latencies: Recorder,
+    /// The longest insert during which the thread was not preempted, and the counters
+    /// before it.
+    max: Duration,
+    max_at: u64,
+    /// Involuntary context switches of this thread at the last check.
+    switches: u64,
+    /// Inserts during which the thread was preempted, and the longest of them (the
+    /// machine's doing, not the engine's).
+    preempted: u64,
+    preempted_max: Duration,
+}
+
+/// Involuntary context switches of the calling thread so far (preemptions).
+fn involuntary_switches() -> u64 {
+    // SAFETY: getrusage fills the zero-initialised struct it is given and reads nothing.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+        usage
+    };
+    usage.ru_nivcsw as u64
 }
 
 struct Measured {
@@ -235,6 +315,15 @@ struct Measured {
     /// Page faults taken during the increments (write faults on file pages cleaned by
     /// the kernel's writeback, or first touches after a remap).
     ops_page_faults: u64,
+    /// Latency of every single insert of the load.
+    inserts: Recorder,
+    /// The longest insert, exactly, and how many counters existed before it.
+    insert_max: Duration,
+    insert_max_at: u64,
+    /// Inserts during which the thread was preempted (left out of `insert_max`), and the
+    /// longest of them.
+    inserts_preempted: u64,
+    insert_preempted_max: Duration,
     verified: bool,
 }
 
@@ -280,17 +369,19 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
     let mut indexes: Vec<u64> = Vec::with_capacity(args.batch);
 
     bar.set_message("load");
-    let load_start = Instant::now();
+    let mut load = Load {
+        switches: involuntary_switches(),
+        ..Load::default()
+    };
     let mut next = 0;
     while next < args.counters {
         let end = (next + args.batch as u64).min(args.counters);
         indexes.clear();
         indexes.extend(next..end);
-        batch.add(&mut store, &indexes, args.key_bytes, 1)?;
+        batch.insert_timed(&mut store, &indexes, args.key_bytes, next, &mut load)?;
         bar.inc(end - next);
         next = end;
     }
-    let load = load_start.elapsed();
     let arena_bytes = store.arena_bytes();
     let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
     let arena_huge_bytes = smaps_bytes("AnonHugePages");
@@ -327,7 +418,7 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
     store.close_clean()?;
     let (floor, floor_huge_bytes) = measure_floor(args, arena_bytes);
     Ok(Measured {
-        load,
+        load: load.total,
         ops: ops_time,
         floor,
         arena_bytes,
@@ -335,6 +426,11 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         arena_huge_bytes,
         floor_huge_bytes,
         ops_page_faults,
+        inserts: load.latencies,
+        insert_max: load.max,
+        insert_max_at: load.max_at,
+        inserts_preempted: load.preempted,
+        insert_preempted_max: load.preempted_max,
         verified,
     })
 }
@@ -439,6 +535,13 @@ fn report(args: &EngineArgs, m: &Measured) {
             "ns_per_op": 1e9 / ops_per_sec,
             "load_secs": m.load.as_secs_f64(),
             "load_inserts_per_sec": load_per_sec.round(),
+            "growth_pause_us_max": m.insert_max.as_secs_f64() * 1e6,
+            "growth_pause_at_counters": m.insert_max_at,
+            "insert_latency_us_p50": m.inserts.quantile_us(0.5),
+            "insert_latency_us_p999": m.inserts.quantile_us(0.999),
+            "insert_latency_us_p99999": m.inserts.quantile_us(0.99999),
+            "inserts_preempted": m.inserts_preempted,
+            "insert_preempted_us_max": m.insert_preempted_max.as_secs_f64() * 1e6,
             "arena_bytes": m.arena_bytes,
             "bytes_per_counter_arena": arena_per_counter,
             "rss_growth_bytes": m.rss_growth_bytes,
@@ -464,6 +567,19 @@ fn report(args: &EngineArgs, m: &Measured) {
         "  load        {:.2} s, {:.2} M inserts/s",
         m.load.as_secs_f64(),
         load_per_sec / 1e6
+    );
+    println!(
+        "  inserts     p50 {:.2} us, p99.9 {:.2} us, p99.999 {:.1} us, max {:.1} us (at {} counters)",
+        m.inserts.quantile_us(0.5),
+        m.inserts.quantile_us(0.999),
+        m.inserts.quantile_us(0.99999),
+        m.insert_max.as_secs_f64() * 1e6,
+        m.insert_max_at
+    );
+    println!(
+        "              (max of the inserts not preempted; {} preempted, the longest {:.1} us)",
+        m.inserts_preempted,
+        m.insert_preempted_max.as_secs_f64() * 1e6
     );
     println!("  memory      {arena_per_counter:.1} B/counter (arena), {rss_per_counter:.1} B/counter (RSS growth)");
     println!(
