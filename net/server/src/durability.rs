@@ -74,7 +74,10 @@ use crate::core::Core;
 use crate::idempotency::IdempotencyKey;
 
 /// While a commit is in flight its completion is polled this long after the executor's
-/// spin would end.
+/// spin would end. Not shorter: the executor must stay parked long enough for the
+/// fdatasync's worker thread to get the CPU. Measured on 2 vCPUs, durable, spin 0:
+/// 10 us brought back ~8 ms commits (1 connection ~160-680 ops/s, 4 x pipeline 16
+/// ~4k), while 50 us and 200 us both gave ~1.8-2.2k and ~40-60k ops/s.
 pub const IN_FLIGHT_POLL: Duration = Duration::from_micros(50);
 /// With nothing to commit the task still wakes this often to check for a checkpoint.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
