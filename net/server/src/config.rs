@@ -71,13 +71,17 @@ pub struct ServerConfig {
     pub write_timeout_ms: u64,
     /// The most frames one connection has in flight (decoded, not yet answered).
     pub frames_in_flight_max: usize,
-    /// How long an idle executor spins before it sleeps; a sleeping core costs about
-    /// 100 us to wake, so spinning keeps one connection's round trip and the cross-core
-    /// hop in the microseconds. glommio's spin never yields the CPU: where clients share
-    /// the cores (the 2-vCPU bench machine, load generator included) it takes CPU from
-    /// them, and pipelined throughput is higher with 0 (measured there: 4 connections x
-    /// pipeline 16, ~950k/s at 0 against ~650-750k/s at 200), while an unpipelined
-    /// connection needs the spin for a p99 under 100 us.
+    /// How long an idle executor spins before it sleeps (default 0: it parks at once).
+    /// A sleeping core costs about 100 us to wake, so spinning keeps one connection's
+    /// round trip and the cross-core hop in the microseconds; but glommio's spin never
+    /// yields the CPU, and it shares that CPU with the io_uring worker running the
+    /// journal's fdatasync and, on small machines, with the clients. Measured on the
+    /// 2-vCPU bench machine, load generator included (load 3-4), 0 against 200:
+    /// durable 1 connection ~1,390 against ~1,080 ops/s, durable 4 connections x
+    /// pipeline 16 ~74k against ~38k ops/s, relaxed 4 x 16 ~950k against ~650-750k;
+    /// only an unpipelined relaxed connection is faster with 200 (p99 ~0.4 ms against
+    /// ~1.7 ms). Hence 0 by default; 100-200 where tallyd has CPUs of its own (bare
+    /// metal, clients on other machines) and single-connection latency matters.
     pub spin_before_park_us: u64,
     /// Bytes of io_uring buffer memory per executor (locked memory).
     pub io_memory_bytes: usize,
@@ -142,7 +146,7 @@ impl ServerConfig {
             read_timeout_ms: 300_000,
             write_timeout_ms: 30_000,
             frames_in_flight_max: 1024,
-            spin_before_park_us: 200,
+            spin_before_park_us: 0,
             io_memory_bytes: 512 * 1024,
             ring_depth: 128,
             idempotency_window_s: 600,

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 /// How long a server may take to accept connections after it was started.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most `--tallyd-arg`s accepted.
+pub const TALLYD_ARGS_MAX: usize = 64;
+
 /// Flags of `tally-bench compare`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct CompareArgs {
@@ -29,6 +32,11 @@ pub struct CompareArgs {
     /// The tallyd binary (default: `tallyd` next to this executable).
     #[arg(long)]
     pub tallyd: Option<PathBuf>,
+    /// An extra argument for every tallyd started, after the ones compare sets;
+    /// repeatable: `--tallyd-arg=--spin-us=200` reports tallyd with a spinning
+    /// executor. At most `TALLYD_ARGS_MAX`.
+    #[arg(long = "tallyd-arg", allow_hyphen_values = true)]
+    pub tallyd_args: Vec<String>,
     /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server).
     #[arg(long)]
     pub redis_benchmark: Option<PathBuf>,
@@ -74,6 +82,8 @@ pub enum CompareError {
         workload: &'static str,
         source: DriveError,
     },
+    #[error("{count} --tallyd-arg given, at most {TALLYD_ARGS_MAX}")]
+    TooManyTallydArgs { count: usize },
 }
 
 /// One workload: the same flags for every server.
@@ -331,7 +341,12 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
 
 /// Start tallyd on port 0 (its main, shard and RESP ports all chosen by the system, so
 /// they cannot collide with each other) and read the addresses it announces.
-fn start_tallyd(tallyd: &Path, system: System, with_resp: bool) -> Result<Started, CompareError> {
+fn start_tallyd(
+    tallyd: &Path,
+    extra: &[String],
+    system: System,
+    with_resp: bool,
+) -> Result<Started, CompareError> {
     let data_dir = fresh_dir(system)?;
     let durability = if system == System::TallyDurable {
         "durable"
@@ -350,6 +365,7 @@ fn start_tallyd(tallyd: &Path, system: System, with_resp: bool) -> Result<Starte
         arguments.push("--resp-listen".to_owned());
         arguments.push("127.0.0.1:0".to_owned());
     }
+    arguments.extend(extra.iter().cloned());
     let mut child = spawn(tallyd, &arguments)?;
     let output = watch_output(&mut child);
     let mut started = Started {
@@ -405,6 +421,7 @@ fn server_args(
         durability: server::DurabilityChoice::Server,
         shard_aware: true,
         spin_us: None,
+        via_client: false,
         seed: 1,
         json: false,
         plot: None,
@@ -642,6 +659,11 @@ fn tallyd_path(args: &CompareArgs) -> Option<PathBuf> {
 
 /// Run the whole comparison.
 pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
+    if args.tallyd_args.len() > TALLYD_ARGS_MAX {
+        return Err(CompareError::TooManyTallydArgs {
+            count: args.tallyd_args.len(),
+        });
+    }
     let mut comparison = Comparison {
         rows: Vec::new(),
         redis_benchmark: Vec::new(),
@@ -676,13 +698,19 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             .notes
             .push("Tally runs skipped: no tallyd found (pass --tallyd PATH).".into()),
         (false, Some(tallyd)) => {
+            if !args.tallyd_args.is_empty() {
+                comparison.notes.push(format!(
+                    "tallyd started with extra arguments: {}",
+                    args.tallyd_args.join(" ")
+                ));
+            }
             for system in [System::TallyRelaxed, System::TallyDurable] {
                 eprintln!("{}: starting {}", system.name(), tallyd.display());
-                let started = match start_tallyd(&tallyd, system, true) {
+                let started = match start_tallyd(&tallyd, &args.tallyd_args, system, true) {
                     Ok(started) => started,
                     Err(error) => {
                         comparison.notes.push(format!("{}: tallyd would not start with --resp-listen, RESP runs skipped: {error}", system.name()));
-                        start_tallyd(&tallyd, system, false)?
+                        start_tallyd(&tallyd, &args.tallyd_args, system, false)?
                     }
                 };
                 drive_all(args, &started, &mut comparison);

@@ -63,3 +63,48 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(arguments: &[&str]) -> Command {
+        let all = std::iter::once("tally-bench").chain(arguments.iter().copied());
+        Cli::try_parse_from(all)
+            .expect("the arguments parse")
+            .command
+    }
+
+    #[test]
+    fn compare_passes_repeated_tallyd_arguments_through_in_order() {
+        let Command::Compare(args) = parse(&[
+            "compare",
+            "--redis-server",
+            "/usr/bin/redis-server",
+            "--tallyd-arg=--spin-us=200",
+            "--tallyd-arg",
+            "--cores",
+            "--tallyd-arg=1",
+        ]) else {
+            panic!("not the compare subcommand");
+        };
+        assert_eq!(args.tallyd_args, ["--spin-us=200", "--cores", "1"]);
+    }
+
+    #[test]
+    fn via_client_is_native_and_closed_loop_only() {
+        let Command::Server(args) = parse(&["server", "--via-client", "--pipeline", "8"]) else {
+            panic!("not the server subcommand");
+        };
+        assert!(args.via_client);
+        assert!(server::validate(&args).is_ok());
+        for extra in [["--protocol", "resp"], ["--rate", "1000"]] {
+            let mut arguments = vec!["server", "--via-client"];
+            arguments.extend(extra);
+            let Command::Server(args) = parse(&arguments) else {
+                panic!("not the server subcommand");
+            };
+            assert!(server::validate(&args).is_err(), "{extra:?} accepted");
+        }
+    }
+}

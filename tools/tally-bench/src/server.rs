@@ -5,11 +5,13 @@
 //! ([`crate::workload`]), so the native and RESP runs of the same flags send the same
 //! keys. Throughput counts acknowledged increments; latency is per request (a batch, or
 //! `batch` pipelined Redis commands), from send (closed loop) or intended send (open
-//! loop, `--rate`) to the last reply byte.
+//! loop, `--rate`) to the last reply byte. With `--via-client` the native workload goes
+//! through the client crate instead of raw frames ([`via_client`]).
 
 pub mod connection;
 pub mod native;
 pub mod resp;
+pub mod via_client;
 
 use crate::latency::{Recorder, Summary};
 use crate::workload::{write_key, Distribution, KeyChooser};
@@ -136,6 +138,13 @@ pub struct ServerArgs {
     /// spins on every core itself, a spinning client on 2 cores makes things worse.
     #[arg(long)]
     pub spin_us: Option<u64>,
+    /// Drive the server through the native client crate (tally-client's async client)
+    /// instead of raw frames: each connection is one client (a socket per server core),
+    /// --pipeline is its number of concurrent callers, each awaiting one call (`incr`,
+    /// or `batch` of --batch increments) at a time; the client packs calls that queue
+    /// up into shared frames. Latency is per call. Native protocol, closed loop only.
+    #[arg(long)]
+    pub via_client: bool,
     /// Seed of the key streams (connection i uses seed + i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -167,6 +176,8 @@ pub struct RunReport {
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
+    /// Driven through the client crate (`--via-client`): requests are client calls.
+    pub via_client: bool,
     /// Request latency.
     #[serde(flatten)]
     pub latency: Summary,
@@ -207,7 +218,7 @@ impl KeySource {
     }
 }
 
-fn validate(args: &ServerArgs) -> Result<(), DriveError> {
+pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
     let invalid = |reason: &str| Err(DriveError::InvalidArguments(reason.to_owned()));
     if !(1..=CONNECTIONS_MAX).contains(&args.connections) {
         return invalid("--connections must be within 1..=1024");
@@ -235,6 +246,9 @@ fn validate(args: &ServerArgs) -> Result<(), DriveError> {
         .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
     {
         return invalid("--rate must be positive");
+    }
+    if args.via_client && (args.protocol != WireProtocol::Native || args.rate.is_some()) {
+        return invalid("--via-client drives the native protocol in a closed loop: no --protocol resp, no --rate");
     }
     Ok(())
 }
@@ -316,6 +330,10 @@ fn open(
 /// Run the benchmark `args` describes and return its report.
 pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
     validate(args)?;
+    if args.via_client {
+        let reports = via_client::drive_all(args)?;
+        return Ok(summarize(args, &reports));
+    }
     let shard_map = match args.protocol {
         WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
         WireProtocol::Resp => None,
@@ -351,7 +369,7 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
     Ok(summarize(args, &reports))
 }
 
-fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: impl Fn() -> bool) {
+pub(crate) fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: impl Fn() -> bool) {
     let bar = match args.duration {
         Some(seconds) => indicatif::ProgressBar::new((seconds * 1_000.0) as u64),
         None => indicatif::ProgressBar::new(args.ops),
@@ -405,6 +423,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         elapsed_s,
         ops_per_sec: ops as f64 / elapsed_s,
         requests_per_sec: requests as f64 / elapsed_s,
+        via_client: args.via_client,
         latency: latency.summary(),
         curve: latency.percentile_curve(),
     }
@@ -413,8 +432,9 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
 impl RunReport {
     /// A one-line name for tables and plot legends.
     pub fn label(&self) -> String {
+        let driver = if self.via_client { " via client" } else { "" };
         format!(
-            "{:?} c={} P={} B={}",
+            "{:?}{driver} c={} P={} B={}",
             self.protocol, self.connections, self.pipeline, self.batch
         )
         .to_lowercase()

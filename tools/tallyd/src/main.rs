@@ -100,7 +100,11 @@ struct Flags {
     #[arg(long, value_name = "N")]
     max_frames_in_flight: Option<usize>,
     /// How long an idle core spins before sleeping, in us. Waking a sleeping core costs
-    /// ~100 us; spinning costs CPU [default: 200].
+    /// ~100 us, but a spinning core keeps its CPU from the clients and from the kernel
+    /// thread running the journal's fdatasync: 0 (the default) is faster wherever
+    /// tallyd shares its CPUs (measured on 2 vCPUs: durable 2x, relaxed pipelined
+    /// ~1.3x); 100-200 lowers one unpipelined connection's latency where tallyd has
+    /// CPUs to itself [default: 0].
     #[arg(long, value_name = "US")]
     spin_us: Option<u64>,
     /// io_uring buffer memory per core, in bytes (locked memory: lower it if
