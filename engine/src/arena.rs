@@ -110,14 +110,7 @@ impl ArenaFile {
             .write(true)
             .open(path)
             .map_err(io_error("open", path))?;
-        let actual_bytes = file.metadata().map_err(io_error("stat", path))?.len();
-        if actual_bytes != length_bytes || length_bytes == 0 {
-            return Err(EngineError::Corrupted {
-                path: path.to_path_buf(),
-                offset: actual_bytes,
-                reason: format!("file is {actual_bytes} bytes, expected {length_bytes}"),
-            });
-        }
+        check_length(&file, path, length_bytes)?;
         let (map, offset) = anonymous(path, length_bytes)?;
         let mut arena = ArenaFile {
             path: path.to_path_buf(),
@@ -450,14 +443,7 @@ pub(crate) fn load_anonymous(
     inspect: impl FnMut(&[u8]),
 ) -> Result<LoadedArena, EngineError> {
     let file = File::open(source).map_err(io_error("open", source))?;
-    let actual_bytes = file.metadata().map_err(io_error("stat", source))?.len();
-    if actual_bytes != length_bytes || length_bytes == 0 {
-        return Err(EngineError::Corrupted {
-            path: source.to_path_buf(),
-            offset: actual_bytes,
-            reason: format!("file is {actual_bytes} bytes, expected {length_bytes}"),
-        });
-    }
+    check_length(&file, source, length_bytes)?;
     let (mut map, offset) = anonymous(source, length_bytes)?;
     let length = length_bytes as usize;
     read_into(&file, source, &mut map[offset..offset + length], inspect)?;
@@ -466,6 +452,20 @@ pub(crate) fn load_anonymous(
         offset,
         length,
     })
+}
+
+/// Checks that `file` (at `path`) is exactly `length_bytes` long, and not empty: any other
+/// length means it was truncated or extended behind our back, which is corruption.
+fn check_length(file: &File, path: &Path, length_bytes: u64) -> Result<(), EngineError> {
+    let actual_bytes = file.metadata().map_err(io_error("stat", path))?.len();
+    if actual_bytes != length_bytes || length_bytes == 0 {
+        return Err(EngineError::Corrupted {
+            path: path.to_path_buf(),
+            offset: actual_bytes,
+            reason: format!("file is {actual_bytes} bytes, expected {length_bytes}"),
+        });
+    }
+    Ok(())
 }
 
 /// Fills `bytes` from offset 0 of `file` in large reads, each chunk passed to `inspect`.

@@ -148,6 +148,30 @@ struct Meta {
     data_checksum: u64,
 }
 
+impl Meta {
+    /// The header of an empty partition `index` with its first table (generation 1)
+    /// and a heap of `heap_bytes`.
+    fn empty(index: u32, heap_bytes: u64, clean: u32) -> Meta {
+        Meta {
+            magic: *META_MAGIC,
+            version: META_VERSION,
+            partition: index,
+            applied_lsn: 0,
+            clean,
+            migrating: 0,
+            table_generation: 1,
+            table_lines: initial_lines(index),
+            old_generation: 0,
+            old_lines: 0,
+            migrate_cursor: 0,
+            counter_count: 0,
+            table_counters: 0,
+            heap_bytes,
+            data_checksum: 0,
+        }
+    }
+}
+
 const _: () = assert!(std::mem::size_of::<Meta>() == 104);
 const _: () = assert!(std::mem::offset_of!(Meta, migrate_cursor) == 64);
 const _: () = assert!(std::mem::offset_of!(Meta, data_checksum) == 96);
@@ -269,23 +293,7 @@ impl Partition {
             &directory.join(file_name(index, &table_suffix(1))),
             initial_lines(index),
         )?;
-        let header = Meta {
-            magic: *META_MAGIC,
-            version: META_VERSION,
-            partition: index,
-            applied_lsn: 0,
-            clean: 0,
-            migrating: 0,
-            table_generation: 1,
-            table_lines: initial_lines(index),
-            old_generation: 0,
-            old_lines: 0,
-            migrate_cursor: 0,
-            counter_count: 0,
-            table_counters: 0,
-            heap_bytes: heap.file().length_bytes(),
-            data_checksum: 0,
-        };
+        let header = Meta::empty(index, heap.file().length_bytes(), 0);
         meta.bytes_mut().fill(0);
         write_header(meta.bytes_mut(), &header);
         Ok(Partition {
@@ -336,23 +344,7 @@ impl Partition {
         table.file().write_back()?;
         let mut meta =
             ArenaFile::create(&directory.join(file_name(index, "meta.tmp")), META_BYTES)?;
-        let header = Meta {
-            magic: *META_MAGIC,
-            version: META_VERSION,
-            partition: index,
-            applied_lsn: 0,
-            clean: 1,
-            migrating: 0,
-            table_generation: 1,
-            table_lines: initial_lines(index),
-            old_generation: 0,
-            old_lines: 0,
-            migrate_cursor: 0,
-            counter_count: 0,
-            table_counters: 0,
-            heap_bytes: heap.file().length_bytes(),
-            data_checksum: 0,
-        };
+        let header = Meta::empty(index, heap.file().length_bytes(), 1);
         write_header(meta.bytes_mut(), &header);
         seal_meta(&mut meta);
         meta.write_back()?;
