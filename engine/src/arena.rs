@@ -20,8 +20,9 @@
 //! partition reopens empty (see `partition`); recovery restores it from its checkpoint
 //! and replays the journal, which it had to do anyway (a power loss never guaranteed
 //! more). A restore reads the checkpoint's files straight into fresh anonymous memory
-//! ([`load_anonymous`]) and gives each to a new, sparse data file ([`ArenaFile::adopt`]):
-//! one read per file, nothing copied into the data directory, nothing synced.
+//! ([`load_anonymous`]) and adopts it as a new arena ([`ArenaFile::adopt`]), which like
+//! any new arena has no file until written back: one read per file, nothing copied into
+//! the data directory, nothing synced.
 //!
 //! Growth never waits for the file system or for the page allocator on the partition's
 //! thread, when it can help it:
@@ -124,33 +125,24 @@ impl ArenaFile {
         Ok(arena)
     }
 
-    /// Creates (or truncates) `path` with the length of `loaded` and makes `loaded` its
-    /// live contents. Nothing is written (the file is sparse until written back): the
-    /// bytes live in memory, as for every open arena, and the partition header on disk
-    /// says `clean = 0` until a clean close has written them.
-    pub(crate) fn adopt(path: &Path, loaded: LoadedArena) -> Result<ArenaFile, EngineError> {
+    /// Makes `loaded` the live contents of an arena to be stored at `path`. Like an arena
+    /// from `create`, it has no file until its first `write_back`: the bytes live in
+    /// memory, as for every open arena, and the partition header on disk says
+    /// `clean = 0` until a clean close has written them.
+    pub(crate) fn adopt(path: &Path, loaded: LoadedArena) -> ArenaFile {
         let LoadedArena {
             map,
             offset,
             length,
         } = loaded;
         assert!(length > 0 && offset + length <= map.len());
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(io_error("create", path))?;
-        file.set_len(length as u64)
-            .map_err(io_error("size", path))?;
-        Ok(ArenaFile {
+        ArenaFile {
             path: path.to_path_buf(),
-            file: OnceCell::from(file),
+            file: OnceCell::new(),
             map,
             offset,
             length,
-        })
+        }
     }
 
     /// Extends the memory to `length_bytes` (zero-filled); the file follows at the next

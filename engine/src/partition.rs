@@ -18,8 +18,8 @@
 //!
 //! Invariant: once a partition exists, its header file is never removed, and while the
 //! partition is open it says `clean = 0` on disk. Reopening an unclean partition and
-//! restoring a checkpoint only replace the data files (sparse: their bytes live in
-//! memory) and write nothing to the header, so a crash at any moment before a clean
+//! restoring a checkpoint only remove the data files (the new arenas live in memory
+//! and get files at their first write-back) and write nothing to the header, so a crash at any moment before a clean
 //! close finds the partition unclean and restores it from its checkpoint again. A
 //! missing header means a partition that never existed: it is created empty and clean.
 //!
@@ -918,9 +918,10 @@ impl Partition {
         })
     }
 
-    /// Replaces this partition's counters with a loaded checkpoint's. The data files
-    /// are recreated under the checkpoint's names, sparse (the bytes stay in memory, as
-    /// for every open partition); the header file on disk keeps `clean = 0` and is not
+    /// Replaces this partition's counters with a loaded checkpoint's. The old data files
+    /// are removed and the new arenas, under the checkpoint's names, get files only at
+    /// their first write-back (the bytes stay in memory, as for every open partition,
+    /// and as for a grown table); the header file on disk keeps `clean = 0` and is not
     /// written: a crash before the next clean close restores from the checkpoint again,
     /// which is still in place (the journal after it is kept until a newer one exists).
     /// On an error the partition is gone (its files mean nothing while it is open).
@@ -936,21 +937,20 @@ impl Partition {
         remove_data_files(&directory, index)?;
         let header = loaded.header;
         let adopt = |name: String, map| ArenaFile::adopt(&directory.join(name), map);
-        let heap = Heap::from_file(adopt(file_name(index, "heap"), loaded.heap)?)?;
+        let heap = Heap::from_file(adopt(file_name(index, "heap"), loaded.heap))?;
         let table = Table::from_file(
             adopt(
                 file_name(index, &table_suffix(header.table_generation)),
                 loaded.table,
-            )?,
+            ),
             header.table_lines,
         );
-        let old = match loaded.old {
-            Some(map) => Some(Table::from_file(
-                adopt(file_name(index, &table_suffix(header.old_generation)), map)?,
+        let old = loaded.old.map(|map| {
+            Table::from_file(
+                adopt(file_name(index, &table_suffix(header.old_generation)), map),
                 header.old_lines,
-            )),
-            None => None,
-        };
+            )
+        });
         meta.bytes_mut().fill(0);
         write_header(
             meta.bytes_mut(),
