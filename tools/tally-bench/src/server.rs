@@ -282,23 +282,24 @@ fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     }
 }
 
-/// Open connection `index` and build its codec.
-fn open(
-    args: &ServerArgs,
-    index: usize,
-    shard_map: Option<&Arc<HelloReply>>,
-) -> Result<(TcpStream, Box<dyn RequestCodec + Send>), DriveError> {
+/// The key chooser of one connection (or caller), drawing with `seed`.
+pub(crate) fn key_chooser(args: &ServerArgs, seed: u64) -> KeyChooser {
     let distribution = match args.distribution {
         KeyDistribution::Uniform => Distribution::Uniform,
         KeyDistribution::Zipfian => Distribution::Zipfian {
             exponent: args.zipf_exponent,
         },
     };
-    let chooser = KeyChooser::new(
-        distribution,
-        args.keys,
-        args.seed.wrapping_add(index as u64),
-    );
+    KeyChooser::new(distribution, args.keys, seed)
+}
+
+/// Open connection `index` and build its codec.
+fn open(
+    args: &ServerArgs,
+    index: usize,
+    shard_map: Option<&Arc<HelloReply>>,
+) -> Result<(TcpStream, Box<dyn RequestCodec + Send>), DriveError> {
+    let chooser = key_chooser(args, args.seed.wrapping_add(index as u64));
     match (args.protocol, shard_map) {
         (WireProtocol::Native, Some(map)) => {
             let (stream, core) = native::connect_to_core(args.addr, map, index, args.shard_aware)?;

@@ -19,8 +19,7 @@ use tally_client::{AsyncClient, ClientConfig, ClientError};
 use tally_protocol::{BoundPolicy, Durability, Op};
 
 use super::connection::ConnectionReport;
-use super::{DriveError, DurabilityChoice, KeyDistribution, KeySource, ServerArgs};
-use crate::workload::{Distribution, KeyChooser};
+use super::{key_chooser, DriveError, DurabilityChoice, KeySource, ServerArgs};
 
 /// What one caller task does.
 #[derive(Clone, Copy, Debug)]
@@ -114,7 +113,7 @@ fn drive_one(
                     .duration
                     .map(|seconds| start + Duration::from_secs_f64(seconds)),
             };
-            let keys = KeySource::new(chooser(args, args.seed.wrapping_add(slot)), None);
+            let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(slot)), None);
             let (client, ops_done) = (client.clone(), Arc::clone(&ops_done));
             tasks.push(tokio::spawn(run_caller(client, keys, plan, ops_done)));
         }
@@ -131,16 +130,6 @@ fn drive_one(
         report.finished = Some(Instant::now());
         Ok(report)
     })
-}
-
-fn chooser(args: &ServerArgs, seed: u64) -> KeyChooser {
-    let distribution = match args.distribution {
-        KeyDistribution::Uniform => Distribution::Uniform,
-        KeyDistribution::Zipfian => Distribution::Zipfian {
-            exponent: args.zipf_exponent,
-        },
-    };
-    KeyChooser::new(distribution, args.keys, seed)
 }
 
 /// One caller: awaits one call at a time until its quota or deadline. A refused
