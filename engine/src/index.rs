@@ -28,8 +28,10 @@
 //! bucket is `(hash_high * bucket_count) >> 32` ("fast range"), so the count need not be
 //! a power of two and the table can grow by a small factor (see `partition`). The batch
 //! pipeline prefetches both lines of the home bucket; each slot of the home bucket is tested
-//! with one 64-bit compare of its metadata word (hash_high, key_len). Probing then continues linearly
-//! over slots, wrapping at the end. Invariant (no tombstones): between a counter's home
+//! with one 64-bit compare of its metadata word (hash_high, key_len), without a branch per
+//! slot (the increment fast path gathers the compares into a mask, and looks into the next
+//! bucket too when the home one is full). Probing then continues linearly over slots,
+//! wrapping at the end. Invariant (no tombstones): between a counter's home
 //! slot `4 * home_bucket` and its slot there is no empty slot. Deletion keeps it by
 //! backward shift. Tombstones appear only in the *old* table of a migration, where
 //! entries must not move (positions below the migration cursor count as migrated); a
@@ -283,28 +285,51 @@ impl Table {
         prefetch_line(unsafe { bucket.add(SLOTS_PER_LINE) }.cast());
     }
 
-    /// The fast path of an increment: the position of a plain, inline counter with this
-    /// hash, length and zero-padded key (as two little-endian words) in the home bucket,
+    /// The fast path of an increment: the plain, inline counter with this hash, length
+    /// and zero-padded key (as two little-endian words) in the home bucket or the next,
     /// or `None` if it is not there (it may still be further along, external, or absent).
     /// One 56-bit compare of the metadata word covers hash, length, kind and flags; two
     /// 64-bit compares cover the key.
     #[inline(always)]
-    pub(crate) fn find_inline_in_home(
+    pub(crate) fn find_inline_near_home(
         &mut self,
         hash_high: u32,
         key_len: u8,
         key_words: [u64; 2],
     ) -> Option<&mut Slot> {
         let home = self.home_position(hash_high);
-        let bucket: &mut [Slot; SLOTS_PER_BUCKET] = (&mut self.slots_mut()
-            [home..home + SLOTS_PER_BUCKET])
-            .try_into()
-            .expect("buckets are whole");
         let wanted =
             u64::from(hash_high) | (u64::from(key_len) << 32) | (u64::from(KIND_PLAIN) << 40);
-        bucket.iter_mut().find(|slot| {
-            slot.metadata_word() & 0xFF_FFFF_FFFF_FFFF == wanted && slot.key_words() == key_words
-        })
+        let slots = self.slots_mut();
+        let mut start = home;
+        // The home bucket, then the next one if the home one is full (the key may have
+        // overflowed into it); past that the general path probes on.
+        for _ in 0..2 {
+            let bucket: &[Slot; SLOTS_PER_BUCKET] = slots
+                .get(start..start + SLOTS_PER_BUCKET)?
+                .try_into()
+                .expect("buckets are whole");
+            // Branch-free: which slots match goes into a mask, and only "none" and the key
+            // compare branch. Where in the bucket a key sits is random, so a branch per
+            // slot would be mispredicted about once per increment.
+            let mut mask = 0u32;
+            let mut empty = false;
+            for (index, slot) in bucket.iter().enumerate() {
+                let word = slot.metadata_word();
+                mask |= u32::from(word & 0xFF_FFFF_FFFF_FFFF == wanted) << index;
+                empty |= (word >> 40) as u8 == KIND_EMPTY;
+            }
+            if mask != 0 {
+                let position = start + mask.trailing_zeros() as usize;
+                let slot = &mut slots[position];
+                return (slot.key_words() == key_words).then_some(slot);
+            }
+            if empty {
+                return None;
+            }
+            start += SLOTS_PER_BUCKET;
+        }
+        None
     }
 
     /// Probes for a key: `matches` decides whether a live slot with the right hash and

@@ -463,9 +463,10 @@ impl Partition {
     }
 
     /// The fast path of an increment by `delta` of an existing counter with an inline key
-    /// and no bounds, found in its home bucket while no migration runs: one flag test,
-    /// one bucket scan, one add. `None` if any of that does not hold; the caller then
-    /// takes the general path ([`Partition::apply`]), which decides the same way.
+    /// and no bounds, found in its home bucket or the next while no migration runs: one
+    /// flag test, one or two bucket scans, one add. `None` if any of that does not hold;
+    /// the caller then takes the general path ([`Partition::apply`]), which decides the
+    /// same way.
     #[inline(always)]
     pub(crate) fn try_add_inline(&mut self, probe: &KeyProbe, delta: i64) -> Option<OpResult> {
         if self.old.is_some() {
@@ -475,7 +476,7 @@ impl Partition {
         let key_len = probe.key.len() as u8;
         let slot = self
             .table
-            .find_inline_in_home(probe.hash_high, key_len, key_words)?;
+            .find_inline_near_home(probe.hash_high, key_len, key_words)?;
         Some(match slot.value.checked_add(delta) {
             Some(sum) => {
                 slot.value = sum;
