@@ -342,7 +342,8 @@ pub fn decode(bytes: &[u8]) -> Result<(LoggedRecord<'_>, usize), DecodeError> {
 
 /// Decodes the fields of a record whose length and checksum are already checked.
 fn decode_fields(bytes: &[u8]) -> Result<LoggedRecord<'_>, String> {
-    let kind = RecordKind::from_byte(bytes[1]).ok_or(format!("unknown kind {}", bytes[1]))?;
+    let kind =
+        RecordKind::from_byte(bytes[1]).ok_or_else(|| format!("unknown kind {}", bytes[1]))?;
     let flags = bytes[2];
     let key_bytes = bytes[3] as usize;
     if flags & !FLAGS_KNOWN != 0 || (flags & FLAG_BOUNDS == 0 && flags & 3 != 0) {
