@@ -462,13 +462,19 @@ impl Partition {
         }
     }
 
-    /// The fast path of an increment by `delta` of an existing counter with an inline key
-    /// and no bounds, found in its home bucket or the next while no migration runs: one
-    /// flag test, one or two bucket scans, one add. `None` if any of that does not hold;
-    /// the caller then takes the general path ([`Partition::apply`]), which decides the
-    /// same way.
+    /// The fast path of an addition of `delta` to (or, with `set`, a set to `delta` of) an
+    /// existing counter with an inline key and no bounds, found in its home bucket or the
+    /// next while no migration runs: one flag test, one or two bucket scans, one write.
+    /// `None` if any of that does not hold; the caller then takes the general path
+    /// ([`Partition::apply`]), which decides the same way. Journal replay sets values, so
+    /// it takes this path as increments do.
     #[inline(always)]
-    pub(crate) fn try_add_inline(&mut self, probe: &KeyProbe, delta: i64) -> Option<OpResult> {
+    pub(crate) fn try_update_inline(
+        &mut self,
+        probe: &KeyProbe,
+        delta: i64,
+        set: bool,
+    ) -> Option<OpResult> {
         if self.old.is_some() {
             return None;
         }
@@ -477,11 +483,16 @@ impl Partition {
         let slot = self
             .table
             .find_inline_near_home(probe.hash_high, key_len, key_words)?;
-        Some(match slot.value.checked_add(delta) {
-            Some(sum) => {
-                slot.value = sum;
+        let value = if set {
+            Some(delta)
+        } else {
+            slot.value.checked_add(delta)
+        };
+        Some(match value {
+            Some(value) => {
+                slot.value = value;
                 Ok(Outcome {
-                    value: sum,
+                    value,
                     existed: true,
                     clamped: false,
                 })

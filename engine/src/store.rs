@@ -183,20 +183,24 @@ impl Store {
         Ok(())
     }
 
-    /// One operation of a batch: increments of existing inline counters take the fast
-    /// path, everything else (and whatever the fast path cannot decide) the general one.
+    /// One operation of a batch: increments and sets of existing inline counters take
+    /// the fast path, everything else (and whatever the fast path cannot decide) the
+    /// general one.
     #[inline(always)]
     fn apply_batched(&mut self, op: &Op, hash: u64) -> OpResult {
-        if let Op::Add { key, delta, .. } = *op {
-            if !key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX {
-                let index = self.partition_index(hash);
-                if let Some(partition) = self.partitions[index].as_mut() {
-                    let probe = KeyProbe::new(key, hash);
-                    if let Some(result) = partition.try_add_inline(&probe, delta) {
-                        return result;
-                    }
-                    return partition.apply(op, &probe);
+        let (key, operand, set) = match *op {
+            Op::Add { key, delta, .. } => (key, delta, false),
+            Op::Set { key, value, .. } => (key, value, true),
+            _ => return self.apply_hashed(op, hash),
+        };
+        if !key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX {
+            let index = self.partition_index(hash);
+            if let Some(partition) = self.partitions[index].as_mut() {
+                let probe = KeyProbe::new(key, hash);
+                if let Some(result) = partition.try_update_inline(&probe, operand, set) {
+                    return result;
                 }
+                return partition.apply(op, &probe);
             }
         }
         self.apply_hashed(op, hash)
