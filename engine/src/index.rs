@@ -285,51 +285,57 @@ impl Table {
         prefetch_line(unsafe { bucket.add(SLOTS_PER_LINE) }.cast());
     }
 
-    /// The fast path of an increment: the plain, inline counter with this hash, length
+    /// The fast path of an increment: the position of the plain, inline counter with this hash, length
     /// and zero-padded key (as two little-endian words) in the home bucket or the next,
     /// or `None` if it is not there (it may still be further along, external, or absent).
     /// One 56-bit compare of the metadata word covers hash, length, kind and flags; two
     /// 64-bit compares cover the key.
     #[inline(always)]
     pub(crate) fn find_inline_near_home(
-        &mut self,
+        &self,
         hash_high: u32,
         key_len: u8,
         key_words: [u64; 2],
-    ) -> Option<&mut Slot> {
+    ) -> Option<usize> {
         let home = self.home_position(hash_high);
         let wanted =
             u64::from(hash_high) | (u64::from(key_len) << 32) | (u64::from(KIND_PLAIN) << 40);
-        let slots = self.slots_mut();
-        let mut start = home;
-        // The home bucket, then the next one if the home one is full (the key may have
-        // overflowed into it); past that the general path probes on.
-        for _ in 0..2 {
-            let bucket: &[Slot; SLOTS_PER_BUCKET] = slots
-                .get(start..start + SLOTS_PER_BUCKET)?
-                .try_into()
-                .expect("buckets are whole");
-            // Branch-free: which slots match goes into a mask, and only "none" and the key
-            // compare branch. Where in the bucket a key sits is random, so a branch per
-            // slot would be mispredicted about once per increment.
-            let mut mask = 0u32;
-            let mut empty = false;
-            for (index, slot) in bucket.iter().enumerate() {
-                let word = slot.metadata_word();
-                mask |= u32::from(word & 0xFF_FFFF_FFFF_FFFF == wanted) << index;
-                empty |= (word >> 40) as u8 == KIND_EMPTY;
-            }
-            if mask != 0 {
-                let position = start + mask.trailing_zeros() as usize;
-                let slot = &mut slots[position];
-                return (slot.key_words() == key_words).then_some(slot);
-            }
-            if empty {
-                return None;
-            }
-            start += SLOTS_PER_BUCKET;
+        let slots = self.slots();
+        let position = match Table::match_in_bucket(slots, home, wanted) {
+            Some(position) => position,
+            None => Table::match_in_next_bucket(slots, home, wanted)?,
+        };
+        (slots[position].key_words() == key_words).then_some(position)
+    }
+
+    /// The first slot of the bucket at `start` whose metadata word (hash, length, kind,
+    /// flags) is `wanted`. Branch-free over the slots: where in its bucket a key sits is
+    /// random, so a branch per slot would be mispredicted about once per increment.
+    #[inline(always)]
+    fn match_in_bucket(slots: &[Slot], start: usize, wanted: u64) -> Option<usize> {
+        let bucket: &[Slot; SLOTS_PER_BUCKET] = slots
+            .get(start..start + SLOTS_PER_BUCKET)?
+            .try_into()
+            .expect("buckets are whole");
+        let mut mask = 0u32;
+        for (index, slot) in bucket.iter().enumerate() {
+            mask |= u32::from(slot.metadata_word() & 0xFF_FFFF_FFFF_FFFF == wanted) << index;
         }
-        None
+        (mask != 0).then(|| start + mask.trailing_zeros() as usize)
+    }
+
+    /// `match_in_bucket` for the bucket after `home`, if the key can have overflowed into
+    /// it (the home bucket has no empty slot).
+    #[inline(never)]
+    fn match_in_next_bucket(slots: &[Slot], home: usize, wanted: u64) -> Option<usize> {
+        let home_full = slots
+            .get(home..home + SLOTS_PER_BUCKET)?
+            .iter()
+            .all(|slot| slot.kind != KIND_EMPTY);
+        if !home_full {
+            return None;
+        }
+        Table::match_in_bucket(slots, home + SLOTS_PER_BUCKET, wanted)
     }
 
     /// Probes for a key: `matches` decides whether a live slot with the right hash and

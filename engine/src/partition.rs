@@ -205,6 +205,14 @@ impl<'a> KeyProbe<'a> {
     }
 }
 
+impl KeyProbe<'_> {
+    /// The zero-padded first 16 key bytes as two little-endian words.
+    #[inline(always)]
+    pub(crate) fn key_words(&self) -> [u64; 2] {
+        crate::index::key_words(&self.padded)
+    }
+}
+
 pub(crate) fn file_name(partition: u32, suffix: &str) -> String {
     format!("p{partition:05}.{suffix}")
 }
@@ -462,42 +470,43 @@ impl Partition {
         }
     }
 
-    /// The fast path of an addition of `delta` to (or, with `set`, a set to `delta` of) an
-    /// existing counter with an inline key and no bounds, found in its home bucket or the
-    /// next while no migration runs: one flag test, one or two bucket scans, one write.
-    /// `None` if any of that does not hold; the caller then takes the general path
-    /// ([`Partition::apply`]), which decides the same way. Journal replay sets values, so
-    /// it takes this path as increments do.
+    /// The fast path's lookup: the slot position of an existing counter with an inline
+    /// key and no bounds, found in its home bucket or the next while no migration runs
+    /// (one flag test, one or two bucket scans). `None` if any of that does not hold; the
+    /// caller then takes the general path ([`Partition::apply`]), which decides the same
+    /// way. The position stays the counter's until the next operation that is not a
+    /// fast-path update (only inserts, deletes and migration move counters).
     #[inline(always)]
-    pub(crate) fn try_update_inline(
-        &mut self,
-        probe: &KeyProbe,
-        delta: i64,
-        set: bool,
-    ) -> Option<OpResult> {
+    pub(crate) fn find_inline(&mut self, probe: &KeyProbe) -> Option<usize> {
         if self.old.is_some() {
             return None;
         }
-        let key_words = crate::index::key_words(&probe.padded);
         let key_len = probe.key.len() as u8;
-        let slot = self
-            .table
-            .find_inline_near_home(probe.hash_high, key_len, key_words)?;
+        self.table
+            .find_inline_near_home(probe.hash_high, key_len, probe.key_words())
+    }
+
+    /// The fast path's update of the counter `find_inline` found at `position`: adds
+    /// `operand`, or with `set` sets it. Journal replay sets values, so it takes this
+    /// path as increments do.
+    #[inline(always)]
+    pub(crate) fn update_inline_at(
+        &mut self,
+        position: usize,
+        operand: i64,
+        set: bool,
+    ) -> OpResult {
+        let slot = &mut self.table.slots_mut()[position];
         let value = if set {
-            Some(delta)
+            operand
         } else {
-            slot.value.checked_add(delta)
+            slot.value.checked_add(operand).ok_or(OpError::Overflow)?
         };
-        Some(match value {
-            Some(value) => {
-                slot.value = value;
-                Ok(Outcome {
-                    value,
-                    existed: true,
-                    clamped: false,
-                })
-            }
-            None => Err(OpError::Overflow),
+        slot.value = value;
+        Ok(Outcome {
+            value,
+            existed: true,
+            clamped: false,
         })
     }
 

@@ -12,6 +12,12 @@
 //! that many cache misses are in flight while the current operation runs. Prefetches are
 //! only hints: a growth between the prefetch and the apply costs a miss, never a wrong
 //! result.
+//!
+//! A hot key (the same key several times in a row) is hashed once, prefetched once, and
+//! looked up once: while consecutive operations update it on the fast path, each goes
+//! straight to the slot the previous one updated. Invariant: that slot position is
+//! reused only right after a fast-path update of the same key; every other operation
+//! (which may insert, delete, grow or migrate, and so move counters) forgets it.
 
 use std::path::Path;
 
@@ -29,6 +35,25 @@ const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX
 
 /// Most threads [`Store::restore_partitions`] reads checkpoints on.
 pub const RESTORE_THREADS_MAX: usize = 8;
+
+/// The counter a batch's previous operation updated on the fast path (see
+/// `Store::apply_batched`). An inline key is its length and its zero-padded 16 bytes.
+#[derive(Clone, Copy)]
+struct LastUpdate {
+    hash: u64,
+    key_len: usize,
+    key_words: [u64; 2],
+    position: usize,
+}
+
+impl LastUpdate {
+    #[inline(always)]
+    fn same_key(&self, other: &LastUpdate) -> bool {
+        self.hash == other.hash
+            && self.key_len == other.key_len
+            && self.key_words == other.key_words
+    }
+}
 
 /// The partitions one thread owns.
 #[derive(Debug)]
@@ -172,11 +197,17 @@ impl Store {
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
         hash_keys(ops, &mut hashes);
+        let mut last = None;
         for (index, op) in ops.iter().enumerate() {
-            if let Some(&ahead) = hashes.get(index + PREFETCH_DISTANCE) {
-                self.prefetch(ahead);
+            // A key hashed like the one before it (a hot key) is in the cache already.
+            if let Some(&[before, ahead]) =
+                hashes.get(index + PREFETCH_DISTANCE - 1..=index + PREFETCH_DISTANCE)
+            {
+                if ahead != before {
+                    self.prefetch(ahead);
+                }
             }
-            results.push(self.apply_batched(op, hashes[index]));
+            results.push(self.apply_batched(op, hashes[index], &mut last));
         }
         self.hashes = hashes;
         debug_assert_eq!(results.len(), ops.len());
@@ -185,24 +216,42 @@ impl Store {
 
     /// One operation of a batch: increments and sets of existing inline counters take
     /// the fast path, everything else (and whatever the fast path cannot decide) the
-    /// general one.
+    /// general one. `last` is the counter the previous operation updated on the fast
+    /// path, if it did: an operation on the same key (a hot key) goes straight to its
+    /// slot. Any other path clears it, since it may move counters.
     #[inline(always)]
-    fn apply_batched(&mut self, op: &Op, hash: u64) -> OpResult {
+    fn apply_batched(&mut self, op: &Op, hash: u64, last: &mut Option<LastUpdate>) -> OpResult {
         let (key, operand, set) = match *op {
             Op::Add { key, delta, .. } => (key, delta, false),
             Op::Set { key, value, .. } => (key, value, true),
-            _ => return self.apply_hashed(op, hash),
+            _ => {
+                *last = None;
+                return self.apply_hashed(op, hash);
+            }
         };
         if !key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX {
             let index = self.partition_index(hash);
             if let Some(partition) = self.partitions[index].as_mut() {
                 let probe = KeyProbe::new(key, hash);
-                if let Some(result) = partition.try_update_inline(&probe, operand, set) {
-                    return result;
+                let this = LastUpdate {
+                    hash,
+                    key_len: key.len(),
+                    key_words: probe.key_words(),
+                    position: 0,
+                };
+                let position = match *last {
+                    Some(previous) if previous.same_key(&this) => Some(previous.position),
+                    _ => partition.find_inline(&probe),
+                };
+                if let Some(position) = position {
+                    *last = Some(LastUpdate { position, ..this });
+                    return partition.update_inline_at(position, operand, set);
                 }
+                *last = None;
                 return partition.apply(op, &probe);
             }
         }
+        *last = None;
         self.apply_hashed(op, hash)
     }
 

@@ -221,6 +221,17 @@ proptest! {
         run_case(&ops, &batch_sizes, partition_count);
     }
 
+    /// Few keys, so the same key often comes several times in a row inside a batch (a
+    /// hot key, which the batch pipeline serves from the slot the previous operation
+    /// updated) with deletes, sets, bounds and overflow in between.
+    #[test]
+    fn runs_of_one_key_match_the_model(
+        ops in prop::collection::vec(model_op(3), 1..400),
+        batch_sizes in prop::collection::vec(1usize..64, 1..6),
+    ) {
+        run_case(&ops, &batch_sizes, 2);
+    }
+
     #[test]
     fn growth_with_deletes_matches_the_model(
         ops in prop::collection::vec(model_op(512), 1500..3000),
