@@ -109,13 +109,12 @@ where
         ..JournalScan::default()
     };
     let mut previous = None;
-    let mut bytes = Vec::new();
     for (index, info) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         let read_started = Instant::now();
-        segment::read_segment_into(&info.path, 0, &mut bytes)?;
+        let mapped = segment::MappedSegment::open(&info.path)?;
         scan.read_elapsed += read_started.elapsed();
-        let result = segment::scan_segment(info, &bytes, previous, is_last, |logged| {
+        let result = segment::scan_segment(info, mapped.bytes(), previous, is_last, |logged| {
             scan.record_count += 1;
             visit(info, logged)
         });

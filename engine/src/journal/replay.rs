@@ -2,7 +2,7 @@
 //!
 //! # Pipeline
 //! ```text
-//! reader thread:  scan_journal (read each segment, check every record's checksum and
+//! reader thread:  scan_journal (map each segment, check every record's checksum and
 //!                 LSN, cut a torn tail) -> chunks of up to CHUNK_RECORDS records
 //!                 -> bounded queue (QUEUE_CHUNKS chunks)
 //! recovering thread: restore partitions from checkpoints, then take chunks in order

@@ -109,6 +109,35 @@ pub fn read_segment_into(
     Ok(())
 }
 
+/// A whole segment file mapped read-only, for a scan: no copy, and the kernel reads it
+/// ahead as the scan advances. An empty file maps to no bytes.
+pub struct MappedSegment {
+    map: Option<memmap2::Mmap>,
+}
+
+impl MappedSegment {
+    pub fn open(path: &Path) -> Result<MappedSegment, JournalError> {
+        let file = File::open(path).map_err(|e| JournalError::io("open segment", path, e))?;
+        let length = file
+            .metadata()
+            .map_err(|e| JournalError::io("stat segment", path, e))?
+            .len();
+        if length == 0 {
+            return Ok(MappedSegment { map: None });
+        }
+        // SAFETY: recovery owns the journal directory: no other process or thread writes
+        // or truncates this file while the map is alive (a torn tail is cut only after
+        // the scan, and bytes past the cut are not read again through this map).
+        let map = unsafe { memmap2::MmapOptions::new().populate().map(&file) }
+            .map_err(|e| JournalError::io("map segment", path, e))?;
+        Ok(MappedSegment { map: Some(map) })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+}
+
 /// Cuts a segment at `offset` (a torn tail) and makes the cut durable.
 pub fn truncate_segment(path: &Path, offset: u64) -> Result<(), JournalError> {
     let file = std::fs::OpenOptions::new()
