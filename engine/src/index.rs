@@ -13,8 +13,8 @@
 //! 16..24     value      i64, the counter's value
 //! 24..28     hash_high  u32, the top 32 bits of xxh3_64(key)
 //! 28         key_len    u8, 1..=255
-//! 29         kind       u8: 0 empty, 1 plain counter, 0xFF tombstone (see below);
-//!                        2..=0xFE are reserved for later kinds (windowed, sharded, ...)
+//! 29         kind       u8: 0 empty, 1 plain counter; 2..=0xFF are reserved for later
+//!                        kinds (windowed, sharded, ...)
 //! 30         flags      u8: bit 0 FLAG_EXTERNAL (key and bounds in the extension record)
 //! 31         reserved   0
 //! ```
@@ -22,28 +22,32 @@
 //! So a counter with a key of up to 16 bytes and no bounds costs exactly one 32-byte slot:
 //! key, value and metadata in one cache line.
 //!
-//! # Addressing
+//! # Addressing (bucketized cuckoo hashing)
 //!
-//! Lines pair up into 128-byte buckets of 4 slots (`line_count` is even). A key's home
-//! bucket is `(hash_high * bucket_count) >> 32` ("fast range"), so the count need not be
-//! a power of two and the table can grow by a small factor (see `partition`). The batch
-//! pipeline prefetches both lines of the home bucket; each slot of the home bucket is tested
-//! with one 64-bit compare of its metadata word (hash_high, key_len), without a branch per
-//! slot (the increment fast path gathers the compares into a mask, and looks into the next
-//! bucket too when the home one is full). Probing then continues linearly over slots,
-//! wrapping at the end. Invariant (no tombstones): between a counter's home
-//! slot `4 * home_bucket` and its slot there is no empty slot. Deletion keeps it by
-//! backward shift. Tombstones appear only in the *old* table of a migration, where
-//! entries must not move (positions below the migration cursor count as migrated); a
-//! tombstone has `key_len` 0 and so never matches.
+//! Lines pair up into 128-byte buckets of 4 slots (`line_count` is even). A counter
+//! lives in one of two buckets of its hash: its home bucket
+//! `(hash_high * bucket_count) >> 32` ("fast range", so the count need not be a power of
+//! two and the table can grow by a small factor, see `partition`), or its alternate bucket, the fast range of
+//! `hash_high` remixed (the bucket after the home one if the two coincide). Both depend
+//! only on `hash_high` and the bucket count, so a counter's slot alone says where else
+//! it may go.
+//!
+//! Invariant: every counter is in its home or its alternate bucket. So a lookup reads at
+//! most two buckets (four lines) whatever the load, and the absence of a key is known
+//! after them; an empty slot ends nothing, deletion just empties the slot, and nothing
+//! else moves. An insert takes an empty slot of the home bucket, else of the alternate,
+//! else moves counters to their other bucket along the shortest path to a bucket with an
+//! empty slot (`Table::make_room`, breadth first); the partition grows if there is none.
+//!
+//! The batch pipeline prefetches the home bucket of each key ahead of time and tests
+//! its 4 slots with one 64-bit compare of each metadata word (hash_high, key_len, kind,
+//! flags), without a branch per slot; a counter found in neither is looked for in its
+//! alternate bucket a few operations later, once that has been prefetched too (see
+//! `store`). Inserts fill home buckets first, so most counters are at home.
 //!
 //! Worked example: `line_count = 1000` (500 buckets), `hash_high = 0x8000_0000` gives home
-//! bucket `0x8000_0000 * 500 >> 32 = 250`; probing visits slots 1000, 1001, 1002, ...
+//! bucket `0x8000_0000 * 500 >> 32 = 250`, slots 1000..1004.
 //!
-//! Expected cost at the load limits (simulated, linear probing with 4-slot buckets): at
-//! load 0.86, 81% of counters sit in their home bucket, 9% in the next one; the rest
-//! further along, which costs extra cache misses the prefetch does not cover.
-
 use std::mem::{align_of, size_of};
 use std::path::Path;
 
@@ -67,7 +71,11 @@ pub(crate) const TABLE_LINES_MAX: u64 = 1 << 31;
 
 pub(crate) const KIND_EMPTY: u8 = 0;
 pub(crate) const KIND_PLAIN: u8 = 1;
-pub(crate) const KIND_TOMBSTONE: u8 = 0xFF;
+/// Most buckets one `Table::make_room` search visits.
+const CUCKOO_BUCKETS_MAX: usize = 256;
+/// The alternate bucket's remix of the hash (see `Table::alternate_position`).
+const ALTERNATE_SEED: u64 = 0x5851_f42d_4c95_7f2d;
+const ALTERNATE_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
 
 pub(crate) const FLAG_EXTERNAL: u8 = 1;
 
@@ -126,10 +134,10 @@ impl Slot {
         key_words(&self.key)
     }
 
-    /// Whether the slot holds a counter (not empty, not a tombstone).
+    /// Whether the slot holds a counter.
     #[inline]
     pub(crate) fn is_live(&self) -> bool {
-        self.kind != KIND_EMPTY && self.kind != KIND_TOMBSTONE
+        self.kind != KIND_EMPTY
     }
 
     #[inline]
@@ -146,15 +154,16 @@ impl Slot {
     }
 }
 
-/// Where a probe ended.
+/// What one bucket tells the increment fast path (see `Table::find_inline_in_bucket`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// The key is at this slot position.
+pub(crate) enum InBucket {
+    /// The counter is at this slot position.
     Found(usize),
-    /// The key is absent; this is the first empty slot of its probe sequence.
-    Absent(usize),
-    /// The key is absent and the probe met no empty slot (only in an old table).
-    AbsentFull,
+    /// The bucket is full and does not hold it: it may be in the bucket starting here.
+    Next(usize),
+    /// The fast path cannot tell: the counter is absent, external (a long key or
+    /// bounds), or another key shares its hash and length. The general path decides.
+    Elsewhere,
 }
 
 /// One index table, mapped from its file.
@@ -267,193 +276,187 @@ impl Table {
         unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<Slot>(), slot_count) }
     }
 
-    /// The first slot position of the home line of `hash_high`.
+    fn bucket_count(&self) -> u64 {
+        self.line_count / LINES_PER_BUCKET as u64
+    }
+
+    /// The first slot of the home bucket of `hash_high`: fast range of the hash.
     #[inline]
     pub(crate) fn home_position(&self, hash_high: u32) -> usize {
-        let bucket_count = self.line_count / LINES_PER_BUCKET as u64;
-        let bucket = (u64::from(hash_high) * bucket_count) >> 32;
+        let bucket = (u64::from(hash_high) * self.bucket_count()) >> 32;
         bucket as usize * SLOTS_PER_BUCKET
     }
 
-    /// Hints the CPU to fetch the home line of `hash_high` into the cache.
+    /// The first slot of the alternate bucket of `hash_high`: fast range of the hash
+    /// remixed, and the bucket after the home one if that lands on the home one (so a
+    /// counter always has two distinct buckets, but in a one-bucket table).
     #[inline]
-    pub(crate) fn prefetch(&self, hash_high: u32) {
-        let position = self.home_position(hash_high);
-        let bucket = self.slots()[position..position + SLOTS_PER_BUCKET].as_ptr();
-        prefetch_line(bucket.cast());
-        // SAFETY: the bucket's second line lies inside the slice just taken.
-        prefetch_line(unsafe { bucket.add(SLOTS_PER_LINE) }.cast());
+    pub(crate) fn alternate_position(&self, hash_high: u32) -> usize {
+        let bucket_count = self.bucket_count();
+        let mixed = (u64::from(hash_high) ^ ALTERNATE_SEED).wrapping_mul(ALTERNATE_MULTIPLIER);
+        let mut bucket = ((mixed >> 32) * bucket_count) >> 32;
+        let home = (u64::from(hash_high) * bucket_count) >> 32;
+        if bucket == home {
+            bucket = (bucket + 1) % bucket_count;
+        }
+        bucket as usize * SLOTS_PER_BUCKET
     }
 
-    /// The fast path of an increment: the position of the plain, inline counter with this hash, length
-    /// and zero-padded key (as two little-endian words) in the home bucket or the next,
-    /// or `None` if it is not there (it may still be further along, external, or absent).
-    /// One 56-bit compare of the metadata word covers hash, length, kind and flags; two
-    /// 64-bit compares cover the key.
+    /// The bucket of `hash_high` that is not the one starting at `bucket`.
+    #[inline]
+    fn other_position(&self, hash_high: u32, bucket: usize) -> usize {
+        let home = self.home_position(hash_high);
+        if home == bucket {
+            self.alternate_position(hash_high)
+        } else {
+            home
+        }
+    }
+
+    /// Hints the CPU to fetch the home bucket of `hash_high` into the cache.
+    #[inline]
+    pub(crate) fn prefetch(&self, hash_high: u32) {
+        self.prefetch_bucket(self.home_position(hash_high));
+    }
+
+    /// Hints the CPU to fetch both lines of the bucket starting at slot `start` (a
+    /// multiple of `SLOTS_PER_BUCKET`; nothing happens past the end).
+    #[inline]
+    pub(crate) fn prefetch_bucket(&self, start: usize) {
+        if let Some(bucket) = self.slots().get(start..start + SLOTS_PER_BUCKET) {
+            let first = bucket.as_ptr();
+            prefetch_line(first.cast());
+            prefetch_line(bucket[SLOTS_PER_LINE..].as_ptr().cast());
+        }
+    }
+
+    /// The fast path of an increment, one bucket at a time: the position of the plain,
+    /// inline counter with this hash, length and zero-padded key (as two little-endian
+    /// words) in the bucket starting at slot `start`, if it is there. One 56-bit compare
+    /// of each slot's metadata word covers hash, length, kind and flags, gathered into a
+    /// mask without a branch per slot (where in its bucket a key sits is random, so a
+    /// branch per slot would be mispredicted about once per increment); two 64-bit
+    /// compares cover the key. `Err(())` if another key has the same hash and length:
+    /// the general path sorts that out.
     #[inline(always)]
-    pub(crate) fn find_inline_near_home(
+    pub(crate) fn find_inline_in_bucket(
         &self,
+        start: usize,
         hash_high: u32,
         key_len: u8,
         key_words: [u64; 2],
-    ) -> Option<usize> {
-        let home = self.home_position(hash_high);
+    ) -> Result<Option<usize>, ()> {
         let wanted =
             u64::from(hash_high) | (u64::from(key_len) << 32) | (u64::from(KIND_PLAIN) << 40);
         let slots = self.slots();
-        let position = match Table::match_in_bucket(slots, home, wanted) {
-            Some(position) => position,
-            None => Table::match_in_next_bucket(slots, home, wanted)?,
+        let Some(bucket) = slots.get(start..start + SLOTS_PER_BUCKET) else {
+            return Err(());
         };
-        (slots[position].key_words() == key_words).then_some(position)
-    }
-
-    /// The first slot of the bucket at `start` whose metadata word (hash, length, kind,
-    /// flags) is `wanted`. Branch-free over the slots: where in its bucket a key sits is
-    /// random, so a branch per slot would be mispredicted about once per increment.
-    #[inline(always)]
-    fn match_in_bucket(slots: &[Slot], start: usize, wanted: u64) -> Option<usize> {
-        let bucket: &[Slot; SLOTS_PER_BUCKET] = slots
-            .get(start..start + SLOTS_PER_BUCKET)?
-            .try_into()
-            .expect("buckets are whole");
-        let mut mask = 0u32;
+        let bucket: &[Slot; SLOTS_PER_BUCKET] = bucket.try_into().expect("buckets are whole");
+        let mut matching = 0u32;
         for (index, slot) in bucket.iter().enumerate() {
-            mask |= u32::from(slot.metadata_word() & 0xFF_FFFF_FFFF_FFFF == wanted) << index;
+            matching |= u32::from(slot.metadata_word() & 0xFF_FFFF_FFFF_FFFF == wanted) << index;
         }
-        (mask != 0).then(|| start + mask.trailing_zeros() as usize)
+        if matching == 0 {
+            return Ok(None);
+        }
+        let position = start + matching.trailing_zeros() as usize;
+        if slots[position].key_words() == key_words {
+            Ok(Some(position))
+        } else {
+            Err(())
+        }
     }
 
-    /// `match_in_bucket` for the bucket after `home`, if the key can have overflowed into
-    /// it (the home bucket has no empty slot).
-    #[inline(never)]
-    fn match_in_next_bucket(slots: &[Slot], home: usize, wanted: u64) -> Option<usize> {
-        let home_full = slots
-            .get(home..home + SLOTS_PER_BUCKET)?
-            .iter()
-            .all(|slot| slot.kind != KIND_EMPTY);
-        if !home_full {
-            return None;
-        }
-        Table::match_in_bucket(slots, home + SLOTS_PER_BUCKET, wanted)
-    }
-
-    /// Probes for a key: `matches` decides whether a live slot with the right hash and
-    /// length holds the key.
+    /// The position of a key, looked for in its two buckets: `matches` decides whether
+    /// a live slot with the right hash and length holds the key.
     #[inline(always)]
     pub(crate) fn probe(
         &self,
         hash_high: u32,
         key_len: u8,
         matches: impl Fn(&Slot) -> bool,
-    ) -> Probe {
+    ) -> Option<usize> {
         let slots = self.slots();
-        let home = self.home_position(hash_high);
-        match Table::probe_bucket(slots, home, hash_high, key_len, &matches) {
-            Some(probe) => probe,
-            None => Table::probe_beyond(slots, home, hash_high, key_len, &matches),
-        }
-    }
-
-    /// Probing past the home bucket: linear over slots until the key or an empty slot.
-    #[cold]
-    #[inline(never)]
-    fn probe_beyond(
-        slots: &[Slot],
-        home: usize,
-        hash_high: u32,
-        key_len: u8,
-        matches: &impl Fn(&Slot) -> bool,
-    ) -> Probe {
-        let slot_count = slots.len();
-        let mut position = (home + SLOTS_PER_BUCKET) % slot_count;
-        for _ in 0..slot_count {
-            let slot = &slots[position];
-            if slot.kind == KIND_EMPTY {
-                return Probe::Absent(position);
-            }
-            // A tombstone has key_len 0, so it never matches a key (1..=255 bytes).
-            if slot.hash_high == hash_high && slot.key_len == key_len && matches(slot) {
-                return Probe::Found(position);
-            }
-            position += 1;
-            if position == slot_count {
-                position = 0;
-            }
-        }
-        Probe::AbsentFull
-    }
-
-    /// The common case, unrolled: the 4 slots of the home bucket, each tested with one
-    /// 64-bit compare of its metadata word; `None` if the run continues past the bucket.
-    #[inline(always)]
-    fn probe_bucket(
-        slots: &[Slot],
-        home: usize,
-        hash_high: u32,
-        key_len: u8,
-        matches: &impl Fn(&Slot) -> bool,
-    ) -> Option<Probe> {
-        let bucket: &[Slot; SLOTS_PER_BUCKET] = slots[home..home + SLOTS_PER_BUCKET]
-            .try_into()
-            .expect("buckets are whole");
-        // Bytes 24..30 of a slot as one word: hash_high, key_len, kind. An empty slot or a
-        // tombstone has key_len 0 and never equals `wanted` (keys are 1..=255 bytes).
+        // Bytes 24..30 of a slot as one word: hash_high, key_len, kind. An empty slot has
+        // key_len 0 and never equals `wanted` (keys are 1..=255 bytes).
         let wanted = u64::from(hash_high) | (u64::from(key_len) << 32);
-        for (index, slot) in bucket.iter().enumerate() {
-            let word = slot.metadata_word();
-            if word & 0xFF_FFFF_FFFF == wanted && matches(slot) {
-                return Some(Probe::Found(home + index));
+        let in_bucket = |start: usize| {
+            (start..start + SLOTS_PER_BUCKET).find(|&position| {
+                let slot = &slots[position];
+                slot.metadata_word() & 0xFF_FFFF_FFFF == wanted && matches(slot)
+            })
+        };
+        in_bucket(self.home_position(hash_high))
+            .or_else(|| in_bucket(self.alternate_position(hash_high)))
+    }
+
+    /// The first empty slot of the bucket starting at `start`.
+    #[inline]
+    fn empty_in_bucket(&self, start: usize) -> Option<usize> {
+        (start..start + SLOTS_PER_BUCKET)
+            .find(|&position| self.slots()[position].kind == KIND_EMPTY)
+    }
+
+    /// Makes room for a counter of hash `hash_high` and returns the empty slot: in its
+    /// home bucket if it has one, else in its alternate bucket, else one of them is
+    /// emptied by moving counters along the shortest cuckoo path (breadth first, at most
+    /// `CUCKOO_BUCKETS_MAX` buckets visited, each once) to a bucket with an empty slot:
+    /// each moved counter goes to its other bucket, the last one first, so every counter
+    /// is in one of its buckets at every step. `None` if no path was found: the table is
+    /// too full (the partition then grows).
+    pub(crate) fn make_room(&mut self, hash_high: u32) -> Option<usize> {
+        let home = self.home_position(hash_high);
+        let alternate = self.alternate_position(hash_high);
+        if let Some(position) = self.empty_in_bucket(home) {
+            return Some(position);
+        }
+        if let Some(position) = self.empty_in_bucket(alternate) {
+            return Some(position);
+        }
+        // Breadth-first over buckets. A node is (bucket start, parent node, slot of the
+        // parent bucket whose counter would move into this bucket).
+        let mut nodes: Vec<(usize, usize, usize)> = Vec::with_capacity(CUCKOO_BUCKETS_MAX);
+        nodes.push((home, usize::MAX, 0));
+        if alternate != home {
+            nodes.push((alternate, usize::MAX, 0));
+        }
+        let mut head = 0;
+        while head < nodes.len() {
+            let (bucket, ..) = nodes[head];
+            for index in 0..SLOTS_PER_BUCKET {
+                if nodes.len() == CUCKOO_BUCKETS_MAX {
+                    return None;
+                }
+                let other = self.other_position(self.slots()[bucket + index].hash_high, bucket);
+                if nodes.iter().any(|&(visited, ..)| visited == other) {
+                    continue;
+                }
+                nodes.push((other, head, index));
+                if let Some(mut hole) = self.empty_in_bucket(other) {
+                    let mut node = nodes.len() - 1;
+                    loop {
+                        let (_, parent, index) = nodes[node];
+                        if parent == usize::MAX {
+                            return Some(hole);
+                        }
+                        let from = nodes[parent].0 + index;
+                        let slots = self.slots_mut();
+                        slots[hole] = slots[from];
+                        hole = from;
+                        node = parent;
+                    }
+                }
             }
-            if (word >> 40) as u8 == KIND_EMPTY {
-                return Some(Probe::Absent(home + index));
-            }
+            head += 1;
         }
         None
     }
 
-    /// The first empty slot from the home line of `hash_high` (the table is never full:
-    /// the partition keeps its load below 1).
-    pub(crate) fn empty_position(&self, hash_high: u32) -> usize {
-        let slots = self.slots();
-        let mut position = self.home_position(hash_high);
-        for _ in 0..slots.len() {
-            if slots[position].kind == KIND_EMPTY {
-                return position;
-            }
-            position = (position + 1) % slots.len();
-        }
-        panic!("index table full: the load limit was not kept");
-    }
-
-    /// Removes the counter at `hole` by backward shift: later entries of the same probe
-    /// run move back so that no probe sequence crosses an empty slot.
-    pub(crate) fn remove_shifting(&mut self, mut hole: usize) {
-        let slot_count = self.slot_count();
-        let mut next = hole;
-        loop {
-            next = (next + 1) % slot_count;
-            let slot = self.slots()[next];
-            if slot.kind == KIND_EMPTY {
-                break;
-            }
-            debug_assert_ne!(slot.kind, KIND_TOMBSTONE);
-            let home = self.home_position(slot.hash_high);
-            let distance_to_hole = (hole + slot_count - home) % slot_count;
-            let distance_to_next = (next + slot_count - home) % slot_count;
-            if distance_to_hole < distance_to_next {
-                self.slots_mut()[hole] = slot;
-                hole = next;
-            }
-        }
-        self.slots_mut()[hole] = Slot::EMPTY;
-    }
-
-    /// Marks the counter at `position` deleted without moving anything (old table only).
-    pub(crate) fn remove_tombstone(&mut self, position: usize) {
-        let slot = &mut self.slots_mut()[position];
-        *slot = Slot::EMPTY;
-        slot.kind = KIND_TOMBSTONE;
+    /// Empties the slot at `position`. Lookups look in both buckets of a key whatever
+    /// their other slots hold, so nothing else moves.
+    pub(crate) fn remove(&mut self, position: usize) {
+        self.slots_mut()[position] = Slot::EMPTY;
     }
 }
 
@@ -494,39 +497,81 @@ mod tests {
         }
     }
 
-    #[test]
-    fn backward_shift_keeps_probe_runs_reachable() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut table = Table::create(&dir.path().join("t"), 4).unwrap();
-        // Four counters with the same home line (line 0) fill slots 0..4.
-        for value in 0..4 {
-            let position = table.empty_position(0);
-            table.slots_mut()[position] = slot(0, value);
-        }
-        assert_eq!(table.slots()[3].value, 3);
-        table.remove_shifting(1);
-        let values: Vec<i64> = table.slots()[..3].iter().map(|s| s.value).collect();
-        assert_eq!(values, vec![0, 2, 3]);
-        assert_eq!(table.slots()[3].kind, KIND_EMPTY);
-        assert_eq!(table.probe(0, 1, |s| s.value == 3), Probe::Found(2));
+    /// Spread 32-bit hashes, as xxh3's top half would be.
+    fn hash_of(value: i64) -> u32 {
+        (xxhash_rust::xxh3::xxh3_64(&value.to_le_bytes()) >> 32) as u32
+    }
+
+    fn in_one_of_its_buckets(table: &Table, position: usize) -> bool {
+        let hash_high = table.slots()[position].hash_high;
+        let bucket = position - position % SLOTS_PER_BUCKET;
+        bucket == table.home_position(hash_high) || bucket == table.alternate_position(hash_high)
     }
 
     #[test]
-    fn wrapped_entry_shifts_back_across_the_end() {
+    fn a_nearly_full_table_keeps_every_counter_in_one_of_its_buckets() {
         let dir = tempfile::tempdir().unwrap();
-        let mut table = Table::create(&dir.path().join("t"), 4).unwrap();
-        let last_bucket_hash = u32::MAX; // home bucket 1 of 2: slots 4..8
-        assert_eq!(table.home_position(last_bucket_hash), 4);
-        for value in 0..5 {
-            let position = table.empty_position(last_bucket_hash);
-            table.slots_mut()[position] = slot(last_bucket_hash, value);
+        let lines = 512;
+        let mut table = Table::create(&dir.path().join("t"), lines).unwrap();
+        let target = table.slot_count() * 95 / 100;
+        let mut placed = 0;
+        for value in 0..target as i64 {
+            let hash_high = hash_of(value);
+            let Some(position) = table.make_room(hash_high) else {
+                break;
+            };
+            table.slots_mut()[position] = slot(hash_high, value);
+            placed += 1;
         }
-        assert_eq!(table.slots()[0].value, 4); // wrapped
-        table.remove_shifting(4);
-        let values: Vec<i64> = table.slots()[4..8].iter().map(|s| s.value).collect();
-        assert_eq!(values, vec![1, 2, 3, 4]);
-        assert_eq!(table.slots()[0].kind, KIND_EMPTY);
-        let found = table.probe(last_bucket_hash, 1, |s| s.value == 4);
-        assert_eq!(found, Probe::Found(7));
+        assert_eq!(placed, target, "cuckoo paths fill 4-slot buckets to 95%");
+        let mut at_home = 0;
+        for value in 0..placed as i64 {
+            let hash_high = hash_of(value);
+            let position = table
+                .probe(hash_high, 1, |s| s.value == value)
+                .unwrap_or_else(|| panic!("counter {value} lost"));
+            assert!(in_one_of_its_buckets(&table, position));
+            at_home += usize::from(
+                position / SLOTS_PER_BUCKET * SLOTS_PER_BUCKET == table.home_position(hash_high),
+            );
+        }
+        assert!(
+            at_home > placed / 2,
+            "home buckets fill first: {at_home} of {placed}"
+        );
+    }
+
+    #[test]
+    fn removal_empties_only_its_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = Table::create(&dir.path().join("t"), 8).unwrap();
+        let hash_high = 7;
+        for value in 0..8 {
+            let position = table.make_room(hash_high).unwrap();
+            table.slots_mut()[position] = slot(hash_high, value);
+        }
+        // Eight counters of one hash fill both its buckets; a ninth finds no room.
+        assert_eq!(table.make_room(hash_high), None);
+        let third = table.probe(hash_high, 1, |s| s.value == 3).unwrap();
+        table.remove(third);
+        assert_eq!(table.probe(hash_high, 1, |s| s.value == 3), None);
+        for value in (0..8).filter(|&v| v != 3) {
+            assert!(table.probe(hash_high, 1, |s| s.value == value).is_some());
+        }
+        assert_eq!(table.make_room(hash_high), Some(third));
+    }
+
+    #[test]
+    fn the_alternate_bucket_differs_from_the_home_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = Table::create(&dir.path().join("t"), 6).unwrap();
+        for value in 0..1000 {
+            let hash_high = hash_of(value);
+            assert_ne!(
+                table.home_position(hash_high),
+                table.alternate_position(hash_high)
+            );
+            assert!(table.alternate_position(hash_high) < table.slot_count());
+        }
     }
 }

@@ -28,7 +28,7 @@
 //! ```text
 //! byte       field             meaning
 //!    0..8    magic             b"TALLYPT1"
-//!    8..12   version           u32, 1
+//!    8..12   version           u32, 2 (1: linear-probing tables, not readable here)
 //!   12..16   partition         u32, this partition's index
 //!   16..24   applied_lsn       u64, LSN of the last journal record applied (0 if none)
 //!   24..28   clean             u32, 1 after a clean close (and in checkpoints), 0 while open
@@ -55,8 +55,8 @@
 //! `MIGRATE_LINES_PER_MUTATION` (4) per other mutation; when done its file (if it was
 //! ever written) is unlinked and its memory handed to the arena helper thread to unmap.
 //! Lookups check the current table, then the old one at positions at or above the cursor
-//! (entries below it were copied; the old table is never reshuffled, deletions there
-//! leave tombstones). An insert that finds the new table at `LOAD_MAX` first completes
+//! (entries below it were copied; nothing moves in the old table, deletions there just
+//! empty the slot). An insert that finds the new table at `LOAD_MAX` first completes
 //! the migration. So a counter is always in exactly one place, and the load stays
 //! between about 0.80 and 0.92 after the first growths: 32 bytes / load = 35 to 40 bytes
 //! per counter.
@@ -67,8 +67,10 @@
 //! is within `slots / PREPARE_AHEAD_DIVISOR` counters of its limit, so the growth only
 //! swaps it in; a smaller table, or one the helper has not finished, is mapped on the
 //! spot and faulted in by its first writes. A migration step copies at most 512 slots,
-//! whose targets in the new table are nearly sequential (fast range keeps the hash
-//! order). A new partition's first table has 64 to 72 lines depending on its index, and
+//! whose home buckets in the new table are nearly sequential (fast range keeps the hash
+//! order). Should no cuckoo path make room in a table (never seen below the load limit:
+//! it takes something like nine counters with one 32-bit hash), `rebuild` moves every
+//! counter into a bigger table at once, the one step that is not bounded. A new partition's first table has 64 to 72 lines depending on its index, and
 //! each growth factor is jittered, so partitions filled at the same rate grow at
 //! different moments and never all hold two tables at once.
 //!
@@ -85,13 +87,14 @@ use crate::arena::{io_error, ArenaFile, LoadedArena};
 use crate::error::{EngineError, OpError};
 use crate::heap::{Bounds, Heap};
 use crate::index::{
-    Probe, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
+    InBucket, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
     LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 
 const META_MAGIC: &[u8; 8] = b"TALLYPT1";
-const META_VERSION: u32 = 1;
+/// 2: cuckoo addressing (version 1 tables were linear probing: same bytes, other places).
+const META_VERSION: u32 = 2;
 pub(crate) const META_BYTES: u64 = 4096;
 const META_CHECKSUM_OFFSET: usize = 4088;
 /// Lines of a new partition's first table (one 4 KiB page), before the per-partition
@@ -433,15 +436,14 @@ impl Partition {
         let key_len = probe.key.len() as u8;
         let heap = &self.heap;
         let matches = |slot: &Slot| Partition::slot_matches(heap, slot, probe);
-        if let Probe::Found(position) = self.table.probe(probe.hash_high, key_len, matches) {
+        if let Some(position) = self.table.probe(probe.hash_high, key_len, matches) {
             return Some(Location::Current(position));
         }
         let old = self.old.as_ref()?;
         let cursor_position = self.meta().migrate_cursor as usize * crate::index::SLOTS_PER_LINE;
-        match old.probe(probe.hash_high, key_len, matches) {
-            Probe::Found(position) if position >= cursor_position => Some(Location::Old(position)),
-            _ => None,
-        }
+        old.probe(probe.hash_high, key_len, matches)
+            .filter(|&position| position >= cursor_position)
+            .map(Location::Old)
     }
 
     #[inline]
@@ -470,20 +472,38 @@ impl Partition {
         }
     }
 
-    /// The fast path's lookup: the slot position of an existing counter with an inline
-    /// key and no bounds, found in its home bucket or the next while no migration runs
-    /// (one flag test, one or two bucket scans). `None` if any of that does not hold; the
-    /// caller then takes the general path ([`Partition::apply`]), which decides the same
-    /// way. The position stays the counter's until the next operation that is not a
-    /// fast-path update (only inserts, deletes and migration move counters).
+    /// The fast path's lookup, one bucket at a time (see [`Table::find_inline_in_bucket`]):
+    /// an existing counter with an inline key and no bounds, looked for while no
+    /// migration runs in its home bucket (`bucket` `None`) or in the bucket starting at
+    /// slot `bucket` (its alternate one). Not at home, it answers the alternate bucket
+    /// (`Next`); `Elsewhere` if none of that holds, and the caller then takes the general
+    /// path ([`Partition::apply`]), which decides the same way. A position found stays the
+    /// counter's until the next operation that is not a fast-path update (only inserts,
+    /// deletes and migration move counters).
     #[inline(always)]
-    pub(crate) fn find_inline(&mut self, probe: &KeyProbe) -> Option<usize> {
+    pub(crate) fn find_inline(&self, probe: &KeyProbe, bucket: Option<usize>) -> InBucket {
         if self.old.is_some() {
-            return None;
+            return InBucket::Elsewhere;
         }
         let key_len = probe.key.len() as u8;
-        self.table
-            .find_inline_near_home(probe.hash_high, key_len, probe.key_words())
+        let hash_high = probe.hash_high;
+        let start = bucket.unwrap_or_else(|| self.table.home_position(hash_high));
+        match self
+            .table
+            .find_inline_in_bucket(start, hash_high, key_len, probe.key_words())
+        {
+            Ok(Some(position)) => InBucket::Found(position),
+            Ok(None) if bucket.is_none() => {
+                InBucket::Next(self.table.alternate_position(hash_high))
+            }
+            Ok(None) | Err(()) => InBucket::Elsewhere,
+        }
+    }
+
+    /// Hints the CPU to fetch the bucket starting at slot `bucket` of the current table.
+    #[inline]
+    pub(crate) fn prefetch_bucket(&self, bucket: usize) {
+        self.table.prefetch_bucket(bucket);
     }
 
     /// The fast path's update of the counter `find_inline` found at `position`: adds
@@ -608,14 +628,10 @@ impl Partition {
         }
         match location {
             Location::Current(position) => {
-                self.table.remove_shifting(position);
+                self.table.remove(position);
                 self.meta_mut().table_counters -= 1;
             }
-            Location::Old(position) => self
-                .old
-                .as_mut()
-                .expect("old table")
-                .remove_tombstone(position),
+            Location::Old(position) => self.old.as_mut().expect("old table").remove(position),
         }
         self.meta_mut().counter_count -= 1;
         self.migrate_after_mutation();
@@ -702,7 +718,16 @@ impl Partition {
             slot.flags = FLAG_EXTERNAL;
             self.meta_mut().heap_bytes = self.heap.file().length_bytes();
         }
-        let position = self.table.empty_position(probe.hash_high);
+        let position = match self.table.make_room(probe.hash_high) {
+            Some(position) => position,
+            None => {
+                let old_from = self.meta().migrate_cursor as usize * crate::index::SLOTS_PER_LINE;
+                self.rebuild(old_from)?;
+                self.table
+                    .make_room(probe.hash_high)
+                    .ok_or(OpError::StorageFull)?
+            }
+        };
         self.table.slots_mut()[position] = slot;
         let meta = self.meta_mut();
         meta.counter_count += 1;
@@ -796,18 +821,107 @@ impl Partition {
         let end = start.saturating_add(line_budget).min(old_lines);
         let mut moved = 0;
         for position in start as usize * 2..end as usize * 2 {
-            let slot = old.slots()[position];
-            if slot.is_live() {
-                let target = self.table.empty_position(slot.hash_high);
-                self.table.slots_mut()[target] = slot;
-                moved += 1;
+            let slot = self.old.as_ref().expect("old table").slots()[position];
+            if !slot.is_live() {
+                continue;
             }
+            let Some(target) = self.table.make_room(slot.hash_high) else {
+                self.meta_mut().table_counters += moved;
+                self.migration_stuck(position);
+                return;
+            };
+            self.table.slots_mut()[target] = slot;
+            moved += 1;
         }
         let meta = self.meta_mut();
         meta.table_counters += moved;
         meta.migrate_cursor = end;
         if end == old_lines {
             self.finish_migration();
+        }
+    }
+
+    /// The migration found no room for the old table's counter at slot `position`: the
+    /// rest of the old table (from `position`) and the current table are rebuilt into
+    /// one bigger table, which ends the migration. If even that fails (no memory), the
+    /// migration stays where it was, at the line of `position`, the copy of that line's
+    /// first counter, if made, being taken back; a later step tries again.
+    #[cold]
+    fn migration_stuck(&mut self, position: usize) {
+        if self.rebuild(position).is_ok() {
+            return;
+        }
+        if position % 2 == 1 {
+            let first = self.old.as_ref().expect("old table").slots()[position - 1];
+            if first.is_live() {
+                let copy = self
+                    .table
+                    .probe(first.hash_high, first.key_len, |slot| *slot == first)
+                    .expect("the line's first counter was copied");
+                self.table.remove(copy);
+                self.meta_mut().table_counters -= 1;
+            }
+        }
+        self.meta_mut().migrate_cursor = position as u64 / 2;
+    }
+
+    /// Rebuilds the index into one bigger table holding every counter of the current
+    /// table and of the old one from slot `old_from` (the unmigrated rest), then discards
+    /// both. It stops the partition for as long as that takes: it is the fallback for a
+    /// table in which no cuckoo path makes room, which at `LOAD_MAX` takes something like
+    /// nine counters with one 32-bit hash. The table grows again until all fit.
+    #[cold]
+    fn rebuild(&mut self, old_from: usize) -> Result<(), OpError> {
+        let mut live: Vec<Slot> = self
+            .table
+            .slots()
+            .iter()
+            .copied()
+            .filter(Slot::is_live)
+            .collect();
+        if let Some(old) = &self.old {
+            live.extend(
+                old.slots()[old_from..]
+                    .iter()
+                    .copied()
+                    .filter(Slot::is_live),
+            );
+        }
+        let mut lines = self.table.line_count();
+        let mut generation = self.meta().table_generation;
+        'grow: loop {
+            generation += 1;
+            lines = grown_lines(lines, self.index, generation);
+            if lines > TABLE_LINES_MAX {
+                return Err(OpError::StorageFull);
+            }
+            let path = self
+                .directory
+                .join(file_name(self.index, &table_suffix(generation)));
+            let mut table = Table::create(&path, lines).map_err(|_| OpError::StorageFull)?;
+            for slot in &live {
+                let Some(position) = table.make_room(slot.hash_high) else {
+                    table.into_file().discard();
+                    continue 'grow;
+                };
+                table.slots_mut()[position] = *slot;
+            }
+            std::mem::replace(&mut self.table, table)
+                .into_file()
+                .discard();
+            if let Some(old) = self.old.take() {
+                old.into_file().discard();
+            }
+            let meta = self.meta_mut();
+            meta.table_generation = generation;
+            meta.table_lines = lines;
+            meta.table_counters = live.len() as u64;
+            meta.migrating = 0;
+            meta.old_generation = 0;
+            meta.old_lines = 0;
+            meta.migrate_cursor = 0;
+            debug_assert_eq!(meta.table_counters, meta.counter_count);
+            return Ok(());
         }
     }
 

@@ -13,17 +13,36 @@
 //! only hints: a growth between the prefetch and the apply costs a miss, never a wrong
 //! result.
 //!
+//! A counter that is not in its home bucket is in its alternate one (see `index`; at
+//! 10M counters about one in five). Looking there at once would stall the pipeline for a
+//! whole cache miss. Instead the operation waits: the alternate bucket is prefetched
+//! and the operation is taken up again `DEFER_DISTANCE` operations later, when that
+//! bucket has arrived. Not there either, it takes the general path.
+//!
+//! Waiting reorders a batch, so two invariants keep every result what in-order
+//! application gives:
+//!
+//! - Waiting operations complete in batch order (a FIFO queue, each due a fixed
+//!   distance after it joined).
+//! - While any operation waits, no counter moves: the general path (the only one that
+//!   inserts, deletes, grows, migrates, or moves counters along a cuckoo path) runs only
+//!   with an empty queue, or for the queue's front, and then every operation behind it
+//!   completes at once. So an operation completed on the fast path meanwhile found its
+//!   counter in its home bucket, where no waiting operation's counter is: it is on
+//!   another counter, and operations on different counters commute (an increment or set
+//!   reads no other counter; only inserts compete, for memory, and they run in order).
+//!
 //! A hot key (the same key several times in a row) is hashed once, prefetched once, and
 //! looked up once: while consecutive operations update it on the fast path, each goes
 //! straight to the slot the previous one updated. Invariant: that slot position is
-//! reused only right after a fast-path update of the same key; every other operation
-//! (which may insert, delete, grow or migrate, and so move counters) forgets it.
+//! reused only while no counter has moved since that update; the general path forgets it.
 
+use std::collections::VecDeque;
 use std::path::Path;
 
 use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
-use crate::index::KEY_INLINE_BYTES_MAX;
+use crate::index::{InBucket, KEY_INLINE_BYTES_MAX};
 use crate::op::{Op, OpResult};
 use crate::partition::{KeyProbe, Partition};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
@@ -32,6 +51,11 @@ use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 pub const PREFETCH_DISTANCE: usize = 32;
 
 const _: () = assert!(PREFETCH_DISTANCE > 0 && PREFETCH_DISTANCE < BATCH_OPS_MAX);
+
+/// How many operations later the batch pipeline takes up again an operation whose
+/// counter was not in its home bucket: time for the alternate bucket's prefetch to
+/// arrive (a DRAM miss is worth about this many fast-path operations).
+pub const DEFER_DISTANCE: usize = 16;
 
 /// Most threads [`Store::restore_partitions`] reads checkpoints on.
 pub const RESTORE_THREADS_MAX: usize = 8;
@@ -55,6 +79,50 @@ impl LastUpdate {
     }
 }
 
+/// An operation of the current batch waiting for a bucket to reach the cache.
+#[derive(Clone, Copy, Debug)]
+struct Waiting {
+    /// Its index in the batch.
+    op: usize,
+    /// Its key's hash.
+    hash: u64,
+    /// The batch index from which it is taken up again.
+    due: usize,
+    /// The first slot of its alternate bucket.
+    bucket: usize,
+}
+
+/// What the fast path made of one operation.
+enum Step {
+    Done(OpResult),
+    /// Not in the bucket it looked in, which was full: the counter may be in the bucket
+    /// starting at this slot, now being prefetched.
+    Wait(usize),
+    /// For the general path.
+    General,
+}
+
+/// The key, the operand and whether it is a set, for the operations the fast path takes:
+/// increments and sets with an inline key.
+#[inline(always)]
+fn fast_operands<'o>(op: &Op<'o>) -> Option<(&'o [u8], i64, bool)> {
+    let (key, operand, set) = match *op {
+        Op::Add { key, delta, .. } => (key, delta, false),
+        Op::Set { key, value, .. } => (key, value, true),
+        _ => return None,
+    };
+    (!key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX).then_some((key, operand, set))
+}
+
+/// One batch in flight through `Store::apply_batch`.
+struct Batch<'b, 'o> {
+    ops: &'b [Op<'o>],
+    results: &'b mut Vec<OpResult>,
+    waiting: &'b mut VecDeque<Waiting>,
+    /// The counter the last fast-path update changed (see `Store::fast_step`).
+    last: Option<LastUpdate>,
+}
+
 /// The partitions one thread owns.
 #[derive(Debug)]
 pub struct Store {
@@ -66,6 +134,8 @@ pub struct Store {
     owned: Vec<u32>,
     /// Scratch: the hashes of the current batch.
     hashes: Vec<u64>,
+    /// Scratch: the operations of the current batch waiting for a bucket, in batch order.
+    waiting: VecDeque<Waiting>,
 }
 
 /// Pushes the hash of every operation's key to `hashes`. A key equal to the previous
@@ -127,6 +197,7 @@ impl Store {
             partitions,
             owned: owned_list,
             hashes: Vec::with_capacity(BATCH_OPS_MAX),
+            waiting: VecDeque::with_capacity(4 * DEFER_DISTANCE),
         })
     }
 
@@ -197,7 +268,14 @@ impl Store {
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
         hash_keys(ops, &mut hashes);
-        let mut last = None;
+        let mut waiting = std::mem::take(&mut self.waiting);
+        waiting.clear();
+        let mut batch = Batch {
+            ops,
+            results,
+            waiting: &mut waiting,
+            last: None,
+        };
         for (index, op) in ops.iter().enumerate() {
             // A key hashed like the one before it (a hot key) is in the cache already.
             if let Some(&[before, ahead]) =
@@ -207,52 +285,103 @@ impl Store {
                     self.prefetch(ahead);
                 }
             }
-            results.push(self.apply_batched(op, hashes[index], &mut last));
+            match self.fast_step(op, hashes[index], &mut batch.last) {
+                Step::Done(result) => batch.results.push(result),
+                Step::Wait(bucket) => {
+                    // A placeholder, replaced when the operation completes.
+                    batch.results.push(Err(OpError::Overflow));
+                    batch.waiting.push_back(Waiting {
+                        op: index,
+                        hash: hashes[index],
+                        due: index + DEFER_DISTANCE,
+                        bucket,
+                    });
+                }
+                Step::General => {
+                    self.serve_waiting(&mut batch, usize::MAX);
+                    let result = self.apply_general(op, hashes[index], &mut batch.last);
+                    batch.results.push(result);
+                }
+            }
+            self.serve_waiting(&mut batch, index);
         }
+        self.serve_waiting(&mut batch, usize::MAX);
+        debug_assert!(waiting.is_empty());
         self.hashes = hashes;
+        self.waiting = waiting;
         debug_assert_eq!(results.len(), ops.len());
         Ok(())
     }
 
-    /// One operation of a batch: increments and sets of existing inline counters take
-    /// the fast path, everything else (and whatever the fast path cannot decide) the
-    /// general one. `last` is the counter the previous operation updated on the fast
-    /// path, if it did: an operation on the same key (a hot key) goes straight to its
-    /// slot. Any other path clears it, since it may move counters.
+    /// The fast path of one batch operation: increments and sets of existing inline
+    /// counters found in their home bucket complete here; one not found there, in a full
+    /// bucket, waits for the next bucket; everything else goes to the general path.
+    /// `last` is the counter the previous fast-path update changed, if no counter has
+    /// moved since: an operation on the same key (a hot key) goes straight to its slot.
     #[inline(always)]
-    fn apply_batched(&mut self, op: &Op, hash: u64, last: &mut Option<LastUpdate>) -> OpResult {
-        let (key, operand, set) = match *op {
-            Op::Add { key, delta, .. } => (key, delta, false),
-            Op::Set { key, value, .. } => (key, value, true),
-            _ => {
-                *last = None;
-                return self.apply_hashed(op, hash);
-            }
+    fn fast_step(&mut self, op: &Op, hash: u64, last: &mut Option<LastUpdate>) -> Step {
+        let Some((key, operand, set)) = fast_operands(op) else {
+            return Step::General;
         };
-        if !key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX {
-            let index = self.partition_index(hash);
-            if let Some(partition) = self.partitions[index].as_mut() {
-                let probe = KeyProbe::new(key, hash);
-                let this = LastUpdate {
-                    hash,
-                    key_len: key.len(),
-                    key_words: probe.key_words(),
-                    position: 0,
-                };
-                let position = match *last {
-                    Some(previous) if previous.same_key(&this) => Some(previous.position),
-                    _ => partition.find_inline(&probe),
-                };
-                if let Some(position) = position {
-                    *last = Some(LastUpdate { position, ..this });
-                    return partition.update_inline_at(position, operand, set);
-                }
-                *last = None;
-                return partition.apply(op, &probe);
+        let index = self.partition_index(hash);
+        let Some(partition) = self.partitions[index].as_mut() else {
+            return Step::General;
+        };
+        let probe = KeyProbe::new(key, hash);
+        let this = LastUpdate {
+            hash,
+            key_len: key.len(),
+            key_words: probe.key_words(),
+            position: 0,
+        };
+        let found = match *last {
+            Some(previous) if previous.same_key(&this) => InBucket::Found(previous.position),
+            _ => partition.find_inline(&probe, None),
+        };
+        match found {
+            InBucket::Found(position) => {
+                *last = Some(LastUpdate { position, ..this });
+                Step::Done(partition.update_inline_at(position, operand, set))
             }
+            InBucket::Next(bucket) => {
+                partition.prefetch_bucket(bucket);
+                Step::Wait(bucket)
+            }
+            InBucket::Elsewhere => Step::General,
         }
+    }
+
+    /// The general path, which may move counters: forgets the hot key's slot.
+    fn apply_general(&mut self, op: &Op, hash: u64, last: &mut Option<LastUpdate>) -> OpResult {
         *last = None;
         self.apply_hashed(op, hash)
+    }
+
+    /// Takes up the waiting operations due by batch index `now` (`usize::MAX`: all of
+    /// them), in batch order: each is looked for in its alternate bucket, prefetched
+    /// since it waited. One not there takes the general path, which may move counters;
+    /// all behind it then complete at once (see the module doc).
+    fn serve_waiting(&mut self, batch: &mut Batch, now: usize) {
+        let mut all = now == usize::MAX;
+        while let Some(&waiting) = batch.waiting.front() {
+            if waiting.due > now && !all {
+                return;
+            }
+            batch.waiting.pop_front();
+            let op = &batch.ops[waiting.op];
+            let (key, operand, set) = fast_operands(op).expect("only the fast path defers");
+            let index = self.partition_index(waiting.hash);
+            let partition = self.partitions[index].as_mut().expect("an owned partition");
+            let probe = KeyProbe::new(key, waiting.hash);
+            batch.results[waiting.op] = match partition.find_inline(&probe, Some(waiting.bucket)) {
+                InBucket::Found(position) => partition.update_inline_at(position, operand, set),
+                InBucket::Next(_) | InBucket::Elsewhere => {
+                    all = true;
+                    batch.last = None;
+                    partition.apply(op, &probe)
+                }
+            };
+        }
     }
 
     #[inline]
