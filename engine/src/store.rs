@@ -303,7 +303,13 @@ impl Store {
                     batch.results.push(result);
                 }
             }
-            self.serve_waiting(&mut batch, index);
+            if batch
+                .waiting
+                .front()
+                .is_some_and(|front| front.due <= index)
+            {
+                self.serve_waiting(&mut batch, index);
+            }
         }
         self.serve_waiting(&mut batch, usize::MAX);
         debug_assert!(waiting.is_empty());
@@ -361,6 +367,7 @@ impl Store {
     /// them), in batch order: each is looked for in its alternate bucket, prefetched
     /// since it waited. One not there takes the general path, which may move counters;
     /// all behind it then complete at once (see the module doc).
+    #[inline(never)]
     fn serve_waiting(&mut self, batch: &mut Batch, now: usize) {
         let mut all = now == usize::MAX;
         while let Some(&waiting) = batch.waiting.front() {
