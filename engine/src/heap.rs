@@ -162,6 +162,18 @@ impl Heap {
         Some(&bytes[..length_bytes])
     }
 
+    /// Hints the CPU to fetch the record at `offset` of a key of `key_len` bytes (its
+    /// first and last line; nothing if it lies outside the heap).
+    #[inline]
+    pub(crate) fn prefetch(&self, offset: u64, key_len: usize) {
+        let bytes = self.file.bytes();
+        let end = offset as usize + RECORD_HEADER_BYTES + key_len;
+        if let Some(record) = bytes.get(offset as usize..end) {
+            crate::index::prefetch_line(record.as_ptr());
+            crate::index::prefetch_line(record[record.len() - 1..].as_ptr());
+        }
+    }
+
     /// The key stored in the record at `offset`.
     pub(crate) fn key(&self, offset: u64) -> Option<&[u8]> {
         let record = self.record(offset)?;

@@ -154,15 +154,27 @@ impl Slot {
     }
 }
 
-/// What one bucket tells the increment fast path (see `Table::find_inline_in_bucket`).
+/// A plain counter the fast path found (see `Table::find_plain_in_bucket`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plain {
+    /// At this slot position, with its whole key in the slot.
+    Inline(usize),
+    /// At this slot position if its key in the heap is the one looked for.
+    External(usize),
+}
+
+/// What one bucket tells the increment fast path (see `Partition::find_plain`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum InBucket {
-    /// The counter is at this slot position.
+    /// The counter is at this slot position, with its whole key in the slot.
     Found(usize),
+    /// A counter with the key's first bytes is at this slot position; the rest of its
+    /// key, and its bounds, are in the heap.
+    External(usize),
     /// The bucket is full and does not hold it: it may be in the bucket starting here.
     Next(usize),
-    /// The fast path cannot tell: the counter is absent, external (a long key or
-    /// bounds), or another key shares its hash and length. The general path decides.
+    /// The fast path cannot tell: the counter is absent, or another key shares its hash,
+    /// length and first bytes. The general path decides.
     Elsewhere,
 }
 
@@ -330,22 +342,26 @@ impl Table {
         }
     }
 
-    /// The fast path of an increment, one bucket at a time: the position of the plain,
-    /// inline counter with this hash, length and zero-padded key (as two little-endian
-    /// words) in the bucket starting at slot `start`, if it is there. One 56-bit compare
-    /// of each slot's metadata word covers hash, length, kind and flags, gathered into a
-    /// mask without a branch per slot (where in its bucket a key sits is random, so a
-    /// branch per slot would be mispredicted about once per increment); two 64-bit
-    /// compares cover the key. `Err(())` if another key has the same hash and length:
-    /// the general path sorts that out.
+    /// The fast path of an increment, one bucket at a time: looks for the plain counter
+    /// with this hash, length and zero-padded first 16 key bytes (as two little-endian
+    /// words) in the bucket starting at slot `start`. One compare of each slot's metadata
+    /// word covers hash, length and kind (not the external flag), gathered into a mask
+    /// without a branch per slot (where in its bucket a key sits is random, so a branch
+    /// per slot would be mispredicted about once per increment). An inline slot is then
+    /// checked with two 64-bit compares of the key; an external one (a long key, or
+    /// bounds) only by the key's first 8 bytes, kept in the slot: the caller compares the
+    /// whole key in the heap. `Err(())` if another key has the same hash, length and
+    /// first bytes: the general path sorts that out.
     #[inline(always)]
-    pub(crate) fn find_inline_in_bucket(
+    pub(crate) fn find_plain_in_bucket(
         &self,
         start: usize,
         hash_high: u32,
         key_len: u8,
         key_words: [u64; 2],
-    ) -> Result<Option<usize>, ()> {
+    ) -> Result<Option<Plain>, ()> {
+        // Bytes 24..30 of the metadata word (hash_high, key_len, kind); the flags byte is
+        // tested after the match.
         let wanted =
             u64::from(hash_high) | (u64::from(key_len) << 32) | (u64::from(KIND_PLAIN) << 40);
         let slots = self.slots();
@@ -355,16 +371,19 @@ impl Table {
         let bucket: &[Slot; SLOTS_PER_BUCKET] = bucket.try_into().expect("buckets are whole");
         let mut matching = 0u32;
         for (index, slot) in bucket.iter().enumerate() {
-            matching |= u32::from(slot.metadata_word() & 0xFF_FFFF_FFFF_FFFF == wanted) << index;
+            matching |= u32::from(slot.metadata_word() & 0xFFFF_FFFF_FFFF == wanted) << index;
         }
         if matching == 0 {
             return Ok(None);
         }
         let position = start + matching.trailing_zeros() as usize;
-        if slots[position].key_words() == key_words {
-            Ok(Some(position))
-        } else {
-            Err(())
+        let slot = &slots[position];
+        match slot.flags {
+            0 if slot.key_words() == key_words => Ok(Some(Plain::Inline(position))),
+            FLAG_EXTERNAL if slot.key_words()[1] == key_words[0] => {
+                Ok(Some(Plain::External(position)))
+            }
+            _ => Err(()),
         }
     }
 

@@ -87,8 +87,8 @@ use crate::arena::{io_error, ArenaFile, LoadedArena};
 use crate::error::{EngineError, OpError};
 use crate::heap::{Bounds, Heap};
 use crate::index::{
-    InBucket, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
-    LINE_BYTES, TABLE_LINES_MAX,
+    InBucket, Plain, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN,
+    LINES_PER_BUCKET, LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 
@@ -472,16 +472,16 @@ impl Partition {
         }
     }
 
-    /// The fast path's lookup, one bucket at a time (see [`Table::find_inline_in_bucket`]):
-    /// an existing counter with an inline key and no bounds, looked for while no
-    /// migration runs in its home bucket (`bucket` `None`) or in the bucket starting at
-    /// slot `bucket` (its alternate one). Not at home, it answers the alternate bucket
-    /// (`Next`); `Elsewhere` if none of that holds, and the caller then takes the general
-    /// path ([`Partition::apply`]), which decides the same way. A position found stays the
-    /// counter's until the next operation that is not a fast-path update (only inserts,
-    /// deletes and migration move counters).
+    /// The fast path's lookup, one bucket at a time (see [`Table::find_plain_in_bucket`]):
+    /// an existing plain counter, looked for while no migration runs in its home bucket
+    /// (`bucket` `None`) or in the bucket starting at slot `bucket` (its alternate one).
+    /// Not at home, it answers the alternate bucket (`Next`); `Elsewhere` if none of that
+    /// holds, and the caller then takes the general path ([`Partition::apply`]), which
+    /// decides the same way. A position found stays the counter's until the next
+    /// operation that is not a fast-path update (only inserts, deletes and migration move
+    /// counters).
     #[inline(always)]
-    pub(crate) fn find_inline(&self, probe: &KeyProbe, bucket: Option<usize>) -> InBucket {
+    pub(crate) fn find_plain(&self, probe: &KeyProbe, bucket: Option<usize>) -> InBucket {
         if self.old.is_some() {
             return InBucket::Elsewhere;
         }
@@ -490,14 +490,61 @@ impl Partition {
         let start = bucket.unwrap_or_else(|| self.table.home_position(hash_high));
         match self
             .table
-            .find_inline_in_bucket(start, hash_high, key_len, probe.key_words())
+            .find_plain_in_bucket(start, hash_high, key_len, probe.key_words())
         {
-            Ok(Some(position)) => InBucket::Found(position),
+            Ok(Some(Plain::Inline(position))) => InBucket::Found(position),
+            Ok(Some(Plain::External(position))) => InBucket::External(position),
             Ok(None) if bucket.is_none() => {
                 InBucket::Next(self.table.alternate_position(hash_high))
             }
             Ok(None) | Err(()) => InBucket::Elsewhere,
         }
+    }
+
+    /// Hints the CPU to fetch the heap record of the external counter at slot `position`.
+    #[inline]
+    pub(crate) fn prefetch_record(&self, position: usize) {
+        let slot = &self.table.slots()[position];
+        self.heap
+            .prefetch(slot.external_offset(), usize::from(slot.key_len));
+    }
+
+    /// The fast path's update of the external counter `find_plain` found at `position`
+    /// (no counter has moved since): adds `operand`, or with `set` sets it, within its
+    /// bounds as `policy` says, as [`Partition::apply`] does. `None`, with nothing
+    /// changed, if the key in the heap is not `probe`'s.
+    #[inline]
+    pub(crate) fn update_external_at(
+        &mut self,
+        position: usize,
+        probe: &KeyProbe,
+        operand: i64,
+        set: bool,
+        policy: BoundPolicy,
+    ) -> Option<OpResult> {
+        let slot = self.table.slots()[position];
+        let offset = slot.external_offset();
+        if self.heap.key(offset) != Some(probe.key) {
+            return None;
+        }
+        let value = if set {
+            operand
+        } else {
+            match slot.value.checked_add(operand) {
+                Some(sum) => sum,
+                None => return Some(Err(OpError::Overflow)),
+            }
+        };
+        let (value, clamped) = match apply_bounds(value, self.heap.bounds(offset), policy) {
+            Ok(bounded) => bounded,
+            Err(error) => return Some(Err(error)),
+        };
+        self.table.slots_mut()[position].value = value;
+        Some(Ok(Outcome {
+            value,
+            existed: true,
+            clamped,
+        }))
     }
 
     /// Hints the CPU to fetch the bucket starting at slot `bucket` of the current table.
@@ -506,7 +553,7 @@ impl Partition {
         self.table.prefetch_bucket(bucket);
     }
 
-    /// The fast path's update of the counter `find_inline` found at `position`: adds
+    /// The fast path's update of the inline counter `find_plain` found at `position`: adds
     /// `operand`, or with `set` sets it. Journal replay sets values, so it takes this
     /// path as increments do.
     #[inline(always)]

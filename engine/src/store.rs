@@ -43,9 +43,10 @@ use std::path::Path;
 use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
 use crate::index::{InBucket, KEY_INLINE_BYTES_MAX};
+use crate::op::BoundPolicy;
 use crate::op::{Op, OpResult};
 use crate::partition::{KeyProbe, Partition};
-use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
+use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX, KEY_BYTES_MAX};
 
 /// How many operations ahead the batch pipeline prefetches the home bucket.
 pub const PREFETCH_DISTANCE: usize = 32;
@@ -88,30 +89,47 @@ struct Waiting {
     hash: u64,
     /// The batch index from which it is taken up again.
     due: usize,
-    /// The first slot of its alternate bucket.
+    /// The first slot of its alternate bucket, or with `record` its counter's slot.
     bucket: usize,
+    /// Whether it waits for its counter's heap record rather than for a bucket.
+    record: bool,
 }
 
 /// What the fast path made of one operation.
 enum Step {
     Done(OpResult),
-    /// Not in the bucket it looked in, which was full: the counter may be in the bucket
-    /// starting at this slot, now being prefetched.
-    Wait(usize),
+    /// Not at home: the counter may be in the bucket starting at this slot (its
+    /// alternate one), now being prefetched.
+    WaitBucket(usize),
+    /// An external counter at this slot: its heap record is being prefetched.
+    WaitRecord(usize),
     /// For the general path.
     General,
 }
 
-/// The key, the operand and whether it is a set, for the operations the fast path takes:
-/// increments and sets with an inline key.
+/// An increment or a set, as the fast path takes it.
+#[derive(Clone, Copy)]
+struct FastOp<'o> {
+    key: &'o [u8],
+    operand: i64,
+    set: bool,
+    policy: BoundPolicy,
+}
+
+/// The operations the fast path takes: increments and sets of valid keys.
 #[inline(always)]
-fn fast_operands<'o>(op: &Op<'o>) -> Option<(&'o [u8], i64, bool)> {
-    let (key, operand, set) = match *op {
-        Op::Add { key, delta, .. } => (key, delta, false),
-        Op::Set { key, value, .. } => (key, value, true),
+fn fast_op<'o>(op: &Op<'o>) -> Option<FastOp<'o>> {
+    let (key, operand, set, policy) = match *op {
+        Op::Add { key, delta, policy } => (key, delta, false, policy),
+        Op::Set { key, value, policy } => (key, value, true, policy),
         _ => return None,
     };
-    (!key.is_empty() && key.len() <= KEY_INLINE_BYTES_MAX).then_some((key, operand, set))
+    (!key.is_empty() && key.len() <= KEY_BYTES_MAX).then_some(FastOp {
+        key,
+        operand,
+        set,
+        policy,
+    })
 }
 
 /// One batch in flight through `Store::apply_batch`.
@@ -285,9 +303,10 @@ impl Store {
                     self.prefetch(ahead);
                 }
             }
-            match self.fast_step(op, hashes[index], &mut batch.last) {
+            let step = self.fast_step(op, hashes[index], &mut batch.last);
+            match step {
                 Step::Done(result) => batch.results.push(result),
-                Step::Wait(bucket) => {
+                Step::WaitBucket(bucket) | Step::WaitRecord(bucket) => {
                     // A placeholder, replaced when the operation completes.
                     batch.results.push(Err(OpError::Overflow));
                     batch.waiting.push_back(Waiting {
@@ -295,6 +314,7 @@ impl Store {
                         hash: hashes[index],
                         due: index + DEFER_DISTANCE,
                         bucket,
+                        record: matches!(step, Step::WaitRecord(_)),
                     });
                 }
                 Step::General => {
@@ -320,13 +340,17 @@ impl Store {
     }
 
     /// The fast path of one batch operation: increments and sets of existing inline
-    /// counters found in their home bucket complete here; one not found there, in a full
-    /// bucket, waits for the next bucket; everything else goes to the general path.
-    /// `last` is the counter the previous fast-path update changed, if no counter has
-    /// moved since: an operation on the same key (a hot key) goes straight to its slot.
+    /// counters found in their home bucket complete here; one not at home waits for its
+    /// alternate bucket, and an external one (long key or bounds) for its heap record;
+    /// everything else goes to the general path. `last` is the inline counter the
+    /// previous fast-path update changed, if no counter has moved since: an operation on
+    /// the same key (a hot key) goes straight to its slot.
     #[inline(always)]
     fn fast_step(&mut self, op: &Op, hash: u64, last: &mut Option<LastUpdate>) -> Step {
-        let Some((key, operand, set)) = fast_operands(op) else {
+        let Some(FastOp {
+            key, operand, set, ..
+        }) = fast_op(op)
+        else {
             return Step::General;
         };
         let index = self.partition_index(hash);
@@ -342,16 +366,20 @@ impl Store {
         };
         let found = match *last {
             Some(previous) if previous.same_key(&this) => InBucket::Found(previous.position),
-            _ => partition.find_inline(&probe, None),
+            _ => partition.find_plain(&probe, None),
         };
         match found {
             InBucket::Found(position) => {
                 *last = Some(LastUpdate { position, ..this });
                 Step::Done(partition.update_inline_at(position, operand, set))
             }
+            InBucket::External(position) => {
+                partition.prefetch_record(position);
+                Step::WaitRecord(position)
+            }
             InBucket::Next(bucket) => {
                 partition.prefetch_bucket(bucket);
-                Step::Wait(bucket)
+                Step::WaitBucket(bucket)
             }
             InBucket::Elsewhere => Step::General,
         }
@@ -364,9 +392,11 @@ impl Store {
     }
 
     /// Takes up the waiting operations due by batch index `now` (`usize::MAX`: all of
-    /// them), in batch order: each is looked for in its alternate bucket, prefetched
-    /// since it waited. One not there takes the general path, which may move counters;
-    /// all behind it then complete at once (see the module doc).
+    /// them), in batch order: each is looked for in its alternate bucket, or checked
+    /// against its heap record, prefetched since it waited (an external counter found in
+    /// its alternate bucket is updated at once, its record not prefetched). One the fast
+    /// path cannot complete takes the general path, which may move counters; all behind
+    /// it then complete at once (see the module doc).
     #[inline(never)]
     fn serve_waiting(&mut self, batch: &mut Batch, now: usize) {
         let mut all = now == usize::MAX;
@@ -376,18 +406,33 @@ impl Store {
             }
             batch.waiting.pop_front();
             let op = &batch.ops[waiting.op];
-            let (key, operand, set) = fast_operands(op).expect("only the fast path defers");
+            let fast = fast_op(op).expect("only the fast path defers");
             let index = self.partition_index(waiting.hash);
             let partition = self.partitions[index].as_mut().expect("an owned partition");
-            let probe = KeyProbe::new(key, waiting.hash);
-            batch.results[waiting.op] = match partition.find_inline(&probe, Some(waiting.bucket)) {
-                InBucket::Found(position) => partition.update_inline_at(position, operand, set),
-                InBucket::Next(_) | InBucket::Elsewhere => {
-                    all = true;
-                    batch.last = None;
-                    partition.apply(op, &probe)
-                }
+            let probe = KeyProbe::new(fast.key, waiting.hash);
+            let found = if waiting.record {
+                InBucket::External(waiting.bucket)
+            } else {
+                partition.find_plain(&probe, Some(waiting.bucket))
             };
+            let result = match found {
+                InBucket::Found(position) => {
+                    Some(partition.update_inline_at(position, fast.operand, fast.set))
+                }
+                InBucket::External(position) => partition.update_external_at(
+                    position,
+                    &probe,
+                    fast.operand,
+                    fast.set,
+                    fast.policy,
+                ),
+                InBucket::Next(_) | InBucket::Elsewhere => None,
+            };
+            batch.results[waiting.op] = result.unwrap_or_else(|| {
+                all = true;
+                batch.last = None;
+                partition.apply(op, &probe)
+            });
         }
     }
 
