@@ -17,7 +17,9 @@
 //! 10M counters about one in five). Looking there at once would stall the pipeline for a
 //! whole cache miss. Instead the operation waits: the alternate bucket is prefetched
 //! and the operation is taken up again `DEFER_DISTANCE` operations later, when that
-//! bucket has arrived. Not there either, it takes the general path.
+//! bucket has arrived. Not there either, it takes the general path. An external counter
+//! (a key longer than 16 bytes, or bounds: key and bounds live in the key heap) waits
+//! the same way for its heap record, so its whole key can be compared without a stall.
 //!
 //! Waiting reorders a batch, so two invariants keep every result what in-order
 //! application gives:
@@ -43,8 +45,7 @@ use std::path::Path;
 use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
 use crate::index::{InBucket, KEY_INLINE_BYTES_MAX};
-use crate::op::BoundPolicy;
-use crate::op::{Op, OpResult};
+use crate::op::{BoundPolicy, Op, OpResult};
 use crate::partition::{KeyProbe, Partition};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX, KEY_BYTES_MAX};
 
@@ -80,7 +81,8 @@ impl LastUpdate {
     }
 }
 
-/// An operation of the current batch waiting for a bucket to reach the cache.
+/// An operation of the current batch waiting for a bucket or a heap record to reach the
+/// cache.
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
     /// Its index in the batch.
@@ -152,7 +154,7 @@ pub struct Store {
     owned: Vec<u32>,
     /// Scratch: the hashes of the current batch.
     hashes: Vec<u64>,
-    /// Scratch: the operations of the current batch waiting for a bucket, in batch order.
+    /// Scratch: the operations of the current batch waiting for the cache, in batch order.
     waiting: VecDeque<Waiting>,
 }
 
