@@ -36,8 +36,9 @@ pub enum OpError {
     /// A batch longer than [`crate::BATCH_OPS_MAX`].
     #[error("batch of {count} operations exceeds the limit of {max}")]
     BatchTooLarge { count: usize, max: usize },
-    /// The arena could not grow (disk full, mapping failed). Nothing was changed.
-    #[error("storage full: the arena could not grow")]
+    /// The arena could not grow (disk full, mapping failed), or no room could be made for
+    /// a new key even in bigger tables (keys crafted to share a hash). Nothing was changed.
+    #[error("storage full: the arena could not grow or make room for this key")]
     StorageFull,
 }
 

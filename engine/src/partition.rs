@@ -110,6 +110,8 @@ const GROWTH_PERCENT: u64 = 115;
 /// tables, in five large groups at the same moments.
 const GROWTH_JITTER_PERCENT: u64 = 3;
 const MIGRATE_LINES_PER_INSERT: u64 = 256;
+/// Most growths one `rebuild` tries before it refuses an insert (see there).
+const REBUILD_GROWTHS_MAX: usize = 4;
 const MIGRATE_LINES_PER_MUTATION: u64 = 4;
 /// The next table is prepared (mapped and faulted in by a helper thread, see `arena`)
 /// once the current one is within `slots / PREPARE_AHEAD_DIVISOR` counters of its load
@@ -501,6 +503,11 @@ impl Partition {
         }
     }
 
+    #[cfg(test)]
+    fn table_generation_for_tests(&self) -> u64 {
+        self.meta().table_generation
+    }
+
     /// Hints the CPU to fetch the heap record of the external counter at slot `position`.
     #[inline]
     pub(crate) fn prefetch_record(&self, position: usize) {
@@ -769,10 +776,8 @@ impl Partition {
             Some(position) => position,
             None => {
                 let old_from = self.meta().migrate_cursor as usize * crate::index::SLOTS_PER_LINE;
-                self.rebuild(old_from)?;
-                self.table
-                    .make_room(probe.hash_high)
-                    .ok_or(OpError::StorageFull)?
+                self.rebuild(old_from, Some(probe.hash_high))?
+                    .expect("a rebuild for a new counter makes room for it")
             }
         };
         self.table.slots_mut()[position] = slot;
@@ -895,7 +900,7 @@ impl Partition {
     /// first counter, if made, being taken back; a later step tries again.
     #[cold]
     fn migration_stuck(&mut self, position: usize) {
-        if self.rebuild(position).is_ok() {
+        if self.rebuild(position, None).is_ok() {
             return;
         }
         if position % 2 == 1 {
@@ -913,12 +918,20 @@ impl Partition {
     }
 
     /// Rebuilds the index into one bigger table holding every counter of the current
-    /// table and of the old one from slot `old_from` (the unmigrated rest), then discards
+    /// table and of the old one from slot `old_from` (the unmigrated rest), and room for
+    /// one more of hash `room_for` if asked (its empty slot is returned), then discards
     /// both. It stops the partition for as long as that takes: it is the fallback for a
-    /// table in which no cuckoo path makes room, which at `LOAD_MAX` takes something like
-    /// nine counters with one 32-bit hash. The table grows again until all fit.
+    /// table in which no cuckoo path makes room, which below `LOAD_MAX` takes a cluster of
+    /// counters whose two buckets coincide. A bigger table spreads such a cluster unless
+    /// its counters share their 32-bit hash: after `REBUILD_GROWTHS_MAX` growths that did
+    /// not help it gives up with `StorageFull`, nothing changed (so nine keys crafted to
+    /// share a hash cost their inserter an error, not the process its memory).
     #[cold]
-    fn rebuild(&mut self, old_from: usize) -> Result<(), OpError> {
+    fn rebuild(
+        &mut self,
+        old_from: usize,
+        room_for: Option<u32>,
+    ) -> Result<Option<usize>, OpError> {
         let mut live: Vec<Slot> = self
             .table
             .slots()
@@ -936,7 +949,7 @@ impl Partition {
         }
         let mut lines = self.table.line_count();
         let mut generation = self.meta().table_generation;
-        'grow: loop {
+        'grow: for _ in 0..REBUILD_GROWTHS_MAX {
             generation += 1;
             lines = grown_lines(lines, self.index, generation);
             if lines > TABLE_LINES_MAX {
@@ -953,6 +966,14 @@ impl Partition {
                 };
                 table.slots_mut()[position] = *slot;
             }
+            let room = match room_for.map(|hash_high| table.make_room(hash_high)) {
+                Some(None) => {
+                    table.into_file().discard();
+                    continue 'grow;
+                }
+                Some(Some(position)) => Some(position),
+                None => None,
+            };
             std::mem::replace(&mut self.table, table)
                 .into_file()
                 .discard();
@@ -968,8 +989,9 @@ impl Partition {
             meta.old_lines = 0;
             meta.migrate_cursor = 0;
             debug_assert_eq!(meta.table_counters, meta.counter_count);
-            return Ok(());
+            return Ok(room);
         }
+        Err(OpError::StorageFull)
     }
 
     fn finish_migration(&mut self) {
@@ -1338,4 +1360,87 @@ fn remove_files_where(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(partition: &mut Partition, key: &[u8], hash_high: u32) -> OpResult {
+        let probe = KeyProbe::new(key, u64::from(hash_high) << 32);
+        partition.apply(
+            &Op::Add {
+                key,
+                delta: 1,
+                policy: BoundPolicy::Reject,
+            },
+            &probe,
+        )
+    }
+
+    fn exists(partition: &Partition, key: &[u8], hash_high: u32) -> bool {
+        partition
+            .get(&KeyProbe::new(key, u64::from(hash_high) << 32))
+            .existed
+    }
+
+    /// Hashes whose home and alternate buckets are buckets 0 and 1 of `table`: more than
+    /// eight of them leave no cuckoo path in it.
+    fn clustered_hashes(table: &Table, count: usize) -> Vec<u32> {
+        let wanted = [0, crate::index::SLOTS_PER_BUCKET];
+        (0u32..)
+            .map(|i| i.wrapping_mul(0x9e37_79b9))
+            .filter(|&h| {
+                let buckets = [table.home_position(h), table.alternate_position(h)];
+                buckets == wanted || buckets == [wanted[1], wanted[0]]
+            })
+            .take(count)
+            .collect()
+    }
+
+    #[test]
+    fn a_cluster_with_no_cuckoo_path_is_rebuilt_into_a_bigger_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut partition = Partition::open(dir.path(), 0).unwrap();
+        let hashes = clustered_hashes(&partition.table, 9);
+        let generation = partition.table_generation_for_tests();
+        for (index, &hash) in hashes.iter().enumerate() {
+            let key = format!("clustered-{index}").into_bytes();
+            assert!(add(&mut partition, &key, hash).is_ok(), "insert {index}");
+        }
+        assert!(
+            partition.table_generation_for_tests() > generation,
+            "rebuilt"
+        );
+        assert_eq!(partition.counter_count(), 9);
+        for (index, &hash) in hashes.iter().enumerate() {
+            let key = format!("clustered-{index}").into_bytes();
+            assert!(exists(&partition, &key, hash), "counter {index} kept");
+        }
+    }
+
+    #[test]
+    fn a_ninth_key_sharing_one_hash_is_refused_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut partition = Partition::open(dir.path(), 0).unwrap();
+        let hash = 0x1234_5678;
+        for index in 0..8 {
+            let key = format!("same-hash-{index}").into_bytes();
+            assert!(add(&mut partition, &key, hash).is_ok());
+        }
+        let lines = partition.table.line_count();
+        assert_eq!(
+            add(&mut partition, b"same-hash-8", hash),
+            Err(OpError::StorageFull)
+        );
+        assert_eq!(partition.counter_count(), 8);
+        assert_eq!(partition.table.line_count(), lines, "no bigger table kept");
+        for index in 0..8 {
+            let key = format!("same-hash-{index}").into_bytes();
+            assert!(exists(&partition, &key, hash));
+        }
+        assert!(!exists(&partition, b"same-hash-8", hash));
+        // Other keys still go in.
+        assert!(add(&mut partition, b"another", 0x8765_4321).is_ok());
+    }
 }
