@@ -1287,8 +1287,19 @@ fn check_meta_bytes(
         ));
     }
     let header = read_header(bytes);
-    if &header.magic != META_MAGIC || header.version != META_VERSION {
-        return Err(corrupted(0, "bad partition header magic or version".into()));
+    if &header.magic != META_MAGIC {
+        return Err(corrupted(0, "bad partition header magic".into()));
+    }
+    if header.version != META_VERSION {
+        return Err(corrupted(
+            8,
+            format!(
+                "partition header version {} (this build reads {META_VERSION}; version 1 \
+                 tables, from before cuckoo addressing, place counters elsewhere: start a \
+                 new data directory)",
+                header.version
+            ),
+        ));
     }
     if header.partition != index {
         return Err(corrupted(

@@ -191,6 +191,25 @@ fn a_corrupted_partition_header_is_reported() {
     ));
 }
 
+/// A data directory written before cuckoo addressing (partition header version 1) holds
+/// its counters in other places: refused, with the reason, rather than read wrongly.
+#[test]
+fn a_partition_header_of_the_linear_probing_format_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 100).close_clean().unwrap();
+    let meta = temp.path().join("p00000.meta");
+    let mut bytes = fs::read(&meta).unwrap();
+    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    fs::write(&meta, &bytes).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(
+        matches!(error, EngineError::Corrupted { offset: 8, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("version 1"), "{error}");
+}
+
 #[test]
 fn an_unclean_stop_reopens_and_says_so() {
     let temp = tempfile::tempdir().unwrap();
