@@ -42,7 +42,9 @@ fn describe(status: Status, detail: i64) -> String {
         }
         Status::WrongKind => "wrong kind: the key holds a counter of another kind".to_owned(),
         Status::NotOwned => format!("partition {detail} is not owned by the core that was asked"),
-        Status::StorageFull => "storage full: the server could not grow its store".to_owned(),
+        Status::StorageFull => {
+            "storage full: the server could not grow its store or make room for this key".to_owned()
+        }
         Status::Unavailable => {
             "unavailable: the server could not make the operation durable".to_owned()
         }
