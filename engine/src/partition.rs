@@ -516,10 +516,10 @@ impl Partition {
             .prefetch(slot.external_offset(), usize::from(slot.key_len));
     }
 
-    /// The fast path's update of the external counter `find_plain` found at `position`
-    /// (no counter has moved since): adds `operand`, or with `set` sets it, within its
-    /// bounds as `policy` says, as [`Partition::apply`] does. `None`, with nothing
-    /// changed, if the key in the heap is not `probe`'s.
+    /// The fast path's update of the external counter `find_plain` found at `position`:
+    /// adds `operand`, or with `set` sets it, within its bounds as `policy` says, as
+    /// [`Partition::apply`] does. `None`, with nothing changed, if the slot there is not
+    /// that counter (its key in the heap is not `probe`'s, or counters moved since).
     #[inline]
     pub(crate) fn update_external_at(
         &mut self,
@@ -529,7 +529,17 @@ impl Partition {
         set: bool,
         policy: BoundPolicy,
     ) -> Option<OpResult> {
-        let slot = self.table.slots()[position];
+        // After a general step in the same batch the position may be stale (a growth or
+        // a cuckoo path moved counters): only a plain external slot of this hash and
+        // length whose heap key is `probe`'s is the counter.
+        let slot = *self.table.slots().get(position)?;
+        if slot.kind != KIND_PLAIN
+            || slot.flags != FLAG_EXTERNAL
+            || slot.hash_high != probe.hash_high
+            || usize::from(slot.key_len) != probe.key.len()
+        {
+            return None;
+        }
         let offset = slot.external_offset();
         if self.heap.key(offset) != Some(probe.key) {
             return None;
