@@ -155,16 +155,7 @@ impl Slot {
     }
 }
 
-/// A plain counter the fast path found (see `Table::find_plain_in_bucket`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Plain {
-    /// At this slot position, with its whole key in the slot.
-    Inline(usize),
-    /// At this slot position if its key in the heap is the one looked for.
-    External(usize),
-}
-
-/// What one bucket tells the increment fast path (see `Partition::find_plain`).
+/// What one bucket tells the increment fast path (see `Table::find_plain`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum InBucket {
     /// The counter is at this slot position, with its whole key in the slot.
@@ -293,11 +284,16 @@ impl Table {
         self.line_count / LINES_PER_BUCKET as u64
     }
 
+    /// The bucket index of a 32-bit value by fast range: `value * bucket_count / 2^32`.
+    #[inline]
+    fn fast_range(&self, value: u64) -> u64 {
+        (value * self.bucket_count()) >> 32
+    }
+
     /// The first slot of the home bucket of `hash_high`: fast range of the hash.
     #[inline]
     pub(crate) fn home_position(&self, hash_high: u32) -> usize {
-        let bucket = (u64::from(hash_high) * self.bucket_count()) >> 32;
-        bucket as usize * SLOTS_PER_BUCKET
+        self.fast_range(u64::from(hash_high)) as usize * SLOTS_PER_BUCKET
     }
 
     /// The first slot of the alternate bucket of `hash_high`: fast range of the hash
@@ -305,12 +301,10 @@ impl Table {
     /// counter always has two distinct buckets, but in a one-bucket table).
     #[inline]
     pub(crate) fn alternate_position(&self, hash_high: u32) -> usize {
-        let bucket_count = self.bucket_count();
         let mixed = (u64::from(hash_high) ^ ALTERNATE_SEED).wrapping_mul(ALTERNATE_MULTIPLIER);
-        let mut bucket = ((mixed >> 32) * bucket_count) >> 32;
-        let home = (u64::from(hash_high) * bucket_count) >> 32;
-        if bucket == home {
-            bucket = (bucket + 1) % bucket_count;
+        let mut bucket = self.fast_range(mixed >> 32);
+        if bucket == self.fast_range(u64::from(hash_high)) {
+            bucket = (bucket + 1) % self.bucket_count();
         }
         bucket as usize * SLOTS_PER_BUCKET
     }
@@ -345,46 +339,51 @@ impl Table {
 
     /// The fast path of an increment, one bucket at a time: looks for the plain counter
     /// with this hash, length and zero-padded first 16 key bytes (as two little-endian
-    /// words) in the bucket starting at slot `start`. One compare of each slot's metadata
-    /// word covers hash, length and kind (not the external flag), gathered into a mask
-    /// without a branch per slot (where in its bucket a key sits is random, so a branch
-    /// per slot would be mispredicted about once per increment). An inline slot is then
-    /// checked with two 64-bit compares of the key; an external one (a long key, or
-    /// bounds) only by the key's first 8 bytes, kept in the slot: the caller compares the
-    /// whole key in the heap. `Err(())` if another key has the same hash, length and
-    /// first bytes: the general path sorts that out.
+    /// words) in its home bucket (`bucket` `None`) or in the bucket starting at slot
+    /// `bucket` (its alternate one). One compare of each slot's metadata word covers
+    /// hash, length and kind (not the external flag), gathered into a mask without a
+    /// branch per slot (where in its bucket a key sits is random, so a branch per slot
+    /// would be mispredicted about once per increment). An inline slot is then checked
+    /// with two 64-bit compares of the key (`Found`); an external one (a long key, or
+    /// bounds) only by the key's first 8 bytes, kept in the slot (`External`: the caller
+    /// compares the whole key in the heap). Not at home, the answer is the alternate
+    /// bucket (`Next`); not there either, or another key with the same hash, length and
+    /// first bytes, `Elsewhere`: the general path sorts that out.
     #[inline(always)]
-    pub(crate) fn find_plain_in_bucket(
+    pub(crate) fn find_plain(
         &self,
-        start: usize,
+        bucket: Option<usize>,
         hash_high: u32,
         key_len: u8,
         key_words: [u64; 2],
-    ) -> Result<Option<Plain>, ()> {
+    ) -> InBucket {
         // Bytes 24..30 of the metadata word (hash_high, key_len, kind); the flags byte is
         // tested after the match.
         let wanted =
             u64::from(hash_high) | (u64::from(key_len) << 32) | (u64::from(KIND_PLAIN) << 40);
+        let start = bucket.unwrap_or_else(|| self.home_position(hash_high));
         let slots = self.slots();
-        let Some(bucket) = slots.get(start..start + SLOTS_PER_BUCKET) else {
-            return Err(());
+        let Some(slots_here) = slots.get(start..start + SLOTS_PER_BUCKET) else {
+            return InBucket::Elsewhere;
         };
-        let bucket: &[Slot; SLOTS_PER_BUCKET] = bucket.try_into().expect("buckets are whole");
+        let slots_here: &[Slot; SLOTS_PER_BUCKET] =
+            slots_here.try_into().expect("buckets are whole");
         let mut matching = 0u32;
-        for (index, slot) in bucket.iter().enumerate() {
+        for (index, slot) in slots_here.iter().enumerate() {
             matching |= u32::from(slot.metadata_word() & 0xFFFF_FFFF_FFFF == wanted) << index;
         }
         if matching == 0 {
-            return Ok(None);
+            return match bucket {
+                None => InBucket::Next(self.alternate_position(hash_high)),
+                Some(_) => InBucket::Elsewhere,
+            };
         }
         let position = start + matching.trailing_zeros() as usize;
         let slot = &slots[position];
         match slot.flags {
-            0 if slot.key_words() == key_words => Ok(Some(Plain::Inline(position))),
-            FLAG_EXTERNAL if slot.key_words()[1] == key_words[0] => {
-                Ok(Some(Plain::External(position)))
-            }
-            _ => Err(()),
+            0 if slot.key_words() == key_words => InBucket::Found(position),
+            FLAG_EXTERNAL if slot.key_words()[1] == key_words[0] => InBucket::External(position),
+            _ => InBucket::Elsewhere,
         }
     }
 
@@ -398,8 +397,8 @@ impl Table {
         matches: impl Fn(&Slot) -> bool,
     ) -> Option<usize> {
         let slots = self.slots();
-        // Bytes 24..30 of a slot as one word: hash_high, key_len, kind. An empty slot has
-        // key_len 0 and never equals `wanted` (keys are 1..=255 bytes).
+        // Bytes 24..29 of a slot: hash_high, key_len. An empty slot has key_len 0 and
+        // never equals `wanted` (keys are 1..=255 bytes).
         let wanted = u64::from(hash_high) | (u64::from(key_len) << 32);
         let in_bucket = |start: usize| {
             (start..start + SLOTS_PER_BUCKET).find(|&position| {

@@ -87,8 +87,8 @@ use crate::arena::{io_error, ArenaFile, LoadedArena};
 use crate::error::{EngineError, OpError};
 use crate::heap::{Bounds, Heap};
 use crate::index::{
-    InBucket, Plain, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN,
-    LINES_PER_BUCKET, LINE_BYTES, TABLE_LINES_MAX,
+    InBucket, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
+    LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 
@@ -474,33 +474,22 @@ impl Partition {
         }
     }
 
-    /// The fast path's lookup, one bucket at a time (see [`Table::find_plain_in_bucket`]):
-    /// an existing plain counter, looked for while no migration runs in its home bucket
-    /// (`bucket` `None`) or in the bucket starting at slot `bucket` (its alternate one).
-    /// Not at home, it answers the alternate bucket (`Next`); `Elsewhere` if none of that
-    /// holds, and the caller then takes the general path ([`Partition::apply`]), which
-    /// decides the same way. A position found stays the counter's until the next
-    /// operation that is not a fast-path update (only inserts, deletes and migration move
-    /// counters).
+    /// The fast path's lookup of an existing plain counter while no migration runs
+    /// (see [`Table::find_plain`]); `Elsewhere` during a migration. The caller then takes
+    /// the general path ([`Partition::apply`]), which decides the same way. A position
+    /// found stays the counter's until the next operation that is not a fast-path update
+    /// (only inserts, deletes and migration move counters).
     #[inline(always)]
     pub(crate) fn find_plain(&self, probe: &KeyProbe, bucket: Option<usize>) -> InBucket {
         if self.old.is_some() {
             return InBucket::Elsewhere;
         }
-        let key_len = probe.key.len() as u8;
-        let hash_high = probe.hash_high;
-        let start = bucket.unwrap_or_else(|| self.table.home_position(hash_high));
-        match self
-            .table
-            .find_plain_in_bucket(start, hash_high, key_len, probe.key_words())
-        {
-            Ok(Some(Plain::Inline(position))) => InBucket::Found(position),
-            Ok(Some(Plain::External(position))) => InBucket::External(position),
-            Ok(None) if bucket.is_none() => {
-                InBucket::Next(self.table.alternate_position(hash_high))
-            }
-            Ok(None) | Err(()) => InBucket::Elsewhere,
-        }
+        self.table.find_plain(
+            bucket,
+            probe.hash_high,
+            probe.key.len() as u8,
+            probe.key_words(),
+        )
     }
 
     #[cfg(test)]
@@ -544,15 +533,9 @@ impl Partition {
         if self.heap.key(offset) != Some(probe.key) {
             return None;
         }
-        let value = if set {
-            operand
-        } else {
-            match slot.value.checked_add(operand) {
-                Some(sum) => sum,
-                None => return Some(Err(OpError::Overflow)),
-            }
-        };
-        let (value, clamped) = match apply_bounds(value, self.heap.bounds(offset), policy) {
+        let bounded = resulting_value(slot.value, operand, set)
+            .and_then(|value| apply_bounds(value, self.heap.bounds(offset), policy));
+        let (value, clamped) = match bounded {
             Ok(bounded) => bounded,
             Err(error) => return Some(Err(error)),
         };
@@ -581,11 +564,7 @@ impl Partition {
         set: bool,
     ) -> OpResult {
         let slot = &mut self.table.slots_mut()[position];
-        let value = if set {
-            operand
-        } else {
-            slot.value.checked_add(operand).ok_or(OpError::Overflow)?
-        };
+        let value = resulting_value(slot.value, operand, set)?;
         slot.value = value;
         Ok(Outcome {
             value,
@@ -1230,6 +1209,17 @@ fn external_key(offset: u64, probe: &KeyProbe) -> [u8; KEY_INLINE_BYTES_MAX] {
     key[..8].copy_from_slice(&offset.to_le_bytes());
     key[8..].copy_from_slice(&probe.padded[..8]);
     key
+}
+
+/// The value a fast-path update leaves before bounds: `operand` for a set, the
+/// checked sum for an increment.
+#[inline(always)]
+fn resulting_value(current: i64, operand: i64, set: bool) -> Result<i64, OpError> {
+    if set {
+        Ok(operand)
+    } else {
+        current.checked_add(operand).ok_or(OpError::Overflow)
+    }
 }
 
 /// Checks `value` against `bounds`: rejected, or clamped with `policy == Clamp`.
