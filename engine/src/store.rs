@@ -87,24 +87,19 @@ impl LastUpdate {
 struct Waiting {
     /// Its index in the batch.
     op: usize,
-    /// Its key's hash.
-    hash: u64,
     /// The batch index from which it is taken up again.
     due: usize,
-    /// The first slot of its alternate bucket, or with `record` its counter's slot.
-    bucket: usize,
-    /// Whether it waits for its counter's heap record rather than for a bucket.
-    record: bool,
+    /// What it waits for: `Next(bucket)`, its alternate bucket, or `External(slot)`, the
+    /// heap record of the external counter at that slot.
+    found: InBucket,
 }
 
 /// What the fast path made of one operation.
 enum Step {
     Done(OpResult),
-    /// Not at home: the counter may be in the bucket starting at this slot (its
-    /// alternate one), now being prefetched.
-    WaitBucket(usize),
-    /// An external counter at this slot: its heap record is being prefetched.
-    WaitRecord(usize),
+    /// `Next`: not at home, the counter may be in its alternate bucket; `External`: an
+    /// external counter, whose heap record is needed. Either is being prefetched.
+    Wait(InBucket),
     /// For the general path.
     General,
 }
@@ -137,6 +132,7 @@ fn fast_op<'o>(op: &Op<'o>) -> Option<FastOp<'o>> {
 /// One batch in flight through `Store::apply_batch`.
 struct Batch<'b, 'o> {
     ops: &'b [Op<'o>],
+    hashes: &'b [u64],
     results: &'b mut Vec<OpResult>,
     waiting: &'b mut VecDeque<Waiting>,
     /// The counter the last fast-path update changed (see `Store::fast_step`).
@@ -292,6 +288,7 @@ impl Store {
         waiting.clear();
         let mut batch = Batch {
             ops,
+            hashes: &hashes,
             results,
             waiting: &mut waiting,
             last: None,
@@ -305,18 +302,15 @@ impl Store {
                     self.prefetch(ahead);
                 }
             }
-            let step = self.fast_step(op, hashes[index], &mut batch.last);
-            match step {
+            match self.fast_step(op, hashes[index], &mut batch.last) {
                 Step::Done(result) => batch.results.push(result),
-                Step::WaitBucket(bucket) | Step::WaitRecord(bucket) => {
+                Step::Wait(found) => {
                     // A placeholder, replaced when the operation completes.
                     batch.results.push(Err(OpError::Overflow));
                     batch.waiting.push_back(Waiting {
                         op: index,
-                        hash: hashes[index],
                         due: index + DEFER_DISTANCE,
-                        bucket,
-                        record: matches!(step, Step::WaitRecord(_)),
+                        found,
                     });
                 }
                 Step::General => {
@@ -377,11 +371,11 @@ impl Store {
             }
             InBucket::External(position) => {
                 partition.prefetch_record(position);
-                Step::WaitRecord(position)
+                Step::Wait(found)
             }
             InBucket::Next(bucket) => {
                 partition.prefetch_bucket(bucket);
-                Step::WaitBucket(bucket)
+                Step::Wait(found)
             }
             InBucket::Elsewhere => Step::General,
         }
@@ -409,13 +403,13 @@ impl Store {
             batch.waiting.pop_front();
             let op = &batch.ops[waiting.op];
             let fast = fast_op(op).expect("only the fast path defers");
-            let index = self.partition_index(waiting.hash);
+            let hash = batch.hashes[waiting.op];
+            let index = self.partition_index(hash);
             let partition = self.partitions[index].as_mut().expect("an owned partition");
-            let probe = KeyProbe::new(fast.key, waiting.hash);
-            let found = if waiting.record {
-                InBucket::External(waiting.bucket)
-            } else {
-                partition.find_plain(&probe, Some(waiting.bucket))
+            let probe = KeyProbe::new(fast.key, hash);
+            let found = match waiting.found {
+                InBucket::Next(bucket) => partition.find_plain(&probe, Some(bucket)),
+                external => external,
             };
             let result = match found {
                 InBucket::Found(position) => {
