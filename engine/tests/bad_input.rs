@@ -171,14 +171,25 @@ fn a_truncated_arena_file_is_reported() {
     assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
 }
 
+/// A cleanly closed store of 2 partitions in `path` whose header of `partition` is then
+/// changed by `patch`; returns the header's path and its patched bytes.
+fn patched_partition_header(
+    path: &Path,
+    partition: u32,
+    patch: impl FnOnce(&mut [u8]),
+) -> (std::path::PathBuf, Vec<u8>) {
+    filled_store(path, 2, 100).close_clean().unwrap();
+    let meta = path.join(format!("p{partition:05}.meta"));
+    let mut bytes = fs::read(&meta).unwrap();
+    patch(&mut bytes);
+    fs::write(&meta, &bytes).unwrap();
+    (meta, bytes)
+}
+
 #[test]
 fn a_corrupted_partition_header_is_reported() {
     let temp = tempfile::tempdir().unwrap();
-    filled_store(temp.path(), 2, 100).close_clean().unwrap();
-    let meta = temp.path().join("p00001.meta");
-    let mut bytes = fs::read(&meta).unwrap();
-    bytes[75] ^= 1;
-    fs::write(&meta, &bytes).unwrap();
+    let (meta, bytes) = patched_partition_header(temp.path(), 1, |bytes| bytes[75] ^= 1);
     let dir = DataDir::open_or_create(temp.path(), None).unwrap();
     assert!(matches!(
         Store::open(&dir, 0..2),
@@ -196,11 +207,9 @@ fn a_corrupted_partition_header_is_reported() {
 #[test]
 fn a_partition_header_of_the_linear_probing_format_is_refused() {
     let temp = tempfile::tempdir().unwrap();
-    filled_store(temp.path(), 2, 100).close_clean().unwrap();
-    let meta = temp.path().join("p00000.meta");
-    let mut bytes = fs::read(&meta).unwrap();
-    bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
-    fs::write(&meta, &bytes).unwrap();
+    patched_partition_header(temp.path(), 0, |bytes| {
+        bytes[8..12].copy_from_slice(&1u32.to_le_bytes());
+    });
     let dir = DataDir::open_or_create(temp.path(), None).unwrap();
     let error = Store::open(&dir, 0..2).unwrap_err();
     assert!(
