@@ -177,7 +177,13 @@ pub(crate) struct Table {
     line_count: u64,
     /// The next, grown table while the helper thread prepares it (see `partition`).
     successor: Option<Prepared>,
+    /// Scratch for `make_room`'s search, kept so an insert does not allocate it each time.
+    search: Vec<SearchNode>,
 }
+
+/// A bucket `make_room` reached: (its first slot, the node it was reached from, the
+/// slot of that node's bucket whose counter would move into this bucket).
+type SearchNode = (usize, usize, usize);
 
 impl Table {
     pub(crate) fn create(path: &Path, line_count: u64) -> Result<Table, EngineError> {
@@ -188,6 +194,7 @@ impl Table {
             file,
             line_count,
             successor: None,
+            search: Vec::new(),
         })
     }
 
@@ -198,6 +205,7 @@ impl Table {
             file,
             line_count,
             successor: None,
+            search: Vec::new(),
         })
     }
 
@@ -231,6 +239,7 @@ impl Table {
             file,
             line_count,
             successor: None,
+            search: Vec::new(),
         })
     }
 
@@ -258,6 +267,7 @@ impl Table {
             file,
             line_count,
             successor: None,
+            search: Vec::new(),
         }
     }
 
@@ -433,9 +443,22 @@ impl Table {
         if let Some(position) = self.empty_in_bucket(alternate) {
             return Some(position);
         }
-        // Breadth-first over buckets. A node is (bucket start, parent node, slot of the
-        // parent bucket whose counter would move into this bucket).
-        let mut nodes: Vec<(usize, usize, usize)> = Vec::with_capacity(CUCKOO_BUCKETS_MAX);
+        let mut nodes = std::mem::take(&mut self.search);
+        nodes.clear();
+        let found = self.search_path(&mut nodes, home, alternate);
+        self.search = nodes;
+        found
+    }
+
+    /// `make_room`'s breadth-first search over buckets from `home` and `alternate` (both
+    /// full), moving the counters along the first path found to a bucket with an empty
+    /// slot; the emptied slot of `home` or `alternate`, or `None`.
+    fn search_path(
+        &mut self,
+        nodes: &mut Vec<SearchNode>,
+        home: usize,
+        alternate: usize,
+    ) -> Option<usize> {
         nodes.push((home, usize::MAX, 0));
         if alternate != home {
             nodes.push((alternate, usize::MAX, 0));
