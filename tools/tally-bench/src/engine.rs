@@ -4,7 +4,13 @@
 //!    insert, timing each one: the load grows every table from its first 64 lines to
 //!    full size (table creations, incremental migrations, the release of old tables), so
 //!    the longest insert is the longest pause growth imposed on a partition
-//!    (`growth_pause_us_max`); `insert_latency_us_p999` shows the common case.
+//!    (`growth_pause_us_max`); `insert_latency_us_p999` shows the common case. On a
+//!    virtual machine that figure includes the host's stalls (when both vCPUs are busy,
+//!    as with the arena helper at work, this one's host takes 0.7 to 3 ms at a time), so
+//!    each insert's CPU time is read too: `growth_pause_own_us_max` is the longest pause
+//!    of the engine's own making (CPU time, which leaves stolen time out, or the wall
+//!    time of an insert that slept), beside the page faults inserts took
+//!    (`insert_page_faults`, `insert_page_faults_max`) and the steal during the load.
 //! 2. Reads the memory cost: arena bytes / counters, and process RSS growth / counters
 //!    (RSS from `/proc/self/statm`; mapped file pages count once touched).
 //! 3. Applies `--ops` increments in batches of `--batch`, to uniformly random existing
@@ -247,19 +253,26 @@ impl Batch {
                 delta: 1,
                 policy: BoundPolicy::Reject,
             };
+            let cpu_start = thread_cpu_time();
             let start = Instant::now();
             let result = store.apply(&op);
             let elapsed = start.elapsed();
+            let cpu = thread_cpu_time() - cpu_start;
             if let Err(error) = result {
                 return Err(format!("an insert failed: {error}").into());
             }
             load.total += elapsed;
             load.latencies.record(elapsed);
             // Was this thread preempted (by another process on its core) since the last
-            // check, just after the previous insert? Read outside the timed call.
-            let switches = involuntary_switches();
-            let preempted = switches != load.switches;
-            load.switches = switches;
+            // check, just after the previous insert, and did it take page faults? Read
+            // outside the timed call.
+            let usage = ThreadUsage::now();
+            let preempted = usage.involuntary_switches != load.usage.involuntary_switches;
+            let slept = usage.voluntary_switches != load.usage.voluntary_switches;
+            let faults = usage.page_faults - load.usage.page_faults;
+            load.usage = usage;
+            load.page_faults += faults;
+            load.page_faults_max = load.page_faults_max.max(faults);
             if preempted {
                 load.preempted += 1;
                 load.preempted_max = load.preempted_max.max(elapsed);
@@ -268,6 +281,13 @@ impl Batch {
             if elapsed > load.max {
                 load.max = elapsed;
                 load.max_at = first + offset as u64;
+            }
+            // The pause the engine itself made: the insert's CPU time, or all of it if
+            // the thread slept (on a lock, say): time stolen by the host is left out.
+            let own = if slept { elapsed } else { cpu.min(elapsed) };
+            if own > load.own_max {
+                load.own_max = own;
+                load.own_max_at = first + offset as u64;
             }
         }
         Ok(())
@@ -283,23 +303,77 @@ struct Load {
     /// before it.
     max: Duration,
     max_at: u64,
-    /// Involuntary context switches of this thread at the last check.
-    switches: u64,
+    /// The longest pause of the engine's own making among them (see `insert_timed`),
+    /// and the counters before it.
+    own_max: Duration,
+    own_max_at: u64,
+    /// This thread's counts at the last check.
+    usage: ThreadUsage,
+    /// Page faults the thread took in inserts (the faults of building the keys, outside
+    /// the timed calls, count too: none after the first batch, whose buffer is reused),
+    /// and the most in one insert.
+    page_faults: u64,
+    page_faults_max: u64,
     /// Inserts during which the thread was preempted, and the longest of them (the
     /// machine's doing, not the engine's).
     preempted: u64,
     preempted_max: Duration,
 }
 
-/// Involuntary context switches of the calling thread so far (preemptions).
-fn involuntary_switches() -> u64 {
-    // SAFETY: getrusage fills the zero-initialised struct it is given and reads nothing.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-        usage
+/// What the calling thread has undergone so far.
+#[derive(Clone, Copy, Default)]
+struct ThreadUsage {
+    /// Preemptions.
+    involuntary_switches: u64,
+    /// Sleeps (waits for a lock, for I/O).
+    voluntary_switches: u64,
+    /// Minor and major page faults.
+    page_faults: u64,
+}
+
+impl ThreadUsage {
+    fn now() -> ThreadUsage {
+        // SAFETY: getrusage fills the zero-initialised struct it is given and reads
+        // nothing.
+        let usage = unsafe {
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
+            usage
+        };
+        ThreadUsage {
+            involuntary_switches: usage.ru_nivcsw as u64,
+            voluntary_switches: usage.ru_nvcsw as u64,
+            page_faults: (usage.ru_minflt + usage.ru_majflt) as u64,
+        }
+    }
+}
+
+/// CPU time the calling thread has used so far. With paravirtual steal accounting (the
+/// kernel here has it) it leaves out the time a virtual machine's host ran something
+/// else on this CPU.
+fn thread_cpu_time() -> Duration {
+    // SAFETY: clock_gettime writes the timespec it is given and reads nothing.
+    let time = unsafe {
+        let mut time: libc::timespec = std::mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time);
+        time
     };
-    usage.ru_nivcsw as u64
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
+}
+
+/// Time the host of this virtual machine ran something else while one of its CPUs had
+/// work ("steal" in /proc/stat, all CPUs together; zero on bare metal).
+fn steal_time() -> Duration {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: u64 = stat
+        .lines()
+        .next()
+        .and_then(|cpu| cpu.split_whitespace().nth(8))
+        .and_then(|steal| steal.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a configuration value.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 struct Measured {
@@ -324,6 +398,15 @@ struct Measured {
     /// longest of them.
     inserts_preempted: u64,
     insert_preempted_max: Duration,
+    /// Page faults taken by the load thread in inserts, and the most in one insert.
+    insert_page_faults: u64,
+    insert_page_faults_max: u64,
+    /// The longest pause of the engine's own making (see `insert_timed`), and how many
+    /// counters existed before it.
+    insert_own_max: Duration,
+    insert_own_max_at: u64,
+    /// Time the host stole from this machine's CPUs during the load.
+    load_steal: Duration,
     verified: bool,
 }
 
@@ -370,9 +453,10 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
 
     bar.set_message("load");
     let mut load = Load {
-        switches: involuntary_switches(),
+        usage: ThreadUsage::now(),
         ..Load::default()
     };
+    let steal_before = steal_time();
     let mut next = 0;
     while next < args.counters {
         let end = (next + args.batch as u64).min(args.counters);
@@ -382,6 +466,7 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         bar.inc(end - next);
         next = end;
     }
+    let load_steal = steal_time().saturating_sub(steal_before);
     let arena_bytes = store.arena_bytes();
     let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
     let arena_huge_bytes = smaps_bytes("AnonHugePages");
@@ -429,6 +514,11 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         inserts: load.latencies,
         insert_max: load.max,
         insert_max_at: load.max_at,
+        insert_page_faults: load.page_faults,
+        insert_page_faults_max: load.page_faults_max,
+        insert_own_max: load.own_max,
+        insert_own_max_at: load.own_max_at,
+        load_steal,
         inserts_preempted: load.preempted,
         insert_preempted_max: load.preempted_max,
         verified,
@@ -542,6 +632,11 @@ fn report(args: &EngineArgs, m: &Measured) {
             "insert_latency_us_p99999": m.inserts.quantile_us(0.99999),
             "inserts_preempted": m.inserts_preempted,
             "insert_preempted_us_max": m.insert_preempted_max.as_secs_f64() * 1e6,
+            "insert_page_faults": m.insert_page_faults,
+            "insert_page_faults_max": m.insert_page_faults_max,
+            "growth_pause_own_us_max": m.insert_own_max.as_secs_f64() * 1e6,
+            "growth_pause_own_at_counters": m.insert_own_max_at,
+            "load_steal_ms": m.load_steal.as_secs_f64() * 1e3,
             "arena_bytes": m.arena_bytes,
             "bytes_per_counter_arena": arena_per_counter,
             "rss_growth_bytes": m.rss_growth_bytes,
@@ -580,6 +675,16 @@ fn report(args: &EngineArgs, m: &Measured) {
         "              (max of the inserts not preempted; {} preempted, the longest {:.1} us)",
         m.inserts_preempted,
         m.insert_preempted_max.as_secs_f64() * 1e6
+    );
+    println!(
+        "              {} page faults in inserts, at most {} in one",
+        m.insert_page_faults, m.insert_page_faults_max
+    );
+    println!(
+        "              the longest of the engine's own making {:.1} us (at {} counters; the host stole {:.0} ms during the load)",
+        m.insert_own_max.as_secs_f64() * 1e6,
+        m.insert_own_max_at,
+        m.load_steal.as_secs_f64() * 1e3
     );
     println!("  memory      {arena_per_counter:.1} B/counter (arena), {rss_per_counter:.1} B/counter (RSS growth)");
     println!(
