@@ -52,7 +52,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
 use std::sync::{Mutex, OnceLock};
 
 use memmap2::{MmapMut, MmapOptions};
@@ -255,6 +255,7 @@ impl ArenaFile {
         send_job(job).ok()?;
         Some(Prepared {
             receiver,
+            ready: None,
             length_bytes,
         })
     }
@@ -270,13 +271,32 @@ impl ArenaFile {
 #[derive(Debug)]
 pub(crate) struct Prepared {
     receiver: Receiver<ArenaFile>,
+    /// The arena once received from the helper.
+    ready: Option<ArenaFile>,
     length_bytes: u64,
 }
 
 impl Prepared {
+    /// Whether the helper is still at work on the arena: `false` once it is ready, and
+    /// also if the helper failed to make it (and dropped the reply channel).
+    pub(crate) fn is_pending(&mut self) -> bool {
+        if self.ready.is_some() {
+            return false;
+        }
+        match self.receiver.try_recv() {
+            Ok(arena) => {
+                self.ready = Some(arena);
+                false
+            }
+            Err(TryRecvError::Empty) => true,
+            Err(TryRecvError::Disconnected) => false,
+        }
+    }
+
     /// The arena if the helper has finished it (its pages are then all present).
-    pub(crate) fn try_take(&self) -> Option<ArenaFile> {
-        self.receiver.try_recv().ok()
+    pub(crate) fn try_take(mut self) -> Option<ArenaFile> {
+        self.is_pending();
+        self.ready
     }
 
     /// The length asked for.

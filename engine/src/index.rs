@@ -222,6 +222,11 @@ impl Table {
         self.successor.is_some()
     }
 
+    /// Whether the helper thread is still preparing the successor.
+    pub(crate) fn successor_pending(&mut self) -> bool {
+        self.successor.as_mut().is_some_and(Prepared::is_pending)
+    }
+
     /// Bytes of the successor being prepared (0 if none).
     pub(crate) fn successor_bytes(&self) -> u64 {
         self.successor.as_ref().map_or(0, Prepared::length_bytes)
