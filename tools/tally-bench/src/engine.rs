@@ -5,12 +5,11 @@
 //!    full size (table creations, incremental migrations, the release of old tables), so
 //!    the longest insert is the longest pause growth imposed on a partition
 //!    (`growth_pause_us_max`); `insert_latency_us_p999` shows the common case. On a
-//!    virtual machine that figure includes the host's stalls (when both vCPUs are busy,
-//!    as with the arena helper at work, this one's host takes 0.7 to 3 ms at a time), so
-//!    each insert's CPU time is read too: `growth_pause_own_us_max` is the longest pause
-//!    of the engine's own making (CPU time, which leaves stolen time out, or the wall
-//!    time of an insert that slept), beside the page faults inserts took
-//!    (`insert_page_faults`, `insert_page_faults_max`) and the steal during the load.
+//!    virtual machine that figure includes the host's stalls (when both vCPUs of this
+//!    one are busy, as with the arena helper at work, its CPUs stop for 0.7 to 3 ms at
+//!    a time), so the page faults inserts took (`insert_page_faults`,
+//!    `insert_page_faults_max`, the engine's doing) and the host's steal during the load
+//!    (`load_steal_ms`, as far as the host reports it) are printed beside it.
 //! 2. Reads the memory cost: arena bytes / counters, and process RSS growth / counters
 //!    (RSS from `/proc/self/statm`; mapped file pages count once touched).
 //! 3. Applies `--ops` increments in batches of `--batch`, to uniformly random existing
@@ -253,11 +252,9 @@ impl Batch {
                 delta: 1,
                 policy: BoundPolicy::Reject,
             };
-            let cpu_start = thread_cpu_time();
             let start = Instant::now();
             let result = store.apply(&op);
             let elapsed = start.elapsed();
-            let cpu = thread_cpu_time() - cpu_start;
             if let Err(error) = result {
                 return Err(format!("an insert failed: {error}").into());
             }
@@ -268,7 +265,6 @@ impl Batch {
             // outside the timed call.
             let usage = ThreadUsage::now();
             let preempted = usage.involuntary_switches != load.usage.involuntary_switches;
-            let slept = usage.voluntary_switches != load.usage.voluntary_switches;
             let faults = usage.page_faults - load.usage.page_faults;
             load.usage = usage;
             load.page_faults += faults;
@@ -281,13 +277,6 @@ impl Batch {
             if elapsed > load.max {
                 load.max = elapsed;
                 load.max_at = first + offset as u64;
-            }
-            // The pause the engine itself made: the insert's CPU time, or all of it if
-            // the thread slept (on a lock, say): time stolen by the host is left out.
-            let own = if slept { elapsed } else { cpu.min(elapsed) };
-            if own > load.own_max {
-                load.own_max = own;
-                load.own_max_at = first + offset as u64;
             }
         }
         Ok(())
@@ -303,10 +292,6 @@ struct Load {
     /// before it.
     max: Duration,
     max_at: u64,
-    /// The longest pause of the engine's own making among them (see `insert_timed`),
-    /// and the counters before it.
-    own_max: Duration,
-    own_max_at: u64,
     /// This thread's counts at the last check.
     usage: ThreadUsage,
     /// Page faults the thread took in inserts (the faults of building the keys, outside
@@ -325,8 +310,6 @@ struct Load {
 struct ThreadUsage {
     /// Preemptions.
     involuntary_switches: u64,
-    /// Sleeps (waits for a lock, for I/O).
-    voluntary_switches: u64,
     /// Minor and major page faults.
     page_faults: u64,
 }
@@ -342,23 +325,9 @@ impl ThreadUsage {
         };
         ThreadUsage {
             involuntary_switches: usage.ru_nivcsw as u64,
-            voluntary_switches: usage.ru_nvcsw as u64,
             page_faults: (usage.ru_minflt + usage.ru_majflt) as u64,
         }
     }
-}
-
-/// CPU time the calling thread has used so far. With paravirtual steal accounting (the
-/// kernel here has it) it leaves out the time a virtual machine's host ran something
-/// else on this CPU.
-fn thread_cpu_time() -> Duration {
-    // SAFETY: clock_gettime writes the timespec it is given and reads nothing.
-    let time = unsafe {
-        let mut time: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time);
-        time
-    };
-    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 /// Time the host of this virtual machine ran something else while one of its CPUs had
@@ -401,10 +370,6 @@ struct Measured {
     /// Page faults taken by the load thread in inserts, and the most in one insert.
     insert_page_faults: u64,
     insert_page_faults_max: u64,
-    /// The longest pause of the engine's own making (see `insert_timed`), and how many
-    /// counters existed before it.
-    insert_own_max: Duration,
-    insert_own_max_at: u64,
     /// Time the host stole from this machine's CPUs during the load.
     load_steal: Duration,
     verified: bool,
@@ -516,8 +481,6 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         insert_max_at: load.max_at,
         insert_page_faults: load.page_faults,
         insert_page_faults_max: load.page_faults_max,
-        insert_own_max: load.own_max,
-        insert_own_max_at: load.own_max_at,
         load_steal,
         inserts_preempted: load.preempted,
         insert_preempted_max: load.preempted_max,
@@ -634,8 +597,6 @@ fn report(args: &EngineArgs, m: &Measured) {
             "insert_preempted_us_max": m.insert_preempted_max.as_secs_f64() * 1e6,
             "insert_page_faults": m.insert_page_faults,
             "insert_page_faults_max": m.insert_page_faults_max,
-            "growth_pause_own_us_max": m.insert_own_max.as_secs_f64() * 1e6,
-            "growth_pause_own_at_counters": m.insert_own_max_at,
             "load_steal_ms": m.load_steal.as_secs_f64() * 1e3,
             "arena_bytes": m.arena_bytes,
             "bytes_per_counter_arena": arena_per_counter,
@@ -681,9 +642,7 @@ fn report(args: &EngineArgs, m: &Measured) {
         m.insert_page_faults, m.insert_page_faults_max
     );
     println!(
-        "              the longest of the engine's own making {:.1} us (at {} counters; the host stole {:.0} ms during the load)",
-        m.insert_own_max.as_secs_f64() * 1e6,
-        m.insert_own_max_at,
+        "              the host stole {:.0} ms of CPU time during the load",
         m.load_steal.as_secs_f64() * 1e3
     );
     println!("  memory      {arena_per_counter:.1} B/counter (arena), {rss_per_counter:.1} B/counter (RSS growth)");
