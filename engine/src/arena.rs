@@ -549,3 +549,51 @@ fn anonymous(path: &Path, length_bytes: u64) -> Result<(MmapMut, usize), EngineE
     }
     Ok((map, offset))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(length_bytes: u64) -> (Sender<ArenaFile>, Prepared) {
+        let (reply, receiver) = channel();
+        let prepared = Prepared {
+            receiver,
+            ready: None,
+            length_bytes,
+        };
+        (reply, prepared)
+    }
+
+    #[test]
+    fn a_prepared_arena_is_pending_until_the_helper_sends_it_and_then_kept() {
+        let (reply, mut prepared) = pending(4096);
+        assert!(prepared.is_pending());
+        let arena = ArenaFile::create(Path::new("unused"), 4096).expect("anonymous memory");
+        reply.send(arena).expect("receiver alive");
+        assert!(!prepared.is_pending());
+        // Asking again does not lose the arena received by the first call.
+        assert!(!prepared.is_pending());
+        let taken = prepared.try_take().expect("the arena sent");
+        assert_eq!(taken.length_bytes(), 4096);
+    }
+
+    #[test]
+    fn a_preparation_the_helper_gave_up_is_not_pending_and_yields_nothing() {
+        let (reply, mut prepared) = pending(4096);
+        drop(reply);
+        assert!(!prepared.is_pending());
+        assert!(prepared.try_take().is_none());
+    }
+
+    #[test]
+    fn the_real_helper_prepares_an_arena_with_every_byte_zero() {
+        let mut prepared =
+            ArenaFile::prepare(Path::new("unused"), 3 << 20).expect("the helper thread runs");
+        while prepared.is_pending() {
+            std::thread::yield_now();
+        }
+        let arena = prepared.try_take().expect("the helper made it");
+        assert_eq!(arena.length_bytes(), 3 << 20);
+        assert!(arena.bytes().iter().all(|&byte| byte == 0));
+    }
+}
