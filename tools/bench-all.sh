@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every figure of BENCHMARKS.md in one session, one after another, on this machine:
-# the engine in-process, group commit, recovery, then tallyd against redis-server.
+# the engine in-process, group commit, recovery, tallyd against redis-server, then one
+# connection's latency per CPU split (tools/bench-latency.sh).
 # Results (JSON lines and plots) go to the directory given as $1 (default bench-results/).
 # Traffic goes to 127.0.0.1 only. Needs redis-server and redis-benchmark for the comparison
 # (Debian: redis-server, redis-tools); it installs nothing.
@@ -34,3 +35,5 @@ if command -v redis-server >/dev/null; then
     $bench compare --redis-server "$(command -v redis-server)" --tallyd ./target/release/tallyd \
         --seconds 5 --plot-dir "$out/plots" | tee -a "$out/compare.txt"
 fi
+note "one connection's latency per CPU split"
+tools/bench-latency.sh 1 | tee -a "$out/latency.txt"
