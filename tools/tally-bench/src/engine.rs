@@ -138,14 +138,19 @@ fn pin_to_core(core: usize) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// Page faults this process has taken so far (minor, major), from getrusage.
-fn page_faults() -> (u64, u64) {
+/// getrusage of `who` (`RUSAGE_SELF`: the process, `RUSAGE_THREAD`: the calling thread).
+fn resource_usage(who: libc::c_int) -> libc::rusage {
     // SAFETY: getrusage fills the zero-initialised struct it is given and reads nothing.
-    let usage = unsafe {
+    unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        libc::getrusage(who, &mut usage);
         usage
-    };
+    }
+}
+
+/// Page faults this process has taken so far (minor, major).
+fn page_faults() -> (u64, u64) {
+    let usage = resource_usage(libc::RUSAGE_SELF);
     (usage.ru_minflt as u64, usage.ru_majflt as u64)
 }
 
@@ -316,13 +321,7 @@ struct ThreadUsage {
 
 impl ThreadUsage {
     fn now() -> ThreadUsage {
-        // SAFETY: getrusage fills the zero-initialised struct it is given and reads
-        // nothing.
-        let usage = unsafe {
-            let mut usage: libc::rusage = std::mem::zeroed();
-            libc::getrusage(libc::RUSAGE_THREAD, &mut usage);
-            usage
-        };
+        let usage = resource_usage(libc::RUSAGE_THREAD);
         ThreadUsage {
             involuntary_switches: usage.ru_nivcsw as u64,
             page_faults: (usage.ru_minflt + usage.ru_majflt) as u64,
