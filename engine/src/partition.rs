@@ -164,6 +164,15 @@ struct Meta {
 }
 
 impl Meta {
+    /// Records that no old table is left: every counter is in the current one.
+    fn end_migration(&mut self) {
+        self.migrating = 0;
+        self.old_generation = 0;
+        self.old_lines = 0;
+        self.migrate_cursor = 0;
+        debug_assert_eq!(self.table_counters, self.counter_count);
+    }
+
     /// The header of an empty partition `index` with its first table (generation 1)
     /// and a heap of `heap_bytes`.
     fn empty(index: u32, heap_bytes: u64, clean: u32) -> Meta {
@@ -990,11 +999,7 @@ impl Partition {
             meta.table_generation = generation;
             meta.table_lines = lines;
             meta.table_counters = live.len() as u64;
-            meta.migrating = 0;
-            meta.old_generation = 0;
-            meta.old_lines = 0;
-            meta.migrate_cursor = 0;
-            debug_assert_eq!(meta.table_counters, meta.counter_count);
+            meta.end_migration();
             return Ok(room);
         }
         Err(OpError::StorageFull)
@@ -1002,12 +1007,7 @@ impl Partition {
 
     fn finish_migration(&mut self) {
         let old = self.old.take().expect("old table");
-        let meta = self.meta_mut();
-        meta.migrating = 0;
-        meta.old_generation = 0;
-        meta.old_lines = 0;
-        meta.migrate_cursor = 0;
-        debug_assert_eq!(meta.table_counters, meta.counter_count);
+        self.meta_mut().end_migration();
         // Unmapped off this thread (see `arena`); a failed unlink leaves a stray file that
         // the next open removes. The counters are all in the current table either way.
         old.into_file().discard();
