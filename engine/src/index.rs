@@ -314,11 +314,17 @@ impl Table {
     /// The first slot of the alternate bucket of `hash_high`: fast range of the hash
     /// remixed, and the bucket after the home one if that lands on the home one (so a
     /// counter always has two distinct buckets, but in a one-bucket table).
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn alternate_position(&self, hash_high: u32) -> usize {
+        self.alternate_of(hash_high, self.home_position(hash_high))
+    }
+
+    /// `alternate_position` of `hash_high`, whose home bucket starts at slot `home`.
+    #[inline]
+    fn alternate_of(&self, hash_high: u32, home: usize) -> usize {
         let mixed = (u64::from(hash_high) ^ ALTERNATE_SEED).wrapping_mul(ALTERNATE_MULTIPLIER);
         let mut bucket = self.fast_range(mixed >> 32);
-        if bucket == self.fast_range(u64::from(hash_high)) {
+        if bucket as usize * SLOTS_PER_BUCKET == home {
             bucket = (bucket + 1) % self.bucket_count();
         }
         bucket as usize * SLOTS_PER_BUCKET
@@ -329,7 +335,7 @@ impl Table {
     fn other_position(&self, hash_high: u32, bucket: usize) -> usize {
         let home = self.home_position(hash_high);
         if home == bucket {
-            self.alternate_position(hash_high)
+            self.alternate_of(hash_high, home)
         } else {
             home
         }
@@ -389,7 +395,7 @@ impl Table {
         }
         if matching == 0 {
             return match bucket {
-                None => InBucket::Next(self.alternate_position(hash_high)),
+                None => InBucket::Next(self.alternate_of(hash_high, start)),
                 Some(_) => InBucket::Elsewhere,
             };
         }
@@ -421,8 +427,8 @@ impl Table {
                 slot.metadata_word() & 0xFF_FFFF_FFFF == wanted && matches(slot)
             })
         };
-        in_bucket(self.home_position(hash_high))
-            .or_else(|| in_bucket(self.alternate_position(hash_high)))
+        let home = self.home_position(hash_high);
+        in_bucket(home).or_else(|| in_bucket(self.alternate_of(hash_high, home)))
     }
 
     /// The first empty slot of the bucket starting at `start`.
@@ -441,7 +447,7 @@ impl Table {
     /// too full (the partition then grows).
     pub(crate) fn make_room(&mut self, hash_high: u32) -> Option<usize> {
         let home = self.home_position(hash_high);
-        let alternate = self.alternate_position(hash_high);
+        let alternate = self.alternate_of(hash_high, home);
         if let Some(position) = self.empty_in_bucket(home) {
             return Some(position);
         }

@@ -47,7 +47,7 @@ use crate::heap::Bounds;
 use crate::index::{InBucket, KEY_INLINE_BYTES_MAX};
 use crate::op::{BoundPolicy, Op, OpResult};
 use crate::partition::{KeyProbe, Partition};
-use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX, KEY_BYTES_MAX};
+use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 
 /// How many operations ahead the batch pipeline prefetches the home bucket.
 pub const PREFETCH_DISTANCE: usize = 32;
@@ -121,7 +121,7 @@ fn fast_op<'o>(op: &Op<'o>) -> Option<FastOp<'o>> {
         Op::Set { key, value, policy } => (key, value, true, policy),
         _ => return None,
     };
-    (!key.is_empty() && key.len() <= KEY_BYTES_MAX).then_some(FastOp {
+    validate_key(key).is_ok().then_some(FastOp {
         key,
         operand,
         set,
