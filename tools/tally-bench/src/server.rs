@@ -185,11 +185,51 @@ pub struct RunReport {
     pub curve: Vec<(f64, f64)>,
 }
 
+/// Which core owns each key of the run. Up to [`KeyOwners::TABLE_KEYS_MAX`] keys (and
+/// 256 cores) it is a table of one byte per rank, built once and shared by the
+/// connections, so that drawing a key of the wanted core costs no hashing (and the
+/// table stays small enough to be cached); otherwise each draw formats and hashes its
+/// key.
+pub struct KeyOwners {
+    map: Arc<HelloReply>,
+    by_rank: Vec<u8>,
+}
+
+impl KeyOwners {
+    /// One byte per key: 16 MiB at most.
+    pub const TABLE_KEYS_MAX: u64 = 1 << 24;
+
+    pub fn new(map: Arc<HelloReply>, keys: u64) -> Self {
+        let mut by_rank = Vec::new();
+        if keys <= Self::TABLE_KEYS_MAX && map.core_count() <= 256 {
+            let mut key = Vec::with_capacity(crate::workload::KEY_BYTES_MAX);
+            by_rank = (0..keys)
+                .map(|rank| {
+                    write_key(&mut key, rank);
+                    map.owner_of_key(&key) as u8
+                })
+                .collect();
+        }
+        KeyOwners { map, by_rank }
+    }
+
+    /// The core owning key `rank`; `scratch` holds the key when there is no table.
+    fn owner_of_rank(&self, rank: u64, scratch: &mut Vec<u8>) -> usize {
+        match self.by_rank.get(rank as usize) {
+            Some(&owner) => usize::from(owner),
+            None => {
+                write_key(scratch, rank);
+                self.map.owner_of_key(scratch)
+            }
+        }
+    }
+}
+
 /// The keys one connection sends, optionally only those owned by one core.
 pub struct KeySource {
     chooser: KeyChooser,
     key: Vec<u8>,
-    owner: Option<(Arc<HelloReply>, usize)>,
+    owner: Option<(Arc<KeyOwners>, usize)>,
 }
 
 impl KeySource {
@@ -197,7 +237,7 @@ impl KeySource {
     /// draw hits with probability 1/C; 64 misses in a row is vanishingly rare).
     const OWNER_TRIES_MAX: u32 = 64;
 
-    pub fn new(chooser: KeyChooser, owner: Option<(Arc<HelloReply>, usize)>) -> Self {
+    pub fn new(chooser: KeyChooser, owner: Option<(Arc<KeyOwners>, usize)>) -> Self {
         KeySource {
             chooser,
             key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
@@ -207,13 +247,16 @@ impl KeySource {
 
     /// The next key to increment.
     pub fn next_key(&mut self) -> &[u8] {
-        for _ in 0..Self::OWNER_TRIES_MAX {
-            write_key(&mut self.key, self.chooser.next_rank());
-            match &self.owner {
-                Some((map, core)) if map.owner_of_key(&self.key) != *core => continue,
-                _ => break,
+        let mut rank = self.chooser.next_rank();
+        if let Some((owners, core)) = &self.owner {
+            for _ in 1..Self::OWNER_TRIES_MAX {
+                if owners.owner_of_rank(rank, &mut self.key) == *core {
+                    break;
+                }
+                rank = self.chooser.next_rank();
             }
         }
+        write_key(&mut self.key, rank);
         &self.key
     }
 }
@@ -297,13 +340,14 @@ pub(crate) fn key_chooser(args: &ServerArgs, seed: u64) -> KeyChooser {
 fn open(
     args: &ServerArgs,
     index: usize,
-    shard_map: Option<&Arc<HelloReply>>,
+    owners: Option<&Arc<KeyOwners>>,
 ) -> Result<(TcpStream, Box<dyn RequestCodec + Send>), DriveError> {
     let chooser = key_chooser(args, args.seed.wrapping_add(index as u64));
-    match (args.protocol, shard_map) {
-        (WireProtocol::Native, Some(map)) => {
-            let (stream, core) = native::connect_to_core(args.addr, map, index, args.shard_aware)?;
-            let owner = core.map(|core| (Arc::clone(map), core));
+    match (args.protocol, owners) {
+        (WireProtocol::Native, Some(owners)) => {
+            let (stream, core) =
+                native::connect_to_core(args.addr, &owners.map, index, args.shard_aware)?;
+            let owner = core.map(|core| (Arc::clone(owners), core));
             let durability = match args.durability {
                 DurabilityChoice::Server => Durability::ServerDefault,
                 DurabilityChoice::Durable => Durability::Durable,
@@ -335,13 +379,17 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         let reports = via_client::drive_all(args)?;
         return Ok(summarize(args, &reports));
     }
-    let shard_map = match args.protocol {
-        WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
+    let owners = match args.protocol {
+        WireProtocol::Native => {
+            let map = Arc::new(native::connect(args.addr)?.1);
+            let keys = if args.shard_aware { args.keys } else { 0 };
+            Some(Arc::new(KeyOwners::new(map, keys)))
+        }
         WireProtocol::Resp => None,
     };
     let mut connections = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
-        connections.push(open(args, index, shard_map.as_ref())?);
+        connections.push(open(args, index, owners.as_ref())?);
     }
     let ops_done = AtomicU64::new(0);
     let barrier = Barrier::new(args.connections + 1);
