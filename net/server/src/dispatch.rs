@@ -6,22 +6,33 @@
 //!
 //! 1. [`Dispatch::send`]: each operation's key is hashed to its owner core; foreign
 //!    operations are copied into one [`ForwardBatch`] per owner and sent over the
-//!    request mesh first, so the other cores work while this one applies its own share
-//!    with one [`Core::apply_local`] call (journaled with the list's durability and
-//!    idempotency key). Returns a [`Routed`] ticket.
-//! 2. [`Dispatch::collect`]: waits for the list's remote results and, for `durable`,
-//!    for its own records' LSN; then hands one [`RoutedResult`] per operation, in the
-//!    list's order, to the caller.
+//!    request mesh at once, so the other cores work while this one goes on. Local
+//!    operations are *deferred*: copied into the turn's local group, which later lists
+//!    with the same durability join. Returns a [`Routed`] ticket.
+//! 2. [`Dispatch::collect`]: first applies the pending local group, if the list has
+//!    operations in it, with one [`Core::apply_local`] call (one store batch, whose
+//!    prefetching then spans every list of the group, and one journal share); then
+//!    waits for the list's remote results and, for `durable`, for the LSN of its local
+//!    records; then hands one [`RoutedResult`] per operation, in the list's order, to
+//!    the caller.
 //!
 //! A native connection sends every frame of a turn, then collects them all, so the mesh
-//! round trips of a pipeline overlap; the Redis door sends one list per turn.
+//! round trips of a pipeline overlap and a pipeline of single increments is applied as
+//! one batch; the Redis door sends one list per turn. A list with an idempotency key is
+//! not grouped: it is applied at its send, alone, so that its journal records carry
+//! its key (the group pending before it is applied first, to keep the order).
 //! [`Dispatch::end_turn`] clears the turn's scratch once every ticket is collected.
+//!
+//! Deferring changes no answer: nothing of the turn is replied before every list is
+//! collected, so no client can tell when within the turn an operation was applied.
 //!
 //! Invariants: lists are collected in the order they were sent (remote waits queue in
 //! FIFO order); per-key order holds (all operations on a key go to its one owner, in
-//! send order, through a FIFO mesh channel or inline); every sub-batch sent is awaited
-//! by its collect, so its pooled buffers always come back. A list has at most
-//! [`BATCH_OPS_MAX`] operations ([`Dispatch::apply`] chunks longer ones).
+//! send order, through a FIFO mesh channel or this core's groups, applied in order);
+//! local results are appended in send order, whatever the grouping; every sub-batch
+//! sent is awaited by its collect, so its pooled buffers always come back. A list has
+//! at most [`BATCH_OPS_MAX`] operations ([`Dispatch::apply`] chunks longer ones), and so
+//! has a group.
 //!
 //! Durability: for `durable` a result is handed out only once its mutation is on disk:
 //! a peer core holds its reply until its journal has the records, and this core waits
@@ -33,7 +44,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use tally_engine::journal::{Durability, Lsn};
+use tally_engine::journal::Durability;
 use tally_engine::{Op, OpError, OpResult, BATCH_OPS_MAX};
 
 use crate::config::DurabilityMode;
@@ -87,10 +98,10 @@ pub struct Routed {
     local_start: usize,
     invalid_start: usize,
     remote_count: usize,
-    /// The local LSN a durable list waits for (0: none).
-    durable_lsn: Lsn,
-    /// This core's journal failed: its mutations get no result.
-    local_unavailable: bool,
+    /// The local groups holding the list's local operations (indexes into
+    /// `Dispatch::groups`; the last may still be pending). Empty if it has none.
+    groups: Range<usize>,
+    durable: bool,
 }
 
 /// A sub-batch sent to another core; `wait` is `None` if the send failed.
@@ -107,6 +118,12 @@ pub struct Dispatch {
     local_ops: Vec<Op<'static>>,
     /// Each local operation's index in its list (idempotency records carry it).
     local_indexes: Vec<u16>,
+    /// The pending local group: operations sent but not applied yet, and their
+    /// durability (`None` when the group is empty).
+    deferred: ForwardBatch,
+    deferred_durability: Option<Durability>,
+    /// What applying each of the turn's local groups left, in order.
+    groups: Vec<Applied>,
     local_results: Vec<OpResult>,
     outgoing: Vec<Option<ForwardBatch>>,
     remotes: VecDeque<Remote>,
@@ -124,6 +141,9 @@ impl Dispatch {
             invalid: Vec::new(),
             local_ops: Vec::new(),
             local_indexes: Vec::new(),
+            deferred: ForwardBatch::default(),
+            deferred_durability: None,
+            groups: Vec::new(),
             local_results: Vec::new(),
             outgoing: (0..cores).map(|_| None).collect(),
             remotes: VecDeque::new(),
@@ -133,15 +153,26 @@ impl Dispatch {
     }
 
     /// Routes `ops` (at most [`BATCH_OPS_MAX`]): sends the foreign ones to their owners
-    /// and applies the local ones. Collect the ticket with [`Dispatch::collect`].
+    /// and defers the local ones to the pending group (or, with an idempotency key,
+    /// applies them now). Collect the ticket with [`Dispatch::collect`].
     pub async fn send<'a>(
         &mut self,
         core: &Core,
         ops: impl Iterator<Item = Op<'a>>,
         route: Route,
     ) -> Routed {
+        let grouped = route.idempotency.is_none();
+        if !grouped
+            || self
+                .deferred_durability
+                .is_some_and(|d| d != route.durability)
+        {
+            self.apply_deferred(core);
+        }
         let meta_start = self.meta.len();
         let invalid_start = self.invalid.len();
+        let local_start = self.local_results.len() + self.deferred.len();
+        let mut first_group = None;
         let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
         self.local_indexes.clear();
         for (index, op) in ops.enumerate() {
@@ -158,7 +189,14 @@ impl Dispatch {
             let owner = core.owner_of_key(op.key());
             self.meta.push(owner as u16 | mutation);
             let index = index as u16;
-            if owner == core.index {
+            if owner == core.index && grouped {
+                if self.deferred.len() == BATCH_OPS_MAX {
+                    self.apply_deferred(core);
+                }
+                first_group.get_or_insert(self.groups.len());
+                self.deferred_durability = Some(route.durability);
+                self.deferred.push(&op, index);
+            } else if owner == core.index {
                 local_ops.push(op);
                 self.local_indexes.push(index);
             } else {
@@ -169,25 +207,45 @@ impl Dispatch {
         }
         // Send first, so the other cores work while this one applies its own share.
         let remote_count = self.send_outgoing(core, route).await;
-        let local_start = self.local_results.len();
-        let mut applied = Applied::default();
-        if !local_ops.is_empty() {
+        let mut groups = self.groups.len()..self.groups.len();
+        if let Some(first) = first_group {
+            // The list's last local operation is in the pending group.
+            groups = first..self.groups.len() + 1;
+        } else if !local_ops.is_empty() {
             let journaling = Journaling {
                 durability: route.durability,
                 idempotency: route.idempotency.map(|key| (key, &self.local_indexes[..])),
             };
-            applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
+            let applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
+            self.groups.push(applied);
+            groups = self.groups.len() - 1..self.groups.len();
         }
         self.local_ops = recycle_ops(local_ops);
-        let durable = route.durability == Durability::Durable;
         Routed {
             meta: meta_start..self.meta.len(),
             local_start,
             invalid_start,
             remote_count,
-            durable_lsn: if durable { applied.lsn } else { 0 },
-            local_unavailable: applied.unavailable,
+            groups,
+            durable: route.durability == Durability::Durable,
         }
+    }
+
+    /// Applies the pending local group, if any, as one batch.
+    fn apply_deferred(&mut self, core: &Core) {
+        let Some(durability) = self.deferred_durability.take() else {
+            return;
+        };
+        let mut ops = recycle_ops(std::mem::take(&mut self.local_ops));
+        self.deferred.ops_into(&mut ops);
+        let journaling = Journaling {
+            durability,
+            idempotency: None,
+        };
+        let applied = core.apply_local(&ops, &mut self.local_results, journaling);
+        self.local_ops = recycle_ops(ops);
+        self.deferred.clear();
+        self.groups.push(applied);
     }
 
     /// Sends every sub-batch built for another core; returns how many were sent.
@@ -227,6 +285,9 @@ impl Dispatch {
     /// Waits for a sent list's results and hands them to `each`, one per operation, in
     /// the list's order. Tickets must be collected in the order they were sent.
     pub async fn collect(&mut self, core: &Core, routed: &Routed, each: impl FnMut(RoutedResult)) {
+        if routed.groups.end > self.groups.len() {
+            self.apply_deferred(core);
+        }
         for _ in 0..routed.remote_count {
             let remote = self
                 .remotes
@@ -243,9 +304,13 @@ impl Dispatch {
                 other => panic!("an apply ticket got another reply: {other:?}"),
             }
         }
-        let mut local_unavailable = routed.local_unavailable;
-        let durable_lsn = routed.durable_lsn;
-        if durable_lsn > 0 && core.journal.wait_durable(durable_lsn).await.is_err() {
+        let groups = &self.groups[routed.groups.clone()];
+        let mut local_unavailable = groups.iter().any(|group| group.unavailable);
+        let durable_lsn = groups.iter().map(|group| group.lsn).max().unwrap_or(0);
+        if routed.durable
+            && durable_lsn > 0
+            && core.journal.wait_durable(durable_lsn).await.is_err()
+        {
             local_unavailable = true;
         }
         self.merge(core, routed, local_unavailable, each);
@@ -294,6 +359,11 @@ impl Dispatch {
     /// Clears the turn's scratch; every ticket sent must have been collected.
     pub fn end_turn(&mut self) {
         assert!(self.remotes.is_empty(), "every sent list was collected");
+        assert!(
+            self.deferred_durability.is_none(),
+            "every local group was applied"
+        );
+        self.groups.clear();
         self.meta.clear();
         self.invalid.clear();
         self.local_results.clear();

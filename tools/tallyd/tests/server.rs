@@ -318,6 +318,72 @@ fn pipelined_requests_are_answered_in_order() {
     }
 }
 
+/// A pipeline mixing durabilities, idempotency keys, keys of both cores and frames whose
+/// local operations overflow one store batch: the server groups a turn's local
+/// operations, and every reply must still be what applying the frames one by one, in
+/// order, gives.
+#[test]
+fn pipelined_frames_of_every_kind_match_applying_them_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let keys = keys(40);
+    let mut model = vec![0i64; keys.len()];
+    let mut out = Vec::new();
+    let mut expected = Vec::new();
+    for round in 0..60usize {
+        let durability = match round % 3 {
+            1 => Durability::Durable,
+            _ => Durability::Relaxed,
+        };
+        let idempotency = (round % 7 == 3).then_some(round as u128 + 1);
+        let picks: Vec<(usize, i64)> = if round % 5 == 4 {
+            // 6,000 operations: two such frames in a turn exceed one store batch.
+            (0..6_000).map(|i| (i % keys.len(), 1)).collect()
+        } else {
+            let delta = round as i64 + 1;
+            vec![
+                (round % 40, delta),
+                ((round * 7) % 40, -1),
+                (round % 40, delta),
+            ]
+        };
+        let ops: Vec<_> = picks
+            .iter()
+            .map(|&(key, delta)| add(&keys[key], delta))
+            .collect();
+        let values: Vec<i64> = picks
+            .iter()
+            .map(|&(key, delta)| {
+                model[key] += delta;
+                model[key]
+            })
+            .collect();
+        encode_batch(&mut out, 1000 + round as u64, durability, idempotency, &ops).unwrap();
+        expected.push(values);
+    }
+    client.send(&out);
+    for (round, values) in expected.iter().enumerate() {
+        let (id, answer) = client.next_answer();
+        assert_eq!(id, 1000 + round as u64);
+        let Answer::Results(results) = answer else {
+            panic!("round {round}: {answer:?}")
+        };
+        let got: Vec<i64> = results
+            .iter()
+            .map(|result| {
+                assert_eq!(result.status, Status::Ok, "round {round}");
+                result.value
+            })
+            .collect();
+        assert_eq!(&got, values, "round {round}");
+    }
+    for (key, value) in keys.iter().zip(&model) {
+        assert_eq!(client.get(key), *value);
+    }
+}
+
 #[test]
 fn bounds_reject_and_clamp() {
     let dir = tempfile::tempdir().unwrap();
