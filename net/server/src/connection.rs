@@ -290,7 +290,11 @@ impl State {
                 .push(&reply)
                 .expect("a batch's reply has at most BATCH_OPS_MAX results");
         };
-        self.dispatch.collect(core, &plan.routed, each).await;
+        if self.dispatch.is_ready(core, &plan.routed) {
+            self.dispatch.collect_ready(core, &plan.routed, each);
+        } else {
+            self.dispatch.collect(core, &plan.routed, each).await;
+        }
         writer
             .finish()
             .expect("a batch reply always fits in a frame");
@@ -411,10 +415,13 @@ impl State {
     }
 
     async fn dispatch_batch(&mut self, core: &Core, request_id: u64, batch: BatchRef<'_>) {
-        let idempotency = match self.idempotency_begin(core, request_id, &batch).await {
-            Ok(idempotency) => idempotency,
-            Err(()) => return,
-        };
+        let mut idempotency = None;
+        if batch.idempotency_key.is_some() {
+            match self.idempotency_begin(core, request_id, &batch).await {
+                Ok(begun) => idempotency = begun,
+                Err(()) => return,
+            }
+        }
         let route = Route {
             durability: journal_durability(batch.durability, core.config.durability_default),
             idempotency: idempotency.map(|(key, _)| key),
@@ -426,7 +433,10 @@ impl State {
             exists.push(is_exists);
             op
         });
-        let routed = self.dispatch.send(core, ops, route).await;
+        let mut routed = self.dispatch.route(core, ops, route);
+        if self.dispatch.has_outgoing() {
+            self.dispatch.send_outgoing(core, route, &mut routed).await;
+        }
         self.pending.push(Pending::Batch(BatchPlan {
             request_id,
             routed,

@@ -44,7 +44,7 @@
 use std::collections::VecDeque;
 use std::ops::Range;
 
-use tally_engine::journal::Durability;
+use tally_engine::journal::{Durability, Lsn};
 use tally_engine::{Op, OpError, OpResult, BATCH_OPS_MAX};
 
 use crate::config::DurabilityMode;
@@ -161,6 +161,23 @@ impl Dispatch {
         ops: impl Iterator<Item = Op<'a>>,
         route: Route,
     ) -> Routed {
+        let mut routed = self.route(core, ops, route);
+        if self.has_outgoing() {
+            self.send_outgoing(core, route, &mut routed).await;
+        }
+        routed
+    }
+
+    /// The synchronous part of [`Dispatch::send`]: builds the foreign sub-batches
+    /// without sending them; the caller sends them with [`Dispatch::send_outgoing`] if
+    /// [`Dispatch::has_outgoing`], before anything else is routed. Lets a door skip
+    /// creating and polling a future for a list that stays on this core.
+    pub fn route<'a>(
+        &mut self,
+        core: &Core,
+        ops: impl Iterator<Item = Op<'a>>,
+        route: Route,
+    ) -> Routed {
         let grouped = route.idempotency.is_none();
         if !grouped
             || self
@@ -205,8 +222,6 @@ impl Dispatch {
                     .push(&op, index);
             }
         }
-        // Send first, so the other cores work while this one applies its own share.
-        let remote_count = self.send_outgoing(core, route).await;
         let mut groups = self.groups.len()..self.groups.len();
         if let Some(first) = first_group {
             // The list's last local operation is in the pending group.
@@ -225,7 +240,7 @@ impl Dispatch {
             meta: meta_start..self.meta.len(),
             local_start,
             invalid_start,
-            remote_count,
+            remote_count: 0,
             groups,
             durable: route.durability == Durability::Durable,
         }
@@ -248,8 +263,14 @@ impl Dispatch {
         self.groups.push(applied);
     }
 
-    /// Sends every sub-batch built for another core; returns how many were sent.
-    async fn send_outgoing(&mut self, core: &Core, route: Route) -> usize {
+    /// Whether [`Dispatch::route`] left sub-batches for other cores to send.
+    pub fn has_outgoing(&self) -> bool {
+        self.outgoing.iter().any(Option::is_some)
+    }
+
+    /// Sends every sub-batch [`Dispatch::route`] built for another core, for the list
+    /// `routed`, which it routed last.
+    pub async fn send_outgoing(&mut self, core: &Core, route: Route, routed: &mut Routed) {
         let mut count = 0;
         for owner in 0..core.cores {
             let Some(batch) = self.outgoing[owner].take() else {
@@ -279,14 +300,14 @@ impl Dispatch {
             self.remotes.push_back(Remote { core: owner, wait });
             count += 1;
         }
-        count
+        routed.remote_count = count;
     }
 
     /// Waits for a sent list's results and hands them to `each`, one per operation, in
     /// the list's order. Tickets must be collected in the order they were sent.
     pub async fn collect(&mut self, core: &Core, routed: &Routed, each: impl FnMut(RoutedResult)) {
-        if routed.groups.end > self.groups.len() {
-            self.apply_deferred(core);
+        if self.is_ready(core, routed) {
+            return self.collect_ready(core, routed, each);
         }
         for _ in 0..routed.remote_count {
             let remote = self
@@ -304,13 +325,8 @@ impl Dispatch {
                 other => panic!("an apply ticket got another reply: {other:?}"),
             }
         }
-        let groups = &self.groups[routed.groups.clone()];
-        let mut local_unavailable = groups.iter().any(|group| group.unavailable);
-        let durable_lsn = groups.iter().map(|group| group.lsn).max().unwrap_or(0);
-        if routed.durable
-            && durable_lsn > 0
-            && core.journal.wait_durable(durable_lsn).await.is_err()
-        {
+        let (mut local_unavailable, durable_lsn) = self.local_state(routed);
+        if durable_lsn > 0 && core.journal.wait_durable(durable_lsn).await.is_err() {
             local_unavailable = true;
         }
         self.merge(core, routed, local_unavailable, each);
@@ -319,6 +335,37 @@ impl Dispatch {
                 core.pool.borrow_mut().give_back(batch, results);
             }
         }
+    }
+
+    /// Applies the pending local group if `routed` has operations in it (every collect
+    /// starts with this), and tells whether the list has nothing left to wait for: no
+    /// other core's results, no durable LSN. Then [`Dispatch::collect_ready`] finishes
+    /// it without a future.
+    pub fn is_ready(&mut self, core: &Core, routed: &Routed) -> bool {
+        if routed.groups.end > self.groups.len() {
+            self.apply_deferred(core);
+        }
+        routed.remote_count == 0 && self.local_state(routed).1 == 0
+    }
+
+    /// [`Dispatch::collect`] of a list that [`Dispatch::is_ready`] found ready.
+    pub fn collect_ready(&mut self, core: &Core, routed: &Routed, each: impl FnMut(RoutedResult)) {
+        debug_assert!(routed.remote_count == 0);
+        let (local_unavailable, durable_lsn) = self.local_state(routed);
+        debug_assert_eq!(durable_lsn, 0, "a durable list waits for its LSN");
+        self.merge(core, routed, local_unavailable, each);
+    }
+
+    /// Whether this core's journal failed for the list's local operations, and the LSN
+    /// its reply must wait for (0: none, or not durable).
+    fn local_state(&self, routed: &Routed) -> (bool, Lsn) {
+        let groups = &self.groups[routed.groups.clone()];
+        let unavailable = groups.iter().any(|group| group.unavailable);
+        let lsn = match routed.durable {
+            true => groups.iter().map(|group| group.lsn).max().unwrap_or(0),
+            false => 0,
+        };
+        (unavailable, lsn)
     }
 
     /// Hands out the results in the list's order; a mutation on a core whose journal
