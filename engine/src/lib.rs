@@ -30,7 +30,7 @@ mod store;
 mod superblock;
 
 pub use error::{EngineError, OpError};
-pub use op::{BoundPolicy, Op, OpResult, Outcome};
+pub use op::{recycle_ops, BoundPolicy, Op, OpResult, Outcome};
 pub use store::{Store, PREFETCH_DISTANCE};
 pub use superblock::{DataDir, PARTITION_COUNT_MAX};
 

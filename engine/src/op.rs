@@ -78,3 +78,14 @@ pub struct Outcome {
 
 /// One result per operation of a batch, in the batch's order.
 pub type OpResult = Result<Outcome, OpError>;
+
+/// Empties a vector of operations and gives its allocation a new lifetime, so one
+/// allocation serves every batch although each batch borrows different keys.
+pub fn recycle_ops<'a>(mut ops: Vec<Op<'_>>) -> Vec<Op<'a>> {
+    ops.clear();
+    // In-place collection: same element layout, so the allocation is reused. `filter`
+    // cannot change the lifetime, hence `filter_map`.
+    #[allow(clippy::unnecessary_filter_map)]
+    let recycled = ops.into_iter().filter_map(|_| None).collect();
+    recycled
+}

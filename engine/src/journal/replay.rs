@@ -32,7 +32,7 @@ use super::record::{LoggedRecord, RecordKind};
 use super::recovery::{scan_journal, JournalScan, RecoveryOptions};
 use super::segment::{list_segments, SegmentInfo};
 use super::{JournalError, Lsn};
-use crate::op::{BoundPolicy, Op, OpResult};
+use crate::op::{recycle_ops, BoundPolicy, Op, OpResult};
 use crate::store::Store;
 
 /// Most records in one chunk, and so in one store batch.
@@ -186,6 +186,9 @@ fn read_journal(
     read_ahead(dir)?;
     let mut blocked = Duration::ZERO;
     let mut chunk = Chunk::with_capacity();
+    // The first LSN of the segment whose records the chunk holds: a per-record check
+    // that costs a comparison of two integers, not of two paths.
+    let mut segment = None;
     let mut send = |chunk: &mut Chunk, next_path: &Path| -> Result<(), JournalError> {
         let mut next = recycled
             .try_recv()
@@ -200,11 +203,12 @@ fn read_journal(
         Ok(())
     };
     let scan = scan_journal(dir, options, |info: &SegmentInfo, logged| {
-        if chunk.path != info.path {
+        if segment != Some(info.first_lsn) {
             if !chunk.records.is_empty() {
                 send(&mut chunk, &info.path)?;
             }
             chunk.path = info.path.clone();
+            segment = Some(info.first_lsn);
         }
         chunk.push(&logged);
         if chunk.records.len() == CHUNK_RECORDS {
@@ -260,6 +264,8 @@ pub(super) struct Replay {
     /// Per partition: the last LSN replayed.
     replayed_to: Vec<Lsn>,
     results: Vec<OpResult>,
+    /// Scratch for a chunk's operations, kept across chunks (see [`recycle_ops`]).
+    ops: Vec<Op<'static>>,
     pub replayed: u64,
     /// Time spent applying to the store.
     pub elapsed: Duration,
@@ -275,6 +281,7 @@ impl Replay {
             applied_before,
             replayed_to: vec![0; partitions],
             results: Vec::with_capacity(CHUNK_RECORDS),
+            ops: Vec::with_capacity(CHUNK_RECORDS),
             replayed: 0,
             elapsed: Duration::ZERO,
             waited: Duration::ZERO,
@@ -333,11 +340,14 @@ impl Replay {
             source,
         };
         let mut start = 0;
+        let mut ops = recycle_ops(std::mem::take(&mut self.ops));
         while start < chunk.records.len() {
-            let ops: Vec<Op<'_>> = chunk.records[start..]
-                .iter()
-                .map(|record| fast_op(record, chunk.key(record)))
-                .collect();
+            ops.clear();
+            ops.extend(
+                chunk.records[start..]
+                    .iter()
+                    .map(|record| fast_op(record, chunk.key(record))),
+            );
             store
                 .apply_batch(&ops, &mut self.results)
                 .map_err(|source| refused(start, source))?;
@@ -352,6 +362,7 @@ impl Replay {
                 }
             }
         }
+        self.ops = recycle_ops(ops);
         Ok(())
     }
 

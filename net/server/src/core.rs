@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
 use tally_engine::journal::{Durability, Idempotency, Lsn, Record};
-use tally_engine::{Op, OpResult, Outcome, Store};
+use tally_engine::{recycle_ops, Op, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
@@ -79,7 +79,7 @@ pub struct Core {
     /// The Redis door's per-core state (`INFO` figures).
     pub resp: crate::resp::RespCore,
     /// Scratch for applying forwarded batches; its operations borrow nothing between
-    /// uses (see [`recycle_ops`]).
+    /// uses (see [`tally_engine::recycle_ops`]).
     apply_scratch: RefCell<Vec<Op<'static>>>,
     /// Scratch for [`Core::apply_local`] when appending to a non-empty vector.
     results_scratch: RefCell<Vec<OpResult>>,
@@ -133,17 +133,6 @@ const PLACEHOLDER: OpResult = Ok(Outcome {
     existed: false,
     clamped: false,
 });
-
-/// Empties a vector of operations and gives its allocation a new lifetime, so one
-/// allocation serves every batch although each batch borrows different keys.
-pub fn recycle_ops<'a>(mut ops: Vec<Op<'_>>) -> Vec<Op<'a>> {
-    ops.clear();
-    // In-place collection: same element layout, so the allocation is reused. `filter`
-    // cannot change the lifetime, hence `filter_map`.
-    #[allow(clippy::unnecessary_filter_map)]
-    let recycled = ops.into_iter().filter_map(|_| None).collect();
-    recycled
-}
 
 impl Core {
     /// Applies operations this core owns, one result per operation appended to

@@ -45,10 +45,10 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 use tally_engine::journal::{Durability, Lsn};
-use tally_engine::{Op, OpError, OpResult, BATCH_OPS_MAX};
+use tally_engine::{recycle_ops, Op, OpError, OpResult, BATCH_OPS_MAX};
 
 use crate::config::DurabilityMode;
-use crate::core::{recycle_ops, Applied, Core, Journaling};
+use crate::core::{Applied, Core, Journaling};
 use crate::idempotency::IdempotencyKey;
 use crate::router::{ForwardBatch, MeshReply, MeshRequest, ReplyWait};
 

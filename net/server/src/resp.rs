@@ -42,11 +42,11 @@ use std::time::Instant;
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use tally_engine::{BoundPolicy, Op, OpError, BATCH_OPS_MAX};
+use tally_engine::{recycle_ops, BoundPolicy, Op, OpError, BATCH_OPS_MAX};
 use tally_resp::door::{CounterOp, CounterResult, Pending, ServerInfo, Session, Step};
 use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
 
-use crate::core::{recycle_ops, Core};
+use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, RoutedResult};
 use crate::stream::{self, Input};
 
