@@ -16,12 +16,16 @@
 //! appended meanwhile ride the next one, so the commit size follows the load. A commit
 //! starts when the oldest durable record has waited `durable_wait_us` (0: at once),
 //! the oldest relaxed one `relaxed_flush_ms`, or `commit_bytes` are waiting. While a
-//! commit is in flight the task polls its completion every `spin_before_park_us` +
-//! [`IN_FLIGHT_POLL`], longer than the executor spins, so the executor parks: the
-//! fdatasync runs on an io_uring worker thread pinned to this core's CPU (like the
-//! thread that submitted it), and a spinning executor kept it waiting a scheduler
-//! slice, ~8 ms per commit at `--spin-us 200` on a 2-vCPU VM. With nothing waiting
-//! the task sleeps until an append wakes it: an idle core parks.
+//! commit is in flight the task polls its completion, each time after
+//! `spin_before_park_us` + at least [`IN_FLIGHT_POLL`], longer than the executor spins,
+//! so the executor parks: the fdatasync runs on an io_uring worker thread pinned to
+//! this core's CPU (like the thread that submitted it), and a spinning executor kept it
+//! waiting a scheduler slice, ~8 ms per commit at `--spin-us 200` on a 2-vCPU VM. The
+//! polls are spaced by the commits' recent duration ([`CommitPacing`]): the first comes
+//! after half the typical commit, later ones every sixteenth of it, so a commit of a few
+//! milliseconds costs a dozen wake-ups of the core, not a hundred (each one a timer, a
+//! park and its memory barrier). With nothing waiting the task sleeps until an append
+//! wakes it: an idle core parks.
 //!
 //! # Failure
 //! After a failed write or fdatasync (ENOSPC, EIO) the journal accepts nothing more.
@@ -79,6 +83,8 @@ use crate::idempotency::IdempotencyKey;
 /// 10 us brought back ~8 ms commits (1 connection ~160-680 ops/s, 4 x pipeline 16
 /// ~4k), while 50 us and 200 us both gave ~1.8-2.2k and ~40-60k ops/s.
 pub const IN_FLIGHT_POLL: Duration = Duration::from_micros(50);
+/// The commit duration [`CommitPacing`] assumes before it has measured one.
+const COMMIT_ESTIMATE_INITIAL: Duration = Duration::from_micros(500);
 /// With nothing to commit the task still wakes this often to check for a checkpoint.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// The most idempotency keys whose retention one core tracks; older ones leave first.
@@ -200,7 +206,59 @@ pub struct CoreJournal {
     /// the hot path); [`CoreJournal::stamp_applied`] copies these into the store before
     /// a checkpoint or a clean close, so both record how far they reflect the journal.
     appended_lsn: RefCell<Vec<Lsn>>,
+    pacing: Cell<CommitPacing>,
     pub stats: DurabilityStats,
+}
+
+/// When the commit task looks again at an in-flight commit: after a share of the
+/// commits' typical duration (a moving average, 1/8 weight per commit), never sooner
+/// than `spin + IN_FLIGHT_POLL`. A commit slower than usual is polled every sixteenth of
+/// the typical duration; one faster than half of it is noticed at the first poll, late
+/// by at most that half (the disk's own latency dominates such a commit's wait anyway).
+#[derive(Clone, Copy, Debug)]
+struct CommitPacing {
+    /// When the commit in flight was first seen in flight.
+    started: Option<Instant>,
+    typical: Duration,
+}
+
+impl CommitPacing {
+    fn new() -> CommitPacing {
+        CommitPacing {
+            started: None,
+            typical: COMMIT_ESTIMATE_INITIAL,
+        }
+    }
+
+    /// Takes in one step of the commit task at `now`: whether a commit completed in it
+    /// and whether one is in flight after it.
+    fn observe(&mut self, now: Instant, completed: bool, in_flight: bool) {
+        if completed {
+            if let Some(started) = self.started.take() {
+                let took = now.saturating_duration_since(started);
+                self.typical = (self.typical * 7 + took) / 8;
+            }
+        }
+        match (in_flight, self.started) {
+            (true, None) => self.started = Some(now),
+            (false, _) => self.started = None,
+            (true, Some(_)) => {}
+        }
+    }
+
+    /// How long to sleep before polling the commit in flight again.
+    fn next_poll(&self, now: Instant, floor: Duration) -> Duration {
+        let elapsed = self.started.map_or(Duration::ZERO, |started| {
+            now.saturating_duration_since(started)
+        });
+        let first = self.typical / 2;
+        let wait = if elapsed < first {
+            first - elapsed
+        } else {
+            self.typical / 16
+        };
+        wait.max(floor)
+    }
 }
 
 impl CoreJournal {
@@ -270,6 +328,7 @@ impl CoreJournal {
             last_checkpoint: Cell::new(Instant::now()),
             bytes_at_checkpoint: Cell::new(0),
             appended_lsn: RefCell::new(vec![0; store.partition_count() as usize]),
+            pacing: Cell::new(CommitPacing::new()),
             stats,
         })
     }
@@ -401,6 +460,9 @@ impl CoreJournal {
         });
         let in_flight = journal.commit_in_flight();
         drop(journal);
+        let mut pacing = self.pacing.get();
+        pacing.observe(now, matches!(polled, Ok(Some(_))), in_flight);
+        self.pacing.set(pacing);
         match polled {
             Ok(Some(_)) => self.wake_waiters(),
             Ok(None) => {}
@@ -610,7 +672,8 @@ pub async fn commit_loop(core: Rc<Core>) {
             // Sleep past the executor's spin so that it parks: the fdatasync runs on an
             // io_uring worker thread pinned to this core's CPU, and a spinning executor
             // keeps it off that CPU for a whole scheduler slice (~8 ms measured).
-            glommio::timer::sleep(spin + IN_FLIGHT_POLL).await;
+            let wait = journal.pacing.get().next_poll(now, spin + IN_FLIGHT_POLL);
+            glommio::timer::sleep(wait).await;
             continue;
         }
         if journal.checkpoint_due(now) {
@@ -635,6 +698,54 @@ pub async fn commit_loop(core: Rc<Core>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs commits of `took` each through the pacing, polling as it asks; returns
+    /// the polls per commit of the last one and the pacing after.
+    fn paced_commits(pacing: &mut CommitPacing, took: Duration, commits: usize) -> usize {
+        let floor = IN_FLIGHT_POLL;
+        let mut now = Instant::now();
+        let mut polls = 0;
+        for _ in 0..commits {
+            pacing.observe(now, false, true);
+            let started = now;
+            polls = 0;
+            loop {
+                now += pacing.next_poll(now, floor);
+                polls += 1;
+                if now >= started + took {
+                    pacing.observe(now, true, false);
+                    break;
+                }
+                pacing.observe(now, false, true);
+            }
+        }
+        polls
+    }
+
+    #[test]
+    fn commit_polls_follow_the_commit_duration() {
+        let mut pacing = CommitPacing::new();
+        // Slow commits: a handful of polls each instead of one per IN_FLIGHT_POLL.
+        let polls = paced_commits(&mut pacing, Duration::from_millis(4), 50);
+        assert!(polls <= 12, "{polls} polls for a 4 ms commit");
+        assert!(pacing.typical >= Duration::from_millis(4));
+        assert!(
+            pacing.typical <= Duration::from_micros(4_600),
+            "{:?}",
+            pacing.typical
+        );
+        // The disk gets fast again: the estimate comes down within a few dozen commits.
+        paced_commits(&mut pacing, Duration::from_micros(200), 60);
+        assert!(
+            pacing.typical <= Duration::from_micros(450),
+            "{:?}",
+            pacing.typical
+        );
+        // Never sooner than the floor, whatever the estimate.
+        let now = Instant::now();
+        pacing.observe(now, false, true);
+        assert!(pacing.next_poll(now, Duration::from_millis(1)) >= Duration::from_millis(1));
+    }
 
     #[test]
     fn results_round_trip() {
