@@ -280,7 +280,7 @@ impl State {
         let start = self.output.len();
         let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
         let mut exists = self.exists[plan.exists_start..].iter();
-        let each = |result: RoutedResult| {
+        let mut each = |result: RoutedResult| {
             let exists = *exists.next().expect("one flag per operation");
             let reply = match result {
                 Some(result) => to_reply(result, exists),
@@ -290,9 +290,7 @@ impl State {
                 .push(&reply)
                 .expect("a batch's reply has at most BATCH_OPS_MAX results");
         };
-        if self.dispatch.is_ready(core, &plan.routed) {
-            self.dispatch.collect_ready(core, &plan.routed, each);
-        } else {
+        if !self.dispatch.collect_now(core, &plan.routed, &mut each) {
             self.dispatch.collect(core, &plan.routed, each).await;
         }
         writer

@@ -305,9 +305,14 @@ impl Dispatch {
 
     /// Waits for a sent list's results and hands them to `each`, one per operation, in
     /// the list's order. Tickets must be collected in the order they were sent.
-    pub async fn collect(&mut self, core: &Core, routed: &Routed, each: impl FnMut(RoutedResult)) {
-        if self.is_ready(core, routed) {
-            return self.collect_ready(core, routed, each);
+    pub async fn collect(
+        &mut self,
+        core: &Core,
+        routed: &Routed,
+        mut each: impl FnMut(RoutedResult),
+    ) {
+        if self.collect_now(core, routed, &mut each) {
+            return;
         }
         for _ in 0..routed.remote_count {
             let remote = self
@@ -337,23 +342,26 @@ impl Dispatch {
         }
     }
 
-    /// Applies the pending local group if `routed` has operations in it (every collect
-    /// starts with this), and tells whether the list has nothing left to wait for: no
-    /// other core's results, no durable LSN. Then [`Dispatch::collect_ready`] finishes
-    /// it without a future.
-    pub fn is_ready(&mut self, core: &Core, routed: &Routed) -> bool {
+    /// The synchronous part of [`Dispatch::collect`]: applies the pending local group if
+    /// `routed` has operations in it, then, if the list has nothing to wait for (no
+    /// other core's results, no durable LSN), hands out its results and returns true.
+    /// Otherwise returns false having called `each` for nothing: finish with `collect`.
+    /// Lets a door skip creating and polling a future for a list that is ready.
+    pub fn collect_now(
+        &mut self,
+        core: &Core,
+        routed: &Routed,
+        each: impl FnMut(RoutedResult),
+    ) -> bool {
         if routed.groups.end > self.groups.len() {
             self.apply_deferred(core);
         }
-        routed.remote_count == 0 && self.local_state(routed).1 == 0
-    }
-
-    /// [`Dispatch::collect`] of a list that [`Dispatch::is_ready`] found ready.
-    pub fn collect_ready(&mut self, core: &Core, routed: &Routed, each: impl FnMut(RoutedResult)) {
-        debug_assert!(routed.remote_count == 0);
         let (local_unavailable, durable_lsn) = self.local_state(routed);
-        debug_assert_eq!(durable_lsn, 0, "a durable list waits for its LSN");
+        if routed.remote_count > 0 || durable_lsn > 0 {
+            return false;
+        }
         self.merge(core, routed, local_unavailable, each);
+        true
     }
 
     /// Whether this core's journal failed for the list's local operations, and the LSN
