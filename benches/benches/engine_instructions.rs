@@ -7,13 +7,16 @@
 //! load): the random case counts some alternate-bucket work a real run would not do
 //! (343.9 instructions per increment here, 322.4 with that wait off; BENCHMARKS.md).
 //!
+//! A second benchmark counts the instructions of decoding and checking 10,000 journal
+//! records (recovery's reader thread).
+//!
 //! Run: `cargo bench -p tally-benches --bench engine_instructions` (needs valgrind and
 //! `gungraun-runner` 0.20.0 on PATH).
 
 use std::hint::black_box;
 
 use gungraun::{library_benchmark, library_benchmark_group, main};
-use tally_benches::Fixture;
+use tally_benches::{Fixture, RecordsFixture};
 
 fn random_keys(counters: u64) -> Fixture {
     Fixture::increments(counters, false)
@@ -37,6 +40,17 @@ fn increment_batch_of_10000(mut fixture: Fixture) -> Fixture {
     black_box(fixture)
 }
 
-library_benchmark_group!(name = engine; benchmarks = increment_batch_of_10000);
+// Decoding and checking 10,000 journal records (16-byte keys), as recovery's reader
+// thread does before replay: the count divided by 10,000 is the cost of one record.
+#[library_benchmark]
+#[bench::records_16_byte_keys(setup = RecordsFixture::new)]
+fn decode_10000_records(fixture: RecordsFixture) -> u64 {
+    black_box(fixture.decode_all())
+}
+
+library_benchmark_group!(
+    name = engine;
+    benchmarks = increment_batch_of_10000, decode_10000_records
+);
 
 main!(library_benchmark_groups = engine);

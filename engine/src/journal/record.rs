@@ -300,93 +300,121 @@ fn read_u64(bytes: &[u8], at: usize) -> u64 {
 
 /// The record length a header claims, if `bytes` holds at least the first 8 bytes and
 /// the length is plausible. Used to skip quickly over garbage when scanning.
+#[inline]
 fn claimed_length(bytes: &[u8]) -> Result<usize, DecodeError> {
-    if bytes.is_empty() {
+    let Some(&first) = bytes.first() else {
         return Err(DecodeError::Incomplete);
-    }
-    if bytes[0] == 0 {
-        return Err(DecodeError::End);
-    }
-    if bytes[0] != RECORD_MAGIC {
-        return Err(DecodeError::Invalid(format!(
-            "bad magic byte {:#04x}",
-            bytes[0]
-        )));
+    };
+    if first != RECORD_MAGIC {
+        return Err(if first == 0 {
+            DecodeError::End
+        } else {
+            invalid(format_args!("bad magic byte {first:#04x}"))
+        });
     }
     if bytes.len() < 8 {
         return Err(DecodeError::Incomplete);
     }
     let length = read_u32(bytes, 4) as usize;
     if !(RECORD_BYTES_MIN..=RECORD_BYTES_MAX).contains(&length) || !length.is_multiple_of(8) {
-        return Err(DecodeError::Invalid(format!(
-            "implausible record length {length}"
-        )));
+        return Err(invalid(format_args!("implausible record length {length}")));
     }
     Ok(length)
 }
 
+/// An `Invalid` error, built out of line: decoding runs once per record on recovery's
+/// reader thread, and errors are rare.
+#[cold]
+#[inline(never)]
+fn invalid(reason: std::fmt::Arguments<'_>) -> DecodeError {
+    DecodeError::Invalid(reason.to_string())
+}
+
 /// Decodes the record at the start of `bytes`; returns it and its length.
+///
+/// Every check [`Record::validate`] makes is made here too, inline (this runs once per
+/// record on recovery's reader thread), so a decoded record always validates.
+#[inline]
 pub fn decode(bytes: &[u8]) -> Result<(LoggedRecord<'_>, usize), DecodeError> {
     let length = claimed_length(bytes)?;
-    if bytes.len() < length {
+    let Some(bytes) = bytes.get(..length) else {
         return Err(DecodeError::Incomplete);
+    };
+    let (body, stored) = bytes.split_at(length - CHECKSUM_BYTES);
+    let stored = u64::from_le_bytes(stored.try_into().expect("8 bytes"));
+    if xxhash_rust::xxh3::xxh3_64(body) != stored {
+        return Err(invalid(format_args!("checksum mismatch")));
     }
-    let bytes = &bytes[..length];
-    let stored = read_u64(bytes, length - CHECKSUM_BYTES);
-    if xxhash_rust::xxh3::xxh3_64(&bytes[..length - CHECKSUM_BYTES]) != stored {
-        return Err(DecodeError::Invalid("checksum mismatch".into()));
-    }
-    let record = decode_fields(bytes).map_err(DecodeError::Invalid)?;
+    let record = decode_fields(bytes)?;
+    debug_assert!(record.record.validate().is_ok());
     Ok((record, length))
 }
 
 /// Decodes the fields of a record whose length and checksum are already checked.
-fn decode_fields(bytes: &[u8]) -> Result<LoggedRecord<'_>, String> {
-    let kind =
-        RecordKind::from_byte(bytes[1]).ok_or_else(|| format!("unknown kind {}", bytes[1]))?;
+#[inline]
+fn decode_fields(bytes: &[u8]) -> Result<LoggedRecord<'_>, DecodeError> {
+    let Some(kind) = RecordKind::from_byte(bytes[1]) else {
+        return Err(invalid(format_args!("unknown kind {}", bytes[1])));
+    };
     let flags = bytes[2];
     let key_bytes = bytes[3] as usize;
     if flags & !FLAGS_KNOWN != 0 || (flags & FLAG_BOUNDS == 0 && flags & 3 != 0) {
-        return Err(format!("bad flags {flags:#04x}"));
+        return Err(invalid(format_args!("bad flags {flags:#04x}")));
     }
     let has_bounds = flags & FLAG_BOUNDS != 0;
     let has_idempotency = flags & FLAG_IDEMPOTENCY != 0;
     if key_bytes == 0 || encoded_bytes(key_bytes, has_bounds, has_idempotency) != bytes.len() {
-        return Err(format!(
+        return Err(invalid(format_args!(
             "key length {key_bytes} disagrees with the record length"
-        ));
+        )));
     }
     if read_u32(bytes, 20) != 0 {
-        return Err("reserved bytes are not zero".into());
+        return Err(invalid(format_args!("reserved bytes are not zero")));
+    }
+    if kind == RecordKind::SetBounds && !has_bounds {
+        return Err(invalid(format_args!(
+            "a SetBounds record must carry its bounds"
+        )));
     }
     let mut at = RECORD_HEADER_BYTES + key_bytes;
-    let bounds = has_bounds.then(|| {
+    let mut bounds = None;
+    if has_bounds {
         let floor = read_u64(bytes, at) as i64;
         let ceiling = read_u64(bytes, at + 8) as i64;
         at += BOUNDS_BYTES;
-        Bounds {
+        let found = Bounds {
             floor: (flags & FLAG_FLOOR != 0).then_some(floor),
             ceiling: (flags & FLAG_CEILING != 0).then_some(ceiling),
+        };
+        if let Bounds {
+            floor: Some(floor),
+            ceiling: Some(ceiling),
+        } = found
+        {
+            if floor > ceiling {
+                return Err(invalid(format_args!(
+                    "floor {floor} is above ceiling {ceiling}"
+                )));
+            }
         }
-    });
+        bounds = Some(found);
+    }
     let idempotency = has_idempotency.then(|| {
         let key = u128::from_le_bytes(bytes[at..at + 16].try_into().expect("16 bytes"));
         let result = bytes[at + 16..at + 32].try_into().expect("16 bytes");
         Idempotency { key, result }
     });
-    let record = Record {
-        partition: read_u32(bytes, 16),
-        kind,
-        key: &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + key_bytes],
-        operand: read_u64(bytes, 24) as i64,
-        value: read_u64(bytes, 32) as i64,
-        bounds,
-        idempotency,
-    };
-    record.validate()?;
     Ok(LoggedRecord {
         lsn: read_u64(bytes, 8),
-        record,
+        record: Record {
+            partition: read_u32(bytes, 16),
+            kind,
+            key: &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + key_bytes],
+            operand: read_u64(bytes, 24) as i64,
+            value: read_u64(bytes, 32) as i64,
+            bounds,
+            idempotency,
+        },
     })
 }
 
