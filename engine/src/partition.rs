@@ -499,16 +499,17 @@ impl Partition {
     /// found stays the counter's until the next operation that is not a fast-path update
     /// (only inserts, deletes and migration move counters).
     #[inline(always)]
-    pub(crate) fn find_plain(&self, probe: &KeyProbe, bucket: Option<usize>) -> InBucket {
+    pub(crate) fn find_plain(
+        &self,
+        bucket: Option<usize>,
+        hash_high: u32,
+        key_len: u8,
+        key_words: [u64; 2],
+    ) -> InBucket {
         if self.old.is_some() {
             return InBucket::Elsewhere;
         }
-        self.table.find_plain(
-            bucket,
-            probe.hash_high,
-            probe.key.len() as u8,
-            probe.key_words(),
-        )
+        self.table.find_plain(bucket, hash_high, key_len, key_words)
     }
 
     #[cfg(test)]

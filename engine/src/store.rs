@@ -39,7 +39,6 @@
 //! straight to the slot the previous one updated. Invariant: that slot position is
 //! reused only while no counter has moved since that update; the general path forgets it.
 
-use std::collections::VecDeque;
 use std::path::Path;
 
 use crate::error::{EngineError, OpError};
@@ -82,7 +81,8 @@ impl LastUpdate {
 }
 
 /// An operation of the current batch waiting for a bucket or a heap record to reach the
-/// cache.
+/// cache, with what looking in its alternate bucket needs (so taking it up again does
+/// not decode the operation, find its partition or pad its key a second time).
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
     /// Its index in the batch.
@@ -92,6 +92,49 @@ struct Waiting {
     /// What it waits for: `Next(bucket)`, its alternate bucket, or `External(slot)`, the
     /// heap record of the external counter at that slot.
     found: InBucket,
+    /// Index of its partition in `Store::partitions`.
+    partition: usize,
+    key_words: [u64; 2],
+    operand: i64,
+    hash_high: u32,
+    key_len: u8,
+    set: bool,
+}
+
+/// The operations of a batch waiting for the cache, in batch order: a FIFO queue over a
+/// vector cleared per batch (an operation waits at most once, so it never holds more
+/// than the batch), cheaper than a ring buffer's wrap-around on every access.
+#[derive(Debug, Default)]
+struct WaitQueue {
+    entries: Vec<Waiting>,
+    /// Index in `entries` of the front.
+    head: usize,
+}
+
+impl WaitQueue {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.head = 0;
+    }
+
+    #[inline(always)]
+    fn front(&self) -> Option<&Waiting> {
+        self.entries.get(self.head)
+    }
+
+    #[inline(always)]
+    fn pop_front(&mut self) {
+        self.head += 1;
+    }
+
+    #[inline(always)]
+    fn push_back(&mut self, waiting: Waiting) {
+        self.entries.push(waiting);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head == self.entries.len()
+    }
 }
 
 /// What the fast path made of one operation.
@@ -99,7 +142,8 @@ enum Step {
     Done(OpResult),
     /// `Next`: not at home, the counter may be in its alternate bucket; `External`: an
     /// external counter, whose heap record is needed. Either is being prefetched.
-    Wait(InBucket),
+    /// Queued in the batch's `WaitQueue`.
+    Waiting,
     /// For the general path.
     General,
 }
@@ -134,7 +178,7 @@ struct Batch<'b, 'o> {
     ops: &'b [Op<'o>],
     hashes: &'b [u64],
     results: &'b mut Vec<OpResult>,
-    waiting: &'b mut VecDeque<Waiting>,
+    waiting: &'b mut WaitQueue,
     /// The counter the last fast-path update changed (see `Store::fast_step`).
     last: Option<LastUpdate>,
 }
@@ -151,7 +195,7 @@ pub struct Store {
     /// Scratch: the hashes of the current batch.
     hashes: Vec<u64>,
     /// Scratch: the operations of the current batch waiting for the cache, in batch order.
-    waiting: VecDeque<Waiting>,
+    waiting: WaitQueue,
 }
 
 /// Pushes the hash of every operation's key to `hashes`. A key equal to the previous
@@ -213,7 +257,10 @@ impl Store {
             partitions,
             owned: owned_list,
             hashes: Vec::with_capacity(BATCH_OPS_MAX),
-            waiting: VecDeque::with_capacity(4 * DEFER_DISTANCE),
+            waiting: WaitQueue {
+                entries: Vec::with_capacity(BATCH_OPS_MAX),
+                head: 0,
+            },
         })
     }
 
@@ -302,29 +349,29 @@ impl Store {
                     self.prefetch(ahead);
                 }
             }
-            match self.fast_step(op, hashes[index], &mut batch.last) {
+            match self.fast_step(op, index, hashes[index], &mut batch.last, batch.waiting) {
                 Step::Done(result) => batch.results.push(result),
-                Step::Wait(found) => {
-                    // A placeholder, replaced when the operation completes.
-                    batch.results.push(Err(OpError::Overflow));
-                    batch.waiting.push_back(Waiting {
-                        op: index,
-                        due: index + DEFER_DISTANCE,
-                        found,
-                    });
-                }
+                // A placeholder, replaced when the operation completes.
+                Step::Waiting => batch.results.push(Err(OpError::Overflow)),
                 Step::General => {
                     self.serve_waiting(&mut batch, usize::MAX);
                     let result = self.apply_general(op, hashes[index], &mut batch.last);
                     batch.results.push(result);
                 }
             }
-            if batch
-                .waiting
-                .front()
-                .is_some_and(|front| front.due <= index)
-            {
+            while let Some(front) = batch.waiting.front() {
+                if front.due > index {
+                    break;
+                }
+                // The common case in line: a counter in its alternate bucket.
+                let front = *front;
+                if let Some(result) = self.find_waiting_in_alternate(&front) {
+                    batch.results[front.op] = result;
+                    batch.waiting.pop_front();
+                    continue;
+                }
                 self.serve_waiting(&mut batch, index);
+                break;
             }
         }
         self.serve_waiting(&mut batch, usize::MAX);
@@ -342,7 +389,14 @@ impl Store {
     /// previous fast-path update changed, if no counter has moved since: an operation on
     /// the same key (a hot key) goes straight to its slot.
     #[inline(always)]
-    fn fast_step(&mut self, op: &Op, hash: u64, last: &mut Option<LastUpdate>) -> Step {
+    fn fast_step(
+        &mut self,
+        op: &Op,
+        op_index: usize,
+        hash: u64,
+        last: &mut Option<LastUpdate>,
+        queue: &mut WaitQueue,
+    ) -> Step {
         let Some(FastOp {
             key, operand, set, ..
         }) = fast_op(op)
@@ -362,7 +416,21 @@ impl Store {
         };
         let found = match *last {
             Some(previous) if previous.same_key(&this) => InBucket::Found(previous.position),
-            _ => partition.find_plain(&probe, None),
+            _ => partition.find_plain(None, probe.hash_high, key.len() as u8, this.key_words),
+        };
+        let mut wait = |found| {
+            queue.push_back(Waiting {
+                op: op_index,
+                due: op_index + DEFER_DISTANCE,
+                found,
+                partition: index,
+                key_words: this.key_words,
+                operand,
+                hash_high: probe.hash_high,
+                key_len: key.len() as u8,
+                set,
+            });
+            Step::Waiting
         };
         match found {
             InBucket::Found(position) => {
@@ -371,13 +439,35 @@ impl Store {
             }
             InBucket::External(position) => {
                 partition.prefetch_record(position);
-                Step::Wait(found)
+                wait(found)
             }
             InBucket::Next(bucket) => {
                 partition.prefetch_bucket(bucket);
-                Step::Wait(found)
+                wait(found)
             }
             InBucket::Elsewhere => Step::General,
+        }
+    }
+
+    /// A waiting operation's update if its counter is an inline one in its alternate
+    /// bucket, which it waited for (the common case, kept in line); `None` leaves
+    /// everything to `serve_waiting`.
+    #[inline(always)]
+    fn find_waiting_in_alternate(&mut self, waiting: &Waiting) -> Option<OpResult> {
+        let InBucket::Next(bucket) = waiting.found else {
+            return None;
+        };
+        let partition = self.partitions[waiting.partition].as_mut()?;
+        match partition.find_plain(
+            Some(bucket),
+            waiting.hash_high,
+            waiting.key_len,
+            waiting.key_words,
+        ) {
+            InBucket::Found(position) => {
+                Some(partition.update_inline_at(position, waiting.operand, waiting.set))
+            }
+            _ => None,
         }
     }
 
@@ -404,11 +494,17 @@ impl Store {
             let op = &batch.ops[waiting.op];
             let fast = fast_op(op).expect("only the fast path defers");
             let hash = batch.hashes[waiting.op];
-            let index = self.partition_index(hash);
-            let partition = self.partitions[index].as_mut().expect("an owned partition");
+            let partition = self.partitions[waiting.partition]
+                .as_mut()
+                .expect("an owned partition");
             let probe = KeyProbe::new(fast.key, hash);
             let found = match waiting.found {
-                InBucket::Next(bucket) => partition.find_plain(&probe, Some(bucket)),
+                InBucket::Next(bucket) => partition.find_plain(
+                    Some(bucket),
+                    waiting.hash_high,
+                    waiting.key_len,
+                    waiting.key_words,
+                ),
                 external => external,
             };
             let result = match found {
