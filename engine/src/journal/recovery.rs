@@ -101,7 +101,7 @@ pub fn scan_journal<F>(
     mut visit: F,
 ) -> Result<JournalScan, JournalError>
 where
-    F: FnMut(&SegmentInfo, LoggedRecord<'_>) -> Result<(), JournalError>,
+    F: FnMut(&SegmentInfo, &LoggedRecord<'_>) -> Result<(), JournalError>,
 {
     let segments = segment::list_segments(dir)?;
     let mut scan = JournalScan {

@@ -215,7 +215,7 @@ fn read_journal(
             chunk.path = info.path.clone();
             segment = Some(info.first_lsn);
         }
-        chunk.push(&logged);
+        chunk.push(logged);
         if chunk.records.len() == CHUNK_RECORDS {
             let path = chunk.path.clone();
             send(&mut chunk, &path)?;

@@ -188,7 +188,7 @@ pub fn scan_segment<'b, F>(
     mut visit: F,
 ) -> Result<SegmentScan, JournalError>
 where
-    F: FnMut(LoggedRecord<'b>) -> Result<(), JournalError>,
+    F: FnMut(&LoggedRecord<'b>) -> Result<(), JournalError>,
 {
     let corrupted = |offset: usize, reason: String| JournalError::Corrupted {
         path: info.path.clone(),
@@ -218,7 +218,7 @@ where
                         format!("LSN {} where {expected} was expected", logged.lsn),
                     ));
                 }
-                visit(logged)?;
+                visit(&logged)?;
                 last_lsn = Some(logged.lsn);
                 record_count += 1;
                 offset += length;
