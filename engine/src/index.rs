@@ -155,6 +155,16 @@ impl Slot {
     }
 }
 
+/// What the increment fast path compares in a slot (see `Table::find_plain`): the top
+/// half of the key's hash, its length, and its first 16 bytes, zero padded, as two
+/// little-endian words.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PlainKey {
+    pub(crate) hash_high: u32,
+    pub(crate) key_len: u8,
+    pub(crate) key_words: [u64; 2],
+}
+
 /// What one bucket tells the increment fast path (see `Table::find_plain`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum InBucket {
@@ -371,13 +381,12 @@ impl Table {
     /// bucket (`Next`); not there either, or another key with the same hash, length and
     /// first bytes, `Elsewhere`: the general path sorts that out.
     #[inline(always)]
-    pub(crate) fn find_plain(
-        &self,
-        bucket: Option<usize>,
-        hash_high: u32,
-        key_len: u8,
-        key_words: [u64; 2],
-    ) -> InBucket {
+    pub(crate) fn find_plain(&self, bucket: Option<usize>, key: &PlainKey) -> InBucket {
+        let PlainKey {
+            hash_high,
+            key_len,
+            key_words,
+        } = *key;
         // Bytes 24..30 of the metadata word (hash_high, key_len, kind); the flags byte is
         // tested after the match.
         let wanted =

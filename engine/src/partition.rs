@@ -93,8 +93,8 @@ use crate::arena::{io_error, ArenaFile, LoadedArena};
 use crate::error::{EngineError, OpError};
 use crate::heap::{Bounds, Heap};
 use crate::index::{
-    InBucket, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN, LINES_PER_BUCKET,
-    LINE_BYTES, TABLE_LINES_MAX,
+    InBucket, PlainKey, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN,
+    LINES_PER_BUCKET, LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 
@@ -234,6 +234,16 @@ impl KeyProbe<'_> {
     #[inline(always)]
     pub(crate) fn key_words(&self) -> [u64; 2] {
         crate::index::key_words(&self.padded)
+    }
+
+    /// What the fast path compares in a slot.
+    #[inline(always)]
+    pub(crate) fn plain(&self) -> PlainKey {
+        PlainKey {
+            hash_high: self.hash_high,
+            key_len: self.key.len() as u8,
+            key_words: self.key_words(),
+        }
     }
 }
 
@@ -499,17 +509,11 @@ impl Partition {
     /// found stays the counter's until the next operation that is not a fast-path update
     /// (only inserts, deletes and migration move counters).
     #[inline(always)]
-    pub(crate) fn find_plain(
-        &self,
-        bucket: Option<usize>,
-        hash_high: u32,
-        key_len: u8,
-        key_words: [u64; 2],
-    ) -> InBucket {
+    pub(crate) fn find_plain(&self, bucket: Option<usize>, key: &PlainKey) -> InBucket {
         if self.old.is_some() {
             return InBucket::Elsewhere;
         }
-        self.table.find_plain(bucket, hash_high, key_len, key_words)
+        self.table.find_plain(bucket, key)
     }
 
     #[cfg(test)]

@@ -43,7 +43,7 @@ use std::path::Path;
 
 use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
-use crate::index::{InBucket, KEY_INLINE_BYTES_MAX};
+use crate::index::{InBucket, PlainKey, KEY_INLINE_BYTES_MAX};
 use crate::op::{BoundPolicy, Op, OpResult};
 use crate::partition::{KeyProbe, Partition};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
@@ -94,10 +94,8 @@ struct Waiting {
     found: InBucket,
     /// Index of its partition in `Store::partitions`.
     partition: usize,
-    key_words: [u64; 2],
+    key: PlainKey,
     operand: i64,
-    hash_high: u32,
-    key_len: u8,
     set: bool,
 }
 
@@ -407,16 +405,16 @@ impl Store {
         let Some(partition) = self.partitions[index].as_mut() else {
             return Step::General;
         };
-        let probe = KeyProbe::new(key, hash);
+        let plain = KeyProbe::new(key, hash).plain();
         let this = LastUpdate {
             hash,
             key_len: key.len(),
-            key_words: probe.key_words(),
+            key_words: plain.key_words,
             position: 0,
         };
         let found = match *last {
             Some(previous) if previous.same_key(&this) => InBucket::Found(previous.position),
-            _ => partition.find_plain(None, probe.hash_high, key.len() as u8, this.key_words),
+            _ => partition.find_plain(None, &plain),
         };
         let mut wait = |found| {
             queue.push_back(Waiting {
@@ -424,10 +422,8 @@ impl Store {
                 due: op_index + DEFER_DISTANCE,
                 found,
                 partition: index,
-                key_words: this.key_words,
+                key: plain,
                 operand,
-                hash_high: probe.hash_high,
-                key_len: key.len() as u8,
                 set,
             });
             Step::Waiting
@@ -458,12 +454,7 @@ impl Store {
             return None;
         };
         let partition = self.partitions[waiting.partition].as_mut()?;
-        match partition.find_plain(
-            Some(bucket),
-            waiting.hash_high,
-            waiting.key_len,
-            waiting.key_words,
-        ) {
+        match partition.find_plain(Some(bucket), &waiting.key) {
             InBucket::Found(position) => {
                 Some(partition.update_inline_at(position, waiting.operand, waiting.set))
             }
@@ -499,12 +490,7 @@ impl Store {
                 .expect("an owned partition");
             let probe = KeyProbe::new(fast.key, hash);
             let found = match waiting.found {
-                InBucket::Next(bucket) => partition.find_plain(
-                    Some(bucket),
-                    waiting.hash_high,
-                    waiting.key_len,
-                    waiting.key_words,
-                ),
+                InBucket::Next(bucket) => partition.find_plain(Some(bucket), &waiting.key),
                 external => external,
             };
             let result = match found {
