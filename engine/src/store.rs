@@ -138,9 +138,9 @@ impl WaitQueue {
 /// What the fast path made of one operation.
 enum Step {
     Done(OpResult),
-    /// `Next`: not at home, the counter may be in its alternate bucket; `External`: an
-    /// external counter, whose heap record is needed. Either is being prefetched.
-    /// Queued in the batch's `WaitQueue`.
+    /// Queued in the batch's `WaitQueue`, waiting for what is being prefetched: its
+    /// alternate bucket (`Next`: not at home) or its heap record (`External`: a long key
+    /// or bounds).
     Waiting,
     /// For the general path.
     General,
