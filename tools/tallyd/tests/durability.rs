@@ -5,12 +5,14 @@
 //! failure can be replayed with `TALLYD_CRASH_SEED=N`; `TALLYD_CRASH_ROUNDS=N` runs a
 //! longer crash loop (default 4 rounds).
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread;
 use std::time::Duration;
+
+mod common;
 
 use tally_protocol::{
     decode_reply, encode_batch, encode_hello, BoundPolicy, Durability, Op, OpReply, Reply, Status,
@@ -20,64 +22,31 @@ const KEY_COUNT: usize = 64;
 const OPS_PER_FRAME: usize = 8;
 const FRAMES_PER_ROUND_TRIP: usize = 16;
 
-/// A running `tallyd` child; killed on drop if still running.
+/// A running `tallyd` and the address it listens on.
 struct Daemon {
-    child: Child,
+    process: common::Process,
     addr: SocketAddr,
 }
 
 impl Daemon {
     fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                "2",
-                "--partitions",
-                "8",
-            ])
-            .args(["--spin-us", "20"])
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tallyd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the start line");
-        let addr = line
-            .trim()
-            .strip_prefix("tallyd listening on ")
-            .and_then(|rest| rest.split_once(' '))
+        // "tallyd listening on 127.0.0.1:PORT (shard ports A,B)"
+        let (process, rest) = common::start(dir, 8, extra, "tallyd listening on ");
+        let addr = rest
+            .split_once(' ')
             .map(|(addr, _)| addr.parse().expect("an address"))
-            .unwrap_or_else(|| panic!("start line: {line:?}"));
-        Daemon { child, addr }
+            .unwrap_or_else(|| panic!("start line: {rest:?}"));
+        Daemon { process, addr }
     }
 
     /// SIGKILL, as a crash: nothing runs in the daemon after it.
-    fn kill_9(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reap");
+    fn kill_9(self) {
+        self.process.kill_9();
     }
 
     /// SIGTERM; returns the exit code.
-    fn terminate(mut self) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(status.success());
-        self.child.wait().unwrap().code()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn terminate(self) -> Option<i32> {
+        self.process.terminate()
     }
 }
 

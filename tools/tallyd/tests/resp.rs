@@ -4,16 +4,18 @@
 //! and `redis-benchmark` tools (`.ci/run` installs the Debian package `redis-tools`).
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use redis::Value;
 
-/// A running `tallyd` with a Redis door; killed on drop.
+mod common;
+
+/// A running `tallyd` with a Redis door, in its own data directory.
 struct Daemon {
-    child: Child,
+    _process: common::Process,
     resp_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
@@ -21,30 +23,14 @@ struct Daemon {
 impl Daemon {
     fn start(extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-            .args(["--listen", "127.0.0.1:0", "--resp-listen", "127.0.0.1:0"])
-            .args(["--cores", "2", "--partitions", "16", "--spin-us", "20"])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tallyd");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let resp_addr = loop {
-            let line = lines
-                .next()
-                .expect("tallyd printed its resp line before exiting")
-                .expect("read tallyd's stdout");
-            if let Some((_, addr)) = line.split_once("resp listening on ") {
-                break addr.trim().parse().expect("a socket address");
-            }
-        };
+        let extra: Vec<&str> = ["--resp-listen", "127.0.0.1:0"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let (process, addr) = common::start(dir.path(), 16, &extra, "resp listening on ");
         Daemon {
-            child,
-            resp_addr,
+            _process: process,
+            resp_addr: addr.parse().expect("a socket address"),
             _dir: dir,
         }
     }
@@ -67,13 +53,6 @@ impl Daemon {
 
     fn port(&self) -> String {
         self.resp_addr.port().to_string()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

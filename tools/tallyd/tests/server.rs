@@ -1,69 +1,38 @@
 //! Process-level tests of `tallyd`: a real daemon on 127.0.0.1 with a free port, driven
 //! over std sockets with the protocol crate's codec.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+mod common;
 
 use tally_protocol::{
     decode_reply, encode_batch, encode_hello, encode_ping, BoundPolicy, Durability, ErrorCode,
     HelloReply, Op, OpReply, Reply, Status,
 };
 
-/// A running `tallyd` child; killed on drop if still running.
+/// A running `tallyd`, the address it listens on and its shard ports.
 struct Daemon {
-    child: Child,
+    process: common::Process,
     addr: SocketAddr,
     shard_ports: Vec<u16>,
 }
 
 impl Daemon {
     fn start(dir: &std::path::Path, extra: &[&str]) -> Daemon {
-        // Short spins by default: tests share two CPUs with the daemon.
-        let spin: &[&str] = if extra.contains(&"--spin-us") {
-            &[]
-        } else {
-            &["--spin-us", "20"]
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--cores",
-                "2",
-                "--partitions",
-                "16",
-            ])
-            .args(spin)
-            .arg("--data-dir")
-            .arg(dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn tallyd");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read the start line");
         // "tallyd listening on 127.0.0.1:PORT (shard ports A,B)"
-        let rest = line
-            .trim()
-            .strip_prefix("tallyd listening on ")
-            .unwrap_or_else(|| panic!("start line: {line:?}"));
+        let (process, rest) = common::start(dir, 16, extra, "tallyd listening on ");
         let (addr, ports) = rest
             .split_once(" (shard ports ")
-            .expect("shard ports in the start line");
+            .unwrap_or_else(|| panic!("shard ports in the start line: {rest:?}"));
         let shard_ports = ports
             .trim_end_matches(')')
             .split(',')
             .map(|port| port.parse().unwrap())
             .collect();
         Daemon {
-            child,
+            process,
             addr: addr.parse().unwrap(),
             shard_ports,
         }
@@ -78,22 +47,8 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and returns the exit code.
-    fn terminate(mut self) -> Option<i32> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let code = self.child.wait().unwrap().code();
-        std::mem::forget(self);
-        code
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+    fn terminate(self) -> Option<i32> {
+        self.process.terminate()
     }
 }
 

@@ -1,0 +1,73 @@
+//! What the daemon's process tests share: starting a real `tallyd` on 127.0.0.1 with the
+//! tests' defaults, reading what it prints when it listens, and stopping it.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running `tallyd` child process; killed on drop if still running.
+pub struct Process {
+    child: Child,
+}
+
+/// Starts `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
+/// --data-dir DIR EXTRA...` (short spins, since the tests share two CPUs with the daemon,
+/// unless EXTRA gives `--spin-us`) and returns it with the rest of the first line of its
+/// standard output containing `marker`. Standard output is closed after that line, so
+/// later output can never fill a pipe nobody reads.
+pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Process, String) {
+    let spin: &[&str] = if extra.contains(&"--spin-us") {
+        &[]
+    } else {
+        &["--spin-us", "20"]
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "2"])
+        .args(["--partitions", &partitions.to_string()])
+        .args(spin)
+        .arg("--data-dir")
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn tallyd");
+    let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+    // The child is killed (by `Process`'s drop) if the line never comes.
+    let process = Process { child };
+    for line in stdout.lines() {
+        let line = line.expect("read tallyd's standard output");
+        if let Some((_, rest)) = line.split_once(marker) {
+            return (process, rest.trim().to_owned());
+        }
+    }
+    panic!("tallyd exited without printing `{marker}`");
+}
+
+impl Process {
+    /// SIGKILL, as a crash: nothing runs in the daemon after it.
+    #[allow(dead_code)] // not every test file crashes the daemon
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM; returns the exit code.
+    #[allow(dead_code)] // not every test file stops the daemon gracefully
+    pub fn terminate(mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        self.child.wait().expect("reap").code()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
