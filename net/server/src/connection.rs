@@ -291,7 +291,9 @@ impl State {
                 .expect("a batch's reply has at most BATCH_OPS_MAX results");
         };
         if !self.dispatch.collect_now(core, &plan.routed, &mut each) {
-            self.dispatch.collect(core, &plan.routed, each).await;
+            self.dispatch
+                .collect_waiting(core, &plan.routed, each)
+                .await;
         }
         writer
             .finish()

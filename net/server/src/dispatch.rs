@@ -311,9 +311,24 @@ impl Dispatch {
         routed: &Routed,
         mut each: impl FnMut(RoutedResult),
     ) {
-        if self.collect_now(core, routed, &mut each) {
-            return;
+        if !self.collect_now(core, routed, &mut each) {
+            self.collect_waiting(core, routed, each).await;
         }
+    }
+
+    /// The rest of [`Dispatch::collect`] once [`Dispatch::collect_now`] returned false
+    /// (the local group is applied): waits for the other cores' results and the durable
+    /// LSN, then hands out the results.
+    pub async fn collect_waiting(
+        &mut self,
+        core: &Core,
+        routed: &Routed,
+        each: impl FnMut(RoutedResult),
+    ) {
+        debug_assert!(
+            routed.groups.end <= self.groups.len(),
+            "local group applied"
+        );
         for _ in 0..routed.remote_count {
             let remote = self
                 .remotes
