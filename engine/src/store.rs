@@ -62,22 +62,12 @@ pub const DEFER_DISTANCE: usize = 16;
 pub const RESTORE_THREADS_MAX: usize = 8;
 
 /// The counter a batch's previous operation updated on the fast path (see
-/// `Store::apply_batched`). An inline key is its length and its zero-padded 16 bytes.
+/// `Store::fast_step`): its lookup key (for an inline key, its length and zero-padded
+/// 16 bytes identify it) and its slot.
 #[derive(Clone, Copy)]
 struct LastUpdate {
-    hash: u64,
-    key_len: usize,
-    key_words: [u64; 2],
+    key: PlainKey,
     position: usize,
-}
-
-impl LastUpdate {
-    #[inline(always)]
-    fn same_key(&self, other: &LastUpdate) -> bool {
-        self.hash == other.hash
-            && self.key_len == other.key_len
-            && self.key_words == other.key_words
-    }
 }
 
 /// An operation of the current batch waiting for a bucket or a heap record to reach the
@@ -406,14 +396,8 @@ impl Store {
             return Step::General;
         };
         let plain = KeyProbe::new(key, hash).plain();
-        let this = LastUpdate {
-            hash,
-            key_len: key.len(),
-            key_words: plain.key_words,
-            position: 0,
-        };
         let found = match *last {
-            Some(previous) if previous.same_key(&this) => InBucket::Found(previous.position),
+            Some(previous) if previous.key == plain => InBucket::Found(previous.position),
             _ => partition.find_plain(None, &plain),
         };
         let mut wait = |found| {
@@ -430,7 +414,10 @@ impl Store {
         };
         match found {
             InBucket::Found(position) => {
-                *last = Some(LastUpdate { position, ..this });
+                *last = Some(LastUpdate {
+                    key: plain,
+                    position,
+                });
                 Step::Done(partition.update_inline_at(position, operand, set))
             }
             InBucket::External(position) => {
