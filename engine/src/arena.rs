@@ -480,7 +480,17 @@ fn check_length(file: &File, path: &Path, length_bytes: u64) -> Result<(), Engin
     Ok(())
 }
 
-/// Fills `bytes` from offset 0 of `file` in large reads, each chunk passed to `inspect`.
+/// Fills `bytes` (fresh anonymous memory) from offset 0 of `file` in large reads, each
+/// chunk passed to `inspect`.
+///
+/// Each chunk's pages are faulted in from user space before the read copies into them.
+/// A fault taken inside the read (the kernel's copy to user memory) holds the process's
+/// memory-map lock, and with it every `mmap` and `munmap` of the process, and every
+/// other fault queued behind those, waits for the page to be zeroed (on this VM a huge
+/// page's first touch can take milliseconds). A fault from user space takes only the
+/// lock of its own mapping. Measured in a restore of 10M counters on 2 cores: the
+/// restore threads and the journal readers spent the restore's first half blocked on
+/// that lock, the CPUs 20-40% idle.
 fn read_into(
     file: &File,
     path: &Path,
@@ -489,11 +499,26 @@ fn read_into(
 ) -> Result<(), EngineError> {
     for (index, chunk) in bytes.chunks_mut(IO_CHUNK_BYTES).enumerate() {
         let offset = (index * IO_CHUNK_BYTES) as u64;
+        fault_in(chunk);
         file.read_exact_at(chunk, offset)
             .map_err(io_error("read", path))?;
         inspect(chunk);
     }
     Ok(())
+}
+
+/// Bytes of a base page: `fault_in` touches one byte in each.
+const PAGE_BYTES: usize = 4 << 10;
+
+/// Writes a zero to one byte of every page of `bytes`, which must be zero already (fresh
+/// anonymous memory), so that its pages are faulted in here, from user space.
+fn fault_in(bytes: &mut [u8]) {
+    for page in bytes.chunks_mut(PAGE_BYTES) {
+        debug_assert_eq!(page[0], 0);
+        // SAFETY: `page` is a live, exclusively borrowed, non-empty slice; a volatile
+        // store of the value it already holds changes nothing but cannot be elided.
+        unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+    }
 }
 
 /// Writes `bytes` at offset 0 of `file` in large chunks, then `fdatasync`s it.
