@@ -210,7 +210,7 @@ where
     let mut record_count = 0u64;
     let stop = loop {
         match decode(&bytes[offset..]) {
-            Ok((logged, length)) => {
+            Ok((ref logged, length)) => {
                 let expected = last_lsn.map_or(info.first_lsn, |lsn: Lsn| lsn + 1);
                 if logged.lsn != expected {
                     return Err(corrupted(
@@ -218,7 +218,7 @@ where
                         format!("LSN {} where {expected} was expected", logged.lsn),
                     ));
                 }
-                visit(&logged)?;
+                visit(logged)?;
                 last_lsn = Some(logged.lsn);
                 record_count += 1;
                 offset += length;
