@@ -194,9 +194,10 @@ fn hash_keys(ops: &[Op], hashes: &mut Vec<u64>) {
     let mut previous_len = usize::MAX;
     let mut previous_words = [0u64; 2];
     let mut previous_hash = 0;
-    for op in ops {
+    // `extend` from a slice iterator knows its length: no capacity check per push.
+    hashes.extend(ops.iter().map(|op| {
         let key = op.key();
-        let hash = match key.first_chunk::<KEY_INLINE_BYTES_MAX>() {
+        match key.first_chunk::<KEY_INLINE_BYTES_MAX>() {
             Some(bytes) if key.len() == KEY_INLINE_BYTES_MAX => {
                 let words = crate::index::key_words(bytes);
                 if previous_len != key.len() || words != previous_words {
@@ -210,9 +211,8 @@ fn hash_keys(ops: &[Op], hashes: &mut Vec<u64>) {
                 previous_len = usize::MAX;
                 key_hash(key)
             }
-        };
-        hashes.push(hash);
-    }
+        }
+    }));
 }
 
 impl Store {
