@@ -89,6 +89,28 @@ impl RecordKind {
     }
 }
 
+/// Why `Record::validate` refuses a record.
+#[derive(Clone, Copy, Debug)]
+enum Problem {
+    KeyLength(usize),
+    SetBoundsWithoutBounds,
+    FloorAboveCeiling { floor: i64, ceiling: i64 },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Problem::KeyLength(length) => write!(f, "key length {length} is outside 1..=255"),
+            Problem::SetBoundsWithoutBounds => {
+                write!(f, "a SetBounds record must carry its bounds")
+            }
+            Problem::FloorAboveCeiling { floor, ceiling } => {
+                write!(f, "floor {floor} is above ceiling {ceiling}")
+            }
+        }
+    }
+}
+
 /// A counter's floor and ceiling after the mutation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Bounds {
@@ -209,11 +231,27 @@ impl Record<'_> {
 
     /// Checks what the format cannot represent or replay cannot apply.
     pub fn validate(&self) -> Result<(), String> {
-        if self.key.is_empty() || self.key.len() > RECORD_KEY_BYTES_MAX {
-            return Err(format!("key length {} is outside 1..=255", self.key.len()));
+        match self.problem() {
+            Some(problem) => Err(problem.to_string()),
+            None => Ok(()),
         }
+    }
+
+    /// What `validate` refuses, without building a message.
+    #[inline(always)]
+    fn problem(&self) -> Option<Problem> {
+        if self.key.is_empty() || self.key.len() > RECORD_KEY_BYTES_MAX {
+            return Some(Problem::KeyLength(self.key.len()));
+        }
+        self.bounds_problem()
+    }
+
+    /// `problem` but for the key's length, which `decode` has checked against the
+    /// record's length already (it runs this once per record on recovery's reader thread).
+    #[inline(always)]
+    fn bounds_problem(&self) -> Option<Problem> {
         if self.kind == RecordKind::SetBounds && self.bounds.is_none() {
-            return Err("a SetBounds record must carry its bounds".into());
+            return Some(Problem::SetBoundsWithoutBounds);
         }
         if let Some(Bounds {
             floor: Some(floor),
@@ -221,10 +259,10 @@ impl Record<'_> {
         }) = self.bounds
         {
             if floor > ceiling {
-                return Err(format!("floor {floor} is above ceiling {ceiling}"));
+                return Some(Problem::FloorAboveCeiling { floor, ceiling });
             }
         }
-        Ok(())
+        None
     }
 
     fn flags(&self) -> u8 {
@@ -332,8 +370,8 @@ fn invalid(reason: std::fmt::Arguments<'_>) -> DecodeError {
 
 /// Decodes the record at the start of `bytes`; returns it and its length.
 ///
-/// Every check [`Record::validate`] makes is made here too, inline (this runs once per
-/// record on recovery's reader thread), so a decoded record always validates. Always
+/// A decoded record has passed [`Record::validate`]'s checks (made without building a
+/// message unless one fails: this runs once per record on recovery's reader thread). Always
 /// inlined: the record is large (about 160 bytes with its optional sections), and in
 /// line the caller reads its fields where they were decoded instead of copying it out.
 #[inline(always)]
@@ -348,7 +386,6 @@ pub fn decode(bytes: &[u8]) -> Result<(LoggedRecord<'_>, usize), DecodeError> {
         return Err(invalid(format_args!("checksum mismatch")));
     }
     let record = decode_fields(bytes)?;
-    debug_assert!(record.record.validate().is_ok());
     Ok((record, length))
 }
 
@@ -373,50 +410,37 @@ fn decode_fields(bytes: &[u8]) -> Result<LoggedRecord<'_>, DecodeError> {
     if read_u32(bytes, 20) != 0 {
         return Err(invalid(format_args!("reserved bytes are not zero")));
     }
-    if kind == RecordKind::SetBounds && !has_bounds {
-        return Err(invalid(format_args!(
-            "a SetBounds record must carry its bounds"
-        )));
-    }
     let mut at = RECORD_HEADER_BYTES + key_bytes;
     let mut bounds = None;
     if has_bounds {
         let floor = read_u64(bytes, at) as i64;
         let ceiling = read_u64(bytes, at + 8) as i64;
         at += BOUNDS_BYTES;
-        let found = Bounds {
+        bounds = Some(Bounds {
             floor: (flags & FLAG_FLOOR != 0).then_some(floor),
             ceiling: (flags & FLAG_CEILING != 0).then_some(ceiling),
-        };
-        if let Bounds {
-            floor: Some(floor),
-            ceiling: Some(ceiling),
-        } = found
-        {
-            if floor > ceiling {
-                return Err(invalid(format_args!(
-                    "floor {floor} is above ceiling {ceiling}"
-                )));
-            }
-        }
-        bounds = Some(found);
+        });
     }
     let idempotency = has_idempotency.then(|| {
         let key = u128::from_le_bytes(bytes[at..at + 16].try_into().expect("16 bytes"));
         let result = bytes[at + 16..at + 32].try_into().expect("16 bytes");
         Idempotency { key, result }
     });
+    let record = Record {
+        partition: read_u32(bytes, 16),
+        kind,
+        key: &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + key_bytes],
+        operand: read_u64(bytes, 24) as i64,
+        value: read_u64(bytes, 32) as i64,
+        bounds,
+        idempotency,
+    };
+    if let Some(problem) = record.bounds_problem() {
+        return Err(invalid(format_args!("{problem}")));
+    }
     Ok(LoggedRecord {
         lsn: read_u64(bytes, 8),
-        record: Record {
-            partition: read_u32(bytes, 16),
-            kind,
-            key: &bytes[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + key_bytes],
-            operand: read_u64(bytes, 24) as i64,
-            value: read_u64(bytes, 32) as i64,
-            bounds,
-            idempotency,
-        },
+        record,
     })
 }
 
