@@ -382,10 +382,10 @@ impl Replay {
         let kept_records = skips.then_some(kept.as_slice());
         let mut ops = recycle_ops(std::mem::take(&mut self.ops));
         match kept_records {
-            None => ops.extend(chunk.records.iter().map(|r| fast_op(r, chunk.key(r)))),
+            None => ops.extend(chunk.records.iter().map(|r| replay_op(r, chunk.key(r)))),
             Some(kept) => ops.extend(kept.iter().map(|&i| {
                 let record = &chunk.records[i as usize];
-                fast_op(record, chunk.key(record))
+                replay_op(record, chunk.key(record))
             })),
         }
         let applied = self.apply_in_order(store, chunk, &ops, kept_records);
@@ -446,7 +446,7 @@ impl Replay {
 /// The one operation replaying `record` takes when no bound is in the way. Records
 /// carrying bounds use a `SetBounds` the store refuses (floor above ceiling), which
 /// sends them to the slow path, where the bounds are set exactly.
-fn fast_op<'k>(record: &Decoded, key: &'k [u8]) -> Op<'k> {
+fn replay_op<'k>(record: &Decoded, key: &'k [u8]) -> Op<'k> {
     match record.kind {
         RecordKind::Delete => Op::Delete { key },
         _ if record.bounds != NO_BOUNDS => Op::SetBounds {
