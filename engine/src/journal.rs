@@ -15,7 +15,9 @@
 //! ```
 //! A segment is a sequence of records (layout in [`record`]) packed back to back from
 //! offset 0, each a multiple of 8 bytes. A zero byte where a record would start means
-//! "no more records in this segment" (the rest of the last 4 KiB block is zero padding).
+//! "no more records in this segment": the rest of the last 4 KiB block is zero
+//! padding, and the file may go on with up to about 1 MiB of zeros written ahead of
+//! the commits (see [`storage::UringStorage`]).
 //! A segment grows until a commit ends beyond [`JournalOptions::segment_bytes_target`];
 //! the next commit starts a new segment. Every open of a journal also starts a new
 //! segment, so a segment is only ever appended to by one writer.

@@ -8,7 +8,9 @@
 //! Implementations:
 //! - [`UringStorage`]: the real one. One `IORING_OP_WRITE` on an O_DIRECT file, linked
 //!   (`IOSQE_IO_LINK`) to an `IORING_OP_FSYNC` with `IORING_FSYNC_DATASYNC`, submitted
-//!   together; reaping never blocks unless asked to.
+//!   together; reaping never blocks unless asked to. It also keeps the segment written
+//!   with zeros a little ahead of the commits, so that they overwrite blocks rather
+//!   than extend the file (see its doc).
 //! - [`FileStorage`]: blocking `pwrite` + `fdatasync` with std, completing at once. The
 //!   base of [`super::fault::FaultStorage`], which injects failures for tests.
 
@@ -86,21 +88,67 @@ fn check_commit(offset: u64, buffer: &AlignedBuffer, length: usize) {
 struct InFlight {
     buffer: AlignedBuffer,
     length: usize,
+    /// The file offset just past the commit.
+    end: u64,
     write_result: Option<i32>,
     sync_result: Option<i32>,
 }
 
 const USER_DATA_WRITE: u64 = 1;
 const USER_DATA_SYNC: u64 = 2;
+const USER_DATA_ZERO: u64 = 3;
 const RING_ENTRIES: u32 = 8;
 
+/// How far beyond the last commit's end the segment is kept already written (with
+/// zeros), so that commits overwrite blocks instead of extending the file.
+const ZERO_AHEAD_BYTES: u64 = 512 << 10;
+
+/// The size of one zeroing write.
+const ZERO_STEP_BYTES: usize = 256 << 10;
+
+const _: () = assert!(ZERO_STEP_BYTES.is_multiple_of(BLOCK_BYTES));
+
 /// The real storage: O_DIRECT writes linked to fdatasync through io_uring.
+///
+/// # Writing ahead with zeros
+/// A commit that extends the file costs its fdatasync a file-system journal commit
+/// (the new size and block allocation) on top of the device cache flush; a commit
+/// that overwrites blocks already written costs only the flush. On this machine's
+/// ext4 that is 2,300-2,500 against 4,000-4,400 write + fdatasync pairs per second
+/// (16 KiB each); tallyd at 4 connections x 64 durable went from 127-135k to 154-176k
+/// increments per second (BENCHMARKS.md). So the storage keeps the segment written with zeros up to
+/// [`ZERO_AHEAD_BYTES`] beyond the last commit's end: with each commit it submits, if
+/// the zeroed region runs short, it also submits one unlinked [`ZERO_STEP_BYTES`] write
+/// of zeros just past both the region and the commit. The next commit's fdatasync makes
+/// it durable along with its own records. The step is small because that fdatasync
+/// also waits for the zeros to reach the disk (256 KiB is about 1 ms here): larger
+/// steps made rarer but longer stalls.
+///
+/// Zeros are what the journal format already reads as "no more records", so a
+/// segment's zero tail reads as a clean end, and recovery and readers need nothing
+/// new. Invariants:
+/// - a zeroing write never overlaps the commit in flight (it starts at or after the
+///   commit's end), and a commit that reaches into a zeroing write still in flight is
+///   submitted with `IOSQE_IO_DRAIN`, so it starts only after the zeros landed;
+/// - zeroing never touches a block below any commit's end, so it never overwrites a
+///   record;
+/// - a zeroing write that fails (ENOSPC, say) stops zeroing for the segment and fails
+///   nothing: commits then extend the file and meet the error themselves, if any.
 pub struct UringStorage {
     ring: IoUring,
     file: Option<File>,
     path: PathBuf,
     in_flight: Option<InFlight>,
     direct_io: bool,
+    /// Zeros for zeroing writes; `None` until the first one, and after a failed wait
+    /// on the ring (leaked, since the kernel may still read it).
+    zeros: Option<AlignedBuffer>,
+    /// The offset of the zeroing write in flight, if any, and its result once reaped.
+    zeroing: Option<(u64, Option<i32>)>,
+    /// The current segment is known to be written (records or zeros) below this offset.
+    written_end: u64,
+    /// Whether to zero ahead in the current segment (off after a failed zeroing write).
+    zero_ahead: bool,
 }
 
 impl UringStorage {
@@ -113,22 +161,34 @@ impl UringStorage {
             path: PathBuf::new(),
             in_flight: None,
             direct_io,
+            zeros: None,
+            zeroing: None,
+            written_end: 0,
+            zero_ahead: true,
         })
     }
 
-    /// Pushes the linked pair and enters the kernel. The error says whether the
-    /// entries were pushed (and so may still reach the kernel).
+    /// Pushes the linked pair (and the zeroing write at `zero_at`, if any) and enters
+    /// the kernel. The error says whether the entries were pushed (and so may still
+    /// reach the kernel).
     fn push_commit(
         &mut self,
         offset: u64,
         pointer: *const u8,
         length: usize,
+        drain: bool,
+        zero_at: Option<u64>,
     ) -> Result<(), (bool, io::Error)> {
         let fd = types::Fd(self.file.as_ref().expect("a segment is open").as_raw_fd());
+        let write_flags = if drain {
+            squeue::Flags::IO_LINK | squeue::Flags::IO_DRAIN
+        } else {
+            squeue::Flags::IO_LINK
+        };
         let write = opcode::Write::new(fd, pointer, length as u32)
             .offset(offset)
             .build()
-            .flags(squeue::Flags::IO_LINK)
+            .flags(write_flags)
             .user_data(USER_DATA_WRITE);
         let sync = opcode::Fsync::new(fd)
             .flags(types::FsyncFlags::DATASYNC)
@@ -141,20 +201,77 @@ impl UringStorage {
         unsafe { queue.push_multiple(&[write, sync]) }
             .map_err(|_| (false, io::Error::other("io_uring submission queue full")))?;
         drop(queue);
+        if let Some(at) = zero_at {
+            self.push_zeroing(at);
+        }
         self.ring.submit().map_err(|error| (true, error))?;
         Ok(())
     }
 
-    fn drain_completions(&mut self) {
-        let Some(in_flight) = self.in_flight.as_mut() else {
+    /// Pushes (without entering the kernel) a write of [`ZERO_STEP_BYTES`] zeros at
+    /// `at`, unless the zeros buffer is missing or the queue is full.
+    fn push_zeroing(&mut self, at: u64) {
+        let (Some(file), Some(zeros)) = (self.file.as_ref(), self.zeros.as_ref()) else {
             return;
         };
+        let zero = opcode::Write::new(
+            types::Fd(file.as_raw_fd()),
+            zeros.as_ptr(),
+            ZERO_STEP_BYTES as u32,
+        )
+        .offset(at)
+        .build()
+        .user_data(USER_DATA_ZERO);
+        // SAFETY: `self.zeros` is never written, and is neither freed nor moved in
+        // memory while `self.zeroing` says a zeroing write is in flight (`reap_zeroing`,
+        // `Drop`); the file stays open at least as long (`create_segment` waits for it).
+        // The ring has room: at most three entries are ever in flight.
+        if unsafe { self.ring.submission().push(&zero) }.is_ok() {
+            self.zeroing = Some((at, None));
+        }
+    }
+
+    /// Where the zeroing write to go with a commit ending at `end` starts, if one
+    /// should: when none is in flight and the written region reaches less than
+    /// [`ZERO_AHEAD_BYTES`] past `end`.
+    fn zero_start(&mut self, end: u64) -> Option<u64> {
+        let wanted =
+            self.zero_ahead && self.zeroing.is_none() && self.written_end < end + ZERO_AHEAD_BYTES;
+        if !wanted {
+            return None;
+        }
+        self.zeros
+            .get_or_insert_with(|| AlignedBuffer::new(ZERO_STEP_BYTES));
+        Some(self.written_end.max(end))
+    }
+
+    fn drain_completions(&mut self) {
         for entry in self.ring.completion() {
-            match entry.user_data() {
-                USER_DATA_WRITE => in_flight.write_result = Some(entry.result()),
-                USER_DATA_SYNC => in_flight.sync_result = Some(entry.result()),
-                other => panic!("unexpected io_uring completion {other}"),
+            let result = Some(entry.result());
+            match (entry.user_data(), self.in_flight.as_mut()) {
+                (USER_DATA_WRITE, Some(in_flight)) => in_flight.write_result = result,
+                (USER_DATA_SYNC, Some(in_flight)) => in_flight.sync_result = result,
+                (USER_DATA_ZERO, _) => {
+                    if let Some((_, slot)) = self.zeroing.as_mut() {
+                        *slot = result;
+                    }
+                }
+                (other, _) => panic!("unexpected io_uring completion {other}"),
             }
+        }
+        self.reap_zeroing();
+    }
+
+    /// Accounts for a finished zeroing write.
+    fn reap_zeroing(&mut self) {
+        let Some((at, Some(result))) = self.zeroing else {
+            return;
+        };
+        self.zeroing = None;
+        if result == ZERO_STEP_BYTES as i32 {
+            self.written_end = self.written_end.max(at + ZERO_STEP_BYTES as u64);
+        } else {
+            self.zero_ahead = false;
         }
     }
 
@@ -162,6 +279,16 @@ impl UringStorage {
         self.in_flight
             .as_ref()
             .is_some_and(|f| f.write_result.is_some() && f.sync_result.is_some())
+    }
+
+    /// Blocks until the commit and the zeroing write in flight have both finished.
+    fn wait_for_all(&mut self) -> io::Result<()> {
+        self.drain_completions();
+        while (self.in_flight.is_some() && !self.finished()) || self.zeroing.is_some() {
+            self.wait_for_completion()?;
+            self.drain_completions();
+        }
+        Ok(())
     }
 
     fn wait_for_completion(&mut self) -> io::Result<()> {
@@ -200,8 +327,13 @@ impl JournalStorage for UringStorage {
             self.in_flight.is_none(),
             "segment switch with a commit in flight"
         );
+        // The zeros of the old segment are no longer wanted, but their buffer is in use
+        // until the write finishes.
+        self.wait_for_all()?;
         self.file = Some(open_segment(path, self.direct_io)?);
         self.path = path.to_path_buf();
+        self.written_end = 0;
+        self.zero_ahead = true;
         Ok(())
     }
 
@@ -214,14 +346,19 @@ impl JournalStorage for UringStorage {
         if self.file.is_none() {
             return Err(io::Error::other("no segment open"));
         }
+        self.drain_completions();
+        let end = offset + length as u64;
+        let drain = self.zeroing.is_some_and(|(at, _)| end > at);
+        let zero_at = self.zero_start(end);
         let pointer = buffer.as_ptr();
         self.in_flight = Some(InFlight {
             buffer,
             length,
+            end,
             write_result: None,
             sync_result: None,
         });
-        if let Err((pushed, error)) = self.push_commit(offset, pointer, length) {
+        if let Err((pushed, error)) = self.push_commit(offset, pointer, length, drain, zero_at) {
             let in_flight = self.in_flight.take().expect("just stored");
             if pushed {
                 // The entries sit in the submission queue and a later entry into the
@@ -235,6 +372,7 @@ impl JournalStorage for UringStorage {
 
     fn reap(&mut self, wait: bool) -> io::Result<Option<Completion>> {
         if self.in_flight.is_none() {
+            self.drain_completions();
             return Ok(None);
         }
         self.drain_completions();
@@ -251,6 +389,9 @@ impl JournalStorage for UringStorage {
             done.sync_result.expect("finished"),
             done.length,
         );
+        if outcome.is_ok() {
+            self.written_end = self.written_end.max(done.end);
+        }
         Ok(Some(Completion {
             buffer: done.buffer,
             outcome,
@@ -260,14 +401,14 @@ impl JournalStorage for UringStorage {
 
 impl Drop for UringStorage {
     fn drop(&mut self) {
-        if self.in_flight.is_none() {
-            return;
-        }
-        if self.reap(true).is_err() {
-            // The kernel may still read the buffer: leak it rather than free it under
-            // DMA. This only happens if waiting on the ring itself fails.
+        if self.wait_for_all().is_err() {
+            // The kernel may still read the buffers: leak them rather than free them
+            // under DMA. This only happens if waiting on the ring itself fails.
             if let Some(in_flight) = self.in_flight.take() {
                 std::mem::forget(in_flight.buffer);
+            }
+            if let Some(zeros) = self.zeros.take() {
+                std::mem::forget(zeros);
             }
         }
     }
@@ -351,5 +492,107 @@ impl JournalStorage for FileStorage {
 
     fn reap(&mut self, _wait: bool) -> io::Result<Option<Completion>> {
         Ok(self.done.take())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commits of varying sizes, each rewriting the previous one's last block as the
+    /// writer does, some larger than the zeroed room: the file must hold every commit's bytes (zeros never land on records), zeros
+    /// after the last commit, and be written ahead of it.
+    #[test]
+    fn zeroing_ahead_never_overwrites_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut storage = UringStorage::new(true).unwrap();
+        storage.create_segment(&path).unwrap();
+        let mut model: Vec<u8> = Vec::new();
+        let mut end = 0u64;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        for commit in 0..300u32 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let blocks = if commit % 50 == 7 {
+                200
+            } else {
+                1 + (state % 24) as usize
+            };
+            let offset = end.saturating_sub(BLOCK_BYTES as u64);
+            let length = blocks * BLOCK_BYTES;
+            let mut buffer = AlignedBuffer::new(length);
+            for (index, byte) in buffer.as_mut_slice().iter_mut().enumerate() {
+                *byte = (commit as usize + index / BLOCK_BYTES) as u8 | 1;
+            }
+            model.resize(offset as usize, 0);
+            model.extend_from_slice(&buffer.as_slice()[..length]);
+            let new_end = offset + length as u64;
+            storage.submit(offset, buffer, length).unwrap();
+            let done = storage.reap(true).unwrap().expect("waited for it");
+            done.outcome.unwrap();
+            end = new_end;
+        }
+        storage.wait_for_all().unwrap();
+        drop(storage);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.len() as u64 >= end + ZERO_STEP_BYTES as u64,
+            "file of {} bytes not written ahead of the last commit's end {end}",
+            bytes.len()
+        );
+        assert!(
+            bytes[..end as usize] == model[..],
+            "a commit's bytes changed"
+        );
+        assert!(
+            bytes[end as usize..].iter().all(|&b| b == 0),
+            "non-zero tail"
+        );
+    }
+
+    /// A commit submitted while a zeroing write of its blocks is still in flight must
+    /// land after it, so its records are not overwritten by zeros. The storage orders
+    /// the two with `IOSQE_IO_DRAIN`. (ext4 on this machine's kernel also happens to
+    /// serialize the two writes on the inode, so this test checks the outcome rather
+    /// than catching a missing flag.) A 256 KiB write takes about a millisecond here,
+    /// so the zeroing is in flight when the commit follows it at once; the test
+    /// asserts that happened at least once.
+    #[test]
+    fn a_commit_into_a_zeroing_write_in_flight_lands_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut overlapped = 0;
+        for round in 0..20u8 {
+            let path = dir.path().join(format!("segment-{round}"));
+            let mut storage = UringStorage::new(true).unwrap();
+            storage.create_segment(&path).unwrap();
+            storage.zeros = Some(AlignedBuffer::new(ZERO_STEP_BYTES));
+            storage.zero_ahead = false;
+            storage.push_zeroing(0);
+            storage.ring.submit().unwrap();
+            let length = 2 * BLOCK_BYTES;
+            let mut buffer = AlignedBuffer::new(length);
+            buffer.as_mut_slice().fill(round | 0x80);
+            storage.drain_completions();
+            if storage.zeroing.is_some() {
+                overlapped += 1;
+            }
+            storage.submit(0, buffer, length).unwrap();
+            storage.reap(true).unwrap().unwrap().outcome.unwrap();
+            storage.wait_for_all().unwrap();
+            drop(storage);
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), ZERO_STEP_BYTES);
+            assert!(
+                bytes[..length].iter().all(|&b| b == round | 0x80),
+                "zeros won"
+            );
+            assert!(bytes[length..].iter().all(|&b| b == 0));
+        }
+        assert!(
+            overlapped > 0,
+            "no commit followed a zeroing write in flight"
+        );
     }
 }

@@ -545,18 +545,28 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_loses_nothing() {
         assert!(statuses.iter().all(|&status| status == Status::Ok));
     }
     let filler = filesystem.fill();
-    // The journal's last block may still have room: go on until a commit needs a new
-    // page of the full file system.
-    let mut refused = None;
-    for round in 0..5_000 {
+    // Each core's journal still has room in its last block and in the zeros written
+    // ahead of its commits (up to 768 KiB): go on until every core's commits need new
+    // space. A key refused once stays refused (its core's journal has failed).
+    let mut refused = vec![false; keys.len()];
+    for round in 0..20_000 {
         let statuses = send_round(&mut client, &mut tally);
-        if let Some(&status) = statuses.iter().find(|&&status| status != Status::Ok) {
-            refused = Some((round, status));
+        for (key, &status) in statuses.iter().enumerate() {
+            if status == Status::Ok {
+                assert!(!refused[key], "key {key} acknowledged after a refusal");
+            } else {
+                assert_eq!(status, Status::Unavailable, "key {key} in round {round}");
+                refused[key] = true;
+            }
+        }
+        if refused.iter().all(|&r| r) {
             break;
         }
     }
-    let (round, status) = refused.expect("a durable increment is refused on a full disk");
-    assert_eq!(status, Status::Unavailable, "after {round} rounds");
+    assert!(
+        refused.iter().all(|&r| r),
+        "durable increments are refused on a full disk"
+    );
     // Refused from now on, never acknowledged; reads still answered.
     let acked_when_full = tally.acked.clone();
     for _ in 0..3 {
