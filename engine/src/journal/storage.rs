@@ -16,7 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -97,6 +97,7 @@ struct InFlight {
 const USER_DATA_WRITE: u64 = 1;
 const USER_DATA_SYNC: u64 = 2;
 const USER_DATA_ZERO: u64 = 3;
+const USER_DATA_NOTIFY: u64 = 4;
 const RING_ENTRIES: u32 = 8;
 
 /// How far beyond the last commit's end the segment is kept already written (with
@@ -107,6 +108,11 @@ const ZERO_AHEAD_BYTES: u64 = 512 << 10;
 const ZERO_STEP_BYTES: usize = 256 << 10;
 
 const _: () = assert!(ZERO_STEP_BYTES.is_multiple_of(BLOCK_BYTES));
+
+/// What a completion notice writes (see [`UringStorage::notify_completions`]): the
+/// bytes carry nothing, the reader only wakes. A static, so its address outlives any
+/// write in flight.
+static NOTICE: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
 
 /// The real storage: O_DIRECT writes linked to fdatasync through io_uring.
 ///
@@ -149,6 +155,8 @@ pub struct UringStorage {
     written_end: u64,
     /// Whether to zero ahead in the current segment (off after a failed zeroing write).
     zero_ahead: bool,
+    /// Where each commit's completion notice goes, if anywhere.
+    notify: Option<OwnedFd>,
 }
 
 impl UringStorage {
@@ -165,7 +173,20 @@ impl UringStorage {
             zeroing: None,
             written_end: 0,
             zero_ahead: true,
+            notify: None,
         })
+    }
+
+    /// From now on, once a commit's fdatasync has finished (successfully or not), the
+    /// kernel writes 8 bytes to `fd` (an `IORING_OP_WRITE` linked after it with
+    /// `IOSQE_IO_HARDLINK`), so an event loop can wait for the commit by reading the
+    /// other end of a socket pair instead of polling [`JournalStorage::reap`] on a
+    /// timer. `fd` should be non-blocking: a notice that finds the socket full is
+    /// dropped (`EAGAIN`) rather than parking a kernel worker. A notice is only a hint
+    /// to reap: when the write fails, the linked fdatasync and the notice are
+    /// cancelled and no notice comes, so a waiter needs a fallback timeout.
+    pub fn notify_completions(&mut self, fd: OwnedFd) {
+        self.notify = Some(fd);
     }
 
     /// Pushes the linked pair (and the zeroing write at `zero_at`, if any) and enters
@@ -190,16 +211,40 @@ impl UringStorage {
             .build()
             .flags(write_flags)
             .user_data(USER_DATA_WRITE);
+        let notify = self.notify.as_ref().map(|notify| {
+            opcode::Write::new(
+                types::Fd(notify.as_raw_fd()),
+                NOTICE.as_ptr(),
+                NOTICE.len() as u32,
+            )
+            .build()
+            .user_data(USER_DATA_NOTIFY)
+        });
+        let sync_flags = if notify.is_some() {
+            squeue::Flags::IO_HARDLINK
+        } else {
+            squeue::Flags::empty()
+        };
         let sync = opcode::Fsync::new(fd)
             .flags(types::FsyncFlags::DATASYNC)
             .build()
+            .flags(sync_flags)
             .user_data(USER_DATA_SYNC);
+        let count = if notify.is_some() { 3 } else { 2 };
+        let entries = [
+            write,
+            sync,
+            notify.unwrap_or_else(|| opcode::Nop::new().build()),
+        ];
         let mut queue = self.ring.submission();
         // SAFETY: the entries point at `pointer[..length]`, the memory of the buffer now
         // owned by `self.in_flight`, and at the open `self.file`. Neither is freed, moved
         // in memory or written until both completions are reaped (`reap`, `Drop`).
-        unsafe { queue.push_multiple(&[write, sync]) }
-            .map_err(|_| (false, io::Error::other("io_uring submission queue full")))?;
+        // The notice, if any, points at the static NOTICE and at `self.notify`, which
+        // is never closed while the storage lives (and the kernel holds its own
+        // reference to a file once the entry is submitted).
+        let pushed = unsafe { queue.push_multiple(&entries[..count]) };
+        pushed.map_err(|_| (false, io::Error::other("io_uring submission queue full")))?;
         drop(queue);
         if let Some(at) = zero_at {
             self.push_zeroing(at);
@@ -225,7 +270,7 @@ impl UringStorage {
         // SAFETY: `self.zeros` is never written, and is neither freed nor moved in
         // memory while `self.zeroing` says a zeroing write is in flight (`reap_zeroing`,
         // `Drop`); the file stays open at least as long (`create_segment` waits for it).
-        // The ring has room: at most three entries are ever in flight.
+        // The ring has room: at most four entries are ever in flight.
         if unsafe { self.ring.submission().push(&zero) }.is_ok() {
             self.zeroing = Some((at, None));
         }
@@ -251,6 +296,8 @@ impl UringStorage {
             match (entry.user_data(), self.in_flight.as_mut()) {
                 (USER_DATA_WRITE, Some(in_flight)) => in_flight.write_result = result,
                 (USER_DATA_SYNC, Some(in_flight)) => in_flight.sync_result = result,
+                // A notice's own outcome does not matter (see `notify_completions`).
+                (USER_DATA_NOTIFY, _) => {}
                 (USER_DATA_ZERO, _) => {
                     if let Some((_, slot)) = self.zeroing.as_mut() {
                         *slot = result;
@@ -594,5 +641,35 @@ mod tests {
             overlapped > 0,
             "no commit followed a zeroing write in flight"
         );
+    }
+
+    /// The notice of a commit comes only once the commit can be reaped, one per
+    /// commit.
+    #[test]
+    fn a_commit_notice_follows_the_commit() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut reader, writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        writer.set_nonblocking(true).unwrap();
+        reader
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut storage = UringStorage::new(true).unwrap();
+        storage.notify_completions(OwnedFd::from(writer));
+        storage.create_segment(&dir.path().join("segment")).unwrap();
+        for round in 0..3u64 {
+            let buffer = AlignedBuffer::new(BLOCK_BYTES);
+            storage
+                .submit(round * BLOCK_BYTES as u64, buffer, BLOCK_BYTES)
+                .unwrap();
+            let mut notice = [0u8; 8];
+            reader.read_exact(&mut notice).unwrap();
+            assert_eq!(notice, NOTICE);
+            let done = storage.reap(false).unwrap().expect("reapable once noticed");
+            done.outcome.unwrap();
+        }
+        reader.set_nonblocking(true).unwrap();
+        let mut extra = [0u8; 8];
+        assert!(reader.read(&mut extra).is_err(), "one notice per commit");
     }
 }

@@ -79,6 +79,12 @@ impl Journal<UringStorage> {
             .map_err(|e| JournalError::io("set up io_uring for", data_dir, e))?;
         Self::open_with_storage(data_dir, core, options, storage)
     }
+
+    /// Has the kernel write a notice to `fd` as each commit finishes; see
+    /// [`UringStorage::notify_completions`].
+    pub fn notify_completions(&mut self, fd: std::os::fd::OwnedFd) {
+        self.storage.notify_completions(fd);
+    }
 }
 
 impl<S: JournalStorage> Journal<S> {

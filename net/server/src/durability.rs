@@ -16,16 +16,20 @@
 //! appended meanwhile ride the next one, so the commit size follows the load. A commit
 //! starts when the oldest durable record has waited `durable_wait_us` (0: at once),
 //! the oldest relaxed one `relaxed_flush_ms`, or `commit_bytes` are waiting. While a
-//! commit is in flight the task polls its completion, each time after
-//! `spin_before_park_us` + at least [`IN_FLIGHT_POLL`], longer than the executor spins,
-//! so the executor parks: the fdatasync runs on an io_uring worker thread pinned to
+//! commit is in flight the task waits, with the executor parked, for the kernel's
+//! notice that it finished: the journal's ring writes 8 bytes to one end of a Unix
+//! socket pair after each fdatasync (`UringStorage::notify_completions`) and the task
+//! reads the other end, so an acknowledgement follows its fdatasync by one wake-up.
+//! The executor must park: the fdatasync runs on an io_uring worker thread pinned to
 //! this core's CPU (like the thread that submitted it), and a spinning executor kept it
-//! waiting a scheduler slice, ~8 ms per commit at `--spin-us 200` on a 2-vCPU VM. The
-//! polls are spaced by the commits' recent duration ([`CommitPacing`]): the first comes
-//! after half the typical commit, later ones every sixteenth of it, so a commit of a few
-//! milliseconds costs a dozen wake-ups of the core, not a hundred (each one a timer, a
-//! park and its memory barrier). With nothing waiting the task sleeps until an append
-//! wakes it: an idle core parks.
+//! waiting a scheduler slice, ~8 ms per commit at `--spin-us 200` on a 2-vCPU VM.
+//! Before the notices the task polled on a timer (still the fallback, see
+//! [`CommitPacing`]); each poll cost a park, and each park one of glommio's
+//! `membarrier` calls, which strace caught taking 9-11 ms about every 100 ms on this
+//! VM (most likely while the host held the other vCPU), stalling both cores' commits
+//! together. With notices, 4 connections x 64 durable went from p99 12.7-13.6 ms to
+//! 6.3-6.6 ms and 206-215k to 236-261k increments/s (BENCHMARKS.md). With nothing
+//! waiting the task sleeps until an append wakes it: an idle core parks.
 //!
 //! # Failure
 //! After a failed write or fdatasync (ENOSPC, EIO) the journal accepts nothing more.
@@ -58,10 +62,13 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_lite::AsyncReadExt;
 
 use tally_engine::journal::checkpoint::{
     checkpoint_core, checkpoint_partition, latest, release_segments,
@@ -85,6 +92,8 @@ use crate::idempotency::IdempotencyKey;
 pub const IN_FLIGHT_POLL: Duration = Duration::from_micros(50);
 /// The commit duration [`CommitPacing`] assumes before it has measured one.
 const COMMIT_ESTIMATE_INITIAL: Duration = Duration::from_micros(500);
+/// The shortest wait for a commit's notice before the commit is polled anyway.
+const NOTICE_FALLBACK_MIN: Duration = Duration::from_millis(2);
 /// With nothing to commit the task still wakes this often to check for a checkpoint.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// The most idempotency keys whose retention one core tracks; older ones leave first.
@@ -210,9 +219,10 @@ pub struct CoreJournal {
     pub stats: DurabilityStats,
 }
 
-/// When the commit task looks again at an in-flight commit: after a share of the
-/// commits' typical duration (a moving average, 1/8 weight per commit), never sooner
-/// than `spin + IN_FLIGHT_POLL`. A commit slower than usual is polled every sixteenth of
+/// When the commit task looks again at an in-flight commit without a notice (the
+/// fallback of the module doc's notices): after a share of the commits' typical
+/// duration (a moving average, 1/8 weight per commit), never sooner than
+/// `spin + IN_FLIGHT_POLL`. A commit slower than usual is polled every sixteenth of
 /// the typical duration; one faster than half of it is noticed at the first poll, late
 /// by at most that half (the disk's own latency dominates such a commit's wait anyway).
 #[derive(Clone, Copy, Debug)]
@@ -246,7 +256,12 @@ impl CommitPacing {
         }
     }
 
-    /// How long to sleep before polling the commit in flight again.
+    /// How long to wait for a commit's notice before polling it anyway.
+    fn fallback(&self) -> Duration {
+        (self.typical * 4).max(NOTICE_FALLBACK_MIN)
+    }
+
+    /// How long to sleep before polling the commit in flight again (without notices).
     fn next_poll(&self, now: Instant, floor: Duration) -> Duration {
         let elapsed = self.started.map_or(Duration::ZERO, |started| {
             now.saturating_duration_since(started)
@@ -471,6 +486,30 @@ impl CoreJournal {
         in_flight && !self.failed.get()
     }
 
+    /// Has the kernel tell this core when each commit finishes: a Unix socket pair
+    /// whose one end the journal's ring writes a notice to after each fdatasync, and
+    /// whose other end, returned, the commit task reads. `None` (and a log line) if the
+    /// pair cannot be made: the task then polls on a timer.
+    fn commit_notices(&self) -> Option<glommio::net::UnixStream> {
+        let pair = std::os::unix::net::UnixStream::pair().and_then(|(reader, writer)| {
+            writer.set_nonblocking(true)?;
+            Ok((reader, writer))
+        });
+        let (reader, writer) = match pair {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::warn!(core = self.core, %error, "no commit notices; polling on a timer");
+                return None;
+            }
+        };
+        self.journal
+            .borrow_mut()
+            .notify_completions(std::os::fd::OwnedFd::from(writer));
+        // SAFETY: `reader` is a connected Unix stream socket that nothing else owns;
+        // `into_raw_fd` gives its ownership to glommio's stream.
+        Some(unsafe { glommio::net::UnixStream::from_raw_fd(reader.into_raw_fd()) })
+    }
+
     fn checkpoint_due(&self, now: Instant) -> bool {
         let grown = self.journal.borrow().stats().bytes_written - self.bytes_at_checkpoint.get();
         let late = self
@@ -666,14 +705,34 @@ fn read_idempotency(
 pub async fn commit_loop(core: Rc<Core>) {
     let journal = &core.journal;
     let spin = Duration::from_micros(core.config.spin_before_park_us);
+    let mut notices = journal.commit_notices();
+    let mut scratch = [0u8; 64];
     while !journal.stopping.get() {
         let now = Instant::now();
         if journal.step(now) {
-            // Sleep past the executor's spin so that it parks: the fdatasync runs on an
+            // Wait for the commit with the executor parked: the fdatasync runs on an
             // io_uring worker thread pinned to this core's CPU, and a spinning executor
             // keeps it off that CPU for a whole scheduler slice (~8 ms measured).
-            let wait = journal.pacing.get().next_poll(now, spin + IN_FLIGHT_POLL);
-            glommio::timer::sleep(wait).await;
+            let pacing = journal.pacing.get();
+            let Some(reader) = notices.as_mut() else {
+                glommio::timer::sleep(pacing.next_poll(now, spin + IN_FLIGHT_POLL)).await;
+                continue;
+            };
+            // The kernel's notice wakes the task as the commit finishes; the timer only
+            // covers a commit whose notice never comes (a failed write cancels it).
+            let noticed =
+                futures_lite::future::or(async { Some(reader.read(&mut scratch).await) }, async {
+                    glommio::timer::sleep(pacing.fallback()).await;
+                    None
+                })
+                .await;
+            if let Some(Ok(0) | Err(_)) = noticed {
+                tracing::warn!(
+                    core = core.index,
+                    "commit notices stopped; polling on a timer"
+                );
+                notices = None;
+            }
             continue;
         }
         if journal.checkpoint_due(now) {
