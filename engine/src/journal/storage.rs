@@ -109,7 +109,7 @@ const ZERO_STEP_BYTES: usize = 256 << 10;
 
 const _: () = assert!(ZERO_STEP_BYTES.is_multiple_of(BLOCK_BYTES));
 
-/// What a completion notice writes (see [`UringStorage::notify_completions`]): the
+/// What a completion notice sends (see [`UringStorage::notify_completions`]): the
 /// bytes carry nothing, the reader only wakes. A static, so its address outlives any
 /// write in flight.
 static NOTICE: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
@@ -178,11 +178,12 @@ impl UringStorage {
     }
 
     /// From now on, once a commit's fdatasync has finished (successfully or not), the
-    /// kernel writes 8 bytes to `fd` (an `IORING_OP_WRITE` linked after it with
-    /// `IOSQE_IO_HARDLINK`), so an event loop can wait for the commit by reading the
-    /// other end of a socket pair instead of polling [`JournalStorage::reap`] on a
-    /// timer. `fd` should be non-blocking: a notice that finds the socket full is
-    /// dropped (`EAGAIN`) rather than parking a kernel worker. A notice is only a hint
+    /// kernel sends 8 bytes to `fd`, a connected socket (an `IORING_OP_SEND` linked
+    /// after the fdatasync with `IOSQE_IO_HARDLINK`), so an event loop can wait for the
+    /// commit by reading the other end of the socket pair instead of polling
+    /// [`JournalStorage::reap`] on a timer. A notice that finds the socket full is
+    /// dropped (`EAGAIN`) rather than parking a kernel worker, and one whose reader is
+    /// gone fails with `EPIPE` without a signal. A notice is only a hint
     /// to reap: when the write fails, the linked fdatasync and the notice are
     /// cancelled and no notice comes, so a waiter needs a fallback timeout.
     pub fn notify_completions(&mut self, fd: OwnedFd) {
@@ -211,12 +212,15 @@ impl UringStorage {
             .build()
             .flags(write_flags)
             .user_data(USER_DATA_WRITE);
+        // A send, not a write: MSG_NOSIGNAL, so a reader gone (at shutdown) is EPIPE,
+        // never SIGPIPE; MSG_DONTWAIT, so a full socket drops the notice.
         let notify = self.notify.as_ref().map(|notify| {
-            opcode::Write::new(
+            opcode::Send::new(
                 types::Fd(notify.as_raw_fd()),
                 NOTICE.as_ptr(),
                 NOTICE.len() as u32,
             )
+            .flags(libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT)
             .build()
             .user_data(USER_DATA_NOTIFY)
         });
@@ -671,5 +675,12 @@ mod tests {
         reader.set_nonblocking(true).unwrap();
         let mut extra = [0u8; 8];
         assert!(reader.read(&mut extra).is_err(), "one notice per commit");
+        // With the reader gone (a server shutting down) commits still complete.
+        drop(reader);
+        let buffer = AlignedBuffer::new(BLOCK_BYTES);
+        storage
+            .submit(3 * BLOCK_BYTES as u64, buffer, BLOCK_BYTES)
+            .unwrap();
+        storage.reap(true).unwrap().unwrap().outcome.unwrap();
     }
 }

@@ -17,7 +17,7 @@
 //! starts when the oldest durable record has waited `durable_wait_us` (0: at once),
 //! the oldest relaxed one `relaxed_flush_ms`, or `commit_bytes` are waiting. While a
 //! commit is in flight the task waits, with the executor parked, for the kernel's
-//! notice that it finished: the journal's ring writes 8 bytes to one end of a Unix
+//! notice that it finished: the journal's ring sends 8 bytes to one end of a Unix
 //! socket pair after each fdatasync (`UringStorage::notify_completions`) and the task
 //! reads the other end, so an acknowledgement follows its fdatasync by one wake-up.
 //! The executor must park: the fdatasync runs on an io_uring worker thread pinned to
