@@ -120,12 +120,12 @@ static NOTICE: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
 /// A commit that extends the file costs its fdatasync a file-system journal commit
 /// (the new size and block allocation) on top of the device cache flush; a commit
 /// that overwrites blocks already written costs only the flush. On this machine's
-/// ext4 that is 2,300-2,500 against 4,000-4,400 write + fdatasync pairs per second
-/// (16 KiB each); tallyd at 4 connections x 64 durable went from 127-135k to 154-176k
-/// increments per second (BENCHMARKS.md). So the storage keeps the segment written with zeros up to
-/// [`ZERO_AHEAD_BYTES`] beyond the last commit's end: with each commit it submits, if
-/// the zeroed region runs short, it also submits one unlinked [`ZERO_STEP_BYTES`] write
-/// of zeros just past both the region and the commit. The next commit's fdatasync makes
+/// ext4 that is 2,300-2,750 against 4,000-4,460 write + fdatasync pairs per second
+/// (16 KiB each); tallyd at 4 connections x 64 durable went from 149-159k to 222-240k
+/// increments per second (BENCHMARKS.md). So the storage keeps the segment written
+/// with zeros up to [`ZERO_AHEAD_BYTES`] beyond the last commit's end: with each
+/// commit it submits, if the zeroed region runs short, it also submits one unlinked
+/// [`ZERO_STEP_BYTES`] write of zeros just past both the region and the commit. The next commit's fdatasync makes
 /// it durable along with its own records. The step is small because that fdatasync
 /// also waits for the zeros to reach the disk (256 KiB is about 1 ms here): larger
 /// steps made rarer but longer stalls.
@@ -183,9 +183,9 @@ impl UringStorage {
     /// commit by reading the other end of the socket pair instead of polling
     /// [`JournalStorage::reap`] on a timer. A notice that finds the socket full is
     /// dropped (`EAGAIN`) rather than parking a kernel worker, and one whose reader is
-    /// gone fails with `EPIPE` without a signal. A notice is only a hint
-    /// to reap: when the write fails, the linked fdatasync and the notice are
-    /// cancelled and no notice comes, so a waiter needs a fallback timeout.
+    /// gone fails with `EPIPE` without a signal. A notice is only a hint to reap: when
+    /// the write fails, the linked fdatasync and the notice are cancelled and no notice
+    /// comes, so a waiter needs a fallback timeout.
     pub fn notify_completions(&mut self, fd: OwnedFd) {
         self.notify = Some(fd);
     }
@@ -274,7 +274,8 @@ impl UringStorage {
         // SAFETY: `self.zeros` is never written, and is neither freed nor moved in
         // memory while `self.zeroing` says a zeroing write is in flight (`reap_zeroing`,
         // `Drop`); the file stays open at least as long (`create_segment` waits for it).
-        // The ring has room: at most four entries are ever in flight.
+        // The submission queue has room: every push is followed by a submit, so it
+        // holds at most this entry and a commit's three.
         if unsafe { self.ring.submission().push(&zero) }.is_ok() {
             self.zeroing = Some((at, None));
         }

@@ -488,7 +488,7 @@ impl CoreJournal {
     }
 
     /// Has the kernel tell this core when each commit finishes: a Unix socket pair
-    /// whose one end the journal's ring writes a notice to after each fdatasync, and
+    /// whose one end the journal's ring sends a notice to after each fdatasync, and
     /// whose other end, returned, the commit task reads. `None` (and a log line) if the
     /// pair cannot be made: the task then polls on a timer.
     fn commit_notices(&self) -> Option<glommio::net::UnixStream> {
