@@ -470,33 +470,35 @@ impl Store {
             }
             batch.waiting.pop_front();
             let op = &batch.ops[waiting.op];
-            let fast = fast_op(op).expect("only the fast path defers");
-            let hash = batch.hashes[waiting.op];
             let partition = self.partitions[waiting.partition]
                 .as_mut()
                 .expect("an owned partition");
-            let probe = KeyProbe::new(fast.key, hash);
+            // Only an external counter or the general path needs the padded key.
+            let probe = || KeyProbe::new(op.key(), batch.hashes[waiting.op]);
             let found = match waiting.found {
                 InBucket::Next(bucket) => partition.find_plain(Some(bucket), &waiting.key),
                 external => external,
             };
             let result = match found {
                 InBucket::Found(position) => {
-                    Some(partition.update_inline_at(position, fast.operand, fast.set))
+                    Some(partition.update_inline_at(position, waiting.operand, waiting.set))
                 }
-                InBucket::External(position) => partition.update_external_at(
-                    position,
-                    &probe,
-                    fast.operand,
-                    fast.set,
-                    fast.policy,
-                ),
+                InBucket::External(position) => {
+                    let policy = fast_op(op).expect("only the fast path defers").policy;
+                    partition.update_external_at(
+                        position,
+                        &probe(),
+                        waiting.operand,
+                        waiting.set,
+                        policy,
+                    )
+                }
                 InBucket::Next(_) | InBucket::Elsewhere => None,
             };
             batch.results[waiting.op] = result.unwrap_or_else(|| {
                 all = true;
                 batch.last = None;
-                partition.apply(op, &probe)
+                partition.apply(op, &probe())
             });
         }
     }
