@@ -423,11 +423,10 @@ impl JournalStorage for UringStorage {
     }
 
     fn reap(&mut self, wait: bool) -> io::Result<Option<Completion>> {
+        self.drain_completions();
         if self.in_flight.is_none() {
-            self.drain_completions();
             return Ok(None);
         }
-        self.drain_completions();
         while wait && !self.finished() {
             self.wait_for_completion()?;
             self.drain_completions();
