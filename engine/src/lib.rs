@@ -68,5 +68,33 @@ pub fn key_hash(key: &[u8]) -> u64 {
 #[inline]
 pub fn partition_of(key: &[u8], partition_count: u32) -> u32 {
     assert!(partition_count > 0, "partition_count must be positive");
-    (key_hash(key) % u64::from(partition_count)) as u32
+    let hash = key_hash(key);
+    let count = u64::from(partition_count);
+    // The same rule, without a 64-bit division (tens of cycles) for the usual power of
+    // two: then `hash % count == hash & (count - 1)`.
+    if partition_count.is_power_of_two() {
+        (hash & (count - 1)) as u32
+    } else {
+        (hash % count) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_is_the_hash_modulo_the_count_for_every_count() {
+        for count in 1..=300u32 {
+            for index in 0..64u32 {
+                let key = format!("key:{index}:{count}");
+                let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
+                assert_eq!(
+                    u64::from(partition_of(key.as_bytes(), count)),
+                    hash % u64::from(count),
+                    "{count} partitions"
+                );
+            }
+        }
+    }
 }
