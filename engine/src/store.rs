@@ -13,6 +13,9 @@
 //! only hints: a growth between the prefetch and the apply costs a miss, never a wrong
 //! result.
 //!
+//! The pipeline reads its operations through `BatchOps`: a slice of [`Op`]s (the
+//! public `apply_batch`), or journal records decoded by replay, read in place.
+//!
 //! A counter that is not in its home bucket is in its alternate one (see `index`; at
 //! 10M counters about one in five). Looking there at once would stall the pipeline for a
 //! whole cache miss. Instead the operation waits: the alternate bucket is prefetched
@@ -138,11 +141,68 @@ enum Step {
 
 /// An increment or a set, as the fast path takes it.
 #[derive(Clone, Copy)]
-struct FastOp<'o> {
-    key: &'o [u8],
-    operand: i64,
-    set: bool,
-    policy: BoundPolicy,
+pub(crate) struct FastOp<'o> {
+    pub key: &'o [u8],
+    pub operand: i64,
+    pub set: bool,
+    pub policy: BoundPolicy,
+}
+
+/// The operations of a batch as the pipeline reads them: a slice of [`Op`]s, or the
+/// same operations in another layout (replay reads decoded journal records in place
+/// instead of building an `Op` per record). The pipeline walks `items` once, in order,
+/// and takes up an item again by index only for an operation that waited. `'b` is the
+/// lifetime of the keys.
+///
+/// Invariant: `fast_of(item)`, when `Some`, is the increment or set `op_of(item)` is,
+/// on the key `key_of(item)`.
+pub(crate) trait BatchOps<'b>: Copy {
+    /// One operation as the layout holds it (for a slice of `Op`s, a reference).
+    type Item: Copy;
+    fn len(self) -> usize;
+    /// Every operation, in order.
+    fn items(self) -> impl ExactSizeIterator<Item = Self::Item>;
+    /// Operation `index`.
+    fn item(self, index: usize) -> Self::Item;
+    fn key_of(item: Self::Item) -> &'b [u8];
+    /// The operation as the fast path takes it, or `None` for the general path.
+    fn fast_of(item: Self::Item) -> Option<FastOp<'b>>;
+    /// The operation in full, for the general path.
+    fn op_of(item: Self::Item) -> Op<'b>;
+}
+
+impl<'b, 'o: 'b> BatchOps<'b> for &'b [Op<'o>] {
+    type Item = &'b Op<'o>;
+
+    #[inline(always)]
+    fn len(self) -> usize {
+        <[Op]>::len(self)
+    }
+
+    #[inline(always)]
+    fn items(self) -> impl ExactSizeIterator<Item = &'b Op<'o>> {
+        self.iter()
+    }
+
+    #[inline(always)]
+    fn item(self, index: usize) -> &'b Op<'o> {
+        &self[index]
+    }
+
+    #[inline(always)]
+    fn key_of(item: &'b Op<'o>) -> &'b [u8] {
+        item.key()
+    }
+
+    #[inline(always)]
+    fn fast_of(item: &'b Op<'o>) -> Option<FastOp<'b>> {
+        fast_op(item)
+    }
+
+    #[inline(always)]
+    fn op_of(item: &'b Op<'o>) -> Op<'b> {
+        *item
+    }
 }
 
 /// The operations the fast path takes: increments and sets of valid keys.
@@ -162,8 +222,8 @@ fn fast_op<'o>(op: &Op<'o>) -> Option<FastOp<'o>> {
 }
 
 /// One batch in flight through `Store::apply_batch`.
-struct Batch<'b, 'o> {
-    ops: &'b [Op<'o>],
+struct Batch<'b, O> {
+    ops: O,
     hashes: &'b [u64],
     results: &'b mut Vec<OpResult>,
     waiting: &'b mut WaitQueue,
@@ -190,13 +250,12 @@ pub struct Store {
 /// operation's (a hot key) reuses its hash: for 16-byte keys (the common inline size) the
 /// test is two word compares, far cheaper than hashing; other lengths are always hashed.
 #[inline]
-fn hash_keys(ops: &[Op], hashes: &mut Vec<u64>) {
+fn hash_keys<'k, O: BatchOps<'k>>(ops: O, hashes: &mut Vec<u64>) {
     let mut previous_len = usize::MAX;
     let mut previous_words = [0u64; 2];
     let mut previous_hash = 0;
-    // `extend` from a slice iterator knows its length: no capacity check per push.
-    hashes.extend(ops.iter().map(|op| {
-        let key = op.key();
+    // `extend` from an exact-size iterator: no capacity check per push.
+    hashes.extend(ops.items().map(O::key_of).map(|key| {
         match key.first_chunk::<KEY_INLINE_BYTES_MAX>() {
             Some(bytes) if key.len() == KEY_INLINE_BYTES_MAX => {
                 let words = crate::index::key_words(bytes);
@@ -308,6 +367,15 @@ impl Store {
     /// Applies `ops` in order, one result per operation pushed to `results` (cleared
     /// first), hashing and prefetching ahead across the batch.
     pub fn apply_batch(&mut self, ops: &[Op], results: &mut Vec<OpResult>) -> Result<(), OpError> {
+        self.apply_batch_of(ops, results)
+    }
+
+    /// [`Store::apply_batch`] over any layout of operations.
+    pub(crate) fn apply_batch_of<'k, O: BatchOps<'k>>(
+        &mut self,
+        ops: O,
+        results: &mut Vec<OpResult>,
+    ) -> Result<(), OpError> {
         if ops.len() > BATCH_OPS_MAX {
             return Err(OpError::BatchTooLarge {
                 count: ops.len(),
@@ -328,7 +396,7 @@ impl Store {
             waiting: &mut waiting,
             last: None,
         };
-        for (index, op) in ops.iter().enumerate() {
+        for (index, item) in ops.items().enumerate() {
             // A key hashed like the one before it (a hot key) is in the cache already.
             if let Some(&[before, ahead]) =
                 hashes.get(index + PREFETCH_DISTANCE - 1..=index + PREFETCH_DISTANCE)
@@ -337,13 +405,20 @@ impl Store {
                     self.prefetch(ahead);
                 }
             }
-            match self.fast_step(op, index, hashes[index], &mut batch.last, batch.waiting) {
+            match self.fast_step(
+                O::fast_of(item),
+                index,
+                hashes[index],
+                &mut batch.last,
+                batch.waiting,
+            ) {
                 Step::Done(result) => batch.results.push(result),
                 // A placeholder, replaced when the operation completes.
                 Step::Waiting => batch.results.push(Err(OpError::Overflow)),
                 Step::General => {
                     self.serve_waiting(&mut batch, usize::MAX);
-                    let result = self.apply_general(op, hashes[index], &mut batch.last);
+                    let result =
+                        self.apply_general(&O::op_of(item), hashes[index], &mut batch.last);
                     batch.results.push(result);
                 }
             }
@@ -379,7 +454,7 @@ impl Store {
     #[inline(always)]
     fn fast_step(
         &mut self,
-        op: &Op,
+        op: Option<FastOp>,
         op_index: usize,
         hash: u64,
         last: &mut Option<LastUpdate>,
@@ -387,7 +462,7 @@ impl Store {
     ) -> Step {
         let Some(FastOp {
             key, operand, set, ..
-        }) = fast_op(op)
+        }) = op
         else {
             return Step::General;
         };
@@ -462,19 +537,19 @@ impl Store {
     /// path cannot complete takes the general path, which may move counters; all behind
     /// it then complete at once (see the module doc).
     #[inline(never)]
-    fn serve_waiting(&mut self, batch: &mut Batch, now: usize) {
+    fn serve_waiting<'k, O: BatchOps<'k>>(&mut self, batch: &mut Batch<O>, now: usize) {
         let mut all = now == usize::MAX;
         while let Some(&waiting) = batch.waiting.front() {
             if waiting.due > now && !all {
                 return;
             }
             batch.waiting.pop_front();
-            let op = &batch.ops[waiting.op];
+            let item = batch.ops.item(waiting.op);
             let partition = self.partitions[waiting.partition]
                 .as_mut()
                 .expect("an owned partition");
             // Only an external counter or the general path needs the padded key.
-            let probe = || KeyProbe::new(op.key(), batch.hashes[waiting.op]);
+            let probe = || KeyProbe::new(O::key_of(item), batch.hashes[waiting.op]);
             let found = match waiting.found {
                 InBucket::Next(bucket) => partition.find_plain(Some(bucket), &waiting.key),
                 external => external,
@@ -484,7 +559,7 @@ impl Store {
                     Some(partition.update_inline_at(position, waiting.operand, waiting.set))
                 }
                 InBucket::External(position) => {
-                    let policy = fast_op(op).expect("only the fast path defers").policy;
+                    let policy = O::fast_of(item).expect("only the fast path defers").policy;
                     partition.update_external_at(
                         position,
                         &probe(),
@@ -498,7 +573,7 @@ impl Store {
             batch.results[waiting.op] = result.unwrap_or_else(|| {
                 all = true;
                 batch.last = None;
-                partition.apply(op, &probe())
+                partition.apply(&O::op_of(item), &probe())
             });
         }
     }

@@ -247,3 +247,26 @@ fn a_crash_during_recovery_recovers_from_the_checkpoint_again() {
     recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
     assert_eq!(snapshot(&store), expected);
 }
+
+#[test]
+fn a_record_of_a_partition_not_owned_refuses_recovery_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let first = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(dir.path(), 0, small_segments(first.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 0..200);
+    journal.sync().unwrap();
+    drop(journal);
+    drop(store); // no close_clean: an unclean stop
+
+    // Core 0's journal replayed by a store owning only half of the partitions.
+    let data = DataDir::open_or_create(dir.path(), Some(PARTITIONS)).unwrap();
+    let mut half = Store::open(&data, 0..PARTITIONS / 2).unwrap();
+    let error = recover(dir.path(), &mut half, 0, &RecoveryOptions::default())
+        .expect_err("records of partitions it does not own");
+    let message = error.to_string();
+    assert!(
+        message.contains("which this core does not own") && message.contains(".log"),
+        "{message}"
+    );
+}

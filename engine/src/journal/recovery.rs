@@ -187,10 +187,7 @@ pub fn recover(
     let reader = Reader::spawn(&journal_dir(data_dir, core), options)?;
     restore_unclean(data_dir, store, &mut report)?;
     report.restore_elapsed = started.elapsed();
-    let applied: Vec<Lsn> = (0..store.partition_count())
-        .map(|p| store.applied_lsn(p))
-        .collect();
-    let mut replay = Replay::new(applied);
+    let mut replay = Replay::new(store);
     let reader_report = replay.run(store, reader)?;
     report.journal = reader_report.scan;
     report.records_replayed = replay.replayed;
