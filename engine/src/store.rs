@@ -7,9 +7,10 @@
 //! # Batch pipeline
 //!
 //! `apply_batch` first hashes every key of the batch into a scratch buffer sized once for
-//! [`BATCH_OPS_MAX`] (no allocation per batch), then applies the operations in order
-//! while prefetching the home line of the operation `PREFETCH_DISTANCE` ahead, so up to
-//! that many cache misses are in flight while the current operation runs. Prefetches are
+//! [`BATCH_OPS_MAX`] (no allocation per batch) and prefetches the home lines of its
+//! first `PREFETCH_DISTANCE` operations, then applies the operations in order while
+//! prefetching the home line of the operation `PREFETCH_DISTANCE` ahead, so up to that
+//! many cache misses are in flight while the current operation runs. Prefetches are
 //! only hints: a growth between the prefetch and the apply costs a miss, never a wrong
 //! result.
 //!
@@ -387,6 +388,10 @@ impl Store {
         let mut hashes = std::mem::take(&mut self.hashes);
         hashes.clear();
         hash_keys(ops, &mut hashes);
+        // The loop below prefetches `PREFETCH_DISTANCE` operations ahead, so the first
+        // ones are prefetched here: without this, a batch shorter than the distance (a
+        // server turn's few operations) would take every miss one after the other.
+        self.prefetch_first(&hashes);
         let mut waiting = std::mem::take(&mut self.waiting);
         waiting.clear();
         let mut batch = Batch {
@@ -575,6 +580,20 @@ impl Store {
                 batch.last = None;
                 partition.apply(&O::op_of(item), &probe())
             });
+        }
+    }
+
+    /// Prefetches the home lines of the first `PREFETCH_DISTANCE` keys of a batch, each
+    /// once. Kept out of line: inlined, it changed the register allocation of the
+    /// batch loop after it (gungraun: 4.5% more instructions per random increment).
+    #[inline(never)]
+    fn prefetch_first(&self, hashes: &[u64]) {
+        let mut previous = None;
+        for &hash in hashes.iter().take(PREFETCH_DISTANCE) {
+            if previous != Some(hash) {
+                self.prefetch(hash);
+                previous = Some(hash);
+            }
         }
     }
 
