@@ -38,8 +38,9 @@ pub struct RecoveryArgs {
     #[arg(long, default_value_t = 16)]
     key_bytes: usize,
     /// Cores recovering in parallel, each owning the partitions `p % cores == core`
-    /// and its own journal (as `tallyd --cores`).
-    #[arg(long, default_value_t = 1)]
+    /// and its own journal (as `tallyd --cores`). Defaults to every CPU, as `tallyd`
+    /// does, so that the default run times the restart `tallyd` would make.
+    #[arg(long, default_value_t = all_cpus())]
     cores: u32,
     /// Where to build the data directory (a temporary directory inside it).
     #[arg(long, default_value = ".")]
@@ -52,6 +53,11 @@ pub struct RecoveryArgs {
     /// For profiling: a reused journal may sit in the page cache.
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
+}
+
+/// The CPUs this process may run on (`tallyd`'s default core count).
+fn all_cpus() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
 }
 
 /// Key of counter `index`: its decimal digits, zero-padded to `key_bytes`.
