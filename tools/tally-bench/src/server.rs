@@ -538,3 +538,43 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::workload::{Distribution, KeyChooser};
+
+    fn owners(keys: u64) -> Arc<KeyOwners> {
+        let map = HelloReply::with_modulo_owners(1, 64, vec![7001, 7002]).expect("a valid map");
+        Arc::new(KeyOwners::new(Arc::new(map), keys))
+    }
+
+    #[test]
+    fn a_connection_draws_keys_of_its_own_core_only_and_all_of_them() {
+        let keys = 1_000;
+        let owners = owners(keys);
+        let map = owners.map.clone();
+        for (core, distribution) in [
+            (0, Distribution::Uniform),
+            (1, Distribution::Uniform),
+            (1, Distribution::Zipfian { exponent: 0.99 }),
+        ] {
+            let chooser = KeyChooser::new(distribution, keys, 42);
+            let mut source = KeySource::new(chooser, Some((owners.clone(), core)));
+            let mut seen = HashSet::new();
+            for _ in 0..20_000 {
+                let key = source.next_key().to_vec();
+                assert_eq!(map.owner_of_key(&key), core, "{distribution:?}");
+                seen.insert(key);
+            }
+            if distribution == Distribution::Uniform {
+                let owned = (0..keys)
+                    .filter(|&rank| owners.owner_of_rank(rank, &mut Vec::new()) == core)
+                    .count();
+                assert_eq!(seen.len(), owned, "every key of core {core} drawn");
+            }
+        }
+    }
+}
