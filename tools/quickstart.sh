@@ -9,8 +9,10 @@ keep=false
 [ "${1:-}" = "--keep" ] && keep=true
 
 cargo build --release -p tallyd -p tally
-tallyd=./target/release/tallyd
-tally=./target/release/tally
+# Where cargo put them: CARGO_TARGET_DIR if set (a shared build directory), else ./target.
+bin=${CARGO_TARGET_DIR:-./target}/release
+tallyd=$bin/tallyd
+tally=$bin/tally
 
 log=$(mktemp -t tallyd.XXXXXX.log)
 "$tallyd" --data-dir ./tally-data >"$log" 2>&1 &
