@@ -55,6 +55,10 @@ pub const CHUNK_RECORDS: usize = 8192;
 pub const QUEUE_CHUNKS: usize = 2;
 /// The reader asks the kernel to read ahead at most this many bytes of segments.
 pub const READAHEAD_BYTES_MAX: u64 = 2 << 30;
+/// The range of one read-ahead request: below what Linux reads per `WILLNEED` call
+/// (the larger of the device's `read_ahead_kb` and `max_sectors_kb`; 8 MiB and 4 MiB
+/// here, 128 KiB and 512 KiB or more on common disks), so the whole range is read.
+pub const READAHEAD_STEP_BYTES: u64 = 512 << 10;
 
 const _: () = assert!(CHUNK_RECORDS <= crate::BATCH_OPS_MAX);
 const _: () = assert!(QUEUE_CHUNKS >= 2);
@@ -283,15 +287,23 @@ fn read_ahead(dir: &Path) -> Result<(), JournalError> {
             continue;
         };
         let length = file.metadata().map_or(0, |m| m.len()).min(budget);
-        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
-        unsafe {
-            libc::posix_fadvise(
-                file.as_raw_fd(),
-                0,
-                length as libc::off_t,
-                libc::POSIX_FADV_WILLNEED,
-            )
-        };
+        // One call per step: Linux reads at most max(read_ahead_kb, max_sectors_kb) of
+        // the device per WILLNEED call and ignores the rest of the range.
+        let mut offset = 0;
+        while offset < length {
+            let step = READAHEAD_STEP_BYTES.min(length - offset);
+            // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is
+            // open.
+            unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    offset as libc::off_t,
+                    step as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            offset += step;
+        }
         budget -= length;
         if budget == 0 {
             break;
