@@ -11,13 +11,18 @@
 //! A second benchmark counts the instructions of decoding and checking 10,000 journal
 //! records (recovery's reader thread).
 //!
+//! A third counts a recovery's recovering thread (valgrind counts each thread apart, and
+//! gungraun reports the thread that runs the benchmark): opening the journal, restoring
+//! a checkpoint of 10,000 counters and replaying 10,000 increments after it. The reader
+//! thread's decoding is the second benchmark's.
+//!
 //! Run: `cargo bench -p tally-benches --bench engine_instructions` (needs valgrind and
 //! `gungraun-runner` 0.20.0 on PATH).
 
 use std::hint::black_box;
 
 use gungraun::{library_benchmark, library_benchmark_group, main};
-use tally_benches::{Fixture, RecordsFixture};
+use tally_benches::{Fixture, RecordsFixture, ReplayFixture};
 
 fn random_keys(counters: u64) -> Fixture {
     Fixture::increments(counters, false)
@@ -49,9 +54,23 @@ fn decode_10000_records(fixture: RecordsFixture) -> u64 {
     black_box(fixture.decode_all())
 }
 
+// Recovering a core whose journal holds 10,000 increments after a checkpoint of
+// 10,000 counters (16-byte keys, 16 partitions), on the recovering thread.
+#[library_benchmark]
+#[bench::records_after_a_checkpoint(setup = ReplayFixture::new, teardown = teardown_replay)]
+fn recover_10000_records(mut fixture: ReplayFixture) -> ReplayFixture {
+    black_box(fixture.recover());
+    fixture
+}
+
+/// Drops the replay fixture outside the measured function.
+fn teardown_replay(fixture: ReplayFixture) {
+    drop(fixture);
+}
+
 library_benchmark_group!(
     name = engine;
-    benchmarks = increment_batch_of_10000, decode_10000_records
+    benchmarks = increment_batch_of_10000, decode_10000_records, recover_10000_records
 );
 
 main!(library_benchmark_groups = engine);

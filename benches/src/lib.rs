@@ -3,8 +3,14 @@
 //! This library holds the fixtures the benchmarks share: a store filled with counters in
 //! a temporary data directory, and batches of operations on its keys.
 
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tally_engine::journal::checkpoint::checkpoint_core;
 use tally_engine::journal::record::{decode, Record, RecordKind};
-use tally_engine::{BoundPolicy, DataDir, Op, OpResult, Store};
+use tally_engine::journal::recovery::{recover, RecoveryOptions};
+use tally_engine::journal::{Durability, Journal, JournalError, JournalOptions};
+use tally_engine::{partition_of, BoundPolicy, DataDir, Op, OpResult, Store};
 
 /// Operations per benchmark batch: the engine's batch limit.
 pub const BATCH_OPS: usize = tally_engine::BATCH_OPS_MAX;
@@ -133,6 +139,92 @@ impl RecordsFixture {
 }
 
 impl Default for RecordsFixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Counters in the checkpoint of a [`ReplayFixture`].
+pub const REPLAY_COUNTERS: u64 = 10_000;
+/// Partitions of a [`ReplayFixture`]'s data directory (`tally-bench recovery`'s default).
+const REPLAY_PARTITIONS: u32 = 16;
+
+/// A data directory as an unclean stop leaves it, and a store opened on it for the
+/// recovery to be measured: [`REPLAY_COUNTERS`] counters (16-byte keys) in a checkpoint,
+/// then `BATCH_OPS` increments of random ones in the journal after it (the shape of
+/// `tally-bench recovery`, smaller).
+pub struct ReplayFixture {
+    _directory: tempfile::TempDir,
+    path: PathBuf,
+    store: Store,
+}
+
+impl ReplayFixture {
+    pub fn new() -> ReplayFixture {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let path = directory.path().to_path_buf();
+        let dir = DataDir::open_or_create(&path, Some(REPLAY_PARTITIONS)).expect("data dir");
+        let mut store = Store::open(&dir, 0..REPLAY_PARTITIONS).expect("store");
+        let empty = recover(&path, &mut store, 0, &RecoveryOptions::default()).expect("empty");
+        let options = JournalOptions {
+            next_lsn_min: empty.next_lsn,
+            ..JournalOptions::default()
+        };
+        let mut journal = Journal::open(&path, 0, options).expect("journal");
+        let keys: Vec<Vec<u8>> = (0..REPLAY_COUNTERS).map(|i| key(i, 16)).collect();
+        let mut results = Vec::new();
+        for chunk in keys.chunks(BATCH_OPS) {
+            let ops: Vec<Op> = chunk
+                .iter()
+                .map(|key| Op::Set {
+                    key,
+                    value: 1,
+                    policy: BoundPolicy::Reject,
+                })
+                .collect();
+            store.apply_batch(&ops, &mut results).expect("fill");
+        }
+        checkpoint_core(&path, &store, &mut journal, 0, None).expect("checkpoint");
+        let mut state = 0x5eed;
+        for _ in 0..BATCH_OPS {
+            let key = &keys[(split_mix(&mut state) % REPLAY_COUNTERS) as usize];
+            let op = add(key);
+            let outcome = store.apply(&op).expect("increment");
+            let partition = partition_of(key, REPLAY_PARTITIONS);
+            let record = Record::from_op(&op, &outcome, partition).expect("a mutation");
+            let lsn = loop {
+                match journal.append(&record, Durability::Relaxed) {
+                    Err(JournalError::BufferFull { .. }) => {
+                        journal.poll().expect("poll");
+                    }
+                    other => break other.expect("append"),
+                }
+            };
+            store.set_applied_lsn(partition, lsn);
+            journal.submit_if_due(Instant::now()).expect("submit");
+            journal.poll().expect("poll");
+        }
+        journal.sync().expect("sync");
+        drop(journal);
+        drop(store); // no close_clean: an unclean stop, as after kill -9
+        let store = Store::open(&dir, 0..REPLAY_PARTITIONS).expect("store");
+        ReplayFixture {
+            _directory: directory,
+            path,
+            store,
+        }
+    }
+
+    /// Recovers core 0 (all partitions): restores the checkpoint and replays the tail.
+    /// Returns the records replayed.
+    pub fn recover(&mut self) -> u64 {
+        recover(&self.path, &mut self.store, 0, &RecoveryOptions::default())
+            .expect("recovery")
+            .records_replayed
+    }
+}
+
+impl Default for ReplayFixture {
     fn default() -> Self {
         Self::new()
     }
