@@ -10,9 +10,10 @@
 //!                 pipeline, which reads the decoded records in place (`RecordOps`)
 //! ```
 //! The reader starts before partitions are restored, so reading and checking the
-//! journal overlaps the restore; it also asks the kernel to read the first
-//! [`READAHEAD_BYTES_MAX`] of segments ahead (`POSIX_FADV_WILLNEED`), so the disk works
-//! while the queue is full. Emptied chunks go back to the reader to be refilled, so
+//! journal overlaps the restore; it also asks the kernel to read the segments ahead
+//! (`POSIX_FADV_WILLNEED`, which starts the head of each), so the disk works while the
+//! queue is full. After `kill -9` the tail is not in the page cache (the journal is
+//! written with O_DIRECT): it comes from the device. Emptied chunks go back to the reader to be refilled, so
 //! replay allocates only up to `QUEUE_CHUNKS + 2` chunks whatever the journal's length.
 //!
 //! The queue is short on purpose: its `QUEUE_CHUNKS + 2` chunks (2 MiB with 16-byte
@@ -53,12 +54,9 @@ pub const CHUNK_RECORDS: usize = 8192;
 /// Most chunks decoded ahead of the replay (16,384 records; see the module doc for why
 /// so few).
 pub const QUEUE_CHUNKS: usize = 2;
-/// The reader asks the kernel to read ahead at most this many bytes of segments.
+/// The reader asks the kernel to read ahead at most this many bytes of segments (of
+/// which Linux reads only the device's read-ahead size per segment: see `read_ahead`).
 pub const READAHEAD_BYTES_MAX: u64 = 2 << 30;
-/// The range of one read-ahead request: below what Linux reads per `WILLNEED` call
-/// (the larger of the device's `read_ahead_kb` and `max_sectors_kb`; 8 MiB and 4 MiB
-/// here, 128 KiB and 512 KiB or more on common disks), so the whole range is read.
-pub const READAHEAD_STEP_BYTES: u64 = 512 << 10;
 
 const _: () = assert!(CHUNK_RECORDS <= crate::BATCH_OPS_MAX);
 const _: () = assert!(QUEUE_CHUNKS >= 2);
@@ -287,23 +285,21 @@ fn read_ahead(dir: &Path) -> Result<(), JournalError> {
             continue;
         };
         let length = file.metadata().map_or(0, |m| m.len()).min(budget);
-        // One call per step: Linux reads at most max(read_ahead_kb, max_sectors_kb) of
-        // the device per WILLNEED call and ignores the rest of the range.
-        let mut offset = 0;
-        while offset < length {
-            let step = READAHEAD_STEP_BYTES.min(length - offset);
-            // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is
-            // open.
-            unsafe {
-                libc::posix_fadvise(
-                    file.as_raw_fd(),
-                    offset as libc::off_t,
-                    step as libc::off_t,
-                    libc::POSIX_FADV_WILLNEED,
-                )
-            };
-            offset += step;
-        }
+        // Linux reads at most max(read_ahead_kb, max_sectors_kb) of the device per
+        // WILLNEED call (8 MiB here) and ignores the rest of the range: this starts the
+        // head of every segment, and the rest is read as `MAP_POPULATE` faults it in.
+        // Asking for whole segments (one call per 512 KiB, all at once or two segments
+        // ahead of the scan) was measured no faster: the requests' page allocation lands
+        // on this thread, and both CPUs are busy (BENCHMARKS.md, 2026-11-29 16:22 UTC).
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is open.
+        unsafe {
+            libc::posix_fadvise(
+                file.as_raw_fd(),
+                0,
+                length as libc::off_t,
+                libc::POSIX_FADV_WILLNEED,
+            )
+        };
         budget -= length;
         if budget == 0 {
             break;
