@@ -50,7 +50,10 @@ pub struct RecoveryArgs {
     json: bool,
     /// Keep the data directory at this path and reuse it when it already exists (the
     /// build is skipped; recovery leaves it uncleanly stopped again, so runs repeat).
-    /// For profiling: a reused journal may sit in the page cache.
+    /// For profiling: a reused journal sits in the page cache (the previous recovery
+    /// read it), which it does not after `kill -9` (tallyd writes it with O_DIRECT), so
+    /// a kept directory times a second restart; the first run, like a fresh build, reads
+    /// the journal from the device.
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
 }
