@@ -63,6 +63,9 @@ pub fn key_hash(key: &[u8]) -> u64 {
 
 /// The partition of a key: `xxh3_64(key) % partition_count`.
 ///
+/// `tally_protocol::partition_of` computes the same for clients (the two crates do not
+/// depend on each other); tests/tests/partition_rule.rs checks that they agree.
+///
 /// # Panics
 /// If `partition_count` is 0 (a [`DataDir`] never has 0 partitions).
 #[inline]
@@ -76,25 +79,5 @@ pub fn partition_of(key: &[u8], partition_count: u32) -> u32 {
         (hash & (count - 1)) as u32
     } else {
         (hash % count) as u32
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partition_is_the_hash_modulo_the_count_for_every_count() {
-        for count in 1..=300u32 {
-            for index in 0..64u32 {
-                let key = format!("key:{index}:{count}");
-                let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-                assert_eq!(
-                    u64::from(partition_of(key.as_bytes(), count)),
-                    hash % u64::from(count),
-                    "{count} partitions"
-                );
-            }
-        }
     }
 }

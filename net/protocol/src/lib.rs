@@ -79,6 +79,7 @@ const _: () = assert!(KEY_BYTES_MAX == u8::MAX as usize);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 
 /// The partition of `key`: `xxh3_64(key) % partition_count`, the same rule as the engine.
+/// tests/tests/partition_rule.rs checks that the two agree.
 ///
 /// # Panics
 /// If `partition_count` is 0 (a shard map with no partitions never validates).
@@ -92,25 +93,5 @@ pub fn partition_of(key: &[u8], partition_count: u32) -> u32 {
         (hash & (count - 1)) as u32
     } else {
         (hash % count) as u32
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partition_is_the_hash_modulo_the_count_for_every_count() {
-        for count in 1..=300u32 {
-            for index in 0..64u32 {
-                let key = format!("key:{index}:{count}");
-                let hash = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
-                assert_eq!(
-                    u64::from(partition_of(key.as_bytes(), count)),
-                    hash % u64::from(count),
-                    "{count} partitions"
-                );
-            }
-        }
     }
 }
