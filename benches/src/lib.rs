@@ -42,6 +42,19 @@ pub fn split_mix(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Creates counters `0..counters` (16-byte keys, value 1) in batches of `BATCH_OPS`.
+fn load(store: &mut Store, counters: u64) {
+    let mut results = Vec::with_capacity(BATCH_OPS);
+    let mut next = 0;
+    while next < counters {
+        let end = (next + BATCH_OPS as u64).min(counters);
+        let keys: Vec<Vec<u8>> = (next..end).map(|i| key(i, 16)).collect();
+        let ops: Vec<Op> = keys.iter().map(|k| add(k)).collect();
+        store.apply_batch(&ops, &mut results).expect("load batch");
+        next = end;
+    }
+}
+
 impl Fixture {
     /// A store with `counters` counters of 16-byte keys over 64 partitions, and a batch of
     /// increments to random existing keys (or all to key 0 if `hot_key`).
@@ -49,15 +62,8 @@ impl Fixture {
         let directory = tempfile::tempdir().expect("temporary directory");
         let dir = DataDir::open_or_create(directory.path(), None).expect("data directory");
         let mut store = Store::open(&dir, 0..dir.partition_count()).expect("store");
-        let mut results = Vec::with_capacity(BATCH_OPS);
-        let mut next = 0;
-        while next < counters {
-            let end = (next + BATCH_OPS as u64).min(counters);
-            let keys: Vec<Vec<u8>> = (next..end).map(|i| key(i, 16)).collect();
-            let ops: Vec<Op> = keys.iter().map(|k| add(k)).collect();
-            store.apply_batch(&ops, &mut results).expect("load batch");
-            next = end;
-        }
+        load(&mut store, counters);
+        let results = Vec::with_capacity(BATCH_OPS);
         let mut state = 0x7a11;
         let ops = (0..BATCH_OPS)
             .map(|_| {
@@ -171,23 +177,12 @@ impl ReplayFixture {
             ..JournalOptions::default()
         };
         let mut journal = Journal::open(&path, 0, options).expect("journal");
-        let keys: Vec<Vec<u8>> = (0..REPLAY_COUNTERS).map(|i| key(i, 16)).collect();
-        let mut results = Vec::new();
-        for chunk in keys.chunks(BATCH_OPS) {
-            let ops: Vec<Op> = chunk
-                .iter()
-                .map(|key| Op::Set {
-                    key,
-                    value: 1,
-                    policy: BoundPolicy::Reject,
-                })
-                .collect();
-            store.apply_batch(&ops, &mut results).expect("fill");
-        }
+        load(&mut store, REPLAY_COUNTERS);
         checkpoint_core(&path, &store, &mut journal, 0, None).expect("checkpoint");
         let mut state = 0x5eed;
         for _ in 0..BATCH_OPS {
-            let key = &keys[(split_mix(&mut state) % REPLAY_COUNTERS) as usize];
+            let key = key(split_mix(&mut state) % REPLAY_COUNTERS, 16);
+            let key = key.as_slice();
             let op = add(key);
             let outcome = store.apply(&op).expect("increment");
             let partition = partition_of(key, REPLAY_PARTITIONS);
