@@ -371,9 +371,10 @@ fn invalid(reason: std::fmt::Arguments<'_>) -> DecodeError {
 /// Decodes the record at the start of `bytes`; returns it and its length.
 ///
 /// A decoded record has passed [`Record::validate`]'s checks (made without building a
-/// message unless one fails: this runs once per record on recovery's reader thread). Always
-/// inlined: the record is large (about 160 bytes with its optional sections), and in
-/// line the caller reads its fields where they were decoded instead of copying it out.
+/// message unless one fails: this runs once per record on recovery's reader thread).
+/// Always inlined: the record is large (about 160 bytes with its optional sections),
+/// and in line the caller reads its fields where they were decoded instead of copying
+/// it out.
 #[inline(always)]
 pub fn decode(bytes: &[u8]) -> Result<(LoggedRecord<'_>, usize), DecodeError> {
     let length = claimed_length(bytes)?;

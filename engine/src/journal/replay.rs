@@ -13,8 +13,9 @@
 //! journal overlaps the restore; it also asks the kernel to read the segments ahead
 //! (`POSIX_FADV_WILLNEED`, which starts the head of each), so the disk works while the
 //! queue is full. After `kill -9` the tail is not in the page cache (the journal is
-//! written with O_DIRECT): it comes from the device. Emptied chunks go back to the reader to be refilled, so
-//! replay allocates only up to `QUEUE_CHUNKS + 2` chunks whatever the journal's length.
+//! written with O_DIRECT): it comes from the device. Emptied chunks go back to the
+//! reader to be refilled, so replay allocates only up to `QUEUE_CHUNKS + 2` chunks
+//! whatever the journal's length.
 //!
 //! The queue is short on purpose: its `QUEUE_CHUNKS + 2` chunks (2 MiB with 16-byte
 //! keys: 32 bytes per decoded record, 32 reserved per key) stay in the CPU's last-level

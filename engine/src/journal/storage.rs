@@ -125,10 +125,10 @@ static NOTICE: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
 /// increments per second (BENCHMARKS.md). So the storage keeps the segment written
 /// with zeros up to [`ZERO_AHEAD_BYTES`] beyond the last commit's end: with each
 /// commit it submits, if the zeroed region runs short, it also submits one unlinked
-/// [`ZERO_STEP_BYTES`] write of zeros just past both the region and the commit. The next commit's fdatasync makes
-/// it durable along with its own records. The step is small because that fdatasync
-/// also waits for the zeros to reach the disk (256 KiB is about 1 ms here): larger
-/// steps made rarer but longer stalls.
+/// [`ZERO_STEP_BYTES`] write of zeros just past both the region and the commit. The
+/// next commit's fdatasync makes it durable along with its own records. The step is
+/// small because that fdatasync also waits for the zeros to reach the disk (256 KiB is
+/// about 1 ms here): larger steps made rarer but longer stalls.
 ///
 /// Zeros are what the journal format already reads as "no more records", so a
 /// segment's zero tail reads as a clean end, and recovery and readers need nothing
@@ -551,8 +551,9 @@ mod tests {
     use super::*;
 
     /// Commits of varying sizes, each rewriting the previous one's last block as the
-    /// writer does, some larger than the zeroed room: the file must hold every commit's bytes (zeros never land on records), zeros
-    /// after the last commit, and be written ahead of it.
+    /// writer does, some larger than the zeroed room: the file must hold every commit's
+    /// bytes (zeros never land on records), zeros after the last commit, and be written
+    /// ahead of it.
     #[test]
     fn zeroing_ahead_never_overwrites_commits() {
         let dir = tempfile::tempdir().unwrap();
