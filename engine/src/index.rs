@@ -607,7 +607,9 @@ mod tests {
     fn bucket_matches_agrees_with_a_compare_per_slot() {
         use proptest::prelude::*;
         let slot = (any::<u32>(), any::<u8>(), 0u8..3, any::<u8>(), any::<u8>());
-        proptest!(|(slots in proptest::array::uniform4(slot), wanted in (any::<u32>(), any::<u8>()), copy in proptest::array::uniform4(0u8..4))| {
+        let wanted = (any::<u32>(), any::<u8>());
+        let copies = proptest::array::uniform4(0u8..4);
+        proptest!(|(slots in proptest::array::uniform4(slot), wanted in wanted, copy in copies)| {
             let (hash_high, key_len) = wanted;
             let mut bucket = [Slot::EMPTY; SLOTS_PER_BUCKET];
             for (index, (hash, len, kind, flags, reserved)) in slots.into_iter().enumerate() {
@@ -621,10 +623,13 @@ mod tests {
                     ..Slot::EMPTY
                 };
             }
-            let wanted_word = u64::from(hash_high) | u64::from(key_len) << 32 | u64::from(KIND_PLAIN) << 40;
+            let wanted_word =
+                u64::from(hash_high) | u64::from(key_len) << 32 | u64::from(KIND_PLAIN) << 40;
             let mut expected = 0u32;
             for (index, slot) in bucket.iter().enumerate() {
-                let equal = slot.hash_high == hash_high && slot.key_len == key_len && slot.kind == KIND_PLAIN;
+                let equal = slot.hash_high == hash_high
+                    && slot.key_len == key_len
+                    && slot.kind == KIND_PLAIN;
                 expected |= u32::from(equal) << (index as u32 * MATCH_BITS_PER_SLOT);
             }
             prop_assert_eq!(bucket_matches(&bucket, wanted_word), expected);
