@@ -212,21 +212,44 @@ pub(crate) struct KeyProbe<'a> {
 impl<'a> KeyProbe<'a> {
     #[inline]
     pub(crate) fn new(key: &'a [u8], hash: u64) -> KeyProbe<'a> {
-        // A key of 16 bytes or more fills the prefix with one 16-byte load (no memcpy call).
-        let padded = match key.first_chunk::<KEY_INLINE_BYTES_MAX>() {
-            Some(prefix) => *prefix,
-            None => {
-                let mut padded = [0u8; KEY_INLINE_BYTES_MAX];
-                padded[..key.len()].copy_from_slice(key);
-                padded
-            }
-        };
         KeyProbe {
             key,
             hash_high: (hash >> 32) as u32,
-            padded,
+            padded: padded_prefix(key),
         }
     }
+}
+
+/// The first 16 bytes of `key`, zero-padded, read with at most two word loads. Written
+/// out rather than as a `copy_from_slice` of `key.len()` bytes: the optimizer may merge
+/// such a copy with the 16-byte load into one `memcpy` call of variable length per
+/// operation (it did under whole-program LTO: +20 instructions per increment).
+#[inline(always)]
+fn padded_prefix(key: &[u8]) -> [u8; KEY_INLINE_BYTES_MAX] {
+    const _: () = assert!(KEY_INLINE_BYTES_MAX == 16);
+    if let Some(prefix) = key.first_chunk::<16>() {
+        return *prefix;
+    }
+    let length = key.len();
+    let word = |bytes: &[u8]| u64::from_le_bytes(*bytes.first_chunk::<8>().expect("8 bytes"));
+    let (low, high) = if length >= 8 {
+        // Bytes 8..length are the top `length - 8` bytes of the word ending at `length`.
+        let high = match length - 8 {
+            0 => 0,
+            n => word(&key[length - 8..]) >> (8 * (8 - n)),
+        };
+        (word(key), high)
+    } else {
+        let mut low = 0u64;
+        for (index, &byte) in key.iter().enumerate() {
+            low |= u64::from(byte) << (8 * index);
+        }
+        (low, 0)
+    };
+    let mut padded = [0u8; KEY_INLINE_BYTES_MAX];
+    padded[..8].copy_from_slice(&low.to_le_bytes());
+    padded[8..].copy_from_slice(&high.to_le_bytes());
+    padded
 }
 
 impl KeyProbe<'_> {
@@ -1398,6 +1421,17 @@ fn remove_files_where(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_padded_prefix_is_the_key_then_zeros() {
+        let key: Vec<u8> = (1..=40).collect();
+        for length in 0..=40 {
+            let mut expected = [0u8; KEY_INLINE_BYTES_MAX];
+            let taken = length.min(KEY_INLINE_BYTES_MAX);
+            expected[..taken].copy_from_slice(&key[..taken]);
+            assert_eq!(padded_prefix(&key[..length]), expected, "length {length}");
+        }
+    }
 
     fn add(partition: &mut Partition, key: &[u8], hash_high: u32) -> OpResult {
         let probe = KeyProbe::new(key, u64::from(hash_high) << 32);
