@@ -70,8 +70,16 @@ pub fn key_hash(key: &[u8]) -> u64 {
 /// If `partition_count` is 0 (a [`DataDir`] never has 0 partitions).
 #[inline]
 pub fn partition_of(key: &[u8], partition_count: u32) -> u32 {
+    partition_of_hash(key_hash(key), partition_count)
+}
+
+/// [`partition_of`] for a key whose [`key_hash`] is `hash`.
+///
+/// # Panics
+/// If `partition_count` is 0.
+#[inline]
+pub fn partition_of_hash(hash: u64, partition_count: u32) -> u32 {
     assert!(partition_count > 0, "partition_count must be positive");
-    let hash = key_hash(key);
     let count = u64::from(partition_count);
     // The same rule, without a 64-bit division (tens of cycles) for the usual power of
     // two: then `hash % count == hash & (count - 1)`.

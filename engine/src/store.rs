@@ -371,6 +371,13 @@ impl Store {
         self.apply_batch_of(ops, results)
     }
 
+    /// The [`key_hash`](crate::key_hash) of every operation of the last successful
+    /// [`Store::apply_batch`], in order, so that a caller journaling the batch need not
+    /// hash the keys again ([`partition_of_hash`](crate::partition_of_hash)).
+    pub fn last_batch_hashes(&self) -> &[u64] {
+        &self.hashes
+    }
+
     /// [`Store::apply_batch`] over any layout of operations.
     pub(crate) fn apply_batch_of<'k, O: BatchOps<'k>>(
         &mut self,

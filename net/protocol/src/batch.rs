@@ -294,7 +294,7 @@ impl<'o> BatchReplyWriter<'o> {
     /// Appends the header of a batch reply to `out`.
     pub fn begin(out: &'o mut Vec<u8>, request_id: u64) -> Self {
         let start = begin_frame(out, MessageType::BatchReply, 0, request_id);
-        out.extend_from_slice(&0u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]); // result_count, patched by `finish`
         BatchReplyWriter {
             out,
             start,

@@ -137,9 +137,12 @@ impl OpReply {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let flags = if self.existed { FLAG_EXISTED } else { 0 }
             | if self.clamped { FLAG_CLAMPED } else { 0 };
-        out.push(self.status as u8);
-        out.push(flags);
-        out.extend_from_slice(&self.value.to_le_bytes());
+        // One append: a reply per operation, three capacity checks each otherwise.
+        let mut bytes = [0u8; OP_REPLY_BYTES];
+        bytes[0] = self.status as u8;
+        bytes[1] = flags;
+        bytes[2..].copy_from_slice(&self.value.to_le_bytes());
+        out.extend_from_slice(&bytes);
     }
 
     pub(crate) fn decode(cursor: &mut Cursor<'_>) -> Result<OpReply, ProtocolError> {

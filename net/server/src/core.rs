@@ -160,10 +160,13 @@ impl Core {
             // A retry of a batch journaled before a restart: its journaled operations
             // are answered from the journal, not applied again.
             self.apply_where(ops, results, |at, _| recovered.outcome(indexes[at]).map(Ok));
-            self.journal_share(ops, &results[start..], journaling, Some(recovered))
+            self.journal_share(ops, None, &results[start..], journaling, Some(recovered))
         } else {
             self.apply_store(ops, results);
-            self.journal_share(ops, &results[start..], journaling, None)
+            // The store hashed every key; the records' partitions come from those hashes.
+            let store = self.store.borrow();
+            let hashes = Some(store.last_batch_hashes()).filter(|h| h.len() == ops.len());
+            self.journal_share(ops, hashes, &results[start..], journaling, None)
         };
         assert_eq!(results.len() - start, ops.len(), "one result per operation");
         self.stats
@@ -229,6 +232,7 @@ impl Core {
     fn journal_share(
         &self,
         ops: &[Op<'_>],
+        hashes: Option<&[u64]>,
         results: &[OpResult],
         journaling: Journaling<'_>,
         recovered: Option<&Recovered>,
@@ -240,7 +244,8 @@ impl Core {
             .enumerate()
             .filter_map(|(at, (op, result))| {
                 let outcome = result.as_ref().ok()?;
-                let mut record = self.record_of(op, outcome)?;
+                let hash = hashes.map_or_else(|| tally_engine::key_hash(op.key()), |h| h[at]);
+                let mut record = self.record_of(op, hash, outcome)?;
                 if let Some((key, indexes)) = journaling.idempotency {
                     let index = indexes[at];
                     if recovered.is_some_and(|r| r.outcome(index).is_some()) {
@@ -269,12 +274,16 @@ impl Core {
     }
 
     /// The journal record of a mutation that changed state; `None` for a read or a
-    /// delete of a missing counter.
-    fn record_of<'a>(&self, op: &Op<'a>, outcome: &Outcome) -> Option<Record<'a>> {
+    /// delete of a missing counter. `hash` is the key's `key_hash`.
+    fn record_of<'a>(&self, op: &Op<'a>, hash: u64, outcome: &Outcome) -> Option<Record<'a>> {
         if matches!(op, Op::Delete { .. }) && !outcome.existed {
             return None;
         }
-        let partition = tally_engine::partition_of(op.key(), self.partition_count);
+        let partition = tally_engine::partition_of_hash(hash, self.partition_count);
+        debug_assert_eq!(
+            partition,
+            tally_engine::partition_of(op.key(), self.partition_count)
+        );
         Record::from_op(op, outcome, partition)
     }
 
