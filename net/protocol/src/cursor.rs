@@ -22,6 +22,16 @@ impl<'a> Cursor<'a> {
         self.bytes.len()
     }
 
+    /// The bytes not read yet, for a decoder that checks their length itself.
+    pub(crate) fn rest(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Moves past `count` bytes the caller has checked are there.
+    pub(crate) fn skip(&mut self, count: usize) {
+        self.bytes = &self.bytes[count..];
+    }
+
     /// The next `count` bytes, borrowed from the input.
     pub(crate) fn take(
         &mut self,

@@ -225,3 +225,49 @@ fn owner_outside_core_range_is_refused() {
     let mut out = Vec::new();
     assert!(reply.encode(&mut out, 1).is_err());
 }
+
+#[test]
+fn a_damaged_add_is_reported_by_the_field_that_is_wrong() {
+    // durability 0, one operation: Add (opcode 1) of delta 5 to key "ab", policy 0.
+    let mut add = vec![1u8, 2, b'a', b'b'];
+    add.extend_from_slice(&5i64.to_le_bytes());
+    add.push(0);
+    let wire_of = |op: &[u8]| {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(op);
+        framed(MessageType::Batch as u8, 0, &body)
+    };
+    let decoded = |op: &[u8]| {
+        let wire = wire_of(op);
+        let request = decode_request(&wire).unwrap().unwrap().request;
+        request.map(|_| ())
+    };
+    let wire = wire_of(&add);
+    let Ok(Request::Batch(whole)) = decode_request(&wire).unwrap().unwrap().request else {
+        panic!("a well-formed Add decodes");
+    };
+    let expected = Op::Add {
+        key: &b"ab"[..],
+        delta: 5,
+        policy: BoundPolicy::Reject,
+    };
+    assert_eq!(whole.ops().collect::<Vec<_>>(), vec![expected]);
+    for cut in 0..add.len() {
+        let what = match cut {
+            0 => "operation code",
+            1 => "key length",
+            2..=3 => "key",
+            4..=11 => "delta",
+            _ => "bound policy",
+        };
+        assert_eq!(
+            decoded(&add[..cut]),
+            Err(ProtocolError::Truncated { what }),
+            "cut at {cut}"
+        );
+    }
+    let mut bad_policy = add.clone();
+    *bad_policy.last_mut().unwrap() = 7;
+    assert_eq!(decoded(&bad_policy), Err(ProtocolError::UnknownPolicy(7)));
+}
