@@ -10,8 +10,9 @@
 # Usage: tools/bench-server-instructions.sh TALLYD [OPS] ["TALLYD OPTIONS"] ["LOAD OPTIONS"]
 # e.g.   tools/bench-server-instructions.sh target/release/tallyd 200000 \
 #            "--durability relaxed" "--connections 1 --pipeline 64"
-# KEEP=FILE keeps the measured dump (for callgrind_annotate). Needs valgrind. Traffic
-# goes to 127.0.0.1 only.
+# PROTOCOL=resp drives the Redis door instead of the native protocol. KEEP=FILE keeps
+# the measured dump (for callgrind_annotate). Needs valgrind. Traffic goes to
+# 127.0.0.1 only.
 set -euo pipefail
 tallyd=$1
 ops=${2:-200000}
@@ -19,6 +20,11 @@ server_options=${3:---durability relaxed}
 load_options=${4:---connections 1 --pipeline 64}
 bench=${TALLY_BENCH:-$(dirname "$0")/../target/release/tally-bench}
 port=7441
+resp_port=7449
+load_addr=127.0.0.1:$port
+if [ "${PROTOCOL:-native}" = resp ]; then
+    load_addr="127.0.0.1:$resp_port --protocol resp"
+fi
 scratch=$(mktemp -d -p "${TMPDIR:-/tmp}" tally-instr.XXXXXX)
 server=
 cleanup() {
@@ -29,7 +35,8 @@ trap cleanup EXIT
 
 # shellcheck disable=SC2086 # the options are word lists on purpose
 valgrind --tool=callgrind --callgrind-out-file="$scratch/callgrind.out" \
-    "$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" --cores 1 \
+    "$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" \
+    --resp-listen "127.0.0.1:$resp_port" --cores 1 \
     $server_options >"$scratch/tallyd.log" 2>&1 &
 server=$!
 for _ in $(seq 300); do
@@ -38,10 +45,10 @@ for _ in $(seq 300); do
 done
 grep -q "listening on" "$scratch/tallyd.log" || { cat "$scratch/tallyd.log" >&2; exit 1; }
 # shellcheck disable=SC2086
-"$bench" server --addr "127.0.0.1:$port" $load_options --ops "$ops" --json >/dev/null
+"$bench" server --addr $load_addr $load_options --ops "$ops" --json >/dev/null
 callgrind_control -z "$server" >/dev/null 2>&1
 # shellcheck disable=SC2086
-"$bench" server --addr "127.0.0.1:$port" $load_options --ops "$ops" --json >"$scratch/load.json"
+"$bench" server --addr $load_addr $load_options --ops "$ops" --json >"$scratch/load.json"
 callgrind_control -d "$server" >/dev/null 2>&1
 if [ -n "${KEEP:-}" ]; then cat "$scratch"/callgrind.out.* >"$KEEP"; fi
 total=$(cat "$scratch"/callgrind.out.* | awk '/^summary:/ { sum += $2 } END { print sum + 0 }')
