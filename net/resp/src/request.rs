@@ -376,7 +376,7 @@ mod tests {
         fn header_lines_read_fast_as_checked(
             line in proptest::collection::vec(
                 prop_oneof![
-                    4 => (b'0'..=b'9'),
+                    4 => b'0'..=b'9',
                     1 => Just(b'-'),
                     2 => Just(b'\r'),
                     2 => Just(b'\n'),
