@@ -371,9 +371,10 @@ impl Store {
         self.apply_batch_of(ops, results)
     }
 
-    /// The [`key_hash`](crate::key_hash) of every operation of the last successful
-    /// [`Store::apply_batch`], in order, so that a caller journaling the batch need not
-    /// hash the keys again ([`partition_of_hash`](crate::partition_of_hash)).
+    /// The [`key_hash`](crate::key_hash) of every operation of the last
+    /// [`Store::apply_batch`], in order (empty if it refused the batch), so that a caller
+    /// journaling the batch need not hash the keys again
+    /// ([`partition_of_hash`](crate::partition_of_hash)).
     pub fn last_batch_hashes(&self) -> &[u64] {
         &self.hashes
     }
@@ -385,6 +386,7 @@ impl Store {
         results: &mut Vec<OpResult>,
     ) -> Result<(), OpError> {
         if ops.len() > BATCH_OPS_MAX {
+            self.hashes.clear(); // no stale hashes for `last_batch_hashes`
             return Err(OpError::BatchTooLarge {
                 count: ops.len(),
                 max: BATCH_OPS_MAX,

@@ -58,7 +58,16 @@ fn a_batch_over_the_limit_is_rejected_whole() {
     let mut store = filled_store(temp.path(), 4, 0);
     let ops = vec![add(b"k", 1); BATCH_OPS_MAX + 1];
     let mut results = Vec::new();
+    // The hashes a journaling caller reads back are the last batch's, or none.
+    store
+        .apply_batch(&[add(b"a", 1), add(b"", 1)], &mut results)
+        .unwrap();
+    assert_eq!(
+        store.last_batch_hashes(),
+        [tally_engine::key_hash(b"a"), tally_engine::key_hash(b"")]
+    );
     let error = store.apply_batch(&ops, &mut results).unwrap_err();
+    assert!(store.last_batch_hashes().is_empty());
     assert_eq!(
         error,
         OpError::BatchTooLarge {
