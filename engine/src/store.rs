@@ -371,6 +371,19 @@ impl Store {
         self.apply_batch_of(ops, results)
     }
 
+    /// The error for a batch of `count` operations, over the limit; leaves no stale
+    /// hashes for [`Store::last_batch_hashes`]. Out of line: inlined, it shifted the
+    /// replay loop's code (+0.9% instructions per replayed record).
+    #[cold]
+    #[inline(never)]
+    fn refuse_batch(&mut self, count: usize) -> OpError {
+        self.hashes.clear();
+        OpError::BatchTooLarge {
+            count,
+            max: BATCH_OPS_MAX,
+        }
+    }
+
     /// The [`key_hash`](crate::key_hash) of every operation of the last
     /// [`Store::apply_batch`], in order (empty if it refused the batch), so that a caller
     /// journaling the batch need not hash the keys again
@@ -386,11 +399,7 @@ impl Store {
         results: &mut Vec<OpResult>,
     ) -> Result<(), OpError> {
         if ops.len() > BATCH_OPS_MAX {
-            self.hashes.clear(); // no stale hashes for `last_batch_hashes`
-            return Err(OpError::BatchTooLarge {
-                count: ops.len(),
-                max: BATCH_OPS_MAX,
-            });
+            return Err(self.refuse_batch(ops.len()));
         }
         results.clear();
         results.reserve(ops.len());
