@@ -106,12 +106,7 @@ impl Chunk {
     fn push(&mut self, logged: &LoggedRecord<'_>) {
         let record = &logged.record;
         let key_start = self.keys.len() as u32;
-        // A 16-byte key (the longest inline one, and the common size) is copied with
-        // one fixed-size move instead of a call to memcpy.
-        match record.key.first_chunk::<16>() {
-            Some(key) if record.key.len() == 16 => self.keys.extend_from_slice(key),
-            _ => self.keys.extend_from_slice(record.key),
-        }
+        crate::extend_key(&mut self.keys, record.key);
         let bounds = match record.bounds {
             None => NO_BOUNDS,
             Some(b) => {

@@ -80,12 +80,7 @@ impl ForwardBatch {
         self.indexes.push(index);
         let key = op.key();
         let start = u32::try_from(self.keys.len()).expect("key arena below 4 GiB");
-        // A 16-byte key (the common size) is copied with one fixed-size move instead of
-        // a call to memcpy.
-        match key.first_chunk::<16>() {
-            Some(bytes) if key.len() == 16 => self.keys.extend_from_slice(bytes),
-            _ => self.keys.extend_from_slice(key),
-        }
+        tally_engine::extend_key(&mut self.keys, key);
         let end = u32::try_from(self.keys.len()).expect("key arena below 4 GiB");
         let kind = match *op {
             Op::Add { delta, policy, .. } => ForwardKind::Add { delta, policy },
