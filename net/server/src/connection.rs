@@ -371,6 +371,7 @@ impl State {
 
     fn stage_stats(&mut self, core: &Core, request_id: u64) {
         let stats = &core.stats;
+        let journal = core.journal.journal_stats();
         let entries = [
             ("core", core.index as u64),
             ("cores", core.cores as u64),
@@ -390,6 +391,8 @@ impl State {
             ("idempotency_keys", core.idempotency.borrow().len() as u64),
             ("journal_records", core.journal.stats.records.get()),
             ("journal_durable_lsn", core.journal.durable_lsn()),
+            ("journal_commits", journal.commit_count),
+            ("journal_bytes_written", journal.bytes_written),
             ("journal_failed", u64::from(core.journal.is_failed())),
             (
                 "journal_buffer_full_syncs",

@@ -359,6 +359,11 @@ impl CoreJournal {
         self.journal.borrow().durable_lsn()
     }
 
+    /// The journal's commit counts since start.
+    pub fn journal_stats(&self) -> tally_engine::journal::JournalStats {
+        self.journal.borrow().stats()
+    }
+
     /// What this core's journal held at start for idempotency key `key`, if it is
     /// still inside the window.
     pub fn recovered(&self, key: IdempotencyKey) -> Option<&Recovered> {
