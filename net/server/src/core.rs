@@ -543,8 +543,10 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, res
     }
 }
 
-/// Runs one core until shutdown; returns its store for a clean close.
-pub async fn run(setup: CoreSetup) -> Store {
+/// Runs one core until shutdown; returns its store, and whether its journal failed
+/// while serving (then the store holds mutations the journal never got, answered
+/// `Unavailable`, and must not be closed clean: see `lib.rs`).
+pub async fn run(setup: CoreSetup) -> (Store, bool) {
     let CoreSetup {
         index,
         config,
@@ -666,5 +668,6 @@ pub async fn run(setup: CoreSetup) -> Store {
         Ok(()) => tracing::info!(core = index, "journal synced and checkpointed"),
         Err(error) => tracing::error!(core = index, %error, "no final checkpoint"),
     }
-    store
+    let journal_failed = core.journal.is_failed();
+    (store, journal_failed)
 }

@@ -34,6 +34,25 @@ pub enum ServerError {
     /// The data directory could not be opened or created.
     #[error("data directory: {0}")]
     DataDir(tally_engine::EngineError),
+    /// Another server holds the data directory's lock.
+    #[error("data directory {} is in use by another tallyd ({holder}); stop it first", path.display())]
+    DataDirInUse {
+        path: std::path::PathBuf,
+        holder: String,
+    },
+    /// A file operation on the data directory failed.
+    #[error("{action} {}: {source}", path.display())]
+    DataDirIo {
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// The data directory's core layout file is unreadable.
+    #[error("{}: {message}", path.display())]
+    Layout {
+        path: std::path::PathBuf,
+        message: String,
+    },
     /// An executor could not be created (often: too little locked memory).
     #[error("core {core}: could not start its executor: {message} (glommio needs locked memory: see `ulimit -l` and --io-memory-bytes)")]
     Executor { core: usize, message: String },

@@ -64,6 +64,7 @@ mod dispatch;
 mod durability;
 pub mod error;
 pub mod idempotency;
+mod layout;
 mod resp;
 mod router;
 pub mod shutdown;
@@ -112,6 +113,8 @@ pub struct ServerHandle {
     partition_count: u32,
     shutdown: ShutdownSignal,
     cores: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
+    /// Held until every core has stopped (after the final checkpoint).
+    _lock: layout::DataDirLock,
 }
 
 impl ServerHandle {
@@ -182,8 +185,10 @@ const ABORT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`ServerError::StartStuck`] naming its stage: start-up never hangs.
 pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    let lock = layout::DataDirLock::acquire(&config.data_dir)?;
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
         .map_err(ServerError::DataDir)?;
+    layout::migrate(&config, &dir)?;
     let (main_listeners, listen_addr) = bind_main(config.listen, config.cores)?;
     let (resp_listeners, resp_addr): (Vec<_>, _) = match config.resp_listen {
         Some(addr) => {
@@ -238,6 +243,7 @@ pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHan
         partition_count,
         shutdown,
         cores: handles,
+        _lock: lock,
     })
 }
 
@@ -437,7 +443,19 @@ fn spawn_core(
             shutdown,
             drain,
         };
-        let store = core::run(setup).await;
+        let (store, journal_failed) = core::run(setup).await;
+        if journal_failed {
+            // The store holds mutations whose records never reached the disk (answered
+            // `Unavailable`). Closed clean, the next start would keep them; left
+            // unclean, it restores the last checkpoint and replays the journal: exactly
+            // what was made durable.
+            tracing::warn!(
+                core = index,
+                "the journal failed: the store is left unclean, so the next start recovers \
+                 from the checkpoint and the journal"
+            );
+            return Ok(());
+        }
         tracing::info!(core = index, "closing the store");
         store.close_clean().map_err(|source| ServerError::Engine {
             core: index,

@@ -284,6 +284,74 @@ fn durable_acknowledged_increments_survive_kill_9_exactly_once() {
     check_bounds(daemon.addr, &tally, "after the last crash");
 }
 
+/// The core count changes between crashes (2, 1, 2, 1 cores, then 2): every journal
+/// must reach the partitions it was written for before the new layout serves, or
+/// acknowledged increments are lost (a journal ignored) or stale values come back (an
+/// old journal replayed over newer checkpoints).
+#[test]
+fn a_core_count_change_after_kill_9_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut random = seed();
+    let mut tally = Tally::new();
+    for (round, cores) in ["2", "1", "2", "1"].into_iter().enumerate() {
+        let daemon = Daemon::start(dir.path(), &["--cores", cores]);
+        let addr = daemon.addr;
+        if round > 0 {
+            let what = format!("after a crash and a restart on {cores} cores");
+            let values = check_bounds(addr, &tally, &what);
+            tally.acked.clone_from(&values);
+            tally.sent = values;
+        }
+        let writer_seed = next_random(&mut random);
+        let start = tally.clone();
+        let writer = thread::spawn(move || {
+            write_until_closed(addr, Durability::Durable, writer_seed, usize::MAX, start)
+        });
+        thread::sleep(Duration::from_millis(150 + next_random(&mut random) % 300));
+        daemon.kill_9();
+        tally = writer.join().unwrap();
+        assert!(tally.acked.iter().sum::<i64>() > 0, "nothing acknowledged");
+    }
+    let daemon = Daemon::start(dir.path(), &["--cores", "2"]);
+    check_bounds(daemon.addr, &tally, "after the last restart on 2 cores");
+    assert!(
+        dir.path().join("journal.previous").is_dir(),
+        "the old journals were set aside"
+    );
+}
+
+/// Two servers on one data directory would each acknowledge writes the other later
+/// overwrites: the second one must refuse to start, naming the directory.
+#[test]
+fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Daemon::start(dir.path(), &[]);
+    let second = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--partitions",
+            "8",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .expect("run a second tallyd");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "the second server started");
+    assert!(
+        stderr.contains("in use by another tallyd"),
+        "unclear refusal: {stderr}"
+    );
+    // The first one still serves, and after it stops the directory is free again.
+    Client::connect(first.addr).values(&keys());
+    assert_eq!(first.terminate(), Some(0));
+    let again = Daemon::start(dir.path(), &[]);
+    Client::connect(again.addr).values(&keys());
+}
+
 #[test]
 fn relaxed_increments_are_on_disk_after_the_flush_interval_and_never_doubled() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,7 @@ pub struct Process {
 
 /// Starts `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
 /// --data-dir DIR EXTRA...` (short spins, since the tests share two CPUs with the daemon,
-/// unless EXTRA gives `--spin-us`) and returns it with the rest of the first line of its
+/// unless EXTRA gives `--spin-us`; 2 cores unless EXTRA gives `--cores`) and returns it with the rest of the first line of its
 /// standard output containing `marker`. Standard output is closed after that line, so
 /// later output can never fill a pipe nobody reads.
 pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Process, String) {
@@ -21,8 +21,14 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
     } else {
         &["--spin-us", "20"]
     };
+    let cores: &[&str] = if extra.contains(&"--cores") {
+        &[]
+    } else {
+        &["--cores", "2"]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args(["--listen", "127.0.0.1:0", "--cores", "2"])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(cores)
         .args(["--partitions", &partitions.to_string()])
         .args(spin)
         .arg("--data-dir")

@@ -1,0 +1,257 @@
+//! Who may serve a data directory, and under which core layout its journals were
+//! written.
+//!
+//! # The lock
+//! A server holds an exclusive `flock` on `<data-dir>/lock` from before it opens the
+//! directory until after its final checkpoint ([`DataDirLock`]); a second server on
+//! the same directory fails to start with [`ServerError::DataDirInUse`]. Two servers
+//! on one directory would each acknowledge writes the other then overwrites. The lock
+//! dies with the process (`kill -9` included), so a crash never leaves it stale; the
+//! file itself stays and holds the owner's pid, for the error message only.
+//!
+//! # The core layout
+//! Each core journals the mutations of the partitions it owns (`partition % cores`),
+//! and recovery replays core `k`'s journal into the partitions core `k` owns. A start
+//! with another core count would replay each journal into the wrong partitions, or
+//! not at all: acknowledged writes lost, or stale ones applied. So the directory
+//! records the count its journals were written under, in `<data-dir>/cores`:
+//!
+//! ```text
+//! cores <N>\n      ASCII, N in 1..=1024; written to cores.tmp, fsync'd, renamed, and
+//!                  the directory fsync'd
+//! ```
+//!
+//! (A directory from before this file infers N from its `journal/core-<k>` folders.)
+//! When the count changes, [`migrate`] first recovers every old core's journal into
+//! the partitions that core owned and checkpoints them all, so every acknowledged
+//! mutation is in a checkpoint; then it renames `journal/` to `journal.previous/`
+//! (replacing an older one) and records the new count. Only then do the new cores
+//! start, with empty journals whose LSNs continue above every partition's applied LSN.
+//! A crash at any step leaves the old count recorded, and the next start migrates
+//! again from the same checkpoints and journals (replay is by resulting value, so
+//! repeating it changes nothing). What a layout change gives up: idempotency keys
+//! recorded before it are forgotten (they live in the old journals), so a retry sent
+//! across the change may apply again.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use tally_engine::journal::checkpoint::checkpoint_core;
+use tally_engine::journal::recovery::{recover, RecoveryOptions};
+use tally_engine::journal::{Journal, JournalOptions};
+use tally_engine::{DataDir, Store};
+
+use crate::config::ServerConfig;
+use crate::error::ServerError;
+use crate::router::owner_of_partition;
+
+const LOCK_FILE: &str = "lock";
+const LAYOUT_FILE: &str = "cores";
+const JOURNAL_DIR: &str = "journal";
+const PREVIOUS_JOURNAL_DIR: &str = "journal.previous";
+/// The largest core count a layout file may name.
+const CORES_MAX: usize = 1024;
+
+/// The exclusive lock on a data directory; released when dropped (or the process
+/// ends).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+impl DataDirLock {
+    /// Creates `data_dir` if needed and locks it, or says who holds it.
+    pub fn acquire(data_dir: &Path) -> Result<DataDirLock, ServerError> {
+        let io_error =
+            |action: &'static str, path: &Path, source: io::Error| ServerError::DataDirIo {
+                action,
+                path: path.to_path_buf(),
+                source,
+            };
+        fs::create_dir_all(data_dir).map_err(|e| io_error("create", data_dir, e))?;
+        let path = data_dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| io_error("open", &path, e))?;
+        // SAFETY: flock on a descriptor this function owns; no memory is involved.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            let error = io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                return Err(ServerError::DataDirInUse {
+                    path: data_dir.to_path_buf(),
+                    holder: holder.trim().to_string(),
+                });
+            }
+            return Err(io_error("lock", &path, error));
+        }
+        // Best effort: the pid only makes the error message of a second server useful.
+        let _ = file
+            .set_len(0)
+            .and_then(|()| writeln!(file, "pid {}", std::process::id()));
+        Ok(DataDirLock { _file: file })
+    }
+}
+
+/// The core count the journals of `data_dir` were written under: from the layout
+/// file, else from the `journal/core-<k>` folders; `None` for a directory without
+/// journals.
+fn recorded_cores(data_dir: &Path) -> Result<Option<usize>, ServerError> {
+    let path = data_dir.join(LAYOUT_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let cores = text
+                .strip_prefix("cores ")
+                .and_then(|rest| rest.trim_end().parse::<usize>().ok())
+                .filter(|cores| (1..=CORES_MAX).contains(cores));
+            return match cores {
+                Some(cores) => Ok(Some(cores)),
+                None => Err(ServerError::Layout {
+                    path,
+                    message: format!(
+                        "expected \"cores N\" with N in 1..={CORES_MAX}, found {text:?}"
+                    ),
+                }),
+            };
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::DataDirIo {
+                action: "read",
+                path,
+                source,
+            })
+        }
+    }
+    let journals = data_dir.join(JOURNAL_DIR);
+    let entries = match fs::read_dir(&journals) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ServerError::DataDirIo {
+                action: "list",
+                path: journals,
+                source,
+            })
+        }
+    };
+    let mut cores = None;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let index = name
+            .to_str()
+            .and_then(|name| name.strip_prefix("core-"))
+            .and_then(|index| index.parse::<usize>().ok());
+        if let Some(index) = index {
+            cores = Some(cores.unwrap_or(0).max(index + 1));
+        }
+    }
+    Ok(cores)
+}
+
+/// Records `cores` as the directory's layout, durably.
+fn record_cores(data_dir: &Path, cores: usize) -> Result<(), ServerError> {
+    let path = data_dir.join(LAYOUT_FILE);
+    let temporary = data_dir.join(format!("{LAYOUT_FILE}.tmp"));
+    let io_error = |action: &'static str, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServerError::DataDirIo {
+            action,
+            path,
+            source,
+        }
+    };
+    let mut file = File::create(&temporary).map_err(io_error("create", &temporary))?;
+    writeln!(file, "cores {cores}").map_err(io_error("write", &temporary))?;
+    file.sync_all().map_err(io_error("sync", &temporary))?;
+    fs::rename(&temporary, &path).map_err(io_error("rename", &temporary))?;
+    sync_dir(data_dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), ServerError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|source| ServerError::DataDirIo {
+            action: "sync",
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Makes the directory's journals match `config.cores` before any core starts: see
+/// the module doc. Returns the previous core count if it migrated.
+pub fn migrate(config: &ServerConfig, dir: &DataDir) -> Result<Option<usize>, ServerError> {
+    let data_dir = dir.path();
+    let cores = config.cores;
+    let old = match recorded_cores(data_dir)? {
+        Some(old) if old == cores => return Ok(None),
+        None => return record_cores(data_dir, cores).map(|()| None),
+        Some(old) => old,
+    };
+    tracing::warn!(
+        from = old,
+        to = cores,
+        "the core count changed: checkpointing every partition under the old layout first"
+    );
+    let options = RecoveryOptions {
+        recover_to_corruption: config.journal.recover_to_corruption,
+    };
+    for core in 0..old {
+        let owned = (0..dir.partition_count()).filter(|p| owner_of_partition(*p, old) == core);
+        let mut store =
+            Store::open(dir, owned).map_err(|source| ServerError::Engine { core, source })?;
+        let journal_error = |source| ServerError::Journal { core, source };
+        let core_id = u32::try_from(core).expect("a layout has at most CORES_MAX cores");
+        let report = recover(data_dir, &mut store, core_id, &options).map_err(journal_error)?;
+        let journal_options = JournalOptions {
+            next_lsn_min: report.next_lsn,
+            ..JournalOptions::default()
+        };
+        let mut journal =
+            Journal::open(data_dir, core_id, journal_options).map_err(journal_error)?;
+        checkpoint_core(data_dir, &store, &mut journal, core_id, None).map_err(journal_error)?;
+        drop(journal);
+        store
+            .close_clean()
+            .map_err(|source| ServerError::Engine { core, source })?;
+        tracing::info!(
+            core,
+            of = old,
+            records_replayed = report.records_replayed,
+            "old core's partitions checkpointed"
+        );
+    }
+    let journals = data_dir.join(JOURNAL_DIR);
+    let previous: PathBuf = data_dir.join(PREVIOUS_JOURNAL_DIR);
+    if previous.exists() {
+        fs::remove_dir_all(&previous).map_err(|source| ServerError::DataDirIo {
+            action: "remove",
+            path: previous.clone(),
+            source,
+        })?;
+    }
+    if journals.exists() {
+        fs::rename(&journals, &previous).map_err(|source| ServerError::DataDirIo {
+            action: "set aside",
+            path: journals.clone(),
+            source,
+        })?;
+    }
+    sync_dir(data_dir)?;
+    record_cores(data_dir, cores)?;
+    tracing::warn!(
+        from = old,
+        to = cores,
+        previous = %previous.display(),
+        "core count changed: every partition is checkpointed; the old journals were set aside \
+         (idempotency keys recorded before the change are forgotten)"
+    );
+    Ok(Some(old))
+}
