@@ -19,6 +19,10 @@ pub const CORES_MAX: usize = 256;
 /// The port a server listens on when none is given.
 pub const LISTEN_PORT_DEFAULT: u16 = 7878;
 
+/// Default of [`ServerConfig::idempotency_journal_records_max`]: 16M records, about
+/// 1 GiB of journal per core with 16-byte keys.
+pub const IDEMPOTENCY_JOURNAL_RECORDS_DEFAULT: u64 = 16 << 20;
+
 /// When a mutation is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DurabilityMode {
@@ -93,6 +97,11 @@ pub struct ServerConfig {
     pub idempotency_entries_max: usize,
     /// The most reply bytes one core keeps for idempotency keys.
     pub idempotency_reply_bytes_max: usize,
+    /// The most journal records a core keeps for idempotency across restarts: past
+    /// it, checkpoints release the oldest segments even inside the window, so the
+    /// journal stays bounded under heavy idempotent traffic (retries of the batches
+    /// released are then answered from memory only, until a restart).
+    pub idempotency_journal_records_max: u64,
     /// The journal settings (see `journal.rs`).
     pub journal: JournalConfig,
 }
@@ -152,6 +161,7 @@ impl ServerConfig {
             idempotency_window_s: 600,
             idempotency_entries_max: 1_000_000,
             idempotency_reply_bytes_max: 64 * 1024 * 1024,
+            idempotency_journal_records_max: IDEMPOTENCY_JOURNAL_RECORDS_DEFAULT,
             journal: JournalConfig::default(),
         }
     }
@@ -185,6 +195,9 @@ impl ServerConfig {
         }
         if self.idempotency_entries_max == 0 {
             return invalid("idempotency entries must be at least 1".to_string());
+        }
+        if self.idempotency_journal_records_max == 0 {
+            return invalid("idempotency journal records must be at least 1".to_string());
         }
         let commit_bytes_max = tally_engine::journal::COMMIT_BYTES_MAX;
         if self.journal.commit_bytes == 0 || self.journal.commit_bytes > commit_bytes_max {

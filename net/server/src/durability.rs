@@ -207,6 +207,8 @@ pub struct CoreJournal {
     retained: RefCell<VecDeque<(Lsn, u32)>>,
     recovered: HashMap<IdempotencyKey, Recovered>,
     window_s: u64,
+    /// Most journal records kept for `retained` (see `retention_lsn`).
+    retained_records_max: u64,
     checkpoint_interval: Option<Duration>,
     checkpoint_journal_bytes: u64,
     last_checkpoint: Cell<Instant>,
@@ -338,6 +340,7 @@ impl CoreJournal {
             retained: RefCell::new(retained),
             recovered,
             window_s,
+            retained_records_max: config.idempotency_journal_records_max,
             checkpoint_interval: (settings.checkpoint_interval_s > 0)
                 .then(|| Duration::from_secs(settings.checkpoint_interval_s)),
             checkpoint_journal_bytes: settings.checkpoint_journal_bytes,
@@ -428,17 +431,17 @@ impl CoreJournal {
         retained.push_back((lsn, unix_s));
     }
 
-    /// The lowest LSN an idempotency record inside the window still needs.
+    /// The lowest LSN an idempotency record inside the window still needs, keeping
+    /// at most `retained_records_max` records of journal for it.
     fn retention_lsn(&self) -> Option<Lsn> {
-        let now = unix_now_s();
-        let mut retained = self.retained.borrow_mut();
-        while let Some(&(_, unix_s)) = retained.front() {
-            if u64::from(now.saturating_sub(unix_s)) < self.window_s {
-                break;
-            }
-            retained.pop_front();
-        }
-        retained.front().map(|&(lsn, _)| lsn)
+        let appended = self.journal.borrow().appended_lsn();
+        let bounds = RetentionBounds {
+            now_s: unix_now_s(),
+            window_s: self.window_s,
+            appended_lsn: appended,
+            records_max: self.retained_records_max,
+        };
+        bounds.prune(&mut self.retained.borrow_mut())
     }
 
     /// Resolves with `Ok` once `lsn` is durable, `Err` if the journal failed first.
@@ -656,6 +659,31 @@ type IdempotencyScan = (
     u64,
 );
 
+/// What an idempotent batch's journal records are kept for: the window, within at
+/// most `records_max` records behind the last appended one.
+struct RetentionBounds {
+    now_s: u32,
+    window_s: u64,
+    appended_lsn: Lsn,
+    records_max: u64,
+}
+
+impl RetentionBounds {
+    /// Drops the batches of `retained` (first LSN, unix seconds; oldest first) that
+    /// are out of bounds; the first LSN of the oldest one left.
+    fn prune(&self, retained: &mut VecDeque<(Lsn, u32)>) -> Option<Lsn> {
+        while let Some(&(lsn, unix_s)) = retained.front() {
+            let expired = u64::from(self.now_s.saturating_sub(unix_s)) >= self.window_s;
+            let too_old = self.appended_lsn.saturating_sub(lsn) > self.records_max;
+            if !expired && !too_old {
+                break;
+            }
+            retained.pop_front();
+        }
+        retained.front().map(|&(lsn, _)| lsn)
+    }
+}
+
 /// Reads core `core`'s journal for idempotency records inside the window.
 fn read_idempotency(
     data_dir: &Path,
@@ -763,6 +791,36 @@ pub async fn commit_loop(core: Rc<Core>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Idempotent batches keep their journal for the window, but never more than the
+    /// record bound behind the last append, so heavy idempotent traffic cannot grow
+    /// the journal without bound.
+    #[test]
+    fn retention_ends_at_the_window_or_the_record_bound() {
+        let mut retained: VecDeque<(Lsn, u32)> = [(10, 1_000), (500, 1_100), (900, 1_200)]
+            .into_iter()
+            .collect();
+        let mut bounds = RetentionBounds {
+            now_s: 1_250,
+            window_s: 600,
+            appended_lsn: 1_000,
+            records_max: 10_000,
+        };
+        assert_eq!(
+            bounds.prune(&mut retained),
+            Some(10),
+            "all inside both bounds"
+        );
+        bounds.appended_lsn = 10_600;
+        assert_eq!(
+            bounds.prune(&mut retained),
+            Some(900),
+            "two fell behind the bound"
+        );
+        bounds.now_s = 1_800;
+        assert_eq!(bounds.prune(&mut retained), None, "the window passed");
+        assert!(retained.is_empty());
+    }
 
     /// Runs commits of `took` each through the pacing, polling as it asks; returns
     /// the polls per commit of the last one and the pacing after.

@@ -120,6 +120,12 @@ struct Flags {
     /// Most idempotency keys remembered per core [default: 1000000].
     #[arg(long, value_name = "N")]
     idempotency_max_keys: Option<usize>,
+    /// Most journal records per core kept so idempotent retries are answered after a
+    /// restart [default: 16777216, about 1 GiB]. Inside the window, idempotent
+    /// batches keep their journal segments from checkpoints' release; past this bound
+    /// the oldest are released anyway, so the journal stays bounded.
+    #[arg(long, value_name = "N")]
+    idempotency_journal_records: Option<u64>,
     /// Log level or filter (like RUST_LOG, which wins if set) [default: info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -169,6 +175,8 @@ struct FileSettings {
     idempotency_window_s: Option<u64>,
     #[serde(alias = "idempotency_max_keys")]
     idempotency_max_keys: Option<usize>,
+    #[serde(alias = "idempotency_journal_records")]
+    idempotency_journal_records: Option<u64>,
     #[serde(alias = "log_level")]
     log_level: Option<String>,
 }
@@ -279,6 +287,7 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
     pick!(ring_depth, ring_depth);
     pick!(idempotency_window_s, idempotency_window_s);
     pick!(idempotency_entries_max, idempotency_max_keys);
+    pick!(idempotency_journal_records_max, idempotency_journal_records);
     macro_rules! pick_journal {
         ($field:ident) => {
             if let Some(value) = flags.$field.or(file.$field) {
