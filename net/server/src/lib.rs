@@ -45,9 +45,12 @@
 //! # Memory locking
 //!
 //! glommio registers io_uring rings and an I/O buffer per executor, which counts against
-//! `RLIMIT_MEMLOCK`. The defaults (`io_memory_bytes` 512 KiB, ring depth 128) fit 8
-//! cores comfortably in 8 MiB; on machines with a lower `ulimit -l`, lower
-//! `--io-memory-bytes` (64 KiB minimum) and `--ring-depth`, or raise the limit.
+//! `RLIMIT_MEMLOCK`. Whatever the settings, glommio needs at least 512 KiB of it (a
+//! lower `ulimit -l` fails every executor: measured from 256 to 511 KiB, with
+//! `--io-memory-bytes 65536 --ring-depth 8` too). The defaults (`io_memory_bytes` 512
+//! KiB, ring depth 128) fit 8 cores in 8 MiB; with more cores and a limit of a few
+//! MiB, lower `--io-memory-bytes` (64 KiB minimum) and `--ring-depth`, or raise the
+//! limit.
 //!
 //! Module map: [`config`] (settings and limits), `core` (per-core state, loops,
 //! ownership), `router` (partition → core routing, mesh messages), `connection` (frames,
@@ -339,7 +342,16 @@ fn await_reports(
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 // Every core ended; one that never reported is the culprit.
                 let core = stages.iter().position(|s| *s != Stage::Ready).unwrap_or(0);
-                let message = format!("stopped while {}", stages[core].doing());
+                let mut message = format!("stopped while {}", stages[core].doing());
+                if stages[core] == Stage::Spawned {
+                    // glommio makes its executor (rings, registered buffers) on the new
+                    // thread; what fails there is almost always the locked memory.
+                    message.push_str(
+                        ": glommio could not create its executor, usually for lack of locked \
+                         memory (it needs at least 512 KiB: check `ulimit -l`, and raise it \
+                         with `ulimit -l` or LimitMEMLOCK= in a systemd unit)",
+                    );
+                }
                 return Err(ServerError::CoreFailed { core, message });
             }
         };
