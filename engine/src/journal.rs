@@ -24,8 +24,11 @@
 //!
 //! # Invariants
 //! - LSNs start at 1 and increase by exactly 1 from record to record within a segment.
-//!   Across a segment boundary the LSN may jump forward (recovery can start the next
-//!   writer above a checkpoint's LSN) but never backwards.
+//!   Across a segment boundary too: a segment's first LSN (its name) is the last LSN
+//!   of the segment before plus one, so a missing segment is seen as a hole. When
+//!   recovery must start the writer higher (above LSNs set aside after corruption, or
+//!   above a checkpoint), it first checkpoints every partition there and sets the
+//!   earlier segments aside (see [`recovery`]).
 //! - At most one commit (write + fdatasync) is in flight per journal. A commit never
 //!   spans two segments and writes at most [`COMMIT_BYTES_MAX`] bytes, so after a power
 //!   loss only the last [`COMMIT_BYTES_MAX`] bytes of the last segment can be torn.

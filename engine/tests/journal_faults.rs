@@ -240,6 +240,10 @@ fn a_flipped_bit_in_the_middle_refuses_to_start_unless_asked() {
         panic!("expected corruption, got {error:?}");
     };
     assert!(path.to_string_lossy().ends_with(".log"), "{error}");
+    assert!(
+        error.to_string().contains("--recover-to-corruption"),
+        "{error}"
+    );
     assert!(*offset > 0 && *offset < 3 * 200 * 56, "{error}");
     let options = RecoveryOptions {
         recover_to_corruption: true,
@@ -292,4 +296,37 @@ fn a_flipped_bit_followed_by_valid_records_refuses_to_start_unless_asked() {
     let (last_lsn, model) = recover_into_model(dir.path(), &options).unwrap();
     assert!(last_lsn < written.appended, "cut at the damage");
     assert_eq!(model, model_of_prefix(last_lsn));
+}
+
+/// A torn tail is cut, and the scan says where and how much: file, offset, bytes cut
+/// (zeros written ahead included) and bytes of data cut, so the server can log them.
+#[test]
+fn a_cut_torn_tail_is_reported_with_file_offset_and_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut journal =
+        Journal::open_with_storage(dir.path(), 0, small_segments(), FileStorage::new()).unwrap();
+    let written = write_through(&mut journal, 3 * RECORDS_PER_COMMIT);
+    drop(journal);
+    let journal_dir = tally_engine::journal::journal_dir(dir.path(), 0);
+    let last = tally_engine::journal::list_segments(&journal_dir)
+        .unwrap()
+        .pop()
+        .unwrap();
+    let mut bytes = std::fs::read(&last.path).unwrap();
+    // The last non-zero byte lies in the last record: damage it, keeping it non-zero.
+    let data_end = bytes.iter().rposition(|&b| b != 0).unwrap() + 1;
+    bytes[data_end - 1] ^= if bytes[data_end - 1] == 0x80 {
+        0x40
+    } else {
+        0x80
+    };
+    std::fs::write(&last.path, &bytes).unwrap();
+    let scan = scan_journal(&journal_dir, &RecoveryOptions::default(), |_, _| Ok(())).unwrap();
+    assert_eq!(scan.last_lsn, written.appended - 1);
+    let torn = scan.torn_tail.expect("a torn tail");
+    assert_eq!(torn.path, last.path);
+    assert!(torn.offset < data_end as u64 && data_end as u64 - torn.offset <= 512);
+    assert_eq!(torn.bytes_cut, bytes.len() as u64 - torn.offset);
+    assert_eq!(torn.data_bytes_cut, data_end as u64 - torn.offset);
+    assert_eq!(std::fs::metadata(&last.path).unwrap().len(), torn.offset);
 }

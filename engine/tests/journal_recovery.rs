@@ -7,7 +7,7 @@ use std::path::Path;
 use tally_engine::journal::checkpoint::checkpoint_core;
 use tally_engine::journal::recovery::{recover, RecoveryOptions};
 use tally_engine::journal::{
-    journal_dir, list_segments, Durability, Journal, JournalOptions, Record,
+    journal_dir, list_segments, Durability, Journal, JournalOptions, JournalReader, Record,
 };
 use tally_engine::{key_hash, BoundPolicy, DataDir, Op, Store};
 
@@ -269,4 +269,210 @@ fn a_record_of_a_partition_not_owned_refuses_recovery_and_names_it() {
         message.contains("which this core does not own") && message.contains(".log"),
         "{message}"
     );
+}
+
+/// A journal of several 16 KiB segments with a checkpoint in the middle: every segment
+/// is kept (a retention LSN of 1), so some segments are wholly covered by the
+/// checkpoint and later ones hold the records after it. Stops uncleanly and returns
+/// the state, the checkpoint's covered LSN and the last LSN written.
+fn covered_and_uncovered_segments(path: &Path) -> (Model, u64, u64) {
+    let mut store = open_store(path);
+    let first = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(path, 0, small_segments(first.next_lsn)).unwrap();
+    for block in 0..6 {
+        run_ops(&mut store, &mut journal, block * 500..(block + 1) * 500);
+        journal.sync().unwrap();
+    }
+    let report = checkpoint_core(path, &store, &mut journal, 0, Some(1)).unwrap();
+    let covered = report.partitions[0].covered_lsn;
+    assert_eq!(report.segments_released, 0, "retention keeps every segment");
+    for block in 6..12 {
+        run_ops(&mut store, &mut journal, block * 500..(block + 1) * 500);
+        journal.sync().unwrap();
+    }
+    let last = journal.sync().unwrap();
+    let expected = snapshot(&store);
+    drop(journal);
+    drop(store); // no close_clean: an unclean stop
+    (expected, covered, last)
+}
+
+/// The segments of core 0 as (path, first LSN, last LSN), the last LSN taken from the
+/// next segment's name (the last segment's from `last`).
+fn segment_ranges(path: &Path, last: u64) -> Vec<(std::path::PathBuf, u64, u64)> {
+    let segments = list_segments(&journal_dir(path, 0)).unwrap();
+    (0..segments.len())
+        .map(|i| {
+            let end = segments.get(i + 1).map_or(last, |next| next.first_lsn - 1);
+            (segments[i].path.clone(), segments[i].first_lsn, end)
+        })
+        .collect()
+}
+
+/// Flips one byte in the middle of the segment (a record's key or checksum).
+fn flip_byte_in_middle(segment: &Path) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).unwrap();
+    bytes[used / 2] ^= 0x10;
+    std::fs::write(segment, bytes).unwrap();
+}
+
+fn journal_files(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(journal_dir(path, 0))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Reads the whole journal as the server's idempotency scan does at start.
+fn read_whole_journal(path: &Path) -> Result<Vec<u64>, tally_engine::journal::JournalError> {
+    let mut reader = JournalReader::open(path, 0)?;
+    let mut lsns = Vec::new();
+    while let Some(logged) = reader.next_record()? {
+        lsns.push(logged.lsn);
+    }
+    Ok(lsns)
+}
+
+/// Defect 1: damage in a segment the checkpoint wholly covers is not needed for replay.
+/// It must neither stop the start nor (with the flag) cut the records after it.
+#[test]
+fn damage_in_a_segment_the_checkpoint_covers_loses_nothing() {
+    for recover_to_corruption in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let (expected, covered, last) = covered_and_uncovered_segments(dir.path());
+        let ranges = segment_ranges(dir.path(), last);
+        let (damaged, _, _) = ranges
+            .iter()
+            .skip(1)
+            .find(|(_, _, end)| *end <= covered)
+            .expect("a middle segment wholly covered by the checkpoint")
+            .clone();
+        flip_byte_in_middle(&damaged);
+        let mut store = open_store(dir.path());
+        let options = RecoveryOptions {
+            recover_to_corruption,
+        };
+        let report = recover(dir.path(), &mut store, 0, &options)
+            .unwrap_or_else(|e| panic!("flag {recover_to_corruption}: {e}"));
+        assert_eq!(snapshot(&store), expected, "flag {recover_to_corruption}");
+        assert!(report.journal.corruption.is_none());
+        assert!(report.next_lsn > last);
+        let files = journal_files(dir.path());
+        let name = damaged.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(files.contains(&format!("{name}.corrupt")), "{files:?}");
+        // What reads the journal at start (the server's idempotency scan) still can,
+        // and every record after the checkpoint is still there.
+        let lsns = read_whole_journal(dir.path()).unwrap();
+        assert_eq!(lsns.last(), Some(&last));
+        assert!(lsns.contains(&(covered + 1)));
+        drop(store);
+        let mut store = open_store(dir.path());
+        recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert_eq!(snapshot(&store), expected);
+    }
+}
+
+/// Defect 2: a segment missing in the middle of the journal, holding records after the
+/// checkpoint, refuses the start and names the gap; the reader refuses it too.
+#[test]
+fn a_missing_segment_after_the_checkpoint_refuses_to_start_and_names_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, covered, last) = covered_and_uncovered_segments(dir.path());
+    let ranges = segment_ranges(dir.path(), last);
+    let index = ranges.len() - 2;
+    let (missing, first, end) = ranges[index].clone();
+    assert!(
+        first > covered,
+        "the segment holds records after the checkpoint"
+    );
+    let away = dir.path().join("moved-away.log");
+    std::fs::rename(&missing, &away).unwrap();
+    let message = match read_whole_journal(dir.path()) {
+        Ok(lsns) => panic!("the reader read past the gap: {} records", lsns.len()),
+        Err(error) => error.to_string(),
+    };
+    assert!(message.contains(&format!("{first}..={end}")), "{message}");
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    let before = ranges[index - 1].0.file_name().unwrap().to_string_lossy();
+    let after = ranges[index + 1].0.file_name().unwrap().to_string_lossy();
+    assert!(message.contains(&format!("{first}..={end}")), "{message}");
+    assert!(
+        message.contains(&*before) && message.contains(&*after),
+        "{message}"
+    );
+    assert!(message.contains("--recover-to-corruption"), "{message}");
+    // Nothing was changed by the refusal.
+    drop(store);
+    assert_eq!(segment_ranges(dir.path(), last).len(), ranges.len() - 1);
+    // With the flag, recovery stops at the gap and later LSNs are never reused.
+    let mut store = open_store(dir.path());
+    let options = RecoveryOptions {
+        recover_to_corruption: true,
+    };
+    let report = recover(dir.path(), &mut store, 0, &options).unwrap();
+    assert_eq!(report.journal.last_lsn, first - 1);
+    assert!(report.next_lsn > last, "{} <= {last}", report.next_lsn);
+}
+
+/// Defect 3: recovering to a corruption sets the cut tail aside (not only the later
+/// segments) and continues above every LSN set aside; the journal then reads and
+/// recovers cleanly.
+#[test]
+fn recovering_to_a_corruption_sets_the_cut_tail_aside_and_reuses_no_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, covered, last) = covered_and_uncovered_segments(dir.path());
+    let ranges = segment_ranges(dir.path(), last);
+    let (damaged, first, _) = ranges[ranges.len() - 3].clone();
+    assert!(first > covered);
+    let original = std::fs::read(&damaged).unwrap();
+    flip_byte_in_middle(&damaged);
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    assert!(
+        error.to_string().contains("--recover-to-corruption"),
+        "{error}"
+    );
+    drop(store);
+    let mut store = open_store(dir.path());
+    let options = RecoveryOptions {
+        recover_to_corruption: true,
+    };
+    let report = recover(dir.path(), &mut store, 0, &options).unwrap();
+    let kept = report.journal.last_lsn;
+    assert!(kept >= first && kept < last);
+    assert!(report.next_lsn > last, "{} <= {last}", report.next_lsn);
+    // The cut tail is in a .corrupt file named by the first LSN it may hold.
+    let (_, offset, _) = report.journal.corruption.clone().unwrap();
+    let tail_path = std::path::PathBuf::from(format!(
+        "{}.corrupt",
+        journal_dir(dir.path(), 0)
+            .join(format!("segment-{:020}.log", kept + 1))
+            .display()
+    ));
+    let tail = std::fs::read(&tail_path).unwrap();
+    let mut damaged_bytes = original;
+    let used = damaged_bytes.iter().rposition(|&b| b != 0).unwrap();
+    damaged_bytes[used / 2] ^= 0x10;
+    assert_eq!(tail, damaged_bytes[offset as usize..]);
+    // The journal continues above every LSN set aside, and both the reader and the
+    // next recovery accept what is left.
+    let state = snapshot(&store);
+    let mut journal = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 0..10);
+    let newest = journal.sync().unwrap();
+    assert!(newest > last);
+    let state_after = snapshot(&store);
+    drop(journal);
+    drop(store);
+    let lsns = read_whole_journal(dir.path()).unwrap();
+    assert_eq!(lsns.last(), Some(&newest));
+    let mut store = open_store(dir.path());
+    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_ne!(state, Model::new());
+    assert_eq!(snapshot(&store), state_after);
 }

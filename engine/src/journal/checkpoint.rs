@@ -223,6 +223,20 @@ pub(crate) fn checkpoint_missing(
     Ok(())
 }
 
+/// Checkpoints every owned partition at `covered_lsn` (used by recovery after it
+/// skipped LSNs: see `recovery::cover_the_skip`; the journal was scanned and synced,
+/// and it continues above `covered_lsn`).
+pub(crate) fn checkpoint_all(
+    data_dir: &Path,
+    store: &Store,
+    covered_lsn: Lsn,
+) -> Result<(), JournalError> {
+    for &partition in store.owned_partitions() {
+        write_checkpoint(data_dir, store, partition, covered_lsn)?;
+    }
+    Ok(())
+}
+
 /// Deletes the segments of core `core` wholly covered by the checkpoints of
 /// `partitions` and below `retention_lsn`. Returns how many were deleted.
 pub fn release_segments(

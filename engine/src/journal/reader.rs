@@ -7,11 +7,17 @@
 //! caller following a live journal must stop at the writer's `durable_lsn`: records
 //! above it may still be torn or rewritten. A bad record in a segment that is not the
 //! last is corruption; in the last one it is treated as "not written yet".
+//!
+//! Invariant: the records streamed have consecutive LSNs. Moving to the next segment,
+//! its first LSN (from its name) must be the last LSN read plus one; a hole (a segment
+//! moved away or lost) is [`JournalError::Corrupted`] naming the missing LSNs and both
+//! files. Recovery leaves no legitimate hole behind (it sets the segments before one
+//! aside), so a reader never has to tell one from a loss.
 
 use std::path::{Path, PathBuf};
 
 use super::record::{decode, DecodeError, LoggedRecord, OwnedRecord};
-use super::segment::{list_segments, read_segment_from, SegmentInfo};
+use super::segment::{gap_reason, list_segments, read_segment_from, SegmentInfo};
 use super::{journal_dir, JournalError, Lsn, BLOCK_BYTES};
 
 /// Reads one core's journal in LSN order.
@@ -129,7 +135,15 @@ impl JournalReader {
     /// is one, else re-reads the last one for new records. Returns whether to go on.
     fn advance_segment(&mut self, index: usize, stop: &DecodeError) -> Result<bool, JournalError> {
         let offset = self.base + self.position as u64;
-        let current = self.segments[index].clone();
+        let Some(current) = self.segments.get(index).cloned() else {
+            // The journal had no segment when listed: look again from the start.
+            self.segments = list_segments(&self.dir)?;
+            if self.segments.is_empty() {
+                return Ok(false);
+            }
+            self.seek(self.from_lsn)?;
+            return Ok(true);
+        };
         self.segments = list_segments(&self.dir)?;
         let Some(index) = self
             .segments
@@ -151,11 +165,44 @@ impl JournalReader {
                     reason: format!("bad record before the next segment: {stop:?}"),
                 });
             }
+            self.check_continuity(&current, index + 1)?;
             self.load(index + 1, 0)?;
             return Ok(true);
         }
         self.load(index, offset)?;
         Ok(self.has_record_here())
+    }
+
+    /// The segment at `next` must start right after the last record read from
+    /// `current`: a hole (a segment moved away or lost) is refused, naming the LSNs
+    /// and both files, rather than streamed past. One comparison per segment.
+    fn check_continuity(&self, current: &SegmentInfo, next: usize) -> Result<(), JournalError> {
+        let next = &self.segments[next];
+        let Some(last) = self.last_lsn else {
+            return Ok(());
+        };
+        if next.first_lsn == last + 1 {
+            return Ok(());
+        }
+        let reason = if next.first_lsn > last + 1 {
+            gap_reason(
+                last + 1,
+                next.first_lsn - 1,
+                Some(&current.path),
+                &next.path,
+            )
+        } else {
+            format!(
+                "segment starts at LSN {} but {} ends at LSN {last}",
+                next.first_lsn,
+                current.path.display()
+            )
+        };
+        Err(JournalError::Corrupted {
+            path: next.path.clone(),
+            offset: 0,
+            reason,
+        })
     }
 
     fn has_record_here(&self) -> bool {

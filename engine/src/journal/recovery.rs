@@ -21,24 +21,42 @@
 //!    `Delete`. Replaying a record twice leaves the same state as once, so a record
 //!    already reflected in a checkpoint or arena does no harm; every durable record
 //!    above the partition's applied LSN is applied, so none is dropped.
-//! 3. A torn tail of the last segment (see [`super::segment`]) is truncated. Damage in
-//!    the middle refuses to start with [`JournalError::Corrupted`] naming the file and
-//!    offset, unless [`RecoveryOptions::recover_to_corruption`]: then the damaged
-//!    segment is cut at the damage, later segments are renamed `*.corrupt`, and the
+//! 3. A torn tail of the last segment (see [`super::segment`]) is truncated, and
+//!    reported with file, offset and bytes cut ([`TornTail`]). What no partition needs
+//!    (every record at or below the lowest checkpoint LSN of the core's partitions,
+//!    see [`scan_journal_needing`]) never stops the start nor cuts anything after it:
+//!    damage in a segment whose records all lie below it is stepped over, that
+//!    segment set aside as `*.corrupt` and the intact ones before it as `*.covered`.
+//!    Damage or a gap in what is needed refuses to start with
+//!    [`JournalError::Corrupted`] naming the file and offset (or the missing LSNs and
+//!    both segments), and the flag to pass, unless
+//!    [`RecoveryOptions::recover_to_corruption`]: then the bytes of the damaged segment
+//!    from the damage on are first copied to `segment-<first LSN they may hold>.log.corrupt`,
+//!    the segment is cut there, later segments are renamed `*.corrupt`, and the
 //!    records before the damage are all that is recovered.
-//! 4. Partitions without a checkpoint get one if any of them holds counters, so step 1
+//! 4. The journal continues above every LSN in its segments, in any `*.corrupt` file,
+//!    in any checkpoint and in any partition: no LSN is ever reused. If that jumps over
+//!    LSNs (or LSNs needed were lost with the flag), every partition is checkpointed at
+//!    the LSN before the jump and the remaining segments are set aside as `*.covered`,
+//!    so the journal left on disk has consecutive LSNs and nothing below the jump is
+//!    needed again (see `cover_the_skip`).
+//! 5. Otherwise, partitions without a checkpoint get one if any of them holds counters, so step 1
 //!    has one next time; empty ones need none ("no checkpoint" restores as empty).
 //!
 //! Step 2's reading and checking runs on a second thread from the start, overlapping
 //! step 1; the records are applied on the calling thread, in order, after step 1 (see
 //! [`super::replay`]). Step 3 happens on that second thread as it reaches the end.
 //!
-//! Invariant: the journal of core N only holds records of partitions the store of
-//! core N owns; a record of another partition is refused, not skipped.
+//! Invariants: the journal of core N only holds records of partitions the store of
+//! core N owns; a record of another partition is refused, not skipped. After recovery
+//! the segments left in place hold consecutive LSNs (each segment's first LSN is the
+//! last LSN of the one before plus one), which [`super::JournalReader`] checks too.
+//! Nothing is deleted: what recovery cannot use is renamed or copied aside.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::checkpoint::CheckpointInfo;
 use super::record::LoggedRecord;
 use super::replay::{Reader, Replay};
 use super::segment::{self, SegmentInfo, Verdict};
@@ -54,6 +72,40 @@ pub struct RecoveryOptions {
     pub recover_to_corruption: bool,
 }
 
+/// Suffix of a file set aside because it holds damage, or records after damage or
+/// after a gap that recovery stopped at. Its name is otherwise a segment's name: the
+/// first LSN it may hold.
+pub const CORRUPT_SUFFIX: &str = ".corrupt";
+/// Suffix of an intact segment set aside because every partition's checkpoint covers
+/// it and it stands before damage, a gap, or a jump of the LSNs that recovery stepped
+/// over: the journal left in place then has no hole for a reader to meet.
+pub const COVERED_SUFFIX: &str = ".covered";
+
+/// How the refusals of recovery tell the operator the way out.
+const FLAG_HINT: &str = "; to start with the records before this point, setting the later ones aside as *.corrupt files, restart with --recover-to-corruption (RecoveryOptions::recover_to_corruption)";
+
+/// A torn tail that recovery cut.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    pub path: PathBuf,
+    pub offset: u64,
+    /// Bytes removed: from `offset` to the end of the file, zeros written ahead included.
+    pub bytes_cut: u64,
+    /// Of those, bytes up to the last non-zero one: what the torn write left.
+    pub data_bytes_cut: u64,
+}
+
+/// A file recovery set aside (renamed, or for a cut tail, copied) and what it holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAside {
+    /// The set-aside file (ends in [`CORRUPT_SUFFIX`] or [`COVERED_SUFFIX`]).
+    pub path: PathBuf,
+    /// Valid records found in it.
+    pub record_count: u64,
+    /// The highest LSN among them: the journal continues above it.
+    pub lsn_max: Option<Lsn>,
+}
+
 /// What reading a journal found.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JournalScan {
@@ -61,10 +113,16 @@ pub struct JournalScan {
     pub last_lsn: Lsn,
     pub record_count: u64,
     pub segment_count: usize,
-    /// A torn tail that was truncated: file and offset.
-    pub torn_tail: Option<(PathBuf, u64)>,
-    /// Corruption recovered up to (only with `recover_to_corruption`).
+    /// A torn tail that was truncated: file, offset, bytes cut.
+    pub torn_tail: Option<TornTail>,
+    /// Corruption or a gap recovered up to (only with `recover_to_corruption`): file,
+    /// offset, reason. Records after it were set aside.
     pub corruption: Option<(PathBuf, u64, String)>,
+    /// Damage or gaps stepped over because no partition needs the records there (all
+    /// below every checkpoint): file, offset, reason. Nothing after them was cut.
+    pub skipped: Vec<(PathBuf, u64, String)>,
+    /// Files set aside by this scan.
+    pub set_aside: Vec<SetAside>,
     /// Time spent reading segment files into memory.
     pub read_elapsed: Duration,
 }
@@ -94,10 +152,30 @@ pub struct RecoveryReport {
 }
 
 /// Reads every segment of the journal in `dir` in order, calling `visit` on each valid
-/// record, truncating a torn tail and handling middle corruption per `options`.
+/// record, truncating a torn tail and handling middle corruption per `options`. No
+/// partition's needs are known: every record present is needed, and the journal may
+/// start at any LSN (see [`scan_journal_needing`]).
 pub fn scan_journal<F>(
     dir: &Path,
     options: &RecoveryOptions,
+    visit: F,
+) -> Result<JournalScan, JournalError>
+where
+    F: FnMut(&SegmentInfo, &LoggedRecord<'_>) -> Result<(), JournalError>,
+{
+    scan_journal_needing(dir, options, 0, visit)
+}
+
+/// Like [`scan_journal`], knowing that no partition needs a record below `needed_lsn`
+/// (every checkpoint covers them). Damage in a segment whose records are all below it,
+/// or a gap between segments wholly below it, is stepped over: the segments up to it
+/// are set aside and the scan goes on. A gap at or above it is refused like corruption
+/// (or, with `recover_to_corruption`, recovered up to). Costs nothing per record: the
+/// continuity of LSNs is checked once per segment.
+pub fn scan_journal_needing<F>(
+    dir: &Path,
+    options: &RecoveryOptions,
+    needed_lsn: Lsn,
     mut visit: F,
 ) -> Result<JournalScan, JournalError>
 where
@@ -108,9 +186,33 @@ where
         segment_count: segments.len(),
         ..JournalScan::default()
     };
-    let mut previous = None;
+    // Segments before `live` were set aside; `previous` is the last LSN of the live
+    // ones scanned so far (`None` at the start of the live journal).
+    let mut live = 0;
+    let mut previous: Option<Lsn> = None;
     for (index, info) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
+        if let Some((first, last)) = missing_before(info, previous, needed_lsn) {
+            let before = (index > live).then(|| segments[index - 1].path.as_path());
+            let reason = segment::gap_reason(first, last, before, &info.path);
+            if last < needed_lsn {
+                scan.set_aside
+                    .extend(set_aside(&segments[live..index], COVERED_SUFFIX)?);
+                scan.skipped.push((info.path.clone(), 0, reason));
+                live = index;
+            } else if !options.recover_to_corruption {
+                return Err(corrupted(&info.path, 0, reason + FLAG_HINT));
+            } else if before.is_some() {
+                scan.set_aside
+                    .extend(set_aside(&segments[index..], CORRUPT_SUFFIX)?);
+                scan.corruption = Some((info.path.clone(), 0, reason));
+                break;
+            } else {
+                // Missing before the first segment: nothing after it to cut; the
+                // records are gone, and recovery goes on with what is there.
+                scan.corruption = Some((info.path.clone(), 0, reason));
+            }
+        }
         let read_started = Instant::now();
         let mapped = segment::MappedSegment::open(&info.path)?;
         scan.read_elapsed += read_started.elapsed();
@@ -121,19 +223,58 @@ where
         match result {
             Ok(found) => {
                 if let Verdict::TornTail { offset, .. } = found.verdict {
+                    let at = offset as usize;
+                    scan.torn_tail = Some(TornTail {
+                        path: info.path.clone(),
+                        offset,
+                        bytes_cut: (mapped.bytes().len() - at) as u64,
+                        data_bytes_cut: segment::data_bytes_from(mapped.bytes(), at),
+                    });
+                    drop(mapped);
                     segment::truncate_segment(&info.path, offset)?;
-                    scan.torn_tail = Some((info.path.clone(), offset));
                 }
-                previous = found.last_lsn.or(previous);
+                // An empty segment still says where the journal stands.
+                previous = found
+                    .last_lsn
+                    .or(previous)
+                    .or(info.first_lsn.checked_sub(1).filter(|&lsn| lsn > 0));
             }
             Err(JournalError::Corrupted {
                 path,
                 offset,
                 reason,
-            }) if options.recover_to_corruption => {
+            }) => {
+                let covered = segments
+                    .get(index + 1)
+                    .is_some_and(|next| next.first_lsn <= needed_lsn);
+                if covered {
+                    drop(mapped);
+                    scan.set_aside
+                        .extend(set_aside(&segments[live..index], COVERED_SUFFIX)?);
+                    scan.set_aside
+                        .extend(set_aside(&segments[index..=index], CORRUPT_SUFFIX)?);
+                    scan.skipped.push((path, offset, reason));
+                    live = index + 1;
+                    previous = None;
+                    continue;
+                }
+                if !options.recover_to_corruption {
+                    return Err(corrupted(&path, offset, reason + FLAG_HINT));
+                }
+                let head = &mapped.bytes()[..offset as usize];
+                previous = segment::last_lsn_in(head).or(previous);
+                let tail_first = previous.map_or(info.first_lsn, |lsn| lsn + 1);
+                let later = &segments[index + 1..];
+                scan.set_aside.push(set_aside_tail(
+                    info,
+                    mapped.bytes(),
+                    offset,
+                    tail_first,
+                    later,
+                )?);
+                drop(mapped);
                 segment::truncate_segment(&path, offset)?;
-                set_aside(&segments[index + 1..])?;
-                previous = last_lsn_before(&path, offset, info, previous)?;
+                scan.set_aside.extend(set_aside(later, CORRUPT_SUFFIX)?);
                 scan.corruption = Some((path, offset, reason));
                 break;
             }
@@ -147,27 +288,134 @@ where
     Ok(scan)
 }
 
-/// The last LSN left in a segment cut at `offset` (after recover-to-corruption).
-fn last_lsn_before(
-    path: &Path,
-    offset: u64,
-    info: &SegmentInfo,
-    previous: Option<Lsn>,
-) -> Result<Option<Lsn>, JournalError> {
-    let bytes = segment::read_segment_from(path, 0)?;
-    debug_assert_eq!(bytes.len() as u64, offset);
-    let found = segment::scan_segment(info, &bytes, previous, true, |_| Ok(()))?;
-    Ok(found.last_lsn.or(previous))
+fn corrupted(path: &Path, offset: u64, reason: String) -> JournalError {
+    JournalError::Corrupted {
+        path: path.to_path_buf(),
+        offset,
+        reason,
+    }
 }
 
-fn set_aside(segments: &[SegmentInfo]) -> Result<(), JournalError> {
+/// The LSNs missing before segment `info`, if any: after the live segments before it
+/// (whose last LSN is `previous`), or, for the first live segment, from `needed_lsn`.
+fn missing_before(
+    info: &SegmentInfo,
+    previous: Option<Lsn>,
+    needed_lsn: Lsn,
+) -> Option<(Lsn, Lsn)> {
+    let expected = match previous {
+        Some(lsn) => lsn + 1,
+        None if needed_lsn > 0 => needed_lsn,
+        None => return None,
+    };
+    (info.first_lsn > expected).then(|| (expected, info.first_lsn - 1))
+}
+
+/// The path `path` has once set aside with `suffix`.
+fn set_aside_path(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Renames `segments` with `suffix`, then syncs their directory; returns what each
+/// holds (read back only for [`CORRUPT_SUFFIX`], whose LSNs the journal must not reuse).
+fn set_aside(segments: &[SegmentInfo], suffix: &str) -> Result<Vec<SetAside>, JournalError> {
+    let mut done = Vec::with_capacity(segments.len());
     for info in segments {
-        let mut name = info.path.clone().into_os_string();
-        name.push(".corrupt");
-        std::fs::rename(&info.path, &name)
-            .map_err(|e| JournalError::io("set aside segment after corruption", &info.path, e))?;
+        let target = set_aside_path(&info.path, suffix);
+        std::fs::rename(&info.path, &target)
+            .map_err(|e| JournalError::io("set aside segment", &info.path, e))?;
+        let (record_count, lsn_max) = if suffix == CORRUPT_SUFFIX {
+            segment::valid_records_in(&segment::read_segment_from(&target, 0)?)
+        } else {
+            (0, None)
+        };
+        done.push(SetAside {
+            path: target,
+            record_count,
+            lsn_max,
+        });
     }
-    Ok(())
+    if let Some(info) = segments.first() {
+        sync_parent(&info.path)?;
+    }
+    Ok(done)
+}
+
+/// Copies the bytes of segment `info` from `offset` (the damage) to its end into a
+/// `*.corrupt` file named like a segment starting at `tail_first`, durably, before the
+/// segment is cut there: nothing is destroyed. Should a later segment start at that
+/// LSN too (the tail holds no record), the copy is named `*.tail.corrupt`.
+fn set_aside_tail(
+    info: &SegmentInfo,
+    bytes: &[u8],
+    offset: u64,
+    tail_first: Lsn,
+    later: &[SegmentInfo],
+) -> Result<SetAside, JournalError> {
+    let dir = info.path.parent().unwrap_or(Path::new("."));
+    let mut target = set_aside_path(&segment::segment_path(dir, tail_first), CORRUPT_SUFFIX);
+    if later.iter().any(|s| s.first_lsn == tail_first) {
+        target = set_aside_path(&segment::segment_path(dir, tail_first), ".tail.corrupt");
+    }
+    let tail = &bytes[offset as usize..];
+    std::fs::write(&target, tail)
+        .and_then(|()| std::fs::File::open(&target)?.sync_all())
+        .map_err(|e| JournalError::io("set aside the cut tail into", &target, e))?;
+    sync_parent(&target)?;
+    let (record_count, lsn_max) = segment::valid_records_in(tail);
+    Ok(SetAside {
+        path: target,
+        record_count,
+        lsn_max,
+    })
+}
+
+fn sync_parent(path: &Path) -> Result<(), JournalError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| JournalError::io("sync journal directory", dir, e))
+}
+
+/// The highest LSN in the `*.corrupt` files of journal directory `dir`, left by this or
+/// an earlier recovery: the journal never reuses one. No such file costs one listing.
+fn set_aside_lsn_max(dir: &Path) -> Result<Lsn, JournalError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(JournalError::io("list journal directory", dir, error)),
+    };
+    let mut lsn_max = 0;
+    for entry in entries {
+        let entry = entry.map_err(|e| JournalError::io("list journal directory", dir, e))?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .ends_with(CORRUPT_SUFFIX)
+        {
+            let bytes = segment::read_segment_from(&entry.path(), 0)?;
+            lsn_max = lsn_max.max(segment::valid_records_in(&bytes).1.unwrap_or(0));
+        }
+    }
+    Ok(lsn_max)
+}
+
+/// The first LSN any owned partition needs replayed: one above what its checkpoint
+/// covers (for a partition closed cleanly, also above its applied LSN, since its own
+/// files reflect everything up to it); 1 for an unclean partition without checkpoint.
+fn needed_lsn(checkpoints: &[(u32, Option<CheckpointInfo>)], store: &Store) -> Lsn {
+    let needed = checkpoints.iter().map(|(partition, found)| {
+        let covered = found.as_ref().map_or(0, |c| c.covered_lsn);
+        let reflected = if store.partition_was_clean(*partition) {
+            covered.max(store.applied_lsn(*partition))
+        } else {
+            covered
+        };
+        reflected + 1
+    });
+    needed.min().unwrap_or(1)
 }
 
 /// Recovers core `core`'s partitions in `store` (see the module doc).
@@ -182,10 +430,15 @@ pub fn recover(
         clean_shutdown: store.was_clean_shutdown(),
         ..RecoveryReport::default()
     };
+    let mut checkpoints = Vec::with_capacity(store.owned_partitions().len());
+    for &partition in store.owned_partitions() {
+        checkpoints.push((partition, checkpoint::latest(data_dir, partition)?));
+    }
     // Reading and checking the journal needs no partition: it starts first and
     // overlaps the restore (see `super::replay`).
-    let reader = Reader::spawn(&journal_dir(data_dir, core), options)?;
-    restore_unclean(data_dir, store, &mut report)?;
+    let dir = journal_dir(data_dir, core);
+    let reader = Reader::spawn(&dir, options, needed_lsn(&checkpoints, store))?;
+    restore_unclean(store, &checkpoints, &mut report)?;
     report.restore_elapsed = started.elapsed();
     let mut replay = Replay::new(store);
     let reader_report = replay.run(store, reader)?;
@@ -199,15 +452,56 @@ pub fn recover(
         .owned_partitions()
         .iter()
         .map(|&p| store.applied_lsn(p))
-        .max();
-    report.next_lsn = report.journal.last_lsn.max(applied_max.unwrap_or(0)) + 1;
+        .max()
+        .unwrap_or(0);
+    let covered_max = checkpoints
+        .iter()
+        .filter_map(|(_, found)| found.as_ref().map(|c| c.covered_lsn))
+        .max()
+        .unwrap_or(0);
+    report.next_lsn = report
+        .journal
+        .last_lsn
+        .max(applied_max)
+        .max(covered_max)
+        .max(set_aside_lsn_max(&dir)?)
+        + 1;
     let checkpoint_started = Instant::now();
-    if missing_checkpoint_has_counters(data_dir, store)? {
+    let jumps = report.next_lsn > report.journal.last_lsn + 1;
+    if jumps || report.journal.corruption.is_some() {
+        cover_the_skip(data_dir, store, &dir, &mut report, jumps)?;
+    } else if missing_checkpoint_has_counters(data_dir, store)? {
         checkpoint::checkpoint_missing(data_dir, store, report.journal.last_lsn)?;
     }
     report.checkpoint_elapsed = checkpoint_started.elapsed();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// After LSNs were skipped (records lost to corruption or a gap, with the operator's
+/// consent) or when the journal must continue above its last record (above LSNs set
+/// aside, or a checkpoint's): checkpoints every owned partition at `next_lsn - 1`, so
+/// that no later recovery needs a record below the skip; and if the journal jumps, sets
+/// its remaining segments aside as covered, so the journal on disk has no hole for a
+/// reader to meet. Every partition then reflects every record that survived, so the
+/// checkpoints are true. The order makes a crash anywhere harmless: until the
+/// checkpoints exist nothing is renamed, and a restart finds the same jump again.
+fn cover_the_skip(
+    data_dir: &Path,
+    store: &Store,
+    dir: &Path,
+    report: &mut RecoveryReport,
+    jumps: bool,
+) -> Result<(), JournalError> {
+    checkpoint::checkpoint_all(data_dir, store, report.next_lsn - 1)?;
+    if jumps {
+        let live = segment::list_segments(dir)?;
+        report
+            .journal
+            .set_aside
+            .extend(set_aside(&live, COVERED_SUFFIX)?);
+    }
+    Ok(())
 }
 
 /// Whether an owned partition without a checkpoint holds counters. An empty one
@@ -230,30 +524,26 @@ fn missing_checkpoint_has_counters(data_dir: &Path, store: &Store) -> Result<boo
 }
 
 fn restore_unclean(
-    data_dir: &Path,
     store: &mut Store,
+    found: &[(u32, Option<CheckpointInfo>)],
     report: &mut RecoveryReport,
 ) -> Result<(), JournalError> {
-    let owned = store.owned_partitions().to_vec();
     let mut checkpoints = Vec::new();
-    for partition in owned {
+    for (partition, checkpoint) in found {
+        let partition = *partition;
         if store.partition_was_clean(partition) {
             continue;
         }
-        match checkpoint::latest(data_dir, partition)? {
-            Some(found) => checkpoints.push((partition, found.dir)),
+        match checkpoint {
+            Some(found) => checkpoints.push((partition, found.dir.as_path())),
             None => {
                 empty_partition(store, partition)?;
                 report.partitions_emptied.push(partition);
             }
         }
     }
-    let sources: Vec<(u32, &Path)> = checkpoints
-        .iter()
-        .map(|(partition, dir)| (*partition, dir.as_path()))
-        .collect();
     store
-        .restore_partitions(&sources)
+        .restore_partitions(&checkpoints)
         .map_err(|source| JournalError::Engine {
             action: "restore partitions from checkpoints",
             source,

@@ -44,7 +44,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::record::{LoggedRecord, RecordKind};
-use super::recovery::{scan_journal, JournalScan, RecoveryOptions};
+use super::recovery::{scan_journal_needing, JournalScan, RecoveryOptions};
 use super::segment::{list_segments, SegmentInfo};
 use super::{JournalError, Lsn};
 use crate::op::{BoundPolicy, Op, OpResult};
@@ -150,8 +150,13 @@ pub(super) struct Reader {
 }
 
 impl Reader {
-    /// Starts reading the journal in `dir` on a new thread.
-    pub fn spawn(dir: &Path, options: &RecoveryOptions) -> Result<Reader, JournalError> {
+    /// Starts reading the journal in `dir` on a new thread; no partition needs a record
+    /// below `needed_lsn` (see [`scan_journal_needing`]).
+    pub fn spawn(
+        dir: &Path,
+        options: &RecoveryOptions,
+        needed_lsn: Lsn,
+    ) -> Result<Reader, JournalError> {
         let (chunk_sender, chunks) = mpsc::sync_channel(QUEUE_CHUNKS);
         let (recycle, recycled) = mpsc::channel();
         let dir = dir.to_path_buf();
@@ -160,7 +165,7 @@ impl Reader {
             .name("journal-reader".into())
             .spawn(move || {
                 crate::arena::unpin_current_thread();
-                read_journal(&dir, &options, &chunk_sender, &recycled)
+                read_journal(&dir, &options, needed_lsn, &chunk_sender, &recycled)
             })
             .map_err(|e| {
                 JournalError::io("spawn the journal reader thread for", Path::new(""), e)
@@ -220,6 +225,7 @@ impl Drop for Reader {
 fn read_journal(
     dir: &Path,
     options: &RecoveryOptions,
+    needed_lsn: Lsn,
     sender: &SyncSender<Chunk>,
     recycled: &Receiver<Chunk>,
 ) -> Result<ReaderReport, JournalError> {
@@ -243,7 +249,7 @@ fn read_journal(
         blocked += send_started.elapsed();
         Ok(())
     };
-    let scan = scan_journal(dir, options, |info: &SegmentInfo, logged| {
+    let scan = scan_journal_needing(dir, options, needed_lsn, |info: &SegmentInfo, logged| {
         if segment != Some(info.first_lsn) {
             if !chunk.records.is_empty() {
                 send(&mut chunk, &info.path)?;

@@ -292,6 +292,67 @@ fn find_valid_after(bytes: &[u8], offset: usize, last_lsn: Option<Lsn>) -> Optio
     None
 }
 
+/// The valid records found anywhere in `bytes` (a file set aside after damage, whose
+/// records need not follow each other): how many, and the highest LSN among them.
+/// Records start at multiples of 8, so only those offsets are tried; a rare path, only
+/// run on set-aside files.
+pub fn valid_records_in(bytes: &[u8]) -> (u64, Option<Lsn>) {
+    let mut count = 0;
+    let mut lsn_max = None;
+    let mut at = 0;
+    while at + RECORD_BYTES_MIN <= bytes.len() {
+        if bytes[at] == RECORD_MAGIC {
+            if let Ok((logged, length)) = decode(&bytes[at..]) {
+                count += 1;
+                lsn_max = lsn_max.max(Some(logged.lsn));
+                at += length;
+                continue;
+            }
+        }
+        at += 8;
+    }
+    (count, lsn_max)
+}
+
+/// The last LSN of records packed from offset 0 of `bytes` (already checked by a scan).
+pub fn last_lsn_in(bytes: &[u8]) -> Option<Lsn> {
+    let mut at = 0;
+    let mut last = None;
+    while let Ok((logged, length)) = decode(&bytes[at..]) {
+        last = Some(logged.lsn);
+        at += length;
+    }
+    last
+}
+
+/// Bytes from `offset` up to the last non-zero byte of `bytes`: how much of a cut was
+/// data rather than the zeros written ahead of the commits.
+pub fn data_bytes_from(bytes: &[u8], offset: usize) -> u64 {
+    let tail = bytes.get(offset..).unwrap_or(&[]);
+    tail.iter()
+        .rposition(|&b| b != 0)
+        .map_or(0, |last| last as u64 + 1)
+}
+
+/// The reason naming LSNs `first..=last`, missing between segment `before` (if any) and
+/// segment `after`.
+pub fn gap_reason(first: Lsn, last: Lsn, before: Option<&Path>, after: &Path) -> String {
+    match before {
+        Some(before) => format!(
+            "LSNs {first}..={last} are missing from the journal: {} ends at LSN {} and {} starts at LSN {}",
+            before.display(),
+            first - 1,
+            after.display(),
+            last + 1
+        ),
+        None => format!(
+            "LSNs {first}..={last} are missing from the journal: the first segment, {}, starts at LSN {} but the checkpoints need every record from LSN {first}",
+            after.display(),
+            last + 1
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
