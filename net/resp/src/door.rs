@@ -193,6 +193,9 @@ impl Session {
             Command::ClientSetInfo { .. } => reply::write_ok(out),
             Command::Expire { .. }
             | Command::PExpire { .. }
+            | Command::ExpireAt { .. }
+            | Command::PExpireAt { .. }
+            | Command::Persist { .. }
             | Command::Ttl { .. }
             | Command::PTtl { .. } => RespError::ExpiryUnsupported.write_reply(out),
             // Counter commands were taken by `counter_ops`; a new variant lands here.
@@ -475,7 +478,37 @@ mod tests {
         let text = String::from_utf8(replies).unwrap();
         assert_eq!(
             text,
-            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, TTL, PTTL)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
+            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL, PTTL)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
+        );
+    }
+
+    #[test]
+    fn every_expiry_form_redis_accepts_gets_the_expiry_error() {
+        let requests: &[&[u8]] = &[
+            b"EXPIRE k 10\r\n",
+            b"EXPIRE k 10 NX\r\n",
+            b"expire k 10 gt\r\n",
+            b"PEXPIRE k 10 XX\r\n",
+            b"EXPIREAT k 1900000000\r\n",
+            b"EXPIREAT k 1900000000 LT\r\n",
+            b"PEXPIREAT k 1900000000000 NX\r\n",
+            b"PERSIST k\r\n",
+            b"TTL k\r\n",
+            b"PTTL k\r\n",
+        ];
+        for request in requests {
+            let reply = String::from_utf8(serve(request)).unwrap();
+            assert!(
+                reply.starts_with("-ERR Tally does not support key expiry yet"),
+                "{}: {reply}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        // Redis's arity still holds: TTL takes one key, EXPIRE at least a time.
+        let reply = String::from_utf8(serve(b"TTL a b\r\nEXPIRE a\r\nPERSIST\r\n")).unwrap();
+        assert_eq!(
+            reply,
+            "-ERR wrong number of arguments for 'ttl' command\r\n-ERR wrong number of arguments for 'expire' command\r\n-ERR wrong number of arguments for 'persist' command\r\n"
         );
     }
 
