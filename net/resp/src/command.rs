@@ -47,7 +47,7 @@ pub enum Command<'a> {
     Exists { keys: Vec<&'a [u8]> },
     /// `MGET key [key ...]`.
     MGet { keys: Vec<&'a [u8]> },
-    /// `COMMAND [COUNT | DOCS [name ...] | INFO [name ...] | LIST]`.
+    /// `COMMAND [COUNT | DOCS [name ...] | INFO [name ...] | LIST | HELP]`.
     Command(CommandQuery<'a>),
     /// `INFO [section ...]`.
     Info { sections: Vec<&'a [u8]> },
@@ -107,6 +107,8 @@ pub enum CommandQuery<'a> {
     Info { names: Vec<&'a [u8]> },
     /// `COMMAND LIST`.
     List,
+    /// `COMMAND HELP`.
+    Help,
 }
 
 impl<'a> Command<'a> {
@@ -334,6 +336,9 @@ impl<'a> Parser<'a> {
             // COMMAND LIST FILTERBY ... is not served; plain LIST is.
             self.arity("command|list", 2, 2)?;
             CommandQuery::List
+        } else if is("help") {
+            self.arity("command|help", 2, 2)?;
+            CommandQuery::Help
         } else {
             return Err(unknown_subcommand("COMMAND", subcommand));
         };
@@ -532,6 +537,9 @@ impl Command<'_> {
                     }
                     CommandQuery::List => {
                         writer.bytes(b"LIST");
+                    }
+                    CommandQuery::Help => {
+                        writer.bytes(b"HELP");
                     }
                 }
             }
