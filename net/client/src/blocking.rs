@@ -316,15 +316,22 @@ impl Client {
 
     /// Round trip to the first connection.
     pub fn ping(&mut self) -> Result<(), ClientError> {
-        self.control(encode_ping, |reply| match reply {
+        self.control(0, encode_ping, |reply| match reply {
             Reply::Pong => Ok(()),
             other => Err(other),
         })
     }
 
-    /// The server's statistics, as name/value pairs.
+    /// The server's statistics, as name/value pairs, from the core that serves the first
+    /// connection (the `core` entry says which).
     pub fn stats(&mut self) -> Result<Vec<(String, u64)>, ClientError> {
-        self.control(encode_stats, |reply| match reply {
+        self.core_stats(0)
+    }
+
+    /// The statistics of the core behind connection `core` (`0..connection_count()`):
+    /// with a shard-aware client, that core's own, asked on its shard port.
+    pub fn core_stats(&mut self, core: usize) -> Result<Vec<(String, u64)>, ClientError> {
+        self.control(core, encode_stats, |reply| match reply {
             Reply::StatsReply(stats) => Ok(stats.entries),
             other => Err(other),
         })
@@ -332,17 +339,18 @@ impl Client {
 
     fn control<T>(
         &mut self,
+        core: usize,
         encode: fn(&mut Vec<u8>, u64),
         accept: impl FnOnce(Reply<'_>) -> Result<T, Reply<'_>>,
     ) -> Result<T, ClientError> {
-        let connection = self.connection(0)?;
+        let connection = self.connection(core)?;
         let request_id = connection.next_request_id();
         encode(&mut connection.write_buf, request_id);
         let result = connection
             .flush()
             .and_then(|()| connection.read_reply(request_id, accept));
         if result.as_ref().is_err_and(ClientError::breaks_connection) {
-            self.drop_connection(0);
+            self.drop_connection(core);
         }
         result
     }

@@ -47,7 +47,7 @@ pub enum Command<'a> {
     Exists { keys: Vec<&'a [u8]> },
     /// `MGET key [key ...]`.
     MGet { keys: Vec<&'a [u8]> },
-    /// `COMMAND [COUNT | DOCS [name ...] | INFO [name ...] | LIST]`.
+    /// `COMMAND [COUNT | DOCS [name ...] | INFO [name ...] | LIST | HELP]`.
     Command(CommandQuery<'a>),
     /// `INFO [section ...]`.
     Info { sections: Vec<&'a [u8]> },
@@ -68,15 +68,30 @@ pub enum Command<'a> {
         attribute: &'a [u8],
         value: &'a [u8],
     },
-    /// `EXPIRE key seconds`.
+    /// `EXPIRE key seconds [NX | XX | GT | LT]` (the option is accepted and not kept:
+    /// the door refuses expiry whatever it is).
     Expire { key: &'a [u8], seconds: i64 },
-    /// `PEXPIRE key milliseconds`.
+    /// `PEXPIRE key milliseconds [NX | XX | GT | LT]`.
     PExpire { key: &'a [u8], milliseconds: i64 },
+    /// `EXPIREAT key unix-time-seconds [NX | XX | GT | LT]`.
+    ExpireAt { key: &'a [u8], unix_seconds: i64 },
+    /// `PEXPIREAT key unix-time-milliseconds [NX | XX | GT | LT]`.
+    PExpireAt {
+        key: &'a [u8],
+        unix_milliseconds: i64,
+    },
     /// `TTL key`.
     Ttl { key: &'a [u8] },
     /// `PTTL key`.
     PTtl { key: &'a [u8] },
+    /// `PERSIST key`.
+    Persist { key: &'a [u8] },
 }
+
+/// Most arguments an expiry command with a time takes, counting the name: Redis 7's
+/// `EXPIRE key seconds [NX | XX | GT | LT]` is 3 or 4 (its table says "at least 3"; more
+/// options than one are refused, here by the expiry error like any other form).
+const EXPIRY_ARGUMENTS_MAX: usize = usize::MAX;
 
 /// The forms of `COMMAND`; redis-cli sends `COMMAND DOCS` when it starts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,6 +107,8 @@ pub enum CommandQuery<'a> {
     Info { names: Vec<&'a [u8]> },
     /// `COMMAND LIST`.
     List,
+    /// `COMMAND HELP`.
+    Help,
 }
 
 impl<'a> Command<'a> {
@@ -220,17 +237,32 @@ impl<'a> Parser<'a> {
         let name = self.name;
         let is = |candidate: &str| name.eq_ignore_ascii_case(candidate.as_bytes());
         let command = if is("expire") {
-            self.arity("expire", 3, 3)?;
+            self.arity("expire", 3, EXPIRY_ARGUMENTS_MAX)?;
             Command::Expire {
                 key: self.key()?,
                 seconds: self.integer()?,
             }
         } else if is("pexpire") {
-            self.arity("pexpire", 3, 3)?;
+            self.arity("pexpire", 3, EXPIRY_ARGUMENTS_MAX)?;
             Command::PExpire {
                 key: self.key()?,
                 milliseconds: self.integer()?,
             }
+        } else if is("expireat") {
+            self.arity("expireat", 3, EXPIRY_ARGUMENTS_MAX)?;
+            Command::ExpireAt {
+                key: self.key()?,
+                unix_seconds: self.integer()?,
+            }
+        } else if is("pexpireat") {
+            self.arity("pexpireat", 3, EXPIRY_ARGUMENTS_MAX)?;
+            Command::PExpireAt {
+                key: self.key()?,
+                unix_milliseconds: self.integer()?,
+            }
+        } else if is("persist") {
+            self.arity("persist", 2, 2)?;
+            Command::Persist { key: self.key()? }
         } else if is("ttl") {
             self.arity("ttl", 2, 2)?;
             Command::Ttl { key: self.key()? }
@@ -304,6 +336,9 @@ impl<'a> Parser<'a> {
             // COMMAND LIST FILTERBY ... is not served; plain LIST is.
             self.arity("command|list", 2, 2)?;
             CommandQuery::List
+        } else if is("help") {
+            self.arity("command|help", 2, 2)?;
+            CommandQuery::Help
         } else {
             return Err(unknown_subcommand("COMMAND", subcommand));
         };
@@ -503,6 +538,9 @@ impl Command<'_> {
                     CommandQuery::List => {
                         writer.bytes(b"LIST");
                     }
+                    CommandQuery::Help => {
+                        writer.bytes(b"HELP");
+                    }
                 }
             }
             Command::Info { sections } => {
@@ -541,6 +579,21 @@ impl Command<'_> {
             }
             Command::PExpire { key, milliseconds } => {
                 writer.bytes(b"PEXPIRE").bytes(key).integer(*milliseconds);
+            }
+            Command::ExpireAt { key, unix_seconds } => {
+                writer.bytes(b"EXPIREAT").bytes(key).integer(*unix_seconds);
+            }
+            Command::PExpireAt {
+                key,
+                unix_milliseconds,
+            } => {
+                writer
+                    .bytes(b"PEXPIREAT")
+                    .bytes(key)
+                    .integer(*unix_milliseconds);
+            }
+            Command::Persist { key } => {
+                writer.bytes(b"PERSIST").bytes(key);
             }
             Command::Ttl { key } => {
                 writer.bytes(b"TTL").bytes(key);

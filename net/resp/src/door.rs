@@ -16,6 +16,7 @@
 //! commands are refused until Tally has expiry; `SELECT` accepts only database 0.
 
 use crate::command::{Command, CommandQuery};
+use crate::command_table::{self, COMMAND_TABLE};
 use crate::error::RespError;
 use crate::reply::{self, ProtocolVersion};
 
@@ -193,6 +194,9 @@ impl Session {
             Command::ClientSetInfo { .. } => reply::write_ok(out),
             Command::Expire { .. }
             | Command::PExpire { .. }
+            | Command::ExpireAt { .. }
+            | Command::PExpireAt { .. }
+            | Command::Persist { .. }
             | Command::Ttl { .. }
             | Command::PTtl { .. } => RespError::ExpiryUnsupported.write_reply(out),
             // Counter commands were taken by `counter_ops`; a new variant lands here.
@@ -303,28 +307,23 @@ fn write_value_or_null(out: &mut Vec<u8>, result: &CounterResult, version: Proto
     }
 }
 
-/// `COMMAND` replies: enough for redis-cli (which asks for `COMMAND DOCS` at start and
-/// only uses it for hints) and for client libraries that ask for the count.
+/// `COMMAND` replies, from [`command_table`]: what client libraries read to learn arity
+/// and key positions, and what redis-cli asks for (`COMMAND DOCS`) when it starts.
 fn write_command_query(out: &mut Vec<u8>, query: &CommandQuery<'_>, version: ProtocolVersion) {
     match query {
-        CommandQuery::Count => reply::write_integer(out, SERVED_COMMANDS.len() as i64),
+        CommandQuery::Count => reply::write_integer(out, COMMAND_TABLE.len() as i64),
         CommandQuery::List => {
-            reply::write_array_header(out, SERVED_COMMANDS.len());
-            for name in SERVED_COMMANDS {
-                reply::write_bulk(out, name.as_bytes());
+            reply::write_array_header(out, COMMAND_TABLE.len());
+            for spec in &COMMAND_TABLE {
+                reply::write_bulk(out, spec.name.as_bytes());
             }
         }
-        CommandQuery::Docs { .. } => reply::write_map_header(out, 0, version),
-        CommandQuery::Table | CommandQuery::Info { .. } => reply::write_array_header(out, 0),
+        CommandQuery::Docs { names } => command_table::write_docs(out, names, version),
+        CommandQuery::Table => command_table::write_table(out, version),
+        CommandQuery::Info { names } => command_table::write_infos(out, names, version),
+        CommandQuery::Help => command_table::write_help(out),
     }
 }
-
-/// The commands the door serves, lower case, as `COMMAND LIST` reports them.
-pub const SERVED_COMMANDS: [&str; 22] = [
-    "ping", "echo", "hello", "incr", "incrby", "decr", "decrby", "get", "set", "del", "exists",
-    "mget", "command", "info", "quit", "select", "config", "client", "expire", "pexpire", "ttl",
-    "pttl",
-];
 
 /// `CONFIG GET`: the parameters load generators ask for (`save`, `appendonly`), with
 /// values that describe Tally (no RDB snapshots; the journal plays the AOF's role).
@@ -475,8 +474,57 @@ mod tests {
         let text = String::from_utf8(replies).unwrap();
         assert_eq!(
             text,
-            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, TTL, PTTL)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
+            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL, PTTL)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
         );
+    }
+
+    #[test]
+    fn every_expiry_form_redis_accepts_gets_the_expiry_error() {
+        let requests: &[&[u8]] = &[
+            b"EXPIRE k 10\r\n",
+            b"EXPIRE k 10 NX\r\n",
+            b"expire k 10 gt\r\n",
+            b"PEXPIRE k 10 XX\r\n",
+            b"EXPIREAT k 1900000000\r\n",
+            b"EXPIREAT k 1900000000 LT\r\n",
+            b"PEXPIREAT k 1900000000000 NX\r\n",
+            b"PERSIST k\r\n",
+            b"TTL k\r\n",
+            b"PTTL k\r\n",
+        ];
+        for request in requests {
+            let reply = String::from_utf8(serve(request)).unwrap();
+            assert!(
+                reply.starts_with("-ERR Tally does not support key expiry yet"),
+                "{}: {reply}",
+                String::from_utf8_lossy(request)
+            );
+        }
+        // Redis's arity still holds: TTL takes one key, EXPIRE at least a time.
+        let reply = String::from_utf8(serve(b"TTL a b\r\nEXPIRE a\r\nPERSIST\r\n")).unwrap();
+        assert_eq!(
+            reply,
+            "-ERR wrong number of arguments for 'ttl' command\r\n-ERR wrong number of arguments for 'expire' command\r\n-ERR wrong number of arguments for 'persist' command\r\n"
+        );
+    }
+
+    #[test]
+    fn command_forms_agree_with_each_other() {
+        let count = String::from_utf8(serve(b"COMMAND COUNT\r\n")).unwrap();
+        let table = serve(b"COMMAND\r\n");
+        let expected_header = format!("*{}\r\n*10\r\n$4\r\nping\r\n", COMMAND_TABLE.len());
+        assert_eq!(count, format!(":{}\r\n", COMMAND_TABLE.len()));
+        assert!(table.starts_with(expected_header.as_bytes()));
+        assert_eq!(serve(b"COMMAND INFO\r\n"), table, "no names: every entry");
+        let info = String::from_utf8(serve(b"COMMAND INFO get nosuch\r\n")).unwrap();
+        assert!(
+            info.starts_with("*2\r\n*10\r\n$3\r\nget\r\n:2\r\n"),
+            "{info}"
+        );
+        assert!(info.ends_with("$-1\r\n"), "{info}");
+        assert_eq!(serve(b"COMMAND DOCS get\r\n"), b"*2\r\n$3\r\nget\r\n*0\r\n");
+        let help = String::from_utf8(serve(b"COMMAND HELP\r\n")).unwrap();
+        assert!(help.starts_with("*13\r\n+COMMAND <subcommand>"), "{help}");
     }
 
     #[test]

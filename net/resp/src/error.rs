@@ -99,8 +99,9 @@ pub enum RespError {
     #[error("NOPROTO unsupported protocol version")]
     UnsupportedProtocolVersion,
 
-    /// Server side: EXPIRE, PEXPIRE, TTL or PTTL before Tally has key expiry.
-    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, TTL, PTTL)")]
+    /// Server side: EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL or PTTL before Tally
+    /// has key expiry.
+    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL, PTTL)")]
     ExpiryUnsupported,
     /// Server side: an INCR, INCRBY, DECR or DECRBY would leave the i64 range.
     #[error("ERR increment or decrement would overflow")]

@@ -101,6 +101,18 @@ pub fn write_array_header(out: &mut Vec<u8>, count: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Append a set header for `count` elements: `~<count>` in RESP3, an array in RESP2.
+pub fn write_set_header(out: &mut Vec<u8>, count: usize, version: ProtocolVersion) {
+    match version {
+        ProtocolVersion::Resp2 => write_array_header(out, count),
+        ProtocolVersion::Resp3 => {
+            out.push(b'~');
+            push_usize(out, count);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// Append a map header for `pairs` key-value pairs: `%<pairs>` in RESP3, a flat array of
 /// `2 * pairs` elements in RESP2. The caller then writes key, value, key, value, ...
 pub fn write_map_header(out: &mut Vec<u8>, pairs: usize, version: ProtocolVersion) {

@@ -224,8 +224,8 @@ fn owned() -> impl Strategy<Value = Owned> {
         proptest::option::of(bytes()).prop_map(Owned::Ping),
         bytes().prop_map(Owned::Echo),
         proptest::option::of(hello_options).prop_map(Owned::Hello),
-        (0..6_u8, key()).prop_map(|(kind, key)| Owned::Key(kind, key)),
-        (0..5_u8, key(), any::<i64>()).prop_map(|(k, key, v)| Owned::KeyInteger(k, key, v)),
+        (0..7_u8, key()).prop_map(|(kind, key)| Owned::Key(kind, key)),
+        (0..7_u8, key(), any::<i64>()).prop_map(|(k, key, v)| Owned::KeyInteger(k, key, v)),
         (0..3_u8, keys()).prop_map(|(kind, keys)| Owned::Keys(kind, keys)),
         (0..4_u8, proptest::collection::vec(bytes(), 0..5))
             .prop_map(|(kind, strings)| Owned::Strings(kind, strings)),
@@ -262,6 +262,7 @@ fn borrow(owned: &Owned) -> Command<'_> {
             2 => Command::Get { key },
             3 => Command::Ttl { key },
             4 => Command::PTtl { key },
+            5 => Command::Persist { key },
             _ => Command::Del { keys: vec![key] },
         },
         Owned::KeyInteger(kind, key, value) => match kind {
@@ -272,9 +273,17 @@ fn borrow(owned: &Owned) -> Command<'_> {
                 key,
                 seconds: *value,
             },
-            _ => Command::PExpire {
+            4 => Command::PExpire {
                 key,
                 milliseconds: *value,
+            },
+            5 => Command::ExpireAt {
+                key,
+                unix_seconds: *value,
+            },
+            _ => Command::PExpireAt {
+                key,
+                unix_milliseconds: *value,
             },
         },
         Owned::Keys(kind, keys) => {

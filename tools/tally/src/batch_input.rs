@@ -1,59 +1,127 @@
 //! Parsing `tally batch` input: one operation per line.
 //!
-//! Grammar (whitespace-separated; blank lines and lines starting with `#` are skipped):
+//! Grammar (whitespace-separated; blank lines are skipped, and a word starting with `#`
+//! begins a comment that runs to the end of the line, so `get a   # note` is `get a`):
 //!
 //! ```text
-//! incr KEY [DELTA]      decr KEY [DELTA]      get KEY      set KEY VALUE
-//! del KEY               exists KEY            bounds KEY [--floor N] [--ceiling N]
+//! incr KEY [DELTA] [--clamp]      decr KEY [DELTA] [--clamp]      set KEY VALUE [--clamp]
+//! get KEY      del KEY      exists KEY      bounds KEY [--floor N] [--ceiling N]
 //! ```
 //!
-//! Keys cannot contain whitespace here (use the single-operation commands for those).
-
-use std::io::Lines;
+//! `--clamp` applies as much of an addition or a set as the counter's bounds allow instead
+//! of refusing it. Keys cannot contain whitespace or start with `#` here (use the
+//! single-operation commands for those), and are 1 to [`KEY_BYTES_MAX`] bytes.
+//!
+//! The whole input is parsed before anything is sent: one bad line means nothing is
+//! applied, and every bad line is reported.
 
 use tally_client::{BoundPolicy, Op};
+use tally_protocol::KEY_BYTES_MAX;
 
-use crate::CliError;
+/// Most bad lines kept for the report; past this, the count alone is given, so a wrong
+/// file piped in does not flood the terminal.
+pub(crate) const BAD_LINES_REPORTED_MAX: usize = 100;
 
-/// Reads up to `max` operations. Returns them with the first parse error, if any (the
-/// operations before the bad line are still returned so they can be sent).
-pub(crate) fn read_chunk<R: std::io::BufRead>(
-    lines: &mut std::iter::Enumerate<Lines<R>>,
-    max: usize,
-) -> Result<(Vec<Op>, Option<CliError>), CliError> {
-    let mut ops = Vec::new();
-    while ops.len() < max {
-        let Some((index, line)) = lines.next() else {
-            break;
-        };
-        let line = line.map_err(|error| CliError::Input(format!("reading stdin: {error}")))?;
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+/// One operation as the user wrote it: the verb is kept so results report the operation
+/// asked for (`decr`, even when written as `incr k -1`).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub(crate) verb: &'static str,
+    pub(crate) op: Op,
+}
+
+/// The operations of a whole input, or the reasons it cannot be run.
+#[derive(Debug, Default)]
+pub(crate) struct Parsed {
+    pub(crate) requests: Vec<Request>,
+    /// `line N: reason: "text"`, in line order, at most [`BAD_LINES_REPORTED_MAX`].
+    pub(crate) bad_lines: Vec<String>,
+    pub(crate) bad_line_count: usize,
+}
+
+/// Parses every line of `input`; stops only at a read error.
+pub(crate) fn read_all<R: std::io::BufRead>(input: R) -> Result<Parsed, String> {
+    let mut parsed = Parsed::default();
+    for (index, line) in input.lines().enumerate() {
+        let line = line.map_err(|error| format!("reading stdin: {error}"))?;
+        let words = words(&line);
+        if words.is_empty() {
             continue;
         }
-        match parse_line(line) {
-            Ok(op) => ops.push(op),
-            Err(message) => {
-                return Ok((
-                    ops,
-                    Some(CliError::Input(format!(
-                        "line {}: {message}: {line:?}",
-                        index + 1
-                    ))),
-                ))
+        match parse_words(&words) {
+            Ok(request) => parsed.requests.push(request),
+            Err(reason) => {
+                parsed.bad_line_count += 1;
+                if parsed.bad_lines.len() < BAD_LINES_REPORTED_MAX {
+                    let number = index + 1;
+                    let text = line.trim();
+                    parsed
+                        .bad_lines
+                        .push(format!("line {number}: {reason}: {text:?}"));
+                }
             }
         }
     }
-    Ok((ops, None))
+    debug_assert!(parsed.bad_lines.len() <= parsed.bad_line_count);
+    Ok(parsed)
 }
 
-/// Parses one operation.
-pub(crate) fn parse_line(line: &str) -> Result<Op, String> {
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let (&verb, rest) = words.split_first().ok_or("empty line")?;
+/// The words of a line, up to a comment.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace()
+        .take_while(|word| !word.starts_with('#'))
+        .collect()
+}
+
+/// Parses one line (comments allowed).
+#[cfg(test)]
+pub(crate) fn parse_line(line: &str) -> Result<Request, String> {
+    parse_words(&words(line))
+}
+
+/// Parses one operation from its words (no comment, at least one word).
+fn parse_words(words: &[&str]) -> Result<Request, String> {
+    let (&verb_word, rest) = words.split_first().ok_or("empty line")?;
+    let verb = verb_name(verb_word).ok_or_else(|| format!("unknown operation {verb_word:?}"))?;
     let (&key, arguments) = rest.split_first().ok_or("missing key")?;
-    let key = key.as_bytes().to_vec();
-    let policy = BoundPolicy::Reject;
+    let key = checked_key(key.as_bytes())?;
+    let op = match verb {
+        "bounds" => parse_bounds(key, arguments)?,
+        _ => {
+            let (policy, arguments) = clamp_flag(verb, arguments)?;
+            counter_op(verb, key, arguments, policy)?
+        }
+    };
+    Ok(Request { verb, op })
+}
+
+/// The operation a verb names, as a static string.
+fn verb_name(word: &str) -> Option<&'static str> {
+    ["incr", "decr", "get", "set", "del", "exists", "bounds"]
+        .into_iter()
+        .find(|verb| *verb == word)
+}
+
+/// Splits a trailing `--clamp` off the arguments of `incr`, `decr` and `set`.
+fn clamp_flag<'w>(
+    verb: &str,
+    arguments: &'w [&'w str],
+) -> Result<(BoundPolicy, &'w [&'w str]), String> {
+    match arguments.split_last() {
+        Some((&"--clamp", rest)) if matches!(verb, "incr" | "decr" | "set") => {
+            Ok((BoundPolicy::Clamp, rest))
+        }
+        Some((&"--clamp", _)) => Err(format!("{verb} does not take --clamp")),
+        _ => Ok((BoundPolicy::Reject, arguments)),
+    }
+}
+
+fn counter_op(
+    verb: &str,
+    key: Vec<u8>,
+    arguments: &[&str],
+    policy: BoundPolicy,
+) -> Result<Op, String> {
     let op = match (verb, arguments) {
         ("incr", []) => Op::Add {
             key,
@@ -70,12 +138,11 @@ pub(crate) fn parse_line(line: &str) -> Result<Op, String> {
             delta: -1,
             policy,
         },
-        ("decr", [delta]) => {
-            let delta = number(delta)?
-                .checked_neg()
-                .ok_or("decr by i64::MIN overflows")?;
-            Op::Add { key, delta, policy }
-        }
+        ("decr", [delta]) => Op::Add {
+            key,
+            delta: negated(number(delta)?)?,
+            policy,
+        },
         ("get", []) => Op::Get { key },
         ("set", [value]) => Op::Set {
             key,
@@ -84,11 +151,7 @@ pub(crate) fn parse_line(line: &str) -> Result<Op, String> {
         },
         ("del", []) => Op::Delete { key },
         ("exists", []) => Op::Exists { key },
-        ("bounds", arguments) => parse_bounds(key, arguments)?,
-        ("incr" | "decr" | "get" | "set" | "del" | "exists", _) => {
-            return Err("wrong number of arguments".to_owned())
-        }
-        _ => return Err(format!("unknown operation {verb:?}")),
+        _ => return Err("wrong number of arguments".to_owned()),
     };
     Ok(op)
 }
@@ -110,6 +173,28 @@ fn parse_bounds(key: Vec<u8>, arguments: &[&str]) -> Result<Op, String> {
     })
 }
 
+/// The key as bytes, if the server would accept it: 1 to [`KEY_BYTES_MAX`] bytes. Checked
+/// here so a bad key is bad input (exit 2, nothing sent) whatever its length.
+pub(crate) fn checked_key(key: &[u8]) -> Result<Vec<u8>, String> {
+    if key.is_empty() {
+        return Err("invalid key: a key cannot be empty".to_owned());
+    }
+    if key.len() > KEY_BYTES_MAX {
+        let length = key.len();
+        return Err(format!(
+            "invalid key: {length} bytes, longer than the {KEY_BYTES_MAX} bytes a key may have"
+        ));
+    }
+    Ok(key.to_vec())
+}
+
+/// `-delta` for `decr`, refusing the one value whose negation overflows.
+pub(crate) fn negated(delta: i64) -> Result<i64, String> {
+    delta
+        .checked_neg()
+        .ok_or_else(|| format!("decr by {delta} overflows"))
+}
+
 fn number(text: &str) -> Result<i64, String> {
     text.parse()
         .map_err(|_| format!("{text:?} is not a 64-bit integer"))
@@ -119,49 +204,35 @@ fn number(text: &str) -> Result<i64, String> {
 mod tests {
     use super::*;
 
+    fn op(line: &str) -> Result<Op, String> {
+        parse_line(line).map(|request| request.op)
+    }
+
     #[test]
     fn parses_every_operation() {
+        let add = |delta, policy| Op::Add {
+            key: b"a".to_vec(),
+            delta,
+            policy,
+        };
+        assert_eq!(op("incr a"), Ok(add(1, BoundPolicy::Reject)));
+        assert_eq!(op("incr a -5"), Ok(add(-5, BoundPolicy::Reject)));
+        assert_eq!(op("decr a 2"), Ok(add(-2, BoundPolicy::Reject)));
+        assert_eq!(op("decr a --clamp"), Ok(add(-1, BoundPolicy::Clamp)));
+        assert_eq!(op("incr a 3 --clamp"), Ok(add(3, BoundPolicy::Clamp)));
+        assert_eq!(op("  get   a "), Ok(Op::Get { key: b"a".to_vec() }));
         assert_eq!(
-            parse_line("incr a"),
-            Ok(Op::Add {
-                key: b"a".to_vec(),
-                delta: 1,
-                policy: BoundPolicy::Reject
-            })
-        );
-        assert_eq!(
-            parse_line("incr a -5"),
-            Ok(Op::Add {
-                key: b"a".to_vec(),
-                delta: -5,
-                policy: BoundPolicy::Reject
-            })
-        );
-        assert_eq!(
-            parse_line("decr a 2"),
-            Ok(Op::Add {
-                key: b"a".to_vec(),
-                delta: -2,
-                policy: BoundPolicy::Reject
-            })
-        );
-        assert_eq!(parse_line("  get   a "), Ok(Op::Get { key: b"a".to_vec() }));
-        assert_eq!(
-            parse_line("set a 9"),
+            op("set a 9 --clamp"),
             Ok(Op::Set {
                 key: b"a".to_vec(),
                 value: 9,
-                policy: BoundPolicy::Reject
+                policy: BoundPolicy::Clamp
             })
         );
-        assert_eq!(parse_line("del a"), Ok(Op::Delete { key: b"a".to_vec() }));
+        assert_eq!(op("del a"), Ok(Op::Delete { key: b"a".to_vec() }));
+        assert_eq!(op("exists a"), Ok(Op::Exists { key: b"a".to_vec() }));
         assert_eq!(
-            parse_line("exists a"),
-            Ok(Op::Exists { key: b"a".to_vec() })
-        );
-        let bounds = parse_line("bounds a --ceiling 10 --floor -1");
-        assert_eq!(
-            bounds,
+            op("bounds a --ceiling 10 --floor -1"),
             Ok(Op::SetBounds {
                 key: b"a".to_vec(),
                 floor: Some(-1),
@@ -169,7 +240,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse_line("bounds a"),
+            op("bounds a"),
             Ok(Op::SetBounds {
                 key: b"a".to_vec(),
                 floor: None,
@@ -179,29 +250,52 @@ mod tests {
     }
 
     #[test]
-    fn refuses_bad_lines_with_a_reason() {
-        assert!(parse_line("jump a")
-            .unwrap_err()
-            .contains("unknown operation"));
-        assert!(parse_line("incr").unwrap_err().contains("missing key"));
-        assert!(parse_line("incr a x")
-            .unwrap_err()
-            .contains("not a 64-bit integer"));
-        assert!(parse_line("get a b").unwrap_err().contains("wrong number"));
-        assert!(parse_line("set a").unwrap_err().contains("wrong number"));
-        assert!(parse_line("bounds a --floor").is_err());
-        assert!(parse_line("decr a -9223372036854775808").is_err());
+    fn keeps_the_verb_the_user_wrote() {
+        assert_eq!(parse_line("incr a -1").unwrap().verb, "incr");
+        assert_eq!(parse_line("decr a -1").unwrap().verb, "decr");
     }
 
     #[test]
-    fn chunks_skip_comments_and_stop_at_the_first_bad_line() {
-        let input = "# comment\nincr a\n\nget a\nbogus\nget b\n";
-        let mut lines = std::io::BufRead::lines(input.as_bytes()).enumerate();
-        let (ops, error) = read_chunk(&mut lines, 10).unwrap();
-        assert_eq!(ops.len(), 2);
-        assert!(error.unwrap().to_string().starts_with("line 5:"));
-        let mut lines = std::io::BufRead::lines("incr a\nincr b\nincr c\n".as_bytes()).enumerate();
-        assert_eq!(read_chunk(&mut lines, 2).unwrap().0.len(), 2);
-        assert_eq!(read_chunk(&mut lines, 2).unwrap().0.len(), 1);
+    fn a_word_starting_with_a_hash_begins_a_comment() {
+        assert_eq!(op("get s   # note"), Ok(Op::Get { key: b"s".to_vec() }));
+        assert_eq!(
+            op("incr s 2 #note"),
+            op("incr s 2"),
+            "a comment right after the last word"
+        );
+        assert_eq!(op("incr page#1"), op("incr page#1 1"), "# inside a word");
+    }
+
+    #[test]
+    fn refuses_bad_lines_with_a_reason() {
+        let reason = |line| parse_line(line).unwrap_err();
+        assert!(reason("jump a").contains("unknown operation"));
+        assert!(reason("foo").contains("unknown operation \"foo\""));
+        assert!(reason("incr").contains("missing key"));
+        assert!(reason("incr a x").contains("not a 64-bit integer"));
+        assert!(reason("get a b").contains("wrong number"));
+        assert!(reason("set a").contains("wrong number"));
+        assert!(reason("get a --clamp").contains("does not take --clamp"));
+        assert!(reason(&format!("get {}", "k".repeat(256))).contains("256 bytes"));
+        assert!(op("bounds a --floor").is_err());
+        assert!(op("decr a -9223372036854775808").is_err());
+    }
+
+    #[test]
+    fn reports_every_bad_line_and_skips_comments() {
+        let input = "# comment\nincr a\n\nget a # why\nbogus\nget b\nset c\n";
+        let parsed = read_all(input.as_bytes()).unwrap();
+        assert_eq!(parsed.requests.len(), 3);
+        assert_eq!(parsed.bad_line_count, 2);
+        assert!(parsed.bad_lines[0].starts_with("line 5: unknown operation"));
+        assert!(parsed.bad_lines[1].starts_with("line 7: wrong number"));
+    }
+
+    #[test]
+    fn caps_the_bad_lines_reported() {
+        let input = "bogus\n".repeat(BAD_LINES_REPORTED_MAX + 5);
+        let parsed = read_all(input.as_bytes()).unwrap();
+        assert_eq!(parsed.bad_lines.len(), BAD_LINES_REPORTED_MAX);
+        assert_eq!(parsed.bad_line_count, BAD_LINES_REPORTED_MAX + 5);
     }
 }

@@ -9,13 +9,14 @@
 mod batch_input;
 mod output;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use tally_client::{BoundPolicy, Client, ClientConfig, ClientError, Durability, Op};
 
+use crate::batch_input::Request;
 use crate::output::{Printer, Verdict};
 
 /// Exit status when an operation was rejected.
@@ -62,12 +63,20 @@ enum Command {
         key: String,
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         delta: i64,
+        /// At a bound, add as much as the bound allows (printed "(clamped)") instead of
+        /// refusing.
+        #[arg(long)]
+        clamp: bool,
     },
     /// Subtract DELTA (default 1) and print the new value.
     Decr {
         key: String,
         #[arg(default_value_t = 1, allow_negative_numbers = true)]
         delta: i64,
+        /// At a bound, subtract as much as the bound allows (printed "(clamped)") instead
+        /// of refusing.
+        #[arg(long)]
+        clamp: bool,
     },
     /// Print the value (0 if the counter does not exist).
     Get { key: String },
@@ -76,6 +85,10 @@ enum Command {
         key: String,
         #[arg(allow_negative_numbers = true)]
         value: i64,
+        /// Outside the bounds, set the nearest bound (printed "(clamped)") instead of
+        /// refusing.
+        #[arg(long)]
+        clamp: bool,
     },
     /// Delete the counter.
     Del { key: String },
@@ -89,14 +102,32 @@ enum Command {
         #[arg(long, allow_negative_numbers = true)]
         ceiling: Option<i64>,
     },
-    /// Read operations from stdin, one per line ("incr page:1 5", "get page:1",
-    /// "bounds k --floor 0 --ceiling 9"; "#" starts a comment), print one result per line.
+    /// Read operations from stdin, one per line, and print one result per line.
+    #[command(long_about = BATCH_HELP)]
     Batch,
     /// Check the server answers.
     Ping,
-    /// Print the server's statistics.
+    /// Print every core's statistics, with totals where adding them up makes sense.
     Stats,
 }
+
+/// `tally batch --help`.
+const BATCH_HELP: &str = "Read operations from stdin, one per line, and print one result \
+per line (KEY<TAB>VALUE, or one JSON object per line with --json).
+
+Lines:
+  incr KEY [DELTA] [--clamp]     decr KEY [DELTA] [--clamp]     set KEY VALUE [--clamp]
+  get KEY     del KEY     exists KEY     bounds KEY [--floor N] [--ceiling N]
+
+--clamp applies as much as the counter's bounds allow instead of refusing (the result \
+says \"(clamped)\"). Blank lines are skipped; a word starting with \"#\" begins a comment \
+that runs to the end of the line. Keys cannot contain whitespace here.
+
+All of stdin is read and checked first: if any line is bad, nothing is applied, every bad \
+line is reported (line number and reason) and the exit status is 2. Up to 10,000 \
+operations go in one request; a longer input is split into requests of 10,000 sent one \
+after another, and each request is applied separately: if one fails (a lost connection, \
+say), the requests before it have been applied and the ones after it have not.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -128,88 +159,126 @@ fn config(cli: &Cli) -> ClientConfig {
 }
 
 fn run(cli: &Cli, printer: &mut Printer) -> Result<Verdict, CliError> {
+    // Check the input before connecting: bad input is reported the same way whether or
+    // not a server is there.
+    let request = match &cli.command {
+        Command::Batch => {
+            let parsed = batch_input::read_all(std::io::stdin().lock()).map_err(CliError::Input)?;
+            if parsed.bad_line_count > 0 {
+                return Err(CliError::BadLines(parsed));
+            }
+            let mut client = Client::connect_with(cli.addr.as_str(), config(cli))?;
+            return run_batch(&mut client, printer, &parsed.requests);
+        }
+        Command::Ping | Command::Stats => None,
+        command => Some(single_request(command).map_err(CliError::Input)?),
+    };
     let mut client = Client::connect_with(cli.addr.as_str(), config(cli))?;
-    let op = match &cli.command {
-        Command::Batch => return run_batch(&mut client, printer),
-        Command::Ping => {
+    let Some(request) = request else {
+        if matches!(cli.command, Command::Stats) {
+            printer.stats(&core_stats(&mut client)?);
+        } else {
             client.ping()?;
             printer.line("PONG", &serde_json::json!({"ok": true, "reply": "pong"}));
-            return Ok(Verdict::AllApplied);
         }
-        Command::Stats => {
-            printer.stats(&client.stats()?);
-            return Ok(Verdict::AllApplied);
-        }
-        command => single_op(command)?,
+        return Ok(Verdict::AllApplied);
     };
-    let results = client.batch(std::slice::from_ref(&op))?;
-    Ok(printer.result(&op, &results[0], false))
+    let results = client.batch(std::slice::from_ref(&request.op))?;
+    Ok(printer.result(&request, &results[0], false))
+}
+
+/// Every core's statistics, in core order: each core is asked on its own shard port,
+/// since a connection to the main port lands on one core only.
+fn core_stats(client: &mut Client) -> Result<Vec<Vec<(String, u64)>>, CliError> {
+    (0..client.connection_count())
+        .map(|core| Ok(client.core_stats(core)?))
+        .collect()
 }
 
 /// The operation a single-operation command stands for.
-fn single_op(command: &Command) -> Result<Op, CliError> {
-    let key = |key: &String| key.clone().into_bytes();
-    let policy = BoundPolicy::Reject;
-    Ok(match command {
-        Command::Incr { key: name, delta } => Op::Add {
-            key: key(name),
-            delta: *delta,
-            policy,
-        },
-        Command::Decr { key: name, delta } => {
-            let delta = delta.checked_neg().ok_or(CliError::Input(
-                "decr by -9223372036854775808 overflows".to_owned(),
-            ))?;
-            Op::Add {
-                key: key(name),
-                delta,
-                policy,
-            }
+fn single_request(command: &Command) -> Result<Request, String> {
+    let key = |key: &String| batch_input::checked_key(key.as_bytes());
+    let policy = |clamp: bool| {
+        if clamp {
+            BoundPolicy::Clamp
+        } else {
+            BoundPolicy::Reject
         }
-        Command::Get { key: name } => Op::Get { key: key(name) },
-        Command::Set { key: name, value } => Op::Set {
-            key: key(name),
-            value: *value,
-            policy,
-        },
-        Command::Del { key: name } => Op::Delete { key: key(name) },
-        Command::Exists { key: name } => Op::Exists { key: key(name) },
+    };
+    let (verb, op) = match command {
+        Command::Incr {
+            key: name,
+            delta,
+            clamp,
+        } => (
+            "incr",
+            Op::Add {
+                key: key(name)?,
+                delta: *delta,
+                policy: policy(*clamp),
+            },
+        ),
+        Command::Decr {
+            key: name,
+            delta,
+            clamp,
+        } => (
+            "decr",
+            Op::Add {
+                key: key(name)?,
+                delta: batch_input::negated(*delta)?,
+                policy: policy(*clamp),
+            },
+        ),
+        Command::Get { key: name } => ("get", Op::Get { key: key(name)? }),
+        Command::Set {
+            key: name,
+            value,
+            clamp,
+        } => (
+            "set",
+            Op::Set {
+                key: key(name)?,
+                value: *value,
+                policy: policy(*clamp),
+            },
+        ),
+        Command::Del { key: name } => ("del", Op::Delete { key: key(name)? }),
+        Command::Exists { key: name } => ("exists", Op::Exists { key: key(name)? }),
         Command::Bounds {
             key: name,
             floor,
             ceiling,
-        } => Op::SetBounds {
-            key: key(name),
-            floor: *floor,
-            ceiling: *ceiling,
-        },
+        } => (
+            "bounds",
+            Op::SetBounds {
+                key: key(name)?,
+                floor: *floor,
+                ceiling: *ceiling,
+            },
+        ),
         Command::Batch | Command::Ping | Command::Stats => unreachable!("handled by the caller"),
-    })
+    };
+    Ok(Request { verb, op })
 }
 
-/// Streams stdin in batches of up to 10,000 operations; a line that does not parse stops
-/// the run after the operations before it were sent.
-fn run_batch(client: &mut Client, printer: &mut Printer) -> Result<Verdict, CliError> {
-    let stdin = std::io::stdin().lock();
-    let mut lines = stdin.lines().enumerate();
+/// Sends checked requests in frames of up to 10,000 operations, one frame after another.
+fn run_batch(
+    client: &mut Client,
+    printer: &mut Printer,
+    requests: &[Request],
+) -> Result<Verdict, CliError> {
     let mut verdict = Verdict::AllApplied;
-    loop {
-        let (ops, parse_error) =
-            batch_input::read_chunk(&mut lines, tally_protocol::BATCH_OPS_MAX)?;
-        if !ops.is_empty() {
-            let results = client.batch(&ops)?;
-            for (op, result) in ops.iter().zip(&results) {
-                verdict = verdict.and(printer.result(op, result, true));
-            }
-            printer.flush();
+    for chunk in requests.chunks(tally_protocol::BATCH_OPS_MAX) {
+        let ops: Vec<Op> = chunk.iter().map(|request| request.op.clone()).collect();
+        let results = client.batch(&ops)?;
+        assert_eq!(results.len(), chunk.len(), "one result per operation");
+        for (request, result) in chunk.iter().zip(&results) {
+            verdict = verdict.and(printer.result(request, result, true));
         }
-        if let Some(error) = parse_error {
-            return Err(error);
-        }
-        if ops.is_empty() {
-            return Ok(verdict);
-        }
+        printer.flush();
     }
+    Ok(verdict)
 }
 
 /// Why the command failed as a whole.
@@ -217,6 +286,8 @@ fn run_batch(client: &mut Client, printer: &mut Printer) -> Result<Verdict, CliE
 pub(crate) enum CliError {
     Client(ClientError),
     Input(String),
+    /// `tally batch` input with bad lines; nothing was sent.
+    BadLines(batch_input::Parsed),
 }
 
 impl From<ClientError> for CliError {
@@ -230,6 +301,10 @@ impl std::fmt::Display for CliError {
         match self {
             CliError::Client(error) => write!(formatter, "{error}"),
             CliError::Input(message) => write!(formatter, "{message}"),
+            CliError::BadLines(parsed) => {
+                let count = parsed.bad_line_count;
+                write!(formatter, "{count} bad line(s), nothing was applied")
+            }
         }
     }
 }

@@ -6,14 +6,27 @@
 //! `KEY<TAB>error: ...`) in batch, keeping one output line per input line.
 //!
 //! JSON: `{"op","key","ok":true,"value","existed","clamped"}` or
-//! `{"op","key","ok":false,"status","detail","error"}`.
+//! `{"op","key","ok":false,"status","detail","error"}`; `op` is the verb the user wrote.
+//!
+//! Statistics: one row per statistic with a column per core and a `total` column (plain),
+//! or one JSON object of the totals with a `per_core` array of every core's own object
+//! (`{"cores":2, ..., "per_core":[{"core":0, ...}, ...]}`). The total adds the cores
+//! up, except for what is not a per-core amount: `core` and `journal_durable_lsn` (each
+//! core's own position) have no total, and `cores`, `partitions` and `connections_open`
+//! (server-wide, the same on every core) are shown once.
 
 use std::io::Write;
 
 use serde_json::json;
 use tally_client::{Op, OpResult};
 
+use crate::batch_input::Request;
 use crate::{write_stdout, CliError};
+
+/// Statistics that are one core's own position: no total.
+const STATS_PER_CORE_ONLY: [&str; 2] = ["core", "journal_durable_lsn"];
+/// Statistics that are server-wide, the same on every core: the total is the value.
+const STATS_SERVER_WIDE: [&str; 3] = ["cores", "partitions", "connections_open"];
 
 /// Whether every operation was applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,18 +50,6 @@ pub(crate) struct Printer {
     json: bool,
 }
 
-fn op_name(op: &Op) -> &'static str {
-    match op {
-        Op::Add { delta, .. } if *delta < 0 => "decr",
-        Op::Add { .. } => "incr",
-        Op::Set { .. } => "set",
-        Op::Get { .. } => "get",
-        Op::Delete { .. } => "del",
-        Op::Exists { .. } => "exists",
-        Op::SetBounds { .. } => "bounds",
-    }
-}
-
 impl Printer {
     pub(crate) fn new(json: bool) -> Self {
         Printer { json }
@@ -64,7 +65,13 @@ impl Printer {
     }
 
     /// Prints one operation's result; `with_key` prefixes the key (batch mode).
-    pub(crate) fn result(&mut self, op: &Op, result: &OpResult, with_key: bool) -> Verdict {
+    pub(crate) fn result(
+        &mut self,
+        request: &Request,
+        result: &OpResult,
+        with_key: bool,
+    ) -> Verdict {
+        let (verb, op) = (request.verb, &request.op);
         let key = String::from_utf8_lossy(op.key());
         match result {
             Ok(outcome) => {
@@ -83,13 +90,13 @@ impl Printer {
                 } else {
                     human
                 };
-                let json = json!({"op": op_name(op), "key": key, "ok": true, "value": outcome.value,
+                let json = json!({"op": verb, "key": key, "ok": true, "value": outcome.value,
                     "existed": outcome.existed, "clamped": outcome.clamped});
                 self.line(&human, &json);
                 Verdict::AllApplied
             }
             Err(rejection) => {
-                let json = json!({"op": op_name(op), "key": key, "ok": false, "status": rejection.status.name(),
+                let json = json!({"op": verb, "key": key, "ok": false, "status": rejection.status.name(),
                     "detail": rejection.detail, "error": rejection.to_string()});
                 if self.json {
                     write_stdout(&json.to_string());
@@ -103,23 +110,48 @@ impl Printer {
         }
     }
 
-    /// Prints server statistics, one `name value` per line (or one JSON object).
-    pub(crate) fn stats(&mut self, entries: &[(String, u64)]) {
+    /// Prints every core's statistics (in core order) and their totals.
+    pub(crate) fn stats(&mut self, cores: &[Vec<(String, u64)>]) {
+        let total = stats_total(cores);
         if self.json {
-            let map: serde_json::Map<String, serde_json::Value> = entries
-                .iter()
-                .map(|(name, value)| (name.clone(), json!(value)))
-                .collect();
-            write_stdout(&serde_json::Value::Object(map).to_string());
+            let object = |entries: &[(String, u64)]| {
+                let map: serde_json::Map<String, serde_json::Value> = entries
+                    .iter()
+                    .map(|(name, value)| (name.clone(), json!(value)))
+                    .collect();
+                serde_json::Value::Object(map)
+            };
+            let per_core: Vec<serde_json::Value> = cores.iter().map(|core| object(core)).collect();
+            let mut all = object(&total);
+            all["per_core"] = serde_json::Value::Array(per_core);
+            write_stdout(&all.to_string());
         } else {
-            for (name, value) in entries {
-                write_stdout(&format!("{name} {value}"));
+            write_stdout(&stats_table(cores, &total));
+        }
+        for (core, entries) in cores.iter().enumerate() {
+            if entries
+                .iter()
+                .any(|(name, value)| name == "journal_failed" && *value != 0)
+            {
+                eprintln!("tally: warning: core {core}'s journal has failed: it refuses writes");
             }
         }
     }
 
     /// Reports a failed call on stderr (and as a JSON object on stdout with `--json`).
     pub(crate) fn failure(&mut self, error: &CliError) {
+        if let CliError::BadLines(parsed) = error {
+            for line in &parsed.bad_lines {
+                if self.json {
+                    write_stdout(&json!({"ok": false, "error": line}).to_string());
+                }
+                eprintln!("tally: {line}");
+            }
+            let unreported = parsed.bad_line_count - parsed.bad_lines.len();
+            if unreported > 0 {
+                eprintln!("tally: ... and {unreported} more bad line(s)");
+            }
+        }
         if self.json {
             write_stdout(&json!({"ok": false, "error": error.to_string()}).to_string());
         }
@@ -128,5 +160,110 @@ impl Printer {
 
     pub(crate) fn flush(&mut self) {
         let _ = std::io::stdout().flush();
+    }
+}
+
+/// The totals row: names in the first core's order (every core sends the same names).
+fn stats_total(cores: &[Vec<(String, u64)>]) -> Vec<(String, u64)> {
+    let Some(first) = cores.first() else {
+        return Vec::new();
+    };
+    first
+        .iter()
+        .filter(|(name, _)| !STATS_PER_CORE_ONLY.contains(&name.as_str()))
+        .map(|(name, value)| {
+            let total = if STATS_SERVER_WIDE.contains(&name.as_str()) {
+                *value
+            } else {
+                cores
+                    .iter()
+                    .filter_map(|core| stat(core, name))
+                    .fold(0_u64, u64::saturating_add)
+            };
+            (name.clone(), total)
+        })
+        .collect()
+}
+
+fn stat(entries: &[(String, u64)], name: &str) -> Option<u64> {
+    entries
+        .iter()
+        .find(|(entry, _)| entry == name)
+        .map(|(_, value)| *value)
+}
+
+/// `NAME core_0 core_1 ... total`, aligned, one row per statistic; `-` for no total.
+fn stats_table(cores: &[Vec<(String, u64)>], total: &[(String, u64)]) -> String {
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut header = vec!["stat".to_owned()];
+    header.extend((0..cores.len()).map(|core| format!("core_{core}")));
+    header.push("total".to_owned());
+    rows.push(header);
+    for (name, _) in cores.first().map(Vec::as_slice).unwrap_or_default() {
+        let mut row = vec![name.clone()];
+        row.extend(cores.iter().map(|core| match stat(core, name) {
+            Some(value) => value.to_string(),
+            None => "-".to_owned(),
+        }));
+        row.push(stat(total, name).map_or("-".to_owned(), |value| value.to_string()));
+        rows.push(row);
+    }
+    let column_count = rows[0].len();
+    let widths: Vec<usize> = (0..column_count)
+        .map(|column| rows.iter().map(|row| row[column].len()).max().unwrap_or(0))
+        .collect();
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(column, (cell, width))| match column {
+                    0 => format!("{cell:<width$}"),
+                    _ => format!("{cell:>width$}"),
+                })
+                .collect();
+            cells.join("  ")
+        })
+        .collect();
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn core(index: u64, records: u64, failed: u64) -> Vec<(String, u64)> {
+        [
+            ("core", index),
+            ("cores", 2),
+            ("journal_records", records),
+            ("journal_durable_lsn", records),
+            ("journal_failed", failed),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_owned(), value))
+        .collect()
+    }
+
+    #[test]
+    fn a_failed_journal_on_one_core_shows_in_its_column_and_the_total() {
+        let cores = [core(0, 5, 0), core(1, 7, 1)];
+        let total = stats_total(&cores);
+        assert_eq!(stat(&total, "journal_records"), Some(12));
+        assert_eq!(stat(&total, "journal_failed"), Some(1));
+        assert_eq!(stat(&total, "cores"), Some(2), "server-wide: not added up");
+        assert_eq!(stat(&total, "core"), None);
+        assert_eq!(stat(&total, "journal_durable_lsn"), None);
+        let table = stats_table(&cores, &total);
+        let row = table
+            .lines()
+            .find(|line| line.starts_with("journal_failed"))
+            .unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["journal_failed", "0", "1", "1"]
+        );
     }
 }

@@ -125,16 +125,16 @@ fn batch_reads_stdin_and_prints_one_line_per_operation() {
 }
 
 #[test]
-fn batch_stops_at_a_bad_line_after_sending_the_ones_before() {
+fn batch_with_a_bad_line_sends_nothing() {
     let server = FakeServer::start(1, 4);
     let output = tally(&server, &["batch"], "incr a 1\nfly a\nincr a 1\n");
     assert_eq!(output.status.code(), Some(2));
-    assert_eq!(stdout(&output), "a\t1\n");
+    assert_eq!(stdout(&output), "");
     assert_eq!(
         stderr(&output),
-        "tally: line 2: unknown operation \"fly\": \"fly a\"\n"
+        "tally: line 2: unknown operation \"fly\": \"fly a\"\ntally: 1 bad line(s), nothing was applied\n"
     );
-    assert_eq!(server.value("a"), Some(1));
+    assert_eq!(server.value("a"), None);
 }
 
 #[test]
