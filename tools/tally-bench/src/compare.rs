@@ -22,6 +22,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The most `--tallyd-arg`s accepted.
 pub const TALLYD_ARGS_MAX: usize = 64;
+// `--tallyd-arg`'s help spells the limit out (a doc comment cannot name the constant).
+const _: () = assert!(TALLYD_ARGS_MAX == 64);
 
 /// Flags of `tally-bench compare`.
 #[derive(Clone, Debug, clap::Args)]
@@ -34,7 +36,7 @@ pub struct CompareArgs {
     pub tallyd: Option<PathBuf>,
     /// An extra argument for every tallyd started, after the ones compare sets;
     /// repeatable: `--tallyd-arg=--spin-us=200` reports tallyd with a spinning
-    /// executor. At most `TALLYD_ARGS_MAX`.
+    /// executor. At most 64.
     #[arg(long = "tallyd-arg", allow_hyphen_values = true)]
     pub tallyd_args: Vec<String>,
     /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server).
@@ -733,12 +735,12 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
 pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     let comparison = measure(args)?;
     if args.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&comparison).expect("a comparison serializes")
         );
     } else {
-        println!("{}", table(&comparison));
+        out!("{}", table(&comparison));
     }
     Ok(())
 }

@@ -178,16 +178,27 @@ fn smaps_bytes(field: &str) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-fn progress(length: u64, visible: bool) -> ProgressBar {
+/// A bar for one stage (`load`, `increment`), counting `unit`s: one bar per stage, since
+/// the stages run at different rates and a rate or eta over both would fit neither.
+fn progress(stage: &'static str, unit: &'static str, length: u64, visible: bool) -> ProgressBar {
     if !visible {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(length);
-    let style =
-        ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("valid template")
-            .progress_chars("=> ");
+    let template = format!(
+        "{{prefix:>9}} [{{bar:40}}] {{human_pos}}/{{human_len}} {unit} ({{rate}} {unit}/s, eta {{eta}})"
+    );
+    let style = ProgressStyle::with_template(&template)
+        .expect("valid template")
+        .with_key(
+            "rate",
+            |state: &indicatif::ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = write!(out, "{:.0}", state.per_sec());
+            },
+        )
+        .progress_chars("=> ");
     bar.set_style(style);
+    bar.set_prefix(stage);
     bar
 }
 
@@ -411,11 +422,11 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
         return Err(format!("data directory {} is not empty", path.display()).into());
     }
     let long_run = args.counters + args.ops > 5_000_000;
-    let bar = progress(args.counters + args.ops, long_run && !args.json);
+    let visible = long_run && !args.json;
+    let bar = progress("load", "counters", args.counters, visible);
     let mut batch = Batch::new(args);
     let mut indexes: Vec<u64> = Vec::with_capacity(args.batch);
 
-    bar.set_message("load");
     let mut load = Load {
         usage: ThreadUsage::now(),
         ..Load::default()
@@ -435,7 +446,8 @@ fn measure(args: &EngineArgs, path: &std::path::Path) -> Result<Measured, Box<dy
     let rss_growth_bytes = rss_bytes().saturating_sub(rss_before);
     let arena_huge_bytes = smaps_bytes("AnonHugePages");
 
-    bar.set_message("increment");
+    bar.finish_and_clear();
+    let bar = progress("increment", "increments", args.ops, visible);
     let faults_before = page_faults();
     let mut rng = SplitMix(args.seed);
     let mut ops_time = Duration::ZERO;
@@ -606,7 +618,7 @@ fn report(args: &EngineArgs, m: &Measured) {
             "ops_page_faults": m.ops_page_faults,
             "verified": m.verified,
         });
-        println!("{object}");
+        out!("{object}");
         return;
     }
     let target = if args.hot_key {
@@ -614,16 +626,18 @@ fn report(args: &EngineArgs, m: &Measured) {
     } else {
         "random existing keys"
     };
-    println!(
+    out!(
         "tally-bench engine: {} counters, {}-byte keys, {} partitions",
-        args.counters, args.key_bytes, args.partitions
+        args.counters,
+        args.key_bytes,
+        args.partitions
     );
-    println!(
+    out!(
         "  load        {:.2} s, {:.2} M inserts/s",
         m.load.as_secs_f64(),
         load_per_sec / 1e6
     );
-    println!(
+    out!(
         "  inserts     p50 {:.2} us, p99.9 {:.2} us, p99.999 {:.1} us, max {:.1} us (at {} counters)",
         m.inserts.quantile_us(0.5),
         m.inserts.quantile_us(0.999),
@@ -631,42 +645,44 @@ fn report(args: &EngineArgs, m: &Measured) {
         m.insert_max.as_secs_f64() * 1e6,
         m.insert_max_at
     );
-    println!(
+    out!(
         "              (max of the inserts not preempted; {} preempted, the longest {:.1} us)",
         m.inserts_preempted,
         m.insert_preempted_max.as_secs_f64() * 1e6
     );
-    println!(
+    out!(
         "              {} page faults in inserts, at most {} in one",
-        m.insert_page_faults, m.insert_page_faults_max
+        m.insert_page_faults,
+        m.insert_page_faults_max
     );
-    println!(
+    out!(
         "              the host stole {:.0} ms of CPU time during the load",
         m.load_steal.as_secs_f64() * 1e3
     );
-    println!("  memory      {arena_per_counter:.1} B/counter (arena), {rss_per_counter:.1} B/counter (RSS growth)");
-    println!(
+    out!("  memory      {arena_per_counter:.1} B/counter (arena), {rss_per_counter:.1} B/counter (RSS growth)");
+    out!(
         "  increments  {} to {target} in batches of {}",
-        args.ops, args.batch
+        args.ops,
+        args.batch
     );
-    println!(
+    out!(
         "              {:.1} M ops/s ({:.1} ns/op)",
         ops_per_sec / 1e6,
         1e9 / ops_per_sec
     );
-    println!(
+    out!(
         "  floor       {:.1} M line RMW/s over {} MB",
         floor_ops_per_sec / 1e6,
         m.arena_bytes >> 20
     );
-    println!(
+    out!(
         "  huge pages  {} MB of the arenas, {} MB of the floor array",
         m.arena_huge_bytes >> 20,
         m.floor_huge_bytes >> 20
     );
-    println!(
+    out!(
         "  faults      {} page faults during the increments",
         m.ops_page_faults
     );
-    println!("  verified    {}", m.verified);
+    out!("  verified    {}", m.verified);
 }

@@ -269,9 +269,9 @@ fn print_run(result: &RunResult, json: bool) {
             "records_per_commit": records_per_commit,
             "latency": summary,
         });
-        println!("{object}");
+        out!("{object}");
     } else {
-        println!(
+        out!(
             "durable  waiters {:>5}  wait {:>5} us  batch {:>5} KiB  {:>10.0} incr/s  \
              {:>6.0} commits/s  {:>7.1} records/commit  p50 {:>8.1} us  p99 {:>8.1} us",
             settings.waiters,
@@ -316,9 +316,9 @@ fn relaxed_cost(args: &JournalArgs) -> Result<(), Box<dyn Error>> {
             "relaxed_journal_ns_per_op": cost_ns,
             "journal_commits": core.journal.stats().commit_count,
         });
-        println!("{object}");
+        out!("{object}");
     } else {
-        println!(
+        out!(
             "relaxed  apply alone {:.0}/s, apply + relaxed journal {:.0}/s: the journal costs \
              {cost_ns:.0} ns per increment",
             ops / apply_seconds,

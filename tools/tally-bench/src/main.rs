@@ -4,9 +4,18 @@
 //! (clap `Args`) and a `run` function; this file only dispatches. Adding a subcommand is
 //! a `mod` line, a variant of [`Command`] and an arm in `main`.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// `println!` for reports: a reader that stops reading (`tally-bench ... | head`) ends the
+/// process quietly instead of panicking on the broken pipe.
+macro_rules! out {
+    ($($argument:tt)*) => {
+        $crate::write_stdout_line(format_args!($($argument)*))
+    };
+}
 
 mod compare;
 mod engine;
@@ -64,6 +73,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes one line to stdout. A closed pipe means nobody reads the rest: exit at once
+/// with success, as `yes | head` does, rather than panic as `println!` would.
+pub(crate) fn write_stdout_line(line: std::fmt::Arguments<'_>) {
+    let mut stdout = std::io::stdout().lock();
+    let written = writeln!(stdout, "{line}").and_then(|()| stdout.flush());
+    match written {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(error) => {
+            eprintln!("tally-bench: writing to stdout: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +113,17 @@ mod tests {
             panic!("not the compare subcommand");
         };
         assert_eq!(args.tallyd_args, ["--spin-us=200", "--cores", "1"]);
+    }
+
+    #[test]
+    fn compare_help_gives_the_limit_of_tallyd_arguments_as_a_number() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let compare = cli.find_subcommand_mut("compare").expect("compare");
+        let help = compare.render_long_help().to_string();
+        assert!(!help.contains("TALLYD_ARGS_MAX"), "{help}");
+        let limit = format!("At most {}", compare::TALLYD_ARGS_MAX);
+        assert!(help.contains(&limit), "{help}");
     }
 
     #[test]

@@ -7,12 +7,16 @@
 //! the server does at start, where every core recovers its own partitions on its own
 //! thread at the same time: open the store, restore every partition from its
 //! checkpoint and replay the journal tail. Prints `recovery_seconds` (the wall time
-//! until the last core is done) and, with `--json`, the slowest core's breakdown and
-//! every core's. Keys are the counter's index in `--key-bytes` zero-padded decimal digits
+//! until the last core is done) and, with `--json`, the slowest core's breakdown of the
+//! time and every core's in `per_core`; the counts at the top level are totals over the
+//! cores (`partitions_restored`, `records_replayed_all_cores`), except `records_replayed`,
+//! the slowest core's. With `--keep`, the parameters the directory was built with are
+//! kept beside it in [`BUILD_PARAMETERS_FILE`], and a run with other parameters is
+//! refused rather than timing a directory that is not what it asks for. Keys are the counter's index in `--key-bytes` zero-padded decimal digits
 //! (16 by default: inline in their slot, like the engine benchmark's).
 
 use std::error::Error;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tally_engine::journal::checkpoint::checkpoint_core;
@@ -56,6 +60,52 @@ pub struct RecoveryArgs {
     /// the journal from the device.
     #[arg(long)]
     keep: Option<std::path::PathBuf>,
+}
+
+/// The file beside a `--keep` directory that records what it was built with.
+pub const BUILD_PARAMETERS_FILE: &str = "tally-bench-recovery.json";
+
+/// What a built directory depends on, as `--flag value` pairs.
+fn build_parameters(args: &RecoveryArgs) -> String {
+    format!(
+        "--counters {} --journal-ops {} --partitions {} --key-bytes {} --cores {}",
+        args.counters, args.journal_ops, args.partitions, args.key_bytes, args.cores
+    )
+}
+
+/// `DIR.tally-bench-recovery.json` for a kept directory `DIR`: beside it, not in it, so
+/// the data directory holds only what the engine wrote.
+fn parameters_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".");
+    name.push(BUILD_PARAMETERS_FILE);
+    path.with_file_name(name)
+}
+
+/// Refuses a kept directory built with other parameters.
+fn check_kept(path: &Path, args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
+    let wanted = build_parameters(args);
+    let recorded = std::fs::read_to_string(parameters_path(path)).ok();
+    let recorded: Option<String> = recorded
+        .as_deref()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+        .and_then(|value| value["parameters"].as_str().map(str::to_owned));
+    match recorded {
+        Some(recorded) if recorded == wanted => Ok(()),
+        Some(recorded) => Err(format!(
+            "the kept directory {} was built with different parameters ({recorded}); this \
+             run asks for {wanted}: pass the same ones, or remove the directory to rebuild it",
+            path.display()
+        )
+        .into()),
+        None => Err(format!(
+            "the kept directory {} has no record of the parameters it was built with ({} \
+             is missing): remove the directory to rebuild it",
+            path.display(),
+            parameters_path(path).display()
+        )
+        .into()),
+    }
 }
 
 /// The CPUs this process may run on (`tallyd`'s default core count).
@@ -267,12 +317,26 @@ pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
     if args.partitions == 0 || args.cores == 0 || args.cores > args.partitions {
         return Err("--partitions and --cores must be at least 1, cores <= partitions".into());
     }
+    if args.counters == 0 {
+        return Err(
+            "--counters must be at least 1: the journal tail increments the \
+                    checkpointed counters, and there is nothing to restore without any"
+                .into(),
+        );
+    }
     check_key_bytes(args.key_bytes, args.counters)?;
     let temporary = tempfile::tempdir_in(&args.dir)?;
     let path = args.keep.as_deref().unwrap_or(temporary.path());
     let build_started = Instant::now();
     if !path.join("journal").is_dir() {
         build(path, args)?;
+        if args.keep.is_some() {
+            let record = serde_json::json!({"parameters": build_parameters(args)});
+            std::fs::write(parameters_path(path), record.to_string())
+                .map_err(|error| format!("writing {}: {error}", parameters_path(path).display()))?;
+        }
+    } else {
+        check_kept(path, args)?;
     }
     let build_seconds = build_started.elapsed().as_secs_f64();
     let started = Instant::now();
@@ -297,17 +361,23 @@ pub fn run(args: &RecoveryArgs) -> Result<(), Box<dyn Error>> {
         fields.insert("key_bytes".into(), args.key_bytes.into());
         fields.insert("cores".into(), args.cores.into());
         fields.insert("records_replayed_all_cores".into(), replayed.into());
+        let partitions_restored: usize = cores
+            .iter()
+            .map(|core| core.report.partitions_restored.len())
+            .sum();
+        fields.insert("partitions_restored".into(), partitions_restored.into());
         fields.insert("build_seconds".into(), build_seconds.into());
         fields.insert(
             "per_core".into(),
             cores.iter().map(core_json).collect::<Vec<_>>().into(),
         );
-        println!("{object}");
+        out!("{object}");
     } else {
-        println!(
+        out!(
             "recovered {} counters and replayed {replayed} journal records on {} core(s) in \
              {recovery_seconds:.3} s (building took {build_seconds:.1} s)",
-            args.counters, args.cores
+            args.counters,
+            args.cores
         );
     }
     Ok(())

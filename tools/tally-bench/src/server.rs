@@ -45,10 +45,23 @@ pub enum DriveError {
     },
     #[error("the server closed the connection")]
     ServerClosed,
+    #[error(
+        "timed out after {seconds} s waiting for the hello reply from {addr}: \
+         is it a Tally native port? (not the --resp-listen one)",
+        seconds = native::HANDSHAKE_TIMEOUT.as_secs()
+    )]
+    HelloTimeout { addr: SocketAddr },
+    #[error("{addr} did not answer the hello like a Tally native port ({detail}): is it the --resp-listen one?")]
+    NotNative { addr: SocketAddr, detail: String },
     #[error("{0}")]
     Protocol(String),
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
+    #[error(
+        "all {ops_failed} operations failed, so nothing was measured \
+         (the server's first error, if it sent one, is printed above)"
+    )]
+    AllFailed { ops_failed: u64 },
     #[error("{what}: {source}")]
     Output {
         what: String,
@@ -518,12 +531,20 @@ pub fn write_plot(path: &std::path::Path, svg: &str) -> Result<(), DriveError> {
 pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     let report = measure(args)?;
     if args.json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&report).expect("a report serializes")
         );
     } else {
-        println!("{}", report.human());
+        out!("{}", report.human());
+    }
+    // The report (with its failure count) is printed first, so a script sees the figures
+    // either way; a run where nothing succeeded measured nothing and must not pass.
+    if report.ops == 0 && report.ops_failed > 0 {
+        return Err(DriveError::AllFailed {
+            ops_failed: report.ops_failed,
+        }
+        .into());
     }
     if let Some(path) = &args.plot {
         let label = report.label();

@@ -2,7 +2,7 @@
 //!
 //! One operation per invocation (`incr`, `decr`, `get`, `set`, `del`, `exists`, `bounds`),
 //! or many with `batch`, which reads one operation per line from stdin and sends them in
-//! frames of up to 10,000. Output is a plain value for people, or one JSON object per
+//! frames of up to 10,000 after checking every line. Output is a plain value for people, or one JSON object per
 //! result with `--json`. Exit status: 0 success, 1 an operation was rejected (a bound, an
 //! overflow, ...), 2 the call failed (connection, server error, bad input).
 
@@ -159,32 +159,32 @@ fn config(cli: &Cli) -> ClientConfig {
 }
 
 fn run(cli: &Cli, printer: &mut Printer) -> Result<Verdict, CliError> {
-    // Check the input before connecting: bad input is reported the same way whether or
-    // not a server is there.
-    let request = match &cli.command {
+    // Input is checked before connecting: bad input is reported the same way (exit 2,
+    // nothing sent) whether or not a server is there.
+    let connect = || Client::connect_with(cli.addr.as_str(), config(cli));
+    match &cli.command {
         Command::Batch => {
             let parsed = batch_input::read_all(std::io::stdin().lock()).map_err(CliError::Input)?;
             if parsed.bad_line_count > 0 {
                 return Err(CliError::BadLines(parsed));
             }
-            let mut client = Client::connect_with(cli.addr.as_str(), config(cli))?;
-            return run_batch(&mut client, printer, &parsed.requests);
+            run_batch(&mut connect()?, printer, &parsed.requests)
         }
-        Command::Ping | Command::Stats => None,
-        command => Some(single_request(command).map_err(CliError::Input)?),
-    };
-    let mut client = Client::connect_with(cli.addr.as_str(), config(cli))?;
-    let Some(request) = request else {
-        if matches!(cli.command, Command::Stats) {
-            printer.stats(&core_stats(&mut client)?);
-        } else {
-            client.ping()?;
+        Command::Ping => {
+            connect()?.ping()?;
             printer.line("PONG", &serde_json::json!({"ok": true, "reply": "pong"}));
+            Ok(Verdict::AllApplied)
         }
-        return Ok(Verdict::AllApplied);
-    };
-    let results = client.batch(std::slice::from_ref(&request.op))?;
-    Ok(printer.result(&request, &results[0], false))
+        Command::Stats => {
+            printer.stats(&core_stats(&mut connect()?)?);
+            Ok(Verdict::AllApplied)
+        }
+        command => {
+            let request = single_request(command).map_err(CliError::Input)?;
+            let results = connect()?.batch(std::slice::from_ref(&request.op))?;
+            Ok(printer.result(&request, &results[0], false))
+        }
+    }
 }
 
 /// Every core's statistics, in core order: each core is asked on its own shard port,

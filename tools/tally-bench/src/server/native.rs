@@ -14,7 +14,7 @@ use tally_protocol::{
 };
 
 /// How long the handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Encodes `Batch` frames of increments and counts failed operations in the replies.
 pub struct NativeCodec {
@@ -97,15 +97,15 @@ pub fn connect(addr: SocketAddr) -> Result<(TcpStream, HelloReply), DriveError> 
         .map_err(|source| DriveError::io("sending the hello", source))?;
     let mut received = Vec::new();
     let mut chunk = [0_u8; 4096];
+    // A server that speaks another protocol (the RESP port) waits for more bytes or
+    // answers with something that is not a frame: both say "wrong port", not "I/O error".
+    let not_native = |detail: String| DriveError::NotNative { addr, detail };
     loop {
-        if let Some(frame) = decode_reply(&received).map_err(protocol_error)? {
-            let reply = match frame.reply.map_err(protocol_error)? {
+        let decoded = decode_reply(&received).map_err(|error| not_native(error.to_string()))?;
+        if let Some(frame) = decoded {
+            let reply = match frame.reply.map_err(|error| not_native(error.to_string()))? {
                 Reply::HelloReply(reply) => reply,
-                other => {
-                    return Err(DriveError::Protocol(format!(
-                        "expected a hello reply, got {other:?}"
-                    )))
-                }
+                other => return Err(not_native(format!("expected a hello reply, got {other:?}"))),
             };
             stream
                 .set_read_timeout(None)
@@ -114,7 +114,12 @@ pub fn connect(addr: SocketAddr) -> Result<(TcpStream, HelloReply), DriveError> 
         }
         let count = stream
             .read(&mut chunk)
-            .map_err(|source| DriveError::io("reading the hello reply", source))?;
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    DriveError::HelloTimeout { addr }
+                }
+                _ => DriveError::io("reading the hello reply", source),
+            })?;
         if count == 0 {
             return Err(DriveError::ServerClosed);
         }
