@@ -472,7 +472,9 @@ fn recovering_to_a_corruption_sets_the_cut_tail_aside_and_reuses_no_lsn() {
     let lsns = read_whole_journal(dir.path()).unwrap();
     assert_eq!(lsns.last(), Some(&newest));
     let mut store = open_store(dir.path());
-    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
     assert_ne!(state, Model::new());
     assert_eq!(snapshot(&store), state_after);
+    assert!(again.journal.set_aside.is_empty() && again.journal.skipped.is_empty());
+    assert_eq!(again.next_lsn, newest + 1);
 }

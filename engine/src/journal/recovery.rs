@@ -273,8 +273,11 @@ where
                     later,
                 )?);
                 drop(mapped);
-                segment::truncate_segment(&path, offset)?;
+                // Later segments go first: a crash before the cut then leaves damage
+                // followed by valid records (refused, or cut again with the flag),
+                // never a cut segment and a hole after it.
                 scan.set_aside.extend(set_aside(later, CORRUPT_SUFFIX)?);
+                segment::truncate_segment(&path, offset)?;
                 scan.corruption = Some((path, offset, reason));
                 break;
             }
@@ -467,7 +470,10 @@ pub fn recover(
         .max(set_aside_lsn_max(&dir)?)
         + 1;
     let checkpoint_started = Instant::now();
-    let jumps = report.next_lsn > report.journal.last_lsn + 1;
+    // Only segments left in place can make a hole with the writer's first segment;
+    // an empty journal simply starts at `next_lsn`.
+    let live = !segment::list_segments(&dir)?.is_empty();
+    let jumps = live && report.next_lsn > report.journal.last_lsn + 1;
     if jumps || report.journal.corruption.is_some() {
         cover_the_skip(data_dir, store, &dir, &mut report, jumps)?;
     } else if missing_checkpoint_has_counters(data_dir, store)? {
