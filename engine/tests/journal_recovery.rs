@@ -472,7 +472,57 @@ fn recovering_to_a_corruption_sets_the_cut_tail_aside_and_reuses_no_lsn() {
     let lsns = read_whole_journal(dir.path()).unwrap();
     assert_eq!(lsns.last(), Some(&newest));
     let mut store = open_store(dir.path());
-    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
     assert_ne!(state, Model::new());
     assert_eq!(snapshot(&store), state_after);
+    assert!(again.journal.set_aside.is_empty() && again.journal.skipped.is_empty());
+    assert_eq!(again.next_lsn, newest + 1);
+}
+
+/// A hole wholly below the checkpoint (an old segment moved away) stops nothing: the
+/// segments before it are set aside so the journal left in place is gapless for the
+/// reader. A hole at the head of what the checkpoint needs refuses, naming it.
+#[test]
+fn a_missing_segment_below_the_checkpoint_starts_and_one_at_its_head_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let (expected, covered, last) = covered_and_uncovered_segments(dir.path());
+    let ranges = segment_ranges(dir.path(), last);
+    std::fs::rename(&ranges[1].0, dir.path().join("moved-away-1.log")).unwrap();
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    assert_eq!(
+        report.journal.skipped.len(),
+        1,
+        "{:?}",
+        report.journal.skipped
+    );
+    let first = ranges[0]
+        .0
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(journal_files(dir.path()).contains(&format!("{first}.covered")));
+    assert_eq!(read_whole_journal(dir.path()).unwrap().last(), Some(&last));
+    drop(store);
+
+    // Now move away every segment up to the one holding the first record needed.
+    let holding = ranges
+        .iter()
+        .position(|(_, first, end)| (*first..=*end).contains(&(covered + 1)))
+        .unwrap();
+    for (path, _, _) in &ranges[2..=holding] {
+        std::fs::rename(path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let mut store = open_store(dir.path());
+    let message = recover(dir.path(), &mut store, 0, &RecoveryOptions::default())
+        .unwrap_err()
+        .to_string();
+    let end = ranges[holding].2;
+    assert!(
+        message.contains(&format!("{}..={end}", covered + 1)),
+        "{message}"
+    );
+    assert!(message.contains("--recover-to-corruption"), "{message}");
 }

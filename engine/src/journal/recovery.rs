@@ -186,106 +186,169 @@ where
         segment_count: segments.len(),
         ..JournalScan::default()
     };
-    // Segments before `live` were set aside; `previous` is the last LSN of the live
-    // ones scanned so far (`None` at the start of the live journal).
-    let mut live = 0;
-    let mut previous: Option<Lsn> = None;
+    let mut walk = Walk {
+        segments: &segments,
+        needed_lsn,
+        options,
+        live: 0,
+        previous: None,
+    };
     for (index, info) in segments.iter().enumerate() {
-        let is_last = index + 1 == segments.len();
-        if let Some((first, last)) = missing_before(info, previous, needed_lsn) {
-            let before = (index > live).then(|| segments[index - 1].path.as_path());
-            let reason = segment::gap_reason(first, last, before, &info.path);
-            if last < needed_lsn {
-                scan.set_aside
-                    .extend(set_aside(&segments[live..index], COVERED_SUFFIX)?);
-                scan.skipped.push((info.path.clone(), 0, reason));
-                live = index;
-            } else if !options.recover_to_corruption {
-                return Err(corrupted(&info.path, 0, reason + FLAG_HINT));
-            } else if before.is_some() {
-                scan.set_aside
-                    .extend(set_aside(&segments[index..], CORRUPT_SUFFIX)?);
-                scan.corruption = Some((info.path.clone(), 0, reason));
+        if let Some((first, last)) = missing_before(info, walk.previous, needed_lsn) {
+            if let Then::Stop = walk.on_gap(&mut scan, index, first, last)? {
                 break;
-            } else {
-                // Missing before the first segment: nothing after it to cut; the
-                // records are gone, and recovery goes on with what is there.
-                scan.corruption = Some((info.path.clone(), 0, reason));
             }
         }
         let read_started = Instant::now();
         let mapped = segment::MappedSegment::open(&info.path)?;
         scan.read_elapsed += read_started.elapsed();
-        let result = segment::scan_segment(info, mapped.bytes(), previous, is_last, |logged| {
-            scan.record_count += 1;
-            visit(info, logged)
-        });
+        let is_last = index + 1 == segments.len();
+        let result =
+            segment::scan_segment(info, mapped.bytes(), walk.previous, is_last, |logged| {
+                scan.record_count += 1;
+                visit(info, logged)
+            });
         match result {
             Ok(found) => {
                 if let Verdict::TornTail { offset, .. } = found.verdict {
-                    let at = offset as usize;
-                    scan.torn_tail = Some(TornTail {
-                        path: info.path.clone(),
-                        offset,
-                        bytes_cut: (mapped.bytes().len() - at) as u64,
-                        data_bytes_cut: segment::data_bytes_from(mapped.bytes(), at),
-                    });
-                    drop(mapped);
-                    segment::truncate_segment(&info.path, offset)?;
+                    scan.torn_tail = Some(cut_torn_tail(info, mapped, offset)?);
                 }
                 // An empty segment still says where the journal stands.
-                previous = found
+                walk.previous = found
                     .last_lsn
-                    .or(previous)
+                    .or(walk.previous)
                     .or(info.first_lsn.checked_sub(1).filter(|&lsn| lsn > 0));
             }
-            Err(JournalError::Corrupted {
-                path,
-                offset,
-                reason,
-            }) => {
-                let covered = segments
-                    .get(index + 1)
-                    .is_some_and(|next| next.first_lsn <= needed_lsn);
-                if covered {
-                    drop(mapped);
-                    scan.set_aside
-                        .extend(set_aside(&segments[live..index], COVERED_SUFFIX)?);
-                    scan.set_aside
-                        .extend(set_aside(&segments[index..=index], CORRUPT_SUFFIX)?);
-                    scan.skipped.push((path, offset, reason));
-                    live = index + 1;
-                    previous = None;
-                    continue;
+            Err(JournalError::Corrupted { offset, reason, .. }) => {
+                if let Then::Stop = walk.on_damage(&mut scan, index, mapped, offset, reason)? {
+                    break;
                 }
-                if !options.recover_to_corruption {
-                    return Err(corrupted(&path, offset, reason + FLAG_HINT));
-                }
-                let head = &mapped.bytes()[..offset as usize];
-                previous = segment::last_lsn_in(head).or(previous);
-                let tail_first = previous.map_or(info.first_lsn, |lsn| lsn + 1);
-                let later = &segments[index + 1..];
-                scan.set_aside.push(set_aside_tail(
-                    info,
-                    mapped.bytes(),
-                    offset,
-                    tail_first,
-                    later,
-                )?);
-                drop(mapped);
-                segment::truncate_segment(&path, offset)?;
-                scan.set_aside.extend(set_aside(later, CORRUPT_SUFFIX)?);
-                scan.corruption = Some((path, offset, reason));
-                break;
             }
             Err(error) => return Err(error),
         }
     }
-    scan.last_lsn = previous.unwrap_or(0);
+    scan.last_lsn = walk.previous.unwrap_or(0);
     if let Some(last) = segment::list_segments(dir)?.last() {
         segment::sync_segment(&last.path)?;
     }
     Ok(scan)
+}
+
+/// Where a scan of the journal stands.
+struct Walk<'s> {
+    segments: &'s [SegmentInfo],
+    needed_lsn: Lsn,
+    options: &'s RecoveryOptions,
+    /// Segments before this index were set aside.
+    live: usize,
+    /// The last LSN of the live segments scanned so far (`None` at the start of the
+    /// live journal).
+    previous: Option<Lsn>,
+}
+
+/// Whether a scan goes on after a gap or damage.
+enum Then {
+    GoOn,
+    Stop,
+}
+
+impl Walk<'_> {
+    /// LSNs `first..=last` are missing before segment `index`: stepped over if no
+    /// partition needs them, else refused, or with the flag, recovered up to.
+    fn on_gap(
+        &mut self,
+        scan: &mut JournalScan,
+        index: usize,
+        first: Lsn,
+        last: Lsn,
+    ) -> Result<Then, JournalError> {
+        let info = &self.segments[index];
+        let before = (index > self.live).then(|| self.segments[index - 1].path.as_path());
+        let reason = segment::gap_reason(first, last, before, &info.path);
+        if last < self.needed_lsn {
+            let covered = &self.segments[self.live..index];
+            scan.set_aside.extend(set_aside(covered, COVERED_SUFFIX)?);
+            scan.skipped.push((info.path.clone(), 0, reason));
+            self.live = index;
+            return Ok(Then::GoOn);
+        }
+        if !self.options.recover_to_corruption {
+            return Err(corrupted(&info.path, 0, reason + FLAG_HINT));
+        }
+        scan.corruption = Some((info.path.clone(), 0, reason));
+        if before.is_none() {
+            // Missing before the first segment: nothing after it to cut; the records
+            // are gone, and recovery goes on with what is there.
+            return Ok(Then::GoOn);
+        }
+        let later = &self.segments[index..];
+        scan.set_aside.extend(set_aside(later, CORRUPT_SUFFIX)?);
+        Ok(Then::Stop)
+    }
+
+    /// Segment `index` (mapped) is damaged at `offset`: stepped over if no partition
+    /// needs any of its records, else refused, or with the flag, cut there with the
+    /// tail and the later segments set aside.
+    fn on_damage(
+        &mut self,
+        scan: &mut JournalScan,
+        index: usize,
+        mapped: segment::MappedSegment,
+        offset: u64,
+        reason: String,
+    ) -> Result<Then, JournalError> {
+        let info = &self.segments[index];
+        let covered = self
+            .segments
+            .get(index + 1)
+            .is_some_and(|next| next.first_lsn <= self.needed_lsn);
+        if covered {
+            drop(mapped);
+            let before = &self.segments[self.live..index];
+            scan.set_aside.extend(set_aside(before, COVERED_SUFFIX)?);
+            let damaged = &self.segments[index..=index];
+            scan.set_aside.extend(set_aside(damaged, CORRUPT_SUFFIX)?);
+            scan.skipped.push((info.path.clone(), offset, reason));
+            self.live = index + 1;
+            self.previous = None;
+            return Ok(Then::GoOn);
+        }
+        if !self.options.recover_to_corruption {
+            return Err(corrupted(&info.path, offset, reason + FLAG_HINT));
+        }
+        let head = &mapped.bytes()[..offset as usize];
+        self.previous = segment::last_lsn_in(head).or(self.previous);
+        let tail_first = self.previous.map_or(info.first_lsn, |lsn| lsn + 1);
+        let later = &self.segments[index + 1..];
+        let tail = set_aside_tail(info, mapped.bytes(), offset, tail_first, later)?;
+        scan.set_aside.push(tail);
+        drop(mapped);
+        // Later segments go first: a crash before the cut then leaves damage followed
+        // by valid records (refused, or cut again with the flag), never a cut segment
+        // and a hole after it.
+        scan.set_aside.extend(set_aside(later, CORRUPT_SUFFIX)?);
+        segment::truncate_segment(&info.path, offset)?;
+        scan.corruption = Some((info.path.clone(), offset, reason));
+        Ok(Then::Stop)
+    }
+}
+
+/// Cuts the torn tail of segment `info` (mapped) at `offset` and says how much it cut.
+fn cut_torn_tail(
+    info: &SegmentInfo,
+    mapped: segment::MappedSegment,
+    offset: u64,
+) -> Result<TornTail, JournalError> {
+    let at = offset as usize;
+    let torn = TornTail {
+        path: info.path.clone(),
+        offset,
+        bytes_cut: (mapped.bytes().len() - at) as u64,
+        data_bytes_cut: segment::data_bytes_from(mapped.bytes(), at),
+    };
+    drop(mapped);
+    segment::truncate_segment(&info.path, offset)?;
+    Ok(torn)
 }
 
 fn corrupted(path: &Path, offset: u64, reason: String) -> JournalError {
@@ -467,7 +530,10 @@ pub fn recover(
         .max(set_aside_lsn_max(&dir)?)
         + 1;
     let checkpoint_started = Instant::now();
-    let jumps = report.next_lsn > report.journal.last_lsn + 1;
+    // Only segments left in place can make a hole with the writer's first segment;
+    // an empty journal simply starts at `next_lsn`.
+    let live = !segment::list_segments(&dir)?.is_empty();
+    let jumps = live && report.next_lsn > report.journal.last_lsn + 1;
     if jumps || report.journal.corruption.is_some() {
         cover_the_skip(data_dir, store, &dir, &mut report, jumps)?;
     } else if missing_checkpoint_has_counters(data_dir, store)? {

@@ -22,6 +22,11 @@
 //!
 //! A valid record that breaks the LSN sequence is corruption wherever it is: a torn
 //! write cannot produce one with a good checksum.
+//!
+//! Across segments the names carry the sequence: a segment's first LSN must be the
+//! last LSN of the segment before plus one. That is checked once per segment, by
+//! recovery (`recovery::scan_journal_needing`) and by `JournalReader`, which name a
+//! hole with [`gap_reason`]; nothing here costs anything per record.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
