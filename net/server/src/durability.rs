@@ -301,12 +301,40 @@ impl CoreJournal {
             partitions_restored = report.partitions_restored.len(),
             records_replayed = report.records_replayed,
             journal_records = report.journal.record_count,
-            torn_tail = report.journal.torn_tail.is_some(),
             seconds = report.elapsed.as_secs_f64(),
             "recovered"
         );
+        if let Some(torn) = &report.journal.torn_tail {
+            tracing::warn!(
+                core,
+                path = %torn.path.display(),
+                offset = torn.offset,
+                bytes_cut = torn.bytes_cut,
+                data_bytes_cut = torn.data_bytes_cut,
+                "cut a torn tail (the end of a write that never completed, unacknowledged)"
+            );
+        }
         if let Some((path, offset, reason)) = &report.journal.corruption {
             tracing::error!(core, path = %path.display(), offset, reason, "recovered up to a corruption: later records were set aside");
+        }
+        for (path, offset, reason) in &report.journal.skipped {
+            tracing::warn!(
+                core,
+                path = %path.display(),
+                offset,
+                reason,
+                "damage below every checkpoint skipped: nothing needed was lost, but \
+                 idempotency keys journaled there are forgotten"
+            );
+        }
+        for set_aside in &report.journal.set_aside {
+            tracing::warn!(
+                core,
+                path = %set_aside.path.display(),
+                records = set_aside.record_count,
+                lsn_max = set_aside.lsn_max,
+                "journal file set aside"
+            );
         }
         let window_s = config.idempotency_window_s;
         let (recovered, retained, records) =
@@ -695,8 +723,7 @@ fn read_idempotency(
     let mut recovered: HashMap<IdempotencyKey, Recovered> = HashMap::new();
     let mut retained = VecDeque::new();
     let mut kept = 0;
-    // The reader indexes past the end of an empty segment list (an engine bug
-    // reported to the journal's owner): a journal without segments holds nothing.
+    // A journal without segments holds nothing: no reader needed.
     if list_segments(&journal_dir(data_dir, core))?.is_empty() {
         return Ok((recovered, retained, kept));
     }
