@@ -331,3 +331,60 @@ fn restoring_several_partitions_changes_none_if_one_checkpoint_is_damaged() {
         assert_eq!(collect(&store, partition), snapshots[partition as usize]);
     }
 }
+
+// Missing metadata files: other files prove the state existed, so the engine refuses
+// to start rather than recreate it empty.
+
+/// The names of the entries of `path`, sorted.
+fn entry_names(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(path)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_used_directory_without_its_superblock_is_refused_and_left_alone() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 500).close_clean().unwrap();
+    let superblock = temp.path().join("superblock");
+    fs::remove_file(&superblock).unwrap();
+    let before = entry_names(temp.path());
+    for requested in [None, Some(2), Some(64)] {
+        let error = DataDir::open_or_create(temp.path(), requested).unwrap_err();
+        assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("superblock"), "{message}");
+        assert!(message.contains("missing"), "{message}");
+    }
+    assert!(!superblock.exists(), "no new superblock written");
+    assert_eq!(entry_names(temp.path()), before, "nothing changed");
+}
+
+#[test]
+fn a_new_or_empty_directory_is_still_created() {
+    let temp = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet, and an empty one.
+    let missing = temp.path().join("new");
+    assert_eq!(
+        DataDir::open_or_create(&missing, None)
+            .unwrap()
+            .partition_count(),
+        tally_engine::PARTITION_COUNT_DEFAULT
+    );
+    let empty = temp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    // A fresh file system's mount point holds lost+found: not a Tally file.
+    fs::create_dir(empty.join("lost+found")).unwrap();
+    let dir = DataDir::open_or_create(&empty, Some(4)).unwrap();
+    let mut store = Store::open(&dir, 0..4).unwrap();
+    store.apply(&add(b"first", 1)).unwrap();
+    store.close_clean().unwrap();
+    let dir = DataDir::open_or_create(&empty, None).unwrap();
+    assert_eq!(
+        Store::open(&dir, 0..4).unwrap().get(b"first").unwrap(),
+        Some(1)
+    );
+}
