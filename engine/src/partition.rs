@@ -20,8 +20,35 @@
 //! partition is open it says `clean = 0` on disk. Reopening an unclean partition and
 //! restoring a checkpoint only remove the data files (the new arenas live in memory
 //! and get files at their first write-back) and write nothing to the header, so a crash at any moment before a clean
-//! close finds the partition unclean and restores it from its checkpoint again. A
-//! missing header means a partition that never existed: it is created empty and clean.
+//! close finds the partition unclean and restores it from its checkpoint again.
+//!
+//! # Missing files
+//!
+//! A missing header means a partition that never existed, and it is created empty and
+//! clean, only if nothing in the data directory says otherwise. Creation makes an empty
+//! `pNNNNN.meta.tmp` first, then the data files, then the header under the temporary
+//! name, which it renames into place. The open refuses (an [`EngineError::Corrupted`]
+//! naming the header, nothing changed on disk) when the header is missing but
+//! - data files of the partition exist without `pNNNNN.meta.tmp` (a creation that
+//!   stopped half-way leaves that file; anything else is a deleted header),
+//! - its checkpoint `checkpoint/<partition>/` (or `.old`) exists, or
+//! - a journal `journal/core-N/` starts above LSN 1: segments are released only after a
+//!   start has served and checkpointed, and every partition got its header at that start.
+//!
+//! A partition not closed cleanly, with no checkpoint, is reopened empty (recovery then
+//! replays the journal onto it) only while no journal `journal/core-N/` starts above
+//! LSN 1. Otherwise the open refuses, naming the missing checkpoint: segments are
+//! released only once checkpoints of every partition of their core cover them, so the
+//! checkpoint was the only copy of the released records' effects. While every journal
+//! starts at LSN 1 nothing was released, and replay from an empty partition rebuilds
+//! it whole: "other partitions have checkpoints" is no evidence of loss (the server
+//! skips the checkpoint of an empty partition at shutdown). The rule cannot tell which
+//! core's journal held the partition's records, so it looks at every core's; a
+//! partition that is empty and was never checkpointed on one core, while another core
+//! released segments, is refused too (the server's periodic checkpoint, every 300 s by
+//! default, covers every partition, so this takes a crash before the first one on a
+//! directory with very few keys). These checks
+//! read directory listings only, and only for a missing header or checkpoint.
 //!
 //! # Header layout (little-endian), 4096 bytes
 //!
@@ -97,12 +124,15 @@ use crate::index::{
     LINES_PER_BUCKET, LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
+use crate::superblock::{checkpoint_path, file_exists, has_checkpoint, released_journal_segment};
 
 const META_MAGIC: &[u8; 8] = b"TALLYPT1";
 /// 2: cuckoo addressing (version 1 tables were linear probing: same bytes, other places).
 const META_VERSION: u32 = 2;
 pub(crate) const META_BYTES: u64 = 4096;
 const META_CHECKSUM_OFFSET: usize = 4088;
+/// Suffix of a header being written by `create` (`pNNNNN.meta.tmp`).
+const META_TEMPORARY_SUFFIX: &str = "meta.tmp";
 /// Lines of a new partition's first table (one 4 KiB page), before the per-partition
 /// offset of `initial_lines`.
 const TABLE_LINES_INITIAL: u64 = 64;
@@ -303,12 +333,14 @@ impl Partition {
     /// Opens the partition's files in `directory`, creating them if the header is missing.
     pub(crate) fn open(directory: &Path, index: u32) -> Result<Partition, EngineError> {
         let meta_path = directory.join(file_name(index, "meta"));
-        if !meta_path.exists() {
+        if !file_exists(&meta_path)? {
+            refuse_missing_header(directory, index, &meta_path)?;
             return Partition::create(directory, index);
         }
         let meta = ArenaFile::open(&meta_path, META_BYTES)?;
         let header = check_meta(&meta, index)?;
         if header.clean != 1 {
+            refuse_missing_checkpoint(directory, index)?;
             return Partition::reopen_empty(directory, index, meta);
         }
         let table = Table::open(
@@ -400,6 +432,11 @@ impl Partition {
     }
 
     fn create(directory: &Path, index: u32) -> Result<Partition, EngineError> {
+        // The temporary header is made first, empty: data files without a header are
+        // a creation that stopped half-way only while it is there (see
+        // `refuse_missing_header`).
+        let temporary_path = directory.join(file_name(index, META_TEMPORARY_SUFFIX));
+        fs::File::create(&temporary_path).map_err(io_error("create", &temporary_path))?;
         let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
         heap.file().write_back()?;
         let table = Table::create(
@@ -407,8 +444,7 @@ impl Partition {
             initial_lines(index),
         )?;
         table.file().write_back()?;
-        let mut meta =
-            ArenaFile::create(&directory.join(file_name(index, "meta.tmp")), META_BYTES)?;
+        let mut meta = ArenaFile::create(&temporary_path, META_BYTES)?;
         let header = Meta::empty(index, heap.file().length_bytes(), 1);
         write_header(meta.bytes_mut(), &header);
         seal_meta(&mut meta);
@@ -1374,6 +1410,80 @@ fn check_meta_bytes(
         return Err(corrupted(28, "partition header fields out of range".into()));
     }
     Ok(header)
+}
+
+/// Refuses to create partition `index`, whose header `meta_path` is missing, when the
+/// data directory shows that the partition existed (see "Missing files" in the module
+/// doc); the error names the header and the evidence. Reads directory listings only.
+fn refuse_missing_header(
+    directory: &Path,
+    index: u32,
+    meta_path: &Path,
+) -> Result<(), EngineError> {
+    let prefix = format!("p{index:05}.");
+    let temporary_name = file_name(index, META_TEMPORARY_SUFFIX);
+    let mut data_files = Vec::new();
+    let mut creating = false;
+    let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == temporary_name {
+            creating = true;
+        } else if name.starts_with(&prefix) {
+            data_files.push(name);
+        }
+    }
+    data_files.sort();
+    let evidence = if !data_files.is_empty() && !creating {
+        format!("its data files exist ({})", data_files.join(", "))
+    } else if has_checkpoint(directory, index) {
+        let checkpoint = checkpoint_path(directory, index);
+        format!("its checkpoint {} exists", checkpoint.display())
+    } else if let Some(segment) = released_journal_segment(directory)? {
+        format!(
+            "the journal segment {} does not start at LSN 1: the directory served and \
+             checkpointed, and every partition had a header by then",
+            segment.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(EngineError::Corrupted {
+        path: meta_path.to_path_buf(),
+        offset: 0,
+        reason: format!(
+            "the header of partition {index} is missing, but {evidence}; refusing to \
+             create the partition again empty, which would lose its counters: restore \
+             the header from a backup"
+        ),
+    })
+}
+
+/// Refuses to reopen partition `index`, not closed cleanly, empty when it has no
+/// checkpoint but the journal's records before some point were released (see "Missing
+/// files" in the module doc): its counters are then in no file the engine could
+/// recover them from. Reads directory listings only, and only for a partition without a
+/// checkpoint.
+fn refuse_missing_checkpoint(directory: &Path, index: u32) -> Result<(), EngineError> {
+    if has_checkpoint(directory, index) {
+        return Ok(());
+    }
+    let Some(segment) = released_journal_segment(directory)? else {
+        return Ok(());
+    };
+    Err(EngineError::Corrupted {
+        path: checkpoint_path(directory, index),
+        offset: 0,
+        reason: format!(
+            "the checkpoint of partition {index} is missing, but the partition was not \
+             closed cleanly and the journal segment {} does not start at LSN 1: records \
+             before it were released once checkpoints covered them, so the checkpoint \
+             is the only copy of this partition's counters; refusing to start it empty. \
+             Restore the checkpoint directory from a backup",
+            segment.display()
+        ),
+    })
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {

@@ -150,6 +150,62 @@ fn refuse_if_used(directory: &Path, superblock_path: &Path) -> Result<(), Engine
     })
 }
 
+/// The first segment of a journal in `data_dir` (any core's, `journal/core-N/`) that
+/// starts above LSN 1, if one does: the records before it were released, which happens
+/// only once checkpoints of every partition of that core covered them. Then those
+/// checkpoints are the only copy of what the released records did. Reads directory
+/// listings only.
+pub(crate) fn released_journal_segment(data_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+    let root = data_dir.join("journal");
+    let entries = match fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("list", &root)(error)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", &root))?;
+        if !entry.file_name().to_string_lossy().starts_with("core-") {
+            continue;
+        }
+        let segments =
+            crate::journal::list_segments(&entry.path()).map_err(|error| match error {
+                crate::journal::JournalError::Io {
+                    action,
+                    path,
+                    source,
+                } => EngineError::Io {
+                    action,
+                    path,
+                    source,
+                },
+                other => EngineError::Io {
+                    action: "list",
+                    path: entry.path(),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
+        if let Some(first) = segments.first().filter(|first| first.first_lsn > 1) {
+            return Ok(Some(first.path.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `data_dir` holds a checkpoint of `partition` (complete, or being swapped in:
+/// see `journal::checkpoint`). A checkpoint whose position file is damaged counts as
+/// one: recovery reports the damage.
+pub(crate) fn has_checkpoint(data_dir: &Path, partition: u32) -> bool {
+    !matches!(
+        crate::journal::checkpoint::latest(data_dir, partition),
+        Ok(None)
+    )
+}
+
+/// The directory of the checkpoint of `partition` in `data_dir` (see `journal::checkpoint`).
+pub(crate) fn checkpoint_path(data_dir: &Path, partition: u32) -> PathBuf {
+    data_dir.join("checkpoint").join(partition.to_string())
+}
+
 fn encode(partition_count: u32) -> [u8; SUPERBLOCK_BYTES] {
     let mut bytes = [0u8; SUPERBLOCK_BYTES];
     bytes[..8].copy_from_slice(SUPERBLOCK_MAGIC);
