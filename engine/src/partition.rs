@@ -11,8 +11,11 @@
 //!
 //! While the partition is open its counters change in memory only (see `arena`); the
 //! files are written at creation, at a clean close (data files first, then the header
-//! with `clean = 1`), and for the header alone at open (`clean = 0`). So a header that
-//! says `clean = 1` describes files that are whole; one that says `clean = 0` means the
+//! with `clean = 1` and the xxh3 of each data file), and for the header alone at open
+//! (`clean = 0`). So a header that says `clean = 1` describes files that are whole, and
+//! a clean open checks each file against its checksum as it reads it (the hash runs over
+//! each chunk right after its read, while it is in the CPU cache: no second pass), and
+//! refuses a file that differs, naming it; one that says `clean = 0` means the
 //! process stopped without a clean close, and the partition reopens empty (recovery then
 //! restores its checkpoint and replays the journal).
 //!
@@ -55,7 +58,9 @@
 //! ```text
 //! byte       field             meaning
 //!    0..8    magic             b"TALLYPT1"
-//!    8..12   version           u32, 2 (1: linear-probing tables, not readable here)
+//!    8..12   version           u32, 3 (2: bytes 104..128 were reserved, zero: opened
+//!                               without the data check and written as 3 at the next
+//!                               clean close; 1: linear-probing tables, refused)
 //!   12..16   partition         u32, this partition's index
 //!   16..24   applied_lsn       u64, LSN of the last journal record applied (0 if none)
 //!   24..28   clean             u32, 1 after a clean close (and in checkpoints), 0 while open
@@ -70,7 +75,12 @@
 //!   88..96   heap_bytes        u64, length of the heap file
 //!   96..104  data_checksum     u64, xxh3 of heap then current then old table bytes
 //!                               (checkpoints only; 0 otherwise)
-//!  104..4088 reserved          0
+//!  104..112  heap_checksum     u64, xxh3 of the heap file (clean headers in the data
+//!                               directory; 0 in checkpoints, which use data_checksum)
+//!  112..120  table_checksum    u64, xxh3 of the current table file (likewise)
+//!  120..128  old_checksum      u64, xxh3 of the old table file (likewise; 0 unless
+//!                               migrating)
+//!  128..4088 reserved          0
 //! 4088..4096 checksum          u64, xxh3 of bytes 0..4088 (valid when clean == 1)
 //! ```
 //!
@@ -127,8 +137,12 @@ use crate::op::{BoundPolicy, Op, OpResult, Outcome};
 use crate::superblock::{checkpoint_path, file_exists, has_checkpoint, released_journal_segment};
 
 const META_MAGIC: &[u8; 8] = b"TALLYPT1";
-/// 2: cuckoo addressing (version 1 tables were linear probing: same bytes, other places).
-const META_VERSION: u32 = 2;
+/// 3: clean headers carry a checksum of each data file. 2: cuckoo addressing (version 1
+/// tables were linear probing: same bytes, other places).
+const META_VERSION: u32 = 3;
+/// The version before data file checksums: the same layout with bytes 104..128 zero.
+/// Still opened (without the data check); the next clean close writes `META_VERSION`.
+const META_VERSION_UNCHECKED: u32 = 2;
 pub(crate) const META_BYTES: u64 = 4096;
 const META_CHECKSUM_OFFSET: usize = 4088;
 /// Suffix of a header being written by `create` (`pNNNNN.meta.tmp`).
@@ -191,6 +205,9 @@ struct Meta {
     table_counters: u64,
     heap_bytes: u64,
     data_checksum: u64,
+    heap_checksum: u64,
+    table_checksum: u64,
+    old_checksum: u64,
 }
 
 impl Meta {
@@ -222,13 +239,26 @@ impl Meta {
             table_counters: 0,
             heap_bytes,
             data_checksum: 0,
+            heap_checksum: 0,
+            table_checksum: 0,
+            old_checksum: 0,
         }
+    }
+
+    /// The checksum this header records for a data file, if it records one: clean
+    /// headers of `META_VERSION` do (`None` for a header of `META_VERSION_UNCHECKED`).
+    fn recorded(&self, checksum: u64) -> Option<u64> {
+        debug_assert_eq!(self.clean, 1);
+        (self.version == META_VERSION).then_some(checksum)
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Meta>() == 104);
 const _: () = assert!(std::mem::offset_of!(Meta, migrate_cursor) == 64);
 const _: () = assert!(std::mem::offset_of!(Meta, data_checksum) == 96);
+const _: () = assert!(std::mem::offset_of!(Meta, heap_checksum) == 104);
+const _: () = assert!(std::mem::offset_of!(Meta, table_checksum) == 112);
+const _: () = assert!(std::mem::offset_of!(Meta, old_checksum) == 120);
+const _: () = assert!(std::mem::size_of::<Meta>() == 128);
 const _: () = assert!(std::mem::size_of::<Meta>() <= META_CHECKSUM_OFFSET);
 
 /// A key with what probing needs: its hash's top half and its first 16 bytes, padded.
@@ -330,7 +360,9 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    /// Opens the partition's files in `directory`, creating them if the header is missing.
+    /// Opens the partition's files in `directory`, creating them if the header is missing
+    /// (see "Missing files" in the module doc). Nothing is marked on disk until
+    /// [`Partition::start`].
     pub(crate) fn open(directory: &Path, index: u32) -> Result<Partition, EngineError> {
         let meta_path = directory.join(file_name(index, "meta"));
         if !file_exists(&meta_path)? {
@@ -343,18 +375,33 @@ impl Partition {
             refuse_missing_checkpoint(directory, index)?;
             return Partition::reopen_empty(directory, index, meta);
         }
-        let table = Table::open(
-            &directory.join(file_name(index, &table_suffix(header.table_generation))),
+        let open_table = |generation: u64, lines: u64, checksum: u64| {
+            let path = directory.join(file_name(index, &table_suffix(generation)));
+            let file = open_verified(&path, lines * LINE_BYTES as u64, header.recorded(checksum))?;
+            Ok::<_, EngineError>(Table::from_file(file, lines))
+        };
+        let table = open_table(
+            header.table_generation,
             header.table_lines,
+            header.table_checksum,
         )?;
         let old = if header.migrating == 1 {
-            let path = directory.join(file_name(index, &table_suffix(header.old_generation)));
-            Some(Table::open(&path, header.old_lines)?)
+            Some(open_table(
+                header.old_generation,
+                header.old_lines,
+                header.old_checksum,
+            )?)
         } else {
             None
         };
-        let heap = Heap::open(&directory.join(file_name(index, "heap")), header.heap_bytes)?;
-        let mut partition = Partition {
+        let heap_path = directory.join(file_name(index, "heap"));
+        let heap_file = open_verified(
+            &heap_path,
+            header.heap_bytes,
+            header.recorded(header.heap_checksum),
+        )?;
+        let heap = Heap::from_file(heap_file)?;
+        Ok(Partition {
             index,
             directory: directory.to_path_buf(),
             meta,
@@ -363,10 +410,20 @@ impl Partition {
             heap,
             was_clean: true,
             _not_sync: std::marker::PhantomData,
-        };
-        partition.mark_open()?;
-        partition.remove_stray_tables()?;
-        Ok(partition)
+        })
+    }
+
+    /// Makes an opened partition ready to change: a clean one gets its header marked
+    /// `clean = 0` on disk and its stray tables removed. Separate from `open` so that
+    /// a store opens (and checks) every partition before it marks any: a partition
+    /// refused at open then leaves the others clean on disk, not emptied at the next
+    /// open for want of a checkpoint.
+    pub(crate) fn start(&mut self) -> Result<(), EngineError> {
+        if self.was_clean {
+            self.mark_open()?;
+            self.remove_stray_tables()?;
+        }
+        Ok(())
     }
 
     /// Opens a partition that was not closed cleanly: its data files hold the state of
@@ -438,14 +495,18 @@ impl Partition {
         let temporary_path = directory.join(file_name(index, META_TEMPORARY_SUFFIX));
         fs::File::create(&temporary_path).map_err(io_error("create", &temporary_path))?;
         let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
-        heap.file().write_back()?;
+        let heap_checksum = write_back_checksummed(heap.file())?;
         let table = Table::create(
             &directory.join(file_name(index, &table_suffix(1))),
             initial_lines(index),
         )?;
-        table.file().write_back()?;
+        let table_checksum = write_back_checksummed(table.file())?;
         let mut meta = ArenaFile::create(&temporary_path, META_BYTES)?;
-        let header = Meta::empty(index, heap.file().length_bytes(), 1);
+        let header = Meta {
+            heap_checksum,
+            table_checksum,
+            ..Meta::empty(index, heap.file().length_bytes(), 1)
+        };
         write_header(meta.bytes_mut(), &header);
         seal_meta(&mut meta);
         meta.write_back()?;
@@ -1116,11 +1177,20 @@ impl Partition {
     /// checksum and writes and syncs it: the header claims a clean close only once every
     /// byte it describes is on disk.
     pub(crate) fn close_clean(mut self) -> Result<(), EngineError> {
-        for file in self.files().into_iter().skip(1) {
-            file.write_back()?;
-        }
-        self.meta_mut().heap_bytes = self.heap.file().length_bytes();
-        self.meta_mut().clean = 1;
+        let heap_checksum = write_back_checksummed(self.heap.file())?;
+        let table_checksum = write_back_checksummed(self.table.file())?;
+        let old_checksum = match &self.old {
+            Some(old) => write_back_checksummed(old.file())?,
+            None => 0,
+        };
+        let heap_bytes = self.heap.file().length_bytes();
+        let meta = self.meta_mut();
+        meta.version = META_VERSION;
+        meta.heap_bytes = heap_bytes;
+        meta.heap_checksum = heap_checksum;
+        meta.table_checksum = table_checksum;
+        meta.old_checksum = old_checksum;
+        meta.clean = 1;
         seal_meta(&mut self.meta);
         self.meta.write_back()
     }
@@ -1133,10 +1203,16 @@ impl Partition {
             hasher.update(file.bytes());
         }
         let mut meta_bytes = self.meta.bytes().to_vec();
-        let mut header = read_header(&meta_bytes);
-        header.clean = 1;
-        header.heap_bytes = self.heap.file().length_bytes();
-        header.data_checksum = hasher.digest();
+        let header = Meta {
+            version: META_VERSION,
+            clean: 1,
+            heap_bytes: self.heap.file().length_bytes(),
+            data_checksum: hasher.digest(),
+            heap_checksum: 0,
+            table_checksum: 0,
+            old_checksum: 0,
+            ..read_header(&meta_bytes)
+        };
         write_header(&mut meta_bytes, &header);
         seal_bytes(&mut meta_bytes);
         remove_partition_files(destination, self.index)?;
@@ -1229,8 +1305,12 @@ impl Partition {
         write_header(
             meta.bytes_mut(),
             &Meta {
+                version: META_VERSION,
                 clean: 0,
                 data_checksum: 0,
+                heap_checksum: 0,
+                table_checksum: 0,
+                old_checksum: 0,
                 ..header
             },
         );
@@ -1371,7 +1451,7 @@ fn check_meta_bytes(
     if &header.magic != META_MAGIC {
         return Err(corrupted(0, "bad partition header magic".into()));
     }
-    if header.version != META_VERSION {
+    if header.version != META_VERSION && header.version != META_VERSION_UNCHECKED {
         return Err(corrupted(
             8,
             format!(
@@ -1484,6 +1564,42 @@ fn refuse_missing_checkpoint(directory: &Path, index: u32) -> Result<(), EngineE
             segment.display()
         ),
     })
+}
+
+/// Writes `file` back (see [`ArenaFile::write_back`]) and returns the xxh3 of its bytes,
+/// computed over each chunk just before it is written.
+fn write_back_checksummed(file: &ArenaFile) -> Result<u64, EngineError> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    file.write_back_inspected(|chunk| hasher.update(chunk))?;
+    Ok(hasher.digest())
+}
+
+/// Opens the data file `path` of a clean partition and, if the header recorded its
+/// checksum (`expected`), checks it over each chunk as it is read: a file changed since
+/// the clean close (a flipped bit, an edit, another partition's file) is refused,
+/// naming it, before any counter is served from it.
+fn open_verified(
+    path: &Path,
+    length_bytes: u64,
+    expected: Option<u64>,
+) -> Result<ArenaFile, EngineError> {
+    let Some(expected) = expected else {
+        return ArenaFile::open(path, length_bytes);
+    };
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let file = ArenaFile::open_inspected(path, length_bytes, |chunk| hasher.update(chunk))?;
+    let found = hasher.digest();
+    if found != expected {
+        return Err(EngineError::Corrupted {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "data checksum mismatch: the file is not what the last clean close wrote \
+                 (xxh3 {found:#018x}, the partition header records {expected:#018x})"
+            ),
+        });
+    }
+    Ok(file)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
