@@ -600,3 +600,24 @@ fn a_partition_header_without_data_checksums_still_opens() {
     assert_ne!(bytes[104..120], [0u8; 16], "checksums recorded");
     assert_eq!(Store::open(&dir, 0..2).unwrap().counter_count(), 100);
 }
+
+#[test]
+fn a_partition_missing_whole_is_refused_when_the_journal_was_released() {
+    let temp = tempfile::tempdir().unwrap();
+    checkpointed_released_then_crashed(temp.path());
+    // Header, data files and checkpoint gone: the released journal still shows that
+    // the directory served with this partition.
+    fs::remove_dir_all(temp.path().join("checkpoint").join("0")).unwrap();
+    for (name, _) in partition_contents(temp.path(), 0) {
+        fs::remove_file(temp.path().join(name)).unwrap();
+    }
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("p00000.meta"), "{message}");
+    assert!(message.contains("LSN 1"), "{message}");
+    assert!(
+        partition_contents(temp.path(), 0).is_empty(),
+        "nothing created"
+    );
+}
