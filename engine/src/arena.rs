@@ -5,7 +5,10 @@
 //! file into the mapping; counters change only in memory; [`ArenaFile::write_back`]
 //! writes the bytes to the file explicitly (`pwrite` in large chunks, then `fdatasync`).
 //! A clean close writes every arena back, so a clean restart finds the files exactly as
-//! they were and reads them back instead of rebuilding anything.
+//! they were and reads them back instead of rebuilding anything. Both directions can
+//! pass each chunk to a closure on the way ([`ArenaFile::open_inspected`],
+//! [`ArenaFile::write_back_inspected`]): the partition checksums its data files there,
+//! while the chunk is in the CPU cache, rather than in a second pass.
 //!
 //! Why not a shared file mapping: the kernel writes dirty shared pages back on its own
 //! schedule and write-protects them again, so the next write to each such page takes a
