@@ -5,7 +5,10 @@
 //! file into the mapping; counters change only in memory; [`ArenaFile::write_back`]
 //! writes the bytes to the file explicitly (`pwrite` in large chunks, then `fdatasync`).
 //! A clean close writes every arena back, so a clean restart finds the files exactly as
-//! they were and reads them back instead of rebuilding anything.
+//! they were and reads them back instead of rebuilding anything. Both directions can
+//! pass each chunk to a closure on the way ([`ArenaFile::open_inspected`],
+//! [`ArenaFile::write_back_inspected`]): the partition checksums its data files there,
+//! while the chunk is in the CPU cache, rather than in a second pass.
 //!
 //! Why not a shared file mapping: the kernel writes dirty shared pages back on its own
 //! schedule and write-protects them again, so the next write to each such page takes a
@@ -106,6 +109,17 @@ impl ArenaFile {
     /// else the file was truncated or extended behind our back and is reported as
     /// corrupted.
     pub(crate) fn open(path: &Path, length_bytes: u64) -> Result<ArenaFile, EngineError> {
+        ArenaFile::open_inspected(path, length_bytes, |_| {})
+    }
+
+    /// [`ArenaFile::open`], passing every chunk to `inspect` right after it was read, while
+    /// it is still in the CPU cache (as [`load_anonymous`] does): a checksum of the file
+    /// costs no second pass over its bytes.
+    pub(crate) fn open_inspected(
+        path: &Path,
+        length_bytes: u64,
+        inspect: impl FnMut(&[u8]),
+    ) -> Result<ArenaFile, EngineError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -120,7 +134,7 @@ impl ArenaFile {
             offset,
             length: length_bytes as usize,
         };
-        read_into(&file, path, arena.bytes_mut(), |_| {})?;
+        read_into(&file, path, arena.bytes_mut(), inspect)?;
         arena.file = OnceCell::from(file);
         Ok(arena)
     }
@@ -182,6 +196,15 @@ impl ArenaFile {
     /// Writes the bytes in memory to the file (creating it on the first call after
     /// `create`, and giving it the memory's length) and waits for the disk (`fdatasync`).
     pub(crate) fn write_back(&self) -> Result<(), EngineError> {
+        self.write_back_inspected(|_| {})
+    }
+
+    /// [`ArenaFile::write_back`], passing every chunk to `inspect` just before it is
+    /// written (a checksum of what the file receives, in the same pass).
+    pub(crate) fn write_back_inspected(
+        &self,
+        inspect: impl FnMut(&[u8]),
+    ) -> Result<(), EngineError> {
         let file = match self.file.get() {
             Some(file) => file,
             None => {
@@ -197,7 +220,7 @@ impl ArenaFile {
         };
         file.set_len(self.length_bytes())
             .map_err(io_error("size", &self.path))?;
-        write_all_synced(file, &self.path, self.bytes())
+        write_all_synced(file, &self.path, self.bytes(), inspect)
     }
 
     pub(crate) fn length_bytes(&self) -> u64 {
@@ -521,10 +544,17 @@ fn fault_in(bytes: &mut [u8]) {
     }
 }
 
-/// Writes `bytes` at offset 0 of `file` in large chunks, then `fdatasync`s it.
-pub(crate) fn write_all_synced(file: &File, path: &Path, bytes: &[u8]) -> Result<(), EngineError> {
+/// Writes `bytes` at offset 0 of `file` in large chunks, each passed to `inspect` first,
+/// then `fdatasync`s it.
+fn write_all_synced(
+    file: &File,
+    path: &Path,
+    bytes: &[u8],
+    mut inspect: impl FnMut(&[u8]),
+) -> Result<(), EngineError> {
     for (index, chunk) in bytes.chunks(IO_CHUNK_BYTES).enumerate() {
         let offset = (index * IO_CHUNK_BYTES) as u64;
+        inspect(chunk);
         file.write_all_at(chunk, offset)
             .map_err(io_error("write", path))?;
     }

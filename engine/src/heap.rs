@@ -93,10 +93,6 @@ impl Heap {
         Ok(heap)
     }
 
-    pub(crate) fn open(path: &Path, length_bytes: u64) -> Result<Heap, EngineError> {
-        Heap::from_file(ArenaFile::open(path, length_bytes)?)
-    }
-
     /// A heap over an arena already in memory (opened, or restored from a checkpoint),
     /// after checking its header.
     pub(crate) fn from_file(file: ArenaFile) -> Result<Heap, EngineError> {

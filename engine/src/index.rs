@@ -262,17 +262,6 @@ impl Table {
         })
     }
 
-    pub(crate) fn open(path: &Path, line_count: u64) -> Result<Table, EngineError> {
-        assert!(line_count > 0 && line_count <= TABLE_LINES_MAX);
-        let file = ArenaFile::open(path, line_count * LINE_BYTES as u64)?;
-        Ok(Table {
-            file,
-            line_count,
-            successor: None,
-            search: Vec::new(),
-        })
-    }
-
     /// Asks the helper thread to prepare this table's successor, `line_count` lines at
     /// `path`, with its pages faulted in (see `arena`), unless it already does.
     pub(crate) fn prepare_successor(&mut self, path: &Path, line_count: u64) {

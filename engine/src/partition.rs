@@ -11,8 +11,11 @@
 //!
 //! While the partition is open its counters change in memory only (see `arena`); the
 //! files are written at creation, at a clean close (data files first, then the header
-//! with `clean = 1`), and for the header alone at open (`clean = 0`). So a header that
-//! says `clean = 1` describes files that are whole; one that says `clean = 0` means the
+//! with `clean = 1` and the xxh3 of each data file), and for the header alone at open
+//! (`clean = 0`). So a header that says `clean = 1` describes files that are whole, and
+//! a clean open checks each file against its checksum as it reads it (the hash runs over
+//! each chunk right after its read, while it is in the CPU cache: no second pass), and
+//! refuses a file that differs, naming it; one that says `clean = 0` means the
 //! process stopped without a clean close, and the partition reopens empty (recovery then
 //! restores its checkpoint and replays the journal).
 //!
@@ -20,15 +23,44 @@
 //! partition is open it says `clean = 0` on disk. Reopening an unclean partition and
 //! restoring a checkpoint only remove the data files (the new arenas live in memory
 //! and get files at their first write-back) and write nothing to the header, so a crash at any moment before a clean
-//! close finds the partition unclean and restores it from its checkpoint again. A
-//! missing header means a partition that never existed: it is created empty and clean.
+//! close finds the partition unclean and restores it from its checkpoint again.
+//!
+//! # Missing files
+//!
+//! A missing header means a partition that never existed, and it is created empty and
+//! clean, only if nothing in the data directory says otherwise. Creation makes an empty
+//! `pNNNNN.meta.tmp` first, then the data files, then the header under the temporary
+//! name, which it renames into place. The open refuses (an [`EngineError::Corrupted`]
+//! naming the header, nothing changed on disk) when the header is missing but
+//! - data files of the partition exist without `pNNNNN.meta.tmp` (a creation that
+//!   stopped half-way leaves that file; anything else is a deleted header),
+//! - its checkpoint `checkpoint/<partition>/` (or `.old`) exists, or
+//! - a journal `journal/core-N/` starts above LSN 1: segments are released only after a
+//!   start has served and checkpointed, and every partition got its header at that start.
+//!
+//! A partition not closed cleanly, with no checkpoint, is reopened empty (recovery then
+//! replays the journal onto it) only while no journal `journal/core-N/` starts above
+//! LSN 1. Otherwise the open refuses, naming the missing checkpoint: segments are
+//! released only once checkpoints of every partition of their core cover them, so the
+//! checkpoint was the only copy of the released records' effects. While every journal
+//! starts at LSN 1 nothing was released, and replay from an empty partition rebuilds
+//! it whole: "other partitions have checkpoints" is no evidence of loss (the server
+//! skips the checkpoint of an empty partition at shutdown). The rule cannot tell which
+//! core's journal held the partition's records, so it looks at every core's; a
+//! partition that is empty and was never checkpointed on one core, while another core
+//! released segments, is refused too (the server's periodic checkpoint, every 300 s by
+//! default, covers every partition, so this takes a crash before the first one on a
+//! directory with very few keys). These checks
+//! read directory listings only, and only for a missing header or checkpoint.
 //!
 //! # Header layout (little-endian), 4096 bytes
 //!
 //! ```text
 //! byte       field             meaning
 //!    0..8    magic             b"TALLYPT1"
-//!    8..12   version           u32, 2 (1: linear-probing tables, not readable here)
+//!    8..12   version           u32, 3 (2: bytes 104..128 were reserved, zero: opened
+//!                               without the data check and written as 3 at the next
+//!                               clean close; 1: linear-probing tables, refused)
 //!   12..16   partition         u32, this partition's index
 //!   16..24   applied_lsn       u64, LSN of the last journal record applied (0 if none)
 //!   24..28   clean             u32, 1 after a clean close (and in checkpoints), 0 while open
@@ -43,7 +75,12 @@
 //!   88..96   heap_bytes        u64, length of the heap file
 //!   96..104  data_checksum     u64, xxh3 of heap then current then old table bytes
 //!                               (checkpoints only; 0 otherwise)
-//!  104..4088 reserved          0
+//!  104..112  heap_checksum     u64, xxh3 of the heap file (clean headers in the data
+//!                               directory; 0 in checkpoints, which use data_checksum)
+//!  112..120  table_checksum    u64, xxh3 of the current table file (likewise)
+//!  120..128  old_checksum      u64, xxh3 of the old table file (likewise; 0 unless
+//!                               migrating)
+//!  128..4088 reserved          0
 //! 4088..4096 checksum          u64, xxh3 of bytes 0..4088 (valid when clean == 1)
 //! ```
 //!
@@ -97,12 +134,19 @@ use crate::index::{
     LINES_PER_BUCKET, LINE_BYTES, TABLE_LINES_MAX,
 };
 use crate::op::{BoundPolicy, Op, OpResult, Outcome};
+use crate::superblock::{checkpoint_path, file_exists, has_checkpoint, released_journal_segment};
 
 const META_MAGIC: &[u8; 8] = b"TALLYPT1";
-/// 2: cuckoo addressing (version 1 tables were linear probing: same bytes, other places).
-const META_VERSION: u32 = 2;
+/// 3: clean headers carry a checksum of each data file. 2: cuckoo addressing (version 1
+/// tables were linear probing: same bytes, other places).
+const META_VERSION: u32 = 3;
+/// The version before data file checksums: the same layout with bytes 104..128 zero.
+/// Still opened (without the data check); the next clean close writes `META_VERSION`.
+const META_VERSION_UNCHECKED: u32 = 2;
 pub(crate) const META_BYTES: u64 = 4096;
 const META_CHECKSUM_OFFSET: usize = 4088;
+/// Suffix of a header being written by `create` (`pNNNNN.meta.tmp`).
+const META_TEMPORARY_SUFFIX: &str = "meta.tmp";
 /// Lines of a new partition's first table (one 4 KiB page), before the per-partition
 /// offset of `initial_lines`.
 const TABLE_LINES_INITIAL: u64 = 64;
@@ -161,6 +205,9 @@ struct Meta {
     table_counters: u64,
     heap_bytes: u64,
     data_checksum: u64,
+    heap_checksum: u64,
+    table_checksum: u64,
+    old_checksum: u64,
 }
 
 impl Meta {
@@ -192,13 +239,26 @@ impl Meta {
             table_counters: 0,
             heap_bytes,
             data_checksum: 0,
+            heap_checksum: 0,
+            table_checksum: 0,
+            old_checksum: 0,
         }
+    }
+
+    /// The checksum this header records for a data file, if it records one: clean
+    /// headers of `META_VERSION` do (`None` for a header of `META_VERSION_UNCHECKED`).
+    fn recorded(&self, checksum: u64) -> Option<u64> {
+        debug_assert_eq!(self.clean, 1);
+        (self.version == META_VERSION).then_some(checksum)
     }
 }
 
-const _: () = assert!(std::mem::size_of::<Meta>() == 104);
 const _: () = assert!(std::mem::offset_of!(Meta, migrate_cursor) == 64);
 const _: () = assert!(std::mem::offset_of!(Meta, data_checksum) == 96);
+const _: () = assert!(std::mem::offset_of!(Meta, heap_checksum) == 104);
+const _: () = assert!(std::mem::offset_of!(Meta, table_checksum) == 112);
+const _: () = assert!(std::mem::offset_of!(Meta, old_checksum) == 120);
+const _: () = assert!(std::mem::size_of::<Meta>() == 128);
 const _: () = assert!(std::mem::size_of::<Meta>() <= META_CHECKSUM_OFFSET);
 
 /// A key with what probing needs: its hash's top half and its first 16 bytes, padded.
@@ -300,29 +360,48 @@ pub(crate) struct Partition {
 }
 
 impl Partition {
-    /// Opens the partition's files in `directory`, creating them if the header is missing.
+    /// Opens the partition's files in `directory`, creating them if the header is missing
+    /// (see "Missing files" in the module doc). Nothing is marked on disk until
+    /// [`Partition::start`].
     pub(crate) fn open(directory: &Path, index: u32) -> Result<Partition, EngineError> {
         let meta_path = directory.join(file_name(index, "meta"));
-        if !meta_path.exists() {
+        if !file_exists(&meta_path)? {
+            refuse_missing_header(directory, index, &meta_path)?;
             return Partition::create(directory, index);
         }
         let meta = ArenaFile::open(&meta_path, META_BYTES)?;
         let header = check_meta(&meta, index)?;
         if header.clean != 1 {
+            refuse_missing_checkpoint(directory, index)?;
             return Partition::reopen_empty(directory, index, meta);
         }
-        let table = Table::open(
-            &directory.join(file_name(index, &table_suffix(header.table_generation))),
+        let open_table = |generation: u64, lines: u64, checksum: u64| {
+            let path = directory.join(file_name(index, &table_suffix(generation)));
+            let file = open_verified(&path, lines * LINE_BYTES as u64, header.recorded(checksum))?;
+            Ok::<_, EngineError>(Table::from_file(file, lines))
+        };
+        let table = open_table(
+            header.table_generation,
             header.table_lines,
+            header.table_checksum,
         )?;
         let old = if header.migrating == 1 {
-            let path = directory.join(file_name(index, &table_suffix(header.old_generation)));
-            Some(Table::open(&path, header.old_lines)?)
+            Some(open_table(
+                header.old_generation,
+                header.old_lines,
+                header.old_checksum,
+            )?)
         } else {
             None
         };
-        let heap = Heap::open(&directory.join(file_name(index, "heap")), header.heap_bytes)?;
-        let mut partition = Partition {
+        let heap_path = directory.join(file_name(index, "heap"));
+        let heap_file = open_verified(
+            &heap_path,
+            header.heap_bytes,
+            header.recorded(header.heap_checksum),
+        )?;
+        let heap = Heap::from_file(heap_file)?;
+        Ok(Partition {
             index,
             directory: directory.to_path_buf(),
             meta,
@@ -331,10 +410,20 @@ impl Partition {
             heap,
             was_clean: true,
             _not_sync: std::marker::PhantomData,
-        };
-        partition.mark_open()?;
-        partition.remove_stray_tables()?;
-        Ok(partition)
+        })
+    }
+
+    /// Makes an opened partition ready to change: a clean one gets its header marked
+    /// `clean = 0` on disk and its stray tables removed. Separate from `open` so that
+    /// a store opens (and checks) every partition before it marks any: a partition
+    /// refused at open then leaves the others clean on disk, not emptied at the next
+    /// open for want of a checkpoint.
+    pub(crate) fn start(&mut self) -> Result<(), EngineError> {
+        if self.was_clean {
+            self.mark_open()?;
+            self.remove_stray_tables()?;
+        }
+        Ok(())
     }
 
     /// Opens a partition that was not closed cleanly: its data files hold the state of
@@ -400,16 +489,24 @@ impl Partition {
     }
 
     fn create(directory: &Path, index: u32) -> Result<Partition, EngineError> {
+        // The temporary header is made first, empty: data files without a header are
+        // a creation that stopped half-way only while it is there (see
+        // `refuse_missing_header`).
+        let temporary_path = directory.join(file_name(index, META_TEMPORARY_SUFFIX));
+        fs::File::create(&temporary_path).map_err(io_error("create", &temporary_path))?;
         let heap = Heap::create(&directory.join(file_name(index, "heap")))?;
-        heap.file().write_back()?;
+        let heap_checksum = write_back_checksummed(heap.file())?;
         let table = Table::create(
             &directory.join(file_name(index, &table_suffix(1))),
             initial_lines(index),
         )?;
-        table.file().write_back()?;
-        let mut meta =
-            ArenaFile::create(&directory.join(file_name(index, "meta.tmp")), META_BYTES)?;
-        let header = Meta::empty(index, heap.file().length_bytes(), 1);
+        let table_checksum = write_back_checksummed(table.file())?;
+        let mut meta = ArenaFile::create(&temporary_path, META_BYTES)?;
+        let header = Meta {
+            heap_checksum,
+            table_checksum,
+            ..Meta::empty(index, heap.file().length_bytes(), 1)
+        };
         write_header(meta.bytes_mut(), &header);
         seal_meta(&mut meta);
         meta.write_back()?;
@@ -1080,11 +1177,20 @@ impl Partition {
     /// checksum and writes and syncs it: the header claims a clean close only once every
     /// byte it describes is on disk.
     pub(crate) fn close_clean(mut self) -> Result<(), EngineError> {
-        for file in self.files().into_iter().skip(1) {
-            file.write_back()?;
-        }
-        self.meta_mut().heap_bytes = self.heap.file().length_bytes();
-        self.meta_mut().clean = 1;
+        let heap_checksum = write_back_checksummed(self.heap.file())?;
+        let table_checksum = write_back_checksummed(self.table.file())?;
+        let old_checksum = match &self.old {
+            Some(old) => write_back_checksummed(old.file())?,
+            None => 0,
+        };
+        let heap_bytes = self.heap.file().length_bytes();
+        let meta = self.meta_mut();
+        meta.version = META_VERSION;
+        meta.heap_bytes = heap_bytes;
+        meta.heap_checksum = heap_checksum;
+        meta.table_checksum = table_checksum;
+        meta.old_checksum = old_checksum;
+        meta.clean = 1;
         seal_meta(&mut self.meta);
         self.meta.write_back()
     }
@@ -1097,10 +1203,16 @@ impl Partition {
             hasher.update(file.bytes());
         }
         let mut meta_bytes = self.meta.bytes().to_vec();
-        let mut header = read_header(&meta_bytes);
-        header.clean = 1;
-        header.heap_bytes = self.heap.file().length_bytes();
-        header.data_checksum = hasher.digest();
+        let header = Meta {
+            version: META_VERSION,
+            clean: 1,
+            heap_bytes: self.heap.file().length_bytes(),
+            data_checksum: hasher.digest(),
+            heap_checksum: 0,
+            table_checksum: 0,
+            old_checksum: 0,
+            ..read_header(&meta_bytes)
+        };
         write_header(&mut meta_bytes, &header);
         seal_bytes(&mut meta_bytes);
         remove_partition_files(destination, self.index)?;
@@ -1193,8 +1305,12 @@ impl Partition {
         write_header(
             meta.bytes_mut(),
             &Meta {
+                version: META_VERSION,
                 clean: 0,
                 data_checksum: 0,
+                heap_checksum: 0,
+                table_checksum: 0,
+                old_checksum: 0,
                 ..header
             },
         );
@@ -1335,7 +1451,7 @@ fn check_meta_bytes(
     if &header.magic != META_MAGIC {
         return Err(corrupted(0, "bad partition header magic".into()));
     }
-    if header.version != META_VERSION {
+    if header.version != META_VERSION && header.version != META_VERSION_UNCHECKED {
         return Err(corrupted(
             8,
             format!(
@@ -1374,6 +1490,116 @@ fn check_meta_bytes(
         return Err(corrupted(28, "partition header fields out of range".into()));
     }
     Ok(header)
+}
+
+/// Refuses to create partition `index`, whose header `meta_path` is missing, when the
+/// data directory shows that the partition existed (see "Missing files" in the module
+/// doc); the error names the header and the evidence. Reads directory listings only.
+fn refuse_missing_header(
+    directory: &Path,
+    index: u32,
+    meta_path: &Path,
+) -> Result<(), EngineError> {
+    let prefix = format!("p{index:05}.");
+    let temporary_name = file_name(index, META_TEMPORARY_SUFFIX);
+    let mut data_files = Vec::new();
+    let mut creating = false;
+    let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == temporary_name {
+            creating = true;
+        } else if name.starts_with(&prefix) {
+            data_files.push(name);
+        }
+    }
+    data_files.sort();
+    let evidence = if !data_files.is_empty() && !creating {
+        format!("its data files exist ({})", data_files.join(", "))
+    } else if has_checkpoint(directory, index) {
+        let checkpoint = checkpoint_path(directory, index);
+        format!("its checkpoint {} exists", checkpoint.display())
+    } else if let Some(segment) = released_journal_segment(directory)? {
+        format!(
+            "the journal segment {} does not start at LSN 1: the directory served and \
+             checkpointed, and every partition had a header by then",
+            segment.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(EngineError::Corrupted {
+        path: meta_path.to_path_buf(),
+        offset: 0,
+        reason: format!(
+            "the header of partition {index} is missing, but {evidence}; refusing to \
+             create the partition again empty, which would lose its counters: restore \
+             the header from a backup"
+        ),
+    })
+}
+
+/// Refuses to reopen partition `index`, not closed cleanly, empty when it has no
+/// checkpoint but the journal's records before some point were released (see "Missing
+/// files" in the module doc): its counters are then in no file the engine could
+/// recover them from. Reads directory listings only, and only for a partition without a
+/// checkpoint.
+fn refuse_missing_checkpoint(directory: &Path, index: u32) -> Result<(), EngineError> {
+    if has_checkpoint(directory, index) {
+        return Ok(());
+    }
+    let Some(segment) = released_journal_segment(directory)? else {
+        return Ok(());
+    };
+    Err(EngineError::Corrupted {
+        path: checkpoint_path(directory, index),
+        offset: 0,
+        reason: format!(
+            "the checkpoint of partition {index} is missing, but the partition was not \
+             closed cleanly and the journal segment {} does not start at LSN 1: records \
+             before it were released once checkpoints covered them, so the checkpoint \
+             is the only copy of this partition's counters; refusing to start it empty. \
+             Restore the checkpoint directory from a backup",
+            segment.display()
+        ),
+    })
+}
+
+/// Writes `file` back (see [`ArenaFile::write_back`]) and returns the xxh3 of its bytes,
+/// computed over each chunk just before it is written.
+fn write_back_checksummed(file: &ArenaFile) -> Result<u64, EngineError> {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    file.write_back_inspected(|chunk| hasher.update(chunk))?;
+    Ok(hasher.digest())
+}
+
+/// Opens the data file `path` of a clean partition and, if the header recorded its
+/// checksum (`expected`), checks it over each chunk as it is read: a file changed since
+/// the clean close (a flipped bit, an edit, another partition's file) is refused,
+/// naming it, before any counter is served from it.
+fn open_verified(
+    path: &Path,
+    length_bytes: u64,
+    expected: Option<u64>,
+) -> Result<ArenaFile, EngineError> {
+    let Some(expected) = expected else {
+        return ArenaFile::open(path, length_bytes);
+    };
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let file = ArenaFile::open_inspected(path, length_bytes, |chunk| hasher.update(chunk))?;
+    let found = hasher.digest();
+    if found != expected {
+        return Err(EngineError::Corrupted {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!(
+                "data checksum mismatch: the file is not what the last clean close wrote \
+                 (xxh3 {found:#018x}, the partition header records {expected:#018x})"
+            ),
+        });
+    }
+    Ok(file)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), EngineError> {

@@ -279,7 +279,11 @@ impl Store {
     /// Opens (creating if needed) the partitions `owned` of `dir`.
     ///
     /// A partition that was not closed cleanly opens empty (its files hold only the state
-    /// of its last clean close); recovery restores it. The caller guarantees that no other
+    /// of its last clean close); recovery restores it. A clean partition's data files are
+    /// checked against the checksums its header recorded at the clean close, and missing
+    /// headers or checkpoints are refused when the directory shows they existed (see
+    /// `partition`). Every partition is opened and checked before any is marked open on
+    /// disk, so a refusal leaves the clean ones clean. The caller guarantees that no other
     /// `Store`, in this process or another, has any of these partitions open: nothing
     /// locks the files.
     pub fn open(dir: &DataDir, owned: impl IntoIterator<Item = u32>) -> Result<Store, EngineError> {
@@ -296,6 +300,11 @@ impl Store {
                 partitions[index as usize] = Some(Partition::open(dir.path(), index)?);
                 owned_list.push(index);
             }
+        }
+        // Every partition opened and checked: only now is any marked open on disk (a
+        // refusal above leaves the clean ones clean).
+        for partition in partitions.iter_mut().flatten() {
+            partition.start()?;
         }
         Ok(Store {
             partition_count,

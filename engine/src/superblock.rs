@@ -13,6 +13,17 @@
 //!
 //! It is written once, when the directory is created: to `superblock.tmp`, fsynced, renamed
 //! into place, and the directory fsynced, so it is either wholly there or absent.
+//!
+//! # A missing superblock
+//!
+//! Only a directory that holds no Tally file is initialised: one that does not exist yet,
+//! is empty, or holds only entries of other programs (`lost+found`) or a `superblock.tmp`
+//! left by a creation that stopped before its rename. A directory with any partition
+//! file (`pNNNNN.*`), `checkpoint/` or `journal/` but no superblock is refused with
+//! [`EngineError::Corrupted`] naming the missing file: writing a new superblock there
+//! would take whatever partition count the command line says, and with another count
+//! than the lost one, keys would be looked up in the wrong partitions and read as 0.
+//! The refusal changes nothing on disk.
 
 use std::fs;
 use std::io::Write;
@@ -54,7 +65,8 @@ impl DataDir {
         }
         fs::create_dir_all(path).map_err(io_error("create directory", path))?;
         let superblock_path = path.join(SUPERBLOCK_NAME);
-        if !superblock_path.exists() {
+        if !file_exists(&superblock_path)? {
+            refuse_if_used(path, &superblock_path)?;
             let count = partition_count.unwrap_or(crate::PARTITION_COUNT_DEFAULT);
             write_superblock(path, count)?;
         }
@@ -79,6 +91,119 @@ impl DataDir {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Whether `path` exists. Unlike `Path::exists`, an error other than "not found" (no
+/// permission, an I/O error) is returned, not taken for absence: absence leads to
+/// creating files.
+pub(crate) fn file_exists(path: &Path) -> Result<bool, EngineError> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(error) => Err(io_error("stat", path)(error)),
+    }
+}
+
+/// Whether `name`, an entry of a data directory, is one Tally writes (other than the
+/// superblock and its temporary file): a partition file, `checkpoint` or `journal`.
+fn is_tally_entry(name: &str) -> bool {
+    let partition_file = name.len() > 7
+        && name.starts_with('p')
+        && name.as_bytes()[1..6].iter().all(u8::is_ascii_digit)
+        && name.as_bytes()[6] == b'.';
+    partition_file || name == "checkpoint" || name == "journal"
+}
+
+/// Refuses to initialise `directory`, whose superblock is missing, if it holds any Tally
+/// file (see the module doc). The error names the superblock and the first few such files.
+fn refuse_if_used(directory: &Path, superblock_path: &Path) -> Result<(), EngineError> {
+    const NAMES_SHOWN_MAX: usize = 4;
+    let mut found = Vec::new();
+    let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_tally_entry(&name) {
+            found.push(name);
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    found.sort();
+    let more = found.len().saturating_sub(NAMES_SHOWN_MAX);
+    found.truncate(NAMES_SHOWN_MAX);
+    let shown = found.join(", ");
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    Err(EngineError::Corrupted {
+        path: superblock_path.to_path_buf(),
+        offset: 0,
+        reason: format!(
+            "the superblock is missing, but the directory holds Tally files ({shown}{more}); \
+             refusing to initialise it again, which could lose their counters: restore the \
+             superblock from a backup, or start with an empty directory"
+        ),
+    })
+}
+
+/// The first segment of a journal in `data_dir` (any core's, `journal/core-N/`) that
+/// starts above LSN 1, if one does: the records before it were released, which happens
+/// only once checkpoints of every partition of that core covered them. Then those
+/// checkpoints are the only copy of what the released records did. Reads directory
+/// listings only.
+pub(crate) fn released_journal_segment(data_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+    let root = data_dir.join("journal");
+    let entries = match fs::read_dir(&root) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(io_error("list", &root)(error)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", &root))?;
+        if !entry.file_name().to_string_lossy().starts_with("core-") {
+            continue;
+        }
+        let segments =
+            crate::journal::list_segments(&entry.path()).map_err(|error| match error {
+                crate::journal::JournalError::Io {
+                    action,
+                    path,
+                    source,
+                } => EngineError::Io {
+                    action,
+                    path,
+                    source,
+                },
+                other => EngineError::Io {
+                    action: "list",
+                    path: entry.path(),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
+        if let Some(first) = segments.first().filter(|first| first.first_lsn > 1) {
+            return Ok(Some(first.path.clone()));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `data_dir` holds a checkpoint of `partition` (complete, or being swapped in:
+/// see `journal::checkpoint`). A checkpoint whose position file is damaged counts as
+/// one: recovery reports the damage.
+pub(crate) fn has_checkpoint(data_dir: &Path, partition: u32) -> bool {
+    !matches!(
+        crate::journal::checkpoint::latest(data_dir, partition),
+        Ok(None)
+    )
+}
+
+/// The directory of the checkpoint of `partition` in `data_dir` (see `journal::checkpoint`).
+pub(crate) fn checkpoint_path(data_dir: &Path, partition: u32) -> PathBuf {
+    data_dir.join("checkpoint").join(partition.to_string())
 }
 
 fn encode(partition_count: u32) -> [u8; SUPERBLOCK_BYTES] {
@@ -132,4 +257,31 @@ fn read_superblock(path: &Path) -> Result<u32, EngineError> {
     }
     debug_assert_eq!(encode(partition_count)[..], bytes[..]);
     Ok(partition_count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tally_entries_are_told_from_other_files() {
+        for name in [
+            "p00000.meta",
+            "p65535.heap",
+            "p00001.t00000003",
+            "checkpoint",
+            "journal",
+        ] {
+            assert!(is_tally_entry(name), "{name}");
+        }
+        for name in [
+            "lost+found",
+            "superblock.tmp",
+            "p0000.meta",
+            "p00000",
+            "notes.txt",
+        ] {
+            assert!(!is_tally_entry(name), "{name}");
+        }
+    }
 }

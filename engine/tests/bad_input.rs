@@ -331,3 +331,293 @@ fn restoring_several_partitions_changes_none_if_one_checkpoint_is_damaged() {
         assert_eq!(collect(&store, partition), snapshots[partition as usize]);
     }
 }
+
+// Missing metadata files: other files prove the state existed, so the engine refuses
+// to start rather than recreate it empty.
+
+/// The names of the entries of `path`, sorted.
+fn entry_names(path: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(path)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The contents of every file of partition `partition` in `path`, by name.
+fn partition_contents(path: &Path, partition: u32) -> Vec<(String, Vec<u8>)> {
+    let prefix = format!("p{partition:05}.");
+    entry_names(path)
+        .into_iter()
+        .filter(|name| name.starts_with(&prefix))
+        .map(|name| {
+            let bytes = fs::read(path.join(&name)).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn a_used_directory_without_its_superblock_is_refused_and_left_alone() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 500).close_clean().unwrap();
+    let superblock = temp.path().join("superblock");
+    fs::remove_file(&superblock).unwrap();
+    let before = entry_names(temp.path());
+    for requested in [None, Some(2), Some(64)] {
+        let error = DataDir::open_or_create(temp.path(), requested).unwrap_err();
+        assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+        let message = error.to_string();
+        assert!(message.contains("superblock"), "{message}");
+        assert!(message.contains("missing"), "{message}");
+    }
+    assert!(!superblock.exists(), "no new superblock written");
+    assert_eq!(entry_names(temp.path()), before, "nothing changed");
+}
+
+#[test]
+fn a_new_or_empty_directory_is_still_created() {
+    let temp = tempfile::tempdir().unwrap();
+    // A directory that does not exist yet, and an empty one.
+    let missing = temp.path().join("new");
+    assert_eq!(
+        DataDir::open_or_create(&missing, None)
+            .unwrap()
+            .partition_count(),
+        tally_engine::PARTITION_COUNT_DEFAULT
+    );
+    let empty = temp.path().join("empty");
+    fs::create_dir(&empty).unwrap();
+    // A fresh file system's mount point holds lost+found: not a Tally file.
+    fs::create_dir(empty.join("lost+found")).unwrap();
+    let dir = DataDir::open_or_create(&empty, Some(4)).unwrap();
+    let mut store = Store::open(&dir, 0..4).unwrap();
+    store.apply(&add(b"first", 1)).unwrap();
+    store.close_clean().unwrap();
+    let dir = DataDir::open_or_create(&empty, None).unwrap();
+    assert_eq!(
+        Store::open(&dir, 0..4).unwrap().get(b"first").unwrap(),
+        Some(1)
+    );
+}
+
+#[test]
+fn a_missing_partition_header_is_refused_and_the_data_files_kept() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 2000).close_clean().unwrap();
+    let meta = temp.path().join("p00000.meta");
+    fs::remove_file(&meta).unwrap();
+    let before = partition_contents(temp.path(), 0);
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+    assert!(error.to_string().contains("p00000.meta"), "{error}");
+    assert_eq!(
+        partition_contents(temp.path(), 0),
+        before,
+        "files untouched"
+    );
+    assert!(!meta.exists());
+}
+
+#[test]
+fn a_missing_partition_header_is_refused_while_its_checkpoint_exists() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = filled_store(temp.path(), 2, 1000);
+    let options = tally_engine::journal::JournalOptions::default();
+    let mut journal = tally_engine::journal::Journal::open(temp.path(), 0, options).unwrap();
+    tally_engine::journal::checkpoint::checkpoint_partition(temp.path(), &store, &mut journal, 1)
+        .unwrap();
+    drop(journal);
+    store.close_clean().unwrap();
+    for (name, _) in partition_contents(temp.path(), 1) {
+        fs::remove_file(temp.path().join(name)).unwrap();
+    }
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(error.to_string().contains("p00001.meta"), "{error}");
+    assert!(partition_contents(temp.path(), 1).is_empty());
+}
+
+#[test]
+fn a_partition_whose_creation_was_interrupted_is_created_again() {
+    let temp = tempfile::tempdir().unwrap();
+    let dir = DataDir::open_or_create(temp.path(), Some(1)).unwrap();
+    Store::open(&dir, [0]).unwrap().close_clean().unwrap();
+    // As a stop between writing the data files and renaming the header into place
+    // leaves it: the data files and the temporary header, no header.
+    fs::rename(
+        temp.path().join("p00000.meta"),
+        temp.path().join("p00000.meta.tmp"),
+    )
+    .unwrap();
+    let mut store = Store::open(&dir, [0]).unwrap();
+    assert!(store.was_clean_shutdown());
+    store.apply(&add(b"k", 3)).unwrap();
+    store.close_clean().unwrap();
+    assert_eq!(Store::open(&dir, [0]).unwrap().get(b"k").unwrap(), Some(3));
+    assert!(!temp.path().join("p00000.meta.tmp").exists());
+}
+
+/// A data directory of 2 partitions with a checkpoint of each, whose journal before the
+/// checkpoints was released, stopped uncleanly (as by kill -9) with counters in both.
+fn checkpointed_released_then_crashed(path: &Path) {
+    use tally_engine::journal::checkpoint::checkpoint_core;
+    use tally_engine::journal::recovery::{recover, RecoveryOptions};
+    use tally_engine::journal::{Durability, Journal, JournalOptions, Record};
+    let dir = DataDir::open_or_create(path, Some(2)).unwrap();
+    let mut store = Store::open(&dir, 0..2).unwrap();
+    let report = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let options = JournalOptions {
+        segment_bytes_target: 16 << 10,
+        next_lsn_min: report.next_lsn,
+        ..JournalOptions::default()
+    };
+    let mut journal = Journal::open(path, 0, options).unwrap();
+    for step in 0..3000u64 {
+        let key = format!("counter-{}", step % 400).into_bytes();
+        let op = add(&key, 1);
+        let outcome = store.apply(&op).unwrap();
+        let partition = tally_engine::partition_of(&key, 2);
+        let record = Record::from_op(&op, &outcome, partition).unwrap();
+        let lsn = journal.append(&record, Durability::Durable).unwrap();
+        store.set_applied_lsn(partition, lsn);
+        journal.submit_if_due(std::time::Instant::now()).unwrap();
+        journal.poll().unwrap();
+        if step == 1500 {
+            journal.sync().unwrap();
+        }
+    }
+    let report = checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
+    assert!(report.segments_released > 0, "the old journal is released");
+    drop(journal);
+    drop(store); // no close_clean: an unclean stop
+}
+
+#[test]
+fn a_missing_checkpoint_is_refused_when_the_journal_before_it_was_released() {
+    let temp = tempfile::tempdir().unwrap();
+    checkpointed_released_then_crashed(temp.path());
+    let checkpoint = temp.path().join("checkpoint").join("0");
+    let saved = temp.path().join("saved-checkpoint");
+    fs::rename(&checkpoint, &saved).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("checkpoint"), "{message}");
+    assert!(message.contains("partition 0"), "{message}");
+    // With the checkpoint back, the directory opens and recovers every counter.
+    fs::rename(&saved, &checkpoint).unwrap();
+    let mut store = Store::open(&dir, 0..2).unwrap();
+    let options = tally_engine::journal::recovery::RecoveryOptions::default();
+    tally_engine::journal::recovery::recover(temp.path(), &mut store, 0, &options).unwrap();
+    let mut total = 0;
+    for partition in 0..2 {
+        store.for_each_counter(partition, |_, value, _, _| total += value);
+    }
+    assert_eq!(total, 3000);
+}
+
+// Clean restarts check the data files against the checksums of the clean close.
+
+/// The first live slot of table file `path` (32-byte slots, value at byte 16): its offset.
+fn first_live_slot(path: &Path) -> usize {
+    let bytes = fs::read(path).unwrap();
+    let slot = bytes
+        .chunks(32)
+        .position(|slot| slot[16..24] != [0; 8])
+        .expect("a counter with a nonzero value");
+    slot * 32
+}
+
+#[test]
+fn a_changed_byte_in_a_table_file_is_refused_at_a_clean_open() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 2000).close_clean().unwrap();
+    let table = fs::read_dir(temp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            path.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("p00001.t")
+        })
+        .unwrap();
+    let value_offset = first_live_slot(&table) + 16;
+    let mut bytes = fs::read(&table).unwrap();
+    bytes[value_offset] ^= 0x01;
+    fs::write(&table, &bytes).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+    let name = table.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(error.to_string().contains(&name), "{error}");
+    // Put back, it opens.
+    bytes[value_offset] ^= 0x01;
+    fs::write(&table, &bytes).unwrap();
+    assert_eq!(Store::open(&dir, 0..2).unwrap().counter_count(), 2000);
+}
+
+#[test]
+fn a_changed_byte_in_a_heap_file_is_refused_at_a_clean_open() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 2000).close_clean().unwrap();
+    let heap = temp.path().join("p00000.heap");
+    let mut bytes = fs::read(&heap).unwrap();
+    bytes[200] ^= 0x20;
+    fs::write(&heap, &bytes).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    assert!(error.to_string().contains("p00000.heap"), "{error}");
+}
+
+/// A directory written before data checksums (partition header version 2, bytes 104..128
+/// zero) still opens, without the data check; its next clean close writes version 3.
+#[test]
+fn a_partition_header_without_data_checksums_still_opens() {
+    let temp = tempfile::tempdir().unwrap();
+    filled_store(temp.path(), 2, 100).close_clean().unwrap();
+    for partition in 0..2 {
+        let meta = temp.path().join(format!("p{partition:05}.meta"));
+        let mut bytes = fs::read(&meta).unwrap();
+        assert_eq!(bytes[8..12], 3u32.to_le_bytes());
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        bytes[104..128].fill(0);
+        let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..4088]);
+        bytes[4088..].copy_from_slice(&checksum.to_le_bytes());
+        fs::write(&meta, &bytes).unwrap();
+    }
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let store = Store::open(&dir, 0..2).unwrap();
+    assert!(store.was_clean_shutdown());
+    assert_eq!(store.counter_count(), 100);
+    store.close_clean().unwrap();
+    let bytes = fs::read(temp.path().join("p00001.meta")).unwrap();
+    assert_eq!(bytes[8..12], 3u32.to_le_bytes());
+    assert_ne!(bytes[104..120], [0u8; 16], "checksums recorded");
+    assert_eq!(Store::open(&dir, 0..2).unwrap().counter_count(), 100);
+}
+
+#[test]
+fn a_partition_missing_whole_is_refused_when_the_journal_was_released() {
+    let temp = tempfile::tempdir().unwrap();
+    checkpointed_released_then_crashed(temp.path());
+    // Header, data files and checkpoint gone: the released journal still shows that
+    // the directory served with this partition.
+    fs::remove_dir_all(temp.path().join("checkpoint").join("0")).unwrap();
+    for (name, _) in partition_contents(temp.path(), 0) {
+        fs::remove_file(temp.path().join(name)).unwrap();
+    }
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("p00000.meta"), "{message}");
+    assert!(message.contains("LSN 1"), "{message}");
+    assert!(
+        partition_contents(temp.path(), 0).is_empty(),
+        "nothing created"
+    );
+}
