@@ -224,9 +224,10 @@ pub(crate) fn checkpoint_missing(
 }
 
 /// Checkpoints every owned partition at `covered_lsn` (used by recovery after it
-/// skipped LSNs: see `recovery::cover_the_skip`; the journal was scanned and synced,
-/// and it continues above `covered_lsn`).
-pub(crate) fn checkpoint_all(
+/// skipped LSNs: see `recovery::cover_the_skip`, and by the server when its core
+/// count changes; the journals were recovered and synced, and every journal the
+/// partitions will be replayed from continues above `covered_lsn`).
+pub fn checkpoint_all(
     data_dir: &Path,
     store: &Store,
     covered_lsn: Lsn,

@@ -23,10 +23,12 @@
 //!
 //! (A directory from before this file infers N from its `journal/core-<k>` folders.)
 //! When the count changes, [`migrate`] first recovers every old core's journal into
-//! the partitions that core owned and checkpoints them all, so every acknowledged
-//! mutation is in a checkpoint; then it renames `journal/` to `journal.previous/`
-//! (replacing an older one) and records the new count. Only then do the new cores
-//! start, with empty journals whose LSNs continue above every partition's applied LSN.
+//! the partitions that core owned, then checkpoints every partition at one LSN `C`
+//! above all the old journals' records, so every acknowledged mutation is in a
+//! checkpoint; then it renames `journal/` to `journal.previous/` (replacing an older
+//! one) and records the new count. Only then do the new cores start, with empty
+//! journals that continue at `C + 1` (recovery continues above the highest
+//! checkpoint), so no later recovery needs a record of an old journal.
 //! A crash at any step leaves the old count recorded, and the next start migrates
 //! again from the same checkpoints and journals (replay is by resulting value, so
 //! repeating it changes nothing). What a layout change gives up: idempotency keys
@@ -38,9 +40,8 @@ use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use tally_engine::journal::checkpoint::checkpoint_core;
+use tally_engine::journal::checkpoint::checkpoint_all;
 use tally_engine::journal::recovery::{recover, RecoveryOptions};
-use tally_engine::journal::{Journal, JournalOptions};
 use tally_engine::{DataDir, Store};
 
 use crate::config::ServerConfig;
@@ -203,31 +204,31 @@ pub fn migrate(config: &ServerConfig, dir: &DataDir) -> Result<Option<usize>, Se
     let options = RecoveryOptions {
         recover_to_corruption: config.journal.recover_to_corruption,
     };
+    let engine_error = |core| move |source| ServerError::Engine { core, source };
+    // Each old core's journal into the partitions it owned, closed clean.
+    let mut next_lsn = 1;
     for core in 0..old {
         let owned = (0..dir.partition_count()).filter(|p| owner_of_partition(*p, old) == core);
-        let mut store =
-            Store::open(dir, owned).map_err(|source| ServerError::Engine { core, source })?;
-        let journal_error = |source| ServerError::Journal { core, source };
+        let mut store = Store::open(dir, owned).map_err(engine_error(core))?;
         let core_id = u32::try_from(core).expect("a layout has at most CORES_MAX cores");
-        let report = recover(data_dir, &mut store, core_id, &options).map_err(journal_error)?;
-        let journal_options = JournalOptions {
-            next_lsn_min: report.next_lsn,
-            ..JournalOptions::default()
-        };
-        let mut journal =
-            Journal::open(data_dir, core_id, journal_options).map_err(journal_error)?;
-        checkpoint_core(data_dir, &store, &mut journal, core_id, None).map_err(journal_error)?;
-        drop(journal);
-        store
-            .close_clean()
-            .map_err(|source| ServerError::Engine { core, source })?;
+        let report = recover(data_dir, &mut store, core_id, &options)
+            .map_err(|source| ServerError::Journal { core, source })?;
+        next_lsn = next_lsn.max(report.next_lsn);
+        store.close_clean().map_err(engine_error(core))?;
         tracing::info!(
             core,
             of = old,
             records_replayed = report.records_replayed,
-            "old core's partitions checkpointed"
+            "old core's journal recovered"
         );
     }
+    // Every partition checkpointed at one LSN above all the old journals' records:
+    // every new core's journal starts right above it (recovery continues above the
+    // highest checkpoint), so no later recovery needs a record of an old journal.
+    let store = Store::open(dir, 0..dir.partition_count()).map_err(engine_error(0))?;
+    checkpoint_all(data_dir, &store, next_lsn - 1)
+        .map_err(|source| ServerError::Journal { core: 0, source })?;
+    store.close_clean().map_err(engine_error(0))?;
     let journals = data_dir.join(JOURNAL_DIR);
     let previous: PathBuf = data_dir.join(PREVIOUS_JOURNAL_DIR);
     if previous.exists() {
