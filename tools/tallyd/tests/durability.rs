@@ -249,6 +249,38 @@ fn check_bounds(addr: SocketAddr, tally: &Tally, what: &str) -> Vec<i64> {
     values
 }
 
+/// One crash round: starts tallyd with `extra`; if `after` names a crash before it,
+/// checks what survived (acknowledged <= value <= sent) and takes it as this round's
+/// floor and ceiling; pipelines durable increments until a `kill -9` at a random moment.
+fn crash_round(
+    dir: &Path,
+    extra: &[&str],
+    after: Option<&str>,
+    mut tally: Tally,
+    random: &mut u64,
+) -> Tally {
+    let daemon = Daemon::start(dir, extra);
+    let addr = daemon.addr;
+    if let Some(what) = after {
+        let values = check_bounds(addr, &tally, what);
+        tally.acked.clone_from(&values);
+        tally.sent = values;
+    }
+    let writer_seed = next_random(random);
+    let start = tally.clone();
+    let writer = thread::spawn(move || {
+        write_until_closed(addr, Durability::Durable, writer_seed, usize::MAX, start)
+    });
+    thread::sleep(Duration::from_millis(100 + next_random(random) % 300));
+    daemon.kill_9();
+    let tally = writer.join().unwrap();
+    assert!(
+        tally.acked.iter().sum::<i64>() > 0,
+        "some increments were acknowledged"
+    );
+    tally
+}
+
 #[test]
 fn durable_acknowledged_increments_survive_kill_9_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,26 +291,8 @@ fn durable_acknowledged_increments_survive_kill_9_exactly_once() {
         .unwrap_or(4);
     let mut tally = Tally::new();
     for round in 0..rounds {
-        let daemon = Daemon::start(dir.path(), &[]);
-        let addr = daemon.addr;
-        if round > 0 {
-            // What survived the last crash is the floor and the ceiling of this round.
-            let values = check_bounds(addr, &tally, &format!("after crash {round}"));
-            tally.acked.clone_from(&values);
-            tally.sent = values;
-        }
-        let writer_seed = next_random(&mut random);
-        let start = tally.clone();
-        let writer = thread::spawn(move || {
-            write_until_closed(addr, Durability::Durable, writer_seed, usize::MAX, start)
-        });
-        thread::sleep(Duration::from_millis(100 + next_random(&mut random) % 300));
-        daemon.kill_9();
-        tally = writer.join().unwrap();
-        assert!(
-            tally.acked.iter().sum::<i64>() > 0,
-            "some increments were acknowledged"
-        );
+        let after = (round > 0).then(|| format!("after crash {round}"));
+        tally = crash_round(dir.path(), &[], after.as_deref(), tally, &mut random);
     }
     let daemon = Daemon::start(dir.path(), &[]);
     check_bounds(daemon.addr, &tally, "after the last crash");
@@ -294,23 +308,14 @@ fn a_core_count_change_after_kill_9_loses_nothing() {
     let mut random = seed();
     let mut tally = Tally::new();
     for (round, cores) in ["2", "1", "2", "1"].into_iter().enumerate() {
-        let daemon = Daemon::start(dir.path(), &["--cores", cores]);
-        let addr = daemon.addr;
-        if round > 0 {
-            let what = format!("after a crash and a restart on {cores} cores");
-            let values = check_bounds(addr, &tally, &what);
-            tally.acked.clone_from(&values);
-            tally.sent = values;
-        }
-        let writer_seed = next_random(&mut random);
-        let start = tally.clone();
-        let writer = thread::spawn(move || {
-            write_until_closed(addr, Durability::Durable, writer_seed, usize::MAX, start)
-        });
-        thread::sleep(Duration::from_millis(150 + next_random(&mut random) % 300));
-        daemon.kill_9();
-        tally = writer.join().unwrap();
-        assert!(tally.acked.iter().sum::<i64>() > 0, "nothing acknowledged");
+        let after = (round > 0).then(|| format!("after a crash and a restart on {cores} cores"));
+        tally = crash_round(
+            dir.path(),
+            &["--cores", cores],
+            after.as_deref(),
+            tally,
+            &mut random,
+        );
     }
     let daemon = Daemon::start(dir.path(), &["--cores", "2"]);
     check_bounds(daemon.addr, &tally, "after the last restart on 2 cores");
