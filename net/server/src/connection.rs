@@ -21,7 +21,8 @@
 //! Limits: frames up to [`FRAME_BYTES_MAX`] (a longer length field is fatal: error reply
 //! and close, since the stream cannot be resynchronized); batches up to
 //! `BATCH_OPS_MAX` operations (longer: error reply, the connection stays usable); the
-//! input buffer grows to one whole frame at most and shrinks back once it is consumed.
+//! input buffer grows with the bytes received (never to a length only claimed by a
+//! header), to one whole frame at most, and shrinks back once it is consumed.
 //! Buffers are kept across turns, so a steady stream of requests allocates nothing.
 
 use std::io::ErrorKind;
@@ -45,7 +46,7 @@ use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
 use crate::idempotency::IdempotencyKey;
 use crate::router::RemoteBegin;
-use crate::stream::{self, Input};
+use crate::stream::{self, Input, ReadDeadline};
 
 /// The input buffer's size between large frames.
 const INPUT_BYTES_INITIAL: usize = 64 * 1024;
@@ -114,6 +115,7 @@ struct BatchPlan {
 /// frame being dispatched borrows the input while the state changes.
 struct Connection {
     input: Input,
+    deadline: ReadDeadline,
     state: State,
 }
 
@@ -133,6 +135,7 @@ impl Connection {
     fn new(core: &Core) -> Connection {
         Connection {
             input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
+            deadline: ReadDeadline::new(core.config.read_timeout()),
             state: State::new(core),
         }
     }
@@ -148,19 +151,17 @@ impl Connection {
             if self.input.reserve(needed).is_err() {
                 return End::Refused("input buffer full".to_string());
             }
-            let eof = match self.input.read_from(stream).await {
+            // Only a partial frame is left after a turn: it has the rest of its time.
+            let partial = !self.input.buffered().is_empty();
+            let read = match self.deadline.arm(stream, partial) {
+                Ok(()) => self.input.read_from(stream).await,
+                Err(error) => Err(error),
+            };
+            let eof = match read {
                 Ok(0) => true,
                 Ok(_) => false,
                 Err(error) if error.kind() == ErrorKind::TimedOut => {
-                    let mut out = Vec::new();
-                    encode_error(
-                        &mut out,
-                        0,
-                        ErrorCode::Timeout,
-                        "read timeout: closing the connection",
-                    );
-                    let _ = stream.write_all(&out).await;
-                    return End::Refused("read timeout".to_string());
+                    return refuse_timeout(stream, self.deadline.within_request()).await;
                 }
                 Err(error) => return End::Io(error),
             };
@@ -228,6 +229,20 @@ impl Connection {
             .set(core.stats.frames.get() + frames as u64);
         (frames, None)
     }
+}
+
+/// Sends the `Timeout` error to a connection idle for the read timeout, or whose
+/// frame did not complete within the read timeout of its first byte.
+async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
+    let reason = if within_frame {
+        "read timeout: a frame did not complete within the read timeout of its first byte"
+    } else {
+        "read timeout: nothing received for the read timeout"
+    };
+    let mut out = Vec::new();
+    encode_error(&mut out, 0, ErrorCode::Timeout, reason);
+    let _ = stream.write_all(&out).await;
+    End::Refused(reason.to_string())
 }
 
 /// Sends the error reply for an unusable length field; the stream cannot be

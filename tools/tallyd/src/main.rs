@@ -87,8 +87,9 @@ struct Flags {
     /// [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Close a connection that sends nothing for this long, in ms; 0 = never
-    /// [default: 300000].
+    /// Close a connection that sends nothing for this long, in ms, or whose request
+    /// (native frame or Redis command) is not complete this long after its first byte;
+    /// 0 = never [default: 300000].
     #[arg(long, value_name = "MS")]
     read_timeout_ms: Option<u64>,
     /// Close a connection that does not take its replies for this long, in ms

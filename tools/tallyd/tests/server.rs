@@ -498,6 +498,109 @@ fn an_oversize_frame_is_refused_and_closed_while_others_are_served() {
     assert_eq!(other.batch(&[add(b"x", 2)])[0].value, 2);
 }
 
+/// The resident memory of process `pid`, in KiB, from /proc.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A frame header claiming a near-maximal frame (8 MiB) whose body never comes: the
+/// server must not set memory aside for bytes it was only promised.
+#[test]
+fn headers_claiming_large_frames_cost_only_what_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let pid = daemon.process.id();
+    let mut served = daemon.connect();
+    served.hello();
+    let before_kib = resident_kib(pid);
+    let mut header = Vec::new();
+    header.extend_from_slice(&((8u32 << 20) - 4).to_le_bytes());
+    header.extend_from_slice(&[0x01, 0, 0, 0]);
+    header.extend_from_slice(&1u64.to_le_bytes());
+    let liars: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut stream = TcpStream::connect(daemon.addr).unwrap();
+            stream.write_all(&header).unwrap();
+            stream
+        })
+        .collect();
+    // The server takes the headers in its own time: look for a while. With the whole
+    // claim reserved, 50 headers cost 400 MB; as received, 50 buffers of 64 KiB.
+    let mut growth_kib = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        growth_kib = resident_kib(pid).saturating_sub(before_kib);
+        assert!(growth_kib < 100 * 1024, "RSS grew by {growth_kib} KiB");
+    }
+    println!("RSS growth for 50 claimed 8 MiB frames: {growth_kib} KiB");
+    assert_eq!(served.batch(&[add(b"k", 4)])[0].value, 4);
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.get(b"k"), 4);
+    drop(liars);
+}
+
+/// A client that sends a frame one byte at a time, each well within the read timeout,
+/// still has to finish the frame within the read timeout of its first byte.
+#[test]
+fn a_frame_trickled_byte_by_byte_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "1000"]);
+    let mut slow = daemon.connect();
+    slow.hello();
+    let mut frame = Vec::new();
+    encode_batch(
+        &mut frame,
+        9,
+        Durability::Relaxed,
+        None,
+        &[add(
+            b"a-long-enough-key-to-trickle-for-a-while-0123456789",
+            1,
+        )],
+    )
+    .unwrap();
+    assert!(frame.len() > 40);
+    slow.stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    // Up to 40 bytes, one per 250 ms: 10 s, ten times the timeout.
+    let mut answer = None;
+    for byte in &frame[..40] {
+        if slow.stream.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        match slow.stream.read(&mut chunk) {
+            Ok(count) => {
+                slow.buffer.extend_from_slice(&chunk[..count]);
+                answer = Some(slow.next_answer().1);
+                break;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let answer = answer.expect("the server answered before the frame's 40th byte");
+    assert!(
+        matches!(answer, Answer::Error(ErrorCode::Timeout, _)),
+        "{answer:?}"
+    );
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(matches!(slow.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
+}
+
 #[test]
 fn requests_before_hello_are_refused() {
     let dir = tempfile::tempdir().unwrap();

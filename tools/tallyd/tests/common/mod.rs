@@ -46,6 +46,12 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
 }
 
 impl Process {
+    /// The daemon's process id.
+    #[allow(dead_code)] // not every test file looks at the process
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash: nothing runs in the daemon after it.
     #[allow(dead_code)] // not every test file crashes the daemon
     pub fn kill_9(mut self) {
