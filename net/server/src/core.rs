@@ -33,6 +33,7 @@ use tally_engine::{recycle_ops, Op, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
+use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
 use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
 use crate::idempotency::{Begin, IdempotencyKey, IdempotencyTable};
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
@@ -481,24 +482,70 @@ async fn accept_loop(
     gate: Rc<glommio::sync::Gate>,
     port_kind: &'static str,
 ) {
+    let mut spare = SpareDescriptor::open();
+    let mut error_log = AcceptErrorLog::default();
+    let resp = port_kind == RESP_PORT_KIND;
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            core.stop.wait().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
+        let stream = match accept_or_stop(&core, &listener).await {
             None => break,
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
-                // EMFILE and friends: log, back off briefly, keep serving the others.
-                tracing::warn!(core = core.index, port_kind, %error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                if let Some(unlogged_count) = error_log.note(Instant::now()) {
+                    tracing::warn!(core = core.index, port_kind, %error, unlogged_count, "accept failed");
+                }
+                let answered = descriptors::is_out_of_descriptors(&error)
+                    && shed_one(&core, &listener, &mut spare, resp).await;
+                if !answered {
+                    // Keep serving the others; the waiting client is retried soon.
+                    glommio::timer::sleep(descriptors::ACCEPT_BACKOFF).await;
+                }
                 continue;
             }
         };
-        admit(&core, &gate, stream, port_kind == RESP_PORT_KIND);
+        admit(&core, &gate, stream, resp);
     }
+}
+
+/// The next accepted connection, or `None` once the core stops.
+async fn accept_or_stop(core: &Core, listener: &TcpListener) -> Option<std::io::Result<TcpStream>> {
+    let accept = async { Some(listener.accept().await.map_err(std::io::Error::from)) };
+    let stop = async {
+        core.stop.wait().await;
+        None
+    };
+    futures_lite::future::or(accept, stop).await
+}
+
+/// Out of descriptors: frees the spare, accepts the waiting connection into its slot,
+/// answers it `ServerBusy` and closes it, so its client is not left hanging. `false`
+/// if that could not be done (no spare, or the slot was taken meanwhile).
+async fn shed_one(
+    core: &Core,
+    listener: &TcpListener,
+    spare: &mut SpareDescriptor,
+    resp: bool,
+) -> bool {
+    if !spare.release() {
+        spare.restore();
+        return false;
+    }
+    let answered = match accept_or_stop(core, listener).await {
+        Some(Ok(stream)) => {
+            let stats = &core.stats;
+            stats
+                .connections_refused
+                .set(stats.connections_refused.get() + 1);
+            if resp {
+                crate::resp::refuse(stream).await;
+            } else {
+                crate::connection::refuse(stream).await;
+            }
+            true
+        }
+        Some(Err(_)) | None => false,
+    };
+    spare.restore();
+    answered
 }
 
 /// Starts a connection task, or refuses the connection if the limit is reached.

@@ -657,6 +657,66 @@ fn idle_connections_time_out() {
     assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
 }
 
+/// The number of descriptors process `pid` has open.
+fn open_descriptor_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// Out of file descriptors, every client still gets an answer: `Timeout` after the read
+/// timeout if its connection was accepted (it sends nothing), else `ServerBusy` at once
+/// and a close. None is left hanging, and the server serves normally once descriptors
+/// are free again.
+#[test]
+fn clients_beyond_the_open_files_limit_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "3000"]);
+    let pid = daemon.process.id();
+    let mut served = daemon.connect();
+    served.hello();
+    // The journal opens its segment at the first write: before descriptors run out.
+    assert_eq!(served.batch(&[add(b"fd", 1)])[0].value, 1);
+    // Room for 20 more descriptors: most of the flood cannot be accepted.
+    let limit = open_descriptor_count(pid) + 20;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success());
+    let mut flood: Vec<Client> = (0..150).map(|_| daemon.connect()).collect();
+    assert_eq!(served.batch(&[add(b"fd", 1)])[0].value, 2);
+    let (mut timed_out, mut busy) = (0, 0);
+    for client in &mut flood {
+        match client.next_answer().1 {
+            Answer::Error(ErrorCode::Timeout, _) => timed_out += 1,
+            Answer::Error(ErrorCode::ServerBusy, _) => busy += 1,
+            // `next_answer` reports its 10 s read timeout as Closed too.
+            Answer::Closed => panic!("a client got no answer ({timed_out} timed out, {busy} busy)"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(client.next_answer().1, Answer::Closed));
+    }
+    assert!(busy > 0, "the limit was reached ({timed_out} accepted)");
+    drop(flood);
+    // The server frees a descriptor when its close completes: retry briefly.
+    let mut hello = Vec::new();
+    encode_hello(&mut hello, 1, "after").unwrap();
+    let mut fresh = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut client = daemon.connect();
+            client.send(&hello);
+            matches!(client.next_answer().1, Answer::Hello(_)).then_some(client)
+        })
+        .expect("served again once descriptors are free");
+    assert_eq!(fresh.batch(&[add(b"fd", 1)])[0].value, 3);
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
