@@ -44,7 +44,7 @@ use tally_protocol::{
 use crate::config::DurabilityMode;
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::router::RemoteBegin;
 use crate::stream::{self, Input, ReadDeadline};
 
@@ -54,6 +54,10 @@ const INPUT_BYTES_INITIAL: usize = 64 * 1024;
 const INPUT_BYTES_MAX: usize = FRAME_BYTES_MAX + INPUT_BYTES_INITIAL;
 const _: () =
     assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
+
+/// The error for an idempotency key reused with other operations (PROTOCOL.md). The
+/// protocol crate has no name for it yet, so it travels as a numbered code.
+const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::Other(12);
 
 /// Answers a connection over the limit with an error, then closes it.
 pub async fn refuse(mut stream: TcpStream) {
@@ -108,7 +112,15 @@ struct BatchPlan {
     routed: Routed,
     /// Where the batch's `Exists` flags start in `State::exists`.
     exists_start: usize,
-    idempotency: Option<(IdempotencyKey, usize)>,
+    idempotency: Option<Idempotent>,
+}
+
+/// An idempotent batch being run: its key, its home core and its fingerprint.
+#[derive(Clone, Copy)]
+struct Idempotent {
+    key: IdempotencyKey,
+    home: usize,
+    fingerprint: Fingerprint,
 }
 
 /// A connection: its input buffer, and the rest of its state, kept apart because a
@@ -169,6 +181,13 @@ impl Connection {
                 return end;
             }
             if eof {
+                if core.stop.is_fired() {
+                    // Shutdown ended the reads; every frame read was answered above.
+                    let mut out = Vec::new();
+                    let message = "the server is shutting down";
+                    encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
+                    let _ = stream.write_all(&out).await;
+                }
                 return End::Closed;
             }
         }
@@ -295,10 +314,15 @@ impl State {
         let start = self.output.len();
         let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
         let mut exists = self.exists[plan.exists_start..].iter();
+        let mut invalid_key_count = 0usize;
         let mut each = |result: RoutedResult| {
             let exists = *exists.next().expect("one flag per operation");
             let reply = match result {
-                Some(result) => to_reply(result, exists),
+                Some(Ok(outcome)) => to_reply(Ok(outcome), exists),
+                Some(Err(error)) => {
+                    invalid_key_count += usize::from(matches!(error, OpError::InvalidKey { .. }));
+                    to_reply(Err(error), exists)
+                }
                 None => OpReply::error(Status::Unavailable, 0),
             };
             writer
@@ -313,8 +337,22 @@ impl State {
         writer
             .finish()
             .expect("a batch reply always fits in a frame");
-        if let Some((key, home)) = plan.idempotency {
-            core.idempotency_finish(home, key, &self.output[start..])
+        if invalid_key_count > 0 {
+            // Bad input, logged as the native door logs a bad frame: once per frame.
+            tracing::warn!(
+                core = core.index,
+                request_id = plan.request_id,
+                invalid_key_count,
+                "batch with invalid keys (empty or too long)"
+            );
+        }
+        if let Some(Idempotent {
+            key,
+            home,
+            fingerprint,
+        }) = plan.idempotency
+        {
+            core.idempotency_finish(home, key, fingerprint, &self.output[start..])
                 .await;
         }
     }
@@ -442,7 +480,7 @@ impl State {
         }
         let route = Route {
             durability: journal_durability(batch.durability, core.config.durability_default),
-            idempotency: idempotency.map(|(key, _)| key),
+            idempotency: idempotency.map(|begun: Idempotent| begun.key),
         };
         let exists_start = self.exists.len();
         let exists = &mut self.exists;
@@ -463,15 +501,15 @@ impl State {
         }));
     }
 
-    /// For a batch with an idempotency key: `Ok(Some((key, home)))` to run it and record
-    /// its reply, `Ok(None)` without a key, `Err(())` if already answered (a replay or
-    /// an error reply is staged).
+    /// For a batch with an idempotency key: `Ok(Some(..))` to run it and record its
+    /// reply, `Ok(None)` without a key, `Err(())` if already answered (a replay or an
+    /// error reply is staged).
     async fn idempotency_begin(
         &mut self,
         core: &Core,
         request_id: u64,
         batch: &BatchRef<'_>,
-    ) -> Result<Option<(IdempotencyKey, usize)>, ()> {
+    ) -> Result<Option<Idempotent>, ()> {
         let Some(key) = batch.idempotency_key else {
             return Ok(None);
         };
@@ -479,8 +517,25 @@ impl State {
             return Ok(None);
         };
         let home = core.owner_of_key(first.key());
-        match core.idempotency_begin(home, key).await {
-            Ok(RemoteBegin::New) => Ok(Some((key, home))),
+        let fingerprint = idempotency::fingerprint(batch);
+        match core.idempotency_begin(home, key, fingerprint).await {
+            Ok(RemoteBegin::New) => Ok(Some(Idempotent {
+                key,
+                home,
+                fingerprint,
+            })),
+            Ok(RemoteBegin::Mismatch) => {
+                tracing::warn!(
+                    core = core.index,
+                    request_id,
+                    key = format_args!("{key:032x}"),
+                    "idempotency key reused for a batch with other operations"
+                );
+                let message = "this idempotency key was used for a batch with other \
+                               operations; use a new key for a new batch";
+                self.stage_error(request_id, IDEMPOTENCY_KEY_REUSED, message);
+                Err(())
+            }
             Ok(RemoteBegin::InFlight) => {
                 let message = "a request with this idempotency key is still running; retry";
                 self.stage_error(request_id, ErrorCode::ServerBusy, message);

@@ -35,7 +35,7 @@ use tally_protocol::{ErrorCode, HelloReply};
 use crate::config::ServerConfig;
 use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
 use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
-use crate::idempotency::{Begin, IdempotencyKey, IdempotencyTable};
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, IdempotencyTable};
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
 use crate::shutdown::{
     ConnectionRegistry, DrainBarrier, ShutdownSignal, StopNotice, POLL_INTERVAL,
@@ -294,26 +294,24 @@ impl Core {
         crate::router::owner_of_partition(partition, self.cores)
     }
 
-    /// The idempotency state of `key` on its home core `home`, recording it in flight
-    /// if new. `Err` if the home core cannot be reached (shutting down).
+    /// The idempotency state of `key` on its home core `home` for a batch with
+    /// `fingerprint`, recording it in flight if new. `Err` if the home core cannot be
+    /// reached (shutting down).
     pub async fn idempotency_begin(
         &self,
         home: usize,
         key: IdempotencyKey,
+        fingerprint: Fingerprint,
     ) -> Result<RemoteBegin, ErrorCode> {
         if home == self.index {
-            let mut table = self.idempotency.borrow_mut();
-            return Ok(match table.begin(key, Instant::now()) {
-                Begin::New => RemoteBegin::New,
-                Begin::InFlight => RemoteBegin::InFlight,
-                Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
-            });
+            return Ok(self.idempotency_begin_here(key, fingerprint));
         }
         let ticket = self.replies.reserve();
         let request = MeshRequest::IdempotencyBegin {
             origin: self.index,
             ticket,
             key,
+            fingerprint,
         };
         if self.requests_out.send_to(home, request).await.is_err() {
             self.replies.cancel(ticket);
@@ -325,16 +323,34 @@ impl Core {
         }
     }
 
+    /// [`Core::idempotency_begin`] on this core, the home core.
+    fn idempotency_begin_here(&self, key: IdempotencyKey, fingerprint: Fingerprint) -> RemoteBegin {
+        let mut table = self.idempotency.borrow_mut();
+        match table.begin(key, fingerprint, Instant::now()) {
+            Begin::New => RemoteBegin::New,
+            Begin::InFlight => RemoteBegin::InFlight,
+            Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
+            Begin::Mismatch => RemoteBegin::Mismatch,
+        }
+    }
+
     /// Records the reply frame of a finished idempotent batch on its home core.
-    pub async fn idempotency_finish(&self, home: usize, key: IdempotencyKey, reply: &[u8]) {
+    pub async fn idempotency_finish(
+        &self,
+        home: usize,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        reply: &[u8],
+    ) {
         if home == self.index {
             self.idempotency
                 .borrow_mut()
-                .finish(key, reply, Instant::now());
+                .finish(key, fingerprint, reply, Instant::now());
             return;
         }
         let request = MeshRequest::IdempotencyFinish {
             key,
+            fingerprint,
             reply: reply.to_vec(),
         };
         if self.requests_out.send_to(home, request).await.is_err() {
@@ -384,20 +400,20 @@ impl Core {
                 origin,
                 ticket,
                 key,
+                fingerprint,
             } => {
-                let mut table = self.idempotency.borrow_mut();
-                let state = match table.begin(key, Instant::now()) {
-                    Begin::New => RemoteBegin::New,
-                    Begin::InFlight => RemoteBegin::InFlight,
-                    Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
-                };
+                let state = self.idempotency_begin_here(key, fingerprint);
                 let reply = MeshReply::Idempotency { ticket, state };
                 Some(Outgoing::Send(origin, reply))
             }
-            MeshRequest::IdempotencyFinish { key, reply } => {
+            MeshRequest::IdempotencyFinish {
+                key,
+                fingerprint,
+                reply,
+            } => {
                 self.idempotency
                     .borrow_mut()
-                    .finish(key, &reply, Instant::now());
+                    .finish(key, fingerprint, &reply, Instant::now());
                 None
             }
         }

@@ -21,8 +21,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_partitions(dir, 16, extra)
+    }
+
+    /// `partitions` 0 passes no `--partitions`.
+    fn start_with_partitions(dir: &std::path::Path, partitions: u32, extra: &[&str]) -> Daemon {
         // "tallyd listening on 127.0.0.1:PORT (shard ports A,B)"
-        let (process, rest) = common::start(dir, 16, extra, "tallyd listening on ");
+        let (process, rest) = common::start(dir, partitions, extra, "tallyd listening on ");
         let (addr, ports) = rest
             .split_once(" (shard ports ")
             .unwrap_or_else(|| panic!("shard ports in the start line: {rest:?}"));
@@ -409,6 +414,45 @@ fn an_idempotent_retry_applies_nothing_twice() {
     assert!(fresh.iter().all(|result| result.value == 14));
 }
 
+/// An idempotency key reused with other operations is an error, not a replay of the
+/// first batch's results (which would not even have one result per operation).
+#[test]
+fn an_idempotency_key_reused_for_another_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let keys = keys(3);
+    let three: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+    let idempotency_key = 0xfeed_u128;
+    for core in 0..2 {
+        let mut client = daemon.shard(core);
+        client.hello();
+        if core == 0 {
+            let Answer::Results(first) = client.batch_with(Some(idempotency_key), &three) else {
+                panic!()
+            };
+            assert_eq!(first.len(), 3);
+        }
+        // Another batch: one operation instead of three, then the same count of others.
+        for other in [
+            vec![add(&keys[0], 1)],
+            keys.iter().map(|k| add(k, 2)).collect(),
+        ] {
+            let answer = client.batch_with(Some(idempotency_key), &other);
+            let Answer::Error(code, message) = answer else {
+                panic!("core {core}: expected an error, got {answer:?}")
+            };
+            assert_eq!(code.to_u16(), 12, "core {core}: {message}");
+            assert!(message.contains("idempotency key"), "{message}");
+        }
+        // The same batch is still a replay, and nothing was applied twice.
+        let Answer::Results(replayed) = client.batch_with(Some(idempotency_key), &three) else {
+            panic!()
+        };
+        assert!(replayed.iter().all(|result| result.value == 1));
+        assert_eq!(client.get(&keys[0]), 1);
+    }
+}
+
 #[test]
 fn malformed_and_unknown_frames_get_errors_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
@@ -641,22 +685,6 @@ fn connections_over_the_limit_are_refused() {
     assert_eq!(second.batch(&[add(b"y", 1)])[0].value, 1);
 }
 
-#[test]
-fn idle_connections_time_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "200"]);
-    let mut idle = daemon.connect();
-    idle.hello();
-    assert!(matches!(
-        idle.next_answer().1,
-        Answer::Error(ErrorCode::Timeout, _)
-    ));
-    assert!(matches!(idle.next_answer().1, Answer::Closed));
-    let mut fresh = daemon.connect();
-    fresh.hello();
-    assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
-}
-
 /// The number of descriptors process `pid` has open.
 fn open_descriptor_count(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -718,6 +746,22 @@ fn clients_beyond_the_open_files_limit_are_answered() {
 }
 
 #[test]
+fn idle_connections_time_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "200"]);
+    let mut idle = daemon.connect();
+    idle.hello();
+    assert!(matches!(
+        idle.next_answer().1,
+        Answer::Error(ErrorCode::Timeout, _)
+    ));
+    assert!(matches!(idle.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
+}
+
+#[test]
 fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path(), &[]);
@@ -746,6 +790,84 @@ fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
         assert_eq!(result.value, 2 * index as i64);
     }
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// At shutdown, every connection, idle or not, gets its replies and then an Error frame
+/// `ShuttingDown` with request id 0 before the close.
+#[test]
+fn shutdown_says_so_before_closing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut idle = daemon.connect();
+    idle.hello();
+    let mut busy = daemon.shard(1);
+    busy.hello();
+    let mut pipeline = Vec::new();
+    for id in 100..150 {
+        encode_batch(
+            &mut pipeline,
+            id,
+            Durability::Durable,
+            None,
+            &[add(b"s", 1)],
+        )
+        .unwrap();
+    }
+    busy.send(&pipeline);
+    let (id, answer) = busy.next_answer();
+    assert!(
+        id == 100 && matches!(answer, Answer::Results(_)),
+        "{answer:?}"
+    );
+    let stopping = std::thread::spawn(move || daemon.terminate());
+    for (name, client) in [("idle", &mut idle), ("busy", &mut busy)] {
+        let mut ids = Vec::new();
+        let last = loop {
+            match client.next_answer() {
+                (id, Answer::Results(_)) => ids.push(id),
+                other => break other,
+            }
+        };
+        assert_eq!(
+            ids,
+            (101..101 + ids.len() as u64).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(
+            matches!(last, (0, Answer::Error(ErrorCode::ShuttingDown, _))),
+            "{name}: {last:?}"
+        );
+        assert!(matches!(client.next_answer().1, Answer::Closed), "{name}");
+    }
+    assert_eq!(stopping.join().unwrap(), Some(0));
+}
+
+/// Without `--partitions`, an existing data directory opens with its own partition
+/// count; with a different one, tallyd refuses to start and says why.
+#[test]
+fn an_existing_data_directory_keeps_its_partition_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    assert_eq!(daemon.terminate(), Some(0));
+    let daemon = Daemon::start_with_partitions(dir.path(), 0, &[]);
+    assert_eq!(daemon.connect().hello().partition_count, 16);
+    assert_eq!(daemon.terminate(), Some(0));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--partitions",
+            "8",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("16") && stderr.contains('8'), "{stderr}");
 }
 
 /// Opt-in (`TALLYD_LATENCY=1`, best with `--release`): one connection, no pipelining,

@@ -11,7 +11,7 @@ pub struct Process {
 }
 
 /// Starts `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
-/// --data-dir DIR EXTRA...` (short spins, since the tests share two CPUs with the daemon,
+/// --data-dir DIR EXTRA...` (no `--partitions` if PARTITIONS is 0; short spins, since the tests share two CPUs with the daemon,
 /// unless EXTRA gives `--spin-us`) and returns it with the rest of the first line of its
 /// standard output containing `marker`. Standard output is closed after that line, so
 /// later output can never fill a pipe nobody reads.
@@ -21,9 +21,15 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
     } else {
         &["--spin-us", "20"]
     };
+    let partitions = partitions.to_string();
+    let partitions: &[&str] = if partitions == "0" {
+        &[]
+    } else {
+        &["--partitions", &partitions]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
         .args(["--listen", "127.0.0.1:0", "--cores", "2"])
-        .args(["--partitions", &partitions.to_string()])
+        .args(partitions)
         .args(spin)
         .arg("--data-dir")
         .arg(dir)
