@@ -870,6 +870,76 @@ fn an_existing_data_directory_keeps_its_partition_count() {
     assert!(stderr.contains("16") && stderr.contains('8'), "{stderr}");
 }
 
+/// A `--log-level` that names no level is a start-up error, not a silent default.
+#[test]
+fn an_invalid_log_level_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--log-level", "warning", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A daemon that started anyway never exits by itself: give it 10 s.
+    let status = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        child.try_wait().unwrap()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tallyd started with --log-level warning");
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("--log-level") && stderr.contains("warning"),
+        "{stderr}"
+    );
+}
+
+/// Logs written to a file carry no terminal colour codes.
+#[test]
+fn logs_to_a_file_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tallyd.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening"), "{line}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
+}
+
 /// Opt-in (`TALLYD_LATENCY=1`, best with `--release`): one connection, no pipelining,
 /// round trips through the main port and through the owner's shard port. Prints
 /// percentiles; asserts only that every reply is correct, never a timing.
