@@ -198,6 +198,9 @@ impl Connection {
     async fn answer_buffered(&mut self, core: &Core, stream: &mut TcpStream) -> Option<End> {
         loop {
             let (frames, framing_error) = self.dispatch(core).await;
+            if frames > 0 {
+                self.deadline.request_done();
+            }
             let state = &mut self.state;
             state.gather(core).await;
             if !state.output.is_empty() {

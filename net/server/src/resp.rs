@@ -292,6 +292,9 @@ impl Connection {
         loop {
             let (consumed, end) = self.state.turn(core, self.input.buffered()).await;
             self.input.consume(consumed);
+            if consumed > 0 {
+                self.deadline.request_done();
+            }
             let output = &mut self.state.output;
             if !output.is_empty() {
                 stream.write_all(output).await?;

@@ -62,6 +62,8 @@ pub struct ReadDeadline {
     timeout: Option<Duration>,
     /// When the partly read request must be complete, if one is.
     request_deadline: Option<Instant>,
+    /// Whether the stream's timeout is shorter than `timeout` (set for a request).
+    shortened: bool,
 }
 
 impl ReadDeadline {
@@ -70,7 +72,15 @@ impl ReadDeadline {
         ReadDeadline {
             timeout,
             request_deadline: None,
+            shortened: false,
         }
+    }
+
+    /// Some request was completed: a partial one left in the input is the next one,
+    /// and its time counts from now (a pipelining client whose reads all end mid-frame
+    /// is busy, not slow).
+    pub fn request_done(&mut self) {
+        self.request_deadline = None;
     }
 
     /// Sets the stream's timeout for its next read; `partial` says whether part of a
@@ -81,7 +91,9 @@ impl ReadDeadline {
             return Ok(());
         };
         if !partial {
-            if self.request_deadline.take().is_some() {
+            self.request_deadline = None;
+            if self.shortened {
+                self.shortened = false;
                 stream
                     .set_read_timeout(Some(timeout))
                     .map_err(std::io::Error::from)?;
@@ -96,6 +108,7 @@ impl ReadDeadline {
         if left.is_zero() {
             return Err(ErrorKind::TimedOut.into());
         }
+        self.shortened = true;
         stream
             .set_read_timeout(Some(left))
             .map_err(std::io::Error::from)

@@ -692,6 +692,39 @@ fn open_descriptor_count(pid: u32) -> u64 {
         .count() as u64
 }
 
+/// A busy pipelining client whose every write ends in the middle of a frame is not
+/// slow: each frame has its own read timeout, counted from its own first byte.
+#[test]
+fn frames_split_across_writes_each_get_the_whole_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "1000"]);
+    let mut client = daemon.connect();
+    client.hello();
+    let mut frame = Vec::new();
+    encode_batch(
+        &mut frame,
+        9,
+        Durability::Relaxed,
+        None,
+        &[add(b"split", 1)],
+    )
+    .unwrap();
+    let half = frame.len() / 2;
+    client.send(&frame[..half]);
+    // 15 rounds of 200 ms: three times the timeout, with a frame always half sent.
+    for round in 1..=15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut next = frame[half..].to_vec();
+        next.extend_from_slice(&frame[..half]);
+        client.send(&next);
+        let answer = client.answer(9);
+        let Answer::Results(results) = answer else {
+            panic!("round {round}: {answer:?}")
+        };
+        assert_eq!(results[0].value, round);
+    }
+}
+
 /// Out of file descriptors, every client still gets an answer: `Timeout` after the read
 /// timeout if its connection was accepted (it sends nothing), else `ServerBusy` at once
 /// and a close. None is left hanging, and the server serves normally once descriptors
