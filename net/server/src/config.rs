@@ -69,7 +69,8 @@ pub struct ServerConfig {
     pub durability_default: DurabilityMode,
     /// The most client connections open at once across all cores.
     pub connections_max: usize,
-    /// A connection that sends nothing for this long is closed (0 disables the timeout).
+    /// A connection that sends nothing for this long, or whose request is not complete
+    /// this long after its first byte, is closed (0 disables the timeout).
     pub read_timeout_ms: u64,
     /// A connection that does not take its replies for this long is closed.
     pub write_timeout_ms: u64,

@@ -21,7 +21,8 @@
 //! Limits: frames up to [`FRAME_BYTES_MAX`] (a longer length field is fatal: error reply
 //! and close, since the stream cannot be resynchronized); batches up to
 //! `BATCH_OPS_MAX` operations (longer: error reply, the connection stays usable); the
-//! input buffer grows to one whole frame at most and shrinks back once it is consumed.
+//! input buffer grows with the bytes received (never to a length only claimed by a
+//! header), to one whole frame at most, and shrinks back once it is consumed.
 //! Buffers are kept across turns, so a steady stream of requests allocates nothing.
 
 use std::io::ErrorKind;
@@ -43,9 +44,9 @@ use tally_protocol::{
 use crate::config::DurabilityMode;
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{self, Fingerprint, IdempotencyKey};
 use crate::router::RemoteBegin;
-use crate::stream::{self, Input};
+use crate::stream::{self, Input, ReadDeadline};
 
 /// The input buffer's size between large frames.
 const INPUT_BYTES_INITIAL: usize = 64 * 1024;
@@ -53,6 +54,10 @@ const INPUT_BYTES_INITIAL: usize = 64 * 1024;
 const INPUT_BYTES_MAX: usize = FRAME_BYTES_MAX + INPUT_BYTES_INITIAL;
 const _: () =
     assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
+
+/// The error for an idempotency key reused with other operations (PROTOCOL.md). The
+/// protocol crate has no name for it yet, so it travels as a numbered code.
+const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::Other(12);
 
 /// Answers a connection over the limit with an error, then closes it.
 pub async fn refuse(mut stream: TcpStream) {
@@ -107,13 +112,22 @@ struct BatchPlan {
     routed: Routed,
     /// Where the batch's `Exists` flags start in `State::exists`.
     exists_start: usize,
-    idempotency: Option<(IdempotencyKey, usize)>,
+    idempotency: Option<Idempotent>,
+}
+
+/// An idempotent batch being run: its key, its home core and its fingerprint.
+#[derive(Clone, Copy)]
+struct Idempotent {
+    key: IdempotencyKey,
+    home: usize,
+    fingerprint: Fingerprint,
 }
 
 /// A connection: its input buffer, and the rest of its state, kept apart because a
 /// frame being dispatched borrows the input while the state changes.
 struct Connection {
     input: Input,
+    deadline: ReadDeadline,
     state: State,
 }
 
@@ -133,6 +147,7 @@ impl Connection {
     fn new(core: &Core) -> Connection {
         Connection {
             input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
+            deadline: ReadDeadline::new(core.config.read_timeout()),
             state: State::new(core),
         }
     }
@@ -148,19 +163,17 @@ impl Connection {
             if self.input.reserve(needed).is_err() {
                 return End::Refused("input buffer full".to_string());
             }
-            let eof = match self.input.read_from(stream).await {
+            // Only a partial frame is left after a turn: it has the rest of its time.
+            let partial = !self.input.buffered().is_empty();
+            let read = match self.deadline.arm(stream, partial) {
+                Ok(()) => self.input.read_from(stream).await,
+                Err(error) => Err(error),
+            };
+            let eof = match read {
                 Ok(0) => true,
                 Ok(_) => false,
                 Err(error) if error.kind() == ErrorKind::TimedOut => {
-                    let mut out = Vec::new();
-                    encode_error(
-                        &mut out,
-                        0,
-                        ErrorCode::Timeout,
-                        "read timeout: closing the connection",
-                    );
-                    let _ = stream.write_all(&out).await;
-                    return End::Refused("read timeout".to_string());
+                    return refuse_timeout(stream, self.deadline.within_request()).await;
                 }
                 Err(error) => return End::Io(error),
             };
@@ -168,6 +181,13 @@ impl Connection {
                 return end;
             }
             if eof {
+                if core.stop.is_fired() {
+                    // Shutdown ended the reads; every frame read was answered above.
+                    let mut out = Vec::new();
+                    let message = "the server is shutting down";
+                    encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
+                    let _ = stream.write_all(&out).await;
+                }
                 return End::Closed;
             }
         }
@@ -178,6 +198,9 @@ impl Connection {
     async fn answer_buffered(&mut self, core: &Core, stream: &mut TcpStream) -> Option<End> {
         loop {
             let (frames, framing_error) = self.dispatch(core).await;
+            if frames > 0 {
+                self.deadline.request_done();
+            }
             let state = &mut self.state;
             state.gather(core).await;
             if !state.output.is_empty() {
@@ -230,6 +253,20 @@ impl Connection {
     }
 }
 
+/// Sends the `Timeout` error to a connection idle for the read timeout, or whose
+/// frame did not complete within the read timeout of its first byte.
+async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
+    let reason = if within_frame {
+        "read timeout: a frame did not complete within the read timeout of its first byte"
+    } else {
+        "read timeout: nothing received for the read timeout"
+    };
+    let mut out = Vec::new();
+    encode_error(&mut out, 0, ErrorCode::Timeout, reason);
+    let _ = stream.write_all(&out).await;
+    End::Refused(reason.to_string())
+}
+
 /// Sends the error reply for an unusable length field; the stream cannot be
 /// resynchronized, so the connection ends.
 async fn refuse_framing(stream: &mut TcpStream, error: ProtocolError) -> End {
@@ -280,10 +317,15 @@ impl State {
         let start = self.output.len();
         let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
         let mut exists = self.exists[plan.exists_start..].iter();
+        let mut invalid_key_count = 0usize;
         let mut each = |result: RoutedResult| {
             let exists = *exists.next().expect("one flag per operation");
             let reply = match result {
-                Some(result) => to_reply(result, exists),
+                Some(Ok(outcome)) => to_reply(Ok(outcome), exists),
+                Some(Err(error)) => {
+                    invalid_key_count += usize::from(matches!(error, OpError::InvalidKey { .. }));
+                    to_reply(Err(error), exists)
+                }
                 None => OpReply::error(Status::Unavailable, 0),
             };
             writer
@@ -298,8 +340,22 @@ impl State {
         writer
             .finish()
             .expect("a batch reply always fits in a frame");
-        if let Some((key, home)) = plan.idempotency {
-            core.idempotency_finish(home, key, &self.output[start..])
+        if invalid_key_count > 0 {
+            // Bad input, logged as the native door logs a bad frame: once per frame.
+            tracing::warn!(
+                core = core.index,
+                request_id = plan.request_id,
+                invalid_key_count,
+                "batch with invalid keys (empty or too long)"
+            );
+        }
+        if let Some(Idempotent {
+            key,
+            home,
+            fingerprint,
+        }) = plan.idempotency
+        {
+            core.idempotency_finish(home, key, fingerprint, &self.output[start..])
                 .await;
         }
     }
@@ -427,7 +483,7 @@ impl State {
         }
         let route = Route {
             durability: journal_durability(batch.durability, core.config.durability_default),
-            idempotency: idempotency.map(|(key, _)| key),
+            idempotency: idempotency.map(|begun: Idempotent| begun.key),
         };
         let exists_start = self.exists.len();
         let exists = &mut self.exists;
@@ -448,15 +504,15 @@ impl State {
         }));
     }
 
-    /// For a batch with an idempotency key: `Ok(Some((key, home)))` to run it and record
-    /// its reply, `Ok(None)` without a key, `Err(())` if already answered (a replay or
-    /// an error reply is staged).
+    /// For a batch with an idempotency key: `Ok(Some(..))` to run it and record its
+    /// reply, `Ok(None)` without a key, `Err(())` if already answered (a replay or an
+    /// error reply is staged).
     async fn idempotency_begin(
         &mut self,
         core: &Core,
         request_id: u64,
         batch: &BatchRef<'_>,
-    ) -> Result<Option<(IdempotencyKey, usize)>, ()> {
+    ) -> Result<Option<Idempotent>, ()> {
         let Some(key) = batch.idempotency_key else {
             return Ok(None);
         };
@@ -464,8 +520,25 @@ impl State {
             return Ok(None);
         };
         let home = core.owner_of_key(first.key());
-        match core.idempotency_begin(home, key).await {
-            Ok(RemoteBegin::New) => Ok(Some((key, home))),
+        let fingerprint = idempotency::fingerprint(batch);
+        match core.idempotency_begin(home, key, fingerprint).await {
+            Ok(RemoteBegin::New) => Ok(Some(Idempotent {
+                key,
+                home,
+                fingerprint,
+            })),
+            Ok(RemoteBegin::Mismatch) => {
+                tracing::warn!(
+                    core = core.index,
+                    request_id,
+                    key = format_args!("{key:032x}"),
+                    "idempotency key reused for a batch with other operations"
+                );
+                let message = "this idempotency key was used for a batch with other \
+                               operations; use a new key for a new batch";
+                self.stage_error(request_id, IDEMPOTENCY_KEY_REUSED, message);
+                Err(())
+            }
             Ok(RemoteBegin::InFlight) => {
                 let message = "a request with this idempotency key is still running; retry";
                 self.stage_error(request_id, ErrorCode::ServerBusy, message);

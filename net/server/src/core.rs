@@ -33,8 +33,9 @@ use tally_engine::{recycle_ops, Op, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
+use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
 use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
-use crate::idempotency::{Begin, IdempotencyKey, IdempotencyTable};
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, IdempotencyTable};
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
 use crate::shutdown::{
     ConnectionRegistry, DrainBarrier, ShutdownSignal, StopNotice, POLL_INTERVAL,
@@ -293,26 +294,24 @@ impl Core {
         crate::router::owner_of_partition(partition, self.cores)
     }
 
-    /// The idempotency state of `key` on its home core `home`, recording it in flight
-    /// if new. `Err` if the home core cannot be reached (shutting down).
+    /// The idempotency state of `key` on its home core `home` for a batch with
+    /// `fingerprint`, recording it in flight if new. `Err` if the home core cannot be
+    /// reached (shutting down).
     pub async fn idempotency_begin(
         &self,
         home: usize,
         key: IdempotencyKey,
+        fingerprint: Fingerprint,
     ) -> Result<RemoteBegin, ErrorCode> {
         if home == self.index {
-            let mut table = self.idempotency.borrow_mut();
-            return Ok(match table.begin(key, Instant::now()) {
-                Begin::New => RemoteBegin::New,
-                Begin::InFlight => RemoteBegin::InFlight,
-                Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
-            });
+            return Ok(self.idempotency_begin_here(key, fingerprint));
         }
         let ticket = self.replies.reserve();
         let request = MeshRequest::IdempotencyBegin {
             origin: self.index,
             ticket,
             key,
+            fingerprint,
         };
         if self.requests_out.send_to(home, request).await.is_err() {
             self.replies.cancel(ticket);
@@ -324,16 +323,34 @@ impl Core {
         }
     }
 
+    /// [`Core::idempotency_begin`] on this core, the home core.
+    fn idempotency_begin_here(&self, key: IdempotencyKey, fingerprint: Fingerprint) -> RemoteBegin {
+        let mut table = self.idempotency.borrow_mut();
+        match table.begin(key, fingerprint, Instant::now()) {
+            Begin::New => RemoteBegin::New,
+            Begin::InFlight => RemoteBegin::InFlight,
+            Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
+            Begin::Mismatch => RemoteBegin::Mismatch,
+        }
+    }
+
     /// Records the reply frame of a finished idempotent batch on its home core.
-    pub async fn idempotency_finish(&self, home: usize, key: IdempotencyKey, reply: &[u8]) {
+    pub async fn idempotency_finish(
+        &self,
+        home: usize,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        reply: &[u8],
+    ) {
         if home == self.index {
             self.idempotency
                 .borrow_mut()
-                .finish(key, reply, Instant::now());
+                .finish(key, fingerprint, reply, Instant::now());
             return;
         }
         let request = MeshRequest::IdempotencyFinish {
             key,
+            fingerprint,
             reply: reply.to_vec(),
         };
         if self.requests_out.send_to(home, request).await.is_err() {
@@ -383,20 +400,20 @@ impl Core {
                 origin,
                 ticket,
                 key,
+                fingerprint,
             } => {
-                let mut table = self.idempotency.borrow_mut();
-                let state = match table.begin(key, Instant::now()) {
-                    Begin::New => RemoteBegin::New,
-                    Begin::InFlight => RemoteBegin::InFlight,
-                    Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
-                };
+                let state = self.idempotency_begin_here(key, fingerprint);
                 let reply = MeshReply::Idempotency { ticket, state };
                 Some(Outgoing::Send(origin, reply))
             }
-            MeshRequest::IdempotencyFinish { key, reply } => {
+            MeshRequest::IdempotencyFinish {
+                key,
+                fingerprint,
+                reply,
+            } => {
                 self.idempotency
                     .borrow_mut()
-                    .finish(key, &reply, Instant::now());
+                    .finish(key, fingerprint, &reply, Instant::now());
                 None
             }
         }
@@ -481,24 +498,70 @@ async fn accept_loop(
     gate: Rc<glommio::sync::Gate>,
     port_kind: &'static str,
 ) {
+    let mut spare = SpareDescriptor::open();
+    let mut error_log = AcceptErrorLog::default();
+    let resp = port_kind == RESP_PORT_KIND;
     loop {
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            core.stop.wait().await;
-            None
-        })
-        .await;
-        let stream = match accepted {
+        let stream = match accept_or_stop(&core, &listener).await {
             None => break,
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
-                // EMFILE and friends: log, back off briefly, keep serving the others.
-                tracing::warn!(core = core.index, port_kind, %error, "accept failed");
-                glommio::timer::sleep(Duration::from_millis(10)).await;
+                if let Some(unlogged_count) = error_log.note(Instant::now()) {
+                    tracing::warn!(core = core.index, port_kind, %error, unlogged_count, "accept failed");
+                }
+                let answered = descriptors::is_out_of_descriptors(&error)
+                    && shed_one(&core, &listener, &mut spare, resp).await;
+                if !answered {
+                    // Keep serving the others; the waiting client is retried soon.
+                    glommio::timer::sleep(descriptors::ACCEPT_BACKOFF).await;
+                }
                 continue;
             }
         };
-        admit(&core, &gate, stream, port_kind == RESP_PORT_KIND);
+        admit(&core, &gate, stream, resp);
     }
+}
+
+/// The next accepted connection, or `None` once the core stops.
+async fn accept_or_stop(core: &Core, listener: &TcpListener) -> Option<std::io::Result<TcpStream>> {
+    let accept = async { Some(listener.accept().await.map_err(std::io::Error::from)) };
+    let stop = async {
+        core.stop.wait().await;
+        None
+    };
+    futures_lite::future::or(accept, stop).await
+}
+
+/// Out of descriptors: frees the spare, accepts the waiting connection into its slot,
+/// answers it `ServerBusy` and closes it, so its client is not left hanging. `false`
+/// if that could not be done (no spare, or the slot was taken meanwhile).
+async fn shed_one(
+    core: &Core,
+    listener: &TcpListener,
+    spare: &mut SpareDescriptor,
+    resp: bool,
+) -> bool {
+    if !spare.release() {
+        spare.restore();
+        return false;
+    }
+    let answered = match accept_or_stop(core, listener).await {
+        Some(Ok(stream)) => {
+            let stats = &core.stats;
+            stats
+                .connections_refused
+                .set(stats.connections_refused.get() + 1);
+            if resp {
+                crate::resp::refuse(stream).await;
+            } else {
+                crate::connection::refuse(stream).await;
+            }
+            true
+        }
+        Some(Err(_)) | None => false,
+    };
+    spare.restore();
+    answered
 }
 
 /// Starts a connection task, or refuses the connection if the limit is reached.

@@ -8,6 +8,12 @@
 //! arrives while the first attempt is still running gets [`Begin::InFlight`]; the caller
 //! answers it with a retryable error rather than applying it a second time.
 //!
+//! A key is bound to its batch's [`Fingerprint`] (a hash of its operations): a batch
+//! that reuses a key with other operations gets [`Begin::Mismatch`], answered with an
+//! error, never with the first batch's results (which answer other operations, maybe
+//! not even as many). A fingerprint lives only in this table: after a restart, keys
+//! recovered from the journal are matched by key alone (`durability.rs`).
+//!
 //! Memory is bounded two ways: at most `entries_max` keys and `reply_bytes_max` bytes of
 //! stored results per core. Entries leave in insertion order (which is time order)
 //! when their window has passed or when a bound is reached; eviction by a bound before
@@ -18,10 +24,29 @@
 //! elements of `order` are skipped).
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
+
+use tally_protocol::BatchRef;
 
 /// An idempotency key as sent by the client.
 pub type IdempotencyKey = u128;
+
+/// A hash of a batch's operations, to tell a retry from another batch under the same
+/// key. Stable within one process (SipHash with fixed keys), which is as long as the
+/// table lives.
+pub type Fingerprint = u64;
+
+/// The fingerprint of `batch`: its operation count and every operation, in order.
+pub fn fingerprint(batch: &BatchRef<'_>) -> Fingerprint {
+    #[allow(deprecated)] // SipHasher: fixed keys, unlike RandomState; not for HashDoS use
+    let mut hasher = std::hash::SipHasher::new();
+    batch.op_count().hash(&mut hasher);
+    for op in batch.ops() {
+        op.hash(&mut hasher);
+    }
+    hasher.finish()
+}
 
 /// What a table knows about a key when a batch with it arrives.
 #[derive(Debug, PartialEq, Eq)]
@@ -32,6 +57,8 @@ pub enum Begin<'a> {
     InFlight,
     /// An earlier attempt finished with these encoded results.
     Done(&'a [u8]),
+    /// The key was used for a batch with other operations.
+    Mismatch,
 }
 
 #[derive(Debug)]
@@ -43,6 +70,7 @@ enum State {
 #[derive(Debug)]
 struct Entry {
     state: State,
+    fingerprint: Fingerprint,
     sequence: u64,
 }
 
@@ -73,8 +101,14 @@ impl IdempotencyTable {
         }
     }
 
-    /// Looks `key` up; if unknown, records it as in flight.
-    pub fn begin(&mut self, key: IdempotencyKey, now: Instant) -> Begin<'_> {
+    /// Looks `key` up for a batch with `fingerprint`; if unknown, records it as in
+    /// flight.
+    pub fn begin(
+        &mut self,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        now: Instant,
+    ) -> Begin<'_> {
         self.evict(now, 0, 0);
         if !self.entries.contains_key(&key) {
             // Room for one more key is made only when one is added.
@@ -84,19 +118,31 @@ impl IdempotencyTable {
                 key,
                 Entry {
                     state: State::InFlight,
+                    fingerprint,
                     sequence,
                 },
             );
             return Begin::New;
         }
-        match &self.entries[&key].state {
+        let entry = &self.entries[&key];
+        if entry.fingerprint != fingerprint {
+            return Begin::Mismatch;
+        }
+        match &entry.state {
             State::InFlight => Begin::InFlight,
             State::Done(reply) => Begin::Done(reply),
         }
     }
 
-    /// Records the results of the batch `key` started; they answer every retry.
-    pub fn finish(&mut self, key: IdempotencyKey, reply: &[u8], now: Instant) {
+    /// Records the results of the batch (with `fingerprint`) `key` started; they
+    /// answer every retry.
+    pub fn finish(
+        &mut self,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        reply: &[u8],
+        now: Instant,
+    ) {
         self.evict(now, 0, reply.len());
         let sequence = match self.entries.get(&key) {
             Some(entry) => entry.sequence,
@@ -105,6 +151,7 @@ impl IdempotencyTable {
         };
         let entry = Entry {
             state: State::Done(reply.into()),
+            fingerprint,
             sequence,
         };
         if let Some(Entry {
@@ -195,20 +242,31 @@ mod tests {
     fn a_retry_gets_the_first_reply() {
         let mut table = table(10);
         let now = Instant::now();
-        assert_eq!(table.begin(7, now), Begin::New);
-        assert_eq!(table.begin(7, now), Begin::InFlight);
-        table.finish(7, b"first", now);
-        assert_eq!(table.begin(7, now), Begin::Done(b"first"));
+        assert_eq!(table.begin(7, 70, now), Begin::New);
+        assert_eq!(table.begin(7, 70, now), Begin::InFlight);
+        table.finish(7, 70, b"first", now);
+        assert_eq!(table.begin(7, 70, now), Begin::Done(b"first"));
+    }
+
+    #[test]
+    fn a_key_reused_for_other_operations_is_a_mismatch_not_a_replay() {
+        let mut table = table(10);
+        let now = Instant::now();
+        assert_eq!(table.begin(7, 70, now), Begin::New);
+        assert_eq!(table.begin(7, 71, now), Begin::Mismatch);
+        table.finish(7, 70, b"first", now);
+        assert_eq!(table.begin(7, 71, now), Begin::Mismatch);
+        assert_eq!(table.begin(7, 70, now), Begin::Done(b"first"));
     }
 
     #[test]
     fn keys_expire_after_the_window() {
         let mut table = table(10);
         let start = Instant::now();
-        assert_eq!(table.begin(1, start), Begin::New);
-        table.finish(1, b"r", start);
+        assert_eq!(table.begin(1, 10, start), Begin::New);
+        table.finish(1, 10, b"r", start);
         let later = start + Duration::from_secs(601);
-        assert_eq!(table.begin(1, later), Begin::New);
+        assert_eq!(table.begin(1, 10, later), Begin::New);
     }
 
     #[test]
@@ -216,22 +274,22 @@ mod tests {
         let mut table = table(2);
         let now = Instant::now();
         for key in 0..3 {
-            assert_eq!(table.begin(key, now), Begin::New);
-            table.finish(key, b"r", now);
+            assert_eq!(table.begin(key, 0, now), Begin::New);
+            table.finish(key, 0, b"r", now);
         }
         assert_eq!(table.len(), 2);
-        assert_eq!(table.begin(0, now), Begin::New);
-        assert_eq!(table.begin(2, now), Begin::Done(b"r"));
+        assert_eq!(table.begin(0, 0, now), Begin::New);
+        assert_eq!(table.begin(2, 0, now), Begin::Done(b"r"));
     }
 
     #[test]
     fn abandoned_keys_run_again() {
         let mut table = table(4);
         let now = Instant::now();
-        assert_eq!(table.begin(9, now), Begin::New);
+        assert_eq!(table.begin(9, 0, now), Begin::New);
         table.abandon(9);
-        assert_eq!(table.begin(9, now), Begin::New);
-        table.finish(9, b"x", now);
+        assert_eq!(table.begin(9, 0, now), Begin::New);
+        table.finish(9, 0, b"x", now);
         assert_eq!(table.order_live_count(), 1);
     }
 
@@ -240,8 +298,8 @@ mod tests {
         let mut table = IdempotencyTable::new(Duration::from_secs(600), 100, 10);
         let now = Instant::now();
         for key in 0..5 {
-            assert_eq!(table.begin(key, now), Begin::New);
-            table.finish(key, b"abcd", now);
+            assert_eq!(table.begin(key, 0, now), Begin::New);
+            table.finish(key, 0, b"abcd", now);
         }
         assert!(table.reply_bytes <= 10);
     }

@@ -57,12 +57,14 @@
 //! pipelining, replies), `durability` (journal, group commit, checkpoints, recovery),
 //! [`idempotency`] (key memory), [`shutdown`] (signals, draining),
 //! `dispatch` (routing a list of operations to their owners, shared by both doors),
-//! `stream` (accepted sockets and input buffers, shared by both doors), `resp` (the
+//! `stream` (accepted sockets and input buffers, shared by both doors), `descriptors`
+//! (the open-files limit, accepting when out of descriptors), `resp` (the
 //! Redis door on `--resp-listen`).
 
 pub mod config;
 mod connection;
 mod core;
+mod descriptors;
 mod dispatch;
 mod durability;
 pub mod error;
@@ -186,8 +188,12 @@ const ABORT_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// returns once every core serves (or the first start-up error). A core that does
 /// not report within [`START_TIMEOUT`] fails the start with
 /// [`ServerError::StartStuck`] naming its stage: start-up never hangs.
-pub fn start(config: ServerConfig, shutdown: ShutdownSignal) -> Result<ServerHandle, ServerError> {
+pub fn start(
+    mut config: ServerConfig,
+    shutdown: ShutdownSignal,
+) -> Result<ServerHandle, ServerError> {
     config.validate()?;
+    config.connections_max = descriptors::raise_open_files_limit(config.connections_max);
     let lock = layout::DataDirLock::acquire(&config.data_dir)?;
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
         .map_err(ServerError::DataDir)?;

@@ -48,7 +48,7 @@ use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
 
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, RoutedResult};
-use crate::stream::{self, Input};
+use crate::stream::{self, Input, ReadDeadline};
 
 /// The input buffer's size between large requests.
 const INPUT_BYTES_INITIAL: usize = 16 * 1024;
@@ -157,12 +157,27 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let connection_id = (started * core.cores as u64 + core.index as u64 + 1) as i64;
     let mut connection = Connection::new(&core, connection_id);
     match connection.run(&core, &mut stream).await {
-        Ok(reason) => tracing::debug!(core = core.index, %peer, reason, "RESP connection closed"),
+        Ok(Ending::Closed(reason)) => {
+            tracing::debug!(core = core.index, %peer, reason, "RESP connection closed")
+        }
+        // As the native door: a protocol error or a timeout is the client's fault, and
+        // an operator wants to see it without debug logging.
+        Ok(Ending::Refused(reason)) => {
+            tracing::warn!(core = core.index, %peer, reason, "RESP connection closed by the server")
+        }
         Err(error) => {
             tracing::info!(core = core.index, %peer, %error, "RESP connection ended with an I/O error")
         }
     }
     stream::close(&core, stream, registration).await;
+}
+
+/// How a connection ended in order (not by an I/O error).
+enum Ending {
+    /// The client closed it or sent QUIT, or the server shut down: why.
+    Closed(String),
+    /// The server closed it after a protocol error or a timeout: why.
+    Refused(String),
 }
 
 /// How a turn ended.
@@ -173,6 +188,8 @@ enum TurnEnd {
     LimitReached,
     /// The connection must close once the replies are sent: why.
     Close(String),
+    /// The connection must close once the error reply is sent: what was wrong.
+    Refuse(String),
 }
 
 /// A reply of the turn, in request order: written at once, or waiting for results.
@@ -189,6 +206,7 @@ enum Item<'a> {
 /// of a turn borrow the input while the state changes.
 struct Connection {
     input: Input,
+    deadline: ReadDeadline,
     state: State,
 }
 
@@ -209,6 +227,7 @@ impl Connection {
     fn new(core: &Core, connection_id: i64) -> Connection {
         Connection {
             input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
+            deadline: ReadDeadline::new(core.config.read_timeout()),
             state: State {
                 session: Session::new(connection_id),
                 dispatch: Dispatch::new(core.cores),
@@ -222,8 +241,9 @@ impl Connection {
         }
     }
 
-    /// Reads and answers until the connection ends; `Ok(reason)` for an orderly end.
-    async fn run(&mut self, core: &Core, stream: &mut TcpStream) -> std::io::Result<String> {
+    /// Reads and answers until the connection ends; `Ok` for an end not caused by an
+    /// I/O error.
+    async fn run(&mut self, core: &Core, stream: &mut TcpStream) -> std::io::Result<Ending> {
         loop {
             // The parser refuses any request longer than REQUEST_BYTES_MAX before it is
             // complete, so an input full to its limit always holds a refused request.
@@ -232,21 +252,32 @@ impl Connection {
                 let mut out = Vec::new();
                 error.write_reply(&mut out);
                 stream.write_all(&out).await?;
-                return Ok(error.to_string());
+                return Ok(Ending::Refused(error.to_string()));
             }
-            let eof = match self.input.read_from(stream).await {
+            // A partly read command has the rest of the read timeout of its first byte.
+            let partial = !self.input.buffered().is_empty();
+            let read = match self.deadline.arm(stream, partial) {
+                Ok(()) => self.input.read_from(stream).await,
+                Err(error) => Err(error),
+            };
+            let eof = match read {
                 Ok(0) => true,
                 Ok(_) => false,
                 Err(error) if error.kind() == ErrorKind::TimedOut => {
-                    return Ok("read timeout".to_string())
+                    let reason = if self.deadline.within_request() {
+                        "read timeout: a command did not complete within the read timeout of its first byte"
+                    } else {
+                        "read timeout: nothing received for the read timeout"
+                    };
+                    return Ok(Ending::Refused(reason.to_string()));
                 }
                 Err(error) => return Err(error),
             };
-            if let Some(reason) = self.answer_buffered(core, stream).await? {
-                return Ok(reason);
+            if let Some(ending) = self.answer_buffered(core, stream).await? {
+                return Ok(ending);
             }
             if eof {
-                return Ok("closed by the client".to_string());
+                return Ok(Ending::Closed("closed by the client".to_string()));
             }
         }
     }
@@ -257,10 +288,13 @@ impl Connection {
         &mut self,
         core: &Core,
         stream: &mut TcpStream,
-    ) -> std::io::Result<Option<String>> {
+    ) -> std::io::Result<Option<Ending>> {
         loop {
             let (consumed, end) = self.state.turn(core, self.input.buffered()).await;
             self.input.consume(consumed);
+            if consumed > 0 {
+                self.deadline.request_done();
+            }
             let output = &mut self.state.output;
             if !output.is_empty() {
                 stream.write_all(output).await?;
@@ -269,7 +303,8 @@ impl Connection {
             match end {
                 TurnEnd::Drained => return Ok(None),
                 TurnEnd::LimitReached => continue,
-                TurnEnd::Close(reason) => return Ok(Some(reason)),
+                TurnEnd::Close(reason) => return Ok(Some(Ending::Closed(reason))),
+                TurnEnd::Refuse(reason) => return Ok(Some(Ending::Refused(reason))),
             }
         }
     }
@@ -294,7 +329,7 @@ impl State {
                     let start = self.staged.len();
                     error.write_reply(&mut self.staged);
                     items.push(Item::Staged(start..self.staged.len()));
-                    end = TurnEnd::Close(error.to_string());
+                    end = TurnEnd::Refuse(error.to_string());
                     break;
                 }
             };

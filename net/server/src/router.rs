@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use tally_engine::journal::Durability;
 use tally_engine::{BoundPolicy, Op, OpResult};
 
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{Fingerprint, IdempotencyKey};
 
 /// The core that owns `partition` when `cores` cores share the partitions.
 pub fn owner_of_partition(partition: u32, cores: usize) -> usize {
@@ -150,9 +150,14 @@ pub enum MeshRequest {
         origin: usize,
         ticket: u32,
         key: IdempotencyKey,
+        fingerprint: Fingerprint,
     },
     /// Record the reply frame of a finished idempotent batch on its home core.
-    IdempotencyFinish { key: IdempotencyKey, reply: Vec<u8> },
+    IdempotencyFinish {
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        reply: Vec<u8>,
+    },
 }
 
 /// What a core answers, sent back to the request's origin.
@@ -189,6 +194,8 @@ pub enum RemoteBegin {
     InFlight,
     /// Already done: the first reply frame.
     Done(Vec<u8>),
+    /// The key belongs to a batch with other operations.
+    Mismatch,
 }
 
 /// Spare batches and result vectors, reused across hops to avoid allocation.

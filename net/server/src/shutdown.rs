@@ -8,7 +8,8 @@
 //! 1. the accept loops end ([`StopNotice`] fires), so no new connection is taken;
 //! 2. the read half of every open connection is shut down ([`ConnectionRegistry`]),
 //!    so its next read sees end-of-stream; frames already read are answered and their
-//!    replies written before the connection closes;
+//!    replies written, then (native door) an `Error` frame `ShuttingDown` with request
+//!    id 0, before the connection closes;
 //! 3. the core waits for all its connection tasks, then announces itself drained
 //!    ([`DrainBarrier`]) but keeps serving requests forwarded by other cores until every
 //!    core has drained, since a peer's last in-flight batch may still need it;

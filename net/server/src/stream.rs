@@ -5,15 +5,26 @@
 //! its timeouts and `TCP_NODELAY`; [`close`] undoes both and gives the connection slot
 //! back. Every accepted connection goes through exactly one `open` and one `close`.
 //!
+//! [`ReadDeadline`] keeps the read timeout honest: between requests it is counted from
+//! the last byte (an idle connection), within a request from the request's first byte,
+//! so a client that trickles a byte at a time cannot hold a half-sent request open.
+//!
 //! [`Input`] holds the bytes read and not yet consumed, `data[start..end]`. Each door
 //! says how many bytes its pending request needs ([`Input::reserve`]); the buffer
-//! compacts, grows (at least doubling, up to its limit) to hold them, and shrinks back
-//! to its initial size once drained. So a steady stream of small requests reads into one
-//! buffer that never moves, and one large request costs one growth, undone afterwards.
+//! compacts to hold them from its start, but grows only once it is full of bytes that
+//! arrived (doubling, up to the request's size and the limit), and shrinks back to its
+//! initial size once drained. A request's size is only a claim until its bytes come: a
+//! client that sends a header claiming 8 MiB and nothing more costs the initial buffer,
+//! not 8 MiB, so memory per connection is bounded by about twice what it sent. A steady
+//! stream of small requests reads into one buffer that never moves, and one large
+//! request costs a few growths (log2 of its size over the initial size), undone
+//! afterwards.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -40,6 +51,73 @@ pub async fn close(core: &Core, mut stream: TcpStream, registration: Registratio
     let _ = stream.close().await;
     let open_before = core.connections_open.fetch_sub(1, Ordering::AcqRel);
     debug_assert!(open_before > 0, "a closed connection was counted open");
+}
+
+/// The read timeout of one connection: the configured timeout counted from the last
+/// byte while no request is partly read, and what is left of it counted from the
+/// request's first byte while one is.
+#[derive(Debug)]
+pub struct ReadDeadline {
+    /// The configured read timeout; `None` never times out.
+    timeout: Option<Duration>,
+    /// When the partly read request must be complete, if one is.
+    request_deadline: Option<Instant>,
+    /// Whether the stream's timeout is shorter than `timeout` (set for a request).
+    shortened: bool,
+}
+
+impl ReadDeadline {
+    /// For a stream opened with [`open`], which set `timeout` as its read timeout.
+    pub fn new(timeout: Option<Duration>) -> ReadDeadline {
+        ReadDeadline {
+            timeout,
+            request_deadline: None,
+            shortened: false,
+        }
+    }
+
+    /// Some request was completed: a partial one left in the input is the next one,
+    /// and its time counts from now (a pipelining client whose reads all end mid-frame
+    /// is busy, not slow).
+    pub fn request_done(&mut self) {
+        self.request_deadline = None;
+    }
+
+    /// Sets the stream's timeout for its next read; `partial` says whether part of a
+    /// request is buffered. `Err` (`TimedOut`) if that request's time is up already.
+    /// Between whole requests this costs a branch: the pipelined path stays as it was.
+    pub fn arm(&mut self, stream: &TcpStream, partial: bool) -> std::io::Result<()> {
+        let Some(timeout) = self.timeout else {
+            return Ok(());
+        };
+        if !partial {
+            self.request_deadline = None;
+            if self.shortened {
+                self.shortened = false;
+                stream
+                    .set_read_timeout(Some(timeout))
+                    .map_err(std::io::Error::from)?;
+            }
+            return Ok(());
+        }
+        // The request's first byte came with the read that just ended: now is its
+        // arrival, give or take the turn that answered the whole requests before it.
+        let now = Instant::now();
+        let deadline = *self.request_deadline.get_or_insert(now + timeout);
+        let left = deadline.saturating_duration_since(now);
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        self.shortened = true;
+        stream
+            .set_read_timeout(Some(left))
+            .map_err(std::io::Error::from)
+    }
+
+    /// Whether a request was partly read when the timeout struck.
+    pub fn within_request(&self) -> bool {
+        self.request_deadline.is_some()
+    }
 }
 
 /// The bytes read and not yet consumed.
@@ -80,10 +158,11 @@ impl Input {
         self.start += count;
     }
 
-    /// Makes room for the next read so that the pending request, `needed` bytes counted
-    /// from the first unconsumed byte, fits, and at least one more byte can be read.
-    /// `Err` if that takes more than the limit.
-    pub fn reserve(&mut self, needed: usize) -> Result<(), InputFull> {
+    /// Makes room for the next read: at least one more byte, and, once the buffer is
+    /// full of received bytes, twice as many, but no more than the pending request's
+    /// size if it is known (`claimed` bytes counted from the first unconsumed byte; 0
+    /// if unknown). `Err` if that takes more than the limit.
+    pub fn reserve(&mut self, claimed: usize) -> Result<(), InputFull> {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -92,7 +171,7 @@ impl Input {
                 self.data.shrink_to_fit();
             }
         }
-        let needed = needed.max(self.end - self.start + 1);
+        let needed = claimed.max(self.end - self.start + 1);
         if needed > self.bytes_max {
             return Err(InputFull);
         }
@@ -101,11 +180,19 @@ impl Input {
             self.end -= self.start;
             self.start = 0;
         }
-        if needed > self.data.len() {
+        if self.end == self.data.len() {
+            // Full of received bytes (so `start` is 0 and `needed` is over the length):
+            // grow with what arrived, never to a size only claimed.
             let doubled = (self.data.len() * 2).min(self.bytes_max);
-            self.data.resize(needed.max(doubled), 0);
+            let grown = if claimed > self.data.len() {
+                claimed.min(doubled)
+            } else {
+                doubled
+            };
+            self.data.resize(grown, 0);
         }
-        debug_assert!(self.end < self.data.len() && self.start + needed <= self.data.len());
+        debug_assert!(self.end < self.data.len());
+        debug_assert!(self.data.len() <= self.bytes_max);
         Ok(())
     }
 
@@ -130,11 +217,17 @@ mod tests {
     #[test]
     fn the_input_grows_to_its_limit_and_no_further() {
         let mut input = Input::new(16, 100);
+        let mut lengths = Vec::new();
         while input.data.len() < 100 {
             input.reserve(0).unwrap();
             input.fill_for_test();
+            lengths.push(input.data.len());
         }
-        assert_eq!(input.data.len(), 100);
+        assert_eq!(
+            lengths,
+            [16, 32, 64, 100],
+            "doubling while the size is unknown"
+        );
         assert_eq!(input.reserve(0), Err(InputFull));
         input.consume(10);
         input.reserve(0).unwrap();
@@ -143,11 +236,17 @@ mod tests {
     }
 
     #[test]
-    fn a_known_request_size_is_reserved_at_once_and_shrinks_back() {
+    fn a_claimed_request_size_grows_the_buffer_only_as_bytes_arrive() {
         let mut input = Input::new(16, 1000);
         input.reserve(700).unwrap();
-        assert_eq!(input.data.len(), 700);
-        input.fill_for_test();
+        assert_eq!(input.data.len(), 16, "nothing arrived yet");
+        let mut lengths = Vec::new();
+        while input.buffered().len() < 700 {
+            input.reserve(700).unwrap();
+            input.fill_for_test();
+            lengths.push(input.data.len());
+        }
+        assert_eq!(lengths, [16, 32, 64, 128, 256, 512, 700]);
         input.consume(700);
         input.reserve(8).unwrap();
         assert_eq!(input.data.len(), 16);

@@ -17,7 +17,7 @@
 //! max-connections = 20000
 //! ```
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -52,7 +52,9 @@ struct Flags {
     /// Number of cores (executors), each pinned to one CPU [default: all CPUs].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
-    /// Partition count, used only when the data directory is created [default: 64].
+    /// Partition count of a new data directory [default: 64]. An existing directory
+    /// keeps the count it was created with: without this flag tallyd opens it with that
+    /// count; with a different count tallyd refuses to start, naming both counts.
     #[arg(long, value_name = "N")]
     partitions: Option<u32>,
     /// Durability for requests that ask for the server default: `durable` (acknowledged
@@ -87,8 +89,9 @@ struct Flags {
     /// [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Close a connection that sends nothing for this long, in ms; 0 = never
-    /// [default: 300000].
+    /// Close a connection that sends nothing for this long, in ms, or whose request
+    /// (native frame or Redis command) is not complete this long after its first byte;
+    /// 0 = never [default: 300000].
     #[arg(long, value_name = "MS")]
     read_timeout_ms: Option<u64>,
     /// Close a connection that does not take its replies for this long, in ms
@@ -126,7 +129,9 @@ struct Flags {
     /// the oldest are released anyway, so the journal stays bounded.
     #[arg(long, value_name = "N")]
     idempotency_journal_records: Option<u64>,
-    /// Log level or filter (like RUST_LOG, which wins if set) [default: info].
+    /// Log level (off, error, warn, info, debug, trace) or comma-separated TARGET=LEVEL
+    /// directives; RUST_LOG wins if set. Anything else is a start-up error
+    /// [default: info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
 }
@@ -190,7 +195,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(flags.log_level.as_deref().or(file.log_level.as_deref()));
+    if let Err(message) = init_logging(flags.log_level.as_deref().or(file.log_level.as_deref())) {
+        eprintln!("tallyd: {message}");
+        return ExitCode::from(2);
+    }
     let config = match merge(&flags, file) {
         Ok(config) => config,
         Err(error) => {
@@ -312,14 +320,50 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
     Ok(config)
 }
 
-fn init_logging(level: Option<&str>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level.unwrap_or("info")))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs to standard error, filtered by `RUST_LOG` if set, else by `level` (default
+/// info); colours only on a terminal, and never with `NO_COLOR` set (no-color.org).
+/// `Err` for a filter that does not parse, or a `--log-level` that names no level (a
+/// typo such as `warning` would otherwise parse as a target name and silence every
+/// other log line).
+fn init_logging(level: Option<&str>) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(from_env) if !from_env.is_empty() => {
+            tracing_subscriber::EnvFilter::try_new(&from_env)
+                .map_err(|error| format!("invalid RUST_LOG {from_env:?}: {error}"))?
+        }
+        _ => {
+            let level = level.unwrap_or("info");
+            parse_filter(level)
+                .map_err(|error| format!("invalid --log-level {level:?}: {error}"))?
+        }
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    let colour = std::io::stderr().is_terminal() && !no_color;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
+    Ok(())
+}
+
+/// The levels a filter directive may name.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter: comma-separated directives, each a level or `target=level`.
+fn parse_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    for directive in text.split(',').map(str::trim) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} names no level; use one of {} or TARGET=LEVEL",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map_err(|error| error.to_string())
 }
 
 #[cfg(test)]
@@ -334,6 +378,16 @@ mod tests {
         assert_eq!(config.cores, 3);
         assert_eq!(config.connections_max, 7);
         assert_eq!(config.durability_default, DurabilityMode::Relaxed);
+    }
+
+    #[test]
+    fn log_filters_must_name_a_level() {
+        assert!(parse_filter("warn").is_ok());
+        assert!(parse_filter("INFO").is_ok());
+        assert!(parse_filter("info,tally_server=debug").is_ok());
+        assert!(parse_filter("warning").is_err());
+        assert!(parse_filter("tally_server=loud").is_err());
+        assert!(parse_filter("").is_err());
     }
 
     #[test]

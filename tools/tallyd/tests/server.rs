@@ -21,8 +21,13 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        Daemon::start_with_partitions(dir, 16, extra)
+    }
+
+    /// `partitions` 0 passes no `--partitions`.
+    fn start_with_partitions(dir: &std::path::Path, partitions: u32, extra: &[&str]) -> Daemon {
         // "tallyd listening on 127.0.0.1:PORT (shard ports A,B)"
-        let (process, rest) = common::start(dir, 16, extra, "tallyd listening on ");
+        let (process, rest) = common::start(dir, partitions, extra, "tallyd listening on ");
         let (addr, ports) = rest
             .split_once(" (shard ports ")
             .unwrap_or_else(|| panic!("shard ports in the start line: {rest:?}"));
@@ -409,6 +414,45 @@ fn an_idempotent_retry_applies_nothing_twice() {
     assert!(fresh.iter().all(|result| result.value == 14));
 }
 
+/// An idempotency key reused with other operations is an error, not a replay of the
+/// first batch's results (which would not even have one result per operation).
+#[test]
+fn an_idempotency_key_reused_for_another_batch_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let keys = keys(3);
+    let three: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+    let idempotency_key = 0xfeed_u128;
+    for core in 0..2 {
+        let mut client = daemon.shard(core);
+        client.hello();
+        if core == 0 {
+            let Answer::Results(first) = client.batch_with(Some(idempotency_key), &three) else {
+                panic!()
+            };
+            assert_eq!(first.len(), 3);
+        }
+        // Another batch: one operation instead of three, then the same count of others.
+        for other in [
+            vec![add(&keys[0], 1)],
+            keys.iter().map(|k| add(k, 2)).collect(),
+        ] {
+            let answer = client.batch_with(Some(idempotency_key), &other);
+            let Answer::Error(code, message) = answer else {
+                panic!("core {core}: expected an error, got {answer:?}")
+            };
+            assert_eq!(code.to_u16(), 12, "core {core}: {message}");
+            assert!(message.contains("idempotency key"), "{message}");
+        }
+        // The same batch is still a replay, and nothing was applied twice.
+        let Answer::Results(replayed) = client.batch_with(Some(idempotency_key), &three) else {
+            panic!()
+        };
+        assert!(replayed.iter().all(|result| result.value == 1));
+        assert_eq!(client.get(&keys[0]), 1);
+    }
+}
+
 #[test]
 fn malformed_and_unknown_frames_get_errors_and_the_connection_stays_usable() {
     let dir = tempfile::tempdir().unwrap();
@@ -498,6 +542,109 @@ fn an_oversize_frame_is_refused_and_closed_while_others_are_served() {
     assert_eq!(other.batch(&[add(b"x", 2)])[0].value, 2);
 }
 
+/// The resident memory of process `pid`, in KiB, from /proc.
+fn resident_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("a VmRSS line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A frame header claiming a near-maximal frame (8 MiB) whose body never comes: the
+/// server must not set memory aside for bytes it was only promised.
+#[test]
+fn headers_claiming_large_frames_cost_only_what_arrived() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let pid = daemon.process.id();
+    let mut served = daemon.connect();
+    served.hello();
+    let before_kib = resident_kib(pid);
+    let mut header = Vec::new();
+    header.extend_from_slice(&((8u32 << 20) - 4).to_le_bytes());
+    header.extend_from_slice(&[0x01, 0, 0, 0]);
+    header.extend_from_slice(&1u64.to_le_bytes());
+    let liars: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut stream = TcpStream::connect(daemon.addr).unwrap();
+            stream.write_all(&header).unwrap();
+            stream
+        })
+        .collect();
+    // The server takes the headers in its own time: look for a while. With the whole
+    // claim reserved, 50 headers cost 400 MB; as received, 50 buffers of 64 KiB.
+    let mut growth_kib = 0;
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(50));
+        growth_kib = resident_kib(pid).saturating_sub(before_kib);
+        assert!(growth_kib < 100 * 1024, "RSS grew by {growth_kib} KiB");
+    }
+    println!("RSS growth for 50 claimed 8 MiB frames: {growth_kib} KiB");
+    assert_eq!(served.batch(&[add(b"k", 4)])[0].value, 4);
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.get(b"k"), 4);
+    drop(liars);
+}
+
+/// A client that sends a frame one byte at a time, each well within the read timeout,
+/// still has to finish the frame within the read timeout of its first byte.
+#[test]
+fn a_frame_trickled_byte_by_byte_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "1000"]);
+    let mut slow = daemon.connect();
+    slow.hello();
+    let mut frame = Vec::new();
+    encode_batch(
+        &mut frame,
+        9,
+        Durability::Relaxed,
+        None,
+        &[add(
+            b"a-long-enough-key-to-trickle-for-a-while-0123456789",
+            1,
+        )],
+    )
+    .unwrap();
+    assert!(frame.len() > 40);
+    slow.stream
+        .set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    // Up to 40 bytes, one per 250 ms: 10 s, ten times the timeout.
+    let mut answer = None;
+    for byte in &frame[..40] {
+        if slow.stream.write_all(std::slice::from_ref(byte)).is_err() {
+            break;
+        }
+        let mut chunk = [0u8; 1024];
+        match slow.stream.read(&mut chunk) {
+            Ok(count) => {
+                slow.buffer.extend_from_slice(&chunk[..count]);
+                answer = Some(slow.next_answer().1);
+                break;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => break,
+        }
+    }
+    let answer = answer.expect("the server answered before the frame's 40th byte");
+    assert!(
+        matches!(answer, Answer::Error(ErrorCode::Timeout, _)),
+        "{answer:?}"
+    );
+    slow.stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    assert!(matches!(slow.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
+}
+
 #[test]
 fn requests_before_hello_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -536,6 +683,99 @@ fn connections_over_the_limit_are_refused() {
     });
     assert!(served);
     assert_eq!(second.batch(&[add(b"y", 1)])[0].value, 1);
+}
+
+/// The number of descriptors process `pid` has open.
+fn open_descriptor_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count() as u64
+}
+
+/// A busy pipelining client whose every write ends in the middle of a frame is not
+/// slow: each frame has its own read timeout, counted from its own first byte.
+#[test]
+fn frames_split_across_writes_each_get_the_whole_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "1000"]);
+    let mut client = daemon.connect();
+    client.hello();
+    let mut frame = Vec::new();
+    encode_batch(
+        &mut frame,
+        9,
+        Durability::Relaxed,
+        None,
+        &[add(b"split", 1)],
+    )
+    .unwrap();
+    let half = frame.len() / 2;
+    client.send(&frame[..half]);
+    // 15 rounds of 200 ms: three times the timeout, with a frame always half sent.
+    for round in 1..=15 {
+        std::thread::sleep(Duration::from_millis(200));
+        let mut next = frame[half..].to_vec();
+        next.extend_from_slice(&frame[..half]);
+        client.send(&next);
+        let answer = client.answer(9);
+        let Answer::Results(results) = answer else {
+            panic!("round {round}: {answer:?}")
+        };
+        assert_eq!(results[0].value, round);
+    }
+}
+
+/// Out of file descriptors, every client still gets an answer: `Timeout` after the read
+/// timeout if its connection was accepted (it sends nothing), else `ServerBusy` at once
+/// and a close. None is left hanging, and the server serves normally once descriptors
+/// are free again.
+#[test]
+fn clients_beyond_the_open_files_limit_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "3000"]);
+    let pid = daemon.process.id();
+    let mut served = daemon.connect();
+    served.hello();
+    // The journal opens its segment at the first write: before descriptors run out.
+    assert_eq!(served.batch(&[add(b"fd", 1)])[0].value, 1);
+    // Room for 20 more descriptors: most of the flood cannot be accepted.
+    let limit = open_descriptor_count(pid) + 20;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("run prlimit");
+    assert!(status.success());
+    let mut flood: Vec<Client> = (0..150).map(|_| daemon.connect()).collect();
+    assert_eq!(served.batch(&[add(b"fd", 1)])[0].value, 2);
+    let (mut timed_out, mut busy) = (0, 0);
+    for client in &mut flood {
+        match client.next_answer().1 {
+            Answer::Error(ErrorCode::Timeout, _) => timed_out += 1,
+            Answer::Error(ErrorCode::ServerBusy, _) => busy += 1,
+            // `next_answer` reports its 10 s read timeout as Closed too.
+            Answer::Closed => panic!("a client got no answer ({timed_out} timed out, {busy} busy)"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(client.next_answer().1, Answer::Closed));
+    }
+    assert!(busy > 0, "the limit was reached ({timed_out} accepted)");
+    drop(flood);
+    // The server frees a descriptor when its close completes: retry briefly.
+    let mut hello = Vec::new();
+    encode_hello(&mut hello, 1, "after").unwrap();
+    let mut fresh = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            let mut client = daemon.connect();
+            client.send(&hello);
+            matches!(client.next_answer().1, Answer::Hello(_)).then_some(client)
+        })
+        .expect("served again once descriptors are free");
+    assert_eq!(fresh.batch(&[add(b"fd", 1)])[0].value, 3);
 }
 
 #[test]
@@ -583,6 +823,154 @@ fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
         assert_eq!(result.value, 2 * index as i64);
     }
     assert_eq!(daemon.terminate(), Some(0));
+}
+
+/// At shutdown, every connection, idle or not, gets its replies and then an Error frame
+/// `ShuttingDown` with request id 0 before the close.
+#[test]
+fn shutdown_says_so_before_closing() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut idle = daemon.connect();
+    idle.hello();
+    let mut busy = daemon.shard(1);
+    busy.hello();
+    let mut pipeline = Vec::new();
+    for id in 100..150 {
+        encode_batch(
+            &mut pipeline,
+            id,
+            Durability::Durable,
+            None,
+            &[add(b"s", 1)],
+        )
+        .unwrap();
+    }
+    busy.send(&pipeline);
+    let (id, answer) = busy.next_answer();
+    assert!(
+        id == 100 && matches!(answer, Answer::Results(_)),
+        "{answer:?}"
+    );
+    let stopping = std::thread::spawn(move || daemon.terminate());
+    for (name, client) in [("idle", &mut idle), ("busy", &mut busy)] {
+        let mut ids = Vec::new();
+        let last = loop {
+            match client.next_answer() {
+                (id, Answer::Results(_)) => ids.push(id),
+                other => break other,
+            }
+        };
+        assert_eq!(
+            ids,
+            (101..101 + ids.len() as u64).collect::<Vec<_>>(),
+            "{name}"
+        );
+        assert!(
+            matches!(last, (0, Answer::Error(ErrorCode::ShuttingDown, _))),
+            "{name}: {last:?}"
+        );
+        assert!(matches!(client.next_answer().1, Answer::Closed), "{name}");
+    }
+    assert_eq!(stopping.join().unwrap(), Some(0));
+}
+
+/// Without `--partitions`, an existing data directory opens with its own partition
+/// count; with a different one, tallyd refuses to start and says why.
+#[test]
+fn an_existing_data_directory_keeps_its_partition_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    assert_eq!(daemon.terminate(), Some(0));
+    let daemon = Daemon::start_with_partitions(dir.path(), 0, &[]);
+    assert_eq!(daemon.connect().hello().partition_count, 16);
+    assert_eq!(daemon.terminate(), Some(0));
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--partitions",
+            "8",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("16") && stderr.contains('8'), "{stderr}");
+}
+
+/// A `--log-level` that names no level is a start-up error, not a silent default.
+#[test]
+fn an_invalid_log_level_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--log-level", "warning", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A daemon that started anyway never exits by itself: give it 10 s.
+    let status = (0..200).find_map(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        child.try_wait().unwrap()
+    });
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("tallyd started with --log-level warning");
+    };
+    assert_eq!(status.code(), Some(2));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(
+        stderr.contains("--log-level") && stderr.contains("warning"),
+        "{stderr}"
+    );
+}
+
+/// Logs written to a file carry no terminal colour codes.
+#[test]
+fn logs_to_a_file_are_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tallyd.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("listening"), "{line}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log:?}");
 }
 
 /// Opt-in (`TALLYD_LATENCY=1`, best with `--release`): one connection, no pipelining,

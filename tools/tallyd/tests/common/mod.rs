@@ -11,8 +11,9 @@ pub struct Process {
 }
 
 /// Starts `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
-/// --data-dir DIR EXTRA...` (short spins, since the tests share two CPUs with the daemon,
-/// unless EXTRA gives `--spin-us`; 2 cores unless EXTRA gives `--cores`) and returns it with the rest of the first line of its
+/// --data-dir DIR EXTRA...` (no `--partitions` if PARTITIONS is 0; short spins, since the
+/// tests share two CPUs with the daemon, unless EXTRA gives `--spin-us`; 2 cores unless
+/// EXTRA gives `--cores`) and returns it with the rest of the first line of its
 /// standard output containing `marker`. Standard output is closed after that line, so
 /// later output can never fill a pipe nobody reads.
 pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Process, String) {
@@ -26,10 +27,16 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
     } else {
         &["--cores", "2"]
     };
+    let partitions = partitions.to_string();
+    let partitions: &[&str] = if partitions == "0" {
+        &[]
+    } else {
+        &["--partitions", &partitions]
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
         .args(["--listen", "127.0.0.1:0"])
         .args(cores)
-        .args(["--partitions", &partitions.to_string()])
+        .args(partitions)
         .args(spin)
         .arg("--data-dir")
         .arg(dir)
@@ -52,6 +59,12 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
 }
 
 impl Process {
+    /// The daemon's process id.
+    #[allow(dead_code)] // not every test file looks at the process
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL, as a crash: nothing runs in the daemon after it.
     #[allow(dead_code)] // not every test file crashes the daemon
     pub fn kill_9(mut self) {

@@ -1,0 +1,187 @@
+//! File descriptors as a limited resource: the process limit, and what the accept loops
+//! do when it is reached.
+//!
+//! Every connection costs one descriptor, and so do the listeners, the journals, the
+//! io_uring rings and their eventfds. At start [`raise_open_files_limit`] raises the
+//! soft `RLIMIT_NOFILE` to the hard limit (as Redis does); if the connection limit plus
+//! [`DESCRIPTORS_RESERVED`] still does not fit, it lowers the connection limit (as Redis
+//! lowers `maxclients`) and warns: connections beyond it are answered `ServerBusy`, and
+//! the journal is not the one to fail when it needs a new segment file.
+//!
+//! When `accept` fails with `EMFILE`/`ENFILE` the connection stays in the listen queue:
+//! retrying at once spins, and not retrying leaves the client hanging. Each accept loop
+//! keeps a [`SpareDescriptor`] (an open `/dev/null`): it closes it, accepts the waiting
+//! connection into the freed slot, answers it `ServerBusy`, closes it, and opens the
+//! spare again. If that fails too (another thread took the slot), the loop backs off
+//! for [`ACCEPT_BACKOFF`]. [`AcceptErrorLog`] logs such failures at most once per
+//! [`ACCEPT_ERROR_LOG_INTERVAL`], with the count of those it did not log.
+
+use std::fs::File;
+use std::io;
+use std::time::{Duration, Instant};
+
+/// Descriptors a server needs besides its connections: listeners, journals, rings,
+/// eventfds and spares of every core, with room to spare.
+pub const DESCRIPTORS_RESERVED: u64 = 256;
+/// How long an accept loop waits after an accept failure it could not answer.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
+/// At most one log line per accept loop per this interval about accept failures.
+pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Raises the soft open-files limit to the hard limit; returns how many of
+/// `connections_max` connections fit under it (warning if not all do).
+pub fn raise_open_files_limit(connections_max: usize) -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` writes one `rlimit` into the valid, exclusively borrowed
+    // `limit`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let error = io::Error::last_os_error();
+        tracing::warn!(%error, "could not read the open-files limit");
+        return connections_max;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: `setrlimit` only reads the valid `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::info!(
+                from = limit.rlim_cur,
+                to = raised.rlim_cur,
+                "raised the open-files limit to its hard limit"
+            );
+            limit = raised;
+        } else {
+            let error = io::Error::last_os_error();
+            tracing::warn!(%error, soft = limit.rlim_cur, "could not raise the open-files limit");
+        }
+    }
+    let fit = connections_that_fit(limit.rlim_cur, connections_max);
+    if fit < connections_max {
+        tracing::warn!(
+            open_files_limit = limit.rlim_cur,
+            max_connections = connections_max,
+            lowered_to = fit,
+            "the open-files limit is below max connections + {DESCRIPTORS_RESERVED}: \
+             lowering max connections; raise the hard `ulimit -n` to serve more"
+        );
+    }
+    fit
+}
+
+/// How many of `connections_max` connections fit under `open_files_limit` with
+/// [`DESCRIPTORS_RESERVED`] descriptors kept for the rest (at least one).
+fn connections_that_fit(open_files_limit: u64, connections_max: usize) -> usize {
+    if open_files_limit == libc::RLIM_INFINITY {
+        return connections_max;
+    }
+    let room = open_files_limit.saturating_sub(DESCRIPTORS_RESERVED).max(1);
+    connections_max.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+/// Whether an accept error means "out of descriptors" (process or system-wide).
+pub fn is_out_of_descriptors(error: &io::Error) -> bool {
+    matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// A descriptor held in reserve, given up for a moment to answer a connection that
+/// could not be accepted for lack of descriptors.
+#[derive(Debug)]
+pub struct SpareDescriptor {
+    file: Option<File>,
+}
+
+impl SpareDescriptor {
+    /// Opens the spare; without one (already out of descriptors) it is retried later.
+    pub fn open() -> SpareDescriptor {
+        SpareDescriptor {
+            file: File::open("/dev/null").ok(),
+        }
+    }
+
+    /// Closes the spare, freeing its slot; `false` if there was none to close.
+    pub fn release(&mut self) -> bool {
+        self.file.take().is_some()
+    }
+
+    /// Opens the spare again if it is not open.
+    pub fn restore(&mut self) {
+        if self.file.is_none() {
+            self.file = File::open("/dev/null").ok();
+        }
+    }
+}
+
+/// Rate-limits the log lines about accept failures.
+#[derive(Debug, Default)]
+pub struct AcceptErrorLog {
+    last_logged: Option<Instant>,
+    unlogged_count: u64,
+}
+
+impl AcceptErrorLog {
+    /// Counts one failure; `Some(count)` if it should be logged now, with how many
+    /// failures were not logged since the last line.
+    pub fn note(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last_logged
+            .is_none_or(|last| now.duration_since(last) >= ACCEPT_ERROR_LOG_INTERVAL);
+        if !due {
+            self.unlogged_count += 1;
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.unlogged_count))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_errors_are_logged_once_per_interval_with_the_count_skipped() {
+        let mut log = AcceptErrorLog::default();
+        let start = Instant::now();
+        assert_eq!(log.note(start), Some(0));
+        for millis in 1..100 {
+            assert_eq!(log.note(start + Duration::from_millis(millis)), None);
+        }
+        assert_eq!(log.note(start + ACCEPT_ERROR_LOG_INTERVAL), Some(99));
+        assert_eq!(log.note(start + ACCEPT_ERROR_LOG_INTERVAL), None);
+    }
+
+    #[test]
+    fn connections_keep_descriptors_for_the_rest() {
+        assert_eq!(connections_that_fit(20_000, 10_000), 10_000);
+        assert_eq!(connections_that_fit(1_024, 10_000), 768);
+        assert_eq!(connections_that_fit(100, 10_000), 1);
+        assert_eq!(connections_that_fit(libc::RLIM_INFINITY, 10_000), 10_000);
+    }
+
+    #[test]
+    fn the_spare_is_released_once_and_restored() {
+        let mut spare = SpareDescriptor::open();
+        assert!(spare.release());
+        assert!(!spare.release());
+        spare.restore();
+        assert!(spare.release());
+    }
+
+    #[test]
+    fn emfile_and_enfile_mean_out_of_descriptors() {
+        assert!(is_out_of_descriptors(&io::Error::from_raw_os_error(
+            libc::EMFILE
+        )));
+        assert!(is_out_of_descriptors(&io::Error::from_raw_os_error(
+            libc::ENFILE
+        )));
+        assert!(!is_out_of_descriptors(&io::Error::from_raw_os_error(
+            libc::ECONNABORTED
+        )));
+    }
+}
