@@ -191,13 +191,16 @@ pub enum ErrorCode {
     Internal,
     /// The client was too slow to send a whole frame; the connection is closed.
     Timeout,
+    /// The batch's idempotency key was first used for a batch with other operations;
+    /// nothing was applied. Permanent: retrying the same frame gets the same answer.
+    IdempotencyKeyReused,
     /// A code this version does not know, kept as received.
     Other(u16),
 }
 
 impl ErrorCode {
     /// Known codes and their wire values, in wire order.
-    const KNOWN: [(ErrorCode, u16); 11] = [
+    const KNOWN: [(ErrorCode, u16); 12] = [
         (ErrorCode::MalformedFrame, 1),
         (ErrorCode::UnknownMessageType, 2),
         (ErrorCode::UnknownOperation, 3),
@@ -209,6 +212,7 @@ impl ErrorCode {
         (ErrorCode::ShuttingDown, 9),
         (ErrorCode::Internal, 10),
         (ErrorCode::Timeout, 11),
+        (ErrorCode::IdempotencyKeyReused, 12),
     ];
 
     /// The wire value.

@@ -55,9 +55,8 @@ const INPUT_BYTES_MAX: usize = FRAME_BYTES_MAX + INPUT_BYTES_INITIAL;
 const _: () =
     assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
 
-/// The error for an idempotency key reused with other operations (PROTOCOL.md). The
-/// protocol crate has no name for it yet, so it travels as a numbered code.
-const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::Other(12);
+/// The error for an idempotency key reused with other operations (PROTOCOL.md).
+const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::IdempotencyKeyReused;
 
 /// Answers a connection over the limit with an error, then closes it.
 pub async fn refuse(mut stream: TcpStream) {
