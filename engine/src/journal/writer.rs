@@ -8,18 +8,26 @@
 //! partial last block just submitted (the *carry*), so the next commit rewrites that
 //! block with more records appended. Worked example: 5,000 bytes of records at offset
 //! 0 are written as 8,192 bytes; the next buffer starts at offset 4,096 holding the
-//! 904 carried bytes, and new records go after them.
+//! 904 carried bytes, and new records go after them. The storage gives a buffer back
+//! as soon as its write has finished, before the fdatasync.
 //!
 //! # Commit policy
-//! One commit is in flight at a time; records appended meanwhile ride the next one.
-//! With no commit in flight, waiting records are submitted when the oldest durable one
-//! has waited `durable_wait`, the oldest relaxed one `relaxed_interval`, or
-//! `batch_bytes` are waiting: see [`Journal::next_deadline`].
+//! Records appended while a commit is in flight ride the next one. That one may be
+//! submitted while the previous one's fdatasync runs, once its write has finished and
+//! within the same segment, if the storage accepts it
+//! ([`JournalStorage::accepts_another`]; io_uring does, up to two in flight): a record
+//! then waits for one fdatasync instead of the rest of the one in flight and then its
+//! own. Since each fdatasync starts after every earlier write finished, a commit's
+//! success makes every earlier one durable too; completions come in order. Waiting
+//! records are submitted when the oldest durable one has waited `durable_wait`, the
+//! oldest relaxed one `relaxed_interval`, or `batch_bytes` are waiting: see
+//! [`Journal::next_deadline`].
 //!
 //! # Failure
 //! The first failed write or fdatasync moves the journal to a failed state: no record
 //! is accepted or reported durable again; `durable_lsn` stays where it was.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -37,9 +45,11 @@ pub struct JournalStats {
     pub commit_count: u64,
     pub record_count: u64,
     pub bytes_written: u64,
+    /// Commits submitted while another one was in flight.
+    pub pipelined_count: u64,
 }
 
-/// The commit in flight.
+/// A commit in flight.
 struct InFlight {
     last_lsn: Lsn,
     record_count: u64,
@@ -57,13 +67,15 @@ pub struct Journal<S: JournalStorage = UringStorage> {
     active_bytes: usize,
     /// File offset of `active[0]`; a multiple of BLOCK_BYTES.
     active_offset: u64,
+    /// The other buffer, when neither the storage nor a commit holds it.
     spare: Option<AlignedBuffer>,
     /// The segment commits go to; `None` until the next commit creates one.
     segment: Option<PathBuf>,
     next_lsn: Lsn,
     submitted_lsn: Lsn,
     durable_lsn: Lsn,
-    in_flight: Option<InFlight>,
+    /// Oldest first.
+    in_flight: VecDeque<InFlight>,
     oldest_durable: Option<Instant>,
     oldest_relaxed: Option<Instant>,
     failure: Option<String>,
@@ -112,7 +124,7 @@ impl<S: JournalStorage> Journal<S> {
             next_lsn,
             submitted_lsn: next_lsn - 1,
             durable_lsn: next_lsn - 1,
-            in_flight: None,
+            in_flight: VecDeque::new(),
             oldest_durable: None,
             oldest_relaxed: None,
             failure: None,
@@ -143,7 +155,13 @@ impl<S: JournalStorage> Journal<S> {
 
     /// Whether a commit is in flight.
     pub fn commit_in_flight(&self) -> bool {
-        self.in_flight.is_some()
+        !self.in_flight.is_empty()
+    }
+
+    /// Whether waiting records could be submitted now (as of the last `poll`): no
+    /// commit is in flight, or the storage accepts another one in the same segment.
+    pub fn can_submit(&self) -> bool {
+        self.in_flight.is_empty() || (self.segment.is_some() && self.storage.accepts_another())
     }
 
     pub fn stats(&self) -> JournalStats {
@@ -160,10 +178,10 @@ impl<S: JournalStorage> Journal<S> {
     }
 
     /// Copies `record` into the buffer and assigns it the next LSN. Never blocks,
-    /// except to create a segment file. A full buffer with no commit in flight is
-    /// submitted first (a caller that only polls would otherwise wait forever), so
-    /// `BufferFull` means exactly: a commit is in flight and the buffer is full; poll
-    /// until it completes, then retry.
+    /// except to create a segment file. A full buffer that can be submitted
+    /// ([`Journal::can_submit`]) is submitted first (a caller that only polls would
+    /// otherwise wait forever), so `BufferFull` means exactly: the buffer is full and
+    /// must wait for a commit in flight; poll until one completes, then retry.
     pub fn append(
         &mut self,
         record: &Record<'_>,
@@ -172,7 +190,7 @@ impl<S: JournalStorage> Journal<S> {
         self.check_not_failed()?;
         record.validate().map_err(JournalError::InvalidRecord)?;
         let length = record.encoded_bytes();
-        if self.active_bytes + length > self.active.capacity() && self.in_flight.is_none() {
+        if self.active_bytes + length > self.active.capacity() && self.can_submit() {
             self.submit()?;
             assert!(self.active_bytes < BLOCK_BYTES, "only the carry is left");
         }
@@ -208,10 +226,11 @@ impl<S: JournalStorage> Journal<S> {
         self.active_bytes
     }
 
-    /// When the waiting records' commit is due, if any wait and none is in flight.
-    /// The commit task sleeps until then (or until a poll completes a commit).
+    /// When the waiting records' commit is due, if any wait and they could be submitted
+    /// ([`Journal::can_submit`]). The commit task sleeps until then (or until a poll
+    /// completes a commit).
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.in_flight.is_some() || self.failure.is_some() || self.waiting_bytes() == 0 {
+        if !self.can_submit() || self.failure.is_some() || self.waiting_bytes() == 0 {
             return None;
         }
         let durable = self.oldest_durable.map(|t| t + self.options.durable_wait);
@@ -245,12 +264,12 @@ impl<S: JournalStorage> Journal<S> {
         }
     }
 
-    /// Submits the waiting records now (write + fdatasync) unless a commit is in
-    /// flight or nothing waits. Returns whether a commit was submitted. Never blocks,
-    /// except to create a new segment file.
+    /// Submits the waiting records now (write + fdatasync) unless they cannot be
+    /// ([`Journal::can_submit`]) or nothing waits. Returns whether a commit was
+    /// submitted. Never blocks, except to create a new segment file.
     pub fn submit(&mut self) -> Result<bool, JournalError> {
         self.check_not_failed()?;
-        if self.in_flight.is_some() || self.waiting_bytes() == 0 {
+        if !self.can_submit() || self.waiting_bytes() == 0 {
             return Ok(false);
         }
         if self.segment.is_none() {
@@ -264,7 +283,10 @@ impl<S: JournalStorage> Journal<S> {
             let path = self.segment.clone().unwrap_or_default();
             return Err(self.fail(JournalError::io("submit a commit to", &path, error)));
         }
-        self.in_flight = Some(InFlight {
+        if !self.in_flight.is_empty() {
+            self.stats.pipelined_count += 1;
+        }
+        self.in_flight.push_back(InFlight {
             last_lsn: self.appended_lsn(),
             record_count: self.appended_lsn() - self.submitted_lsn,
             offset,
@@ -286,7 +308,8 @@ impl<S: JournalStorage> Journal<S> {
         let mut next = self
             .spare
             .take()
-            .expect("no commit in flight, so the spare is here");
+            .or_else(|| self.storage.take_written_buffer())
+            .expect("a commit may be submitted, so the other buffer is free");
         if end >= self.options.segment_bytes_target {
             self.segment = None;
             self.active_offset = 0;
@@ -310,14 +333,19 @@ impl<S: JournalStorage> Journal<S> {
         Ok(())
     }
 
-    /// Reaps a finished commit without blocking; returns the new durable LSN if one
-    /// finished. An error means the commit failed and the journal is now failed.
+    /// Reaps finished commits without blocking; returns the new durable LSN if one
+    /// finished. An error means a commit failed and the journal is now failed.
     pub fn poll(&mut self) -> Result<Option<Lsn>, JournalError> {
-        self.reap(false)
+        let mut durable = None;
+        while let Some(lsn) = self.reap(false)? {
+            durable = Some(lsn);
+        }
+        Ok(durable)
     }
 
+    /// Reaps the oldest commit in flight if it finished (with `wait`, once it has).
     fn reap(&mut self, wait: bool) -> Result<Option<Lsn>, JournalError> {
-        if self.in_flight.is_none() {
+        if self.in_flight.is_empty() {
             return Ok(None);
         }
         match self.storage.reap(wait) {
@@ -331,8 +359,13 @@ impl<S: JournalStorage> Journal<S> {
     }
 
     fn complete(&mut self, completion: Completion) -> Result<Lsn, JournalError> {
-        let done = self.in_flight.take().expect("reaped a commit in flight");
-        self.spare = Some(completion.buffer);
+        let done = self
+            .in_flight
+            .pop_front()
+            .expect("reaped a commit in flight");
+        if let Some(buffer) = completion.buffer {
+            self.spare = Some(buffer);
+        }
         let path = self.segment.clone().unwrap_or_else(|| self.dir.clone());
         match completion.outcome {
             Ok(()) => {
@@ -358,7 +391,7 @@ impl<S: JournalStorage> Journal<S> {
     pub fn sync(&mut self) -> Result<Lsn, JournalError> {
         loop {
             self.check_not_failed()?;
-            if self.in_flight.is_some() {
+            if !self.in_flight.is_empty() {
                 self.reap(true)?;
             } else if self.waiting_bytes() > 0 {
                 self.submit()?;

@@ -12,14 +12,16 @@
 //! receiving core never needs another core's LSN.
 //!
 //! # Group commit ([`commit_loop`], one task per core)
-//! One commit (write + fdatasync through io_uring) is in flight at a time; records
-//! appended meanwhile ride the next one, so the commit size follows the load. A commit
-//! starts when the oldest durable record has waited `durable_wait_us` (0: at once),
-//! the oldest relaxed one `relaxed_flush_ms`, or `commit_bytes` are waiting. While a
-//! commit is in flight the task waits, with the executor parked, for the kernel's
-//! notice that it finished: the journal's ring sends 8 bytes to one end of a Unix
-//! socket pair after each fdatasync (`UringStorage::notify_completions`) and the task
-//! reads the other end, so an acknowledgement follows its fdatasync by one wake-up.
+//! A commit is a write + fdatasync through io_uring; records appended while one is in
+//! flight ride the next one, so the commit size follows the load. The next one may
+//! start as soon as the previous one's write has finished, while its fdatasync runs
+//! (two in flight at most, see the journal writer). A commit starts when the oldest
+//! durable record has waited `durable_wait_us` (0: at once), the oldest relaxed one
+//! `relaxed_flush_ms`, or `commit_bytes` are waiting. While a commit is in flight the
+//! task waits, with the executor parked, for the kernel's notices: the journal's ring
+//! sends 8 bytes to one end of a Unix socket pair after each commit's write and after
+//! its fdatasync (`UringStorage::notify_completions`) and the task reads the other
+//! end, so an acknowledgement follows its fdatasync by one wake-up.
 //! The executor must park: the fdatasync runs on an io_uring worker thread pinned to
 //! this core's CPU (like the thread that submitted it), and a spinning executor kept it
 //! waiting a scheduler slice, ~8 ms per commit at `--spin-us 200` on a 2-vCPU VM.
@@ -779,14 +781,32 @@ pub async fn commit_loop(core: Rc<Core>) {
                 glommio::timer::sleep(pacing.next_poll(now, spin + IN_FLIGHT_POLL)).await;
                 continue;
             };
-            // The kernel's notice wakes the task as the commit finishes; the timer only
-            // covers a commit whose notice never comes (a failed write cancels it).
-            let noticed =
+            // The kernel's notices wake the task as the commit's write and then its
+            // fdatasync finish; the timer only covers a commit whose notice never comes
+            // (a failed write cancels it). Once the write has finished, the next commit
+            // may go while the fdatasync runs: then an append, or the deadline of the
+            // records waiting, ends the wait too.
+            let next_commit = {
+                let journal = journal.journal.borrow();
+                journal.can_submit().then(|| journal.next_deadline())
+            };
+            let noticed = futures_lite::future::or(
                 futures_lite::future::or(async { Some(reader.read(&mut scratch).await) }, async {
                     glommio::timer::sleep(pacing.fallback()).await;
                     None
-                })
-                .await;
+                }),
+                async {
+                    match next_commit {
+                        None => std::future::pending::<()>().await,
+                        Some(Some(due)) => {
+                            glommio::timer::sleep(due.saturating_duration_since(now)).await
+                        }
+                        Some(None) => journal.appended.wait().await,
+                    }
+                    None
+                },
+            )
+            .await;
             if let Some(Ok(0) | Err(_)) = noticed {
                 tracing::warn!(
                     core = core.index,
