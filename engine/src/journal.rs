@@ -59,7 +59,7 @@ use std::time::Duration;
 pub use buffer::AlignedBuffer;
 pub use reader::JournalReader;
 pub use record::{Bounds, Idempotency, LoggedRecord, OwnedRecord, Record, RecordKind};
-pub use segment::{list_segments, SegmentInfo};
+pub use segment::{list_segments, segment_path, SegmentInfo};
 pub use writer::{Journal, JournalStats};
 
 /// A log sequence number: the position of a record in its core's journal, from 1.

@@ -39,19 +39,18 @@
 //!   start has served and checkpointed, and every partition got its header at that start.
 //!
 //! A partition not closed cleanly, with no checkpoint, is reopened empty (recovery then
-//! replays the journal onto it) only while no journal `journal/core-N/` starts above
-//! LSN 1. Otherwise the open refuses, naming the missing checkpoint: segments are
-//! released only once checkpoints of every partition of their core cover them, so the
-//! checkpoint was the only copy of the released records' effects. While every journal
-//! starts at LSN 1 nothing was released, and replay from an empty partition rebuilds
-//! it whole: "other partitions have checkpoints" is no evidence of loss (the server
-//! skips the checkpoint of an empty partition at shutdown). The rule cannot tell which
-//! core's journal held the partition's records, so it looks at every core's; a
-//! partition that is empty and was never checkpointed on one core, while another core
-//! released segments, is refused too (the server's periodic checkpoint, every 300 s by
-//! default, covers every partition, so this takes a crash before the first one on a
-//! directory with very few keys). These checks
-//! read directory listings only, and only for a missing header or checkpoint.
+//! replays the journal onto it) only while the journal of the core that owns it does
+//! not start above LSN 1. Otherwise the open refuses, naming the missing checkpoint:
+//! segments are released only once checkpoints of every partition of their core cover
+//! them, so the checkpoint was the only copy of the released records' effects. While
+//! that journal starts at LSN 1 nothing of it was released, and replay from an empty
+//! partition rebuilds it whole: "other partitions have checkpoints" is no evidence of
+//! loss (the server skips the checkpoint of an empty partition at shutdown). The owner
+//! is `partition % N` under the core count N the server records in `<data-dir>/cores`;
+//! without that file every core's journal counts, and a partition that is empty and was
+//! never checkpointed on an idle core, while a busy core released segments, is refused
+//! too. These checks read directory listings only, and only for a missing header or
+//! checkpoint.
 //!
 //! # Header layout (little-endian), 4096 bytes
 //!
@@ -1520,7 +1519,7 @@ fn refuse_missing_header(
     } else if has_checkpoint(directory, index) {
         let checkpoint = checkpoint_path(directory, index);
         format!("its checkpoint {} exists", checkpoint.display())
-    } else if let Some(segment) = released_journal_segment(directory)? {
+    } else if let Some(segment) = released_journal_segment(directory, None)? {
         format!(
             "the journal segment {} does not start at LSN 1: the directory served and \
              checkpointed, and every partition had a header by then",
@@ -1549,7 +1548,7 @@ fn refuse_missing_checkpoint(directory: &Path, index: u32) -> Result<(), EngineE
     if has_checkpoint(directory, index) {
         return Ok(());
     }
-    let Some(segment) = released_journal_segment(directory)? else {
+    let Some(segment) = released_journal_segment(directory, Some(index))? else {
         return Ok(());
     };
     Err(EngineError::Corrupted {

@@ -150,12 +150,29 @@ fn refuse_if_used(directory: &Path, superblock_path: &Path) -> Result<(), Engine
     })
 }
 
-/// The first segment of a journal in `data_dir` (any core's, `journal/core-N/`) that
-/// starts above LSN 1, if one does: the records before it were released, which happens
-/// only once checkpoints of every partition of that core covered them. Then those
-/// checkpoints are the only copy of what the released records did. Reads directory
-/// listings only.
-pub(crate) fn released_journal_segment(data_dir: &Path) -> Result<Option<PathBuf>, EngineError> {
+/// The core count the server records in `<data-dir>/cores` ("cores N", see the
+/// server's `layout.rs`): core `k` journals the partitions `p` with `p % N == k`.
+/// `None` if the file is missing or unreadable.
+fn recorded_cores(data_dir: &Path) -> Option<u32> {
+    let text = fs::read_to_string(data_dir.join("cores")).ok()?;
+    let cores: u32 = text.strip_prefix("cores ")?.trim_end().parse().ok()?;
+    (cores > 0).then_some(cores)
+}
+
+/// The first segment of a journal in `data_dir` that starts above LSN 1, if one does:
+/// the records before it were released, which happens only once checkpoints of every
+/// partition of that core covered them. Then those checkpoints are the only copy of
+/// what the released records did. With `partition`, only the journal of the core that
+/// owns it under the recorded core layout counts (any core's if none is recorded): an
+/// idle core's partition is not at risk because a busy core released its own
+/// segments. Reads directory listings only.
+pub(crate) fn released_journal_segment(
+    data_dir: &Path,
+    partition: Option<u32>,
+) -> Result<Option<PathBuf>, EngineError> {
+    let owner = partition
+        .zip(recorded_cores(data_dir))
+        .map(|(partition, cores)| format!("core-{}", partition % cores));
     let root = data_dir.join("journal");
     let entries = match fs::read_dir(&root) {
         Ok(entries) => entries,
@@ -164,7 +181,12 @@ pub(crate) fn released_journal_segment(data_dir: &Path) -> Result<Option<PathBuf
     };
     for entry in entries {
         let entry = entry.map_err(io_error("list", &root))?;
-        if !entry.file_name().to_string_lossy().starts_with("core-") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let wanted = match &owner {
+            Some(owner) => name == *owner,
+            None => name.starts_with("core-"),
+        };
+        if !wanted {
             continue;
         }
         let segments =

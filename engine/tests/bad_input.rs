@@ -621,3 +621,29 @@ fn a_partition_missing_whole_is_refused_when_the_journal_was_released() {
         "nothing created"
     );
 }
+
+/// With the core layout recorded (`<data-dir>/cores`), only the owning core's journal
+/// says whether a partition's records were released: an idle core's empty partition,
+/// never checkpointed, still reopens after a crash while a busy core released its own
+/// segments; once its own core's journal starts above LSN 1 it is refused.
+#[test]
+fn a_missing_checkpoint_counts_only_the_owning_cores_journal() {
+    use tally_engine::journal::{journal_dir, segment_path};
+    let temp = tempfile::tempdir().unwrap();
+    fs::write(temp.path().join("cores"), "cores 2\n").unwrap();
+    let dir = DataDir::open_or_create(temp.path(), Some(4)).unwrap();
+    // Opened and never closed clean: partition 0 (core 0) is unclean and empty.
+    drop(Store::open(&dir, [0]).unwrap());
+    let busy = journal_dir(temp.path(), 1);
+    fs::create_dir_all(&busy).unwrap();
+    fs::write(segment_path(&busy, 5_000), [0u8; 4096]).unwrap();
+    let store = Store::open(&dir, [0]).expect("core 1's release says nothing of partition 0");
+    drop(store);
+    let own = journal_dir(temp.path(), 0);
+    fs::create_dir_all(&own).unwrap();
+    fs::write(segment_path(&own, 700), [0u8; 4096]).unwrap();
+    let error = Store::open(&dir, [0]).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("checkpoint of partition 0"), "{message}");
+    assert!(message.contains("core-0"), "{message}");
+}
