@@ -32,7 +32,7 @@ mod superblock;
 pub use error::{EngineError, OpError};
 pub use op::{recycle_ops, BoundPolicy, Op, OpResult, Outcome};
 pub use store::{Store, PREFETCH_DISTANCE};
-pub use superblock::{DataDir, PARTITION_COUNT_MAX};
+pub use superblock::{parse_core_count, DataDir, CORES_FILE, PARTITION_COUNT_MAX};
 
 /// Longest key, in bytes (keys are 1..=255 bytes).
 pub const KEY_BYTES_MAX: usize = 255;

@@ -150,13 +150,21 @@ fn refuse_if_used(directory: &Path, superblock_path: &Path) -> Result<(), Engine
     })
 }
 
-/// The core count the server records in `<data-dir>/cores` ("cores N", see the
-/// server's `layout.rs`): core `k` journals the partitions `p` with `p % N == k`.
-/// `None` if the file is missing or unreadable.
-fn recorded_cores(data_dir: &Path) -> Option<u32> {
-    let text = fs::read_to_string(data_dir.join("cores")).ok()?;
+/// The file in which the server records the core count its journals were written
+/// under (see the server's `layout.rs`): ASCII `cores N\n`. Core `k` journals the
+/// partitions `p` with `p % N == k`.
+pub const CORES_FILE: &str = "cores";
+
+/// The core count in the text of a [`CORES_FILE`], `None` if it is not `cores N` with
+/// N at least 1.
+pub fn parse_core_count(text: &str) -> Option<u32> {
     let cores: u32 = text.strip_prefix("cores ")?.trim_end().parse().ok()?;
     (cores > 0).then_some(cores)
+}
+
+/// The core count recorded in `data_dir`; `None` if the file is missing or unreadable.
+fn recorded_cores(data_dir: &Path) -> Option<u32> {
+    parse_core_count(&fs::read_to_string(data_dir.join(CORES_FILE)).ok()?)
 }
 
 /// The first segment of a journal in `data_dir` that starts above LSN 1, if one does:

@@ -42,14 +42,13 @@ use std::path::{Path, PathBuf};
 
 use tally_engine::journal::checkpoint::checkpoint_all;
 use tally_engine::journal::recovery::{recover, RecoveryOptions};
-use tally_engine::{DataDir, Store};
+use tally_engine::{DataDir, Store, CORES_FILE};
 
 use crate::config::ServerConfig;
 use crate::error::ServerError;
 use crate::router::owner_of_partition;
 
 const LOCK_FILE: &str = "lock";
-const LAYOUT_FILE: &str = "cores";
 const JOURNAL_DIR: &str = "journal";
 const PREVIOUS_JOURNAL_DIR: &str = "journal.previous";
 /// The largest core count a layout file may name.
@@ -105,13 +104,12 @@ impl DataDirLock {
 /// file, else from the `journal/core-<k>` folders; `None` for a directory without
 /// journals.
 fn recorded_cores(data_dir: &Path) -> Result<Option<usize>, ServerError> {
-    let path = data_dir.join(LAYOUT_FILE);
+    let path = data_dir.join(CORES_FILE);
     match fs::read_to_string(&path) {
         Ok(text) => {
-            let cores = text
-                .strip_prefix("cores ")
-                .and_then(|rest| rest.trim_end().parse::<usize>().ok())
-                .filter(|cores| (1..=CORES_MAX).contains(cores));
+            let cores = tally_engine::parse_core_count(&text)
+                .map(|cores| cores as usize)
+                .filter(|cores| *cores <= CORES_MAX);
             return match cores {
                 Some(cores) => Ok(Some(cores)),
                 None => Err(ServerError::Layout {
@@ -159,8 +157,8 @@ fn recorded_cores(data_dir: &Path) -> Result<Option<usize>, ServerError> {
 
 /// Records `cores` as the directory's layout, durably.
 fn record_cores(data_dir: &Path, cores: usize) -> Result<(), ServerError> {
-    let path = data_dir.join(LAYOUT_FILE);
-    let temporary = data_dir.join(format!("{LAYOUT_FILE}.tmp"));
+    let path = data_dir.join(CORES_FILE);
+    let temporary = data_dir.join(format!("{CORES_FILE}.tmp"));
     let io_error = |action: &'static str, path: &Path| {
         let path = path.to_path_buf();
         move |source| ServerError::DataDirIo {
