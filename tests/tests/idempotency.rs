@@ -137,3 +137,57 @@ fn a_retry_after_a_graceful_restart_applies_nothing_twice() {
 fn a_retry_after_kill_9_applies_nothing_twice() {
     retry_after(Tallyd::kill9);
 }
+
+/// A key reused after a `kill -9` for a batch with other operations is refused, as it
+/// is before a restart, even when the key's home core (the owner of the batch's first
+/// key) journaled nothing of the first batch: the fingerprint travels in every core's
+/// records. The first batch still replays, and nothing applies twice.
+#[test]
+fn a_key_reused_for_other_operations_after_kill_9_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--cores", "2", "--durability", "durable"];
+    let mut server = Tallyd::start(dir.path(), &args);
+    let (mut connection, hello) = RawConnection::open(server.addr);
+    // The first key (a read: no record) on one core, the increment on the other.
+    let names: Vec<String> = (0..64).map(|index| format!("views:{index}")).collect();
+    let home = names[0].as_str();
+    let other = names
+        .iter()
+        .find(|name| hello.owner_of_key(name.as_bytes()) != hello.owner_of_key(home.as_bytes()))
+        .expect("64 keys span both cores")
+        .as_str();
+    let ops = [Op::Get { key: home }, add(other, 1)];
+    let idempotency_key = 0xabad_1dea_u128 << 32;
+    let first = durable_batch(&mut connection, idempotency_key, &ops);
+    assert_eq!(first[1], OpReply::ok(1, false, false));
+
+    server.kill9();
+    let server = Tallyd::start(dir.path(), &args);
+    let (mut connection, _) = RawConnection::open(server.addr);
+    let mut frame = Vec::new();
+    let request_id = connection.request_id();
+    let reused = [Op::Get { key: home }, add(other, 5)];
+    encode_batch(
+        &mut frame,
+        request_id,
+        Durability::Durable,
+        Some(idempotency_key),
+        &reused,
+    )
+    .unwrap();
+    connection.send(&frame);
+    match connection.reply_to(request_id) {
+        RawReply::Error { code, message } => {
+            assert_eq!(code.to_u16(), 12, "{message}");
+        }
+        other => panic!("expected IdempotencyKeyReused, got {other:?}"),
+    }
+    assert_eq!(
+        get(server.addr, other),
+        1,
+        "the refused batch applied nothing"
+    );
+    let retried = durable_batch(&mut connection, idempotency_key, &ops);
+    assert_eq!(retried[1], first[1], "the first batch still replays");
+    assert_eq!(get(server.addr, other), 1, "and applies nothing twice");
+}

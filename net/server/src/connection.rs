@@ -44,7 +44,7 @@ use tally_protocol::{
 use crate::config::DurabilityMode;
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
-use crate::idempotency::{self, Fingerprint, IdempotencyKey};
+use crate::idempotency::{self, Fingerprint, IdempotencyKey, IdempotentBatch};
 use crate::router::RemoteBegin;
 use crate::stream::{self, Input, ReadDeadline};
 
@@ -482,7 +482,10 @@ impl State {
         }
         let route = Route {
             durability: journal_durability(batch.durability, core.config.durability_default),
-            idempotency: idempotency.map(|begun: Idempotent| begun.key),
+            idempotency: idempotency.map(|begun: Idempotent| IdempotentBatch {
+                key: begun.key,
+                fingerprint: begun.fingerprint,
+            }),
         };
         let exists_start = self.exists.len();
         let exists = &mut self.exists;

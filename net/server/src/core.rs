@@ -35,7 +35,9 @@ use tally_protocol::{ErrorCode, HelloReply};
 use crate::config::ServerConfig;
 use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
 use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
-use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, IdempotencyTable};
+use crate::idempotency::{
+    Begin, Fingerprint, IdempotencyKey, IdempotencyTable, IdempotentBatch, RecoveredBatches,
+};
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
 use crate::shutdown::{
     ConnectionRegistry, DrainBarrier, ShutdownSignal, StopNotice, POLL_INTERVAL,
@@ -67,6 +69,9 @@ pub struct Core {
     pub replies_out: Senders<MeshReply>,
     pub pool: RefCell<BufferPool>,
     pub idempotency: RefCell<IdempotencyTable>,
+    /// Every core's idempotent batches journaled before this start, for the keys this
+    /// core is home to (the same map on every core).
+    pub recovered_batches: Arc<RecoveredBatches>,
     pub registry: ConnectionRegistry,
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
@@ -103,14 +108,16 @@ pub struct CoreSetup {
     pub shutdown: ShutdownSignal,
     pub drain: DrainBarrier,
     pub journal: CoreJournal,
+    pub recovered_batches: Arc<RecoveredBatches>,
 }
 
 /// How a core's share of a batch is journaled.
 #[derive(Clone, Copy, Debug)]
 pub struct Journaling<'a> {
     pub durability: Durability,
-    /// The batch's idempotency key, and each operation's index in its batch.
-    pub idempotency: Option<(IdempotencyKey, &'a [u16])>,
+    /// The batch's idempotency key and fingerprint, and each operation's index in
+    /// its batch.
+    pub idempotency: Option<(IdempotentBatch, &'a [u16])>,
 }
 
 /// What applying a core's share of a batch leaves to do before replying.
@@ -147,7 +154,7 @@ impl Core {
         let start = results.len();
         let recovered = journaling
             .idempotency
-            .and_then(|(key, _)| self.journal.recovered(key));
+            .and_then(|(batch, _)| self.journal.recovered(batch.key));
         let applied = if self.journal.is_failed() {
             // Refuse mutations before they change anything; reads are still served.
             self.apply_where(ops, results, |_, op| {
@@ -247,13 +254,16 @@ impl Core {
                 let outcome = result.as_ref().ok()?;
                 let hash = hashes.map_or_else(|| tally_engine::key_hash(op.key()), |h| h[at]);
                 let mut record = self.record_of(op, hash, outcome)?;
-                if let Some((key, indexes)) = journaling.idempotency {
+                if let Some((batch, indexes)) = journaling.idempotency {
                     let index = indexes[at];
                     if recovered.is_some_and(|r| r.outcome(index).is_some()) {
                         return None;
                     }
-                    let result = encode_result(outcome, index, unix_s);
-                    record.idempotency = Some(Idempotency { key, result });
+                    let result = encode_result(outcome, index, unix_s, batch.fingerprint);
+                    record.idempotency = Some(Idempotency {
+                        key: batch.key,
+                        result,
+                    });
                 }
                 Some(record)
             });
@@ -325,6 +335,16 @@ impl Core {
 
     /// [`Core::idempotency_begin`] on this core, the home core.
     fn idempotency_begin_here(&self, key: IdempotencyKey, fingerprint: Fingerprint) -> RemoteBegin {
+        // Before a restart the key may have served other operations: its records carry
+        // their batch's fingerprint. (A table entry for the key was begun after the
+        // restart, so it passed this check with the same fingerprint.)
+        if !self.recovered_batches.is_empty()
+            && self
+                .recovered_batches
+                .conflicts(key, fingerprint, unix_now_s())
+        {
+            return RemoteBegin::Mismatch;
+        }
         let mut table = self.idempotency.borrow_mut();
         match table.begin(key, fingerprint, Instant::now()) {
             Begin::New => RemoteBegin::New,
@@ -378,7 +398,7 @@ impl Core {
                 results.clear();
                 let journaling = Journaling {
                     durability,
-                    idempotency: idempotency.map(|key| (key, batch.indexes())),
+                    idempotency: idempotency.map(|idempotent| (idempotent, batch.indexes())),
                 };
                 let applied = self.apply_local(&ops, &mut results, journaling);
                 self.stats
@@ -638,6 +658,7 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         replies_out: replies.0,
         pool: RefCell::new(BufferPool::default()),
         idempotency: RefCell::new(idempotency),
+        recovered_batches: setup.recovered_batches,
         registry: ConnectionRegistry::default(),
         stop: StopNotice::default(),
         connections_open: setup.connections_open,

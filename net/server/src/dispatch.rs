@@ -49,7 +49,7 @@ use tally_engine::{recycle_ops, Op, OpError, OpResult, BATCH_OPS_MAX};
 
 use crate::config::DurabilityMode;
 use crate::core::{Applied, Core, Journaling};
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::IdempotentBatch;
 use crate::router::{ForwardBatch, MeshReply, MeshRequest, ReplyWait};
 
 /// Per-operation flag in `meta`: the key is invalid; the result is in `invalid`.
@@ -73,8 +73,8 @@ pub type RoutedResult = Option<OpResult>;
 #[derive(Clone, Copy, Debug)]
 pub struct Route {
     pub durability: Durability,
-    /// The key of an idempotent batch: every record carries it.
-    pub idempotency: Option<IdempotencyKey>,
+    /// The key and fingerprint of an idempotent batch: every record carries both.
+    pub idempotency: Option<IdempotentBatch>,
 }
 
 impl Route {
@@ -229,7 +229,9 @@ impl Dispatch {
         } else if !local_ops.is_empty() {
             let journaling = Journaling {
                 durability: route.durability,
-                idempotency: route.idempotency.map(|key| (key, &self.local_indexes[..])),
+                idempotency: route
+                    .idempotency
+                    .map(|batch| (batch, &self.local_indexes[..])),
             };
             let applied = core.apply_local(&local_ops, &mut self.local_results, journaling);
             self.groups.push(applied);

@@ -48,11 +48,15 @@
 //!      1    1 reserved, zero
 //!      2    2 index of the operation in its batch, u16 LE
 //!      4    4 wall-clock time of the apply, unix seconds, u32 LE
-//!      8    8 reserved, zero
+//!      8    8 the batch's fingerprint (`idempotency::fingerprint`), u64 LE; 0 in
+//!             records written before fingerprints were journaled (unknown)
 //! ```
 //! (the resulting value is the record's own `value`). At start each core reads its
-//! journal and keeps, per key seen within the window, the outcome of every operation
-//! it journaled ([`Recovered`]). A retry of such a batch skips those operations and
+//! journal and keeps, per key seen within the window, the batch's fingerprint and the
+//! outcome of every operation it journaled ([`Recovered`]). The fingerprints of all
+//! cores are merged at start (`lib.rs`) and handed to every core, so the key's home
+//! core refuses a batch with other operations under a recovered key, as it does
+//! before a restart. A retry of the same batch skips the operations journaled and
 //! answers with their recorded outcomes; operations with no record (reads, rejected
 //! operations, or mutations lost in the crash before they reached the journal) run
 //! again. So no mutation is applied twice and none acknowledged is lost; reads and
@@ -84,7 +88,7 @@ use tally_engine::{Outcome, Store};
 
 use crate::config::ServerConfig;
 use crate::core::Core;
-use crate::idempotency::IdempotencyKey;
+use crate::idempotency::{Fingerprint, IdempotencyKey};
 
 /// Without commit notices (the module doc's fallback), a commit in flight is polled no
 /// sooner than this after the executor's spin would end. Not shorter: the executor must
@@ -109,18 +113,34 @@ const RESULT_FLAG_CLAMPED: u8 = 2;
 const _: () = assert!(tally_engine::BATCH_OPS_MAX <= u16::MAX as usize);
 
 /// The 16-byte result of an idempotent record (layout in the module doc).
-pub fn encode_result(outcome: &Outcome, index: u16, unix_s: u32) -> [u8; 16] {
+pub fn encode_result(
+    outcome: &Outcome,
+    index: u16,
+    unix_s: u32,
+    fingerprint: Fingerprint,
+) -> [u8; 16] {
     let mut bytes = [0u8; 16];
     bytes[0] = (u8::from(outcome.existed) * RESULT_FLAG_EXISTED)
         | (u8::from(outcome.clamped) * RESULT_FLAG_CLAMPED);
     bytes[2..4].copy_from_slice(&index.to_le_bytes());
     bytes[4..8].copy_from_slice(&unix_s.to_le_bytes());
+    bytes[8..16].copy_from_slice(&fingerprint.to_le_bytes());
     bytes
 }
 
-/// The outcome, operation index and time of an idempotent record; `None` if the
-/// result bytes are not in the layout above.
-fn decode_result(value: i64, bytes: &[u8; 16]) -> Option<(Outcome, u16, u32)> {
+/// What an idempotent record's result says, beside the value the record carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct DecodedResult {
+    outcome: Outcome,
+    index: u16,
+    unix_s: u32,
+    /// 0: unknown (a record from before fingerprints were journaled).
+    fingerprint: Fingerprint,
+}
+
+/// The outcome, operation index, time and batch fingerprint of an idempotent record;
+/// `None` if the result bytes are not in the layout above.
+fn decode_result(value: i64, bytes: &[u8; 16]) -> Option<DecodedResult> {
     let flags = bytes[0];
     if flags & !(RESULT_FLAG_EXISTED | RESULT_FLAG_CLAMPED) != 0 || bytes[1] != 0 {
         return None;
@@ -130,9 +150,12 @@ fn decode_result(value: i64, bytes: &[u8; 16]) -> Option<(Outcome, u16, u32)> {
         existed: flags & RESULT_FLAG_EXISTED != 0,
         clamped: flags & RESULT_FLAG_CLAMPED != 0,
     };
-    let index = u16::from_le_bytes([bytes[2], bytes[3]]);
-    let unix_s = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
-    Some((outcome, index, unix_s))
+    Some(DecodedResult {
+        outcome,
+        index: u16::from_le_bytes([bytes[2], bytes[3]]),
+        unix_s: u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")),
+        fingerprint: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
+    })
 }
 
 /// Wall-clock seconds since the epoch, as records carry them.
@@ -148,6 +171,8 @@ pub fn unix_now_s() -> u32 {
 #[derive(Debug, Default)]
 pub struct Recovered {
     unix_s: u32,
+    /// The batch's fingerprint, 0 if its records predate journaled fingerprints.
+    fingerprint: Fingerprint,
     outcomes: Vec<(u16, Outcome)>,
 }
 
@@ -406,6 +431,16 @@ impl CoreJournal {
         let entry = self.recovered.get(&key)?;
         let age_s = u64::from(unix_now_s().saturating_sub(entry.unix_s));
         (age_s < self.window_s).then_some(entry)
+    }
+
+    /// The fingerprint and time of every idempotency key recovered at start whose
+    /// records carry one, for [`crate::idempotency::RecoveredBatches`].
+    pub fn recovered_fingerprints(&self) -> Vec<(IdempotencyKey, Fingerprint, u32)> {
+        self.recovered
+            .iter()
+            .filter(|(_, entry)| entry.fingerprint != 0)
+            .map(|(&key, entry)| (key, entry.fingerprint, entry.unix_s))
+            .collect()
     }
 
     /// Appends the records of one batch; returns the first and last LSN given (0, 0
@@ -734,7 +769,7 @@ fn read_idempotency(
         let Some(Idempotency { key, result }) = logged.record.idempotency else {
             continue;
         };
-        let Some((outcome, index, unix_s)) = decode_result(logged.record.value, &result) else {
+        let Some(decoded) = decode_result(logged.record.value, &result) else {
             tracing::warn!(
                 core,
                 lsn = logged.lsn,
@@ -742,18 +777,21 @@ fn read_idempotency(
             );
             continue;
         };
-        if u64::from(now.saturating_sub(unix_s)) >= window_s {
+        if u64::from(now.saturating_sub(decoded.unix_s)) >= window_s {
             continue;
         }
         if !recovered.contains_key(&key) {
             if recovered.len() >= keys_max {
                 continue;
             }
-            retained.push_back((logged.lsn, unix_s));
+            retained.push_back((logged.lsn, decoded.unix_s));
         }
         let entry = recovered.entry(key).or_default();
-        entry.unix_s = entry.unix_s.max(unix_s);
-        entry.outcomes.push((index, outcome));
+        entry.unix_s = entry.unix_s.max(decoded.unix_s);
+        if entry.fingerprint == 0 {
+            entry.fingerprint = decoded.fingerprint;
+        }
+        entry.outcomes.push((decoded.index, decoded.outcome));
         kept += 1;
     }
     for entry in recovered.values_mut() {
@@ -924,10 +962,15 @@ mod tests {
             existed: true,
             clamped: true,
         };
-        let bytes = encode_result(&outcome, 9_999, 1_700_000_000);
+        let bytes = encode_result(&outcome, 9_999, 1_700_000_000, 0xfeed_beef_0123_4567);
         assert_eq!(
             decode_result(-4, &bytes),
-            Some((outcome, 9_999, 1_700_000_000))
+            Some(DecodedResult {
+                outcome,
+                index: 9_999,
+                unix_s: 1_700_000_000,
+                fingerprint: 0xfeed_beef_0123_4567,
+            })
         );
         let mut bad = bytes;
         bad[0] |= 0x80;
@@ -943,6 +986,7 @@ mod tests {
         };
         let recovered = Recovered {
             unix_s: 0,
+            fingerprint: 0,
             outcomes: vec![(0, outcome(1)), (5, outcome(2)), (7, outcome(3))],
         };
         assert_eq!(recovered.outcome(5), Some(outcome(2)));

@@ -11,8 +11,9 @@
 //! A key is bound to its batch's [`Fingerprint`] (a hash of its operations): a batch
 //! that reuses a key with other operations gets [`Begin::Mismatch`], answered with an
 //! error, never with the first batch's results (which answer other operations, maybe
-//! not even as many). A fingerprint lives only in this table: after a restart, keys
-//! recovered from the journal are matched by key alone (`durability.rs`).
+//! not even as many). The fingerprint is also journaled with every idempotent record
+//! (`durability.rs`), so the check holds across a restart: it is a hash of the
+//! operations' wire form, the same in every build and process.
 //!
 //! Memory is bounded two ways: at most `entries_max` keys and `reply_bytes_max` bytes of
 //! stored results per core. Entries leave in insertion order (which is time order)
@@ -24,28 +25,88 @@
 //! elements of `order` are skipped).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use tally_protocol::BatchRef;
+use xxhash_rust::xxh3::Xxh3;
 
 /// An idempotency key as sent by the client.
 pub type IdempotencyKey = u128;
 
 /// A hash of a batch's operations, to tell a retry from another batch under the same
-/// key. Stable within one process (SipHash with fixed keys), which is as long as the
-/// table lives.
+/// key. Never 0: the journal's records from before fingerprints were journaled carry
+/// 0, read as "unknown".
 pub type Fingerprint = u64;
 
-/// The fingerprint of `batch`: its operation count and every operation, in order.
+/// A batch run under an idempotency key: the key and the batch's fingerprint, which
+/// travel together to every core applying a share of it (each journals both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdempotentBatch {
+    pub key: IdempotencyKey,
+    pub fingerprint: Fingerprint,
+}
+
+/// The fingerprint of `batch`: xxh3-64 of its operation count (u32 LE) followed by
+/// each operation's wire form (PROTOCOL.md), in order; 1 if that hash is 0. Stable
+/// across builds and restarts, since the journal keeps it.
 pub fn fingerprint(batch: &BatchRef<'_>) -> Fingerprint {
-    #[allow(deprecated)] // SipHasher: fixed keys, unlike RandomState; not for HashDoS use
-    let mut hasher = std::hash::SipHasher::new();
-    batch.op_count().hash(&mut hasher);
+    let mut hasher = Xxh3::new();
+    let op_count =
+        u32::try_from(batch.op_count()).expect("a batch holds at most 10,000 operations");
+    hasher.update(&op_count.to_le_bytes());
+    let mut wire = Vec::with_capacity(64);
     for op in batch.ops() {
-        op.hash(&mut hasher);
+        wire.clear();
+        op.encode(&mut wire)
+            .expect("a decoded operation's key fits its wire form");
+        hasher.update(&wire);
     }
-    hasher.finish()
+    hasher.digest().max(1)
+}
+
+/// The batches every core's journal held under an idempotency key at start (merged
+/// in `lib.rs`): key -> (fingerprint, unix seconds of the apply). Read-only once the
+/// cores serve; the home core of a key consults it for a key its table does not hold.
+#[derive(Debug, Default)]
+pub struct RecoveredBatches {
+    batches: HashMap<IdempotencyKey, (Fingerprint, u32)>,
+    window_s: u64,
+}
+
+impl RecoveredBatches {
+    /// Merges the cores' lists (key, fingerprint, unix seconds); for a key journaled
+    /// by several batches (reused after its window), the newest counts.
+    pub fn new(
+        lists: impl IntoIterator<Item = Vec<(IdempotencyKey, Fingerprint, u32)>>,
+        window_s: u64,
+    ) -> Self {
+        let mut batches: HashMap<IdempotencyKey, (Fingerprint, u32)> = HashMap::new();
+        for (key, fingerprint, unix_s) in lists.into_iter().flatten() {
+            let entry = batches.entry(key).or_insert((fingerprint, unix_s));
+            if unix_s > entry.1 {
+                *entry = (fingerprint, unix_s);
+            }
+        }
+        RecoveredBatches { batches, window_s }
+    }
+
+    /// Whether `key` was journaled before the restart, inside the window at `now_s`
+    /// (unix seconds), for a batch other than the one with `fingerprint`.
+    pub fn conflicts(&self, key: IdempotencyKey, fingerprint: Fingerprint, now_s: u32) -> bool {
+        self.batches.get(&key).is_some_and(|&(recorded, unix_s)| {
+            recorded != fingerprint && u64::from(now_s.saturating_sub(unix_s)) < self.window_s
+        })
+    }
+
+    /// The number of keys known.
+    pub fn len(&self) -> usize {
+        self.batches.len()
+    }
+
+    /// Whether no key is known.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
 }
 
 /// What a table knows about a key when a batch with it arrives.
@@ -234,6 +295,9 @@ impl IdempotencyTable {
 mod tests {
     use super::*;
 
+    /// The fingerprint of `[Add a 1, Add b 2]`, as journaled.
+    const PINNED_FINGERPRINT: Fingerprint = 0xb1f8_07a9_2b6a_2612;
+
     fn table(entries_max: usize) -> IdempotencyTable {
         IdempotencyTable::new(Duration::from_secs(600), entries_max, 1 << 20)
     }
@@ -291,6 +355,67 @@ mod tests {
         assert_eq!(table.begin(9, 0, now), Begin::New);
         table.finish(9, 0, b"x", now);
         assert_eq!(table.order_live_count(), 1);
+    }
+
+    #[test]
+    fn recovered_batches_conflict_only_with_other_operations_inside_the_window() {
+        let now_s = 1_700_000_000;
+        let recovered = RecoveredBatches::new(
+            [
+                vec![(1, 10, now_s - 5), (2, 20, now_s - 700)],
+                vec![(1, 10, now_s - 4), (3, 30, now_s - 900), (3, 31, now_s - 1)],
+            ],
+            600,
+        );
+        assert_eq!(recovered.len(), 3);
+        assert!(
+            !recovered.conflicts(1, 10, now_s),
+            "the same batch is a retry"
+        );
+        assert!(
+            recovered.conflicts(1, 11, now_s),
+            "other operations under key 1"
+        );
+        assert!(
+            !recovered.conflicts(2, 21, now_s),
+            "key 2's window has passed"
+        );
+        assert!(
+            !recovered.conflicts(3, 31, now_s),
+            "key 3's newest batch counts"
+        );
+        assert!(recovered.conflicts(3, 30, now_s));
+        assert!(!recovered.conflicts(4, 1, now_s), "an unknown key");
+    }
+
+    #[test]
+    fn fingerprints_tell_batches_apart_and_do_not_change() {
+        use tally_protocol::{decode_request, BatchWriter, Durability, Op, Request};
+        let add = |key: &'static [u8], delta| Op::Add {
+            key,
+            delta,
+            policy: Default::default(),
+        };
+        let of = |ops: &[Op<&[u8]>]| {
+            let mut frame = Vec::new();
+            let mut writer = BatchWriter::begin(&mut frame, 1, Durability::Durable, Some(9));
+            for op in ops {
+                writer.push(op).unwrap();
+            }
+            writer.finish().unwrap();
+            let decoded = decode_request(&frame).unwrap().expect("a whole frame");
+            let Ok(Request::Batch(batch)) = decoded.request else {
+                panic!("not a batch")
+            };
+            fingerprint(&batch)
+        };
+        let one = of(&[add(b"a", 1), add(b"b", 2)]);
+        assert_eq!(one, of(&[add(b"a", 1), add(b"b", 2)]));
+        assert_ne!(one, of(&[add(b"a", 1), add(b"b", 3)]));
+        assert_ne!(one, of(&[add(b"b", 2), add(b"a", 1)]));
+        assert_ne!(one, of(&[add(b"a", 1)]));
+        // Journaled, so pinned: a change here would make every recovered key a mismatch.
+        assert_eq!(one, PINNED_FINGERPRINT, "{one:#x}");
     }
 
     #[test]

@@ -81,7 +81,7 @@ use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
@@ -96,6 +96,7 @@ pub use shutdown::ShutdownSignal;
 
 use crate::core::CoreSetup;
 use crate::durability::CoreJournal;
+use crate::idempotency::RecoveredBatches;
 use crate::router::{MeshReply, MeshRequest};
 use crate::shutdown::DrainBarrier;
 
@@ -174,8 +175,9 @@ enum StartReport {
     Alive,
     /// The core joined both channel meshes and is recovering its partitions.
     Joined,
-    /// The core recovered and opened its journal, or failed to.
-    Ready(Result<(), ServerError>),
+    /// The core recovered and opened its journal, or failed to; with the idempotent
+    /// batches its journal held (key, fingerprint, unix seconds).
+    Ready(Result<RecoveredList, ServerError>),
 }
 
 /// How long start-up may take before it is declared stuck: recovery of a large data
@@ -221,6 +223,7 @@ pub fn start(
         dir,
         hello,
         resp: resp::RespShared::new(config.cores, resp_addr.map_or(0, |addr| addr.port())),
+        recovered_batches: Arc::new(OnceLock::new()),
     };
     let deadline = Instant::now() + START_TIMEOUT;
     let mut handles = Vec::new();
@@ -240,9 +243,20 @@ pub fn start(
     }
     // Only the cores hold senders now: a core that dies unreported closes its own.
     drop(report_tx);
-    if let Err(error) = await_reports(&report_rx, &mut handles, &phase, deadline) {
-        return abort(&phase, handles, error);
+    let recovered = match await_reports(&report_rx, &mut handles, &phase, deadline) {
+        Ok(lists) => RecoveredBatches::new(lists, config.idempotency_window_s),
+        Err(error) => return abort(&phase, handles, error),
+    };
+    if !recovered.is_empty() {
+        tracing::info!(
+            keys = recovered.len(),
+            "idempotency keys bound to their batches across the restart"
+        );
     }
+    shared
+        .recovered_batches
+        .set(Arc::new(recovered))
+        .expect("set once, before the cores serve");
     phase.store(PHASE_SERVE, Ordering::Release);
     let partition_count = shared.dir.partition_count();
     Ok(ServerHandle {
@@ -255,6 +269,9 @@ pub fn start(
         _lock: lock,
     })
 }
+
+/// One core's idempotent batches found in its journal at start.
+type RecoveredList = Vec<(idempotency::IdempotencyKey, idempotency::Fingerprint, u32)>;
 
 /// A core's side of the start-up reports.
 struct CoreReport {
@@ -284,6 +301,8 @@ struct Shared {
     dir: DataDir,
     hello: HelloReply,
     resp: Arc<resp::RespShared>,
+    /// Set once every core has recovered, before they serve.
+    recovered_batches: Arc<OnceLock<Arc<RecoveredBatches>>>,
 }
 
 /// Tells every core to stop and waits (a bounded time) for them; a core stuck in
@@ -332,14 +351,15 @@ impl Stage {
 
 /// Waits until every core is alive, lets them join the mesh, then waits until every
 /// core has opened its store; fails at the first error, a core dying unreported, or
-/// the deadline.
+/// the deadline. Returns what each core recovered of its idempotent batches.
 fn await_reports(
     reports: &mpsc::Receiver<(usize, StartReport)>,
     handles: &mut [ExecutorJoinHandle<Result<(), ServerError>>],
     phase: &AtomicU8,
     deadline: Instant,
-) -> Result<(), ServerError> {
+) -> Result<Vec<RecoveredList>, ServerError> {
     let mut stages = vec![Stage::Spawned; handles.len()];
+    let mut recovered = Vec::with_capacity(handles.len());
     while !stages.iter().all(|stage| *stage == Stage::Ready) {
         let wait = deadline.saturating_duration_since(Instant::now());
         let (core, report) = match reports.recv_timeout(wait) {
@@ -364,14 +384,17 @@ fn await_reports(
         stages[core] = match report {
             StartReport::Alive => Stage::Alive,
             StartReport::Joined => Stage::Joined,
-            StartReport::Ready(Ok(())) => Stage::Ready,
+            StartReport::Ready(Ok(list)) => {
+                recovered.push(list);
+                Stage::Ready
+            }
             StartReport::Ready(Err(error)) => return Err(error),
         };
         if stages.iter().all(|stage| *stage == Stage::Alive) {
             phase.store(PHASE_JOIN_MESH, Ordering::Release);
         }
     }
-    Ok(())
+    Ok(recovered)
 }
 
 /// The error for a start-up past its deadline: the first core not yet ready.
@@ -414,6 +437,7 @@ fn spawn_core(
     let dir = shared.dir.clone();
     let hello = shared.hello.clone();
     let resp_shared = Arc::clone(&shared.resp);
+    let recovered_batches = Arc::clone(&shared.recovered_batches);
     let spawned = builder.spawn(move || async move {
         report.send(StartReport::Alive);
         let meshes = (request_mesh, reply_mesh);
@@ -424,7 +448,7 @@ fn spawn_core(
         let Some((store, journal)) = recover_core(&config, &dir, &report) else {
             return Ok(());
         };
-        report.send(StartReport::Ready(Ok(())));
+        report.send(StartReport::Ready(Ok(journal.recovered_fingerprints())));
         drop(report);
         if wait_phase(&phase, PHASE_SERVE).await != PHASE_SERVE {
             drop(journal);
@@ -433,6 +457,8 @@ fn spawn_core(
                 source,
             });
         }
+        let recovered_batches =
+            Arc::clone(recovered_batches.get().expect("set before the serve phase"));
         let (main_listener, shard_listener, resp_listener) = listeners;
         // SAFETY: each fd comes from a listening socket we bound and own; `into_raw_fd`
         // gives up that ownership, so glommio's listener becomes its only owner.
@@ -457,6 +483,7 @@ fn spawn_core(
             resp_listener,
             resp_shared,
             journal,
+            recovered_batches,
             connections_open,
             shutdown,
             drain,

@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use tally_engine::journal::Durability;
 use tally_engine::{BoundPolicy, Op, OpResult};
 
-use crate::idempotency::{Fingerprint, IdempotencyKey};
+use crate::idempotency::{Fingerprint, IdempotencyKey, IdempotentBatch};
 
 /// The core that owns `partition` when `cores` cores share the partitions.
 pub fn owner_of_partition(partition: u32, cores: usize) -> usize {
@@ -143,7 +143,7 @@ pub enum MeshRequest {
         batch: ForwardBatch,
         results: Vec<OpResult>,
         durability: Durability,
-        idempotency: Option<IdempotencyKey>,
+        idempotency: Option<IdempotentBatch>,
     },
     /// Look up an idempotency key on its home core; if new, it is recorded in flight.
     IdempotencyBegin {
