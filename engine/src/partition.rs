@@ -676,8 +676,12 @@ impl Partition {
         if self.heap.key(offset) != Some(probe.key) {
             return None;
         }
-        let bounded = resulting_value(slot.value, operand, set)
-            .and_then(|value| apply_bounds(value, self.heap.bounds(offset), policy));
+        let bounds = self.heap.bounds(offset);
+        let bounded = if set {
+            apply_bounds(operand, bounds, policy)
+        } else {
+            add_within_bounds(slot.value, operand, bounds, policy)
+        };
         let (value, clamped) = match bounded {
             Ok(bounded) => bounded,
             Err(error) => return Some(Err(error)),
@@ -741,14 +745,15 @@ impl Partition {
             });
         };
         let slot = self.slot_mut(location);
-        let sum = slot.value.checked_add(delta).ok_or(OpError::Overflow)?;
         let (value, clamped) = if slot.is_external() {
             let offset = slot.external_offset();
-            let bounded = apply_bounds(sum, self.heap.bounds(offset), policy)?;
+            let current = slot.value;
+            let bounded = add_within_bounds(current, delta, self.heap.bounds(offset), policy)?;
             self.slot_mut(location).value = bounded.0;
             bounded
         } else {
             // The common case: no bounds, one write to the line just probed.
+            let sum = slot.value.checked_add(delta).ok_or(OpError::Overflow)?;
             slot.value = sum;
             (sum, false)
         };
@@ -1382,22 +1387,38 @@ fn resulting_value(current: i64, operand: i64, set: bool) -> Result<i64, OpError
     }
 }
 
-/// Checks `value` against `bounds`: rejected, or clamped with `policy == Clamp`.
+/// `current + delta` checked against `bounds` as [`apply_bounds`] does, computed in 128
+/// bits: a sum past i64's range still meets the bound it crossed (rejected, or clamped
+/// to it), and only a direction without a bound overflows.
 #[inline]
-fn apply_bounds(value: i64, bounds: Bounds, policy: BoundPolicy) -> Result<(i64, bool), OpError> {
-    if let Some(floor) = bounds.floor.filter(|&f| value < f) {
+fn add_within_bounds(
+    current: i64,
+    delta: i64,
+    bounds: Bounds,
+    policy: BoundPolicy,
+) -> Result<(i64, bool), OpError> {
+    let sum = i128::from(current) + i128::from(delta);
+    if let Some(floor) = bounds.floor.filter(|&f| sum < i128::from(f)) {
         return match policy {
             BoundPolicy::Reject => Err(OpError::BelowFloor { floor }),
             BoundPolicy::Clamp => Ok((floor, true)),
         };
     }
-    if let Some(ceiling) = bounds.ceiling.filter(|&c| value > c) {
+    if let Some(ceiling) = bounds.ceiling.filter(|&c| sum > i128::from(c)) {
         return match policy {
             BoundPolicy::Reject => Err(OpError::AboveCeiling { ceiling }),
             BoundPolicy::Clamp => Ok((ceiling, true)),
         };
     }
-    Ok((value, false))
+    i64::try_from(sum)
+        .map(|value| (value, false))
+        .map_err(|_| OpError::Overflow)
+}
+
+/// Checks `value` against `bounds`: rejected, or clamped with `policy == Clamp`.
+#[inline]
+fn apply_bounds(value: i64, bounds: Bounds, policy: BoundPolicy) -> Result<(i64, bool), OpError> {
+    add_within_bounds(value, 0, bounds, policy)
 }
 
 fn seal_bytes(bytes: &mut [u8]) {

@@ -104,19 +104,25 @@ fn outcome(value: i64, existed: bool, clamped: bool) -> OpResult {
     })
 }
 
-/// Checks `value` against bounds the way the engine must.
+/// Checks `value` (a true sum, maybe past i64's range) against bounds the way the
+/// engine must: a bound it crosses rejects or clamps it; past i64 without a bound in
+/// the way, it overflows.
 fn bounded(
-    value: i64,
+    value: i128,
     floor: Option<i64>,
     ceiling: Option<i64>,
     policy: BoundPolicy,
 ) -> Result<(i64, bool), OpError> {
-    match (floor, ceiling, policy) {
-        (Some(f), _, BoundPolicy::Reject) if value < f => Err(OpError::BelowFloor { floor: f }),
-        (Some(f), _, BoundPolicy::Clamp) if value < f => Ok((f, true)),
-        (_, Some(c), BoundPolicy::Reject) if value > c => Err(OpError::AboveCeiling { ceiling: c }),
-        (_, Some(c), BoundPolicy::Clamp) if value > c => Ok((c, true)),
-        _ => Ok((value, false)),
+    let below = floor.filter(|&f| value < i128::from(f));
+    let above = ceiling.filter(|&c| value > i128::from(c));
+    match (below, above, policy) {
+        (Some(f), _, BoundPolicy::Reject) => Err(OpError::BelowFloor { floor: f }),
+        (Some(f), _, BoundPolicy::Clamp) => Ok((f, true)),
+        (_, Some(c), BoundPolicy::Reject) => Err(OpError::AboveCeiling { ceiling: c }),
+        (_, Some(c), BoundPolicy::Clamp) => Ok((c, true)),
+        (None, None, _) => i64::try_from(value)
+            .map(|value| (value, false))
+            .map_err(|_| OpError::Overflow),
     }
 }
 
@@ -131,7 +137,7 @@ fn model_apply(model: &mut Model, op: &Op) -> OpResult {
                 outcome(delta, false, false)
             }
             Some((value, floor, ceiling)) => {
-                let sum = value.checked_add(delta).ok_or(OpError::Overflow)?;
+                let sum = i128::from(value) + i128::from(delta);
                 let (value, clamped) = bounded(sum, floor, ceiling, policy)?;
                 model.insert(key, (value, floor, ceiling));
                 outcome(value, true, clamped)
@@ -139,7 +145,7 @@ fn model_apply(model: &mut Model, op: &Op) -> OpResult {
         },
         Op::Set { value, policy, .. } => {
             let (floor, ceiling) = current.map_or((None, None), |(_, f, c)| (f, c));
-            let (value, clamped) = bounded(value, floor, ceiling, policy)?;
+            let (value, clamped) = bounded(value.into(), floor, ceiling, policy)?;
             model.insert(key, (value, floor, ceiling));
             outcome(value, current.is_some(), clamped)
         }
