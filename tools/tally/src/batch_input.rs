@@ -107,6 +107,14 @@ fn clamp_flag<'w>(
     verb: &str,
     arguments: &'w [&'w str],
 ) -> Result<(BoundPolicy, &'w [&'w str]), String> {
+    if let Some(unknown) = arguments
+        .iter()
+        .find(|word| word.starts_with("--") && **word != "--clamp")
+    {
+        return Err(format!(
+            "unknown option {unknown} (the only one is --clamp)"
+        ));
+    }
     match arguments.split_last() {
         Some((&"--clamp", rest)) if matches!(verb, "incr" | "decr" | "set") => {
             Ok((BoundPolicy::Clamp, rest))
@@ -276,6 +284,8 @@ mod tests {
         assert!(reason("get a b").contains("wrong number"));
         assert!(reason("set a").contains("wrong number"));
         assert!(reason("get a --clamp").contains("does not take --clamp"));
+        assert!(reason("incr a 3 --clmp").contains("unknown option --clmp"));
+        assert!(reason("incr a --clmp").contains("unknown option --clmp"));
         assert!(reason(&format!("get {}", "k".repeat(256))).contains("256 bytes"));
         assert!(op("bounds a --floor").is_err());
         assert!(op("decr a -9223372036854775808").is_err());
