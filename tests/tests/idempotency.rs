@@ -191,3 +191,43 @@ fn a_key_reused_for_other_operations_after_kill_9_is_refused() {
     assert_eq!(retried[1], first[1], "the first batch still replays");
     assert_eq!(get(server.addr, other), 1, "and applies nothing twice");
 }
+
+/// A retry sent across a core-count change applies nothing twice: the change sets the
+/// old journals aside, and the new cores read them for idempotency keys at start.
+#[test]
+fn a_retry_across_a_core_count_change_applies_nothing_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Tallyd::start(dir.path(), &["--cores", "2", "--durability", "durable"]);
+    let (mut connection, hello) = RawConnection::open(server.addr);
+    let names: Vec<String> = (0..16).map(|index| format!("plays:{index}")).collect();
+    let owners: std::collections::BTreeSet<usize> = names
+        .iter()
+        .map(|name| hello.owner_of_key(name.as_bytes()))
+        .collect();
+    assert_eq!(owners.len(), 2, "the batch spans both cores");
+    let ops: Vec<Op<&str>> = names.iter().map(|name| add(name.as_str(), 7)).collect();
+    let idempotency_key = 0x5eed_u128 << 80;
+    let first = durable_batch(&mut connection, idempotency_key, &ops);
+    server.kill9();
+
+    for cores in ["1", "2"] {
+        // 2 -> 1, then 1 -> 2: the retry on 1 core journals nothing (every operation
+        // is answered from the record), so the second change must still find the
+        // first change's generation of set-aside journals.
+        let mut server = Tallyd::start(dir.path(), &["--cores", cores, "--durability", "durable"]);
+        let (mut connection, _) = RawConnection::open(server.addr);
+        let retried = durable_batch(&mut connection, idempotency_key, &ops);
+        assert_eq!(
+            retried, first,
+            "{cores} core(s): the retry returns the first reply"
+        );
+        for name in &names {
+            assert_eq!(
+                get(server.addr, name),
+                7,
+                "{cores} core(s): {name} applied once"
+            );
+        }
+        server.kill9();
+    }
+}

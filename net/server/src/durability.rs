@@ -66,7 +66,7 @@
 //! by the window rather than by the checkpoint interval.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
@@ -749,56 +749,112 @@ impl RetentionBounds {
     }
 }
 
-/// Reads core `core`'s journal for idempotency records inside the window.
+/// Reads core `core`'s journal for idempotency records inside the window, after the
+/// journals a core-count change set aside (every old core's, as the batches of a
+/// retry sent across the change may now be split differently between the cores).
 fn read_idempotency(
     data_dir: &Path,
     core: u32,
     window_s: u64,
     keys_max: usize,
 ) -> Result<IdempotencyScan, JournalError> {
-    let now = unix_now_s();
-    let mut recovered: HashMap<IdempotencyKey, Recovered> = HashMap::new();
-    let mut retained = VecDeque::new();
-    let mut kept = 0;
-    // A journal without segments holds nothing: no reader needed.
-    if list_segments(&journal_dir(data_dir, core))?.is_empty() {
-        return Ok((recovered, retained, kept));
-    }
-    let mut reader = JournalReader::open(data_dir, core)?;
-    while let Some(logged) = reader.next_record()? {
-        let Some(Idempotency { key, result }) = logged.record.idempotency else {
-            continue;
-        };
-        let Some(decoded) = decode_result(logged.record.value, &result) else {
+    let mut scan = IdempotencyScanner {
+        now_s: unix_now_s(),
+        window_s,
+        keys_max,
+        recovered: HashMap::new(),
+        retained: VecDeque::new(),
+        own_keys: HashSet::new(),
+        kept: 0,
+    };
+    for dir in crate::layout::previous_journals_in_window(data_dir, window_s) {
+        let scanned = JournalReader::open_dir(&dir)
+            .and_then(|mut reader| scan.read(&mut reader, core, false));
+        if let Err(error) = scanned {
+            // A set-aside journal is read for idempotency only: damage there forgets
+            // the keys past it, and must not stop the server.
             tracing::warn!(
                 core,
-                lsn = logged.lsn,
-                "idempotency record with an unknown result layout: ignored"
+                dir = %dir.display(),
+                %error,
+                "could not read all of a journal set aside by a core-count change: \
+                 idempotency keys journaled past this point are forgotten"
             );
-            continue;
-        };
-        if u64::from(now.saturating_sub(decoded.unix_s)) >= window_s {
-            continue;
         }
-        if !recovered.contains_key(&key) {
-            if recovered.len() >= keys_max {
-                continue;
-            }
-            retained.push_back((logged.lsn, decoded.unix_s));
-        }
-        let entry = recovered.entry(key).or_default();
-        entry.unix_s = entry.unix_s.max(decoded.unix_s);
-        if entry.fingerprint == 0 {
-            entry.fingerprint = decoded.fingerprint;
-        }
-        entry.outcomes.push((decoded.index, decoded.outcome));
-        kept += 1;
     }
+    // A journal without segments holds nothing: no reader needed.
+    if !list_segments(&journal_dir(data_dir, core))?.is_empty() {
+        let mut reader = JournalReader::open(data_dir, core)?;
+        scan.read(&mut reader, core, true)?;
+    }
+    let IdempotencyScanner {
+        mut recovered,
+        retained,
+        kept,
+        ..
+    } = scan;
     for entry in recovered.values_mut() {
         entry.outcomes.sort_by_key(|(index, _)| *index);
         entry.outcomes.dedup_by_key(|(index, _)| *index);
     }
     Ok((recovered, retained, kept))
+}
+
+/// The idempotency records read so far at start.
+struct IdempotencyScanner {
+    now_s: u32,
+    window_s: u64,
+    keys_max: usize,
+    recovered: HashMap<IdempotencyKey, Recovered>,
+    /// (first LSN, unix seconds) of each batch in this core's own journal.
+    retained: VecDeque<(Lsn, u32)>,
+    /// The keys with a record in this core's own journal.
+    own_keys: HashSet<IdempotencyKey>,
+    kept: u64,
+}
+
+impl IdempotencyScanner {
+    /// Takes in every idempotency record of `reader` inside the window; `own`: the
+    /// reader is this core's journal, whose segments checkpoints must retain.
+    fn read(
+        &mut self,
+        reader: &mut JournalReader,
+        core: u32,
+        own: bool,
+    ) -> Result<(), JournalError> {
+        while let Some(logged) = reader.next_record()? {
+            let Some(Idempotency { key, result }) = logged.record.idempotency else {
+                continue;
+            };
+            let Some(decoded) = decode_result(logged.record.value, &result) else {
+                tracing::warn!(
+                    core,
+                    lsn = logged.lsn,
+                    "idempotency record with an unknown result layout: ignored"
+                );
+                continue;
+            };
+            if u64::from(self.now_s.saturating_sub(decoded.unix_s)) >= self.window_s {
+                continue;
+            }
+            if !self.recovered.contains_key(&key) && self.recovered.len() >= self.keys_max {
+                continue;
+            }
+            // The first record of each key in this core's own journal pins its segment
+            // (a key first seen in a set-aside journal may have more records here).
+            if own && self.own_keys.insert(key) {
+                self.retained.push_back((logged.lsn, decoded.unix_s));
+            }
+            let entry = self.recovered.entry(key).or_default();
+            entry.unix_s = entry.unix_s.max(decoded.unix_s);
+            if entry.fingerprint == 0 {
+                entry.fingerprint = decoded.fingerprint;
+            }
+            entry.outcomes.push((decoded.index, decoded.outcome));
+            self.kept += 1;
+        }
+        Ok(())
+    }
 }
 
 /// The group-commit task of one core (see the module doc); also runs the periodic

@@ -25,22 +25,28 @@
 //! When the count changes, [`migrate`] first recovers every old core's journal into
 //! the partitions that core owned, then checkpoints every partition at one LSN `C`
 //! above all the old journals' records, so every acknowledged mutation is in a
-//! checkpoint; then it renames `journal/` to `journal.previous/` (replacing an older
-//! one) and records the new count. Only then do the new cores start, with empty
+//! checkpoint; then it renames `journal/` to `journal.previous/<unix-ms>/` and
+//! records the new count. Only then do the new cores start, with empty
 //! journals that continue at `C + 1` (recovery continues above the highest
 //! checkpoint), so no later recovery needs a record of an old journal.
 //! A crash at any step leaves the old count recorded, and the next start migrates
 //! again from the same checkpoints and journals (replay is by resulting value, so
-//! repeating it changes nothing). What a layout change gives up: idempotency keys
-//! recorded before it are forgotten (they live in the old journals), so a retry sent
-//! across the change may apply again.
+//! repeating it changes nothing). Idempotency keys recorded before the change live in
+//! the old journals: every new core reads the set-aside journals for them at start
+//! (`read_idempotency` in `durability.rs`) while their newest segment is younger than
+//! the idempotency window, so a retry sent across one change or several applies
+//! nothing twice. A migration removes the set-aside generations that no longer hold a
+//! segment inside the window. (Directories from before 2026-11-30 hold one generation
+//! directly as `journal.previous/core-<k>`; both shapes are read.)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tally_engine::journal::checkpoint::checkpoint_all;
+use tally_engine::journal::list_segments;
 use tally_engine::journal::recovery::{recover, RecoveryOptions};
 use tally_engine::{DataDir, Store, CORES_FILE};
 
@@ -229,19 +235,36 @@ pub fn migrate(config: &ServerConfig, dir: &DataDir) -> Result<Option<usize>, Se
     store.close_clean().map_err(engine_error(0))?;
     let journals = data_dir.join(JOURNAL_DIR);
     let previous: PathBuf = data_dir.join(PREVIOUS_JOURNAL_DIR);
-    if previous.exists() {
-        fs::remove_dir_all(&previous).map_err(|source| ServerError::DataDirIo {
-            action: "remove",
-            path: previous.clone(),
+    let io_error = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ServerError::DataDirIo {
+            action,
+            path,
             source,
-        })?;
+        }
+    };
+    fs::create_dir_all(&previous).map_err(io_error("create", &previous))?;
+    let window = Duration::from_secs(config.idempotency_window_s);
+    for generation in previous_generations(data_dir) {
+        if !journal_dirs(&generation)
+            .iter()
+            .any(|dir| written_within(dir, window))
+        {
+            fs::remove_dir_all(&generation).map_err(io_error("remove", &generation))?;
+        }
     }
     if journals.exists() {
-        fs::rename(&journals, &previous).map_err(|source| ServerError::DataDirIo {
-            action: "set aside",
-            path: journals.clone(),
-            source,
-        })?;
+        let since_epoch = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut generation = previous.join(since_epoch.as_millis().to_string());
+        while generation.exists() {
+            let mut name = generation.into_os_string();
+            name.push("+");
+            generation = PathBuf::from(name);
+        }
+        fs::rename(&journals, &generation).map_err(io_error("set aside", &journals))?;
+        sync_dir(&previous)?;
     }
     sync_dir(data_dir)?;
     record_cores(data_dir, cores)?;
@@ -250,7 +273,66 @@ pub fn migrate(config: &ServerConfig, dir: &DataDir) -> Result<Option<usize>, Se
         to = cores,
         previous = %previous.display(),
         "core count changed: every partition is checkpointed; the old journals were set aside \
-         (idempotency keys recorded before the change are forgotten)"
+         (read at start for idempotency keys while inside the window)"
     );
     Ok(Some(old))
+}
+
+/// The journal folders (`core-<k>`) that core-count changes set aside and that may
+/// hold idempotency records still inside a window of `window_s` (see the module doc).
+pub fn previous_journals_in_window(data_dir: &Path, window_s: u64) -> Vec<PathBuf> {
+    let window = Duration::from_secs(window_s);
+    let mut dirs: Vec<PathBuf> = previous_generations(data_dir)
+        .iter()
+        .flat_map(|generation| journal_dirs(generation))
+        .filter(|dir| written_within(dir, window))
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Each set-aside generation: a folder of `core-<k>` journals (or, from older builds,
+/// one such journal folder directly under `journal.previous/`).
+fn previous_generations(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(data_dir.join(PREVIOUS_JOURNAL_DIR)) else {
+        return Vec::new();
+    };
+    let mut generations: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir())
+        .collect();
+    generations.sort();
+    generations
+}
+
+/// The journal folders of one generation.
+fn journal_dirs(generation: &Path) -> Vec<PathBuf> {
+    let is_journal = |path: &Path| {
+        path.file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("core-"))
+    };
+    if is_journal(generation) {
+        return vec![generation.to_path_buf()];
+    }
+    let Ok(entries) = fs::read_dir(generation) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.is_dir() && is_journal(path))
+        .collect()
+}
+
+/// Whether journal folder `dir`'s newest segment was written less than `window` ago
+/// (a record's time is at most its write's, so an older folder holds no record inside
+/// the window). A clock that went back counts as recent.
+fn written_within(dir: &Path, window: Duration) -> bool {
+    let newest = list_segments(dir)
+        .ok()
+        .and_then(|mut segments| segments.pop());
+    let written = newest.and_then(|segment| fs::metadata(&segment.path).ok()?.modified().ok());
+    written.is_some_and(|written| written.elapsed().map_or(true, |age| age < window))
 }
