@@ -526,3 +526,50 @@ fn a_missing_segment_below_the_checkpoint_starts_and_one_at_its_head_refuses() {
     );
     assert!(message.contains("--recover-to-corruption"), "{message}");
 }
+
+/// An Outcome record (an idempotent batch's read or refusal) changes nothing on replay,
+/// even though its value field holds some other number, and a reader still returns it.
+#[test]
+fn outcome_records_are_read_back_but_never_replayed() {
+    use tally_engine::journal::{Idempotency, RecordKind};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open_store(dir.path());
+    let first = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(dir.path(), 0, small_segments(first.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 0..200);
+    let key = b"counter-7".as_slice();
+    let before = snapshot(&store);
+    let outcome = Record {
+        partition: partition_of(key),
+        kind: RecordKind::Outcome,
+        key,
+        operand: -1,
+        value: 987_654,
+        bounds: None,
+        idempotency: Some(Idempotency {
+            key: 42,
+            result: [0; 16],
+        }),
+    };
+    journal.append(&outcome, Durability::Durable).unwrap();
+    journal.sync().unwrap();
+    drop(journal);
+    drop(store); // unclean: recovery replays the whole journal
+
+    let mut store = open_store(dir.path());
+    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(
+        snapshot(&store),
+        before,
+        "the Outcome record changed nothing"
+    );
+    let mut reader = JournalReader::open(dir.path(), 0).unwrap();
+    let mut outcomes = 0;
+    while let Some(logged) = reader.next_record().unwrap() {
+        if logged.record.kind == RecordKind::Outcome {
+            assert_eq!(logged.record.value, 987_654);
+            outcomes += 1;
+        }
+    }
+    assert_eq!(outcomes, 1);
+}

@@ -231,3 +231,50 @@ fn a_retry_across_a_core_count_change_applies_nothing_twice() {
         server.kill9();
     }
 }
+
+/// After a `kill -9`, a retry gets the first attempt's results for every operation,
+/// not only its mutations: a read returns what it read then, a refusal stays a refusal
+/// (and applies nothing), even when the counters changed in between.
+#[test]
+fn a_retry_after_kill_9_gets_the_first_reads_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--cores", "2", "--durability", "durable"];
+    let mut server = Tallyd::start(dir.path(), &args);
+    let (mut setup, _) = RawConnection::open(server.addr);
+    let ceiling = |key, ceiling| Op::SetBounds {
+        key,
+        floor: None,
+        ceiling,
+    };
+    setup.batch_results(&[add("seen", 3), add("full", 10), ceiling("full", Some(10))]);
+    let ops = [
+        add("likes", 1),
+        Op::Get { key: "seen" },
+        add("full", 5),
+        Op::Delete { key: "missing" },
+    ];
+    let idempotency_key = 0x0dd_ba11_u128 << 64;
+    let (mut connection, _) = RawConnection::open(server.addr);
+    let first = durable_batch(&mut connection, idempotency_key, &ops);
+    assert_eq!(first[1], OpReply::ok(3, true, false));
+    assert_eq!(first[2].status, Status::AboveCeiling);
+    server.kill9();
+
+    let server = Tallyd::start(dir.path(), &args);
+    let (mut between, _) = RawConnection::open(server.addr);
+    between.batch_results(&[add("seen", 1), ceiling("full", None), add("missing", 2)]);
+    let (mut connection, _) = RawConnection::open(server.addr);
+    let retried = durable_batch(&mut connection, idempotency_key, &ops);
+    assert_eq!(retried, first, "the retry gets the first attempt's results");
+    assert_eq!(get(server.addr, "likes"), 1, "applied once");
+    assert_eq!(
+        get(server.addr, "full"),
+        10,
+        "the refused add stays refused"
+    );
+    assert_eq!(
+        get(server.addr, "missing"),
+        2,
+        "the delete did not run again"
+    );
+}

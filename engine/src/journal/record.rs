@@ -1,4 +1,5 @@
-//! Journal records: one mutation of one counter, with the value it left behind.
+//! Journal records: one mutation of one counter, with the value it left behind; or,
+//! for an operation of an idempotent batch that changed nothing, its outcome alone.
 //!
 //! Replay is *redo by resulting value*: a record carries the counter's value (and, for
 //! `SetBounds`, its bounds) after the mutation, so replaying a record whose effect is
@@ -8,7 +9,7 @@
 //! ```text
 //! offset size field
 //!      0    1 magic and version: 0xA1 (never 0, so a zero byte ends a segment's records)
-//!      1    1 kind: 1 Add, 2 Set, 3 Delete, 4 SetBounds
+//!      1    1 kind: 1 Add, 2 Set, 3 Delete, 4 SetBounds, 5 Outcome (see below)
 //!      2    1 flags: bit 0 floor present, bit 1 ceiling present,
 //!               bit 2 bounds section present, bit 3 idempotency section present;
 //!               other bits zero
@@ -25,6 +26,13 @@
 //!      .    . zero padding up to L - 8
 //!  L - 8    8 xxh3_64 of bytes 0..L-8
 //! ```
+//! An *Outcome* record changes nothing and replay skips it: it keeps, for its
+//! idempotency section, the outcome of an operation of an idempotent batch that
+//! changed no state (a read, a no-op, a refused operation), so that a retry after a
+//! restart is answered exactly as the first attempt was. It always carries the
+//! idempotency section and never bounds; operand and value hold what the result's
+//! layout (`net/server/src/durability.rs`) says.
+//!
 //! Worked example: Add of delta 5 to the 8-byte key `page:one` with no bounds and no
 //! idempotency key: 40 + 8 = 48 bytes, already a multiple of 8, plus the 8-byte
 //! checksum: L = 56.
@@ -77,6 +85,8 @@ pub enum RecordKind {
     Set = 2,
     Delete = 3,
     SetBounds = 4,
+    /// No mutation: an idempotent batch's outcome of an operation that changed nothing.
+    Outcome = 5,
 }
 
 impl RecordKind {
@@ -86,6 +96,7 @@ impl RecordKind {
             2 => Some(RecordKind::Set),
             3 => Some(RecordKind::Delete),
             4 => Some(RecordKind::SetBounds),
+            5 => Some(RecordKind::Outcome),
             _ => None,
         }
     }
@@ -97,6 +108,7 @@ enum Problem {
     KeyLength(usize),
     SetBoundsWithoutBounds,
     FloorAboveCeiling { floor: i64, ceiling: i64 },
+    OutcomeShape,
 }
 
 impl std::fmt::Display for Problem {
@@ -106,6 +118,10 @@ impl std::fmt::Display for Problem {
             Problem::SetBoundsWithoutBounds => {
                 write!(f, "a SetBounds record must carry its bounds")
             }
+            Problem::OutcomeShape => write!(
+                f,
+                "an Outcome record must carry an idempotency section and no bounds"
+            ),
             Problem::FloorAboveCeiling { floor, ceiling } => {
                 write!(f, "floor {floor} is above ceiling {ceiling}")
             }
@@ -254,6 +270,10 @@ impl Record<'_> {
     fn bounds_problem(&self) -> Option<Problem> {
         if self.kind == RecordKind::SetBounds && self.bounds.is_none() {
             return Some(Problem::SetBoundsWithoutBounds);
+        }
+        if self.kind == RecordKind::Outcome && (self.idempotency.is_none() || self.bounds.is_some())
+        {
+            return Some(Problem::OutcomeShape);
         }
         if let Some(Bounds {
             floor: Some(floor),
@@ -559,6 +579,22 @@ mod tests {
             ceiling: Some(2),
         });
         assert!(bad.validate().is_err());
+        let mut outcome = sample(b"k");
+        outcome.kind = RecordKind::Outcome;
+        assert!(
+            outcome.validate().is_err(),
+            "an Outcome without idempotency"
+        );
+        outcome.idempotency = Some(Idempotency {
+            key: 1,
+            result: [0; 16],
+        });
+        assert!(outcome.validate().is_ok());
+        outcome.bounds = Some(Bounds {
+            floor: Some(0),
+            ceiling: None,
+        });
+        assert!(outcome.validate().is_err(), "an Outcome with bounds");
     }
 
     fn any_kind() -> impl Strategy<Value = RecordKind> {
@@ -567,6 +603,7 @@ mod tests {
             Just(RecordKind::Set),
             Just(RecordKind::Delete),
             Just(RecordKind::SetBounds),
+            Just(RecordKind::Outcome),
         ]
     }
 
@@ -581,9 +618,12 @@ mod tests {
         ) {
             let record = Record {
                 partition, kind, key: &key, operand, value,
-                bounds: (with_bounds || kind == RecordKind::SetBounds)
+                bounds: (kind != RecordKind::Outcome
+                    && (with_bounds || kind == RecordKind::SetBounds))
                     .then_some(Bounds { floor, ceiling }),
-                idempotency: idempotency.map(|(key, result)| Idempotency { key, result }),
+                idempotency: idempotency
+                    .or((kind == RecordKind::Outcome).then_some((7, [1; 16])))
+                    .map(|(key, result)| Idempotency { key, result }),
             };
             let mut out = [0u8; RECORD_BYTES_MAX];
             let length = record.encode(lsn, &mut out);

@@ -257,6 +257,10 @@ fn read_journal(
             chunk.path = info.path.clone();
             segment = Some(info.first_lsn);
         }
+        if logged.record.kind == RecordKind::Outcome {
+            // Changes nothing: kept for the idempotency scan, not for the store.
+            return Ok(());
+        }
         chunk.push(logged);
         if chunk.records.len() == CHUNK_RECORDS {
             let path = chunk.path.clone();

@@ -28,13 +28,15 @@ use std::collections::VecDeque;
 
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
-use tally_engine::journal::{Durability, Idempotency, Lsn, Record};
+use tally_engine::journal::{Durability, Idempotency, Lsn, Record, RecordKind};
 use tally_engine::{recycle_ops, Op, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
 use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
-use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
+use crate::durability::{
+    encode_result, outcome_record_fields, unix_now_s, CoreJournal, Notify, Recovered,
+};
 use crate::idempotency::{
     Begin, Fingerprint, IdempotencyKey, IdempotencyTable, IdempotentBatch, RecoveredBatches,
 };
@@ -167,7 +169,7 @@ impl Core {
         } else if let (Some(recovered), Some((_, indexes))) = (recovered, journaling.idempotency) {
             // A retry of a batch journaled before a restart: its journaled operations
             // are answered from the journal, not applied again.
-            self.apply_where(ops, results, |at, _| recovered.outcome(indexes[at]).map(Ok));
+            self.apply_where(ops, results, |at, _| recovered.outcome(indexes[at]));
             self.journal_share(ops, None, &results[start..], journaling, Some(recovered))
         } else {
             self.apply_store(ops, results);
@@ -235,8 +237,9 @@ impl Core {
         }
     }
 
-    /// Journals the mutations of `ops` that changed state (skipping those answered
-    /// from `recovered`, which are in the journal already).
+    /// Journals the mutations of `ops` that changed state, and with an idempotency key
+    /// every other operation's result too (skipping those answered from `recovered`,
+    /// which are in the journal already).
     fn journal_share(
         &self,
         ops: &[Op<'_>],
@@ -251,21 +254,44 @@ impl Core {
             .zip(results)
             .enumerate()
             .filter_map(|(at, (op, result))| {
-                let outcome = result.as_ref().ok()?;
-                let hash = hashes.map_or_else(|| tally_engine::key_hash(op.key()), |h| h[at]);
-                let mut record = self.record_of(op, hash, outcome)?;
-                if let Some((batch, indexes)) = journaling.idempotency {
-                    let index = indexes[at];
-                    if recovered.is_some_and(|r| r.outcome(index).is_some()) {
-                        return None;
-                    }
+                let hash = || hashes.map_or_else(|| tally_engine::key_hash(op.key()), |h| h[at]);
+                let Some((batch, indexes)) = journaling.idempotency else {
+                    return self.record_of(op, hash(), result.as_ref().ok()?);
+                };
+                let index = indexes[at];
+                if recovered.is_some_and(|r| r.outcome(index).is_some())
+                    || !(1..=tally_engine::KEY_BYTES_MAX).contains(&op.key().len())
+                {
+                    return None;
+                }
+                let hash = hash();
+                let mutation = result
+                    .as_ref()
+                    .ok()
+                    .and_then(|outcome| Some((outcome, self.record_of(op, hash, outcome)?)));
+                if let Some((outcome, mut record)) = mutation {
                     let result = encode_result(outcome, index, unix_s, batch.fingerprint);
                     record.idempotency = Some(Idempotency {
                         key: batch.key,
                         result,
                     });
+                    return Some(record);
                 }
-                Some(record)
+                // Changed nothing: its result alone, so a retry after a restart gets it.
+                let (value, operand, result) =
+                    outcome_record_fields(result, index, unix_s, batch.fingerprint)?;
+                Some(Record {
+                    partition: tally_engine::partition_of_hash(hash, self.partition_count),
+                    kind: RecordKind::Outcome,
+                    key: op.key(),
+                    operand,
+                    value,
+                    bounds: None,
+                    idempotency: Some(Idempotency {
+                        key: batch.key,
+                        result,
+                    }),
+                })
             });
         match self.journal.append_all(records, journaling.durability) {
             None => Applied {

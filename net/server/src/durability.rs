@@ -40,27 +40,35 @@
 //! served, and nothing acknowledged earlier is touched.
 //!
 //! # Idempotency across restarts
-//! A mutation of a batch with an idempotency key carries the key in its record, with a
-//! 16-byte result:
+//! Every operation of a batch with an idempotency key leaves a record carrying the key
+//! and a 16-byte result: a mutation its usual record, and an operation that changed
+//! nothing (a read, a no-op such as deleting a missing counter, a refused operation)
+//! an *Outcome* record, which replay skips (`tally_engine::journal::record`). Only an
+//! invalid key leaves none (its refusal needs no memory: it is the same every time).
 //! ```text
 //! offset size field
 //!      0    1 flags: bit 0 the counter existed, bit 1 the operation was clamped
-//!      1    1 reserved, zero
+//!      1    1 status: 0 the operation succeeded (its value is the record's `value`);
+//!             else the error that refused it: 1 Overflow, 2 BelowFloor (floor in
+//!             `value`), 3 AboveCeiling (ceiling in `value`), 4 InvalidBounds (floor
+//!             in `value`, ceiling in `operand`), 5 OutOfBounds (the value in
+//!             `value`), 6 WrongKind, 7 StorageFull
 //!      2    2 index of the operation in its batch, u16 LE
 //!      4    4 wall-clock time of the apply, unix seconds, u32 LE
 //!      8    8 the batch's fingerprint (`idempotency::fingerprint`), u64 LE; 0 in
 //!             records written before fingerprints were journaled (unknown)
 //! ```
-//! (the resulting value is the record's own `value`). At start each core reads its
-//! journal and keeps, per key seen within the window, the batch's fingerprint and the
-//! outcome of every operation it journaled ([`Recovered`]). The fingerprints of all
+//! At start each core reads its journal and keeps, per key seen within the window, the
+//! batch's fingerprint and the result of every operation it journaled ([`Recovered`]). The fingerprints of all
 //! cores are merged at start (`lib.rs`) and handed to every core, so the key's home
 //! core refuses a batch with other operations under a recovered key, as it does
 //! before a restart. A retry of the same batch skips the operations journaled and
-//! answers with their recorded outcomes; operations with no record (reads, rejected
-//! operations, or mutations lost in the crash before they reached the journal) run
-//! again. So no mutation is applied twice and none acknowledged is lost; reads and
-//! rejections are evaluated afresh. Checkpoints keep every segment holding an
+//! answers with their recorded results, reads and refusals included; operations with
+//! no record (lost in the crash before they reached the journal, so never
+//! acknowledged) run again. So no mutation is applied twice, none acknowledged is
+//! lost, and a retry gets the first attempt's results. (Records written before
+//! Outcome records existed hold mutations only: for those, reads and refusals run
+//! again.) Checkpoints keep every segment holding an
 //! idempotency record still inside the window (the `retention_lsn` of
 //! `checkpoint_core`), so the journal of a core serving idempotent traffic is bounded
 //! by the window rather than by the checkpoint interval.
@@ -84,7 +92,7 @@ use tally_engine::journal::{
     journal_dir, list_segments, Durability, Idempotency, Journal, JournalError, JournalOptions,
     JournalReader, Lsn, Record,
 };
-use tally_engine::{Outcome, Store};
+use tally_engine::{OpError, OpResult, Outcome, Store};
 
 use crate::config::ServerConfig;
 use crate::core::Core;
@@ -112,46 +120,108 @@ const RESULT_FLAG_CLAMPED: u8 = 2;
 // An operation's index in its batch travels as u16.
 const _: () = assert!(tally_engine::BATCH_OPS_MAX <= u16::MAX as usize);
 
-/// The 16-byte result of an idempotent record (layout in the module doc).
+/// The 16-byte result of an idempotent record (layout in the module doc) for an
+/// operation that succeeded with `outcome` (status 0).
 pub fn encode_result(
     outcome: &Outcome,
     index: u16,
     unix_s: u32,
     fingerprint: Fingerprint,
 ) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    bytes[0] = (u8::from(outcome.existed) * RESULT_FLAG_EXISTED)
+    let flags = (u8::from(outcome.existed) * RESULT_FLAG_EXISTED)
         | (u8::from(outcome.clamped) * RESULT_FLAG_CLAMPED);
+    result_bytes(flags, 0, index, unix_s, fingerprint)
+}
+
+fn result_bytes(
+    flags: u8,
+    status: u8,
+    index: u16,
+    unix_s: u32,
+    fingerprint: Fingerprint,
+) -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    bytes[0] = flags;
+    bytes[1] = status;
     bytes[2..4].copy_from_slice(&index.to_le_bytes());
     bytes[4..8].copy_from_slice(&unix_s.to_le_bytes());
     bytes[8..16].copy_from_slice(&fingerprint.to_le_bytes());
     bytes
 }
 
-/// What an idempotent record's result says, beside the value the record carries.
+/// What an Outcome record of `result` carries: (value, operand, result bytes); `None`
+/// for an error whose refusal needs no record (an invalid key, a partition not owned,
+/// a batch over the limit: each refused the same way every time).
+pub fn outcome_record_fields(
+    result: &OpResult,
+    index: u16,
+    unix_s: u32,
+    fingerprint: Fingerprint,
+) -> Option<(i64, i64, [u8; 16])> {
+    let (status, value, operand) = match *result {
+        Ok(outcome) => {
+            return Some((
+                outcome.value,
+                0,
+                encode_result(&outcome, index, unix_s, fingerprint),
+            ))
+        }
+        Err(OpError::Overflow) => (1, 0, 0),
+        Err(OpError::BelowFloor { floor }) => (2, floor, 0),
+        Err(OpError::AboveCeiling { ceiling }) => (3, ceiling, 0),
+        Err(OpError::InvalidBounds { floor, ceiling }) => (4, floor, ceiling),
+        Err(OpError::OutOfBounds { value }) => (5, value, 0),
+        Err(OpError::WrongKind) => (6, 0, 0),
+        Err(OpError::StorageFull) => (7, 0, 0),
+        // An invalid key, a partition not owned, a batch over the limit: refused the
+        // same way every time (and errors added later, until they get a status).
+        Err(_) => return None,
+    };
+    Some((
+        value,
+        operand,
+        result_bytes(0, status, index, unix_s, fingerprint),
+    ))
+}
+
+/// What an idempotent record's result says, with the record's value and operand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct DecodedResult {
-    outcome: Outcome,
+    result: OpResult,
     index: u16,
     unix_s: u32,
     /// 0: unknown (a record from before fingerprints were journaled).
     fingerprint: Fingerprint,
 }
 
-/// The outcome, operation index, time and batch fingerprint of an idempotent record;
-/// `None` if the result bytes are not in the layout above.
-fn decode_result(value: i64, bytes: &[u8; 16]) -> Option<DecodedResult> {
+/// The result, operation index, time and batch fingerprint of an idempotent record
+/// with `value` and `operand`; `None` if the result bytes are not in the layout above.
+fn decode_result(value: i64, operand: i64, bytes: &[u8; 16]) -> Option<DecodedResult> {
     let flags = bytes[0];
-    if flags & !(RESULT_FLAG_EXISTED | RESULT_FLAG_CLAMPED) != 0 || bytes[1] != 0 {
+    if flags & !(RESULT_FLAG_EXISTED | RESULT_FLAG_CLAMPED) != 0 {
         return None;
     }
-    let outcome = Outcome {
-        value,
-        existed: flags & RESULT_FLAG_EXISTED != 0,
-        clamped: flags & RESULT_FLAG_CLAMPED != 0,
+    let result = match bytes[1] {
+        0 => Ok(Outcome {
+            value,
+            existed: flags & RESULT_FLAG_EXISTED != 0,
+            clamped: flags & RESULT_FLAG_CLAMPED != 0,
+        }),
+        _ if flags != 0 => return None,
+        1 => Err(OpError::Overflow),
+        2 => Err(OpError::BelowFloor { floor: value }),
+        3 => Err(OpError::AboveCeiling { ceiling: value }),
+        4 => Err(OpError::InvalidBounds {
+            floor: value,
+            ceiling: operand,
+        }),
+        5 => Err(OpError::OutOfBounds { value }),
+        6 => Err(OpError::WrongKind),
+        7 => Err(OpError::StorageFull),
+        _ => return None,
     };
     Some(DecodedResult {
-        outcome,
+        result,
         index: u16::from_le_bytes([bytes[2], bytes[3]]),
         unix_s: u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes")),
         fingerprint: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
@@ -173,12 +243,12 @@ pub struct Recovered {
     unix_s: u32,
     /// The batch's fingerprint, 0 if its records predate journaled fingerprints.
     fingerprint: Fingerprint,
-    outcomes: Vec<(u16, Outcome)>,
+    outcomes: Vec<(u16, OpResult)>,
 }
 
 impl Recovered {
-    /// The recorded outcome of operation `index`, if it was journaled.
-    pub fn outcome(&self, index: u16) -> Option<Outcome> {
+    /// The recorded result of operation `index`, if it was journaled.
+    pub fn outcome(&self, index: u16) -> Option<OpResult> {
         let found = self.outcomes.binary_search_by_key(&index, |(i, _)| *i);
         found.ok().map(|at| self.outcomes[at].1)
     }
@@ -826,7 +896,8 @@ impl IdempotencyScanner {
             let Some(Idempotency { key, result }) = logged.record.idempotency else {
                 continue;
             };
-            let Some(decoded) = decode_result(logged.record.value, &result) else {
+            let record = &logged.record;
+            let Some(decoded) = decode_result(record.value, record.operand, &result) else {
                 tracing::warn!(
                     core,
                     lsn = logged.lsn,
@@ -850,7 +921,7 @@ impl IdempotencyScanner {
             if entry.fingerprint == 0 {
                 entry.fingerprint = decoded.fingerprint;
             }
-            entry.outcomes.push((decoded.index, decoded.outcome));
+            entry.outcomes.push((decoded.index, decoded.result));
             self.kept += 1;
         }
         Ok(())
@@ -1020,9 +1091,9 @@ mod tests {
         };
         let bytes = encode_result(&outcome, 9_999, 1_700_000_000, 0xfeed_beef_0123_4567);
         assert_eq!(
-            decode_result(-4, &bytes),
+            decode_result(-4, 0, &bytes),
             Some(DecodedResult {
-                outcome,
+                result: Ok(outcome),
                 index: 9_999,
                 unix_s: 1_700_000_000,
                 fingerprint: 0xfeed_beef_0123_4567,
@@ -1030,7 +1101,27 @@ mod tests {
         );
         let mut bad = bytes;
         bad[0] |= 0x80;
-        assert_eq!(decode_result(-4, &bad), None);
+        assert_eq!(decode_result(-4, 0, &bad), None);
+        let refusals = [
+            OpError::Overflow,
+            OpError::BelowFloor { floor: -3 },
+            OpError::AboveCeiling { ceiling: 10 },
+            OpError::InvalidBounds {
+                floor: 9,
+                ceiling: 2,
+            },
+            OpError::OutOfBounds { value: 44 },
+            OpError::WrongKind,
+            OpError::StorageFull,
+        ];
+        for refusal in refusals {
+            let (value, operand, bytes) =
+                outcome_record_fields(&Err(refusal), 3, 1_700_000_000, 9).expect("journaled");
+            let decoded = decode_result(value, operand, &bytes).expect("decodes");
+            assert_eq!((decoded.result, decoded.index), (Err(refusal), 3));
+        }
+        let invalid_key = Err(OpError::InvalidKey { length: 0 });
+        assert_eq!(outcome_record_fields(&invalid_key, 0, 0, 1), None);
     }
 
     #[test]
@@ -1043,9 +1134,13 @@ mod tests {
         let recovered = Recovered {
             unix_s: 0,
             fingerprint: 0,
-            outcomes: vec![(0, outcome(1)), (5, outcome(2)), (7, outcome(3))],
+            outcomes: vec![
+                (0, Ok(outcome(1))),
+                (5, Ok(outcome(2))),
+                (7, Ok(outcome(3))),
+            ],
         };
-        assert_eq!(recovered.outcome(5), Some(outcome(2)));
+        assert_eq!(recovered.outcome(5), Some(Ok(outcome(2))));
         assert_eq!(recovered.outcome(6), None);
     }
 }
