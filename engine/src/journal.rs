@@ -34,9 +34,15 @@
 //!   loss only the last [`COMMIT_BYTES_MAX`] bytes of the last segment can be torn.
 //! - The journal never blocks its caller, except in [`Journal::sync`] and when it starts
 //!   a new segment file (create + directory fsync, once per segment).
-//! - After any write or fdatasync error the journal is *failed*: it accepts no more
-//!   records and never reports them durable. A failed fdatasync is never retried as if
-//!   it had succeeded (the kernel may have dropped the dirty data).
+//! - After a write or fdatasync error the journal is either *degraded* or *failed* (see
+//!   the writer's "Failure"). Degraded, when a retry writes the very same bytes at the
+//!   same offsets (a segment could not be created; a write failed for lack of space or
+//!   file descriptors): it accepts no records, keeps the ones it holds, retries every
+//!   [`JournalOptions::retry_interval`] and accepts records again once a retry is
+//!   durable. Failed, otherwise: it accepts no more records and never reports them
+//!   durable. A failed fdatasync is never retried (after one, Linux may have dropped
+//!   the dirty pages and marked them clean: a later fdatasync would succeed without
+//!   writing them).
 //! - Media assumption: a 512-byte sector is written atomically (old or new content,
 //!   never a mix within the sector). Rewriting the partial last block therefore never
 //!   destroys the records already durable in it: their bytes are identical in both
@@ -75,6 +81,9 @@ pub const COMMIT_BYTES_MAX: usize = 4 << 20;
 /// The default size after which a segment is closed and a new one started.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
 
+/// The default [`JournalOptions::retry_interval`].
+pub const RETRY_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
+
 /// The largest segment size a journal accepts as its target.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
@@ -110,6 +119,8 @@ pub struct JournalOptions {
     pub next_lsn_min: Lsn,
     /// Open segments with O_DIRECT (default). Off only for file systems without it.
     pub direct_io: bool,
+    /// While degraded, how long after a failure the next retry is due (default 1 s).
+    pub retry_interval: Duration,
 }
 
 impl Default for JournalOptions {
@@ -121,6 +132,7 @@ impl Default for JournalOptions {
             batch_bytes: 256 << 10,
             next_lsn_min: 1,
             direct_io: true,
+            retry_interval: RETRY_INTERVAL_DEFAULT,
         }
     }
 }
@@ -194,6 +206,10 @@ pub enum JournalError {
     /// An earlier write or sync failed; the journal accepts no more records.
     #[error("journal failed earlier and accepts no more records: {reason}")]
     Failed { reason: String },
+    /// A retryable failure (see [`Journal::degraded`]): no records are accepted until a
+    /// retry succeeds.
+    #[error("journal degraded, retrying, accepts no records until a retry succeeds: {reason}")]
+    Degraded { reason: String },
     /// The in-memory buffer is full while a commit is in flight: poll, then retry.
     #[error("journal buffer full ({bytes} bytes waiting): poll for the commit in flight")]
     BufferFull { bytes: usize },
