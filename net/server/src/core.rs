@@ -148,7 +148,7 @@ impl Core {
         let recovered = journaling
             .idempotency
             .and_then(|(key, _)| self.journal.recovered(key));
-        let applied = if self.journal.is_failed() {
+        let applied = if self.journal.refuses_mutations() {
             // Refuse mutations before they change anything; reads are still served.
             self.apply_where(ops, results, |_, op| {
                 op.is_mutation().then_some(PLACEHOLDER)
