@@ -11,6 +11,7 @@
 //! # Layout on disk
 //! ```text
 //! <data-dir>/journal/core-<N>/segment-<first LSN, 20 digits>.log
+//! <data-dir>/journal-reach/core-<N>             an LSN known durable (see [`reach`])
 //! <data-dir>/checkpoint/<partition>/            (see [`checkpoint`])
 //! ```
 //! A segment is a sequence of records (layout in [`record`]) packed back to back from
@@ -29,6 +30,11 @@
 //!   recovery must start the writer higher (above LSNs set aside after corruption, or
 //!   above a checkpoint), it first checkpoints every partition there and sets the
 //!   earlier segments aside (see [`recovery`]).
+//! - The reach file records an LSN that was durable: the last LSN of the first durable
+//!   commit of each new segment, written after that commit's fdatasync. Recovery
+//!   refuses a journal that ends below it while a partition still needs the records
+//!   in between (see [`reach`]): so losing the newest segments is seen, and no crash
+//!   can make the record wrong.
 //! - At most one commit (write + fdatasync) is in flight per journal. A commit never
 //!   spans two segments and writes at most [`COMMIT_BYTES_MAX`] bytes, so after a power
 //!   loss only the last [`COMMIT_BYTES_MAX`] bytes of the last segment can be torn.
@@ -51,6 +57,7 @@
 mod buffer;
 pub mod checkpoint;
 pub mod fault;
+pub mod reach;
 mod reader;
 pub mod record;
 pub mod recovery;

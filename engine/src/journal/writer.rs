@@ -47,6 +47,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::reach::ReachFile;
 use super::record::Record;
 use super::segment::{self, Verdict};
 use super::storage::{CommitFailure, Completion, JournalStorage, UringStorage};
@@ -67,6 +68,8 @@ pub struct JournalStats {
     pub degraded_count: u64,
     /// Retries of a commit or of a segment creation while degraded.
     pub retry_count: u64,
+    /// Times recording the journal's reach failed (see [`super::reach`]).
+    pub reach_failure_count: u64,
 }
 
 /// Why the journal is degraded and what it retries.
@@ -119,6 +122,10 @@ pub struct Journal<S: JournalStorage = UringStorage> {
     oldest_relaxed: Option<Instant>,
     failure: Option<String>,
     degraded: Option<Degraded>,
+    reach: ReachFile,
+    /// Whether the next durable commit is the first of a new segment: its last LSN is
+    /// then recorded as the journal's reach.
+    reach_due: bool,
     stats: JournalStats,
 }
 
@@ -169,6 +176,8 @@ impl<S: JournalStorage> Journal<S> {
             oldest_relaxed: None,
             failure: None,
             degraded: None,
+            reach: ReachFile::new(data_dir, core),
+            reach_due: false,
             stats: JournalStats::default(),
         })
     }
@@ -437,6 +446,7 @@ impl<S: JournalStorage> Journal<S> {
             return Err(self.degrade(JournalError::io("create segment", &path, error), None));
         }
         self.segment = Some(path);
+        self.reach_due = true;
         Ok(())
     }
 
@@ -484,6 +494,12 @@ impl<S: JournalStorage> Journal<S> {
                 assert!(done.last_lsn > self.durable_lsn, "durable LSN only grows");
                 self.durable_lsn = done.last_lsn;
                 self.degraded = None;
+                if std::mem::take(&mut self.reach_due) && self.reach.record(done.last_lsn).is_err()
+                {
+                    // The records are durable all the same; only the check is weaker
+                    // until the next segment records its reach (see `super::reach`).
+                    self.stats.reach_failure_count += 1;
+                }
                 self.stats.commit_count += 1;
                 self.stats.record_count += done.record_count;
                 self.stats.bytes_written += done.length as u64;

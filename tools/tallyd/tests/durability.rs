@@ -681,3 +681,91 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
     let daemon = Daemon::start(&data_dir, &[]);
     check_bounds(daemon.addr, &tally, "after kill -9 and restart");
 }
+
+/// Starts `tallyd` as `Daemon::start` does, expecting it to refuse to start; returns
+/// what it wrote to standard error.
+fn start_refused(dir: &Path, extra: &[&str]) -> String {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--partitions",
+            "8",
+        ])
+        .args(["--spin-us", "20", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tallyd");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("poll tallyd").is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("tallyd started (or hung) instead of refusing");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("reap tallyd");
+    assert!(!output.status.success(), "tallyd exited with success");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The newest journal segment of a core lost after a crash (each start of `tallyd`
+/// begins a new segment, so three runs give each core three): the restart refuses,
+/// naming the missing segment and the flag; with `--recover-to-corruption` it starts
+/// with what is left (the increments of the first two runs all there, none counted
+/// twice), and the next start needs no flag.
+#[test]
+fn a_lost_newest_segment_refuses_to_start_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    let mut before_last_run = tally.clone();
+    for run in 0..3 {
+        if run == 2 {
+            before_last_run = tally.clone();
+        }
+        let daemon = Daemon::start(dir.path(), &[]);
+        let mut client = Client::connect(daemon.addr);
+        for _ in 0..10 {
+            let statuses = send_round(&mut client, &keys, &mut tally);
+            assert!(statuses.iter().all(|&status| status == Status::Ok));
+        }
+        drop(client);
+        daemon.kill_9();
+    }
+    let journal = dir.path().join("journal").join("core-0");
+    let mut segments: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let newest = segments.pop().unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    let stderr = start_refused(dir.path(), &[]);
+    let name = newest.file_name().unwrap().to_string_lossy();
+    assert!(
+        stderr.contains(&*name),
+        "the refusal names {name}: {stderr}"
+    );
+    assert!(stderr.contains("--recover-to-corruption"), "{stderr}");
+    let daemon = Daemon::start(dir.path(), &["--recover-to-corruption"]);
+    let mut floor = before_last_run;
+    floor.sent = tally.sent.clone();
+    check_bounds(
+        daemon.addr,
+        &floor,
+        "after losing the newest segment, with the flag",
+    );
+    daemon.kill_9();
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(daemon.addr, &floor, "the start after, without the flag");
+}
