@@ -38,8 +38,10 @@
 //! - At most one commit (write + fdatasync) is in flight per journal. A commit never
 //!   spans two segments and writes at most [`COMMIT_BYTES_MAX`] bytes, so after a power
 //!   loss only the last [`COMMIT_BYTES_MAX`] bytes of the last segment can be torn.
-//! - The journal never blocks its caller, except in [`Journal::sync`] and when it starts
-//!   a new segment file (create + directory fsync, once per segment).
+//! - The journal never blocks its caller, except in [`Journal::sync`], when it starts
+//!   a new segment file (create + directory fsync, once per segment), and when the first
+//!   commit of a segment completes (the reach file's write + fdatasync, once per
+//!   segment).
 //! - After a write or fdatasync error the journal is either *degraded* or *failed* (see
 //!   the writer's "Failure"). Degraded, when a retry writes the very same bytes at the
 //!   same offsets (a segment could not be created; a write failed for lack of space or

@@ -228,6 +228,9 @@ pub struct CoreJournal {
     failed: Cell<bool>,
     /// When the last "still degraded" line was logged, while degraded.
     degraded_logged: Cell<Option<Instant>>,
+    /// The last LSN appended when the journal last became (or stayed) degraded: a
+    /// durable waiter at or below it that is not durable yet gets an unknown outcome.
+    degraded_lsn: Cell<Lsn>,
     durable_waiters: RefCell<Vec<Waker>>,
     appended: Notify,
     stopping: Cell<bool>,
@@ -391,6 +394,7 @@ impl CoreJournal {
             core,
             failed: Cell::new(false),
             degraded_logged: Cell::new(None),
+            degraded_lsn: Cell::new(0),
             durable_waiters: RefCell::new(Vec::new()),
             appended: Notify::default(),
             stopping: Cell::new(false),
@@ -514,20 +518,17 @@ impl CoreJournal {
         bounds.prune(&mut self.retained.borrow_mut())
     }
 
-    /// Resolves with `Ok` once `lsn` is durable, `Err` if the journal failed or became
-    /// degraded first (call it right after the append, so a degradation before then
-    /// is not counted: the append would have been refused).
+    /// Resolves with `Ok` once `lsn` is durable, `Err` if the journal failed first or
+    /// became degraded while `lsn` was appended and not yet durable (however late the
+    /// wait starts: a held reply waits its turn).
     pub fn wait_durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), ()>> + '_ {
-        let degraded_count = self.journal.borrow().stats().degraded_count;
         std::future::poll_fn(move |context| {
-            let journal = self.journal.borrow();
-            if journal.durable_lsn() >= lsn {
+            if self.journal.borrow().durable_lsn() >= lsn {
                 return Poll::Ready(Ok(()));
             }
-            if self.failed.get() || journal.stats().degraded_count != degraded_count {
+            if self.failed.get() || lsn <= self.degraded_lsn.get() {
                 return Poll::Ready(Err(()));
             }
-            drop(journal);
             self.durable_waiters
                 .borrow_mut()
                 .push(context.waker().clone());
@@ -558,6 +559,8 @@ impl CoreJournal {
             return;
         }
         let retries = journal.stats().retry_count;
+        self.degraded_lsn
+            .set(self.degraded_lsn.get().max(journal.appended_lsn()));
         drop(journal);
         match self.degraded_logged.get() {
             None => tracing::error!(
