@@ -73,13 +73,17 @@ impl FaultStorage {
 
     /// The planned failure of the next segment creation, if any; used up once taken.
     fn take_create_fault(&mut self) -> Option<i32> {
-        let at = self.plan.iter().position(|(at, fault)| {
-            *at == self.commit_count && matches!(fault, Fault::FailCreate { .. })
-        })?;
-        match self.plan.remove(at).1 {
-            Fault::FailCreate { errno } => Some(errno),
-            _ => unreachable!("position matched a FailCreate"),
-        }
+        let commit = self.commit_count;
+        let (index, errno) = self
+            .plan
+            .iter()
+            .enumerate()
+            .find_map(|(index, (at, fault))| match fault {
+                Fault::FailCreate { errno } if *at == commit => Some((index, *errno)),
+                _ => None,
+            })?;
+        self.plan.remove(index);
+        Some(errno)
     }
 
     fn inject(
@@ -118,7 +122,13 @@ impl FaultStorage {
                     "simulated power loss",
                 )))
             }
-            Fault::FailCreate { .. } => unreachable!("fault_for skips creation faults"),
+            // A creation fault touches no commit (`fault_for` never returns one).
+            Fault::FailCreate { .. } => {
+                self.inner
+                    .write_at(offset, &buffer.as_slice()[..length])
+                    .map_err(CommitFailure::Write)?;
+                self.inner.sync().map_err(CommitFailure::Sync)
+            }
             Fault::FlipBit { byte, bit } => {
                 let data = buffer.as_mut_slice();
                 let at = byte % length;
