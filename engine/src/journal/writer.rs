@@ -456,7 +456,8 @@ impl<S: JournalStorage> Journal<S> {
     }
 
     /// Reaps finished commits without blocking; returns the new durable LSN if one
-    /// finished. An error means a commit failed and the journal is now failed.
+    /// finished. An error means a commit failed: the journal is now degraded (it will
+    /// retry) or failed, as [`Journal::degraded`] and [`Journal::failure`] say.
     pub fn poll(&mut self) -> Result<Option<Lsn>, JournalError> {
         let mut durable = None;
         while let Some(lsn) = self.reap(false)? {
