@@ -11,6 +11,7 @@
 //! # Layout on disk
 //! ```text
 //! <data-dir>/journal/core-<N>/segment-<first LSN, 20 digits>.log
+//! <data-dir>/journal-reach/core-<N>             an LSN known durable (see [`reach`])
 //! <data-dir>/checkpoint/<partition>/            (see [`checkpoint`])
 //! ```
 //! A segment is a sequence of records (layout in [`record`]) packed back to back from
@@ -29,14 +30,27 @@
 //!   recovery must start the writer higher (above LSNs set aside after corruption, or
 //!   above a checkpoint), it first checkpoints every partition there and sets the
 //!   earlier segments aside (see [`recovery`]).
+//! - The reach file records an LSN that was durable: the last LSN of the first durable
+//!   commit of each new segment, written after that commit's fdatasync. Recovery
+//!   refuses a journal that ends below it while a partition still needs the records
+//!   in between (see [`reach`]): so losing the newest segments is seen, and no crash
+//!   can make the record wrong.
 //! - At most one commit (write + fdatasync) is in flight per journal. A commit never
 //!   spans two segments and writes at most [`COMMIT_BYTES_MAX`] bytes, so after a power
 //!   loss only the last [`COMMIT_BYTES_MAX`] bytes of the last segment can be torn.
-//! - The journal never blocks its caller, except in [`Journal::sync`] and when it starts
-//!   a new segment file (create + directory fsync, once per segment).
-//! - After any write or fdatasync error the journal is *failed*: it accepts no more
-//!   records and never reports them durable. A failed fdatasync is never retried as if
-//!   it had succeeded (the kernel may have dropped the dirty data).
+//! - The journal never blocks its caller, except in [`Journal::sync`], when it starts
+//!   a new segment file (create + directory fsync, once per segment), and when the first
+//!   commit of a segment completes (the reach file's write + fdatasync, once per
+//!   segment).
+//! - After a write or fdatasync error the journal is either *degraded* or *failed* (see
+//!   the writer's "Failure"). Degraded, when a retry writes the very same bytes at the
+//!   same offsets (a segment could not be created; a write failed for lack of space or
+//!   file descriptors): it accepts no records, keeps the ones it holds, retries every
+//!   [`JournalOptions::retry_interval`] and accepts records again once a retry is
+//!   durable. Failed, otherwise: it accepts no more records and never reports them
+//!   durable. A failed fdatasync is never retried (after one, Linux may have dropped
+//!   the dirty pages and marked them clean: a later fdatasync would succeed without
+//!   writing them).
 //! - Media assumption: a 512-byte sector is written atomically (old or new content,
 //!   never a mix within the sector). Rewriting the partial last block therefore never
 //!   destroys the records already durable in it: their bytes are identical in both
@@ -45,6 +59,7 @@
 mod buffer;
 pub mod checkpoint;
 pub mod fault;
+pub mod reach;
 mod reader;
 pub mod record;
 pub mod recovery;
@@ -74,6 +89,9 @@ pub const COMMIT_BYTES_MAX: usize = 4 << 20;
 
 /// The default size after which a segment is closed and a new one started.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+
+/// The default [`JournalOptions::retry_interval`].
+pub const RETRY_INTERVAL_DEFAULT: Duration = Duration::from_secs(1);
 
 /// The largest segment size a journal accepts as its target.
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
@@ -110,6 +128,8 @@ pub struct JournalOptions {
     pub next_lsn_min: Lsn,
     /// Open segments with O_DIRECT (default). Off only for file systems without it.
     pub direct_io: bool,
+    /// While degraded, how long after a failure the next retry is due (default 1 s).
+    pub retry_interval: Duration,
 }
 
 impl Default for JournalOptions {
@@ -121,6 +141,7 @@ impl Default for JournalOptions {
             batch_bytes: 256 << 10,
             next_lsn_min: 1,
             direct_io: true,
+            retry_interval: RETRY_INTERVAL_DEFAULT,
         }
     }
 }
@@ -194,6 +215,10 @@ pub enum JournalError {
     /// An earlier write or sync failed; the journal accepts no more records.
     #[error("journal failed earlier and accepts no more records: {reason}")]
     Failed { reason: String },
+    /// A retryable failure (see [`Journal::degraded`]): no records are accepted until a
+    /// retry succeeds.
+    #[error("journal degraded, retrying, accepts no records until a retry succeeds: {reason}")]
+    Degraded { reason: String },
     /// The in-memory buffer is full while a commit is in flight: poll, then retry.
     #[error("journal buffer full ({bytes} bytes waiting): poll for the commit in flight")]
     BufferFull { bytes: usize },

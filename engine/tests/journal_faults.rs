@@ -177,18 +177,175 @@ fn failed_writes_and_syncs_lose_nothing_durable() {
     }
 }
 
+/// Appends `total` records in commits of `RECORDS_PER_COMMIT`, retrying each failed
+/// sync at once (as the commit task does every `retry_interval`) while the journal is
+/// degraded. Returns the errors met, in order. Every failure must degrade, never fail:
+/// no record is accepted meanwhile and nothing more becomes durable until a retry is.
+fn write_through_retrying<S: tally_engine::journal::storage::JournalStorage>(
+    journal: &mut Journal<S>,
+    total: u64,
+) -> Vec<JournalError> {
+    let mut errors = Vec::new();
+    for index in 0..total {
+        let owned = record(index);
+        let lsn = journal
+            .append(&owned.as_record(), Durability::Durable)
+            .unwrap();
+        assert_eq!(lsn, owned.lsn, "LSNs continue across retries");
+        if !(index + 1).is_multiple_of(RECORDS_PER_COMMIT) && index + 1 != total {
+            continue;
+        }
+        for _ in 0..10 {
+            let durable = journal.durable_lsn();
+            let Err(error) = journal.sync() else {
+                break;
+            };
+            assert!(journal.failure().is_none(), "{error} failed the journal");
+            assert!(journal.degraded().is_some(), "{error} without degrading");
+            let refused = journal.append(&record(index + 1).as_record(), Durability::Durable);
+            assert!(
+                matches!(refused, Err(JournalError::Degraded { .. })),
+                "a degraded journal accepts no record: {refused:?}"
+            );
+            assert_eq!(journal.durable_lsn(), durable, "nothing durable meanwhile");
+            errors.push(error);
+        }
+        assert_eq!(
+            journal.durable_lsn(),
+            index + 1,
+            "durable after the retries"
+        );
+        assert!(journal.degraded().is_none(), "a durable retry ends it");
+    }
+    errors
+}
+
+/// Writes 2,000 records through `plan`, retrying while degraded, then recovers: every
+/// record is there once, in LSN order, and the journal continues after it.
+fn run_degraded(plan: Vec<(u64, Fault)>) -> Vec<JournalError> {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultStorage::new(plan.clone());
+    let mut journal = Journal::open_with_storage(dir.path(), 0, small_segments(), storage).unwrap();
+    let errors = write_through_retrying(&mut journal, 2_000);
+    // Consecutive failures are one stay in the degraded state.
+    assert_eq!(journal.stats().degraded_count, 1, "{plan:?}");
+    drop(journal);
+    let (last_lsn, model) = recover_into_model(dir.path(), &RecoveryOptions::default())
+        .unwrap_or_else(|e| panic!("{plan:?}: recovery failed: {e}"));
+    assert_eq!(last_lsn, 2_000, "{plan:?}: every record recovered");
+    assert_eq!(model, model_of_prefix(last_lsn));
+    check_journal_continues(dir.path(), last_lsn);
+    errors
+}
+
+/// ENOSPC (and EDQUOT) at a commit's write, once or twice in a row, at commits inside
+/// a segment and at the last one of a segment (about 14 commits fill one here): the
+/// journal degrades, a retry writes the same bytes again, and nothing is lost or
+/// duplicated.
 #[test]
-fn disk_full_is_a_clear_no_space_error() {
-    let (written, last_lsn) = run_fault(
+fn a_write_out_of_space_degrades_and_a_retry_loses_and_duplicates_nothing() {
+    for at_commit in [0, 1, 5, 13, 14, 15, 29] {
+        let enospc = Fault::FailWrite {
+            errno: libc::ENOSPC,
+        };
+        let errors = run_degraded(vec![(at_commit, enospc)]);
+        assert_eq!(errors.len(), 1, "commit {at_commit}");
+        assert!(
+            matches!(errors[0], JournalError::NoSpace { .. }),
+            "{:?}",
+            errors[0]
+        );
+        assert!(errors[0].to_string().contains("no space"), "{}", errors[0]);
+        let edquot = Fault::FailWrite {
+            errno: libc::EDQUOT,
+        };
+        // The retry is commit `at_commit + 1` of the storage: it fails too.
+        let errors = run_degraded(vec![(at_commit, enospc), (at_commit + 1, edquot)]);
+        assert_eq!(errors.len(), 2, "commit {at_commit}");
+    }
+}
+
+/// A segment that cannot be created (EMFILE, or ENOSPC when its blocks are allocated),
+/// for the first segment and at a segment roll, once or twice: degraded, then the
+/// records waiting go into the segment created by the retry.
+#[test]
+fn a_failed_segment_creation_degrades_and_a_retry_loses_and_duplicates_nothing() {
+    let emfile = Fault::FailCreate {
+        errno: libc::EMFILE,
+    };
+    let enospc = Fault::FailCreate {
+        errno: libc::ENOSPC,
+    };
+    let errors = run_degraded(vec![(0, emfile)]);
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].to_string().contains("create segment"),
+        "{}",
+        errors[0]
+    );
+    let rolled = 15; // past the first roll of a 32 KiB segment (about 14 commits)
+    let errors = run_degraded(vec![(rolled, emfile), (rolled, enospc)]);
+    assert_eq!(
+        errors.len(),
+        2,
+        "the creation is retried, and fails again once"
+    );
+}
+
+/// The retry follows `retry_interval`, as the commit task drives it through
+/// `next_deadline` and `submit_if_due`: not before, and at once after.
+#[test]
+fn a_degraded_journal_retries_when_the_interval_has_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = FaultStorage::new(vec![(
+        1,
         Fault::FailWrite {
             errno: libc::ENOSPC,
         },
-        5,
+    )]);
+    let options = JournalOptions {
+        retry_interval: std::time::Duration::from_secs(1),
+        ..small_segments()
+    };
+    let mut journal = Journal::open_with_storage(dir.path(), 0, options, storage).unwrap();
+    for index in 0..2 * RECORDS_PER_COMMIT {
+        journal
+            .append(&record(index).as_record(), Durability::Durable)
+            .unwrap();
+        if index + 1 == RECORDS_PER_COMMIT {
+            assert!(journal.submit().unwrap());
+            assert_eq!(journal.poll().unwrap(), Some(RECORDS_PER_COMMIT));
+        }
+    }
+    assert!(journal.submit().unwrap());
+    assert!(
+        journal.poll().is_err(),
+        "the second commit ran out of space"
     );
-    let error = written.error.expect("the commit failed");
-    assert!(matches!(error, JournalError::NoSpace { .. }), "{error:?}");
-    assert!(error.to_string().contains("no space"), "{error}");
-    assert_eq!(last_lsn, written.durable_at_failure);
+    let due = journal.next_deadline().expect("a retry is due later");
+    assert!(!journal
+        .submit_if_due(due - std::time::Duration::from_millis(1))
+        .unwrap());
+    assert!(journal.degraded().is_some());
+    assert!(journal.submit_if_due(due).unwrap(), "retried once due");
+    assert_eq!(journal.poll().unwrap(), Some(2 * RECORDS_PER_COMMIT));
+    assert!(journal.degraded().is_none());
+    assert_eq!(journal.stats().retry_count, 1);
+}
+
+/// A failed fdatasync, or a write failing with EIO, stays permanent: after a failed
+/// fdatasync Linux may have dropped the dirty pages, so no retry could be trusted.
+#[test]
+fn a_failed_sync_or_an_io_error_fails_for_good() {
+    for fault in [
+        Fault::FailSync {
+            errno: libc::ENOSPC,
+        },
+        Fault::FailWrite { errno: libc::EIO },
+    ] {
+        let (written, _) = run_fault(fault, 3);
+        assert!(written.error.is_some(), "{fault:?}");
+    }
 }
 
 #[test]

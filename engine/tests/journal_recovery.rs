@@ -573,3 +573,146 @@ fn outcome_records_are_read_back_but_never_replayed() {
     }
     assert_eq!(outcomes, 1);
 }
+
+/// Losing the newest segments is seen through the journal's reach (an LSN recorded
+/// durable outside the journal): recovery refuses and names the first missing segment
+/// and the flag; with the flag it starts with what is left, continues above the reach,
+/// and the next start needs no flag.
+#[test]
+fn losing_the_newest_segments_refuses_to_start_and_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, covered, last) = covered_and_uncovered_segments(dir.path());
+    let reach = tally_engine::journal::reach::read_reach(dir.path(), 0)
+        .unwrap()
+        .expect("the writer recorded its reach");
+    let ranges = segment_ranges(dir.path(), last);
+    let (newest, first, _) = ranges.last().unwrap().clone();
+    assert!(
+        first > covered && reach >= first,
+        "{covered} {first} {reach}"
+    );
+    for lost in [1, 2] {
+        let (gone, _, _) = &ranges[ranges.len() - lost];
+        let away = dir.path().join(format!("moved-away-{lost}.log"));
+        std::fs::rename(gone, &away).unwrap();
+        let mut store = open_store(dir.path());
+        let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+        let message = error.to_string();
+        let name = gone.file_name().unwrap().to_string_lossy();
+        assert!(message.contains(&*name), "{message}");
+        assert!(message.contains(&format!("..={reach}")), "{message}");
+        assert!(message.contains("--recover-to-corruption"), "{message}");
+    }
+    // The whole journal directory gone: refused too.
+    let journal = journal_dir(dir.path(), 0);
+    let aside = dir.path().join("journal-aside");
+    std::fs::rename(&journal, &aside).unwrap();
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    assert!(error.to_string().contains("missing"), "{error}");
+    drop(store);
+    std::fs::rename(&aside, &journal).unwrap();
+    assert!(!newest.exists());
+    // With the flag: what is left, and no LSN below the reach is ever used again.
+    let mut store = open_store(dir.path());
+    let options = RecoveryOptions {
+        recover_to_corruption: true,
+    };
+    let report = recover(dir.path(), &mut store, 0, &options).unwrap();
+    assert!(report.journal.corruption.is_some());
+    assert!(report.next_lsn > reach, "{} <= {reach}", report.next_lsn);
+    let mut writer = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut writer, 0..200);
+    writer.sync().unwrap();
+    let expected = snapshot(&store);
+    drop(writer);
+    drop(store);
+    let mut store = open_store(dir.path());
+    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+}
+
+/// What a crash leaves must never trip the reach check: a newest segment created but
+/// never written (or written without its fdatasync), a torn first commit in a new
+/// segment, old segments released by checkpoints, and a journal directory set aside
+/// after every partition was checkpointed above the reach (the core-count migration).
+#[test]
+fn crashes_and_normal_paths_never_trip_the_reach_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (expected, _, last) = covered_and_uncovered_segments(dir.path());
+    // Created at the next commit, then a crash before anything reached it.
+    let journal = journal_dir(dir.path(), 0);
+    let empty = tally_engine::journal::segment_path(&journal, last + 1);
+    std::fs::write(&empty, b"").unwrap();
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(report.journal.last_lsn, last);
+    assert_eq!(snapshot(&store), expected);
+    // Checkpoints release every segment but the last, then a crash.
+    let mut writer = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut writer, 10_000..12_000);
+    let released = checkpoint_core(dir.path(), &store, &mut writer, 0, None).unwrap();
+    assert!(released.segments_released > 0);
+    run_ops(&mut store, &mut writer, 12_000..12_100);
+    writer.sync().unwrap();
+    let expected = snapshot(&store);
+    drop(writer);
+    drop(store);
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    // Every partition checkpointed at the end, then the journal set aside (what the
+    // core-count migration does): nothing needed is missing.
+    tally_engine::journal::checkpoint::checkpoint_all(dir.path(), &store, report.next_lsn - 1)
+        .unwrap();
+    drop(store);
+    std::fs::rename(&journal, dir.path().join("journal.previous")).unwrap();
+    let mut store = open_store(dir.path());
+    recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+}
+
+/// A commit that never became durable, whichever commit it is (the first of a new
+/// segment included), leaves a journal that starts without the flag: the reach only
+/// ever names durable LSNs.
+#[test]
+fn a_commit_lost_in_a_crash_never_trips_the_reach_check() {
+    use tally_engine::journal::fault::{Fault, FaultStorage};
+    for (at_commit, bytes) in (1..12).flat_map(|at| [(at, 0), (at, 1024)]) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open_store(dir.path());
+        let plan = vec![(
+            at_commit,
+            Fault::TornWrite {
+                bytes,
+                garbage: true,
+            },
+        )];
+        let mut journal =
+            Journal::open_with_storage(dir.path(), 0, small_segments(1), FaultStorage::new(plan))
+                .unwrap();
+        'ops: for step in 0..20_000u64 {
+            let key = format!("counter-{}", step % 300).into_bytes();
+            let op = op_for(step, &key);
+            let Ok(outcome) = store.apply(&op) else {
+                continue;
+            };
+            let record = Record::from_op(&op, &outcome, partition_of(&key)).unwrap();
+            if journal.append(&record, Durability::Durable).is_err() {
+                break;
+            }
+            if step % 100 == 99 && journal.sync().is_err() {
+                break 'ops;
+            }
+        }
+        assert!(
+            journal.failure().is_some(),
+            "the torn commit {at_commit} was reached"
+        );
+        drop(journal);
+        drop(store);
+        let mut store = open_store(dir.path());
+        recover(dir.path(), &mut store, 0, &RecoveryOptions::default())
+            .unwrap_or_else(|e| panic!("torn commit {at_commit} ({bytes} bytes kept): {e}"));
+    }
+}

@@ -36,6 +36,10 @@ pub enum Fault {
     /// The commit is written with bit `bit` of byte `byte` (modulo the write length)
     /// flipped, and reports success: silent media corruption.
     FlipBit { byte: usize, bit: u8 },
+    /// Creating a segment fails with `errno` (e.g. `libc::EMFILE`), nothing created.
+    /// Planned at commit N, it fails the first segment creation made after N commits
+    /// were submitted, once: the next creation succeeds unless planned again.
+    FailCreate { errno: i32 },
 }
 
 /// A storage that injects the planned faults at the planned commits (0-based).
@@ -63,8 +67,23 @@ impl FaultStorage {
     fn fault_for(&self, commit: u64) -> Option<Fault> {
         self.plan
             .iter()
-            .find(|(at, _)| *at == commit)
+            .find(|(at, fault)| *at == commit && !matches!(fault, Fault::FailCreate { .. }))
             .map(|(_, f)| *f)
+    }
+
+    /// The planned failure of the next segment creation, if any; used up once taken.
+    fn take_create_fault(&mut self) -> Option<i32> {
+        let commit = self.commit_count;
+        let (index, errno) = self
+            .plan
+            .iter()
+            .enumerate()
+            .find_map(|(index, (at, fault))| match fault {
+                Fault::FailCreate { errno } if *at == commit => Some((index, *errno)),
+                _ => None,
+            })?;
+        self.plan.remove(index);
+        Some(errno)
     }
 
     fn inject(
@@ -103,6 +122,13 @@ impl FaultStorage {
                     "simulated power loss",
                 )))
             }
+            // A creation fault touches no commit (`fault_for` never returns one).
+            Fault::FailCreate { .. } => {
+                self.inner
+                    .write_at(offset, &buffer.as_slice()[..length])
+                    .map_err(CommitFailure::Write)?;
+                self.inner.sync().map_err(CommitFailure::Sync)
+            }
             Fault::FlipBit { byte, bit } => {
                 let data = buffer.as_mut_slice();
                 let at = byte % length;
@@ -135,6 +161,9 @@ impl FaultStorage {
 
 impl JournalStorage for FaultStorage {
     fn create_segment(&mut self, path: &Path) -> io::Result<()> {
+        if let Some(errno) = self.take_create_fault() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         self.inner.create_segment(path)
     }
 

@@ -34,8 +34,15 @@
 //!    from the damage on are first copied to `segment-<first LSN they may hold>.log.corrupt`,
 //!    the segment is cut there, later segments are renamed `*.corrupt`, and the
 //!    records before the damage are all that is recovered.
-//! 4. The journal continues above every LSN in its segments, in any `*.corrupt` file,
-//!    in any checkpoint and in any partition: no LSN is ever reused. If that jumps over
+//! 4. The journal must reach the LSN its reach file records as durable (see
+//!    [`super::reach`]), unless every partition's checkpoint covers it: otherwise the
+//!    newest segments (or the whole journal directory) were lost, and recovery refuses
+//!    with [`JournalError::Corrupted`] naming the reach file, the missing LSNs and the
+//!    first missing segment, and the flag; with the flag it goes on with what is left
+//!    and continues above the reach.
+//!    The journal continues above every LSN in its segments, in any `*.corrupt` file,
+//!    in any checkpoint and in any partition (and above the reach, when the flag
+//!    accepted its loss): no LSN is ever reused. If that jumps over
 //!    LSNs (or LSNs needed were lost with the flag), every partition is checkpointed at
 //!    the LSN before the jump and the remaining segments are set aside as `*.covered`,
 //!    so the journal left on disk has consecutive LSNs and nothing below the jump is
@@ -60,7 +67,7 @@ use super::checkpoint::CheckpointInfo;
 use super::record::LoggedRecord;
 use super::replay::{Reader, Replay};
 use super::segment::{self, SegmentInfo, Verdict};
-use super::{checkpoint, journal_dir, JournalError, Lsn};
+use super::{checkpoint, journal_dir, reach, JournalError, Lsn};
 use crate::op::Op;
 use crate::store::Store;
 
@@ -83,6 +90,9 @@ pub const COVERED_SUFFIX: &str = ".covered";
 
 /// How the refusals of recovery tell the operator the way out.
 const FLAG_HINT: &str = "; to start with the records before this point, setting the later ones aside as *.corrupt files, restart with --recover-to-corruption (RecoveryOptions::recover_to_corruption)";
+
+/// How a refusal over the journal's reach tells the operator the way out.
+const REACH_HINT: &str = "; to start with the records that are left, losing the missing ones, restart with --recover-to-corruption (RecoveryOptions::recover_to_corruption)";
 
 /// A torn tail that recovery cut.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -500,7 +510,8 @@ pub fn recover(
     // Reading and checking the journal needs no partition: it starts first and
     // overlaps the restore (see `super::replay`).
     let dir = journal_dir(data_dir, core);
-    let reader = Reader::spawn(&dir, options, needed_lsn(&checkpoints, store))?;
+    let needed = needed_lsn(&checkpoints, store);
+    let reader = Reader::spawn(&dir, options, needed)?;
     restore_unclean(store, &checkpoints, &mut report)?;
     report.restore_elapsed = started.elapsed();
     let mut replay = Replay::new(store);
@@ -529,6 +540,7 @@ pub fn recover(
         .max(covered_max)
         .max(set_aside_lsn_max(&dir)?)
         + 1;
+    check_reach(data_dir, core, needed, options, &mut report)?;
     let checkpoint_started = Instant::now();
     // Only segments left in place can make a hole with the writer's first segment;
     // an empty journal simply starts at `next_lsn`.
@@ -542,6 +554,55 @@ pub fn recover(
     report.checkpoint_elapsed = checkpoint_started.elapsed();
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// Step 4's check of the journal's recorded reach (see [`super::reach`]): the journal
+/// found must reach it, unless every partition's checkpoint covers it (`needed_lsn`
+/// above it). Refused otherwise, naming the missing LSNs and the first missing segment,
+/// unless [`RecoveryOptions::recover_to_corruption`]: then the loss is reported like a
+/// corruption and the journal continues above the reach, after every partition is
+/// checkpointed there (`cover_the_skip`), so no LSN is reused and no later recovery
+/// needs the lost records.
+fn check_reach(
+    data_dir: &Path,
+    core: u32,
+    needed_lsn: Lsn,
+    options: &RecoveryOptions,
+    report: &mut RecoveryReport,
+) -> Result<(), JournalError> {
+    let path = reach::reach_path(data_dir, core);
+    let reach_lsn = match reach::read_reach(data_dir, core) {
+        Ok(Some(lsn)) => lsn,
+        Ok(None) => return Ok(()),
+        Err(error @ JournalError::Corrupted { .. }) if !options.recover_to_corruption => {
+            return Err(corrupted(&path, 0, format!("{error}{REACH_HINT}")));
+        }
+        Err(JournalError::Corrupted { .. }) => return Ok(()),
+        Err(error) => return Err(error),
+    };
+    let last_lsn = report.journal.last_lsn;
+    if last_lsn >= reach_lsn || needed_lsn > reach_lsn {
+        return Ok(());
+    }
+    let first_missing = last_lsn.max(needed_lsn.saturating_sub(1)) + 1;
+    let dir = journal_dir(data_dir, core);
+    let reason = format!(
+        "the journal ends at LSN {last_lsn} but LSN {reach_lsn} was durable (recorded in \
+         {}): LSNs {first_missing}..={reach_lsn} are missing, from {} on (the newest \
+         segments, or the journal directory, were lost)",
+        path.display(),
+        segment::segment_path(&dir, first_missing).display()
+    );
+    if !options.recover_to_corruption {
+        return Err(corrupted(&path, 0, reason + REACH_HINT));
+    }
+    // A corruption recovered up to already says where the journal was cut (its
+    // records are set aside, and the journal continues above them).
+    if report.journal.corruption.is_none() {
+        report.journal.corruption = Some((path, 0, reason));
+    }
+    report.next_lsn = report.next_lsn.max(reach_lsn + 1);
+    Ok(())
 }
 
 /// After LSNs were skipped (records lost to corruption or a gap, with the operator's

@@ -24,13 +24,30 @@
 //! [`Journal::next_deadline`].
 //!
 //! # Failure
-//! The first failed write or fdatasync moves the journal to a failed state: no record
-//! is accepted or reported durable again; `durable_lsn` stays where it was.
+//! A failure that a retry can undo *degrades* the journal; any other one *fails* it.
+//! - Retryable ([`Journal::degraded`]): creating a segment fails (whatever the error:
+//!   nothing was written yet), or a commit's write fails with ENOSPC, EDQUOT, EMFILE or
+//!   ENFILE, or stops short on a device with too little space left. Such a write never
+//!   reported success and was never followed by an fdatasync of its data, and the
+//!   commit's buffer comes back intact: retrying writes the same bytes at the same
+//!   offsets, so whatever part of it reached the file is overwritten with itself.
+//!   While degraded the journal accepts no record ([`JournalError::Degraded`]); the
+//!   records already appended stay in memory (the failed commit's buffer is kept as
+//!   the pending retry), and [`Journal::submit`] retries: first the failed commit, then
+//!   the normal path. The commit task calls it every [`JournalOptions::retry_interval`]
+//!   ([`Journal::next_deadline`]). The journal leaves the degraded state when a commit
+//!   completes durably; a retry that fails the same way keeps it degraded.
+//! - Permanent ([`Journal::failure`]): a failed fdatasync (after one, Linux may have
+//!   dropped the dirty pages and marked them clean, so a later fdatasync could report
+//!   success for data that never reached the disk), a write failing with any other
+//!   error (EIO), a short write with space left, a failed submission to the kernel. No
+//!   record is accepted or reported durable again; `durable_lsn` stays where it was.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::reach::ReachFile;
 use super::record::Record;
 use super::segment::{self, Verdict};
 use super::storage::{CommitFailure, Completion, JournalStorage, UringStorage};
@@ -47,6 +64,31 @@ pub struct JournalStats {
     pub bytes_written: u64,
     /// Commits submitted while another one was in flight.
     pub pipelined_count: u64,
+    /// Times the journal became degraded (a retryable failure, see the module doc).
+    pub degraded_count: u64,
+    /// Retries of a commit or of a segment creation while degraded.
+    pub retry_count: u64,
+    /// Times recording the journal's reach failed (see [`super::reach`]).
+    pub reach_failure_count: u64,
+}
+
+/// Why the journal is degraded and what it retries.
+struct Degraded {
+    reason: String,
+    /// When the failure or the last retry happened.
+    attempted: Instant,
+    /// The commit whose write failed, to write again before anything else; `None` when
+    /// creating a segment failed (the waiting records are submitted as usual).
+    retry: Option<Retry>,
+}
+
+/// A commit whose write failed retryably: the same bytes, to the same offsets.
+struct Retry {
+    offset: u64,
+    buffer: AlignedBuffer,
+    length: usize,
+    last_lsn: Lsn,
+    record_count: u64,
 }
 
 /// A commit in flight.
@@ -79,6 +121,11 @@ pub struct Journal<S: JournalStorage = UringStorage> {
     oldest_durable: Option<Instant>,
     oldest_relaxed: Option<Instant>,
     failure: Option<String>,
+    degraded: Option<Degraded>,
+    reach: ReachFile,
+    /// Whether the next durable commit is the first of a new segment: its last LSN is
+    /// then recorded as the journal's reach.
+    reach_due: bool,
     stats: JournalStats,
 }
 
@@ -128,6 +175,9 @@ impl<S: JournalStorage> Journal<S> {
             oldest_durable: None,
             oldest_relaxed: None,
             failure: None,
+            degraded: None,
+            reach: ReachFile::new(data_dir, core),
+            reach_due: false,
             stats: JournalStats::default(),
         })
     }
@@ -151,6 +201,15 @@ impl<S: JournalStorage> Journal<S> {
     /// be answered with an error.
     pub fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
+    }
+
+    /// Why the journal is degraded, if it is (a retryable failure, see the module doc):
+    /// it accepts no record until a retry succeeds. Durable waiters above `durable_lsn`
+    /// get an unknown outcome; their records may still become durable.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded
+            .as_ref()
+            .map(|degraded| degraded.reason.as_str())
     }
 
     /// Whether a commit is in flight.
@@ -177,6 +236,15 @@ impl<S: JournalStorage> Journal<S> {
         }
     }
 
+    fn check_not_degraded(&self) -> Result<(), JournalError> {
+        match &self.degraded {
+            Some(degraded) => Err(JournalError::Degraded {
+                reason: degraded.reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// Copies `record` into the buffer and assigns it the next LSN. Never blocks,
     /// except to create a segment file. A full buffer that can be submitted
     /// ([`Journal::can_submit`]) is submitted first (a caller that only polls would
@@ -188,6 +256,7 @@ impl<S: JournalStorage> Journal<S> {
         durability: Durability,
     ) -> Result<Lsn, JournalError> {
         self.check_not_failed()?;
+        self.check_not_degraded()?;
         record.validate().map_err(JournalError::InvalidRecord)?;
         let length = record.encoded_bytes();
         if self.active_bytes + length > self.active.capacity() && self.can_submit() {
@@ -230,7 +299,17 @@ impl<S: JournalStorage> Journal<S> {
     /// ([`Journal::can_submit`]). The commit task sleeps until then (or until a poll
     /// completes a commit).
     pub fn next_deadline(&self) -> Option<Instant> {
-        if !self.can_submit() || self.failure.is_some() || self.waiting_bytes() == 0 {
+        if self.failure.is_some() {
+            return None;
+        }
+        if let Some(degraded) = &self.degraded {
+            // A retry in flight is reaped like any commit; the next one waits its turn.
+            return self
+                .in_flight
+                .is_empty()
+                .then(|| degraded.attempted + self.options.retry_interval);
+        }
+        if !self.can_submit() || self.waiting_bytes() == 0 {
             return None;
         }
         let durable = self.oldest_durable.map(|t| t + self.options.durable_wait);
@@ -265,10 +344,46 @@ impl<S: JournalStorage> Journal<S> {
     }
 
     /// Submits the waiting records now (write + fdatasync) unless they cannot be
-    /// ([`Journal::can_submit`]) or nothing waits. Returns whether a commit was
-    /// submitted. Never blocks, except to create a new segment file.
+    /// ([`Journal::can_submit`]) or nothing waits; while degraded, retries instead (see
+    /// the module doc). Returns whether a commit was submitted. Never blocks, except to
+    /// create a new segment file.
     pub fn submit(&mut self) -> Result<bool, JournalError> {
         self.check_not_failed()?;
+        if self.degraded.is_some() {
+            return self.retry();
+        }
+        self.submit_waiting()
+    }
+
+    /// While degraded: writes the failed commit again, or if creating a segment failed,
+    /// submits the waiting records (creating the segment again). One retry at a time.
+    fn retry(&mut self) -> Result<bool, JournalError> {
+        if !self.in_flight.is_empty() {
+            return Ok(false);
+        }
+        let degraded = self.degraded.as_mut().expect("called while degraded");
+        degraded.attempted = Instant::now();
+        self.stats.retry_count += 1;
+        let Some(retry) = degraded.retry.take() else {
+            return self.submit_waiting();
+        };
+        if let Err(error) = self
+            .storage
+            .submit(retry.offset, retry.buffer, retry.length)
+        {
+            let path = self.segment_or_dir();
+            return Err(self.fail(JournalError::io("submit a commit to", &path, error)));
+        }
+        self.in_flight.push_back(InFlight {
+            last_lsn: retry.last_lsn,
+            record_count: retry.record_count,
+            offset: retry.offset,
+            length: retry.length,
+        });
+        Ok(true)
+    }
+
+    fn submit_waiting(&mut self) -> Result<bool, JournalError> {
         if !self.can_submit() || self.waiting_bytes() == 0 {
             return Ok(false);
         }
@@ -280,7 +395,7 @@ impl<S: JournalStorage> Journal<S> {
         self.active.as_mut_slice()[self.active_bytes..length].fill(0);
         let buffer = self.rotate_buffers();
         if let Err(error) = self.storage.submit(offset, buffer, length) {
-            let path = self.segment.clone().unwrap_or_default();
+            let path = self.segment_or_dir();
             return Err(self.fail(JournalError::io("submit a commit to", &path, error)));
         }
         if !self.in_flight.is_empty() {
@@ -327,14 +442,22 @@ impl<S: JournalStorage> Journal<S> {
         assert_eq!(self.active_offset, 0, "a new segment starts at offset 0");
         let path = segment::segment_path(&self.dir, self.submitted_lsn + 1);
         if let Err(error) = self.storage.create_segment(&path) {
-            return Err(self.fail(JournalError::io("create segment", &path, error)));
+            // Nothing was written: the next attempt creates (truncates) the same file.
+            return Err(self.degrade(JournalError::io("create segment", &path, error), None));
         }
         self.segment = Some(path);
+        self.reach_due = true;
         Ok(())
     }
 
+    /// The segment commits go to, or the journal directory between segments.
+    fn segment_or_dir(&self) -> PathBuf {
+        self.segment.clone().unwrap_or_else(|| self.dir.clone())
+    }
+
     /// Reaps finished commits without blocking; returns the new durable LSN if one
-    /// finished. An error means a commit failed and the journal is now failed.
+    /// finished. An error means a commit failed: the journal is now degraded (it will
+    /// retry) or failed, as [`Journal::degraded`] and [`Journal::failure`] say.
     pub fn poll(&mut self) -> Result<Option<Lsn>, JournalError> {
         let mut durable = None;
         while let Some(lsn) = self.reap(false)? {
@@ -352,7 +475,7 @@ impl<S: JournalStorage> Journal<S> {
             Ok(None) => Ok(None),
             Ok(Some(completion)) => self.complete(completion).map(Some),
             Err(error) => {
-                let path = self.segment.clone().unwrap_or_default();
+                let path = self.segment_or_dir();
                 Err(self.fail(JournalError::io("wait for a commit to", &path, error)))
             }
         }
@@ -363,20 +486,43 @@ impl<S: JournalStorage> Journal<S> {
             .in_flight
             .pop_front()
             .expect("reaped a commit in flight");
-        if let Some(buffer) = completion.buffer {
-            self.spare = Some(buffer);
-        }
-        let path = self.segment.clone().unwrap_or_else(|| self.dir.clone());
-        match completion.outcome {
+        let path = self.segment_or_dir();
+        let failure = match completion.outcome {
             Ok(()) => {
+                if let Some(buffer) = completion.buffer {
+                    self.spare = Some(buffer);
+                }
                 assert!(done.last_lsn > self.durable_lsn, "durable LSN only grows");
                 self.durable_lsn = done.last_lsn;
+                self.degraded = None;
+                if std::mem::take(&mut self.reach_due) && self.reach.record(done.last_lsn).is_err()
+                {
+                    // The records are durable all the same; only the check is weaker
+                    // until the next segment records its reach (see `super::reach`).
+                    self.stats.reach_failure_count += 1;
+                }
                 self.stats.commit_count += 1;
                 self.stats.record_count += done.record_count;
                 self.stats.bytes_written += done.length as u64;
-                Ok(self.durable_lsn)
+                return Ok(self.durable_lsn);
             }
-            Err(failure) => Err(self.fail(commit_error(failure, path, done.offset, done.length))),
+            Err(failure) => failure,
+        };
+        let error = commit_error(failure, path, done.offset, done.length);
+        // Retried only with nothing after it in flight (nothing is: a commit is only
+        // pipelined behind a finished write) and its bytes back in hand.
+        match completion.buffer {
+            Some(buffer) if retryable(&error) && self.in_flight.is_empty() => {
+                let retry = Retry {
+                    offset: done.offset,
+                    buffer,
+                    length: done.length,
+                    last_lsn: done.last_lsn,
+                    record_count: done.record_count,
+                };
+                Err(self.degrade(error, Some(retry)))
+            }
+            _ => Err(self.fail(error)),
         }
     }
 
@@ -387,18 +533,52 @@ impl<S: JournalStorage> Journal<S> {
         error
     }
 
+    /// Enters (or stays in) the degraded state after a retryable `error`.
+    fn degrade(&mut self, error: JournalError, retry: Option<Retry>) -> JournalError {
+        assert!(self.failure.is_none(), "a failed journal does not degrade");
+        if self.degraded.is_none() {
+            self.stats.degraded_count += 1;
+        }
+        let kept = self.degraded.take().and_then(|degraded| degraded.retry);
+        assert!(
+            retry.is_none() || kept.is_none(),
+            "one pending retry at a time"
+        );
+        self.degraded = Some(Degraded {
+            reason: error.to_string(),
+            attempted: Instant::now(),
+            retry: retry.or(kept),
+        });
+        error
+    }
+
     /// Blocks until every appended record is durable (shutdown, tests, checkpoints).
+    /// While degraded it retries at once, once: a failed retry is its error.
     pub fn sync(&mut self) -> Result<Lsn, JournalError> {
         loop {
             self.check_not_failed()?;
             if !self.in_flight.is_empty() {
                 self.reap(true)?;
-            } else if self.waiting_bytes() > 0 {
-                self.submit()?;
+            } else if self.degraded.is_some() || self.waiting_bytes() > 0 {
+                if !self.submit()? {
+                    self.check_not_degraded()?;
+                }
             } else {
                 return Ok(self.durable_lsn);
             }
         }
+    }
+}
+
+/// Whether a failed commit may be written again (see the module doc, "Failure").
+fn retryable(error: &JournalError) -> bool {
+    match error {
+        JournalError::NoSpace { .. } => true,
+        JournalError::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE)
+        ),
+        _ => false,
     }
 }
 

@@ -124,7 +124,8 @@ pub struct JournalConfig {
     /// A core checkpoints once its journal grew by this many bytes since the last one.
     pub checkpoint_journal_bytes: u64,
     /// At start, recover up to a corruption in the middle of a journal instead of
-    /// refusing to start (the records after it are set aside as `*.corrupt`).
+    /// refusing to start (the records after it are set aside as `*.corrupt`), or start
+    /// with what is left when the newest segments were lost (see `journal::reach`).
     pub recover_to_corruption: bool,
 }
 

@@ -449,6 +449,9 @@ impl State {
             ("journal_commits", journal.commit_count),
             ("journal_bytes_written", journal.bytes_written),
             ("journal_failed", u64::from(core.journal.is_failed())),
+            ("journal_degraded", u64::from(core.journal.is_degraded())),
+            ("journal_retries", journal.retry_count),
+            ("journal_reach_failures", journal.reach_failure_count),
             (
                 "journal_buffer_full_syncs",
                 core.journal.stats.buffer_full_syncs.get(),

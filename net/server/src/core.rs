@@ -157,7 +157,7 @@ impl Core {
         let recovered = journaling
             .idempotency
             .and_then(|(batch, _)| self.journal.recovered(batch.key));
-        let applied = if self.journal.is_failed() {
+        let applied = if self.journal.refuses_mutations() {
             // Refuse mutations before they change anything; reads are still served.
             self.apply_where(ops, results, |_, op| {
                 op.is_mutation().then_some(PLACEHOLDER)

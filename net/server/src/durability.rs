@@ -34,10 +34,32 @@
 //! waiting the task sleeps until an append wakes it: an idle core parks.
 //!
 //! # Failure
-//! After a failed write or fdatasync (ENOSPC, EIO) the journal accepts nothing more.
-//! Every durable waiter above the durable LSN is answered `Unavailable`, later
-//! mutations are refused (`Unavailable`) without being applied, reads keep being
-//! served, and nothing acknowledged earlier is touched.
+//! A storage failure either *degrades* the journal, for a while, or *fails* it, for
+//! good (the journal writer's "Failure" says which is which). Either way every durable
+//! waiter above the durable LSN is answered `Unavailable` (an unknown outcome: the
+//! record is applied in memory and may still reach the disk), later mutations are
+//! refused (`Unavailable`) without being applied, reads keep being served, and nothing
+//! acknowledged earlier is touched.
+//! - Degraded (a segment could not be created, e.g. EMFILE or ENOSPC; a write ran out
+//!   of space or file descriptors before anything of it was made durable): the journal
+//!   keeps its unwritten records and the commit task retries every
+//!   `JournalOptions::retry_interval` (1 s), logging the error and file at the first
+//!   failure and then at most every [`DEGRADED_LOG_INTERVAL`]. Once a retry is durable
+//!   the core accepts mutations again (and logs it), with no restart: an operator who
+//!   frees space or descriptors gets the server back. `tally stats` shows
+//!   `journal_degraded` (1 while degraded) and `journal_retries` per core.
+//! - Failed (an fdatasync failed: Linux may have dropped the dirty pages and marked
+//!   them clean, so no later fdatasync can be trusted; or a write failed with EIO): it
+//!   stays so until a restart. A failure met inside a batch's appends (a full buffer
+//!   whose commit could not be made) also fails for good, even when retryable: the
+//!   batch is already applied in memory, so the store holds mutations the journal
+//!   does not.
+//!
+//! At shutdown [`CoreJournal::finish`] syncs the journal, which retries a degraded one
+//! once more. If anything there fails (or the journal had failed), the core counts as
+//! failed and its store is left unclean: the next start restores the last checkpoint
+//! and replays the journal, exactly what was made durable, instead of trusting memory
+//! that holds mutations the journal never got.
 //!
 //! # Idempotency across restarts
 //! Every operation of a batch with an idempotency key leaves a record carrying the key
@@ -111,6 +133,8 @@ const COMMIT_ESTIMATE_INITIAL: Duration = Duration::from_micros(500);
 const NOTICE_FALLBACK_MIN: Duration = Duration::from_millis(2);
 /// With nothing to commit the task still wakes this often to check for a checkpoint.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
+/// While degraded, the failed retries are logged at most this often.
+pub const DEGRADED_LOG_INTERVAL: Duration = Duration::from_secs(30);
 /// The most idempotency keys whose retention one core tracks; older ones leave first.
 const RETAINED_BATCHES_MAX: usize = 1 << 20;
 
@@ -297,6 +321,11 @@ pub struct CoreJournal {
     data_dir: PathBuf,
     core: u32,
     failed: Cell<bool>,
+    /// When the last "still degraded" line was logged, while degraded.
+    degraded_logged: Cell<Option<Instant>>,
+    /// The last LSN appended when the journal last became (or stayed) degraded: a
+    /// durable waiter at or below it that is not durable yet gets an unknown outcome.
+    degraded_lsn: Cell<Lsn>,
     durable_waiters: RefCell<Vec<Waker>>,
     appended: Notify,
     stopping: Cell<bool>,
@@ -459,6 +488,8 @@ impl CoreJournal {
             data_dir: data_dir.to_path_buf(),
             core,
             failed: Cell::new(false),
+            degraded_logged: Cell::new(None),
+            degraded_lsn: Cell::new(0),
             durable_waiters: RefCell::new(Vec::new()),
             appended: Notify::default(),
             stopping: Cell::new(false),
@@ -477,9 +508,20 @@ impl CoreJournal {
         })
     }
 
-    /// Whether the journal failed: mutations are refused, reads still served.
+    /// Whether the journal failed for good: mutations are refused until a restart, and
+    /// the store is left unclean at shutdown.
     pub fn is_failed(&self) -> bool {
         self.failed.get()
+    }
+
+    /// Whether the journal is degraded: mutations are refused until a retry succeeds.
+    pub fn is_degraded(&self) -> bool {
+        self.journal.borrow().degraded().is_some()
+    }
+
+    /// Whether mutations must be refused (before they are applied); reads are served.
+    pub fn refuses_mutations(&self) -> bool {
+        self.is_failed() || self.is_degraded()
     }
 
     /// Every record up to this LSN is on disk.
@@ -521,7 +563,7 @@ impl CoreJournal {
         records: impl Iterator<Item = Record<'r>>,
         durability: Durability,
     ) -> Option<(Lsn, Lsn)> {
-        if self.failed.get() {
+        if self.refuses_mutations() {
             return None;
         }
         let mut journal = self.journal.borrow_mut();
@@ -541,6 +583,8 @@ impl CoreJournal {
                 Err(error) => {
                     drop(journal);
                     drop(appended_lsn);
+                    // The batch is applied in memory already: even a retryable failure
+                    // leaves the store holding what the journal does not (module doc).
                     self.fail(&error);
                     return None;
                 }
@@ -579,13 +623,15 @@ impl CoreJournal {
         bounds.prune(&mut self.retained.borrow_mut())
     }
 
-    /// Resolves with `Ok` once `lsn` is durable, `Err` if the journal failed first.
+    /// Resolves with `Ok` once `lsn` is durable, `Err` if the journal failed first or
+    /// became degraded while `lsn` was appended and not yet durable (however late the
+    /// wait starts: a held reply waits its turn).
     pub fn wait_durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), ()>> + '_ {
         std::future::poll_fn(move |context| {
             if self.journal.borrow().durable_lsn() >= lsn {
                 return Poll::Ready(Ok(()));
             }
-            if self.failed.get() {
+            if self.failed.get() || lsn <= self.degraded_lsn.get() {
                 return Poll::Ready(Err(()));
             }
             self.durable_waiters
@@ -609,6 +655,53 @@ impl CoreJournal {
         self.wake_waiters();
     }
 
+    /// Takes in a journal error: the journal says whether it failed or is degraded.
+    fn on_error(&self, error: &JournalError, now: Instant) {
+        let journal = self.journal.borrow();
+        if journal.failure().is_some() || journal.degraded().is_none() {
+            drop(journal);
+            self.fail(error);
+            return;
+        }
+        let retries = journal.stats().retry_count;
+        self.degraded_lsn
+            .set(self.degraded_lsn.get().max(journal.appended_lsn()));
+        drop(journal);
+        match self.degraded_logged.get() {
+            None => tracing::error!(
+                core = self.core,
+                %error,
+                "journal degraded: mutations are refused (reads still served) and the commit is \
+                 retried every second until it succeeds"
+            ),
+            Some(logged) if now >= logged + DEGRADED_LOG_INTERVAL => tracing::warn!(
+                core = self.core,
+                %error,
+                retries,
+                "journal still degraded: the retry failed again"
+            ),
+            Some(_) => {
+                self.wake_waiters();
+                return;
+            }
+        }
+        self.degraded_logged.set(Some(now));
+        self.wake_waiters();
+    }
+
+    /// Logs the end of a degraded stay, if one just ended.
+    fn note_recovered(&self) {
+        if self.degraded_logged.get().is_some() && !self.is_degraded() {
+            self.degraded_logged.set(None);
+            let retries = self.journal.borrow().stats().retry_count;
+            tracing::warn!(
+                core = self.core,
+                retries,
+                "journal recovered: a retry is durable, mutations are accepted again"
+            );
+        }
+    }
+
     /// Submits a due commit and reaps a finished one; wakes durable waiters on
     /// progress. Returns whether a commit is in flight afterwards.
     fn step(&self, now: Instant) -> bool {
@@ -623,9 +716,12 @@ impl CoreJournal {
         pacing.observe(now, matches!(polled, Ok(Some(_))), in_flight);
         self.pacing.set(pacing);
         match polled {
-            Ok(Some(_)) => self.wake_waiters(),
+            Ok(Some(_)) => {
+                self.note_recovered();
+                self.wake_waiters();
+            }
             Ok(None) => {}
-            Err(error) => self.fail(&error),
+            Err(error) => self.on_error(&error, now),
         }
         in_flight && !self.failed.get()
     }
@@ -659,7 +755,7 @@ impl CoreJournal {
         let late = self
             .checkpoint_interval
             .is_some_and(|interval| now >= self.last_checkpoint.get() + interval);
-        !self.failed.get() && (late || grown >= self.checkpoint_journal_bytes)
+        !self.refuses_mutations() && (late || grown >= self.checkpoint_journal_bytes)
     }
 
     /// Records in the store, per partition, the LSN of the last record appended here:
@@ -689,7 +785,7 @@ impl CoreJournal {
         self.bytes_at_checkpoint.set(bytes_written);
         // The checkpoint synced the journal: waiters may be durable now.
         self.wake_waiters();
-        let report = result.inspect_err(|error| self.fail(error))?;
+        let report = result.inspect_err(|error| self.on_error(error, Instant::now()))?;
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
         tracing::info!(
             core = self.core,
@@ -720,12 +816,20 @@ impl CoreJournal {
     /// skipped and its journal kept. Nothing was lost, since replay is by value and
     /// segments are released by checkpoint LSNs only, but the journal grew across
     /// graceful restarts and every restart replayed it.)
+    ///
+    /// Any error here (a degraded journal whose last retry fails included) marks the
+    /// core failed, so its store is left unclean (see the module doc, "Failure").
     pub fn finish(&self, store: &mut Store) -> Result<(), JournalError> {
         if self.failed.get() {
             return Err(JournalError::Failed {
                 reason: "the journal failed while serving; no final checkpoint".to_string(),
             });
         }
+        self.finish_checkpoint(store)
+            .inspect_err(|error| self.fail(error))
+    }
+
+    fn finish_checkpoint(&self, store: &mut Store) -> Result<(), JournalError> {
         self.stamp_applied(store);
         let started = Instant::now();
         let mut journal = self.journal.borrow_mut();

@@ -129,11 +129,18 @@ impl Printer {
             write_stdout(&stats_table(cores, &total));
         }
         for (core, entries) in cores.iter().enumerate() {
-            if entries
-                .iter()
-                .any(|(name, value)| name == "journal_failed" && *value != 0)
-            {
+            let set = |stat: &str| {
+                entries
+                    .iter()
+                    .any(|(name, value)| name == stat && *value != 0)
+            };
+            if set("journal_failed") {
                 eprintln!("tally: warning: core {core}'s journal has failed: it refuses writes");
+            } else if set("journal_degraded") {
+                eprintln!(
+                    "tally: warning: core {core}'s journal is degraded (disk full?): it \
+                     refuses writes until a retry succeeds"
+                );
             }
         }
     }

@@ -82,7 +82,8 @@ struct Flags {
     #[arg(long, value_name = "BYTES")]
     checkpoint_journal_bytes: Option<u64>,
     /// At start, recover up to a corruption in the middle of a journal instead of
-    /// refusing to start; later records are set aside as *.corrupt files.
+    /// refusing to start; later records are set aside as *.corrupt files. Also starts
+    /// with what is left when the newest journal segments were lost.
     #[arg(long)]
     recover_to_corruption: bool,
     /// Most client connections open at once; more are answered ServerBusy and closed

@@ -583,13 +583,49 @@ fn libc_enospc() -> i32 {
     28
 }
 
+/// Sends rounds of one durable increment per key until every key has been refused
+/// `Unavailable` at least once (each core's journal degraded); adds the outcomes to
+/// `tally`. Each core still has room in its last block and in the zeros written ahead
+/// of its commits (up to 768 KiB), so this takes a while.
+fn send_until_every_key_is_refused(client: &mut Client, keys: &[Vec<u8>], tally: &mut Tally) {
+    let mut refused = vec![false; keys.len()];
+    for round in 0..20_000 {
+        for (key, status) in send_round(client, keys, tally).into_iter().enumerate() {
+            if status != Status::Ok {
+                assert_eq!(status, Status::Unavailable, "key {key} in round {round}");
+                refused[key] = true;
+            }
+        }
+        if refused.iter().all(|&r| r) {
+            return;
+        }
+    }
+    panic!("durable increments are refused on a full disk");
+}
+
+/// One durable increment of 1 per key, counted in `tally`; the statuses.
+fn send_round(client: &mut Client, keys: &[Vec<u8>], tally: &mut Tally) -> Vec<Status> {
+    let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+    let replies = client.batch(&ops, None);
+    for (key, reply) in replies.iter().enumerate() {
+        tally.sent[key] += 1;
+        if reply.status == Status::Ok {
+            tally.acked[key] += 1;
+        }
+    }
+    replies.iter().map(|reply| reply.status).collect()
+}
+
 /// Disk full at process level: `tallyd`'s data directory on a small tmpfs that the test
-/// fills. Durable increments then fail with `Unavailable` and are not acknowledged,
-/// reads keep being served, and after a `kill -9`, freeing the space and a restart,
-/// every increment acknowledged before is there (and none counted twice). Needs root
-/// to mount the tmpfs: without it the test says why and does nothing.
+/// fills. Durable increments then fail with `Unavailable` and are not acknowledged
+/// while reads keep being served; once the space is freed, without a restart, the
+/// journal's retry succeeds and increments are acknowledged again. Filled again, a
+/// graceful stop while degraded must leave nothing acknowledged lost; after freeing
+/// the space, a `kill -9` and a restart, every acknowledged increment is there and
+/// none counted twice. Needs root to mount the tmpfs: without it the test says why and
+/// does nothing.
 #[test]
-fn disk_full_refuses_durable_increments_keeps_reads_and_loses_nothing() {
+fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
     let filesystem = match SmallFilesystem::mount("8m") {
         Ok(filesystem) => filesystem,
         Err(reason) => {
@@ -602,58 +638,134 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_loses_nothing() {
     let mut tally = Tally::new();
     let daemon = Daemon::start(&data_dir, &[]);
     let mut client = Client::connect(daemon.addr);
-    let send_round = |client: &mut Client, tally: &mut Tally| -> Vec<Status> {
-        let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
-        let replies = client.batch(&ops, None);
-        for (key, reply) in replies.iter().enumerate() {
-            tally.sent[key] += 1;
-            if reply.status == Status::Ok {
-                tally.acked[key] += 1;
-            }
-        }
-        replies.iter().map(|reply| reply.status).collect()
-    };
     for _ in 0..20 {
-        let statuses = send_round(&mut client, &mut tally);
+        let statuses = send_round(&mut client, &keys, &mut tally);
         assert!(statuses.iter().all(|&status| status == Status::Ok));
     }
     let filler = filesystem.fill();
-    // Each core's journal still has room in its last block and in the zeros written
-    // ahead of its commits (up to 768 KiB): go on until every core's commits need new
-    // space. A key refused once stays refused (its core's journal has failed).
-    let mut refused = vec![false; keys.len()];
-    for round in 0..20_000 {
-        let statuses = send_round(&mut client, &mut tally);
-        for (key, &status) in statuses.iter().enumerate() {
-            if status == Status::Ok {
-                assert!(!refused[key], "key {key} acknowledged after a refusal");
-            } else {
-                assert_eq!(status, Status::Unavailable, "key {key} in round {round}");
-                refused[key] = true;
-            }
-        }
-        if refused.iter().all(|&r| r) {
-            break;
-        }
-    }
-    assert!(
-        refused.iter().all(|&r| r),
-        "durable increments are refused on a full disk"
-    );
-    // Refused from now on, never acknowledged; reads still answered.
-    let acked_when_full = tally.acked.clone();
-    for _ in 0..3 {
-        let statuses = send_round(&mut client, &mut tally);
-        assert!(statuses.iter().all(|&status| status == Status::Unavailable));
-    }
-    assert_eq!(tally.acked, acked_when_full);
+    send_until_every_key_is_refused(&mut client, &keys, &mut tally);
     let values = client.values(&keys);
     for (key, &value) in values.iter().enumerate() {
         assert!(value >= tally.acked[key] && value <= tally.sent[key]);
     }
+    // Space freed: within a few retry intervals every core accepts increments again.
+    std::fs::remove_file(&filler).unwrap();
+    let resumed = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(100));
+        let statuses = send_round(&mut client, &keys, &mut tally);
+        statuses.iter().all(|&status| status == Status::Ok)
+    });
+    assert!(resumed, "durable increments resume once space is freed");
+    check_bounds(
+        daemon.addr,
+        &tally,
+        "after the space was freed, without a restart",
+    );
+    // Full again, then a graceful stop while degraded: the store must stay unclean
+    // (its memory holds increments the journal never got) and nothing acknowledged
+    // may be lost.
+    let filler = filesystem.fill();
+    send_until_every_key_is_refused(&mut client, &keys, &mut tally);
+    drop(client);
+    daemon.terminate();
+    std::fs::remove_file(&filler).unwrap();
+    let daemon = Daemon::start(&data_dir, &[]);
+    check_bounds(daemon.addr, &tally, "after a graceful stop while degraded");
+    let mut client = Client::connect(daemon.addr);
+    for _ in 0..20 {
+        let statuses = send_round(&mut client, &keys, &mut tally);
+        assert!(statuses.iter().all(|&status| status == Status::Ok));
+    }
     drop(client);
     daemon.kill_9();
-    std::fs::remove_file(filler).unwrap();
     let daemon = Daemon::start(&data_dir, &[]);
-    check_bounds(daemon.addr, &tally, "after disk full, kill -9 and restart");
+    check_bounds(daemon.addr, &tally, "after kill -9 and restart");
+}
+
+/// Starts `tallyd` as `Daemon::start` does, expecting it to refuse to start; returns
+/// what it wrote to standard error.
+fn start_refused(dir: &Path, extra: &[&str]) -> String {
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--cores",
+            "2",
+            "--partitions",
+            "8",
+        ])
+        .args(["--spin-us", "20", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tallyd");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("poll tallyd").is_none() {
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("tallyd started (or hung) instead of refusing");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("reap tallyd");
+    assert!(!output.status.success(), "tallyd exited with success");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The newest journal segment of a core lost after a crash (each start of `tallyd`
+/// begins a new segment, so three runs give each core three): the restart refuses,
+/// naming the missing segment and the flag; with `--recover-to-corruption` it starts
+/// with what is left (the increments of the first two runs all there, none counted
+/// twice), and the next start needs no flag.
+#[test]
+fn a_lost_newest_segment_refuses_to_start_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    let mut before_last_run = tally.clone();
+    for run in 0..3 {
+        if run == 2 {
+            before_last_run = tally.clone();
+        }
+        let daemon = Daemon::start(dir.path(), &[]);
+        let mut client = Client::connect(daemon.addr);
+        for _ in 0..10 {
+            let statuses = send_round(&mut client, &keys, &mut tally);
+            assert!(statuses.iter().all(|&status| status == Status::Ok));
+        }
+        drop(client);
+        daemon.kill_9();
+    }
+    let journal = dir.path().join("journal").join("core-0");
+    let mut segments: Vec<_> = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
+        .collect();
+    segments.sort();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let newest = segments.pop().unwrap();
+    std::fs::remove_file(&newest).unwrap();
+    let stderr = start_refused(dir.path(), &[]);
+    let name = newest.file_name().unwrap().to_string_lossy();
+    assert!(
+        stderr.contains(&*name),
+        "the refusal names {name}: {stderr}"
+    );
+    assert!(stderr.contains("--recover-to-corruption"), "{stderr}");
+    let daemon = Daemon::start(dir.path(), &["--recover-to-corruption"]);
+    let mut floor = before_last_run;
+    floor.sent = tally.sent.clone();
+    check_bounds(
+        daemon.addr,
+        &floor,
+        "after losing the newest segment, with the flag",
+    );
+    daemon.kill_9();
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(daemon.addr, &floor, "the start after, without the flag");
 }
