@@ -142,4 +142,25 @@ mod tests {
             assert!(server::validate(&args).is_err(), "{extra:?} accepted");
         }
     }
+
+    #[test]
+    fn resp_runs_refuse_a_durability_they_cannot_ask_for() {
+        let Command::Server(args) = parse(&["server", "--protocol", "resp"]) else {
+            panic!("not the server subcommand");
+        };
+        assert!(server::validate(&args).is_ok());
+        for durability in ["relaxed", "durable"] {
+            let Command::Server(args) =
+                parse(&["server", "--protocol", "resp", "--durability", durability])
+            else {
+                panic!("not the server subcommand");
+            };
+            let error = server::validate(&args).expect_err(durability).to_string();
+            assert!(error.contains("--durability"), "{error}");
+            let Command::Server(args) = parse(&["server", "--durability", durability]) else {
+                panic!("not the server subcommand");
+            };
+            assert!(server::validate(&args).is_ok(), "native {durability}");
+        }
+    }
 }

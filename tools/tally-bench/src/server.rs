@@ -140,7 +140,8 @@ pub struct ServerArgs {
     /// each request's intended send time (no coordinated omission).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Durability each native batch asks for (RESP uses the server's default).
+    /// Durability each native batch asks for. RESP has no way to ask, so with
+    /// --protocol resp only `server` (the server's default) is accepted.
     #[arg(long, value_enum, default_value_t = DurabilityChoice::Server)]
     pub durability: DurabilityChoice,
     /// Native: send each key to its owning core's shard port.
@@ -302,6 +303,15 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
         .is_some_and(|rate| !(rate > 0.0 && rate.is_finite()))
     {
         return invalid("--rate must be positive");
+    }
+    // A RESP command cannot carry a durability, so the run gets the server's default;
+    // accepting another choice would label the report with a durability not used.
+    if args.protocol == WireProtocol::Resp && args.durability != DurabilityChoice::Server {
+        return invalid(
+            "--durability applies to the native protocol only: RESP runs use the server's \
+             default (start tallyd with --durability to choose it); drop the flag or pass \
+             --durability server",
+        );
     }
     if args.via_client && (args.protocol != WireProtocol::Native || args.rate.is_some()) {
         return invalid("--via-client drives the native protocol in a closed loop: no --protocol resp, no --rate");
