@@ -86,6 +86,20 @@ pub enum CompareError {
     },
     #[error("{count} --tallyd-arg given, at most {TALLYD_ARGS_MAX}")]
     TooManyTallydArgs { count: usize },
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("{flag} {}: {reason}", path.display())]
+    Program {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "{} of the runs failed, so the comparison is incomplete:{}",
+        failures.len(),
+        failures.iter().map(|failure| format!("\n  {failure}")).collect::<String>()
+    )]
+    RunsFailed { failures: Vec<String> },
 }
 
 /// One workload: the same flags for every server.
@@ -180,6 +194,9 @@ pub struct Comparison {
     pub rows: Vec<Row>,
     pub redis_benchmark: Vec<RedisBenchmarkRow>,
     pub notes: Vec<String>,
+    /// The runs that failed or measured with errors, one line each: a comparison with
+    /// any makes `compare` exit non-zero (after printing the rest).
+    pub failures: Vec<String>,
 }
 
 /// A server process this run started; killed and reaped on drop.
@@ -447,21 +464,32 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
     for workload in &WORKLOADS {
         for &(addr, protocol) in &endpoints {
             let flags = server_args(args, workload, addr, protocol);
+            let run = format!("{}, {}, {protocol:?}", started.system.name(), workload.name);
             let report = match server::measure(&flags) {
                 Ok(report) => report,
                 Err(error) => {
-                    let note = format!(
-                        "{}, {}, {protocol:?}: run failed: {error}",
-                        started.system.name(),
-                        workload.name
-                    );
-                    eprintln!("  {note}");
-                    comparison.notes.push(note);
+                    let failure = format!("{run}: run failed: {error}");
+                    eprintln!("  {failure}");
+                    comparison.failures.push(failure);
                     continue;
                 }
             };
             if !args.json {
                 eprintln!("  {:<17} {}", started.system.name(), report.human());
+            }
+            // Errors make the figures those of another workload (and a run where all
+            // failed measured only error replies): report it, keep what was measured.
+            if report.ops_failed > 0 {
+                let failure = format!(
+                    "{run}: {} of {} increments failed (the first error of the comparison is printed above)",
+                    report.ops_failed,
+                    report.ops + report.ops_failed
+                );
+                eprintln!("  {failure}");
+                comparison.failures.push(failure);
+                if report.ops == 0 {
+                    continue;
+                }
             }
             comparison.rows.push(Row {
                 workload: workload.name,
@@ -610,6 +638,9 @@ pub fn table(comparison: &Comparison) -> String {
     for note in &comparison.notes {
         out.push_str(&format!("\nNote: {note}\n"));
     }
+    for failure in &comparison.failures {
+        out.push_str(&format!("\nFailed: {failure}\n"));
+    }
     out
 }
 
@@ -651,37 +682,138 @@ fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
     Ok(())
 }
 
-/// The tallyd to use: the flag, or `tallyd` next to this executable.
-fn tallyd_path(args: &CompareArgs) -> Option<PathBuf> {
-    args.tallyd.clone().or_else(|| {
-        let sibling = std::env::current_exe().ok()?.with_file_name("tallyd");
-        sibling.exists().then_some(sibling)
-    })
+/// The programs a comparison runs, found and checked before anything starts.
+#[derive(Debug)]
+struct Programs {
+    redis_server: PathBuf,
+    /// `None`: Tally runs skipped (`--redis-only`, or no tallyd found).
+    tallyd: Option<PathBuf>,
+    redis_benchmark: Option<PathBuf>,
 }
 
-/// Run the whole comparison.
-pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
+/// Whether `path` is a file this process may execute (what `execve` will need).
+fn check_executable(flag: &'static str, path: &Path) -> Result<PathBuf, CompareError> {
+    let refuse = |reason: String| CompareError::Program {
+        flag,
+        path: path.to_owned(),
+        reason,
+    };
+    // A name without a slash (`redis-server`) is looked up on PATH, as `Command` would.
+    let resolved = if !path.as_os_str().as_encoded_bytes().contains(&b'/') {
+        find_on_path(path.as_os_str()).ok_or_else(|| refuse("not found on PATH".into()))?
+    } else {
+        path.to_owned()
+    };
+    let metadata = std::fs::metadata(&resolved).map_err(|error| refuse(error.to_string()))?;
+    if !metadata.is_file() {
+        return Err(refuse("not a file".into()));
+    }
+    let path_c = std::ffi::CString::new(resolved.as_os_str().as_encoded_bytes())
+        .map_err(|_| refuse("contains a NUL byte".into()))?;
+    // SAFETY: `path_c` is a NUL-terminated string that outlives the call; access(2) only
+    // reads it.
+    if unsafe { libc::access(path_c.as_ptr(), libc::X_OK) } != 0 {
+        return Err(refuse(format!(
+            "not executable: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(resolved)
+}
+
+/// The first executable file called `name` in a directory of PATH.
+fn find_on_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        // An empty entry means the current directory (and must not recurse).
+        .map(|dir| match dir.as_os_str().is_empty() {
+            true => Path::new(".").join(name),
+            false => dir.join(name),
+        })
+        .find(|candidate| check_executable("PATH", candidate).is_ok())
+}
+
+/// Check every argument and find every program, so that a mistake is reported before
+/// any server starts rather than after minutes of runs.
+fn validate(args: &CompareArgs) -> Result<Programs, CompareError> {
+    let invalid = |reason: &str| Err(CompareError::InvalidArguments(reason.to_owned()));
     if args.tallyd_args.len() > TALLYD_ARGS_MAX {
         return Err(CompareError::TooManyTallydArgs {
             count: args.tallyd_args.len(),
         });
     }
+    if !(args.seconds > 0.0 && args.seconds < 1e6) {
+        return invalid("--seconds must be a number of seconds above 0 and below 1000000");
+    }
+    if args.keys == 0 {
+        return invalid("--keys must be at least 1");
+    }
+    if args.redis_benchmark_requests == 0 {
+        return invalid("--redis-benchmark-requests must be at least 1");
+    }
+    // Every run's flags, as `server` will check them (a port stands in for the server's).
+    let placeholder = SocketAddr::from(([127, 0, 0, 1], 1));
+    for workload in &WORKLOADS {
+        for protocol in [WireProtocol::Native, WireProtocol::Resp] {
+            server::validate(&server_args(args, workload, placeholder, protocol))
+                .map_err(|error| CompareError::InvalidArguments(error.to_string()))?;
+        }
+    }
+    let redis_server = check_executable("--redis-server", &args.redis_server)?;
+    let tallyd = match (args.redis_only, &args.tallyd) {
+        (true, _) => None,
+        (false, Some(tallyd)) => Some(check_executable("--tallyd", tallyd)?),
+        (false, None) => std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("tallyd"))
+            .filter(|sibling| check_executable("--tallyd", sibling).is_ok()),
+    };
+    let redis_benchmark = match &args.redis_benchmark {
+        Some(path) => Some(check_executable("--redis-benchmark", path)?),
+        None => None,
+    };
+    Ok(Programs {
+        redis_server,
+        tallyd,
+        redis_benchmark,
+    })
+}
+
+/// Run the whole comparison.
+pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
+    let programs = validate(args)?;
+    if let Some(dir) = &args.plot_dir {
+        // Now, so that a bad directory is found before the runs, not after them.
+        std::fs::create_dir_all(dir).map_err(|source| CompareError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+    }
     let mut comparison = Comparison {
         rows: Vec::new(),
         redis_benchmark: Vec::new(),
         notes: Vec::new(),
+        failures: Vec::new(),
     };
-    let redis_benchmark_path = args.redis_benchmark.clone().or_else(|| {
-        let sibling = args.redis_server.with_file_name("redis-benchmark");
+    let redis_benchmark_path = programs.redis_benchmark.clone().or_else(|| {
+        let sibling = programs.redis_server.with_file_name("redis-benchmark");
         sibling.exists().then_some(sibling)
     });
     for system in [System::Redis, System::RedisAofAlways] {
         eprintln!(
             "{}: starting {}",
             system.name(),
-            args.redis_server.display()
+            programs.redis_server.display()
         );
-        let started = start_redis(&args.redis_server, system)?;
+        let started = match start_redis(&programs.redis_server, system) {
+            Ok(started) => started,
+            Err(error) => {
+                let failure = format!("{}: {error}", system.name());
+                eprintln!("  {failure}");
+                comparison.failures.push(failure);
+                continue;
+            }
+        };
         drive_all(args, &started, &mut comparison);
         if let Some(program) = &redis_benchmark_path {
             comparison.redis_benchmark.push(redis_benchmark(
@@ -692,7 +824,7 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             ));
         }
     }
-    match (args.redis_only, tallyd_path(args)) {
+    match (args.redis_only, programs.tallyd) {
         (true, _) => comparison
             .notes
             .push("Tally runs skipped (--redis-only).".into()),
@@ -712,7 +844,15 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
                     Ok(started) => started,
                     Err(error) => {
                         comparison.notes.push(format!("{}: tallyd would not start with --resp-listen, RESP runs skipped: {error}", system.name()));
-                        start_tallyd(&tallyd, &args.tallyd_args, system, false)?
+                        match start_tallyd(&tallyd, &args.tallyd_args, system, false) {
+                            Ok(started) => started,
+                            Err(error) => {
+                                let failure = format!("{}: {error}", system.name());
+                                eprintln!("  {failure}");
+                                comparison.failures.push(failure);
+                                continue;
+                            }
+                        }
                     }
                 };
                 drive_all(args, &started, &mut comparison);
@@ -726,7 +866,9 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
     }
     add_ratios(&mut comparison.rows);
     if let Some(dir) = &args.plot_dir {
-        write_plots(dir, &comparison.rows)?;
+        if let Err(error) = write_plots(dir, &comparison.rows) {
+            comparison.failures.push(format!("plots: {error}"));
+        }
     }
     Ok(comparison)
 }
@@ -741,6 +883,14 @@ pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     } else {
         out!("{}", table(&comparison));
+    }
+    // Printed first, so what was measured is not lost; a failed run still fails the
+    // command, so that a script can tell an incomplete comparison from a good one.
+    if !comparison.failures.is_empty() {
+        return Err(CompareError::RunsFailed {
+            failures: comparison.failures,
+        }
+        .into());
     }
     Ok(())
 }

@@ -169,3 +169,84 @@ fn a_closed_stdout_ends_the_run_quietly() {
     assert!(!message.contains("panicked"), "{message}");
     assert!(output.status.success(), "{message}");
 }
+
+/// The Redis the `compare` tests run, or `None` (the test is skipped) without one.
+fn redis_server() -> Option<&'static str> {
+    let path = "/usr/bin/redis-server";
+    let found = std::path::Path::new(path).exists();
+    if !found {
+        eprintln!("skipped: no {path}");
+    }
+    found.then_some(path)
+}
+
+/// A `redis-server` in `dir` that starts the real one, except that with `appendfsync
+/// always` (the second Redis `compare` starts) every INCRBY is an unknown command.
+fn redis_failing_with_aof(dir: &std::path::Path, redis: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("redis-server");
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in\n  *always*) exec {redis} \"$@\" --rename-command INCRBY '' ;;\n  *) exec {redis} \"$@\" ;;\nesac\n"
+    );
+    std::fs::write(&path, script).expect("write the script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn compare_checks_its_arguments_and_programs_before_starting_anything() {
+    let Some(redis) = redis_server() else { return };
+    let quick = ["--seconds", "0.1", "--keys", "100"];
+    let cases: [(&[&str], &str); 5] = [
+        (&["--seconds", "0", "--redis-only"], "--seconds"),
+        (&["--seconds", "nan", "--redis-only"], "--seconds"),
+        (&["--keys", "0", "--redis-only"], "--keys"),
+        (
+            &["--tallyd", "/nonexistent/tallyd"],
+            "--tallyd /nonexistent/tallyd",
+        ),
+        (&["--tallyd", "/etc/passwd"], "not executable"),
+    ];
+    for (arguments, expected) in cases {
+        let mut all = vec!["compare", "--redis-server", redis];
+        all.extend(quick);
+        all.extend(["--redis-benchmark-requests", "1000"]);
+        all.extend(arguments);
+        let output = tally_bench(&all);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{arguments:?}: {message}");
+        assert!(message.contains(expected), "{arguments:?}: {message}");
+        assert!(!message.contains("starting"), "{arguments:?}: {message}");
+    }
+}
+
+#[test]
+fn compare_exits_non_zero_when_a_run_fails_and_still_prints_the_others() {
+    let Some(redis) = redis_server() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let failing = redis_failing_with_aof(dir.path(), redis);
+    let output = tally_bench(&[
+        "compare",
+        "--redis-server",
+        failing.to_str().unwrap(),
+        "--redis-only",
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+    ]);
+    let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert!(!output.status.success(), "{table}\n{message}");
+    assert!(
+        table.contains("| 1 connection, unpipelined | redis | resp |"),
+        "{table}"
+    );
+    assert!(!table.contains("| redis-aof-always | resp |"), "{table}");
+    assert!(
+        message.contains("4 of the runs failed")
+            && message.contains("redis-aof-always, 1 connection, unpipelined"),
+        "{message}"
+    );
+}
