@@ -541,7 +541,11 @@ fn redis_benchmark(
             match stdout.lines().find(|line| line.starts_with("\"INCR\"")) {
                 Some(line) => (line.to_owned(), parse_csv_numbers(line)),
                 None => (
-                    format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+                    format!(
+                        "no INCR line ({}): {stdout}{}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    ),
                     Vec::new(),
                 ),
             }
@@ -556,6 +560,18 @@ fn redis_benchmark(
         p99_ms: fields.get(5).copied(),
         raw,
     }
+}
+
+/// Keep `row`; one without a figure (the program would not run, or printed no INCR
+/// line) is a failure, with the start of what it said.
+fn push_redis_benchmark(comparison: &mut Comparison, row: RedisBenchmarkRow) {
+    if row.requests_per_sec.is_none() {
+        let said: String = row.raw.trim().chars().take(300).collect();
+        let failure = format!("{}, redis-benchmark: {said}", row.system.name());
+        eprintln!("  {failure}");
+        comparison.failures.push(failure);
+    }
+    comparison.redis_benchmark.push(row);
 }
 
 fn parse_csv_numbers(line: &str) -> Vec<f64> {
@@ -768,9 +784,16 @@ fn validate(args: &CompareArgs) -> Result<Programs, CompareError> {
             .map(|exe| exe.with_file_name("tallyd"))
             .filter(|sibling| check_executable("--tallyd", sibling).is_ok()),
     };
+    // Asked for by path: it must work. Otherwise the one next to redis-server (same
+    // version), then PATH; none at all is a note, not an error.
     let redis_benchmark = match &args.redis_benchmark {
         Some(path) => Some(check_executable("--redis-benchmark", path)?),
-        None => None,
+        None => {
+            let sibling = redis_server.with_file_name("redis-benchmark");
+            check_executable("--redis-benchmark", &sibling)
+                .ok()
+                .or_else(|| find_on_path("redis-benchmark".as_ref()))
+        }
     };
     Ok(Programs {
         redis_server,
@@ -795,10 +818,14 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
         notes: Vec::new(),
         failures: Vec::new(),
     };
-    let redis_benchmark_path = programs.redis_benchmark.clone().or_else(|| {
-        let sibling = programs.redis_server.with_file_name("redis-benchmark");
-        sibling.exists().then_some(sibling)
-    });
+    let redis_benchmark_path = programs.redis_benchmark.clone();
+    if redis_benchmark_path.is_none() {
+        comparison.notes.push(format!(
+            "redis-benchmark runs skipped: no redis-benchmark next to {} or on PATH \
+             (pass --redis-benchmark PATH).",
+            programs.redis_server.display()
+        ));
+    }
     for system in [System::Redis, System::RedisAofAlways] {
         eprintln!(
             "{}: starting {}",
@@ -816,12 +843,8 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
         };
         drive_all(args, &started, &mut comparison);
         if let Some(program) = &redis_benchmark_path {
-            comparison.redis_benchmark.push(redis_benchmark(
-                args,
-                program,
-                system,
-                started.main_addr,
-            ));
+            let row = redis_benchmark(args, program, system, started.main_addr);
+            push_redis_benchmark(&mut comparison, row);
         }
     }
     match (args.redis_only, programs.tallyd) {
@@ -857,9 +880,8 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
                 };
                 drive_all(args, &started, &mut comparison);
                 if let (Some(program), Some(addr)) = (&redis_benchmark_path, started.resp_addr) {
-                    comparison
-                        .redis_benchmark
-                        .push(redis_benchmark(args, program, system, addr));
+                    let row = redis_benchmark(args, program, system, addr);
+                    push_redis_benchmark(&mut comparison, row);
                 }
             }
         }

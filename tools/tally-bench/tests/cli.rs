@@ -16,6 +16,16 @@ fn tally_bench(arguments: &[&str]) -> Output {
         .expect("run tally-bench")
 }
 
+/// `tally-bench` with `PATH` set to `dir` alone.
+fn tally_bench_with_path(dir: &std::path::Path, arguments: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args(arguments)
+        .env("PATH", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-bench")
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -180,13 +190,19 @@ fn redis_server() -> Option<&'static str> {
     found.then_some(path)
 }
 
-/// A `redis-server` in `dir` that starts the real one, except that with `appendfsync
-/// always` (the second Redis `compare` starts) every INCRBY is an unknown command.
-fn redis_failing_with_aof(dir: &std::path::Path, redis: &str) -> std::path::PathBuf {
+/// A `redis-server` in `dir` (with no redis-benchmark beside it) that starts the real
+/// one; if `fail_with_aof`, with `appendfsync always` (the second Redis `compare` starts)
+/// every INCRBY is an unknown command.
+fn redis_wrapper(dir: &std::path::Path, redis: &str, fail_with_aof: bool) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
     let path = dir.join("redis-server");
+    let aof = if fail_with_aof {
+        "--rename-command INCRBY ''"
+    } else {
+        ""
+    };
     let script = format!(
-        "#!/bin/sh\ncase \"$*\" in\n  *always*) exec {redis} \"$@\" --rename-command INCRBY '' ;;\n  *) exec {redis} \"$@\" ;;\nesac\n"
+        "#!/bin/sh\ncase \"$*\" in\n  *always*) exec {redis} \"$@\" {aof} ;;\n  *) exec {redis} \"$@\" ;;\nesac\n"
     );
     std::fs::write(&path, script).expect("write the script");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
@@ -197,7 +213,7 @@ fn redis_failing_with_aof(dir: &std::path::Path, redis: &str) -> std::path::Path
 fn compare_checks_its_arguments_and_programs_before_starting_anything() {
     let Some(redis) = redis_server() else { return };
     let quick = ["--seconds", "0.1", "--keys", "100"];
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--seconds", "0", "--redis-only"], "--seconds"),
         (&["--seconds", "nan", "--redis-only"], "--seconds"),
         (&["--keys", "0", "--redis-only"], "--keys"),
@@ -206,6 +222,10 @@ fn compare_checks_its_arguments_and_programs_before_starting_anything() {
             "--tallyd /nonexistent/tallyd",
         ),
         (&["--tallyd", "/etc/passwd"], "not executable"),
+        (
+            &["--redis-benchmark", "/nonexistent/rb", "--redis-only"],
+            "--redis-benchmark /nonexistent/rb",
+        ),
     ];
     for (arguments, expected) in cases {
         let mut all = vec!["compare", "--redis-server", redis];
@@ -224,19 +244,23 @@ fn compare_checks_its_arguments_and_programs_before_starting_anything() {
 fn compare_exits_non_zero_when_a_run_fails_and_still_prints_the_others() {
     let Some(redis) = redis_server() else { return };
     let dir = tempfile::tempdir().expect("temp dir");
-    let failing = redis_failing_with_aof(dir.path(), redis);
-    let output = tally_bench(&[
-        "compare",
-        "--redis-server",
-        failing.to_str().unwrap(),
-        "--redis-only",
-        "--seconds",
-        "0.1",
-        "--keys",
-        "100",
-        "--redis-benchmark-requests",
-        "1000",
-    ]);
+    let failing = redis_wrapper(dir.path(), redis, true);
+    // No redis-benchmark beside the wrapper nor on this PATH: a note says so.
+    let output = tally_bench_with_path(
+        dir.path(),
+        &[
+            "compare",
+            "--redis-server",
+            failing.to_str().unwrap(),
+            "--redis-only",
+            "--seconds",
+            "0.1",
+            "--keys",
+            "100",
+            "--redis-benchmark-requests",
+            "1000",
+        ],
+    );
     let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
     assert!(!output.status.success(), "{table}\n{message}");
     assert!(
@@ -249,4 +273,44 @@ fn compare_exits_non_zero_when_a_run_fails_and_still_prints_the_others() {
             && message.contains("redis-aof-always, 1 connection, unpipelined"),
         "{message}"
     );
+    assert!(
+        table.contains("Note: redis-benchmark runs skipped: no redis-benchmark next to"),
+        "{table}"
+    );
+}
+
+#[test]
+fn compare_finds_redis_benchmark_on_the_path() {
+    let Some(redis) = redis_server() else { return };
+    let Some(bin) = std::path::Path::new(redis).parent() else {
+        return;
+    };
+    if !bin.join("redis-benchmark").exists() {
+        eprintln!("skipped: no redis-benchmark beside {redis}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = redis_wrapper(dir.path(), redis, false);
+    let output = tally_bench_with_path(
+        bin,
+        &[
+            "compare",
+            "--redis-server",
+            wrapper.to_str().unwrap(),
+            "--redis-only",
+            "--seconds",
+            "0.1",
+            "--keys",
+            "100",
+            "--redis-benchmark-requests",
+            "1000",
+        ],
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}\n{}", stderr(&output));
+    assert!(
+        table.contains("| redis-benchmark -t incr -P 16 -c 50 against |"),
+        "{table}"
+    );
+    assert!(!table.contains("redis-benchmark runs skipped"), "{table}");
 }
