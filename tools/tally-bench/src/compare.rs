@@ -199,7 +199,8 @@ pub struct Comparison {
     pub failures: Vec<String>,
 }
 
-/// A server process this run started; killed and reaped on drop.
+/// A server process this run started; killed and reaped on drop, then its scratch
+/// directory is removed (fields drop after `drop` runs).
 struct Started {
     system: System,
     child: Child,
@@ -207,14 +208,48 @@ struct Started {
     main_addr: SocketAddr,
     /// The RESP port, if the server has one.
     resp_addr: Option<SocketAddr>,
-    data_dir: PathBuf,
+    /// Held for its drop, which removes it after the child is reaped.
+    _data_dir: ScratchDir,
 }
 
 impl Drop for Started {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// A server's data directory under the temporary directory, removed on drop: whether
+/// the server ran, or never started because its spawn failed.
+struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    fn create(system: System) -> Result<ScratchDir, CompareError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "tally-compare-{}-{}-{nanos}",
+            system.name(),
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).map_err(|source| CompareError::Io {
+            what: format!("creating {}", path.display()),
+            source,
+        })?;
+        Ok(ScratchDir { path })
+    }
+
+    fn display(&self) -> std::path::Display<'_> {
+        self.path.display()
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }
 
@@ -226,22 +261,6 @@ fn free_port() -> Result<u16, CompareError> {
             what: "finding a free port".into(),
             source,
         })
-}
-
-fn fresh_dir(system: System) -> Result<PathBuf, CompareError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "tally-compare-{}-{}-{nanos}",
-        system.name(),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|source| CompareError::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
-    Ok(dir)
 }
 
 fn spawn(program: &Path, arguments: &[String]) -> Result<Child, CompareError> {
@@ -324,7 +343,7 @@ fn await_ready(
 
 fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareError> {
     let port = free_port()?;
-    let data_dir = fresh_dir(system)?;
+    let data_dir = ScratchDir::create(system)?;
     let mut arguments: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -350,7 +369,7 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
         child,
         main_addr: addr,
         resp_addr: Some(addr),
-        data_dir,
+        _data_dir: data_dir,
     };
     await_ready(&mut started, &output, redis_server, &mut |line, _| {
         line.contains("Ready to accept connections")
@@ -366,7 +385,7 @@ fn start_tallyd(
     system: System,
     with_resp: bool,
 ) -> Result<Started, CompareError> {
-    let data_dir = fresh_dir(system)?;
+    let data_dir = ScratchDir::create(system)?;
     let durability = if system == System::TallyDurable {
         "durable"
     } else {
@@ -392,7 +411,7 @@ fn start_tallyd(
         child,
         main_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         resp_addr: None,
-        data_dir,
+        _data_dir: data_dir,
     };
     let (mut main_seen, mut resp_seen) = (false, !with_resp);
     await_ready(&mut started, &output, tallyd, &mut |line, started| {

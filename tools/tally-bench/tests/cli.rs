@@ -314,3 +314,33 @@ fn compare_finds_redis_benchmark_on_the_path() {
     );
     assert!(!table.contains("redis-benchmark runs skipped"), "{table}");
 }
+
+#[test]
+fn compare_leaves_no_directory_behind_when_a_server_cannot_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Executable, so it passes the checks, but its interpreter is missing: spawn fails.
+    let broken = dir.path().join("redis-server");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\n").expect("write");
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir(&scratch).expect("mkdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args(["compare", "--redis-only", "--redis-server"])
+        .arg(&broken)
+        .env("TMPDIR", &scratch)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-bench");
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot start"),
+        "{}",
+        stderr(&output)
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .expect("read the scratch directory")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
