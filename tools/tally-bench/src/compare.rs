@@ -8,6 +8,7 @@
 //! Tally against Redis without persistence, durable Tally against Redis `appendfsync
 //! always`. It installs nothing: the binaries are given as paths.
 
+use crate::cleanup::{die_with_parent, GuardedChild, ScratchDir};
 use crate::server::{self, DriveError, RunReport, ServerArgs, WireProtocol};
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
@@ -199,58 +200,33 @@ pub struct Comparison {
     pub failures: Vec<String>,
 }
 
-/// A server process this run started; killed and reaped on drop, then its scratch
-/// directory is removed (fields drop after `drop` runs).
+/// A server process this run started. Dropping it kills and reaps the process, then
+/// removes its scratch directory (fields drop in declaration order).
 struct Started {
     system: System,
-    child: Child,
+    child: GuardedChild,
     /// The native port (Tally) or the RESP port (Redis).
     main_addr: SocketAddr,
     /// The RESP port, if the server has one.
     resp_addr: Option<SocketAddr>,
-    /// Held for its drop, which removes it after the child is reaped.
+    /// Held for its drop, after the child's.
     _data_dir: ScratchDir,
 }
 
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A server's data directory under the temporary directory, removed on drop: whether
-/// the server ran, or never started because its spawn failed.
-struct ScratchDir {
-    path: PathBuf,
-}
-
-impl ScratchDir {
-    fn create(system: System) -> Result<ScratchDir, CompareError> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "tally-compare-{}-{}-{nanos}",
-            system.name(),
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&path).map_err(|source| CompareError::Io {
-            what: format!("creating {}", path.display()),
-            source,
-        })?;
-        Ok(ScratchDir { path })
-    }
-
-    fn display(&self) -> std::path::Display<'_> {
-        self.path.display()
-    }
-}
-
-impl Drop for ScratchDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// A fresh scratch directory for `system`'s data.
+fn scratch_dir(system: System) -> Result<ScratchDir, CompareError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let name = format!(
+        "tally-compare-{}-{}-{nanos}",
+        system.name(),
+        std::process::id()
+    );
+    ScratchDir::create(&name).map_err(|source| CompareError::Io {
+        what: format!("creating {}", std::env::temp_dir().join(name).display()),
+        source,
+    })
 }
 
 fn free_port() -> Result<u16, CompareError> {
@@ -263,17 +239,17 @@ fn free_port() -> Result<u16, CompareError> {
         })
 }
 
-fn spawn(program: &Path, arguments: &[String]) -> Result<Child, CompareError> {
-    Command::new(program)
+fn spawn(program: &Path, arguments: &[String]) -> Result<GuardedChild, CompareError> {
+    let mut command = Command::new(program);
+    command
         .args(arguments)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CompareError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })
+        .stderr(Stdio::piped());
+    GuardedChild::spawn(&mut command).map_err(|source| CompareError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })
 }
 
 /// Collect the child's output lines on a channel, so readiness can be awaited with a
@@ -330,7 +306,7 @@ fn await_ready(
         if ready_seen && accepts(Some(started.main_addr)) && accepts(started.resp_addr) {
             return Ok(());
         }
-        if let Ok(Some(status)) = started.child.try_wait() {
+        if let Ok(Some(status)) = started.child.child().try_wait() {
             seen.push_str(&format!("(exited: {status})\n"));
             break;
         }
@@ -343,7 +319,7 @@ fn await_ready(
 
 fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareError> {
     let port = free_port()?;
-    let data_dir = ScratchDir::create(system)?;
+    let data_dir = scratch_dir(system)?;
     let mut arguments: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -352,7 +328,7 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
         "--save",
         "",
         "--dir",
-        &data_dir.display().to_string(),
+        &data_dir.path().display().to_string(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -362,7 +338,7 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
     };
     arguments.extend(persistence.iter().map(|s| s.to_string()));
     let mut child = spawn(redis_server, &arguments)?;
-    let output = watch_output(&mut child);
+    let output = watch_output(child.child());
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut started = Started {
         system,
@@ -385,7 +361,7 @@ fn start_tallyd(
     system: System,
     with_resp: bool,
 ) -> Result<Started, CompareError> {
-    let data_dir = ScratchDir::create(system)?;
+    let data_dir = scratch_dir(system)?;
     let durability = if system == System::TallyDurable {
         "durable"
     } else {
@@ -393,7 +369,7 @@ fn start_tallyd(
     };
     let mut arguments = vec![
         "--data-dir".to_owned(),
-        data_dir.display().to_string(),
+        data_dir.path().display().to_string(),
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--durability".to_owned(),
@@ -405,7 +381,7 @@ fn start_tallyd(
     }
     arguments.extend(extra.iter().cloned());
     let mut child = spawn(tallyd, &arguments)?;
-    let output = watch_output(&mut child);
+    let output = watch_output(child.child());
     let mut started = Started {
         system,
         child,
@@ -546,8 +522,7 @@ fn redis_benchmark(
         "--csv".to_owned(),
     ];
     let command = format!("redis-benchmark {}", arguments.join(" "));
-    let output = Command::new(program)
-        .args(&arguments)
+    let output = die_with_parent(Command::new(program).args(&arguments))
         .stdin(Stdio::null())
         .output();
     let (raw, fields) = match output {
@@ -916,6 +891,11 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
 
 /// `tally-bench compare`: measure and print.
 pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything starts, so that a signal at any point stops what was started.
+    crate::cleanup::stop_on_signals().map_err(|source| CompareError::Io {
+        what: "installing the signal handlers".into(),
+        source,
+    })?;
     let comparison = measure(args)?;
     if args.json {
         out!(

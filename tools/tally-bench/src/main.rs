@@ -17,6 +17,7 @@ macro_rules! out {
     };
 }
 
+mod cleanup;
 mod compare;
 mod engine;
 mod journal;

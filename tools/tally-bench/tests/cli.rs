@@ -344,3 +344,77 @@ fn compare_leaves_no_directory_behind_when_a_server_cannot_start() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("read /proc");
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let (_, ppid) = process_state(pid)?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// The state letter and parent of `pid` (from /proc/PID/stat), if it exists.
+fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// Whether `pid` still runs (a zombie has finished).
+fn runs(pid: u32) -> bool {
+    process_state(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+#[test]
+fn compare_stops_its_servers_when_it_is_stopped() {
+    let Some(redis) = redis_server() else { return };
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut compare = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+            .args(["compare", "--redis-only", "--redis-server", redis])
+            .args(["--seconds", "0.5", "--keys", "100"])
+            .env("TMPDIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run tally-bench");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let servers = loop {
+            let servers = children_of(compare.id());
+            if !servers.is_empty() {
+                break servers;
+            }
+            assert!(std::time::Instant::now() < deadline, "no server started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Into the first run.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: kill takes plain integers; the pid is our unreaped child.
+        assert_eq!(unsafe { libc::kill(compare.id() as i32, signal) }, 0);
+        let status = compare.wait().expect("wait for tally-bench");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while servers.iter().any(|&pid| runs(pid)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for pid in servers {
+            assert!(!runs(pid), "signal {signal}: server {pid} still runs");
+        }
+        if signal != libc::SIGKILL {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.code(), Some(128 + signal), "{status:?}");
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("read the temporary directory")
+                .map(|entry| entry.expect("an entry").file_name())
+                .collect();
+            assert!(left.is_empty(), "signal {signal}: left behind {left:?}");
+            assert_eq!(status.signal(), None);
+        }
+    }
+}
