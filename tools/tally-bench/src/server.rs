@@ -123,7 +123,8 @@ pub struct ServerArgs {
     /// Distinct keys (`key:0` .. `key:N-1`).
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
-    /// Increments to send in total (ignored with --duration).
+    /// Increments to send in total (ignored with --duration): whole requests, so a
+    /// multiple of --batch.
     #[arg(long, default_value_t = 1_000_000)]
     pub ops: u64,
     /// Run for this many seconds instead of a fixed operation count.
@@ -289,6 +290,20 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
     if args.keys == 0 || args.ops == 0 {
         return invalid("--keys and --ops must be positive");
     }
+    // Requests are whole batches; rounding up would send (and report) more than asked.
+    if args.duration.is_none() && !args.ops.is_multiple_of(args.batch) {
+        let below = args.ops - args.ops % args.batch;
+        let above = below.saturating_add(args.batch);
+        let instead = match below {
+            0 => format!("--ops {above}"),
+            _ => format!("--ops {below} or {above}"),
+        };
+        return Err(DriveError::InvalidArguments(format!(
+            "--ops {} is not a multiple of --batch {}: the run sends whole batches, \
+             so pass {instead}",
+            args.ops, args.batch
+        )));
+    }
     if args.zipf_exponent.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return invalid("--zipf-exponent must be positive");
     }
@@ -322,7 +337,8 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
 /// The plan of connection `index`.
 fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let connections = args.connections as u64;
-    let requests_total = args.ops.div_ceil(args.batch);
+    debug_assert!(args.duration.is_some() || args.ops.is_multiple_of(args.batch));
+    let requests_total = args.ops / args.batch;
     let share =
         requests_total / connections + u64::from((index as u64) < requests_total % connections);
     let interval = args
