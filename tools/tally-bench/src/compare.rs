@@ -654,6 +654,17 @@ pub fn table(comparison: &Comparison) -> String {
     out
 }
 
+/// The plot of workload `index` (of [`WORKLOADS`]) in `dir`.
+fn plot_path(dir: &Path, index: usize) -> PathBuf {
+    let workload = &WORKLOADS[index];
+    dir.join(format!(
+        "compare-{}-c{}-p{}.svg",
+        index + 1,
+        workload.connections,
+        workload.pipeline
+    ))
+}
+
 fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
     std::fs::create_dir_all(dir).map_err(|source| CompareError::Io {
         what: format!("creating {}", dir.display()),
@@ -677,12 +688,7 @@ fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
             })
             .collect();
         let svg = crate::plot::percentile_svg(&format!("INCR latency: {}", workload.name), &series);
-        let path = dir.join(format!(
-            "compare-{}-c{}-p{}.svg",
-            index + 1,
-            workload.connections,
-            workload.pipeline
-        ));
+        let path = plot_path(dir, index);
         server::write_plot(&path, &svg).map_err(|source| CompareError::Drive {
             system: "plot",
             workload: workload.name,
@@ -805,6 +811,15 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             what: format!("creating {}", dir.display()),
             source,
         })?;
+        for (index, workload) in WORKLOADS.iter().enumerate() {
+            server::check_plot_path(&plot_path(dir, index)).map_err(|source| {
+                CompareError::Drive {
+                    system: "plot",
+                    workload: workload.name,
+                    source,
+                }
+            })?;
+        }
     }
     let mut comparison = Comparison {
         rows: Vec::new(),

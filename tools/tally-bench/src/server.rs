@@ -553,8 +553,32 @@ pub fn write_plot(path: &std::path::Path, svg: &str) -> Result<(), DriveError> {
     })
 }
 
+/// Check that the plot `path` can be written, before the run rather than after it:
+/// open it for writing without truncating, and remove it again if this created it.
+pub fn check_plot_path(path: &std::path::Path) -> Result<(), DriveError> {
+    // Not `exists`, which follows a dangling link that the open would then create.
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| DriveError::Output {
+            what: format!("the plot {} cannot be written", path.display()),
+            source,
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// `tally-bench server`: measure, print, plot.
 pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    validate(args)?;
+    if let Some(path) = &args.plot {
+        check_plot_path(path)?;
+    }
     let report = measure(args)?;
     if args.json {
         out!(

@@ -418,3 +418,45 @@ fn compare_stops_its_servers_when_it_is_stopped() {
         }
     }
 }
+
+#[test]
+fn an_unwritable_plot_is_refused_before_the_run() {
+    // Nothing listens on port 1: a run would fail to connect, after the plot check.
+    let output = tally_bench(&[
+        "server",
+        "--addr",
+        "127.0.0.1:1",
+        "--ops",
+        "10",
+        "--plot",
+        "/nonexistent/dir/x.svg",
+    ]);
+    let message = stderr(&output);
+    assert!(!output.status.success());
+    assert!(
+        message.contains("the plot /nonexistent/dir/x.svg cannot be written"),
+        "{message}"
+    );
+    assert!(!message.contains("cannot connect"), "{message}");
+
+    let Some(redis) = redis_server() else { return };
+    // /proc exists, and no file can be created in it.
+    let output = tally_bench(&[
+        "compare",
+        "--redis-only",
+        "--redis-server",
+        redis,
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+        "--plot-dir",
+        "/proc",
+    ]);
+    let message = stderr(&output);
+    assert!(!output.status.success());
+    assert!(message.contains("cannot be written"), "{message}");
+    assert!(!message.contains("starting"), "{message}");
+}
