@@ -7,6 +7,11 @@
 //! numbers, stops what it started, and prints a table with Tally/Redis ratios: relaxed
 //! Tally against Redis without persistence, durable Tally against Redis `appendfsync
 //! always`. It installs nothing: the binaries are given as paths.
+//!
+//! Every flag and program is checked before the first server starts. A run that fails
+//! (or measures with errors) is listed after the table and on stderr, and makes the
+//! exit code 1; the rest is still printed. Servers and their scratch directories are
+//! cleaned up however the run ends, signals included ([`crate::cleanup`]).
 
 use crate::cleanup::{die_with_parent, GuardedChild, ScratchDir};
 use crate::server::{self, DriveError, RunReport, ServerArgs, WireProtocol};
@@ -40,7 +45,8 @@ pub struct CompareArgs {
     /// executor. At most 64.
     #[arg(long = "tallyd-arg", allow_hyphen_values = true)]
     pub tallyd_args: Vec<String>,
-    /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server).
+    /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server,
+    /// else on PATH; without one, a note says its runs were skipped).
     #[arg(long)]
     pub redis_benchmark: Option<PathBuf>,
     /// Seconds each workload runs against each server.
