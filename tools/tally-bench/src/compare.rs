@@ -7,7 +7,13 @@
 //! numbers, stops what it started, and prints a table with Tally/Redis ratios: relaxed
 //! Tally against Redis without persistence, durable Tally against Redis `appendfsync
 //! always`. It installs nothing: the binaries are given as paths.
+//!
+//! Every flag and program is checked before the first server starts. A run that fails
+//! (or measures with errors) is listed after the table and on stderr, and makes the
+//! exit code 1; the rest is still printed. Servers and their scratch directories are
+//! cleaned up however the run ends, signals included ([`crate::cleanup`]).
 
+use crate::cleanup::{die_with_parent, GuardedChild, ScratchDir};
 use crate::server::{self, DriveError, RunReport, ServerArgs, WireProtocol};
 use serde::Serialize;
 use std::io::{BufRead, BufReader};
@@ -39,7 +45,8 @@ pub struct CompareArgs {
     /// executor. At most 64.
     #[arg(long = "tallyd-arg", allow_hyphen_values = true)]
     pub tallyd_args: Vec<String>,
-    /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server).
+    /// The redis-benchmark binary (default: `redis-benchmark` next to redis-server,
+    /// else on PATH; without one, a note says its runs were skipped).
     #[arg(long)]
     pub redis_benchmark: Option<PathBuf>,
     /// Seconds each workload runs against each server.
@@ -86,6 +93,20 @@ pub enum CompareError {
     },
     #[error("{count} --tallyd-arg given, at most {TALLYD_ARGS_MAX}")]
     TooManyTallydArgs { count: usize },
+    #[error("invalid arguments: {0}")]
+    InvalidArguments(String),
+    #[error("{flag} {}: {reason}", path.display())]
+    Program {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "{} of the runs failed, so the comparison is incomplete:{}",
+        failures.len(),
+        failures.iter().map(|failure| format!("\n  {failure}")).collect::<String>()
+    )]
+    RunsFailed { failures: Vec<String> },
 }
 
 /// One workload: the same flags for every server.
@@ -180,25 +201,38 @@ pub struct Comparison {
     pub rows: Vec<Row>,
     pub redis_benchmark: Vec<RedisBenchmarkRow>,
     pub notes: Vec<String>,
+    /// The runs that failed or measured with errors, one line each: a comparison with
+    /// any makes `compare` exit non-zero (after printing the rest).
+    pub failures: Vec<String>,
 }
 
-/// A server process this run started; killed and reaped on drop.
+/// A server process this run started. Dropping it kills and reaps the process, then
+/// removes its scratch directory (fields drop in declaration order).
 struct Started {
     system: System,
-    child: Child,
+    child: GuardedChild,
     /// The native port (Tally) or the RESP port (Redis).
     main_addr: SocketAddr,
     /// The RESP port, if the server has one.
     resp_addr: Option<SocketAddr>,
-    data_dir: PathBuf,
+    /// Held for its drop, after the child's.
+    _data_dir: ScratchDir,
 }
 
-impl Drop for Started {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.data_dir);
-    }
+/// A fresh scratch directory for `system`'s data.
+fn scratch_dir(system: System) -> Result<ScratchDir, CompareError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_nanos());
+    let name = format!(
+        "tally-compare-{}-{}-{nanos}",
+        system.name(),
+        std::process::id()
+    );
+    ScratchDir::create(&name).map_err(|source| CompareError::Io {
+        what: format!("creating {}", std::env::temp_dir().join(name).display()),
+        source,
+    })
 }
 
 fn free_port() -> Result<u16, CompareError> {
@@ -211,33 +245,17 @@ fn free_port() -> Result<u16, CompareError> {
         })
 }
 
-fn fresh_dir(system: System) -> Result<PathBuf, CompareError> {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "tally-compare-{}-{}-{nanos}",
-        system.name(),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|source| CompareError::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
-    Ok(dir)
-}
-
-fn spawn(program: &Path, arguments: &[String]) -> Result<Child, CompareError> {
-    Command::new(program)
+fn spawn(program: &Path, arguments: &[String]) -> Result<GuardedChild, CompareError> {
+    let mut command = Command::new(program);
+    command
         .args(arguments)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CompareError::Spawn {
-            program: program.display().to_string(),
-            source,
-        })
+        .stderr(Stdio::piped());
+    GuardedChild::spawn(&mut command).map_err(|source| CompareError::Spawn {
+        program: program.display().to_string(),
+        source,
+    })
 }
 
 /// Collect the child's output lines on a channel, so readiness can be awaited with a
@@ -294,7 +312,7 @@ fn await_ready(
         if ready_seen && accepts(Some(started.main_addr)) && accepts(started.resp_addr) {
             return Ok(());
         }
-        if let Ok(Some(status)) = started.child.try_wait() {
+        if let Ok(Some(status)) = started.child.child().try_wait() {
             seen.push_str(&format!("(exited: {status})\n"));
             break;
         }
@@ -307,7 +325,7 @@ fn await_ready(
 
 fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareError> {
     let port = free_port()?;
-    let data_dir = fresh_dir(system)?;
+    let data_dir = scratch_dir(system)?;
     let mut arguments: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -316,7 +334,7 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
         "--save",
         "",
         "--dir",
-        &data_dir.display().to_string(),
+        &data_dir.path().display().to_string(),
     ]
     .map(str::to_owned)
     .to_vec();
@@ -326,14 +344,14 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
     };
     arguments.extend(persistence.iter().map(|s| s.to_string()));
     let mut child = spawn(redis_server, &arguments)?;
-    let output = watch_output(&mut child);
+    let output = watch_output(child.child());
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut started = Started {
         system,
         child,
         main_addr: addr,
         resp_addr: Some(addr),
-        data_dir,
+        _data_dir: data_dir,
     };
     await_ready(&mut started, &output, redis_server, &mut |line, _| {
         line.contains("Ready to accept connections")
@@ -349,7 +367,7 @@ fn start_tallyd(
     system: System,
     with_resp: bool,
 ) -> Result<Started, CompareError> {
-    let data_dir = fresh_dir(system)?;
+    let data_dir = scratch_dir(system)?;
     let durability = if system == System::TallyDurable {
         "durable"
     } else {
@@ -357,7 +375,7 @@ fn start_tallyd(
     };
     let mut arguments = vec![
         "--data-dir".to_owned(),
-        data_dir.display().to_string(),
+        data_dir.path().display().to_string(),
         "--listen".to_owned(),
         "127.0.0.1:0".to_owned(),
         "--durability".to_owned(),
@@ -369,13 +387,13 @@ fn start_tallyd(
     }
     arguments.extend(extra.iter().cloned());
     let mut child = spawn(tallyd, &arguments)?;
-    let output = watch_output(&mut child);
+    let output = watch_output(child.child());
     let mut started = Started {
         system,
         child,
         main_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         resp_addr: None,
-        data_dir,
+        _data_dir: data_dir,
     };
     let (mut main_seen, mut resp_seen) = (false, !with_resp);
     await_ready(&mut started, &output, tallyd, &mut |line, started| {
@@ -447,21 +465,32 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
     for workload in &WORKLOADS {
         for &(addr, protocol) in &endpoints {
             let flags = server_args(args, workload, addr, protocol);
+            let run = format!("{}, {}, {protocol:?}", started.system.name(), workload.name);
             let report = match server::measure(&flags) {
                 Ok(report) => report,
                 Err(error) => {
-                    let note = format!(
-                        "{}, {}, {protocol:?}: run failed: {error}",
-                        started.system.name(),
-                        workload.name
-                    );
-                    eprintln!("  {note}");
-                    comparison.notes.push(note);
+                    let failure = format!("{run}: run failed: {error}");
+                    eprintln!("  {failure}");
+                    comparison.failures.push(failure);
                     continue;
                 }
             };
             if !args.json {
                 eprintln!("  {:<17} {}", started.system.name(), report.human());
+            }
+            // Errors make the figures those of another workload (and a run where all
+            // failed measured only error replies): report it, keep what was measured.
+            if report.ops_failed > 0 {
+                let failure = format!(
+                    "{run}: {} of {} increments failed (the first error of the comparison is printed above)",
+                    report.ops_failed,
+                    report.ops + report.ops_failed
+                );
+                eprintln!("  {failure}");
+                comparison.failures.push(failure);
+                if report.ops == 0 {
+                    continue;
+                }
             }
             comparison.rows.push(Row {
                 workload: workload.name,
@@ -499,8 +528,7 @@ fn redis_benchmark(
         "--csv".to_owned(),
     ];
     let command = format!("redis-benchmark {}", arguments.join(" "));
-    let output = Command::new(program)
-        .args(&arguments)
+    let output = die_with_parent(Command::new(program).args(&arguments))
         .stdin(Stdio::null())
         .output();
     let (raw, fields) = match output {
@@ -513,7 +541,11 @@ fn redis_benchmark(
             match stdout.lines().find(|line| line.starts_with("\"INCR\"")) {
                 Some(line) => (line.to_owned(), parse_csv_numbers(line)),
                 None => (
-                    format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
+                    format!(
+                        "no INCR line ({}): {stdout}{}",
+                        output.status,
+                        String::from_utf8_lossy(&output.stderr)
+                    ),
                     Vec::new(),
                 ),
             }
@@ -528,6 +560,18 @@ fn redis_benchmark(
         p99_ms: fields.get(5).copied(),
         raw,
     }
+}
+
+/// Keep `row`; one without a figure (the program would not run, or printed no INCR
+/// line) is a failure, with the start of what it said.
+fn push_redis_benchmark(comparison: &mut Comparison, row: RedisBenchmarkRow) {
+    if row.requests_per_sec.is_none() {
+        let said: String = row.raw.trim().chars().take(300).collect();
+        let failure = format!("{}, redis-benchmark: {said}", row.system.name());
+        eprintln!("  {failure}");
+        comparison.failures.push(failure);
+    }
+    comparison.redis_benchmark.push(row);
 }
 
 fn parse_csv_numbers(line: &str) -> Vec<f64> {
@@ -610,7 +654,21 @@ pub fn table(comparison: &Comparison) -> String {
     for note in &comparison.notes {
         out.push_str(&format!("\nNote: {note}\n"));
     }
+    for failure in &comparison.failures {
+        out.push_str(&format!("\nFailed: {failure}\n"));
+    }
     out
+}
+
+/// The plot of workload `index` (of [`WORKLOADS`]) in `dir`.
+fn plot_path(dir: &Path, index: usize) -> PathBuf {
+    let workload = &WORKLOADS[index];
+    dir.join(format!(
+        "compare-{}-c{}-p{}.svg",
+        index + 1,
+        workload.connections,
+        workload.pipeline
+    ))
 }
 
 fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
@@ -636,12 +694,7 @@ fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
             })
             .collect();
         let svg = crate::plot::percentile_svg(&format!("INCR latency: {}", workload.name), &series);
-        let path = dir.join(format!(
-            "compare-{}-c{}-p{}.svg",
-            index + 1,
-            workload.connections,
-            workload.pipeline
-        ));
+        let path = plot_path(dir, index);
         server::write_plot(&path, &svg).map_err(|source| CompareError::Drive {
             system: "plot",
             workload: workload.name,
@@ -651,48 +704,165 @@ fn write_plots(dir: &Path, rows: &[Row]) -> Result<(), CompareError> {
     Ok(())
 }
 
-/// The tallyd to use: the flag, or `tallyd` next to this executable.
-fn tallyd_path(args: &CompareArgs) -> Option<PathBuf> {
-    args.tallyd.clone().or_else(|| {
-        let sibling = std::env::current_exe().ok()?.with_file_name("tallyd");
-        sibling.exists().then_some(sibling)
-    })
+/// The programs a comparison runs, found and checked before anything starts.
+#[derive(Debug)]
+struct Programs {
+    redis_server: PathBuf,
+    /// `None`: Tally runs skipped (`--redis-only`, or no tallyd found).
+    tallyd: Option<PathBuf>,
+    redis_benchmark: Option<PathBuf>,
 }
 
-/// Run the whole comparison.
-pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
+/// Whether `path` is a file this process may execute (what `execve` will need).
+fn check_executable(flag: &'static str, path: &Path) -> Result<PathBuf, CompareError> {
+    let refuse = |reason: String| CompareError::Program {
+        flag,
+        path: path.to_owned(),
+        reason,
+    };
+    // A name without a slash (`redis-server`) is looked up on PATH, as `Command` would.
+    let resolved = if !path.as_os_str().as_encoded_bytes().contains(&b'/') {
+        find_on_path(path.as_os_str()).ok_or_else(|| refuse("not found on PATH".into()))?
+    } else {
+        path.to_owned()
+    };
+    let metadata = std::fs::metadata(&resolved).map_err(|error| refuse(error.to_string()))?;
+    if !metadata.is_file() {
+        return Err(refuse("not a file".into()));
+    }
+    let path_c = std::ffi::CString::new(resolved.as_os_str().as_encoded_bytes())
+        .map_err(|_| refuse("contains a NUL byte".into()))?;
+    // SAFETY: `path_c` is a NUL-terminated string that outlives the call; access(2) only
+    // reads it.
+    if unsafe { libc::access(path_c.as_ptr(), libc::X_OK) } != 0 {
+        return Err(refuse(format!(
+            "not executable: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(resolved)
+}
+
+/// The first executable file called `name` in a directory of PATH.
+fn find_on_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        // An empty entry means the current directory (and must not recurse).
+        .map(|dir| match dir.as_os_str().is_empty() {
+            true => Path::new(".").join(name),
+            false => dir.join(name),
+        })
+        .find(|candidate| check_executable("PATH", candidate).is_ok())
+}
+
+/// Check every argument and find every program, so that a mistake is reported before
+/// any server starts rather than after minutes of runs.
+fn validate(args: &CompareArgs) -> Result<Programs, CompareError> {
+    let invalid = |reason: &str| Err(CompareError::InvalidArguments(reason.to_owned()));
     if args.tallyd_args.len() > TALLYD_ARGS_MAX {
         return Err(CompareError::TooManyTallydArgs {
             count: args.tallyd_args.len(),
         });
     }
+    if !(args.seconds > 0.0 && args.seconds < 1e6) {
+        return invalid("--seconds must be a number of seconds above 0 and below 1000000");
+    }
+    if args.keys == 0 {
+        return invalid("--keys must be at least 1");
+    }
+    if args.redis_benchmark_requests == 0 {
+        return invalid("--redis-benchmark-requests must be at least 1");
+    }
+    // Every run's flags, as `server` will check them (a port stands in for the server's).
+    let placeholder = SocketAddr::from(([127, 0, 0, 1], 1));
+    for workload in &WORKLOADS {
+        for protocol in [WireProtocol::Native, WireProtocol::Resp] {
+            server::validate(&server_args(args, workload, placeholder, protocol))
+                .map_err(|error| CompareError::InvalidArguments(error.to_string()))?;
+        }
+    }
+    let redis_server = check_executable("--redis-server", &args.redis_server)?;
+    let tallyd = match (args.redis_only, &args.tallyd) {
+        (true, _) => None,
+        (false, Some(tallyd)) => Some(check_executable("--tallyd", tallyd)?),
+        (false, None) => std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("tallyd"))
+            .filter(|sibling| check_executable("--tallyd", sibling).is_ok()),
+    };
+    // Asked for by path: it must work. Otherwise the one next to redis-server (same
+    // version), then PATH; none at all is a note, not an error.
+    let redis_benchmark = match &args.redis_benchmark {
+        Some(path) => Some(check_executable("--redis-benchmark", path)?),
+        None => {
+            let sibling = redis_server.with_file_name("redis-benchmark");
+            check_executable("--redis-benchmark", &sibling)
+                .ok()
+                .or_else(|| find_on_path("redis-benchmark".as_ref()))
+        }
+    };
+    Ok(Programs {
+        redis_server,
+        tallyd,
+        redis_benchmark,
+    })
+}
+
+/// Run the whole comparison.
+pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
+    let programs = validate(args)?;
+    if let Some(dir) = &args.plot_dir {
+        // Now, so that a bad directory is found before the runs, not after them.
+        std::fs::create_dir_all(dir).map_err(|source| CompareError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        for (index, workload) in WORKLOADS.iter().enumerate() {
+            server::check_plot_path(&plot_path(dir, index)).map_err(|source| {
+                CompareError::Drive {
+                    system: "plot",
+                    workload: workload.name,
+                    source,
+                }
+            })?;
+        }
+    }
     let mut comparison = Comparison {
         rows: Vec::new(),
         redis_benchmark: Vec::new(),
         notes: Vec::new(),
+        failures: Vec::new(),
     };
-    let redis_benchmark_path = args.redis_benchmark.clone().or_else(|| {
-        let sibling = args.redis_server.with_file_name("redis-benchmark");
-        sibling.exists().then_some(sibling)
-    });
+    let redis_benchmark_path = programs.redis_benchmark.clone();
+    if redis_benchmark_path.is_none() {
+        comparison.notes.push(format!(
+            "redis-benchmark runs skipped: no redis-benchmark next to {} or on PATH \
+             (pass --redis-benchmark PATH).",
+            programs.redis_server.display()
+        ));
+    }
     for system in [System::Redis, System::RedisAofAlways] {
         eprintln!(
             "{}: starting {}",
             system.name(),
-            args.redis_server.display()
+            programs.redis_server.display()
         );
-        let started = start_redis(&args.redis_server, system)?;
+        let started = match start_redis(&programs.redis_server, system) {
+            Ok(started) => started,
+            Err(error) => {
+                let failure = format!("{}: {error}", system.name());
+                eprintln!("  {failure}");
+                comparison.failures.push(failure);
+                continue;
+            }
+        };
         drive_all(args, &started, &mut comparison);
         if let Some(program) = &redis_benchmark_path {
-            comparison.redis_benchmark.push(redis_benchmark(
-                args,
-                program,
-                system,
-                started.main_addr,
-            ));
+            let row = redis_benchmark(args, program, system, started.main_addr);
+            push_redis_benchmark(&mut comparison, row);
         }
     }
-    match (args.redis_only, tallyd_path(args)) {
+    match (args.redis_only, programs.tallyd) {
         (true, _) => comparison
             .notes
             .push("Tally runs skipped (--redis-only).".into()),
@@ -712,27 +882,41 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
                     Ok(started) => started,
                     Err(error) => {
                         comparison.notes.push(format!("{}: tallyd would not start with --resp-listen, RESP runs skipped: {error}", system.name()));
-                        start_tallyd(&tallyd, &args.tallyd_args, system, false)?
+                        match start_tallyd(&tallyd, &args.tallyd_args, system, false) {
+                            Ok(started) => started,
+                            Err(error) => {
+                                let failure = format!("{}: {error}", system.name());
+                                eprintln!("  {failure}");
+                                comparison.failures.push(failure);
+                                continue;
+                            }
+                        }
                     }
                 };
                 drive_all(args, &started, &mut comparison);
                 if let (Some(program), Some(addr)) = (&redis_benchmark_path, started.resp_addr) {
-                    comparison
-                        .redis_benchmark
-                        .push(redis_benchmark(args, program, system, addr));
+                    let row = redis_benchmark(args, program, system, addr);
+                    push_redis_benchmark(&mut comparison, row);
                 }
             }
         }
     }
     add_ratios(&mut comparison.rows);
     if let Some(dir) = &args.plot_dir {
-        write_plots(dir, &comparison.rows)?;
+        if let Err(error) = write_plots(dir, &comparison.rows) {
+            comparison.failures.push(format!("plots: {error}"));
+        }
     }
     Ok(comparison)
 }
 
 /// `tally-bench compare`: measure and print.
 pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
+    // Before anything starts, so that a signal at any point stops what was started.
+    crate::cleanup::stop_on_signals().map_err(|source| CompareError::Io {
+        what: "installing the signal handlers".into(),
+        source,
+    })?;
     let comparison = measure(args)?;
     if args.json {
         out!(
@@ -741,6 +925,14 @@ pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     } else {
         out!("{}", table(&comparison));
+    }
+    // Printed first, so what was measured is not lost; a failed run still fails the
+    // command, so that a script can tell an incomplete comparison from a good one.
+    if !comparison.failures.is_empty() {
+        return Err(CompareError::RunsFailed {
+            failures: comparison.failures,
+        }
+        .into());
     }
     Ok(())
 }

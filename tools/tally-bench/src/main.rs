@@ -17,6 +17,7 @@ macro_rules! out {
     };
 }
 
+mod cleanup;
 mod compare;
 mod engine;
 mod journal;
@@ -141,5 +142,44 @@ mod tests {
             };
             assert!(server::validate(&args).is_err(), "{extra:?} accepted");
         }
+    }
+
+    #[test]
+    fn resp_runs_refuse_a_durability_they_cannot_ask_for() {
+        let Command::Server(args) = parse(&["server", "--protocol", "resp"]) else {
+            panic!("not the server subcommand");
+        };
+        assert!(server::validate(&args).is_ok());
+        for durability in ["relaxed", "durable"] {
+            let Command::Server(args) =
+                parse(&["server", "--protocol", "resp", "--durability", durability])
+            else {
+                panic!("not the server subcommand");
+            };
+            let error = server::validate(&args).expect_err(durability).to_string();
+            assert!(error.contains("--durability"), "{error}");
+            let Command::Server(args) = parse(&["server", "--durability", durability]) else {
+                panic!("not the server subcommand");
+            };
+            assert!(server::validate(&args).is_ok(), "native {durability}");
+        }
+    }
+
+    #[test]
+    fn ops_must_be_whole_batches_unless_the_run_is_timed() {
+        let validate = |arguments: &[&str]| {
+            let mut all = vec!["server"];
+            all.extend(arguments);
+            let Command::Server(args) = parse(&all) else {
+                panic!("not the server subcommand");
+            };
+            server::validate(&args).map_err(|error| error.to_string())
+        };
+        let error = validate(&["--ops", "10", "--batch", "3"]).expect_err("10 ops in 3s");
+        assert!(error.contains("--ops 9 or 12"), "{error}");
+        assert!(validate(&["--ops", "9", "--batch", "3"]).is_ok());
+        assert!(validate(&["--ops", "10", "--batch", "3", "--duration", "1"]).is_ok());
+        let error = validate(&["--ops", "2", "--batch", "3"]).expect_err("2 ops in 3s");
+        assert!(error.contains("so pass --ops 3"), "{error}");
     }
 }

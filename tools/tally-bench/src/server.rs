@@ -123,7 +123,8 @@ pub struct ServerArgs {
     /// Distinct keys (`key:0` .. `key:N-1`).
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
-    /// Increments to send in total (ignored with --duration).
+    /// Increments to send in total (ignored with --duration): whole requests, so a
+    /// multiple of --batch.
     #[arg(long, default_value_t = 1_000_000)]
     pub ops: u64,
     /// Run for this many seconds instead of a fixed operation count.
@@ -140,7 +141,8 @@ pub struct ServerArgs {
     /// each request's intended send time (no coordinated omission).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Durability each native batch asks for (RESP uses the server's default).
+    /// Durability each native batch asks for. RESP has no way to ask, so with
+    /// --protocol resp only `server` (the server's default) is accepted.
     #[arg(long, value_enum, default_value_t = DurabilityChoice::Server)]
     pub durability: DurabilityChoice,
     /// Native: send each key to its owning core's shard port.
@@ -288,6 +290,20 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
     if args.keys == 0 || args.ops == 0 {
         return invalid("--keys and --ops must be positive");
     }
+    // Requests are whole batches; rounding up would send (and report) more than asked.
+    if args.duration.is_none() && !args.ops.is_multiple_of(args.batch) {
+        let below = args.ops - args.ops % args.batch;
+        let above = below.saturating_add(args.batch);
+        let instead = match below {
+            0 => format!("--ops {above}"),
+            _ => format!("--ops {below} or {above}"),
+        };
+        return Err(DriveError::InvalidArguments(format!(
+            "--ops {} is not a multiple of --batch {}: the run sends whole batches, \
+             so pass {instead}",
+            args.ops, args.batch
+        )));
+    }
     if args.zipf_exponent.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
         return invalid("--zipf-exponent must be positive");
     }
@@ -303,6 +319,15 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
     {
         return invalid("--rate must be positive");
     }
+    // A RESP command cannot carry a durability, so the run gets the server's default;
+    // accepting another choice would label the report with a durability not used.
+    if args.protocol == WireProtocol::Resp && args.durability != DurabilityChoice::Server {
+        return invalid(
+            "--durability applies to the native protocol only: RESP runs use the server's \
+             default (start tallyd with --durability to choose it); drop the flag or pass \
+             --durability server",
+        );
+    }
     if args.via_client && (args.protocol != WireProtocol::Native || args.rate.is_some()) {
         return invalid("--via-client drives the native protocol in a closed loop: no --protocol resp, no --rate");
     }
@@ -312,7 +337,8 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
 /// The plan of connection `index`.
 fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let connections = args.connections as u64;
-    let requests_total = args.ops.div_ceil(args.batch);
+    debug_assert!(args.duration.is_some() || args.ops.is_multiple_of(args.batch));
+    let requests_total = args.ops / args.batch;
     let share =
         requests_total / connections + u64::from((index as u64) < requests_total % connections);
     let interval = args
@@ -527,8 +553,32 @@ pub fn write_plot(path: &std::path::Path, svg: &str) -> Result<(), DriveError> {
     })
 }
 
+/// Check that the plot `path` can be written, before the run rather than after it:
+/// open it for writing without truncating, and remove it again if this created it.
+pub fn check_plot_path(path: &std::path::Path) -> Result<(), DriveError> {
+    // Not `exists`, which follows a dangling link that the open would then create.
+    let existed = std::fs::symlink_metadata(path).is_ok();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| DriveError::Output {
+            what: format!("the plot {} cannot be written", path.display()),
+            source,
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
 /// `tally-bench server`: measure, print, plot.
 pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
+    validate(args)?;
+    if let Some(path) = &args.plot {
+        check_plot_path(path)?;
+    }
     let report = measure(args)?;
     if args.json {
         out!(

@@ -16,6 +16,16 @@ fn tally_bench(arguments: &[&str]) -> Output {
         .expect("run tally-bench")
 }
 
+/// `tally-bench` with `PATH` set to `dir` alone.
+fn tally_bench_with_path(dir: &std::path::Path, arguments: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args(arguments)
+        .env("PATH", dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-bench")
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -168,4 +178,285 @@ fn a_closed_stdout_ends_the_run_quietly() {
     let message = stderr(&output);
     assert!(!message.contains("panicked"), "{message}");
     assert!(output.status.success(), "{message}");
+}
+
+/// The Redis the `compare` tests run, or `None` (the test is skipped) without one.
+fn redis_server() -> Option<&'static str> {
+    let path = "/usr/bin/redis-server";
+    let found = std::path::Path::new(path).exists();
+    if !found {
+        eprintln!("skipped: no {path}");
+    }
+    found.then_some(path)
+}
+
+/// A `redis-server` in `dir` (with no redis-benchmark beside it) that starts the real
+/// one; if `fail_with_aof`, with `appendfsync always` (the second Redis `compare` starts)
+/// every INCRBY is an unknown command.
+fn redis_wrapper(dir: &std::path::Path, redis: &str, fail_with_aof: bool) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("redis-server");
+    let aof = if fail_with_aof {
+        "--rename-command INCRBY ''"
+    } else {
+        ""
+    };
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in\n  *always*) exec {redis} \"$@\" {aof} ;;\n  *) exec {redis} \"$@\" ;;\nesac\n"
+    );
+    std::fs::write(&path, script).expect("write the script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+#[test]
+fn compare_checks_its_arguments_and_programs_before_starting_anything() {
+    let Some(redis) = redis_server() else { return };
+    let quick = ["--seconds", "0.1", "--keys", "100"];
+    let cases: [(&[&str], &str); 6] = [
+        (&["--seconds", "0", "--redis-only"], "--seconds"),
+        (&["--seconds", "nan", "--redis-only"], "--seconds"),
+        (&["--keys", "0", "--redis-only"], "--keys"),
+        (
+            &["--tallyd", "/nonexistent/tallyd"],
+            "--tallyd /nonexistent/tallyd",
+        ),
+        (&["--tallyd", "/etc/passwd"], "not executable"),
+        (
+            &["--redis-benchmark", "/nonexistent/rb", "--redis-only"],
+            "--redis-benchmark /nonexistent/rb",
+        ),
+    ];
+    for (arguments, expected) in cases {
+        let mut all = vec!["compare", "--redis-server", redis];
+        all.extend(quick);
+        all.extend(["--redis-benchmark-requests", "1000"]);
+        all.extend(arguments);
+        let output = tally_bench(&all);
+        let message = stderr(&output);
+        assert!(!output.status.success(), "{arguments:?}: {message}");
+        assert!(message.contains(expected), "{arguments:?}: {message}");
+        assert!(!message.contains("starting"), "{arguments:?}: {message}");
+    }
+}
+
+#[test]
+fn compare_exits_non_zero_when_a_run_fails_and_still_prints_the_others() {
+    let Some(redis) = redis_server() else { return };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let failing = redis_wrapper(dir.path(), redis, true);
+    // No redis-benchmark beside the wrapper nor on this PATH: a note says so.
+    let output = tally_bench_with_path(
+        dir.path(),
+        &[
+            "compare",
+            "--redis-server",
+            failing.to_str().unwrap(),
+            "--redis-only",
+            "--seconds",
+            "0.1",
+            "--keys",
+            "100",
+            "--redis-benchmark-requests",
+            "1000",
+        ],
+    );
+    let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert!(!output.status.success(), "{table}\n{message}");
+    assert!(
+        table.contains("| 1 connection, unpipelined | redis | resp |"),
+        "{table}"
+    );
+    assert!(!table.contains("| redis-aof-always | resp |"), "{table}");
+    assert!(
+        message.contains("4 of the runs failed")
+            && message.contains("redis-aof-always, 1 connection, unpipelined"),
+        "{message}"
+    );
+    assert!(
+        table.contains("Note: redis-benchmark runs skipped: no redis-benchmark next to"),
+        "{table}"
+    );
+}
+
+#[test]
+fn compare_finds_redis_benchmark_on_the_path() {
+    let Some(redis) = redis_server() else { return };
+    let Some(bin) = std::path::Path::new(redis).parent() else {
+        return;
+    };
+    if !bin.join("redis-benchmark").exists() {
+        eprintln!("skipped: no redis-benchmark beside {redis}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wrapper = redis_wrapper(dir.path(), redis, false);
+    let output = tally_bench_with_path(
+        bin,
+        &[
+            "compare",
+            "--redis-server",
+            wrapper.to_str().unwrap(),
+            "--redis-only",
+            "--seconds",
+            "0.1",
+            "--keys",
+            "100",
+            "--redis-benchmark-requests",
+            "1000",
+        ],
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{table}\n{}", stderr(&output));
+    assert!(
+        table.contains("| redis-benchmark -t incr -P 16 -c 50 against |"),
+        "{table}"
+    );
+    assert!(!table.contains("redis-benchmark runs skipped"), "{table}");
+}
+
+#[test]
+fn compare_leaves_no_directory_behind_when_a_server_cannot_start() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // Executable, so it passes the checks, but its interpreter is missing: spawn fails.
+    let broken = dir.path().join("redis-server");
+    std::fs::write(&broken, "#!/nonexistent/interpreter\n").expect("write");
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let scratch = dir.path().join("tmp");
+    std::fs::create_dir(&scratch).expect("mkdir");
+    let output = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args(["compare", "--redis-only", "--redis-server"])
+        .arg(&broken)
+        .env("TMPDIR", &scratch)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tally-bench");
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("cannot start"),
+        "{}",
+        stderr(&output)
+    );
+    let left: Vec<_> = std::fs::read_dir(&scratch)
+        .expect("read the scratch directory")
+        .map(|entry| entry.expect("an entry").file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// The pids whose parent is `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    let entries = std::fs::read_dir("/proc").expect("read /proc");
+    entries
+        .filter_map(|entry| {
+            let pid: u32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let (_, ppid) = process_state(pid)?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// The state letter and parent of `pid` (from /proc/PID/stat), if it exists.
+fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.parse().ok()?))
+}
+
+/// Whether `pid` still runs (a zombie has finished).
+fn runs(pid: u32) -> bool {
+    process_state(pid).is_some_and(|(state, _)| state != 'Z')
+}
+
+#[test]
+fn compare_stops_its_servers_when_it_is_stopped() {
+    let Some(redis) = redis_server() else { return };
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGKILL] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut compare = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+            .args(["compare", "--redis-only", "--redis-server", redis])
+            .args(["--seconds", "0.5", "--keys", "100"])
+            .env("TMPDIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run tally-bench");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let servers = loop {
+            let servers = children_of(compare.id());
+            if !servers.is_empty() {
+                break servers;
+            }
+            assert!(std::time::Instant::now() < deadline, "no server started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        // Into the first run.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        // SAFETY: kill takes plain integers; the pid is our unreaped child.
+        assert_eq!(unsafe { libc::kill(compare.id() as i32, signal) }, 0);
+        let status = compare.wait().expect("wait for tally-bench");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while servers.iter().any(|&pid| runs(pid)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        for pid in servers {
+            assert!(!runs(pid), "signal {signal}: server {pid} still runs");
+        }
+        if signal != libc::SIGKILL {
+            use std::os::unix::process::ExitStatusExt;
+            assert_eq!(status.code(), Some(128 + signal), "{status:?}");
+            let left: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("read the temporary directory")
+                .map(|entry| entry.expect("an entry").file_name())
+                .collect();
+            assert!(left.is_empty(), "signal {signal}: left behind {left:?}");
+            assert_eq!(status.signal(), None);
+        }
+    }
+}
+
+#[test]
+fn an_unwritable_plot_is_refused_before_the_run() {
+    // Nothing listens on port 1: a run would fail to connect, after the plot check.
+    let output = tally_bench(&[
+        "server",
+        "--addr",
+        "127.0.0.1:1",
+        "--ops",
+        "10",
+        "--plot",
+        "/nonexistent/dir/x.svg",
+    ]);
+    let message = stderr(&output);
+    assert!(!output.status.success());
+    assert!(
+        message.contains("the plot /nonexistent/dir/x.svg cannot be written"),
+        "{message}"
+    );
+    assert!(!message.contains("cannot connect"), "{message}");
+
+    let Some(redis) = redis_server() else { return };
+    // /proc exists, and no file can be created in it.
+    let output = tally_bench(&[
+        "compare",
+        "--redis-only",
+        "--redis-server",
+        redis,
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+        "--plot-dir",
+        "/proc",
+    ]);
+    let message = stderr(&output);
+    assert!(!output.status.success());
+    assert!(message.contains("cannot be written"), "{message}");
+    assert!(!message.contains("starting"), "{message}");
 }

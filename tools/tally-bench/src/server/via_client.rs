@@ -98,7 +98,8 @@ fn drive_one(
         barrier.wait();
         let client = client.map_err(client_error)?;
         let start = Instant::now();
-        let calls_total = args.ops.div_ceil(args.batch);
+        debug_assert!(args.duration.is_some() || args.ops.is_multiple_of(args.batch));
+        let calls_total = args.ops / args.batch;
         let callers_total = (args.connections * args.pipeline) as u64;
         let mut tasks = Vec::with_capacity(args.pipeline);
         for caller in 0..args.pipeline {
