@@ -1,7 +1,8 @@
 //! Idempotent retries against a real `tallyd`, through the raw codec so the test picks the
 //! 128-bit keys: a retry with the same key returns the first reply and applies nothing
 //! twice, on the same connection, on another connection and on another core's port, and
-//! across a graceful restart and a `kill -9` (the journal carries the keys).
+//! across a graceful restart and a `kill -9` (the journal carries the keys); a key
+//! reused for other operations is refused wherever the batches start.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -190,4 +191,49 @@ fn a_key_reused_for_other_operations_after_kill_9_is_refused() {
     let retried = durable_batch(&mut connection, idempotency_key, &ops);
     assert_eq!(retried[1], first[1], "the first batch still replays");
     assert_eq!(get(server.addr, other), 1, "and applies nothing twice");
+}
+
+/// The error a batch was answered with: its code and message.
+fn error_reply(reply: RawReply) -> (u16, String) {
+    match reply {
+        RawReply::Error { code, message } => (code.to_u16(), message),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// A key reused for a batch whose first key lives on another core than the first
+/// batch's is refused too: a key's home core depends on the idempotency key alone, so
+/// both batches meet the same record.
+#[test]
+fn a_key_reused_for_a_batch_starting_on_another_core_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tallyd::start(dir.path(), &["--cores", "2"]);
+    let (mut connection, hello) = RawConnection::open(server.addr);
+    let names: Vec<String> = (0..64).map(|index| format!("votes:{index}")).collect();
+    let first_key = names[0].as_str();
+    let other_key = names
+        .iter()
+        .find(|name| {
+            hello.owner_of_key(name.as_bytes()) != hello.owner_of_key(first_key.as_bytes())
+        })
+        .expect("64 keys span both cores")
+        .as_str();
+    let first_ops = [add(first_key, 5)];
+    for idempotency_key in [0x5eed_u128, 0x5eed_u128 << 96 | 1, u128::MAX - 7] {
+        let first = batch_reply(connection.batch(Some(idempotency_key), &first_ops));
+        assert_eq!(first, [OpReply::ok(5, false, false)]);
+        let (code, message) =
+            error_reply(connection.batch(Some(idempotency_key), &[add(other_key, 7)]));
+        assert_eq!(code, 12, "IdempotencyKeyReused: {message}");
+        assert_eq!(get(server.addr, other_key), 0, "the reuse applied nothing");
+        // From either core's port, the first batch still replays.
+        for &port in &hello.shard_ports {
+            let (mut retry, _) = RawConnection::open(SocketAddr::new(server.addr.ip(), port));
+            let replayed = batch_reply(retry.batch(Some(idempotency_key), &first_ops));
+            assert_eq!(replayed, first, "via port {port}");
+        }
+        assert_eq!(get(server.addr, first_key), 5, "applied once");
+        let reset = connection.batch_results(&[Op::Delete { key: first_key }]);
+        assert_eq!(reset[0].status, Status::Ok);
+    }
 }

@@ -518,10 +518,11 @@ impl State {
         let Some(key) = batch.idempotency_key else {
             return Ok(None);
         };
-        let Some(first) = batch.ops().next() else {
+        if batch.op_count() == 0 {
+            // Nothing to apply, so nothing to apply twice.
             return Ok(None);
-        };
-        let home = core.owner_of_key(first.key());
+        }
+        let home = idempotency::home_core(key, core.cores);
         let fingerprint = idempotency::fingerprint(batch);
         match core.idempotency_begin(home, key, fingerprint).await {
             Ok(RemoteBegin::New) => Ok(Some(Idempotent {

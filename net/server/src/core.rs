@@ -36,7 +36,7 @@ use crate::config::ServerConfig;
 use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
 use crate::durability::{encode_result, unix_now_s, CoreJournal, Notify, Recovered};
 use crate::idempotency::{
-    Begin, Fingerprint, IdempotencyKey, IdempotencyTable, IdempotentBatch, RecoveredBatches,
+    self, Begin, Fingerprint, IdempotencyKey, IdempotencyTable, IdempotentBatch, RecoveredBatches,
 };
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
 use crate::shutdown::{
@@ -335,6 +335,7 @@ impl Core {
 
     /// [`Core::idempotency_begin`] on this core, the home core.
     fn idempotency_begin_here(&self, key: IdempotencyKey, fingerprint: Fingerprint) -> RemoteBegin {
+        debug_assert_eq!(idempotency::home_core(key, self.cores), self.index);
         // Before a restart the key may have served other operations: its records carry
         // their batch's fingerprint. (A table entry for the key was begun after the
         // restart, so it passed this check with the same fingerprint.)

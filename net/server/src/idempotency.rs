@@ -1,12 +1,18 @@
 //! Idempotency keys: a per-core memory of "key -> first reply" for a time window.
 //!
-//! A batch may carry a 128-bit idempotency key. Its *home core* (the core that owns the
-//! partition of the batch's first key, see `core.rs`) records the key when the batch
+//! A batch may carry a 128-bit idempotency key. Its *home core* ([`home_core`], a hash
+//! of the idempotency key alone, modulo the core count) records the key when the batch
 //! starts ([`Begin::New`]), and the encoded per-operation results when it ends
-//! ([`IdempotencyTable::finish`]). A retry within the window gets those results again,
-//! re-framed with the retry's request id, and nothing is applied twice. A retry that
-//! arrives while the first attempt is still running gets [`Begin::InFlight`]; the caller
-//! answers it with a retryable error rather than applying it a second time.
+//! ([`IdempotencyTable::finish`]). Every batch under a key meets the same table,
+//! whatever its operations and wherever it arrives, so a reuse for other operations is
+//! seen. The price: an idempotent batch whose home is another core than the one
+//! serving its connection costs a mesh round trip before it runs, and one message
+//! after (not measured; a batch without a key costs nothing).
+//!
+//! A retry within the window gets those results again, re-framed with the retry's
+//! request id, and nothing is applied twice. A retry that arrives while the first
+//! attempt is still running gets [`Begin::InFlight`]; the caller answers it with a
+//! retryable error rather than applying it a second time.
 //!
 //! A key is bound to its batch's [`Fingerprint`] (a hash of its operations): a batch
 //! that reuses a key with other operations gets [`Begin::Mismatch`], answered with an
@@ -107,6 +113,16 @@ impl RecoveredBatches {
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }
+}
+
+/// The home core of `key` among `cores`: xxh3-64 of the key's 16 bytes (LE) modulo
+/// the core count. A function of the key alone, so every batch under a key meets the
+/// same table whatever its operations (a reuse for other operations is seen), on any
+/// connection or port.
+pub fn home_core(key: IdempotencyKey, cores: usize) -> usize {
+    assert!(cores > 0);
+    let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+    (hash % cores as u64) as usize
 }
 
 /// What a table knows about a key when a batch with it arrives.
@@ -355,6 +371,18 @@ mod tests {
         assert_eq!(table.begin(9, 0, now), Begin::New);
         table.finish(9, 0, b"x", now);
         assert_eq!(table.order_live_count(), 1);
+    }
+
+    #[test]
+    fn home_cores_depend_on_the_key_alone_and_spread() {
+        let mut counts = [0usize; 4];
+        for key in 0..4000u128 {
+            let home = home_core(key << 64 | key, 4);
+            assert_eq!(home, home_core(key << 64 | key, 4));
+            counts[home] += 1;
+        }
+        assert!(counts.iter().all(|&count| count > 800), "{counts:?}");
+        assert_eq!(home_core(u128::MAX, 1), 0);
     }
 
     #[test]
