@@ -101,7 +101,7 @@ pub struct ServerConfig {
     pub ring_depth: usize,
     /// How long an idempotency key's first reply is remembered.
     pub idempotency_window_s: u64,
-    /// The most idempotency keys one core remembers (each costs about 150 bytes plus
+    /// The most idempotency keys one core remembers (each costs about 200 bytes plus
     /// its results). A key is never forgotten inside its window: when a core's table
     /// is full, new idempotent batches homed there are refused (`ServerBusy`) until
     /// keys expire. So this is a trade of memory against refusals under heavy

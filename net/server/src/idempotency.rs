@@ -32,7 +32,7 @@
 //! results at begin ([`reply_bytes_bound`], the wire's 10 bytes per result), so
 //! batches running at once cannot overshoot the byte bound; once finished it keeps
 //! them in the compact form of [`compact_results`] (about 2 to 4 bytes per result for
-//! small values). Each key also costs about 150 bytes of table (hash map slot and
+//! small values). Each key also costs about 200 bytes of table (hash map slot and
 //! order queue), not counted in the byte bound.
 //!
 //! Invariants: `reply_bytes` is the sum of the stored result lengths and in-flight

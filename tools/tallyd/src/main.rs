@@ -120,7 +120,7 @@ struct Flags {
     /// How long an idempotency key's first reply is remembered, in s [default: 600].
     #[arg(long, value_name = "S")]
     idempotency_window_s: Option<u64>,
-    /// Most idempotency keys remembered per core, each about 150 bytes plus its
+    /// Most idempotency keys remembered per core, each about 200 bytes plus its
     /// results [default: 1000000]. A key is never forgotten inside its window: once a
     /// core holds this many, new idempotent batches homed there are refused with
     /// ServerBusy (nothing applied; retry later) until keys expire. More memory, fewer
