@@ -606,9 +606,9 @@ fn full_message(full: Full, config: &ServerConfig) -> String {
         ),
     };
     format!(
-        "idempotency table full: this key's core remembers {limit} (tallyd \
-         {flag}) inside the {window_s} s window; nothing applied, retry later with the \
-         same key",
+        "idempotency table full: the core holding this key remembers its limit of \
+         {limit} (tallyd {flag}), all inside the {window_s} s window; nothing applied, \
+         retry later with the same key",
         window_s = config.idempotency_window_s
     )
 }
