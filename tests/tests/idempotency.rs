@@ -1,7 +1,9 @@
 //! Idempotent retries against a real `tallyd`, through the raw codec so the test picks the
 //! 128-bit keys: a retry with the same key returns the first reply and applies nothing
 //! twice, on the same connection, on another connection and on another core's port, and
-//! across a graceful restart and a `kill -9` (the journal carries the keys).
+//! across a graceful restart and a `kill -9` (the journal carries the keys); a key
+//! reused for other operations is refused wherever the batches start, and a full
+//! idempotency table refuses new keys rather than forgetting old ones.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -277,4 +279,164 @@ fn a_retry_after_kill_9_gets_the_first_reads_and_refusals() {
         2,
         "the delete did not run again"
     );
+}
+
+/// The error a batch was answered with: its code and message.
+fn error_reply(reply: RawReply) -> (u16, String) {
+    match reply {
+        RawReply::Error { code, message } => (code.to_u16(), message),
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+}
+
+/// A key reused for a batch whose first key lives on another core than the first
+/// batch's is refused too: a key's home core depends on the idempotency key alone, so
+/// both batches meet the same record.
+#[test]
+fn a_key_reused_for_a_batch_starting_on_another_core_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tallyd::start(dir.path(), &["--cores", "2"]);
+    let (mut connection, hello) = RawConnection::open(server.addr);
+    let names: Vec<String> = (0..64).map(|index| format!("votes:{index}")).collect();
+    let first_key = names[0].as_str();
+    let other_key = names
+        .iter()
+        .find(|name| {
+            hello.owner_of_key(name.as_bytes()) != hello.owner_of_key(first_key.as_bytes())
+        })
+        .expect("64 keys span both cores")
+        .as_str();
+    let first_ops = [add(first_key, 5)];
+    for idempotency_key in [0x5eed_u128, 0x5eed_u128 << 96 | 1, u128::MAX - 7] {
+        let first = batch_reply(connection.batch(Some(idempotency_key), &first_ops));
+        assert_eq!(first, [OpReply::ok(5, false, false)]);
+        let (code, message) =
+            error_reply(connection.batch(Some(idempotency_key), &[add(other_key, 7)]));
+        assert_eq!(code, 12, "IdempotencyKeyReused: {message}");
+        assert_eq!(get(server.addr, other_key), 0, "the reuse applied nothing");
+        // From either core's port, the first batch still replays.
+        for &port in &hello.shard_ports {
+            let (mut retry, _) = RawConnection::open(SocketAddr::new(server.addr.ip(), port));
+            let replayed = batch_reply(retry.batch(Some(idempotency_key), &first_ops));
+            assert_eq!(replayed, first, "via port {port}");
+        }
+        assert_eq!(get(server.addr, first_key), 5, "applied once");
+        let reset = connection.batch_results(&[Op::Delete { key: first_key }]);
+        assert_eq!(reset[0].status, Status::Ok);
+    }
+}
+
+/// With the idempotency table full of keys inside their window, a new key is refused
+/// (`ServerBusy` naming the limit and its flag, nothing applied) instead of an old key
+/// being forgotten: the old keys still replay and nothing applies twice. Once the
+/// window has passed, the refused key is accepted. Two cores, so a key whose home is
+/// the other core is refused through the mesh too.
+#[test]
+fn a_full_table_refuses_new_keys_and_forgets_none_inside_the_window() {
+    const WINDOW: Duration = Duration::from_secs(4);
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "--cores",
+        "2",
+        "--idempotency-max-keys",
+        "2",
+        "--idempotency-window-s",
+        "4",
+    ];
+    let server = Tallyd::start(dir.path(), &args);
+    let start = std::time::Instant::now();
+    let (mut connection, hello) = RawConnection::open(server.addr);
+    let counter = |index: u128| format!("orders:{index}");
+    // Two keys per core fit: a refusal comes by the fifth new key at the latest.
+    let mut accepted = Vec::new();
+    let refused = (1..=5u128)
+        .find(|&index| {
+            let name = counter(index);
+            match connection.batch(Some(index), &[add(name.as_str(), 1)]) {
+                RawReply::Batch(results) => {
+                    assert_eq!(results, [OpReply::ok(1, false, false)]);
+                    accepted.push(index);
+                    false
+                }
+                other => {
+                    let (code, message) = error_reply(other);
+                    assert_eq!(code, 6, "ServerBusy: {message}");
+                    assert!(message.contains("--idempotency-max-keys"), "{message}");
+                    true
+                }
+            }
+        })
+        .expect("at most four keys fit two cores of two");
+    assert!(accepted.len() >= 2, "{accepted:?}");
+    assert!(
+        start.elapsed() < WINDOW,
+        "the machine is too slow for this test"
+    );
+    let refused_name = counter(refused);
+    // Refused again from each core's port, one of which is not its home.
+    for &port in &hello.shard_ports {
+        let (mut other, _) = RawConnection::open(SocketAddr::new(server.addr.ip(), port));
+        let reply = other.batch(Some(refused), &[add(refused_name.as_str(), 1)]);
+        assert_eq!(error_reply(reply).0, 6, "via port {port}");
+    }
+    assert_eq!(
+        get(server.addr, &refused_name),
+        0,
+        "a refusal applies nothing"
+    );
+    // Every accepted key still replays: nothing was forgotten, nothing applies twice.
+    for &index in &accepted {
+        let name = counter(index);
+        let replayed = batch_reply(connection.batch(Some(index), &[add(name.as_str(), 1)]));
+        assert_eq!(replayed, [OpReply::ok(1, false, false)], "key {index}");
+        assert_eq!(get(server.addr, &name), 1, "key {index} applied once");
+    }
+    assert!(
+        start.elapsed() < WINDOW,
+        "the machine is too slow for this test"
+    );
+    let refusals: u64 = hello
+        .shard_ports
+        .iter()
+        .map(|&port| {
+            let (mut shard, _) = RawConnection::open(SocketAddr::new(server.addr.ip(), port));
+            tally_tests::stat(&shard.stats(), "idempotency_full_refusals")
+        })
+        .sum();
+    assert_eq!(refusals, 3);
+
+    // Past the window the old keys leave, and the refused key is accepted.
+    std::thread::sleep(WINDOW.saturating_sub(start.elapsed()) + Duration::from_secs(1));
+    let results = batch_reply(connection.batch(Some(refused), &[add(refused_name.as_str(), 1)]));
+    assert_eq!(results, [OpReply::ok(1, false, false)]);
+    assert_eq!(get(server.addr, &refused_name), 1);
+}
+
+/// The stored results are bounded in bytes as well: a table holding a largest batch's
+/// results has no room to reserve another largest batch, which is refused with the
+/// limit's flag named and nothing applied, while a small new batch still fits (the
+/// stored results are compact) and the large one replays.
+#[test]
+fn a_table_full_of_reply_bytes_refuses_new_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = ["--cores", "1", "--idempotency-max-reply-bytes", "100000"];
+    let server = Tallyd::start(dir.path(), &args);
+    let (mut connection, _) = RawConnection::open(server.addr);
+    let largest = tally_protocol::BATCH_OPS_MAX;
+    let first_ops = vec![add("stock:a", 1); largest];
+    let first = batch_reply(connection.batch(Some(1), &first_ops));
+    assert_eq!(first[largest - 1], OpReply::ok(largest as i64, true, false));
+
+    let (code, message) = error_reply(connection.batch(Some(2), &vec![add("stock:b", 1); largest]));
+    assert_eq!(code, 6, "ServerBusy: {message}");
+    assert!(
+        message.contains("--idempotency-max-reply-bytes"),
+        "{message}"
+    );
+    assert_eq!(get(server.addr, "stock:b"), 0, "a refusal applies nothing");
+
+    let small = batch_reply(connection.batch(Some(3), &[add("stock:b", 1)]));
+    assert_eq!(small, [OpReply::ok(1, false, false)]);
+    assert_eq!(batch_reply(connection.batch(Some(1), &first_ops)), first);
+    assert_eq!(get(server.addr, "stock:a"), largest as i64, "applied once");
 }

@@ -23,6 +23,13 @@ pub const LISTEN_PORT_DEFAULT: u16 = 7878;
 /// 1 GiB of journal per core with 16-byte keys.
 pub const IDEMPOTENCY_JOURNAL_RECORDS_DEFAULT: u64 = 16 << 20;
 
+/// The least `idempotency_reply_bytes_max`: room for a largest batch's results.
+pub const IDEMPOTENCY_REPLY_BYTES_MIN: usize =
+    tally_protocol::BATCH_OPS_MAX * tally_protocol::OP_REPLY_BYTES;
+
+/// Default of [`ServerConfig::idempotency_reply_bytes_max`]: 64 MiB per core.
+pub const IDEMPOTENCY_REPLY_BYTES_DEFAULT: usize = 64 << 20;
+
 /// When a mutation is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum DurabilityMode {
@@ -94,9 +101,17 @@ pub struct ServerConfig {
     pub ring_depth: usize,
     /// How long an idempotency key's first reply is remembered.
     pub idempotency_window_s: u64,
-    /// The most idempotency keys one core remembers.
+    /// The most idempotency keys one core remembers (each costs about 200 bytes plus
+    /// its results). A key is never forgotten inside its window: when a core's table
+    /// is full, new idempotent batches homed there are refused (`ServerBusy`) until
+    /// keys expire. So this is a trade of memory against refusals under heavy
+    /// idempotent traffic (the default takes 1,000,000 batches per core per window).
     pub idempotency_entries_max: usize,
-    /// The most reply bytes one core keeps for idempotency keys.
+    /// The most bytes of results one core keeps for idempotency keys, stored compactly
+    /// (about 2 to 4 bytes per result for small values; 10 reserved per result while
+    /// the batch runs). Full: new idempotent batches are refused, as for
+    /// `idempotency_entries_max`. At least [`IDEMPOTENCY_REPLY_BYTES_MIN`], so a
+    /// largest batch fits an empty table.
     pub idempotency_reply_bytes_max: usize,
     /// The most journal records a core keeps for idempotency across restarts: past
     /// it, checkpoints release the oldest segments even inside the window, so the
@@ -162,7 +177,7 @@ impl ServerConfig {
             ring_depth: 128,
             idempotency_window_s: 600,
             idempotency_entries_max: 1_000_000,
-            idempotency_reply_bytes_max: 64 * 1024 * 1024,
+            idempotency_reply_bytes_max: IDEMPOTENCY_REPLY_BYTES_DEFAULT,
             idempotency_journal_records_max: IDEMPOTENCY_JOURNAL_RECORDS_DEFAULT,
             journal: JournalConfig::default(),
         }
@@ -197,6 +212,13 @@ impl ServerConfig {
         }
         if self.idempotency_entries_max == 0 {
             return invalid("idempotency entries must be at least 1".to_string());
+        }
+        if self.idempotency_reply_bytes_max < IDEMPOTENCY_REPLY_BYTES_MIN {
+            return invalid(format!(
+                "idempotency reply bytes must be at least {IDEMPOTENCY_REPLY_BYTES_MIN} \
+                 (a largest batch's results), not {}",
+                self.idempotency_reply_bytes_max
+            ));
         }
         if self.idempotency_journal_records_max == 0 {
             return invalid("idempotency journal records must be at least 1".to_string());

@@ -41,10 +41,10 @@ use tally_protocol::{
     FRAME_BYTES_MAX, HEADER_BYTES,
 };
 
-use crate::config::DurabilityMode;
+use crate::config::{DurabilityMode, ServerConfig};
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
-use crate::idempotency::{self, Fingerprint, IdempotencyKey, IdempotentBatch};
+use crate::idempotency::{self, Fingerprint, Full, IdempotencyKey, IdempotentBatch};
 use crate::router::RemoteBegin;
 use crate::stream::{self, Input, ReadDeadline};
 
@@ -57,6 +57,10 @@ const _: () =
 
 /// The error for an idempotency key reused with other operations (PROTOCOL.md).
 const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::IdempotencyKeyReused;
+
+/// The error for a new idempotent batch refused because its home core's table is full
+/// of keys inside their window (PROTOCOL.md): retryable, nothing was applied.
+const IDEMPOTENCY_TABLE_FULL: ErrorCode = ErrorCode::ServerBusy;
 
 /// Answers a connection over the limit with an error, then closes it.
 pub async fn refuse(mut stream: TcpStream) {
@@ -444,6 +448,14 @@ impl State {
             ("bad_frames", stats.bad_frames.get()),
             ("idempotent_replays", stats.idempotent_replays.get()),
             ("idempotency_keys", core.idempotency.borrow().len() as u64),
+            (
+                "idempotency_reply_bytes",
+                core.idempotency.borrow().reply_bytes() as u64,
+            ),
+            (
+                "idempotency_full_refusals",
+                stats.idempotency_full_refusals.get(),
+            ),
             ("journal_records", core.journal.stats.records.get()),
             ("journal_durable_lsn", core.journal.durable_lsn()),
             ("journal_commits", journal.commit_count),
@@ -521,12 +533,17 @@ impl State {
         let Some(key) = batch.idempotency_key else {
             return Ok(None);
         };
-        let Some(first) = batch.ops().next() else {
+        if batch.op_count() == 0 {
+            // Nothing to apply, so nothing to apply twice.
             return Ok(None);
-        };
-        let home = core.owner_of_key(first.key());
+        }
+        let home = idempotency::home_core(key, core.cores);
         let fingerprint = idempotency::fingerprint(batch);
-        match core.idempotency_begin(home, key, fingerprint).await {
+        let op_count = u16::try_from(batch.op_count()).expect("at most BATCH_OPS_MAX operations");
+        match core
+            .idempotency_begin(home, key, fingerprint, op_count)
+            .await
+        {
             Ok(RemoteBegin::New) => Ok(Some(Idempotent {
                 key,
                 home,
@@ -549,6 +566,14 @@ impl State {
                 self.stage_error(request_id, ErrorCode::ServerBusy, message);
                 Err(())
             }
+            Ok(RemoteBegin::Full(full)) => {
+                let stats = &core.stats;
+                let refusals = &stats.idempotency_full_refusals;
+                refusals.set(refusals.get() + 1);
+                let message = full_message(full, &core.config);
+                self.stage_error(request_id, IDEMPOTENCY_TABLE_FULL, &message);
+                Err(())
+            }
             Ok(RemoteBegin::Done(frame)) => {
                 core.stats
                     .idempotent_replays
@@ -568,6 +593,27 @@ impl State {
             }
         }
     }
+}
+
+/// The message of the error refusing a new idempotent batch: which limit, its value,
+/// and the flag that sets it.
+fn full_message(full: Full, config: &ServerConfig) -> String {
+    let (limit, flag) = match full {
+        Full::Keys => (
+            format!("{} keys", config.idempotency_entries_max),
+            "--idempotency-max-keys",
+        ),
+        Full::ReplyBytes => (
+            format!("{} bytes of results", config.idempotency_reply_bytes_max),
+            "--idempotency-max-reply-bytes",
+        ),
+    };
+    format!(
+        "idempotency table full: the core holding this key remembers its limit of \
+         {limit} (tallyd {flag}), all inside the {window_s} s window; nothing applied, \
+         retry later with the same key",
+        window_s = config.idempotency_window_s
+    )
 }
 
 /// A recorded `BatchReply` frame re-addressed to `request_id` (header bytes 8..16).

@@ -38,7 +38,8 @@ use crate::durability::{
     encode_result, outcome_record_fields, unix_now_s, CoreJournal, Notify, Recovered,
 };
 use crate::idempotency::{
-    Begin, Fingerprint, IdempotencyKey, IdempotencyTable, IdempotentBatch, RecoveredBatches,
+    self, Begin, Fingerprint, Full, IdempotencyKey, IdempotencyTable, IdempotentBatch,
+    RecoveredBatches,
 };
 use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
 use crate::shutdown::{
@@ -56,6 +57,8 @@ pub struct CoreStats {
     pub ops_from_peers: Cell<u64>,
     pub bad_frames: Cell<u64>,
     pub idempotent_replays: Cell<u64>,
+    /// New idempotent batches refused because their home core's table was full.
+    pub idempotency_full_refusals: Cell<u64>,
 }
 
 /// What every task of one core shares (through an `Rc`).
@@ -74,6 +77,8 @@ pub struct Core {
     /// Every core's idempotent batches journaled before this start, for the keys this
     /// core is home to (the same map on every core).
     pub recovered_batches: Arc<RecoveredBatches>,
+    /// When this core last logged that its idempotency table was full.
+    idempotency_full_logged: Cell<Option<Instant>>,
     pub registry: ConnectionRegistry,
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
@@ -136,6 +141,9 @@ enum Outgoing {
     Send(usize, MeshReply),
     Hold(Lsn, usize, MeshReply),
 }
+
+/// The least time between two logs of a full idempotency table on one core.
+const IDEMPOTENCY_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The result given to a refused mutation; the reply turns it into `Unavailable`.
 const PLACEHOLDER: OpResult = Ok(Outcome {
@@ -330,17 +338,18 @@ impl Core {
         crate::router::owner_of_partition(partition, self.cores)
     }
 
-    /// The idempotency state of `key` on its home core `home` for a batch with
-    /// `fingerprint`, recording it in flight if new. `Err` if the home core cannot be
-    /// reached (shutting down).
+    /// The idempotency state of `key` on its home core `home` for a batch of
+    /// `op_count` operations with `fingerprint`, recording it in flight if new and
+    /// there is room. `Err` if the home core cannot be reached (shutting down).
     pub async fn idempotency_begin(
         &self,
         home: usize,
         key: IdempotencyKey,
         fingerprint: Fingerprint,
+        op_count: u16,
     ) -> Result<RemoteBegin, ErrorCode> {
         if home == self.index {
-            return Ok(self.idempotency_begin_here(key, fingerprint));
+            return Ok(self.idempotency_begin_here(key, fingerprint, op_count));
         }
         let ticket = self.replies.reserve();
         let request = MeshRequest::IdempotencyBegin {
@@ -348,6 +357,7 @@ impl Core {
             ticket,
             key,
             fingerprint,
+            op_count,
         };
         if self.requests_out.send_to(home, request).await.is_err() {
             self.replies.cancel(ticket);
@@ -360,7 +370,13 @@ impl Core {
     }
 
     /// [`Core::idempotency_begin`] on this core, the home core.
-    fn idempotency_begin_here(&self, key: IdempotencyKey, fingerprint: Fingerprint) -> RemoteBegin {
+    fn idempotency_begin_here(
+        &self,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        op_count: u16,
+    ) -> RemoteBegin {
+        debug_assert_eq!(idempotency::home_core(key, self.cores), self.index);
         // Before a restart the key may have served other operations: its records carry
         // their batch's fingerprint. (A table entry for the key was begun after the
         // restart, so it passed this check with the same fingerprint.)
@@ -371,13 +387,44 @@ impl Core {
         {
             return RemoteBegin::Mismatch;
         }
+        let now = Instant::now();
         let mut table = self.idempotency.borrow_mut();
-        match table.begin(key, fingerprint, Instant::now()) {
+        match table.begin(key, fingerprint, usize::from(op_count), now) {
             Begin::New => RemoteBegin::New,
             Begin::InFlight => RemoteBegin::InFlight,
-            Begin::Done(reply) => RemoteBegin::Done(reply.to_vec()),
+            Begin::Done(reply) => RemoteBegin::Done(reply),
             Begin::Mismatch => RemoteBegin::Mismatch,
+            Begin::Full(full) => {
+                let (keys, reply_bytes) = (table.len(), table.reply_bytes());
+                drop(table);
+                self.warn_idempotency_full(full, keys, reply_bytes, now);
+                RemoteBegin::Full(full)
+            }
         }
+    }
+
+    /// Logs that the idempotency table refused a new key, at most once per
+    /// [`IDEMPOTENCY_FULL_LOG_INTERVAL`]: under sustained overload every new key is
+    /// refused, and one line per batch would flood the log.
+    fn warn_idempotency_full(&self, full: Full, keys: usize, reply_bytes: usize, now: Instant) {
+        let last = self.idempotency_full_logged.get();
+        if last
+            .is_some_and(|last| now.saturating_duration_since(last) < IDEMPOTENCY_FULL_LOG_INTERVAL)
+        {
+            return;
+        }
+        self.idempotency_full_logged.set(Some(now));
+        tracing::warn!(
+            core = self.index,
+            ?full,
+            keys,
+            reply_bytes,
+            keys_max = self.config.idempotency_entries_max,
+            reply_bytes_max = self.config.idempotency_reply_bytes_max,
+            "idempotency table full of keys inside their window: refusing new idempotent \
+             batches (ServerBusy) until keys expire; see --idempotency-max-keys and \
+             --idempotency-max-reply-bytes"
+        );
     }
 
     /// Records the reply frame of a finished idempotent batch on its home core.
@@ -391,7 +438,7 @@ impl Core {
         if home == self.index {
             self.idempotency
                 .borrow_mut()
-                .finish(key, fingerprint, reply, Instant::now());
+                .finish(key, fingerprint, reply);
             return;
         }
         let request = MeshRequest::IdempotencyFinish {
@@ -447,8 +494,9 @@ impl Core {
                 ticket,
                 key,
                 fingerprint,
+                op_count,
             } => {
-                let state = self.idempotency_begin_here(key, fingerprint);
+                let state = self.idempotency_begin_here(key, fingerprint, op_count);
                 let reply = MeshReply::Idempotency { ticket, state };
                 Some(Outgoing::Send(origin, reply))
             }
@@ -459,7 +507,7 @@ impl Core {
             } => {
                 self.idempotency
                     .borrow_mut()
-                    .finish(key, fingerprint, &reply, Instant::now());
+                    .finish(key, fingerprint, &reply);
                 None
             }
         }
@@ -685,6 +733,7 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         pool: RefCell::new(BufferPool::default()),
         idempotency: RefCell::new(idempotency),
         recovered_batches: setup.recovered_batches,
+        idempotency_full_logged: Cell::new(None),
         registry: ConnectionRegistry::default(),
         stop: StopNotice::default(),
         connections_open: setup.connections_open,

@@ -464,7 +464,7 @@ impl CoreJournal {
         }
         let window_s = config.idempotency_window_s;
         let (recovered, retained, records) =
-            read_idempotency(data_dir, core, window_s, config.idempotency_entries_max)?;
+            read_idempotency(data_dir, core, window_s, recovered_keys_max(config))?;
         if !recovered.is_empty() {
             tracing::info!(
                 core,
@@ -923,6 +923,18 @@ impl RetentionBounds {
     }
 }
 
+/// The most idempotency keys one core recovers at start. A core's journal holds the
+/// records of every batch with an operation it owns, whichever core is the key's home,
+/// and each home core's table holds at most `idempotency_entries_max` keys; so every
+/// core's journal holds at most that many per core (twice that across a core-count
+/// change, whose set-aside journals are read too).
+fn recovered_keys_max(config: &ServerConfig) -> usize {
+    config
+        .idempotency_entries_max
+        .saturating_mul(config.cores.max(1))
+        .saturating_mul(2)
+}
+
 /// Reads core `core`'s journal for idempotency records inside the window, after the
 /// journals a core-count change set aside (every old core's, as the batches of a
 /// retry sent across the change may now be split differently between the cores).
@@ -939,6 +951,7 @@ fn read_idempotency(
         recovered: HashMap::new(),
         retained: VecDeque::new(),
         own_keys: HashSet::new(),
+        over_limit: false,
         kept: 0,
     };
     for dir in crate::layout::previous_journals_in_window(data_dir, window_s) {
@@ -984,6 +997,8 @@ struct IdempotencyScanner {
     retained: VecDeque<(Lsn, u32)>,
     /// The keys with a record in this core's own journal.
     own_keys: HashSet<IdempotencyKey>,
+    /// Whether `keys_max` was reached (logged once).
+    over_limit: bool,
     kept: u64,
 }
 
@@ -1013,6 +1028,15 @@ impl IdempotencyScanner {
                 continue;
             }
             if !self.recovered.contains_key(&key) && self.recovered.len() >= self.keys_max {
+                if !self.over_limit {
+                    self.over_limit = true;
+                    tracing::warn!(
+                        core,
+                        keys = self.keys_max,
+                        "more idempotency keys in the journal than can be recovered: later \
+                         ones are forgotten, so their retries would apply again"
+                    );
+                }
                 continue;
             }
             // The first record of each key in this core's own journal pins its segment

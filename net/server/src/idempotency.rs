@@ -1,12 +1,18 @@
 //! Idempotency keys: a per-core memory of "key -> first reply" for a time window.
 //!
-//! A batch may carry a 128-bit idempotency key. Its *home core* (the core that owns the
-//! partition of the batch's first key, see `core.rs`) records the key when the batch
-//! starts ([`Begin::New`]), and the encoded per-operation results when it ends
-//! ([`IdempotencyTable::finish`]). A retry within the window gets those results again,
-//! re-framed with the retry's request id, and nothing is applied twice. A retry that
-//! arrives while the first attempt is still running gets [`Begin::InFlight`]; the caller
-//! answers it with a retryable error rather than applying it a second time.
+//! A batch may carry a 128-bit idempotency key. Its *home core* ([`home_core`], a hash
+//! of the idempotency key alone, modulo the core count) records the key when the batch
+//! starts ([`Begin::New`]), and the batch's results when it ends
+//! ([`IdempotencyTable::finish`]). Every batch under a key meets the same table,
+//! whatever its operations and wherever it arrives, so a reuse for other operations is
+//! seen. The price: an idempotent batch whose home is another core than the one
+//! serving its connection costs a mesh round trip before it runs, and one message
+//! after (not measured; a batch without a key costs nothing).
+//!
+//! A retry within the window gets the first results again, re-framed with the retry's
+//! request id, and nothing is applied twice. A retry that arrives while the first
+//! attempt is still running gets [`Begin::InFlight`]; the caller answers it with a
+//! retryable error rather than applying it a second time.
 //!
 //! A key is bound to its batch's [`Fingerprint`] (a hash of its operations): a batch
 //! that reuses a key with other operations gets [`Begin::Mismatch`], answered with an
@@ -16,18 +22,31 @@
 //! operations' wire form, the same in every build and process.
 //!
 //! Memory is bounded two ways: at most `entries_max` keys and `reply_bytes_max` bytes of
-//! stored results per core. Entries leave in insertion order (which is time order)
-//! when their window has passed or when a bound is reached; eviction by a bound before
-//! the window ends is logged, since a retry after it would be applied again.
+//! stored results per core (`--idempotency-max-keys`, `--idempotency-max-reply-bytes`).
+//! A key is never forgotten inside its window while the process lives: entries leave
+//! only once their window has passed, oldest first (insertion order is time order).
+//! When a new key finds the table full of keys still inside their window, the batch
+//! is refused with [`Begin::Full`] (answered `ServerBusy`, nothing applied, so the
+//! client retries it later with the same key) rather than an older key dropped, which
+//! would let that key's retry apply a second time. A new batch reserves room for its
+//! results at begin ([`reply_bytes_bound`], the wire's 10 bytes per result), so
+//! batches running at once cannot overshoot the byte bound; once finished it keeps
+//! them in the compact form of [`compact_results`] (about 2 to 4 bytes per result for
+//! small values). Each key also costs about 200 bytes of table (hash map slot and
+//! order queue), not counted in the byte bound.
 //!
-//! Invariants: `reply_bytes` is the sum of the stored result lengths; every key in
-//! `entries` has exactly one element in `order` with the same sequence number (stale
-//! elements of `order` are skipped).
+//! Invariants: `reply_bytes` is the sum of the stored result lengths and in-flight
+//! reservations, at most `reply_bytes_max`; every key in `entries` has exactly one
+//! element in `order` with the same sequence number (stale elements of `order` are
+//! skipped).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use tally_protocol::BatchRef;
+use tally_protocol::{
+    decode_reply, BatchRef, BatchReplyWriter, OpReply, Reply, Status, BATCH_OPS_MAX, HEADER_BYTES,
+    OP_REPLY_BYTES,
+};
 use xxhash_rust::xxh3::Xxh3;
 
 /// An idempotency key as sent by the client.
@@ -109,23 +128,63 @@ impl RecoveredBatches {
     }
 }
 
+/// The home core of `key` among `cores`: xxh3-64 of the key's 16 bytes (LE) modulo
+/// the core count. A function of the key alone, so every batch under a key meets the
+/// same table whatever its operations (a reuse for other operations is seen), on any
+/// connection or port.
+pub fn home_core(key: IdempotencyKey, cores: usize) -> usize {
+    assert!(cores > 0);
+    let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+    (hash % cores as u64) as usize
+}
+
+/// The bytes of stored results a batch of `op_count` operations may need: its results
+/// in the wire's fixed width, which the stored form never exceeds
+/// ([`compact_results`]). Reserved when the batch begins.
+pub fn reply_bytes_bound(op_count: usize) -> usize {
+    op_count * OP_REPLY_BYTES
+}
+
+/// Which bound refused a new key: the table holds that many keys, or that many bytes
+/// of results, all inside their window (or still running).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    Keys,
+    ReplyBytes,
+}
+
 /// What a table knows about a key when a batch with it arrives.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Begin<'a> {
+pub enum Begin {
     /// First time seen in the window: run the batch, then call `finish` or `abandon`.
     New,
     /// An earlier attempt is still running.
     InFlight,
-    /// An earlier attempt finished with these encoded results.
-    Done(&'a [u8]),
+    /// An earlier attempt finished with this `BatchReply` frame (request id 0).
+    Done(Vec<u8>),
     /// The key was used for a batch with other operations.
     Mismatch,
+    /// The key is new but the table is full of keys inside their window: the batch is
+    /// refused, nothing applied, rather than an older key forgotten.
+    Full(Full),
 }
 
 #[derive(Debug)]
 enum State {
-    InFlight,
+    /// Running; this many reply bytes are reserved for its results.
+    InFlight { reserved_bytes: usize },
+    /// Finished: its results in the form of [`compact_results`].
     Done(Box<[u8]>),
+}
+
+impl State {
+    /// The reply bytes this state counts against the bound.
+    fn reply_bytes(&self) -> usize {
+        match self {
+            State::InFlight { reserved_bytes } => *reserved_bytes,
+            State::Done(results) => results.len(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -151,6 +210,7 @@ impl IdempotencyTable {
     /// An empty table.
     pub fn new(window: Duration, entries_max: usize, reply_bytes_max: usize) -> Self {
         assert!(entries_max > 0);
+        assert!(reply_bytes_max >= reply_bytes_bound(BATCH_OPS_MAX));
         IdempotencyTable {
             entries: HashMap::new(),
             order: VecDeque::new(),
@@ -162,76 +222,71 @@ impl IdempotencyTable {
         }
     }
 
-    /// Looks `key` up for a batch with `fingerprint`; if unknown, records it as in
-    /// flight.
+    /// Looks `key` up for a batch of `op_count` operations with `fingerprint`; if
+    /// unknown and there is room, records it as in flight, reserving room for its
+    /// results.
     pub fn begin(
         &mut self,
         key: IdempotencyKey,
         fingerprint: Fingerprint,
+        op_count: usize,
         now: Instant,
-    ) -> Begin<'_> {
-        self.evict(now, 0, 0);
-        if !self.entries.contains_key(&key) {
-            // Room for one more key is made only when one is added.
-            self.evict(now, 1, 0);
+    ) -> Begin {
+        assert!(op_count <= BATCH_OPS_MAX);
+        self.expire(now);
+        let Some(entry) = self.entries.get(&key) else {
+            let reserved_bytes = reply_bytes_bound(op_count);
+            if self.entries.len() >= self.entries_max {
+                return Begin::Full(Full::Keys);
+            }
+            if self.reply_bytes + reserved_bytes > self.reply_bytes_max {
+                return Begin::Full(Full::ReplyBytes);
+            }
             let sequence = self.push_order(key, now);
-            self.entries.insert(
-                key,
-                Entry {
-                    state: State::InFlight,
-                    fingerprint,
-                    sequence,
-                },
-            );
+            let state = State::InFlight { reserved_bytes };
+            self.reply_bytes += reserved_bytes;
+            let entry = Entry {
+                state,
+                fingerprint,
+                sequence,
+            };
+            self.entries.insert(key, entry);
             return Begin::New;
-        }
-        let entry = &self.entries[&key];
+        };
         if entry.fingerprint != fingerprint {
             return Begin::Mismatch;
         }
         match &entry.state {
-            State::InFlight => Begin::InFlight,
-            State::Done(reply) => Begin::Done(reply),
+            State::InFlight { .. } => Begin::InFlight,
+            State::Done(results) => Begin::Done(expand_results(results)),
         }
     }
 
-    /// Records the results of the batch (with `fingerprint`) `key` started; they
-    /// answer every retry.
-    pub fn finish(
-        &mut self,
-        key: IdempotencyKey,
-        fingerprint: Fingerprint,
-        reply: &[u8],
-        now: Instant,
-    ) {
-        self.evict(now, 0, reply.len());
-        let sequence = match self.entries.get(&key) {
-            Some(entry) => entry.sequence,
-            // Evicted by a bound while in flight: record it again, as new.
-            None => self.push_order(key, now),
+    /// Records the reply `frame` (a `BatchReply`) of the batch `key` started, with
+    /// `fingerprint`; its results answer every retry in the window.
+    pub fn finish(&mut self, key: IdempotencyKey, fingerprint: Fingerprint, frame: &[u8]) {
+        let Some(entry) = self.entries.get_mut(&key) else {
+            // Abandoned meanwhile: nothing to answer retries with.
+            return;
         };
-        let entry = Entry {
-            state: State::Done(reply.into()),
-            fingerprint,
-            sequence,
+        let State::InFlight { reserved_bytes } = entry.state else {
+            panic!("an idempotency key finished twice");
         };
-        if let Some(Entry {
-            state: State::Done(old),
-            ..
-        }) = self.entries.insert(key, entry)
-        {
-            self.reply_bytes -= old.len();
-        }
-        self.reply_bytes += reply.len();
-        debug_assert!(self.entries.len() <= self.order.len());
+        assert_eq!(entry.fingerprint, fingerprint, "finished by its own batch");
+        let results = compact_results(frame);
+        assert!(
+            results.len() <= reserved_bytes,
+            "the reservation bounds the results"
+        );
+        self.reply_bytes = self.reply_bytes - reserved_bytes + results.len();
+        entry.state = State::Done(results.into_boxed_slice());
+        debug_assert!(self.reply_bytes <= self.reply_bytes_max);
     }
 
     /// Forgets a key whose batch was not applied at all, so a retry runs it.
     pub fn abandon(&mut self, key: IdempotencyKey) {
         if let Some(entry) = self.entries.remove(&key) {
-            if let State::Done(reply) = entry.state {
-                self.reply_bytes -= reply.len();
-            }
+            self.reply_bytes -= entry.state.reply_bytes();
         }
     }
 
@@ -245,6 +300,11 @@ impl IdempotencyTable {
         self.entries.is_empty()
     }
 
+    /// The bytes of results stored or reserved.
+    pub fn reply_bytes(&self) -> usize {
+        self.reply_bytes
+    }
+
     fn push_order(&mut self, key: IdempotencyKey, now: Instant) -> u64 {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
@@ -252,31 +312,26 @@ impl IdempotencyTable {
         sequence
     }
 
-    /// Drops entries past the window, then oldest entries until `entries_extra` more
-    /// keys and `bytes_extra` more reply bytes fit.
-    fn evict(&mut self, now: Instant, entries_extra: usize, bytes_extra: usize) {
+    /// Drops the entries whose window has passed, oldest first. Only those: a key
+    /// inside its window is never forgotten (a retry would apply again). An entry
+    /// still in flight past its window stops the walk until it finishes, so a retry
+    /// of a batch slower than the window is not run beside it.
+    fn expire(&mut self, now: Instant) {
         while let Some(&(key, sequence, inserted)) = self.order.front() {
             let live = self
                 .entries
                 .get(&key)
-                .is_some_and(|entry| entry.sequence == sequence);
-            let expired = now.saturating_duration_since(inserted) >= self.window;
-            let over = self.entries.len() + entries_extra > self.entries_max
-                || self.reply_bytes + bytes_extra > self.reply_bytes_max;
-            if live && !expired && !over {
-                break;
+                .filter(|entry| entry.sequence == sequence);
+            if let Some(entry) = live {
+                let expired = now.saturating_duration_since(inserted) >= self.window;
+                if !expired || matches!(entry.state, State::InFlight { .. }) {
+                    break;
+                }
             }
             self.order.pop_front();
-            if !live {
-                continue;
+            if live.is_some() {
+                self.abandon(key);
             }
-            if !expired {
-                tracing::warn!(
-                    key = format_args!("{key:032x}"),
-                    "idempotency table full: forgetting a key before its window ends"
-                );
-            }
-            self.abandon(key);
         }
     }
 
@@ -291,6 +346,74 @@ impl IdempotencyTable {
     }
 }
 
+/// The stored form of a `BatchReply` frame's results, at most [`OP_REPLY_BYTES`] per
+/// result (a 10,000-result reply of small values takes about 20 KB, not 100 KB). Per
+/// result:
+/// ```text
+/// offset size field
+///      0    1 tag: bits 0-1 the wire flags (existed, clamped), bits 2-5 n, the
+///             bytes of the value, bit 6 a status byte follows (not Ok), bit 7 zero
+///      1  0/1 status, if tag bit 6
+///    1/2    n the value zigzag-encoded, u64 LE without its high zero bytes (0..=8)
+/// ```
+/// Worked example: `Ok 5 existed` is `[0b0000_0101, 10]` (flags 1, n 1, zigzag(5) 10).
+pub fn compact_results(frame: &[u8]) -> Vec<u8> {
+    let decoded = decode_reply(frame)
+        .ok()
+        .flatten()
+        .and_then(|frame| frame.reply.ok());
+    let Some(Reply::BatchReply(reply)) = decoded else {
+        panic!("an idempotent batch is answered with a BatchReply");
+    };
+    let mut out = Vec::with_capacity(reply.result_count() * 3);
+    for result in reply.results() {
+        let zigzag = ((result.value << 1) ^ (result.value >> 63)) as u64;
+        let value_bytes = 8 - zigzag.leading_zeros() as usize / 8;
+        let flags = u8::from(result.existed) | u8::from(result.clamped) << 1;
+        let failed = result.status != Status::Ok;
+        out.push(flags | (value_bytes as u8) << 2 | u8::from(failed) << 6);
+        if failed {
+            out.push(result.status as u8);
+        }
+        out.extend_from_slice(&zigzag.to_le_bytes()[..value_bytes]);
+    }
+    out
+}
+
+/// The `BatchReply` frame (request id 0) of results stored by [`compact_results`].
+pub fn expand_results(mut results: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_BYTES + 4 + results.len() * OP_REPLY_BYTES);
+    let mut writer = BatchReplyWriter::begin(&mut frame, 0);
+    while let [tag, rest @ ..] = results {
+        assert_eq!(tag >> 7, 0, "a stored result's tag");
+        let (status, rest) = if tag & 1 << 6 != 0 {
+            let status = Status::from_u8(rest[0]).expect("a stored status is a wire status");
+            (status, &rest[1..])
+        } else {
+            (Status::Ok, rest)
+        };
+        let value_bytes = usize::from(tag >> 2 & 0xf);
+        let mut zigzag = [0; 8];
+        zigzag[..value_bytes].copy_from_slice(&rest[..value_bytes]);
+        let zigzag = u64::from_le_bytes(zigzag);
+        let value = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
+        let reply = OpReply {
+            status,
+            value,
+            existed: tag & 1 != 0,
+            clamped: tag & 2 != 0,
+        };
+        writer
+            .push(&reply)
+            .expect("a stored reply holds at most BATCH_OPS_MAX results");
+        results = &rest[value_bytes..];
+    }
+    writer
+        .finish()
+        .expect("a batch reply always fits in a frame");
+    frame
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,63 +421,143 @@ mod tests {
     /// The fingerprint of `[Add a 1, Add b 2]`, as journaled.
     const PINNED_FINGERPRINT: Fingerprint = 0xb1f8_07a9_2b6a_2612;
 
+    const WINDOW: Duration = Duration::from_secs(600);
+
     fn table(entries_max: usize) -> IdempotencyTable {
-        IdempotencyTable::new(Duration::from_secs(600), entries_max, 1 << 20)
+        IdempotencyTable::new(WINDOW, entries_max, 1 << 20)
+    }
+
+    /// A `BatchReply` frame (request id 0) with one `Ok` result per value.
+    fn reply(values: &[i64]) -> Vec<u8> {
+        let results: Vec<OpReply> = values
+            .iter()
+            .map(|&v| OpReply::ok(v, true, false))
+            .collect();
+        let mut frame = Vec::new();
+        tally_protocol::encode_batch_reply(&mut frame, 0, &results).unwrap();
+        frame
     }
 
     #[test]
     fn a_retry_gets_the_first_reply() {
         let mut table = table(10);
         let now = Instant::now();
-        assert_eq!(table.begin(7, 70, now), Begin::New);
-        assert_eq!(table.begin(7, 70, now), Begin::InFlight);
-        table.finish(7, 70, b"first", now);
-        assert_eq!(table.begin(7, 70, now), Begin::Done(b"first"));
+        assert_eq!(table.begin(7, 70, 1, now), Begin::New);
+        assert_eq!(table.begin(7, 70, 1, now), Begin::InFlight);
+        table.finish(7, 70, &reply(&[5]));
+        assert_eq!(table.begin(7, 70, 1, now), Begin::Done(reply(&[5])));
     }
 
     #[test]
     fn a_key_reused_for_other_operations_is_a_mismatch_not_a_replay() {
         let mut table = table(10);
         let now = Instant::now();
-        assert_eq!(table.begin(7, 70, now), Begin::New);
-        assert_eq!(table.begin(7, 71, now), Begin::Mismatch);
-        table.finish(7, 70, b"first", now);
-        assert_eq!(table.begin(7, 71, now), Begin::Mismatch);
-        assert_eq!(table.begin(7, 70, now), Begin::Done(b"first"));
+        assert_eq!(table.begin(7, 70, 1, now), Begin::New);
+        assert_eq!(table.begin(7, 71, 1, now), Begin::Mismatch);
+        table.finish(7, 70, &reply(&[1]));
+        assert_eq!(table.begin(7, 71, 1, now), Begin::Mismatch);
+        assert_eq!(table.begin(7, 70, 1, now), Begin::Done(reply(&[1])));
     }
 
     #[test]
     fn keys_expire_after_the_window() {
         let mut table = table(10);
         let start = Instant::now();
-        assert_eq!(table.begin(1, 10, start), Begin::New);
-        table.finish(1, 10, b"r", start);
-        let later = start + Duration::from_secs(601);
-        assert_eq!(table.begin(1, 10, later), Begin::New);
+        assert_eq!(table.begin(1, 10, 1, start), Begin::New);
+        table.finish(1, 10, &reply(&[1]));
+        let later = start + WINDOW + Duration::from_secs(1);
+        assert_eq!(table.begin(1, 10, 1, later), Begin::New);
     }
 
     #[test]
-    fn the_oldest_key_leaves_when_full() {
+    fn a_full_table_refuses_new_keys_and_keeps_the_old_ones() {
         let mut table = table(2);
-        let now = Instant::now();
-        for key in 0..3 {
-            assert_eq!(table.begin(key, 0, now), Begin::New);
-            table.finish(key, 0, b"r", now);
+        let start = Instant::now();
+        for key in 0..2 {
+            assert_eq!(table.begin(key, 0, 1, start), Begin::New);
+            table.finish(key, 0, &reply(&[key as i64]));
         }
+        let inside = start + WINDOW - Duration::from_secs(1);
+        assert_eq!(table.begin(2, 0, 1, inside), Begin::Full(Full::Keys));
         assert_eq!(table.len(), 2);
-        assert_eq!(table.begin(0, 0, now), Begin::New);
-        assert_eq!(table.begin(2, 0, now), Begin::Done(b"r"));
+        assert_eq!(table.begin(0, 0, 1, inside), Begin::Done(reply(&[0])));
+        assert_eq!(table.begin(1, 0, 1, inside), Begin::Done(reply(&[1])));
+        // Once the window of the old keys has passed, new keys have room again.
+        assert_eq!(table.begin(2, 0, 1, start + WINDOW), Begin::New);
+        assert_eq!(table.len(), 1);
+    }
+
+    #[test]
+    fn reply_bytes_are_reserved_at_begin_and_bounded() {
+        let bound = reply_bytes_bound(BATCH_OPS_MAX);
+        let mut table = IdempotencyTable::new(WINDOW, 100, bound + 25);
+        let now = Instant::now();
+        assert_eq!(table.begin(1, 0, BATCH_OPS_MAX, now), Begin::New);
+        assert_eq!(table.reply_bytes(), bound);
+        assert_eq!(table.begin(2, 0, 3, now), Begin::Full(Full::ReplyBytes));
+        assert_eq!(table.begin(2, 0, 2, now), Begin::New);
+        // Finished, the big batch keeps only its compact results: 2 bytes each here.
+        table.finish(1, 0, &reply(&vec![7; BATCH_OPS_MAX]));
+        assert_eq!(table.reply_bytes(), 2 * BATCH_OPS_MAX + 20);
+        assert_eq!(table.begin(3, 0, 3, now), Begin::New);
+        table.abandon(2);
+        table.abandon(3);
+        assert_eq!(table.reply_bytes(), 2 * BATCH_OPS_MAX);
+    }
+
+    #[test]
+    fn a_batch_in_flight_past_its_window_is_not_run_again() {
+        let mut table = table(10);
+        let start = Instant::now();
+        assert_eq!(table.begin(4, 40, 1, start), Begin::New);
+        let later = start + 2 * WINDOW;
+        assert_eq!(table.begin(4, 40, 1, later), Begin::InFlight);
+        table.finish(4, 40, &reply(&[1]));
+        assert_eq!(table.begin(4, 40, 1, later), Begin::New);
     }
 
     #[test]
     fn abandoned_keys_run_again() {
         let mut table = table(4);
         let now = Instant::now();
-        assert_eq!(table.begin(9, 0, now), Begin::New);
+        assert_eq!(table.begin(9, 0, 1, now), Begin::New);
         table.abandon(9);
-        assert_eq!(table.begin(9, 0, now), Begin::New);
-        table.finish(9, 0, b"x", now);
+        assert_eq!(table.begin(9, 0, 1, now), Begin::New);
+        table.finish(9, 0, &reply(&[1]));
         assert_eq!(table.order_live_count(), 1);
+        assert_eq!(table.reply_bytes(), 2);
+    }
+
+    #[test]
+    fn stored_results_expand_to_the_reply_they_came_from() {
+        let edge = [0, 1, -1, 63, -64, 64, 255, 1 << 40, i64::MAX, i64::MIN];
+        let mut results: Vec<OpReply> = edge.iter().map(|&v| OpReply::ok(v, false, true)).collect();
+        results.push(OpReply::error(Status::BelowFloor, -5));
+        results.push(OpReply::error(Status::Unavailable, 0));
+        results.push(OpReply::ok(5, true, false));
+        let mut frame = Vec::new();
+        tally_protocol::encode_batch_reply(&mut frame, 0, &results).unwrap();
+        let stored = compact_results(&frame);
+        assert!(stored.len() <= results.len() * OP_REPLY_BYTES);
+        assert_eq!(
+            &stored[stored.len() - 2..],
+            [0b0000_0101, 10],
+            "the worked example"
+        );
+        assert_eq!(expand_results(&stored), frame);
+        assert_eq!(expand_results(&compact_results(&reply(&[]))), reply(&[]));
+    }
+
+    #[test]
+    fn home_cores_depend_on_the_key_alone_and_spread() {
+        let mut counts = [0usize; 4];
+        for key in 0..4000u128 {
+            let home = home_core(key << 64 | key, 4);
+            assert_eq!(home, home_core(key << 64 | key, 4));
+            counts[home] += 1;
+        }
+        assert!(counts.iter().all(|&count| count > 800), "{counts:?}");
+        assert_eq!(home_core(u128::MAX, 1), 0);
     }
 
     #[test]
@@ -416,16 +619,5 @@ mod tests {
         assert_ne!(one, of(&[add(b"a", 1)]));
         // Journaled, so pinned: a change here would make every recovered key a mismatch.
         assert_eq!(one, PINNED_FINGERPRINT, "{one:#x}");
-    }
-
-    #[test]
-    fn reply_bytes_are_bounded() {
-        let mut table = IdempotencyTable::new(Duration::from_secs(600), 100, 10);
-        let now = Instant::now();
-        for key in 0..5 {
-            assert_eq!(table.begin(key, 0, now), Begin::New);
-            table.finish(key, 0, b"abcd", now);
-        }
-        assert!(table.reply_bytes <= 10);
     }
 }

@@ -36,8 +36,9 @@
 //!
 //! # Idempotency
 //!
-//! See [`idempotency`]: a batch's key is recorded on the core owning the batch's first
-//! key (its *home*), so every retry, on any connection or port, meets the same record.
+//! See [`idempotency`]: a batch's key is recorded on one core chosen by a hash of the
+//! idempotency key alone (its *home*), so every batch under a key, retry or reuse, on
+//! any connection or port, meets the same record.
 //! Journal records carry the key, so after a restart each core answers a retry's
 //! operations it journaled from its journal instead of applying them again
 //! (`durability.rs` states exactly what a retry after a restart returns).

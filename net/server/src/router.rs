@@ -27,7 +27,7 @@ use std::task::{Context, Poll, Waker};
 use tally_engine::journal::Durability;
 use tally_engine::{BoundPolicy, Op, OpResult};
 
-use crate::idempotency::{Fingerprint, IdempotencyKey, IdempotentBatch};
+use crate::idempotency::{Fingerprint, Full, IdempotencyKey, IdempotentBatch};
 
 /// The core that owns `partition` when `cores` cores share the partitions.
 pub fn owner_of_partition(partition: u32, cores: usize) -> usize {
@@ -145,12 +145,14 @@ pub enum MeshRequest {
         durability: Durability,
         idempotency: Option<IdempotentBatch>,
     },
-    /// Look up an idempotency key on its home core; if new, it is recorded in flight.
+    /// Look up an idempotency key on its home core; if new and there is room, it is
+    /// recorded in flight, with room reserved for `op_count` results.
     IdempotencyBegin {
         origin: usize,
         ticket: u32,
         key: IdempotencyKey,
         fingerprint: Fingerprint,
+        op_count: u16,
     },
     /// Record the reply frame of a finished idempotent batch on its home core.
     IdempotencyFinish {
@@ -196,6 +198,8 @@ pub enum RemoteBegin {
     Done(Vec<u8>),
     /// The key belongs to a batch with other operations.
     Mismatch,
+    /// The key is new and the home core's table is full of keys inside their window.
+    Full(Full),
 }
 
 /// Spare batches and result vectors, reused across hops to avoid allocation.

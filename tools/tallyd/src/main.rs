@@ -121,9 +121,19 @@ struct Flags {
     /// How long an idempotency key's first reply is remembered, in s [default: 600].
     #[arg(long, value_name = "S")]
     idempotency_window_s: Option<u64>,
-    /// Most idempotency keys remembered per core [default: 1000000].
+    /// Most idempotency keys remembered per core, each about 200 bytes plus its
+    /// results [default: 1000000]. A key is never forgotten inside its window: once a
+    /// core holds this many, new idempotent batches homed there are refused with
+    /// ServerBusy (nothing applied; retry later) until keys expire. More memory, fewer
+    /// refusals.
     #[arg(long, value_name = "N")]
     idempotency_max_keys: Option<usize>,
+    /// Most bytes of idempotent batches' results kept per core, about 2-4 bytes per
+    /// result (10 reserved while a batch runs); full, new idempotent batches are
+    /// refused as for --idempotency-max-keys [default: 67108864, 64 MiB; at least
+    /// 100000].
+    #[arg(long, value_name = "BYTES")]
+    idempotency_max_reply_bytes: Option<usize>,
     /// Most journal records per core kept so idempotent retries are answered after a
     /// restart [default: 16777216, about 1 GiB]. Inside the window, idempotent
     /// batches keep their journal segments from checkpoints' release; past this bound
@@ -181,6 +191,8 @@ struct FileSettings {
     idempotency_window_s: Option<u64>,
     #[serde(alias = "idempotency_max_keys")]
     idempotency_max_keys: Option<usize>,
+    #[serde(alias = "idempotency_max_reply_bytes")]
+    idempotency_max_reply_bytes: Option<usize>,
     #[serde(alias = "idempotency_journal_records")]
     idempotency_journal_records: Option<u64>,
     #[serde(alias = "log_level")]
@@ -296,6 +308,7 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
     pick!(ring_depth, ring_depth);
     pick!(idempotency_window_s, idempotency_window_s);
     pick!(idempotency_entries_max, idempotency_max_keys);
+    pick!(idempotency_reply_bytes_max, idempotency_max_reply_bytes);
     pick!(idempotency_journal_records_max, idempotency_journal_records);
     macro_rules! pick_journal {
         ($field:ident) => {

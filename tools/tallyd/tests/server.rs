@@ -940,6 +940,34 @@ fn an_invalid_log_level_is_a_start_up_error() {
     );
 }
 
+/// Both idempotency limits are flags, shown by `--help`; a byte limit too small for a
+/// largest batch's results is a start-up error, not a table that refuses every batch.
+#[test]
+fn the_idempotency_limits_are_flags() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    for flag in ["--idempotency-max-keys", "--idempotency-max-reply-bytes"] {
+        assert!(help.contains(flag), "{flag} in {help}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "1"])
+        .args(["--idempotency-max-reply-bytes", "99999", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("idempotency reply bytes must be at least 100000"),
+        "{stderr}"
+    );
+}
+
 /// Logs written to a file carry no terminal colour codes.
 #[test]
 fn logs_to_a_file_are_plain_text() {
