@@ -10,8 +10,9 @@
 //! or partitions) rebuilds the routes from it; the call in progress re-routes its
 //! unanswered frames, resending those that are safe to resend (see `dispatch`).
 //!
-//! A `Client` is not `Sync`: calls take `&mut self`. Use one client per thread, or the
-//! async client, which batches concurrent calls.
+//! A `Client` is `Send` and `Sync`, but every call takes `&mut self`, so one client
+//! serves one thread at a time: use one client per thread (or a `Mutex` around one), or
+//! the async client, which batches concurrent calls.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 
@@ -329,8 +330,16 @@ impl Client {
     }
 
     /// The statistics of the core behind connection `core` (`0..connection_count()`):
-    /// with a shard-aware client, that core's own, asked on its shard port.
+    /// with a shard-aware client, that core's own, asked on its shard port. Another index
+    /// is [`ClientError::NoSuchConnection`] (the count shrinks when a reconnect finds a
+    /// shard map with fewer cores).
     pub fn core_stats(&mut self, core: usize) -> Result<Vec<(String, u64)>, ClientError> {
+        if core >= self.shards.len() {
+            return Err(ClientError::NoSuchConnection {
+                index: core,
+                count: self.shards.len(),
+            });
+        }
         self.control(core, encode_stats, |reply| match reply {
             Reply::StatsReply(stats) => Ok(stats.entries),
             other => Err(other),

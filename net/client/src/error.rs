@@ -85,6 +85,10 @@ pub enum ClientError {
     /// The async client's connection task has stopped (its runtime is shutting down).
     #[error("the client's connection task has stopped")]
     TaskStopped,
+    /// A connection index outside `0..count` (the shard map may have shrunk since
+    /// `connection_count()` was read); nothing was sent.
+    #[error("no connection {index}: the client has {count}")]
+    NoSuchConnection { index: usize, count: usize },
 }
 
 impl ClientError {
@@ -177,6 +181,10 @@ impl ClientError {
             },
             ClientError::InvalidConfig(reason) => ClientError::InvalidConfig(reason.clone()),
             ClientError::TaskStopped => ClientError::TaskStopped,
+            ClientError::NoSuchConnection { index, count } => ClientError::NoSuchConnection {
+                index: *index,
+                count: *count,
+            },
         }
     }
 }
