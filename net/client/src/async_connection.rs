@@ -242,6 +242,9 @@ pub(crate) struct ConnectionTask {
     /// The shard map this task last saw, and where to publish a different one.
     hello: HelloReply,
     map_watch: Arc<MapWatch>,
+    /// Every `AsyncClient` handle is gone: the call queue is closed and is not polled
+    /// again (a closed queue is always ready, so polling it would spin).
+    calls_closed: bool,
 }
 
 impl ConnectionTask {
@@ -266,6 +269,7 @@ impl ConnectionTask {
             waiting_since: Instant::now(),
             hello,
             map_watch,
+            calls_closed: false,
         }
     }
 
@@ -283,9 +287,12 @@ impl ConnectionTask {
 
     /// Waits for one event and handles it; `Ok(false)` once the client is gone.
     async fn step(&mut self) -> Result<bool, ClientError> {
-        let room = self.in_flight_ops < IN_FLIGHT_OPS_MAX;
+        let room = self.in_flight_ops < IN_FLIGHT_OPS_MAX && !self.calls_closed;
         let deadline = self.waiting_since + self.config.read_timeout;
         let waiting = !self.in_flight.is_empty();
+        if self.calls_closed && !waiting {
+            return Ok(false);
+        }
         if self.stream.is_none() {
             debug_assert!(!waiting, "frames in flight without a connection");
             let Some(call) = self.calls.recv().await else {
@@ -306,7 +313,12 @@ impl ConnectionTask {
         tokio::select! {
             call = self.calls.recv(), if room => match call {
                 Some(call) => self.send(call).await.map(|()| true),
-                None => Ok(waiting),
+                None => {
+                    // The frames in flight still get their replies (or time out); then
+                    // the task ends.
+                    self.calls_closed = true;
+                    Ok(waiting)
+                }
             },
             read = stream.read_buf(&mut self.read_buf) => match read {
                 Ok(0) => Err(ClientError::Closed { addr: self.addr }),
