@@ -16,7 +16,13 @@
 //! Retries are safe: with `retries > 0` (the default) every mutating call carries a random
 //! 128-bit idempotency key, and after a lost connection or a timeout the call is resent
 //! with the same key, which the server applies at most once. Reads are resent freely.
-//! Nothing else is retried. An `Error` frame with request id 0 is the server closing the
+//! A connect that fails (the server restarting) is tried again with backoff, and a resend
+//! that the server answers `ServerBusy` (its first copy still running) is sent again until
+//! that copy's results come back; all of it within the call's deadline
+//! ([`ClientConfig::call_timeout`]). Nothing else is retried. A call that changes counters
+//! and may have been applied without its answer reaching the client fails with
+//! [`ClientError::OutcomeUnknown`], never with an error that reads "not applied".
+//! An `Error` frame with request id 0 is the server closing the
 //! connection (idle timeout, connection limit, shutdown), reported as
 //! [`ClientError::Disconnected`] and handled as a lost connection; a connection the server
 //! closed while idle is noticed before the next call is sent on it, so that call goes out

@@ -1,0 +1,160 @@
+//! Both clients' retry policy against the fake server: a resend that meets its first copy
+//! still running waits for that copy's results; a call that may have
+//! been applied never ends with an error that reads "not applied"; a call made while the
+//! server restarts waits for it, within its deadline.
+
+mod fake_server;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_server::FakeServer;
+use tally_client::{AsyncClient, Client, ClientConfig, ClientError, Status};
+
+fn with_call_timeout(call_timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        call_timeout,
+        ..ClientConfig::default()
+    }
+}
+
+fn assert_unknown_after_refused_connect(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("an applied increment must not read as not applied: {error:?}");
+    };
+    assert!(matches!(**cause, ClientError::Connect { .. }), "{error:?}");
+}
+
+/// Reopens every port after `delay`, from another thread.
+fn reopen_later(server: &Arc<FakeServer>, delay: Duration) -> std::thread::JoinHandle<()> {
+    let server = server.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        server.reopen_port(Some(0));
+        server.reopen_port(Some(1));
+        server.reopen_port(None);
+    })
+}
+
+fn close_every_port(server: &FakeServer) {
+    server.close_port(Some(0));
+    server.close_port(Some(1));
+    server.close_port(None);
+}
+
+#[test]
+fn blocking_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server.state.busy_on_duplicate.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.state.busy_replies.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server.state.busy_on_duplicate.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.state.busy_replies.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_an_applied_increment_whose_reconnects_are_refused_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(300));
+    let mut client = Client::connect_with(server.main_addr, config).unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    // The first copy is applied, its connection dropped, and every port then refuses.
+    server
+        .state
+        .closed_ports_after_apply
+        .store(true, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    assert_unknown_after_refused_connect(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_an_applied_increment_whose_reconnects_are_refused_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(300));
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server
+        .state
+        .closed_ports_after_apply
+        .store(true, Ordering::SeqCst);
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert_unknown_after_refused_connect(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_a_call_made_while_the_server_restarts_waits_for_it() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let mut client = Client::connect(server.main_addr).unwrap();
+    close_every_port(&server);
+    let reopened = reopen_later(&server, Duration::from_millis(300));
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    reopened.join().unwrap();
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_call_made_while_the_server_restarts_waits_for_it() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    close_every_port(&server);
+    let reopened = reopen_later(&server, Duration::from_millis(300));
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    reopened.join().unwrap();
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_a_call_ends_by_its_deadline_when_the_server_stays_away() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(200));
+    let mut client = Client::connect_with(server.main_addr, config).unwrap();
+    close_every_port(&server);
+    let error = client.incr("like", 1).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Connect { .. }),
+        "nothing was sent: {error:?}"
+    );
+}
+
+fn assert_unavailable_is_unknown(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("Unavailable is of unknown outcome: {error:?}");
+    };
+    let ClientError::Rejected(rejection) = **cause else {
+        panic!("{error:?}");
+    };
+    assert_eq!(rejection.status, Status::Unavailable);
+    assert!(rejection.is_outcome_unknown());
+}
+
+#[test]
+fn blocking_unavailable_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert_unavailable_is_unknown(&client.incr("unavailable", 1).unwrap_err());
+    assert_eq!(server.value("unavailable"), Some(1));
+}
+
+#[tokio::test]
+async fn async_unavailable_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    assert_unavailable_is_unknown(&client.incr("unavailable", 1).await.unwrap_err());
+}
