@@ -77,7 +77,7 @@ impl AsyncClient {
                 Some(stream) => stream,
                 None => open_on_map(addr, &config, &hello).await?,
             };
-            let sender = spawn_task(addr, &config, Some(stream), &hello, &map_watch);
+            let sender = spawn_task(addr, main_addr, &config, Some(stream), &hello, &map_watch);
             queues.push((addr, sender));
         }
         let routing = Routing {
@@ -130,7 +130,14 @@ impl AsyncClient {
                 let kept = routing.queues.iter().find(|(old, _)| *old == addr);
                 let sender = match kept {
                     Some((_, sender)) => sender.clone(),
-                    None => spawn_task(addr, &inner.config, None, &hello, &inner.map_watch),
+                    None => spawn_task(
+                        addr,
+                        inner.main_addr,
+                        &inner.config,
+                        None,
+                        &hello,
+                        &inner.map_watch,
+                    ),
                 };
                 (addr, sender)
             })
@@ -360,6 +367,7 @@ async fn open_on_map(
 /// Starts the task serving `addr`; returns its call queue.
 fn spawn_task(
     addr: SocketAddr,
+    main_addr: SocketAddr,
     config: &ClientConfig,
     stream: Option<TcpStream>,
     hello: &HelloReply,
@@ -368,6 +376,7 @@ fn spawn_task(
     let (sender, receiver) = mpsc::channel(CALL_QUEUE_DEPTH);
     let task = ConnectionTask::new(
         addr,
+        main_addr,
         config.clone(),
         stream,
         hello.clone(),

@@ -23,6 +23,10 @@
 //! not sent; once written, it runs. A call still queued at its deadline fails with a
 //! timeout, unsent.
 //!
+//! When the core's shard port cannot be reached, the task connects to the main address
+//! instead (publishing its map if it changed): the server forwards keys another core owns,
+//! so the frames are still correct. The shard port is tried again at the next reconnect.
+//!
 //! While frames are in flight the task first spins (`ClientConfig::spin`, bounded):
 //! it polls the socket and the call queue without parking, yielding to the runtime
 //! between polls, and only then waits in the `select!` above, which parks the thread.
@@ -267,6 +271,8 @@ async fn read_more(
 /// The per-core task's state.
 pub(crate) struct ConnectionTask {
     addr: SocketAddr,
+    /// Where to connect when `addr` cannot be reached.
+    main_addr: SocketAddr,
     /// Failures since the last reply, which set the next backoff.
     failure_count: u32,
     config: ClientConfig,
@@ -290,6 +296,7 @@ impl ConnectionTask {
     /// A task for `addr`; with `stream` `None` it connects on the first call.
     pub(crate) fn new(
         addr: SocketAddr,
+        main_addr: SocketAddr,
         config: ClientConfig,
         stream: Option<TcpStream>,
         hello: HelloReply,
@@ -298,6 +305,7 @@ impl ConnectionTask {
     ) -> Self {
         ConnectionTask {
             addr,
+            main_addr,
             failure_count: 0,
             config,
             calls,
@@ -667,7 +675,8 @@ impl ConnectionTask {
         }
     }
 
-    /// Opens a new connection; publishes its shard map if it routes differently.
+    /// Opens a new connection (to the main address if this core's port cannot be
+    /// reached); publishes its shard map if it routes differently.
     async fn reconnect(&mut self) -> Result<(), ClientError> {
         let deadline = self
             .in_flight
@@ -675,7 +684,15 @@ impl ConnectionTask {
             .map(|in_flight| in_flight.deadline)
             .min();
         let deadline = deadline.expect("reconnects only to send frames");
-        let (stream, hello) = open(self.addr, &self.config, deadline).await?;
+        let (stream, hello) = match open(self.addr, &self.config, deadline).await {
+            Err(error @ ClientError::Connect { .. }) if self.addr != self.main_addr => {
+                match open(self.main_addr, &self.config, deadline).await {
+                    Ok(opened) => opened,
+                    Err(_) => return Err(error),
+                }
+            }
+            opened => opened?,
+        };
         if routes_differ(&hello, &self.hello) {
             self.hello = hello.clone();
             self.map_watch.publish(hello);

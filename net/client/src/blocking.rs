@@ -8,7 +8,12 @@
 //!
 //! A reconnect that brings a different shard map (the server restarted with other cores
 //! or partitions) rebuilds the routes from it; the call in progress re-routes its
-//! unanswered frames, resending those that are safe to resend (see `dispatch`).
+//! unanswered frames, resending those that are safe to resend (see `dispatch`). When a
+//! shard port cannot be reached (refused: a server restarted with fewer cores no longer
+//! listens on it), the client says hello on the main address instead: a new map there
+//! re-routes as above; the same map means the port alone is unreachable, and the core's
+//! keys go through that main connection, whose core forwards them, until it is lost and
+//! the shard port is tried again.
 //!
 //! A `Client` is `Send` and `Sync`, but every call takes `&mut self`, so one client
 //! serves one thread at a time: use one client per thread (or a `Mutex` around one), or
@@ -122,8 +127,9 @@ impl Client {
             hello: hello.clone(),
             shards: Vec::new(),
         };
-        // The main connection serves the shards on the main port; others open now, so a
-        // bad shard port shows at connect time rather than at the first call.
+        // The main connection serves the shards on the main port; others open now (a
+        // shard port that cannot be reached falls back to the main port, see the module
+        // docs).
         client.adopt_shard_map(hello, main);
         let mut map_changes = 0;
         let mut core = 0;
@@ -200,13 +206,21 @@ impl Client {
         Ok(self.shards[core].connection.as_mut().expect("opened above"))
     }
 
-    /// Opens a connection to `core`'s shard port.
+    /// Opens a connection for `core`: to its shard port, or, if that cannot be reached,
+    /// to the main address, whose hello tells whether the shard map changed and whose
+    /// core otherwise forwards the keys. If both fail, the shard port's error is returned.
     fn open_shard(
         &self,
         core: usize,
         deadline: Instant,
     ) -> Result<(Connection, HelloReply), ClientError> {
-        Connection::open(self.shards[core].addr, &self.config, deadline)
+        let addr = self.shards[core].addr;
+        match Connection::open(addr, &self.config, deadline) {
+            Err(error @ ClientError::Connect { .. }) if addr != self.main_addr => {
+                Connection::open(self.main_addr, &self.config, deadline).map_err(|_| error)
+            }
+            opened => opened,
+        }
     }
 
     /// Takes `hello` as the shard map and rebuilds the routes from it. Every other

@@ -26,7 +26,10 @@
 //! connection (idle timeout, connection limit, shutdown), reported as
 //! [`ClientError::Disconnected`] and handled as a lost connection; a connection the server
 //! closed while idle is noticed before the next call is sent on it, so that call goes out
-//! on a new connection. A reconnect that finds a new shard map re-routes.
+//! on a new connection. A reconnect that finds a new shard map re-routes; a shard port
+//! that refuses connections (a server restarted with fewer cores) sends the client to the
+//! main address, which brings the new map, or, if the map is the same, serves that core's
+//! keys by forwarding them.
 //!
 //! A rate limiter: allow at most 100 requests per user per minute, never going over even
 //! under concurrency, by letting the server enforce a ceiling.

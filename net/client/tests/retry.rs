@@ -1,5 +1,6 @@
 //! Both clients' retry policy against the fake server: a resend that meets its first copy
-//! still running waits for that copy's results; a call that may have
+//! still running waits for that copy's results; a shard port that stops answering sends
+//! the client to the main port (for a new map, or to be forwarded); a call that may have
 //! been applied never ends with an error that reads "not applied"; a call made while the
 //! server restarts waits for it, within its deadline.
 
@@ -11,6 +12,14 @@ use std::time::Duration;
 
 use fake_server::FakeServer;
 use tally_client::{AsyncClient, Client, ClientConfig, ClientError, Status};
+
+/// A key the fake server's map (2 cores, 16 partitions) gives to core 1.
+fn key_of_core_1(server: &FakeServer) -> String {
+    (0..)
+        .map(|index| format!("key:{index}"))
+        .find(|key| server.hello.owner_of_key(key.as_bytes()) == 1)
+        .unwrap()
+}
 
 fn with_call_timeout(call_timeout: Duration) -> ClientConfig {
     ClientConfig {
@@ -63,6 +72,58 @@ async fn async_a_resend_that_finds_its_first_copy_running_waits_for_its_results(
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
     assert_eq!(server.state.busy_replies.load(Ordering::SeqCst), 2);
     assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_a_vanished_shard_port_asks_the_main_port_for_the_new_map() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert_eq!(client.incr(&key, 1).unwrap(), 1);
+    // Restarted with one core: core 1's port is gone.
+    let new_map = server.shrink_to_one_core();
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).unwrap(), 2);
+    assert_eq!(client.shard_map().shard_ports, new_map.shard_ports);
+    assert_eq!(client.connection_count(), 1);
+    assert_eq!(client.incr(&key, 1).unwrap(), 3);
+}
+
+#[tokio::test]
+async fn async_a_vanished_shard_port_asks_the_main_port_for_the_new_map() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
+    let new_map = server.shrink_to_one_core();
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 2);
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 3);
+    assert_eq!(client.shard_map().shard_ports, new_map.shard_ports);
+}
+
+#[test]
+fn blocking_an_unreachable_shard_port_falls_back_to_the_main_port() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert_eq!(client.incr(&key, 1).unwrap(), 1);
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).unwrap(), 2);
+    assert_eq!(client.incr(&key, 1).unwrap(), 3);
+    assert_eq!(server.state.main_port_ops.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn async_an_unreachable_shard_port_falls_back_to_the_main_port() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 2);
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 3);
+    assert_eq!(server.state.main_port_ops.load(Ordering::SeqCst), 2);
 }
 
 #[test]
