@@ -9,6 +9,15 @@
 //!
 //! When a task's reconnect finds a different shard map (the server restarted with other
 //! cores or partitions), the next call rebuilds the routes from it before routing.
+//!
+//! Cancelling a call does not cancel its effect. Dropping a call's future (an aborted
+//! task, a losing `select!` branch, `tokio::time::timeout`) withdraws the call only if its
+//! frame has not been written yet; once written, the server applies it, retries
+//! included, and nobody is told. To bound a call, set `ClientConfig::call_timeout`: a
+//! call that runs out of it reports `ClientError::OutcomeUnknown` when it may have been
+//! applied. A rate limiter that gives up on a slow `incr` has still used up that quota
+//! (it lets fewer requests through than its limit, never more), and one that then calls
+//! again for the same request counts it twice.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -29,6 +38,9 @@ use crate::error::ClientError;
 use crate::outcome::{OpResult, Outcome};
 
 /// A shard-aware async client; clone it freely, all clones share the connections.
+///
+/// A call's future may be dropped, but a call already sent still runs to completion on
+/// the server (see the module docs): bound calls with `ClientConfig::call_timeout`.
 #[derive(Clone, Debug)]
 pub struct AsyncClient {
     inner: Arc<Inner>,
