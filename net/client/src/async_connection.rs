@@ -20,7 +20,7 @@
 //! fails with `ClientError::OutcomeUnknown`.
 //!
 //! A call whose caller gave up (its future was dropped) before its frame was written is
-//! not sent; once written, it runs. A call still queued at its deadline fails with a
+//! not sent (also while the task waits to reconnect); once written, it runs. A call still queued at its deadline fails with a
 //! timeout, unsent.
 //!
 //! When the core's shard port cannot be reached, the task connects to the main address
@@ -146,6 +146,14 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// Whether every caller waiting on this frame gave up (dropped its future).
+    fn is_abandoned(&self) -> bool {
+        match &self.waiter {
+            Waiter::Batch(calls) => calls.iter().all(|(_, reply)| reply.is_closed()),
+            Waiter::Control(reply) => reply.is_closed(),
+        }
+    }
+
     /// Fails every call waiting on this frame with `error`, settled: outcome unknown if
     /// the frame changes counters and may have reached the server.
     fn fail(self, error: &ClientError) {
@@ -668,11 +676,25 @@ impl ConnectionTask {
                 return;
             }
             tokio::time::sleep(wait).await;
+            self.forget_abandoned();
             match self.write_unwritten().await {
                 Ok(()) => return,
                 Err(next) => error = next,
             }
         }
+    }
+
+    /// Drops the frames never sent whose callers all gave up while they waited for a
+    /// connection: sending them would only apply what nobody waits for.
+    fn forget_abandoned(&mut self) {
+        let in_flight_ops = &mut self.in_flight_ops;
+        self.in_flight.retain(|in_flight| {
+            let forget = !in_flight.ever_written && in_flight.is_abandoned();
+            if forget {
+                *in_flight_ops -= in_flight.op_count;
+            }
+            !forget
+        });
     }
 
     /// Opens a new connection (to the main address if this core's port cannot be

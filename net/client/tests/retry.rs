@@ -219,3 +219,21 @@ async fn async_unavailable_is_of_unknown_outcome() {
     let client = AsyncClient::connect(server.main_addr).await.unwrap();
     assert_unavailable_is_unknown(&client.incr("unavailable", 1).await.unwrap_err());
 }
+
+#[tokio::test]
+async fn async_a_call_given_up_while_the_server_is_away_is_never_sent() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    close_every_port(&server);
+    // Let the connection tasks see their connections closed, so nothing is written.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(100), client.incr("like", 1)).await;
+    assert!(given_up.is_err(), "the server is away: {given_up:?}");
+    server.reopen_port(Some(0));
+    server.reopen_port(Some(1));
+    server.reopen_port(None);
+    // The task's next connect attempt comes within its backoff (at most 500 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.value("like"), None);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+}
