@@ -26,7 +26,9 @@ pub enum ClientError {
     /// The address did not resolve to any socket address.
     #[error("cannot resolve {addr}: {reason}")]
     Resolve { addr: String, reason: String },
-    /// Opening a TCP connection failed (refused, unreachable, timed out).
+    /// Opening a TCP connection failed (refused, unreachable, timed out). Nothing of the
+    /// call was sent: a call that had sent a change before ends with
+    /// [`ClientError::OutcomeUnknown`] instead.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: SocketAddr,

@@ -182,12 +182,29 @@ async fn async_a_call_made_while_the_server_restarts_waits_for_it() {
 }
 
 #[test]
-fn blocking_a_call_ends_by_its_deadline_when_the_server_stays_away() {
+fn blocking_a_call_that_sent_nothing_ends_by_its_deadline_saying_so() {
     let server = FakeServer::start(2, 16);
     let config = with_call_timeout(Duration::from_millis(200));
     let mut client = Client::connect_with(server.main_addr, config).unwrap();
     close_every_port(&server);
     let error = client.incr("like", 1).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Connect { .. }),
+        "nothing was sent: {error:?}"
+    );
+}
+
+#[tokio::test]
+async fn async_a_call_that_sent_nothing_ends_by_its_deadline_saying_so() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(200));
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    close_every_port(&server);
+    // Let the connection tasks see their connections closed, so nothing is written.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = client.incr("like", 1).await.unwrap_err();
     assert!(
         matches!(error, ClientError::Connect { .. }),
         "nothing was sent: {error:?}"
