@@ -254,3 +254,59 @@ async fn async_a_call_given_up_while_the_server_is_away_is_never_sent() {
     assert_eq!(server.value("like"), None);
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
 }
+
+/// A batch of an increment on one core and the poisoned key (refused whole by the fake
+/// server) on the other.
+fn half_poisoned_batch(server: &FakeServer) -> Vec<tally_client::Op<String>> {
+    let poisoned_core = server.hello.owner_of_key(b"poison");
+    let other = (0..)
+        .map(|index| format!("key:{index}"))
+        .find(|key| server.hello.owner_of_key(key.as_bytes()) != poisoned_core)
+        .unwrap();
+    [other, "poison".to_owned()]
+        .into_iter()
+        .map(|key| tally_client::Op::Add {
+            key,
+            delta: 1,
+            policy: tally_client::BoundPolicy::Reject,
+        })
+        .collect()
+}
+
+/// Waits until the fake server has applied what was sent to `key` (its connection thread
+/// may still be reading it when the client returns).
+fn wait_for_value(server: &FakeServer, key: &[u8], value: i64) {
+    let key = std::str::from_utf8(key).unwrap();
+    for _ in 0..500 {
+        if server.value(key) == Some(value) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{key} never reached {value}: {:?}", server.value(key));
+}
+
+fn assert_unknown_after_refusal(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("half the batch was applied: {error:?}");
+    };
+    assert!(matches!(**cause, ClientError::Server { .. }), "{error:?}");
+}
+
+#[test]
+fn blocking_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let ops = half_poisoned_batch(&server);
+    assert_unknown_after_refusal(&client.batch(&ops).unwrap_err());
+    wait_for_value(&server, ops[0].key(), 1);
+}
+
+#[tokio::test]
+async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let ops = half_poisoned_batch(&server);
+    assert_unknown_after_refusal(&client.batch(&ops).await.unwrap_err());
+    wait_for_value(&server, ops[0].key(), 1);
+}
