@@ -645,6 +645,12 @@ impl ConnectionTask {
         loop {
             self.stream = None;
             self.read_buf.clear();
+            if self.in_flight.is_empty() {
+                // A connection lost while idle (the server closed it): nothing to resend,
+                // and no reason to wait longer before the next failure's retry.
+                self.failure_count = 0;
+                return;
+            }
             let retries = self.config.retries;
             // `deliver` raises `ServerBusy` only for a frame with a key.
             let busy = error.is_busy();
