@@ -9,6 +9,15 @@
 //!
 //! When a task's reconnect finds a different shard map (the server restarted with other
 //! cores or partitions), the next call rebuilds the routes from it before routing.
+//!
+//! Cancelling a call does not cancel its effect. Dropping a call's future (an aborted
+//! task, a losing `select!` branch, `tokio::time::timeout`) withdraws the call only if its
+//! frame has not been written yet; once written, the server applies it, retries
+//! included, and nobody is told. To bound a call, set `ClientConfig::call_timeout`: a
+//! call that runs out of it reports `ClientError::OutcomeUnknown` when it may have been
+//! applied. A rate limiter that gives up on a slow `incr` has still used up that quota
+//! (it lets fewer requests through than its limit, never more), and one that then calls
+//! again for the same request counts it twice.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -16,19 +25,22 @@ use std::sync::{Arc, PoisonError, RwLock};
 use tally_protocol::{BoundPolicy, Durability, HelloReply, Op, BATCH_OPS_MAX};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::async_connection::{
-    open, routes_differ, BatchCall, Call, ConnectionTask, Control, ControlReply, MapWatch,
-    CALL_QUEUE_DEPTH,
+    open, BatchCall, Call, ConnectionTask, Control, ControlReply, MapWatch, CALL_QUEUE_DEPTH,
 };
 use crate::async_pipeline::AsyncPipeline;
-use crate::blocking::{negate, resolve, shard_addrs};
+use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs};
 use crate::config::ClientConfig;
 use crate::dispatch::check_keys;
 use crate::error::ClientError;
 use crate::outcome::{OpResult, Outcome};
 
 /// A shard-aware async client; clone it freely, all clones share the connections.
+///
+/// A call's future may be dropped, but a call already sent still runs to completion on
+/// the server (see the module docs): bound calls with `ClientConfig::call_timeout`.
 #[derive(Clone, Debug)]
 pub struct AsyncClient {
     inner: Arc<Inner>,
@@ -66,7 +78,8 @@ impl AsyncClient {
     ) -> Result<AsyncClient, ClientError> {
         config.validate()?;
         let main_addr = resolve(addr)?;
-        let (main_stream, hello) = open(main_addr, &config).await?;
+        let deadline = open_deadline(&config).into();
+        let (main_stream, hello) = open(main_addr, &config, deadline).await?;
         let map_watch = Arc::new(MapWatch::default());
         let mut main_stream = Some(main_stream);
         let mut queues = Vec::new();
@@ -76,7 +89,7 @@ impl AsyncClient {
                 Some(stream) => stream,
                 None => open_on_map(addr, &config, &hello).await?,
             };
-            let sender = spawn_task(addr, &config, Some(stream), &hello, &map_watch);
+            let sender = spawn_task(addr, main_addr, &config, Some(stream), &hello, &map_watch);
             queues.push((addr, sender));
         }
         let routing = Routing {
@@ -129,7 +142,14 @@ impl AsyncClient {
                 let kept = routing.queues.iter().find(|(old, _)| *old == addr);
                 let sender = match kept {
                     Some((_, sender)) => sender.clone(),
-                    None => spawn_task(addr, &inner.config, None, &hello, &inner.map_watch),
+                    None => spawn_task(
+                        addr,
+                        inner.main_addr,
+                        &inner.config,
+                        None,
+                        &hello,
+                        &inner.map_watch,
+                    ),
                 };
                 (addr, sender)
             })
@@ -152,6 +172,7 @@ impl AsyncClient {
         durability: Durability,
     ) -> Result<Vec<OpResult>, ClientError> {
         check_keys(ops)?;
+        let deadline = Instant::now() + self.inner.config.call_timeout;
         let routing = self.routing();
         let shard_aware = self.inner.config.shard_aware;
         let mut by_core: Vec<Vec<usize>> = vec![Vec::new(); routing.queues.len()];
@@ -174,6 +195,7 @@ impl AsyncClient {
                         .collect(),
                     durability,
                     reply,
+                    deadline,
                 });
                 routing.queues[core]
                     .1
@@ -184,11 +206,25 @@ impl AsyncClient {
             }
         }
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+        // The first failure fails the call; if another part that changes counters may
+        // have been applied, the call's outcome is unknown.
+        let mut failure: Option<ClientError> = None;
+        let mut others_maybe_applied = false;
         for (chunk, receiver) in waiting {
-            let chunk_results = receiver.await.map_err(|_| task_gone())??;
-            for (&index, result) in chunk.iter().zip(chunk_results) {
-                results[index] = Some(result);
+            let mutates = chunk.iter().any(|&index| ops[index].is_mutation());
+            match receiver.await.unwrap_or_else(|_| Err(task_gone())) {
+                Ok(chunk_results) => {
+                    others_maybe_applied |= mutates;
+                    for (&index, result) in chunk.iter().zip(chunk_results) {
+                        results[index] = Some(result);
+                    }
+                }
+                Err(error) if failure.is_none() => failure = Some(error),
+                Err(error) => others_maybe_applied |= mutates && !error.is_definitive(),
             }
+        }
+        if let Some(error) = failure {
+            return Err(error.settle(others_maybe_applied));
         }
         Ok(results
             .into_iter()
@@ -220,9 +256,10 @@ impl AsyncClient {
     async fn control(&self, control: Control) -> Result<ControlReply, ClientError> {
         let routing = self.routing();
         let (reply, receiver) = oneshot::channel();
+        let deadline = Instant::now() + self.inner.config.call_timeout;
         routing.queues[0]
             .1
-            .send(Call::Control(control, reply))
+            .send(Call::Control(control, reply, deadline))
             .await
             .map_err(|_| task_gone())?;
         receiver.await.map_err(|_| task_gone())?
@@ -331,7 +368,7 @@ async fn open_on_map(
     config: &ClientConfig,
     hello: &HelloReply,
 ) -> Result<TcpStream, ClientError> {
-    let (stream, shard_hello) = open(addr, config).await?;
+    let (stream, shard_hello) = open(addr, config, open_deadline(config).into()).await?;
     if routes_differ(&shard_hello, hello) {
         let reason = "the shard map changed while connecting; retry".to_owned();
         return Err(ClientError::Handshake { addr, reason });
@@ -342,6 +379,7 @@ async fn open_on_map(
 /// Starts the task serving `addr`; returns its call queue.
 fn spawn_task(
     addr: SocketAddr,
+    main_addr: SocketAddr,
     config: &ClientConfig,
     stream: Option<TcpStream>,
     hello: &HelloReply,
@@ -350,6 +388,7 @@ fn spawn_task(
     let (sender, receiver) = mpsc::channel(CALL_QUEUE_DEPTH);
     let task = ConnectionTask::new(
         addr,
+        main_addr,
         config.clone(),
         stream,
         hello.clone(),

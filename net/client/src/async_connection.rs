@@ -11,8 +11,21 @@
 //! A frame that can change state carries a random idempotency key when retries are on,
 //! so after a lost connection or a timeout the task reconnects and resends the same bytes
 //! and the server applies them at most once. Each frame has its own retry budget
-//! (`ClientConfig::retries`); a frame without that safety (a mutation without a key), or
-//! one whose budget is spent, fails its calls with the error, and the others are resent.
+//! (`ClientConfig::retries`) and deadline (the earliest of its calls'); a frame without
+//! that safety (a mutation without a key), or one whose budget or deadline is spent,
+//! fails its calls with the error, and the others are resent. A failed connect (nothing
+//! sent) and a `ServerBusy` answer to a frame with a key (its first copy still running)
+//! are retried until the deadline at no charge, with backoff, as the blocking client
+//! does (see `dispatch`). A frame that changes counters and may have reached the server
+//! fails with `ClientError::OutcomeUnknown`.
+//!
+//! A call whose caller gave up (its future was dropped) before its frame was written is
+//! not sent (also while the task waits to reconnect); once written, it runs. A call still queued at its deadline fails with a
+//! timeout, unsent.
+//!
+//! When the core's shard port cannot be reached, the task connects to the main address
+//! instead (publishing its map if it changed): the server forwards keys another core owns,
+//! so the frames are still correct. The shard port is tried again at the next reconnect.
 //!
 //! While frames are in flight the task first spins (`ClientConfig::spin`, bounded):
 //! it polls the socket and the call queue without parking, yielding to the runtime
@@ -32,16 +45,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tally_protocol::{
-    decode_reply, encode_hello, encode_ping, encode_stats, BatchWriter, Durability, HelloReply, Op,
-    ProtocolError, Reply, ReplyFrame, BATCH_OPS_MAX,
+    decode_reply, encode_hello, encode_ping, encode_stats, BatchWriter, Durability, ErrorCode,
+    HelloReply, Op, ProtocolError, Reply, ReplyFrame, BATCH_OPS_MAX,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
+use crate::blocking::routes_differ;
 use crate::config::ClientConfig;
-use crate::dispatch::IN_FLIGHT_OPS_MAX;
+use crate::dispatch::{backoff, IN_FLIGHT_OPS_MAX};
 use crate::error::ClientError;
 use crate::idempotency::random_idempotency_key;
 use crate::outcome::{from_reply, OpResult};
@@ -59,8 +73,26 @@ pub(crate) type ControlSender = oneshot::Sender<Result<ControlReply, ClientError
 pub(crate) enum Call {
     /// Operations, packed with other callers' into batch frames.
     Batch(BatchCall),
-    /// A `Ping` or `Stats` request, one frame of its own.
-    Control(Control, ControlSender),
+    /// A `Ping` or `Stats` request, one frame of its own, and its deadline.
+    Control(Control, ControlSender, Instant),
+}
+
+impl Call {
+    /// When the call must have its answer (`ClientConfig::call_timeout` after it began).
+    fn deadline(&self) -> Instant {
+        match self {
+            Call::Batch(call) => call.deadline,
+            Call::Control(_, _, deadline) => *deadline,
+        }
+    }
+
+    /// Whether the caller dropped the future that awaits the answer.
+    fn is_abandoned(&self) -> bool {
+        match self {
+            Call::Batch(call) => call.reply.is_closed(),
+            Call::Control(_, reply, _) => reply.is_closed(),
+        }
+    }
 }
 
 /// Operations for one core, from one caller.
@@ -68,6 +100,7 @@ pub(crate) struct BatchCall {
     pub(crate) ops: Vec<Op>,
     pub(crate) durability: Durability,
     pub(crate) reply: ReplySender,
+    pub(crate) deadline: Instant,
 }
 
 /// A request without operations.
@@ -96,6 +129,16 @@ struct InFlight {
     request_id: u64,
     bytes: Vec<u8>,
     retry_safe: bool,
+    /// Carries an idempotency key.
+    keyed: bool,
+    /// Some operation changes a counter.
+    mutates: bool,
+    /// Written to the current connection (unwritten frames are a suffix of the queue).
+    written: bool,
+    /// Written to some connection: it may have reached the server.
+    ever_written: bool,
+    /// The earliest deadline of its calls.
+    deadline: Instant,
     waiter: Waiter,
     op_count: usize,
     /// Times this frame was resent; at most the configured retries.
@@ -103,8 +146,19 @@ struct InFlight {
 }
 
 impl InFlight {
-    /// Fails every call waiting on this frame with `error`.
+    /// Whether every caller waiting on this frame gave up (dropped its future).
+    fn is_abandoned(&self) -> bool {
+        match &self.waiter {
+            Waiter::Batch(calls) => calls.iter().all(|(_, reply)| reply.is_closed()),
+            Waiter::Control(reply) => reply.is_closed(),
+        }
+    }
+
+    /// Fails every call waiting on this frame with `error`, settled: outcome unknown if
+    /// the frame changes counters and may have reached the server.
     fn fail(self, error: &ClientError) {
+        let maybe_applied = self.mutates && self.ever_written && !error.is_definitive();
+        let error = &error.replicate().settle(maybe_applied);
         match self.waiter {
             Waiter::Batch(calls) => answer(calls, Err(error.replicate())),
             Waiter::Control(reply) => {
@@ -140,25 +194,20 @@ impl MapWatch {
     }
 }
 
-/// Whether two shard maps route keys differently (the server id alone may differ).
-pub(crate) fn routes_differ(left: &HelloReply, right: &HelloReply) -> bool {
-    left.partition_count != right.partition_count
-        || left.owners != right.owners
-        || left.shard_ports != right.shard_ports
-}
-
-/// Connects, says hello, and returns the stream and shard map.
+/// Connects, says hello, and returns the stream and shard map, within the connect and
+/// read timeouts and never past `deadline` (then a `Connect` error, timed out).
 pub(crate) async fn open(
     addr: SocketAddr,
     config: &ClientConfig,
+    deadline: Instant,
 ) -> Result<(TcpStream, HelloReply), ClientError> {
-    let stream = match timeout(config.connect_timeout, TcpStream::connect(addr)).await {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let connect_timeout = config.connect_timeout.min(remaining);
+    let stream = match timeout(connect_timeout, TcpStream::connect(addr)).await {
         Ok(connected) => connected.map_err(|source| ClientError::Connect { addr, source })?,
         Err(_) => {
-            return Err(ClientError::Timeout {
-                action: "connecting to",
-                addr,
-            })
+            let source = std::io::Error::from(std::io::ErrorKind::TimedOut);
+            return Err(ClientError::Connect { addr, source });
         }
     };
     stream.set_nodelay(true).map_err(|source| ClientError::Io {
@@ -171,7 +220,7 @@ pub(crate) async fn open(
     encode_hello(&mut out, 1, &config.client_name).map_err(ClientError::Encode)?;
     write(&mut stream, addr, &out).await?;
     let mut buf = Vec::with_capacity(4096);
-    let deadline = Instant::now() + config.read_timeout;
+    let deadline = deadline.min(Instant::now() + config.read_timeout);
     loop {
         if let Some(frame) =
             decode_reply(&buf).map_err(|source| ClientError::Protocol { addr, source })?
@@ -230,6 +279,10 @@ async fn read_more(
 /// The per-core task's state.
 pub(crate) struct ConnectionTask {
     addr: SocketAddr,
+    /// Where to connect when `addr` cannot be reached.
+    main_addr: SocketAddr,
+    /// Failures since the last reply, which set the next backoff.
+    failure_count: u32,
     config: ClientConfig,
     calls: mpsc::Receiver<Call>,
     stream: Option<TcpStream>,
@@ -242,12 +295,16 @@ pub(crate) struct ConnectionTask {
     /// The shard map this task last saw, and where to publish a different one.
     hello: HelloReply,
     map_watch: Arc<MapWatch>,
+    /// Every `AsyncClient` handle is gone: the call queue is closed and is not polled
+    /// again (a closed queue is always ready, so polling it would spin).
+    calls_closed: bool,
 }
 
 impl ConnectionTask {
     /// A task for `addr`; with `stream` `None` it connects on the first call.
     pub(crate) fn new(
         addr: SocketAddr,
+        main_addr: SocketAddr,
         config: ClientConfig,
         stream: Option<TcpStream>,
         hello: HelloReply,
@@ -256,6 +313,8 @@ impl ConnectionTask {
     ) -> Self {
         ConnectionTask {
             addr,
+            main_addr,
+            failure_count: 0,
             config,
             calls,
             stream,
@@ -266,6 +325,7 @@ impl ConnectionTask {
             waiting_since: Instant::now(),
             hello,
             map_watch,
+            calls_closed: false,
         }
     }
 
@@ -283,18 +343,24 @@ impl ConnectionTask {
 
     /// Waits for one event and handles it; `Ok(false)` once the client is gone.
     async fn step(&mut self) -> Result<bool, ClientError> {
-        let room = self.in_flight_ops < IN_FLIGHT_OPS_MAX;
-        let deadline = self.waiting_since + self.config.read_timeout;
+        let room = self.in_flight_ops < IN_FLIGHT_OPS_MAX && !self.calls_closed;
+        // The read timeout runs per attempt, from the last progress; the oldest frame's
+        // call deadline caps it.
+        let read_deadline = self.waiting_since + self.config.read_timeout;
+        let deadline = self
+            .in_flight
+            .front()
+            .map_or(read_deadline, |oldest| read_deadline.min(oldest.deadline));
         let waiting = !self.in_flight.is_empty();
+        if self.calls_closed && !waiting {
+            return Ok(false);
+        }
         if self.stream.is_none() {
             debug_assert!(!waiting, "frames in flight without a connection");
             let Some(call) = self.calls.recv().await else {
                 return Ok(false);
             };
-            if let Err(error) = self.reconnect().await {
-                fail_call(call, &error);
-                return Ok(true);
-            }
+            // A refused connect fails `send`; `recover` then retries it.
             return self.send(call).await.map(|()| true);
         }
         if waiting && !self.config.spin.is_zero() && self.spin().await? {
@@ -306,7 +372,12 @@ impl ConnectionTask {
         tokio::select! {
             call = self.calls.recv(), if room => match call {
                 Some(call) => self.send(call).await.map(|()| true),
-                None => Ok(waiting),
+                None => {
+                    // The frames in flight still get their replies (or time out); then
+                    // the task ends.
+                    self.calls_closed = true;
+                    Ok(waiting)
+                }
             },
             read = stream.read_buf(&mut self.read_buf) => match read {
                 Ok(0) => Err(ClientError::Closed { addr: self.addr }),
@@ -354,16 +425,35 @@ impl ConnectionTask {
         }
     }
 
-    /// Packs `first` and every queued call into frames and writes them.
+    /// Packs `first` and every queued call into frames and writes them (connecting
+    /// first if needed). Calls whose caller gave up are dropped unsent; calls past their
+    /// deadline fail unsent.
     async fn send(&mut self, first: Call) -> Result<(), ClientError> {
-        let mut pending = VecDeque::from([first]);
-        while let Ok(call) = self.calls.try_recv() {
+        let mut pending = VecDeque::new();
+        let mut next = Some(first);
+        let now = Instant::now();
+        while let Some(call) = next.take().or_else(|| self.calls.try_recv().ok()) {
+            if call.is_abandoned() {
+                continue;
+            }
+            if call.deadline() <= now {
+                let action = "waiting to send to";
+                fail_call(
+                    call,
+                    &ClientError::Timeout {
+                        action,
+                        addr: self.addr,
+                    },
+                );
+                continue;
+            }
             pending.push_back(call);
         }
-        let mut out = Vec::new();
         while let Some(call) = pending.pop_front() {
             let in_flight = match call {
-                Call::Control(control, reply) => self.encode_control(control, reply),
+                Call::Control(control, reply, deadline) => {
+                    self.encode_control(control, reply, deadline)
+                }
                 Call::Batch(call) => {
                     let durability = call.durability;
                     let mut frame_calls = vec![call];
@@ -386,14 +476,36 @@ impl ConnectionTask {
                     }
                 }
             };
-            out.extend_from_slice(&in_flight.bytes);
-            if self.in_flight.is_empty() {
-                self.waiting_since = Instant::now();
-            }
             self.in_flight_ops += in_flight.op_count;
             self.in_flight.push_back(in_flight);
         }
-        let stream = self.stream.as_mut().expect("connected before sending");
+        self.write_unwritten().await
+    }
+
+    /// Writes the frames not yet written on this connection, connecting first if there
+    /// is none (a failed connect sends nothing of them).
+    async fn write_unwritten(&mut self) -> Result<(), ClientError> {
+        if self.in_flight.iter().all(|in_flight| in_flight.written) {
+            return Ok(());
+        }
+        if self.stream.is_none() {
+            self.reconnect().await?;
+        }
+        let was_waiting = self.in_flight.iter().any(|in_flight| in_flight.written);
+        let mut out = Vec::new();
+        for in_flight in self
+            .in_flight
+            .iter_mut()
+            .filter(|in_flight| !in_flight.written)
+        {
+            out.extend_from_slice(&in_flight.bytes);
+            in_flight.written = true;
+            in_flight.ever_written = true;
+        }
+        if !was_waiting {
+            self.waiting_since = Instant::now();
+        }
+        let stream = self.stream.as_mut().expect("connected above");
         write(stream, self.addr, &out).await
     }
 
@@ -404,7 +516,12 @@ impl ConnectionTask {
         request_id
     }
 
-    fn encode_control(&mut self, control: Control, reply: ControlSender) -> InFlight {
+    fn encode_control(
+        &mut self,
+        control: Control,
+        reply: ControlSender,
+        deadline: Instant,
+    ) -> InFlight {
         let request_id = self.take_request_id();
         let mut bytes = Vec::new();
         match control {
@@ -415,6 +532,11 @@ impl ConnectionTask {
             request_id,
             bytes,
             retry_safe: true,
+            keyed: false,
+            mutates: false,
+            written: false,
+            ever_written: false,
+            deadline,
             waiter: Waiter::Control(reply),
             op_count: 0,
             retries_used: 0,
@@ -429,6 +551,8 @@ impl ConnectionTask {
     ) -> Option<InFlight> {
         let mutates = calls.iter().flat_map(|call| &call.ops).any(Op::is_mutation);
         let idempotency_key = (mutates && self.config.retries > 0).then(random_idempotency_key);
+        let deadline = calls.iter().map(|call| call.deadline).min();
+        let deadline = deadline.expect("a frame has at least one call");
         let request_id = self.take_request_id();
         let mut bytes = Vec::new();
         let mut writer = BatchWriter::begin(&mut bytes, request_id, durability, idempotency_key);
@@ -450,6 +574,11 @@ impl ConnectionTask {
             request_id,
             bytes,
             retry_safe: !mutates || idempotency_key.is_some(),
+            keyed: idempotency_key.is_some(),
+            mutates,
+            written: false,
+            ever_written: false,
+            deadline,
             waiter: Waiter::Batch(calls),
             op_count,
             retries_used: 0,
@@ -471,6 +600,12 @@ impl ConnectionTask {
                     code: error.code,
                     message: error.message.to_owned(),
                 });
+            }
+            let busy = is_busy_answer(&self.in_flight, &frame);
+            if busy {
+                // The first copy of this frame is still running: `recover` drops the
+                // connection (and what is left in the buffer) and sends it again.
+                return Err(reply_error(addr, frame.reply));
             }
             let Some(in_flight) = self.in_flight.pop_front() else {
                 return Err(ClientError::UnexpectedReply {
@@ -496,64 +631,96 @@ impl ConnectionTask {
                 }
             }
             self.waiting_since = Instant::now();
+            self.failure_count = 0;
         }
         self.read_buf.drain(..consumed);
         Ok(())
     }
 
-    /// After a failure: resends, on a new connection, the frames that are safe to resend
-    /// and within their retry budget; fails the calls of the others with the error.
-    /// Each attempt charges every frame it resends, so this ends within `retries + 1`
-    /// attempts.
+    /// After a failure: resends, on a new connection, the frames that may be sent again
+    /// (see the module docs) and fails the calls of the others with the error. Every
+    /// round charges the frames it resends after a lost connection, or ends by their
+    /// deadline, so this ends.
     async fn recover(&mut self, mut error: ClientError) {
         loop {
             self.stream = None;
             self.read_buf.clear();
+            if self.in_flight.is_empty() {
+                // A connection lost while idle (the server closed it): nothing to resend,
+                // and no reason to wait longer before the next failure's retry.
+                self.failure_count = 0;
+                return;
+            }
             let retries = self.config.retries;
-            let transient = error.is_transient();
-            let (resend, fail): (VecDeque<InFlight>, VecDeque<InFlight>) =
+            // `deliver` raises `ServerBusy` only for a frame with a key.
+            let busy = error.is_busy();
+            let transient = busy || error.is_transient();
+            let connect_failed = matches!(error, ClientError::Connect { .. });
+            self.failure_count += 1;
+            let wait = backoff(self.failure_count);
+            let resume_at = Instant::now() + wait;
+            let (mut resend, fail): (VecDeque<InFlight>, VecDeque<InFlight>) =
                 self.in_flight.drain(..).partition(|in_flight| {
-                    transient && in_flight.retry_safe && in_flight.retries_used < retries
+                    let free = busy || (!in_flight.written && connect_failed);
+                    let safe = (!in_flight.written || in_flight.retry_safe)
+                        && (free || in_flight.retries_used < retries);
+                    retries > 0 && transient && safe && resume_at < in_flight.deadline
                 });
             for in_flight in fail {
                 self.in_flight_ops -= in_flight.op_count;
                 in_flight.fail(&error);
+            }
+            for in_flight in &mut resend {
+                if !(busy || (!in_flight.written && connect_failed)) {
+                    in_flight.retries_used += 1;
+                }
+                in_flight.written = false;
             }
             self.in_flight = resend;
             if self.in_flight.is_empty() {
                 debug_assert_eq!(self.in_flight_ops, 0);
                 return;
             }
-            let mut attempt = 0;
-            for in_flight in &mut self.in_flight {
-                in_flight.retries_used += 1;
-                attempt = attempt.max(in_flight.retries_used);
-            }
-            tokio::time::sleep(crate::dispatch::backoff(attempt)).await;
-            match self.resend().await {
+            tokio::time::sleep(wait).await;
+            self.forget_abandoned();
+            match self.write_unwritten().await {
                 Ok(()) => return,
                 Err(next) => error = next,
             }
         }
     }
 
-    /// Opens a new connection and writes every frame in flight to it again.
-    async fn resend(&mut self) -> Result<(), ClientError> {
-        self.reconnect().await?;
-        let bytes: Vec<u8> = self
-            .in_flight
-            .iter()
-            .flat_map(|in_flight| in_flight.bytes.iter().copied())
-            .collect();
-        let stream = self.stream.as_mut().expect("reconnected");
-        write(stream, self.addr, &bytes).await?;
-        self.waiting_since = Instant::now();
-        Ok(())
+    /// Drops the frames never sent whose callers all gave up while they waited for a
+    /// connection: sending them would only apply what nobody waits for.
+    fn forget_abandoned(&mut self) {
+        let in_flight_ops = &mut self.in_flight_ops;
+        self.in_flight.retain(|in_flight| {
+            let forget = !in_flight.ever_written && in_flight.is_abandoned();
+            if forget {
+                *in_flight_ops -= in_flight.op_count;
+            }
+            !forget
+        });
     }
 
-    /// Opens a new connection; publishes its shard map if it routes differently.
+    /// Opens a new connection (to the main address if this core's port cannot be
+    /// reached); publishes its shard map if it routes differently.
     async fn reconnect(&mut self) -> Result<(), ClientError> {
-        let (stream, hello) = open(self.addr, &self.config).await?;
+        let deadline = self
+            .in_flight
+            .iter()
+            .map(|in_flight| in_flight.deadline)
+            .min();
+        let deadline = deadline.expect("reconnects only to send frames");
+        let (stream, hello) = match open(self.addr, &self.config, deadline).await {
+            Err(error @ ClientError::Connect { .. }) if self.addr != self.main_addr => {
+                match open(self.main_addr, &self.config, deadline).await {
+                    Ok(opened) => opened,
+                    Err(_) => return Err(error),
+                }
+            }
+            opened => opened?,
+        };
         if routes_differ(&hello, &self.hello) {
             self.hello = hello.clone();
             self.map_watch.publish(hello);
@@ -563,13 +730,23 @@ impl ConnectionTask {
     }
 }
 
+/// Whether `frame` answers the oldest frame in flight, which carries an idempotency key,
+/// with `ServerBusy`: the first copy of that frame is still running.
+fn is_busy_answer(in_flight: &VecDeque<InFlight>, frame: &ReplyFrame<'_>) -> bool {
+    let busy =
+        matches!(&frame.reply, Ok(Reply::Error(error)) if error.code == ErrorCode::ServerBusy);
+    busy && in_flight
+        .front()
+        .is_some_and(|oldest| oldest.keyed && oldest.request_id == frame.request_id)
+}
+
 /// Fails a call that never made it into a frame.
 fn fail_call(call: Call, error: &ClientError) {
     match call {
         Call::Batch(call) => {
             let _ = call.reply.send(Err(error.replicate()));
         }
-        Call::Control(_, reply) => {
+        Call::Control(_, reply, _) => {
             let _ = reply.send(Err(error.replicate()));
         }
     }

@@ -8,12 +8,19 @@
 //!
 //! A reconnect that brings a different shard map (the server restarted with other cores
 //! or partitions) rebuilds the routes from it; the call in progress re-routes its
-//! unanswered frames, resending those that are safe to resend (see `dispatch`).
+//! unanswered frames, resending those that are safe to resend (see `dispatch`). When a
+//! shard port cannot be reached (refused: a server restarted with fewer cores no longer
+//! listens on it), the client says hello on the main address instead: a new map there
+//! re-routes as above; the same map means the port alone is unreachable, and the core's
+//! keys go through that main connection, whose core forwards them, until it is lost and
+//! the shard port is tried again.
 //!
-//! A `Client` is not `Sync`: calls take `&mut self`. Use one client per thread, or the
-//! async client, which batches concurrent calls.
+//! A `Client` is `Send` and `Sync`, but every call takes `&mut self`, so one client
+//! serves one thread at a time: use one client per thread (or a `Mutex` around one), or
+//! the async client, which batches concurrent calls.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Instant;
 
 use tally_protocol::{
     encode_ping, encode_stats, BoundPolicy, Durability, HelloReply, Op, Reply, BATCH_OPS_MAX,
@@ -79,6 +86,19 @@ pub(crate) fn shard_addrs(
     }
 }
 
+/// Whether two shard maps route keys differently (the server id alone may differ).
+pub(crate) fn routes_differ(left: &HelloReply, right: &HelloReply) -> bool {
+    left.partition_count != right.partition_count
+        || left.owners != right.owners
+        || left.shard_ports != right.shard_ports
+}
+
+/// The deadline for opening one connection outside a call (at connect time): its
+/// connect and read timeouts.
+pub(crate) fn open_deadline(config: &ClientConfig) -> Instant {
+    Instant::now() + config.connect_timeout + config.read_timeout
+}
+
 /// Where core `core`'s shard port is, given the main address (0: the main port itself).
 pub(crate) fn shard_addr(main_addr: SocketAddr, hello: &HelloReply, core: usize) -> SocketAddr {
     match hello.shard_ports[core] {
@@ -100,20 +120,22 @@ impl Client {
     ) -> Result<Client, ClientError> {
         config.validate()?;
         let main_addr = resolve(addr)?;
-        let (main, hello) = Connection::open(main_addr, &config)?;
+        let (main, hello) = Connection::open(main_addr, &config, open_deadline(&config))?;
         let mut client = Client {
             config,
             main_addr,
             hello: hello.clone(),
             shards: Vec::new(),
         };
-        // The main connection serves the shards on the main port; others open now, so a
-        // bad shard port shows at connect time rather than at the first call.
+        // The main connection serves the shards on the main port; others open now (a
+        // shard port that cannot be reached falls back to the main port, see the module
+        // docs).
         client.adopt_shard_map(hello, main);
         let mut map_changes = 0;
         let mut core = 0;
         while core < client.shards.len() {
-            match client.connection(core) {
+            let deadline = open_deadline(&client.config);
+            match client.connection(core, deadline) {
                 Ok(_) => core += 1,
                 // The server restarted with another map between two connects: start over
                 // under the new one, a bounded number of times.
@@ -158,22 +180,23 @@ impl Client {
     }
 
     /// The open connection to `core`, opening it if needed (or if the server closed it
-    /// while it sat idle). A new connection whose shard map differs from the client's
-    /// makes the client adopt the new map (see [`Client::adopt_shard_map`]) and fail
-    /// with [`ClientError::ShardMapChanged`], so the caller routes again.
-    pub(crate) fn connection(&mut self, core: usize) -> Result<&mut Connection, ClientError> {
+    /// while it sat idle) by `deadline`. A new connection whose shard map differs from
+    /// the client's makes the client adopt the new map (see [`Client::adopt_shard_map`])
+    /// and fail with [`ClientError::ShardMapChanged`], so the caller routes again.
+    pub(crate) fn connection(
+        &mut self,
+        core: usize,
+        deadline: Instant,
+    ) -> Result<&mut Connection, ClientError> {
         if let Some(connection) = &mut self.shards[core].connection {
             if connection.closed_while_idle() {
                 self.shards[core].connection = None;
             }
         }
         if self.shards[core].connection.is_none() {
-            let addr = self.shards[core].addr;
-            let (connection, hello) = Connection::open(addr, &self.config)?;
-            if hello.partition_count != self.hello.partition_count
-                || hello.owners != self.hello.owners
-                || hello.shard_ports != self.hello.shard_ports
-            {
+            let (connection, hello) = self.open_shard(core, deadline)?;
+            if routes_differ(&hello, &self.hello) {
+                let addr = connection.addr();
                 self.adopt_shard_map(hello, connection);
                 return Err(ClientError::ShardMapChanged { addr });
             }
@@ -181,6 +204,23 @@ impl Client {
             self.shards[core].connection = Some(connection);
         }
         Ok(self.shards[core].connection.as_mut().expect("opened above"))
+    }
+
+    /// Opens a connection for `core`: to its shard port, or, if that cannot be reached,
+    /// to the main address, whose hello tells whether the shard map changed and whose
+    /// core otherwise forwards the keys. If both fail, the shard port's error is returned.
+    fn open_shard(
+        &self,
+        core: usize,
+        deadline: Instant,
+    ) -> Result<(Connection, HelloReply), ClientError> {
+        let addr = self.shards[core].addr;
+        match Connection::open(addr, &self.config, deadline) {
+            Err(error @ ClientError::Connect { .. }) if addr != self.main_addr => {
+                Connection::open(self.main_addr, &self.config, deadline).map_err(|_| error)
+            }
+            opened => opened,
+        }
     }
 
     /// Takes `hello` as the shard map and rebuilds the routes from it. Every other
@@ -202,8 +242,11 @@ impl Client {
     }
 
     /// Forgets the connection to `core`; the next call opens a new one.
+    /// (An index past the shard count, left from an older map, has nothing to drop.)
     pub(crate) fn drop_connection(&mut self, core: usize) {
-        self.shards[core].connection = None;
+        if let Some(shard) = self.shards.get_mut(core) {
+            shard.connection = None;
+        }
     }
 
     /// Runs one operation with the configured durability.
@@ -329,8 +372,16 @@ impl Client {
     }
 
     /// The statistics of the core behind connection `core` (`0..connection_count()`):
-    /// with a shard-aware client, that core's own, asked on its shard port.
+    /// with a shard-aware client, that core's own, asked on its shard port. Another index
+    /// is [`ClientError::NoSuchConnection`] (the count shrinks when a reconnect finds a
+    /// shard map with fewer cores).
     pub fn core_stats(&mut self, core: usize) -> Result<Vec<(String, u64)>, ClientError> {
+        if core >= self.shards.len() {
+            return Err(ClientError::NoSuchConnection {
+                index: core,
+                count: self.shards.len(),
+            });
+        }
         self.control(core, encode_stats, |reply| match reply {
             Reply::StatsReply(stats) => Ok(stats.entries),
             other => Err(other),
@@ -343,12 +394,13 @@ impl Client {
         encode: fn(&mut Vec<u8>, u64),
         accept: impl FnOnce(Reply<'_>) -> Result<T, Reply<'_>>,
     ) -> Result<T, ClientError> {
-        let connection = self.connection(core)?;
+        let deadline = Instant::now() + self.config.call_timeout;
+        let connection = self.connection(core, deadline)?;
         let request_id = connection.next_request_id();
         encode(&mut connection.write_buf, request_id);
         let result = connection
             .flush()
-            .and_then(|()| connection.read_reply(request_id, accept));
+            .and_then(|()| connection.read_reply(request_id, deadline, accept));
         if result.as_ref().is_err_and(ClientError::breaks_connection) {
             self.drop_connection(core);
         }

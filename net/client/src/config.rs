@@ -2,6 +2,16 @@
 //!
 //! Limits: at most [`RETRIES_MAX`] retries per call; a spin of at most [`SPIN_MAX`];
 //! timeouts must be positive.
+//!
+//! Timeouts, from the outside in: a call (one `incr`, one batch, one pipeline) ends by
+//! its deadline, [`ClientConfig::call_timeout`] after it started, whatever happens;
+//! within it each attempt opens a connection if needed (at most `connect_timeout`),
+//! sends (`write_timeout`) and waits for the reply (at most `read_timeout`, and never
+//! past the deadline). Worked example with the defaults (10 s deadline, 5 s read
+//! timeout, 2 retries): a server that stops answering costs an attempt 5 s, the resend
+//! another 5 s, and the call ends at 10 s with `OutcomeUnknown`; a server that restarts
+//! in 3 s costs the call a few refused connects, retried with backoff (5 ms doubling to
+//! 500 ms), and it succeeds once the server is back.
 
 use std::time::Duration;
 
@@ -23,7 +33,9 @@ pub struct ClientConfig {
     pub client_name: String,
     /// Limit on opening each TCP connection.
     pub connect_timeout: Duration,
-    /// Limit on waiting for a reply once a request is sent.
+    /// Limit on waiting for a reply once a request is sent, per attempt: a call that
+    /// resends its request after a lost connection or a timeout waits again, up to
+    /// `call_timeout` in all.
     pub read_timeout: Duration,
     /// Limit on the server accepting a request's bytes.
     pub write_timeout: Duration,
@@ -32,10 +44,21 @@ pub struct ClientConfig {
     /// the runtime). Waking a parked thread costs ~100 µs on a small VM, so spinning a
     /// little first keeps the round trip's p99 low; zero never spins.
     pub spin: Duration,
-    /// How many times a call is resent after a lost connection or timeout. With retries,
-    /// every mutating call carries a random idempotency key so the server applies it
-    /// once; with 0, no keys are sent and nothing is resent.
+    /// How many times a request that may have reached the server is resent after a lost
+    /// connection or a timeout. With retries, every mutating call carries a random
+    /// idempotency key so the server applies it once. Two other waits are retried until
+    /// the call's deadline without counting against this: a connect that fails (refused,
+    /// unreachable, timed out: nothing was sent on it), and the server's `ServerBusy` answer to a resend whose
+    /// first copy is still running (the same request is sent again with its key until the
+    /// first copy's results come back). With 0, no keys are sent and nothing is retried:
+    /// each call makes one attempt.
     pub retries: u32,
+    /// The deadline of a call, from its start to its result, retries and backoff
+    /// included (see the module docs). A call that runs out of it after sending a change
+    /// ends with `ClientError::OutcomeUnknown`. Latency-critical callers set it to what
+    /// they can wait (and `read_timeout` at most that). The async client starts the
+    /// clock when the call is made, so time queued behind other calls counts.
+    pub call_timeout: Duration,
     /// The durability of calls that do not name one.
     pub durability: Durability,
     /// Connect to each core's shard port and route keys to their owner (the default).
@@ -52,6 +75,7 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(75),
             retries: 2,
+            call_timeout: Duration::from_secs(10),
             durability: Durability::ServerDefault,
             shard_aware: true,
         }
@@ -68,6 +92,7 @@ impl ClientConfig {
         if self.connect_timeout.is_zero()
             || self.read_timeout.is_zero()
             || self.write_timeout.is_zero()
+            || self.call_timeout.is_zero()
         {
             return invalid("timeouts must be positive");
         }

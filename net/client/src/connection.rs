@@ -57,12 +57,20 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    /// Connects, says hello and returns the server's shard map.
+    /// Connects, says hello and returns the server's shard map, within the connect and
+    /// read timeouts and never past `deadline` (then a `Connect` error, timed out).
     pub(crate) fn open(
         addr: SocketAddr,
         config: &ClientConfig,
+        deadline: Instant,
     ) -> Result<(Connection, HelloReply), ClientError> {
-        let stream = TcpStream::connect_timeout(&addr, config.connect_timeout)
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let connect_timeout = config.connect_timeout.min(remaining);
+        if connect_timeout.is_zero() {
+            let source = std::io::Error::from(ErrorKind::TimedOut);
+            return Err(ClientError::Connect { addr, source });
+        }
+        let stream = TcpStream::connect_timeout(&addr, connect_timeout)
             .map_err(|source| ClientError::Connect { addr, source })?;
         let io_error = |action| {
             move |source| ClientError::Io {
@@ -97,7 +105,7 @@ impl Connection {
         encode_hello(&mut connection.write_buf, request_id, &config.client_name)
             .map_err(ClientError::Encode)?;
         connection.flush()?;
-        let hello = connection.read_reply(request_id, |reply| match reply {
+        let hello = connection.read_reply(request_id, deadline, |reply| match reply {
             Reply::HelloReply(hello) => Ok(hello),
             other => Err(other),
         })?;
@@ -198,13 +206,15 @@ impl Connection {
     }
 
     /// Reads the next reply, checks it answers `request_id`, and hands it to `accept`,
-    /// which returns the value wanted or gives back a reply it did not expect.
+    /// which returns the value wanted or gives back a reply it did not expect. Waits at
+    /// most the read timeout, and not past the call's `deadline`.
     pub(crate) fn read_reply<T>(
         &mut self,
         request_id: u64,
+        deadline: Instant,
         accept: impl FnOnce(Reply<'_>) -> Result<T, Reply<'_>>,
     ) -> Result<T, ClientError> {
-        let deadline = Instant::now() + self.read_timeout;
+        let deadline = deadline.min(Instant::now() + self.read_timeout);
         loop {
             let buffered = &self.read_buf[self.read_start..self.read_end];
             let addr = self.addr;

@@ -7,16 +7,27 @@
 //! fill both socket buffers and deadlock; replies are read one per connection in turn
 //! and their results written back to the operations' original positions.
 //!
-//! Retries: after a transient error (lost connection, a parting `Error` of request id 0,
-//! timeout, refused reconnect), a core's unanswered frames are resent on a new connection
-//! if every one of them is safe to resend: read-only, or carrying an idempotency key (then
-//! the server applies it once), and under its retry budget (`ClientConfig::retries` per
-//! frame). A mutation without a key is never resent. When a reconnect finds a new shard
-//! map, every queue's unanswered frames are re-routed under it, with the same rule.
-//! After any other error, or when retries run out, every connection with unanswered
-//! frames is dropped, so no stale reply can be taken for a later call's.
+//! Retries, all within the call's deadline (`ClientConfig::call_timeout`) and only when
+//! `ClientConfig::retries` is not 0, with backoff (5 ms doubling, at most 500 ms):
+//! - after a transient error on a connection the frames were sent on (lost connection, a
+//!   parting `Error` of request id 0, timeout), a core's unanswered frames are resent on a
+//!   new connection if every one of them is safe to resend: read-only, or carrying an
+//!   idempotency key (then the server applies it once), and under its retry budget
+//!   (`ClientConfig::retries` per frame). A mutation without a key is never resent;
+//! - after a connect that failed (refused, unreachable, timed out), nothing was sent: the
+//!   connect is tried again, at no charge to the budget (a hello that fails is charged);
+//! - after `ServerBusy` to a frame with an idempotency key (its first copy is still
+//!   running), the frames are sent again with the same keys, at no charge, until the
+//!   first copy's results come back.
+//!
+//! When a reconnect finds a new shard map, every queue's unanswered frames are re-routed
+//! under it, with the same rule. After any other error, or when retries or the deadline
+//! run out, every connection with unanswered frames is dropped, so no stale reply can be
+//! taken for a later call's, and the error is settled: if a frame that changes counters
+//! was sent and not answered (or answered while another failed), the call's error is
+//! `ClientError::OutcomeUnknown`, never one that reads as "nothing applied".
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tally_protocol::{BatchWriter, Durability, Op, Reply, BATCH_OPS_MAX, KEY_BYTES_MAX};
 
@@ -35,6 +46,10 @@ pub const IN_FLIGHT_FRAMES_MAX: usize = 1024;
 struct Chunk {
     op_indices: Vec<usize>,
     idempotency_key: Option<u128>,
+    /// Some operation changes a counter.
+    mutates: bool,
+    /// Encoded for sending at least once: it may have reached the server.
+    written: bool,
     retry_safe: bool,
     request_id: u64,
     /// Times this frame was resent; at most the configured retries.
@@ -47,6 +62,8 @@ struct CoreQueue {
     chunks: Vec<Chunk>,
     sent: usize,
     received: usize,
+    /// Failures so far, which set the next backoff.
+    failure_count: u32,
 }
 
 impl CoreQueue {
@@ -80,20 +97,32 @@ pub(crate) fn run_batch<K: AsRef<[u8]>>(
     ops_per_frame: usize,
 ) -> Result<Vec<OpResult>, ClientError> {
     check_keys(ops)?;
-    let mut queues = plan(client, ops, ops_per_frame);
+    let mut run = Run {
+        deadline: Instant::now() + client.config().call_timeout,
+        queues: plan(client, ops, ops_per_frame),
+        answered_mutations: false,
+    };
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-    'rounds: while queues.iter().any(|queue| !queue.is_done()) {
-        for index in 0..queues.len() {
-            if let Err(error) = send_window(client, &mut queues[index], ops, durability) {
-                if recover(client, &mut queues, ops, index, error)? == Recovery::Rerouted {
+    'rounds: while run.queues.iter().any(|queue| !queue.is_done()) {
+        for index in 0..run.queues.len() {
+            let sent = send_window(
+                client,
+                &mut run.queues[index],
+                ops,
+                durability,
+                run.deadline,
+            );
+            if let Err(error) = sent {
+                if recover(client, &mut run, ops, index, error)? == Recovery::Rerouted {
                     continue 'rounds;
                 }
             }
         }
-        for index in 0..queues.len() {
-            if queues[index].received < queues[index].sent {
-                if let Err(error) = receive_one(client, &mut queues[index], &mut results) {
-                    if recover(client, &mut queues, ops, index, error)? == Recovery::Rerouted {
+        for index in 0..run.queues.len() {
+            if run.queues[index].received < run.queues[index].sent {
+                let queue = &mut run.queues[index];
+                if let Err(error) = receive_one(client, queue, &mut results, run.deadline) {
+                    if recover(client, &mut run, ops, index, error)? == Recovery::Rerouted {
                         continue 'rounds;
                     }
                 }
@@ -104,6 +133,15 @@ pub(crate) fn run_batch<K: AsRef<[u8]>>(
         .into_iter()
         .map(|result| result.expect("every operation's frame was answered"))
         .collect())
+}
+
+/// One call's progress.
+struct Run {
+    deadline: Instant,
+    queues: Vec<CoreQueue>,
+    /// Frames that change counters were answered and then dropped from the queues by a
+    /// re-route: applied, whatever happens to the rest.
+    answered_mutations: bool,
 }
 
 /// Groups operations by owning core and cuts each group into frames.
@@ -129,6 +167,8 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
                 Chunk {
                     op_indices: op_indices.to_vec(),
                     idempotency_key,
+                    mutates,
+                    written: false,
                     retry_safe,
                     request_id: 0,
                     retries_used: 0,
@@ -140,6 +180,7 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
             chunks,
             sent: 0,
             received: 0,
+            failure_count: 0,
         });
     }
     queues
@@ -151,11 +192,12 @@ fn send_window<K: AsRef<[u8]>>(
     queue: &mut CoreQueue,
     ops: &[Op<K>],
     durability: Durability,
+    deadline: Instant,
 ) -> Result<(), ClientError> {
     if queue.sent == queue.chunks.len() {
         return Ok(());
     }
-    let connection = client.connection(queue.core)?;
+    let connection = client.connection(queue.core, deadline)?;
     if let Err(error) = encode_window(connection, queue, ops, durability) {
         // Half-encoded frames must never reach the server: forget the connection.
         client.drop_connection(queue.core);
@@ -191,6 +233,7 @@ fn encode_window<K: AsRef<[u8]>>(
             writer.push(&ops[index]).map_err(ClientError::Encode)?;
         }
         writer.finish().map_err(ClientError::Encode)?;
+        chunk.written = true;
         in_flight_ops += chunk.op_indices.len();
         queue.sent += 1;
     }
@@ -202,11 +245,12 @@ fn receive_one(
     client: &mut Client,
     queue: &mut CoreQueue,
     results: &mut [Option<OpResult>],
+    deadline: Instant,
 ) -> Result<(), ClientError> {
     let chunk = &queue.chunks[queue.received];
-    let connection = client.connection(queue.core)?;
+    let connection = client.connection(queue.core, deadline)?;
     let addr = connection.addr();
-    let count_matches = connection.read_reply(chunk.request_id, |reply| match reply {
+    let read = connection.read_reply(chunk.request_id, deadline, |reply| match reply {
         Reply::BatchReply(batch_reply) if batch_reply.result_count() == chunk.op_indices.len() => {
             for (&index, result) in chunk.op_indices.iter().zip(batch_reply.results()) {
                 results[index] = Some(from_reply(result));
@@ -215,7 +259,8 @@ fn receive_one(
         }
         Reply::BatchReply(_) => Ok(false),
         other => Err(other),
-    })?;
+    });
+    let count_matches = read?;
     if !count_matches {
         let reason = format!(
             "result count differs from the {} operations sent",
@@ -236,42 +281,80 @@ enum Recovery {
     Rerouted,
 }
 
-/// Decides whether the failed queue can be resent; if not, drops every connection with
-/// unanswered frames and returns the error.
+/// Decides whether the failed queue can be resent (see the module docs); if not, drops
+/// every connection with unanswered frames and returns the error, settled.
 fn recover<K: AsRef<[u8]>>(
     client: &mut Client,
-    queues: &mut Vec<CoreQueue>,
+    run: &mut Run,
     ops: &[Op<K>],
     failed: usize,
     error: ClientError,
 ) -> Result<Recovery, ClientError> {
     if matches!(error, ClientError::ShardMapChanged { .. }) {
-        return reroute(client, queues, ops, error).map(|()| Recovery::Rerouted);
-    }
-    if error.breaks_connection() {
-        client.drop_connection(queues[failed].core);
+        return match reroute(client, run, ops) {
+            Ok(()) => Ok(Recovery::Rerouted),
+            Err(()) => Err(give_up(client, run, failed, error)),
+        };
     }
     let retries = client.config().retries;
-    let queue = &mut queues[failed];
+    let queue = &mut run.queues[failed];
+    // The first copy of this frame is still running: send it again later with its key.
+    // The frames behind it are in flight on this connection, so it is dropped.
+    let busy = error.is_busy()
+        && queue
+            .chunks
+            .get(queue.received)
+            .is_some_and(|chunk| chunk.idempotency_key.is_some());
+    if busy || error.breaks_connection() {
+        client.drop_connection(queue.core);
+    }
+    // Frames sent on the connection that failed; none if opening it failed.
+    let on_the_wire = queue.sent > queue.received;
+    // A connect that failed sent nothing, and a busy frame is known not to have run
+    // twice: neither is charged to the retry budget (a hello that fails is).
+    let free = busy || (!on_the_wire && matches!(error, ClientError::Connect { .. }));
     // The frames on the lost connection, or the next one if none was sent yet.
     let unanswered = queue.received..queue.sent.max(queue.received + 1);
     let resendable = queue.chunks[unanswered.clone()]
         .iter()
-        .all(|chunk| chunk.retry_safe && chunk.retries_used < retries);
-    if error.is_transient() && resendable {
-        let mut attempt = 0;
-        for chunk in &mut queue.chunks[unanswered] {
-            chunk.retries_used += 1;
-            attempt = attempt.max(chunk.retries_used);
+        .all(|chunk| (!on_the_wire || chunk.retry_safe) && (free || chunk.retries_used < retries));
+    queue.failure_count += 1;
+    let wait = backoff(queue.failure_count);
+    let in_time = Instant::now() + wait < run.deadline;
+    if retries > 0 && (busy || error.is_transient()) && resendable && in_time {
+        if !free {
+            for chunk in &mut queue.chunks[unanswered] {
+                chunk.retries_used += 1;
+            }
         }
         queue.sent = queue.received;
-        std::thread::sleep(backoff(attempt));
+        std::thread::sleep(wait);
         return Ok(Recovery::Resend);
     }
-    for queue in queues.iter().filter(|queue| queue.sent > queue.received) {
+    Err(give_up(client, run, failed, error))
+}
+
+/// Ends the call: drops every connection with unanswered frames and settles the error.
+/// The call may have been applied, so the error is [`ClientError::OutcomeUnknown`], when
+/// a frame that changes counters was sent, unless the error is the server refusing that
+/// very frame (and it is the only one).
+fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) -> ClientError {
+    for queue in run
+        .queues
+        .iter()
+        .filter(|queue| queue.sent > queue.received)
+    {
         client.drop_connection(queue.core);
     }
-    Err(error)
+    let definitive = error.is_definitive();
+    let maybe_applied = run.answered_mutations
+        || run.queues.iter().enumerate().any(|(index, queue)| {
+            queue.chunks.iter().enumerate().any(|(position, chunk)| {
+                let refused = definitive && index == failed && position == queue.received;
+                chunk.mutates && chunk.written && !refused
+            })
+        });
+    error.settle(maybe_applied)
 }
 
 /// After the client adopted a new shard map (and dropped its old connections): moves
@@ -279,25 +362,23 @@ fn recover<K: AsRef<[u8]>>(
 /// unanswered frame, keeping each queue's frames together and in order, so operations
 /// on one key keep their order. A frame keeps its operations and idempotency key, so a
 /// resent frame is the same request; keys in it that another core owns are forwarded
-/// by the server. Frames that were in flight are resent only if safe, as in [`recover`].
-fn reroute<K: AsRef<[u8]>>(
-    client: &mut Client,
-    queues: &mut Vec<CoreQueue>,
-    ops: &[Op<K>],
-    error: ClientError,
-) -> Result<(), ClientError> {
+/// by the server. Frames that were in flight are resent only if safe, as in [`recover`];
+/// if one is not, nothing changes and the call fails.
+fn reroute<K: AsRef<[u8]>>(client: &mut Client, run: &mut Run, ops: &[Op<K>]) -> Result<(), ()> {
     let retries = client.config().retries;
     let in_flight = || {
-        queues
+        run.queues
             .iter()
             .flat_map(|queue| &queue.chunks[queue.received..queue.sent])
     };
     if !in_flight().all(|chunk| chunk.retry_safe && chunk.retries_used < retries) {
-        return Err(error);
+        return Err(());
     }
     let mut rerouted: Vec<CoreQueue> = Vec::new();
-    for queue in queues.drain(..) {
+    for queue in run.queues.drain(..) {
         let sent = queue.sent;
+        let answered = &queue.chunks[..queue.received];
+        run.answered_mutations |= answered.iter().any(|chunk| chunk.mutates);
         let mut unanswered = queue.chunks.into_iter().skip(queue.received).peekable();
         let Some(first) = unanswered.peek() else {
             continue;
@@ -314,10 +395,11 @@ fn reroute<K: AsRef<[u8]>>(
                 chunks: chunks.collect(),
                 sent: 0,
                 received: 0,
+                failure_count: 0,
             }),
         }
     }
-    *queues = rerouted;
+    run.queues = rerouted;
     Ok(())
 }
 

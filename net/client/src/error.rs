@@ -4,6 +4,14 @@
 //! (reset, closed, timed out, closed with a parting `Error` of request id 0): only those
 //! are retried, and a mutation only when it carries
 //! an idempotency key, so a retry never counts twice.
+//!
+//! What an error says about the call's effect: [`ClientError::OutcomeUnknown`] says a
+//! change may have been applied; [`ClientError::Server`] and [`ClientError::Rejected`]
+//! say the server refused (nothing applied); errors raised before anything was sent
+//! (`Resolve`, `Connect`, `InvalidKey`, `Encode`, `InvalidConfig`, `NoSuchConnection`)
+//! say nothing was applied. The other variants, returned by a call that changes nothing
+//! (a read, `ping`, `stats`), only say why it failed: a call that changes counters and
+//! may have reached the server never ends with them, it ends with `OutcomeUnknown`.
 
 use std::net::SocketAddr;
 
@@ -18,7 +26,9 @@ pub enum ClientError {
     /// The address did not resolve to any socket address.
     #[error("cannot resolve {addr}: {reason}")]
     Resolve { addr: String, reason: String },
-    /// Opening a TCP connection failed (refused, unreachable, timed out).
+    /// Opening a TCP connection failed (refused, unreachable, timed out). Nothing of the
+    /// call was sent: a call that had sent a change before ends with
+    /// [`ClientError::OutcomeUnknown`] instead.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
         addr: SocketAddr,
@@ -67,9 +77,24 @@ pub enum ClientError {
     /// The server refused the whole request (`Error` reply).
     #[error("server refused the request ({code:?}): {message}")]
     Server { code: ErrorCode, message: String },
-    /// The operation was refused (bound, overflow, ...); the counter is unchanged.
+    /// The operation was refused (bound, overflow, ...); the counter is unchanged. (A
+    /// `Status::Unavailable` answer, whose outcome is unknown, is
+    /// [`ClientError::OutcomeUnknown`] instead.)
     #[error(transparent)]
-    Rejected(#[from] Rejection),
+    Rejected(Rejection),
+    /// The call may or may not have been applied: a request that changes counters was
+    /// sent (or partly sent) and no answer to it came back before retries or the call's
+    /// deadline ran out (the connection was lost, the reply timed out, the server went
+    /// away and a reconnect was refused), or part of a batch was applied while another
+    /// part failed, or the server answered `Status::Unavailable` (applied in memory, maybe
+    /// not journaled). `cause` is the last error seen. Never read it as "not applied":
+    /// read the counter to find out, and do not simply repeat the call (it would count
+    /// again).
+    #[error("outcome unknown, the request may have been applied: {cause}")]
+    OutcomeUnknown {
+        #[source]
+        cause: Box<ClientError>,
+    },
     /// A key outside 1..=255 bytes, refused before sending.
     #[error("invalid key: length {length} is outside 1..=255 bytes")]
     InvalidKey { length: usize },
@@ -85,12 +110,19 @@ pub enum ClientError {
     /// The async client's connection task has stopped (its runtime is shutting down).
     #[error("the client's connection task has stopped")]
     TaskStopped,
+    /// A connection index outside `0..count` (the shard map may have shrunk since
+    /// `connection_count()` was read); nothing was sent.
+    #[error("no connection {index}: the client has {count}")]
+    NoSuchConnection { index: usize, count: usize },
 }
 
 impl ClientError {
-    /// Whether the connection was lost (or timed out): the request may or may not have
-    /// been applied, and resending it is safe only with an idempotency key.
-    /// A refused reconnect counts too: nothing was sent on it. A parting error counts
+    /// Whether trying again later may succeed: the connection was lost or timed out, a
+    /// connect was refused, or the outcome is unknown. After such an error a request that
+    /// changes counters may or may not have been applied (unless nothing was sent:
+    /// `Connect` from a call that sent nothing), and resending it is safe only with the
+    /// same idempotency key, which the client does itself within
+    /// [`crate::ClientConfig::retries`] and the call's deadline. A parting error counts
     /// when a new connection may fare better (timeout, busy, shutting down), not when the
     /// same bytes would be refused again (a frame too large, an unsupported version).
     pub fn is_transient(&self) -> bool {
@@ -99,12 +131,52 @@ impl ClientError {
             | ClientError::Io { .. }
             | ClientError::Closed { .. }
             | ClientError::Timeout { .. }
-            | ClientError::ShardMapChanged { .. } => true,
+            | ClientError::ShardMapChanged { .. }
+            | ClientError::OutcomeUnknown { .. } => true,
             ClientError::Disconnected { code, .. } => matches!(
                 code,
                 ErrorCode::Timeout | ErrorCode::ServerBusy | ErrorCode::ShuttingDown
             ),
             _ => false,
+        }
+    }
+
+    /// Whether this is the server's answer to the request itself, refusing it: nothing of
+    /// that request was applied. (A `ServerBusy` answer is not: it refuses a retry while
+    /// the first copy is still running.)
+    pub(crate) fn is_definitive(&self) -> bool {
+        match self {
+            ClientError::Server { code, .. } => *code != ErrorCode::ServerBusy,
+            ClientError::Rejected(_)
+            | ClientError::InvalidKey { .. }
+            | ClientError::Encode(_)
+            | ClientError::NoSuchConnection { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the server answered `ServerBusy` to the request: for a request with an
+    /// idempotency key, "a request with this key is still running; retry" (the first
+    /// copy was applied or is being applied).
+    pub(crate) fn is_busy(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Server {
+                code: ErrorCode::ServerBusy,
+                ..
+            }
+        )
+    }
+
+    /// This error as the end of a call in which a change may have been applied
+    /// (`maybe_applied`): then [`ClientError::OutcomeUnknown`], unless it is already.
+    pub(crate) fn settle(self, maybe_applied: bool) -> ClientError {
+        match self {
+            ClientError::OutcomeUnknown { .. } => self,
+            cause if maybe_applied => ClientError::OutcomeUnknown {
+                cause: Box::new(cause),
+            },
+            other => other,
         }
     }
 
@@ -114,6 +186,16 @@ impl ClientError {
             self,
             ClientError::Rejected(_) | ClientError::InvalidKey { .. } | ClientError::Encode(_)
         )
+    }
+}
+
+/// A refused operation; `Status::Unavailable`, whose outcome is unknown, becomes
+/// [`ClientError::OutcomeUnknown`].
+impl From<Rejection> for ClientError {
+    fn from(rejection: Rejection) -> Self {
+        let rejected = ClientError::Rejected(rejection);
+        let maybe_applied = rejection.is_outcome_unknown();
+        rejected.settle(maybe_applied)
     }
 }
 
@@ -177,6 +259,13 @@ impl ClientError {
             },
             ClientError::InvalidConfig(reason) => ClientError::InvalidConfig(reason.clone()),
             ClientError::TaskStopped => ClientError::TaskStopped,
+            ClientError::OutcomeUnknown { cause } => ClientError::OutcomeUnknown {
+                cause: Box::new(cause.replicate()),
+            },
+            ClientError::NoSuchConnection { index, count } => ClientError::NoSuchConnection {
+                index: *index,
+                count: *count,
+            },
         }
     }
 }

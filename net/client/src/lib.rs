@@ -16,36 +16,76 @@
 //! Retries are safe: with `retries > 0` (the default) every mutating call carries a random
 //! 128-bit idempotency key, and after a lost connection or a timeout the call is resent
 //! with the same key, which the server applies at most once. Reads are resent freely.
-//! Nothing else is retried. An `Error` frame with request id 0 is the server closing the
+//! A connect that fails (the server restarting) is tried again with backoff, and a resend
+//! that the server answers `ServerBusy` (its first copy still running) is sent again until
+//! that copy's results come back; all of it within the call's deadline
+//! ([`ClientConfig::call_timeout`]). Nothing else is retried. A call that changes counters
+//! and may have been applied without its answer reaching the client fails with
+//! [`ClientError::OutcomeUnknown`], never with an error that reads "not applied".
+//! An `Error` frame with request id 0 is the server closing the
 //! connection (idle timeout, connection limit, shutdown), reported as
 //! [`ClientError::Disconnected`] and handled as a lost connection; a connection the server
 //! closed while idle is noticed before the next call is sent on it, so that call goes out
-//! on a new connection. A reconnect that finds a new shard map re-routes.
+//! on a new connection. A reconnect that finds a new shard map re-routes; a shard port
+//! that refuses connections (a server restarted with fewer cores) sends the client to the
+//! main address, which brings the new map, or, if the map is the same, serves that core's
+//! keys by forwarding them.
+//!
+//! Timeouts: a call ends by its deadline, [`ClientConfig::call_timeout`] after it began,
+//! retries included; within it each attempt waits for its reply at most
+//! [`ClientConfig::read_timeout`] (see [`ClientConfig`]). A call that ran out of time is
+//! not withdrawn: the server may still apply what reached it, which is why such a call
+//! that changes counters ends with [`ClientError::OutcomeUnknown`]. For the same reason,
+//! dropping an `AsyncClient` call's future (for example in `tokio::time::timeout`) does
+//! not cancel a call already sent; use `call_timeout` to bound a call instead.
 //!
 //! A rate limiter: allow at most 100 requests per user per minute, never going over even
-//! under concurrency, by letting the server enforce a ceiling.
+//! under concurrency, by letting the server enforce a ceiling. `examples/rate_limiter.rs`
+//! is the same limiter, runnable and tested.
 //!
 //! ```no_run
-//! use tally_client::{Client, ClientError, Op};
-//! use tally_protocol::{BoundPolicy, Status};
+//! use tally_client::{BoundPolicy, Client, ClientError, Op, Status};
 //!
+//! const LIMIT: i64 = 100;
+//!
+//! /// Counts one request of `user` in minute `minute`; true if it is within the limit.
 //! fn allow(client: &mut Client, user: &str, minute: u64) -> Result<bool, ClientError> {
 //!     let key = format!("rate:{user}:{minute}");
-//!     // The first call in a window sets the ceiling; later ones find it already there.
-//!     let op = Op::Add { key: key.as_bytes(), delta: 1, policy: BoundPolicy::Reject };
-//!     match client.execute(&op) {
+//!     // Every call sets the ceiling and adds, in one frame to the key's core: the first
+//!     // call of a minute creates the counter with its bounds, later ones find them.
+//!     let ops = [
+//!         Op::SetBounds { key: key.as_bytes(), floor: Some(0), ceiling: Some(LIMIT) },
+//!         Op::Add { key: key.as_bytes(), delta: 1, policy: BoundPolicy::Reject },
+//!     ];
+//!     let results = client.batch(&ops)?;
+//!     // Tally has no expiry: the call that created this minute's counter deletes the
+//!     // previous minute's, so each user keeps at most two keys.
+//!     if !results[0]?.existed && minute > 0 {
+//!         client.del(format!("rate:{user}:{}", minute - 1))?;
+//!     }
+//!     match results[1] {
 //!         Ok(_) => Ok(true),
-//!         Err(ClientError::Rejected(rejection)) if rejection.status == Status::AboveCeiling => Ok(false),
-//!         Err(error) => Err(error),
+//!         Err(rejection) if rejection.status == Status::AboveCeiling => Ok(false),
+//!         Err(rejection) => Err(rejection.into()),
 //!     }
 //! }
 //!
 //! let mut client = Client::connect("127.0.0.1:7878")?;
-//! client.set_bounds("rate:alice:0", Some(0), Some(100))?;
-//! let allowed = allow(&mut client, "alice", 0)?;
+//! let minute = std::time::SystemTime::now()
+//!     .duration_since(std::time::UNIX_EPOCH)
+//!     .expect("clock after 1970")
+//!     .as_secs()
+//!     / 60;
+//! let allowed = allow(&mut client, "alice", minute)?;
 //! println!("allowed: {allowed}");
 //! # Ok::<(), ClientError>(())
 //! ```
+//!
+//! Callers on many machines share one limit as long as their clocks agree (each picks the
+//! minute from its own clock; one that is off counts into another minute's key). An error
+//! from `allow` may have counted the request ([`ClientError::OutcomeUnknown`]): whether to
+//! let such a request through is the caller's choice, but calling `allow` again for it
+//! counts it twice.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "tokio")]

@@ -2,7 +2,11 @@
 //!
 //! A rejection is the server saying "no" to one operation (a bound, an overflow, an
 //! invalid key); the counter is unchanged and the other operations of the batch are not
-//! affected. It is distinct from [`crate::ClientError`], which is about the call failing.
+//! affected. The one exception is [`Status::Unavailable`]: the server applied the
+//! operation in memory but could not make it durable, so whether it counts after a
+//! restart is unknown ([`Rejection::is_outcome_unknown`]); a single-operation call reports
+//! it as [`crate::ClientError::OutcomeUnknown`]. A rejection is distinct from
+//! [`crate::ClientError`], which is about the call failing.
 
 use tally_protocol::{OpReply, Status};
 
@@ -18,7 +22,8 @@ pub struct Outcome {
     pub clamped: bool,
 }
 
-/// An operation the server refused; nothing changed.
+/// An operation the server refused; nothing changed, unless the status is
+/// [`Status::Unavailable`] (see [`Rejection::is_outcome_unknown`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("{}", describe(*status, *detail))]
 pub struct Rejection {
@@ -26,6 +31,15 @@ pub struct Rejection {
     pub status: Status,
     /// The detail the status names (the floor, the ceiling, the current value, ...).
     pub detail: i64,
+}
+
+impl Rejection {
+    /// Whether the operation may have been applied after all: `Unavailable` means it was
+    /// applied in memory and its journal record may or may not have reached the disk
+    /// (`net/PROTOCOL.md`). Every other status means the counter is unchanged.
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.status == Status::Unavailable
+    }
 }
 
 fn describe(status: Status, detail: i64) -> String {
@@ -46,7 +60,8 @@ fn describe(status: Status, detail: i64) -> String {
             "storage full: the server could not grow its store or make room for this key".to_owned()
         }
         Status::Unavailable => {
-            "unavailable: the server could not make the operation durable".to_owned()
+            "unavailable: the server could not make the operation durable (outcome unknown)"
+                .to_owned()
         }
         other => format!("{} ({detail})", other.name()),
     }

@@ -328,3 +328,15 @@ fn invalid_configuration_is_refused() {
         Err(ClientError::InvalidConfig(_))
     ));
 }
+
+#[test]
+fn core_stats_of_a_connection_that_does_not_exist_is_an_error() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert!(client.core_stats(1).is_ok());
+    let error = client.core_stats(2).unwrap_err();
+    assert!(
+        matches!(error, ClientError::NoSuchConnection { index: 2, count: 2 }),
+        "{error:?}"
+    );
+}

@@ -23,7 +23,13 @@ fn without_retries(spin: Duration) -> ClientConfig {
     }
 }
 
+/// A mutation sent on a connection the server then parted: the client cannot tell
+/// whether it ran.
 fn assert_parting_timeout(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("expected an unknown outcome, got {error:?}");
+    };
+    let error = cause.as_ref();
     assert!(
         matches!(
             error,

@@ -5,11 +5,15 @@
 //! connection without replying, never reply at all, close idle connections with a
 //! parting `Error Timeout` of request id 0 (as tallyd does after its read timeout),
 //! answer a batch with that parting error instead of applying it, or hand new
-//! connections a different shard map (as a restarted server with other cores would).
+//! connections a different shard map (as a restarted server with other cores would),
+//! answer the retry of a batch with `ServerBusy` "still running" (as tallyd does while the
+//! first copy is in group commit), report `Unavailable` for the key "unavailable" after
+//! applying it, and close a port (refusing connections, as a stopped server does) and
+//! open it again.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -54,8 +58,25 @@ pub struct State {
     pub parted_connections: AtomicU64,
     /// Hello frames answered (one per connection opened by a client).
     pub hellos: AtomicU64,
+    /// Answer this many batches whose idempotency key is already known with `ServerBusy`
+    /// "still running", applying nothing (the first copy's results are kept).
+    pub busy_on_duplicate: AtomicU32,
+    /// Batches answered with that `ServerBusy`.
+    pub busy_replies: AtomicU64,
+    /// When `drop_after_apply` drops a connection, close every port too (the server went
+    /// away after applying the batch).
+    pub closed_ports_after_apply: AtomicBool,
+    /// Ports closed by [`FakeServer::close_port`]: `None` is the main port, `Some(core)` a
+    /// shard port. Their listeners stop and their connections close.
+    closed_ports: Mutex<HashSet<Option<usize>>>,
     /// The shard map handed to new connections and used to check routing.
     hello: Mutex<Option<HelloReply>>,
+}
+
+impl State {
+    fn port_closed(&self, core: Option<usize>) -> bool {
+        self.closed_ports.lock().unwrap().contains(&core)
+    }
 }
 
 /// How often an idle connection checks `part_idle`.
@@ -63,6 +84,7 @@ const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct FakeServer {
     pub main_addr: SocketAddr,
+    pub shard_addrs: Vec<SocketAddr>,
     pub hello: HelloReply,
     pub state: Arc<State>,
 }
@@ -83,15 +105,60 @@ impl FakeServer {
         *state.ops_per_core.lock().unwrap() = vec![0; core_count];
         *state.hello.lock().unwrap() = Some(hello.clone());
         let main_addr = main.local_addr().unwrap();
+        let shard_addrs = shards
+            .iter()
+            .map(|listener| listener.local_addr().unwrap())
+            .collect();
         spawn_listener(main, None, state.clone());
         for (core, listener) in shards.into_iter().enumerate() {
             spawn_listener(listener, Some(core), state.clone());
         }
         FakeServer {
             main_addr,
+            shard_addrs,
             hello,
             state,
         }
+    }
+
+    fn port_addr(&self, core: Option<usize>) -> SocketAddr {
+        core.map_or(self.main_addr, |core| self.shard_addrs[core])
+    }
+
+    /// Stops listening on a port (`None`: the main one) and closes its connections, as a
+    /// stopped server would: connecting to it is then refused. Returns once it is.
+    pub fn close_port(&self, core: Option<usize>) {
+        self.state.closed_ports.lock().unwrap().insert(core);
+        let addr = self.port_addr(core);
+        for _ in 0..500 {
+            if TcpStream::connect(addr).is_err() {
+                // Its connections notice within one idle poll.
+                std::thread::sleep(IDLE_POLL * 3);
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("port {addr} still accepts connections");
+    }
+
+    /// Listens on a closed port again.
+    pub fn reopen_port(&self, core: Option<usize>) {
+        let listener = TcpListener::bind(self.port_addr(core)).unwrap();
+        self.state.closed_ports.lock().unwrap().remove(&core);
+        spawn_listener(listener, core, self.state.clone());
+    }
+
+    /// Hands new connections a map with core 0 alone owning every partition, as a server
+    /// restarted with one core would; core 1's port should then be closed.
+    pub fn shrink_to_one_core(&self) -> HelloReply {
+        let hello = HelloReply::with_modulo_owners(
+            0xFA50,
+            self.hello.partition_count,
+            vec![self.hello.shard_ports[0]],
+        )
+        .unwrap();
+        *self.state.hello.lock().unwrap() = Some(hello.clone());
+        hello
     }
 
     /// Hands new connections `partition_count` partitions over the same shard ports, with
@@ -132,12 +199,24 @@ impl FakeServer {
     }
 }
 
+/// Accepts connections until the port is closed (the listener is then dropped, so
+/// connecting is refused).
 fn spawn_listener(listener: TcpListener, core: Option<usize>, state: Arc<State>) {
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let state = state.clone();
-            std::thread::spawn(move || serve(stream, core, &state));
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || loop {
+        if state.port_closed(core) {
+            return;
+        }
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                let state = state.clone();
+                std::thread::spawn(move || serve(stream, core, &state));
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return,
         }
     });
 }
@@ -221,6 +300,9 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
                         part(&mut stream, state);
                         return;
                     }
+                    if state.port_closed(core) {
+                        return;
+                    }
                 }
                 Err(_) => return,
             }
@@ -273,12 +355,34 @@ fn handle(
                 .idempotency_key
                 .and_then(|key| state.idempotency.lock().unwrap().get(&key).cloned())
             {
+                Some(_) if take_one(&state.busy_on_duplicate) => {
+                    state.busy_replies.fetch_add(1, Ordering::SeqCst);
+                    encode_error(
+                        out,
+                        request_id,
+                        ErrorCode::ServerBusy,
+                        "a request with this idempotency key is still running; retry",
+                    );
+                    return true;
+                }
                 Some(results) => {
                     state.duplicate_batches.fetch_add(1, Ordering::SeqCst);
                     results
                 }
                 None => {
-                    let results: Vec<OpReply> = batch.ops().map(|op| apply(state, op)).collect();
+                    let results: Vec<OpReply> = batch
+                        .ops()
+                        .map(|op| {
+                            let unavailable = op.key() == b"unavailable";
+                            let reply = apply(state, op);
+                            // Applied in memory, but the journal failed: outcome unknown.
+                            if unavailable {
+                                OpReply::error(Status::Unavailable, 0)
+                            } else {
+                                reply
+                            }
+                        })
+                        .collect();
                     if let Some(key) = batch.idempotency_key {
                         state
                             .idempotency
@@ -290,6 +394,11 @@ fn handle(
                 }
             };
             if take_one(&state.drop_after_apply) {
+                if state.closed_ports_after_apply.load(Ordering::SeqCst) {
+                    let mut closed = state.closed_ports.lock().unwrap();
+                    closed.insert(None);
+                    closed.extend((0..hello.shard_ports.len()).map(Some));
+                }
                 return false;
             }
             encode_batch_reply(out, request_id, &results).unwrap();

@@ -1,0 +1,312 @@
+//! Both clients' retry policy against the fake server: a resend that meets its first copy
+//! still running waits for that copy's results; a shard port that stops answering sends
+//! the client to the main port (for a new map, or to be forwarded); a call that may have
+//! been applied never ends with an error that reads "not applied"; a call made while the
+//! server restarts waits for it, within its deadline.
+
+mod fake_server;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fake_server::FakeServer;
+use tally_client::{AsyncClient, Client, ClientConfig, ClientError, Status};
+
+/// A key the fake server's map (2 cores, 16 partitions) gives to core 1.
+fn key_of_core_1(server: &FakeServer) -> String {
+    (0..)
+        .map(|index| format!("key:{index}"))
+        .find(|key| server.hello.owner_of_key(key.as_bytes()) == 1)
+        .unwrap()
+}
+
+fn with_call_timeout(call_timeout: Duration) -> ClientConfig {
+    ClientConfig {
+        call_timeout,
+        ..ClientConfig::default()
+    }
+}
+
+fn assert_unknown_after_refused_connect(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("an applied increment must not read as not applied: {error:?}");
+    };
+    assert!(matches!(**cause, ClientError::Connect { .. }), "{error:?}");
+}
+
+/// Reopens every port after `delay`, from another thread.
+fn reopen_later(server: &Arc<FakeServer>, delay: Duration) -> std::thread::JoinHandle<()> {
+    let server = server.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(delay);
+        server.reopen_port(Some(0));
+        server.reopen_port(Some(1));
+        server.reopen_port(None);
+    })
+}
+
+fn close_every_port(server: &FakeServer) {
+    server.close_port(Some(0));
+    server.close_port(Some(1));
+    server.close_port(None);
+}
+
+#[test]
+fn blocking_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server.state.busy_on_duplicate.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.state.busy_replies.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server.state.busy_on_duplicate.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.state.busy_replies.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_a_vanished_shard_port_asks_the_main_port_for_the_new_map() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert_eq!(client.incr(&key, 1).unwrap(), 1);
+    // Restarted with one core: core 1's port is gone.
+    let new_map = server.shrink_to_one_core();
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).unwrap(), 2);
+    assert_eq!(client.shard_map().shard_ports, new_map.shard_ports);
+    assert_eq!(client.connection_count(), 1);
+    assert_eq!(client.incr(&key, 1).unwrap(), 3);
+}
+
+#[tokio::test]
+async fn async_a_vanished_shard_port_asks_the_main_port_for_the_new_map() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
+    let new_map = server.shrink_to_one_core();
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 2);
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 3);
+    assert_eq!(client.shard_map().shard_ports, new_map.shard_ports);
+}
+
+#[test]
+fn blocking_an_unreachable_shard_port_falls_back_to_the_main_port() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert_eq!(client.incr(&key, 1).unwrap(), 1);
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).unwrap(), 2);
+    assert_eq!(client.incr(&key, 1).unwrap(), 3);
+    assert_eq!(server.state.main_port_ops.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn async_an_unreachable_shard_port_falls_back_to_the_main_port() {
+    let server = FakeServer::start(2, 16);
+    let key = key_of_core_1(&server);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
+    server.close_port(Some(1));
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 2);
+    assert_eq!(client.incr(&key, 1).await.unwrap(), 3);
+    assert_eq!(server.state.main_port_ops.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn blocking_an_applied_increment_whose_reconnects_are_refused_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(300));
+    let mut client = Client::connect_with(server.main_addr, config).unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    // The first copy is applied, its connection dropped, and every port then refuses.
+    server
+        .state
+        .closed_ports_after_apply
+        .store(true, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    assert_unknown_after_refused_connect(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_an_applied_increment_whose_reconnects_are_refused_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(300));
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server
+        .state
+        .closed_ports_after_apply
+        .store(true, Ordering::SeqCst);
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert_unknown_after_refused_connect(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_a_call_made_while_the_server_restarts_waits_for_it() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let mut client = Client::connect(server.main_addr).unwrap();
+    close_every_port(&server);
+    let reopened = reopen_later(&server, Duration::from_millis(300));
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    reopened.join().unwrap();
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_call_made_while_the_server_restarts_waits_for_it() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    close_every_port(&server);
+    let reopened = reopen_later(&server, Duration::from_millis(300));
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    reopened.join().unwrap();
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_a_call_that_sent_nothing_ends_by_its_deadline_saying_so() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(200));
+    let mut client = Client::connect_with(server.main_addr, config).unwrap();
+    close_every_port(&server);
+    let error = client.incr("like", 1).unwrap_err();
+    assert!(
+        matches!(error, ClientError::Connect { .. }),
+        "nothing was sent: {error:?}"
+    );
+}
+
+#[tokio::test]
+async fn async_a_call_that_sent_nothing_ends_by_its_deadline_saying_so() {
+    let server = FakeServer::start(2, 16);
+    let config = with_call_timeout(Duration::from_millis(200));
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    close_every_port(&server);
+    // Let the connection tasks see their connections closed, so nothing is written.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::Connect { .. }),
+        "nothing was sent: {error:?}"
+    );
+}
+
+fn assert_unavailable_is_unknown(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("Unavailable is of unknown outcome: {error:?}");
+    };
+    let ClientError::Rejected(rejection) = **cause else {
+        panic!("{error:?}");
+    };
+    assert_eq!(rejection.status, Status::Unavailable);
+    assert!(rejection.is_outcome_unknown());
+}
+
+#[test]
+fn blocking_unavailable_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert_unavailable_is_unknown(&client.incr("unavailable", 1).unwrap_err());
+    assert_eq!(server.value("unavailable"), Some(1));
+}
+
+#[tokio::test]
+async fn async_unavailable_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    assert_unavailable_is_unknown(&client.incr("unavailable", 1).await.unwrap_err());
+}
+
+#[tokio::test]
+async fn async_a_call_given_up_while_the_server_is_away_is_never_sent() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    close_every_port(&server);
+    // Let the connection tasks see their connections closed, so nothing is written.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(100), client.incr("like", 1)).await;
+    assert!(given_up.is_err(), "the server is away: {given_up:?}");
+    server.reopen_port(Some(0));
+    server.reopen_port(Some(1));
+    server.reopen_port(None);
+    // The task's next connect attempt comes within its backoff (at most 500 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(server.value("like"), None);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+}
+
+/// A batch of an increment on one core and the poisoned key (refused whole by the fake
+/// server) on the other.
+fn half_poisoned_batch(server: &FakeServer) -> Vec<tally_client::Op<String>> {
+    let poisoned_core = server.hello.owner_of_key(b"poison");
+    let other = (0..)
+        .map(|index| format!("key:{index}"))
+        .find(|key| server.hello.owner_of_key(key.as_bytes()) != poisoned_core)
+        .unwrap();
+    [other, "poison".to_owned()]
+        .into_iter()
+        .map(|key| tally_client::Op::Add {
+            key,
+            delta: 1,
+            policy: tally_client::BoundPolicy::Reject,
+        })
+        .collect()
+}
+
+/// Waits until the fake server has applied what was sent to `key` (its connection thread
+/// may still be reading it when the client returns).
+fn wait_for_value(server: &FakeServer, key: &[u8], value: i64) {
+    let key = std::str::from_utf8(key).unwrap();
+    for _ in 0..500 {
+        if server.value(key) == Some(value) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("{key} never reached {value}: {:?}", server.value(key));
+}
+
+fn assert_unknown_after_refusal(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("half the batch was applied: {error:?}");
+    };
+    assert!(matches!(**cause, ClientError::Server { .. }), "{error:?}");
+}
+
+#[test]
+fn blocking_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let ops = half_poisoned_batch(&server);
+    assert_unknown_after_refusal(&client.batch(&ops).unwrap_err());
+    wait_for_value(&server, ops[0].key(), 1);
+}
+
+#[tokio::test]
+async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let ops = half_poisoned_batch(&server);
+    assert_unknown_after_refusal(&client.batch(&ops).await.unwrap_err());
+    wait_for_value(&server, ops[0].key(), 1);
+}
