@@ -64,9 +64,10 @@ const CONNECTION: &[&str] = &[
     "allow_busy",
 ];
 const EXPIRY_WRITE: &[&str] = &["write", "fast"];
+const TRANSACTION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 /// The commands the door serves, in `COMMAND LIST` order.
-pub const COMMAND_TABLE: [CommandSpec; 25] = [
+pub const COMMAND_TABLE: [CommandSpec; 31] = [
     spec("ping", -1, &["fast"], NO_KEYS),
     spec("echo", 2, &["loading", "stale", "fast"], NO_KEYS),
     spec("hello", -1, CONNECTION, NO_KEYS),
@@ -92,6 +93,17 @@ pub const COMMAND_TABLE: [CommandSpec; 25] = [
     spec("persist", 2, EXPIRY_WRITE, ONE_KEY),
     spec("ttl", 2, READ_FAST, ONE_KEY),
     spec("pttl", 2, READ_FAST, ONE_KEY),
+    spec("multi", 1, TRANSACTION, NO_KEYS),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NO_KEYS,
+    ),
+    spec("discard", 1, TRANSACTION, NO_KEYS),
+    spec("watch", -2, TRANSACTION, ALL_KEYS),
+    spec("unwatch", 1, TRANSACTION, NO_KEYS),
+    spec("reset", 1, CONNECTION, NO_KEYS),
 ];
 
 /// `COMMAND HELP`, one simple string per line.

@@ -13,6 +13,7 @@
 //!   wrong arity, or carries a value Tally cannot use; the server replies with the error,
 //!   skips the request's bytes, and the connection stays usable.
 
+use crate::transaction::{TRANSACTION_BYTES_MAX, TRANSACTION_COMMANDS_MAX};
 use crate::{ARGUMENTS_MAX, KEY_BYTES_MAX, REPLY_DEPTH_MAX, REQUEST_BYTES_MAX};
 
 /// Why bytes could not be decoded, or why a well-framed command cannot be served.
@@ -99,9 +100,9 @@ pub enum RespError {
     #[error("NOPROTO unsupported protocol version")]
     UnsupportedProtocolVersion,
 
-    /// Server side: EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL or PTTL before Tally
-    /// has key expiry.
-    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL, PTTL)")]
+    /// Server side: EXPIRE, PEXPIRE, EXPIREAT or PEXPIREAT before Tally has key expiry
+    /// (TTL, PTTL and PERSIST are served: no key has an expiry).
+    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT)")]
     ExpiryUnsupported,
     /// Server side: an INCR, INCRBY, DECR or DECRBY would leave the i64 range.
     #[error("ERR increment or decrement would overflow")]
@@ -112,6 +113,33 @@ pub enum RespError {
     /// Server side: SELECT with a database other than 0.
     #[error("ERR DB index is out of range")]
     DatabaseIndexOutOfRange,
+    /// Server side: CLIENT SETNAME or HELLO SETNAME with a name holding a space, a control
+    /// character or a byte outside printable ASCII.
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    ClientNameInvalid,
+    /// Server side: MULTI inside MULTI.
+    #[error("ERR MULTI calls can not be nested")]
+    NestedMulti,
+    /// Server side: EXEC outside a transaction.
+    #[error("ERR EXEC without MULTI")]
+    ExecWithoutMulti,
+    /// Server side: DISCARD outside a transaction.
+    #[error("ERR DISCARD without MULTI")]
+    DiscardWithoutMulti,
+    /// Server side: EXEC after a command was refused while queuing; nothing ran.
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAborted,
+    /// Server side: WATCH inside MULTI.
+    #[error("ERR WATCH inside MULTI is not allowed")]
+    WatchInsideMulti,
+    /// Server side: WATCH, which Tally does not serve.
+    #[error(
+        "ERR Tally does not support WATCH: MULTI/EXEC transactions run without optimistic locking"
+    )]
+    WatchUnsupported,
+    /// Server side: one more queued command would exceed a transaction's limits.
+    #[error("ERR Tally's transaction limit reached: at most {TRANSACTION_COMMANDS_MAX} commands and {TRANSACTION_BYTES_MAX} bytes may be queued; the transaction is discarded at EXEC")]
+    TransactionTooLarge,
 }
 
 impl RespError {

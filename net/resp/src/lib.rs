@@ -52,6 +52,7 @@ pub mod error;
 pub mod number;
 pub mod reply;
 pub mod request;
+pub mod transaction;
 
 pub use command::{Command, CommandQuery};
 pub use error::RespError;

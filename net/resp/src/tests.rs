@@ -226,13 +226,13 @@ fn owned() -> impl Strategy<Value = Owned> {
         proptest::option::of(hello_options).prop_map(Owned::Hello),
         (0..7_u8, key()).prop_map(|(kind, key)| Owned::Key(kind, key)),
         (0..7_u8, key(), any::<i64>()).prop_map(|(k, key, v)| Owned::KeyInteger(k, key, v)),
-        (0..3_u8, keys()).prop_map(|(kind, keys)| Owned::Keys(kind, keys)),
+        (0..4_u8, keys()).prop_map(|(kind, keys)| Owned::Keys(kind, keys)),
         (0..4_u8, proptest::collection::vec(bytes(), 0..5))
             .prop_map(|(kind, strings)| Owned::Strings(kind, strings)),
         any::<i64>().prop_map(Owned::Select),
         bytes().prop_map(Owned::Name),
         (bytes(), bytes()).prop_map(|(a, v)| Owned::SetInfo(a, v)),
-        (0..6_u8).prop_map(Owned::Bare),
+        (0..12_u8).prop_map(Owned::Bare),
     ]
 }
 
@@ -291,6 +291,7 @@ fn borrow(owned: &Owned) -> Command<'_> {
             match kind {
                 0 => Command::Del { keys },
                 1 => Command::Exists { keys },
+                2 => Command::Watch { keys },
                 _ => Command::MGet { keys },
             }
         }
@@ -317,6 +318,12 @@ fn borrow(owned: &Owned) -> Command<'_> {
             2 => Command::ClientId,
             3 => Command::Command(CommandQuery::Table),
             4 => Command::Command(CommandQuery::Count),
+            5 => Command::Multi,
+            6 => Command::Exec,
+            7 => Command::Discard,
+            8 => Command::Unwatch,
+            9 => Command::Reset,
+            10 => Command::Command(CommandQuery::Help),
             _ => Command::Command(CommandQuery::List),
         },
     }

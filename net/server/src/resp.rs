@@ -18,6 +18,19 @@
 //! it counts the commands before it, and before the list would exceed the engine's
 //! batch limit. Per-key order holds as in [`Dispatch`].
 //!
+//! Transactions: `MULTI` ... `EXEC` is queued in the session (no counter is touched
+//! while queuing, so a transaction that is discarded, aborted, or cut off by a closed
+//! connection changes nothing). At `EXEC` the list so far is flushed, and the queued
+//! commands are served as one more pipelined list through the same [`Dispatch`]: each
+//! operation is applied exactly once, in order per key, and EXEC's reply leaves only
+//! once all of them are applied (and, for `durable`, on disk). Isolation is what the
+//! dispatch gives, not Redis's: each core applies its share of the transaction as one
+//! batch, without another client's operations in between, as long as the transaction
+//! fits one batch (`BATCH_OPS_MAX` operations) and holds no `INFO`; across cores, other
+//! clients' commands may interleave (another client may see the transaction's increment
+//! on one core before the one on another), and a crash may keep part of a transaction
+//! (one core's share and not another's). Increments are never lost or applied twice.
+//!
 //! Errors: a command error (unknown command, wrong arity, not an integer) is answered
 //! and the connection stays usable; a protocol error (garbage framing, oversized bulk)
 //! is answered, then the connection is closed, as Redis does. Limits: a request is at
@@ -44,6 +57,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tally_engine::{recycle_ops, BoundPolicy, Op, OpError, BATCH_OPS_MAX};
 use tally_resp::door::{CounterOp, CounterResult, Pending, ServerInfo, Session, Step};
+use tally_resp::transaction::Transaction;
 use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
 
 use crate::core::Core;
@@ -192,6 +206,16 @@ enum TurnEnd {
     Refuse(String),
 }
 
+/// What the turn does after a command.
+enum Next {
+    /// Go on with the next command.
+    Read,
+    /// The connection must close once the replies are sent: why.
+    Close(String),
+    /// Serve the transaction's commands (EXEC), then go on.
+    Exec(Transaction),
+}
+
 /// A reply of the turn, in request order: written at once, or waiting for results.
 enum Item<'a> {
     Staged(Range<usize>),
@@ -334,32 +358,56 @@ impl State {
                 }
             };
             commands += 1;
-            if let Some(close) = self.begin(core, parsed, &mut items, &mut ops).await {
-                end = TurnEnd::Close(close);
-                break;
+            let next = self.begin(core, parsed, &mut items, &mut ops).await;
+            // Counted once served, as Redis does: an INFO counts the commands before it
+            // in the pipeline, not itself.
+            core.resp.commands.set(core.resp.commands.get() + 1);
+            match next {
+                Next::Read => {}
+                Next::Close(reason) => {
+                    end = TurnEnd::Close(reason);
+                    break;
+                }
+                Next::Exec(transaction) => {
+                    self.flush(core, &mut items, &mut ops).await;
+                    self.exec(core, &transaction).await;
+                }
             }
         }
         self.flush(core, &mut items, &mut ops).await;
         self.ops = recycle_ops(ops);
         self.items = recycle_items(items);
-        core.resp
-            .commands
-            .set(core.resp.commands.get() + commands as u64);
         if commands == core.config.frames_in_flight_max && matches!(end, TurnEnd::Drained) {
             end = TurnEnd::LimitReached;
         }
         (consumed, end)
     }
 
-    /// Starts serving one command; `Some(reason)` if the connection closes after it.
+    /// Serves a transaction's commands after EXEC's array header (staged by `begin`,
+    /// and already flushed with what came before), as one pipelined list: one dispatch
+    /// unless the list outgrows a batch or holds an INFO.
+    async fn exec(&mut self, core: &Core, transaction: &Transaction) {
+        let mut items: Vec<Item<'_>> = Vec::new();
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        for command in transaction.commands() {
+            let next = self.begin(core, Ok(command), &mut items, &mut ops).await;
+            assert!(
+                matches!(next, Next::Read),
+                "no queued command ends the connection or starts a transaction"
+            );
+        }
+        self.flush(core, &mut items, &mut ops).await;
+    }
+
+    /// Starts serving one command; says what the turn does next.
     async fn begin<'a>(
         &mut self,
         core: &Core,
         parsed: tally_resp::Parsed<'a>,
         items: &mut Vec<Item<'a>>,
         ops: &mut Vec<Op<'a>>,
-    ) -> Option<String> {
-        let info = if matches!(parsed, Ok(Command::Info { .. })) {
+    ) -> Next {
+        let info = if matches!(parsed, Ok(Command::Info { .. })) && !self.session.in_transaction() {
             // INFO counts what came before it in the pipeline.
             self.flush(core, items, ops).await;
             server_info(core)
@@ -371,7 +419,7 @@ impl State {
             Step::Replied => items.push(Item::Staged(start..self.staged.len())),
             Step::ReplyThenClose => {
                 items.push(Item::Staged(start..self.staged.len()));
-                return Some("QUIT".to_string());
+                return Next::Close("QUIT".to_string());
             }
             Step::Apply(pending) => {
                 if !ops.is_empty() && ops.len() + pending.ops().len() > BATCH_OPS_MAX {
@@ -385,8 +433,12 @@ impl State {
                     ops: first..ops.len(),
                 });
             }
+            Step::Exec(transaction) => {
+                items.push(Item::Staged(start..self.staged.len()));
+                return Next::Exec(transaction);
+            }
         }
-        None
+        Next::Read
     }
 
     /// Applies the collected operations and writes every collected reply, in order,

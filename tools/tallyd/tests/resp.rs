@@ -188,14 +188,13 @@ fn pipelines_keep_their_order_across_cores() {
 fn errors_read_like_redis_and_keep_the_connection() {
     let daemon = Daemon::start(&[]);
     let mut redis = daemon.client();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["SET", "s", "hello"], "integers only"),
         (&["INCRBY", "s", "abc"], "not an integer"),
         (&["INCRBY", "s", "1.5"], "not an integer"),
         (&["INCR"], "wrong number of arguments"),
         (&["GET", "a", "b"], "wrong number of arguments"),
         (&["EXPIRE", "s", "10"], "expiry"),
-        (&["TTL", "s"], "expiry"),
         (&["LPUSH", "s", "x"], "unknown command"),
         (&["SET", "s", "1", "EX", "10"], "SET options"),
     ];
@@ -217,6 +216,55 @@ fn errors_read_like_redis_and_keep_the_connection() {
         "nothing changed"
     );
     assert_eq!(query::<String>(&mut redis, &["PING"]), "PONG");
+}
+
+#[test]
+fn transactions_apply_each_command_once_in_order() {
+    let daemon = Daemon::start(&[]);
+    let mut redis = daemon.client();
+    // An atomic pipeline is MULTI ... EXEC, as redis-py's default pipeline().
+    let (first, second): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("tx", 1)
+        .incr("tx", 1)
+        .query(&mut redis)
+        .expect("EXEC answers the replies");
+    assert_eq!((first, second), (1, 2));
+    // Keys on every core, and a transaction queued over several round trips.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for index in 0..50_i64 {
+        pipe.incr(format!("tx{index}"), index);
+    }
+    let values: Vec<i64> = pipe.query(&mut redis).expect("EXEC");
+    assert_eq!(values, (0..50).collect::<Vec<i64>>());
+    assert_eq!(query::<String>(&mut redis, &["MULTI"]), "OK");
+    assert_eq!(query::<String>(&mut redis, &["INCR", "tx"]), "QUEUED");
+    assert_eq!(query::<String>(&mut redis, &["GET", "tx"]), "QUEUED");
+    let replies: (i64, i64) = query(&mut redis, &["EXEC"]);
+    assert_eq!(replies, (3, 3));
+    // DISCARD and an aborted transaction apply nothing.
+    let mut raw = daemon.raw();
+    raw.write_all(b"MULTI\r\nINCR tx\r\nDISCARD\r\nMULTI\r\nINCR tx\r\nEXPIRE tx 10\r\nEXEC\r\nGET tx\r\nEXEC\r\nQUIT\r\n")
+        .unwrap();
+    assert_eq!(
+        read_to_close(&mut raw),
+        "+OK\r\n+QUEUED\r\n+OK\r\n+OK\r\n+QUEUED\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT)\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$1\r\n3\r\n-ERR EXEC without MULTI\r\n+OK\r\n"
+    );
+}
+
+#[test]
+fn ttl_reads_as_for_keys_without_expiry() {
+    let daemon = Daemon::start(&[]);
+    let mut redis = daemon.client();
+    assert_eq!(query::<i64>(&mut redis, &["TTL", "ttl"]), -2);
+    assert_eq!(query::<i64>(&mut redis, &["PTTL", "ttl"]), -2);
+    assert_eq!(query::<i64>(&mut redis, &["PERSIST", "ttl"]), 0);
+    assert_eq!(query::<i64>(&mut redis, &["INCR", "ttl"]), 1);
+    assert_eq!(query::<i64>(&mut redis, &["TTL", "ttl"]), -1);
+    assert_eq!(query::<i64>(&mut redis, &["PTTL", "ttl"]), -1);
+    assert_eq!(query::<i64>(&mut redis, &["PERSIST", "ttl"]), 0);
+    assert!(query_error(&mut redis, &["PEXPIRE", "ttl", "100"]).contains("expiry"));
 }
 
 #[test]
@@ -282,6 +330,24 @@ fn info_reports_real_figures() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn info_counts_every_command_before_it_in_a_pipeline() {
+    let daemon = Daemon::start(&[]);
+    let mut raw = daemon.raw();
+    let mut requests = b"INFO stats\r\n".to_vec();
+    requests.extend_from_slice(&b"PING\r\n".repeat(100));
+    requests.extend_from_slice(b"INFO stats\r\nQUIT\r\n");
+    raw.write_all(&requests).unwrap();
+    let received = read_to_close(&mut raw);
+    let counts: Vec<u64> = received
+        .lines()
+        .filter_map(|line| line.strip_prefix("total_commands_processed:"))
+        .map(|count| count.trim().parse().expect("a number"))
+        .collect();
+    assert_eq!(counts.len(), 2, "{received}");
+    assert_eq!(counts[1] - counts[0], 101, "the first INFO and 100 PINGs");
 }
 
 #[test]
