@@ -46,6 +46,7 @@
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod command_docs;
 pub mod command_table;
 pub mod door;
 pub mod error;

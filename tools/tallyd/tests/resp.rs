@@ -445,6 +445,31 @@ fn redis_cli_runs_commands() {
 }
 
 #[test]
+fn redis_cli_help_comes_from_command_docs() {
+    let daemon = Daemon::start(&[]);
+    let port = daemon.port();
+    // redis-cli builds its help table from COMMAND DOCS alone; an empty answer leaves
+    // `help` printing nothing.
+    let help = |topic: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str(), "help"];
+        all.extend_from_slice(topic);
+        run_tool("redis-cli", &all)
+    };
+    let incr = help(&["incr"]);
+    assert!(incr.contains("INCR"), "{incr}");
+    assert!(
+        incr.contains("Increment the integer value of a key by one"),
+        "{incr}"
+    );
+    let string_group = help(&["@string"]);
+    for name in ["INCRBY", "DECRBY", "MGET"] {
+        assert!(string_group.contains(name), "{name}: {string_group}");
+    }
+    let setname = help(&["client", "setname"]);
+    assert!(setname.contains("connection-name"), "{setname}");
+}
+
+#[test]
 fn redis_benchmark_completes_with_exact_counts() {
     let daemon = Daemon::start(&[]);
     let port = daemon.port();
