@@ -126,6 +126,7 @@ pub enum CommandQuery<'a> {
 impl<'a> Command<'a> {
     /// Interpret a framed, non-empty request.
     pub fn from_request(request: &Request<'a>) -> Result<Command<'a>, RespError> {
+        request.check_limits()?;
         let mut arguments = request.arguments();
         let Some(name) = arguments.next() else {
             // Empty requests are skipped by `crate::parse`; a caller framing by hand

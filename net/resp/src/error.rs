@@ -14,18 +14,24 @@
 //!   skips the request's bytes, and the connection stays usable.
 
 use crate::transaction::{TRANSACTION_BYTES_MAX, TRANSACTION_COMMANDS_MAX};
-use crate::{ARGUMENTS_MAX, KEY_BYTES_MAX, REPLY_DEPTH_MAX, REQUEST_BYTES_MAX};
+use crate::{ARGUMENTS_MAX, BULK_BYTES_MAX, KEY_BYTES_MAX, REPLY_DEPTH_MAX, REQUEST_BYTES_MAX};
 
 /// Why bytes could not be decoded, or why a well-framed command cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RespError {
-    /// A multibulk header `*<count>` is not an integer or exceeds [`ARGUMENTS_MAX`].
+    /// A multibulk header `*<count>` is not an integer.
     #[error("ERR Protocol error: invalid multibulk length")]
     InvalidMultibulkLength,
-    /// A bulk header `$<length>` is not an integer, negative, or over [`crate::BULK_BYTES_MAX`].
+    /// A multibulk header announces more arguments than [`REQUEST_BYTES_MAX`] can hold.
+    #[error("ERR Protocol error: multibulk length {count} cannot fit Tally's limit of {REQUEST_BYTES_MAX} bytes per request")]
+    MultibulkTooLong { count: usize },
+    /// A bulk header `$<length>` is not an integer, or negative.
     #[error("ERR Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    /// A bulk header announces more than [`REQUEST_BYTES_MAX`] bytes.
+    #[error("ERR Protocol error: bulk length {length} over Tally's limit of {REQUEST_BYTES_MAX} bytes per request")]
+    BulkTooLong { length: usize },
     /// The multibulk count line is longer than any valid count.
     #[error("ERR Protocol error: too big mbulk count string")]
     MultibulkCountTooLong,
@@ -42,7 +48,9 @@ pub enum RespError {
     #[error("ERR Protocol error: expected LF after CR")]
     MissingLineFeed,
     /// The request grows beyond [`REQUEST_BYTES_MAX`].
-    #[error("ERR Protocol error: request is larger than {REQUEST_BYTES_MAX} bytes")]
+    #[error(
+        "ERR Protocol error: request is larger than Tally's limit of {REQUEST_BYTES_MAX} bytes"
+    )]
     RequestTooLarge,
     /// An inline request has no newline within [`crate::INLINE_BYTES_MAX`] bytes.
     #[error("ERR Protocol error: too big inline request")]
@@ -53,9 +61,6 @@ pub enum RespError {
     /// An inline request uses a backslash escape inside double quotes.
     #[error("ERR Protocol error: escape sequences in inline requests are not supported")]
     InlineEscapeUnsupported,
-    /// An inline request has more than [`ARGUMENTS_MAX`] arguments.
-    #[error("ERR Protocol error: more than {ARGUMENTS_MAX} arguments in inline request")]
-    InlineTooManyArguments,
     /// A reply starts with a type byte this codec does not know (client side).
     #[error("ERR Protocol error: unknown reply type {}", printable(*found))]
     UnknownReplyType { found: u8 },
@@ -78,6 +83,13 @@ pub enum RespError {
     /// The command has too few or too many arguments (`command` is lower case).
     #[error("ERR wrong number of arguments for '{command}' command")]
     WrongArity { command: &'static str },
+    /// A well-framed request with more than [`ARGUMENTS_MAX`] arguments (Redis would
+    /// serve it): an `MGET`, `DEL` or `EXISTS` of more than 10,000 keys.
+    #[error("ERR request has {count} arguments, over Tally's limit of {ARGUMENTS_MAX} (at most 10000 keys per command)")]
+    TooManyArguments { count: usize },
+    /// A well-framed request with an argument over [`BULK_BYTES_MAX`] bytes.
+    #[error("ERR argument of {length} bytes, over Tally's limit of {BULK_BYTES_MAX} bytes")]
+    ArgumentTooLong { length: usize },
     /// An argument that must be a 64-bit signed integer is not one.
     #[error("ERR value is not an integer or out of range")]
     NotAnInteger,
@@ -149,7 +161,9 @@ impl RespError {
         matches!(
             self,
             RespError::InvalidMultibulkLength
+                | RespError::MultibulkTooLong { .. }
                 | RespError::InvalidBulkLength
+                | RespError::BulkTooLong { .. }
                 | RespError::MultibulkCountTooLong
                 | RespError::BulkCountTooLong
                 | RespError::ExpectedBulk { .. }
@@ -159,7 +173,6 @@ impl RespError {
                 | RespError::InlineTooLarge
                 | RespError::UnbalancedQuotes
                 | RespError::InlineEscapeUnsupported
-                | RespError::InlineTooManyArguments
                 | RespError::UnknownReplyType { .. }
                 | RespError::InvalidReplyNumber
                 | RespError::ReplyTooDeep

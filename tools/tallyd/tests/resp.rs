@@ -362,7 +362,7 @@ fn bad_input_gets_an_error_and_others_are_still_served() {
         ),
         (
             b"*2\r\n$3\r\nGET\r\n$99999999\r\n",
-            "-ERR Protocol error: invalid bulk length\r\n",
+            "-ERR Protocol error: bulk length 99999999 over Tally's limit of 4194304 bytes per request\r\n",
         ),
         (
             b"*2\r\n+GET\r\n",
@@ -390,6 +390,27 @@ fn bad_input_gets_an_error_and_others_are_still_served() {
     let _ = raw.write_all(&vec![b'a'; 70 * 1024]);
     assert!(read_to_close(&mut raw).starts_with("-ERR Protocol error: too big inline request"));
     assert_eq!(query::<i64>(&mut bystander, &["INCR", "steady"]), 2);
+}
+
+#[test]
+fn requests_over_the_argument_limits_are_refused_and_the_connection_stays() {
+    let daemon = Daemon::start(&[]);
+    let mut redis = daemon.client();
+    let keys: Vec<String> = (0..20_000).map(|index| format!("many{index}")).collect();
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().map(String::as_str));
+    let error = query_error(&mut redis, &del);
+    assert!(
+        error.contains("request has 20001 arguments, over Tally's limit of 10002"),
+        "{error}"
+    );
+    let long = "x".repeat(70_000);
+    let error = query_error(&mut redis, &["ECHO", &long]);
+    assert!(
+        error.contains("argument of 70000 bytes, over Tally's limit of 65536 bytes"),
+        "{error}"
+    );
+    assert_eq!(query::<String>(&mut redis, &["PING"]), "PONG");
 }
 
 #[test]
