@@ -36,8 +36,12 @@
 //! is answered, then the connection is closed, as Redis does. Limits: a request is at
 //! most `REQUEST_BYTES_MAX` bytes, so the input buffer grows to
 //! [`INPUT_BYTES_MAX`] at most and shrinks back once drained; connections count against
-//! the server's `connections_max` together with native ones; an idle connection is
-//! closed after `read_timeout_ms`, silently, as Redis's `timeout` does.
+//! the server's `connections_max` together with native ones. An idle connection is
+//! kept open, as Redis's default `timeout 0` does (pooled clients keep connections for
+//! a long time), unless `resp_idle_timeout_ms` is set: then it is closed silently after
+//! that long, as Redis's `timeout` does. A command whose first byte has arrived must
+//! still be complete within `read_timeout_ms`, so a slow sender is cut off
+//! ([`RespDeadline`]).
 //!
 //! `INFO` figures: each core publishes its counter count, arena bytes and RESP command
 //! count into [`RespShared`] every `POLL_INTERVAL` (10 ms) and right before it answers
@@ -51,7 +55,7 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -62,7 +66,7 @@ use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
 
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, RoutedResult};
-use crate::stream::{self, Input, ReadDeadline};
+use crate::stream::{self, Input};
 
 /// The input buffer's size between large requests.
 const INPUT_BYTES_INITIAL: usize = 16 * 1024;
@@ -230,8 +234,72 @@ enum Item<'a> {
 /// of a turn borrow the input while the state changes.
 struct Connection {
     input: Input,
-    deadline: ReadDeadline,
+    deadline: RespDeadline,
     state: State,
+}
+
+/// The read timeout of a RESP connection: `idle` between commands (`None`: wait for
+/// ever, as Redis does by default), and `request` from a command's first byte to its
+/// last, so that a client trickling a command cannot hold it open. Unlike the native
+/// door's `ReadDeadline`, the two differ, so the stream's timeout is set on each change.
+struct RespDeadline {
+    idle: Option<Duration>,
+    request: Option<Duration>,
+    /// When the partly read command must be complete, if one is.
+    request_deadline: Option<Instant>,
+    /// The timeout the stream has now.
+    current: Option<Duration>,
+}
+
+impl RespDeadline {
+    /// For a stream opened with [`stream::open`], which set `current` as its timeout.
+    fn new(idle: Option<Duration>, request: Option<Duration>, current: Option<Duration>) -> Self {
+        RespDeadline {
+            idle,
+            request,
+            request_deadline: None,
+            current,
+        }
+    }
+
+    /// Some command was completed: a partial one left in the input is the next one,
+    /// and its time counts from now.
+    fn request_done(&mut self) {
+        self.request_deadline = None;
+    }
+
+    /// Sets the stream's timeout for its next read; `partial` says whether part of a
+    /// command is buffered. `Err` (`TimedOut`) if that command's time is up already.
+    fn arm(&mut self, stream: &TcpStream, partial: bool) -> std::io::Result<()> {
+        let wanted = match (partial, self.request) {
+            (false, _) => {
+                self.request_deadline = None;
+                self.idle
+            }
+            (true, None) => None,
+            (true, Some(timeout)) => {
+                let now = Instant::now();
+                let deadline = *self.request_deadline.get_or_insert(now + timeout);
+                let left = deadline.saturating_duration_since(now);
+                if left.is_zero() {
+                    return Err(ErrorKind::TimedOut.into());
+                }
+                Some(left)
+            }
+        };
+        if wanted != self.current {
+            stream
+                .set_read_timeout(wanted)
+                .map_err(std::io::Error::from)?;
+            self.current = wanted;
+        }
+        Ok(())
+    }
+
+    /// Whether a command was partly read when the timeout struck.
+    fn within_request(&self) -> bool {
+        self.request_deadline.is_some()
+    }
 }
 
 /// Per-connection scratch, kept across turns.
@@ -251,7 +319,12 @@ impl Connection {
     fn new(core: &Core, connection_id: i64) -> Connection {
         Connection {
             input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
-            deadline: ReadDeadline::new(core.config.read_timeout()),
+            deadline: RespDeadline::new(
+                (core.config.resp_idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(core.config.resp_idle_timeout_ms)),
+                core.config.read_timeout(),
+                core.config.read_timeout(),
+            ),
             state: State {
                 session: Session::new(connection_id),
                 dispatch: Dispatch::new(core.cores),
@@ -291,7 +364,7 @@ impl Connection {
                     let reason = if self.deadline.within_request() {
                         "read timeout: a command did not complete within the read timeout of its first byte"
                     } else {
-                        "read timeout: nothing received for the read timeout"
+                        "idle timeout: nothing received for the RESP idle timeout"
                     };
                     return Ok(Ending::Refused(reason.to_string()));
                 }

@@ -428,9 +428,34 @@ fn connection_limit_and_read_timeout_apply() {
         read_to_close(&mut third),
         "-ERR max number of clients reached\r\n"
     );
-    // An idle connection is closed silently once the read timeout passes.
+    // Idle connections stay open past the read timeout, as Redis's `timeout 0`...
+    std::thread::sleep(Duration::from_millis(900));
+    second.write_all(b"PING\r\n").unwrap();
+    second.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    assert_eq!(query::<String>(&mut first, &["PING"]), "PONG");
+    // ...but a command must be complete within the read timeout of its first byte.
+    second.write_all(b"*1\r\n$4\r\nPI").unwrap();
+    let started = Instant::now();
     assert_eq!(read_to_close(&mut second), "");
-    drop(first);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_idle_timeout_closes_idle_connections_when_set() {
+    let daemon = Daemon::start(&["--resp-idle-timeout-ms", "300"]);
+    let mut raw = daemon.raw();
+    raw.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0_u8; 7];
+    raw.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let started = Instant::now();
+    assert_eq!(
+        read_to_close(&mut raw),
+        "",
+        "closed silently, as Redis does"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
 }
 
 fn run_tool(program: &str, args: &[&str]) -> String {
