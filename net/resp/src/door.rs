@@ -260,7 +260,8 @@ impl Session {
             }
             Command::Command(query) => write_command_query(out, &query, self.version),
             Command::Info { sections } => {
-                reply::write_bulk(out, info_text(info, &sections).as_bytes())
+                let text = info_text(info, &sections);
+                reply::write_text(out, text.as_bytes(), self.version);
             }
             Command::Quit => {
                 reply::write_ok(out);
@@ -733,6 +734,14 @@ mod tests {
             text.ends_with("+OK\r\n+QUEUED\r\n+RESET\r\n$-1\r\n-ERR EXEC without MULTI\r\n$-1\r\n+OK\r\n+QUEUED\r\n+OK\r\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn info_is_verbatim_text_in_resp3() {
+        let replies = serve(b"HELLO 3\r\nINFO keyspace\r\nHELLO 2\r\nINFO keyspace\r\n");
+        let text = String::from_utf8(replies).unwrap();
+        assert!(text.contains("=16\r\ntxt:# Keyspace\r\n\r\n"), "{text}");
+        assert!(text.ends_with("$12\r\n# Keyspace\r\n\r\n"), "{text}");
     }
 
     #[test]
