@@ -679,6 +679,40 @@ mod tests {
         assert_eq!(serve(b"MULTI\r\nEXEC\r\n"), b"+OK\r\n*0\r\n");
     }
 
+    proptest::proptest! {
+        /// EXEC answers exactly what the same commands answer pipelined, after its
+        /// array header, and leaves the counters as they would.
+        #[test]
+        fn exec_answers_as_the_same_pipeline(
+            commands in proptest::collection::vec((0..6_u8, 0..4_u8, -3..4_i64), 0..24),
+        ) {
+            let mut pipeline = Vec::new();
+            for (kind, key, delta) in &commands {
+                let line = match kind {
+                    0 => format!("INCR k{key}"),
+                    1 => format!("INCRBY k{key} {delta}"),
+                    2 => format!("GET k{key}"),
+                    3 => format!("DEL k{key} k{}", (key + 1) % 4),
+                    4 => format!("TTL k{key}"),
+                    _ => format!("MGET k{key} k0"),
+                };
+                pipeline.extend_from_slice(line.as_bytes());
+                pipeline.extend_from_slice(b"\r\n");
+            }
+            let check = b"MGET k0 k1 k2 k3\r\n";
+            let plain = serve(&[&pipeline[..], check].concat());
+            let transaction = serve(&[&b"MULTI\r\n"[..], &pipeline, b"EXEC\r\n", check].concat());
+            let mut expected = b"+OK\r\n".repeat(1);
+            expected.extend_from_slice(&b"+QUEUED\r\n".repeat(commands.len()));
+            expected.extend_from_slice(format!("*{}\r\n", commands.len()).as_bytes());
+            expected.extend_from_slice(&plain);
+            proptest::prop_assert_eq!(
+                String::from_utf8(transaction).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
+
     #[test]
     fn discard_drops_the_queue() {
         let replies = serve(b"MULTI\r\nINCR a\r\nDISCARD\r\nGET a\r\nEXEC\r\nDISCARD\r\n");
