@@ -702,7 +702,7 @@ mod tests {
             let check = b"MGET k0 k1 k2 k3\r\n";
             let plain = serve(&[&pipeline[..], check].concat());
             let transaction = serve(&[&b"MULTI\r\n"[..], &pipeline, b"EXEC\r\n", check].concat());
-            let mut expected = b"+OK\r\n".repeat(1);
+            let mut expected = b"+OK\r\n".to_vec();
             expected.extend_from_slice(&b"+QUEUED\r\n".repeat(commands.len()));
             expected.extend_from_slice(format!("*{}\r\n", commands.len()).as_bytes());
             expected.extend_from_slice(&plain);
