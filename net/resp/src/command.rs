@@ -86,6 +86,18 @@ pub enum Command<'a> {
     PTtl { key: &'a [u8] },
     /// `PERSIST key`.
     Persist { key: &'a [u8] },
+    /// `MULTI`: queue the following commands until `EXEC` or `DISCARD`.
+    Multi,
+    /// `EXEC`: run the queued commands, in order.
+    Exec,
+    /// `DISCARD`: drop the queued commands.
+    Discard,
+    /// `WATCH key [key ...]` (refused: Tally has no optimistic locking).
+    Watch { keys: Vec<&'a [u8]> },
+    /// `UNWATCH` (nothing is ever watched).
+    Unwatch,
+    /// `RESET`: back to a new connection's state (RESP2, no name, no transaction).
+    Reset,
 }
 
 /// Most arguments an expiry command with a time takes, counting the name: Redis 7's
@@ -114,6 +126,7 @@ pub enum CommandQuery<'a> {
 impl<'a> Command<'a> {
     /// Interpret a framed, non-empty request.
     pub fn from_request(request: &Request<'a>) -> Result<Command<'a>, RespError> {
+        request.check_limits()?;
         let mut arguments = request.arguments();
         let Some(name) = arguments.next() else {
             // Empty requests are skipped by `crate::parse`; a caller framing by hand
@@ -227,6 +240,34 @@ impl<'a> Parser<'a> {
             self.parse_config()?
         } else if is("client") {
             self.parse_client()?
+        } else {
+            return self.parse_transaction();
+        };
+        Ok(command)
+    }
+
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH and RESET.
+    fn parse_transaction(mut self) -> Result<Command<'a>, RespError> {
+        let name = self.name;
+        let is = |candidate: &str| name.eq_ignore_ascii_case(candidate.as_bytes());
+        let command = if is("multi") {
+            self.arity("multi", 1, 1)?;
+            Command::Multi
+        } else if is("exec") {
+            self.arity("exec", 1, 1)?;
+            Command::Exec
+        } else if is("discard") {
+            self.arity("discard", 1, 1)?;
+            Command::Discard
+        } else if is("watch") {
+            self.arity("watch", 2, usize::MAX)?;
+            Command::Watch { keys: self.keys()? }
+        } else if is("unwatch") {
+            self.arity("unwatch", 1, 1)?;
+            Command::Unwatch
+        } else if is("reset") {
+            self.arity("reset", 1, 1)?;
+            Command::Reset
         } else {
             return self.parse_expiry();
         };
@@ -601,8 +642,24 @@ impl Command<'_> {
             Command::PTtl { key } => {
                 writer.bytes(b"PTTL").bytes(key);
             }
-            _ => unreachable!("every other command is written by write_arguments"),
+            _ => self.write_transaction_arguments(writer),
         }
+    }
+
+    fn write_transaction_arguments(&self, writer: &mut RequestWriter) {
+        let name: &[u8] = match self {
+            Command::Multi => b"MULTI",
+            Command::Exec => b"EXEC",
+            Command::Discard => b"DISCARD",
+            Command::Watch { keys } => {
+                writer.bytes(b"WATCH").all(keys);
+                return;
+            }
+            Command::Unwatch => b"UNWATCH",
+            Command::Reset => b"RESET",
+            _ => unreachable!("every other command is written by write_arguments"),
+        };
+        writer.bytes(name);
     }
 }
 

@@ -17,10 +17,12 @@
 //!
 //! Names, arities, flags and key positions are Redis 7.0's for the same commands, so a
 //! client library that reads the table (to find keys, or to check arity) sees what it
-//! would on Redis. `COMMAND DOCS` answers, for each known name asked for, the name with an
-//! empty documentation map; with no names it answers an empty map, so that `redis-cli`
-//! (which asks at start) keeps its own built-in help rather than empty entries.
+//! would on Redis. `COMMAND DOCS` answers each known name asked for (every command when
+//! none is) with its documentation from [`crate::command_docs`]: `redis-cli` asks for all
+//! of it at start and builds its `help`, hints and completion from the answer alone (an
+//! empty answer leaves it with no help at all).
 
+use crate::command_docs::{self, find_doc, CommandDoc, COMMAND_DOCS};
 use crate::reply::{self, ProtocolVersion};
 
 /// One command the door serves, with what `COMMAND INFO` says about it.
@@ -64,9 +66,10 @@ const CONNECTION: &[&str] = &[
     "allow_busy",
 ];
 const EXPIRY_WRITE: &[&str] = &["write", "fast"];
+const TRANSACTION: &[&str] = &["noscript", "loading", "stale", "fast", "allow_busy"];
 
 /// The commands the door serves, in `COMMAND LIST` order.
-pub const COMMAND_TABLE: [CommandSpec; 25] = [
+pub const COMMAND_TABLE: [CommandSpec; 31] = [
     spec("ping", -1, &["fast"], NO_KEYS),
     spec("echo", 2, &["loading", "stale", "fast"], NO_KEYS),
     spec("hello", -1, CONNECTION, NO_KEYS),
@@ -92,6 +95,17 @@ pub const COMMAND_TABLE: [CommandSpec; 25] = [
     spec("persist", 2, EXPIRY_WRITE, ONE_KEY),
     spec("ttl", 2, READ_FAST, ONE_KEY),
     spec("pttl", 2, READ_FAST, ONE_KEY),
+    spec("multi", 1, TRANSACTION, NO_KEYS),
+    spec(
+        "exec",
+        1,
+        &["noscript", "loading", "stale", "skip_slowlog"],
+        NO_KEYS,
+    ),
+    spec("discard", 1, TRANSACTION, NO_KEYS),
+    spec("watch", -2, TRANSACTION, ALL_KEYS),
+    spec("unwatch", 1, TRANSACTION, NO_KEYS),
+    spec("reset", 1, CONNECTION, NO_KEYS),
 ];
 
 /// `COMMAND HELP`, one simple string per line.
@@ -106,7 +120,7 @@ pub const COMMAND_HELP: [&str; 13] = [
     "INFO [<command-name> ...]",
     "    Return details about the named commands (nil for an unknown name), or all.",
     "DOCS [<command-name> ...]",
-    "    Return an empty documentation map for each named command.",
+    "    Return documentation details about the named commands, or all.",
     "HELP",
     "    Print this help.",
 ];
@@ -159,14 +173,22 @@ pub fn write_infos(out: &mut Vec<u8>, names: &[&[u8]], version: ProtocolVersion)
     }
 }
 
-/// `COMMAND DOCS [name ...]`: a map from each known name asked for to an empty map (unknown
-/// names are left out, as Redis does); with no names, an empty map (see the module docs).
+/// `COMMAND DOCS [name ...]`: a map from each known name asked for to its documentation
+/// (unknown names are left out, as Redis does); with no names, every command's.
 pub fn write_docs(out: &mut Vec<u8>, names: &[&[u8]], version: ProtocolVersion) {
-    let known: Vec<&CommandSpec> = names.iter().filter_map(|name| find(name)).collect();
+    if names.is_empty() {
+        reply::write_map_header(out, COMMAND_DOCS.len(), version);
+        for doc in &COMMAND_DOCS {
+            reply::write_bulk(out, doc.name.as_bytes());
+            command_docs::write_doc(out, doc, version);
+        }
+        return;
+    }
+    let known: Vec<&CommandDoc> = names.iter().filter_map(|name| find_doc(name)).collect();
     reply::write_map_header(out, known.len(), version);
-    for spec in known {
-        reply::write_bulk(out, spec.name.as_bytes());
-        reply::write_map_header(out, 0, version);
+    for doc in known {
+        reply::write_bulk(out, doc.name.as_bytes());
+        command_docs::write_doc(out, doc, version);
     }
 }
 
@@ -218,9 +240,17 @@ mod tests {
             &[b"get", b"nosuch", b"INCR"],
             ProtocolVersion::Resp3,
         );
-        assert_eq!(out, b"%2\r\n$3\r\nget\r\n%0\r\n$4\r\nincr\r\n%0\r\n");
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(
+            text.starts_with(
+                "%2\r\n$3\r\nget\r\n%5\r\n$7\r\nsummary\r\n$22\r\nGet the value of a key\r\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("$4\r\nincr\r\n%5\r\n"), "{text}");
         out.clear();
         write_docs(&mut out, &[], ProtocolVersion::Resp2);
-        assert_eq!(out, b"*0\r\n");
+        let all = format!("*{}\r\n$4\r\nping\r\n*10\r\n", 2 * COMMAND_TABLE.len());
+        assert!(out.starts_with(all.as_bytes()));
     }
 }

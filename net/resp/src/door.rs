@@ -2,23 +2,37 @@
 //! does to counters and how the results read in RESP, so that the server only moves
 //! bytes and applies [`CounterOp`]s.
 //!
-//! A connection keeps a [`Session`] (its RESP version and client name). For each parsed
-//! command the server calls [`Session::begin`], which either writes the whole reply
-//! (PING, ECHO, HELLO, COMMAND, CONFIG GET, INFO, errors, ...) or returns a [`Pending`]
-//! holding the counter operations to apply, in order; once applied, the server calls
-//! [`Pending::finish`] with one [`CounterResult`] per operation and the reply is written.
+//! A connection keeps a [`Session`] (its RESP version, client name, and the transaction
+//! it is queuing, if any). For each parsed command the server calls [`Session::begin`],
+//! which either writes the whole reply (PING, ECHO, HELLO, COMMAND, CONFIG GET, INFO,
+//! errors, `+QUEUED`, ...) or returns a [`Pending`] holding the counter operations to
+//! apply, in order; once applied, the server calls [`Pending::finish`] with one
+//! [`CounterResult`] per operation and the reply is written.
 //!
 //! Semantics, as in Redis where Redis has them: `GET` of a missing key is a null, of an
 //! existing one its decimal value as a bulk string; `DEL` and `EXISTS` count keys that
 //! existed; `MGET` is an array of bulks and nulls; `SET` replies `+OK`; `INCR`, `INCRBY`,
 //! `DECR`, `DECRBY` reply with the new value. `DECRBY key -9223372036854775808` is
-//! refused before anything is applied, since its negation does not fit an i64. Expiry
-//! commands are refused until Tally has expiry; `SELECT` accepts only database 0.
+//! refused before anything is applied, since its negation does not fit an i64. No key
+//! has an expiry: `TTL` and `PTTL` answer -2 for a missing key and -1 for an existing
+//! one, `PERSIST` answers 0, and the commands that would set an expiry are refused.
+//! `SELECT` accepts only database 0.
+//!
+//! Transactions: `MULTI` starts queuing ([`Transaction`]); each command then answers
+//! `+QUEUED`, except EXEC, DISCARD, QUIT and RESET, which act at once, and MULTI and
+//! WATCH, which are errors that leave the transaction as it was, as in Redis. A command
+//! refused while queuing (see [`crate::transaction`]) aborts the transaction: `EXEC`
+//! answers `EXECABORT` and nothing runs. Otherwise `EXEC` yields [`Step::Exec`], and the
+//! server serves the queued commands in order, like a pipeline, their replies forming
+//! EXEC's array. An error met while applying (an overflow, a full store) fails only its
+//! own command, as in Redis, which has no rollback either. `WATCH` is refused: Tally has
+//! no optimistic locking; `UNWATCH` answers `+OK`, since nothing is ever watched.
 
 use crate::command::{Command, CommandQuery};
 use crate::command_table::{self, COMMAND_TABLE};
 use crate::error::RespError;
 use crate::reply::{self, ProtocolVersion};
+use crate::transaction::Transaction;
 
 /// One operation on one counter, as the engine understands it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,6 +81,8 @@ pub struct Session {
     version: ProtocolVersion,
     connection_id: i64,
     client_name: Vec<u8>,
+    /// The commands queued since `MULTI`; `None` outside a transaction.
+    transaction: Option<Transaction>,
 }
 
 /// What to do after [`Session::begin`].
@@ -78,8 +94,12 @@ pub enum Step<'a> {
     ReplyThenClose,
     /// Apply the operations, then call [`Pending::finish`].
     Apply(Pending<'a>),
+    /// `EXEC`: the reply's array header is written; serve each of the transaction's
+    /// [`Transaction::commands`] with [`Session::begin`], in order (their replies are
+    /// the array's elements), then go on. None of them is MULTI, EXEC, DISCARD, WATCH,
+    /// RESET or QUIT, so serving them never yields `Exec` or `ReplyThenClose`.
+    Exec(Transaction),
 }
-
 /// A command waiting for its counter operations to be applied.
 #[derive(Debug)]
 pub struct Pending<'a> {
@@ -105,21 +125,29 @@ enum PendingKind {
     /// Reply with how many of the keys existed.
     Count,
     MGet,
+    /// TTL or PTTL: -1 for an existing key (no key has an expiry), -2 for a missing one.
+    Ttl,
 }
 
 impl Session {
-    /// A new connection's session: RESP2, no name.
+    /// A new connection's session: RESP2, no name, no transaction.
     pub fn new(connection_id: i64) -> Self {
         Session {
             version: ProtocolVersion::Resp2,
             connection_id,
             client_name: Vec::new(),
+            transaction: None,
         }
     }
 
     /// The RESP version replies are written in.
     pub fn version(&self) -> ProtocolVersion {
         self.version
+    }
+
+    /// Whether the connection is queuing a transaction (between MULTI and EXEC).
+    pub fn in_transaction(&self) -> bool {
+        self.transaction.is_some()
     }
 
     /// Start serving `parsed` (the command, or its command error), writing to `out`.
@@ -129,7 +157,14 @@ impl Session {
         info: &ServerInfo,
         out: &mut Vec<u8>,
     ) -> Step<'a> {
-        let command = match parsed {
+        if self.transaction.is_some() {
+            return self.queue(parsed, info, out);
+        }
+        let refused = parsed.and_then(|command| match refusal(&command) {
+            Some(error) => Err(error),
+            None => Ok(command),
+        });
+        let command = match refused {
             Ok(command) => command,
             Err(error) => {
                 error.write_reply(out);
@@ -144,6 +179,58 @@ impl Session {
             }
             Route::Other(command) => self.administrative(command, info, out),
         }
+    }
+
+    /// Inside MULTI: queue the command, or answer the few that act at once, as Redis
+    /// does. A command refused now aborts the transaction, so that EXEC runs nothing
+    /// rather than part of what the client meant.
+    fn queue<'a>(
+        &mut self,
+        parsed: Result<Command<'a>, RespError>,
+        info: &ServerInfo,
+        out: &mut Vec<u8>,
+    ) -> Step<'a> {
+        let transaction = self
+            .transaction
+            .as_mut()
+            .expect("queue is called inside MULTI");
+        let queued = match parsed {
+            Ok(Command::Exec) => {
+                let transaction = self.transaction.take().expect("inside MULTI");
+                if transaction.is_aborted() {
+                    RespError::ExecAborted.write_reply(out);
+                    return Step::Replied;
+                }
+                reply::write_array_header(out, transaction.len());
+                return Step::Exec(transaction);
+            }
+            Ok(Command::Discard) => {
+                self.transaction = None;
+                reply::write_ok(out);
+                return Step::Replied;
+            }
+            Ok(command @ (Command::Quit | Command::Reset)) => {
+                return self.administrative(command, info, out)
+            }
+            // Redis answers these two and leaves the transaction as it was.
+            Ok(Command::Multi) => Err(RespError::NestedMulti),
+            Ok(Command::Watch { .. }) => Err(RespError::WatchInsideMulti),
+            Ok(command) => match refusal(&command) {
+                Some(error) => Err(error),
+                None => transaction.queue(&command),
+            },
+            Err(error) => Err(error),
+        };
+        match queued {
+            Ok(()) => reply::write_simple(out, "QUEUED"),
+            Err(error) => {
+                if !matches!(error, RespError::NestedMulti | RespError::WatchInsideMulti) {
+                    transaction.abort();
+                }
+                error.write_reply(out);
+            }
+        }
+        Step::Replied
     }
 
     fn administrative(
@@ -173,14 +260,14 @@ impl Session {
             }
             Command::Command(query) => write_command_query(out, &query, self.version),
             Command::Info { sections } => {
-                reply::write_bulk(out, info_text(info, &sections).as_bytes())
+                let text = info_text(info, &sections);
+                reply::write_text(out, text.as_bytes(), self.version);
             }
             Command::Quit => {
                 reply::write_ok(out);
                 return Step::ReplyThenClose;
             }
-            Command::Select { index: 0 } => reply::write_ok(out),
-            Command::Select { .. } => RespError::DatabaseIndexOutOfRange.write_reply(out),
+            Command::Select { .. } => reply::write_ok(out),
             Command::ConfigGet { parameters } => write_config(out, &parameters, self.version),
             Command::ClientSetName { name } => {
                 self.client_name = name.to_vec();
@@ -192,18 +279,61 @@ impl Session {
             Command::ClientGetName => reply::write_bulk(out, &self.client_name),
             Command::ClientId => reply::write_integer(out, self.connection_id),
             Command::ClientSetInfo { .. } => reply::write_ok(out),
-            Command::Expire { .. }
-            | Command::PExpire { .. }
-            | Command::ExpireAt { .. }
-            | Command::PExpireAt { .. }
-            | Command::Persist { .. }
-            | Command::Ttl { .. }
-            | Command::PTtl { .. } => RespError::ExpiryUnsupported.write_reply(out),
-            // Counter commands were taken by `counter_ops`; a new variant lands here.
-            _ => RespError::Syntax.write_reply(out),
+            other => self.transaction_control(other, out),
         }
         Step::Replied
     }
+
+    /// MULTI, EXEC and DISCARD outside a transaction, WATCH, UNWATCH, RESET and
+    /// PERSIST; counter commands were taken by [`route`], refusals by [`refusal`].
+    fn transaction_control(&mut self, command: Command<'_>, out: &mut Vec<u8>) {
+        match command {
+            Command::Multi => {
+                self.transaction = Some(Transaction::default());
+                reply::write_ok(out);
+            }
+            Command::Exec => RespError::ExecWithoutMulti.write_reply(out),
+            Command::Discard => RespError::DiscardWithoutMulti.write_reply(out),
+            Command::Watch { .. } => RespError::WatchUnsupported.write_reply(out),
+            // Nothing is ever watched, so there is nothing to forget.
+            Command::Unwatch => reply::write_ok(out),
+            Command::Reset => {
+                *self = Session::new(self.connection_id);
+                reply::write_simple(out, "RESET");
+            }
+            // No key has an expiry to remove, whether it exists or not.
+            Command::Persist { .. } => reply::write_integer(out, 0),
+            // A new variant lands here until it is served.
+            _ => RespError::Syntax.write_reply(out),
+        }
+    }
+}
+
+/// Why `command` is refused whatever the counters hold, if it is: known before anything
+/// is applied, so inside MULTI it aborts the transaction instead of being queued.
+fn refusal(command: &Command<'_>) -> Option<RespError> {
+    match command {
+        Command::Expire { .. }
+        | Command::PExpire { .. }
+        | Command::ExpireAt { .. }
+        | Command::PExpireAt { .. } => Some(RespError::ExpiryUnsupported),
+        Command::DecrBy { delta, .. } if delta.checked_neg().is_none() => {
+            Some(RespError::DecrementOverflow)
+        }
+        Command::Select { index } if *index != 0 => Some(RespError::DatabaseIndexOutOfRange),
+        Command::ClientSetName { name }
+        | Command::Hello {
+            client_name: Some(name),
+            ..
+        } if !is_valid_client_name(name) => Some(RespError::ClientNameInvalid),
+        _ => None,
+    }
+}
+
+/// Redis's rule: every byte printable ASCII other than space (`!` to `~`); the empty
+/// name clears the name.
+fn is_valid_client_name(name: &[u8]) -> bool {
+    name.iter().all(|byte| (b'!'..=b'~').contains(byte))
 }
 
 /// Where a command goes: to the counters, refused before touching them, or elsewhere.
@@ -241,6 +371,9 @@ fn route<'a>(command: Command<'a>) -> Route<'a> {
         Command::Del { keys } => many(PendingKind::Count, keys, |key| CounterOp::Delete { key }),
         Command::Exists { keys } => many(PendingKind::Count, keys, |key| CounterOp::Exists { key }),
         Command::MGet { keys } => many(PendingKind::MGet, keys, |key| CounterOp::Get { key }),
+        Command::Ttl { key } | Command::PTtl { key } => {
+            one(PendingKind::Ttl, CounterOp::Exists { key })
+        }
         other => Route::Other(other),
     }
 }
@@ -276,6 +409,12 @@ impl<'a> Pending<'a> {
                 for result in results {
                     write_value_or_null(out, result, version);
                 }
+            }
+            PendingKind::Ttl => {
+                const MISSING: i64 = -2;
+                const NO_EXPIRY: i64 = -1;
+                let existed = applied(&results[0]).1;
+                reply::write_integer(out, if existed { NO_EXPIRY } else { MISSING });
             }
         }
     }
@@ -405,20 +544,35 @@ mod tests {
         let (mut out, mut start) = (Vec::new(), 0);
         while let Some((parsed, consumed)) = parse(&requests[start..]).expect("valid framing") {
             start += consumed;
-            match session.begin(parsed, &ServerInfo::default(), &mut out) {
-                Step::Replied => {}
-                Step::ReplyThenClose => break,
-                Step::Apply(pending) => {
-                    let results: Vec<CounterResult> = pending
-                        .ops()
-                        .iter()
-                        .map(|op| apply(&mut model, op))
-                        .collect();
-                    pending.finish(&results, session.version(), &mut out);
-                }
+            if !serve_one(&mut session, &mut model, parsed, &mut out) {
+                break;
             }
         }
         out
+    }
+
+    /// Serves one command as the server does; `false` once the connection would close.
+    fn serve_one(
+        session: &mut Session,
+        model: &mut HashMap<Vec<u8>, i64>,
+        parsed: Result<Command<'_>, RespError>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        match session.begin(parsed, &ServerInfo::default(), out) {
+            Step::Replied => {}
+            Step::ReplyThenClose => return false,
+            Step::Apply(pending) => {
+                let results: Vec<CounterResult> =
+                    pending.ops().iter().map(|op| apply(model, op)).collect();
+                pending.finish(&results, session.version(), out);
+            }
+            Step::Exec(transaction) => {
+                for command in transaction.commands() {
+                    assert!(serve_one(session, model, Ok(command), out));
+                }
+            }
+        }
+        true
     }
 
     fn apply(model: &mut HashMap<Vec<u8>, i64>, op: &CounterOp<'_>) -> CounterResult {
@@ -474,7 +628,7 @@ mod tests {
         let text = String::from_utf8(replies).unwrap();
         assert_eq!(
             text,
-            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL, PTTL)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
+            "+OK\r\n-ERR increment or decrement would overflow\r\n-ERR decrement would overflow\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT)\r\n-ERR DB index is out of range\r\n-ERR wrong number of arguments for 'incr' command\r\n"
         );
     }
 
@@ -488,9 +642,6 @@ mod tests {
             b"EXPIREAT k 1900000000\r\n",
             b"EXPIREAT k 1900000000 LT\r\n",
             b"PEXPIREAT k 1900000000000 NX\r\n",
-            b"PERSIST k\r\n",
-            b"TTL k\r\n",
-            b"PTTL k\r\n",
         ];
         for request in requests {
             let reply = String::from_utf8(serve(request)).unwrap();
@@ -509,6 +660,135 @@ mod tests {
     }
 
     #[test]
+    fn ttl_and_persist_answer_as_for_keys_without_expiry() {
+        let replies =
+            serve(b"TTL k\r\nPTTL k\r\nPERSIST k\r\nINCR k\r\nTTL k\r\nPTTL k\r\nPERSIST k\r\n");
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            ":-2\r\n:-2\r\n:0\r\n:1\r\n:-1\r\n:-1\r\n:0\r\n"
+        );
+    }
+
+    #[test]
+    fn exec_runs_the_queued_commands_in_order() {
+        let replies = serve(b"MULTI\r\nINCR a\r\nINCRBY a 5\r\nGET a\r\nPING\r\nEXEC\r\nGET a\r\n");
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*4\r\n:1\r\n:6\r\n$1\r\n6\r\n+PONG\r\n$1\r\n6\r\n"
+        );
+        assert_eq!(serve(b"MULTI\r\nEXEC\r\n"), b"+OK\r\n*0\r\n");
+    }
+
+    proptest::proptest! {
+        /// EXEC answers exactly what the same commands answer pipelined, after its
+        /// array header, and leaves the counters as they would.
+        #[test]
+        fn exec_answers_as_the_same_pipeline(
+            commands in proptest::collection::vec((0..6_u8, 0..4_u8, -3..4_i64), 0..24),
+        ) {
+            let mut pipeline = Vec::new();
+            for (kind, key, delta) in &commands {
+                let line = match kind {
+                    0 => format!("INCR k{key}"),
+                    1 => format!("INCRBY k{key} {delta}"),
+                    2 => format!("GET k{key}"),
+                    3 => format!("DEL k{key} k{}", (key + 1) % 4),
+                    4 => format!("TTL k{key}"),
+                    _ => format!("MGET k{key} k0"),
+                };
+                pipeline.extend_from_slice(line.as_bytes());
+                pipeline.extend_from_slice(b"\r\n");
+            }
+            let check = b"MGET k0 k1 k2 k3\r\n";
+            let plain = serve(&[&pipeline[..], check].concat());
+            let transaction = serve(&[&b"MULTI\r\n"[..], &pipeline, b"EXEC\r\n", check].concat());
+            let mut expected = b"+OK\r\n".to_vec();
+            expected.extend_from_slice(&b"+QUEUED\r\n".repeat(commands.len()));
+            expected.extend_from_slice(format!("*{}\r\n", commands.len()).as_bytes());
+            expected.extend_from_slice(&plain);
+            proptest::prop_assert_eq!(
+                String::from_utf8(transaction).unwrap(),
+                String::from_utf8(expected).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn discard_drops_the_queue() {
+        let replies = serve(b"MULTI\r\nINCR a\r\nDISCARD\r\nGET a\r\nEXEC\r\nDISCARD\r\n");
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            "+OK\r\n+QUEUED\r\n+OK\r\n$-1\r\n-ERR EXEC without MULTI\r\n-ERR DISCARD without MULTI\r\n"
+        );
+    }
+
+    #[test]
+    fn a_command_refused_while_queuing_aborts_the_transaction() {
+        // Unknown, wrong arity, a bad value, an unsupported feature: none is applied.
+        for refused in [
+            &b"FOO"[..],
+            b"INCR",
+            b"INCRBY a x",
+            b"EXPIRE a 10",
+            b"SET a 1 EX 10",
+            b"SELECT 1",
+        ] {
+            let mut requests = b"MULTI\r\nINCR a\r\n".to_vec();
+            requests.extend_from_slice(refused);
+            requests.extend_from_slice(b"\r\nINCR a\r\nEXEC\r\nGET a\r\n");
+            let text = String::from_utf8(serve(&requests)).unwrap();
+            let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+            assert_eq!(lines.len(), 6, "{text}");
+            assert_eq!(lines[..2], ["+OK", "+QUEUED"], "{text}");
+            assert!(lines[2].starts_with("-ERR "), "{text}");
+            assert_eq!(
+                lines[3..],
+                [
+                    "+QUEUED",
+                    "-EXECABORT Transaction discarded because of previous errors.",
+                    "$-1"
+                ],
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn multi_watch_quit_and_reset_act_as_in_redis() {
+        let replies = serve(
+            b"MULTI\r\nINCR a\r\nMULTI\r\nWATCH a\r\nINCR a\r\nEXEC\r\nWATCH a\r\nUNWATCH\r\n",
+        );
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            "+OK\r\n+QUEUED\r\n-ERR MULTI calls can not be nested\r\n-ERR WATCH inside MULTI is not allowed\r\n+QUEUED\r\n*2\r\n:1\r\n:2\r\n-ERR Tally does not support WATCH: MULTI/EXEC transactions run without optimistic locking\r\n+OK\r\n"
+        );
+        let replies = serve(b"HELLO 3 SETNAME x\r\nMULTI\r\nINCR a\r\nRESET\r\nCLIENT GETNAME\r\nEXEC\r\nGET a\r\nMULTI\r\nINCR a\r\nQUIT\r\nEXEC\r\n");
+        let text = String::from_utf8(replies).unwrap();
+        assert!(
+            text.ends_with("+OK\r\n+QUEUED\r\n+RESET\r\n$-1\r\n-ERR EXEC without MULTI\r\n$-1\r\n+OK\r\n+QUEUED\r\n+OK\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn info_is_verbatim_text_in_resp3() {
+        let replies = serve(b"HELLO 3\r\nINFO keyspace\r\nHELLO 2\r\nINFO keyspace\r\n");
+        let text = String::from_utf8(replies).unwrap();
+        assert!(text.contains("=16\r\ntxt:# Keyspace\r\n\r\n"), "{text}");
+        assert!(text.ends_with("$12\r\n# Keyspace\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn client_names_follow_redis_rules() {
+        let replies = serve(b"CLIENT SETNAME \"a b\"\r\nHELLO 2 SETNAME \"a\tb\"\r\nCLIENT GETNAME\r\nCLIENT SETNAME a-b\r\nCLIENT GETNAME\r\n");
+        let error = "-ERR Client names cannot contain spaces, newlines or special characters.\r\n";
+        assert_eq!(
+            String::from_utf8(replies).unwrap(),
+            format!("{error}{error}$-1\r\n+OK\r\n$3\r\na-b\r\n")
+        );
+    }
+
+    #[test]
     fn command_forms_agree_with_each_other() {
         let count = String::from_utf8(serve(b"COMMAND COUNT\r\n")).unwrap();
         let table = serve(b"COMMAND\r\n");
@@ -522,7 +802,8 @@ mod tests {
             "{info}"
         );
         assert!(info.ends_with("$-1\r\n"), "{info}");
-        assert_eq!(serve(b"COMMAND DOCS get\r\n"), b"*2\r\n$3\r\nget\r\n*0\r\n");
+        let docs = serve(b"COMMAND DOCS get\r\n");
+        assert!(docs.starts_with(b"*2\r\n$3\r\nget\r\n*10\r\n$7\r\nsummary\r\n"));
         let help = String::from_utf8(serve(b"COMMAND HELP\r\n")).unwrap();
         assert!(help.starts_with("*13\r\n+COMMAND <subcommand>"), "{help}");
     }
@@ -539,10 +820,13 @@ mod tests {
         let replies = serve(
             b"COMMAND DOCS\r\nCONFIG GET save\r\nCONFIG GET appendonly\r\nPING\r\nQUIT\r\nPING\r\n",
         );
-        assert_eq!(
-            String::from_utf8(replies).unwrap(),
-            "*0\r\n*2\r\n$4\r\nsave\r\n$0\r\n\r\n*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n+PONG\r\n+OK\r\n"
-        );
+        let text = String::from_utf8(replies).unwrap();
+        // redis-cli builds its help from every command's docs.
+        let docs_header = format!("*{}\r\n$4\r\nping\r\n", 2 * COMMAND_TABLE.len());
+        assert!(text.starts_with(&docs_header), "{}", &text[..80]);
+        assert!(text.ends_with(
+            "*2\r\n$4\r\nsave\r\n$0\r\n\r\n*2\r\n$10\r\nappendonly\r\n$3\r\nyes\r\n+PONG\r\n+OK\r\n"
+        ));
     }
 
     #[test]

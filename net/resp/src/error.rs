@@ -13,18 +13,25 @@
 //!   wrong arity, or carries a value Tally cannot use; the server replies with the error,
 //!   skips the request's bytes, and the connection stays usable.
 
-use crate::{ARGUMENTS_MAX, KEY_BYTES_MAX, REPLY_DEPTH_MAX, REQUEST_BYTES_MAX};
+use crate::transaction::{TRANSACTION_BYTES_MAX, TRANSACTION_COMMANDS_MAX};
+use crate::{ARGUMENTS_MAX, BULK_BYTES_MAX, KEY_BYTES_MAX, REPLY_DEPTH_MAX, REQUEST_BYTES_MAX};
 
 /// Why bytes could not be decoded, or why a well-framed command cannot be served.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RespError {
-    /// A multibulk header `*<count>` is not an integer or exceeds [`ARGUMENTS_MAX`].
+    /// A multibulk header `*<count>` is not an integer.
     #[error("ERR Protocol error: invalid multibulk length")]
     InvalidMultibulkLength,
-    /// A bulk header `$<length>` is not an integer, negative, or over [`crate::BULK_BYTES_MAX`].
+    /// A multibulk header announces more arguments than [`REQUEST_BYTES_MAX`] can hold.
+    #[error("ERR Protocol error: multibulk length {count} cannot fit Tally's limit of {REQUEST_BYTES_MAX} bytes per request")]
+    MultibulkTooLong { count: usize },
+    /// A bulk header `$<length>` is not an integer, or negative.
     #[error("ERR Protocol error: invalid bulk length")]
     InvalidBulkLength,
+    /// A bulk header announces more than [`REQUEST_BYTES_MAX`] bytes.
+    #[error("ERR Protocol error: bulk length {length} over Tally's limit of {REQUEST_BYTES_MAX} bytes per request")]
+    BulkTooLong { length: usize },
     /// The multibulk count line is longer than any valid count.
     #[error("ERR Protocol error: too big mbulk count string")]
     MultibulkCountTooLong,
@@ -41,7 +48,9 @@ pub enum RespError {
     #[error("ERR Protocol error: expected LF after CR")]
     MissingLineFeed,
     /// The request grows beyond [`REQUEST_BYTES_MAX`].
-    #[error("ERR Protocol error: request is larger than {REQUEST_BYTES_MAX} bytes")]
+    #[error(
+        "ERR Protocol error: request is larger than Tally's limit of {REQUEST_BYTES_MAX} bytes"
+    )]
     RequestTooLarge,
     /// An inline request has no newline within [`crate::INLINE_BYTES_MAX`] bytes.
     #[error("ERR Protocol error: too big inline request")]
@@ -52,9 +61,6 @@ pub enum RespError {
     /// An inline request uses a backslash escape inside double quotes.
     #[error("ERR Protocol error: escape sequences in inline requests are not supported")]
     InlineEscapeUnsupported,
-    /// An inline request has more than [`ARGUMENTS_MAX`] arguments.
-    #[error("ERR Protocol error: more than {ARGUMENTS_MAX} arguments in inline request")]
-    InlineTooManyArguments,
     /// A reply starts with a type byte this codec does not know (client side).
     #[error("ERR Protocol error: unknown reply type {}", printable(*found))]
     UnknownReplyType { found: u8 },
@@ -77,6 +83,13 @@ pub enum RespError {
     /// The command has too few or too many arguments (`command` is lower case).
     #[error("ERR wrong number of arguments for '{command}' command")]
     WrongArity { command: &'static str },
+    /// A well-framed request with more than [`ARGUMENTS_MAX`] arguments (Redis would
+    /// serve it): an `MGET`, `DEL` or `EXISTS` of more than 10,000 keys.
+    #[error("ERR request has {count} arguments, over Tally's limit of {ARGUMENTS_MAX} (at most 10000 keys per command)")]
+    TooManyArguments { count: usize },
+    /// A well-framed request with an argument over [`BULK_BYTES_MAX`] bytes.
+    #[error("ERR argument of {length} bytes, over Tally's limit of {BULK_BYTES_MAX} bytes")]
+    ArgumentTooLong { length: usize },
     /// An argument that must be a 64-bit signed integer is not one.
     #[error("ERR value is not an integer or out of range")]
     NotAnInteger,
@@ -99,9 +112,9 @@ pub enum RespError {
     #[error("NOPROTO unsupported protocol version")]
     UnsupportedProtocolVersion,
 
-    /// Server side: EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL or PTTL before Tally
-    /// has key expiry.
-    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT, PERSIST, TTL, PTTL)")]
+    /// Server side: EXPIRE, PEXPIRE, EXPIREAT or PEXPIREAT before Tally has key expiry
+    /// (TTL, PTTL and PERSIST are served: no key has an expiry).
+    #[error("ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT)")]
     ExpiryUnsupported,
     /// Server side: an INCR, INCRBY, DECR or DECRBY would leave the i64 range.
     #[error("ERR increment or decrement would overflow")]
@@ -112,6 +125,33 @@ pub enum RespError {
     /// Server side: SELECT with a database other than 0.
     #[error("ERR DB index is out of range")]
     DatabaseIndexOutOfRange,
+    /// Server side: CLIENT SETNAME or HELLO SETNAME with a name holding a space, a control
+    /// character or a byte outside printable ASCII.
+    #[error("ERR Client names cannot contain spaces, newlines or special characters.")]
+    ClientNameInvalid,
+    /// Server side: MULTI inside MULTI.
+    #[error("ERR MULTI calls can not be nested")]
+    NestedMulti,
+    /// Server side: EXEC outside a transaction.
+    #[error("ERR EXEC without MULTI")]
+    ExecWithoutMulti,
+    /// Server side: DISCARD outside a transaction.
+    #[error("ERR DISCARD without MULTI")]
+    DiscardWithoutMulti,
+    /// Server side: EXEC after a command was refused while queuing; nothing ran.
+    #[error("EXECABORT Transaction discarded because of previous errors.")]
+    ExecAborted,
+    /// Server side: WATCH inside MULTI.
+    #[error("ERR WATCH inside MULTI is not allowed")]
+    WatchInsideMulti,
+    /// Server side: WATCH, which Tally does not serve.
+    #[error(
+        "ERR Tally does not support WATCH: MULTI/EXEC transactions run without optimistic locking"
+    )]
+    WatchUnsupported,
+    /// Server side: one more queued command would exceed a transaction's limits.
+    #[error("ERR Tally's transaction limit reached: at most {TRANSACTION_COMMANDS_MAX} commands and {TRANSACTION_BYTES_MAX} bytes may be queued; the transaction is discarded at EXEC")]
+    TransactionTooLarge,
 }
 
 impl RespError {
@@ -121,7 +161,9 @@ impl RespError {
         matches!(
             self,
             RespError::InvalidMultibulkLength
+                | RespError::MultibulkTooLong { .. }
                 | RespError::InvalidBulkLength
+                | RespError::BulkTooLong { .. }
                 | RespError::MultibulkCountTooLong
                 | RespError::BulkCountTooLong
                 | RespError::ExpectedBulk { .. }
@@ -131,7 +173,6 @@ impl RespError {
                 | RespError::InlineTooLarge
                 | RespError::UnbalancedQuotes
                 | RespError::InlineEscapeUnsupported
-                | RespError::InlineTooManyArguments
                 | RespError::UnknownReplyType { .. }
                 | RespError::InvalidReplyNumber
                 | RespError::ReplyTooDeep

@@ -42,16 +42,21 @@
 //! Tally keys are 1..=255 bytes and values are integers, so where Redis allows 512 MiB
 //! bulk strings this codec allows [`BULK_BYTES_MAX`]; a request has at most
 //! [`ARGUMENTS_MAX`] arguments (an `MGET` of 10,000 keys fits) and [`REQUEST_BYTES_MAX`]
-//! bytes. Exceeding a limit is a protocol error, never a panic or an unbounded buffer.
+//! bytes. A request over the byte limit is a protocol error (the connection closes); one
+//! within it but over the argument count or length limit, which Redis would serve, is a
+//! command error that names the limit, and the connection stays usable. Never a panic
+//! or an unbounded buffer.
 #![forbid(unsafe_code)]
 
 pub mod command;
+pub mod command_docs;
 pub mod command_table;
 pub mod door;
 pub mod error;
 pub mod number;
 pub mod reply;
 pub mod request;
+pub mod transaction;
 
 pub use command::{Command, CommandQuery};
 pub use error::RespError;

@@ -6,6 +6,7 @@
 //! ```text
 //! simple string  +OK            error  -ERR message       integer  :42
 //! bulk string    $5\r\nhello    null   $-1 (RESP2), _ (RESP3)
+//! verbatim       =9\r\ntxt:hello (RESP3: a bulk string whose first 4 bytes name its format)
 //! array          *2 then 2 replies     map  %1 then key, value (RESP3; RESP2 sends *2)
 //! boolean        #t / #f (RESP3 only, read by the parser, never written here)
 //! ```
@@ -86,6 +87,23 @@ pub fn write_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Append `text` as RESP3 verbatim text, `=<length>\r\ntxt:<text>\r\n` (what Redis
+/// answers INFO with under RESP3), or as a bulk string in RESP2.
+pub fn write_text(out: &mut Vec<u8>, text: &[u8], version: ProtocolVersion) {
+    const FORMAT: &[u8] = b"txt:";
+    match version {
+        ProtocolVersion::Resp2 => write_bulk(out, text),
+        ProtocolVersion::Resp3 => {
+            out.push(b'=');
+            push_usize(out, FORMAT.len() + text.len());
+            out.extend_from_slice(b"\r\n");
+            out.extend_from_slice(FORMAT);
+            out.extend_from_slice(text);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// Append the null reply: `$-1\r\n` in RESP2, `_\r\n` in RESP3.
 pub fn write_null(out: &mut Vec<u8>, version: ProtocolVersion) {
     match version {
@@ -155,7 +173,7 @@ pub enum Reply<'a> {
     Error(&'a [u8]),
     /// `:value`.
     Integer(i64),
-    /// `$length` and the bytes.
+    /// `$length` and the bytes, or `=length` and the bytes after their format (`txt:`).
     Bulk(&'a [u8]),
     /// `$-1`, `*-1` or `_`.
     Null,
@@ -195,6 +213,7 @@ fn parse_reply_at(
         b'_' if line.is_empty() => Reply::Null,
         b'#' if line == b"t" || line == b"f" => Reply::Boolean(line == b"t"),
         b'$' => return parse_bulk(buf, number()?, after),
+        b'=' => return parse_verbatim(buf, number()?, after),
         b'*' | b'%' => return parse_aggregate(buf, kind, number()?, after, depth),
         found => return Err(RespError::UnknownReplyType { found }),
     };
@@ -228,6 +247,27 @@ fn parse_bulk(
         return Err(RespError::MissingBulkTerminator);
     }
     Ok(Some((Reply::Bulk(&buf[data_start..end - 2]), end)))
+}
+
+/// `=<length>\r\n<format>:<text>\r\n`: the text, as a bulk string.
+fn parse_verbatim(
+    buf: &[u8],
+    length: i64,
+    data_start: usize,
+) -> Result<Option<(Reply<'_>, usize)>, RespError> {
+    const FORMAT_BYTES: usize = 4;
+    let parsed = parse_bulk(buf, length, data_start)?;
+    let Some((Reply::Bulk(bytes), end)) = parsed else {
+        // Incomplete, or `=-1`, which is no verbatim string.
+        return match parsed {
+            None => Ok(None),
+            Some(_) => Err(RespError::InvalidReplyNumber),
+        };
+    };
+    if bytes.len() < FORMAT_BYTES || bytes[FORMAT_BYTES - 1] != b':' {
+        return Err(RespError::InvalidReplyNumber);
+    }
+    Ok(Some((Reply::Bulk(&bytes[FORMAT_BYTES..]), end)))
 }
 
 fn parse_aggregate(
@@ -288,6 +328,20 @@ mod tests {
             out,
             b"+OK\r\n:-7\r\n$2\r\nhi\r\n$-1\r\n_\r\n-ERR bad  thing\r\n*4\r\n%2\r\n"
         );
+    }
+
+    #[test]
+    fn text_is_verbatim_in_resp3_and_reads_back() {
+        let mut out = Vec::new();
+        write_text(&mut out, b"a:1\r\n", ProtocolVersion::Resp3);
+        assert_eq!(out, b"=9\r\ntxt:a:1\r\n\r\n");
+        assert_eq!(
+            parse_reply(&out),
+            Ok(Some((Reply::Bulk(b"a:1\r\n"), out.len())))
+        );
+        out.clear();
+        write_text(&mut out, b"a:1", ProtocolVersion::Resp2);
+        assert_eq!(out, b"$3\r\na:1\r\n");
     }
 
     #[test]

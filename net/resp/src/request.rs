@@ -13,10 +13,13 @@
 //! ```
 //!
 //! Invariants: a [`Request`] is only built from bytes that were fully validated, so
-//! iterating its arguments cannot fail. Limits: at most [`ARGUMENTS_MAX`] arguments,
-//! bulk strings of at most [`BULK_BYTES_MAX`] bytes, inline lines of at most
-//! [`INLINE_BYTES_MAX`] bytes, and [`REQUEST_BYTES_MAX`] bytes per request; exceeding one
-//! is a protocol error. A multibulk count of zero or less and a blank inline line are
+//! iterating its arguments cannot fail. Limits: [`REQUEST_BYTES_MAX`] bytes per request
+//! and [`INLINE_BYTES_MAX`] bytes per inline line bound what is buffered; exceeding one
+//! is a protocol error (the connection closes, as Redis closes on its own, larger
+//! limits). Within them, a request with more than [`ARGUMENTS_MAX`] arguments or an
+//! argument over [`BULK_BYTES_MAX`] bytes, which Redis would serve, is still framed
+//! whole, and [`Request::check_limits`] refuses it with a command error, so that the
+//! connection stays usable. A multibulk count of zero or less and a blank inline line are
 //! empty requests, which Redis skips silently, and so does [`crate::parse`].
 
 use crate::error::RespError;
@@ -27,7 +30,15 @@ use crate::{ARGUMENTS_MAX, BULK_BYTES_MAX, INLINE_BYTES_MAX, REQUEST_BYTES_MAX};
 /// but no valid count (at most 5 digits) or length (at most 5 digits) needs more than 20.
 const HEADER_LINE_BYTES_MAX: usize = 20;
 
-const _: () = assert!(ARGUMENTS_MAX < 100_000 && BULK_BYTES_MAX < 1_000_000);
+/// The fewest bytes an argument takes in a multibulk request: `$0\r\n\r\n`.
+const ARGUMENT_BYTES_MIN: usize = 6;
+
+/// The most arguments a multibulk header may announce: as many as can fit
+/// [`REQUEST_BYTES_MAX`]. A larger count can never be framed, so it is refused at once.
+const FRAMED_ARGUMENTS_MAX: usize = REQUEST_BYTES_MAX / ARGUMENT_BYTES_MIN;
+
+const _: () = assert!(ARGUMENTS_MAX < FRAMED_ARGUMENTS_MAX);
+const _: () = assert!(BULK_BYTES_MAX < REQUEST_BYTES_MAX && REQUEST_BYTES_MAX < 1 << 40);
 const _: () = assert!(INLINE_BYTES_MAX <= REQUEST_BYTES_MAX);
 
 /// How a request was encoded on the wire.
@@ -45,6 +56,9 @@ pub struct Request<'a> {
     encoding: Encoding,
     body: &'a [u8],
     argument_count: usize,
+    /// The length of the longest argument (multibulk; 0 for inline, whose line is
+    /// shorter than [`BULK_BYTES_MAX`]).
+    argument_bytes_max: usize,
 }
 
 impl<'a> Request<'a> {
@@ -60,6 +74,22 @@ impl<'a> Request<'a> {
             rest: self.body,
             remaining: self.argument_count,
         }
+    }
+
+    /// Refuses a request that was framed but exceeds what Tally serves: more than
+    /// [`ARGUMENTS_MAX`] arguments, or one over [`BULK_BYTES_MAX`] bytes.
+    pub fn check_limits(&self) -> Result<(), RespError> {
+        if self.argument_count > ARGUMENTS_MAX {
+            return Err(RespError::TooManyArguments {
+                count: self.argument_count,
+            });
+        }
+        if self.argument_bytes_max > BULK_BYTES_MAX {
+            return Err(RespError::ArgumentTooLong {
+                length: self.argument_bytes_max,
+            });
+        }
+        Ok(())
     }
 
     /// Whether the request has no arguments at all (skipped by [`crate::parse`]).
@@ -118,20 +148,24 @@ fn frame_multibulk(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, RespError
     };
     let argument_count = match usize::try_from(count) {
         Err(_) | Ok(0) => 0, // `*0` and `*-1` are empty requests, as in Redis.
-        Ok(count) if count > ARGUMENTS_MAX => return Err(RespError::InvalidMultibulkLength),
+        Ok(count) if count > FRAMED_ARGUMENTS_MAX => {
+            return Err(RespError::MultibulkTooLong { count })
+        }
         Ok(count) => count,
     };
-    let mut position = body_start;
+    let (mut position, mut argument_bytes_max) = (body_start, 0);
     for _ in 0..argument_count {
-        let Some((_, end)) = bulk_at(buf, position)? else {
+        let Some((argument, end)) = bulk_at(buf, position)? else {
             return Ok(None);
         };
+        argument_bytes_max = argument_bytes_max.max(argument.len());
         position = end;
     }
     let request = Request {
         encoding: Encoding::Multibulk,
         body: &buf[body_start..position],
         argument_count,
+        argument_bytes_max,
     };
     Ok(Some((request, position)))
 }
@@ -147,10 +181,10 @@ fn bulk_at(buf: &[u8], position: usize) -> Result<Option<(&[u8], usize)>, RespEr
     let Some((length, data_start)) = header_line(buf, position + 1, HeaderKind::Bulk)? else {
         return Ok(None);
     };
-    let length = usize::try_from(length)
-        .ok()
-        .filter(|&length| length <= BULK_BYTES_MAX)
-        .ok_or(RespError::InvalidBulkLength)?;
+    let length = usize::try_from(length).map_err(|_| RespError::InvalidBulkLength)?;
+    if length > REQUEST_BYTES_MAX {
+        return Err(RespError::BulkTooLong { length });
+    }
     let data_end = data_start + length;
     let end = data_end + 2;
     if end > REQUEST_BYTES_MAX {
@@ -284,15 +318,13 @@ fn frame_inline(buf: &[u8]) -> Result<Option<(Request<'_>, usize)>, RespError> {
     let mut argument_count = 0;
     while let Some((_, after)) = next_inline_token(rest)? {
         argument_count += 1;
-        if argument_count > ARGUMENTS_MAX {
-            return Err(RespError::InlineTooManyArguments);
-        }
         rest = after;
     }
     let request = Request {
         encoding: Encoding::Inline,
         body: line,
         argument_count,
+        argument_bytes_max: 0,
     };
     Ok(Some((request, newline + 1)))
 }
@@ -448,10 +480,16 @@ mod tests {
     fn rejects_broken_framing() {
         let cases: [(&[u8], RespError); 9] = [
             (b"*x\r\n", RespError::InvalidMultibulkLength),
-            (b"*10003\r\n", RespError::InvalidMultibulkLength),
+            (
+                b"*700000\r\n",
+                RespError::MultibulkTooLong { count: 700_000 },
+            ),
             (b"*1\r\n:5\r\n", RespError::ExpectedBulk { found: b':' }),
             (b"*1\r\n$-1\r\n", RespError::InvalidBulkLength),
-            (b"*1\r\n$65537\r\n", RespError::InvalidBulkLength),
+            (
+                b"*1\r\n$4194305\r\n",
+                RespError::BulkTooLong { length: 4_194_305 },
+            ),
             (b"*1\r\n$3\r\nabcde", RespError::MissingBulkTerminator),
             (b"*1\rx", RespError::MissingLineFeed),
             (
@@ -468,6 +506,37 @@ mod tests {
                 String::from_utf8_lossy(buf)
             );
         }
+    }
+
+    #[test]
+    fn frames_requests_over_the_argument_limits_whole() {
+        // Too many arguments, or one too long: framed, so the command can be refused
+        // and the connection go on.
+        let mut buf = format!("*{}\r\n", ARGUMENTS_MAX + 1).into_bytes();
+        buf.extend_from_slice(&b"$1\r\nk\r\n".repeat(ARGUMENTS_MAX + 1));
+        let (request, consumed) = frame(&buf).unwrap().unwrap();
+        assert_eq!(consumed, buf.len());
+        let count = ARGUMENTS_MAX + 1;
+        assert_eq!(
+            request.check_limits(),
+            Err(RespError::TooManyArguments { count })
+        );
+        let length = BULK_BYTES_MAX + 1;
+        let mut buf = format!("*2\r\n$4\r\nECHO\r\n${length}\r\n").into_bytes();
+        assert_eq!(frame(&buf), Ok(None));
+        buf.extend_from_slice(&vec![b'x'; length]);
+        buf.extend_from_slice(b"\r\n");
+        let (request, _) = frame(&buf).unwrap().unwrap();
+        assert_eq!(
+            request.check_limits(),
+            Err(RespError::ArgumentTooLong { length })
+        );
+        let inline = "k ".repeat(ARGUMENTS_MAX + 1) + "\r\n";
+        let (request, _) = frame(inline.as_bytes()).unwrap().unwrap();
+        assert_eq!(
+            request.check_limits(),
+            Err(RespError::TooManyArguments { count })
+        );
     }
 
     #[test]

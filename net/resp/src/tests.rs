@@ -152,10 +152,10 @@ fn command_errors_keep_the_stream_in_step() {
 
 #[test]
 fn protocol_errors_close_and_command_errors_do_not() {
-    let protocol = parse(b"*1\r\n$70000\r\n").unwrap_err();
+    let protocol = parse(b"*1\r\n$7000000\r\n").unwrap_err();
     assert_eq!(
         protocol.to_string(),
-        "ERR Protocol error: invalid bulk length"
+        "ERR Protocol error: bulk length 7000000 over Tally's limit of 4194304 bytes per request"
     );
     assert!(protocol.closes_connection());
     assert!(!command(b"INCR\r\n").unwrap_err().closes_connection());
@@ -167,6 +167,28 @@ fn skips_empty_requests() {
     assert_eq!(parsed, Ok(Command::Ping { message: None }));
     assert_eq!(consumed, 12);
     assert_eq!(parse(b"\r\n\r\n"), Ok(None));
+}
+
+#[test]
+fn an_mget_over_the_key_limit_is_a_command_error_naming_the_limit() {
+    let keys: Vec<Vec<u8>> = (0..20_000)
+        .map(|i| format!("key:{i}").into_bytes())
+        .collect();
+    let mut arguments: Vec<&[u8]> = vec![b"MGET"];
+    arguments.extend(keys.iter().map(Vec::as_slice));
+    let mut buf = multibulk(&arguments);
+    buf.extend_from_slice(b"PING\r\n");
+    let (parsed, consumed) = parse(&buf).unwrap().unwrap();
+    let error = parsed.unwrap_err();
+    assert!(!error.closes_connection());
+    assert_eq!(
+        error.to_string(),
+        "ERR request has 20001 arguments, over Tally's limit of 10002 (at most 10000 keys per command)"
+    );
+    assert_eq!(
+        command(&buf[consumed..]),
+        Ok(Command::Ping { message: None })
+    );
 }
 
 #[test]
@@ -226,13 +248,13 @@ fn owned() -> impl Strategy<Value = Owned> {
         proptest::option::of(hello_options).prop_map(Owned::Hello),
         (0..7_u8, key()).prop_map(|(kind, key)| Owned::Key(kind, key)),
         (0..7_u8, key(), any::<i64>()).prop_map(|(k, key, v)| Owned::KeyInteger(k, key, v)),
-        (0..3_u8, keys()).prop_map(|(kind, keys)| Owned::Keys(kind, keys)),
+        (0..4_u8, keys()).prop_map(|(kind, keys)| Owned::Keys(kind, keys)),
         (0..4_u8, proptest::collection::vec(bytes(), 0..5))
             .prop_map(|(kind, strings)| Owned::Strings(kind, strings)),
         any::<i64>().prop_map(Owned::Select),
         bytes().prop_map(Owned::Name),
         (bytes(), bytes()).prop_map(|(a, v)| Owned::SetInfo(a, v)),
-        (0..6_u8).prop_map(Owned::Bare),
+        (0..12_u8).prop_map(Owned::Bare),
     ]
 }
 
@@ -291,6 +313,7 @@ fn borrow(owned: &Owned) -> Command<'_> {
             match kind {
                 0 => Command::Del { keys },
                 1 => Command::Exists { keys },
+                2 => Command::Watch { keys },
                 _ => Command::MGet { keys },
             }
         }
@@ -317,6 +340,12 @@ fn borrow(owned: &Owned) -> Command<'_> {
             2 => Command::ClientId,
             3 => Command::Command(CommandQuery::Table),
             4 => Command::Command(CommandQuery::Count),
+            5 => Command::Multi,
+            6 => Command::Exec,
+            7 => Command::Discard,
+            8 => Command::Unwatch,
+            9 => Command::Reset,
+            10 => Command::Command(CommandQuery::Help),
             _ => Command::Command(CommandQuery::List),
         },
     }

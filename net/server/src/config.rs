@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// The Redis door's address (RESP2/RESP3, see `resp.rs`); every core accepts on it
     /// (SO_REUSEPORT). `None`: no Redis door. Port 0 picks a free port.
     pub resp_listen: Option<SocketAddr>,
+    /// A Redis-door connection that sends nothing for this long is closed (0, the
+    /// default: never, as Redis's `timeout 0`). A command once begun must still complete
+    /// within `read_timeout_ms` of its first byte.
+    pub resp_idle_timeout_ms: u64,
     /// The number of cores (executors). Core `i` is pinned to CPU `i % cpu_count`.
     pub cores: usize,
     /// The partition count used only when the data directory is created.
@@ -165,6 +169,7 @@ impl ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], LISTEN_PORT_DEFAULT)),
             shard_port_base: None,
             resp_listen: None,
+            resp_idle_timeout_ms: 0,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             partitions: None,
             durability_default: DurabilityMode::Durable,

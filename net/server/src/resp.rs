@@ -18,13 +18,30 @@
 //! it counts the commands before it, and before the list would exceed the engine's
 //! batch limit. Per-key order holds as in [`Dispatch`].
 //!
+//! Transactions: `MULTI` ... `EXEC` is queued in the session (no counter is touched
+//! while queuing, so a transaction that is discarded, aborted, or cut off by a closed
+//! connection changes nothing). At `EXEC` the list so far is flushed, and the queued
+//! commands are served as one more pipelined list through the same [`Dispatch`]: each
+//! operation is applied exactly once, in order per key, and EXEC's reply leaves only
+//! once all of them are applied (and, for `durable`, on disk). Isolation is what the
+//! dispatch gives, not Redis's: each core applies its share of the transaction as one
+//! batch, without another client's operations in between, as long as the transaction
+//! fits one batch (`BATCH_OPS_MAX` operations) and holds no `INFO`; across cores, other
+//! clients' commands may interleave (another client may see the transaction's increment
+//! on one core before the one on another), and a crash may keep part of a transaction
+//! (one core's share and not another's). Increments are never lost or applied twice.
+//!
 //! Errors: a command error (unknown command, wrong arity, not an integer) is answered
 //! and the connection stays usable; a protocol error (garbage framing, oversized bulk)
 //! is answered, then the connection is closed, as Redis does. Limits: a request is at
 //! most `REQUEST_BYTES_MAX` bytes, so the input buffer grows to
 //! [`INPUT_BYTES_MAX`] at most and shrinks back once drained; connections count against
-//! the server's `connections_max` together with native ones; an idle connection is
-//! closed after `read_timeout_ms`, silently, as Redis's `timeout` does.
+//! the server's `connections_max` together with native ones. An idle connection is
+//! kept open, as Redis's default `timeout 0` does (pooled clients keep connections for
+//! a long time), unless `resp_idle_timeout_ms` is set: then it is closed silently after
+//! that long, as Redis's `timeout` does. A command whose first byte has arrived must
+//! still be complete within `read_timeout_ms`, so a slow sender is cut off
+//! ([`RespDeadline`]).
 //!
 //! `INFO` figures: each core publishes its counter count, arena bytes and RESP command
 //! count into [`RespShared`] every `POLL_INTERVAL` (10 ms) and right before it answers
@@ -38,17 +55,18 @@ use std::ops::Range;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use tally_engine::{recycle_ops, BoundPolicy, Op, OpError, BATCH_OPS_MAX};
 use tally_resp::door::{CounterOp, CounterResult, Pending, ServerInfo, Session, Step};
+use tally_resp::transaction::Transaction;
 use tally_resp::{Command, ProtocolVersion, RespError, REQUEST_BYTES_MAX};
 
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, RoutedResult};
-use crate::stream::{self, Input, ReadDeadline};
+use crate::stream::{self, Input};
 
 /// The input buffer's size between large requests.
 const INPUT_BYTES_INITIAL: usize = 16 * 1024;
@@ -192,6 +210,16 @@ enum TurnEnd {
     Refuse(String),
 }
 
+/// What the turn does after a command.
+enum Next {
+    /// Go on with the next command.
+    Read,
+    /// The connection must close once the replies are sent: why.
+    Close(String),
+    /// Serve the transaction's commands (EXEC), then go on.
+    Exec(Transaction),
+}
+
 /// A reply of the turn, in request order: written at once, or waiting for results.
 enum Item<'a> {
     Staged(Range<usize>),
@@ -206,8 +234,72 @@ enum Item<'a> {
 /// of a turn borrow the input while the state changes.
 struct Connection {
     input: Input,
-    deadline: ReadDeadline,
+    deadline: RespDeadline,
     state: State,
+}
+
+/// The read timeout of a RESP connection: `idle` between commands (`None`: wait for
+/// ever, as Redis does by default), and `request` from a command's first byte to its
+/// last, so that a client trickling a command cannot hold it open. Unlike the native
+/// door's `ReadDeadline`, the two differ, so the stream's timeout is set on each change.
+struct RespDeadline {
+    idle: Option<Duration>,
+    request: Option<Duration>,
+    /// When the partly read command must be complete, if one is.
+    request_deadline: Option<Instant>,
+    /// The timeout the stream has now.
+    current: Option<Duration>,
+}
+
+impl RespDeadline {
+    /// For a stream opened with [`stream::open`], which set `current` as its timeout.
+    fn new(idle: Option<Duration>, request: Option<Duration>, current: Option<Duration>) -> Self {
+        RespDeadline {
+            idle,
+            request,
+            request_deadline: None,
+            current,
+        }
+    }
+
+    /// Some command was completed: a partial one left in the input is the next one,
+    /// and its time counts from now.
+    fn request_done(&mut self) {
+        self.request_deadline = None;
+    }
+
+    /// Sets the stream's timeout for its next read; `partial` says whether part of a
+    /// command is buffered. `Err` (`TimedOut`) if that command's time is up already.
+    fn arm(&mut self, stream: &TcpStream, partial: bool) -> std::io::Result<()> {
+        let wanted = match (partial, self.request) {
+            (false, _) => {
+                self.request_deadline = None;
+                self.idle
+            }
+            (true, None) => None,
+            (true, Some(timeout)) => {
+                let now = Instant::now();
+                let deadline = *self.request_deadline.get_or_insert(now + timeout);
+                let left = deadline.saturating_duration_since(now);
+                if left.is_zero() {
+                    return Err(ErrorKind::TimedOut.into());
+                }
+                Some(left)
+            }
+        };
+        if wanted != self.current {
+            stream
+                .set_read_timeout(wanted)
+                .map_err(std::io::Error::from)?;
+            self.current = wanted;
+        }
+        Ok(())
+    }
+
+    /// Whether a command was partly read when the timeout struck.
+    fn within_request(&self) -> bool {
+        self.request_deadline.is_some()
+    }
 }
 
 /// Per-connection scratch, kept across turns.
@@ -227,7 +319,12 @@ impl Connection {
     fn new(core: &Core, connection_id: i64) -> Connection {
         Connection {
             input: Input::new(INPUT_BYTES_INITIAL, INPUT_BYTES_MAX),
-            deadline: ReadDeadline::new(core.config.read_timeout()),
+            deadline: RespDeadline::new(
+                (core.config.resp_idle_timeout_ms > 0)
+                    .then(|| Duration::from_millis(core.config.resp_idle_timeout_ms)),
+                core.config.read_timeout(),
+                core.config.read_timeout(),
+            ),
             state: State {
                 session: Session::new(connection_id),
                 dispatch: Dispatch::new(core.cores),
@@ -267,7 +364,7 @@ impl Connection {
                     let reason = if self.deadline.within_request() {
                         "read timeout: a command did not complete within the read timeout of its first byte"
                     } else {
-                        "read timeout: nothing received for the read timeout"
+                        "idle timeout: nothing received for the RESP idle timeout"
                     };
                     return Ok(Ending::Refused(reason.to_string()));
                 }
@@ -334,32 +431,56 @@ impl State {
                 }
             };
             commands += 1;
-            if let Some(close) = self.begin(core, parsed, &mut items, &mut ops).await {
-                end = TurnEnd::Close(close);
-                break;
+            let next = self.begin(core, parsed, &mut items, &mut ops).await;
+            // Counted once served, as Redis does: an INFO counts the commands before it
+            // in the pipeline, not itself.
+            core.resp.commands.set(core.resp.commands.get() + 1);
+            match next {
+                Next::Read => {}
+                Next::Close(reason) => {
+                    end = TurnEnd::Close(reason);
+                    break;
+                }
+                Next::Exec(transaction) => {
+                    self.flush(core, &mut items, &mut ops).await;
+                    self.exec(core, &transaction).await;
+                }
             }
         }
         self.flush(core, &mut items, &mut ops).await;
         self.ops = recycle_ops(ops);
         self.items = recycle_items(items);
-        core.resp
-            .commands
-            .set(core.resp.commands.get() + commands as u64);
         if commands == core.config.frames_in_flight_max && matches!(end, TurnEnd::Drained) {
             end = TurnEnd::LimitReached;
         }
         (consumed, end)
     }
 
-    /// Starts serving one command; `Some(reason)` if the connection closes after it.
+    /// Serves a transaction's commands after EXEC's array header (staged by `begin`,
+    /// and already flushed with what came before), as one pipelined list: one dispatch
+    /// unless the list outgrows a batch or holds an INFO.
+    async fn exec(&mut self, core: &Core, transaction: &Transaction) {
+        let mut items: Vec<Item<'_>> = Vec::new();
+        let mut ops: Vec<Op<'_>> = Vec::new();
+        for command in transaction.commands() {
+            let next = self.begin(core, Ok(command), &mut items, &mut ops).await;
+            assert!(
+                matches!(next, Next::Read),
+                "no queued command ends the connection or starts a transaction"
+            );
+        }
+        self.flush(core, &mut items, &mut ops).await;
+    }
+
+    /// Starts serving one command; says what the turn does next.
     async fn begin<'a>(
         &mut self,
         core: &Core,
         parsed: tally_resp::Parsed<'a>,
         items: &mut Vec<Item<'a>>,
         ops: &mut Vec<Op<'a>>,
-    ) -> Option<String> {
-        let info = if matches!(parsed, Ok(Command::Info { .. })) {
+    ) -> Next {
+        let info = if matches!(parsed, Ok(Command::Info { .. })) && !self.session.in_transaction() {
             // INFO counts what came before it in the pipeline.
             self.flush(core, items, ops).await;
             server_info(core)
@@ -371,7 +492,7 @@ impl State {
             Step::Replied => items.push(Item::Staged(start..self.staged.len())),
             Step::ReplyThenClose => {
                 items.push(Item::Staged(start..self.staged.len()));
-                return Some("QUIT".to_string());
+                return Next::Close("QUIT".to_string());
             }
             Step::Apply(pending) => {
                 if !ops.is_empty() && ops.len() + pending.ops().len() > BATCH_OPS_MAX {
@@ -385,8 +506,12 @@ impl State {
                     ops: first..ops.len(),
                 });
             }
+            Step::Exec(transaction) => {
+                items.push(Item::Staged(start..self.staged.len()));
+                return Next::Exec(transaction);
+            }
         }
-        None
+        Next::Read
     }
 
     /// Applies the collected operations and writes every collected reply, in order,

@@ -49,6 +49,11 @@ struct Flags {
     /// start) [default: off].
     #[arg(long, value_name = "ADDR")]
     resp_listen: Option<SocketAddr>,
+    /// Close a Redis-door connection that sends nothing for this long, in ms; 0 = never,
+    /// as Redis's default `timeout 0`, so pooled clients keep idle connections. A command
+    /// once begun must still complete within --read-timeout-ms [default: 0].
+    #[arg(long, value_name = "MS")]
+    resp_idle_timeout_ms: Option<u64>,
     /// Number of cores (executors), each pinned to one CPU [default: all CPUs].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
@@ -90,8 +95,9 @@ struct Flags {
     /// [default: 10000].
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
-    /// Close a connection that sends nothing for this long, in ms, or whose request
-    /// (native frame or Redis command) is not complete this long after its first byte;
+    /// Close a native connection that sends nothing for this long, in ms, or any
+    /// connection whose request (native frame or Redis command) is not complete this
+    /// long after its first byte (idle Redis-door connections: --resp-idle-timeout-ms);
     /// 0 = never [default: 300000].
     #[arg(long, value_name = "MS")]
     read_timeout_ms: Option<u64>,
@@ -158,6 +164,8 @@ struct FileSettings {
     shard_port_base: Option<u16>,
     #[serde(alias = "resp_listen")]
     resp_listen: Option<SocketAddr>,
+    #[serde(alias = "resp_idle_timeout_ms")]
+    resp_idle_timeout_ms: Option<u64>,
     cores: Option<usize>,
     partitions: Option<u32>,
     durability: Option<String>,
@@ -301,6 +309,7 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
     pick!(cores, cores);
     pick!(connections_max, max_connections);
     pick!(read_timeout_ms, read_timeout_ms);
+    pick!(resp_idle_timeout_ms, resp_idle_timeout_ms);
     pick!(write_timeout_ms, write_timeout_ms);
     pick!(frames_in_flight_max, max_frames_in_flight);
     pick!(spin_before_park_us, spin_us);

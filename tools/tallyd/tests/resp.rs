@@ -188,14 +188,13 @@ fn pipelines_keep_their_order_across_cores() {
 fn errors_read_like_redis_and_keep_the_connection() {
     let daemon = Daemon::start(&[]);
     let mut redis = daemon.client();
-    let cases: [(&[&str], &str); 9] = [
+    let cases: [(&[&str], &str); 8] = [
         (&["SET", "s", "hello"], "integers only"),
         (&["INCRBY", "s", "abc"], "not an integer"),
         (&["INCRBY", "s", "1.5"], "not an integer"),
         (&["INCR"], "wrong number of arguments"),
         (&["GET", "a", "b"], "wrong number of arguments"),
         (&["EXPIRE", "s", "10"], "expiry"),
-        (&["TTL", "s"], "expiry"),
         (&["LPUSH", "s", "x"], "unknown command"),
         (&["SET", "s", "1", "EX", "10"], "SET options"),
     ];
@@ -217,6 +216,55 @@ fn errors_read_like_redis_and_keep_the_connection() {
         "nothing changed"
     );
     assert_eq!(query::<String>(&mut redis, &["PING"]), "PONG");
+}
+
+#[test]
+fn transactions_apply_each_command_once_in_order() {
+    let daemon = Daemon::start(&[]);
+    let mut redis = daemon.client();
+    // An atomic pipeline is MULTI ... EXEC, as redis-py's default pipeline().
+    let (first, second): (i64, i64) = redis::pipe()
+        .atomic()
+        .incr("tx", 1)
+        .incr("tx", 1)
+        .query(&mut redis)
+        .expect("EXEC answers the replies");
+    assert_eq!((first, second), (1, 2));
+    // Keys on every core, and a transaction queued over several round trips.
+    let mut pipe = redis::pipe();
+    pipe.atomic();
+    for index in 0..50_i64 {
+        pipe.incr(format!("tx{index}"), index);
+    }
+    let values: Vec<i64> = pipe.query(&mut redis).expect("EXEC");
+    assert_eq!(values, (0..50).collect::<Vec<i64>>());
+    assert_eq!(query::<String>(&mut redis, &["MULTI"]), "OK");
+    assert_eq!(query::<String>(&mut redis, &["INCR", "tx"]), "QUEUED");
+    assert_eq!(query::<String>(&mut redis, &["GET", "tx"]), "QUEUED");
+    let replies: (i64, i64) = query(&mut redis, &["EXEC"]);
+    assert_eq!(replies, (3, 3));
+    // DISCARD and an aborted transaction apply nothing.
+    let mut raw = daemon.raw();
+    raw.write_all(b"MULTI\r\nINCR tx\r\nDISCARD\r\nMULTI\r\nINCR tx\r\nEXPIRE tx 10\r\nEXEC\r\nGET tx\r\nEXEC\r\nQUIT\r\n")
+        .unwrap();
+    assert_eq!(
+        read_to_close(&mut raw),
+        "+OK\r\n+QUEUED\r\n+OK\r\n+OK\r\n+QUEUED\r\n-ERR Tally does not support key expiry yet (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT)\r\n-EXECABORT Transaction discarded because of previous errors.\r\n$1\r\n3\r\n-ERR EXEC without MULTI\r\n+OK\r\n"
+    );
+}
+
+#[test]
+fn ttl_reads_as_for_keys_without_expiry() {
+    let daemon = Daemon::start(&[]);
+    let mut redis = daemon.client();
+    assert_eq!(query::<i64>(&mut redis, &["TTL", "ttl"]), -2);
+    assert_eq!(query::<i64>(&mut redis, &["PTTL", "ttl"]), -2);
+    assert_eq!(query::<i64>(&mut redis, &["PERSIST", "ttl"]), 0);
+    assert_eq!(query::<i64>(&mut redis, &["INCR", "ttl"]), 1);
+    assert_eq!(query::<i64>(&mut redis, &["TTL", "ttl"]), -1);
+    assert_eq!(query::<i64>(&mut redis, &["PTTL", "ttl"]), -1);
+    assert_eq!(query::<i64>(&mut redis, &["PERSIST", "ttl"]), 0);
+    assert!(query_error(&mut redis, &["PEXPIRE", "ttl", "100"]).contains("expiry"));
 }
 
 #[test]
@@ -285,6 +333,24 @@ fn info_reports_real_figures() {
 }
 
 #[test]
+fn info_counts_every_command_before_it_in_a_pipeline() {
+    let daemon = Daemon::start(&[]);
+    let mut raw = daemon.raw();
+    let mut requests = b"INFO stats\r\n".to_vec();
+    requests.extend_from_slice(&b"PING\r\n".repeat(100));
+    requests.extend_from_slice(b"INFO stats\r\nQUIT\r\n");
+    raw.write_all(&requests).unwrap();
+    let received = read_to_close(&mut raw);
+    let counts: Vec<u64> = received
+        .lines()
+        .filter_map(|line| line.strip_prefix("total_commands_processed:"))
+        .map(|count| count.trim().parse().expect("a number"))
+        .collect();
+    assert_eq!(counts.len(), 2, "{received}");
+    assert_eq!(counts[1] - counts[0], 101, "the first INFO and 100 PINGs");
+}
+
+#[test]
 fn bad_input_gets_an_error_and_others_are_still_served() {
     let daemon = Daemon::start(&[]);
     let mut bystander = daemon.client();
@@ -296,7 +362,7 @@ fn bad_input_gets_an_error_and_others_are_still_served() {
         ),
         (
             b"*2\r\n$3\r\nGET\r\n$99999999\r\n",
-            "-ERR Protocol error: invalid bulk length\r\n",
+            "-ERR Protocol error: bulk length 99999999 over Tally's limit of 4194304 bytes per request\r\n",
         ),
         (
             b"*2\r\n+GET\r\n",
@@ -327,6 +393,27 @@ fn bad_input_gets_an_error_and_others_are_still_served() {
 }
 
 #[test]
+fn requests_over_the_argument_limits_are_refused_and_the_connection_stays() {
+    let daemon = Daemon::start(&[]);
+    let mut redis = daemon.client();
+    let keys: Vec<String> = (0..20_000).map(|index| format!("many{index}")).collect();
+    let mut del = vec!["DEL"];
+    del.extend(keys.iter().map(String::as_str));
+    let error = query_error(&mut redis, &del);
+    assert!(
+        error.contains("request has 20001 arguments, over Tally's limit of 10002"),
+        "{error}"
+    );
+    let long = "x".repeat(70_000);
+    let error = query_error(&mut redis, &["ECHO", &long]);
+    assert!(
+        error.contains("argument of 70000 bytes, over Tally's limit of 65536 bytes"),
+        "{error}"
+    );
+    assert_eq!(query::<String>(&mut redis, &["PING"]), "PONG");
+}
+
+#[test]
 fn connection_limit_and_read_timeout_apply() {
     let daemon = Daemon::start(&["--max-connections", "2", "--read-timeout-ms", "300"]);
     let mut first = daemon.client();
@@ -341,9 +428,34 @@ fn connection_limit_and_read_timeout_apply() {
         read_to_close(&mut third),
         "-ERR max number of clients reached\r\n"
     );
-    // An idle connection is closed silently once the read timeout passes.
+    // Idle connections stay open past the read timeout, as Redis's `timeout 0`...
+    std::thread::sleep(Duration::from_millis(900));
+    second.write_all(b"PING\r\n").unwrap();
+    second.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    assert_eq!(query::<String>(&mut first, &["PING"]), "PONG");
+    // ...but a command must be complete within the read timeout of its first byte.
+    second.write_all(b"*1\r\n$4\r\nPI").unwrap();
+    let started = Instant::now();
     assert_eq!(read_to_close(&mut second), "");
-    drop(first);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_idle_timeout_closes_idle_connections_when_set() {
+    let daemon = Daemon::start(&["--resp-idle-timeout-ms", "300"]);
+    let mut raw = daemon.raw();
+    raw.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0_u8; 7];
+    raw.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
+    let started = Instant::now();
+    assert_eq!(
+        read_to_close(&mut raw),
+        "",
+        "closed silently, as Redis does"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
 }
 
 fn run_tool(program: &str, args: &[&str]) -> String {
@@ -376,6 +488,31 @@ fn redis_cli_runs_commands() {
         "ERR Tally stores integers only: value is not an integer or out of range"
     );
     assert!(cli(&["INFO", "server"]).contains("redis_version:"));
+}
+
+#[test]
+fn redis_cli_help_comes_from_command_docs() {
+    let daemon = Daemon::start(&[]);
+    let port = daemon.port();
+    // redis-cli builds its help table from COMMAND DOCS alone; an empty answer leaves
+    // `help` printing nothing.
+    let help = |topic: &[&str]| {
+        let mut all = vec!["-h", "127.0.0.1", "-p", port.as_str(), "help"];
+        all.extend_from_slice(topic);
+        run_tool("redis-cli", &all)
+    };
+    let incr = help(&["incr"]);
+    assert!(incr.contains("INCR"), "{incr}");
+    assert!(
+        incr.contains("Increment the integer value of a key by one"),
+        "{incr}"
+    );
+    let string_group = help(&["@string"]);
+    for name in ["INCRBY", "DECRBY", "MGET"] {
+        assert!(string_group.contains(name), "{name}: {string_group}");
+    }
+    let setname = help(&["client", "setname"]);
+    assert!(setname.contains("connection-name"), "{setname}");
 }
 
 #[test]

@@ -2,13 +2,37 @@
 //! request until more bytes are needed or a protocol error), serves each command through
 //! the door against a trivial store, and feeds the same bytes to the reply parser.
 //! Checks that nothing panics, that no request claims more bytes than given, that only
-//! protocol errors end the stream, and that every parsed command re-encodes to bytes
-//! that parse to the same command.
+//! protocol errors end the stream, that every parsed command re-encodes to bytes that
+//! parse to the same command, and that an EXEC's queued commands parse again and never
+//! end the connection or start another transaction.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tally_resp::door::{CounterResult, ServerInfo, Session, Step};
-use tally_resp::{parse, parse_reply};
+use tally_resp::{parse, parse_reply, Parsed};
+
+/// Serves one command; `false` if it closes the connection.
+fn serve(session: &mut Session, parsed: Parsed<'_>, out: &mut Vec<u8>, nested: bool) -> bool {
+    match session.begin(parsed, &ServerInfo::default(), out) {
+        Step::Replied => true,
+        Step::ReplyThenClose => {
+            assert!(!nested, "no queued command closes the connection");
+            false
+        }
+        Step::Apply(pending) => {
+            let results = vec![CounterResult::Applied { value: 1, existed: true }; pending.ops().len()];
+            pending.finish(&results, session.version(), out);
+            true
+        }
+        Step::Exec(transaction) => {
+            assert!(!nested, "no queued command is an EXEC");
+            for command in transaction.commands() {
+                assert!(serve(session, Ok(command), out, true));
+            }
+            true
+        }
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut session = Session::new(1);
@@ -24,11 +48,10 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(again_bytes, wire.len());
                     assert_eq!(again.as_ref(), Ok(command));
                 }
-                if let Step::Apply(pending) = session.begin(parsed, &ServerInfo::default(), &mut out) {
-                    let results = vec![CounterResult::Applied { value: 1, existed: true }; pending.ops().len()];
-                    pending.finish(&results, session.version(), &mut out);
-                }
                 offset += consumed;
+                if !serve(&mut session, parsed, &mut out, false) {
+                    break;
+                }
             }
             Ok(None) => break,
             Err(error) => {
