@@ -41,7 +41,8 @@ struct Cli {
     /// When the server acknowledges writes (default: the server's own setting).
     #[arg(long, value_enum, global = true)]
     durability: Option<DurabilityArg>,
-    /// Give up on a reply after this many milliseconds.
+    /// Give up on a command after this many milliseconds, safe retries included (a
+    /// change that may have been applied is then reported as an unknown outcome).
     #[arg(long, default_value_t = 5000, global = true)]
     timeout_ms: u64,
     #[command(subcommand)]
@@ -151,6 +152,7 @@ fn config(cli: &Cli) -> ClientConfig {
     ClientConfig {
         client_name: "tally-cli".to_owned(),
         read_timeout: Duration::from_millis(cli.timeout_ms.max(1)),
+        call_timeout: Duration::from_millis(cli.timeout_ms.max(1)),
         durability,
         // One-shot commands gain nothing from spinning.
         spin: Duration::ZERO,
