@@ -850,9 +850,7 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
         let started = match start_redis(&programs.redis_server, system) {
             Ok(started) => started,
             Err(error) => {
-                let failure = format!("{}: {error}", system.name());
-                eprintln!("  {failure}");
-                comparison.failures.push(failure);
+                start_failed(&mut comparison, system, &error);
                 continue;
             }
         };
@@ -885,9 +883,7 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
                         match start_tallyd(&tallyd, &args.tallyd_args, system, false) {
                             Ok(started) => started,
                             Err(error) => {
-                                let failure = format!("{}: {error}", system.name());
-                                eprintln!("  {failure}");
-                                comparison.failures.push(failure);
+                                start_failed(&mut comparison, system, &error);
                                 continue;
                             }
                         }
@@ -935,6 +931,13 @@ pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
     Ok(())
+}
+
+/// Records that `system`'s server would not start: a failed run of the comparison.
+fn start_failed(comparison: &mut Comparison, system: System, error: &dyn std::fmt::Display) {
+    let failure = format!("{}: {error}", system.name());
+    eprintln!("  {failure}");
+    comparison.failures.push(failure);
 }
 
 #[cfg(test)]
