@@ -22,6 +22,8 @@
 //! ```
 //!
 //! (A directory from before this file infers N from its `journal/core-<k>` folders.)
+//! A file naming fewer cores than those folders show is refused, naming both: it was
+//! damaged or edited, and trusting it would replay only some journals.
 //! When the count changes, [`migrate`] first recovers every old core's journal into
 //! the partitions that core owned, then checkpoints every partition at one LSN `C`
 //! above all the old journals' records, so every acknowledged mutation is in a
@@ -117,7 +119,7 @@ fn recorded_cores(data_dir: &Path) -> Result<Option<usize>, ServerError> {
                 .map(|cores| cores as usize)
                 .filter(|cores| *cores <= CORES_MAX);
             return match cores {
-                Some(cores) => Ok(Some(cores)),
+                Some(cores) => check_against_journals(data_dir, &path, cores).map(Some),
                 None => Err(ServerError::Layout {
                     path,
                     message: format!(
@@ -135,6 +137,38 @@ fn recorded_cores(data_dir: &Path) -> Result<Option<usize>, ServerError> {
             })
         }
     }
+    journal_core_count(data_dir)
+}
+
+/// Refuses a `cores` file that names fewer cores than there are journals: trusting
+/// it would replay only some journals and set the others aside, losing their
+/// acknowledged writes. (More cores than journals is normal: a core that never wrote.)
+fn check_against_journals(
+    data_dir: &Path,
+    path: &Path,
+    cores: usize,
+) -> Result<usize, ServerError> {
+    match journal_core_count(data_dir)? {
+        Some(written) if written > cores => Err(ServerError::Layout {
+            path: path.to_path_buf(),
+            message: format!(
+                "it says {cores} core(s), but {} exists: the journals were written by at \
+                 least {written} cores. The file is damaged or was edited; write the core \
+                 count the server last ran with into it (\"cores N\"), or remove it to \
+                 let the journals decide",
+                data_dir
+                    .join(JOURNAL_DIR)
+                    .join(format!("core-{}", written - 1))
+                    .display()
+            ),
+        }),
+        _ => Ok(cores),
+    }
+}
+
+/// The core count the journals were written under, from their `journal/core-<k>`
+/// folders: the highest `k` plus one, or `None` without any.
+fn journal_core_count(data_dir: &Path) -> Result<Option<usize>, ServerError> {
     let journals = data_dir.join(JOURNAL_DIR);
     let entries = match fs::read_dir(&journals) {
         Ok(entries) => entries,
@@ -215,8 +249,17 @@ pub fn migrate(config: &ServerConfig, dir: &DataDir) -> Result<Option<usize>, Se
         let owned = (0..dir.partition_count()).filter(|p| owner_of_partition(*p, old) == core);
         let mut store = Store::open(dir, owned).map_err(engine_error(core))?;
         let core_id = u32::try_from(core).expect("a layout has at most CORES_MAX cores");
-        let report = recover(data_dir, &mut store, core_id, &options)
-            .map_err(|source| ServerError::Journal { core, source })?;
+        let report = recover(data_dir, &mut store, core_id, &options).map_err(|source| {
+            tracing::error!(
+                core,
+                recorded = old,
+                path = %data_dir.join(CORES_FILE).display(),
+                "recovering an old core's journal for a core-count change failed: if the \
+                 directory's cores file does not hold the count the journals were written \
+                 under, correct it"
+            );
+            ServerError::Journal { core, source }
+        })?;
         next_lsn = next_lsn.max(report.next_lsn);
         store.close_clean().map_err(engine_error(core))?;
         tracing::info!(

@@ -769,3 +769,34 @@ fn a_lost_newest_segment_refuses_to_start_unless_asked() {
     let daemon = Daemon::start(dir.path(), &[]);
     check_bounds(daemon.addr, &floor, "the start after, without the flag");
 }
+
+/// A `cores` file naming fewer cores than wrote the journals (damaged or edited) is
+/// refused, naming the file: trusted, it would replay only some journals and set the
+/// others aside with their acknowledged increments. Corrected, the start loses nothing.
+#[test]
+fn a_cores_file_below_the_journals_is_refused_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = Client::connect(daemon.addr);
+    for _ in 0..5 {
+        let statuses = send_round(&mut client, &keys, &mut tally);
+        assert!(statuses.iter().all(|&status| status == Status::Ok));
+    }
+    drop(client);
+    daemon.kill_9();
+    let cores_file = dir.path().join("cores");
+    let recorded = std::fs::read_to_string(&cores_file).unwrap();
+    assert_eq!(recorded.trim(), "cores 2");
+    std::fs::write(&cores_file, "cores 1\n").unwrap();
+    let stderr = start_refused(dir.path(), &[]);
+    assert!(stderr.contains("cores"), "{stderr}");
+    assert!(
+        stderr.contains("core-1"),
+        "names the journal that contradicts it: {stderr}"
+    );
+    std::fs::write(&cores_file, recorded).unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(daemon.addr, &tally, "after correcting the cores file");
+}
