@@ -470,6 +470,10 @@ impl State {
             ),
             ("checkpoints", core.journal.stats.checkpoints.get()),
             (
+                "checkpoint_failures",
+                core.journal.stats.checkpoint_failures.get(),
+            ),
+            (
                 "recovered_records",
                 core.journal.stats.recovered_records.get(),
             ),

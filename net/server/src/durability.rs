@@ -312,6 +312,8 @@ pub struct DurabilityStats {
     pub records: Cell<u64>,
     pub buffer_full_syncs: Cell<u64>,
     pub checkpoints: Cell<u64>,
+    /// Checkpoints that failed to write (the journal unharmed; serving went on).
+    pub checkpoint_failures: Cell<u64>,
     pub recovered_records: Cell<u64>,
 }
 
@@ -785,7 +787,32 @@ impl CoreJournal {
         self.bytes_at_checkpoint.set(bytes_written);
         // The checkpoint synced the journal: waiters may be durable now.
         self.wake_waiters();
-        let report = result.inspect_err(|error| self.on_error(error, Instant::now()))?;
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => {
+                let journal = self.journal.borrow();
+                let journal_broke = journal.failure().is_some() || journal.degraded().is_some();
+                drop(journal);
+                if journal_broke {
+                    // The journal's own sync failed inside the checkpoint.
+                    self.on_error(&error, Instant::now());
+                } else {
+                    // A checkpoint file could not be written (a full disk, say): the
+                    // previous checkpoints stand and no segment was released past
+                    // them, so the journal still holds everything; writes go on.
+                    self.stats
+                        .checkpoint_failures
+                        .set(self.stats.checkpoint_failures.get() + 1);
+                    tracing::error!(
+                        core = self.core,
+                        %error,
+                        "checkpoint failed: writes go on, and the journal keeps every record \
+                         until a checkpoint succeeds (tried again at the next interval)"
+                    );
+                }
+                return Err(error);
+            }
+        };
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
         tracing::info!(
             core = self.core,
@@ -1112,7 +1139,7 @@ pub async fn commit_loop(core: Rc<Core>) {
         if journal.checkpoint_due(now) {
             let mut store = core.store.borrow_mut();
             journal.stamp_applied(&mut store);
-            // A failed checkpoint fails the journal; `checkpoint` logged it.
+            // `checkpoint` logged a failure, and handled one of the journal's own.
             let _ = journal.checkpoint(&store);
             continue;
         }

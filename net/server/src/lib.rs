@@ -500,7 +500,14 @@ fn spawn_core(
                 "the journal failed: the store is left unclean, so the next start recovers \
                  from the checkpoint and the journal"
             );
-            return Ok(());
+            // Not a clean stop: the exit status says so (the data on disk is intact).
+            return Err(ServerError::CoreFailed {
+                core: index,
+                message: "its journal failed while serving, so it made no final checkpoint \
+                          and left its store unclean; the next start recovers what was \
+                          durable from the checkpoint and the journal"
+                    .to_string(),
+            });
         }
         tracing::info!(core = index, "closing the store");
         store.close_clean().map_err(|source| ServerError::Engine {

@@ -667,7 +667,11 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
     let filler = filesystem.fill();
     send_until_every_key_is_refused(&mut client, &keys, &mut tally);
     drop(client);
-    daemon.terminate();
+    assert_eq!(
+        daemon.terminate(),
+        Some(1),
+        "a stop that could not sync its journal is not a clean one"
+    );
     std::fs::remove_file(&filler).unwrap();
     let daemon = Daemon::start(&data_dir, &[]);
     check_bounds(daemon.addr, &tally, "after a graceful stop while degraded");
@@ -799,4 +803,48 @@ fn a_cores_file_below_the_journals_is_refused_not_trusted() {
     std::fs::write(&cores_file, recorded).unwrap();
     let daemon = Daemon::start(dir.path(), &[]);
     check_bounds(daemon.addr, &tally, "after correcting the cores file");
+}
+
+/// A checkpoint that cannot be written (here a file squats each partition's temporary
+/// checkpoint path; on a real server, a full disk) leaves the journal whole: writes go
+/// on being acknowledged, a later checkpoint succeeds once the obstacle is gone, and a
+/// crash after all that loses nothing.
+#[test]
+fn a_failed_checkpoint_keeps_writes_going_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    let daemon = Daemon::start(dir.path(), &["--checkpoint-interval-s", "1"]);
+    let checkpoints = dir.path().join("checkpoint");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    let squatters: Vec<_> = (0..8)
+        .map(|partition| checkpoints.join(format!("{partition}.tmp")))
+        .collect();
+    for squatter in &squatters {
+        std::fs::write(squatter, b"not a checkpoint").unwrap();
+    }
+    let mut client = Client::connect(daemon.addr);
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(2_500) {
+        let statuses = send_round(&mut client, &keys, &mut tally);
+        assert!(
+            statuses.iter().all(|&status| status == Status::Ok),
+            "writes are refused after a failed checkpoint: {statuses:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    for squatter in &squatters {
+        std::fs::remove_file(squatter).unwrap();
+    }
+    thread::sleep(Duration::from_millis(2_000));
+    let statuses = send_round(&mut client, &keys, &mut tally);
+    assert!(statuses.iter().all(|&status| status == Status::Ok));
+    assert!(
+        (0..8).any(|partition| checkpoints.join(partition.to_string()).is_dir()),
+        "a checkpoint succeeded once the obstacle was gone"
+    );
+    drop(client);
+    daemon.kill_9();
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(daemon.addr, &tally, "after failed checkpoints and kill -9");
 }
