@@ -1471,13 +1471,26 @@ fn check_meta_bytes(
     if &header.magic != META_MAGIC {
         return Err(corrupted(0, "bad partition header magic".into()));
     }
-    if header.version != META_VERSION && header.version != META_VERSION_UNCHECKED {
+    if header.version == 1 {
         return Err(corrupted(
             8,
             format!(
-                "partition header version {} (this build reads {META_VERSION}; version 1 \
-                 tables, from before cuckoo addressing, place counters elsewhere: start a \
-                 new data directory)",
+                "partition header version 1 (this build reads {META_VERSION}): version 1 \
+                 tables, from before cuckoo addressing, place counters elsewhere; run the \
+                 tallyd that wrote this directory, or start a new one"
+            ),
+        ));
+    }
+    if header.version != META_VERSION && header.version != META_VERSION_UNCHECKED {
+        // Any other number is damage (or a newer tallyd's file): never advise starting
+        // over, which would throw every counter away.
+        return Err(corrupted(
+            8,
+            format!(
+                "partition header version {} is not one this build reads \
+                 ({META_VERSION_UNCHECKED} or {META_VERSION}): the file is damaged, or was \
+                 written by a newer tallyd. Do not delete the data directory: restore this \
+                 file from a backup, or run the tallyd that wrote it",
                 header.version
             ),
         ));

@@ -228,6 +228,20 @@ fn a_partition_header_of_the_linear_probing_format_is_refused() {
     assert!(error.to_string().contains("version 1"), "{error}");
 }
 
+/// A damaged version number (here one flipped bit) is refused as damage: the message
+/// must never advise starting a new data directory, which would throw every counter
+/// away, but to restore the file.
+#[test]
+fn a_damaged_partition_header_version_is_not_advised_away() {
+    let temp = tempfile::tempdir().unwrap();
+    patched_partition_header(temp.path(), 0, |bytes| bytes[8] ^= 0x40);
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..2).unwrap_err().to_string();
+    assert!(error.contains("damaged"), "{error}");
+    assert!(error.contains("Do not delete"), "{error}");
+    assert!(!error.contains("start a new"), "{error}");
+}
+
 #[test]
 fn an_unclean_stop_reopens_and_says_so() {
     let temp = tempfile::tempdir().unwrap();
