@@ -31,7 +31,8 @@
 //!   above a checkpoint), it first checkpoints every partition there and sets the
 //!   earlier segments aside (see [`recovery`]).
 //! - The reach file records an LSN that was durable: the last LSN of the first durable
-//!   commit of each new segment, written after that commit's fdatasync. Recovery
+//!   commit of each new segment, and of a commit durable 5 s or more after the last
+//!   record, written after that commit's fdatasync. Recovery
 //!   refuses a journal that ends below it while a partition still needs the records
 //!   in between (see [`reach`]): so losing the newest segments is seen, and no crash
 //!   can make the record wrong.
@@ -39,9 +40,9 @@
 //!   spans two segments and writes at most [`COMMIT_BYTES_MAX`] bytes, so after a power
 //!   loss only the last [`COMMIT_BYTES_MAX`] bytes of the last segment can be torn.
 //! - The journal never blocks its caller, except in [`Journal::sync`], when it starts
-//!   a new segment file (create + directory fsync, once per segment), and when the first
-//!   commit of a segment completes (the reach file's write + fdatasync, once per
-//!   segment).
+//!   a new segment file (create + directory fsync, once per segment), and when it
+//!   records the reach (the reach file's write + fdatasync, once per segment and at
+//!   most once per 5 s).
 //! - After a write or fdatasync error the journal is either *degraded* or *failed* (see
 //!   the writer's "Failure"). Degraded, when a retry writes the very same bytes at the
 //!   same offsets (a segment could not be created; a write failed for lack of space or

@@ -47,7 +47,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use super::reach::ReachFile;
+use super::reach::{ReachFile, REACH_REFRESH};
 use super::record::Record;
 use super::segment::{self, Verdict};
 use super::storage::{CommitFailure, Completion, JournalStorage, UringStorage};
@@ -126,6 +126,8 @@ pub struct Journal<S: JournalStorage = UringStorage> {
     /// Whether the next durable commit is the first of a new segment: its last LSN is
     /// then recorded as the journal's reach.
     reach_due: bool,
+    /// When the reach was last recorded: it is recorded again after [`REACH_REFRESH`].
+    reach_recorded: Option<Instant>,
     stats: JournalStats,
 }
 
@@ -178,6 +180,7 @@ impl<S: JournalStorage> Journal<S> {
             degraded: None,
             reach: ReachFile::new(data_dir, core),
             reach_due: false,
+            reach_recorded: None,
             stats: JournalStats::default(),
         })
     }
@@ -495,11 +498,16 @@ impl<S: JournalStorage> Journal<S> {
                 assert!(done.last_lsn > self.durable_lsn, "durable LSN only grows");
                 self.durable_lsn = done.last_lsn;
                 self.degraded = None;
-                if std::mem::take(&mut self.reach_due) && self.reach.record(done.last_lsn).is_err()
-                {
-                    // The records are durable all the same; only the check is weaker
-                    // until the next segment records its reach (see `super::reach`).
-                    self.stats.reach_failure_count += 1;
+                let stale = self
+                    .reach_recorded
+                    .is_none_or(|at| at.elapsed() >= REACH_REFRESH);
+                if std::mem::take(&mut self.reach_due) || stale {
+                    self.reach_recorded = Some(Instant::now());
+                    if self.reach.record(done.last_lsn).is_err() {
+                        // The records are durable all the same; only the check is
+                        // weaker until the reach is recorded again (`super::reach`).
+                        self.stats.reach_failure_count += 1;
+                    }
                 }
                 self.stats.commit_count += 1;
                 self.stats.record_count += done.record_count;

@@ -439,7 +439,10 @@ impl CoreJournal {
                 offset = torn.offset,
                 bytes_cut = torn.bytes_cut,
                 data_bytes_cut = torn.data_bytes_cut,
-                "cut a torn tail (the end of a write that never completed, unacknowledged)"
+                "cut a torn tail: the end of a write that never completed, so never \
+                 acknowledged, if a crash left it; a file cut or damaged by anything else \
+                 would show here too, and the journal's reach (recorded every 5 s) is \
+                 checked below it"
             );
         }
         if let Some((path, offset, reason)) = &report.journal.corruption {
