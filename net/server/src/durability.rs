@@ -109,7 +109,7 @@ use futures_lite::AsyncReadExt;
 use tally_engine::journal::checkpoint::{
     checkpoint_core, checkpoint_partition, latest, release_segments,
 };
-use tally_engine::journal::recovery::{recover, RecoveryOptions};
+use tally_engine::journal::recovery::{recover, RecoveryOptions, COVERED_SUFFIX};
 use tally_engine::journal::{
     journal_dir, list_segments, Durability, Idempotency, Journal, JournalError, JournalOptions,
     JournalReader, Lsn, Record,
@@ -459,13 +459,29 @@ impl CoreJournal {
             );
         }
         for set_aside in &report.journal.set_aside {
-            tracing::warn!(
-                core,
-                path = %set_aside.path.display(),
-                records = set_aside.record_count,
-                lsn_max = set_aside.lsn_max,
-                "journal file set aside"
-            );
+            let covered = set_aside
+                .path
+                .to_str()
+                .is_some_and(|path| path.ends_with(COVERED_SUFFIX));
+            if covered {
+                // Intact, and every record in it is in the checkpoints already (it was
+                // replayed or covered before being set aside): nothing was lost.
+                tracing::warn!(
+                    core,
+                    path = %set_aside.path.display(),
+                    "journal segment set aside whole, every record in it covered by the \
+                     checkpoints (kept for inspection; nothing lost)"
+                );
+            } else {
+                tracing::warn!(
+                    core,
+                    path = %set_aside.path.display(),
+                    valid_records = set_aside.record_count,
+                    lsn_max = set_aside.lsn_max,
+                    "damaged journal file set aside (kept for inspection; the lines above say \
+                     whether its records were below the checkpoints or cut)"
+                );
+            }
         }
         let window_s = config.idempotency_window_s;
         let (recovered, retained, records) =
