@@ -145,6 +145,33 @@ enum Outgoing {
 /// The least time between two logs of a full idempotency table on one core.
 const IDEMPOTENCY_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// The Outcome record of operation `index` of the idempotent `batch`, which changed
+/// nothing (a read, a no-op, a refusal): its result, for a retry after a restart
+/// (`durability.rs`, "Idempotency across restarts"); `None` for a refusal that needs no
+/// record.
+fn outcome_record<'a>(
+    op: &Op<'a>,
+    partition: u32,
+    result: &OpResult,
+    batch: IdempotentBatch,
+    index: u16,
+    unix_s: u32,
+) -> Option<Record<'a>> {
+    let (value, operand, result) = outcome_record_fields(result, index, unix_s, batch.fingerprint)?;
+    Some(Record {
+        partition,
+        kind: RecordKind::Outcome,
+        key: op.key(),
+        operand,
+        value,
+        bounds: None,
+        idempotency: Some(Idempotency {
+            key: batch.key,
+            result,
+        }),
+    })
+}
+
 /// The result given to a refused mutation; the reply turns it into `Unavailable`.
 const PLACEHOLDER: OpResult = Ok(Outcome {
     value: 0,
@@ -286,20 +313,8 @@ impl Core {
                     return Some(record);
                 }
                 // Changed nothing: its result alone, so a retry after a restart gets it.
-                let (value, operand, result) =
-                    outcome_record_fields(result, index, unix_s, batch.fingerprint)?;
-                Some(Record {
-                    partition: tally_engine::partition_of_hash(hash, self.partition_count),
-                    kind: RecordKind::Outcome,
-                    key: op.key(),
-                    operand,
-                    value,
-                    bounds: None,
-                    idempotency: Some(Idempotency {
-                        key: batch.key,
-                        result,
-                    }),
-                })
+                let partition = tally_engine::partition_of_hash(hash, self.partition_count);
+                outcome_record(op, partition, result, batch, index, unix_s)
             });
         match self.journal.append_all(records, journaling.durability) {
             None => Applied {
