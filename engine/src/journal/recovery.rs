@@ -588,18 +588,22 @@ fn check_reach(
     let dir = journal_dir(data_dir, core);
     let reason = format!(
         "the journal ends at LSN {last_lsn} but LSN {reach_lsn} was durable (recorded in \
-         {}): LSNs {first_missing}..={reach_lsn} are missing, from {} on (the newest \
-         segments, or the journal directory, were lost)",
+         {}): at least LSNs {first_missing}..={reach_lsn} are missing, from {} on (the \
+         newest segments, or the journal directory, were lost or cut). The reach is \
+         recorded every 5 s of writing, so records durable in the last 5 s before the \
+         loss may be missing too, uncounted",
         path.display(),
         segment::segment_path(&dir, first_missing).display()
     );
+    // Named after the first missing segment: the reach file itself is intact.
+    let missing = segment::segment_path(&dir, first_missing);
     if !options.recover_to_corruption {
-        return Err(corrupted(&path, 0, reason + REACH_HINT));
+        return Err(corrupted(&missing, 0, reason + REACH_HINT));
     }
     // A corruption recovered up to already says where the journal was cut (its
     // records are set aside, and the journal continues above them).
     if report.journal.corruption.is_none() {
-        report.journal.corruption = Some((path, 0, reason));
+        report.journal.corruption = Some((missing, 0, reason));
     }
     report.next_lsn = report.next_lsn.max(reach_lsn + 1);
     Ok(())

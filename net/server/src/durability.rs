@@ -446,7 +446,16 @@ impl CoreJournal {
             );
         }
         if let Some((path, offset, reason)) = &report.journal.corruption {
-            tracing::error!(core, path = %path.display(), offset, reason, "recovered up to a corruption: later records were set aside");
+            // The path is the damaged segment, or for lost newest segments the reach
+            // file that shows them missing (which is intact).
+            tracing::error!(
+                core,
+                path = %path.display(),
+                offset,
+                reason,
+                "recovered with --recover-to-corruption: acknowledged records were lost \
+                 (any records after the damage were set aside, see the lines below)"
+            );
         }
         for (path, offset, reason) in &report.journal.skipped {
             tracing::warn!(
