@@ -331,21 +331,7 @@ fn a_core_count_change_after_kill_9_loses_nothing() {
 fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let first = Daemon::start(dir.path(), &[]);
-    let second = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "1",
-            "--partitions",
-            "8",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .expect("run a second tallyd");
-    let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(!second.status.success(), "the second server started");
+    let stderr = start_refused(dir.path(), &["--cores", "1"]);
     assert!(
         stderr.contains("in use by another tallyd"),
         "unclear refusal: {stderr}"
@@ -689,35 +675,7 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
 /// Starts `tallyd` as `Daemon::start` does, expecting it to refuse to start; returns
 /// what it wrote to standard error.
 fn start_refused(dir: &Path, extra: &[&str]) -> String {
-    use std::process::Stdio;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--partitions",
-            "8",
-        ])
-        .args(["--spin-us", "20", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn tallyd");
-    let started = std::time::Instant::now();
-    while child.try_wait().expect("poll tallyd").is_none() {
-        if started.elapsed() > Duration::from_secs(30) {
-            let _ = child.kill();
-            panic!("tallyd started (or hung) instead of refusing");
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let output = child.wait_with_output().expect("reap tallyd");
-    assert!(!output.status.success(), "tallyd exited with success");
-    String::from_utf8_lossy(&output.stderr).into_owned()
+    common::start_refused(dir, 8, extra)
 }
 
 /// The newest journal segment of a core lost after a crash (each start of `tallyd`

@@ -885,21 +885,7 @@ fn an_existing_data_directory_keeps_its_partition_count() {
     let daemon = Daemon::start_with_partitions(dir.path(), 0, &[]);
     assert_eq!(daemon.connect().hello().partition_count, 16);
     assert_eq!(daemon.terminate(), Some(0));
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--cores",
-            "2",
-            "--partitions",
-            "8",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = common::start_refused(dir.path(), 8, &[]);
     assert!(stderr.contains("16") && stderr.contains('8'), "{stderr}");
 }
 

@@ -10,13 +10,11 @@ pub struct Process {
     child: Child,
 }
 
-/// Starts `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
+/// `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
 /// --data-dir DIR EXTRA...` (no `--partitions` if PARTITIONS is 0; short spins, since the
 /// tests share two CPUs with the daemon, unless EXTRA gives `--spin-us`; 2 cores unless
-/// EXTRA gives `--cores`) and returns it with the rest of the first line of its
-/// standard output containing `marker`. Standard output is closed after that line, so
-/// later output can never fill a pipe nobody reads.
-pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Process, String) {
+/// EXTRA gives `--cores`), logging warnings and worse.
+fn command(dir: &Path, partitions: u32, extra: &[&str]) -> Command {
     let spin: &[&str] = if extra.contains(&"--spin-us") {
         &[]
     } else {
@@ -27,21 +25,25 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
     } else {
         &["--cores", "2"]
     };
-    let partitions = partitions.to_string();
-    let partitions: &[&str] = if partitions == "0" {
-        &[]
-    } else {
-        &["--partitions", &partitions]
-    };
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tallyd"))
-        .args(["--listen", "127.0.0.1:0"])
-        .args(cores)
-        .args(partitions)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tallyd"));
+    command.args(["--listen", "127.0.0.1:0"]).args(cores);
+    if partitions != 0 {
+        command.args(["--partitions", &partitions.to_string()]);
+    }
+    command
         .args(spin)
         .arg("--data-dir")
         .arg(dir)
         .args(extra)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// Starts [`command`] and returns it with the rest of the first line of its standard
+/// output containing `marker`. Standard output is closed after that line, so later
+/// output can never fill a pipe nobody reads.
+pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Process, String) {
+    let mut child = command(dir, partitions, extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -56,6 +58,28 @@ pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Proc
         }
     }
     panic!("tallyd exited without printing `{marker}`");
+}
+
+/// Starts [`command`] expecting it to refuse to start (exit with a failure within
+/// 30 s); returns what it wrote to standard error.
+#[allow(dead_code)] // not every test binary has a refusal to check
+pub fn start_refused(dir: &Path, partitions: u32, extra: &[&str]) -> String {
+    let mut child = command(dir, partitions, extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn tallyd");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("poll tallyd").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("tallyd started (or hung) instead of refusing");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().expect("reap tallyd");
+    assert!(!output.status.success(), "tallyd exited with success");
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 impl Process {
