@@ -66,6 +66,7 @@ pub mod record;
 pub mod recovery;
 mod replay;
 mod segment;
+mod stamp;
 pub mod storage;
 mod writer;
 

@@ -7,7 +7,8 @@
 //! <data-dir>/checkpoint/<partition>.tmp/    a checkpoint being written
 //! <data-dir>/checkpoint/<partition>.old/    the previous one, during the swap
 //! ```
-//! `journal-position`, 32 bytes little-endian:
+//! `journal-position`, 32 bytes little-endian (an LSN stamp, `super::stamp`, owner =
+//! the partition):
 //! ```text
 //! offset size field
 //!      0    8 magic "TLYCKPT1"
@@ -33,6 +34,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::stamp::{self, StampError};
 use super::storage::JournalStorage;
 use super::writer::create_dir_durably;
 use super::{journal_dir, segment, Journal, JournalError, Lsn};
@@ -40,7 +42,6 @@ use crate::store::Store;
 
 const POSITION_FILE: &str = "journal-position";
 const POSITION_MAGIC: &[u8; 8] = b"TLYCKPT1";
-const POSITION_BYTES: usize = 32;
 
 /// A checkpoint found on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,39 +68,30 @@ fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn encode_position(partition: u32, covered_lsn: Lsn) -> [u8; POSITION_BYTES] {
-    let mut bytes = [0u8; POSITION_BYTES];
-    bytes[0..8].copy_from_slice(POSITION_MAGIC);
-    bytes[8..12].copy_from_slice(&partition.to_le_bytes());
-    bytes[16..24].copy_from_slice(&covered_lsn.to_le_bytes());
-    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..24]);
-    bytes[24..32].copy_from_slice(&checksum.to_le_bytes());
-    bytes
+fn encode_position(partition: u32, covered_lsn: Lsn) -> [u8; stamp::STAMP_BYTES] {
+    stamp::encode(POSITION_MAGIC, partition, covered_lsn)
 }
 
 fn read_position(dir: &Path, partition: u32) -> Result<CheckpointInfo, JournalError> {
     let path = dir.join(POSITION_FILE);
     let bytes =
         std::fs::read(&path).map_err(|e| JournalError::io("read checkpoint position", &path, e))?;
-    let corrupted = |reason: &str| JournalError::Corrupted {
-        path: path.clone(),
-        offset: 0,
-        reason: reason.to_string(),
-    };
-    if bytes.len() != POSITION_BYTES || &bytes[0..8] != POSITION_MAGIC {
-        return Err(corrupted("not a checkpoint position file"));
-    }
-    let stored = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
-    if xxhash_rust::xxh3::xxh3_64(&bytes[..24]) != stored {
-        return Err(corrupted("checksum mismatch"));
-    }
-    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != partition {
-        return Err(corrupted("checkpoint of another partition"));
-    }
+    let covered_lsn = stamp::decode(&bytes, POSITION_MAGIC, partition).map_err(|error| {
+        let reason = match error {
+            StampError::Kind => "not a checkpoint position file",
+            StampError::Checksum => "checksum mismatch",
+            StampError::Owner => "checkpoint of another partition",
+        };
+        JournalError::Corrupted {
+            path: path.clone(),
+            offset: 0,
+            reason: reason.to_string(),
+        }
+    })?;
     Ok(CheckpointInfo {
         dir: dir.to_path_buf(),
         partition,
-        covered_lsn: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
+        covered_lsn,
     })
 }
 

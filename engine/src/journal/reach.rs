@@ -9,7 +9,8 @@
 //!
 //! # Layout
 //! ```text
-//! <data-dir>/journal-reach/core-<N>        32 bytes, little-endian:
+//! <data-dir>/journal-reach/core-<N>        32 bytes, little-endian (an LSN stamp,
+//!                                          `super::stamp`, owner = the core):
 //! offset size field
 //!      0    8 magic "TLYREACH"
 //!      8    4 core
@@ -50,6 +51,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::stamp::{self, StampError};
 use super::writer::create_dir_durably;
 use super::{JournalError, Lsn};
 
@@ -57,10 +59,8 @@ const REACH_DIR: &str = "journal-reach";
 /// How old the recorded reach may grow while commits become durable.
 pub const REACH_REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 const REACH_MAGIC: &[u8; 8] = b"TLYREACH";
-const REACH_BYTES: usize = 32;
-
-// One write of the whole file stays inside one 512-byte sector.
-const _: () = assert!(REACH_BYTES <= 512);
+/// The file is a stamp (`super::stamp`): one write of it stays inside one sector.
+const REACH_BYTES: usize = stamp::STAMP_BYTES;
 
 /// The reach file of core `core` under `data_dir`.
 pub fn reach_path(data_dir: &Path, core: u32) -> PathBuf {
@@ -68,13 +68,7 @@ pub fn reach_path(data_dir: &Path, core: u32) -> PathBuf {
 }
 
 fn encode(core: u32, lsn: Lsn) -> [u8; REACH_BYTES] {
-    let mut bytes = [0u8; REACH_BYTES];
-    bytes[0..8].copy_from_slice(REACH_MAGIC);
-    bytes[8..12].copy_from_slice(&core.to_le_bytes());
-    bytes[16..24].copy_from_slice(&lsn.to_le_bytes());
-    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..24]);
-    bytes[24..32].copy_from_slice(&checksum.to_le_bytes());
-    bytes
+    stamp::encode(REACH_MAGIC, core, lsn)
 }
 
 /// The reach LSN recorded for core `core`, if the file exists.
@@ -85,23 +79,18 @@ pub fn read_reach(data_dir: &Path, core: u32) -> Result<Option<Lsn>, JournalErro
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(JournalError::io("read journal reach", &path, error)),
     };
-    let corrupted = |reason: &str| JournalError::Corrupted {
-        path: path.clone(),
-        offset: 0,
-        reason: reason.to_string(),
-    };
-    if bytes.len() != REACH_BYTES || &bytes[0..8] != REACH_MAGIC {
-        return Err(corrupted("not a journal reach file"));
-    }
-    let stored = u64::from_le_bytes(bytes[24..32].try_into().expect("8 bytes"));
-    if xxhash_rust::xxh3::xxh3_64(&bytes[..24]) != stored {
-        return Err(corrupted("checksum mismatch"));
-    }
-    if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != core {
-        return Err(corrupted("reach of another core"));
-    }
-    let lsn = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
-    debug_assert_eq!(encode(core, lsn)[..], bytes[..]);
+    let lsn = stamp::decode(&bytes, REACH_MAGIC, core).map_err(|error| {
+        let reason = match error {
+            StampError::Kind => "not a journal reach file",
+            StampError::Checksum => "checksum mismatch",
+            StampError::Owner => "reach of another core",
+        };
+        JournalError::Corrupted {
+            path: path.clone(),
+            offset: 0,
+            reason: reason.to_string(),
+        }
+    })?;
     Ok(Some(lsn))
 }
 
