@@ -30,6 +30,13 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts that the run failed; returns what it wrote to standard error.
+fn refusal(output: &Output) -> String {
+    let message = stderr(output);
+    assert!(!output.status.success(), "the run succeeded: {message}");
+    message
+}
+
 fn start() -> (tempfile::TempDir, Tallyd) {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Tallyd::start(
@@ -44,8 +51,7 @@ fn a_native_run_at_the_resp_port_says_it_is_probably_the_wrong_port() {
     let (_dir, mut server) = start();
     let resp = server.wait_for_address("resp listening on ").to_string();
     let output = tally_bench(&["server", "--addr", &resp, "--ops", "10"]);
-    assert!(!output.status.success());
-    let message = stderr(&output);
+    let message = refusal(&output);
     assert!(
         message.contains("waiting for the hello reply") && message.contains("native port"),
         "{message}"
@@ -90,11 +96,10 @@ fn recovery_refuses_zero_counters_up_front() {
         "--dir",
         dir,
     ]);
-    assert!(!output.status.success());
+    let message = refusal(&output);
     assert!(
-        stderr(&output).contains("--counters must be at least 1"),
-        "{}",
-        stderr(&output)
+        message.contains("--counters must be at least 1"),
+        "{message}"
     );
 }
 
@@ -145,11 +150,10 @@ fn recovery_refuses_a_kept_directory_built_with_other_parameters() {
         stderr(&again)
     );
     let other = tally_bench(&arguments("200"));
-    assert!(!other.status.success());
+    let message = refusal(&other);
     assert!(
-        stderr(&other).contains("was built with different parameters"),
-        "{}",
-        stderr(&other)
+        message.contains("was built with different parameters"),
+        "{message}"
     );
 }
 
@@ -332,12 +336,8 @@ fn compare_leaves_no_directory_behind_when_a_server_cannot_start() {
         .stdin(Stdio::null())
         .output()
         .expect("run tally-bench");
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("cannot start"),
-        "{}",
-        stderr(&output)
-    );
+    let message = refusal(&output);
+    assert!(message.contains("cannot start"), "{message}");
     let left: Vec<_> = std::fs::read_dir(&scratch)
         .expect("read the scratch directory")
         .map(|entry| entry.expect("an entry").file_name())
@@ -431,8 +431,7 @@ fn an_unwritable_plot_is_refused_before_the_run() {
         "--plot",
         "/nonexistent/dir/x.svg",
     ]);
-    let message = stderr(&output);
-    assert!(!output.status.success());
+    let message = refusal(&output);
     assert!(
         message.contains("the plot /nonexistent/dir/x.svg cannot be written"),
         "{message}"
@@ -455,8 +454,7 @@ fn an_unwritable_plot_is_refused_before_the_run() {
         "--plot-dir",
         "/proc",
     ]);
-    let message = stderr(&output);
-    assert!(!output.status.success());
+    let message = refusal(&output);
     assert!(message.contains("cannot be written"), "{message}");
     assert!(!message.contains("starting"), "{message}");
 }
