@@ -590,6 +590,15 @@ fn send_until_every_key_is_refused(client: &mut Client, keys: &[Vec<u8>], tally:
 }
 
 /// One durable increment of 1 per key, counted in `tally`; the statuses.
+/// [`send_round`], where every increment must be acknowledged.
+fn send_acknowledged_round(client: &mut Client, keys: &[Vec<u8>], tally: &mut Tally) {
+    let statuses = send_round(client, keys, tally);
+    assert!(
+        statuses.iter().all(|&status| status == Status::Ok),
+        "an increment was not acknowledged: {statuses:?}"
+    );
+}
+
 fn send_round(client: &mut Client, keys: &[Vec<u8>], tally: &mut Tally) -> Vec<Status> {
     let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
     let replies = client.batch(&ops, None);
@@ -625,8 +634,7 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
     let daemon = Daemon::start(&data_dir, &[]);
     let mut client = Client::connect(daemon.addr);
     for _ in 0..20 {
-        let statuses = send_round(&mut client, &keys, &mut tally);
-        assert!(statuses.iter().all(|&status| status == Status::Ok));
+        send_acknowledged_round(&mut client, &keys, &mut tally);
     }
     let filler = filesystem.fill();
     send_until_every_key_is_refused(&mut client, &keys, &mut tally);
@@ -663,8 +671,7 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
     check_bounds(daemon.addr, &tally, "after a graceful stop while degraded");
     let mut client = Client::connect(daemon.addr);
     for _ in 0..20 {
-        let statuses = send_round(&mut client, &keys, &mut tally);
-        assert!(statuses.iter().all(|&status| status == Status::Ok));
+        send_acknowledged_round(&mut client, &keys, &mut tally);
     }
     drop(client);
     daemon.kill_9();
@@ -696,8 +703,7 @@ fn a_lost_newest_segment_refuses_to_start_unless_asked() {
         let daemon = Daemon::start(dir.path(), &[]);
         let mut client = Client::connect(daemon.addr);
         for _ in 0..10 {
-            let statuses = send_round(&mut client, &keys, &mut tally);
-            assert!(statuses.iter().all(|&status| status == Status::Ok));
+            send_acknowledged_round(&mut client, &keys, &mut tally);
         }
         drop(client);
         daemon.kill_9();
@@ -743,8 +749,7 @@ fn a_cores_file_below_the_journals_is_refused_not_trusted() {
     let daemon = Daemon::start(dir.path(), &[]);
     let mut client = Client::connect(daemon.addr);
     for _ in 0..5 {
-        let statuses = send_round(&mut client, &keys, &mut tally);
-        assert!(statuses.iter().all(|&status| status == Status::Ok));
+        send_acknowledged_round(&mut client, &keys, &mut tally);
     }
     drop(client);
     daemon.kill_9();
@@ -784,19 +789,14 @@ fn a_failed_checkpoint_keeps_writes_going_and_loses_nothing() {
     let mut client = Client::connect(daemon.addr);
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(2_500) {
-        let statuses = send_round(&mut client, &keys, &mut tally);
-        assert!(
-            statuses.iter().all(|&status| status == Status::Ok),
-            "writes are refused after a failed checkpoint: {statuses:?}"
-        );
+        send_acknowledged_round(&mut client, &keys, &mut tally);
         thread::sleep(Duration::from_millis(50));
     }
     for squatter in &squatters {
         std::fs::remove_file(squatter).unwrap();
     }
     thread::sleep(Duration::from_millis(2_000));
-    let statuses = send_round(&mut client, &keys, &mut tally);
-    assert!(statuses.iter().all(|&status| status == Status::Ok));
+    send_acknowledged_round(&mut client, &keys, &mut tally);
     assert!(
         (0..8).any(|partition| checkpoints.join(partition.to_string()).is_dir()),
         "a checkpoint succeeded once the obstacle was gone"
