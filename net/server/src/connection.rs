@@ -695,19 +695,26 @@ fn to_reply(result: OpResult, exists: bool) -> OpReply {
         Ok(outcome) if exists => OpReply::ok(i64::from(outcome.existed), outcome.existed, false),
         Ok(outcome) => OpReply::ok(outcome.value, outcome.existed, outcome.clamped),
         Err(error) => {
-            let (status, detail) = match error {
-                OpError::InvalidKey { length } => (Status::InvalidKey, length as i64),
-                OpError::Overflow => (Status::Overflow, 0),
-                OpError::BelowFloor { floor } => (Status::BelowFloor, floor),
-                OpError::AboveCeiling { ceiling } => (Status::AboveCeiling, ceiling),
-                OpError::InvalidBounds { floor, .. } => (Status::InvalidBounds, floor),
-                OpError::OutOfBounds { value } => (Status::OutOfBounds, value),
-                OpError::NotOwned { partition } => (Status::NotOwned, i64::from(partition)),
-                OpError::WrongKind => (Status::WrongKind, 0),
-                OpError::StorageFull => (Status::StorageFull, 0),
-                _ => (Status::Unavailable, 0),
-            };
+            let (status, detail) = status_of(&error);
             OpReply::error(status, detail)
         }
+    }
+}
+
+/// The wire status of an operation refused with `error`, and the detail its reply's
+/// value carries (PROTOCOL.md). The journal records refusals with the same numbers
+/// (`durability.rs`).
+pub(crate) fn status_of(error: &OpError) -> (Status, i64) {
+    match *error {
+        OpError::InvalidKey { length } => (Status::InvalidKey, length as i64),
+        OpError::Overflow => (Status::Overflow, 0),
+        OpError::BelowFloor { floor } => (Status::BelowFloor, floor),
+        OpError::AboveCeiling { ceiling } => (Status::AboveCeiling, ceiling),
+        OpError::InvalidBounds { floor, .. } => (Status::InvalidBounds, floor),
+        OpError::OutOfBounds { value } => (Status::OutOfBounds, value),
+        OpError::NotOwned { partition } => (Status::NotOwned, i64::from(partition)),
+        OpError::WrongKind => (Status::WrongKind, 0),
+        OpError::StorageFull => (Status::StorageFull, 0),
+        _ => (Status::Unavailable, 0),
     }
 }

@@ -71,10 +71,10 @@
 //! offset size field
 //!      0    1 flags: bit 0 the counter existed, bit 1 the operation was clamped
 //!      1    1 status: 0 the operation succeeded (its value is the record's `value`);
-//!             else the error that refused it: 1 Overflow, 2 BelowFloor (floor in
-//!             `value`), 3 AboveCeiling (ceiling in `value`), 4 InvalidBounds (floor
-//!             in `value`, ceiling in `operand`), 5 OutOfBounds (the value in
-//!             `value`), 6 WrongKind, 7 StorageFull
+//!             else the wire status it was refused with (PROTOCOL.md: 2 Overflow,
+//!             3 BelowFloor, 4 AboveCeiling, 5 InvalidBounds, 6 OutOfBounds,
+//!             7 WrongKind, 9 StorageFull), the reply's detail in `value` (and for
+//!             InvalidBounds the ceiling in `operand`)
 //!      2    2 index of the operation in its batch, u16 LE
 //!      4    4 wall-clock time of the apply, unix seconds, u32 LE
 //!      8    8 the batch's fingerprint (`idempotency::fingerprint`), u64 LE; 0 in
@@ -115,8 +115,10 @@ use tally_engine::journal::{
     JournalReader, Lsn, Record,
 };
 use tally_engine::{OpError, OpResult, Outcome, Store};
+use tally_protocol::Status;
 
 use crate::config::ServerConfig;
+use crate::connection::status_of;
 use crate::core::Core;
 use crate::idempotency::{Fingerprint, IdempotencyKey};
 
@@ -182,25 +184,30 @@ pub fn outcome_record_fields(
     unix_s: u32,
     fingerprint: Fingerprint,
 ) -> Option<(i64, i64, [u8; 16])> {
-    let (status, value, operand) = match *result {
+    let error = match result {
         Ok(outcome) => {
             return Some((
                 outcome.value,
                 0,
-                encode_result(&outcome, index, unix_s, fingerprint),
+                encode_result(outcome, index, unix_s, fingerprint),
             ))
         }
-        Err(OpError::Overflow) => (1, 0, 0),
-        Err(OpError::BelowFloor { floor }) => (2, floor, 0),
-        Err(OpError::AboveCeiling { ceiling }) => (3, ceiling, 0),
-        Err(OpError::InvalidBounds { floor, ceiling }) => (4, floor, ceiling),
-        Err(OpError::OutOfBounds { value }) => (5, value, 0),
-        Err(OpError::WrongKind) => (6, 0, 0),
-        Err(OpError::StorageFull) => (7, 0, 0),
-        // An invalid key, a partition not owned, a batch over the limit: refused the
-        // same way every time (and errors added later, until they get a status).
-        Err(_) => return None,
+        Err(error) => error,
     };
+    let (status, value) = status_of(error);
+    // An invalid key, a partition not owned: refused the same way every time (and
+    // errors without a status of their own).
+    if matches!(
+        status,
+        Status::InvalidKey | Status::NotOwned | Status::Unavailable
+    ) {
+        return None;
+    }
+    let operand = match *error {
+        OpError::InvalidBounds { ceiling, .. } => ceiling,
+        _ => 0,
+    };
+    let status = status as u8;
     Some((
         value,
         operand,
@@ -232,17 +239,19 @@ fn decode_result(value: i64, operand: i64, bytes: &[u8; 16]) -> Option<DecodedRe
             clamped: flags & RESULT_FLAG_CLAMPED != 0,
         }),
         _ if flags != 0 => return None,
-        1 => Err(OpError::Overflow),
-        2 => Err(OpError::BelowFloor { floor: value }),
-        3 => Err(OpError::AboveCeiling { ceiling: value }),
-        4 => Err(OpError::InvalidBounds {
-            floor: value,
-            ceiling: operand,
-        }),
-        5 => Err(OpError::OutOfBounds { value }),
-        6 => Err(OpError::WrongKind),
-        7 => Err(OpError::StorageFull),
-        _ => return None,
+        code => match Status::from_u8(code).ok()? {
+            Status::Overflow => Err(OpError::Overflow),
+            Status::BelowFloor => Err(OpError::BelowFloor { floor: value }),
+            Status::AboveCeiling => Err(OpError::AboveCeiling { ceiling: value }),
+            Status::InvalidBounds => Err(OpError::InvalidBounds {
+                floor: value,
+                ceiling: operand,
+            }),
+            Status::OutOfBounds => Err(OpError::OutOfBounds { value }),
+            Status::WrongKind => Err(OpError::WrongKind),
+            Status::StorageFull => Err(OpError::StorageFull),
+            _ => return None,
+        },
     };
     Some(DecodedResult {
         result,
