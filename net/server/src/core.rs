@@ -291,7 +291,9 @@ impl Core {
             .filter_map(|(at, (op, result))| {
                 let hash = || hashes.map_or_else(|| tally_engine::key_hash(op.key()), |h| h[at]);
                 let Some((batch, indexes)) = journaling.idempotency else {
-                    return self.record_of(op, hash(), result.as_ref().ok()?);
+                    // Refusals leave no record, and need no hash.
+                    let outcome = result.as_ref().ok()?;
+                    return self.record_of(op, hash(), outcome);
                 };
                 let index = indexes[at];
                 if recovered.is_some_and(|r| r.outcome(index).is_some())
