@@ -88,8 +88,10 @@ pub enum ClientError {
     /// away and a reconnect was refused), or part of a batch was applied while another
     /// part failed, or the server answered `Status::Unavailable` (applied in memory, maybe
     /// not journaled). `cause` is the last error seen. Never read it as "not applied":
-    /// read the counter to find out, and do not simply repeat the call (it would count
-    /// again).
+    /// do not simply repeat the call (it would count again). A call made with an
+    /// idempotency key can be repeated with the same key: the server then applies only
+    /// what the first attempt did not, and answers `Unavailable` again until it knows
+    /// (PROTOCOL.md, "Idempotency"). Without a key, read the counter to find out.
     #[error("outcome unknown, the request may have been applied: {cause}")]
     OutcomeUnknown {
         #[source]

@@ -116,6 +116,9 @@ struct BatchPlan {
     /// Where the batch's `Exists` flags start in `State::exists`.
     exists_start: usize,
     idempotency: Option<Idempotent>,
+    /// A resumed idempotent batch: its earlier results, whose `Unavailable` ones are
+    /// the operations routed now (`idempotency.rs`).
+    resumed: Option<Vec<OpReply>>,
 }
 
 /// An idempotent batch being run: its key, its home core and its fingerprint.
@@ -321,7 +324,23 @@ impl State {
         let mut writer = BatchReplyWriter::begin(&mut self.output, plan.request_id);
         let mut exists = self.exists[plan.exists_start..].iter();
         let mut invalid_key_count = 0usize;
+        // A resumed batch's settled results, pushed between the routed ones.
+        let mut earlier = plan
+            .resumed
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .peekable();
+        let mut push_settled = |writer: &mut BatchReplyWriter<'_>| {
+            while let Some(reply) = earlier.next_if(|reply| reply.status != Status::Unavailable) {
+                writer
+                    .push(reply)
+                    .expect("a batch's reply has at most BATCH_OPS_MAX results");
+            }
+            earlier.next();
+        };
         let mut each = |result: RoutedResult| {
+            push_settled(&mut writer);
             let exists = *exists.next().expect("one flag per operation");
             let reply = match result {
                 Some(Ok(outcome)) => to_reply(Ok(outcome), exists),
@@ -340,6 +359,7 @@ impl State {
                 .collect_waiting(core, &plan.routed, each)
                 .await;
         }
+        push_settled(&mut writer);
         writer
             .finish()
             .expect("a batch reply always fits in a frame");
@@ -493,9 +513,11 @@ impl State {
 
     async fn dispatch_batch(&mut self, core: &Core, request_id: u64, batch: BatchRef<'_>) {
         let mut idempotency = None;
+        let mut resumed = None;
         if batch.idempotency_key.is_some() {
             match self.idempotency_begin(core, request_id, &batch).await {
-                Ok(begun) => idempotency = begun,
+                Ok(Some((begun, earlier))) => (idempotency, resumed) = (Some(begun), earlier),
+                Ok(None) => {}
                 Err(()) => return,
             }
         }
@@ -508,11 +530,21 @@ impl State {
         };
         let exists_start = self.exists.len();
         let exists = &mut self.exists;
-        let ops = batch.ops().map(|op| {
-            let (op, is_exists) = to_engine(op);
-            exists.push(is_exists);
-            op
-        });
+        // A resumed batch runs again only what was `Unavailable`.
+        let unsettled = |index: usize| {
+            resumed
+                .as_ref()
+                .is_none_or(|earlier: &Vec<OpReply>| earlier[index].status == Status::Unavailable)
+        };
+        let ops = batch
+            .ops()
+            .enumerate()
+            .filter(|&(index, _)| unsettled(index))
+            .map(|(index, op)| {
+                let (op, is_exists) = to_engine(op);
+                exists.push(is_exists);
+                (index, op)
+            });
         let mut routed = self.dispatch.route(core, ops, route);
         if self.dispatch.has_outgoing() {
             self.dispatch.send_outgoing(core, route, &mut routed).await;
@@ -522,18 +554,19 @@ impl State {
             routed,
             exists_start,
             idempotency,
+            resumed,
         }));
     }
 
     /// For a batch with an idempotency key: `Ok(Some(..))` to run it and record its
-    /// reply, `Ok(None)` without a key, `Err(())` if already answered (a replay or an
-    /// error reply is staged).
+    /// reply (with the earlier results of a resumed batch), `Ok(None)` without a key,
+    /// `Err(())` if already answered (a replay or an error reply is staged).
     async fn idempotency_begin(
         &mut self,
         core: &Core,
         request_id: u64,
         batch: &BatchRef<'_>,
-    ) -> Result<Option<Idempotent>, ()> {
+    ) -> Result<Option<(Idempotent, Option<Vec<OpReply>>)>, ()> {
         let Some(key) = batch.idempotency_key else {
             return Ok(None);
         };
@@ -544,15 +577,20 @@ impl State {
         let home = idempotency::home_core(key, core.cores);
         let fingerprint = idempotency::fingerprint(batch);
         let op_count = u16::try_from(batch.op_count()).expect("at most BATCH_OPS_MAX operations");
+        let begun = Idempotent {
+            key,
+            home,
+            fingerprint,
+        };
         match core
             .idempotency_begin(home, key, fingerprint, op_count)
             .await
         {
-            Ok(RemoteBegin::New) => Ok(Some(Idempotent {
-                key,
-                home,
-                fingerprint,
-            })),
+            Ok(RemoteBegin::New) => Ok(Some((begun, None))),
+            Ok(RemoteBegin::Resume(earlier)) => {
+                assert_eq!(earlier.len(), batch.op_count(), "same fingerprint");
+                Ok(Some((begun, Some(earlier))))
+            }
             Ok(RemoteBegin::Mismatch) => {
                 tracing::warn!(
                     core = core.index,

@@ -172,6 +172,26 @@ fn outcome_record<'a>(
     })
 }
 
+/// What a core already has of an idempotent batch's results: journaled before a
+/// restart, or kept from before its journal degraded (`durability.rs`).
+#[derive(Clone, Copy, Debug, Default)]
+struct Known<'a> {
+    recovered: Option<&'a Recovered>,
+    unsettled: Option<&'a Recovered>,
+}
+
+impl Known<'_> {
+    fn is_empty(&self) -> bool {
+        self.recovered.is_none() && self.unsettled.is_none()
+    }
+
+    /// The result operation `index` had, if known.
+    fn outcome(&self, index: u16) -> Option<OpResult> {
+        let recovered = self.recovered.and_then(|r| r.outcome(index));
+        recovered.or_else(|| self.unsettled.and_then(|u| u.outcome(index)))
+    }
+}
+
 /// The result given to a refused mutation; the reply turns it into `Unavailable`.
 const PLACEHOLDER: OpResult = Ok(Outcome {
     value: 0,
@@ -189,10 +209,18 @@ impl Core {
         journaling: Journaling<'_>,
     ) -> Applied {
         let start = results.len();
-        let recovered = journaling
-            .idempotency
-            .and_then(|(batch, _)| self.journal.recovered(batch.key));
-        let applied = if self.journal.refuses_mutations() {
+        let key = journaling.idempotency.map(|(batch, _)| batch.key);
+        let unsettled = key.and_then(|key| self.journal.unsettled(key));
+        let known = Known {
+            recovered: key.and_then(|key| self.journal.recovered(key)),
+            unsettled: unsettled.as_deref().map(|share| &share.outcomes),
+        };
+        // A share kept from before the journal degraded is answered only once all of
+        // it is durable (durability.rs, "Unsettled batches").
+        let in_doubt = unsettled
+            .as_ref()
+            .is_some_and(|share| share.lsn > self.journal.durable_lsn());
+        let applied = if self.journal.refuses_mutations() || in_doubt {
             // Refuse mutations before they change anything; reads are still served.
             self.apply_where(ops, results, |_, op| {
                 op.is_mutation().then_some(PLACEHOLDER)
@@ -201,17 +229,18 @@ impl Core {
                 lsn: 0,
                 unavailable: true,
             }
-        } else if let (Some(recovered), Some((_, indexes))) = (recovered, journaling.idempotency) {
-            // A retry of a batch journaled before a restart: its journaled operations
-            // are answered from the journal, not applied again.
-            self.apply_where(ops, results, |at, _| recovered.outcome(indexes[at]));
-            self.journal_share(ops, None, &results[start..], journaling, Some(recovered))
+        } else if let (false, Some((_, indexes))) = (known.is_empty(), journaling.idempotency) {
+            // A retry of a batch journaled before a restart, or applied before the
+            // journal degraded: those operations are answered as they were, not applied
+            // again.
+            self.apply_where(ops, results, |at, _| known.outcome(indexes[at]));
+            self.journal_share(ops, None, &results[start..], journaling, known)
         } else {
             self.apply_store(ops, results);
             // The store hashed every key; the records' partitions come from those hashes.
             let store = self.store.borrow();
             let hashes = Some(store.last_batch_hashes()).filter(|h| h.len() == ops.len());
-            self.journal_share(ops, hashes, &results[start..], journaling, None)
+            self.journal_share(ops, hashes, &results[start..], journaling, known)
         };
         assert_eq!(results.len() - start, ops.len(), "one result per operation");
         self.stats
@@ -273,15 +302,15 @@ impl Core {
     }
 
     /// Journals the mutations of `ops` that changed state, and with an idempotency key
-    /// every other operation's result too (skipping those answered from `recovered`,
-    /// which are in the journal already).
+    /// every other operation's result too (skipping those `known`, which are in the
+    /// journal already). A durable idempotent share is kept in doubt until durable.
     fn journal_share(
         &self,
         ops: &[Op<'_>],
         hashes: Option<&[u64]>,
         results: &[OpResult],
         journaling: Journaling<'_>,
-        recovered: Option<&Recovered>,
+        known: Known<'_>,
     ) -> Applied {
         let unix_s = journaling.idempotency.map_or(0, |_| unix_now_s());
         let records = ops
@@ -296,7 +325,7 @@ impl Core {
                     return self.record_of(op, hash(), outcome);
                 };
                 let index = indexes[at];
-                if recovered.is_some_and(|r| r.outcome(index).is_some())
+                if known.outcome(index).is_some()
                     || !(1..=tally_engine::KEY_BYTES_MAX).contains(&op.key().len())
                 {
                     return None;
@@ -324,8 +353,16 @@ impl Core {
                 unavailable: true,
             },
             Some((first, last)) => {
-                if journaling.idempotency.is_some() && first > 0 {
+                if let (Some((batch, indexes)), true) = (journaling.idempotency, first > 0) {
                     self.journal.retain(first, unix_s);
+                    if journaling.durability == Durability::Durable {
+                        let outcomes = (indexes.iter().zip(results))
+                            .filter(|(&index, _)| known.outcome(index).is_none())
+                            .map(|(&index, &result)| (index, result))
+                            .collect();
+                        self.journal
+                            .note_in_doubt(batch.key, last, unix_s, outcomes);
+                    }
                 }
                 Applied {
                     lsn: last,
@@ -410,6 +447,7 @@ impl Core {
             Begin::New => RemoteBegin::New,
             Begin::InFlight => RemoteBegin::InFlight,
             Begin::Done(reply) => RemoteBegin::Done(reply),
+            Begin::Resume(reply) => RemoteBegin::Resume(reply),
             Begin::Mismatch => RemoteBegin::Mismatch,
             Begin::Full(full) => {
                 let (keys, reply_bytes) = (table.len(), table.reply_bytes());

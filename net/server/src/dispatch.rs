@@ -161,7 +161,7 @@ impl Dispatch {
         ops: impl Iterator<Item = Op<'a>>,
         route: Route,
     ) -> Routed {
-        let mut routed = self.route(core, ops, route);
+        let mut routed = self.route(core, ops.enumerate(), route);
         if self.has_outgoing() {
             self.send_outgoing(core, route, &mut routed).await;
         }
@@ -171,11 +171,14 @@ impl Dispatch {
     /// The synchronous part of [`Dispatch::send`]: builds the foreign sub-batches
     /// without sending them; the caller sends them with [`Dispatch::send_outgoing`] if
     /// [`Dispatch::has_outgoing`], before anything else is routed. Lets a door skip
-    /// creating and polling a future for a list that stays on this core.
+    /// creating and polling a future for a list that stays on this core. Each
+    /// operation comes with its index in its batch (ascending, below
+    /// [`BATCH_OPS_MAX`]), which idempotency records carry: a resumed batch routes only
+    /// some of its operations.
     pub fn route<'a>(
         &mut self,
         core: &Core,
-        ops: impl Iterator<Item = Op<'a>>,
+        ops: impl Iterator<Item = (usize, Op<'a>)>,
         route: Route,
     ) -> Routed {
         let grouped = route.idempotency.is_none();
@@ -192,7 +195,7 @@ impl Dispatch {
         let mut first_group = None;
         let mut local_ops = recycle_ops(std::mem::take(&mut self.local_ops));
         self.local_indexes.clear();
-        for (index, op) in ops.enumerate() {
+        for (index, op) in ops {
             assert!(
                 index < BATCH_OPS_MAX,
                 "a list has at most BATCH_OPS_MAX ops"

@@ -94,6 +94,21 @@
 //! idempotency record still inside the window (the `retention_lsn` of
 //! `checkpoint_core`), so the journal of a core serving idempotent traffic is bounded
 //! by the window rather than by the checkpoint interval.
+//!
+//! # Unsettled batches
+//! While the server runs, a durable idempotent batch answered `Unavailable` because
+//! its records were appended but not yet durable when the journal degraded has an
+//! unknown outcome that settles later: a degraded journal's retry writes those very
+//! records. So each core keeps the results of the durable idempotent shares it has
+//! appended and not yet made durable (`in_doubt`, oldest first, dropped as they become
+//! durable), and when its journal degrades moves those still in doubt to `unsettled`
+//! (for the window). A retry of such a batch (the home core resumes it, see
+//! `idempotency.rs`) reaches this core again with the same key: once every record of
+//! the kept share is durable, its operations are answered from what was kept and not
+//! applied again; before that (still degraded) they stay `Unavailable`. Operations a
+//! degraded or failed journal refused before applying them left nothing here, and run
+//! on the retry. A journal that fails for good refuses every mutation until a restart,
+//! after which the journal decides, as above.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -285,6 +300,22 @@ impl Recovered {
         let found = self.outcomes.binary_search_by_key(&index, |(i, _)| *i);
         found.ok().map(|at| self.outcomes[at].1)
     }
+
+    /// Adds `other`'s outcomes (another share of the same batch), keeping them sorted.
+    fn merge(&mut self, other: Recovered) {
+        self.unix_s = self.unix_s.max(other.unix_s);
+        self.outcomes.extend(other.outcomes);
+        self.outcomes.sort_by_key(|(index, _)| *index);
+        self.outcomes.dedup_by_key(|(index, _)| *index);
+    }
+}
+
+/// A share of a durable idempotent batch whose records are not known durable: the
+/// LSN of its last record and its operations' results ("Unsettled batches").
+#[derive(Debug)]
+pub struct InDoubt {
+    pub lsn: Lsn,
+    pub outcomes: Recovered,
 }
 
 /// A minimal "something happened" signal for one waiting task.
@@ -343,6 +374,10 @@ pub struct CoreJournal {
     /// (first LSN, unix seconds) of each idempotent batch journaled here, oldest first.
     retained: RefCell<VecDeque<(Lsn, u32)>>,
     recovered: HashMap<IdempotencyKey, Recovered>,
+    /// Shares of durable idempotent batches appended and not yet durable, by LSN.
+    in_doubt: RefCell<VecDeque<(IdempotencyKey, InDoubt)>>,
+    /// Shares that were in doubt when the journal degraded ("Unsettled batches").
+    unsettled: RefCell<HashMap<IdempotencyKey, InDoubt>>,
     window_s: u64,
     /// Most journal records kept for `retained` (see `retention_lsn`).
     retained_records_max: u64,
@@ -534,6 +569,8 @@ impl CoreJournal {
             stopping: Cell::new(false),
             retained: RefCell::new(retained),
             recovered,
+            in_doubt: RefCell::new(VecDeque::new()),
+            unsettled: RefCell::new(HashMap::new()),
             window_s,
             retained_records_max: config.idempotency_journal_records_max,
             checkpoint_interval: (settings.checkpoint_interval_s > 0)
@@ -582,6 +619,74 @@ impl CoreJournal {
         let entry = self.recovered.get(&key)?;
         let age_s = u64::from(unix_now_s().saturating_sub(entry.unix_s));
         (age_s < self.window_s).then_some(entry)
+    }
+
+    /// Remembers the results of a share of the durable idempotent batch `key` whose
+    /// last record is `lsn`, until that is durable ("Unsettled batches").
+    pub fn note_in_doubt(
+        &self,
+        key: IdempotencyKey,
+        lsn: Lsn,
+        unix_s: u32,
+        outcomes: Vec<(u16, OpResult)>,
+    ) {
+        debug_assert!(outcomes.is_sorted_by_key(|(index, _)| *index));
+        let outcomes = Recovered {
+            unix_s,
+            fingerprint: 0,
+            outcomes,
+        };
+        self.in_doubt
+            .borrow_mut()
+            .push_back((key, InDoubt { lsn, outcomes }));
+    }
+
+    /// What this core kept of the unsettled batch `key` ("Unsettled batches"), if
+    /// anything, inside the window.
+    pub fn unsettled(&self, key: IdempotencyKey) -> Option<std::cell::Ref<'_, InDoubt>> {
+        let unsettled = self.unsettled.borrow();
+        let entry = std::cell::Ref::filter_map(unsettled, |map| map.get(&key)).ok()?;
+        let age_s = u64::from(unix_now_s().saturating_sub(entry.outcomes.unix_s));
+        (age_s < self.window_s).then_some(entry)
+    }
+
+    /// Drops the shares no longer in doubt; on a degraded journal, keeps those still
+    /// in doubt as unsettled, and forgets unsettled ones past the window.
+    fn settle_in_doubt(&self) {
+        let durable = self.journal.borrow().durable_lsn();
+        let mut in_doubt = self.in_doubt.borrow_mut();
+        while in_doubt
+            .front()
+            .is_some_and(|(_, share)| share.lsn <= durable)
+        {
+            in_doubt.pop_front();
+        }
+        if self.failed.get() {
+            // Every mutation is refused until a restart: nothing will settle here.
+            in_doubt.clear();
+            self.unsettled.borrow_mut().clear();
+            return;
+        }
+        if in_doubt.is_empty() || !self.is_degraded() {
+            return;
+        }
+        let now_s = unix_now_s();
+        let mut unsettled = self.unsettled.borrow_mut();
+        unsettled.retain(|_, share| {
+            u64::from(now_s.saturating_sub(share.outcomes.unix_s)) < self.window_s
+        });
+        for (key, share) in in_doubt.drain(..) {
+            match unsettled.entry(key) {
+                std::collections::hash_map::Entry::Vacant(vacant) => {
+                    vacant.insert(share);
+                }
+                std::collections::hash_map::Entry::Occupied(mut occupied) => {
+                    let kept = occupied.get_mut();
+                    kept.lsn = kept.lsn.max(share.lsn);
+                    kept.outcomes.merge(share.outcomes);
+                }
+            }
+        }
     }
 
     /// The fingerprint and time of every idempotency key recovered at start whose
@@ -681,6 +786,7 @@ impl CoreJournal {
     }
 
     fn wake_waiters(&self) {
+        self.settle_in_doubt();
         let waiters = std::mem::take(&mut *self.durable_waiters.borrow_mut());
         for waker in waiters {
             waker.wake();

@@ -14,6 +14,15 @@
 //! attempt is still running gets [`Begin::InFlight`]; the caller answers it with a
 //! retryable error rather than applying it a second time.
 //!
+//! A batch some of whose results were `Unavailable` (a degraded or failed journal, an
+//! unreachable core) is *unsettled*: those operations were either refused before they
+//! were applied, or applied with their records not yet durable. A retry gets
+//! [`Begin::Resume`] with the stored results: the caller answers every other operation
+//! from them and runs the `Unavailable` ones again, under the same key, where their
+//! cores answer those applied before from what they kept (`durability.rs`,
+//! "Unsettled batches") and apply the rest; then it finishes the key with the merged
+//! results, settled or not yet.
+//!
 //! A key is bound to its batch's [`Fingerprint`] (a hash of its operations): a batch
 //! that reuses a key with other operations gets [`Begin::Mismatch`], answered with an
 //! error, never with the first batch's results (which answer other operations, maybe
@@ -162,6 +171,10 @@ pub enum Begin {
     InFlight,
     /// An earlier attempt finished with this `BatchReply` frame (request id 0).
     Done(Vec<u8>),
+    /// An earlier attempt finished with these results, some of them `Unavailable`: run
+    /// those operations again, answer the others with these, then call `finish` with
+    /// the merged reply. The key is in flight meanwhile.
+    Resume(Vec<OpReply>),
     /// The key was used for a batch with other operations.
     Mismatch,
     /// The key is new but the table is full of keys inside their window: the batch is
@@ -175,6 +188,8 @@ enum State {
     InFlight { reserved_bytes: usize },
     /// Finished: its results in the form of [`compact_results`].
     Done(Box<[u8]>),
+    /// Finished with some results `Unavailable`: a retry resumes it.
+    Unsettled(Box<[u8]>),
 }
 
 impl State {
@@ -182,7 +197,7 @@ impl State {
     fn reply_bytes(&self) -> usize {
         match self {
             State::InFlight { reserved_bytes } => *reserved_bytes,
-            State::Done(results) => results.len(),
+            State::Done(results) | State::Unsettled(results) => results.len(),
         }
     }
 }
@@ -259,11 +274,25 @@ impl IdempotencyTable {
         match &entry.state {
             State::InFlight { .. } => Begin::InFlight,
             State::Done(results) => Begin::Done(expand_results(results)),
+            State::Unsettled(results) => {
+                // In flight again, with room reserved for the merged results.
+                let reserved_bytes = reply_bytes_bound(op_count);
+                let reply_bytes = self.reply_bytes - results.len() + reserved_bytes;
+                if reply_bytes > self.reply_bytes_max {
+                    return Begin::Full(Full::ReplyBytes);
+                }
+                let earlier = stored_replies(results);
+                self.reply_bytes = reply_bytes;
+                let entry = self.entries.get_mut(&key).expect("looked up above");
+                entry.state = State::InFlight { reserved_bytes };
+                Begin::Resume(earlier)
+            }
         }
     }
 
     /// Records the reply `frame` (a `BatchReply`) of the batch `key` started, with
-    /// `fingerprint`; its results answer every retry in the window.
+    /// `fingerprint`; its results answer every retry in the window (a retry resumes
+    /// it instead if some are `Unavailable`).
     pub fn finish(&mut self, key: IdempotencyKey, fingerprint: Fingerprint, frame: &[u8]) {
         let Some(entry) = self.entries.get_mut(&key) else {
             // Abandoned meanwhile: nothing to answer retries with.
@@ -273,13 +302,17 @@ impl IdempotencyTable {
             panic!("an idempotency key finished twice");
         };
         assert_eq!(entry.fingerprint, fingerprint, "finished by its own batch");
-        let results = compact_results(frame);
+        let (results, unsettled) = compact(frame);
         assert!(
             results.len() <= reserved_bytes,
             "the reservation bounds the results"
         );
         self.reply_bytes = self.reply_bytes - reserved_bytes + results.len();
-        entry.state = State::Done(results.into_boxed_slice());
+        let results = results.into_boxed_slice();
+        entry.state = match unsettled {
+            true => State::Unsettled(results),
+            false => State::Done(results),
+        };
         debug_assert!(self.reply_bytes <= self.reply_bytes_max);
     }
 
@@ -358,6 +391,12 @@ impl IdempotencyTable {
 /// ```
 /// Worked example: `Ok 5 existed` is `[0b0000_0101, 10]` (flags 1, n 1, zigzag(5) 10).
 pub fn compact_results(frame: &[u8]) -> Vec<u8> {
+    compact(frame).0
+}
+
+/// [`compact_results`], and whether any result is `Unavailable` (the batch is
+/// unsettled).
+fn compact(frame: &[u8]) -> (Vec<u8>, bool) {
     let decoded = decode_reply(frame)
         .ok()
         .flatten()
@@ -366,7 +405,9 @@ pub fn compact_results(frame: &[u8]) -> Vec<u8> {
         panic!("an idempotent batch is answered with a BatchReply");
     };
     let mut out = Vec::with_capacity(reply.result_count() * 3);
+    let mut unsettled = false;
     for result in reply.results() {
+        unsettled |= result.status == Status::Unavailable;
         let zigzag = ((result.value << 1) ^ (result.value >> 63)) as u64;
         let value_bytes = 8 - zigzag.leading_zeros() as usize / 8;
         let flags = u8::from(result.existed) | u8::from(result.clamped) << 1;
@@ -377,13 +418,27 @@ pub fn compact_results(frame: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&zigzag.to_le_bytes()[..value_bytes]);
     }
-    out
+    (out, unsettled)
 }
 
 /// The `BatchReply` frame (request id 0) of results stored by [`compact_results`].
-pub fn expand_results(mut results: &[u8]) -> Vec<u8> {
+pub fn expand_results(results: &[u8]) -> Vec<u8> {
     let mut frame = Vec::with_capacity(HEADER_BYTES + 4 + results.len() * OP_REPLY_BYTES);
     let mut writer = BatchReplyWriter::begin(&mut frame, 0);
+    for reply in stored_replies(results) {
+        writer
+            .push(&reply)
+            .expect("a stored reply holds at most BATCH_OPS_MAX results");
+    }
+    writer
+        .finish()
+        .expect("a batch reply always fits in a frame");
+    frame
+}
+
+/// The results stored by [`compact_results`].
+fn stored_replies(mut results: &[u8]) -> Vec<OpReply> {
+    let mut replies = Vec::with_capacity(results.len() / 2);
     while let [tag, rest @ ..] = results {
         assert_eq!(tag >> 7, 0, "a stored result's tag");
         let (status, rest) = if tag & 1 << 6 != 0 {
@@ -397,21 +452,15 @@ pub fn expand_results(mut results: &[u8]) -> Vec<u8> {
         zigzag[..value_bytes].copy_from_slice(&rest[..value_bytes]);
         let zigzag = u64::from_le_bytes(zigzag);
         let value = (zigzag >> 1) as i64 ^ -((zigzag & 1) as i64);
-        let reply = OpReply {
+        replies.push(OpReply {
             status,
             value,
             existed: tag & 1 != 0,
             clamped: tag & 2 != 0,
-        };
-        writer
-            .push(&reply)
-            .expect("a stored reply holds at most BATCH_OPS_MAX results");
+        });
         results = &rest[value_bytes..];
     }
-    writer
-        .finish()
-        .expect("a batch reply always fits in a frame");
-    frame
+    replies
 }
 
 #[cfg(test)]
@@ -457,6 +506,31 @@ mod tests {
         table.finish(7, 70, &reply(&[1]));
         assert_eq!(table.begin(7, 71, 1, now), Begin::Mismatch);
         assert_eq!(table.begin(7, 70, 1, now), Begin::Done(reply(&[1])));
+    }
+
+    #[test]
+    fn an_unavailable_result_leaves_the_batch_to_resume_until_settled() {
+        let mut table = table(10);
+        let now = Instant::now();
+        let unavailable = OpReply::error(Status::Unavailable, 0);
+        let first = [OpReply::ok(4, true, false), unavailable, unavailable];
+        let mut frame = Vec::new();
+        tally_protocol::encode_batch_reply(&mut frame, 0, &first).unwrap();
+        assert_eq!(table.begin(7, 70, 3, now), Begin::New);
+        table.finish(7, 70, &frame);
+        assert_eq!(table.begin(7, 71, 3, now), Begin::Mismatch);
+        assert_eq!(table.begin(7, 70, 3, now), Begin::Resume(first.to_vec()));
+        assert_eq!(table.begin(7, 70, 3, now), Begin::InFlight, "resumed once");
+        assert_eq!(table.reply_bytes(), reply_bytes_bound(3));
+        // Still one unavailable: resumed again.
+        let second = [first[0], OpReply::ok(2, true, false), unavailable];
+        frame.clear();
+        tally_protocol::encode_batch_reply(&mut frame, 0, &second).unwrap();
+        table.finish(7, 70, &frame);
+        assert_eq!(table.begin(7, 70, 3, now), Begin::Resume(second.to_vec()));
+        table.finish(7, 70, &reply(&[4, 2, 9]));
+        assert_eq!(table.begin(7, 70, 3, now), Begin::Done(reply(&[4, 2, 9])));
+        assert_eq!(table.reply_bytes(), 6);
     }
 
     #[test]

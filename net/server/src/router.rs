@@ -26,6 +26,7 @@ use std::task::{Context, Poll, Waker};
 
 use tally_engine::journal::Durability;
 use tally_engine::{BoundPolicy, Op, OpResult};
+use tally_protocol::OpReply;
 
 use crate::idempotency::{Fingerprint, Full, IdempotencyKey, IdempotentBatch};
 
@@ -196,6 +197,8 @@ pub enum RemoteBegin {
     InFlight,
     /// Already done: the first reply frame.
     Done(Vec<u8>),
+    /// Done with some results `Unavailable`: the results so far; run those again.
+    Resume(Vec<OpReply>),
     /// The key belongs to a batch with other operations.
     Mismatch,
     /// The key is new and the home core's table is full of keys inside their window.

@@ -679,6 +679,103 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
     check_bounds(daemon.addr, &tally, "after kill -9 and restart");
 }
 
+/// An idempotent batch answered `Unavailable` on a full disk (a degraded journal) is
+/// unsettled, not final: those of its increments the journal had in hand when it
+/// degraded may still become durable, the others were never applied. Once space is
+/// freed, a retry with the same key, without a restart, gets `Ok` for every operation,
+/// and every batch is counted exactly once: the retry answers what the degraded
+/// journal later made durable and applies only what had been refused. The settled
+/// reply then answers every later retry, and survives `kill -9`. Needs root, as the
+/// test above.
+#[test]
+fn a_keyed_batch_refused_on_a_full_disk_settles_on_a_retry_once_space_is_freed() {
+    let filesystem = match SmallFilesystem::mount("8m") {
+        Ok(filesystem) => filesystem,
+        Err(reason) => {
+            eprintln!("SKIPPED keyed disk_full test: cannot mount a small tmpfs: {reason}");
+            return;
+        }
+    };
+    let data_dir = filesystem.path().join("data");
+    let keys = keys();
+    let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+    let daemon = Daemon::start(&data_dir, &[]);
+    let mut client = Client::connect(daemon.addr);
+    let mut tally = Tally::new();
+    for _ in 0..20 {
+        send_acknowledged_round(&mut client, &keys, &mut tally);
+    }
+    let filler = filesystem.fill();
+    // Keyed rounds until every key has been refused once; each is one batch to count.
+    let mut batches = 0u128;
+    let mut unsettled = Vec::new();
+    let mut refused = vec![false; keys.len()];
+    while !refused.iter().all(|&r| r) {
+        assert!(
+            batches < 20_000,
+            "durable increments are refused on a full disk"
+        );
+        let idempotency_key = 0x5e77_1e00_0000 + batches;
+        let replies = client.batch(&ops, Some(idempotency_key));
+        batches += 1;
+        let mut any_refused = false;
+        for (key, reply) in replies.iter().enumerate() {
+            if reply.status != Status::Ok {
+                assert_eq!(reply.status, Status::Unavailable, "key {key}");
+                refused[key] = true;
+                any_refused = true;
+            }
+        }
+        if any_refused {
+            unsettled.push(idempotency_key);
+        }
+    }
+    std::fs::remove_file(&filler).unwrap();
+    // Retried with their keys until settled: within a few of the journal's retries.
+    let mut settled = Vec::new();
+    for _ in 0..100 {
+        unsettled.retain(|&idempotency_key| {
+            let replies = client.batch(&ops, Some(idempotency_key));
+            let ok = replies.iter().all(|reply| reply.status == Status::Ok);
+            if ok {
+                settled.push((idempotency_key, replies));
+            }
+            !ok
+        });
+        if unsettled.is_empty() {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        unsettled.is_empty(),
+        "{} batches still Unavailable after the space was freed",
+        unsettled.len()
+    );
+    let expected: Vec<i64> = (0..keys.len())
+        .map(|key| tally.acked[key] + batches as i64)
+        .collect();
+    assert_eq!(
+        client.values(&keys),
+        expected,
+        "every keyed batch counted exactly once"
+    );
+    // Settled, a batch's reply is final: a retry gets it again and applies nothing.
+    for (idempotency_key, replies) in &settled {
+        assert_eq!(&client.batch(&ops, Some(*idempotency_key)), replies);
+    }
+    assert_eq!(client.values(&keys), expected);
+    drop(client);
+    daemon.kill_9();
+    let daemon = Daemon::start(&data_dir, &[]);
+    let mut client = Client::connect(daemon.addr);
+    assert_eq!(client.values(&keys), expected, "after kill -9 and restart");
+    for (idempotency_key, replies) in &settled {
+        assert_eq!(&client.batch(&ops, Some(*idempotency_key)), replies);
+    }
+    assert_eq!(client.values(&keys), expected, "retries after the restart");
+}
+
 /// Starts `tallyd` as `Daemon::start` does, expecting it to refuse to start; returns
 /// what it wrote to standard error.
 fn start_refused(dir: &Path, extra: &[&str]) -> String {
