@@ -347,7 +347,8 @@ impl<'a> Parser<'a> {
             } else if option.eq_ignore_ascii_case(b"setname") && self.arguments.len() >= 1 {
                 client_name = Some(self.string());
             } else {
-                return Err(RespError::Syntax);
+                let option = crate::error::sanitized(option, 128);
+                return Err(RespError::HelloOption { option });
             }
         }
         Ok(Command::Hello {

@@ -111,6 +111,9 @@ pub enum RespError {
     /// HELLO with a protocol version other than 2 or 3.
     #[error("NOPROTO unsupported protocol version")]
     UnsupportedProtocolVersion,
+    /// HELLO with an option it does not know, or without the option's arguments.
+    #[error("ERR Syntax error in HELLO option '{option}'")]
+    HelloOption { option: String },
 
     /// Server side: EXPIRE, PEXPIRE, EXPIREAT or PEXPIREAT before Tally has key expiry
     /// (TTL, PTTL and PERSIST are served: no key has an expiry).

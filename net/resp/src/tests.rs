@@ -114,6 +114,15 @@ fn bad_values_read_like_redis() {
         error_text(b"HELLO 4\r\n"),
         "NOPROTO unsupported protocol version"
     );
+    // Redis 7's words, checked against redis-server 7.0.15.
+    assert_eq!(
+        error_text(b"HELLO 3 FOO\r\n"),
+        "ERR Syntax error in HELLO option 'FOO'"
+    );
+    assert_eq!(
+        error_text(b"HELLO 3 AUTH a\r\n"),
+        "ERR Syntax error in HELLO option 'AUTH'"
+    );
     let long_key = vec![b'k'; KEY_BYTES_MAX + 1];
     assert_eq!(
         command(&multibulk(&[b"GET", &long_key])),
