@@ -1448,8 +1448,8 @@ fn check_meta(meta: &ArenaFile, index: u32) -> Result<Meta, EngineError> {
     check_meta_bytes(meta.bytes(), index, meta.path(), false)
 }
 
-/// Validates a header: magic, version, partition, checksum (if clean or `require_clean`),
-/// and the ranges of its sizes.
+/// Validates a header: magic, version, partition, and if clean (or `require_clean`) its
+/// checksum and the ranges of its sizes.
 fn check_meta_bytes(
     bytes: &[u8],
     index: u32,
@@ -1510,6 +1510,12 @@ fn check_meta_bytes(
                 "partition header checksum mismatch".into(),
             ));
         }
+    }
+    if header.clean != 1 {
+        // An unclean partition is reopened empty and restored from its checkpoint: its
+        // other fields describe files that are never read, so their damage (a crash
+        // cannot be trusted to have left them whole) refuses nothing.
+        return Ok(header);
     }
     let lines_valid = |lines: u64| {
         lines > 0 && lines <= TABLE_LINES_MAX && lines.is_multiple_of(LINES_PER_BUCKET as u64)

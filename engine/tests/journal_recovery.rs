@@ -197,6 +197,28 @@ fn partition_files(path: &Path) -> Vec<String> {
     names
 }
 
+/// An unclean partition's header fields beyond its identity describe data files that
+/// recovery never reads (it restores the checkpoint): out-of-range values there, as a
+/// crash mid-write could leave, must not refuse the start. Every counter comes back.
+#[test]
+fn an_unclean_header_with_fields_out_of_range_is_restored_not_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = checkpointed_then_crashed(dir.path());
+    for partition in 0..PARTITIONS {
+        let header = dir.path().join(format!("p{partition:05}.meta"));
+        let mut bytes = std::fs::read(&header).unwrap();
+        assert_eq!(&bytes[24..28], &0u32.to_le_bytes(), "unclean");
+        bytes[28..32].copy_from_slice(&7u32.to_le_bytes()); // migrating: 0 or 1
+        bytes[40..48].copy_from_slice(&3u64.to_le_bytes()); // table_lines: whole buckets
+        bytes[88..96].copy_from_slice(&0u64.to_le_bytes()); // heap_bytes: below its header
+        std::fs::write(&header, &bytes).unwrap();
+    }
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(report.partitions_restored.len(), PARTITIONS as usize);
+    assert_eq!(snapshot(&store), expected);
+}
+
 /// A crash at any point of a recovery leaves the partitions unclean, so the next start
 /// restores them from their checkpoints again: states after the open, after a partial
 /// restore, with the data files gone (what a crash inside a restore leaves), and after
