@@ -58,7 +58,9 @@ pub enum RespError {
     /// An inline request has an unclosed quote, or a closing quote not followed by a space.
     #[error("ERR Protocol error: unbalanced quotes in request")]
     UnbalancedQuotes,
-    /// An inline request uses a backslash escape inside double quotes.
+    /// An inline request needs Redis's full splitting (a backslash inside quotes, a
+    /// quote inside a word): [`crate::rewrite_inline`] serves it. Only a caller that
+    /// does not answers it with this error.
     #[error("ERR Protocol error: escape sequences in inline requests are not supported")]
     InlineEscapeUnsupported,
     /// A reply starts with a type byte this codec does not know (client side).

@@ -61,7 +61,7 @@ pub mod transaction;
 pub use command::{Command, CommandQuery};
 pub use error::RespError;
 pub use reply::{parse_reply, ProtocolVersion, Reply};
-pub use request::{frame, Request};
+pub use request::{frame, rewrite_inline, Request};
 
 /// The largest bulk string in a request (Redis allows 512 MiB; Tally needs keys of at
 /// most 255 bytes and integers).

@@ -9,8 +9,15 @@
 //!   e.g. *3\r\n$6\r\nINCRBY\r\n$5\r\npages\r\n$2\r\n10\r\n
 //! inline (what people type over telnet or nc), any first byte other than '*':
 //!   INCRBY pages 10\r\n     (or a bare \n; arguments split on spaces and tabs;
-//!                            "double" or 'single' quotes group words, no escapes)
+//!                            "double" or 'single' quotes group words)
 //! ```
+//!
+//! An inline line is split as Redis's `sdssplitargs` splits it. [`frame`] does it in
+//! place, without copying, for lines whose quotes open and close whole words and hold no
+//! backslash; any other line ("\x41\n" escapes, `it\'s`, quotes inside a word such as
+//! `a"b c"`) is refused there with [`RespError::InlineEscapeUnsupported`], and
+//! [`rewrite_inline`] splits it in full, escapes decoded, into an equivalent multibulk
+//! request for the caller to frame instead.
 //!
 //! Invariants: a [`Request`] is only built from bytes that were fully validated, so
 //! iterating its arguments cannot fail. Limits: [`REQUEST_BYTES_MAX`] bytes per request
@@ -333,6 +340,125 @@ fn is_inline_space(byte: u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\r' | b'\x0b' | b'\x0c')
 }
 
+/// Whether `byte` ends an unquoted word (`sdssplitargs`: a space, tab or CR; LF never
+/// reaches here).
+fn ends_word(byte: u8) -> bool {
+    matches!(byte, b' ' | b'\t' | b'\r')
+}
+
+fn is_quote(byte: u8) -> bool {
+    byte == b'"' || byte == b'\''
+}
+
+/// The next request of `buf`, skipping empty ones as [`crate::parse`] does, re-encoded
+/// as multibulk, and the bytes of `buf` up to its end; `Ok(None)` if it is not complete
+/// yet. For the requests [`frame`] refuses with [`RespError::InlineEscapeUnsupported`]:
+/// their line is split in full, as Redis's `sdssplitargs` does. In double quotes `\xHH`
+/// is a byte and `\n`, `\r`, `\t`, `\b`, `\a` are control characters, a backslash
+/// before any other character stands for that character; in single quotes `\'` is a
+/// quote and every other byte is itself; a quote opening inside a word joins what
+/// follows to it. A NUL byte is a byte like any other (Redis's C-string splitter would
+/// end the line there). Any other request comes back with its arguments as framed.
+pub fn rewrite_inline(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, RespError> {
+    let mut start = 0;
+    let (arguments, end) = loop {
+        let rest = &buf[start..];
+        match frame(rest) {
+            Ok(None) => return Ok(None),
+            Ok(Some((request, used))) if request.is_empty() => start += used,
+            Ok(Some((request, used))) => {
+                let arguments = request.arguments().map(<[u8]>::to_vec).collect();
+                break (arguments, start + used);
+            }
+            Err(RespError::InlineEscapeUnsupported) => {
+                // Framing checked the line's length: its newline is within the limit.
+                let newline = rest
+                    .iter()
+                    .position(|&byte| byte == b'\n')
+                    .expect("a framed line ends in a newline");
+                let line = &rest[..newline];
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                break (split_inline(line)?, start + newline + 1);
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    let mut request = format!("*{}\r\n", arguments.len()).into_bytes();
+    for argument in &arguments {
+        request.extend_from_slice(format!("${}\r\n", argument.len()).as_bytes());
+        request.extend_from_slice(argument);
+        request.extend_from_slice(b"\r\n");
+    }
+    Ok(Some((request, end)))
+}
+
+/// `sdssplitargs` over one line (see [`rewrite_inline`]).
+fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, RespError> {
+    let hex = |byte: u8| char::from(byte).to_digit(16).map(|digit| digit as u8);
+    let mut arguments = Vec::new();
+    let mut at = 0;
+    loop {
+        while line.get(at).is_some_and(|&byte| is_inline_space(byte)) {
+            at += 1;
+        }
+        if at == line.len() {
+            return Ok(arguments);
+        }
+        let mut current = Vec::new();
+        let mut quote = None;
+        loop {
+            let byte = line.get(at).copied();
+            let next = line.get(at + 1).copied();
+            match (quote, byte) {
+                (Some(_), None) => return Err(RespError::UnbalancedQuotes),
+                (None, None) => break,
+                (Some(b'"'), Some(b'\\')) if next == Some(b'x') => {
+                    let digits = (
+                        line.get(at + 2).and_then(|&b| hex(b)),
+                        line.get(at + 3).and_then(|&b| hex(b)),
+                    );
+                    if let (Some(high), Some(low)) = digits {
+                        current.push(high << 4 | low);
+                        at += 3;
+                    } else {
+                        current.push(b'x');
+                        at += 1;
+                    }
+                }
+                (Some(b'"'), Some(b'\\')) if next.is_some() => {
+                    current.push(match next {
+                        Some(b'n') => b'\n',
+                        Some(b'r') => b'\r',
+                        Some(b't') => b'\t',
+                        Some(b'b') => 0x08,
+                        Some(b'a') => 0x07,
+                        Some(other) => other,
+                        None => unreachable!("guarded above"),
+                    });
+                    at += 1;
+                }
+                (Some(b'\''), Some(b'\\')) if next == Some(b'\'') => {
+                    current.push(b'\'');
+                    at += 1;
+                }
+                (Some(open), Some(byte)) if byte == open => {
+                    // A closing quote must be followed by a space or the end of the line.
+                    if next.is_some_and(|byte| !is_inline_space(byte)) {
+                        return Err(RespError::UnbalancedQuotes);
+                    }
+                    at += 1;
+                    break;
+                }
+                (None, Some(byte)) if ends_word(byte) => break,
+                (None, Some(byte)) if is_quote(byte) => quote = Some(byte),
+                (_, Some(byte)) => current.push(byte),
+            }
+            at += 1;
+        }
+        arguments.push(current);
+    }
+}
+
 /// The next whitespace-separated or quoted token of an inline line, and the rest.
 fn next_inline_token(line: &[u8]) -> Result<Option<Split<'_>>, RespError> {
     let Some(start) = line.iter().position(|&byte| !is_inline_space(byte)) else {
@@ -343,19 +469,27 @@ fn next_inline_token(line: &[u8]) -> Result<Option<Split<'_>>, RespError> {
     if quote != b'"' && quote != b'\'' {
         let end = line
             .iter()
-            .position(|&byte| is_inline_space(byte))
+            .position(|&byte| is_inline_space(byte) || is_quote(byte))
             .unwrap_or(line.len());
+        if line.get(end).is_some_and(|&byte| !ends_word(byte)) {
+            // A quote opening inside a word joins what follows (`a"b c"` is `ab c`); a
+            // vertical tab or form feed is part of the word: the full splitter's cases.
+            return Err(RespError::InlineEscapeUnsupported);
+        }
         return Ok(Some((&line[..end], &line[end..])));
     }
     let quoted = &line[1..];
     let close = quoted
         .iter()
-        .position(|&byte| byte == quote)
-        .ok_or(RespError::UnbalancedQuotes)?;
+        .position(|&byte| byte == quote || byte == b'\\');
+    let Some(close) = close.filter(|&at| quoted[at] == quote) else {
+        // A backslash first: an escape, or (in single quotes) maybe a quote escaped.
+        return match close {
+            Some(_) => Err(RespError::InlineEscapeUnsupported),
+            None => Err(RespError::UnbalancedQuotes),
+        };
+    };
     let token = &quoted[..close];
-    if quote == b'"' && token.contains(&b'\\') {
-        return Err(RespError::InlineEscapeUnsupported);
-    }
     let rest = &quoted[close + 1..];
     // As in Redis, a closing quote must be followed by a space or the end of the line.
     if rest.first().is_some_and(|&byte| !is_inline_space(byte)) {
@@ -425,6 +559,37 @@ mod tests {
             }
         }
 
+        /// Wherever the in-place splitting of an inline line answers (arguments, or
+        /// unbalanced quotes), the full splitter answers the same.
+        #[test]
+        fn inline_lines_split_in_place_as_in_full(
+            line in proptest::collection::vec(
+                prop_oneof![
+                    4 => b'a'..=b'c',
+                    2 => Just(b' '),
+                    1 => Just(b'\t'),
+                    1 => Just(b'\x0b'),
+                    2 => Just(b'"'),
+                    2 => Just(b'\''),
+                    2 => Just(b'\\'),
+                    1 => Just(b'x'),
+                    1 => Just(b'4'),
+                ],
+                0..24,
+            ),
+        ) {
+            let wire = [&line[..], b"\r\n"].concat();
+            let full = split_inline(&line);
+            match frame(&wire) {
+                Ok(Some((request, _))) => {
+                    let split: Vec<Vec<u8>> = request.arguments().map(<[u8]>::to_vec).collect();
+                    prop_assert_eq!(Ok(split), full);
+                }
+                Err(RespError::InlineEscapeUnsupported) => {}
+                other => prop_assert_eq!(other.map(|_| ()), full.map(|_| ())),
+            }
+        }
+
         /// The arguments of a framed request, read without checks, are the bytes that
         /// were sent, for argument lengths of 1 to 4 digits.
         #[test]
@@ -474,6 +639,58 @@ mod tests {
         assert_eq!(consumed, 21);
         let (bare, _) = arguments(b"PING\n");
         assert_eq!(bare, [&b"PING"[..]]);
+    }
+
+    /// The full splitter, against what redis-server 7.0.15 answered to `ECHO <line>`.
+    #[test]
+    fn splits_escaped_inline_lines_as_redis_does() {
+        type Split = Result<&'static [u8], RespError>;
+        let cases: [(&[u8], Split); 10] = [
+            (b"\"a\\x41\\n\\q\"", Ok(b"aA\nq")),
+            (b"'it\\'s'", Ok(b"it's")),
+            (b"a\"b c\"", Ok(b"ab c")),
+            (b"\"x\\xZZ\"", Ok(b"xxZZ")),
+            (b"\"\\\\\"", Ok(b"\\")),
+            (b"'a\\b'", Ok(b"a\\b")),
+            (b"a\x0bb", Ok(b"a\x0bb")),
+            (b"\"a\\x4\"", Ok(b"ax4")),
+            (b"\"ab\"c", Err(RespError::UnbalancedQuotes)),
+            (b"\"unclosed", Err(RespError::UnbalancedQuotes)),
+        ];
+        for (argument, expected) in cases {
+            let line = [b"ECHO ", argument, b"\r\nPING\r\n"].concat();
+            let shown = String::from_utf8_lossy(&line).into_owned();
+            let rewritten = rewrite_inline(&line).map(|found| found.expect("a whole line"));
+            let expected = match expected {
+                Ok(expected) => expected,
+                Err(error) => {
+                    assert_eq!(frame(&line).map(|_| ()), Err(error.clone()), "{shown}");
+                    assert_eq!(rewritten.map(|_| ()), Err(error), "{shown}");
+                    continue;
+                }
+            };
+            assert_eq!(
+                frame(&line),
+                Err(RespError::InlineEscapeUnsupported),
+                "{shown}"
+            );
+            let (request, used) = rewritten.expect(&shown);
+            assert_eq!(used, line.len() - 6, "{shown}");
+            let (split, consumed) = arguments(&request);
+            assert_eq!(consumed, request.len());
+            assert_eq!(split, [&b"ECHO"[..], expected], "{shown}");
+        }
+        assert_eq!(
+            rewrite_inline(b"ECHO \"a\\n"),
+            Ok(None),
+            "line not complete"
+        );
+        // Empty requests before the line are skipped, as `parse` skips them.
+        let (request, used) = rewrite_inline(b"  \r\n*0\r\nECHO \"\\x41\"\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(request, b"*2\r\n$4\r\nECHO\r\n$1\r\nA\r\n");
+        assert_eq!(used, 21);
     }
 
     #[test]

@@ -208,6 +208,18 @@ enum TurnEnd {
     Close(String),
     /// The connection must close once the error reply is sent: what was wrong.
     Refuse(String),
+    /// The next command is an inline line that needs Redis's full splitting (escapes in
+    /// quotes): served from its rewritten form (`tally_resp::rewrite_inline`).
+    Rewrite,
+}
+
+/// What serving a rewritten inline line left.
+enum Rewritten {
+    Served,
+    /// The line was not complete (never, after a turn framed it): read more.
+    Incomplete,
+    /// The connection must close: why.
+    End(Ending),
 }
 
 /// What the turn does after a command.
@@ -402,8 +414,46 @@ impl Connection {
                 TurnEnd::LimitReached => continue,
                 TurnEnd::Close(reason) => return Ok(Some(Ending::Closed(reason))),
                 TurnEnd::Refuse(reason) => return Ok(Some(Ending::Refused(reason))),
+                TurnEnd::Rewrite => match self.answer_rewritten(core, stream).await? {
+                    Rewritten::Served => {}
+                    Rewritten::Incomplete => return Ok(None),
+                    Rewritten::End(ending) => return Ok(Some(ending)),
+                },
             }
         }
+    }
+
+    /// Answers the next command of the input, an inline line that needs Redis's full
+    /// splitting, through its multibulk rewriting.
+    async fn answer_rewritten(
+        &mut self,
+        core: &Core,
+        stream: &mut TcpStream,
+    ) -> std::io::Result<Rewritten> {
+        let (request, used) = match tally_resp::rewrite_inline(self.input.buffered()) {
+            Ok(Some(rewritten)) => rewritten,
+            // Not seen: the turn framed the whole line. Read more, never spin.
+            Ok(None) => return Ok(Rewritten::Incomplete),
+            Err(error) => {
+                let mut out = Vec::new();
+                error.write_reply(&mut out);
+                stream.write_all(&out).await?;
+                return Ok(Rewritten::End(Ending::Refused(error.to_string())));
+            }
+        };
+        let (_, end) = self.state.turn(core, &request).await;
+        self.input.consume(used);
+        self.deadline.request_done();
+        let output = &mut self.state.output;
+        if !output.is_empty() {
+            stream.write_all(output).await?;
+            output.clear();
+        }
+        Ok(match end {
+            TurnEnd::Drained | TurnEnd::LimitReached | TurnEnd::Rewrite => Rewritten::Served,
+            TurnEnd::Close(reason) => Rewritten::End(Ending::Closed(reason)),
+            TurnEnd::Refuse(reason) => Rewritten::End(Ending::Refused(reason)),
+        })
     }
 }
 
@@ -421,6 +471,10 @@ impl State {
                 Ok(Some((parsed, used))) => {
                     consumed += used;
                     parsed
+                }
+                Err(RespError::InlineEscapeUnsupported) => {
+                    end = TurnEnd::Rewrite;
+                    break;
                 }
                 Err(error) => {
                     let start = self.staged.len();

@@ -385,6 +385,18 @@ fn bad_input_gets_an_error_and_others_are_still_served() {
     let received = read_to_close(&mut raw);
     assert!(received.starts_with("-ERR unknown command"), "{received:?}");
     assert!(received.ends_with("+PONG\r\n+OK\r\n"), "{received:?}");
+    // Inline lines are split as Redis splits them, escapes and all (what redis-server
+    // 7.0.15 answers to the same bytes); an unbalanced quote is a protocol error.
+    let mut raw = daemon.raw();
+    raw.write_all(b"SET \"esc\\x41\" 7\r\nECHO \"a\\x41\\n\\q\"\r\nECHO 'it\\'s'\r\n")
+        .unwrap();
+    raw.write_all(b"ECHO a\"b c\"\r\nINCRBY escA 1\r\nECHO \"ab\"c\r\n")
+        .unwrap();
+    assert_eq!(
+        read_to_close(&mut raw),
+        "+OK\r\n$4\r\naA\nq\r\n$4\r\nit's\r\n$4\r\nab c\r\n:8\r\n\
+         -ERR Protocol error: unbalanced quotes in request\r\n"
+    );
     // A line longer than the inline limit without a newline is refused.
     let mut raw = daemon.raw();
     let _ = raw.write_all(&vec![b'a'; 70 * 1024]);

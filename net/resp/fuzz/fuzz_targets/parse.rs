@@ -3,13 +3,14 @@
 //! the door against a trivial store, and feeds the same bytes to the reply parser.
 //! Checks that nothing panics, that no request claims more bytes than given, that only
 //! protocol errors end the stream, that every parsed command re-encodes to bytes that
-//! parse to the same command, and that an EXEC's queued commands parse again and never
+//! parse to the same command, that an inline line needing Redis's full splitting
+//! rewrites to one whole request, and that an EXEC's queued commands parse again and never
 //! end the connection or start another transaction.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tally_resp::door::{CounterResult, ServerInfo, Session, Step};
-use tally_resp::{parse, parse_reply, Parsed};
+use tally_resp::{parse, parse_reply, rewrite_inline, Parsed, RespError};
 
 /// Serves one command; `false` if it closes the connection.
 fn serve(session: &mut Session, parsed: Parsed<'_>, out: &mut Vec<u8>, nested: bool) -> bool {
@@ -54,6 +55,19 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             Ok(None) => break,
+            Err(RespError::InlineEscapeUnsupported) => {
+                // Served as the server serves it: split in full, as multibulk.
+                let Ok(Some((request, used))) = rewrite_inline(&data[offset..]) else {
+                    break;
+                };
+                assert!(used > 0 && used <= data.len() - offset);
+                let (parsed, consumed) = parse(&request).unwrap().expect("a whole request");
+                assert_eq!(consumed, request.len());
+                offset += used;
+                if !serve(&mut session, parsed, &mut out, false) {
+                    break;
+                }
+            }
             Err(error) => {
                 assert!(error.closes_connection());
                 break;
