@@ -364,8 +364,21 @@ impl Core {
                             .note_in_doubt(batch.key, last, unix_s, outcomes);
                     }
                 }
+                // A durable mutation that changed nothing (a refusal, a delete of a
+                // missing counter) has no record, but what it saw may be the effect of
+                // records not durable yet: its reply waits for every record appended so
+                // far, as a record of its own would. (With records, `last` is that.)
+                let nothing_appended = last == 0;
+                let lsn = if nothing_appended
+                    && journaling.durability == Durability::Durable
+                    && ops.iter().any(Op::is_mutation)
+                {
+                    self.journal.barrier_lsn()
+                } else {
+                    last
+                };
                 Applied {
-                    lsn: last,
+                    lsn,
                     unavailable: false,
                 }
             }

@@ -152,8 +152,6 @@ const NOTICE_FALLBACK_MIN: Duration = Duration::from_millis(2);
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// While degraded, the failed retries are logged at most this often.
 pub const DEGRADED_LOG_INTERVAL: Duration = Duration::from_secs(30);
-/// The most idempotency keys whose retention one core tracks; older ones leave first.
-const RETAINED_BATCHES_MAX: usize = 1 << 20;
 
 const RESULT_FLAG_EXISTED: u8 = 1;
 const RESULT_FLAG_CLAMPED: u8 = 2;
@@ -371,8 +369,8 @@ pub struct CoreJournal {
     durable_waiters: RefCell<Vec<Waker>>,
     appended: Notify,
     stopping: Cell<bool>,
-    /// (first LSN, unix seconds) of each idempotent batch journaled here, oldest first.
-    retained: RefCell<VecDeque<(Lsn, u32)>>,
+    /// The idempotent batches journaled here, by second of their apply.
+    retained: RefCell<Retained>,
     recovered: HashMap<IdempotencyKey, Recovered>,
     /// Shares of durable idempotent batches appended and not yet durable, by LSN.
     in_doubt: RefCell<VecDeque<(IdempotencyKey, InDoubt)>>,
@@ -600,6 +598,17 @@ impl CoreJournal {
         self.is_failed() || self.is_degraded()
     }
 
+    /// The LSN a durable answer without a record of its own waits for: every record
+    /// appended so far, which it may have observed. Makes waiting relaxed records due
+    /// as a durable commit, and wakes the commit task to see it.
+    pub fn barrier_lsn(&self) -> Lsn {
+        let lsn = self.journal.borrow_mut().hasten();
+        if lsn > self.durable_lsn() {
+            self.appended.notify();
+        }
+        lsn
+    }
+
     /// Every record up to this LSN is on disk.
     pub fn durable_lsn(&self) -> Lsn {
         self.journal.borrow().durable_lsn()
@@ -747,11 +756,7 @@ impl CoreJournal {
     /// Remembers that an idempotent batch's records start at `lsn`, so checkpoints keep
     /// its segment for the window.
     pub fn retain(&self, lsn: Lsn, unix_s: u32) {
-        let mut retained = self.retained.borrow_mut();
-        if retained.len() == RETAINED_BATCHES_MAX {
-            retained.pop_front();
-        }
-        retained.push_back((lsn, unix_s));
+        self.retained.borrow_mut().push(lsn, unix_s);
     }
 
     /// The lowest LSN an idempotency record inside the window still needs, keeping
@@ -899,7 +904,8 @@ impl CoreJournal {
         let grown = self.journal.borrow().stats().bytes_written - self.bytes_at_checkpoint.get();
         let late = self
             .checkpoint_interval
-            .is_some_and(|interval| now >= self.last_checkpoint.get() + interval);
+            .and_then(|interval| self.last_checkpoint.get().checked_add(interval))
+            .is_some_and(|due| now >= due);
         !self.refuses_mutations() && (late || grown >= self.checkpoint_journal_bytes)
     }
 
@@ -1062,11 +1068,33 @@ fn append_one(
 
 /// What the journal gave back for idempotency at start: outcomes by key, the
 /// retention list, and how many records were kept.
-type IdempotencyScan = (
-    HashMap<IdempotencyKey, Recovered>,
-    VecDeque<(Lsn, u32)>,
-    u64,
-);
+type IdempotencyScan = (HashMap<IdempotencyKey, Recovered>, Retained, u64);
+
+/// Where the idempotent batches journaled on a core start, for checkpoints to keep
+/// their segments: runs of batches, oldest first, each as (first LSN of its first
+/// batch, first LSN of its last batch, latest apply time in unix seconds). A batch
+/// applied no later than the newest run's time joins that run (its LSN is higher, and
+/// its window ends no later), so a core tracks at most one run per second of the window
+/// however many batches it journals, and no batch is ever dropped early.
+/// Invariant: runs are ordered by LSN and by time, both strictly.
+#[derive(Debug, Default)]
+struct Retained {
+    runs: VecDeque<(Lsn, Lsn, u32)>,
+}
+
+impl Retained {
+    /// A batch whose records start at `lsn` (above every LSN pushed before), applied
+    /// at `unix_s`.
+    fn push(&mut self, lsn: Lsn, unix_s: u32) {
+        match self.runs.back_mut() {
+            Some((_, last, run_s)) if unix_s <= *run_s => {
+                debug_assert!(lsn > *last);
+                *last = lsn;
+            }
+            _ => self.runs.push_back((lsn, lsn, unix_s)),
+        }
+    }
+}
 
 /// What an idempotent batch's journal records are kept for: the window, within at
 /// most `records_max` records behind the last appended one.
@@ -1078,18 +1106,21 @@ struct RetentionBounds {
 }
 
 impl RetentionBounds {
-    /// Drops the batches of `retained` (first LSN, unix seconds; oldest first) that
-    /// are out of bounds; the first LSN of the oldest one left.
-    fn prune(&self, retained: &mut VecDeque<(Lsn, u32)>) -> Option<Lsn> {
-        while let Some(&(lsn, unix_s)) = retained.front() {
+    /// Drops the runs of `retained` whose batches are all out of bounds (window passed,
+    /// or starting more than `records_max` records behind the last append), and trims
+    /// the oldest run left to the record bound; the lowest LSN it still needs.
+    fn prune(&self, retained: &mut Retained) -> Option<Lsn> {
+        let floor = self.appended_lsn.saturating_sub(self.records_max);
+        while let Some(&(_, last, unix_s)) = retained.runs.front() {
             let expired = u64::from(self.now_s.saturating_sub(unix_s)) >= self.window_s;
-            let too_old = self.appended_lsn.saturating_sub(lsn) > self.records_max;
-            if !expired && !too_old {
+            if !expired && last >= floor {
                 break;
             }
-            retained.pop_front();
+            retained.runs.pop_front();
         }
-        retained.front().map(|&(lsn, _)| lsn)
+        let (first, _, _) = retained.runs.front_mut()?;
+        *first = (*first).max(floor);
+        Some(*first)
     }
 }
 
@@ -1119,7 +1150,7 @@ fn read_idempotency(
         window_s,
         keys_max,
         recovered: HashMap::new(),
-        retained: VecDeque::new(),
+        retained: Retained::default(),
         own_keys: HashSet::new(),
         over_limit: false,
         kept: 0,
@@ -1164,7 +1195,7 @@ struct IdempotencyScanner {
     keys_max: usize,
     recovered: HashMap<IdempotencyKey, Recovered>,
     /// (first LSN, unix seconds) of each batch in this core's own journal.
-    retained: VecDeque<(Lsn, u32)>,
+    retained: Retained,
     /// The keys with a record in this core's own journal.
     own_keys: HashSet<IdempotencyKey>,
     /// Whether `keys_max` was reached (logged once).
@@ -1212,7 +1243,7 @@ impl IdempotencyScanner {
             // The first record of each key in this core's own journal pins its segment
             // (a key first seen in a set-aside journal may have more records here).
             if own && self.own_keys.insert(key) {
-                self.retained.push_back((logged.lsn, decoded.unix_s));
+                self.retained.push(logged.lsn, decoded.unix_s);
             }
             let entry = self.recovered.entry(key).or_default();
             entry.unix_s = entry.unix_s.max(decoded.unix_s);
@@ -1307,9 +1338,10 @@ mod tests {
     /// the journal without bound.
     #[test]
     fn retention_ends_at_the_window_or_the_record_bound() {
-        let mut retained: VecDeque<(Lsn, u32)> = [(10, 1_000), (500, 1_100), (900, 1_200)]
-            .into_iter()
-            .collect();
+        let mut retained = Retained::default();
+        for (lsn, unix_s) in [(10, 1_000), (500, 1_100), (900, 1_200), (1_000, 1_200)] {
+            retained.push(lsn, unix_s);
+        }
         let mut bounds = RetentionBounds {
             now_s: 1_250,
             window_s: 600,
@@ -1327,9 +1359,47 @@ mod tests {
             Some(900),
             "two fell behind the bound"
         );
+        bounds.appended_lsn = 10_950;
+        assert_eq!(
+            bounds.prune(&mut retained),
+            Some(950),
+            "trimmed to the bound"
+        );
         bounds.now_s = 1_800;
         assert_eq!(bounds.prune(&mut retained), None, "the window passed");
-        assert!(retained.is_empty());
+        assert!(retained.runs.is_empty());
+    }
+
+    /// However many batches a core journals, it tracks one run per second of their
+    /// apply, and keeps the first LSN of every batch still inside the window: none is
+    /// dropped early (a fixed cap on batches once dropped the oldest ones, whose
+    /// segments a checkpoint then released).
+    #[test]
+    fn retention_tracks_runs_per_second_and_drops_no_batch_inside_the_window() {
+        let mut retained = Retained::default();
+        for lsn in 1..=3_000_000u64 {
+            retained.push(lsn, 1_000 + (lsn / 1_000_000) as u32);
+        }
+        assert_eq!(retained.runs.len(), 4, "{:?}", retained.runs);
+        let mut bounds = RetentionBounds {
+            now_s: 1_001,
+            window_s: 600,
+            appended_lsn: 3_000_000,
+            records_max: u64::MAX,
+        };
+        assert_eq!(bounds.prune(&mut retained), Some(1));
+        bounds.now_s = 1_600;
+        assert_eq!(
+            bounds.prune(&mut retained),
+            Some(1_000_000),
+            "second 1000 passed"
+        );
+        bounds.now_s = 1_603;
+        assert_eq!(bounds.prune(&mut retained), None);
+        // A clock stepped back joins the newest run.
+        retained.push(3_000_001, 2_000);
+        retained.push(3_000_002, 1_990);
+        assert_eq!(retained.runs, [(3_000_001, 3_000_002, 2_000)]);
     }
 
     /// Runs commits of `took` each through the pacing, polling as it asks; returns

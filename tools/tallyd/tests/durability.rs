@@ -510,6 +510,65 @@ fn graceful_stops_checkpoint_what_changed_and_a_later_crash_loses_nothing() {
     assert_eq!(Client::connect(daemon.addr).values(&keys), expected);
 }
 
+/// A durable mutation that changes nothing (a delete of a counter already gone, an add
+/// refused by a bound) writes no record, but its answer reports what earlier records
+/// did: it is acknowledged only once those are durable too. Here a relaxed delete that
+/// would not be flushed for a minute is followed by durable operations on another
+/// connection that see the counter gone; after `kill -9` it must still be gone (before
+/// the fix, the durable answers came at once and the counter came back).
+#[test]
+fn a_durable_no_op_is_acknowledged_only_once_what_it_saw_is_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--cores", "1", "--relaxed-flush-ms", "60000"];
+    let (key, bounded) = (&b"liked"[..], &b"quota"[..]);
+    let floor = Op::SetBounds {
+        key: bounded,
+        floor: Some(0),
+        ceiling: None,
+    };
+    let daemon = Daemon::start(dir.path(), &extra);
+    let mut first = Client::connect(daemon.addr);
+    let set = |key, value| Op::Set {
+        key,
+        value,
+        policy: BoundPolicy::Reject,
+    };
+    let replies = first.batch(&[set(key, 5), floor, set(bounded, 1)], None);
+    assert!(replies.iter().all(|reply| reply.status == Status::Ok));
+    // Relaxed: applied and answered at once, on disk only at the next flush.
+    let relaxed = [Op::Delete { key }, add(bounded, -1)];
+    first
+        .send(&[relaxed.to_vec()], Durability::Relaxed, None)
+        .unwrap();
+    assert!(first
+        .next_results()
+        .unwrap()
+        .iter()
+        .all(|r| r.status == Status::Ok));
+    let mut second = Client::connect(daemon.addr);
+    let replies = second.batch(&[Op::Delete { key }, add(bounded, -1)], None);
+    assert_eq!(replies[0].status, Status::Ok);
+    assert!(!replies[0].existed, "the relaxed delete was applied first");
+    assert_eq!(
+        replies[1].status,
+        Status::BelowFloor,
+        "the relaxed add took it to 0"
+    );
+    daemon.kill_9();
+    let daemon = Daemon::start(dir.path(), &extra);
+    let replies =
+        Client::connect(daemon.addr).batch(&[Op::Get { key }, Op::Get { key: bounded }], None);
+    assert!(
+        !replies[0].existed,
+        "a durable answer said it was gone: {:?}",
+        replies[0]
+    );
+    assert_eq!(
+        replies[1].value, 0,
+        "a durable refusal said it was at its floor"
+    );
+}
+
 /// A tmpfs mounted for one test, unmounted on drop.
 struct SmallFilesystem {
     dir: tempfile::TempDir,
