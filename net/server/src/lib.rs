@@ -201,15 +201,11 @@ pub fn start(
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
         .map_err(ServerError::DataDir)?;
     layout::migrate(&config, &dir)?;
-    let (main_listeners, listen_addr) = bind_main(config.listen, config.cores)?;
-    let (resp_listeners, resp_addr): (Vec<_>, _) = match config.resp_listen {
-        Some(addr) => {
-            let (listeners, addr) = bind_main(addr, config.cores)?;
-            (listeners.into_iter().map(Some).collect(), Some(addr))
-        }
-        None => ((0..config.cores).map(|_| None).collect(), None),
-    };
-    let (shard_listeners, shard_addrs) = bind_shards(&config, listen_addr.port())?;
+    let Listeners {
+        main: (main_listeners, listen_addr),
+        resp: (resp_listeners, resp_addr),
+        shards: (shard_listeners, shard_addrs),
+    } = bind_retrying(&config)?;
     let shard_ports = shard_addrs.iter().map(SocketAddr::port).collect();
     let hello = HelloReply::with_modulo_owners(server_id(), dir.partition_count(), shard_ports)
         .map_err(|error| ServerError::InvalidConfig(format!("shard map: {error}")))?;
@@ -612,6 +608,60 @@ async fn wait_phase(phase: &AtomicU8, wanted: u8) -> u8 {
 /// Binds one listener per core on the same address (SO_REUSEPORT), after checking
 /// that no other process listens there (SO_REUSEPORT would otherwise silently share).
 /// Used for the main port and the Redis door.
+/// Every listening socket of a server, per core.
+struct Listeners {
+    main: (Vec<std::net::TcpListener>, SocketAddr),
+    resp: (Vec<Option<std::net::TcpListener>>, Option<SocketAddr>),
+    shards: (Vec<std::net::TcpListener>, Vec<SocketAddr>),
+}
+
+/// How long a start keeps trying addresses in use: a server killed a moment ago
+/// (`kill -9`, then an immediate restart by a supervisor) may hold its ports for a
+/// few milliseconds after it is reaped, while the kernel tears its io_uring down.
+const BIND_RETRY_FOR: Duration = Duration::from_secs(2);
+const BIND_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// [`bind_all`], tried again while an address is in use, for [`BIND_RETRY_FOR`].
+fn bind_retrying(config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let started = Instant::now();
+    let mut logged = false;
+    loop {
+        match bind_all(config) {
+            Err(ServerError::Listen { addr, source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && started.elapsed() < BIND_RETRY_FOR =>
+            {
+                if !logged {
+                    logged = true;
+                    tracing::warn!(%addr, "address in use; retrying for up to 2 s (a server \
+                                           killed just now may still hold it)");
+                }
+                std::thread::sleep(BIND_RETRY_INTERVAL);
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Binds the main port (one reuse-port listener per core), the Redis door's if
+/// configured, and each core's shard port.
+fn bind_all(config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let (main_listeners, listen_addr) = bind_main(config.listen, config.cores)?;
+    let resp = match config.resp_listen {
+        Some(addr) => {
+            let (listeners, addr) = bind_main(addr, config.cores)?;
+            (listeners.into_iter().map(Some).collect(), Some(addr))
+        }
+        None => ((0..config.cores).map(|_| None).collect(), None),
+    };
+    let shards = bind_shards(config, listen_addr.port())?;
+    Ok(Listeners {
+        main: (main_listeners, listen_addr),
+        resp,
+        shards,
+    })
+}
+
 fn bind_main(
     wanted: SocketAddr,
     cores: usize,

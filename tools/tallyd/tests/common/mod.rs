@@ -13,7 +13,8 @@ pub struct Process {
 /// `tallyd --listen 127.0.0.1:0 --cores 2 --partitions PARTITIONS --spin-us 20
 /// --data-dir DIR EXTRA...` (no `--partitions` if PARTITIONS is 0; short spins, since the
 /// tests share two CPUs with the daemon, unless EXTRA gives `--spin-us`; 2 cores unless
-/// EXTRA gives `--cores`), logging warnings and worse.
+/// EXTRA gives `--cores`; a free port unless EXTRA gives `--listen`), logging warnings
+/// and worse.
 fn command(dir: &Path, partitions: u32, extra: &[&str]) -> Command {
     let spin: &[&str] = if extra.contains(&"--spin-us") {
         &[]
@@ -25,8 +26,13 @@ fn command(dir: &Path, partitions: u32, extra: &[&str]) -> Command {
     } else {
         &["--cores", "2"]
     };
+    let listen: &[&str] = if extra.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
     let mut command = Command::new(env!("CARGO_BIN_EXE_tallyd"));
-    command.args(["--listen", "127.0.0.1:0"]).args(cores);
+    command.args(listen).args(cores);
     if partitions != 0 {
         command.args(["--partitions", &partitions.to_string()]);
     }
