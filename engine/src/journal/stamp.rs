@@ -8,7 +8,7 @@
 //! offset size field
 //!      0    8 magic, naming the kind of file
 //!      8    4 owner
-//!     12    4 reserved, zero
+//!     12    4 reserved: written zero, not read (the checksum covers it)
 //!     16    8 LSN
 //!     24    8 xxh3_64 of bytes 0..24
 //! ```

@@ -30,7 +30,7 @@ const FLAG_CLAMPED: u8 = 1 << 1;
 pub enum Status {
     /// Applied; `value` is the result.
     Ok = 0,
-    /// The key is empty or longer than 255 bytes; `value` is its length.
+    /// The key is empty (the wire cannot carry a longer one); `value` is its length, 0.
     InvalidKey = 1,
     /// The result would leave the i64 range; `value` is 0.
     Overflow = 2,

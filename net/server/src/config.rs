@@ -16,6 +16,9 @@ use crate::error::ServerError;
 /// in the per-connection owner scratch buffer.
 pub const CORES_MAX: usize = 256;
 
+/// The longest `--checkpoint-interval-s` (30 days); 0 turns the timer off.
+pub const CHECKPOINT_INTERVAL_MAX_S: u64 = 30 * 24 * 3600;
+
 /// The port a server listens on when none is given.
 pub const LISTEN_PORT_DEFAULT: u16 = 7878;
 
@@ -238,6 +241,13 @@ impl ServerConfig {
         if self.journal.relaxed_flush_ms > 60_000 || self.journal.durable_wait_us > 1_000_000 {
             return invalid("relaxed flush at most 60 s, durable wait at most 1 s".to_string());
         }
+        if self.journal.checkpoint_interval_s > CHECKPOINT_INTERVAL_MAX_S {
+            return invalid(format!(
+                "checkpoint interval at most {CHECKPOINT_INTERVAL_MAX_S} s (30 days), not {} \
+                 (0 turns the timer off)",
+                self.journal.checkpoint_interval_s
+            ));
+        }
         if self.journal.checkpoint_journal_bytes == 0 {
             return invalid("checkpoint journal bytes must be at least 1".to_string());
         }
@@ -292,6 +302,21 @@ mod tests {
         let mut config = ServerConfig::new(PathBuf::from("x"));
         config.cores = 0;
         assert!(config.validate().is_err());
+    }
+
+    /// "A very large number" for "never" once panicked every core at start (an
+    /// `Instant` overflow); it is refused, naming the bound and the way to say never.
+    #[test]
+    fn a_checkpoint_interval_beyond_30_days_is_refused() {
+        let mut config = ServerConfig::new(PathBuf::from("x"));
+        config.journal.checkpoint_interval_s = CHECKPOINT_INTERVAL_MAX_S;
+        config.validate().unwrap();
+        config.journal.checkpoint_interval_s = u64::MAX;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("30 days") && error.contains("0 turns"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -558,6 +558,19 @@ impl State {
         }));
     }
 
+    /// Answers a batch that reuses idempotency key `key` for other operations.
+    fn refuse_reused_key(&mut self, core: &Core, request_id: u64, key: IdempotencyKey) {
+        tracing::warn!(
+            core = core.index,
+            request_id,
+            key = format_args!("{key:032x}"),
+            "idempotency key reused for a batch with other operations"
+        );
+        let message = "this idempotency key was used for a batch with other operations; \
+                       use a new key for a new batch";
+        self.stage_error(request_id, IDEMPOTENCY_KEY_REUSED, message);
+    }
+
     /// For a batch with an idempotency key: `Ok(Some(..))` to run it and record its
     /// reply (with the earlier results of a resumed batch), `Ok(None)` without a key,
     /// `Err(())` if already answered (a replay or an error reply is staged).
@@ -587,20 +600,22 @@ impl State {
             .await
         {
             Ok(RemoteBegin::New) => Ok(Some((begun, None))),
-            Ok(RemoteBegin::Resume(earlier)) => {
-                assert_eq!(earlier.len(), batch.op_count(), "same fingerprint");
+            Ok(RemoteBegin::Resume(earlier)) if earlier.len() == batch.op_count() => {
                 Ok(Some((begun, Some(earlier))))
             }
+            Ok(RemoteBegin::Resume(earlier)) => {
+                // Another batch with an equal fingerprint (a 64-bit hash collision): put
+                // the first one's results back, and refuse this one as a reuse.
+                let mut frame = Vec::new();
+                tally_protocol::encode_batch_reply(&mut frame, 0, &earlier)
+                    .expect("a batch reply always fits in a frame");
+                core.idempotency_finish(home, key, fingerprint, &frame)
+                    .await;
+                self.refuse_reused_key(core, request_id, key);
+                Err(())
+            }
             Ok(RemoteBegin::Mismatch) => {
-                tracing::warn!(
-                    core = core.index,
-                    request_id,
-                    key = format_args!("{key:032x}"),
-                    "idempotency key reused for a batch with other operations"
-                );
-                let message = "this idempotency key was used for a batch with other \
-                               operations; use a new key for a new batch";
-                self.stage_error(request_id, IDEMPOTENCY_KEY_REUSED, message);
+                self.refuse_reused_key(core, request_id, key);
                 Err(())
             }
             Ok(RemoteBegin::InFlight) => {

@@ -189,7 +189,16 @@ fn journal_core_count(data_dir: &Path) -> Result<Option<usize>, ServerError> {
             .and_then(|name| name.strip_prefix("core-"))
             .and_then(|index| index.parse::<usize>().ok());
         if let Some(index) = index {
-            cores = Some(cores.unwrap_or(0).max(index + 1));
+            // A name past any core count (damage, a stray folder) is not a core:
+            // counting it would make the count wrap or exceed what can run.
+            let Some(count) = index.checked_add(1).filter(|&count| count <= CORES_MAX) else {
+                return Err(ServerError::InvalidConfig(format!(
+                    "{}: a journal folder core-{index} is beyond the most cores a layout \
+                     records ({CORES_MAX}): remove or rename it",
+                    journals.display()
+                )));
+            };
+            cores = Some(cores.unwrap_or(0).max(count));
         }
     }
     Ok(cores)
@@ -378,4 +387,22 @@ fn written_within(dir: &Path, window: Duration) -> bool {
         .and_then(|mut segments| segments.pop());
     let written = newest.and_then(|segment| fs::metadata(&segment.path).ok()?.modified().ok());
     written.is_some_and(|written| written.elapsed().map_or(true, |age| age < window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stray journal folder numbered past any core count is refused, naming it, not
+    /// counted (`usize::MAX + 1` wrapped to a count of 0 before).
+    #[test]
+    fn a_journal_folder_past_any_core_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let journals = dir.path().join(JOURNAL_DIR);
+        fs::create_dir_all(journals.join("core-1")).unwrap();
+        assert_eq!(journal_core_count(dir.path()).unwrap(), Some(2));
+        fs::create_dir(journals.join(format!("core-{}", usize::MAX))).unwrap();
+        let error = journal_core_count(dir.path()).unwrap_err().to_string();
+        assert!(error.contains(&format!("core-{}", usize::MAX)), "{error}");
+    }
 }

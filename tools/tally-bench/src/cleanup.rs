@@ -76,7 +76,9 @@ fn kill_and_reap(pid: libc::pid_t) {
 }
 
 /// Have the kernel SIGKILL the process `command` starts when this process dies, even by
-/// SIGKILL, which no handler sees.
+/// SIGKILL, which no handler sees. Precisely, `PR_SET_PDEATHSIG` fires when the *thread*
+/// that spawned the child exits: call it from the main thread (as tally-bench does),
+/// whose exit is the process's.
 pub fn die_with_parent(command: &mut Command) -> &mut Command {
     #[cfg(target_os = "linux")]
     {
