@@ -136,6 +136,12 @@ impl Heap {
         self.u64_at(8)
     }
 
+    /// The heap's `top` and `live_bytes`: what a refused operation must leave as it was.
+    #[cfg(test)]
+    pub(crate) fn usage_for_tests(&self) -> (u64, u64) {
+        (self.top(), self.u64_at(16))
+    }
+
     fn free_head_offset(class: usize) -> u64 {
         32 + 8 * class as u64
     }
