@@ -19,9 +19,10 @@
 //!
 //! ```text
 //! byte       field     meaning
-//!  0         key_len   u8, 1..=255
+//!  0         key_len   u8, 1..=255 (0 in a free record)
 //!  1         bounds    u8: bit 0 floor present, bit 1 ceiling present
-//!  2         class     u8, the record's size class
+//!  2         class     u8, the record's size class (2..=18; in a live record the
+//!                      class its key_len needs)
 //!  3..8      reserved  0
 //!  8..16     floor     i64 (meaningful if bit 0); in a free record: u64 next free offset
 //! 16..24     ceiling   i64 (meaningful if bit 1)
@@ -32,8 +33,15 @@
 //! re-inserting long keys does not grow the file. The file grows by a quarter (at least
 //! 64 KiB) when `top` would pass its end: an `ftruncate` and a remap, no copy.
 //!
-//! Reads of a record whose offset is out of range (only possible in a torn arena after a
-//! crash, which recovery replaces by a checkpoint) return `None` rather than panicking.
+//! Every record is checked as it is read from the bytes: its offset must be aligned and
+//! the record wholly below `top`, its class byte a class, and for a live record the class
+//! its key length needs. A record that fails (only possible in a torn arena after a crash,
+//! which recovery replaces by a checkpoint, or in a heap opened without a data checksum)
+//! reads as `None` and is not freed, and a free list head that is not a free record of
+//! its class is not reused (the record comes from `top`). So damage never panics, and a
+//! free or an allocation never writes past `top` nor to a header byte other than a free
+//! list head of a class. Not detected: an offset into another record whose bytes happen
+//! to read as a record header (only the data checksum catches that).
 
 use std::path::Path;
 
@@ -46,6 +54,8 @@ const HEAP_MAGIC: &[u8; 8] = b"TALLYHP1";
 const RECORD_ALIGN_BYTES: u64 = 16;
 const RECORD_HEADER_BYTES: usize = 24;
 const CLASS_COUNT: usize = 19;
+/// The class of a one-byte key, the smallest record.
+const CLASS_MIN: usize = class_of(1);
 const HEAP_GROWTH_BYTES_MIN: u64 = 64 * 1024;
 /// Largest heap file; offsets must fit the slot's u64 and a record must stay addressable.
 pub(crate) const HEAP_BYTES_MAX: u64 = 1 << 40;
@@ -74,7 +84,7 @@ impl Bounds {
     };
 }
 
-fn class_of(key_len: usize) -> usize {
+const fn class_of(key_len: usize) -> usize {
     (RECORD_HEADER_BYTES + key_len).div_ceil(RECORD_ALIGN_BYTES as usize)
 }
 
@@ -136,26 +146,52 @@ impl Heap {
         self.u64_at(8)
     }
 
+    /// The heap's `top` and `live_bytes`: what a refused operation must leave as it was.
+    #[cfg(test)]
+    pub(crate) fn usage_for_tests(&self) -> (u64, u64) {
+        (self.top(), self.u64_at(16))
+    }
+
+    /// The offset of the free list head of `class`, inside the header.
     fn free_head_offset(class: usize) -> u64 {
+        assert!(class < CLASS_COUNT, "size class {class} out of range");
         32 + 8 * class as u64
     }
 
-    /// The record at `offset` if it lies wholly inside the allocated area.
-    fn record(&self, offset: u64) -> Option<&[u8]> {
+    /// The bytes of the record, live or free, at `offset`, if it is aligned, its class
+    /// byte is a class (`CLASS_MIN..CLASS_COUNT`), and the record lies wholly below `top`.
+    fn record_bytes(&self, offset: u64) -> Option<&[u8]> {
         let top = self.top().min(self.file.length_bytes());
         if offset < HEAP_HEADER_BYTES
             || !offset.is_multiple_of(RECORD_ALIGN_BYTES)
-            || offset + 24 > top
+            || offset.checked_add(RECORD_HEADER_BYTES as u64)? > top
         {
             return None;
         }
         let bytes = &self.file.bytes()[offset as usize..top as usize];
-        let length_bytes = usize::from(bytes[2]) * RECORD_ALIGN_BYTES as usize;
-        let key_len = usize::from(bytes[0]);
-        if length_bytes > bytes.len() || RECORD_HEADER_BYTES + key_len > length_bytes {
+        let class = usize::from(bytes[2]);
+        if !(CLASS_MIN..CLASS_COUNT).contains(&class) {
             return None;
         }
-        Some(&bytes[..length_bytes])
+        bytes.get(..class * RECORD_ALIGN_BYTES as usize)
+    }
+
+    /// The live record at `offset`: as `record_bytes`, with a key length of at least 1
+    /// whose class is the record's class byte.
+    fn record(&self, offset: u64) -> Option<&[u8]> {
+        let record = self.record_bytes(offset)?;
+        let key_len = usize::from(record[0]);
+        if key_len == 0 || class_of(key_len) != usize::from(record[2]) {
+            return None;
+        }
+        debug_assert!(RECORD_HEADER_BYTES + key_len <= record.len());
+        Some(record)
+    }
+
+    /// Whether the record at `offset` is a free record (key length 0) of `class`.
+    fn is_free_record(&self, offset: u64, class: usize) -> bool {
+        self.record_bytes(offset)
+            .is_some_and(|record| record[0] == 0 && usize::from(record[2]) == class)
     }
 
     /// Hints the CPU to fetch the record at `offset` of a key of `key_len` bytes (its
@@ -163,7 +199,9 @@ impl Heap {
     #[inline]
     pub(crate) fn prefetch(&self, offset: u64, key_len: usize) {
         let bytes = self.file.bytes();
-        let end = offset as usize + RECORD_HEADER_BYTES + key_len;
+        let Some(end) = (offset as usize).checked_add(RECORD_HEADER_BYTES + key_len) else {
+            return;
+        };
         if let Some(record) = bytes.get(offset as usize..end) {
             crate::index::prefetch_line(record.as_ptr());
             crate::index::prefetch_line(record[record.len() - 1..].as_ptr());
@@ -214,7 +252,7 @@ impl Heap {
         let class = class_of(key.len());
         let length_bytes = class as u64 * RECORD_ALIGN_BYTES;
         let free_head = self.u64_at(Self::free_head_offset(class));
-        let offset = if free_head != 0 && self.record(free_head).is_some() {
+        let offset = if free_head != 0 && self.is_free_record(free_head, class) {
             let next = self.u64_at(free_head + 8);
             self.set_u64(Self::free_head_offset(class), next);
             free_head
@@ -236,7 +274,8 @@ impl Heap {
         Ok(offset)
     }
 
-    /// Returns the record at `offset` to the free list of its class.
+    /// Returns the live record at `offset` to the free list of its class (nothing if it
+    /// is not a live record: see the module doc).
     pub(crate) fn free(&mut self, offset: u64) {
         let Some(record) = self.record(offset) else {
             return;
@@ -303,5 +342,65 @@ mod tests {
         assert_eq!(heap.bounds(offsets[999]), bounds);
         assert_eq!(heap.key(offsets[3]), Some(&[3u8; 255][..]));
         assert_eq!(heap.bounds(12345), Bounds::NONE);
+    }
+
+    /// A heap with a record of key `[1; 20]` at the first offset (whose bytes a free list
+    /// head of class 28 would overwrite), the record at the returned offset with key
+    /// `[2; 20]`, and enough records behind it that any class byte keeps it below `top`.
+    fn heap_with_victim(path: &Path) -> (Heap, u64) {
+        let mut heap = Heap::create(path).unwrap();
+        let victim = heap.allocate(&[1u8; 20], Bounds::NONE).unwrap();
+        assert_eq!(victim, HEAP_HEADER_BYTES);
+        let damaged = heap.allocate(&[2u8; 20], Bounds::NONE).unwrap();
+        for _ in 0..16 {
+            heap.allocate(&[3u8; 255], Bounds::NONE).unwrap();
+        }
+        assert!(damaged + 255 * RECORD_ALIGN_BYTES <= heap.top());
+        (heap, damaged)
+    }
+
+    #[test]
+    fn a_record_with_a_damaged_class_byte_is_unreadable_and_not_freed() {
+        let dir = tempfile::tempdir().unwrap();
+        for class in [0u8, 1, 2, 10, 19, 28, 255] {
+            let (mut heap, damaged) = heap_with_victim(&dir.path().join(format!("h{class}")));
+            let usage = heap.usage_for_tests();
+            heap.file.bytes_mut()[damaged as usize + 2] = class;
+            assert_eq!(heap.key(damaged), None, "class {class}");
+            assert_eq!(heap.bounds(damaged), Bounds::NONE, "class {class}");
+            heap.free(damaged);
+            assert_eq!(heap.usage_for_tests(), usage, "class {class}");
+            assert_eq!(
+                heap.key(HEAP_HEADER_BYTES),
+                Some(&[1u8; 20][..]),
+                "class {class}"
+            );
+            // Nothing was put on a free list: a record of any class comes from `top`.
+            let key = [4u8; 130];
+            assert_eq!(heap.allocate(&key, Bounds::NONE).unwrap(), usage.0);
+            assert_eq!(
+                heap.key(damaged + 3 * RECORD_ALIGN_BYTES),
+                Some(&[3u8; 255][..])
+            );
+        }
+    }
+
+    #[test]
+    fn a_free_list_head_that_is_no_free_record_of_its_class_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut heap, live) = heap_with_victim(&dir.path().join("h"));
+        let class = class_of(20);
+        heap.set_u64(Heap::free_head_offset(class), live);
+        let top = heap.top();
+        assert_eq!(heap.allocate(&[5u8; 20], Bounds::NONE).unwrap(), top);
+        assert_eq!(heap.key(live), Some(&[2u8; 20][..]));
+        // A record freed twice is on its free list once.
+        heap.free(live);
+        heap.free(live);
+        let first = heap.allocate(&[6u8; 20], Bounds::NONE).unwrap();
+        let second = heap.allocate(&[7u8; 20], Bounds::NONE).unwrap();
+        assert_eq!(first, live);
+        assert_ne!(second, live);
+        assert_eq!(heap.key(first), Some(&[6u8; 20][..]));
     }
 }

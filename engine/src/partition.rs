@@ -891,9 +891,21 @@ impl Partition {
         Ok(())
     }
 
-    /// Inserts a counter known to be absent. Nothing changes if it fails.
+    /// Inserts a counter known to be absent. No counter and no heap record changes if it
+    /// fails (the tables may have grown or been rebuilt, their contents the same): the
+    /// extension record, if the counter needs one, is allocated only once its slot is
+    /// found, and if that allocation fails the slot is emptied (after a cuckoo path it
+    /// still holds a copy of the last counter moved out of it).
     fn insert(&mut self, probe: &KeyProbe, value: i64, bounds: Bounds) -> Result<(), OpError> {
         self.reserve_one()?;
+        let position = match self.table.make_room(probe.hash_high) {
+            Some(position) => position,
+            None => {
+                let old_from = self.meta().migrate_cursor as usize * crate::index::SLOTS_PER_LINE;
+                self.rebuild(old_from, Some(probe.hash_high))?
+                    .expect("a rebuild for a new counter makes room for it")
+            }
+        };
         let mut slot = Slot {
             key: probe.padded,
             value,
@@ -904,19 +916,17 @@ impl Partition {
             reserved: 0,
         };
         if bounds != Bounds::NONE || probe.key.len() > KEY_INLINE_BYTES_MAX {
-            let offset = self.heap.allocate(probe.key, bounds)?;
+            let offset = match self.heap.allocate(probe.key, bounds) {
+                Ok(offset) => offset,
+                Err(error) => {
+                    self.table.remove(position);
+                    return Err(error);
+                }
+            };
             slot.key = external_key(offset, probe);
             slot.flags = FLAG_EXTERNAL;
             self.meta_mut().heap_bytes = self.heap.file().length_bytes();
         }
-        let position = match self.table.make_room(probe.hash_high) {
-            Some(position) => position,
-            None => {
-                let old_from = self.meta().migrate_cursor as usize * crate::index::SLOTS_PER_LINE;
-                self.rebuild(old_from, Some(probe.hash_high))?
-                    .expect("a rebuild for a new counter makes room for it")
-            }
-        };
         self.table.slots_mut()[position] = slot;
         let meta = self.meta_mut();
         meta.counter_count += 1;
@@ -1774,5 +1784,57 @@ mod tests {
         assert!(!exists(&partition, b"same-hash-8", hash));
         // Other keys still go in.
         assert!(add(&mut partition, b"another", 0x8765_4321).is_ok());
+    }
+
+    /// A refused insert that needed an extension record (a key over 16 bytes, or bounds
+    /// set on a missing key) leaves the heap as it was: repeating it costs nothing.
+    #[test]
+    fn a_refused_insert_needing_a_heap_record_leaves_the_heap_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut partition = Partition::open(dir.path(), 0).unwrap();
+        let hash = 0x1234_5678;
+        for index in 0..8 {
+            let key = format!("same-hash-{index}").into_bytes();
+            assert!(add(&mut partition, &key, hash).is_ok());
+        }
+        // One counter with a record already, so a leak would also show in a free list.
+        let kept = b"a-long-key-that-is-kept-in-the-heap";
+        assert!(add(&mut partition, kept, 0x8765_4321).is_ok());
+        let usage = partition.heap.usage_for_tests();
+        let lines = partition.table.line_count();
+        let long = b"a-key-longer-than-sixteen-bytes-0";
+        assert!(long.len() > KEY_INLINE_BYTES_MAX);
+        let bounds = Bounds {
+            floor: Some(0),
+            ceiling: Some(10),
+        };
+        for attempt in 0..1000 {
+            assert_eq!(
+                add(&mut partition, long, hash),
+                Err(OpError::StorageFull),
+                "long key, attempt {attempt}"
+            );
+            let short = b"short-bounded";
+            let probe = KeyProbe::new(short, u64::from(hash) << 32);
+            let set_bounds = Op::SetBounds {
+                key: short,
+                floor: bounds.floor,
+                ceiling: bounds.ceiling,
+            };
+            assert_eq!(
+                partition.apply(&set_bounds, &probe),
+                Err(OpError::StorageFull),
+                "bounds on a missing key, attempt {attempt}"
+            );
+        }
+        assert_eq!(
+            partition.heap.usage_for_tests(),
+            usage,
+            "heap top, live bytes"
+        );
+        assert_eq!(partition.counter_count(), 9);
+        assert_eq!(partition.table.line_count(), lines, "no bigger table kept");
+        assert!(!exists(&partition, long, hash));
+        assert!(exists(&partition, kept, 0x8765_4321));
     }
 }
