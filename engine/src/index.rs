@@ -487,13 +487,15 @@ impl Table {
             .find(|&position| self.slots()[position].kind == KIND_EMPTY)
     }
 
-    /// Makes room for a counter of hash `hash_high` and returns the empty slot: in its
+    /// Makes room for a counter of hash `hash_high` and returns a free slot: in its
     /// home bucket if it has one, else in its alternate bucket, else one of them is
     /// emptied by moving counters along the shortest cuckoo path (breadth first, at most
     /// `CUCKOO_BUCKETS_MAX` buckets visited, each once) to a bucket with an empty slot:
     /// each moved counter goes to its other bucket, the last one first, so every counter
-    /// is in one of its buckets at every step. `None` if no path was found: the table is
-    /// too full (the partition then grows).
+    /// is in one of its buckets at every step. After moves, the slot returned still
+    /// holds a copy of the last counter moved out of it: the caller writes its counter
+    /// there, or empties it. `None` if no path was found: the table is too full (the
+    /// partition then grows).
     pub(crate) fn make_room(&mut self, hash_high: u32) -> Option<usize> {
         let home = self.home_position(hash_high);
         let alternate = self.alternate_of(hash_high, home);
