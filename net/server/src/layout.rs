@@ -41,7 +41,7 @@
 //! segment inside the window. (Directories from before 2026-11-30 hold one generation
 //! directly as `journal.previous/core-<k>`; both shapes are read.)
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -63,10 +63,13 @@ const PREVIOUS_JOURNAL_DIR: &str = "journal.previous";
 const CORES_MAX: usize = 1024;
 
 /// The exclusive lock on a data directory; released when dropped (or the process
-/// ends).
+/// ends). The `flock` is taken on the directory itself, which cannot be deleted or
+/// replaced while it holds files: a lock on a file inside could be defeated by removing
+/// the file (a second server then locks a new one). `<data-dir>/lock` only holds the
+/// holder's pid, for the message a second server prints.
 #[derive(Debug)]
 pub struct DataDirLock {
-    _file: File,
+    _directory: File,
 }
 
 impl DataDirLock {
@@ -79,16 +82,10 @@ impl DataDirLock {
                 source,
             };
         fs::create_dir_all(data_dir).map_err(|e| io_error("create", data_dir, e))?;
-        let path = data_dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io_error("open", &path, e))?;
+        let directory = File::open(data_dir).map_err(|e| io_error("open", data_dir, e))?;
         // SAFETY: flock on a descriptor this function owns; no memory is involved.
-        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let locked = unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        let path = data_dir.join(LOCK_FILE);
         if locked != 0 {
             let error = io::Error::last_os_error();
             if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -98,13 +95,13 @@ impl DataDirLock {
                     holder: holder.trim().to_string(),
                 });
             }
-            return Err(io_error("lock", &path, error));
+            return Err(io_error("lock", data_dir, error));
         }
         // Best effort: the pid only makes the error message of a second server useful.
-        let _ = file
-            .set_len(0)
-            .and_then(|()| writeln!(file, "pid {}", std::process::id()));
-        Ok(DataDirLock { _file: file })
+        let _ = fs::write(&path, format!("pid {}\n", std::process::id()));
+        Ok(DataDirLock {
+            _directory: directory,
+        })
     }
 }
 

@@ -326,7 +326,8 @@ fn a_core_count_change_after_kill_9_loses_nothing() {
 }
 
 /// Two servers on one data directory would each acknowledge writes the other later
-/// overwrites: the second one must refuse to start, naming the directory.
+/// overwrites: the second one must refuse to start, naming the directory, even after
+/// someone deleted `<data-dir>/lock`.
 #[test]
 fn a_second_server_on_the_same_data_directory_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
@@ -336,6 +337,10 @@ fn a_second_server_on_the_same_data_directory_refuses_to_start() {
         stderr.contains("in use by another tallyd"),
         "unclear refusal: {stderr}"
     );
+    // Deleting the pid file beside the lock defeats nothing: the lock is the directory's.
+    std::fs::remove_file(dir.path().join("lock")).unwrap();
+    let stderr = start_refused(dir.path(), &["--cores", "1"]);
+    assert!(stderr.contains("in use by another tallyd"), "{stderr}");
     // The first one still serves, and after it stops the directory is free again.
     Client::connect(first.addr).values(&keys());
     assert_eq!(first.terminate(), Some(0));
