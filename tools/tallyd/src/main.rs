@@ -212,18 +212,18 @@ fn main() -> ExitCode {
     let file = match flags.config.as_deref().map(read_file).transpose() {
         Ok(file) => file.unwrap_or_default(),
         Err(message) => {
-            eprintln!("tallyd: {message}");
+            report(&message);
             return ExitCode::from(2);
         }
     };
     if let Err(message) = init_logging(flags.log_level.as_deref().or(file.log_level.as_deref())) {
-        eprintln!("tallyd: {message}");
+        report(&message);
         return ExitCode::from(2);
     }
     let config = match merge(&flags, file) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("tallyd: {error}");
+            report(&error);
             return ExitCode::from(2);
         }
     };
@@ -233,7 +233,7 @@ fn main() -> ExitCode {
 fn run(config: ServerConfig) -> ExitCode {
     let shutdown = ShutdownSignal::new();
     if let Err(error) = shutdown.install_os_handlers() {
-        eprintln!("tallyd: {error}");
+        report(&error);
         return ExitCode::FAILURE;
     }
     tracing::info!(data_dir = %config.data_dir.display(), cores = config.cores, "starting");
@@ -241,7 +241,7 @@ fn run(config: ServerConfig) -> ExitCode {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(%error, "could not start");
-            eprintln!("tallyd: {error}");
+            report(&error);
             return ExitCode::FAILURE;
         }
     };
@@ -268,10 +268,18 @@ fn run(config: ServerConfig) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("tallyd: {error}");
+            report(&error);
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `tallyd: <what>` on stderr for a person; a failed write is ignored (stderr
+/// may be a file on the full disk the error is about), never a panic as `eprintln!`
+/// would make it.
+fn report(what: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "tallyd: {what}");
 }
 
 /// Prints a start-up line on stdout. Whoever started us may have closed its end
@@ -362,10 +370,14 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     };
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
     let colour = std::io::stderr().is_terminal() && !no_color;
+    // A log that cannot be written (stderr on a full disk, `2>/dev/full`) loses its
+    // lines; it never stops the server: tracing's fallback for a failed write is an
+    // `eprintln!`, which panics.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(colour)
         .with_writer(std::io::stderr)
+        .log_internal_errors(false)
         .init();
     Ok(())
 }

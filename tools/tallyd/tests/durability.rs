@@ -605,6 +605,31 @@ fn a_restart_right_after_kill_9_binds_its_ports() {
     }
 }
 
+/// A log that cannot be written (stderr on a full disk; here `/dev/full`) loses its
+/// lines and nothing else: tracing's fallback for a failed write printed with
+/// `eprintln!`, which panicked a core (exit 101, or a server that stopped answering).
+#[test]
+fn a_log_that_cannot_be_written_stops_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let (process, rest) =
+        common::start_logging_to(dir.path(), 8, &[], "tallyd listening on ", full.into());
+    let addr: SocketAddr = rest.split_once(' ').unwrap().0.parse().unwrap();
+    // A malformed frame is logged (a warning) on the way to its error reply.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.write_all(&[0xff; 64]).unwrap();
+    let mut client = Client::connect(addr);
+    let mut tally = Tally::new();
+    for _ in 0..3 {
+        send_acknowledged_round(&mut client, &keys(), &mut tally);
+    }
+    drop(client);
+    assert_eq!(process.terminate(), Some(0));
+}
+
 /// A tmpfs mounted for one test, unmounted on drop.
 struct SmallFilesystem {
     dir: tempfile::TempDir,

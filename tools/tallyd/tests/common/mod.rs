@@ -49,9 +49,20 @@ fn command(dir: &Path, partitions: u32, extra: &[&str]) -> Command {
 /// output containing `marker`. Standard output is closed after that line, so later
 /// output can never fill a pipe nobody reads.
 pub fn start(dir: &Path, partitions: u32, extra: &[&str], marker: &str) -> (Process, String) {
+    start_logging_to(dir, partitions, extra, marker, Stdio::inherit())
+}
+
+/// [`start`] with tallyd's standard error (its log) going to `stderr`.
+pub fn start_logging_to(
+    dir: &Path,
+    partitions: u32,
+    extra: &[&str],
+    marker: &str,
+    stderr: Stdio,
+) -> (Process, String) {
     let mut child = command(dir, partitions, extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn tallyd");
     let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
