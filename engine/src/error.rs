@@ -40,6 +40,11 @@ pub enum OpError {
     /// a new key even in bigger tables (keys crafted to share a hash). Nothing was changed.
     #[error("storage full: the arena could not grow or make room for this key")]
     StorageFull,
+    /// The journal refuses mutations for now (degraded: retried until a commit
+    /// succeeds; or failed, until a restart): the mutation was refused before it was
+    /// applied. Given by the server, never by the store.
+    #[error("the journal refuses mutations for now: nothing was applied; retry later")]
+    JournalRefused,
 }
 
 /// Why the store could not be opened, grown or checked.

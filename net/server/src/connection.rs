@@ -742,6 +742,10 @@ fn to_engine(op: OpRef<'_>) -> (Op<'_>, bool) {
     }
 }
 
+/// The detail of an `Unavailable` result whose operation was refused before it was
+/// applied (PROTOCOL.md); 0 is an unknown outcome.
+pub(crate) const UNAVAILABLE_NOT_APPLIED: i64 = 1;
+
 /// The wire result for an engine result.
 fn to_reply(result: OpResult, exists: bool) -> OpReply {
     match result {
@@ -768,6 +772,7 @@ pub(crate) fn status_of(error: &OpError) -> (Status, i64) {
         OpError::NotOwned { partition } => (Status::NotOwned, i64::from(partition)),
         OpError::WrongKind => (Status::WrongKind, 0),
         OpError::StorageFull => (Status::StorageFull, 0),
+        OpError::JournalRefused => (Status::Unavailable, UNAVAILABLE_NOT_APPLIED),
         _ => (Status::Unavailable, 0),
     }
 }

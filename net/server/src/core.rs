@@ -29,7 +29,7 @@ use std::collections::VecDeque;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::net::{TcpListener, TcpStream};
 use tally_engine::journal::{Durability, Idempotency, Lsn, Record, RecordKind};
-use tally_engine::{recycle_ops, Op, OpResult, Outcome, Store};
+use tally_engine::{recycle_ops, Op, OpError, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
@@ -192,13 +192,6 @@ impl Known<'_> {
     }
 }
 
-/// The result given to a refused mutation; the reply turns it into `Unavailable`.
-const PLACEHOLDER: OpResult = Ok(Outcome {
-    value: 0,
-    existed: false,
-    clamped: false,
-});
-
 impl Core {
     /// Applies operations this core owns, one result per operation appended to
     /// `results`, and journals the mutations that changed state.
@@ -221,13 +214,19 @@ impl Core {
             .as_ref()
             .is_some_and(|share| share.lsn > self.journal.durable_lsn());
         let applied = if self.journal.refuses_mutations() || in_doubt {
-            // Refuse mutations before they change anything; reads are still served.
-            self.apply_where(ops, results, |_, op| {
-                op.is_mutation().then_some(PLACEHOLDER)
+            // Refuse mutations before they change anything, saying so (`Unavailable`,
+            // nothing applied); reads are still served. An operation journaled before
+            // a restart is answered from the journal; one kept in doubt may still
+            // become durable, so its share's mutations stay of unknown outcome.
+            let indexes = journaling.idempotency.map(|(_, indexes)| indexes);
+            self.apply_where(ops, results, |at, op| {
+                let journaled = known.recovered.zip(indexes);
+                let journaled = journaled.and_then(|(recovered, i)| recovered.outcome(i[at]));
+                journaled.or_else(|| op.is_mutation().then_some(Err(OpError::JournalRefused)))
             });
             Applied {
                 lsn: 0,
-                unavailable: true,
+                unavailable: unsettled.is_some(),
             }
         } else if let (false, Some((_, indexes))) = (known.is_empty(), journaling.idempotency) {
             // A retry of a batch journaled before a restart, or applied before the
