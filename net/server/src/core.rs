@@ -782,11 +782,18 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         ..
     } = setup;
     let cores = config.cores;
-    let idempotency = IdempotencyTable::new(
+    let mut idempotency = IdempotencyTable::new(
         Duration::from_secs(config.idempotency_window_s),
         config.idempotency_entries_max,
         config.idempotency_reply_bytes_max,
     );
+    // The keys homed here that the journals held at start count as known (and against
+    // the table's bound) until their windows end.
+    let now = Instant::now();
+    let homed = setup.recovered_batches.homed(index, cores, unix_now_s());
+    for (key, fingerprint, age) in homed {
+        idempotency.seed_recovered(key, fingerprint, age, now);
+    }
     let core = Rc::new(Core {
         index,
         cores,

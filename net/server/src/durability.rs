@@ -1126,9 +1126,10 @@ impl RetentionBounds {
 
 /// The most idempotency keys one core recovers at start. A core's journal holds the
 /// records of every batch with an operation it owns, whichever core is the key's home,
-/// and each home core's table holds at most `idempotency_entries_max` keys; so every
-/// core's journal holds at most that many per core (twice that across a core-count
-/// change, whose set-aside journals are read too).
+/// and each home core's table holds at most `idempotency_entries_max` keys inside the
+/// window, recovered ones included (`idempotency.rs`); so every core's journal holds
+/// at most that many per core (twice that across a core-count change, whose set-aside
+/// journals are read too). Only a lowered limit can leave more: the oldest go.
 fn recovered_keys_max(config: &ServerConfig) -> usize {
     config
         .idempotency_entries_max
@@ -1175,6 +1176,7 @@ fn read_idempotency(
         let mut reader = JournalReader::open(data_dir, core)?;
         scan.read(&mut reader, core, true)?;
     }
+    scan.forget_oldest(core);
     let IdempotencyScanner {
         mut recovered,
         retained,
@@ -1228,17 +1230,10 @@ impl IdempotencyScanner {
             if u64::from(self.now_s.saturating_sub(decoded.unix_s)) >= self.window_s {
                 continue;
             }
-            if !self.recovered.contains_key(&key) && self.recovered.len() >= self.keys_max {
-                if !self.over_limit {
-                    self.over_limit = true;
-                    tracing::warn!(
-                        core,
-                        keys = self.keys_max,
-                        "more idempotency keys in the journal than can be recovered: later \
-                         ones are forgotten, so their retries would apply again"
-                    );
-                }
-                continue;
+            if !self.recovered.contains_key(&key)
+                && self.recovered.len() >= self.keys_max.saturating_mul(2)
+            {
+                self.forget_oldest(core);
             }
             // The first record of each key in this core's own journal pins its segment
             // (a key first seen in a set-aside journal may have more records here).
@@ -1254,6 +1249,35 @@ impl IdempotencyScanner {
             self.kept += 1;
         }
         Ok(())
+    }
+
+    /// Keeps the newest `keys_max` keys (the ones retries are likeliest for: the
+    /// batches in flight at a crash), if there are more, and says so once.
+    fn forget_oldest(&mut self, core: u32) {
+        if self.recovered.len() <= self.keys_max {
+            return;
+        }
+        if !self.over_limit {
+            self.over_limit = true;
+            tracing::warn!(
+                core,
+                keys = self.keys_max,
+                "more idempotency keys in the journal than can be recovered (was \
+                 --idempotency-max-keys lowered?): the oldest are forgotten, so their \
+                 retries would apply again"
+            );
+        }
+        let mut ages: Vec<u32> = self.recovered.values().map(|entry| entry.unix_s).collect();
+        let drop_count = ages.len() - self.keys_max;
+        let (_, &mut cutoff, _) = ages.select_nth_unstable(drop_count - 1);
+        // Every key older than the cutoff goes, then as many of its second as needed.
+        self.recovered.retain(|_, entry| entry.unix_s >= cutoff);
+        let mut extra = self.recovered.len() - self.keys_max;
+        self.recovered.retain(|_, entry| {
+            let drop = extra > 0 && entry.unix_s == cutoff;
+            extra -= usize::from(drop);
+            !drop
+        });
     }
 }
 

@@ -32,6 +32,12 @@
 //!
 //! Memory is bounded two ways: at most `entries_max` keys and `reply_bytes_max` bytes of
 //! stored results per core (`--idempotency-max-keys`, `--idempotency-max-reply-bytes`).
+//! The keys a restart recovers from the journal ([`RecoveredBatches`]) are put back in
+//! their home core's table at start ([`IdempotencyTable::seed_recovered`]), without
+//! results (the cores answer those from their journals), so they count against the
+//! bound until their window ends: across any number of restarts a home core holds at
+//! most `entries_max` keys inside the window, and a retry of a recovered key is never
+//! refused for want of room.
 //! A key is never forgotten inside its window while the process lives: entries leave
 //! only once their window has passed, oldest first (insertion order is time order).
 //! When a new key finds the table full of keys still inside their window, the batch
@@ -126,6 +132,27 @@ impl RecoveredBatches {
         })
     }
 
+    /// The keys whose home is `core` of `cores` and whose window is still open at
+    /// `now_s`: (key, fingerprint, age), oldest first, for
+    /// [`IdempotencyTable::seed_recovered`].
+    pub fn homed(
+        &self,
+        core: usize,
+        cores: usize,
+        now_s: u32,
+    ) -> Vec<(IdempotencyKey, Fingerprint, Duration)> {
+        let mut homed: Vec<_> = (self.batches.iter())
+            .filter(|(&key, _)| home_core(key, cores) == core)
+            .map(|(&key, &(fingerprint, unix_s))| {
+                let age = Duration::from_secs(u64::from(now_s.saturating_sub(unix_s)));
+                (key, fingerprint, age)
+            })
+            .filter(|(_, _, age)| age.as_secs() < self.window_s)
+            .collect();
+        homed.sort_unstable_by_key(|&(key, _, age)| (std::cmp::Reverse(age), key));
+        homed
+    }
+
     /// The number of keys known.
     pub fn len(&self) -> usize {
         self.batches.len()
@@ -190,6 +217,9 @@ enum State {
     Done(Box<[u8]>),
     /// Finished with some results `Unavailable`: a retry resumes it.
     Unsettled(Box<[u8]>),
+    /// Journaled before a restart: a retry runs, answered by the cores from their
+    /// journals (`durability.rs`, "Idempotency across restarts").
+    Recovered,
 }
 
 impl State {
@@ -198,6 +228,7 @@ impl State {
         match self {
             State::InFlight { reserved_bytes } => *reserved_bytes,
             State::Done(results) | State::Unsettled(results) => results.len(),
+            State::Recovered => 0,
         }
     }
 }
@@ -274,6 +305,16 @@ impl IdempotencyTable {
         match &entry.state {
             State::InFlight { .. } => Begin::InFlight,
             State::Done(results) => Begin::Done(expand_results(results)),
+            State::Recovered => {
+                let reserved_bytes = reply_bytes_bound(op_count);
+                if self.reply_bytes + reserved_bytes > self.reply_bytes_max {
+                    return Begin::Full(Full::ReplyBytes);
+                }
+                self.reply_bytes += reserved_bytes;
+                let entry = self.entries.get_mut(&key).expect("looked up above");
+                entry.state = State::InFlight { reserved_bytes };
+                Begin::New
+            }
             State::Unsettled(results) => {
                 // In flight again, with room reserved for the merged results.
                 let reserved_bytes = reply_bytes_bound(op_count);
@@ -314,6 +355,36 @@ impl IdempotencyTable {
             false => State::Done(results),
         };
         debug_assert!(self.reply_bytes <= self.reply_bytes_max);
+    }
+
+    /// Puts back a key journaled before a restart, for the batch with `fingerprint`,
+    /// applied `age` ago (so it leaves when its window ends). Call in order of age,
+    /// oldest first, before any `begin`: the expiry walk relies on entries being in
+    /// time order. Counted against `entries_max` (beyond it if the journal holds more:
+    /// new keys are then refused until enough have left), never refused.
+    pub fn seed_recovered(
+        &mut self,
+        key: IdempotencyKey,
+        fingerprint: Fingerprint,
+        age: Duration,
+        now: Instant,
+    ) {
+        if age >= self.window || self.entries.contains_key(&key) {
+            return;
+        }
+        let inserted = now.checked_sub(age).unwrap_or(now);
+        debug_assert!(self
+            .order
+            .back()
+            .is_none_or(|&(_, _, last)| last <= inserted));
+        let sequence = self.push_order(key, inserted);
+        let state = State::Recovered;
+        let entry = Entry {
+            state,
+            fingerprint,
+            sequence,
+        };
+        self.entries.insert(key, entry);
     }
 
     /// Forgets a key whose batch was not applied at all, so a retry runs it.
@@ -531,6 +602,33 @@ mod tests {
         table.finish(7, 70, &reply(&[4, 2, 9]));
         assert_eq!(table.begin(7, 70, 3, now), Begin::Done(reply(&[4, 2, 9])));
         assert_eq!(table.reply_bytes(), 6);
+    }
+
+    /// Keys recovered at start are known (a retry runs, never refused for room) and
+    /// count against the bound until their window ends, so restarts cannot let a
+    /// table admit more than its bound inside one window.
+    #[test]
+    fn recovered_keys_are_known_and_count_against_the_bound() {
+        let mut table = table(2);
+        let now = Instant::now();
+        table.seed_recovered(1, 10, WINDOW - Duration::from_secs(60), now);
+        table.seed_recovered(2, 20, Duration::from_secs(5), now);
+        table.seed_recovered(3, 30, WINDOW, now); // its window has passed
+        assert_eq!(table.len(), 2);
+        assert_eq!(table.begin(9, 90, 1, now), Begin::Full(Full::Keys));
+        assert_eq!(table.begin(2, 21, 1, now), Begin::Mismatch);
+        assert_eq!(table.begin(2, 20, 1, now), Begin::New, "a retry runs");
+        assert_eq!(table.begin(2, 20, 1, now), Begin::InFlight);
+        table.finish(2, 20, &reply(&[7]));
+        assert_eq!(table.begin(2, 20, 1, now), Begin::Done(reply(&[7])));
+        // Key 1's window ends a minute on: then a new key has room.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(table.begin(9, 90, 1, later), Begin::New);
+        assert_eq!(
+            table.begin(1, 10, 1, later),
+            Begin::Full(Full::Keys),
+            "1 left"
+        );
     }
 
     #[test]

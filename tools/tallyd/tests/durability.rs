@@ -15,7 +15,8 @@ use std::time::Duration;
 mod common;
 
 use tally_protocol::{
-    decode_reply, encode_batch, encode_hello, BoundPolicy, Durability, Op, OpReply, Reply, Status,
+    decode_reply, encode_batch, encode_hello, BoundPolicy, Durability, ErrorCode, Op, OpReply,
+    Reply, Status,
 };
 
 const KEY_COUNT: usize = 64;
@@ -54,6 +55,8 @@ impl Daemon {
 enum Answer {
     Hello,
     Results(Vec<OpReply>),
+    /// An `Error` reply: its code.
+    Refused(ErrorCode),
 }
 
 /// A blocking client that pipelines batches; `None` from a call means the connection
@@ -101,6 +104,7 @@ impl Client {
         match self.next_reply()? {
             Answer::Results(results) => Some(results),
             Answer::Hello => panic!("expected a BatchReply, got a HelloReply"),
+            Answer::Refused(code) => panic!("expected a BatchReply, got an error {code:?}"),
         }
     }
 
@@ -111,6 +115,7 @@ impl Client {
                 let reply = match frame.reply.expect("server replies decode") {
                     Reply::BatchReply(results) => Answer::Results(results.results().collect()),
                     Reply::HelloReply(_) => Answer::Hello,
+                    Reply::Error(error) => Answer::Refused(error.code),
                     other => panic!("unexpected reply {other:?}"),
                 };
                 self.buffer.drain(..consumed);
@@ -122,6 +127,13 @@ impl Client {
                 Ok(count) => self.buffer.extend_from_slice(&chunk[..count]),
             }
         }
+    }
+
+    /// Sends one durable batch and returns its answer, results or refusal.
+    fn answer(&mut self, ops: &[Op<&[u8]>], key: Option<u128>) -> Answer {
+        self.send(&[ops.to_vec()], Durability::Durable, key)
+            .expect("send");
+        self.next_reply().expect("a reply")
     }
 
     fn batch(&mut self, ops: &[Op<&[u8]>], key: Option<u128>) -> Vec<OpReply> {
@@ -631,6 +643,52 @@ fn a_log_that_cannot_be_written_stops_nothing() {
     }
     drop(client);
     assert_eq!(process.terminate(), Some(0));
+}
+
+/// Restarts inside the idempotency window must not let more keys in than the limit,
+/// nor forget any: each run admitted up to `--idempotency-max-keys` new keys on top of
+/// those its journal held, and a start then dropped the newest past twice the limit,
+/// so retries of the batches in flight at a crash applied again (the review saw 20
+/// doubles in 80). Now recovered keys count against the limit: new keys are refused
+/// (nothing applied) while it is full, and every retry gets its first answer.
+#[test]
+fn restarts_inside_the_window_neither_admit_nor_forget_keys_past_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = ["--cores", "1", "--idempotency-max-keys", "20"];
+    let ops = [add(b"likes", 1)];
+    let mut applied = Vec::new();
+    let mut next_key = 0x11ce_0000u128;
+    for _ in 0..4 {
+        let daemon = Daemon::start(dir.path(), &extra);
+        let mut client = Client::connect(daemon.addr);
+        for _ in 0..25 {
+            next_key += 1;
+            match client.answer(&ops, Some(next_key)) {
+                Answer::Results(replies) => {
+                    assert_eq!(replies[0].status, Status::Ok);
+                    applied.push(next_key);
+                }
+                Answer::Refused(code) => assert_eq!(code, ErrorCode::ServerBusy),
+                Answer::Hello => unreachable!(),
+            }
+        }
+        drop(client);
+        daemon.kill_9();
+    }
+    assert_eq!(applied.len(), 20, "the limit holds across restarts");
+    let daemon = Daemon::start(dir.path(), &extra);
+    let mut client = Client::connect(daemon.addr);
+    let value = |client: &mut Client| client.batch(&[Op::Get { key: b"likes" }], None)[0].value;
+    assert_eq!(value(&mut client), 20);
+    for &key in applied.iter().rev() {
+        let replies = client.batch(&ops, Some(key));
+        assert_eq!(
+            replies[0].status,
+            Status::Ok,
+            "a recovered key's retry runs"
+        );
+    }
+    assert_eq!(value(&mut client), 20, "no retry applied twice");
 }
 
 /// A tmpfs mounted for one test, unmounted on drop.
