@@ -899,7 +899,15 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     let mut store = core.store.into_inner();
     match core.journal.finish(&mut store) {
         Ok(()) => tracing::info!(core = index, "journal synced and checkpointed"),
-        Err(error) => tracing::error!(core = index, %error, "no final checkpoint"),
+        Err(error) if core.journal.is_failed() => {
+            tracing::error!(core = index, %error, "no final checkpoint: the journal failed")
+        }
+        Err(error) => tracing::error!(
+            core = index,
+            %error,
+            "the final checkpoint could not be written: the journal is synced and keeps \
+             every record since the last checkpoint, and the store is closed clean"
+        ),
     }
     let journal_failed = core.journal.is_failed();
     (store, journal_failed)

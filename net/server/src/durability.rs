@@ -1001,8 +1001,17 @@ impl CoreJournal {
                 reason: "the journal failed while serving; no final checkpoint".to_string(),
             });
         }
-        self.finish_checkpoint(store)
-            .inspect_err(|error| self.fail(error))
+        self.finish_checkpoint(store).inspect_err(|error| {
+            // The journal's own sync failing is a journal failure; a checkpoint file
+            // that cannot be written is not: the journal keeps every record, and the
+            // store can still be closed clean.
+            let journal = self.journal.borrow();
+            let journal_broke = journal.failure().is_some() || journal.degraded().is_some();
+            drop(journal);
+            if journal_broke {
+                self.fail(error);
+            }
+        })
     }
 
     fn finish_checkpoint(&self, store: &mut Store) -> Result<(), JournalError> {

@@ -1057,6 +1057,46 @@ fn a_cores_file_below_the_journals_is_refused_not_trusted() {
     check_bounds(daemon.addr, &tally, "after correcting the cores file");
 }
 
+/// A final checkpoint that cannot be written at a graceful stop (a file squats each
+/// partition's temporary checkpoint path; on a real server, a full disk) is not a
+/// journal failure: the journal is synced, the store closes clean, the stop exits 0,
+/// and every increment is there at the next start (a crash after it included). It was
+/// reported as a failed journal, the store left unclean and the exit status 1.
+#[test]
+fn a_final_checkpoint_that_cannot_be_written_still_stops_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = Client::connect(daemon.addr);
+    for _ in 0..5 {
+        send_acknowledged_round(&mut client, &keys, &mut tally);
+    }
+    let checkpoints = dir.path().join("checkpoint");
+    std::fs::create_dir_all(&checkpoints).unwrap();
+    for partition in 0..8 {
+        std::fs::write(checkpoints.join(format!("{partition}.tmp")), b"squatter").unwrap();
+    }
+    drop(client);
+    assert_eq!(daemon.terminate(), Some(0), "the store closed clean");
+    // The operator frees the space (a start also writes checkpoints).
+    for partition in 0..8 {
+        std::fs::remove_file(checkpoints.join(format!("{partition}.tmp"))).unwrap();
+    }
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(
+        daemon.addr,
+        &tally,
+        "after a stop whose final checkpoint failed",
+    );
+    let mut client = Client::connect(daemon.addr);
+    send_acknowledged_round(&mut client, &keys, &mut tally);
+    drop(client);
+    daemon.kill_9();
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(daemon.addr, &tally, "after kill -9 on top");
+}
+
 /// A checkpoint that cannot be written (here a file squats each partition's temporary
 /// checkpoint path; on a real server, a full disk) leaves the journal whole: writes go
 /// on being acknowledged, a later checkpoint succeeds once the obstacle is gone, and a
