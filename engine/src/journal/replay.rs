@@ -453,15 +453,15 @@ impl Replay {
     ///
     /// Why not redo every refused record: the batch went on past a refused record and
     /// applied the later ones, so redoing it afterwards would overtake every later
-    /// record of its key the batch applied, putting back a stale value (the old
-    /// remedy, applying the rest of the batch again after each redo, made a chunk
-    /// quadratic). A refused record with no later record of its key is overtaken by
-    /// nothing of its key, and records of other keys commute with it, so redoing it
-    /// after the batch is in-order application. For one that is not the last, in-order
-    /// application would need its redo between two batch records; it is reported
-    /// instead. Nothing is lost by that: only a bound refuses a record without bounds
-    /// (a `Set` outside the counter's bounds), and the slow path fails on those too,
-    /// when it puts the counter's bounds back (`OutOfBounds`).
+    /// record of its key the batch applied, putting back a stale value; and applying
+    /// the rest of the batch again after each redo would make a chunk quadratic. A
+    /// refused record with no later record of its key is overtaken by nothing of its
+    /// key, and records of other keys commute with it, so redoing it after the batch
+    /// is in-order application. For one that is not the last, in-order application
+    /// would need its redo between two batch records; it is reported instead. For the
+    /// refusal to expect, a bound's (a `Set` outside the counter's bounds), that is no
+    /// loss: the slow path fails on it too, when it puts the counter's bounds back
+    /// (`OutOfBounds`). Any other refusal (a full store, say) fails recovery as well.
     fn apply_run(
         &mut self,
         store: &mut Store,
