@@ -12,7 +12,9 @@
 //! finished in full. So writes never overlap (the next commit rewrites the previous
 //! one's partial last block), and each fdatasync starts after every earlier write has
 //! finished: a commit's successful fdatasync makes it and every earlier commit durable.
-//! Completions are reported in submission order.
+//! Completions are reported in submission order. A commit whose `submit` failed is
+//! never reported; if its I/O may still run (see `UringStorage`'s abandoned commits),
+//! the storage keeps its buffer until that I/O has finished.
 //!
 //! Implementations:
 //! - [`UringStorage`]: the real one. One `IORING_OP_WRITE` on an O_DIRECT file, linked
@@ -119,6 +121,13 @@ struct InFlight {
     end: u64,
     write_result: Option<i32>,
     sync_result: Option<i32>,
+    /// Its entries were pushed but entering the kernel failed, so `submit` returned an
+    /// error and the journal forgot the commit. The entries stay in the submission
+    /// queue and the next entry into the kernel (another commit's, or the wait in
+    /// `Drop`) starts them, so the commit stays in flight until both of its
+    /// completions have come: they are recognised, and its buffer outlives the write.
+    /// Never reported by `reap` nor lent by `take_written_buffer`.
+    abandoned: bool,
 }
 
 /// What a completion is: its user data's low byte. A commit's write and fdatasync carry
@@ -195,6 +204,10 @@ pub struct UringStorage {
     zero_ahead: bool,
     /// Where each commit's completion notice goes, if anywhere.
     notify: Option<OwnedFd>,
+    /// Tests only: `push_commit` fails its next entry into the kernel, after the push,
+    /// as `io_uring_enter` may (EAGAIN, EBUSY, EINTR).
+    #[cfg(test)]
+    fail_next_enter: bool,
 }
 
 impl UringStorage {
@@ -213,6 +226,8 @@ impl UringStorage {
             written_end: 0,
             zero_ahead: true,
             notify: None,
+            #[cfg(test)]
+            fail_next_enter: false,
         })
     }
 
@@ -295,16 +310,21 @@ impl UringStorage {
         // SAFETY: the entries point at `pointer[..length]`, the memory of the buffer now
         // owned by the commit's `InFlight`, and at the open `self.file`. The buffer is
         // neither freed, moved in memory nor written until the write's completion is
-        // reaped (`take_written_buffer`, `reap`, `Drop`), nor the file closed until
-        // every completion is (`create_segment` waits for them). The notices point at
-        // the static NOTICE and at `self.notify`, which is never closed while the
-        // storage lives (and the kernel holds its own reference to a file once the
-        // entry is submitted).
+        // reaped (`take_written_buffer`, `reap`, `Drop`; a commit whose entry into the
+        // kernel fails stays in flight for this, see `InFlight::abandoned`), nor the
+        // file closed until every completion is (`create_segment` and `Drop` wait).
+        // The notices point at the static NOTICE and at `self.notify`, which is never
+        // closed while the storage lives (and the kernel holds its own reference to a
+        // file once the entry is submitted).
         let pushed = unsafe { queue.push_multiple(&entries[..count]) };
         pushed.map_err(|_| (false, io::Error::other("io_uring submission queue full")))?;
         drop(queue);
         if let Some(at) = zero_at {
             self.push_zeroing(at);
+        }
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_enter) {
+            return Err((true, io::Error::from_raw_os_error(libc::EAGAIN)));
         }
         self.ring.submit().map_err(|error| (true, error))?;
         Ok(())
@@ -328,7 +348,8 @@ impl UringStorage {
         // memory while `self.zeroing` says a zeroing write is in flight (`reap_zeroing`,
         // `Drop`); the file stays open at least as long (`create_segment` waits for it).
         // The submission queue has room: every push is followed by a submit, so it
-        // holds at most this entry and a commit's four.
+        // holds at most this entry and a commit's four (after a failed submit the
+        // journal submits nothing more; a push that finds the queue full is skipped).
         if unsafe { self.ring.submission().push(&zero) }.is_ok() {
             self.zeroing = Some((at, None));
         }
@@ -484,14 +505,18 @@ impl JournalStorage for UringStorage {
             end,
             write_result: None,
             sync_result: None,
+            abandoned: false,
         });
         let pushed = self.push_commit(sequence, offset, pointer, length, drain, zero_at);
         if let Err((pushed, error)) = pushed {
-            let commit = self.in_flight.pop_back().expect("just stored");
             if pushed {
-                // The entries sit in the submission queue and a later entry into the
-                // kernel would start them: the buffer must outlive that, so leak it.
-                std::mem::forget(commit.buffer);
+                // The entries (and the zeroing write pushed with them, which
+                // `self.zeroing` keeps waiting for) sit in the submission queue, and a
+                // later entry into the kernel starts them: see `InFlight::abandoned`.
+                self.in_flight.back_mut().expect("just stored").abandoned = true;
+            } else {
+                // Nothing reached the queue: the buffer is free again.
+                self.in_flight.pop_back().expect("just stored");
             }
             return Err(error);
         }
@@ -500,7 +525,9 @@ impl JournalStorage for UringStorage {
 
     fn reap(&mut self, wait: bool) -> io::Result<Option<Completion>> {
         self.drain_completions();
-        if self.in_flight.is_empty() {
+        // An abandoned commit is the newest (nothing is submitted after a failure),
+        // so a front one is all that is left, and the journal expects nothing.
+        if self.in_flight.front().is_none_or(|commit| commit.abandoned) {
             return Ok(None);
         }
         while wait && !self.oldest_finished() {
@@ -539,7 +566,9 @@ impl JournalStorage for UringStorage {
     fn take_written_buffer(&mut self) -> Option<AlignedBuffer> {
         self.in_flight
             .iter_mut()
-            .find(|commit| commit.write_result.is_some() && commit.buffer.is_some())
+            .find(|commit| {
+                !commit.abandoned && commit.write_result.is_some() && commit.buffer.is_some()
+            })
             .and_then(|commit| commit.buffer.take())
     }
 }
@@ -860,5 +889,80 @@ mod tests {
             .submit(3 * BLOCK_BYTES as u64, buffer, BLOCK_BYTES)
             .unwrap();
         storage.reap(true).unwrap().unwrap().outcome.unwrap();
+    }
+
+    /// A commit whose entries were pushed but whose entry into the kernel failed: the
+    /// error goes to the journal, and the entries, left in the submission queue, run at
+    /// the next entry into the kernel (here the wait for the zeroing write pushed with
+    /// them, in `Drop`). Their completions are recognised, not a panic, and the
+    /// commit's buffer lived until the write that reads it finished.
+    #[test]
+    fn a_commit_whose_entry_into_the_kernel_failed_completes_later_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut storage = UringStorage::new(true).unwrap();
+        storage.create_segment(&path).unwrap();
+        let mut buffer = AlignedBuffer::new(BLOCK_BYTES);
+        buffer.as_mut_slice().fill(0xab);
+        storage.fail_next_enter = true;
+        storage.submit(0, buffer, BLOCK_BYTES).unwrap_err();
+        assert!(
+            storage.zeroing.is_some(),
+            "a zeroing write went with the commit"
+        );
+        assert!(storage.take_written_buffer().is_none());
+        assert!(
+            storage.reap(false).unwrap().is_none(),
+            "no commit is reported"
+        );
+        drop(storage);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes[..BLOCK_BYTES].iter().all(|&b| b == 0xab),
+            "the write ran"
+        );
+    }
+
+    /// The same behind a commit that was submitted: waiting for that one enters the
+    /// kernel, which starts the stale entries; it is reaped as usual, and the abandoned
+    /// one never is.
+    #[test]
+    fn a_commit_whose_entry_failed_is_never_reaped_behind_one_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut storage = UringStorage::new(true).unwrap();
+        storage.create_segment(&path).unwrap();
+        storage
+            .submit(0, AlignedBuffer::new(BLOCK_BYTES), BLOCK_BYTES)
+            .unwrap();
+        storage.drain_completions();
+        while !storage.accepts_another() {
+            storage.wait_for_completion().unwrap();
+            storage.drain_completions();
+        }
+        let mut buffer = AlignedBuffer::new(BLOCK_BYTES);
+        buffer.as_mut_slice().fill(0xcd);
+        storage.fail_next_enter = true;
+        storage
+            .submit(BLOCK_BYTES as u64, buffer, BLOCK_BYTES)
+            .unwrap_err();
+        assert!(
+            storage.take_written_buffer().is_some(),
+            "the first one's buffer"
+        );
+        storage.reap(true).unwrap().unwrap().outcome.unwrap();
+        assert!(storage.reap(true).unwrap().is_none());
+        storage.wait_for_all().unwrap();
+        assert_eq!(storage.in_flight.len(), 1);
+        assert!(storage.in_flight[0].abandoned);
+        assert!(
+            storage.in_flight[0].sync_result.is_some(),
+            "its entries ran"
+        );
+        drop(storage);
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(bytes[BLOCK_BYTES..2 * BLOCK_BYTES]
+            .iter()
+            .all(|&b| b == 0xcd));
     }
 }
