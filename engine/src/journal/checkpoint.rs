@@ -463,4 +463,20 @@ mod tests {
             Err(JournalError::Corrupted { .. })
         ));
     }
+
+    #[test]
+    fn release_target_is_the_last_segment_retention_lets_go() {
+        let segments: Vec<_> = [1, 101, 201, 301]
+            .map(|first_lsn| segment::SegmentInfo {
+                first_lsn,
+                path: PathBuf::from(format!("segment-{first_lsn}")),
+            })
+            .into();
+        // Every segment but the last: the third ends at LSN 300.
+        assert_eq!(release_target(&segments, None), Some(300));
+        // A follower needing LSN 150 keeps the second segment and those after it.
+        assert_eq!(release_target(&segments, Some(150)), Some(100));
+        assert_eq!(release_target(&segments, Some(100)), None);
+        assert_eq!(release_target(&segments[3..], None), None);
+    }
 }
