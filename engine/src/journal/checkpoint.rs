@@ -6,6 +6,8 @@
 //!                                           plus `journal-position` (below)
 //! <data-dir>/checkpoint/<partition>.tmp/    a checkpoint being written
 //! <data-dir>/checkpoint/<partition>.old/    the previous one, during the swap
+//! <data-dir>/checkpoint/<partition>/journal-position.tmp
+//!                                           a position being moved up (ignored)
 //! ```
 //! `journal-position`, 32 bytes little-endian (an LSN stamp, `super::stamp`, owner =
 //! the partition):
@@ -17,18 +19,58 @@
 //!     16    8 covered LSN: every record of this partition at or below it is reflected
 //!     24    8 xxh3_64 of bytes 0..24
 //! ```
+//! The covered LSN may be above the applied LSN in the copied header: that only says
+//! the partition has no record between the two.
 //!
-//! # Protocol, per partition
+//! # Protocol, per round ([`checkpoint_core`])
 //! 1. Sync the journal, so every record applied so far is durable: a checkpoint never
 //!    reflects a record the journal could lose, and LSNs are never reused after it.
-//! 2. The store copies the partition into `<p>.tmp` and fdatasyncs it; the position
-//!    file is written and synced.
-//! 3. `<p>` is renamed to `<p>.old`, `<p>.tmp` to `<p>`, the directory synced, `<p>.old`
-//!    removed. A crash between the renames leaves `<p>.old`, which [`latest`] uses.
+//!    The synced LSN `C` is what this round covers.
+//! 2. For each owned partition that changed since its checkpoint ([`changed_since`]:
+//!    none yet, or its applied LSN passed the covered LSN), the store copies it into
+//!    `<p>.tmp` and fdatasyncs it; the position file (`C`) is written and synced, and
+//!    `<p>.tmp` synced. `<p>` is renamed to `<p>.old` and `<p>.tmp` to `<p>`.
+//! 3. The checkpoint root is synced once for all the renames of the round, then every
+//!    `<p>.old` removed. A crash before that sync leaves each written partition with
+//!    either its old checkpoint (`<p>`, or `<p>.old` if only the first rename
+//!    reached the disk, which [`latest`] uses) or its new one: each is complete.
+//! 4. An unchanged partition is left alone, unless its covered LSN is below the last
+//!    LSN of a segment that step 5 could otherwise delete ("the release target"):
+//!    then only its position moves up to `C` (`journal-position.tmp` written, synced,
+//!    renamed over `journal-position`, `<p>` synced; a crash leaves the old position
+//!    or the new one). Its data files stay. A partition whose only checkpoint is
+//!    `<p>.old` is written as in step 2 instead.
+//! 5. Segments are released (deleted) from the front while a segment's last LSN is at
+//!    or below every owned partition's covered LSN and below the follower retention
+//!    LSN. The last segment is never deleted.
 //!
-//! Segments are released (deleted) from the front while a segment's last LSN is at or
-//! below every owned partition's covered LSN and below the follower retention LSN. The
-//! last segment is never deleted.
+//! # Skipping unchanged partitions
+//! A round costs fsyncs for what changed, not for every partition. The caller of
+//! [`checkpoint_core`] stamps each partition's applied LSN with the LSN of the last
+//! record of it that was appended (the server's `CoreJournal::stamp_applied`, and
+//! every record is applied before it is appended). So for an unchanged partition `p`,
+//! with covered LSN `c <= C` and applied LSN `a <= c`, the journal holds no record of
+//! `p` in `(c, C]`: its checkpoint's files, which reflect every record of `p` up to
+//! `a`, reflect every record of `p` up to `C` as well.
+//!
+//! Why no counter is lost after a crash at any point: the skipped partition's
+//! checkpoint is as complete as before, and a segment is deleted only when every
+//! position covers it, as before. Moving a position from `c` to `C` (step 4) says
+//! only the fact above: recovery restores `p` from the same files (applied LSN `a`)
+//! and replays the records of `p` above `a` from the journal it kept, and every such
+//! record lies above `C`, in segments no position lets go. The move happens after the
+//! journal sync of step 1 and is durable before the release of step 5 relies on it.
+//!
+//! Why the journal stays bounded: after a round every partition's covered LSN is at
+//! least the release target (changed ones are at `C`, unchanged ones below the target
+//! were moved to `C`), so step 5 deletes the same segments as if every partition had
+//! been written. Positions move only when a segment becomes releasable (a segment
+//! rolls over), so an idle partition costs two fsyncs per new segment at most, and
+//! nothing while the retention LSN holds the segments anyway.
+//!
+//! A too low applied LSN would make a changed partition look unchanged, and moving its
+//! position would then let its records be released: [`checkpoint_core`] requires the
+//! stamp. (Before this round-by-round skipping, a stale stamp only cost replay time.)
 
 use std::fs::File;
 use std::io::Write;
@@ -51,10 +93,17 @@ pub struct CheckpointInfo {
     pub covered_lsn: Lsn,
 }
 
-/// What a full checkpoint of a core did.
+/// What a checkpoint of a core did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointReport {
+    /// The partitions written: those changed since their last checkpoint (see
+    /// [`changed_since`]) or without one.
     pub partitions: Vec<CheckpointInfo>,
+    /// Unchanged partitions whose checkpoint stood below a segment that could otherwise
+    /// be released: their position file alone was moved up to this round's LSN.
+    pub positions_advanced: Vec<CheckpointInfo>,
+    /// Unchanged partitions left exactly as they were (nothing written).
+    pub partitions_unchanged: usize,
     pub segments_released: usize,
 }
 
@@ -121,16 +170,25 @@ fn remove_dir_if_present(dir: &Path) -> Result<(), JournalError> {
     }
 }
 
-/// Writes a checkpoint of `partition` covering the journal up to `covered_lsn`. The
-/// caller guarantees every record of the partition up to it is durable and applied.
-fn write_checkpoint(
-    data_dir: &Path,
+/// Writes `bytes` to a new file `path` and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
+    let mut file = File::create(path).map_err(|e| JournalError::io("create", path, e))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| JournalError::io("write", path, e))
+}
+
+/// Writes a checkpoint of `partition` covering the journal up to `covered_lsn` into
+/// `<p>.tmp` (synced, files and directory) and renames it into place (step 3 of the
+/// protocol up to the renames). The caller guarantees every record of the partition up
+/// to `covered_lsn` is durable and applied, and then syncs the checkpoint root and
+/// removes `<p>.old` ([`finish_swaps`]).
+fn write_and_swap(
+    root: &Path,
     store: &Store,
     partition: u32,
     covered_lsn: Lsn,
 ) -> Result<CheckpointInfo, JournalError> {
-    let root = checkpoint_root(data_dir);
-    create_dir_durably(&root)?;
     let dir = root.join(partition.to_string());
     let temporary = with_suffix(&dir, ".tmp");
     let old = with_suffix(&dir, ".old");
@@ -141,12 +199,8 @@ fn write_checkpoint(
             action: "checkpoint partition",
             source,
         })?;
-    let position_path = temporary.join(POSITION_FILE);
-    let mut file =
-        File::create(&position_path).map_err(|e| JournalError::io("create", &position_path, e))?;
-    file.write_all(&encode_position(partition, covered_lsn))
-        .and_then(|()| file.sync_all())
-        .map_err(|e| JournalError::io("write", &position_path, e))?;
+    let position = encode_position(partition, covered_lsn);
+    write_synced(&temporary.join(POSITION_FILE), &position)?;
     sync_dir(&temporary)?;
     if dir.is_dir() {
         remove_dir_if_present(&old)?;
@@ -154,13 +208,87 @@ fn write_checkpoint(
     }
     std::fs::rename(&temporary, &dir)
         .map_err(|e| JournalError::io("rename checkpoint", &temporary, e))?;
-    sync_dir(&root)?;
-    remove_dir_if_present(&old)?;
     Ok(CheckpointInfo {
         dir,
         partition,
         covered_lsn,
     })
+}
+
+/// Makes the renames of [`write_and_swap`] for `written` durable with one sync of the
+/// checkpoint root, then removes their `<p>.old`. Only after that sync may a segment
+/// be released on the strength of these checkpoints.
+fn finish_swaps(root: &Path, written: &[CheckpointInfo]) -> Result<(), JournalError> {
+    if written.is_empty() {
+        return Ok(());
+    }
+    sync_dir(root)?;
+    for info in written {
+        remove_dir_if_present(&with_suffix(&info.dir, ".old"))?;
+    }
+    Ok(())
+}
+
+/// Writes checkpoints of `partitions` covering the journal up to `covered_lsn` (every
+/// record of them up to it durable and applied), with one sync of the root for all.
+fn write_checkpoints(
+    data_dir: &Path,
+    store: &Store,
+    partitions: impl IntoIterator<Item = u32>,
+    covered_lsn: Lsn,
+) -> Result<Vec<CheckpointInfo>, JournalError> {
+    let root = checkpoint_root(data_dir);
+    create_dir_durably(&root)?;
+    let mut written = Vec::new();
+    for partition in partitions {
+        match write_and_swap(&root, store, partition, covered_lsn) {
+            Ok(info) => written.push(info),
+            Err(error) => {
+                // The renames done so far may or may not survive a crash; either way
+                // each partition has a complete checkpoint (`latest`). Sync them anyway
+                // so the next round does not depend on that, and report the error.
+                let _ = finish_swaps(&root, &written);
+                return Err(error);
+            }
+        }
+    }
+    finish_swaps(&root, &written)?;
+    Ok(written)
+}
+
+/// Moves the position of the unchanged checkpoint `info` up to `covered_lsn`, keeping
+/// its data files: the new position file is written beside the old one, synced, renamed
+/// over it, and the directory synced. A crash leaves the old position or the new one.
+/// The caller guarantees the partition has no record in `(info.covered_lsn,
+/// covered_lsn]`, so the files reflect every record of it up to `covered_lsn`.
+fn advance_position(
+    info: &CheckpointInfo,
+    covered_lsn: Lsn,
+) -> Result<CheckpointInfo, JournalError> {
+    assert!(
+        covered_lsn >= info.covered_lsn,
+        "a checkpoint position never moves back"
+    );
+    let path = info.dir.join(POSITION_FILE);
+    let temporary = with_suffix(&path, ".tmp");
+    write_synced(&temporary, &encode_position(info.partition, covered_lsn))?;
+    std::fs::rename(&temporary, &path)
+        .map_err(|e| JournalError::io("rename checkpoint position", &temporary, e))?;
+    sync_dir(&info.dir)?;
+    let advanced = read_position(&info.dir, info.partition)?;
+    assert_eq!(
+        advanced.covered_lsn, covered_lsn,
+        "position read back differs"
+    );
+    Ok(advanced)
+}
+
+/// Whether `partition` changed since its last checkpoint `last`: it has none, or its
+/// applied LSN passed the LSN the checkpoint covers. The graceful stop applies the
+/// same rule (`CoreJournal::finish` in the server), where an empty partition without
+/// checkpoint is skipped first.
+pub fn changed_since(store: &Store, partition: u32, last: Option<&CheckpointInfo>) -> bool {
+    last.is_none_or(|info| store.applied_lsn(partition) > info.covered_lsn)
 }
 
 /// Checkpoints one partition: syncs the journal, copies the partition, swaps the copy
@@ -176,12 +304,20 @@ pub fn checkpoint_partition<S: JournalStorage>(
         store.applied_lsn(partition) <= covered_lsn,
         "applied beyond the journal"
     );
-    write_checkpoint(data_dir, store, partition, covered_lsn)
+    let mut written = write_checkpoints(data_dir, store, [partition], covered_lsn)?;
+    Ok(written.pop().expect("one partition written"))
 }
 
-/// Checkpoints every owned partition in turn, then releases the segments no
-/// checkpoint or follower needs. `retention_lsn`: keep every segment holding a record
-/// at or above it (the lowest LSN a follower still needs), if given.
+/// Checkpoints the owned partitions changed since their last checkpoint (see the
+/// module doc, "Skipping unchanged partitions"), moves up the positions of unchanged
+/// ones that stand below a segment that could be released, then releases the segments
+/// no checkpoint or follower needs. `retention_lsn`: keep every segment holding a
+/// record at or above it (the lowest LSN a follower still needs), if given.
+///
+/// The caller must have recorded in `store`, for every owned partition, an applied LSN
+/// at least the LSN of each record of that partition appended to `journal` (the
+/// server's `CoreJournal::stamp_applied` does, just before): a partition whose applied
+/// LSN is too low would be taken for unchanged.
 pub fn checkpoint_core<S: JournalStorage>(
     data_dir: &Path,
     store: &Store,
@@ -189,11 +325,39 @@ pub fn checkpoint_core<S: JournalStorage>(
     core: u32,
     retention_lsn: Option<Lsn>,
 ) -> Result<CheckpointReport, JournalError> {
-    let mut report = CheckpointReport::default();
+    let covered_lsn = journal.sync()?;
+    let mut changed = Vec::new();
+    let mut unchanged = Vec::new();
     for &partition in store.owned_partitions() {
-        report
-            .partitions
-            .push(checkpoint_partition(data_dir, store, journal, partition)?);
+        assert!(
+            store.applied_lsn(partition) <= covered_lsn,
+            "applied beyond the journal"
+        );
+        match latest(data_dir, partition)? {
+            Some(info) if !changed_since(store, partition, Some(&info)) => unchanged.push(info),
+            _ => changed.push(partition),
+        }
+    }
+    let mut report = CheckpointReport {
+        partitions: write_checkpoints(data_dir, store, changed, covered_lsn)?,
+        ..CheckpointReport::default()
+    };
+    let segments = segment::list_segments(&journal_dir(data_dir, core))?;
+    let target = release_target(&segments, retention_lsn);
+    for info in unchanged {
+        // Only a position below what could be released holds the journal back; the
+        // others stay untouched, so an idle partition costs nothing most rounds.
+        if target.is_none_or(|target| info.covered_lsn >= target) {
+            report.partitions_unchanged += 1;
+        } else if info.dir == checkpoint_root(data_dir).join(info.partition.to_string()) {
+            report
+                .positions_advanced
+                .push(advance_position(&info, covered_lsn)?);
+        } else {
+            // Only `<p>.old` is left (a crash between the renames): write it anew.
+            let written = write_checkpoints(data_dir, store, [info.partition], covered_lsn)?;
+            report.partitions.extend(written);
+        }
     }
     report.segments_released =
         release_segments(data_dir, store.owned_partitions(), core, retention_lsn)?;
@@ -207,12 +371,13 @@ pub(crate) fn checkpoint_missing(
     store: &Store,
     covered_lsn: Lsn,
 ) -> Result<(), JournalError> {
+    let mut missing = Vec::new();
     for &partition in store.owned_partitions() {
         if latest(data_dir, partition)?.is_none() {
-            write_checkpoint(data_dir, store, partition, covered_lsn)?;
+            missing.push(partition);
         }
     }
-    Ok(())
+    write_checkpoints(data_dir, store, missing, covered_lsn).map(drop)
 }
 
 /// Checkpoints every owned partition at `covered_lsn` (used by recovery after it
@@ -224,10 +389,23 @@ pub fn checkpoint_all(
     store: &Store,
     covered_lsn: Lsn,
 ) -> Result<(), JournalError> {
-    for &partition in store.owned_partitions() {
-        write_checkpoint(data_dir, store, partition, covered_lsn)?;
+    let owned = store.owned_partitions().iter().copied();
+    write_checkpoints(data_dir, store, owned, covered_lsn).map(drop)
+}
+
+/// The last LSN of the last segment that [`release_segments`] could delete if every
+/// checkpoint covered it: every segment but the last, and with `retention_lsn` only
+/// those whose records all lie below it. `None` if there is no such segment.
+fn release_target(segments: &[segment::SegmentInfo], retention_lsn: Option<Lsn>) -> Option<Lsn> {
+    let mut target = None;
+    for pair in segments.windows(2) {
+        let last_lsn = pair[1].first_lsn - 1;
+        if retention_lsn.is_some_and(|keep| last_lsn >= keep) {
+            break;
+        }
+        target = Some(last_lsn);
     }
-    Ok(())
+    target
 }
 
 /// Deletes the segments of core `core` wholly covered by the checkpoints of
@@ -247,11 +425,13 @@ pub fn release_segments(
     }
     let dir = journal_dir(data_dir, core);
     let segments = segment::list_segments(&dir)?;
+    let Some(target) = release_target(&segments, retention_lsn) else {
+        return Ok(0);
+    };
     let mut released = 0;
     for pair in segments.windows(2) {
         let last_lsn = pair[1].first_lsn - 1;
-        let needed = last_lsn > covered || retention_lsn.is_some_and(|keep| last_lsn >= keep);
-        if needed {
+        if last_lsn > covered.min(target) {
             break;
         }
         std::fs::remove_file(&pair[0].path)
@@ -282,5 +462,21 @@ mod tests {
             read_position(dir.path(), 3),
             Err(JournalError::Corrupted { .. })
         ));
+    }
+
+    #[test]
+    fn release_target_is_the_last_segment_retention_lets_go() {
+        let segments: Vec<_> = [1, 101, 201, 301]
+            .map(|first_lsn| segment::SegmentInfo {
+                first_lsn,
+                path: PathBuf::from(format!("segment-{first_lsn}")),
+            })
+            .into();
+        // Every segment but the last: the third ends at LSN 300.
+        assert_eq!(release_target(&segments, None), Some(300));
+        // A follower needing LSN 150 keeps the second segment and those after it.
+        assert_eq!(release_target(&segments, Some(150)), Some(100));
+        assert_eq!(release_target(&segments, Some(100)), None);
+        assert_eq!(release_target(&segments[3..], None), None);
     }
 }
