@@ -122,7 +122,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_lite::AsyncReadExt;
 
 use tally_engine::journal::checkpoint::{
-    checkpoint_core, checkpoint_partition, latest, release_segments,
+    changed_since, checkpoint_core, checkpoint_partition, latest, release_segments,
 };
 use tally_engine::journal::recovery::{recover, RecoveryOptions, COVERED_SUFFIX};
 use tally_engine::journal::{
@@ -923,8 +923,9 @@ impl CoreJournal {
         }
     }
 
-    /// Checkpoints every partition of the core (blocking it for one sync and the copy)
-    /// and releases the segments nobody needs.
+    /// Checkpoints the partitions of the core that changed since their last checkpoint
+    /// (blocking it for the syncs and the copies; `checkpoint_core`) and releases the
+    /// segments nobody needs.
     pub fn checkpoint(&self, store: &Store) -> Result<(), JournalError> {
         let started = Instant::now();
         let retention = self.retention_lsn();
@@ -965,7 +966,9 @@ impl CoreJournal {
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
         tracing::info!(
             core = self.core,
-            partitions = report.partitions.len(),
+            partitions_written = report.partitions.len(),
+            partitions_unchanged = report.partitions_unchanged,
+            positions_advanced = report.positions_advanced.len(),
             segments_released = report.segments_released,
             retention_lsn = retention,
             seconds = started.elapsed().as_secs_f64(),
@@ -1020,14 +1023,14 @@ impl CoreJournal {
         let mut journal = self.journal.borrow_mut();
         let mut written = 0;
         for &partition in store.owned_partitions() {
-            let covered = latest(&self.data_dir, partition)?.map_or(0, |info| info.covered_lsn);
-            if covered == 0 && is_empty(store, partition) {
+            let last = latest(&self.data_dir, partition)?;
+            if last.is_none() && is_empty(store, partition) {
                 // "No checkpoint" restores as empty and keeps every segment (see
                 // recovery): an empty partition needs none, and a first stop on a new
                 // data directory stays fast.
                 continue;
             }
-            if covered == 0 || store.applied_lsn(partition) > covered {
+            if changed_since(store, partition, last.as_ref()) {
                 checkpoint_partition(&self.data_dir, store, &mut journal, partition)?;
                 written += 1;
             }

@@ -79,7 +79,7 @@ struct Flags {
     /// A commit starts at once when this many bytes of records wait [default: 262144].
     #[arg(long, value_name = "BYTES")]
     commit_bytes: Option<usize>,
-    /// Checkpoint every partition this often, in s; 0 = only when the journal grew by
+    /// Checkpoint the partitions that changed this often, in s; 0 = only when the journal grew by
     /// --checkpoint-journal-bytes and at shutdown [default: 300].
     #[arg(long, value_name = "S")]
     checkpoint_interval_s: Option<u64>,
