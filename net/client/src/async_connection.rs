@@ -16,8 +16,10 @@
 //! fails its calls with the error, and the others are resent. A failed connect (nothing
 //! sent) and a `ServerBusy` answer to a frame with a key (its first copy still running)
 //! are retried until the deadline at no charge, with backoff, as the blocking client
-//! does (see `dispatch`). A frame that changes counters and may have reached the server
-//! fails with `ClientError::OutcomeUnknown`.
+//! does (see `dispatch`); a `ServerBusy` that refuses a new key because the server's
+//! idempotency memory is full is not: it fails the frame's calls at once with
+//! `ClientError::NotApplied`. A frame that changes counters and may have reached the
+//! server fails with `ClientError::OutcomeUnknown`.
 //!
 //! A call whose caller gave up (its future was dropped) before its frame was written is
 //! not sent (also while the task waits to reconnect); once written, it runs. A call still queued at its deadline fails with a
@@ -56,7 +58,7 @@ use tokio::time::{timeout, Instant};
 use crate::blocking::routes_differ;
 use crate::config::ClientConfig;
 use crate::dispatch::{backoff, IN_FLIGHT_OPS_MAX};
-use crate::error::ClientError;
+use crate::error::{is_table_full, server_refusal, ClientError};
 use crate::idempotency::random_idempotency_key;
 use crate::outcome::{from_reply, OpResult};
 
@@ -654,7 +656,7 @@ impl ConnectionTask {
             let retries = self.config.retries;
             // `deliver` raises `ServerBusy` only for a frame with a key.
             let busy = error.is_busy();
-            let transient = busy || error.is_transient();
+            let transient = busy || error.is_lost_connection();
             let connect_failed = matches!(error, ClientError::Connect { .. });
             self.failure_count += 1;
             let wait = backoff(self.failure_count);
@@ -731,10 +733,12 @@ impl ConnectionTask {
 }
 
 /// Whether `frame` answers the oldest frame in flight, which carries an idempotency key,
-/// with `ServerBusy`: the first copy of that frame is still running.
+/// with `ServerBusy`: the first copy of that frame is still running. (A `ServerBusy` that
+/// refuses a new key because the idempotency memory is full is not: it fails the frame
+/// with [`ClientError::NotApplied`].)
 fn is_busy_answer(in_flight: &VecDeque<InFlight>, frame: &ReplyFrame<'_>) -> bool {
-    let busy =
-        matches!(&frame.reply, Ok(Reply::Error(error)) if error.code == ErrorCode::ServerBusy);
+    let busy = matches!(&frame.reply, Ok(Reply::Error(error))
+        if error.code == ErrorCode::ServerBusy && !is_table_full(error.code, error.message));
     busy && in_flight
         .front()
         .is_some_and(|oldest| oldest.keyed && oldest.request_id == frame.request_id)
@@ -779,10 +783,7 @@ fn control_result(addr: SocketAddr, frame: ReplyFrame<'_>) -> Result<ControlRepl
 /// reply of the wrong kind, or a frame that could not be decoded.
 fn reply_error(addr: SocketAddr, reply: Result<Reply<'_>, ProtocolError>) -> ClientError {
     match reply {
-        Ok(Reply::Error(error)) => ClientError::Server {
-            code: error.code,
-            message: error.message.to_owned(),
-        },
+        Ok(Reply::Error(error)) => server_refusal(error.code, error.message),
         Ok(other) => ClientError::UnexpectedReply {
             addr,
             reason: format!("{other:?}"),

@@ -18,7 +18,9 @@
 //!   connect is tried again, at no charge to the budget (a hello that fails is charged);
 //! - after `ServerBusy` to a frame with an idempotency key (its first copy is still
 //!   running), the frames are sent again with the same keys, at no charge, until the
-//!   first copy's results come back.
+//!   first copy's results come back. A `ServerBusy` that refuses a new key because the
+//!   server's idempotency memory is full is not resent: the call ends with
+//!   `ClientError::NotApplied` (nothing of that frame applied).
 //!
 //! When a reconnect finds a new shard map, every queue's unanswered frames are re-routed
 //! under it, with the same rule. After any other error, or when retries or the deadline
@@ -321,7 +323,7 @@ fn recover<K: AsRef<[u8]>>(
     queue.failure_count += 1;
     let wait = backoff(queue.failure_count);
     let in_time = Instant::now() + wait < run.deadline;
-    if retries > 0 && (busy || error.is_transient()) && resendable && in_time {
+    if retries > 0 && (busy || error.is_lost_connection()) && resendable && in_time {
         if !free {
             for chunk in &mut queue.chunks[unanswered] {
                 chunk.retries_used += 1;

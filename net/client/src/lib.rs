@@ -21,7 +21,10 @@
 //! that copy's results come back; all of it within the call's deadline
 //! ([`ClientConfig::call_timeout`]). Nothing else is retried. A call that changes counters
 //! and may have been applied without its answer reaching the client fails with
-//! [`ClientError::OutcomeUnknown`], never with an error that reads "not applied".
+//! [`ClientError::OutcomeUnknown`], never with an error that reads "not applied". A new key
+//! the server refuses because its idempotency memory is full, or a mutation its journal
+//! cannot take now, fails at once with [`ClientError::NotApplied`]: nothing was applied,
+//! call again later. [`ClientError::is_transient`] is false for `OutcomeUnknown`.
 //! An `Error` frame with request id 0 is the server closing the
 //! connection (idle timeout, connection limit, shutdown), reported as
 //! [`ClientError::Disconnected`] and handled as a lost connection; a connection the server
@@ -113,6 +116,6 @@ pub use config::{ClientConfig, RETRIES_MAX, SPIN_MAX};
 pub use dispatch::{IN_FLIGHT_FRAMES_MAX, IN_FLIGHT_OPS_MAX};
 pub use error::ClientError;
 pub use idempotency::random_idempotency_key;
-pub use outcome::{OpResult, Outcome, Rejection};
+pub use outcome::{OpResult, Outcome, Rejection, UNAVAILABLE_NOT_APPLIED};
 pub use pipeline::Pipeline;
 pub use tally_protocol::{BoundPolicy, Durability, ErrorCode, HelloReply, Op, OpRef, Status};
