@@ -8,9 +8,11 @@
 //! frames), and writes them all with one `write_all`. Replies come back in request order,
 //! so the oldest in-flight frame is the one a reply answers.
 //!
-//! A frame that can change state carries a random idempotency key when retries are on,
-//! so after a lost connection or a timeout the task reconnects and resends the same bytes
-//! and the server applies them at most once. Each frame has its own retry budget
+//! A call with the caller's idempotency key gets a frame of its own under that key; other
+//! calls are packed together. A frame that can change state and has no caller's key
+//! carries a random idempotency key when retries are on, so after a lost connection or a
+//! timeout the task reconnects and resends the same bytes and the server applies them at
+//! most once. Each frame has its own retry budget
 //! (`ClientConfig::retries`) and deadline (the earliest of its calls'); a frame without
 //! that safety (a mutation without a key), or one whose budget or deadline is spent,
 //! fails its calls with the error, and the others are resent. A failed connect (nothing
@@ -101,6 +103,8 @@ impl Call {
 pub(crate) struct BatchCall {
     pub(crate) ops: Vec<Op>,
     pub(crate) durability: Durability,
+    /// The caller's idempotency key: the call gets a frame of its own under it.
+    pub(crate) idempotency_key: Option<u128>,
     pub(crate) reply: ReplySender,
     pub(crate) deadline: Instant,
 }
@@ -458,10 +462,13 @@ impl ConnectionTask {
                 }
                 Call::Batch(call) => {
                     let durability = call.durability;
+                    let keyed = call.idempotency_key.is_some();
                     let mut frame_calls = vec![call];
                     let mut op_count = frame_calls[0].ops.len();
                     while let Some(Call::Batch(next)) = pending.front() {
-                        if next.durability != durability
+                        if keyed
+                            || next.idempotency_key.is_some()
+                            || next.durability != durability
                             || op_count + next.ops.len() > BATCH_OPS_MAX
                         {
                             break;
@@ -552,7 +559,10 @@ impl ConnectionTask {
         op_count: usize,
     ) -> Option<InFlight> {
         let mutates = calls.iter().flat_map(|call| &call.ops).any(Op::is_mutation);
-        let idempotency_key = (mutates && self.config.retries > 0).then(random_idempotency_key);
+        // A call with the caller's key has the frame to itself (see `send`).
+        let callers_key = calls.iter().find_map(|call| call.idempotency_key);
+        let idempotency_key = callers_key
+            .or_else(|| (mutates && self.config.retries > 0).then(random_idempotency_key));
         let deadline = calls.iter().map(|call| call.deadline).min();
         let deadline = deadline.expect("a frame has at least one call");
         let request_id = self.take_request_id();

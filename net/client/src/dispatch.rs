@@ -22,6 +22,10 @@
 //!   server's idempotency memory is full is not resent: the call ends with
 //!   `ClientError::NotApplied` (nothing of that frame applied).
 //!
+//! A batch with the caller's idempotency key (`Client::batch_idempotent`) is one frame
+//! under that key, sent to the core that owns its first operation's key, so a repeat of
+//! the call after `OutcomeUnknown` is the same request whatever the shard map.
+//!
 //! When a reconnect finds a new shard map, every queue's unanswered frames are re-routed
 //! under it, with the same rule. After any other error, or when retries or the deadline
 //! run out, every connection with unanswered frames is dropped, so no stale reply can be
@@ -31,7 +35,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_protocol::{BatchWriter, Durability, Op, Reply, BATCH_OPS_MAX, KEY_BYTES_MAX};
+use tally_protocol::{
+    BatchWriter, Durability, Op, ProtocolError, Reply, BATCH_OPS_MAX, KEY_BYTES_MAX,
+};
 
 use crate::blocking::Client;
 use crate::connection::Connection;
@@ -99,9 +105,65 @@ pub(crate) fn run_batch<K: AsRef<[u8]>>(
     ops_per_frame: usize,
 ) -> Result<Vec<OpResult>, ClientError> {
     check_keys(ops)?;
+    let queues = plan(client, ops, ops_per_frame);
+    run(client, ops, durability, queues)
+}
+
+/// Runs `ops` as one frame carrying the caller's `idempotency_key`, sent to the core
+/// that owns the first operation's key (the server forwards the others' keys), so the
+/// same call repeated with the same key is the same request under any shard map.
+pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
+    client: &mut Client,
+    ops: &[Op<K>],
+    durability: Durability,
+    idempotency_key: u128,
+) -> Result<Vec<OpResult>, ClientError> {
+    check_keys(ops)?;
+    check_one_frame(ops.len())?;
+    let Some(first) = ops.first() else {
+        return Ok(Vec::new());
+    };
+    let chunk = Chunk {
+        op_indices: (0..ops.len()).collect(),
+        idempotency_key: Some(idempotency_key),
+        mutates: ops.iter().any(Op::is_mutation),
+        written: false,
+        retry_safe: true,
+        request_id: 0,
+        retries_used: 0,
+    };
+    let queue = CoreQueue {
+        core: client.route(first.key()),
+        chunks: vec![chunk],
+        sent: 0,
+        received: 0,
+        failure_count: 0,
+    };
+    run(client, ops, durability, vec![queue])
+}
+
+/// Checks a batch with a caller's idempotency key fits the one frame it must be sent in.
+pub(crate) fn check_one_frame(op_count: usize) -> Result<(), ClientError> {
+    if op_count > BATCH_OPS_MAX {
+        return Err(ClientError::Encode(ProtocolError::BatchTooLarge {
+            count: op_count as u64,
+            max: BATCH_OPS_MAX,
+        }));
+    }
+    Ok(())
+}
+
+/// Sends the planned frames, resending and re-routing as the module docs say, and
+/// returns one result per operation, in order.
+fn run<K: AsRef<[u8]>>(
+    client: &mut Client,
+    ops: &[Op<K>],
+    durability: Durability,
+    queues: Vec<CoreQueue>,
+) -> Result<Vec<OpResult>, ClientError> {
     let mut run = Run {
         deadline: Instant::now() + client.config().call_timeout,
-        queues: plan(client, ops, ops_per_frame),
+        queues,
         answered_mutations: false,
     };
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];

@@ -2,8 +2,9 @@
 //!
 //! What an error says about the call's effect, and what to do next:
 //! - [`ClientError::OutcomeUnknown`]: a change may have been applied. Never repeat the
-//!   call as it was (it would count again): only a repeat with the same idempotency key
-//!   is safe.
+//!   call as it was (it would count again): repeat it only with the same idempotency key,
+//!   which needs a call that takes one ([`crate::Client::batch_idempotent`] and the other
+//!   `*_idempotent` calls); the crate docs show the procedure.
 //! - [`ClientError::NotApplied`]: the server refused the request before applying any of
 //!   it, for a reason that passes (its idempotency memory is full, its journal cannot take
 //!   mutations): try again later, with the same idempotency key if the call had one.
@@ -124,11 +125,13 @@ pub enum ClientError {
     /// away and a reconnect was refused), or part of a batch was applied while another
     /// part failed, or the server answered `Status::Unavailable` with detail 0 (applied in
     /// memory, maybe not journaled). `cause` is the last error seen. Never read it as
-    /// "not applied", and do not simply repeat the call: it would count again. Only a
-    /// repeat with the same idempotency key and operations is safe: the server then
-    /// applies only what the first attempt did not, and returns the first attempt's
-    /// results for the rest (PROTOCOL.md, "Idempotency"); the key a call makes is gone
-    /// with the call. [`ClientError::is_transient`] is false for it.
+    /// "not applied", and do not simply repeat the call: it would count again. A call
+    /// made with a caller's idempotency key ([`crate::Client::batch_idempotent`],
+    /// [`crate::Client::incr_idempotent`], ...) can be repeated with the same key and the
+    /// same operations: the server then applies only what the first attempt did not, and
+    /// returns the first attempt's results for the rest (PROTOCOL.md, "Idempotency").
+    /// Calls without a caller's key used a key of their own that is gone with the call.
+    /// [`ClientError::is_transient`] is false for it.
     #[error("outcome unknown, the request may have been applied: {cause}")]
     OutcomeUnknown {
         #[source]
@@ -138,7 +141,8 @@ pub enum ClientError {
     /// passes: a new idempotency key while its idempotency memory is full (`ServerBusy`,
     /// "idempotency table full"), or a mutation while its journal cannot take one
     /// (`Status::Unavailable` with detail 1). Nothing of the request was applied. Call
-    /// again later. The
+    /// again later; a call made with a caller's idempotency key must be called again with
+    /// the same key (and operations), as after [`ClientError::OutcomeUnknown`]. The
     /// client does not resend it within the call: the server would refuse it again until
     /// keys leave its window or the journal recovers. `cause` is the server's answer.
     #[error("not applied, retry later: {cause}")]
