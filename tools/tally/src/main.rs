@@ -91,17 +91,26 @@ enum Command {
         #[arg(long)]
         clamp: bool,
     },
-    /// Delete the counter.
+    /// Delete the counter, with its bounds: a later incr or set recreates it without a
+    /// floor or ceiling (set them again with `tally bounds`).
     Del { key: String },
     /// Print whether the counter exists.
     Exists { key: String },
-    /// Set the floor and ceiling (an omitted bound is cleared).
+    /// Set the floor and ceiling: give --floor, --ceiling or both (an omitted one is
+    /// cleared), or --clear to remove both. There is no way to read a counter's bounds.
+    #[command(group(clap::ArgGroup::new("bound").required(true).multiple(true)
+        .args(["floor", "ceiling", "clear"])))]
     Bounds {
         key: String,
+        /// The lowest value the counter may take.
         #[arg(long, allow_negative_numbers = true)]
         floor: Option<i64>,
+        /// The highest value the counter may take.
         #[arg(long, allow_negative_numbers = true)]
         ceiling: Option<i64>,
+        /// Remove both bounds.
+        #[arg(long, conflicts_with_all = ["floor", "ceiling"])]
+        clear: bool,
     },
     /// Read operations from stdin, one per line, and print one result per line.
     #[command(long_about = BATCH_HELP)]
@@ -118,7 +127,7 @@ per line (KEY<TAB>VALUE, or one JSON object per line with --json).
 
 Lines:
   incr KEY [DELTA] [--clamp]     decr KEY [DELTA] [--clamp]     set KEY VALUE [--clamp]
-  get KEY     del KEY     exists KEY     bounds KEY [--floor N] [--ceiling N]
+  get KEY     del KEY     exists KEY     bounds KEY [--floor N] [--ceiling N] | --clear
 
 --clamp applies as much as the counter's bounds allow instead of refusing (the result \
 says \"(clamped)\"). Blank lines are skipped; a word starting with \"#\" begins a comment \
@@ -251,6 +260,7 @@ fn single_request(command: &Command) -> Result<Request, String> {
             key: name,
             floor,
             ceiling,
+            clear: _,
         } => (
             "bounds",
             Op::SetBounds {
