@@ -3,7 +3,7 @@
 //! the call's deadline) and is repeated with the same key after a `kill -9` and restart
 //! counts exactly once, whether the server had applied it or not; and a new key refused
 //! because the server's idempotency memory is full ends at once as `NotApplied`, not as
-//! `OutcomeUnknown` at the deadline (blocking and async).
+//! `OutcomeUnknown` at the deadline (blocking, async, and the `tally` CLI).
 //!
 //! `tallyd` is the one `cargo test --workspace` (or `-p tallyd -p tally`) builds next to
 //! this test's executable.
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tally_client::{
     random_idempotency_key, AsyncClient, Client, ClientConfig, ClientError, Durability,
 };
-use tally_tests::{stat, Tallyd};
+use tally_tests::{stat, tally_cli, Tallyd};
 
 /// A call deadline short enough to run out while the server is stopped.
 fn short_deadline() -> ClientConfig {
@@ -219,4 +219,22 @@ async fn async_a_new_key_refused_by_a_full_table_is_not_applied_at_once() {
         .unwrap_err();
     assert_not_applied(&error, started.elapsed());
     assert_eq!(client.get("full:post").await.unwrap(), 20);
+}
+
+#[test]
+fn cli_a_change_refused_by_a_full_table_exits_2_not_applied() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (server, _keys) = full_server(dir.path());
+    let started = Instant::now();
+    let (status, stdout, stderr) = tally_cli(
+        server.addr,
+        &["--json", "--timeout-ms", "5000", "incr", "full:post"],
+        None,
+    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{stderr}");
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    let failure: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+    assert_eq!(failure["outcome"], "not_applied");
+    assert!(stderr.contains("not applied"), "{stderr}");
+    assert!(!stderr.contains("outcome unknown"), "{stderr}");
 }
