@@ -85,12 +85,7 @@ impl Printer {
                     }
                     Op::Delete { .. } => "not found".to_owned(),
                     Op::Exists { .. } => outcome.existed.to_string(),
-                    Op::SetBounds { floor, ceiling, .. } => format!(
-                        "bounds set: {}, {} (value {})",
-                        bound_text("floor", *floor),
-                        bound_text("ceiling", *ceiling),
-                        outcome.value
-                    ),
+                    Op::SetBounds { .. } => format!("bounds set (value {})", outcome.value),
                     _ if outcome.clamped => format!("{} (clamped)", outcome.value),
                     _ => outcome.value.to_string(),
                 };
@@ -195,14 +190,6 @@ impl Printer {
 
     pub(crate) fn flush(&mut self) {
         let _ = std::io::stdout().flush();
-    }
-}
-
-/// `floor 0` or `no floor`.
-fn bound_text(name: &str, bound: Option<i64>) -> String {
-    match bound {
-        Some(value) => format!("{name} {value}"),
-        None => format!("no {name}"),
     }
 }
 
