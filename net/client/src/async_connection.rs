@@ -143,6 +143,8 @@ struct InFlight {
     written: bool,
     /// Written to some connection: it may have reached the server.
     ever_written: bool,
+    /// Times it was written (to this or earlier connections).
+    write_count: u32,
     /// The earliest deadline of its calls.
     deadline: Instant,
     waiter: Waiter,
@@ -510,6 +512,7 @@ impl ConnectionTask {
             out.extend_from_slice(&in_flight.bytes);
             in_flight.written = true;
             in_flight.ever_written = true;
+            in_flight.write_count += 1;
         }
         if !was_waiting {
             self.waiting_since = Instant::now();
@@ -545,6 +548,7 @@ impl ConnectionTask {
             mutates: false,
             written: false,
             ever_written: false,
+            write_count: 0,
             deadline,
             waiter: Waiter::Control(reply),
             op_count: 0,
@@ -590,6 +594,7 @@ impl ConnectionTask {
             mutates,
             written: false,
             ever_written: false,
+            write_count: 0,
             deadline,
             waiter: Waiter::Batch(calls),
             op_count,
@@ -636,7 +641,15 @@ impl ConnectionTask {
             self.in_flight_ops -= in_flight.op_count;
             match in_flight.waiter {
                 Waiter::Batch(calls) => {
-                    answer(calls, batch_results(addr, frame, in_flight.op_count));
+                    let results = batch_results(addr, frame, in_flight.op_count);
+                    // A "table full" refusal says the server does not know the key, as
+                    // it says of a key it forgot: an earlier copy may have been applied.
+                    let resent = in_flight.write_count > 1 && in_flight.mutates;
+                    let results = results.map_err(|error| match error {
+                        ClientError::NotApplied { .. } if resent => error.settle(true),
+                        other => other,
+                    });
+                    answer(calls, results);
                 }
                 Waiter::Control(reply) => {
                     let _ = reply.send(control_result(addr, frame));

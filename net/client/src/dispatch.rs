@@ -58,6 +58,8 @@ struct Chunk {
     mutates: bool,
     /// Encoded for sending at least once: it may have reached the server.
     written: bool,
+    /// Times it was encoded for sending (on this or earlier connections).
+    send_count: u32,
     retry_safe: bool,
     request_id: u64,
     /// Times this frame was resent; at most the configured retries.
@@ -128,6 +130,7 @@ pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
         idempotency_key: Some(idempotency_key),
         mutates: ops.iter().any(Op::is_mutation),
         written: false,
+        send_count: 0,
         retry_safe: true,
         request_id: 0,
         retries_used: 0,
@@ -233,6 +236,7 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
                     idempotency_key,
                     mutates,
                     written: false,
+                    send_count: 0,
                     retry_safe,
                     request_id: 0,
                     retries_used: 0,
@@ -298,6 +302,7 @@ fn encode_window<K: AsRef<[u8]>>(
         }
         writer.finish().map_err(ClientError::Encode)?;
         chunk.written = true;
+        chunk.send_count += 1;
         in_flight_ops += chunk.op_indices.len();
         queue.sent += 1;
     }
@@ -401,7 +406,11 @@ fn recover<K: AsRef<[u8]>>(
 /// Ends the call: drops every connection with unanswered frames and settles the error.
 /// The call may have been applied, so the error is [`ClientError::OutcomeUnknown`], when
 /// a frame that changes counters was sent, unless the error is the server refusing that
-/// very frame (and it is the only one).
+/// very frame (and it is the only one). A "table full" refusal
+/// ([`ClientError::NotApplied`]) of a frame sent before on another connection does not
+/// count as that: the server says it does not know the key, which it also says of a key
+/// it forgot (a restart with more keys than it recovers), so the earlier copy may have
+/// been applied.
 fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) -> ClientError {
     for queue in run
         .queues
@@ -411,10 +420,14 @@ fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) ->
         client.drop_connection(queue.core);
     }
     let definitive = error.is_definitive();
+    let resent_refusal = matches!(error, ClientError::NotApplied { .. });
     let maybe_applied = run.answered_mutations
         || run.queues.iter().enumerate().any(|(index, queue)| {
             queue.chunks.iter().enumerate().any(|(position, chunk)| {
-                let refused = definitive && index == failed && position == queue.received;
+                let refused = definitive
+                    && index == failed
+                    && position == queue.received
+                    && !(resent_refusal && chunk.send_count > 1);
                 chunk.mutates && chunk.written && !refused
             })
         });
