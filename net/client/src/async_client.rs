@@ -33,7 +33,7 @@ use crate::async_connection::{
 use crate::async_pipeline::AsyncPipeline;
 use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs};
 use crate::config::ClientConfig;
-use crate::dispatch::check_keys;
+use crate::dispatch::{check_keys, check_one_frame};
 use crate::error::ClientError;
 use crate::outcome::{OpResult, Outcome};
 
@@ -194,6 +194,7 @@ impl AsyncClient {
                         .map(|&index| ops[index].to_owned_op())
                         .collect(),
                     durability,
+                    idempotency_key: None,
                     reply,
                     deadline,
                 });
@@ -230,6 +231,91 @@ impl AsyncClient {
             .into_iter()
             .map(|result| result.expect("every chunk was answered"))
             .collect())
+    }
+
+    /// Runs `ops` as one request under the caller's `idempotency_key`, in a frame of its
+    /// own sent to the core that owns the first operation's key; see
+    /// [`crate::Client::batch_idempotent`] for the key's rules and the crate docs for the
+    /// retry procedure after [`ClientError::OutcomeUnknown`].
+    pub async fn batch_idempotent<K: AsRef<[u8]>>(
+        &self,
+        ops: &[Op<K>],
+        durability: Durability,
+        idempotency_key: u128,
+    ) -> Result<Vec<OpResult>, ClientError> {
+        check_keys(ops)?;
+        check_one_frame(ops.len())?;
+        let Some(first) = ops.first() else {
+            return Ok(Vec::new());
+        };
+        let deadline = Instant::now() + self.inner.config.call_timeout;
+        let routing = self.routing();
+        let core = if self.inner.config.shard_aware {
+            routing.hello.owner_of_key(first.key())
+        } else {
+            0
+        };
+        let (reply, receiver) = oneshot::channel();
+        let call = Call::Batch(BatchCall {
+            ops: ops.iter().map(Op::to_owned_op).collect(),
+            durability,
+            idempotency_key: Some(idempotency_key),
+            reply,
+            deadline,
+        });
+        routing.queues[core]
+            .1
+            .send(call)
+            .await
+            .map_err(|_| task_gone())?;
+        receiver.await.unwrap_or_else(|_| Err(task_gone()))
+    }
+
+    /// Runs one operation under the caller's `idempotency_key`; see
+    /// [`AsyncClient::batch_idempotent`].
+    pub async fn execute_idempotent<K: AsRef<[u8]>>(
+        &self,
+        op: &Op<K>,
+        durability: Durability,
+        idempotency_key: u128,
+    ) -> Result<Outcome, ClientError> {
+        let ops = std::slice::from_ref(op);
+        let mut results = self
+            .batch_idempotent(ops, durability, idempotency_key)
+            .await?;
+        Ok(results.pop().expect("one result per operation")?)
+    }
+
+    /// Adds `delta` under the caller's `idempotency_key` with the configured durability;
+    /// see [`crate::Client::incr_idempotent`].
+    pub async fn incr_idempotent(
+        &self,
+        key: impl AsRef<[u8]>,
+        delta: i64,
+        idempotency_key: u128,
+    ) -> Result<i64, ClientError> {
+        let op = Op::Add {
+            key: key.as_ref(),
+            delta,
+            policy: BoundPolicy::Reject,
+        };
+        let durability = self.inner.config.durability;
+        let outcome = self
+            .execute_idempotent(&op, durability, idempotency_key)
+            .await?;
+        Ok(outcome.value)
+    }
+
+    /// Subtracts `delta` under the caller's `idempotency_key`; see
+    /// [`AsyncClient::incr_idempotent`].
+    pub async fn decr_idempotent(
+        &self,
+        key: impl AsRef<[u8]>,
+        delta: i64,
+        idempotency_key: u128,
+    ) -> Result<i64, ClientError> {
+        self.incr_idempotent(key, negate(delta)?, idempotency_key)
+            .await
     }
 
     /// Starts collecting operations to send together.

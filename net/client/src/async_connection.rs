@@ -8,16 +8,20 @@
 //! frames), and writes them all with one `write_all`. Replies come back in request order,
 //! so the oldest in-flight frame is the one a reply answers.
 //!
-//! A frame that can change state carries a random idempotency key when retries are on,
-//! so after a lost connection or a timeout the task reconnects and resends the same bytes
-//! and the server applies them at most once. Each frame has its own retry budget
+//! A call with the caller's idempotency key gets a frame of its own under that key; other
+//! calls are packed together. A frame that can change state and has no caller's key
+//! carries a random idempotency key when retries are on, so after a lost connection or a
+//! timeout the task reconnects and resends the same bytes and the server applies them at
+//! most once. Each frame has its own retry budget
 //! (`ClientConfig::retries`) and deadline (the earliest of its calls'); a frame without
 //! that safety (a mutation without a key), or one whose budget or deadline is spent,
 //! fails its calls with the error, and the others are resent. A failed connect (nothing
 //! sent) and a `ServerBusy` answer to a frame with a key (its first copy still running)
 //! are retried until the deadline at no charge, with backoff, as the blocking client
-//! does (see `dispatch`). A frame that changes counters and may have reached the server
-//! fails with `ClientError::OutcomeUnknown`.
+//! does (see `dispatch`); a `ServerBusy` that refuses a new key because the server's
+//! idempotency memory is full is not: it fails the frame's calls at once with
+//! `ClientError::NotApplied`. A frame that changes counters and may have reached the
+//! server fails with `ClientError::OutcomeUnknown`.
 //!
 //! A call whose caller gave up (its future was dropped) before its frame was written is
 //! not sent (also while the task waits to reconnect); once written, it runs. A call still queued at its deadline fails with a
@@ -56,7 +60,7 @@ use tokio::time::{timeout, Instant};
 use crate::blocking::routes_differ;
 use crate::config::ClientConfig;
 use crate::dispatch::{backoff, IN_FLIGHT_OPS_MAX};
-use crate::error::ClientError;
+use crate::error::{is_table_full, server_refusal, ClientError};
 use crate::idempotency::random_idempotency_key;
 use crate::outcome::{from_reply, OpResult};
 
@@ -99,6 +103,8 @@ impl Call {
 pub(crate) struct BatchCall {
     pub(crate) ops: Vec<Op>,
     pub(crate) durability: Durability,
+    /// The caller's idempotency key: the call gets a frame of its own under it.
+    pub(crate) idempotency_key: Option<u128>,
     pub(crate) reply: ReplySender,
     pub(crate) deadline: Instant,
 }
@@ -137,6 +143,8 @@ struct InFlight {
     written: bool,
     /// Written to some connection: it may have reached the server.
     ever_written: bool,
+    /// Times it was written (to this or earlier connections).
+    write_count: u32,
     /// The earliest deadline of its calls.
     deadline: Instant,
     waiter: Waiter,
@@ -456,10 +464,13 @@ impl ConnectionTask {
                 }
                 Call::Batch(call) => {
                     let durability = call.durability;
+                    let keyed = call.idempotency_key.is_some();
                     let mut frame_calls = vec![call];
                     let mut op_count = frame_calls[0].ops.len();
                     while let Some(Call::Batch(next)) = pending.front() {
-                        if next.durability != durability
+                        if keyed
+                            || next.idempotency_key.is_some()
+                            || next.durability != durability
                             || op_count + next.ops.len() > BATCH_OPS_MAX
                         {
                             break;
@@ -501,6 +512,7 @@ impl ConnectionTask {
             out.extend_from_slice(&in_flight.bytes);
             in_flight.written = true;
             in_flight.ever_written = true;
+            in_flight.write_count += 1;
         }
         if !was_waiting {
             self.waiting_since = Instant::now();
@@ -536,6 +548,7 @@ impl ConnectionTask {
             mutates: false,
             written: false,
             ever_written: false,
+            write_count: 0,
             deadline,
             waiter: Waiter::Control(reply),
             op_count: 0,
@@ -550,7 +563,10 @@ impl ConnectionTask {
         op_count: usize,
     ) -> Option<InFlight> {
         let mutates = calls.iter().flat_map(|call| &call.ops).any(Op::is_mutation);
-        let idempotency_key = (mutates && self.config.retries > 0).then(random_idempotency_key);
+        // A call with the caller's key has the frame to itself (see `send`).
+        let callers_key = calls.iter().find_map(|call| call.idempotency_key);
+        let idempotency_key = callers_key
+            .or_else(|| (mutates && self.config.retries > 0).then(random_idempotency_key));
         let deadline = calls.iter().map(|call| call.deadline).min();
         let deadline = deadline.expect("a frame has at least one call");
         let request_id = self.take_request_id();
@@ -578,6 +594,7 @@ impl ConnectionTask {
             mutates,
             written: false,
             ever_written: false,
+            write_count: 0,
             deadline,
             waiter: Waiter::Batch(calls),
             op_count,
@@ -624,7 +641,15 @@ impl ConnectionTask {
             self.in_flight_ops -= in_flight.op_count;
             match in_flight.waiter {
                 Waiter::Batch(calls) => {
-                    answer(calls, batch_results(addr, frame, in_flight.op_count));
+                    let results = batch_results(addr, frame, in_flight.op_count);
+                    // A "table full" refusal says the server does not know the key, as
+                    // it says of a key it forgot: an earlier copy may have been applied.
+                    let resent = in_flight.write_count > 1 && in_flight.mutates;
+                    let results = results.map_err(|error| match error {
+                        ClientError::NotApplied { .. } if resent => error.settle(true),
+                        other => other,
+                    });
+                    answer(calls, results);
                 }
                 Waiter::Control(reply) => {
                     let _ = reply.send(control_result(addr, frame));
@@ -654,7 +679,7 @@ impl ConnectionTask {
             let retries = self.config.retries;
             // `deliver` raises `ServerBusy` only for a frame with a key.
             let busy = error.is_busy();
-            let transient = busy || error.is_transient();
+            let transient = busy || error.is_lost_connection();
             let connect_failed = matches!(error, ClientError::Connect { .. });
             self.failure_count += 1;
             let wait = backoff(self.failure_count);
@@ -731,10 +756,12 @@ impl ConnectionTask {
 }
 
 /// Whether `frame` answers the oldest frame in flight, which carries an idempotency key,
-/// with `ServerBusy`: the first copy of that frame is still running.
+/// with `ServerBusy`: the first copy of that frame is still running. (A `ServerBusy` that
+/// refuses a new key because the idempotency memory is full is not: it fails the frame
+/// with [`ClientError::NotApplied`].)
 fn is_busy_answer(in_flight: &VecDeque<InFlight>, frame: &ReplyFrame<'_>) -> bool {
-    let busy =
-        matches!(&frame.reply, Ok(Reply::Error(error)) if error.code == ErrorCode::ServerBusy);
+    let busy = matches!(&frame.reply, Ok(Reply::Error(error))
+        if error.code == ErrorCode::ServerBusy && !is_table_full(error.code, error.message));
     busy && in_flight
         .front()
         .is_some_and(|oldest| oldest.keyed && oldest.request_id == frame.request_id)
@@ -779,10 +806,7 @@ fn control_result(addr: SocketAddr, frame: ReplyFrame<'_>) -> Result<ControlRepl
 /// reply of the wrong kind, or a frame that could not be decoded.
 fn reply_error(addr: SocketAddr, reply: Result<Reply<'_>, ProtocolError>) -> ClientError {
     match reply {
-        Ok(Reply::Error(error)) => ClientError::Server {
-            code: error.code,
-            message: error.message.to_owned(),
-        },
+        Ok(Reply::Error(error)) => server_refusal(error.code, error.message),
         Ok(other) => ClientError::UnexpectedReply {
             addr,
             reason: format!("{other:?}"),

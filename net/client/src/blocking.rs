@@ -28,7 +28,7 @@ use tally_protocol::{
 
 use crate::config::ClientConfig;
 use crate::connection::Connection;
-use crate::dispatch::run_batch;
+use crate::dispatch::{run_batch, run_keyed_batch};
 use crate::error::ClientError;
 use crate::outcome::{OpResult, Outcome};
 use crate::pipeline::Pipeline;
@@ -290,6 +290,71 @@ impl Client {
         ops_per_frame: usize,
     ) -> Result<Vec<OpResult>, ClientError> {
         run_batch(self, ops, durability, ops_per_frame)
+    }
+
+    /// Runs `ops` as one request under the caller's `idempotency_key` (at most
+    /// `BATCH_OPS_MAX` operations, else [`ClientError::Encode`]); one result per
+    /// operation, in order. Make the key with [`crate::random_idempotency_key`], keep it
+    /// with the operations until the call succeeds, and after
+    /// [`ClientError::OutcomeUnknown`] or [`ClientError::NotApplied`] call again with the
+    /// same operations, in the same order, and the same key: the server applies what the
+    /// first attempts did not and returns their results for the rest, within its
+    /// idempotency window (10 minutes by default, PROTOCOL.md "Idempotency"). Another
+    /// batch under a key already used is refused (`IdempotencyKeyReused`). The key is sent
+    /// even with `retries` 0. Operations of several cores are applied by each core in
+    /// turn, not atomically together, but once each under the key.
+    pub fn batch_idempotent<K: AsRef<[u8]>>(
+        &mut self,
+        ops: &[Op<K>],
+        durability: Durability,
+        idempotency_key: u128,
+    ) -> Result<Vec<OpResult>, ClientError> {
+        run_keyed_batch(self, ops, durability, idempotency_key)
+    }
+
+    /// Runs one operation under the caller's `idempotency_key`; see
+    /// [`Client::batch_idempotent`]. A refused operation is [`ClientError::Rejected`].
+    pub fn execute_idempotent<K: AsRef<[u8]>>(
+        &mut self,
+        op: &Op<K>,
+        durability: Durability,
+        idempotency_key: u128,
+    ) -> Result<Outcome, ClientError> {
+        let ops = std::slice::from_ref(op);
+        let mut results = run_keyed_batch(self, ops, durability, idempotency_key)?;
+        let result = results.pop().expect("one result per operation");
+        Ok(result?)
+    }
+
+    /// Adds `delta` under the caller's `idempotency_key` with the configured durability,
+    /// and returns the new value (on a repeat with the same key: the value the first
+    /// application returned). See [`Client::batch_idempotent`] and the crate docs.
+    pub fn incr_idempotent(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        delta: i64,
+        idempotency_key: u128,
+    ) -> Result<i64, ClientError> {
+        let op = Op::Add {
+            key: key.as_ref(),
+            delta,
+            policy: BoundPolicy::Reject,
+        };
+        let durability = self.config.durability;
+        Ok(self
+            .execute_idempotent(&op, durability, idempotency_key)?
+            .value)
+    }
+
+    /// Subtracts `delta` under the caller's `idempotency_key`; see
+    /// [`Client::incr_idempotent`].
+    pub fn decr_idempotent(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        delta: i64,
+        idempotency_key: u128,
+    ) -> Result<i64, ClientError> {
+        self.incr_idempotent(key, negate(delta)?, idempotency_key)
     }
 
     /// Starts collecting operations to send together.

@@ -27,7 +27,7 @@ use tally_protocol::{
 };
 
 use crate::config::ClientConfig;
-use crate::error::ClientError;
+use crate::error::{server_refusal, ClientError};
 
 /// Initial read buffer size; it grows to the largest frame seen.
 const READ_BUF_BYTES: usize = 64 * 1024;
@@ -345,10 +345,7 @@ fn check_reply<T>(
             });
         }
         if frame.request_id == request_id {
-            return Err(ClientError::Server {
-                code: error.code,
-                message: error.message.to_owned(),
-            });
+            return Err(server_refusal(error.code, error.message));
         }
     }
     if frame.request_id != request_id {

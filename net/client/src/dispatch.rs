@@ -18,7 +18,13 @@
 //!   connect is tried again, at no charge to the budget (a hello that fails is charged);
 //! - after `ServerBusy` to a frame with an idempotency key (its first copy is still
 //!   running), the frames are sent again with the same keys, at no charge, until the
-//!   first copy's results come back.
+//!   first copy's results come back. A `ServerBusy` that refuses a new key because the
+//!   server's idempotency memory is full is not resent: the call ends with
+//!   `ClientError::NotApplied` (nothing of that frame applied).
+//!
+//! A batch with the caller's idempotency key (`Client::batch_idempotent`) is one frame
+//! under that key, sent to the core that owns its first operation's key, so a repeat of
+//! the call after `OutcomeUnknown` is the same request whatever the shard map.
 //!
 //! When a reconnect finds a new shard map, every queue's unanswered frames are re-routed
 //! under it, with the same rule. After any other error, or when retries or the deadline
@@ -29,7 +35,9 @@
 
 use std::time::{Duration, Instant};
 
-use tally_protocol::{BatchWriter, Durability, Op, Reply, BATCH_OPS_MAX, KEY_BYTES_MAX};
+use tally_protocol::{
+    BatchWriter, Durability, Op, ProtocolError, Reply, BATCH_OPS_MAX, KEY_BYTES_MAX,
+};
 
 use crate::blocking::Client;
 use crate::connection::Connection;
@@ -50,6 +58,8 @@ struct Chunk {
     mutates: bool,
     /// Encoded for sending at least once: it may have reached the server.
     written: bool,
+    /// Times it was encoded for sending (on this or earlier connections).
+    send_count: u32,
     retry_safe: bool,
     request_id: u64,
     /// Times this frame was resent; at most the configured retries.
@@ -97,9 +107,66 @@ pub(crate) fn run_batch<K: AsRef<[u8]>>(
     ops_per_frame: usize,
 ) -> Result<Vec<OpResult>, ClientError> {
     check_keys(ops)?;
+    let queues = plan(client, ops, ops_per_frame);
+    run(client, ops, durability, queues)
+}
+
+/// Runs `ops` as one frame carrying the caller's `idempotency_key`, sent to the core
+/// that owns the first operation's key (the server forwards the others' keys), so the
+/// same call repeated with the same key is the same request under any shard map.
+pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
+    client: &mut Client,
+    ops: &[Op<K>],
+    durability: Durability,
+    idempotency_key: u128,
+) -> Result<Vec<OpResult>, ClientError> {
+    check_keys(ops)?;
+    check_one_frame(ops.len())?;
+    let Some(first) = ops.first() else {
+        return Ok(Vec::new());
+    };
+    let chunk = Chunk {
+        op_indices: (0..ops.len()).collect(),
+        idempotency_key: Some(idempotency_key),
+        mutates: ops.iter().any(Op::is_mutation),
+        written: false,
+        send_count: 0,
+        retry_safe: true,
+        request_id: 0,
+        retries_used: 0,
+    };
+    let queue = CoreQueue {
+        core: client.route(first.key()),
+        chunks: vec![chunk],
+        sent: 0,
+        received: 0,
+        failure_count: 0,
+    };
+    run(client, ops, durability, vec![queue])
+}
+
+/// Checks a batch with a caller's idempotency key fits the one frame it must be sent in.
+pub(crate) fn check_one_frame(op_count: usize) -> Result<(), ClientError> {
+    if op_count > BATCH_OPS_MAX {
+        return Err(ClientError::Encode(ProtocolError::BatchTooLarge {
+            count: op_count as u64,
+            max: BATCH_OPS_MAX,
+        }));
+    }
+    Ok(())
+}
+
+/// Sends the planned frames, resending and re-routing as the module docs say, and
+/// returns one result per operation, in order.
+fn run<K: AsRef<[u8]>>(
+    client: &mut Client,
+    ops: &[Op<K>],
+    durability: Durability,
+    queues: Vec<CoreQueue>,
+) -> Result<Vec<OpResult>, ClientError> {
     let mut run = Run {
         deadline: Instant::now() + client.config().call_timeout,
-        queues: plan(client, ops, ops_per_frame),
+        queues,
         answered_mutations: false,
     };
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
@@ -169,6 +236,7 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
                     idempotency_key,
                     mutates,
                     written: false,
+                    send_count: 0,
                     retry_safe,
                     request_id: 0,
                     retries_used: 0,
@@ -234,6 +302,7 @@ fn encode_window<K: AsRef<[u8]>>(
         }
         writer.finish().map_err(ClientError::Encode)?;
         chunk.written = true;
+        chunk.send_count += 1;
         in_flight_ops += chunk.op_indices.len();
         queue.sent += 1;
     }
@@ -321,7 +390,7 @@ fn recover<K: AsRef<[u8]>>(
     queue.failure_count += 1;
     let wait = backoff(queue.failure_count);
     let in_time = Instant::now() + wait < run.deadline;
-    if retries > 0 && (busy || error.is_transient()) && resendable && in_time {
+    if retries > 0 && (busy || error.is_lost_connection()) && resendable && in_time {
         if !free {
             for chunk in &mut queue.chunks[unanswered] {
                 chunk.retries_used += 1;
@@ -337,7 +406,11 @@ fn recover<K: AsRef<[u8]>>(
 /// Ends the call: drops every connection with unanswered frames and settles the error.
 /// The call may have been applied, so the error is [`ClientError::OutcomeUnknown`], when
 /// a frame that changes counters was sent, unless the error is the server refusing that
-/// very frame (and it is the only one).
+/// very frame (and it is the only one). A "table full" refusal
+/// ([`ClientError::NotApplied`]) of a frame sent before on another connection does not
+/// count as that: the server says it does not know the key, which it also says of a key
+/// it forgot (a restart with more keys than it recovers), so the earlier copy may have
+/// been applied.
 fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) -> ClientError {
     for queue in run
         .queues
@@ -347,10 +420,14 @@ fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) ->
         client.drop_connection(queue.core);
     }
     let definitive = error.is_definitive();
+    let resent_refusal = matches!(error, ClientError::NotApplied { .. });
     let maybe_applied = run.answered_mutations
         || run.queues.iter().enumerate().any(|(index, queue)| {
             queue.chunks.iter().enumerate().any(|(position, chunk)| {
-                let refused = definitive && index == failed && position == queue.received;
+                let refused = definitive
+                    && index == failed
+                    && position == queue.received
+                    && !(resent_refusal && chunk.send_count > 1);
                 chunk.mutates && chunk.written && !refused
             })
         });

@@ -1,23 +1,60 @@
 //! The one error type of the native client.
 //!
-//! [`ClientError::is_transient`] tells the errors after which the connection is gone
-//! (reset, closed, timed out, closed with a parting `Error` of request id 0): only those
-//! are retried, and a mutation only when it carries
-//! an idempotency key, so a retry never counts twice.
+//! What an error says about the call's effect, and what to do next:
+//! - [`ClientError::OutcomeUnknown`]: a change may have been applied. Never repeat the
+//!   call as it was (it would count again): repeat it only with the same idempotency key,
+//!   which needs a call that takes one ([`crate::Client::batch_idempotent`] and the other
+//!   `*_idempotent` calls); the crate docs show the procedure.
+//! - [`ClientError::NotApplied`]: the server refused the request before applying any of
+//!   it, for a reason that passes (its idempotency memory is full, its journal cannot take
+//!   mutations): try again later, with the same idempotency key if the call had one.
+//! - [`ClientError::Server`] and [`ClientError::Rejected`]: the server refused (nothing
+//!   applied), and the same request would be refused again.
+//! - Errors raised before anything was sent (`Resolve`, `Connect`, `InvalidKey`,
+//!   `Encode`, `InvalidConfig`, `NoSuchConnection`): nothing was applied.
+//! - The other variants, returned by a call that changes nothing (a read, `ping`,
+//!   `stats`), only say why it failed: a call that changes counters and may have reached
+//!   the server never ends with them, it ends with `OutcomeUnknown`.
 //!
-//! What an error says about the call's effect: [`ClientError::OutcomeUnknown`] says a
-//! change may have been applied; [`ClientError::Server`] and [`ClientError::Rejected`]
-//! say the server refused (nothing applied); errors raised before anything was sent
-//! (`Resolve`, `Connect`, `InvalidKey`, `Encode`, `InvalidConfig`, `NoSuchConnection`)
-//! say nothing was applied. The other variants, returned by a call that changes nothing
-//! (a read, `ping`, `stats`), only say why it failed: a call that changes counters and
-//! may have reached the server never ends with them, it ends with `OutcomeUnknown`.
+//! [`ClientError::is_transient`] tells the errors after which calling again may succeed
+//! and is safe: never `OutcomeUnknown`. Within a call, the client itself resends after a
+//! lost connection or a timeout, and a mutation only when it carries an idempotency key,
+//! so a retry never counts twice.
 
 use std::net::SocketAddr;
 
 use tally_protocol::{ErrorCode, ProtocolError};
 
 use crate::outcome::Rejection;
+
+/// How the server's message starts when it refuses a new idempotency key because the
+/// core's idempotency memory is full (`net/server`, `full_message`). The server answers
+/// it with `ServerBusy`, the code it also uses for "a request with this key is still
+/// running", and the message is all that tells the two apart.
+const TABLE_FULL_MESSAGE_PREFIX: &str = "idempotency table full";
+
+/// The error for the server's `Error` reply to a request: [`ClientError::NotApplied`]
+/// for the refusal of a new idempotency key while the idempotency memory is full (nothing
+/// applied, retry later), else [`ClientError::Server`].
+pub(crate) fn server_refusal(code: ErrorCode, message: &str) -> ClientError {
+    let refused = ClientError::Server {
+        code,
+        message: message.to_owned(),
+    };
+    if is_table_full(code, message) {
+        ClientError::NotApplied {
+            cause: Box::new(refused),
+        }
+    } else {
+        refused
+    }
+}
+
+/// Whether an `Error` reply refuses a new idempotency key because the server's
+/// idempotency memory is full (PROTOCOL.md, "Idempotency"): nothing was applied.
+pub(crate) fn is_table_full(code: ErrorCode, message: &str) -> bool {
+    code == ErrorCode::ServerBusy && message.starts_with(TABLE_FULL_MESSAGE_PREFIX)
+}
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +123,30 @@ pub enum ClientError {
     /// sent (or partly sent) and no answer to it came back before retries or the call's
     /// deadline ran out (the connection was lost, the reply timed out, the server went
     /// away and a reconnect was refused), or part of a batch was applied while another
-    /// part failed, or the server answered `Status::Unavailable` (applied in memory, maybe
-    /// not journaled). `cause` is the last error seen. Never read it as "not applied":
-    /// do not simply repeat the call (it would count again). A call made with an
-    /// idempotency key can be repeated with the same key: the server then applies only
-    /// what the first attempt did not, and answers `Unavailable` again until it knows
-    /// (PROTOCOL.md, "Idempotency"). Without a key, read the counter to find out.
+    /// part failed, or the server answered `Status::Unavailable` with detail 0 (applied in
+    /// memory, maybe not journaled). `cause` is the last error seen. Never read it as
+    /// "not applied", and do not simply repeat the call: it would count again. A call
+    /// made with a caller's idempotency key ([`crate::Client::batch_idempotent`],
+    /// [`crate::Client::incr_idempotent`], ...) can be repeated with the same key and the
+    /// same operations: the server then applies only what the first attempt did not, and
+    /// returns the first attempt's results for the rest (PROTOCOL.md, "Idempotency").
+    /// Calls without a caller's key used a key of their own that is gone with the call.
+    /// [`ClientError::is_transient`] is false for it.
     #[error("outcome unknown, the request may have been applied: {cause}")]
     OutcomeUnknown {
+        #[source]
+        cause: Box<ClientError>,
+    },
+    /// The server refused the request before applying any of it, for a reason that
+    /// passes: a new idempotency key while its idempotency memory is full (`ServerBusy`,
+    /// "idempotency table full"), or a mutation while its journal cannot take one
+    /// (`Status::Unavailable` with detail 1). Nothing of the request was applied. Call
+    /// again later; a call made with a caller's idempotency key must be called again with
+    /// the same key (and operations), as after [`ClientError::OutcomeUnknown`]. The
+    /// client does not resend it within the call: the server would refuse it again until
+    /// keys leave its window or the journal recovers. `cause` is the server's answer.
+    #[error("not applied, retry later: {cause}")]
+    NotApplied {
         #[source]
         cause: Box<ClientError>,
     },
@@ -119,22 +172,28 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// Whether trying again later may succeed: the connection was lost or timed out, a
-    /// connect was refused, or the outcome is unknown. After such an error a request that
-    /// changes counters may or may not have been applied (unless nothing was sent:
-    /// `Connect` from a call that sent nothing), and resending it is safe only with the
-    /// same idempotency key, which the client does itself within
-    /// [`crate::ClientConfig::retries`] and the call's deadline. A parting error counts
-    /// when a new connection may fare better (timeout, busy, shutting down), not when the
-    /// same bytes would be refused again (a frame too large, an unsupported version).
+    /// Whether calling again later may succeed, and is safe: the connection was lost or
+    /// timed out or a connect was refused, in a call that changed nothing (a mutation that
+    /// may have reached the server ends with [`ClientError::OutcomeUnknown`] instead), or
+    /// the server refused the request for a passing reason ([`ClientError::NotApplied`]).
+    /// False for `OutcomeUnknown`: calling again counts twice, unless the call is repeated
+    /// with the same idempotency key (see the crate docs), which a generic "retry if
+    /// transient" loop does not do. A parting error counts when a new connection may fare
+    /// better (timeout, busy, shutting down), not when the same bytes would be refused
+    /// again (a frame too large, an unsupported version).
     pub fn is_transient(&self) -> bool {
+        self.is_lost_connection() || matches!(self, ClientError::NotApplied { .. })
+    }
+
+    /// Whether the connection that raised this error was lost or timed out (or could not
+    /// be opened): what the client itself resends after, within a call.
+    pub(crate) fn is_lost_connection(&self) -> bool {
         match self {
             ClientError::Connect { .. }
             | ClientError::Io { .. }
             | ClientError::Closed { .. }
             | ClientError::Timeout { .. }
-            | ClientError::ShardMapChanged { .. }
-            | ClientError::OutcomeUnknown { .. } => true,
+            | ClientError::ShardMapChanged { .. } => true,
             ClientError::Disconnected { code, .. } => matches!(
                 code,
                 ErrorCode::Timeout | ErrorCode::ServerBusy | ErrorCode::ShuttingDown
@@ -150,6 +209,7 @@ impl ClientError {
         match self {
             ClientError::Server { code, .. } => *code != ErrorCode::ServerBusy,
             ClientError::Rejected(_)
+            | ClientError::NotApplied { .. }
             | ClientError::InvalidKey { .. }
             | ClientError::Encode(_)
             | ClientError::NoSuchConnection { .. } => true,
@@ -191,11 +251,17 @@ impl ClientError {
     }
 }
 
-/// A refused operation; `Status::Unavailable`, whose outcome is unknown, becomes
-/// [`ClientError::OutcomeUnknown`].
+/// A refused operation: [`ClientError::Rejected`], except `Status::Unavailable`, which
+/// becomes [`ClientError::NotApplied`] when it was refused before it was applied
+/// ([`Rejection::is_not_applied`]) and [`ClientError::OutcomeUnknown`] otherwise.
 impl From<Rejection> for ClientError {
     fn from(rejection: Rejection) -> Self {
         let rejected = ClientError::Rejected(rejection);
+        if rejection.is_not_applied() {
+            return ClientError::NotApplied {
+                cause: Box::new(rejected),
+            };
+        }
         let maybe_applied = rejection.is_outcome_unknown();
         rejected.settle(maybe_applied)
     }
@@ -264,10 +330,56 @@ impl ClientError {
             ClientError::OutcomeUnknown { cause } => ClientError::OutcomeUnknown {
                 cause: Box::new(cause.replicate()),
             },
+            ClientError::NotApplied { cause } => ClientError::NotApplied {
+                cause: Box::new(cause.replicate()),
+            },
             ClientError::NoSuchConnection { index, count } => ClientError::NoSuchConnection {
                 index: *index,
                 count: *count,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_protocol::ErrorCode;
+
+    use super::{server_refusal, ClientError};
+
+    /// The server's message for a new key refused by a full idempotency memory
+    /// (`net/server` `full_message`), and for a retry whose first copy still runs.
+    const TABLE_FULL: &str = "idempotency table full: the core holding this key remembers \
+        its limit of 20 keys (tallyd --idempotency-max-keys), all inside the 600 s window; \
+        nothing applied, retry later with the same key";
+    const STILL_RUNNING: &str = "a request with this idempotency key is still running; retry";
+
+    #[test]
+    fn a_full_idempotency_table_is_not_applied_and_not_busy() {
+        let error = server_refusal(ErrorCode::ServerBusy, TABLE_FULL);
+        assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+        assert!(!error.is_busy(), "not resent as a copy still running");
+        assert!(error.is_definitive());
+        assert!(error.is_transient());
+        assert!(!error.is_lost_connection(), "not resent within the call");
+        assert!(error.to_string().starts_with("not applied"), "{error}");
+    }
+
+    #[test]
+    fn a_retry_still_running_stays_busy() {
+        let error = server_refusal(ErrorCode::ServerBusy, STILL_RUNNING);
+        assert!(error.is_busy(), "{error:?}");
+        assert!(!error.is_definitive());
+        let settled = error.settle(true);
+        assert!(matches!(settled, ClientError::OutcomeUnknown { .. }));
+        assert!(!settled.is_transient(), "a retry loop must not repeat it");
+    }
+
+    #[test]
+    fn other_refusals_are_server_errors() {
+        let error = server_refusal(ErrorCode::IdempotencyKeyReused, TABLE_FULL);
+        assert!(matches!(error, ClientError::Server { .. }), "{error:?}");
+        assert!(error.is_definitive());
+        assert!(!error.is_transient());
     }
 }

@@ -2,10 +2,14 @@
 //!
 //! A rejection is the server saying "no" to one operation (a bound, an overflow, an
 //! invalid key); the counter is unchanged and the other operations of the batch are not
-//! affected. The one exception is [`Status::Unavailable`]: the server applied the
-//! operation in memory but could not make it durable, so whether it counts after a
-//! restart is unknown ([`Rejection::is_outcome_unknown`]); a single-operation call reports
-//! it as [`crate::ClientError::OutcomeUnknown`]. A rejection is distinct from
+//! affected. The one exception is [`Status::Unavailable`] with detail 0: the server
+//! applied the operation in memory but could not make it durable, so whether it counts
+//! after a restart is unknown ([`Rejection::is_outcome_unknown`]); a single-operation call
+//! reports it as [`crate::ClientError::OutcomeUnknown`]. `Unavailable` with detail 1
+//! ([`UNAVAILABLE_NOT_APPLIED`]) is a refusal before the operation was applied (the
+//! journal is degraded or failed): nothing changed, and the operation may be sent again
+//! later ([`Rejection::is_not_applied`]); a single-operation call reports it as
+//! [`crate::ClientError::NotApplied`]. A rejection is distinct from
 //! [`crate::ClientError`], which is about the call failing.
 
 use tally_protocol::{OpReply, Status};
@@ -22,8 +26,13 @@ pub struct Outcome {
     pub clamped: bool,
 }
 
+/// The detail of a [`Status::Unavailable`] result refused before it was applied (the
+/// journal degraded or failed): nothing changed. Detail 0 is "outcome unknown".
+pub const UNAVAILABLE_NOT_APPLIED: i64 = 1;
+
 /// An operation the server refused; nothing changed, unless the status is
-/// [`Status::Unavailable`] (see [`Rejection::is_outcome_unknown`]).
+/// [`Status::Unavailable`] with a detail other than [`UNAVAILABLE_NOT_APPLIED`] (see
+/// [`Rejection::is_outcome_unknown`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
 #[error("{}", describe(*status, *detail))]
 pub struct Rejection {
@@ -34,11 +43,22 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    /// Whether the operation may have been applied after all: `Unavailable` means it was
-    /// applied in memory and its journal record may or may not have reached the disk
-    /// (`net/PROTOCOL.md`). Every other status means the counter is unchanged.
+    /// Whether the operation may have been applied after all: `Unavailable` (other than
+    /// with detail [`UNAVAILABLE_NOT_APPLIED`]) means it was applied in memory and its
+    /// journal record may or may not have reached the disk (`net/PROTOCOL.md`). Every
+    /// other status means the counter is unchanged. In a batch sent with an idempotency
+    /// key, send the batch again with the same key: the server then runs only the
+    /// operations that were `Unavailable`.
     pub fn is_outcome_unknown(&self) -> bool {
-        self.status == Status::Unavailable
+        self.status == Status::Unavailable && !self.is_not_applied()
+    }
+
+    /// Whether the server refused the operation before applying it for a reason that
+    /// passes (`Unavailable` with detail [`UNAVAILABLE_NOT_APPLIED`]: its journal is
+    /// degraded or failed): nothing changed, and sending it again later may succeed (in a
+    /// batch with an idempotency key, send the whole batch again with the same key).
+    pub fn is_not_applied(&self) -> bool {
+        self.status == Status::Unavailable && self.detail == UNAVAILABLE_NOT_APPLIED
     }
 }
 
@@ -58,6 +78,9 @@ fn describe(status: Status, detail: i64) -> String {
         Status::NotOwned => format!("partition {detail} is not owned by the core that was asked"),
         Status::StorageFull => {
             "storage full: the server could not grow its store or make room for this key".to_owned()
+        }
+        Status::Unavailable if detail == UNAVAILABLE_NOT_APPLIED => {
+            "unavailable: the server's journal cannot take mutations now (not applied)".to_owned()
         }
         Status::Unavailable => {
             "unavailable: the server could not make the operation durable (outcome unknown)"
@@ -83,5 +106,59 @@ pub(crate) fn from_reply(reply: OpReply) -> OpResult {
             status: reply.status,
             detail: reply.value,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tally_protocol::{decode_reply, encode_batch_reply, OpReply, Reply, Status};
+
+    use super::{from_reply, OpResult, Rejection, UNAVAILABLE_NOT_APPLIED};
+    use crate::ClientError;
+
+    /// Encodes one `Unavailable` result with `detail`, decodes the reply as the client
+    /// does, and returns the result and the error a single-operation call ends with.
+    fn unavailable(detail: i64) -> (OpResult, ClientError) {
+        let wire = OpReply {
+            status: Status::Unavailable,
+            existed: false,
+            clamped: false,
+            value: detail,
+        };
+        let mut frame = Vec::new();
+        encode_batch_reply(&mut frame, 7, &[wire]).expect("one result fits a frame");
+        let decoded = decode_reply(&frame)
+            .expect("a well-formed frame")
+            .expect("a whole frame");
+        let Ok(Reply::BatchReply(reply)) = decoded.reply else {
+            panic!("a batch reply");
+        };
+        let result = from_reply(reply.results().next().expect("one result"));
+        let rejection: Rejection = result.expect_err("Unavailable is a rejection");
+        (result, ClientError::from(rejection))
+    }
+
+    #[test]
+    fn unavailable_detail_1_is_not_applied() {
+        let (result, error) = unavailable(UNAVAILABLE_NOT_APPLIED);
+        let rejection = result.expect_err("a rejection");
+        assert!(rejection.is_not_applied());
+        assert!(!rejection.is_outcome_unknown());
+        assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+        assert!(error.is_transient());
+        assert!(error.to_string().contains("not applied"), "{error}");
+    }
+
+    #[test]
+    fn unavailable_detail_0_is_outcome_unknown() {
+        let (result, error) = unavailable(0);
+        let rejection = result.expect_err("a rejection");
+        assert!(rejection.is_outcome_unknown());
+        assert!(!rejection.is_not_applied());
+        assert!(
+            matches!(error, ClientError::OutcomeUnknown { .. }),
+            "{error:?}"
+        );
+        assert!(!error.is_transient());
     }
 }

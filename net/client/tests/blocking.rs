@@ -214,7 +214,7 @@ fn lost_reply_of_a_batch_is_retried_per_core() {
 }
 
 #[test]
-fn without_retries_a_lost_reply_is_a_transient_error() {
+fn without_retries_a_lost_reply_is_an_unknown_outcome_not_a_transient_error() {
     let server = FakeServer::start(1, 4);
     let config = ClientConfig {
         retries: 0,
@@ -223,7 +223,15 @@ fn without_retries_a_lost_reply_is_a_transient_error() {
     let mut client = Client::connect_with(server.main_addr, config).unwrap();
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     let error = client.incr("views", 1).unwrap_err();
-    assert!(error.is_transient(), "{error:?}");
+    // It was applied: a "retry if transient" loop must not repeat it under a new key.
+    let ClientError::OutcomeUnknown { cause } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(!error.is_transient(), "{error:?}");
+    assert!(
+        cause.is_transient(),
+        "the cause is a lost connection: {cause:?}"
+    );
     assert_eq!(server.value("views"), Some(1));
     assert_eq!(
         client.incr("views", 1).unwrap(),

@@ -310,3 +310,78 @@ async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_
     assert_unknown_after_refusal(&client.batch(&ops).await.unwrap_err());
     wait_for_value(&server, ops[0].key(), 1);
 }
+
+/// A new key refused because the server's idempotency memory is full: nothing applied,
+/// said at once, not resent until the deadline.
+#[test]
+fn blocking_a_new_key_refused_as_table_full_is_not_applied_at_once() {
+    let server = FakeServer::start(1, 4);
+    let mut client =
+        Client::connect_with(server.main_addr, with_call_timeout(Duration::from_secs(5))).unwrap();
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let error = client.incr("like", 1).unwrap_err();
+    assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(server.value("like"), None);
+    assert_eq!(
+        client.incr("like", 1).unwrap(),
+        1,
+        "the next call goes through"
+    );
+}
+
+#[tokio::test]
+async fn async_a_new_key_refused_as_table_full_is_not_applied_at_once() {
+    let server = FakeServer::start(1, 4);
+    let config = with_call_timeout(Duration::from_secs(5));
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(server.value("like"), None);
+}
+
+/// A resend refused as "table full" after its first copy was applied: the server does not
+/// know the key (it forgot it), so the call may have been applied.
+#[test]
+fn blocking_a_resend_refused_as_table_full_is_of_unknown_outcome() {
+    let server = FakeServer::start(1, 4);
+    let mut client =
+        Client::connect_with(server.main_addr, with_call_timeout(Duration::from_secs(5))).unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server.state.full_on_known_key.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    let ClientError::OutcomeUnknown { cause } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        matches!(**cause, ClientError::NotApplied { .. }),
+        "{cause:?}"
+    );
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_resend_refused_as_table_full_is_of_unknown_outcome() {
+    let server = FakeServer::start(1, 4);
+    let config = with_call_timeout(Duration::from_secs(5));
+    let client = AsyncClient::connect_with(server.main_addr, config)
+        .await
+        .unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    server.state.full_on_known_key.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).await.unwrap_err();
+    let ClientError::OutcomeUnknown { cause } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        matches!(**cause, ClientError::NotApplied { .. }),
+        "{cause:?}"
+    );
+    assert_eq!(server.value("like"), Some(1));
+}

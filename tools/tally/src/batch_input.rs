@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! incr KEY [DELTA] [--clamp]      decr KEY [DELTA] [--clamp]      set KEY VALUE [--clamp]
-//! get KEY      del KEY      exists KEY      bounds KEY [--floor N] [--ceiling N]
+//! get KEY      del KEY      exists KEY      bounds KEY [--floor N] [--ceiling N] | --clear
 //! ```
 //!
 //! `--clamp` applies as much of an addition or a set as the counter's bounds allow instead
@@ -164,15 +164,33 @@ fn counter_op(
     Ok(op)
 }
 
+/// `bounds KEY [--floor N] [--ceiling N] | --clear`: at least one of them, so a line that
+/// names no bound is refused instead of clearing both.
 fn parse_bounds(key: Vec<u8>, arguments: &[&str]) -> Result<Op, String> {
-    let (mut floor, mut ceiling) = (None, None);
-    let mut pairs = arguments.chunks(2);
-    for pair in &mut pairs {
-        match pair {
-            ["--floor", value] => floor = Some(number(value)?),
-            ["--ceiling", value] => ceiling = Some(number(value)?),
-            _ => return Err("bounds takes --floor N and --ceiling N".to_owned()),
-        }
+    const USAGE: &str = "bounds takes --floor N and/or --ceiling N (an omitted one is \
+                         cleared), or --clear alone to remove both";
+    let (mut floor, mut ceiling, mut clear) = (None, None, false);
+    let mut rest = arguments;
+    while !rest.is_empty() {
+        rest = match rest {
+            ["--floor", value, tail @ ..] if floor.is_none() => {
+                floor = Some(number(value)?);
+                tail
+            }
+            ["--ceiling", value, tail @ ..] if ceiling.is_none() => {
+                ceiling = Some(number(value)?);
+                tail
+            }
+            ["--clear", tail @ ..] if !clear => {
+                clear = true;
+                tail
+            }
+            _ => return Err(USAGE.to_owned()),
+        };
+    }
+    let named = floor.is_some() || ceiling.is_some();
+    if named == clear {
+        return Err(USAGE.to_owned());
     }
     Ok(Op::SetBounds {
         key,
@@ -248,7 +266,7 @@ mod tests {
             })
         );
         assert_eq!(
-            op("bounds a"),
+            op("bounds a --clear"),
             Ok(Op::SetBounds {
                 key: b"a".to_vec(),
                 floor: None,
@@ -288,6 +306,10 @@ mod tests {
         assert!(reason("incr a --clmp").contains("unknown option --clmp"));
         assert!(reason(&format!("get {}", "k".repeat(256))).contains("256 bytes"));
         assert!(op("bounds a --floor").is_err());
+        // Naming no bound would clear both: it takes --clear, alone.
+        assert!(op("bounds a").is_err());
+        assert!(op("bounds a --clear --floor 0").is_err());
+        assert!(op("bounds a --floor 0 --floor 1").is_err());
         assert!(op("decr a -9223372036854775808").is_err());
     }
 

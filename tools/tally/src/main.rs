@@ -2,9 +2,16 @@
 //!
 //! One operation per invocation (`incr`, `decr`, `get`, `set`, `del`, `exists`, `bounds`),
 //! or many with `batch`, which reads one operation per line from stdin and sends them in
-//! frames of up to 10,000 after checking every line. Output is a plain value for people, or one JSON object per
-//! result with `--json`. Exit status: 0 success, 1 an operation was rejected (a bound, an
-//! overflow, ...), 2 the call failed (connection, server error, bad input).
+//! frames of up to 10,000 after checking every line. Output is a plain value for people,
+//! or one JSON object per result with `--json`, whose `outcome` says whether the change
+//! took effect: `applied`, `not_applied` or `unknown`.
+//!
+//! Exit status ([`EXIT_STATUS_HELP`]): 0 success, 1 an operation was refused (a bound, an
+//! overflow, ...; not applied), 2 the call failed and applied nothing (connection, server
+//! error, bad input, a server asking to retry later), 3 the outcome is unknown: a change
+//! may have been applied. A change sent as one request (a single command, or a batch of
+//! at most 10,000 operations) carries an idempotency key, printed when the call fails:
+//! running the same command again with `--idempotency-key KEY` applies it at most once.
 
 mod batch_input;
 mod output;
@@ -19,10 +26,25 @@ use tally_client::{BoundPolicy, Client, ClientConfig, ClientError, Durability, O
 use crate::batch_input::Request;
 use crate::output::{Printer, Verdict};
 
-/// Exit status when an operation was rejected.
+/// Exit status when an operation was refused (not applied).
 const EXIT_REJECTED: u8 = 1;
-/// Exit status when the call failed.
+/// Exit status when the call failed and nothing of it was applied.
 const EXIT_FAILED: u8 = 2;
+/// Exit status when a change may or may not have been applied.
+const EXIT_OUTCOME_UNKNOWN: u8 = 3;
+
+/// The exit statuses, for `tally --help`.
+const EXIT_STATUS_HELP: &str = "Exit status:
+  0  success
+  1  an operation was refused (a bound, an overflow, ...): it was not applied
+  2  the call failed and applied nothing (connection refused, bad input, a server error,
+     a server asking to retry later): running it again is safe
+  3  outcome unknown: a change may have been applied (no answer in time, or the server
+     could not make it durable). Do not simply run it again, it may count twice: run it
+     again with --idempotency-key KEY (the key printed with the error), which applies it
+     at most once, or read the value to find out.
+With --json every result and failure has \"outcome\": \"applied\", \"not_applied\" or
+\"unknown\" (and \"idempotency_key\" when a failed change carried one).";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,7 +52,7 @@ const EXIT_FAILED: u8 = 2;
     version,
     about = "Talk to a running tallyd: counters from the shell and from scripts"
 )]
-#[command(after_help = "Exit status: 0 success, 1 an operation was rejected, 2 the call failed.")]
+#[command(after_help = EXIT_STATUS_HELP)]
 struct Cli {
     /// The server's main address.
     #[arg(long, default_value = "127.0.0.1:7878", global = true)]
@@ -45,6 +67,12 @@ struct Cli {
     /// change that may have been applied is then reported as an unknown outcome).
     #[arg(long, default_value_t = 5000, global = true)]
     timeout_ms: u64,
+    /// Send a change under this idempotency key (32 hex digits) instead of a new one:
+    /// the key a failed run printed, to run the same command again and have it applied at
+    /// most once (within the server's idempotency window, 10 minutes by default). Only
+    /// with the same operations: another command under it is refused.
+    #[arg(long, value_parser = parse_idempotency_key, global = true)]
+    idempotency_key: Option<u128>,
     #[command(subcommand)]
     command: Command,
 }
@@ -91,17 +119,26 @@ enum Command {
         #[arg(long)]
         clamp: bool,
     },
-    /// Delete the counter.
+    /// Delete the counter, with its bounds: a later incr or set recreates it without a
+    /// floor or ceiling (set them again with `tally bounds`).
     Del { key: String },
     /// Print whether the counter exists.
     Exists { key: String },
-    /// Set the floor and ceiling (an omitted bound is cleared).
+    /// Set the floor and ceiling: give --floor, --ceiling or both (an omitted one is
+    /// cleared), or --clear to remove both. There is no way to read a counter's bounds.
+    #[command(group(clap::ArgGroup::new("bound").required(true).multiple(true)
+        .args(["floor", "ceiling", "clear"])))]
     Bounds {
         key: String,
+        /// The lowest value the counter may take.
         #[arg(long, allow_negative_numbers = true)]
         floor: Option<i64>,
+        /// The highest value the counter may take.
         #[arg(long, allow_negative_numbers = true)]
         ceiling: Option<i64>,
+        /// Remove both bounds.
+        #[arg(long, conflicts_with_all = ["floor", "ceiling"])]
+        clear: bool,
     },
     /// Read operations from stdin, one per line, and print one result per line.
     #[command(long_about = BATCH_HELP)]
@@ -118,7 +155,7 @@ per line (KEY<TAB>VALUE, or one JSON object per line with --json).
 
 Lines:
   incr KEY [DELTA] [--clamp]     decr KEY [DELTA] [--clamp]     set KEY VALUE [--clamp]
-  get KEY     del KEY     exists KEY     bounds KEY [--floor N] [--ceiling N]
+  get KEY     del KEY     exists KEY     bounds KEY [--floor N] [--ceiling N] | --clear
 
 --clamp applies as much as the counter's bounds allow instead of refusing (the result \
 says \"(clamped)\"). Blank lines are skipped; a word starting with \"#\" begins a comment \
@@ -128,7 +165,10 @@ All of stdin is read and checked first: if any line is bad, nothing is applied, 
 line is reported (line number and reason) and the exit status is 2. Up to 10,000 \
 operations go in one request; a longer input is split into requests of 10,000 sent one \
 after another, and each request is applied separately: if one fails (a lost connection, \
-say), the requests before it have been applied and the ones after it have not.";
+say), the requests before it have been applied and the ones after it have not. Up to \
+10,000 operations, the one request carries an idempotency key (--idempotency-key, or a new \
+one, printed if the call fails) so that the same input run again under that key is \
+applied at most once.";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -136,11 +176,25 @@ fn main() -> ExitCode {
     match run(&cli, &mut printer) {
         Ok(Verdict::AllApplied) => ExitCode::SUCCESS,
         Ok(Verdict::SomeRejected) => ExitCode::from(EXIT_REJECTED),
+        Ok(Verdict::SomeUnknown) => ExitCode::from(EXIT_OUTCOME_UNKNOWN),
         Err(error) => {
             printer.failure(&error);
-            ExitCode::from(EXIT_FAILED)
+            if error.is_outcome_unknown() {
+                ExitCode::from(EXIT_OUTCOME_UNKNOWN)
+            } else {
+                ExitCode::from(EXIT_FAILED)
+            }
         }
     }
+}
+
+/// `--idempotency-key`: 1 to 32 hex digits.
+fn parse_idempotency_key(text: &str) -> Result<u128, String> {
+    let hex = text.strip_prefix("0x").unwrap_or(text);
+    if hex.is_empty() || hex.len() > 32 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err("an idempotency key is 1 to 32 hex digits".to_owned());
+    }
+    u128::from_str_radix(hex, 16).map_err(|error| error.to_string())
 }
 
 fn config(cli: &Cli) -> ClientConfig {
@@ -170,7 +224,7 @@ fn run(cli: &Cli, printer: &mut Printer) -> Result<Verdict, CliError> {
             if parsed.bad_line_count > 0 {
                 return Err(CliError::BadLines(parsed));
             }
-            run_batch(&mut connect()?, printer, &parsed.requests)
+            run_batch(cli, &mut connect()?, printer, &parsed.requests)
         }
         Command::Ping => {
             connect()?.ping()?;
@@ -183,9 +237,50 @@ fn run(cli: &Cli, printer: &mut Printer) -> Result<Verdict, CliError> {
         }
         command => {
             let request = single_request(command).map_err(CliError::Input)?;
-            let results = connect()?.batch(std::slice::from_ref(&request.op))?;
-            Ok(printer.result(&request, &results[0], false))
+            let requests = std::slice::from_ref(&request);
+            let idempotency_key = request_key(cli, requests)?;
+            let ops = [request.op.clone()];
+            let results = send(&mut connect()?, &ops, idempotency_key)?;
+            let verdict = printer.result(&request, &results[0], false);
+            advise_on_unknown(verdict, idempotency_key);
+            Ok(verdict)
         }
+    }
+}
+
+/// The idempotency key for `requests` sent as one request: `--idempotency-key`, or a new
+/// one if they change counters; none for reads. `--idempotency-key` with more operations
+/// than one request holds is bad input.
+fn request_key(cli: &Cli, requests: &[Request]) -> Result<Option<u128>, CliError> {
+    if requests.len() > tally_protocol::BATCH_OPS_MAX {
+        return match cli.idempotency_key {
+            Some(_) => Err(CliError::Input(format!(
+                "--idempotency-key takes at most {} operations (one request), not {}",
+                tally_protocol::BATCH_OPS_MAX,
+                requests.len()
+            ))),
+            None => Ok(None),
+        };
+    }
+    let mutates = requests.iter().any(|request| request.op.is_mutation());
+    Ok(cli
+        .idempotency_key
+        .or_else(|| mutates.then(tally_client::random_idempotency_key)))
+}
+
+/// Sends `ops`, as one request under `idempotency_key` if there is one; a failure keeps
+/// the key, so the user can run the command again under it.
+fn send(
+    client: &mut Client,
+    ops: &[Op],
+    idempotency_key: Option<u128>,
+) -> Result<Vec<tally_client::OpResult>, CliError> {
+    let durability = client.config().durability;
+    match idempotency_key {
+        Some(key) => client
+            .batch_idempotent(ops, durability, key)
+            .map_err(|error| CliError::Keyed(error, key)),
+        None => Ok(client.batch(ops)?),
     }
 }
 
@@ -251,6 +346,7 @@ fn single_request(command: &Command) -> Result<Request, String> {
             key: name,
             floor,
             ceiling,
+            clear: _,
         } => (
             "bounds",
             Op::SetBounds {
@@ -264,29 +360,52 @@ fn single_request(command: &Command) -> Result<Request, String> {
     Ok(Request { verb, op })
 }
 
-/// Sends checked requests in frames of up to 10,000 operations, one frame after another.
+/// Sends checked requests in frames of up to 10,000 operations, one frame after another;
+/// up to 10,000, in one request under an idempotency key (see [`request_key`]).
 fn run_batch(
+    cli: &Cli,
     client: &mut Client,
     printer: &mut Printer,
     requests: &[Request],
 ) -> Result<Verdict, CliError> {
+    let idempotency_key = request_key(cli, requests)?;
     let mut verdict = Verdict::AllApplied;
     for chunk in requests.chunks(tally_protocol::BATCH_OPS_MAX) {
         let ops: Vec<Op> = chunk.iter().map(|request| request.op.clone()).collect();
-        let results = client.batch(&ops)?;
+        let results = send(client, &ops, idempotency_key)?;
         assert_eq!(results.len(), chunk.len(), "one result per operation");
         for (request, result) in chunk.iter().zip(&results) {
             verdict = verdict.and(printer.result(request, result, true));
         }
         printer.flush();
     }
+    advise_on_unknown(verdict, idempotency_key);
     Ok(verdict)
+}
+
+/// After an operation whose outcome is unknown (`Unavailable`), says how to repeat the
+/// request without counting twice.
+fn advise_on_unknown(verdict: Verdict, idempotency_key: Option<u128>) {
+    if verdict != Verdict::SomeUnknown {
+        return;
+    }
+    match idempotency_key {
+        Some(key) => eprintln!(
+            "tally: an operation may have been applied; run the same command with \
+             --idempotency-key {key:032x} to apply what was not, at most once"
+        ),
+        None => eprintln!(
+            "tally: an operation may have been applied; read the value before running it again"
+        ),
+    }
 }
 
 /// Why the command failed as a whole.
 #[derive(Debug)]
 pub(crate) enum CliError {
     Client(ClientError),
+    /// A request sent under this idempotency key failed.
+    Keyed(ClientError, u128),
     Input(String),
     /// `tally batch` input with bad lines; nothing was sent.
     BadLines(batch_input::Parsed),
@@ -298,10 +417,51 @@ impl From<ClientError> for CliError {
     }
 }
 
+impl CliError {
+    /// Whether a change may have been applied (exit status 3).
+    pub(crate) fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self,
+            CliError::Client(ClientError::OutcomeUnknown { .. })
+                | CliError::Keyed(ClientError::OutcomeUnknown { .. }, _)
+        )
+    }
+
+    /// The idempotency key of the request that failed, if it had one.
+    pub(crate) fn idempotency_key(&self) -> Option<u128> {
+        match self {
+            CliError::Keyed(_, key) => Some(*key),
+            _ => None,
+        }
+    }
+
+    /// What to do next, for a person: after an unknown outcome, how not to count twice.
+    pub(crate) fn advice(&self) -> Option<String> {
+        let key = self.idempotency_key();
+        match (self.is_outcome_unknown(), key) {
+            (true, Some(key)) => Some(format!(
+                "the change may have been applied; do not simply run it again (it could \
+                 count twice): run the same command with --idempotency-key {key:032x} \
+                 to apply it at most once"
+            )),
+            (true, None) => Some(
+                "the change may have been applied; do not simply run it again (it could \
+                 count twice): read the value to find out"
+                    .to_owned(),
+            ),
+            (false, Some(key)) => Some(format!(
+                "nothing was applied; to try again, run the same command (with \
+                 --idempotency-key {key:032x} it is applied at most once)"
+            )),
+            (false, None) => None,
+        }
+    }
+}
+
 impl std::fmt::Display for CliError {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            CliError::Client(error) => write!(formatter, "{error}"),
+            CliError::Client(error) | CliError::Keyed(error, _) => write!(formatter, "{error}"),
             CliError::Input(message) => write!(formatter, "{message}"),
             CliError::BadLines(parsed) => {
                 let count = parsed.bad_line_count;

@@ -5,8 +5,12 @@
 //! A rejected operation goes to stderr for a single command and stays on stdout (as
 //! `KEY<TAB>error: ...`) in batch, keeping one output line per input line.
 //!
-//! JSON: `{"op","key","ok":true,"value","existed","clamped"}` or
-//! `{"op","key","ok":false,"status","detail","error"}`; `op` is the verb the user wrote.
+//! JSON: `{"op","key","ok":true,"outcome":"applied","value","existed","clamped"}` or
+//! `{"op","key","ok":false,"outcome","status","detail","error"}`; `op` is the verb the
+//! user wrote. A failed call is `{"ok":false,"outcome","error"}`, with `"idempotency_key"`
+//! (32 hex digits) when the request carried one. `outcome` is whether the change took
+//! effect: `applied`, `not_applied`, or `unknown` (it may have been applied: a call that
+//! ended without an answer, or a `Status::Unavailable` result with detail 0).
 //!
 //! Statistics: one row per statistic with a column per core and a `total` column (plain),
 //! or one JSON object of the totals with a `per_core` array of every core's own object
@@ -28,20 +32,20 @@ const STATS_PER_CORE_ONLY: [&str; 2] = ["core", "journal_durable_lsn"];
 /// Statistics that are server-wide, the same on every core: the total is the value.
 const STATS_SERVER_WIDE: [&str; 3] = ["cores", "partitions", "connections_open"];
 
-/// Whether every operation was applied.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Whether every operation was applied; the variants are in order of severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Verdict {
     AllApplied,
+    /// Some operation was refused (not applied).
     SomeRejected,
+    /// Some operation may or may not have been applied (`Unavailable`, detail 0).
+    SomeUnknown,
 }
 
 impl Verdict {
+    /// The verdict of two parts: the more severe.
     pub(crate) fn and(self, other: Verdict) -> Verdict {
-        if self == Verdict::SomeRejected {
-            self
-        } else {
-            other
-        }
+        self.max(other)
     }
 }
 
@@ -90,14 +94,21 @@ impl Printer {
                 } else {
                     human
                 };
-                let json = json!({"op": verb, "key": key, "ok": true, "value": outcome.value,
-                    "existed": outcome.existed, "clamped": outcome.clamped});
+                let json = json!({"op": verb, "key": key, "ok": true, "outcome": "applied",
+                    "value": outcome.value, "existed": outcome.existed,
+                    "clamped": outcome.clamped});
                 self.line(&human, &json);
                 Verdict::AllApplied
             }
             Err(rejection) => {
-                let json = json!({"op": verb, "key": key, "ok": false, "status": rejection.status.name(),
-                    "detail": rejection.detail, "error": rejection.to_string()});
+                let (outcome, verdict) = if rejection.is_outcome_unknown() {
+                    ("unknown", Verdict::SomeUnknown)
+                } else {
+                    ("not_applied", Verdict::SomeRejected)
+                };
+                let json = json!({"op": verb, "key": key, "ok": false, "outcome": outcome,
+                    "status": rejection.status.name(), "detail": rejection.detail,
+                    "error": rejection.to_string()});
                 if self.json {
                     write_stdout(&json.to_string());
                 } else if with_key {
@@ -105,7 +116,7 @@ impl Printer {
                 } else {
                     eprintln!("tally: {key}: {rejection}");
                 }
-                Verdict::SomeRejected
+                verdict
             }
         }
     }
@@ -160,9 +171,21 @@ impl Printer {
             }
         }
         if self.json {
-            write_stdout(&json!({"ok": false, "error": error.to_string()}).to_string());
+            let outcome = if error.is_outcome_unknown() {
+                "unknown"
+            } else {
+                "not_applied"
+            };
+            let mut json = json!({"ok": false, "outcome": outcome, "error": error.to_string()});
+            if let Some(key) = error.idempotency_key() {
+                json["idempotency_key"] = json!(format!("{key:032x}"));
+            }
+            write_stdout(&json.to_string());
         }
         eprintln!("tally: {error}");
+        if let Some(advice) = error.advice() {
+            eprintln!("tally: {advice}");
+        }
     }
 
     pub(crate) fn flush(&mut self) {

@@ -6,6 +6,7 @@ mod fake_server;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
 
 use fake_server::FakeServer;
 
@@ -170,4 +171,95 @@ fn connection_refused_exits_2_and_says_so() {
         message.starts_with(&format!("tally: cannot connect to {free}:")),
         "{message}"
     );
+}
+
+#[test]
+fn bounds_without_a_bound_is_refused_and_clears_nothing() {
+    let server = FakeServer::start(1, 4);
+    assert!(tally(&server, &["bounds", "likes", "--floor", "0"], "")
+        .status
+        .success());
+    // Before, this printed "bounds set" and removed the floor.
+    let output = tally(&server, &["bounds", "likes"], "");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("--clear"), "{}", stderr(&output));
+    let output = tally(&server, &["decr", "likes"], "");
+    assert_eq!(output.status.code(), Some(1), "the floor is still there");
+    let output = tally(&server, &["batch"], "bounds likes\n");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let output = tally(&server, &["bounds", "likes", "--clear", "--floor", "0"], "");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let output = tally(&server, &["bounds", "likes", "--clear"], "");
+    assert_eq!(stdout(&output), "bounds set (value 0)\n");
+    assert_eq!(stdout(&tally(&server, &["decr", "likes"], "")), "-1\n");
+}
+
+#[test]
+fn del_help_says_the_bounds_go_with_the_counter() {
+    let server = FakeServer::start(1, 4);
+    let help = stdout(&tally(&server, &["del", "--help"], ""));
+    assert!(help.contains("with its bounds"), "{help}");
+}
+
+#[test]
+fn help_lists_every_exit_status() {
+    let server = FakeServer::start(1, 4);
+    let help = stdout(&tally(&server, &["--help"], ""));
+    for status in ["  0  ", "  1  ", "  2  ", "  3  outcome unknown"] {
+        assert!(help.contains(status), "{status:?} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn an_unanswered_change_exits_3_with_its_key_and_a_rerun_under_it_counts_once() {
+    let server = FakeServer::start(1, 4);
+    // The increment is applied, its connection dropped, and every port then refuses.
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    let closed_after_apply = &server.state.closed_ports_after_apply;
+    closed_after_apply.store(true, Ordering::SeqCst);
+    let arguments = ["--json", "--timeout-ms", "300", "incr", "likes"];
+    let output = tally(&server, &arguments, "");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let failure: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(failure["ok"], false);
+    assert_eq!(failure["outcome"], "unknown");
+    let key = failure["idempotency_key"].as_str().unwrap().to_owned();
+    assert_eq!(key.len(), 32, "{key}");
+    assert!(stderr(&output).contains(&format!("--idempotency-key {key}")));
+    // The server comes back; the rerun under the key is answered with the first result
+    // instead of counting again.
+    closed_after_apply.store(false, Ordering::SeqCst);
+    server.reopen_port(None);
+    server.reopen_port(Some(0));
+    let output = tally(&server, &["--idempotency-key", &key, "incr", "likes"], "");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "1\n");
+    assert_eq!(server.value("likes"), Some(1));
+}
+
+#[test]
+fn an_unavailable_result_exits_3_and_says_outcome_unknown() {
+    let server = FakeServer::start(1, 4);
+    let output = tally(&server, &["--json", "incr", "unavailable"], "");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let result: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(result["outcome"], "unknown");
+    assert_eq!(result["status"], "unavailable");
+    let output = tally(&server, &["batch"], "incr a\nincr unavailable\n");
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+}
+
+#[test]
+fn a_failure_that_applied_nothing_exits_2_with_outcome_not_applied() {
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tally"))
+        .args(["--addr", &free.to_string(), "--json", "incr", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let failure: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(failure["outcome"], "not_applied");
 }

@@ -7,7 +7,8 @@
 //! answer a batch with that parting error instead of applying it, or hand new
 //! connections a different shard map (as a restarted server with other cores would),
 //! answer the retry of a batch with `ServerBusy` "still running" (as tallyd does while the
-//! first copy is in group commit), report `Unavailable` for the key "unavailable" after
+//! first copy is in group commit), refuse a key as "idempotency table full", report
+//! `Unavailable` for the key "unavailable" after
 //! applying it, and close a port (refusing connections, as a stopped server does) and
 //! open it again.
 
@@ -63,6 +64,13 @@ pub struct State {
     pub busy_on_duplicate: AtomicU32,
     /// Batches answered with that `ServerBusy`.
     pub busy_replies: AtomicU64,
+    /// Answer this many batches with a new idempotency key with `ServerBusy`
+    /// "idempotency table full", applying nothing (as tallyd does when its idempotency
+    /// memory is full).
+    pub full_on_new_key: AtomicU32,
+    /// The same for batches whose key is already known (as a server that forgot the key
+    /// would).
+    pub full_on_known_key: AtomicU32,
     /// When `drop_after_apply` drops a connection, close every port too (the server went
     /// away after applying the batch).
     pub closed_ports_after_apply: AtomicBool,
@@ -311,6 +319,11 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
 }
 
 /// Takes one from a countdown; false once it is at zero.
+/// tallyd's refusal of a new idempotency key while its idempotency memory is full.
+const TABLE_FULL: &str = "idempotency table full: the core holding this key remembers its \
+    limit of 20 keys (tallyd --idempotency-max-keys), all inside the 600 s window; nothing \
+    applied, retry later with the same key";
+
 fn take_one(countdown: &AtomicU32) -> bool {
     countdown
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -355,6 +368,14 @@ fn handle(
                 .idempotency_key
                 .and_then(|key| state.idempotency.lock().unwrap().get(&key).cloned())
             {
+                Some(_) if take_one(&state.full_on_known_key) => {
+                    encode_error(out, request_id, ErrorCode::ServerBusy, TABLE_FULL);
+                    return true;
+                }
+                None if batch.idempotency_key.is_some() && take_one(&state.full_on_new_key) => {
+                    encode_error(out, request_id, ErrorCode::ServerBusy, TABLE_FULL);
+                    return true;
+                }
                 Some(_) if take_one(&state.busy_on_duplicate) => {
                     state.busy_replies.fetch_add(1, Ordering::SeqCst);
                     encode_error(
