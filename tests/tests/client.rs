@@ -463,7 +463,10 @@ fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
     let first = plain.incr(&keys[0], 1);
     let applied = i64::from(first.is_ok());
     if let Err(error) = &first {
-        assert!(error.is_transient(), "{error:?}");
+        // Sent on a connection the server had closed: never applied, though a client
+        // that saw its write accepted cannot know that (`OutcomeUnknown`).
+        let unknown = matches!(error, ClientError::OutcomeUnknown { .. });
+        assert!(error.is_transient() || unknown, "{error:?}");
     }
     assert_eq!(plain.incr(&keys[0], 1).unwrap(), 4 + applied);
 }
