@@ -325,22 +325,11 @@ impl State {
         let mut exists = self.exists[plan.exists_start..].iter();
         let mut invalid_key_count = 0usize;
         // A resumed batch's settled results, pushed between the routed ones.
-        let mut earlier = plan
-            .resumed
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .peekable();
-        let mut push_settled = |writer: &mut BatchReplyWriter<'_>| {
-            while let Some(reply) = earlier.next_if(|reply| reply.status != Status::Unavailable) {
-                writer
-                    .push(reply)
-                    .expect("a batch's reply has at most BATCH_OPS_MAX results");
-            }
-            earlier.next();
-        };
+        let mut earlier = plan.resumed.as_ref().map(|earlier| earlier.iter().peekable());
         let mut each = |result: RoutedResult| {
-            push_settled(&mut writer);
+            if let Some(earlier) = earlier.as_mut() {
+                push_settled(&mut writer, earlier);
+            }
             let exists = *exists.next().expect("one flag per operation");
             let reply = match result {
                 Some(Ok(outcome)) => to_reply(Ok(outcome), exists),
@@ -359,7 +348,9 @@ impl State {
                 .collect_waiting(core, &plan.routed, each)
                 .await;
         }
-        push_settled(&mut writer);
+        if let Some(earlier) = earlier.as_mut() {
+            push_settled(&mut writer, earlier);
+        }
         writer
             .finish()
             .expect("a batch reply always fits in a frame");
@@ -530,22 +521,24 @@ impl State {
         };
         let exists_start = self.exists.len();
         let exists = &mut self.exists;
-        // A resumed batch runs again only what was `Unavailable`.
-        let unsettled = |index: usize| {
-            resumed
-                .as_ref()
-                .is_none_or(|earlier: &Vec<OpReply>| earlier[index].status == Status::Unavailable)
+        let engine_op = |(index, op)| {
+            let (op, is_exists) = to_engine(op);
+            exists.push(is_exists);
+            (index, op)
         };
-        let ops = batch
-            .ops()
-            .enumerate()
-            .filter(|&(index, _)| unsettled(index))
-            .map(|(index, op)| {
-                let (op, is_exists) = to_engine(op);
-                exists.push(is_exists);
-                (index, op)
-            });
-        let mut routed = self.dispatch.route(core, ops, route);
+        let ops = batch.ops().enumerate();
+        let mut routed = match &resumed {
+            None => self.dispatch.route(core, ops.map(engine_op), route),
+            // A resumed batch runs again only what was `Unavailable`.
+            Some(earlier) => {
+                let unsettled = |&(index, _): &(usize, _)| {
+                    let earlier: &Vec<OpReply> = earlier;
+                    earlier[index].status == Status::Unavailable
+                };
+                let ops = ops.filter(unsettled).map(engine_op);
+                self.dispatch.route(core, ops, route)
+            }
+        };
         if self.dispatch.has_outgoing() {
             self.dispatch.send_outgoing(core, route, &mut routed).await;
         }
@@ -745,6 +738,21 @@ fn to_engine(op: OpRef<'_>) -> (Op<'_>, bool) {
 /// The detail of an `Unavailable` result whose operation was refused before it was
 /// applied (PROTOCOL.md); 0 is an unknown outcome.
 pub(crate) const UNAVAILABLE_NOT_APPLIED: i64 = 1;
+
+/// Pushes the settled results of a resumed batch up to its next `Unavailable` one,
+/// and steps over that one (the operation routed again answers it).
+#[inline(never)]
+fn push_settled(
+    writer: &mut BatchReplyWriter<'_>,
+    earlier: &mut std::iter::Peekable<std::slice::Iter<'_, OpReply>>,
+) {
+    while let Some(reply) = earlier.next_if(|reply| reply.status != Status::Unavailable) {
+        writer
+            .push(reply)
+            .expect("a batch's reply has at most BATCH_OPS_MAX results");
+    }
+    earlier.next();
+}
 
 /// The wire result for an engine result.
 fn to_reply(result: OpResult, exists: bool) -> OpReply {
