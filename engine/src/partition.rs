@@ -529,6 +529,13 @@ impl Partition {
         self.was_clean
     }
 
+    /// Takes a clean partition for one that was not closed cleanly: recovery found its
+    /// files older than its checkpoint, and restores the checkpoint instead. Its header
+    /// on disk already says `clean = 0` (see [`Partition::start`]).
+    pub(crate) fn distrust(&mut self) {
+        self.was_clean = false;
+    }
+
     #[inline]
     fn meta(&self) -> &Meta {
         // SAFETY: the meta mapping is page aligned and META_BYTES >= size_of::<Meta>() long
@@ -1539,6 +1546,15 @@ fn check_meta_bytes(
         return Err(corrupted(28, "partition header fields out of range".into()));
     }
     Ok(header)
+}
+
+/// The applied LSN recorded by the header of the checkpoint of partition `index` in
+/// `source`, checked like [`Partition::load_checkpoint`] checks it (magic, version,
+/// partition, checksum, field ranges); the data files are not read.
+pub(crate) fn checkpoint_applied_lsn(source: &Path, index: u32) -> Result<u64, EngineError> {
+    let meta_path = source.join(file_name(index, "meta"));
+    let meta_bytes = fs::read(&meta_path).map_err(io_error("read", &meta_path))?;
+    Ok(check_meta_bytes(&meta_bytes, index, &meta_path, true)?.applied_lsn)
 }
 
 /// Refuses to create partition `index`, whose header `meta_path` is missing, when the

@@ -701,6 +701,16 @@ impl Store {
             .is_some_and(Partition::was_clean)
     }
 
+    /// Takes an owned partition that was closed cleanly for one that was not, before
+    /// recovery: its files are stale (older than its checkpoint), so recovery restores
+    /// the checkpoint and replays the journal onto it. Its header on disk already says
+    /// `clean = 0` since the open.
+    pub(crate) fn distrust_partition(&mut self, partition: u32) {
+        if let Some(Some(partition)) = self.partitions.get_mut(partition as usize) {
+            partition.distrust();
+        }
+    }
+
     /// The LSN of the last journal record applied to `partition` (0 if none or not owned).
     pub fn applied_lsn(&self, partition: u32) -> u64 {
         self.owned_partition(partition)

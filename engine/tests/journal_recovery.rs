@@ -738,3 +738,88 @@ fn a_commit_lost_in_a_crash_never_trips_the_reach_check() {
             .unwrap_or_else(|e| panic!("torn commit {at_commit} ({bytes} bytes kept): {e}"));
     }
 }
+
+/// Copies partition `partition`'s files (header and data files) from `from` to `to`,
+/// removing its files in `to` first: a file-level rollback of one partition.
+fn copy_partition_files(from: &Path, to: &Path, partition: u32) {
+    let prefix = format!("p{partition:05}.");
+    for entry in std::fs::read_dir(to).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// One serving run as the server makes it: recover, apply `steps`, then a few more
+/// (after a sync, so they start a new segment), checkpoint every partition (releasing
+/// every segment but the last, which holds only those few), close cleanly.
+fn graceful_run(path: &Path, steps: std::ops::Range<u64>) -> Model {
+    let mut store = open_store(path);
+    let report = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(path, 0, small_segments(report.next_lsn)).unwrap();
+    let end = steps.end;
+    run_ops(&mut store, &mut journal, steps);
+    journal.sync().unwrap();
+    run_ops(&mut store, &mut journal, end * 7..end * 7 + 3);
+    journal.sync().unwrap();
+    checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
+    let expected = snapshot(&store);
+    drop(journal);
+    store.close_clean().unwrap();
+    expected
+}
+
+/// Failed before the fix: the rolled-back partition was served as its old clean close
+/// left it, silently (its checkpoint and the journal held the newer state).
+#[test]
+fn a_clean_partition_rolled_back_to_an_earlier_clean_close_is_restored_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    graceful_run(dir.path(), 0..2_000);
+    copy_partition_files(dir.path(), saved.path(), 1);
+    let expected = graceful_run(dir.path(), 2_000..4_000);
+    copy_partition_files(saved.path(), dir.path(), 1);
+
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    assert_eq!(report.partitions_restored, vec![1]);
+    assert_eq!(report.partitions_distrusted.len(), 1);
+    let (partition, path, reason) = &report.partitions_distrusted[0];
+    assert_eq!(*partition, 1);
+    assert!(path.ends_with("p00001.meta"), "{}", path.display());
+    assert!(reason.contains("rolled back"), "{reason}");
+    assert!(!report.clean_shutdown);
+    // The restored partition closes cleanly with the right state.
+    store.close_clean().unwrap();
+    let mut store = open_store(dir.path());
+    let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert!(again.partitions_distrusted.is_empty());
+    assert_eq!(snapshot(&store), expected);
+}
+
+/// The normal path never trips the check: an idle partition's applied LSN stays below
+/// its checkpoint's covered LSN (the core's), which is no evidence of a rollback.
+#[test]
+fn graceful_runs_with_idle_partitions_distrust_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    graceful_run(dir.path(), 0..2_000);
+    let mut expected = Model::new();
+    for round in 1..3u64 {
+        // Few steps: some partitions get no record this round.
+        expected = graceful_run(dir.path(), round * 10_000..round * 10_000 + 2);
+    }
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert!(report.partitions_distrusted.is_empty());
+    assert!(report.partitions_restored.is_empty());
+    assert!(report.clean_shutdown);
+    assert_eq!(snapshot(&store), expected);
+}

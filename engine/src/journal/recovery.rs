@@ -9,6 +9,20 @@
 //! ```
 //!
 //! # Steps
+//! 0. A partition closed cleanly whose header records an applied LSN below the one its
+//!    checkpoint's header records is stale: its files were rolled back to an earlier
+//!    clean close (a partial restore from a backup, a file-level rollback). In normal
+//!    operation that never happens: a checkpoint copies the partition's header with its
+//!    applied LSN, the applied LSN only grows while the partition is open, and the clean
+//!    close writes the header last, after the final checkpoint, so a clean header's
+//!    applied LSN is at least its checkpoint's. (The checkpoint's *covered* LSN is the
+//!    core's durable LSN and is often above an idle partition's applied LSN: it is no
+//!    evidence.) Such a partition is taken for one not closed cleanly and goes through
+//!    step 1, so it is rebuilt from its checkpoint and the journal exactly, or refused
+//!    if the journal no longer holds what replay needs. It is reported in
+//!    [`RecoveryReport::partitions_distrusted`], naming its header. A checkpoint whose
+//!    header cannot be read is no evidence either way: the check is skipped (step 1
+//!    refuses it only if it must restore from it).
 //! 1. Every owned partition that was not closed cleanly is restored from its last
 //!    checkpoint (see [`super::checkpoint`]), or emptied if it has none. The checkpoint
 //!    is read straight into memory (`Store::restore_partition`); the partition's header
@@ -143,6 +157,10 @@ pub struct RecoveryReport {
     pub clean_shutdown: bool,
     pub partitions_restored: Vec<u32>,
     pub partitions_emptied: Vec<u32>,
+    /// Partitions closed cleanly whose files were older than their checkpoint (step 0
+    /// of the module doc), restored from it instead: the header file, and why. Each
+    /// deserves a warning: something rolled those files back.
+    pub partitions_distrusted: Vec<(u32, PathBuf, String)>,
     pub records_replayed: u64,
     pub journal: JournalScan,
     /// The LSN the journal must continue from (`JournalOptions::next_lsn_min`).
@@ -491,6 +509,45 @@ fn needed_lsn(checkpoints: &[(u32, Option<CheckpointInfo>)], store: &Store) -> L
     needed.min().unwrap_or(1)
 }
 
+/// Step 0 of the module doc: takes every clean partition whose header's applied LSN is
+/// below its checkpoint header's for one not closed cleanly, so step 1 restores it.
+fn distrust_stale_partitions(
+    data_dir: &Path,
+    store: &mut Store,
+    checkpoints: &[(u32, Option<CheckpointInfo>)],
+    report: &mut RecoveryReport,
+) {
+    for (partition, found) in checkpoints {
+        let (partition, Some(found)) = (*partition, found) else {
+            continue;
+        };
+        if !store.partition_was_clean(partition) {
+            continue;
+        }
+        let Ok(checkpointed) = crate::partition::checkpoint_applied_lsn(&found.dir, partition)
+        else {
+            continue;
+        };
+        let applied = store.applied_lsn(partition);
+        if applied >= checkpointed {
+            continue;
+        }
+        let header = data_dir.join(crate::partition::file_name(partition, "meta"));
+        let reason = format!(
+            "partition {partition} was closed cleanly at applied LSN {applied}, but its \
+             checkpoint {} was taken later, at applied LSN {checkpointed}: the partition's \
+             files were rolled back to an earlier clean close; restoring the checkpoint and \
+             replaying the journal instead",
+            found.dir.display()
+        );
+        store.distrust_partition(partition);
+        report
+            .partitions_distrusted
+            .push((partition, header, reason));
+    }
+    report.clean_shutdown = store.was_clean_shutdown();
+}
+
 /// Recovers core `core`'s partitions in `store` (see the module doc).
 pub fn recover(
     data_dir: &Path,
@@ -507,6 +564,7 @@ pub fn recover(
     for &partition in store.owned_partitions() {
         checkpoints.push((partition, checkpoint::latest(data_dir, partition)?));
     }
+    distrust_stale_partitions(data_dir, store, &checkpoints, &mut report);
     // Reading and checking the journal needs no partition: it starts first and
     // overlaps the restore (see `super::replay`).
     let dir = journal_dir(data_dir, core);
