@@ -143,6 +143,11 @@ const META_VERSION: u32 = 3;
 /// Still opened (without the data check); the next clean close writes `META_VERSION`.
 const META_VERSION_UNCHECKED: u32 = 2;
 pub(crate) const META_BYTES: u64 = 4096;
+/// Every LSN read from a file (a header's `applied_lsn`, a journal stamp) must lie below
+/// this: recovery continues the journal above the LSNs it reads, so one near `u64::MAX`
+/// would wrap. No journal comes near it (2^62 records at 10 million a second take 14,000
+/// years): a header above it was crafted or damaged past its checksum, and is refused.
+pub(crate) const LSN_LIMIT: u64 = 1 << 62;
 const META_CHECKSUM_OFFSET: usize = 4088;
 /// Suffix of a header being written by `create` (`pNNNNN.meta.tmp`).
 const META_TEMPORARY_SUFFIX: &str = "meta.tmp";
@@ -1544,6 +1549,16 @@ fn check_meta_bytes(
         || header.heap_bytes < crate::heap::HEAP_HEADER_BYTES
     {
         return Err(corrupted(28, "partition header fields out of range".into()));
+    }
+    if header.applied_lsn >= LSN_LIMIT {
+        return Err(corrupted(
+            16,
+            format!(
+                "applied LSN {} is at or above 2^62, beyond any journal: continuing above \
+                 it would wrap the LSNs; the header was crafted or damaged",
+                header.applied_lsn
+            ),
+        ));
     }
     Ok(header)
 }

@@ -823,3 +823,84 @@ fn graceful_runs_with_idle_partitions_distrust_nothing() {
     assert!(report.clean_shutdown);
     assert_eq!(snapshot(&store), expected);
 }
+
+/// A 32-byte LSN stamp (see `journal::stamp`) with a valid checksum: what a crafted
+/// file holds.
+fn stamp(magic: &[u8; 8], owner: u32, lsn: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; 32];
+    bytes[0..8].copy_from_slice(magic);
+    bytes[8..12].copy_from_slice(&owner.to_le_bytes());
+    bytes[16..24].copy_from_slice(&lsn.to_le_bytes());
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..24]);
+    bytes[24..32].copy_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+/// Failed before the fix: with the flag, a reach stamp near 2^64 was accepted and the
+/// journal continued above it, so LSNs wrapped (a core panicked in the server).
+#[test]
+fn a_reach_stamp_near_the_end_of_the_lsns_never_wraps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = checkpointed_then_crashed(dir.path());
+    let reach = dir.path().join("journal-reach").join("core-0");
+    std::fs::write(&reach, stamp(b"TLYREACH", 0, u64::MAX - 1)).unwrap();
+
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("journal-reach"), "{message}");
+    assert!(message.contains("2^62"), "{message}");
+    drop(store);
+
+    let flag = RecoveryOptions {
+        recover_to_corruption: true,
+    };
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &flag).unwrap();
+    assert!(report.next_lsn < 1 << 62, "next LSN {}", report.next_lsn);
+    assert_eq!(snapshot(&store), expected);
+    let mut journal = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 50_000..50_100);
+    journal.sync().unwrap();
+}
+
+/// Failed before the fix: a checkpoint position of 2^64 - 1 made the journal continue at
+/// LSN 0 (an overflow: a panic in a debug build, "next_lsn_min must be at least 1" in
+/// release, naming no file).
+#[test]
+fn a_checkpoint_position_near_the_end_of_the_lsns_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    checkpointed_then_crashed(dir.path());
+    let position = dir
+        .path()
+        .join("checkpoint")
+        .join("2")
+        .join("journal-position");
+    std::fs::write(&position, stamp(b"TLYCKPT1", 2, u64::MAX)).unwrap();
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("checkpoint/2/journal-position"),
+        "{message}"
+    );
+    assert!(message.contains("2^62"), "{message}");
+}
+
+/// Failed before the fix (as above, for a clean partition header's applied LSN).
+#[test]
+fn a_clean_header_applied_lsn_near_the_end_of_the_lsns_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    graceful_run(dir.path(), 0..500);
+    let header = dir.path().join("p00003.meta");
+    let mut bytes = std::fs::read(&header).unwrap();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..4088]);
+    bytes[4088..].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&header, bytes).unwrap();
+    let data_dir = DataDir::open_or_create(dir.path(), Some(PARTITIONS)).unwrap();
+    let error = Store::open(&data_dir, 0..PARTITIONS).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("p00003.meta"), "{message}");
+    assert!(message.contains("2^62"), "{message}");
+}

@@ -54,6 +54,8 @@
 //!    with [`JournalError::Corrupted`] naming the reach file, the missing LSNs and the
 //!    first missing segment, and the flag; with the flag it goes on with what is left
 //!    and continues above the reach.
+//!    Every LSN read from a file must lie below [`LSN_LIMIT`] (2^62), or the file is
+//!    refused naming it: continuing above an LSN near `u64::MAX` would wrap.
 //!    The journal continues above every LSN in its segments, in any `*.corrupt` file,
 //!    in any checkpoint and in any partition (and above the reach, when the flag
 //!    accepted its loss): no LSN is ever reused. If that jumps over
@@ -81,6 +83,7 @@ use super::checkpoint::CheckpointInfo;
 use super::record::LoggedRecord;
 use super::replay::{Reader, Replay};
 use super::segment::{self, SegmentInfo, Verdict};
+use super::stamp::LSN_LIMIT;
 use super::{checkpoint, journal_dir, reach, JournalError, Lsn};
 use crate::op::Op;
 use crate::store::Store;
@@ -591,13 +594,23 @@ pub fn recover(
         .filter_map(|(_, found)| found.as_ref().map(|c| c.covered_lsn))
         .max()
         .unwrap_or(0);
-    report.next_lsn = report
+    let seen_max = report
         .journal
         .last_lsn
         .max(applied_max)
         .max(covered_max)
-        .max(set_aside_lsn_max(&dir)?)
-        + 1;
+        .max(set_aside_lsn_max(&dir)?);
+    // Headers and stamps are refused at or above the limit when read; segments and
+    // set-aside files are checked here, before the journal is continued above them.
+    if seen_max >= LSN_LIMIT {
+        let reason = format!(
+            "LSN {seen_max} (in a segment or a *.corrupt file there) is at or above 2^62, \
+             beyond any journal: continuing above it would wrap the LSNs; a file there was \
+             crafted or damaged"
+        );
+        return Err(corrupted(&dir, 0, reason));
+    }
+    report.next_lsn = seen_max + 1;
     check_reach(data_dir, core, needed, options, &mut report)?;
     let checkpoint_started = Instant::now();
     // Only segments left in place can make a hole with the writer's first segment;
