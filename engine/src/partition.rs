@@ -359,6 +359,11 @@ pub(crate) struct Partition {
     old: Option<Table>,
     heap: Heap,
     was_clean: bool,
+    /// The applied LSN the header on disk recorded at open: for an unclean partition,
+    /// the one of its last clean close (opening marks `clean = 0` and changes nothing
+    /// else), whose other fields are unchecked; recovery only compares it (see
+    /// `journal::recovery`).
+    applied_lsn_at_open: u64,
     /// Not `Sync`: one thread touches a partition at a time.
     _not_sync: std::marker::PhantomData<Cell<()>>,
 }
@@ -377,7 +382,7 @@ impl Partition {
         let header = check_meta(&meta, index)?;
         if header.clean != 1 {
             refuse_missing_checkpoint(directory, index)?;
-            return Partition::reopen_empty(directory, index, meta);
+            return Partition::reopen_empty(directory, index, meta, header.applied_lsn);
         }
         let open_table = |generation: u64, lines: u64, checksum: u64| {
             let path = directory.join(file_name(index, &table_suffix(generation)));
@@ -413,6 +418,7 @@ impl Partition {
             old,
             heap,
             was_clean: true,
+            applied_lsn_at_open: header.applied_lsn,
             _not_sync: std::marker::PhantomData,
         })
     }
@@ -443,6 +449,7 @@ impl Partition {
         directory: &Path,
         index: u32,
         mut meta: ArenaFile,
+        applied_lsn_at_open: u64,
     ) -> Result<Partition, EngineError> {
         debug_assert_eq!(read_header(meta.bytes()).clean, 0);
         remove_data_files(directory, index)?;
@@ -462,6 +469,7 @@ impl Partition {
             old: None,
             heap,
             was_clean: false,
+            applied_lsn_at_open,
             _not_sync: std::marker::PhantomData,
         })
     }
@@ -560,6 +568,10 @@ impl Partition {
 
     pub(crate) fn applied_lsn(&self) -> u64 {
         self.meta().applied_lsn
+    }
+
+    pub(crate) fn applied_lsn_at_open(&self) -> u64 {
+        self.applied_lsn_at_open
     }
 
     pub(crate) fn set_applied_lsn(&mut self, lsn: u64) {
@@ -1307,6 +1319,7 @@ impl Partition {
             directory,
             mut meta,
             was_clean,
+            applied_lsn_at_open,
             ..
         } = self;
         debug_assert_eq!(loaded.header.partition, index);
@@ -1348,6 +1361,7 @@ impl Partition {
             old,
             heap,
             was_clean,
+            applied_lsn_at_open,
             _not_sync: std::marker::PhantomData,
         })
     }

@@ -711,6 +711,14 @@ impl Store {
         }
     }
 
+    /// The applied LSN `partition`'s header on disk recorded when it was opened: for a
+    /// partition not closed cleanly, the one of its last clean close (unchecked: only
+    /// compared by recovery). 0 if not owned.
+    pub(crate) fn applied_lsn_at_open(&self, partition: u32) -> u64 {
+        self.owned_partition(partition)
+            .map_or(0, Partition::applied_lsn_at_open)
+    }
+
     /// The LSN of the last journal record applied to `partition` (0 if none or not owned).
     pub fn applied_lsn(&self, partition: u32) -> u64 {
         self.owned_partition(partition)

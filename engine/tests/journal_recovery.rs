@@ -904,3 +904,65 @@ fn a_clean_header_applied_lsn_near_the_end_of_the_lsns_is_refused_naming_it() {
     assert!(message.contains("p00003.meta"), "{message}");
     assert!(message.contains("2^62"), "{message}");
 }
+
+/// A served directory (two graceful runs, the second releasing the journal before it),
+/// then a run stopped uncleanly, with `checkpoint/1`'s data files rolled back to the
+/// first run's checkpoint (its journal-position untouched). Returns the right state.
+fn checkpoint_data_rolled_back(path: &Path, keep_old: bool) -> Model {
+    let saved = tempfile::tempdir().unwrap();
+    let checkpoint = path.join("checkpoint").join("1");
+    graceful_run(path, 0..2_000);
+    copy_partition_files(&checkpoint, saved.path(), 1);
+    graceful_run(path, 2_000..4_000);
+    let mut store = open_store(path);
+    let report = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(path, 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 9_000..9_050);
+    journal.sync().unwrap();
+    let expected = snapshot(&store);
+    drop(journal);
+    drop(store); // no close_clean: an unclean stop
+    if keep_old {
+        let old = path.join("checkpoint").join("1.old");
+        std::fs::create_dir(&old).unwrap();
+        for entry in std::fs::read_dir(&checkpoint).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), old.join(entry.file_name())).unwrap();
+        }
+    }
+    copy_partition_files(saved.path(), &checkpoint, 1);
+    expected
+}
+
+/// Failed before the fix: the rolled-back checkpoint was restored and replay started
+/// at its position, so the records between were never replayed: stale counters.
+#[test]
+fn a_checkpoint_whose_data_was_rolled_back_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint_data_rolled_back(dir.path(), false);
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("checkpoint/1/p00001.meta"), "{message}");
+    assert!(message.contains("rolled back"), "{message}");
+}
+
+/// Failed before the fix (stale counters): the intact previous checkpoint a swap left
+/// is used instead of the rolled-back one.
+#[test]
+fn a_rolled_back_checkpoint_falls_back_to_an_intact_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = checkpoint_data_rolled_back(dir.path(), true);
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    assert_eq!(report.partitions_distrusted.len(), 1);
+    let (partition, path, reason) = &report.partitions_distrusted[0];
+    assert_eq!(*partition, 1);
+    assert!(
+        path.ends_with("checkpoint/1/p00001.meta"),
+        "{}",
+        path.display()
+    );
+    assert!(reason.contains("1.old"), "{reason}");
+}

@@ -72,7 +72,7 @@ fn encode_position(partition: u32, covered_lsn: Lsn) -> [u8; stamp::STAMP_BYTES]
     stamp::encode(POSITION_MAGIC, partition, covered_lsn)
 }
 
-fn read_position(dir: &Path, partition: u32) -> Result<CheckpointInfo, JournalError> {
+pub(super) fn read_position(dir: &Path, partition: u32) -> Result<CheckpointInfo, JournalError> {
     let path = dir.join(POSITION_FILE);
     let bytes =
         std::fs::read(&path).map_err(|e| JournalError::io("read checkpoint position", &path, e))?;

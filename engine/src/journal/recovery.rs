@@ -23,6 +23,19 @@
 //!    [`RecoveryReport::partitions_distrusted`], naming its header. A checkpoint whose
 //!    header cannot be read is no evidence either way: the check is skipped (step 1
 //!    refuses it only if it must restore from it).
+//!    A partition not closed cleanly is restored from its checkpoint, which must be
+//!    the data its `journal-position` describes: a checkpoint's data files rolled back
+//!    to an older checkpoint (position untouched) restore a partition older than the
+//!    position claims, and replay from the position never brings back what lies
+//!    between. The evidence: the unclean header on disk still records the applied LSN
+//!    of the partition's last clean close (opening only marks `clean = 0`), and every
+//!    checkpoint taken at or after that close records at least it. So a checkpoint
+//!    header whose applied LSN is below it, while its covered LSN is at or above it
+//!    (an unclean header's fields are unchecked: a garbled one above the covered LSN
+//!    is no evidence), is stale: the previous checkpoint `<p>.old`, if a swap left one
+//!    that records at least that applied LSN, is used instead (and reported);
+//!    otherwise recovery refuses, naming the checkpoint's header. The journal must
+//!    then still hold what the chosen checkpoint needs (the gap check of step 3).
 //! 1. Every owned partition that was not closed cleanly is restored from its last
 //!    checkpoint (see [`super::checkpoint`]), or emptied if it has none. The checkpoint
 //!    is read straight into memory (`Store::restore_partition`); the partition's header
@@ -160,8 +173,9 @@ pub struct RecoveryReport {
     pub clean_shutdown: bool,
     pub partitions_restored: Vec<u32>,
     pub partitions_emptied: Vec<u32>,
-    /// Partitions closed cleanly whose files were older than their checkpoint (step 0
-    /// of the module doc), restored from it instead: the header file, and why. Each
+    /// Files found older than other files show (step 0 of the module doc), and what
+    /// was used instead: a clean partition's header (restored from its checkpoint), or
+    /// a checkpoint's header (its `.old` used). The partition, the file, and why. Each
     /// deserves a warning: something rolled those files back.
     pub partitions_distrusted: Vec<(u32, PathBuf, String)>,
     pub records_replayed: u64,
@@ -551,6 +565,70 @@ fn distrust_stale_partitions(
     report.clean_shutdown = store.was_clean_shutdown();
 }
 
+/// Step 0 of the module doc, for the partitions step 1 restores: refuses (naming its
+/// header) a checkpoint whose data is older than the partition's last clean close,
+/// unless a `.old` checkpoint left by a swap is not, which then takes its place.
+fn check_checkpoints_restored(
+    store: &Store,
+    checkpoints: &mut [(u32, Option<CheckpointInfo>)],
+    report: &mut RecoveryReport,
+) -> Result<(), JournalError> {
+    for (partition, found) in checkpoints.iter_mut() {
+        let partition = *partition;
+        let Some(info) = found.as_ref() else {
+            continue;
+        };
+        if store.partition_was_clean(partition) {
+            continue;
+        }
+        let closed = store.applied_lsn_at_open(partition);
+        let Ok(checkpointed) = crate::partition::checkpoint_applied_lsn(&info.dir, partition)
+        else {
+            // Step 1 reads the header again and refuses it, naming it.
+            continue;
+        };
+        if checkpointed >= closed || closed > info.covered_lsn {
+            continue;
+        }
+        let header = info
+            .dir
+            .join(crate::partition::file_name(partition, "meta"));
+        let reason = format!(
+            "the checkpoint's data records applied LSN {checkpointed}, but partition \
+             {partition} had reached applied LSN {closed} at its last clean close, and this \
+             checkpoint (covering LSN {}) was taken at or after it: its data files are older \
+             than its journal-position says (rolled back to an older checkpoint)",
+            info.covered_lsn
+        );
+        if let Some(previous) = previous_checkpoint(info, closed) {
+            let used = format!(
+                "{reason}; using the previous checkpoint {}",
+                previous.dir.display()
+            );
+            report.partitions_distrusted.push((partition, header, used));
+            *found = Some(previous);
+            continue;
+        }
+        return Err(corrupted(
+            &header,
+            16,
+            reason + "; restore the checkpoint directory from a backup",
+        ));
+    }
+    Ok(())
+}
+
+/// The checkpoint `<p>.old` beside `current`, if a swap left one that is whole and
+/// records an applied LSN of at least `closed`.
+fn previous_checkpoint(current: &CheckpointInfo, closed: Lsn) -> Option<CheckpointInfo> {
+    let mut name = current.dir.as_os_str().to_owned();
+    name.push(".old");
+    let old = PathBuf::from(name);
+    let info = checkpoint::read_position(&old, current.partition).ok()?;
+    let applied = crate::partition::checkpoint_applied_lsn(&old, current.partition).ok()?;
+    (applied >= closed).then_some(info)
+}
+
 /// Recovers core `core`'s partitions in `store` (see the module doc).
 pub fn recover(
     data_dir: &Path,
@@ -568,6 +646,7 @@ pub fn recover(
         checkpoints.push((partition, checkpoint::latest(data_dir, partition)?));
     }
     distrust_stale_partitions(data_dir, store, &checkpoints, &mut report);
+    check_checkpoints_restored(store, &mut checkpoints, &mut report)?;
     // Reading and checking the journal needs no partition: it starts first and
     // overlaps the restore (see `super::replay`).
     let dir = journal_dir(data_dir, core);
