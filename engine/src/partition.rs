@@ -15,7 +15,12 @@
 //! (`clean = 0`). So a header that says `clean = 1` describes files that are whole, and
 //! a clean open checks each file against its checksum as it reads it (the hash runs over
 //! each chunk right after its read, while it is in the CPU cache: no second pass), and
-//! refuses a file that differs, naming it; one that says `clean = 0` means the
+//! refuses a file that differs (or is missing), naming it, unless the partition's
+//! checkpoint exists: then the header is marked `clean = 0`, the data files are moved
+//! to `<data-dir>/damaged/` and the partition reopens as unclean, so recovery restores
+//! the checkpoint and replays the journal (refusing, naming the missing LSNs, if the
+//! journal no longer holds what that needs) and reports the damaged file; one that
+//! says `clean = 0` means the
 //! process stopped without a clean close, and the partition reopens empty (recovery then
 //! restores its checkpoint and replays the journal).
 //!
@@ -364,6 +369,9 @@ pub(crate) struct Partition {
     /// else), whose other fields are unchecked; recovery only compares it (see
     /// `journal::recovery`).
     applied_lsn_at_open: u64,
+    /// Why a clean partition's data files were refused at open, and which file, when
+    /// it was reopened for recovery to restore (see `reopen_damaged`).
+    damage: Option<(PathBuf, String)>,
     /// Not `Sync`: one thread touches a partition at a time.
     _not_sync: std::marker::PhantomData<Cell<()>>,
 }
@@ -384,6 +392,33 @@ impl Partition {
             refuse_missing_checkpoint(directory, index)?;
             return Partition::reopen_empty(directory, index, meta, header.applied_lsn);
         }
+        let (table, old, heap) = match Partition::open_data_files(directory, index, &header) {
+            Ok(files) => files,
+            Err(error) if is_damage(&error) && has_checkpoint(directory, index) => {
+                return Partition::reopen_damaged(directory, index, meta, &header, error);
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(Partition {
+            index,
+            directory: directory.to_path_buf(),
+            meta,
+            table,
+            old,
+            heap,
+            was_clean: true,
+            applied_lsn_at_open: header.applied_lsn,
+            damage: None,
+            _not_sync: std::marker::PhantomData,
+        })
+    }
+
+    /// Opens and checks the data files a clean header describes.
+    fn open_data_files(
+        directory: &Path,
+        index: u32,
+        header: &Meta,
+    ) -> Result<(Table, Option<Table>, Heap), EngineError> {
         let open_table = |generation: u64, lines: u64, checksum: u64| {
             let path = directory.join(file_name(index, &table_suffix(generation)));
             let file = open_verified(&path, lines * LINE_BYTES as u64, header.recorded(checksum))?;
@@ -410,17 +445,41 @@ impl Partition {
             header.recorded(header.heap_checksum),
         )?;
         let heap = Heap::from_file(heap_file)?;
-        Ok(Partition {
-            index,
-            directory: directory.to_path_buf(),
-            meta,
-            table,
-            old,
-            heap,
-            was_clean: true,
-            applied_lsn_at_open: header.applied_lsn,
-            _not_sync: std::marker::PhantomData,
-        })
+        Ok((table, old, heap))
+    }
+
+    /// Opens a clean partition whose data files fail their check (`damage`: changed,
+    /// cut, missing) while its checkpoint exists: the checkpoint plus the journal
+    /// rebuild it exactly, so it is taken as not closed cleanly and recovery restores
+    /// it (and refuses, naming the missing LSNs, if the journal no longer holds what
+    /// replay needs). In this order, each step safe to crash after: the header on disk
+    /// is marked `clean = 0` (a restart then restores from the checkpoint too), the
+    /// data files are moved to `<data-dir>/damaged/` for inspection (nothing is
+    /// deleted), and the partition reopens empty. The damage is reported by recovery.
+    fn reopen_damaged(
+        directory: &Path,
+        index: u32,
+        mut meta: ArenaFile,
+        header: &Meta,
+        damage: EngineError,
+    ) -> Result<Partition, EngineError> {
+        let damaged_path = match &damage {
+            EngineError::Corrupted { path, .. } | EngineError::Io { path, .. } => path.clone(),
+            _ => directory.join(file_name(index, "meta")),
+        };
+        write_header(
+            meta.bytes_mut(),
+            &Meta {
+                clean: 0,
+                ..*header
+            },
+        );
+        meta.bytes_mut()[META_CHECKSUM_OFFSET..].fill(0);
+        meta.write_back()?;
+        set_aside_data_files(directory, index)?;
+        let mut partition = Partition::reopen_empty(directory, index, meta, header.applied_lsn)?;
+        partition.damage = Some((damaged_path, damage.to_string()));
+        Ok(partition)
     }
 
     /// Makes an opened partition ready to change: a clean one gets its header marked
@@ -470,6 +529,7 @@ impl Partition {
             heap,
             was_clean: false,
             applied_lsn_at_open,
+            damage: None,
             _not_sync: std::marker::PhantomData,
         })
     }
@@ -568,6 +628,10 @@ impl Partition {
 
     pub(crate) fn applied_lsn(&self) -> u64 {
         self.meta().applied_lsn
+    }
+
+    pub(crate) fn damage(&self) -> Option<&(PathBuf, String)> {
+        self.damage.as_ref()
     }
 
     pub(crate) fn applied_lsn_at_open(&self) -> u64 {
@@ -1320,6 +1384,7 @@ impl Partition {
             mut meta,
             was_clean,
             applied_lsn_at_open,
+            damage,
             ..
         } = self;
         debug_assert_eq!(loaded.header.partition, index);
@@ -1362,6 +1427,7 @@ impl Partition {
             heap,
             was_clean,
             applied_lsn_at_open,
+            damage,
             _not_sync: std::marker::PhantomData,
         })
     }
@@ -1707,6 +1773,39 @@ pub(crate) fn sync_directory(path: &Path) -> Result<(), EngineError> {
     fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_error("fsync directory", path))
+}
+
+/// Whether `error`, from opening a clean partition's data files, is damage to them (a
+/// failed check, or a missing file) rather than a failure to read (permissions, I/O).
+fn is_damage(error: &EngineError) -> bool {
+    match error {
+        EngineError::Corrupted { .. } => true,
+        EngineError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// Where `reopen_damaged` moves the data files it does not trust.
+pub(crate) const DAMAGED_DIR: &str = "damaged";
+
+/// Moves every file of partition `index` but its header from `directory` into
+/// `directory/damaged/` (replacing files of the same name there), durably.
+fn set_aside_data_files(directory: &Path, index: u32) -> Result<(), EngineError> {
+    let target = directory.join(DAMAGED_DIR);
+    fs::create_dir_all(&target).map_err(io_error("create directory", &target))?;
+    let prefix = format!("p{index:05}.");
+    let meta_name = file_name(index, "meta");
+    let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name != meta_name {
+            let path = entry.path();
+            fs::rename(&path, target.join(&name)).map_err(io_error("set aside", &path))?;
+        }
+    }
+    sync_directory(&target)?;
+    sync_directory(directory)
 }
 
 /// Removes every file of partition `index` but its header from `directory`.

@@ -711,6 +711,12 @@ impl Store {
         }
     }
 
+    /// Why `partition`, closed cleanly, had its data files refused at open and was
+    /// reopened for recovery to restore from its checkpoint: the file, and why.
+    pub(crate) fn damage_at_open(&self, partition: u32) -> Option<&(std::path::PathBuf, String)> {
+        self.owned_partition(partition).and_then(Partition::damage)
+    }
+
     /// The applied LSN `partition`'s header on disk recorded when it was opened: for a
     /// partition not closed cleanly, the one of its last clean close (unchecked: only
     /// compared by recovery). 0 if not owned.

@@ -966,3 +966,41 @@ fn a_rolled_back_checkpoint_falls_back_to_an_intact_previous_one() {
     );
     assert!(reason.contains("1.old"), "{reason}");
 }
+
+/// Failed before the fix: a flipped bit (or a deleted file) in a clean partition's data
+/// refused the start, although its checkpoint and the journal restore it exactly.
+#[test]
+fn damaged_data_of_a_clean_partition_is_restored_from_its_checkpoint() {
+    for delete in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        graceful_run(dir.path(), 0..2_000);
+        let expected = graceful_run(dir.path(), 2_000..4_000);
+        let heap = dir.path().join("p00001.heap");
+        if delete {
+            std::fs::remove_file(&heap).unwrap();
+        } else {
+            let mut bytes = std::fs::read(&heap).unwrap();
+            bytes[200] ^= 0x20;
+            std::fs::write(&heap, &bytes).unwrap();
+        }
+        let mut store = open_store(dir.path());
+        let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert_eq!(snapshot(&store), expected);
+        assert_eq!(report.partitions_restored, vec![1]);
+        assert_eq!(report.partitions_distrusted.len(), 1);
+        let (partition, path, reason) = &report.partitions_distrusted[0];
+        assert_eq!(*partition, 1);
+        assert!(path.ends_with("p00001.heap"), "{}", path.display());
+        assert!(reason.contains("checkpoint"), "{reason}");
+        assert_eq!(
+            dir.path().join("damaged").join("p00001.heap").exists(),
+            !delete,
+            "the damaged file is kept for inspection"
+        );
+        store.close_clean().unwrap();
+        let mut store = open_store(dir.path());
+        let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert!(again.partitions_distrusted.is_empty());
+        assert_eq!(snapshot(&store), expected);
+    }
+}

@@ -535,6 +535,17 @@ fn distrust_stale_partitions(
     report: &mut RecoveryReport,
 ) {
     for (partition, found) in checkpoints {
+        if let Some((path, damage)) = store.damage_at_open(*partition) {
+            let reason = format!(
+                "{damage}; the partition was closed cleanly, but its checkpoint exists: \
+                 restoring it and replaying the journal instead (the data files were moved \
+                 to {}/)",
+                data_dir.join(crate::partition::DAMAGED_DIR).display()
+            );
+            report
+                .partitions_distrusted
+                .push((*partition, path.clone(), reason));
+        }
         let (partition, Some(found)) = (*partition, found) else {
             continue;
         };
