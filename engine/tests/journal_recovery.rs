@@ -1004,3 +1004,42 @@ fn damaged_data_of_a_clean_partition_is_restored_from_its_checkpoint() {
         assert_eq!(snapshot(&store), expected);
     }
 }
+
+/// Failed before the fix: damage in the last segment whose records no partition needs
+/// (every partition closed cleanly and checkpointed) refused the start, and with the
+/// flag was reported as lost acknowledged records; the rule for covered damage applied
+/// only to segments followed by another.
+#[test]
+fn damage_no_partition_needs_in_the_last_segment_is_stepped_over() {
+    for recover_to_corruption in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = graceful_run(dir.path(), 0..2_000);
+        let segments = list_segments(&journal_dir(dir.path(), 0)).unwrap();
+        assert_eq!(segments.len(), 1, "every segment but the last was released");
+        // The first record's key: damage followed by valid records.
+        let mut bytes = std::fs::read(&segments[0].path).unwrap();
+        bytes[40] ^= 0x10;
+        std::fs::write(&segments[0].path, bytes).unwrap();
+        let options = RecoveryOptions {
+            recover_to_corruption,
+        };
+        let mut store = open_store(dir.path());
+        let report = recover(dir.path(), &mut store, 0, &options)
+            .unwrap_or_else(|e| panic!("flag {recover_to_corruption}: {e}"));
+        assert_eq!(snapshot(&store), expected);
+        assert!(
+            report.journal.corruption.is_none(),
+            "nothing needed was lost"
+        );
+        assert_eq!(report.journal.skipped.len(), 1);
+        let mut journal = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+        run_ops(&mut store, &mut journal, 60_000..60_010);
+        journal.sync().unwrap();
+        let expected = snapshot(&store);
+        drop(journal);
+        drop(store);
+        let mut store = open_store(dir.path());
+        recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert_eq!(snapshot(&store), expected);
+    }
+}

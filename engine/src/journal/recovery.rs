@@ -52,7 +52,9 @@
 //!    reported with file, offset and bytes cut ([`TornTail`]). What no partition needs
 //!    (every record at or below the lowest checkpoint LSN of the core's partitions,
 //!    see [`scan_journal_needing`]) never stops the start nor cuts anything after it:
-//!    damage in a segment whose records all lie below it is stepped over, that
+//!    damage in a segment whose records all lie below it (for the last segment: whose
+//!    valid records after the damage all do, since the damage hides lower LSNs than
+//!    theirs) is stepped over, that
 //!    segment set aside as `*.corrupt` and the intact ones before it as `*.covered`.
 //!    Damage or a gap in what is needed refuses to start with
 //!    [`JournalError::Corrupted`] naming the file and offset (or the missing LSNs and
@@ -343,10 +345,15 @@ impl Walk<'_> {
         reason: String,
     ) -> Result<Then, JournalError> {
         let info = &self.segments[index];
-        let covered = self
-            .segments
-            .get(index + 1)
-            .is_some_and(|next| next.first_lsn <= self.needed_lsn);
+        let covered = match self.segments.get(index + 1) {
+            Some(next) => next.first_lsn <= self.needed_lsn,
+            // The last segment: what the damage hides lies below the valid records
+            // after it (LSNs grow), so it is covered when they all are; anything cut
+            // after them is what the reach check (step 4) is for.
+            None => segment::valid_records_in(&mapped.bytes()[offset as usize..])
+                .1
+                .is_some_and(|lsn_max| lsn_max < self.needed_lsn),
+        };
         if covered {
             drop(mapped);
             let before = &self.segments[self.live..index];
