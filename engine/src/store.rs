@@ -280,7 +280,9 @@ impl Store {
     ///
     /// A partition that was not closed cleanly opens empty (its files hold only the state
     /// of its last clean close); recovery restores it. A clean partition's data files are
-    /// checked against the checksums its header recorded at the clean close, and missing
+    /// checked against the checksums its header recorded at the clean close (a damaged
+    /// or missing one is refused, or, when the partition has a checkpoint, the partition
+    /// is reopened as unclean for recovery to restore: see `partition`), and missing
     /// headers or checkpoints are refused when the directory shows they existed (see
     /// `partition`). Every partition is opened and checked before any is marked open on
     /// disk, so a refusal leaves the clean ones clean. The caller guarantees that no other
