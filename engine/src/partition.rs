@@ -15,7 +15,12 @@
 //! (`clean = 0`). So a header that says `clean = 1` describes files that are whole, and
 //! a clean open checks each file against its checksum as it reads it (the hash runs over
 //! each chunk right after its read, while it is in the CPU cache: no second pass), and
-//! refuses a file that differs, naming it; one that says `clean = 0` means the
+//! refuses a file that differs (or is missing), naming it, unless the partition's
+//! checkpoint exists: then the header is marked `clean = 0`, the data files are moved
+//! to `<data-dir>/damaged/` and the partition reopens as unclean, so recovery restores
+//! the checkpoint and replays the journal (refusing, naming the missing LSNs, if the
+//! journal no longer holds what that needs) and reports the damaged file; one that
+//! says `clean = 0` means the
 //! process stopped without a clean close, and the partition reopens empty (recovery then
 //! restores its checkpoint and replays the journal).
 //!
@@ -143,6 +148,11 @@ const META_VERSION: u32 = 3;
 /// Still opened (without the data check); the next clean close writes `META_VERSION`.
 const META_VERSION_UNCHECKED: u32 = 2;
 pub(crate) const META_BYTES: u64 = 4096;
+/// Every LSN read from a file (a header's `applied_lsn`, a journal stamp) must lie below
+/// this: recovery continues the journal above the LSNs it reads, so one near `u64::MAX`
+/// would wrap. No journal comes near it (2^62 records at 10 million a second take 14,000
+/// years): a header above it was crafted or damaged past its checksum, and is refused.
+pub(crate) const LSN_LIMIT: u64 = 1 << 62;
 const META_CHECKSUM_OFFSET: usize = 4088;
 /// Suffix of a header being written by `create` (`pNNNNN.meta.tmp`).
 const META_TEMPORARY_SUFFIX: &str = "meta.tmp";
@@ -354,6 +364,14 @@ pub(crate) struct Partition {
     old: Option<Table>,
     heap: Heap,
     was_clean: bool,
+    /// The applied LSN the header on disk recorded at open: for an unclean partition,
+    /// the one of its last clean close (opening marks `clean = 0` and changes nothing
+    /// else), whose other fields are unchecked; recovery only compares it (see
+    /// `journal::recovery`).
+    applied_lsn_at_open: u64,
+    /// Why a clean partition's data files were refused at open, and which file, when
+    /// it was reopened for recovery to restore (see `reopen_damaged`).
+    damage: Option<(PathBuf, String)>,
     /// Not `Sync`: one thread touches a partition at a time.
     _not_sync: std::marker::PhantomData<Cell<()>>,
 }
@@ -372,8 +390,35 @@ impl Partition {
         let header = check_meta(&meta, index)?;
         if header.clean != 1 {
             refuse_missing_checkpoint(directory, index)?;
-            return Partition::reopen_empty(directory, index, meta);
+            return Partition::reopen_empty(directory, index, meta, header.applied_lsn);
         }
+        let (table, old, heap) = match Partition::open_data_files(directory, index, &header) {
+            Ok(files) => files,
+            Err(error) if is_damage(&error) && has_checkpoint(directory, index) => {
+                return Partition::reopen_damaged(directory, index, meta, &header, error);
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(Partition {
+            index,
+            directory: directory.to_path_buf(),
+            meta,
+            table,
+            old,
+            heap,
+            was_clean: true,
+            applied_lsn_at_open: header.applied_lsn,
+            damage: None,
+            _not_sync: std::marker::PhantomData,
+        })
+    }
+
+    /// Opens and checks the data files a clean header describes.
+    fn open_data_files(
+        directory: &Path,
+        index: u32,
+        header: &Meta,
+    ) -> Result<(Table, Option<Table>, Heap), EngineError> {
         let open_table = |generation: u64, lines: u64, checksum: u64| {
             let path = directory.join(file_name(index, &table_suffix(generation)));
             let file = open_verified(&path, lines * LINE_BYTES as u64, header.recorded(checksum))?;
@@ -400,16 +445,41 @@ impl Partition {
             header.recorded(header.heap_checksum),
         )?;
         let heap = Heap::from_file(heap_file)?;
-        Ok(Partition {
-            index,
-            directory: directory.to_path_buf(),
-            meta,
-            table,
-            old,
-            heap,
-            was_clean: true,
-            _not_sync: std::marker::PhantomData,
-        })
+        Ok((table, old, heap))
+    }
+
+    /// Opens a clean partition whose data files fail their check (`damage`: changed,
+    /// cut, missing) while its checkpoint exists: the checkpoint plus the journal
+    /// rebuild it exactly, so it is taken as not closed cleanly and recovery restores
+    /// it (and refuses, naming the missing LSNs, if the journal no longer holds what
+    /// replay needs). In this order, each step safe to crash after: the header on disk
+    /// is marked `clean = 0` (a restart then restores from the checkpoint too), the
+    /// data files are moved to `<data-dir>/damaged/` for inspection (nothing is
+    /// deleted), and the partition reopens empty. The damage is reported by recovery.
+    fn reopen_damaged(
+        directory: &Path,
+        index: u32,
+        mut meta: ArenaFile,
+        header: &Meta,
+        damage: EngineError,
+    ) -> Result<Partition, EngineError> {
+        let damaged_path = match &damage {
+            EngineError::Corrupted { path, .. } | EngineError::Io { path, .. } => path.clone(),
+            _ => directory.join(file_name(index, "meta")),
+        };
+        write_header(
+            meta.bytes_mut(),
+            &Meta {
+                clean: 0,
+                ..*header
+            },
+        );
+        meta.bytes_mut()[META_CHECKSUM_OFFSET..].fill(0);
+        meta.write_back()?;
+        set_aside_data_files(directory, index)?;
+        let mut partition = Partition::reopen_empty(directory, index, meta, header.applied_lsn)?;
+        partition.damage = Some((damaged_path, damage.to_string()));
+        Ok(partition)
     }
 
     /// Makes an opened partition ready to change: a clean one gets its header marked
@@ -438,6 +508,7 @@ impl Partition {
         directory: &Path,
         index: u32,
         mut meta: ArenaFile,
+        applied_lsn_at_open: u64,
     ) -> Result<Partition, EngineError> {
         debug_assert_eq!(read_header(meta.bytes()).clean, 0);
         remove_data_files(directory, index)?;
@@ -457,6 +528,8 @@ impl Partition {
             old: None,
             heap,
             was_clean: false,
+            applied_lsn_at_open,
+            damage: None,
             _not_sync: std::marker::PhantomData,
         })
     }
@@ -529,6 +602,13 @@ impl Partition {
         self.was_clean
     }
 
+    /// Takes a clean partition for one that was not closed cleanly: recovery found its
+    /// files older than its checkpoint, and restores the checkpoint instead. Its header
+    /// on disk already says `clean = 0` (see [`Partition::start`]).
+    pub(crate) fn distrust(&mut self) {
+        self.was_clean = false;
+    }
+
     #[inline]
     fn meta(&self) -> &Meta {
         // SAFETY: the meta mapping is page aligned and META_BYTES >= size_of::<Meta>() long
@@ -548,6 +628,14 @@ impl Partition {
 
     pub(crate) fn applied_lsn(&self) -> u64 {
         self.meta().applied_lsn
+    }
+
+    pub(crate) fn damage(&self) -> Option<&(PathBuf, String)> {
+        self.damage.as_ref()
+    }
+
+    pub(crate) fn applied_lsn_at_open(&self) -> u64 {
+        self.applied_lsn_at_open
     }
 
     pub(crate) fn set_applied_lsn(&mut self, lsn: u64) {
@@ -1295,6 +1383,8 @@ impl Partition {
             directory,
             mut meta,
             was_clean,
+            applied_lsn_at_open,
+            damage,
             ..
         } = self;
         debug_assert_eq!(loaded.header.partition, index);
@@ -1336,6 +1426,8 @@ impl Partition {
             old,
             heap,
             was_clean,
+            applied_lsn_at_open,
+            damage,
             _not_sync: std::marker::PhantomData,
         })
     }
@@ -1538,7 +1630,26 @@ fn check_meta_bytes(
     {
         return Err(corrupted(28, "partition header fields out of range".into()));
     }
+    if header.applied_lsn >= LSN_LIMIT {
+        return Err(corrupted(
+            16,
+            format!(
+                "applied LSN {} is at or above 2^62, beyond any journal: continuing above \
+                 it would wrap the LSNs; the header was crafted or damaged",
+                header.applied_lsn
+            ),
+        ));
+    }
     Ok(header)
+}
+
+/// The applied LSN recorded by the header of the checkpoint of partition `index` in
+/// `source`, checked like [`Partition::load_checkpoint`] checks it (magic, version,
+/// partition, checksum, field ranges); the data files are not read.
+pub(crate) fn checkpoint_applied_lsn(source: &Path, index: u32) -> Result<u64, EngineError> {
+    let meta_path = source.join(file_name(index, "meta"));
+    let meta_bytes = fs::read(&meta_path).map_err(io_error("read", &meta_path))?;
+    Ok(check_meta_bytes(&meta_bytes, index, &meta_path, true)?.applied_lsn)
 }
 
 /// Refuses to create partition `index`, whose header `meta_path` is missing, when the
@@ -1662,6 +1773,39 @@ pub(crate) fn sync_directory(path: &Path) -> Result<(), EngineError> {
     fs::File::open(path)
         .and_then(|d| d.sync_all())
         .map_err(io_error("fsync directory", path))
+}
+
+/// Whether `error`, from opening a clean partition's data files, is damage to them (a
+/// failed check, or a missing file) rather than a failure to read (permissions, I/O).
+fn is_damage(error: &EngineError) -> bool {
+    match error {
+        EngineError::Corrupted { .. } => true,
+        EngineError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// Where `reopen_damaged` moves the data files it does not trust.
+pub(crate) const DAMAGED_DIR: &str = "damaged";
+
+/// Moves every file of partition `index` but its header from `directory` into
+/// `directory/damaged/` (replacing files of the same name there), durably.
+fn set_aside_data_files(directory: &Path, index: u32) -> Result<(), EngineError> {
+    let target = directory.join(DAMAGED_DIR);
+    fs::create_dir_all(&target).map_err(io_error("create directory", &target))?;
+    let prefix = format!("p{index:05}.");
+    let meta_name = file_name(index, "meta");
+    let entries = fs::read_dir(directory).map_err(io_error("list", directory))?;
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) && name != meta_name {
+            let path = entry.path();
+            fs::rename(&path, target.join(&name)).map_err(io_error("set aside", &path))?;
+        }
+    }
+    sync_directory(&target)?;
+    sync_directory(directory)
 }
 
 /// Removes every file of partition `index` but its header from `directory`.

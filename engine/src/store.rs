@@ -280,7 +280,9 @@ impl Store {
     ///
     /// A partition that was not closed cleanly opens empty (its files hold only the state
     /// of its last clean close); recovery restores it. A clean partition's data files are
-    /// checked against the checksums its header recorded at the clean close, and missing
+    /// checked against the checksums its header recorded at the clean close (a damaged
+    /// or missing one is refused, or, when the partition has a checkpoint, the partition
+    /// is reopened as unclean for recovery to restore: see `partition`), and missing
     /// headers or checkpoints are refused when the directory shows they existed (see
     /// `partition`). Every partition is opened and checked before any is marked open on
     /// disk, so a refusal leaves the clean ones clean. The caller guarantees that no other
@@ -699,6 +701,30 @@ impl Store {
     pub fn partition_was_clean(&self, partition: u32) -> bool {
         self.owned_partition(partition)
             .is_some_and(Partition::was_clean)
+    }
+
+    /// Takes an owned partition that was closed cleanly for one that was not, before
+    /// recovery: its files are stale (older than its checkpoint), so recovery restores
+    /// the checkpoint and replays the journal onto it. Its header on disk already says
+    /// `clean = 0` since the open.
+    pub(crate) fn distrust_partition(&mut self, partition: u32) {
+        if let Some(Some(partition)) = self.partitions.get_mut(partition as usize) {
+            partition.distrust();
+        }
+    }
+
+    /// Why `partition`, closed cleanly, had its data files refused at open and was
+    /// reopened for recovery to restore from its checkpoint: the file, and why.
+    pub(crate) fn damage_at_open(&self, partition: u32) -> Option<&(std::path::PathBuf, String)> {
+        self.owned_partition(partition).and_then(Partition::damage)
+    }
+
+    /// The applied LSN `partition`'s header on disk recorded when it was opened: for a
+    /// partition not closed cleanly, the one of its last clean close (unchecked: only
+    /// compared by recovery). 0 if not owned.
+    pub(crate) fn applied_lsn_at_open(&self, partition: u32) -> u64 {
+        self.owned_partition(partition)
+            .map_or(0, Partition::applied_lsn_at_open)
     }
 
     /// The LSN of the last journal record applied to `partition` (0 if none or not owned).

@@ -24,6 +24,25 @@
 //! would take whatever partition count the command line says, and with another count
 //! than the lost one, keys would be looked up in the wrong partitions and read as 0.
 //! The refusal changes nothing on disk.
+//!
+//! # A superblock that is not this directory's
+//!
+//! A superblock is whole (its checksum matches) yet wrong when it was copied from
+//! another data directory, or restored from the wrong backup. With another partition
+//! count, keys are looked up in the wrong partitions: counters read as nonexistent and
+//! new writes create duplicates. So every open compares the count with the partition
+//! files, and refuses naming the superblock (nothing changed on disk) when
+//! - a header `pNNNNN.meta` or a checkpoint `checkpoint/<N>/` (or `.old`, `.tmp`) exists
+//!   for an index `N` at or above the count, or
+//! - the headers present are exactly those of partitions `0..k` for some `k` below the
+//!   count and the directory has served (some checkpoint exists, none at or above
+//!   `k`): every partition gets its header when the directory first starts, before any
+//!   checkpoint is written, so a served directory with the headers of a smaller count
+//!   was created with that count. (A single missing header in the middle is not this
+//!   pattern: `partition` refuses it, naming the header.)
+//!
+//! Each header also records its own index, which `partition` checks when it opens it.
+//! These checks read directory listings only.
 
 use std::fs;
 use std::io::Write;
@@ -71,6 +90,7 @@ impl DataDir {
             write_superblock(path, count)?;
         }
         let found = read_superblock(&superblock_path)?;
+        refuse_foreign_superblock(path, &superblock_path, found)?;
         if let Some(requested) = partition_count.filter(|&n| n != found) {
             return Err(EngineError::PartitionCountMismatch {
                 path: path.to_path_buf(),
@@ -146,6 +166,91 @@ fn refuse_if_used(directory: &Path, superblock_path: &Path) -> Result<(), Engine
             "the superblock is missing, but the directory holds Tally files ({shown}{more}); \
              refusing to initialise it again, which could lose their counters: restore the \
              superblock from a backup, or start with an empty directory"
+        ),
+    })
+}
+
+/// The partition index a data directory entry named `name` belongs to, if it is a
+/// partition header `pNNNNN.meta`.
+fn header_index(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix('p')?.strip_suffix(".meta")?;
+    (digits.len() == 5 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The partition index an entry of `checkpoint/` named `name` belongs to: `N`,
+/// `N.old` or `N.tmp` (see `journal::checkpoint`).
+fn checkpoint_index(name: &str) -> Option<u32> {
+    let digits = name
+        .strip_suffix(".old")
+        .or_else(|| name.strip_suffix(".tmp"))
+        .unwrap_or(name);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+/// The indexes of the entries of `directory` that `index_of` recognises, sorted; none if
+/// the directory does not exist.
+fn indexes_in(
+    directory: &Path,
+    index_of: fn(&str) -> Option<u32>,
+) -> Result<Vec<u32>, EngineError> {
+    let entries = match fs::read_dir(directory) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(io_error("list", directory)(error)),
+    };
+    let mut indexes = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error("list", directory))?;
+        if let Some(index) = index_of(&entry.file_name().to_string_lossy()) {
+            indexes.push(index);
+        }
+    }
+    indexes.sort_unstable();
+    indexes.dedup();
+    Ok(indexes)
+}
+
+/// Refuses a superblock whose partition count `count` the partition files of
+/// `directory` contradict (see "A superblock that is not this directory's" in the
+/// module doc), naming the superblock and the evidence.
+fn refuse_foreign_superblock(
+    directory: &Path,
+    superblock_path: &Path,
+    count: u32,
+) -> Result<(), EngineError> {
+    let headers = indexes_in(directory, header_index)?;
+    let checkpoints = indexes_in(&directory.join("checkpoint"), checkpoint_index)?;
+    let evidence = if let Some(&index) = headers.iter().find(|&&index| index >= count) {
+        let name = crate::partition::file_name(index, "meta");
+        format!("the header of partition {index} exists ({name})")
+    } else if let Some(&index) = checkpoints.iter().find(|&&index| index >= count) {
+        format!("a checkpoint of partition {index} exists (checkpoint/{index})")
+    } else {
+        // `headers` is sorted and below `count`: `0..k` exactly when its last is k - 1.
+        let k = headers.len() as u32;
+        let prefix = headers.last().is_some_and(|&last| last + 1 == k);
+        let served = !checkpoints.is_empty() && checkpoints.iter().all(|&index| index < k);
+        if !(prefix && k < count && served) {
+            return Ok(());
+        }
+        format!(
+            "only the headers of partitions 0..={} exist, and the directory has served \
+             (checkpoints of those partitions exist): it was created with {k} partitions",
+            k - 1
+        )
+    };
+    Err(EngineError::Corrupted {
+        path: superblock_path.to_path_buf(),
+        offset: 12,
+        reason: format!(
+            "the superblock records {count} partitions, but {evidence}: the superblock is \
+             not this directory's (copied from another data directory, or restored from \
+             the wrong backup). Refusing to start, which would look keys up in the wrong \
+             partitions; restore this directory's own superblock"
         ),
     })
 }

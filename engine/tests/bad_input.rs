@@ -661,3 +661,79 @@ fn a_missing_checkpoint_counts_only_the_owning_cores_journal() {
     assert!(message.contains("checkpoint of partition 0"), "{message}");
     assert!(message.contains("core-0"), "{message}");
 }
+
+/// A directory of `partition_count` partitions that has served: counters, a checkpoint
+/// of every partition, a clean close.
+fn served_directory(path: &Path, partition_count: u32) {
+    let store = filled_store(path, partition_count, 200);
+    tally_engine::journal::checkpoint::checkpoint_all(path, &store, 0).unwrap();
+    store.close_clean().unwrap();
+}
+
+fn superblock_of(partition_count: u32) -> Vec<u8> {
+    let other = tempfile::tempdir().unwrap();
+    DataDir::open_or_create(other.path(), Some(partition_count)).unwrap();
+    fs::read(other.path().join("superblock")).unwrap()
+}
+
+fn assert_superblock_refused(path: &Path, evidence: &str) {
+    let before = fs::read_dir(path).unwrap().count();
+    let error = DataDir::open_or_create(path, None).unwrap_err();
+    assert!(matches!(error, EngineError::Corrupted { .. }), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("superblock"), "{message}");
+    assert!(message.contains("not this directory's"), "{message}");
+    assert!(message.contains(evidence), "{message}");
+    assert_eq!(
+        fs::read_dir(path).unwrap().count(),
+        before,
+        "nothing created"
+    );
+}
+
+/// Failed before the fix: the superblock of a 16-partition directory on an 8-partition
+/// one was trusted, and counters were looked up in the wrong partitions.
+#[test]
+fn a_superblock_with_more_partitions_than_the_directory_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    served_directory(temp.path(), 8);
+    fs::write(temp.path().join("superblock"), superblock_of(16)).unwrap();
+    assert_superblock_refused(temp.path(), "0..=7");
+}
+
+/// Failed before the fix (the DataDir opened; only a journal record of a partition
+/// not owned could refuse later).
+#[test]
+fn a_superblock_with_fewer_partitions_than_the_directory_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    served_directory(temp.path(), 8);
+    fs::write(temp.path().join("superblock"), superblock_of(4)).unwrap();
+    assert_superblock_refused(temp.path(), "p00004.meta");
+    // A checkpoint alone is evidence too.
+    for index in 4..8 {
+        for suffix in ["meta", "heap"] {
+            fs::remove_file(temp.path().join(format!("p{index:05}.{suffix}"))).unwrap();
+        }
+    }
+    assert_superblock_refused(temp.path(), "checkpoint/4");
+}
+
+/// What is not the pattern of a foreign superblock opens as before: a new directory, a
+/// first start that stopped before every partition had its header (nothing served), and
+/// one missing header in the middle (refused by the partition, naming the header).
+#[test]
+fn the_superblock_check_refuses_nothing_else() {
+    let temp = tempfile::tempdir().unwrap();
+    DataDir::open_or_create(temp.path(), Some(8)).unwrap();
+    DataDir::open_or_create(temp.path(), None).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    drop(Store::open(&dir, 0..4).unwrap());
+    DataDir::open_or_create(temp.path(), None).unwrap();
+
+    let temp = tempfile::tempdir().unwrap();
+    served_directory(temp.path(), 8);
+    fs::remove_file(temp.path().join("p00003.meta")).unwrap();
+    let dir = DataDir::open_or_create(temp.path(), None).unwrap();
+    let error = Store::open(&dir, 0..8).unwrap_err();
+    assert!(error.to_string().contains("p00003.meta"), "{error}");
+}

@@ -802,3 +802,308 @@ fn interleaved_bounded_and_plain_records_recover_exactly() {
     assert_eq!(report.records_replayed, journaled);
     assert_eq!(snapshot(&store), expected);
 }
+
+/// Copies partition `partition`'s files (header and data files) from `from` to `to`,
+/// removing its files in `to` first: a file-level rollback of one partition.
+fn copy_partition_files(from: &Path, to: &Path, partition: u32) {
+    let prefix = format!("p{partition:05}.");
+    for entry in std::fs::read_dir(to).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::remove_file(entry.path()).unwrap();
+        }
+    }
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// One serving run as the server makes it: recover, apply `steps`, then a few more
+/// (after a sync, so they start a new segment), checkpoint every partition (releasing
+/// every segment but the last, which holds only those few), close cleanly.
+fn graceful_run(path: &Path, steps: std::ops::Range<u64>) -> Model {
+    let mut store = open_store(path);
+    let report = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(path, 0, small_segments(report.next_lsn)).unwrap();
+    let end = steps.end;
+    run_ops(&mut store, &mut journal, steps);
+    journal.sync().unwrap();
+    run_ops(&mut store, &mut journal, end * 7..end * 7 + 3);
+    journal.sync().unwrap();
+    checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
+    let expected = snapshot(&store);
+    drop(journal);
+    store.close_clean().unwrap();
+    expected
+}
+
+/// Failed before the fix: the rolled-back partition was served as its old clean close
+/// left it, silently (its checkpoint and the journal held the newer state).
+#[test]
+fn a_clean_partition_rolled_back_to_an_earlier_clean_close_is_restored_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let saved = tempfile::tempdir().unwrap();
+    graceful_run(dir.path(), 0..2_000);
+    copy_partition_files(dir.path(), saved.path(), 1);
+    let expected = graceful_run(dir.path(), 2_000..4_000);
+    copy_partition_files(saved.path(), dir.path(), 1);
+
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    assert_eq!(report.partitions_restored, vec![1]);
+    assert_eq!(report.partitions_distrusted.len(), 1);
+    let (partition, path, reason) = &report.partitions_distrusted[0];
+    assert_eq!(*partition, 1);
+    assert!(path.ends_with("p00001.meta"), "{}", path.display());
+    assert!(reason.contains("rolled back"), "{reason}");
+    assert!(!report.clean_shutdown);
+    // The restored partition closes cleanly with the right state.
+    store.close_clean().unwrap();
+    let mut store = open_store(dir.path());
+    let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert!(again.partitions_distrusted.is_empty());
+    assert_eq!(snapshot(&store), expected);
+}
+
+/// The normal path never trips the check: an idle partition's applied LSN stays below
+/// its checkpoint's covered LSN (the core's), which is no evidence of a rollback.
+#[test]
+fn graceful_runs_with_idle_partitions_distrust_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    graceful_run(dir.path(), 0..2_000);
+    let mut expected = Model::new();
+    for round in 1..3u64 {
+        // Few steps: some partitions get no record this round.
+        expected = graceful_run(dir.path(), round * 10_000..round * 10_000 + 2);
+    }
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert!(report.partitions_distrusted.is_empty());
+    assert!(report.partitions_restored.is_empty());
+    assert!(report.clean_shutdown);
+    assert_eq!(snapshot(&store), expected);
+}
+
+/// A 32-byte LSN stamp (see `journal::stamp`) with a valid checksum: what a crafted
+/// file holds.
+fn stamp(magic: &[u8; 8], owner: u32, lsn: u64) -> Vec<u8> {
+    let mut bytes = vec![0u8; 32];
+    bytes[0..8].copy_from_slice(magic);
+    bytes[8..12].copy_from_slice(&owner.to_le_bytes());
+    bytes[16..24].copy_from_slice(&lsn.to_le_bytes());
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..24]);
+    bytes[24..32].copy_from_slice(&checksum.to_le_bytes());
+    bytes
+}
+
+/// Failed before the fix: with the flag, a reach stamp near 2^64 was accepted and the
+/// journal continued above it, so LSNs wrapped (a core panicked in the server).
+#[test]
+fn a_reach_stamp_near_the_end_of_the_lsns_never_wraps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = checkpointed_then_crashed(dir.path());
+    let reach = dir.path().join("journal-reach").join("core-0");
+    std::fs::write(&reach, stamp(b"TLYREACH", 0, u64::MAX - 1)).unwrap();
+
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("journal-reach"), "{message}");
+    assert!(message.contains("2^62"), "{message}");
+    drop(store);
+
+    let flag = RecoveryOptions {
+        recover_to_corruption: true,
+    };
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &flag).unwrap();
+    assert!(report.next_lsn < 1 << 62, "next LSN {}", report.next_lsn);
+    assert_eq!(snapshot(&store), expected);
+    let mut journal = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 50_000..50_100);
+    journal.sync().unwrap();
+}
+
+/// Failed before the fix: a checkpoint position of 2^64 - 1 made the journal continue at
+/// LSN 0 (an overflow: a panic in a debug build, "next_lsn_min must be at least 1" in
+/// release, naming no file).
+#[test]
+fn a_checkpoint_position_near_the_end_of_the_lsns_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    checkpointed_then_crashed(dir.path());
+    let position = dir
+        .path()
+        .join("checkpoint")
+        .join("2")
+        .join("journal-position");
+    std::fs::write(&position, stamp(b"TLYCKPT1", 2, u64::MAX)).unwrap();
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("checkpoint/2/journal-position"),
+        "{message}"
+    );
+    assert!(message.contains("2^62"), "{message}");
+}
+
+/// Failed before the fix (as above, for a clean partition header's applied LSN).
+#[test]
+fn a_clean_header_applied_lsn_near_the_end_of_the_lsns_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    graceful_run(dir.path(), 0..500);
+    let header = dir.path().join("p00003.meta");
+    let mut bytes = std::fs::read(&header).unwrap();
+    bytes[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    let checksum = xxhash_rust::xxh3::xxh3_64(&bytes[..4088]);
+    bytes[4088..].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&header, bytes).unwrap();
+    let data_dir = DataDir::open_or_create(dir.path(), Some(PARTITIONS)).unwrap();
+    let error = Store::open(&data_dir, 0..PARTITIONS).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("p00003.meta"), "{message}");
+    assert!(message.contains("2^62"), "{message}");
+}
+
+/// A served directory (two graceful runs, the second releasing the journal before it),
+/// then a run stopped uncleanly, with `checkpoint/1`'s data files rolled back to the
+/// first run's checkpoint (its journal-position untouched). Returns the right state.
+fn checkpoint_data_rolled_back(path: &Path, keep_old: bool) -> Model {
+    let saved = tempfile::tempdir().unwrap();
+    let checkpoint = path.join("checkpoint").join("1");
+    graceful_run(path, 0..2_000);
+    copy_partition_files(&checkpoint, saved.path(), 1);
+    graceful_run(path, 2_000..4_000);
+    let mut store = open_store(path);
+    let report = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut journal = Journal::open(path, 0, small_segments(report.next_lsn)).unwrap();
+    run_ops(&mut store, &mut journal, 9_000..9_050);
+    journal.sync().unwrap();
+    let expected = snapshot(&store);
+    drop(journal);
+    drop(store); // no close_clean: an unclean stop
+    if keep_old {
+        let old = path.join("checkpoint").join("1.old");
+        std::fs::create_dir(&old).unwrap();
+        for entry in std::fs::read_dir(&checkpoint).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), old.join(entry.file_name())).unwrap();
+        }
+    }
+    copy_partition_files(saved.path(), &checkpoint, 1);
+    expected
+}
+
+/// Failed before the fix: the rolled-back checkpoint was restored and replay started
+/// at its position, so the records between were never replayed: stale counters.
+#[test]
+fn a_checkpoint_whose_data_was_rolled_back_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    checkpoint_data_rolled_back(dir.path(), false);
+    let mut store = open_store(dir.path());
+    let error = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("checkpoint/1/p00001.meta"), "{message}");
+    assert!(message.contains("rolled back"), "{message}");
+}
+
+/// Failed before the fix (stale counters): the intact previous checkpoint a swap left
+/// is used instead of the rolled-back one.
+#[test]
+fn a_rolled_back_checkpoint_falls_back_to_an_intact_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = checkpoint_data_rolled_back(dir.path(), true);
+    let mut store = open_store(dir.path());
+    let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    assert_eq!(snapshot(&store), expected);
+    assert_eq!(report.partitions_distrusted.len(), 1);
+    let (partition, path, reason) = &report.partitions_distrusted[0];
+    assert_eq!(*partition, 1);
+    assert!(
+        path.ends_with("checkpoint/1/p00001.meta"),
+        "{}",
+        path.display()
+    );
+    assert!(reason.contains("1.old"), "{reason}");
+}
+
+/// Failed before the fix: a flipped bit (or a deleted file) in a clean partition's data
+/// refused the start, although its checkpoint and the journal restore it exactly.
+#[test]
+fn damaged_data_of_a_clean_partition_is_restored_from_its_checkpoint() {
+    for delete in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        graceful_run(dir.path(), 0..2_000);
+        let expected = graceful_run(dir.path(), 2_000..4_000);
+        let heap = dir.path().join("p00001.heap");
+        if delete {
+            std::fs::remove_file(&heap).unwrap();
+        } else {
+            let mut bytes = std::fs::read(&heap).unwrap();
+            bytes[200] ^= 0x20;
+            std::fs::write(&heap, &bytes).unwrap();
+        }
+        let mut store = open_store(dir.path());
+        let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert_eq!(snapshot(&store), expected);
+        assert_eq!(report.partitions_restored, vec![1]);
+        assert_eq!(report.partitions_distrusted.len(), 1);
+        let (partition, path, reason) = &report.partitions_distrusted[0];
+        assert_eq!(*partition, 1);
+        assert!(path.ends_with("p00001.heap"), "{}", path.display());
+        assert!(reason.contains("checkpoint"), "{reason}");
+        assert_eq!(
+            dir.path().join("damaged").join("p00001.heap").exists(),
+            !delete,
+            "the damaged file is kept for inspection"
+        );
+        store.close_clean().unwrap();
+        let mut store = open_store(dir.path());
+        let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert!(again.partitions_distrusted.is_empty());
+        assert_eq!(snapshot(&store), expected);
+    }
+}
+
+/// Failed before the fix: damage in the last segment whose records no partition needs
+/// (every partition closed cleanly and checkpointed) refused the start, and with the
+/// flag was reported as lost acknowledged records; the rule for covered damage applied
+/// only to segments followed by another.
+#[test]
+fn damage_no_partition_needs_in_the_last_segment_is_stepped_over() {
+    for recover_to_corruption in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = graceful_run(dir.path(), 0..2_000);
+        let segments = list_segments(&journal_dir(dir.path(), 0)).unwrap();
+        assert_eq!(segments.len(), 1, "every segment but the last was released");
+        // The first record's key: damage followed by valid records.
+        let mut bytes = std::fs::read(&segments[0].path).unwrap();
+        bytes[40] ^= 0x10;
+        std::fs::write(&segments[0].path, bytes).unwrap();
+        let options = RecoveryOptions {
+            recover_to_corruption,
+        };
+        let mut store = open_store(dir.path());
+        let report = recover(dir.path(), &mut store, 0, &options)
+            .unwrap_or_else(|e| panic!("flag {recover_to_corruption}: {e}"));
+        assert_eq!(snapshot(&store), expected);
+        assert!(
+            report.journal.corruption.is_none(),
+            "nothing needed was lost"
+        );
+        assert_eq!(report.journal.skipped.len(), 1);
+        let mut journal = Journal::open(dir.path(), 0, small_segments(report.next_lsn)).unwrap();
+        run_ops(&mut store, &mut journal, 60_000..60_010);
+        journal.sync().unwrap();
+        let expected = snapshot(&store);
+        drop(journal);
+        drop(store);
+        let mut store = open_store(dir.path());
+        recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+        assert_eq!(snapshot(&store), expected);
+    }
+}

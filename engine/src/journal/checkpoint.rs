@@ -121,20 +121,20 @@ fn encode_position(partition: u32, covered_lsn: Lsn) -> [u8; stamp::STAMP_BYTES]
     stamp::encode(POSITION_MAGIC, partition, covered_lsn)
 }
 
-fn read_position(dir: &Path, partition: u32) -> Result<CheckpointInfo, JournalError> {
+pub(super) fn read_position(dir: &Path, partition: u32) -> Result<CheckpointInfo, JournalError> {
     let path = dir.join(POSITION_FILE);
     let bytes =
         std::fs::read(&path).map_err(|e| JournalError::io("read checkpoint position", &path, e))?;
     let covered_lsn = stamp::decode(&bytes, POSITION_MAGIC, partition).map_err(|error| {
-        let reason = match error {
-            StampError::Kind => "not a checkpoint position file",
-            StampError::Checksum => "checksum mismatch",
-            StampError::Owner => "checkpoint of another partition",
+        let offset = if matches!(error, StampError::Range(_)) {
+            16
+        } else {
+            0
         };
         JournalError::Corrupted {
             path: path.clone(),
-            offset: 0,
-            reason: reason.to_string(),
+            offset,
+            reason: error.reason("checkpoint position", "checkpoint of another partition"),
         }
     })?;
     Ok(CheckpointInfo {

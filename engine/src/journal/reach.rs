@@ -80,15 +80,15 @@ pub fn read_reach(data_dir: &Path, core: u32) -> Result<Option<Lsn>, JournalErro
         Err(error) => return Err(JournalError::io("read journal reach", &path, error)),
     };
     let lsn = stamp::decode(&bytes, REACH_MAGIC, core).map_err(|error| {
-        let reason = match error {
-            StampError::Kind => "not a journal reach file",
-            StampError::Checksum => "checksum mismatch",
-            StampError::Owner => "reach of another core",
+        let offset = if matches!(error, StampError::Range(_)) {
+            16
+        } else {
+            0
         };
         JournalError::Corrupted {
             path: path.clone(),
-            offset: 0,
-            reason: reason.to_string(),
+            offset,
+            reason: error.reason("journal reach", "reach of another core"),
         }
     })?;
     Ok(Some(lsn))

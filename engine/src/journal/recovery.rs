@@ -9,6 +9,33 @@
 //! ```
 //!
 //! # Steps
+//! 0. A partition closed cleanly whose header records an applied LSN below the one its
+//!    checkpoint's header records is stale: its files were rolled back to an earlier
+//!    clean close (a partial restore from a backup, a file-level rollback). In normal
+//!    operation that never happens: a checkpoint copies the partition's header with its
+//!    applied LSN, the applied LSN only grows while the partition is open, and the clean
+//!    close writes the header last, after the final checkpoint, so a clean header's
+//!    applied LSN is at least its checkpoint's. (The checkpoint's *covered* LSN is the
+//!    core's durable LSN and is often above an idle partition's applied LSN: it is no
+//!    evidence.) Such a partition is taken for one not closed cleanly and goes through
+//!    step 1, so it is rebuilt from its checkpoint and the journal exactly, or refused
+//!    if the journal no longer holds what replay needs. It is reported in
+//!    [`RecoveryReport::partitions_distrusted`], naming its header. A checkpoint whose
+//!    header cannot be read is no evidence either way: the check is skipped (step 1
+//!    refuses it only if it must restore from it).
+//!    A partition not closed cleanly is restored from its checkpoint, which must be
+//!    the data its `journal-position` describes: a checkpoint's data files rolled back
+//!    to an older checkpoint (position untouched) restore a partition older than the
+//!    position claims, and replay from the position never brings back what lies
+//!    between. The evidence: the unclean header on disk still records the applied LSN
+//!    of the partition's last clean close (opening only marks `clean = 0`), and every
+//!    checkpoint taken at or after that close records at least it. So a checkpoint
+//!    header whose applied LSN is below it, while its covered LSN is at or above it
+//!    (an unclean header's fields are unchecked: a garbled one above the covered LSN
+//!    is no evidence), is stale: the previous checkpoint `<p>.old`, if a swap left one
+//!    that records at least that applied LSN, is used instead (and reported);
+//!    otherwise recovery refuses, naming the checkpoint's header. The journal must
+//!    then still hold what the chosen checkpoint needs (the gap check of step 3).
 //! 1. Every owned partition that was not closed cleanly is restored from its last
 //!    checkpoint (see [`super::checkpoint`]), or emptied if it has none. The checkpoint
 //!    is read straight into memory (`Store::restore_partition`); the partition's header
@@ -25,7 +52,9 @@
 //!    reported with file, offset and bytes cut ([`TornTail`]). What no partition needs
 //!    (every record at or below the lowest checkpoint LSN of the core's partitions,
 //!    see [`scan_journal_needing`]) never stops the start nor cuts anything after it:
-//!    damage in a segment whose records all lie below it is stepped over, that
+//!    damage in a segment whose records all lie below it (for the last segment: whose
+//!    valid records after the damage all do, since the damage hides lower LSNs than
+//!    theirs) is stepped over, that
 //!    segment set aside as `*.corrupt` and the intact ones before it as `*.covered`.
 //!    Damage or a gap in what is needed refuses to start with
 //!    [`JournalError::Corrupted`] naming the file and offset (or the missing LSNs and
@@ -40,6 +69,8 @@
 //!    with [`JournalError::Corrupted`] naming the reach file, the missing LSNs and the
 //!    first missing segment, and the flag; with the flag it goes on with what is left
 //!    and continues above the reach.
+//!    Every LSN read from a file must lie below [`LSN_LIMIT`] (2^62), or the file is
+//!    refused naming it: continuing above an LSN near `u64::MAX` would wrap.
 //!    The journal continues above every LSN in its segments, in any `*.corrupt` file,
 //!    in any checkpoint and in any partition (and above the reach, when the flag
 //!    accepted its loss): no LSN is ever reused. If that jumps over
@@ -67,6 +98,7 @@ use super::checkpoint::CheckpointInfo;
 use super::record::LoggedRecord;
 use super::replay::{Reader, Replay};
 use super::segment::{self, SegmentInfo, Verdict};
+use super::stamp::LSN_LIMIT;
 use super::{checkpoint, journal_dir, reach, JournalError, Lsn};
 use crate::op::Op;
 use crate::store::Store;
@@ -143,6 +175,11 @@ pub struct RecoveryReport {
     pub clean_shutdown: bool,
     pub partitions_restored: Vec<u32>,
     pub partitions_emptied: Vec<u32>,
+    /// Files found older than other files show (step 0 of the module doc), and what
+    /// was used instead: a clean partition's header (restored from its checkpoint), or
+    /// a checkpoint's header (its `.old` used). The partition, the file, and why. Each
+    /// deserves a warning: something rolled those files back.
+    pub partitions_distrusted: Vec<(u32, PathBuf, String)>,
     pub records_replayed: u64,
     pub journal: JournalScan,
     /// The LSN the journal must continue from (`JournalOptions::next_lsn_min`).
@@ -308,10 +345,15 @@ impl Walk<'_> {
         reason: String,
     ) -> Result<Then, JournalError> {
         let info = &self.segments[index];
-        let covered = self
-            .segments
-            .get(index + 1)
-            .is_some_and(|next| next.first_lsn <= self.needed_lsn);
+        let covered = match self.segments.get(index + 1) {
+            Some(next) => next.first_lsn <= self.needed_lsn,
+            // The last segment: what the damage hides lies below the valid records
+            // after it (LSNs grow), so it is covered when they all are; anything cut
+            // after them is what the reach check (step 4) is for.
+            None => segment::valid_records_in(&mapped.bytes()[offset as usize..])
+                .1
+                .is_some_and(|lsn_max| lsn_max < self.needed_lsn),
+        };
         if covered {
             drop(mapped);
             let before = &self.segments[self.live..index];
@@ -491,6 +533,120 @@ fn needed_lsn(checkpoints: &[(u32, Option<CheckpointInfo>)], store: &Store) -> L
     needed.min().unwrap_or(1)
 }
 
+/// Step 0 of the module doc: takes every clean partition whose header's applied LSN is
+/// below its checkpoint header's for one not closed cleanly, so step 1 restores it.
+fn distrust_stale_partitions(
+    data_dir: &Path,
+    store: &mut Store,
+    checkpoints: &[(u32, Option<CheckpointInfo>)],
+    report: &mut RecoveryReport,
+) {
+    for (partition, found) in checkpoints {
+        if let Some((path, damage)) = store.damage_at_open(*partition) {
+            let reason = format!(
+                "{damage}; the partition was closed cleanly, but its checkpoint exists: \
+                 restoring it and replaying the journal instead (the data files were moved \
+                 to {}/)",
+                data_dir.join(crate::partition::DAMAGED_DIR).display()
+            );
+            report
+                .partitions_distrusted
+                .push((*partition, path.clone(), reason));
+        }
+        let (partition, Some(found)) = (*partition, found) else {
+            continue;
+        };
+        if !store.partition_was_clean(partition) {
+            continue;
+        }
+        let Ok(checkpointed) = crate::partition::checkpoint_applied_lsn(&found.dir, partition)
+        else {
+            continue;
+        };
+        let applied = store.applied_lsn(partition);
+        if applied >= checkpointed {
+            continue;
+        }
+        let header = data_dir.join(crate::partition::file_name(partition, "meta"));
+        let reason = format!(
+            "partition {partition} was closed cleanly at applied LSN {applied}, but its \
+             checkpoint {} was taken later, at applied LSN {checkpointed}: the partition's \
+             files were rolled back to an earlier clean close; restoring the checkpoint and \
+             replaying the journal instead",
+            found.dir.display()
+        );
+        store.distrust_partition(partition);
+        report
+            .partitions_distrusted
+            .push((partition, header, reason));
+    }
+    report.clean_shutdown = store.was_clean_shutdown();
+}
+
+/// Step 0 of the module doc, for the partitions step 1 restores: refuses (naming its
+/// header) a checkpoint whose data is older than the partition's last clean close,
+/// unless a `.old` checkpoint left by a swap is not, which then takes its place.
+fn check_checkpoints_restored(
+    store: &Store,
+    checkpoints: &mut [(u32, Option<CheckpointInfo>)],
+    report: &mut RecoveryReport,
+) -> Result<(), JournalError> {
+    for (partition, found) in checkpoints.iter_mut() {
+        let partition = *partition;
+        let Some(info) = found.as_ref() else {
+            continue;
+        };
+        if store.partition_was_clean(partition) {
+            continue;
+        }
+        let closed = store.applied_lsn_at_open(partition);
+        let Ok(checkpointed) = crate::partition::checkpoint_applied_lsn(&info.dir, partition)
+        else {
+            // Step 1 reads the header again and refuses it, naming it.
+            continue;
+        };
+        if checkpointed >= closed || closed > info.covered_lsn {
+            continue;
+        }
+        let header = info
+            .dir
+            .join(crate::partition::file_name(partition, "meta"));
+        let reason = format!(
+            "the checkpoint's data records applied LSN {checkpointed}, but partition \
+             {partition} had reached applied LSN {closed} at its last clean close, and this \
+             checkpoint (covering LSN {}) was taken at or after it: its data files are older \
+             than its journal-position says (rolled back to an older checkpoint)",
+            info.covered_lsn
+        );
+        if let Some(previous) = previous_checkpoint(info, closed) {
+            let used = format!(
+                "{reason}; using the previous checkpoint {}",
+                previous.dir.display()
+            );
+            report.partitions_distrusted.push((partition, header, used));
+            *found = Some(previous);
+            continue;
+        }
+        return Err(corrupted(
+            &header,
+            16,
+            reason + "; restore the checkpoint directory from a backup",
+        ));
+    }
+    Ok(())
+}
+
+/// The checkpoint `<p>.old` beside `current`, if a swap left one that is whole and
+/// records an applied LSN of at least `closed`.
+fn previous_checkpoint(current: &CheckpointInfo, closed: Lsn) -> Option<CheckpointInfo> {
+    let mut name = current.dir.as_os_str().to_owned();
+    name.push(".old");
+    let old = PathBuf::from(name);
+    let info = checkpoint::read_position(&old, current.partition).ok()?;
+    let applied = crate::partition::checkpoint_applied_lsn(&old, current.partition).ok()?;
+    (applied >= closed).then_some(info)
+}
+
 /// Recovers core `core`'s partitions in `store` (see the module doc).
 pub fn recover(
     data_dir: &Path,
@@ -507,6 +663,8 @@ pub fn recover(
     for &partition in store.owned_partitions() {
         checkpoints.push((partition, checkpoint::latest(data_dir, partition)?));
     }
+    distrust_stale_partitions(data_dir, store, &checkpoints, &mut report);
+    check_checkpoints_restored(store, &mut checkpoints, &mut report)?;
     // Reading and checking the journal needs no partition: it starts first and
     // overlaps the restore (see `super::replay`).
     let dir = journal_dir(data_dir, core);
@@ -533,13 +691,23 @@ pub fn recover(
         .filter_map(|(_, found)| found.as_ref().map(|c| c.covered_lsn))
         .max()
         .unwrap_or(0);
-    report.next_lsn = report
+    let seen_max = report
         .journal
         .last_lsn
         .max(applied_max)
         .max(covered_max)
-        .max(set_aside_lsn_max(&dir)?)
-        + 1;
+        .max(set_aside_lsn_max(&dir)?);
+    // Headers and stamps are refused at or above the limit when read; segments and
+    // set-aside files are checked here, before the journal is continued above them.
+    if seen_max >= LSN_LIMIT {
+        let reason = format!(
+            "LSN {seen_max} (in a segment or a *.corrupt file there) is at or above 2^62, \
+             beyond any journal: continuing above it would wrap the LSNs; a file there was \
+             crafted or damaged"
+        );
+        return Err(corrupted(&dir, 0, reason));
+    }
+    report.next_lsn = seen_max + 1;
     check_reach(data_dir, core, needed, options, &mut report)?;
     let checkpoint_started = Instant::now();
     // Only segments left in place can make a hole with the writer's first segment;

@@ -12,13 +12,21 @@
 //!     16    8 LSN
 //!     24    8 xxh3_64 of bytes 0..24
 //! ```
-//! Invariant: a stamp that decodes was written whole for that kind and owner.
+//! Invariant: a stamp that decodes was written whole for that kind and owner, and its
+//! LSN is below [`LSN_LIMIT`]: recovery continues the journal above the LSNs it reads
+//! (`+ 1`, and above the reach), so an LSN near `u64::MAX` would wrap. No journal comes
+//! near the limit (2^62 records at 10 million a second take 14,000 years), so a stamp
+//! above it was crafted or damaged in a way its checksum missed, and is refused.
 
 use super::Lsn;
 
 /// The size of a stamp: one write of it stays inside one 512-byte sector.
 pub(crate) const STAMP_BYTES: usize = 32;
 const _: () = assert!(STAMP_BYTES <= 512);
+
+/// Every LSN read from a file must lie below this: continuing above it (`+ 1`, or a
+/// reach plus the records written since) can then never wrap a `u64`.
+pub(crate) const LSN_LIMIT: Lsn = crate::partition::LSN_LIMIT;
 
 /// Why bytes are not a stamp of the wanted kind and owner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,6 +37,8 @@ pub(crate) enum StampError {
     Checksum,
     /// A whole stamp of this kind, for another owner.
     Owner,
+    /// A whole stamp whose LSN is at or above [`LSN_LIMIT`].
+    Range(Lsn),
 }
 
 /// The stamp of `lsn` for `owner`, of the kind `magic` names.
@@ -55,9 +65,26 @@ pub(crate) fn decode(bytes: &[u8], magic: &[u8; 8], owner: u32) -> Result<Lsn, S
     if u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) != owner {
         return Err(StampError::Owner);
     }
-    Ok(u64::from_le_bytes(
-        bytes[16..24].try_into().expect("8 bytes"),
-    ))
+    let lsn = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
+    if lsn >= LSN_LIMIT {
+        return Err(StampError::Range(lsn));
+    }
+    Ok(lsn)
+}
+
+impl StampError {
+    /// Why the file is refused, in words for the operator.
+    pub(crate) fn reason(self, kind: &str, other_owner: &str) -> String {
+        match self {
+            StampError::Kind => format!("not a {kind} file"),
+            StampError::Checksum => "checksum mismatch".to_string(),
+            StampError::Owner => other_owner.to_string(),
+            StampError::Range(lsn) => format!(
+                "LSN {lsn} is at or above 2^62, beyond any journal: continuing above it \
+                 would wrap the LSNs; the file was crafted or damaged"
+            ),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +101,17 @@ mod tests {
         let mut damaged = bytes;
         damaged[17] ^= 1;
         assert_eq!(decode(&damaged, b"TESTSTMP", 7), Err(StampError::Checksum));
+    }
+
+    #[test]
+    fn a_stamp_near_the_end_of_the_lsns_is_refused() {
+        assert_eq!(
+            decode(&encode(b"TESTSTMP", 7, LSN_LIMIT - 1), b"TESTSTMP", 7),
+            Ok(LSN_LIMIT - 1)
+        );
+        for lsn in [LSN_LIMIT, u64::MAX - 1, u64::MAX] {
+            let bytes = encode(b"TESTSTMP", 7, lsn);
+            assert_eq!(decode(&bytes, b"TESTSTMP", 7), Err(StampError::Range(lsn)));
+        }
     }
 }
