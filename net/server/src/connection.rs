@@ -325,7 +325,10 @@ impl State {
         let mut exists = self.exists[plan.exists_start..].iter();
         let mut invalid_key_count = 0usize;
         // A resumed batch's settled results, pushed between the routed ones.
-        let mut earlier = plan.resumed.as_ref().map(|earlier| earlier.iter().peekable());
+        let mut earlier = plan
+            .resumed
+            .as_ref()
+            .map(|earlier| earlier.iter().peekable());
         let mut each = |result: RoutedResult| {
             if let Some(earlier) = earlier.as_mut() {
                 push_settled(&mut writer, earlier);

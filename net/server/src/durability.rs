@@ -509,6 +509,16 @@ impl CoreJournal {
                  idempotency keys journaled there are forgotten"
             );
         }
+        for (partition, path, used) in &report.partitions_distrusted {
+            tracing::warn!(
+                core,
+                partition,
+                path = %path.display(),
+                used = %used,
+                "a file is older than other files show (rolled back or copied in?): it was \
+                 not trusted, and the partition was recovered without it"
+            );
+        }
         for set_aside in &report.journal.set_aside {
             let covered = set_aside
                 .path
