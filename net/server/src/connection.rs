@@ -530,7 +530,7 @@ impl State {
             (index, op)
         };
         let ops = batch.ops().enumerate();
-        let mut routed = match &resumed {
+        let routed = match &resumed {
             None => self.dispatch.route(core, ops.map(engine_op), route),
             // A resumed batch runs again only what was `Unavailable`.
             Some(earlier) => {
@@ -542,9 +542,8 @@ impl State {
                 self.dispatch.route(core, ops, route)
             }
         };
-        if self.dispatch.has_outgoing() {
-            self.dispatch.send_outgoing(core, route, &mut routed).await;
-        }
+        // The plan is stored before the sub-batches are sent, so that nothing it owns
+        // lives in this future across the await (a batch's own path stays as cheap).
         self.pending.push(Pending::Batch(BatchPlan {
             request_id,
             routed,
@@ -552,6 +551,14 @@ impl State {
             idempotency,
             resumed,
         }));
+        if self.dispatch.has_outgoing() {
+            let Some(Pending::Batch(plan)) = self.pending.last_mut() else {
+                unreachable!("just pushed");
+            };
+            self.dispatch
+                .send_outgoing(core, route, &mut plan.routed)
+                .await;
+        }
     }
 
     /// Answers a batch that reuses idempotency key `key` for other operations.
