@@ -630,7 +630,7 @@ impl State {
                 let stats = &core.stats;
                 let refusals = &stats.idempotency_full_refusals;
                 refusals.set(refusals.get() + 1);
-                let message = full_message(full, &core.config);
+                let message = full_message(full, &core.config, batch.op_count());
                 self.stage_error(request_id, IDEMPOTENCY_TABLE_FULL, &message);
                 Err(())
             }
@@ -657,23 +657,26 @@ impl State {
 
 /// The message of the error refusing a new idempotent batch: which limit, its value,
 /// and the flag that sets it.
-fn full_message(full: Full, config: &ServerConfig) -> String {
-    let (limit, flag) = match full {
-        Full::Keys => (
-            format!("{} keys", config.idempotency_entries_max),
-            "--idempotency-max-keys",
+fn full_message(full: Full, config: &ServerConfig, op_count: usize) -> String {
+    let window_s = config.idempotency_window_s;
+    match full {
+        Full::Keys => format!(
+            "idempotency table full: the core holding this key remembers its limit of {} \
+             keys (tallyd --idempotency-max-keys), all inside the {window_s} s window; \
+             nothing applied, retry later with the same key",
+            config.idempotency_entries_max
         ),
-        Full::ReplyBytes => (
-            format!("{} bytes of results", config.idempotency_reply_bytes_max),
-            "--idempotency-max-reply-bytes",
+        // Said of the room this batch needs, which may be most of the limit.
+        Full::ReplyBytes => format!(
+            "idempotency table full: this batch of {op_count} operations needs room for {} \
+             bytes of results, more than the core holding its key has left of its limit of \
+             {} (tallyd --idempotency-max-reply-bytes), held by batches inside the \
+             {window_s} s window or still running; nothing applied, retry later with the \
+             same key, or send a smaller batch",
+            idempotency::reply_bytes_bound(op_count),
+            config.idempotency_reply_bytes_max
         ),
-    };
-    format!(
-        "idempotency table full: the core holding this key remembers its limit of \
-         {limit} (tallyd {flag}), all inside the {window_s} s window; nothing applied, \
-         retry later with the same key",
-        window_s = config.idempotency_window_s
-    )
+    }
 }
 
 /// A recorded `BatchReply` frame re-addressed to `request_id` (header bytes 8..16).

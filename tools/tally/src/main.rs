@@ -37,8 +37,10 @@ const EXIT_OUTCOME_UNKNOWN: u8 = 3;
 const EXIT_STATUS_HELP: &str = "Exit status:
   0  success
   1  an operation was refused (a bound, an overflow, ...): it was not applied
-  2  the call failed and applied nothing (connection refused, bad input, a server error,
-     a server asking to retry later): running it again is safe
+  2  the call failed and applied nothing (connection refused, bad input, a server error),
+     or an operation was refused for now, before it was applied (a server asking to
+     retry later): running it again is safe (a batch: under the printed
+     --idempotency-key, so that what was applied is not applied again)
   3  outcome unknown: a change may have been applied (no answer in time, or the server
      could not make it durable). Do not simply run it again, it may count twice: run it
      again with --idempotency-key KEY (the key printed with the error), which applies it
@@ -176,6 +178,7 @@ fn main() -> ExitCode {
     match run(&cli, &mut printer) {
         Ok(Verdict::AllApplied) => ExitCode::SUCCESS,
         Ok(Verdict::SomeRejected) => ExitCode::from(EXIT_REJECTED),
+        Ok(Verdict::SomeNotApplied) => ExitCode::from(EXIT_FAILED),
         Ok(Verdict::SomeUnknown) => ExitCode::from(EXIT_OUTCOME_UNKNOWN),
         Err(error) => {
             printer.failure(&error);
@@ -383,9 +386,24 @@ fn run_batch(
     Ok(verdict)
 }
 
-/// After an operation whose outcome is unknown (`Unavailable`), says how to repeat the
-/// request without counting twice.
+/// After an operation whose outcome is unknown (`Unavailable`, detail 0), or that the
+/// server refused for now (detail 1), says how to repeat the request without counting
+/// twice.
 fn advise_on_unknown(verdict: Verdict, idempotency_key: Option<u128>) {
+    if verdict == Verdict::SomeNotApplied {
+        match idempotency_key {
+            Some(key) => eprintln!(
+                "tally: an operation was refused for now, before it was applied; run the same \
+                 command later with --idempotency-key {key:032x} to apply what was not, at \
+                 most once"
+            ),
+            None => eprintln!(
+                "tally: an operation was refused for now, before it was applied; the others \
+                 were: run only the refused ones again later"
+            ),
+        }
+        return;
+    }
     if verdict != Verdict::SomeUnknown {
         return;
     }
@@ -427,6 +445,16 @@ impl CliError {
         )
     }
 
+    /// Whether the server refused the request's idempotency key as used by other
+    /// operations: repeating the command under it can never succeed.
+    fn key_reused(&self) -> bool {
+        matches!(
+            self,
+            CliError::Keyed(ClientError::Server { code, .. }, _)
+                if *code == tally_protocol::ErrorCode::IdempotencyKeyReused
+        )
+    }
+
     /// The idempotency key of the request that failed, if it had one.
     pub(crate) fn idempotency_key(&self) -> Option<u128> {
         match self {
@@ -447,6 +475,11 @@ impl CliError {
             (true, None) => Some(
                 "the change may have been applied; do not simply run it again (it could \
                  count twice): read the value to find out"
+                    .to_owned(),
+            ),
+            (false, Some(_)) if self.key_reused() => Some(
+                "nothing was applied; that idempotency key belongs to other operations: run \
+                 the command again without --idempotency-key (or with a new key)"
                     .to_owned(),
             ),
             (false, Some(key)) => Some(format!(

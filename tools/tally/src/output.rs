@@ -38,6 +38,10 @@ pub(crate) enum Verdict {
     AllApplied,
     /// Some operation was refused (not applied).
     SomeRejected,
+    /// Some operation was refused for now, before it was applied (`Unavailable`,
+    /// detail 1: the server's journal cannot take mutations): sending it again later is
+    /// safe, under the same idempotency key.
+    SomeNotApplied,
     /// Some operation may or may not have been applied (`Unavailable`, detail 0).
     SomeUnknown,
 }
@@ -103,6 +107,8 @@ impl Printer {
             Err(rejection) => {
                 let (outcome, verdict) = if rejection.is_outcome_unknown() {
                     ("unknown", Verdict::SomeUnknown)
+                } else if rejection.is_not_applied() {
+                    ("not_applied", Verdict::SomeNotApplied)
                 } else {
                     ("not_applied", Verdict::SomeRejected)
                 };

@@ -249,6 +249,26 @@ fn an_unavailable_result_exits_3_and_says_outcome_unknown() {
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
 }
 
+/// An operation the server refused for now, before applying it (`Unavailable`, detail
+/// 1), is not a refusal for good (exit 1) nor of unknown outcome (exit 3): exit 2, and
+/// a batch says which key repeats it without applying the rest twice.
+#[test]
+fn a_result_refused_for_now_exits_2_with_the_key_to_run_again_under() {
+    let server = FakeServer::start(1, 4);
+    let output = tally(&server, &["--json", "incr", "refused"], "");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    let result: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
+    assert_eq!(result["outcome"], "not_applied");
+    let output = tally(&server, &["batch"], "incr a\nincr refused\n");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("--idempotency-key"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(server.value("refused"), None, "nothing applied");
+}
+
 #[test]
 fn a_failure_that_applied_nothing_exits_2_with_outcome_not_applied() {
     let free = std::net::TcpListener::bind("127.0.0.1:0")

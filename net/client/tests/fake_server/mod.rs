@@ -8,8 +8,8 @@
 //! connections a different shard map (as a restarted server with other cores would),
 //! answer the retry of a batch with `ServerBusy` "still running" (as tallyd does while the
 //! first copy is in group commit), refuse a key as "idempotency table full", report
-//! `Unavailable` for the key "unavailable" after
-//! applying it, and close a port (refusing connections, as a stopped server does) and
+//! `Unavailable` for the key "unavailable" after applying it (detail 0, outcome unknown)
+//! and for the key "refused" without applying it (detail 1, nothing applied), and close a port (refusing connections, as a stopped server does) and
 //! open it again.
 
 #![allow(dead_code)]
@@ -394,6 +394,10 @@ fn handle(
                     let results: Vec<OpReply> = batch
                         .ops()
                         .map(|op| {
+                            if op.key() == b"refused" {
+                                // The journal refuses mutations: nothing applied.
+                                return OpReply::error(Status::Unavailable, 1);
+                            }
                             let unavailable = op.key() == b"unavailable";
                             let reply = apply(state, op);
                             // Applied in memory, but the journal failed: outcome unknown.
