@@ -716,6 +716,13 @@ impl SmallFilesystem {
         Ok(SmallFilesystem { dir })
     }
 
+    /// [`SmallFilesystem::mount`], or `None` after saying why `test` is skipped.
+    fn mount_or_skip(size: &str, test: &str) -> Option<SmallFilesystem> {
+        SmallFilesystem::mount(size)
+            .inspect_err(|reason| eprintln!("SKIPPED {test}: cannot mount a small tmpfs: {reason}"))
+            .ok()
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -809,12 +816,8 @@ fn send_round(client: &mut Client, keys: &[Vec<u8>], tally: &mut Tally) -> Vec<S
 /// does nothing.
 #[test]
 fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
-    let filesystem = match SmallFilesystem::mount("8m") {
-        Ok(filesystem) => filesystem,
-        Err(reason) => {
-            eprintln!("SKIPPED disk_full test: cannot mount a small tmpfs: {reason}");
-            return;
-        }
+    let Some(filesystem) = SmallFilesystem::mount_or_skip("8m", "disk_full test") else {
+        return;
     };
     let data_dir = filesystem.path().join("data");
     let keys = keys();
@@ -881,12 +884,8 @@ fn disk_full_refuses_durable_increments_keeps_reads_and_resumes_once_freed() {
 /// test above.
 #[test]
 fn a_keyed_batch_refused_on_a_full_disk_settles_on_a_retry_once_space_is_freed() {
-    let filesystem = match SmallFilesystem::mount("8m") {
-        Ok(filesystem) => filesystem,
-        Err(reason) => {
-            eprintln!("SKIPPED keyed disk_full test: cannot mount a small tmpfs: {reason}");
-            return;
-        }
+    let Some(filesystem) = SmallFilesystem::mount_or_skip("8m", "keyed disk_full test") else {
+        return;
     };
     let data_dir = filesystem.path().join("data");
     let keys = keys();
