@@ -256,14 +256,26 @@ pub fn migrate(config: &ServerConfig, dir: &DataDir) -> Result<Option<usize>, Se
         let mut store = Store::open(dir, owned).map_err(engine_error(core))?;
         let core_id = u32::try_from(core).expect("a layout has at most CORES_MAX cores");
         let report = recover(data_dir, &mut store, core_id, &options).map_err(|source| {
-            tracing::error!(
-                core,
-                recorded = old,
-                path = %data_dir.join(CORES_FILE).display(),
-                "recovering an old core's journal for a core-count change failed: if the \
-                 directory's cores file does not hold the count the journals were written \
-                 under, correct it"
+            // A record for a partition the old core did not own means the recorded
+            // count is not the one the journals were written under; anything else (a
+            // full disk, damage) is said by the error itself.
+            let wrong_count = matches!(
+                source,
+                tally_engine::journal::JournalError::ReplayRefused {
+                    source: tally_engine::OpError::NotOwned { .. },
+                    ..
+                }
             );
+            if wrong_count {
+                tracing::error!(
+                    core,
+                    recorded = old,
+                    path = %data_dir.join(CORES_FILE).display(),
+                    "an old core's journal holds records of partitions it did not own: the \
+                     directory's cores file does not hold the count the journals were \
+                     written under"
+                );
+            }
             ServerError::Journal { core, source }
         })?;
         next_lsn = next_lsn.max(report.next_lsn);
