@@ -191,11 +191,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--idempotency-key`: 1 to 32 hex digits.
+/// `--idempotency-key`: exactly 32 hex digits, as `tally` prints keys, so that a key
+/// pasted with a digit missing is refused rather than read as another key (whose
+/// request would count again).
 fn parse_idempotency_key(text: &str) -> Result<u128, String> {
     let hex = text.strip_prefix("0x").unwrap_or(text);
-    if hex.is_empty() || hex.len() > 32 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
-        return Err("an idempotency key is 1 to 32 hex digits".to_owned());
+    if hex.len() != 32 || !hex.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(format!(
+            "an idempotency key is 32 hex digits, as tally prints it ({} given)",
+            hex.len()
+        ));
     }
     u128::from_str_radix(hex, 16).map_err(|error| error.to_string())
 }

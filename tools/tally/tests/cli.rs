@@ -269,6 +269,25 @@ fn a_result_refused_for_now_exits_2_with_the_key_to_run_again_under() {
     assert_eq!(server.value("refused"), None, "nothing applied");
 }
 
+/// A printed key pasted with a digit missing is refused, not read as another key (whose
+/// request would count again).
+#[test]
+fn an_idempotency_key_must_have_all_its_32_digits() {
+    let server = FakeServer::start(1, 4);
+    let short = "0".repeat(31);
+    let output = tally(&server, &["--idempotency-key", &short, "incr", "k"], "");
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("32 hex digits"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(server.value("k"), None, "nothing sent");
+    let full = "0".repeat(31) + "1";
+    let output = tally(&server, &["--idempotency-key", &full, "incr", "k"], "");
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
 #[test]
 fn a_failure_that_applied_nothing_exits_2_with_outcome_not_applied() {
     let free = std::net::TcpListener::bind("127.0.0.1:0")
