@@ -914,6 +914,12 @@ fn a_reach_stamp_near_the_end_of_the_lsns_never_wraps_them() {
     let message = error.to_string();
     assert!(message.contains("journal-reach"), "{message}");
     assert!(message.contains("2^62"), "{message}");
+    // Named once, and said for what it is: a damaged stamp, not a damaged journal.
+    assert_eq!(message.matches("journal-reach").count(), 1, "{message}");
+    assert!(
+        message.contains("the journal itself may be intact"),
+        "{message}"
+    );
     drop(store);
 
     let flag = RecoveryOptions {

@@ -124,6 +124,11 @@ pub const COVERED_SUFFIX: &str = ".covered";
 const FLAG_HINT: &str = "; to start with the records before this point, setting the later ones aside as *.corrupt files, restart with --recover-to-corruption (RecoveryOptions::recover_to_corruption)";
 
 /// How a refusal over the journal's reach tells the operator the way out.
+/// The advice for a damaged reach stamp: only the check it serves is lost.
+const REACH_STAMP_HINT: &str = "; this stamp only records how far the journal had \
+    reached, to detect lost newest segments: the journal itself may be intact. To start \
+    without the check, restart with --recover-to-corruption (which also cuts at any \
+    damage in the journal, and reports it)";
 const REACH_HINT: &str = "; to start with the records that are left, losing the missing ones, restart with --recover-to-corruption (RecoveryOptions::recover_to_corruption)";
 
 /// A torn tail that recovery cut.
@@ -742,8 +747,12 @@ fn check_reach(
     let reach_lsn = match reach::read_reach(data_dir, core) {
         Ok(Some(lsn)) => lsn,
         Ok(None) => return Ok(()),
-        Err(error @ JournalError::Corrupted { .. }) if !options.recover_to_corruption => {
-            return Err(corrupted(&path, 0, format!("{error}{REACH_HINT}")));
+        Err(JournalError::Corrupted { offset, reason, .. }) if !options.recover_to_corruption => {
+            return Err(corrupted(
+                &path,
+                offset,
+                format!("{reason}{REACH_STAMP_HINT}"),
+            ));
         }
         Err(JournalError::Corrupted { .. }) => return Ok(()),
         Err(error) => return Err(error),
@@ -763,6 +772,18 @@ fn check_reach(
         path.display(),
         segment::segment_path(&dir, first_missing).display()
     );
+    // A damaged record the scan took for a torn tail is likelier than lost segments:
+    // name it, the one place to look.
+    let reason = match &report.journal.torn_tail {
+        Some(torn) => format!(
+            "{reason}. The scan stopped at {} offset {}, where a record fails its checksum \
+             and was taken for a torn write: if that file is not the newest segment's end, \
+             the damage is there",
+            torn.path.display(),
+            torn.offset
+        ),
+        None => reason,
+    };
     // Named after the first missing segment: the reach file itself is intact.
     let missing = segment::segment_path(&dir, first_missing);
     if !options.recover_to_corruption {
