@@ -45,7 +45,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tally_engine::journal::checkpoint::checkpoint_all;
 use tally_engine::journal::list_segments;
@@ -59,11 +59,6 @@ use crate::router::owner_of_partition;
 const LOCK_FILE: &str = "lock";
 const JOURNAL_DIR: &str = "journal";
 const PREVIOUS_JOURNAL_DIR: &str = "journal.previous";
-/// How long a start waits for a data directory's lock held by another process, and how
-/// often it tries: a server killed just now releases it once its exit completes.
-const LOCK_WAIT: Duration = Duration::from_secs(2);
-const LOCK_RETRY_INTERVAL: Duration = Duration::from_millis(20);
-
 /// The largest core count a layout file may name.
 const CORES_MAX: usize = 1024;
 
@@ -89,22 +84,19 @@ impl DataDirLock {
         fs::create_dir_all(data_dir).map_err(|e| io_error("create", data_dir, e))?;
         let directory = File::open(data_dir).map_err(|e| io_error("open", data_dir, e))?;
         let path = data_dir.join(LOCK_FILE);
-        // A server killed a moment ago (`kill -9`, then an immediate restart) holds the
-        // lock until its exit completes: wait a little before calling it in use.
-        let started = Instant::now();
-        let (locked, error) = loop {
+        let lock = || {
             // SAFETY: flock on a descriptor this function owns; no memory is involved.
             let locked =
                 unsafe { libc::flock(directory.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            let error = io::Error::last_os_error();
-            let busy = locked != 0 && error.raw_os_error() == Some(libc::EWOULDBLOCK);
-            if !busy || started.elapsed() >= LOCK_WAIT {
-                break (locked, error);
+            match locked {
+                0 => Ok(()),
+                _ => Err(io::Error::last_os_error()),
             }
-            std::thread::sleep(LOCK_RETRY_INTERVAL);
         };
-        if locked != 0 {
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let in_use = |error: &io::Error| error.raw_os_error() == Some(libc::EWOULDBLOCK);
+        if let Err(error) = crate::wait_for_killed_server("the data directory's lock", lock, in_use)
+        {
+            if in_use(&error) {
                 let holder = fs::read_to_string(&path).unwrap_or_default();
                 return Err(ServerError::DataDirInUse {
                     path: data_dir.to_path_buf(),

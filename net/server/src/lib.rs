@@ -615,32 +615,45 @@ struct Listeners {
     shards: (Vec<std::net::TcpListener>, Vec<SocketAddr>),
 }
 
-/// How long a start keeps trying addresses in use: a server killed a moment ago
-/// (`kill -9`, then an immediate restart by a supervisor) may hold its ports for a
-/// few milliseconds after it is reaped, while the kernel tears its io_uring down.
-const BIND_RETRY_FOR: Duration = Duration::from_secs(2);
-const BIND_RETRY_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a start waits for what a server killed a moment ago may still hold
+/// (`kill -9`, then an immediate restart by a supervisor): its data directory's lock
+/// until its exit completes, its ports a few milliseconds longer while the kernel
+/// tears its io_uring down. And how often it tries meanwhile.
+const KILLED_SERVER_GRACE: Duration = Duration::from_secs(2);
+const KILLED_SERVER_POLL: Duration = Duration::from_millis(20);
 
-/// [`bind_all`], tried again while an address is in use, for [`BIND_RETRY_FOR`].
-fn bind_retrying(config: &ServerConfig) -> Result<Listeners, ServerError> {
+/// Runs `attempt` until it succeeds, fails in a way `held` does not call "still held",
+/// or [`KILLED_SERVER_GRACE`] has passed; the last result. Logs `what` once if it
+/// waits.
+pub(crate) fn wait_for_killed_server<T, E: std::fmt::Display>(
+    what: &str,
+    mut attempt: impl FnMut() -> Result<T, E>,
+    held: impl Fn(&E) -> bool,
+) -> Result<T, E> {
     let started = Instant::now();
     let mut logged = false;
     loop {
-        match bind_all(config) {
-            Err(ServerError::Listen { addr, source, .. })
-                if source.kind() == std::io::ErrorKind::AddrInUse
-                    && started.elapsed() < BIND_RETRY_FOR =>
-            {
+        match attempt() {
+            Err(error) if held(&error) && started.elapsed() < KILLED_SERVER_GRACE => {
                 if !logged {
                     logged = true;
-                    tracing::warn!(%addr, "address in use; retrying for up to 2 s (a server \
-                                           killed just now may still hold it)");
+                    tracing::warn!(%error, "{what} is held; retrying for up to 2 s (a server \
+                                            killed just now may still hold it)");
                 }
-                std::thread::sleep(BIND_RETRY_INTERVAL);
+                std::thread::sleep(KILLED_SERVER_POLL);
             }
             result => return result,
         }
     }
+}
+
+/// [`bind_all`], tried again while an address is in use ([`wait_for_killed_server`]).
+fn bind_retrying(config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let in_use = |error: &ServerError| {
+        matches!(error, ServerError::Listen { source, .. }
+            if source.kind() == std::io::ErrorKind::AddrInUse)
+    };
+    wait_for_killed_server("an address", || bind_all(config), in_use)
 }
 
 /// Binds the main port (one reuse-port listener per core), the Redis door's if
