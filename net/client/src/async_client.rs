@@ -33,7 +33,7 @@ use crate::async_connection::{
 use crate::async_pipeline::AsyncPipeline;
 use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs};
 use crate::config::ClientConfig;
-use crate::dispatch::{check_keys, check_one_frame};
+use crate::dispatch::{check_keyed_batch, check_keys};
 use crate::error::ClientError;
 use crate::outcome::{OpResult, Outcome};
 
@@ -243,9 +243,7 @@ impl AsyncClient {
         durability: Durability,
         idempotency_key: u128,
     ) -> Result<Vec<OpResult>, ClientError> {
-        check_keys(ops)?;
-        check_one_frame(ops.len())?;
-        let Some(first) = ops.first() else {
+        let Some(first) = check_keyed_batch(ops)? else {
             return Ok(Vec::new());
         };
         let deadline = Instant::now() + self.inner.config.call_timeout;

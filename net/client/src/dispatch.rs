@@ -120,9 +120,7 @@ pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
     durability: Durability,
     idempotency_key: u128,
 ) -> Result<Vec<OpResult>, ClientError> {
-    check_keys(ops)?;
-    check_one_frame(ops.len())?;
-    let Some(first) = ops.first() else {
+    let Some(first) = check_keyed_batch(ops)? else {
         return Ok(Vec::new());
     };
     let chunk = Chunk {
@@ -145,15 +143,20 @@ pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
     run(client, ops, durability, vec![queue])
 }
 
-/// Checks a batch with a caller's idempotency key fits the one frame it must be sent in.
-pub(crate) fn check_one_frame(op_count: usize) -> Result<(), ClientError> {
-    if op_count > BATCH_OPS_MAX {
+/// Checks a batch with a caller's idempotency key: valid keys, and no more operations
+/// than the one frame it must be sent in holds. Its first operation, whose key routes
+/// the frame (`None` for an empty batch, which is not sent).
+pub(crate) fn check_keyed_batch<K: AsRef<[u8]>>(
+    ops: &[Op<K>],
+) -> Result<Option<&Op<K>>, ClientError> {
+    check_keys(ops)?;
+    if ops.len() > BATCH_OPS_MAX {
         return Err(ClientError::Encode(ProtocolError::BatchTooLarge {
-            count: op_count as u64,
+            count: ops.len() as u64,
             max: BATCH_OPS_MAX,
         }));
     }
-    Ok(())
+    Ok(ops.first())
 }
 
 /// Sends the planned frames, resending and re-routing as the module docs say, and
