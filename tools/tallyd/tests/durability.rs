@@ -1071,6 +1071,33 @@ fn a_cores_file_below_the_journals_is_refused_not_trusted() {
     check_bounds(daemon.addr, &tally, "after correcting the cores file");
 }
 
+/// A file at each partition's temporary checkpoint path (`checkpoint/<p>.tmp`, for the
+/// 8 partitions of these tests), where a checkpoint makes its directory: every
+/// checkpoint fails while they stand, as on a full disk.
+struct CheckpointSquatters {
+    paths: Vec<std::path::PathBuf>,
+}
+
+impl CheckpointSquatters {
+    fn place(data_dir: &Path) -> CheckpointSquatters {
+        let checkpoints = data_dir.join("checkpoint");
+        std::fs::create_dir_all(&checkpoints).unwrap();
+        let paths: Vec<_> = (0..8)
+            .map(|partition| checkpoints.join(format!("{partition}.tmp")))
+            .collect();
+        for path in &paths {
+            std::fs::write(path, b"not a checkpoint").unwrap();
+        }
+        CheckpointSquatters { paths }
+    }
+
+    fn remove(self) {
+        for path in &self.paths {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+}
+
 /// A final checkpoint that cannot be written at a graceful stop (a file squats each
 /// partition's temporary checkpoint path; on a real server, a full disk) is not a
 /// journal failure: the journal is synced, the store closes clean, the stop exits 0,
@@ -1086,17 +1113,11 @@ fn a_final_checkpoint_that_cannot_be_written_still_stops_clean() {
     for _ in 0..5 {
         send_acknowledged_round(&mut client, &keys, &mut tally);
     }
-    let checkpoints = dir.path().join("checkpoint");
-    std::fs::create_dir_all(&checkpoints).unwrap();
-    for partition in 0..8 {
-        std::fs::write(checkpoints.join(format!("{partition}.tmp")), b"squatter").unwrap();
-    }
+    let squatters = CheckpointSquatters::place(dir.path());
     drop(client);
     assert_eq!(daemon.terminate(), Some(0), "the store closed clean");
     // The operator frees the space (a start also writes checkpoints).
-    for partition in 0..8 {
-        std::fs::remove_file(checkpoints.join(format!("{partition}.tmp"))).unwrap();
-    }
+    squatters.remove();
     let daemon = Daemon::start(dir.path(), &[]);
     check_bounds(
         daemon.addr,
@@ -1122,22 +1143,14 @@ fn a_failed_checkpoint_keeps_writes_going_and_loses_nothing() {
     let mut tally = Tally::new();
     let daemon = Daemon::start(dir.path(), &["--checkpoint-interval-s", "1"]);
     let checkpoints = dir.path().join("checkpoint");
-    std::fs::create_dir_all(&checkpoints).unwrap();
-    let squatters: Vec<_> = (0..8)
-        .map(|partition| checkpoints.join(format!("{partition}.tmp")))
-        .collect();
-    for squatter in &squatters {
-        std::fs::write(squatter, b"not a checkpoint").unwrap();
-    }
+    let squatters = CheckpointSquatters::place(dir.path());
     let mut client = Client::connect(daemon.addr);
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_millis(2_500) {
         send_acknowledged_round(&mut client, &keys, &mut tally);
         thread::sleep(Duration::from_millis(50));
     }
-    for squatter in &squatters {
-        std::fs::remove_file(squatter).unwrap();
-    }
+    squatters.remove();
     thread::sleep(Duration::from_millis(2_000));
     send_acknowledged_round(&mut client, &keys, &mut tally);
     assert!(
