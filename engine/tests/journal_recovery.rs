@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use tally_engine::journal::checkpoint::checkpoint_core;
-use tally_engine::journal::recovery::{recover, RecoveryOptions};
+use tally_engine::journal::recovery::{recover, RecoveryOptions, RecoveryReport};
 use tally_engine::journal::{
     journal_dir, list_segments, Durability, Journal, JournalOptions, JournalReader, Record,
 };
@@ -855,18 +855,29 @@ fn a_clean_partition_rolled_back_to_an_earlier_clean_close_is_restored_from_its_
     let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
     assert_eq!(snapshot(&store), expected);
     assert_eq!(report.partitions_restored, vec![1]);
+    assert_partition_1_distrusted(&report, "p00001.meta", "rolled back");
+    assert!(!report.clean_shutdown);
+    closes_clean_and_recovers_trusting_all(store, dir.path(), &expected);
+}
+
+/// The report names partition 1 alone as distrusted, its file ending in `file`, the
+/// reason saying `why`.
+fn assert_partition_1_distrusted(report: &RecoveryReport, file: &str, why: &str) {
     assert_eq!(report.partitions_distrusted.len(), 1);
     let (partition, path, reason) = &report.partitions_distrusted[0];
     assert_eq!(*partition, 1);
-    assert!(path.ends_with("p00001.meta"), "{}", path.display());
-    assert!(reason.contains("rolled back"), "{reason}");
-    assert!(!report.clean_shutdown);
-    // The restored partition closes cleanly with the right state.
+    assert!(path.ends_with(file), "{}", path.display());
+    assert!(reason.contains(why), "{reason}");
+}
+
+/// A restored partition closes cleanly with the right state: the next recovery
+/// distrusts nothing and finds `expected`.
+fn closes_clean_and_recovers_trusting_all(store: Store, path: &Path, expected: &Model) {
     store.close_clean().unwrap();
-    let mut store = open_store(dir.path());
-    let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let mut store = open_store(path);
+    let again = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
     assert!(again.partitions_distrusted.is_empty());
-    assert_eq!(snapshot(&store), expected);
+    assert_eq!(&snapshot(&store), expected);
 }
 
 /// The normal path never trips the check: an idle partition's applied LSN stays below
@@ -1026,15 +1037,7 @@ fn a_rolled_back_checkpoint_falls_back_to_an_intact_previous_one() {
     let mut store = open_store(dir.path());
     let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
     assert_eq!(snapshot(&store), expected);
-    assert_eq!(report.partitions_distrusted.len(), 1);
-    let (partition, path, reason) = &report.partitions_distrusted[0];
-    assert_eq!(*partition, 1);
-    assert!(
-        path.ends_with("checkpoint/1/p00001.meta"),
-        "{}",
-        path.display()
-    );
-    assert!(reason.contains("1.old"), "{reason}");
+    assert_partition_1_distrusted(&report, "checkpoint/1/p00001.meta", "1.old");
 }
 
 /// Failed before the fix: a flipped bit (or a deleted file) in a clean partition's data
@@ -1057,21 +1060,13 @@ fn damaged_data_of_a_clean_partition_is_restored_from_its_checkpoint() {
         let report = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
         assert_eq!(snapshot(&store), expected);
         assert_eq!(report.partitions_restored, vec![1]);
-        assert_eq!(report.partitions_distrusted.len(), 1);
-        let (partition, path, reason) = &report.partitions_distrusted[0];
-        assert_eq!(*partition, 1);
-        assert!(path.ends_with("p00001.heap"), "{}", path.display());
-        assert!(reason.contains("checkpoint"), "{reason}");
+        assert_partition_1_distrusted(&report, "p00001.heap", "checkpoint");
         assert_eq!(
             dir.path().join("damaged").join("p00001.heap").exists(),
             !delete,
             "the damaged file is kept for inspection"
         );
-        store.close_clean().unwrap();
-        let mut store = open_store(dir.path());
-        let again = recover(dir.path(), &mut store, 0, &RecoveryOptions::default()).unwrap();
-        assert!(again.partitions_distrusted.is_empty());
-        assert_eq!(snapshot(&store), expected);
+        closes_clean_and_recovers_trusting_all(store, dir.path(), &expected);
     }
 }
 
