@@ -68,6 +68,15 @@ fn open_store(path: &Path) -> Store {
     Store::open(&dir, 0..PARTITIONS).unwrap()
 }
 
+/// The store of `path`, recovered, and its journal after the recovery, with segments
+/// of about `segment_bytes_target`.
+fn open_recovered(path: &Path, segment_bytes_target: u64) -> (Store, Journal) {
+    let mut store = open_store(path);
+    let recovered = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
+    let journal = open_journal(path, recovered.next_lsn, segment_bytes_target);
+    (store, journal)
+}
+
 fn open_journal(path: &Path, next_lsn: u64, segment_bytes_target: u64) -> Journal {
     let options = JournalOptions {
         segment_bytes_target,
@@ -129,10 +138,8 @@ fn crash_here_recovers(path: &Path, expected: &Model, label: &str) {
 fn only_changed_partitions_are_written_and_every_crash_point_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path();
-    let mut store = open_store(path);
-    let first = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
     // Large segments: nothing becomes releasable, so idle partitions are not touched.
-    let mut journal = open_journal(path, first.next_lsn, 64 << 20);
+    let (mut store, mut journal) = open_recovered(path, 64 << 20);
     let all_keys = keys_in(&(0..PARTITIONS).collect::<Vec<_>>(), 400);
     add_to(&mut store, &mut journal, &all_keys, 2);
     let report = checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
@@ -203,9 +210,7 @@ fn only_changed_partitions_are_written_and_every_crash_point_recovers() {
 fn segments_are_released_while_most_partitions_are_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path();
-    let mut store = open_store(path);
-    let first = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
-    let mut journal = open_journal(path, first.next_lsn, 16 << 10);
+    let (mut store, mut journal) = open_recovered(path, 16 << 10);
     let all_keys = keys_in(&(0..PARTITIONS).collect::<Vec<_>>(), 300);
     add_to(&mut store, &mut journal, &all_keys, 1);
     checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
@@ -292,9 +297,7 @@ fn segments_are_released_while_most_partitions_are_unchanged() {
 fn interrupted_swaps_recover_and_are_repaired() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path();
-    let mut store = open_store(path);
-    let first = recover(path, &mut store, 0, &RecoveryOptions::default()).unwrap();
-    let mut journal = open_journal(path, first.next_lsn, 16 << 10);
+    let (mut store, mut journal) = open_recovered(path, 16 << 10);
     let all_keys = keys_in(&(0..PARTITIONS).collect::<Vec<_>>(), 300);
     add_to(&mut store, &mut journal, &all_keys, 1);
     checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
