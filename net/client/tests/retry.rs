@@ -35,6 +35,18 @@ fn assert_unknown_after_refused_connect(error: &ClientError) {
     assert!(matches!(**cause, ClientError::Connect { .. }), "{error:?}");
 }
 
+/// A resend refused as "idempotency table full" may follow a first copy that was
+/// applied: the call's outcome is unknown, its cause the refusal.
+fn assert_unknown_after_resend_refused_as_full(error: &ClientError) {
+    let ClientError::OutcomeUnknown { cause } = error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        matches!(**cause, ClientError::NotApplied { .. }),
+        "{cause:?}"
+    );
+}
+
 /// Reopens every port after `delay`, from another thread.
 fn reopen_later(server: &Arc<FakeServer>, delay: Duration) -> std::thread::JoinHandle<()> {
     let server = server.clone();
@@ -356,13 +368,7 @@ fn blocking_a_resend_refused_as_table_full_is_of_unknown_outcome() {
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     server.state.full_on_known_key.store(1, Ordering::SeqCst);
     let error = client.incr("like", 1).unwrap_err();
-    let ClientError::OutcomeUnknown { cause } = &error else {
-        panic!("{error:?}");
-    };
-    assert!(
-        matches!(**cause, ClientError::NotApplied { .. }),
-        "{cause:?}"
-    );
+    assert_unknown_after_resend_refused_as_full(&error);
     assert_eq!(server.value("like"), Some(1));
 }
 
@@ -376,12 +382,6 @@ async fn async_a_resend_refused_as_table_full_is_of_unknown_outcome() {
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     server.state.full_on_known_key.store(1, Ordering::SeqCst);
     let error = client.incr("like", 1).await.unwrap_err();
-    let ClientError::OutcomeUnknown { cause } = &error else {
-        panic!("{error:?}");
-    };
-    assert!(
-        matches!(**cause, ClientError::NotApplied { .. }),
-        "{cause:?}"
-    );
+    assert_unknown_after_resend_refused_as_full(&error);
     assert_eq!(server.value("like"), Some(1));
 }
