@@ -48,7 +48,7 @@
 //!    `Delete`. Replaying a record twice leaves the same state as once, so a record
 //!    already reflected in a checkpoint or arena does no harm; every durable record
 //!    above the partition's applied LSN is applied, so none is dropped.
-//! 3. A torn tail of the last segment (see [`super::segment`]) is truncated, and
+//! 3. A torn tail of the last segment (see `super::segment`) is truncated, and
 //!    reported with file, offset and bytes cut ([`TornTail`]). What no partition needs
 //!    (every record at or below the lowest checkpoint LSN of the core's partitions,
 //!    see [`scan_journal_needing`]) never stops the start nor cuts anything after it:
@@ -69,7 +69,7 @@
 //!    with [`JournalError::Corrupted`] naming the reach file, the missing LSNs and the
 //!    first missing segment, and the flag; with the flag it goes on with what is left
 //!    and continues above the reach.
-//!    Every LSN read from a file must lie below [`LSN_LIMIT`] (2^62), or the file is
+//!    Every LSN read from a file must lie below `stamp::LSN_LIMIT` (2^62), or the file is
 //!    refused naming it: continuing above an LSN near `u64::MAX` would wrap.
 //!    The journal continues above every LSN in its segments, in any `*.corrupt` file,
 //!    in any checkpoint and in any partition (and above the reach, when the flag
@@ -83,7 +83,7 @@
 //!
 //! Step 2's reading and checking runs on a second thread from the start, overlapping
 //! step 1; the records are applied on the calling thread, in order, after step 1 (see
-//! [`super::replay`]). Step 3 happens on that second thread as it reaches the end.
+//! `super::replay`). Step 3 happens on that second thread as it reaches the end.
 //!
 //! Invariants: the journal of core N only holds records of partitions the store of
 //! core N owns; a record of another partition is refused, not skipped. After recovery
@@ -194,7 +194,7 @@ pub struct RecoveryReport {
     /// checkpoints (or emptying them), applying records to the store, waiting for the
     /// reader after the restore, checkpointing partitions that had none. On the reader
     /// thread, overlapping the restore and the replay: reading segments, decoding and
-    /// checking records (see [`super::replay`]).
+    /// checking records (see `super::replay`).
     pub restore_elapsed: Duration,
     pub replay_elapsed: Duration,
     pub wait_elapsed: Duration,

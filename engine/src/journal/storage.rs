@@ -167,9 +167,9 @@ static NOTICE: [u8; 8] = [1, 0, 0, 0, 0, 0, 0, 0];
 /// ext4 that is 2,300-2,750 against 4,000-4,460 write + fdatasync pairs per second
 /// (16 KiB each); tallyd at 4 connections x 64 durable went from 149-159k to 222-240k
 /// increments per second (BENCHMARKS.md). So the storage keeps the segment written
-/// with zeros up to [`ZERO_AHEAD_BYTES`] beyond the last commit's end: with each
+/// with zeros up to `ZERO_AHEAD_BYTES` beyond the last commit's end: with each
 /// commit it submits, if the zeroed region runs short, it also submits one unlinked
-/// [`ZERO_STEP_BYTES`] write of zeros just past both the region and the commit. The
+/// `ZERO_STEP_BYTES` write of zeros just past both the region and the commit. The
 /// next commit's fdatasync makes it durable along with its own records. The step is
 /// small because that fdatasync also waits for the zeros to reach the disk (256 KiB is
 /// about 1 ms here): larger steps made rarer but longer stalls.
