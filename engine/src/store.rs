@@ -649,6 +649,14 @@ impl Store {
         Ok((floor, ceiling))
     }
 
+    /// Whether owned partition `partition` holds no counter (from its count, O(1)).
+    pub fn partition_is_empty(&self, partition: u32) -> bool {
+        self.partitions
+            .get(partition as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|p| p.counter_count() == 0)
+    }
+
     /// Live counters in the owned partitions.
     pub fn counter_count(&self) -> u64 {
         self.partitions
@@ -776,7 +784,7 @@ impl Store {
     }
 
     /// [`Store::restore_partition`] for several partitions, `(partition, checkpoint
-    /// directory)`, reading the checkpoints on up to [`RESTORE_THREADS_MAX`] threads at
+    /// directory)`, reading the checkpoints on up to `RESTORE_THREADS_MAX` threads at
     /// once (bounded by the CPUs): filling fresh memory is CPU work (the kernel zeroes
     /// every new page before the read copies into it). Every checkpoint is read and
     /// verified before any partition changes, so one damaged checkpoint changes nothing.

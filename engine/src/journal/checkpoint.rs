@@ -26,7 +26,7 @@
 //! 1. Sync the journal, so every record applied so far is durable: a checkpoint never
 //!    reflects a record the journal could lose, and LSNs are never reused after it.
 //!    The synced LSN `C` is what this round covers.
-//! 2. For each owned partition that changed since its checkpoint ([`changed_since`]:
+//! 2. For each owned partition that changed since its checkpoint (`changed_since`:
 //!    none yet, or its applied LSN passed the covered LSN), the store copies it into
 //!    `<p>.tmp` and fdatasyncs it; the position file (`C`) is written and synced, and
 //!    `<p>.tmp` synced. `<p>` is renamed to `<p>.old` and `<p>.tmp` to `<p>`.
@@ -68,6 +68,14 @@
 //! rolls over), so an idle partition costs two fsyncs per new segment at most, and
 //! nothing while the retention LSN holds the segments anyway.
 //!
+//! An empty partition that never had a checkpoint is skipped the same way, until a
+//! segment becomes releasable: recovery restores "no checkpoint" as empty and replays
+//! its records from the journal, which keeps every segment while any partition has no
+//! checkpoint ([`release_segments`]). So a new data directory's first stop, or a round
+//! on a core whose partitions are mostly unused, writes nothing for them; once a
+//! segment could be released, they get their (empty) checkpoint, as idle ones get
+//! their position moved.
+//!
 //! A too low applied LSN would make a changed partition look unchanged, and moving its
 //! position would then let its records be released: [`checkpoint_core`] requires the
 //! stamp. (Before this round-by-round skipping, a stale stamp only cost replay time.)
@@ -97,12 +105,14 @@ pub struct CheckpointInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckpointReport {
     /// The partitions written: those changed since their last checkpoint (see
-    /// [`changed_since`]) or without one.
+    /// `changed_since`) or without one (an empty one only when a segment could be
+    /// released).
     pub partitions: Vec<CheckpointInfo>,
     /// Unchanged partitions whose checkpoint stood below a segment that could otherwise
     /// be released: their position file alone was moved up to this round's LSN.
     pub positions_advanced: Vec<CheckpointInfo>,
-    /// Unchanged partitions left exactly as they were (nothing written).
+    /// Unchanged partitions left exactly as they were, and empty ones still without a
+    /// checkpoint (nothing written).
     pub partitions_unchanged: usize,
     pub segments_released: usize,
 }
@@ -284,10 +294,8 @@ fn advance_position(
 }
 
 /// Whether `partition` changed since its last checkpoint `last`: it has none, or its
-/// applied LSN passed the LSN the checkpoint covers. The graceful stop applies the
-/// same rule (`CoreJournal::finish` in the server), where an empty partition without
-/// checkpoint is skipped first.
-pub fn changed_since(store: &Store, partition: u32, last: Option<&CheckpointInfo>) -> bool {
+/// applied LSN passed the LSN the checkpoint covers.
+fn changed_since(store: &Store, partition: u32, last: Option<&CheckpointInfo>) -> bool {
     last.is_none_or(|info| store.applied_lsn(partition) > info.covered_lsn)
 }
 
@@ -328,6 +336,7 @@ pub fn checkpoint_core<S: JournalStorage>(
     let covered_lsn = journal.sync()?;
     let mut changed = Vec::new();
     let mut unchanged = Vec::new();
+    let mut empty_new = Vec::new();
     for &partition in store.owned_partitions() {
         assert!(
             store.applied_lsn(partition) <= covered_lsn,
@@ -335,15 +344,23 @@ pub fn checkpoint_core<S: JournalStorage>(
         );
         match latest(data_dir, partition)? {
             Some(info) if !changed_since(store, partition, Some(&info)) => unchanged.push(info),
+            None if store.partition_is_empty(partition) => empty_new.push(partition),
             _ => changed.push(partition),
         }
     }
-    let mut report = CheckpointReport {
-        partitions: write_checkpoints(data_dir, store, changed, covered_lsn)?,
-        ..CheckpointReport::default()
-    };
     let segments = segment::list_segments(&journal_dir(data_dir, core))?;
     let target = release_target(&segments, retention_lsn);
+    // Empty partitions without a checkpoint would hold back a release: written only then.
+    let mut skipped = 0;
+    match target {
+        Some(_) => changed.extend(empty_new),
+        None => skipped = empty_new.len(),
+    }
+    let mut report = CheckpointReport {
+        partitions: write_checkpoints(data_dir, store, changed, covered_lsn)?,
+        partitions_unchanged: skipped,
+        ..CheckpointReport::default()
+    };
     for info in unchanged {
         // Only a position below what could be released holds the journal back; the
         // others stay untouched, so an idle partition costs nothing most rounds.

@@ -121,9 +121,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::AsyncReadExt;
 
-use tally_engine::journal::checkpoint::{
-    changed_since, checkpoint_core, checkpoint_partition, latest, release_segments,
-};
+use tally_engine::journal::checkpoint::checkpoint_core;
 use tally_engine::journal::recovery::{recover, RecoveryOptions, COVERED_SUFFIX};
 use tally_engine::journal::{
     journal_dir, list_segments, Durability, Idempotency, Journal, JournalError, JournalOptions,
@@ -1027,45 +1025,29 @@ impl CoreJournal {
         })
     }
 
+    /// The last round of checkpoints before a clean close: the same rule as a periodic
+    /// one (`checkpoint_core`: the changed partitions, and the empty ones without a
+    /// checkpoint only if a release needs them, so a new directory's first stop is fast).
     fn finish_checkpoint(&self, store: &mut Store) -> Result<(), JournalError> {
         self.stamp_applied(store);
         let started = Instant::now();
+        let retention = self.retention_lsn();
         let mut journal = self.journal.borrow_mut();
-        let mut written = 0;
-        for &partition in store.owned_partitions() {
-            let last = latest(&self.data_dir, partition)?;
-            if last.is_none() && is_empty(store, partition) {
-                // "No checkpoint" restores as empty and keeps every segment (see
-                // recovery): an empty partition needs none, and a first stop on a new
-                // data directory stays fast.
-                continue;
-            }
-            if changed_since(store, partition, last.as_ref()) {
-                checkpoint_partition(&self.data_dir, store, &mut journal, partition)?;
-                written += 1;
-            }
-        }
-        let durable_lsn = journal.sync()?;
+        let report = checkpoint_core(&self.data_dir, store, &mut journal, self.core, retention)?;
+        let durable_lsn = journal.durable_lsn();
         drop(journal);
-        let owned = store.owned_partitions();
-        let released = release_segments(&self.data_dir, owned, self.core, self.retention_lsn())?;
         tracing::info!(
             core = self.core,
             durable_lsn,
-            partitions_checkpointed = written,
-            segments_released = released,
+            partitions_written = report.partitions.len(),
+            partitions_unchanged = report.partitions_unchanged,
+            positions_advanced = report.positions_advanced.len(),
+            segments_released = report.segments_released,
             seconds = started.elapsed().as_secs_f64(),
             "final checkpoint"
         );
         Ok(())
     }
-}
-
-/// Whether `partition` holds no counter.
-fn is_empty(store: &Store, partition: u32) -> bool {
-    let mut counters = 0u64;
-    store.for_each_counter(partition, |_, _, _, _| counters += 1);
-    counters == 0
 }
 
 fn append_one(
