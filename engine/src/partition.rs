@@ -1297,36 +1297,30 @@ impl Partition {
         self.meta.write_back()
     }
 
-    /// Writes a consistent copy of this partition's files into `destination` (an existing
-    /// directory), fdatasyncs them, and removes stale files of this partition there.
-    pub(crate) fn checkpoint(&self, destination: &Path) -> Result<(), EngineError> {
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for file in self.files().into_iter().skip(1) {
-            hasher.update(file.bytes());
-        }
-        let mut meta_bytes = self.meta.bytes().to_vec();
-        let header = Meta {
-            version: META_VERSION,
-            clean: 1,
+    /// Copies what a checkpoint of this partition holds (its header and data files, as
+    /// they are now) into memory, reusing `buffers` (from
+    /// [`PartitionSnapshot::into_buffers`]) so that a round of checkpoints does not
+    /// fault in fresh memory for every partition. The copy is all the owning core pays
+    /// for; [`PartitionSnapshot::write_to`] can run on any thread.
+    pub(crate) fn snapshot(&self, mut buffers: Vec<Vec<u8>>) -> PartitionSnapshot {
+        let files = self
+            .files()
+            .into_iter()
+            .skip(1)
+            .map(|file| {
+                let mut bytes = buffers.pop().unwrap_or_default();
+                bytes.clear();
+                bytes.extend_from_slice(file.bytes());
+                let name = file.path().file_name().expect("arena file name");
+                (PathBuf::from(name), bytes)
+            })
+            .collect();
+        PartitionSnapshot {
+            index: self.index,
             heap_bytes: self.heap.file().length_bytes(),
-            data_checksum: hasher.digest(),
-            heap_checksum: 0,
-            table_checksum: 0,
-            old_checksum: 0,
-            ..read_header(&meta_bytes)
-        };
-        write_header(&mut meta_bytes, &header);
-        seal_bytes(&mut meta_bytes);
-        remove_partition_files(destination, self.index)?;
-        for file in self.files().into_iter().skip(1) {
-            let name = file.path().file_name().expect("arena file name");
-            write_synced(&destination.join(name), file.bytes())?;
+            meta_bytes: self.meta.bytes().to_vec(),
+            files,
         }
-        write_synced(
-            &destination.join(file_name(self.index, "meta")),
-            &meta_bytes,
-        )?;
-        sync_directory(destination)
     }
 
     /// Reads the checkpoint of partition `index` in `source` into memory and checks it
@@ -1521,6 +1515,67 @@ fn add_within_bounds(
 #[inline]
 fn apply_bounds(value: i64, bounds: Bounds, policy: BoundPolicy) -> Result<(i64, bool), OpError> {
     add_within_bounds(value, 0, bounds, policy)
+}
+
+/// A partition's checkpoint, copied into memory on its core ([`Partition::snapshot`]).
+/// It owns its bytes, so it can be written on another thread while the core goes on
+/// serving: the bytes are the partition as it was at the copy, whatever happens to it
+/// after.
+pub struct PartitionSnapshot {
+    index: u32,
+    heap_bytes: u64,
+    /// The live header as copied; [`PartitionSnapshot::write_to`] marks it clean with
+    /// the data checksum.
+    meta_bytes: Vec<u8>,
+    /// `(file name, bytes)` of every data file, in `Partition::files` order.
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl PartitionSnapshot {
+    /// The partition copied.
+    pub fn partition(&self) -> u32 {
+        self.index
+    }
+
+    /// Writes the checkpoint into `destination` (created if missing), removing stale
+    /// files of this partition there: every data file, then the header (clean, with
+    /// the checksum of the data files), each written and fdatasynced, then the
+    /// directory synced. The header is written last, so a crash leaves no header that
+    /// describes files not fully written.
+    pub fn write_to(&self, destination: &Path) -> Result<(), EngineError> {
+        fs::create_dir_all(destination).map_err(io_error("create directory", destination))?;
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for (_, bytes) in &self.files {
+            hasher.update(bytes);
+        }
+        let mut meta_bytes = self.meta_bytes.clone();
+        let header = Meta {
+            version: META_VERSION,
+            clean: 1,
+            heap_bytes: self.heap_bytes,
+            data_checksum: hasher.digest(),
+            heap_checksum: 0,
+            table_checksum: 0,
+            old_checksum: 0,
+            ..read_header(&meta_bytes)
+        };
+        write_header(&mut meta_bytes, &header);
+        seal_bytes(&mut meta_bytes);
+        remove_partition_files(destination, self.index)?;
+        for (name, bytes) in &self.files {
+            write_synced(&destination.join(name), bytes)?;
+        }
+        write_synced(
+            &destination.join(file_name(self.index, "meta")),
+            &meta_bytes,
+        )?;
+        sync_directory(destination)
+    }
+
+    /// The snapshot's buffers, for the next [`Partition::snapshot`] to reuse.
+    pub fn into_buffers(self) -> Vec<Vec<u8>> {
+        self.files.into_iter().map(|(_, bytes)| bytes).collect()
+    }
 }
 
 fn seal_bytes(bytes: &mut [u8]) {

@@ -49,7 +49,7 @@ use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
 use crate::index::{InBucket, PlainKey, KEY_INLINE_BYTES_MAX};
 use crate::op::{BoundPolicy, Op, OpResult};
-use crate::partition::{KeyProbe, Partition};
+use crate::partition::{KeyProbe, Partition, PartitionSnapshot};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 
 /// How many operations ahead the batch pipeline prefetches the home bucket.
@@ -755,15 +755,26 @@ impl Store {
 
     /// Writes a consistent copy of one partition's files into `dest_dir` (created if
     /// missing) and fdatasyncs them. Synchronous: the stall is proportional to the
-    /// partition's size. Use a fresh directory per checkpoint and rename it into place to
-    /// make the checkpoint as a whole atomic.
+    /// partition's size, and includes the syncs ([`Store::snapshot_partition`] leaves
+    /// those to another thread). Use a fresh directory per checkpoint and rename it into
+    /// place to make the checkpoint as a whole atomic.
     pub fn checkpoint_partition(&self, partition: u32, dest_dir: &Path) -> Result<(), EngineError> {
+        self.snapshot_partition(partition, Vec::new())?
+            .write_to(dest_dir)
+    }
+
+    /// Copies one owned partition's checkpoint into memory, reusing `buffers` (see
+    /// [`PartitionSnapshot::into_buffers`]); [`PartitionSnapshot::write_to`] then writes
+    /// it on any thread. The copy reflects exactly what the partition holds now.
+    pub fn snapshot_partition(
+        &self,
+        partition: u32,
+        buffers: Vec<Vec<u8>>,
+    ) -> Result<PartitionSnapshot, EngineError> {
         let owned = self
             .owned_partition(partition)
             .ok_or_else(|| Store::not_owned(partition))?;
-        std::fs::create_dir_all(dest_dir)
-            .map_err(crate::arena::io_error("create directory", dest_dir))?;
-        owned.checkpoint(dest_dir)
+        Ok(owned.snapshot(buffers))
     }
 
     /// Replaces one owned partition's counters with those of a checkpoint in

@@ -88,6 +88,7 @@ use super::stamp::{self, StampError};
 use super::storage::JournalStorage;
 use super::writer::create_dir_durably;
 use super::{journal_dir, segment, Journal, JournalError, Lsn};
+use crate::partition::PartitionSnapshot;
 use crate::store::Store;
 
 const POSITION_FILE: &str = "journal-position";
@@ -195,16 +196,16 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
 /// removes `<p>.old` ([`finish_swaps`]).
 fn write_and_swap(
     root: &Path,
-    store: &Store,
-    partition: u32,
+    snapshot: &PartitionSnapshot,
     covered_lsn: Lsn,
 ) -> Result<CheckpointInfo, JournalError> {
+    let partition = snapshot.partition();
     let dir = root.join(partition.to_string());
     let temporary = with_suffix(&dir, ".tmp");
     let old = with_suffix(&dir, ".old");
     remove_dir_if_present(&temporary)?;
-    store
-        .checkpoint_partition(partition, &temporary)
+    snapshot
+        .write_to(&temporary)
         .map_err(|source| JournalError::Engine {
             action: "checkpoint partition",
             source,
@@ -250,8 +251,17 @@ fn write_checkpoints(
     let root = checkpoint_root(data_dir);
     create_dir_durably(&root)?;
     let mut written = Vec::new();
+    let mut buffers = Vec::new();
     for partition in partitions {
-        match write_and_swap(&root, store, partition, covered_lsn) {
+        let snapshot = store
+            .snapshot_partition(partition, buffers)
+            .map_err(|source| JournalError::Engine {
+                action: "checkpoint partition",
+                source,
+            })?;
+        let swapped = write_and_swap(&root, &snapshot, covered_lsn);
+        buffers = snapshot.into_buffers();
+        match swapped {
             Ok(info) => written.push(info),
             Err(error) => {
                 // The renames done so far may or may not survive a crash; either way
@@ -271,7 +281,7 @@ fn write_checkpoints(
 /// over it, and the directory synced. A crash leaves the old position or the new one.
 /// The caller guarantees the partition has no record in `(info.covered_lsn,
 /// covered_lsn]`, so the files reflect every record of it up to `covered_lsn`.
-fn advance_position(
+pub fn advance_position(
     info: &CheckpointInfo,
     covered_lsn: Lsn,
 ) -> Result<CheckpointInfo, JournalError> {
@@ -334,51 +344,130 @@ pub fn checkpoint_core<S: JournalStorage>(
     retention_lsn: Option<Lsn>,
 ) -> Result<CheckpointReport, JournalError> {
     let covered_lsn = journal.sync()?;
-    let mut changed = Vec::new();
-    let mut unchanged = Vec::new();
-    let mut empty_new = Vec::new();
-    for &partition in store.owned_partitions() {
-        assert!(
-            store.applied_lsn(partition) <= covered_lsn,
-            "applied beyond the journal"
-        );
-        match latest(data_dir, partition)? {
-            Some(info) if !changed_since(store, partition, Some(&info)) => unchanged.push(info),
-            None if store.partition_is_empty(partition) => empty_new.push(partition),
-            _ => changed.push(partition),
-        }
-    }
-    let segments = segment::list_segments(&journal_dir(data_dir, core))?;
-    let target = release_target(&segments, retention_lsn);
-    // Empty partitions without a checkpoint would hold back a release: written only then.
-    let mut skipped = 0;
-    match target {
-        Some(_) => changed.extend(empty_new),
-        None => skipped = empty_new.len(),
-    }
+    let survey = survey(data_dir, store.owned_partitions(), core, retention_lsn)?;
+    let plan = plan_round(store, &survey, covered_lsn);
     let mut report = CheckpointReport {
-        partitions: write_checkpoints(data_dir, store, changed, covered_lsn)?,
-        partitions_unchanged: skipped,
+        partitions: write_checkpoints(data_dir, store, plan.write, covered_lsn)?,
+        partitions_unchanged: plan.unchanged,
         ..CheckpointReport::default()
     };
-    for info in unchanged {
-        // Only a position below what could be released holds the journal back; the
-        // others stay untouched, so an idle partition costs nothing most rounds.
-        if target.is_none_or(|target| info.covered_lsn >= target) {
-            report.partitions_unchanged += 1;
-        } else if info.dir == checkpoint_root(data_dir).join(info.partition.to_string()) {
-            report
-                .positions_advanced
-                .push(advance_position(&info, covered_lsn)?);
-        } else {
-            // Only `<p>.old` is left (a crash between the renames): write it anew.
-            let written = write_checkpoints(data_dir, store, [info.partition], covered_lsn)?;
-            report.partitions.extend(written);
-        }
+    for info in &plan.advance {
+        report
+            .positions_advanced
+            .push(advance_position(info, covered_lsn)?);
     }
     report.segments_released =
         release_segments(data_dir, store.owned_partitions(), core, retention_lsn)?;
     Ok(report)
+}
+
+/// What a round found on disk, read without the store (so off the core, if the core
+/// must not wait for the file system): each partition's last checkpoint, and the
+/// release target of the core's segments (see [`release_target`]).
+#[derive(Clone, Debug)]
+pub struct Survey {
+    checkpoints: Vec<(u32, Option<CheckpointInfo>)>,
+    release_target: Option<Lsn>,
+}
+
+/// Surveys `partitions` (a core's) and core `core`'s segments for a round.
+pub fn survey(
+    data_dir: &Path,
+    partitions: &[u32],
+    core: u32,
+    retention_lsn: Option<Lsn>,
+) -> Result<Survey, JournalError> {
+    let mut checkpoints = Vec::with_capacity(partitions.len());
+    for &partition in partitions {
+        checkpoints.push((partition, latest(data_dir, partition)?));
+    }
+    let segments = segment::list_segments(&journal_dir(data_dir, core))?;
+    Ok(Survey {
+        checkpoints,
+        release_target: release_target(&segments, retention_lsn),
+    })
+}
+
+/// What a round does, decided from a [`Survey`] and the store (module doc, steps 2 and
+/// 4).
+#[derive(Clone, Debug, Default)]
+pub struct RoundPlan {
+    /// Partitions to write: changed since their checkpoint, without one (an empty
+    /// one only when a segment could be released), or left with `<p>.old` alone.
+    pub write: Vec<u32>,
+    /// Unchanged partitions whose position must move up: it stands below the release
+    /// target. [`still_unchanged`] tells whether one still is, later.
+    pub advance: Vec<CheckpointInfo>,
+    /// Partitions left as they are, and empty ones still without a checkpoint.
+    pub unchanged: usize,
+}
+
+/// Plans a round over the surveyed partitions. `durable_lsn`: every record the store
+/// reflects is durable up to it (asserted: a checkpoint must never reflect a record
+/// the journal could lose).
+pub fn plan_round(store: &Store, survey: &Survey, durable_lsn: Lsn) -> RoundPlan {
+    let mut plan = RoundPlan::default();
+    let mut empty_new = Vec::new();
+    for (partition, last) in &survey.checkpoints {
+        let partition = *partition;
+        assert!(
+            store.applied_lsn(partition) <= durable_lsn,
+            "applied beyond the journal"
+        );
+        match last {
+            Some(info) if !changed_since(store, partition, Some(info)) => {
+                // Only a position below what could be released holds the journal
+                // back; the others stay untouched, so an idle partition costs nothing
+                // most rounds.
+                if survey
+                    .release_target
+                    .is_none_or(|target| info.covered_lsn >= target)
+                {
+                    plan.unchanged += 1;
+                } else if info.dir.file_name() == Some(partition.to_string().as_ref()) {
+                    plan.advance.push(info.clone());
+                } else {
+                    // Only `<p>.old` is left (a crash between the renames): write it anew.
+                    plan.write.push(partition);
+                }
+            }
+            None if store.partition_is_empty(partition) => empty_new.push(partition),
+            _ => plan.write.push(partition),
+        }
+    }
+    // Empty partitions without a checkpoint would hold back a release: written only then.
+    match survey.release_target {
+        Some(_) => plan.write.extend(empty_new),
+        None => plan.unchanged += empty_new.len(),
+    }
+    plan
+}
+
+/// Whether `info`'s partition is still unchanged since that checkpoint (a plan's
+/// [`RoundPlan::advance`] entry, checked again after the core served more requests).
+pub fn still_unchanged(store: &Store, info: &CheckpointInfo) -> bool {
+    !changed_since(store, info.partition, Some(info))
+}
+
+/// Writes one partition's checkpoint from `snapshot`, covering the journal up to
+/// `covered_lsn`, and renames it into place; runs on any thread. The caller
+/// guarantees that the snapshot reflects every record of the partition up to
+/// `covered_lsn` and no other, that they are durable, and then calls
+/// [`finish_written`] for the round's written checkpoints before releasing segments.
+pub fn write_snapshot(
+    data_dir: &Path,
+    snapshot: &PartitionSnapshot,
+    covered_lsn: Lsn,
+) -> Result<CheckpointInfo, JournalError> {
+    let root = checkpoint_root(data_dir);
+    create_dir_durably(&root)?;
+    write_and_swap(&root, snapshot, covered_lsn)
+}
+
+/// Makes the renames of the checkpoints [`write_snapshot`] wrote durable (one sync
+/// of the checkpoint root) and removes their `<p>.old`.
+pub fn finish_written(data_dir: &Path, written: &[CheckpointInfo]) -> Result<(), JournalError> {
+    finish_swaps(&checkpoint_root(data_dir), written)
 }
 
 /// Checkpoints the owned partitions that have none yet (used by recovery, after the
