@@ -830,6 +830,7 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         mesh_tasks.push(glommio::spawn_local(replies));
     }
     let commit = glommio::spawn_local(crate::durability::commit_loop(Rc::clone(&core)));
+    let checkpoints = glommio::spawn_local(crate::durability::checkpoint_loop(Rc::clone(&core)));
     let held = glommio::spawn_local(send_held_replies(Rc::clone(&core)));
     let gate = Rc::new(glommio::sync::Gate::new());
     let accepts = [
@@ -893,6 +894,9 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     );
     drop(request_receivers);
     drop(reply_receivers);
+    // A round in progress needs the commit task (it waits for records to be durable).
+    core.journal.stop_checkpoints();
+    checkpoints.await;
     core.journal.stop();
     commit.await;
     let core = Rc::into_inner(core).expect("every task of the core has ended");

@@ -33,6 +33,17 @@
 //! 6.3-6.6 ms and 206-215k to 236-261k increments/s (BENCHMARKS.md). With nothing
 //! waiting the task sleeps until an append wakes it: an idle core parks.
 //!
+//! # Checkpoints ([`checkpoint_loop`], one task per core)
+//! A round writes the partitions that changed since their checkpoint and releases the
+//! segments no checkpoint needs (`tally_engine::journal::checkpoint`). The core only
+//! copies each changed partition into memory, one at a time between requests; the
+//! writes, syncs and renames run on the executor's blocking thread, so requests are
+//! served throughout (a round used to hold the core for every partition's five or six
+//! fsyncs: a second or more under load). A copy is written once every record it
+//! reflects is durable ([`checkpoint_round`] says why that makes it a sound
+//! checkpoint). The final round at shutdown ([`CoreJournal::finish`]) runs on the core
+//! itself, after the last request.
+//!
 //! # Failure
 //! A storage failure either *degrades* the journal, for a while, or *fails* it, for
 //! good (the journal writer's "Failure" says which is which). Either way every durable
@@ -116,12 +127,13 @@ use std::future::Future;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_lite::AsyncReadExt;
 
-use tally_engine::journal::checkpoint::checkpoint_core;
+use tally_engine::journal::checkpoint::{self, checkpoint_core, CheckpointInfo, CheckpointReport};
 use tally_engine::journal::recovery::{recover, RecoveryOptions, COVERED_SUFFIX};
 use tally_engine::journal::{
     journal_dir, list_segments, Durability, Idempotency, Journal, JournalError, JournalOptions,
@@ -146,7 +158,9 @@ pub const IN_FLIGHT_POLL: Duration = Duration::from_micros(50);
 const COMMIT_ESTIMATE_INITIAL: Duration = Duration::from_micros(500);
 /// The shortest wait for a commit's notice before the commit is polled anyway.
 const NOTICE_FALLBACK_MIN: Duration = Duration::from_millis(2);
-/// With nothing to commit the task still wakes this often to check for a checkpoint.
+/// With nothing to commit the commit task still wakes this often (a degraded journal's
+/// retry is due by its deadline), and the checkpoint task looks this often whether a
+/// round is due.
 const IDLE_CHECK: Duration = Duration::from_millis(200);
 /// While degraded, the failed retries are logged at most this often.
 pub const DEGRADED_LOG_INTERVAL: Duration = Duration::from_secs(30);
@@ -367,6 +381,9 @@ pub struct CoreJournal {
     durable_waiters: RefCell<Vec<Waker>>,
     appended: Notify,
     stopping: Cell<bool>,
+    /// Asks the checkpoint task ([`checkpoint_loop`]) to end, once its round is over.
+    checkpoints_stopping: Cell<bool>,
+    checkpoints_wake: Notify,
     /// The idempotent batches journaled here, by second of their apply.
     retained: RefCell<Retained>,
     recovered: HashMap<IdempotencyKey, Recovered>,
@@ -573,6 +590,8 @@ impl CoreJournal {
             durable_waiters: RefCell::new(Vec::new()),
             appended: Notify::default(),
             stopping: Cell::new(false),
+            checkpoints_stopping: Cell::new(false),
+            checkpoints_wake: Notify::default(),
             retained: RefCell::new(retained),
             recovered,
             in_doubt: RefCell::new(VecDeque::new()),
@@ -931,44 +950,30 @@ impl CoreJournal {
         }
     }
 
-    /// Checkpoints the partitions of the core that changed since their last checkpoint
-    /// (blocking it for the syncs and the copies; `checkpoint_core`) and releases the
-    /// segments nobody needs.
-    pub fn checkpoint(&self, store: &Store) -> Result<(), JournalError> {
-        let started = Instant::now();
-        let retention = self.retention_lsn();
-        let mut journal = self.journal.borrow_mut();
-        let result = checkpoint_core(&self.data_dir, store, &mut journal, self.core, retention);
-        let bytes_written = journal.stats().bytes_written;
-        drop(journal);
-        self.last_checkpoint.set(Instant::now());
-        self.bytes_at_checkpoint.set(bytes_written);
-        // The checkpoint synced the journal: waiters may be durable now.
-        self.wake_waiters();
+    /// Takes in the end of a checkpoint round: counts and logs it.
+    fn checkpoint_done(&self, started: Instant, result: &Result<CheckpointReport, JournalError>) {
         let report = match result {
             Ok(report) => report,
             Err(error) => {
-                let journal = self.journal.borrow();
-                let journal_broke = journal.failure().is_some() || journal.degraded().is_some();
-                drop(journal);
-                if journal_broke {
-                    // The journal's own sync failed inside the checkpoint.
-                    self.on_error(&error, Instant::now());
-                } else {
-                    // A checkpoint file could not be written (a full disk, say): the
-                    // previous checkpoints stand and no segment was released past
-                    // them, so the journal still holds everything; writes go on.
-                    self.stats
-                        .checkpoint_failures
-                        .set(self.stats.checkpoint_failures.get() + 1);
-                    tracing::error!(
-                        core = self.core,
-                        %error,
-                        "checkpoint failed: writes go on, and the journal keeps every record \
-                         until a checkpoint succeeds (tried again at the next interval)"
-                    );
+                if self.refuses_mutations() {
+                    // The journal itself failed or degraded under the round: the commit
+                    // task has handled and logged that.
+                    tracing::warn!(core = self.core, %error, "checkpoint abandoned");
+                    return;
                 }
-                return Err(error);
+                // A checkpoint file could not be written (a full disk, say): the
+                // previous checkpoints stand and no segment was released past them, so
+                // the journal still holds everything; writes go on.
+                self.stats
+                    .checkpoint_failures
+                    .set(self.stats.checkpoint_failures.get() + 1);
+                tracing::error!(
+                    core = self.core,
+                    %error,
+                    "checkpoint failed: writes go on, and the journal keeps every record \
+                     until a checkpoint succeeds (tried again at the next interval)"
+                );
+                return;
             }
         };
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
@@ -978,11 +983,32 @@ impl CoreJournal {
             partitions_unchanged = report.partitions_unchanged,
             positions_advanced = report.positions_advanced.len(),
             segments_released = report.segments_released,
-            retention_lsn = retention,
             seconds = started.elapsed().as_secs_f64(),
             "checkpoint"
         );
-        Ok(())
+    }
+
+    /// Makes every record appended so far durable (relaxed ones included, see
+    /// [`Self::barrier_lsn`]) and returns the last one's LSN; an error if the journal
+    /// failed or degraded first.
+    async fn make_appended_durable(&self) -> Result<Lsn, JournalError> {
+        let lsn = self.barrier_lsn();
+        match self.wait_durable(lsn).await {
+            Ok(()) => Ok(lsn),
+            Err(()) => Err(JournalError::Failed {
+                reason: format!(
+                    "the journal of core {} failed or degraded before LSN {lsn} was durable",
+                    self.core
+                ),
+            }),
+        }
+    }
+
+    /// Asks the checkpoint task to end once its round (if any) is over. The commit
+    /// task must run until then: the round waits for records to be durable.
+    pub fn stop_checkpoints(&self) {
+        self.checkpoints_stopping.set(true);
+        self.checkpoints_wake.notify();
     }
 
     /// Asks the commit task to end (after the last request was answered).
@@ -1338,13 +1364,6 @@ pub async fn commit_loop(core: Rc<Core>) {
             }
             continue;
         }
-        if journal.checkpoint_due(now) {
-            let mut store = core.store.borrow_mut();
-            journal.stamp_applied(&mut store);
-            // `checkpoint` logged a failure, and handled one of the journal's own.
-            let _ = journal.checkpoint(&store);
-            continue;
-        }
         let deadline = journal.journal.borrow().next_deadline();
         let wait = match deadline {
             Some(due) => due.saturating_duration_since(now),
@@ -1355,6 +1374,140 @@ pub async fn commit_loop(core: Rc<Core>) {
         }
         futures_lite::future::or(journal.appended.wait(), glommio::timer::sleep(wait)).await;
     }
+}
+
+/// One task per core: runs a checkpoint round ([`checkpoint_round`]) whenever one is
+/// due (`--checkpoint-interval-s`, `--checkpoint-journal-bytes`), until
+/// [`CoreJournal::stop_checkpoints`]. The final checkpoint at shutdown is
+/// [`CoreJournal::finish`]'s, after this task ended.
+pub async fn checkpoint_loop(core: Rc<Core>) {
+    let journal = &core.journal;
+    while !journal.checkpoints_stopping.get() {
+        let now = Instant::now();
+        if journal.checkpoint_due(now) {
+            journal.last_checkpoint.set(now);
+            journal
+                .bytes_at_checkpoint
+                .set(journal.journal.borrow().stats().bytes_written);
+            let result = checkpoint_round(&core).await;
+            journal.checkpoint_done(now, &result);
+            continue;
+        }
+        futures_lite::future::or(
+            journal.checkpoints_wake.wait(),
+            glommio::timer::sleep(IDLE_CHECK),
+        )
+        .await;
+    }
+}
+
+/// One checkpoint round of the core's partitions that changed since their last
+/// checkpoint (the protocol of `tally_engine::journal::checkpoint`), without stopping
+/// the core for the file system: the core copies one partition at a time into memory
+/// (its only pause, as long as a copy of that partition takes), and the blocking
+/// thread pool does every file system call, the writes and syncs of the copy, the
+/// renames, the position moves and the releases, while the core serves requests.
+///
+/// Why each checkpoint covers what it claims: the copy of partition `p` is taken
+/// between two awaits, when every record appended so far has been applied and every
+/// applied mutation appended (a batch is applied, then journaled, without an await).
+/// So with `L` the last LSN appended at the copy, the copy reflects every record of
+/// `p` up to `L` and none after it, and `L` is its covered LSN. The copy is written
+/// only once `L` is durable: a checkpoint never reflects a record the journal could
+/// lose, so LSNs are never reused below one. An unchanged partition's position moves
+/// to an `L` taken when it is seen unchanged (no record of it appended since its
+/// checkpoint), and only once that `L` is durable.
+async fn checkpoint_round(core: &Core) -> Result<CheckpointReport, JournalError> {
+    let journal = &core.journal;
+    let data_dir = Arc::new(journal.data_dir.clone());
+    let index = journal.core;
+    let retention = journal.retention_lsn();
+    let owned = Arc::new(core.store.borrow().owned_partitions().to_vec());
+    let survey = {
+        let (data_dir, owned) = (Arc::clone(&data_dir), Arc::clone(&owned));
+        off_core(move || checkpoint::survey(&data_dir, &owned, index, retention)).await?
+    };
+    let plan = {
+        let mut store = core.store.borrow_mut();
+        journal.stamp_applied(&mut store);
+        checkpoint::plan_round(&store, &survey, journal.journal.borrow().appended_lsn())
+    };
+    let mut report = CheckpointReport {
+        partitions_unchanged: plan.unchanged,
+        ..CheckpointReport::default()
+    };
+    let mut buffers = Vec::new();
+    let mut written = Ok(());
+    for partition in plan.write {
+        let snapshot = {
+            let mut store = core.store.borrow_mut();
+            journal.stamp_applied(&mut store);
+            store.snapshot_partition(partition, buffers)
+        }
+        .map_err(|source| JournalError::Engine {
+            action: "checkpoint partition",
+            source,
+        })?;
+        let covered = match journal.make_appended_durable().await {
+            Ok(lsn) => lsn,
+            Err(error) => {
+                written = Err(error);
+                break;
+            }
+        };
+        let data_dir = Arc::clone(&data_dir);
+        let (snapshot, result) = off_core(move || {
+            let result = checkpoint::write_snapshot(&data_dir, &snapshot, covered);
+            (snapshot, result)
+        })
+        .await;
+        buffers = snapshot.into_buffers();
+        match result {
+            Ok(info) => report.partitions.push(info),
+            Err(error) => {
+                written = Err(error);
+                break;
+            }
+        }
+    }
+    // Whatever happened, the renames done so far are made durable (as the engine's
+    // `write_checkpoints` does), so the next round does not depend on them.
+    let finished = {
+        let (data_dir, done) = (Arc::clone(&data_dir), report.partitions.clone());
+        off_core(move || checkpoint::finish_written(&data_dir, &done)).await
+    };
+    written?;
+    finished?;
+    let advance: Vec<CheckpointInfo> = {
+        let mut store = core.store.borrow_mut();
+        journal.stamp_applied(&mut store);
+        plan.advance
+            .into_iter()
+            .filter(|info| checkpoint::still_unchanged(&store, info))
+            .collect()
+    };
+    if !advance.is_empty() {
+        let covered = journal.make_appended_durable().await?;
+        report.positions_advanced = off_core(move || {
+            advance
+                .iter()
+                .map(|info| checkpoint::advance_position(info, covered))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?;
+    }
+    report.segments_released =
+        off_core(move || checkpoint::release_segments(&data_dir, &owned, index, retention)).await?;
+    Ok(report)
+}
+
+/// Runs blocking file system work on the core's blocking thread pool, so that the core
+/// goes on serving; a panic there is raised again here, as if the core had run it.
+async fn off_core<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) -> R {
+    let outcome = glommio::executor()
+        .spawn_blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)))
+        .await;
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 #[cfg(test)]

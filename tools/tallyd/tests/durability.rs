@@ -1162,3 +1162,168 @@ fn a_failed_checkpoint_keeps_writes_going_and_loses_nothing() {
     let daemon = Daemon::start(dir.path(), &[]);
     check_bounds(daemon.addr, &tally, "after failed checkpoints and kill -9");
 }
+
+/// An ext4 file system in a loop-mounted image that a test can freeze (`fsfreeze -f`:
+/// every write to it then blocks until it is thawed); thawed and unmounted on drop.
+struct FreezableFilesystem {
+    dir: tempfile::TempDir,
+    _image: tempfile::TempDir,
+}
+
+impl FreezableFilesystem {
+    /// Makes and mounts the image; `Err` says why not (not root, no loop devices in
+    /// this sandbox or CI, no mkfs.ext4 or fsfreeze).
+    fn mount() -> Result<FreezableFilesystem, String> {
+        let image_dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let image = image_dir.path().join("ext4.img");
+        std::fs::File::create(&image)
+            .and_then(|file| file.set_len(64 << 20))
+            .map_err(|e| e.to_string())?;
+        run("mkfs.ext4", &["-q", "-F"], &image)?;
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let output = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(dir.path())
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount -o loop failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        let mounted = FreezableFilesystem {
+            dir,
+            _image: image_dir,
+        };
+        // Checked here, so that a missing fsfreeze skips the test instead of failing it.
+        mounted.freeze()?;
+        mounted.thaw()?;
+        Ok(mounted)
+    }
+
+    fn mount_or_skip(test: &str) -> Option<FreezableFilesystem> {
+        FreezableFilesystem::mount()
+            .inspect_err(|reason| {
+                eprintln!("SKIPPED {test}: cannot mount a freezable file system: {reason}")
+            })
+            .ok()
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn freeze(&self) -> Result<(), String> {
+        run("fsfreeze", &["-f"], self.path())
+    }
+
+    fn thaw(&self) -> Result<(), String> {
+        run("fsfreeze", &["-u"], self.path())
+    }
+}
+
+impl Drop for FreezableFilesystem {
+    fn drop(&mut self) {
+        let _ = self.thaw();
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// Runs `program args path`; `Err` with its output if it fails.
+fn run(program: &str, args: &[&str], path: &Path) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
+        .arg(path)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
+        "{program} failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    ))
+}
+
+/// A checkpoint round does not stop its core: with the checkpoint directory on a
+/// frozen file system (each of the round's writes blocks until the thaw, like a disk
+/// that stalls), durable increments go on being acknowledged; after the thaw the round
+/// completes, and a `kill -9` loses nothing. The round used to run on the core's
+/// thread: it stopped answering until the thaw (and, on a healthy disk, for the five or
+/// six fsyncs of every changed partition, a second or more under load).
+#[test]
+fn a_checkpoint_stuck_on_its_disk_does_not_stop_its_core() {
+    const PARTITIONS: u32 = 8;
+    let test = "a_checkpoint_stuck_on_its_disk_does_not_stop_its_core";
+    let Some(disk) = FreezableFilesystem::mount_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    // A first run lays the data directory out; its checkpoints then move to the disk
+    // that will freeze.
+    let daemon = Daemon::start(dir.path(), &[]);
+    send_acknowledged_round(&mut Client::connect(daemon.addr), &keys, &mut tally);
+    assert_eq!(daemon.terminate(), Some(0));
+    let checkpoints = dir.path().join("checkpoint");
+    run("cp", &["-a", checkpoints.to_str().unwrap()], disk.path()).unwrap();
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    std::os::unix::fs::symlink(disk.path().join("checkpoint"), &checkpoints).unwrap();
+
+    let daemon = Daemon::start(dir.path(), &["--checkpoint-interval-s", "1"]);
+    let mut client = Client::connect(daemon.addr);
+    send_acknowledged_round(&mut client, &keys, &mut tally);
+    let before = covered_lsns(dir.path(), PARTITIONS);
+    disk.freeze().unwrap();
+    // Every partition changed, so the next round (within a second) writes them all and
+    // blocks on its first write.
+    thread::sleep(Duration::from_millis(1_500));
+    client
+        .stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // Thawed before anything else is dropped, even on a failure: a daemon stuck on the
+    // frozen disk could not be reaped.
+    let served_while_frozen = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let frozen = std::time::Instant::now();
+        while frozen.elapsed() < Duration::from_millis(2_000) {
+            // `next_reply` gives up after the read timeout: a core stopped by its round
+            // answers nothing until the thaw.
+            send_acknowledged_round(&mut client, &keys, &mut tally);
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            covered_lsns(dir.path(), PARTITIONS),
+            before,
+            "no checkpoint was written while the disk was frozen"
+        );
+    }));
+    disk.thaw().unwrap();
+    if let Err(panic) = served_while_frozen {
+        std::panic::resume_unwind(panic);
+    }
+    let thawed = std::time::Instant::now();
+    while covered_lsns(dir.path(), PARTITIONS)
+        .iter()
+        .zip(&before)
+        .any(|(after, before)| after <= before)
+    {
+        assert!(
+            thawed.elapsed() < Duration::from_secs(20),
+            "the stuck round completed after the thaw: {:?} against {before:?}",
+            covered_lsns(dir.path(), PARTITIONS)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    send_acknowledged_round(&mut client, &keys, &mut tally);
+    drop(client);
+    daemon.kill_9();
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(daemon.addr, &tally, "after a stuck checkpoint and kill -9");
+    drop(daemon);
+}
