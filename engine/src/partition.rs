@@ -1572,9 +1572,15 @@ impl PartitionSnapshot {
         sync_directory(destination)
     }
 
-    /// The snapshot's buffers, for the next [`Partition::snapshot`] to reuse.
+    /// The snapshot's buffers, for the next [`Partition::snapshot`] to reuse: last
+    /// file first, as that pops them, so each file gets the buffer it had (and its
+    /// capacity) the last time.
     pub fn into_buffers(self) -> Vec<Vec<u8>> {
-        self.files.into_iter().map(|(_, bytes)| bytes).collect()
+        self.files
+            .into_iter()
+            .rev()
+            .map(|(_, bytes)| bytes)
+            .collect()
     }
 }
 

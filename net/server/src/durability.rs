@@ -951,9 +951,9 @@ impl CoreJournal {
     }
 
     /// Takes in the end of a checkpoint round: counts and logs it.
-    fn checkpoint_done(&self, started: Instant, result: &Result<CheckpointReport, JournalError>) {
-        let report = match result {
-            Ok(report) => report,
+    fn checkpoint_done(&self, started: Instant, result: &Result<Round, JournalError>) {
+        let (report, longest_copy) = match result {
+            Ok(round) => (&round.report, round.longest_copy),
             Err(error) => {
                 if self.refuses_mutations() {
                     // The journal itself failed or degraded under the round: the commit
@@ -984,6 +984,7 @@ impl CoreJournal {
             positions_advanced = report.positions_advanced.len(),
             segments_released = report.segments_released,
             seconds = started.elapsed().as_secs_f64(),
+            longest_copy_ms = longest_copy.as_secs_f64() * 1e3,
             "checkpoint"
         );
     }
@@ -1417,7 +1418,7 @@ pub async fn checkpoint_loop(core: Rc<Core>) {
 /// lose, so LSNs are never reused below one. An unchanged partition's position moves
 /// to an `L` taken when it is seen unchanged (no record of it appended since its
 /// checkpoint), and only once that `L` is durable.
-async fn checkpoint_round(core: &Core) -> Result<CheckpointReport, JournalError> {
+async fn checkpoint_round(core: &Core) -> Result<Round, JournalError> {
     let journal = &core.journal;
     let data_dir = Arc::new(journal.data_dir.clone());
     let index = journal.core;
@@ -1432,13 +1433,18 @@ async fn checkpoint_round(core: &Core) -> Result<CheckpointReport, JournalError>
         journal.stamp_applied(&mut store);
         checkpoint::plan_round(&store, &survey, journal.journal.borrow().appended_lsn())
     };
-    let mut report = CheckpointReport {
-        partitions_unchanged: plan.unchanged,
-        ..CheckpointReport::default()
+    let mut round = Round {
+        report: CheckpointReport {
+            partitions_unchanged: plan.unchanged,
+            ..CheckpointReport::default()
+        },
+        longest_copy: Duration::ZERO,
     };
+    let report = &mut round.report;
     let mut buffers = Vec::new();
     let mut written = Ok(());
     for partition in plan.write {
+        let copy_started = Instant::now();
         let snapshot = {
             let mut store = core.store.borrow_mut();
             journal.stamp_applied(&mut store);
@@ -1448,6 +1454,7 @@ async fn checkpoint_round(core: &Core) -> Result<CheckpointReport, JournalError>
             action: "checkpoint partition",
             source,
         })?;
+        round.longest_copy = round.longest_copy.max(copy_started.elapsed());
         let covered = match journal.make_appended_durable().await {
             Ok(lsn) => lsn,
             Err(error) => {
@@ -1498,7 +1505,14 @@ async fn checkpoint_round(core: &Core) -> Result<CheckpointReport, JournalError>
     }
     report.segments_released =
         off_core(move || checkpoint::release_segments(&data_dir, &owned, index, retention)).await?;
-    Ok(report)
+    Ok(round)
+}
+
+/// What a checkpoint round did, and the longest the core paused for it (copying one
+/// partition).
+struct Round {
+    report: CheckpointReport,
+    longest_copy: Duration,
 }
 
 /// Runs blocking file system work on the core's blocking thread pool, so that the core
