@@ -423,6 +423,17 @@ pub fn decode(bytes: &[u8]) -> Result<(LoggedRecord<'_>, usize), DecodeError> {
     Ok((record, length))
 }
 
+/// Decodes again the record at the start of `bytes`, which [`decode`] accepted: its
+/// fields without computing its checksum a second time (for a reader that checked a
+/// record, moved on, and then hands it out).
+///
+/// # Panics
+/// If `bytes` does not start with a record [`decode`] accepts (its checksum aside).
+pub fn decode_again(bytes: &[u8]) -> LoggedRecord<'_> {
+    let length = claimed_length(bytes).expect("a record decoded before");
+    decode_fields(&bytes[..length]).expect("a record decoded before")
+}
+
 /// Decodes the fields of a record whose length and checksum are already checked.
 #[inline(always)]
 fn decode_fields(bytes: &[u8]) -> Result<LoggedRecord<'_>, DecodeError> {

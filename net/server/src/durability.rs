@@ -122,7 +122,7 @@
 //! after which the journal decides, as above.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{FromRawFd, IntoRawFd};
 use std::path::{Path, PathBuf};
@@ -145,7 +145,7 @@ use tally_protocol::Status;
 use crate::config::ServerConfig;
 use crate::connection::status_of;
 use crate::core::Core;
-use crate::idempotency::{Fingerprint, IdempotencyKey};
+use crate::idempotency::{Fingerprint, IdempotencyKey, KeyMap, KeySet};
 
 /// Without commit notices (the module doc's fallback), a commit in flight is polled no
 /// sooner than this after the executor's spin would end. Not shorter: the executor must
@@ -386,11 +386,11 @@ pub struct CoreJournal {
     checkpoints_wake: Notify,
     /// The idempotent batches journaled here, by second of their apply.
     retained: RefCell<Retained>,
-    recovered: HashMap<IdempotencyKey, Recovered>,
+    recovered: KeyMap<Recovered>,
     /// Shares of durable idempotent batches appended and not yet durable, by LSN.
     in_doubt: RefCell<VecDeque<(IdempotencyKey, InDoubt)>>,
     /// Shares that were in doubt when the journal degraded ("Unsettled batches").
-    unsettled: RefCell<HashMap<IdempotencyKey, InDoubt>>,
+    unsettled: RefCell<KeyMap<InDoubt>>,
     window_s: u64,
     /// Most journal records kept for `retained` (see `retention_lsn`).
     retained_records_max: u64,
@@ -595,7 +595,7 @@ impl CoreJournal {
             retained: RefCell::new(retained),
             recovered,
             in_doubt: RefCell::new(VecDeque::new()),
-            unsettled: RefCell::new(HashMap::new()),
+            unsettled: RefCell::new(KeyMap::default()),
             window_s,
             retained_records_max: config.idempotency_journal_records_max,
             checkpoint_interval: (settings.checkpoint_interval_s > 0)
@@ -1099,7 +1099,7 @@ fn append_one(
 
 /// What the journal gave back for idempotency at start: outcomes by key, the
 /// retention list, and how many records were kept.
-type IdempotencyScan = (HashMap<IdempotencyKey, Recovered>, Retained, u64);
+type IdempotencyScan = (KeyMap<Recovered>, Retained, u64);
 
 /// Where the idempotent batches journaled on a core start, for checkpoints to keep
 /// their segments: runs of batches, oldest first, each as (first LSN of its first
@@ -1181,9 +1181,9 @@ fn read_idempotency(
         now_s: unix_now_s(),
         window_s,
         keys_max,
-        recovered: HashMap::new(),
+        recovered: KeyMap::default(),
         retained: Retained::default(),
-        own_keys: HashSet::new(),
+        own_keys: KeySet::default(),
         over_limit: false,
         kept: 0,
     };
@@ -1226,11 +1226,11 @@ struct IdempotencyScanner {
     now_s: u32,
     window_s: u64,
     keys_max: usize,
-    recovered: HashMap<IdempotencyKey, Recovered>,
+    recovered: KeyMap<Recovered>,
     /// (first LSN, unix seconds) of each batch in this core's own journal.
     retained: Retained,
     /// The keys with a record in this core's own journal.
-    own_keys: HashSet<IdempotencyKey>,
+    own_keys: KeySet,
     /// Whether `keys_max` was reached (logged once).
     over_limit: bool,
     kept: u64,

@@ -67,6 +67,13 @@ use xxhash_rust::xxh3::Xxh3;
 /// An idempotency key as sent by the client.
 pub type IdempotencyKey = u128;
 
+/// A map keyed by idempotency key. ahash with per-process random seeds: std's SipHash
+/// took a fifth of a restart's key scan (three lookups per journaled operation), and
+/// seeds drawn at start still keep keys that a client chose from being made to collide.
+pub type KeyMap<V> = HashMap<IdempotencyKey, V, ahash::RandomState>;
+/// A set of idempotency keys; see [`KeyMap`].
+pub type KeySet = std::collections::HashSet<IdempotencyKey, ahash::RandomState>;
+
 /// A hash of a batch's operations, to tell a retry from another batch under the same
 /// key. Never 0: the journal's records from before fingerprints were journaled carry
 /// 0, read as "unknown".
@@ -103,7 +110,7 @@ pub fn fingerprint(batch: &BatchRef<'_>) -> Fingerprint {
 /// cores serve; the home core of a key consults it for a key its table does not hold.
 #[derive(Debug, Default)]
 pub struct RecoveredBatches {
-    batches: HashMap<IdempotencyKey, (Fingerprint, u32)>,
+    batches: KeyMap<(Fingerprint, u32)>,
     window_s: u64,
 }
 
@@ -114,7 +121,7 @@ impl RecoveredBatches {
         lists: impl IntoIterator<Item = Vec<(IdempotencyKey, Fingerprint, u32)>>,
         window_s: u64,
     ) -> Self {
-        let mut batches: HashMap<IdempotencyKey, (Fingerprint, u32)> = HashMap::new();
+        let mut batches: KeyMap<(Fingerprint, u32)> = KeyMap::default();
         for (key, fingerprint, unix_s) in lists.into_iter().flatten() {
             let entry = batches.entry(key).or_insert((fingerprint, unix_s));
             if unix_s > entry.1 {
@@ -243,7 +250,7 @@ struct Entry {
 /// One core's idempotency memory.
 #[derive(Debug)]
 pub struct IdempotencyTable {
-    entries: HashMap<IdempotencyKey, Entry>,
+    entries: KeyMap<Entry>,
     order: VecDeque<(IdempotencyKey, u64, Instant)>,
     next_sequence: u64,
     reply_bytes: usize,
@@ -258,7 +265,7 @@ impl IdempotencyTable {
         assert!(entries_max > 0);
         assert!(reply_bytes_max >= reply_bytes_bound(BATCH_OPS_MAX));
         IdempotencyTable {
-            entries: HashMap::new(),
+            entries: KeyMap::default(),
             order: VecDeque::new(),
             next_sequence: 0,
             reply_bytes: 0,
