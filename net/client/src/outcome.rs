@@ -12,18 +12,60 @@
 //! [`crate::ClientError::NotApplied`]. A rejection is distinct from
 //! [`crate::ClientError`], which is about the call failing.
 
-use tally_protocol::{OpReply, Status};
+use tally_protocol::{Bound, Op, OpReply, Status};
 
 /// The result of an applied operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Outcome {
     /// The counter's value after the operation (for delete: the value it had; for exists:
-    /// 1 or 0).
+    /// 1 or 0; for a bound read, [`Op::GetBound`]: the bound, 0 if there is none).
     pub value: i64,
-    /// Whether the counter existed before the operation.
+    /// Whether the counter existed before the operation; for a bound read, whether the
+    /// counter has that bound.
     pub existed: bool,
     /// Whether a bound limited the operation (clamp policy).
     pub clamped: bool,
+}
+
+/// A counter's floor and ceiling, as [`crate::Client::get_bounds`] reads them; `None` is
+/// no bound on that side (a missing counter has none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bounds {
+    /// The lowest value the counter may take.
+    pub floor: Option<i64>,
+    /// The highest value the counter may take.
+    pub ceiling: Option<i64>,
+}
+
+impl Bounds {
+    /// The two reads that make up a bounds read, floor then ceiling: one batch, so both
+    /// go to the key's core in one frame and are answered from the same state.
+    pub(crate) fn ops(key: &[u8]) -> [Op<&[u8]>; 2] {
+        [
+            Op::GetBound {
+                key,
+                bound: Bound::Floor,
+            },
+            Op::GetBound {
+                key,
+                bound: Bound::Ceiling,
+            },
+        ]
+    }
+
+    /// The bounds from the results of [`Bounds::ops`]; the first refusal if either was
+    /// refused.
+    pub(crate) fn from_results(results: &[OpResult]) -> Result<Bounds, Rejection> {
+        let [floor, ceiling] = results else {
+            panic!("one result per operation: {} for 2", results.len());
+        };
+        let read =
+            |result: &OpResult| result.map(|outcome| outcome.existed.then_some(outcome.value));
+        Ok(Bounds {
+            floor: read(floor)?,
+            ceiling: read(ceiling)?,
+        })
+    }
 }
 
 /// The detail of a [`Status::Unavailable`] result refused before it was applied (the
