@@ -203,4 +203,34 @@ mod tests {
         );
         assert!(!error.is_transient());
     }
+
+    /// A bound read's `existed` says whether the bound is set: set bounds come back as
+    /// `Some`, absent ones (value 0 on the wire) as `None`, and a refused read is the
+    /// refusal, not "no bound".
+    #[test]
+    fn bounds_come_from_the_existed_bit_of_each_read() {
+        let read = |value, existed| from_reply(OpReply::ok(value, existed, false));
+        let both = [read(-2, true), read(9, true)];
+        assert_eq!(
+            super::Bounds::from_results(&both),
+            Ok(super::Bounds {
+                floor: Some(-2),
+                ceiling: Some(9)
+            })
+        );
+        let floor_zero = [read(0, true), read(0, false)];
+        assert_eq!(
+            super::Bounds::from_results(&floor_zero),
+            Ok(super::Bounds {
+                floor: Some(0),
+                ceiling: None
+            })
+        );
+        let refused = [
+            read(0, false),
+            from_reply(OpReply::error(Status::InvalidKey, 0)),
+        ];
+        let rejection = super::Bounds::from_results(&refused).expect_err("refused");
+        assert_eq!(rejection.status, Status::InvalidKey);
+    }
 }
