@@ -30,7 +30,7 @@ mod store;
 mod superblock;
 
 pub use error::{EngineError, OpError};
-pub use op::{recycle_ops, BoundPolicy, Op, OpResult, Outcome};
+pub use op::{recycle_ops, Bound, BoundPolicy, Op, OpResult, Outcome};
 pub use partition::PartitionSnapshot;
 pub use store::{Store, PREFETCH_DISTANCE};
 pub use superblock::{parse_core_count, DataDir, CORES_FILE, PARTITION_COUNT_MAX};

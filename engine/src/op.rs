@@ -17,6 +17,16 @@ pub enum BoundPolicy {
     Clamp = 1,
 }
 
+/// Which bound of a counter [`Op::GetBound`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Bound {
+    /// The lowest value the counter may take.
+    Floor = 0,
+    /// The highest value the counter may take.
+    Ceiling = 1,
+}
+
 /// One operation on one key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op<'a> {
@@ -45,6 +55,10 @@ pub enum Op<'a> {
         floor: Option<i64>,
         ceiling: Option<i64>,
     },
+    /// Read one bound; never creates the counter. The outcome's `value` is the bound and
+    /// its `existed` whether the counter has that bound (value 0 and `existed == false`
+    /// when it has none, a missing counter included).
+    GetBound { key: &'a [u8], bound: Bound },
 }
 
 impl<'a> Op<'a> {
@@ -55,13 +69,14 @@ impl<'a> Op<'a> {
             | Op::Set { key, .. }
             | Op::Get { key }
             | Op::Delete { key }
-            | Op::SetBounds { key, .. } => key,
+            | Op::SetBounds { key, .. }
+            | Op::GetBound { key, .. } => key,
         }
     }
 
     /// Whether applying this operation can change state (and so must be journaled).
     pub fn is_mutation(&self) -> bool {
-        !matches!(self, Op::Get { .. })
+        !matches!(self, Op::Get { .. } | Op::GetBound { .. })
     }
 }
 
@@ -70,7 +85,8 @@ impl<'a> Op<'a> {
 pub struct Outcome {
     /// The counter's value after the operation (for `Delete`, the value it had).
     pub value: i64,
-    /// Whether the counter existed before the operation.
+    /// Whether the counter existed before the operation; for [`Op::GetBound`], whether
+    /// the counter has the bound read.
     pub existed: bool,
     /// Whether a bound limited the operation (only with [`BoundPolicy::Clamp`]).
     pub clamped: bool,

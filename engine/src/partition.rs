@@ -137,7 +137,7 @@ use crate::index::{
     InBucket, PlainKey, Slot, Table, FLAG_EXTERNAL, KEY_INLINE_BYTES_MAX, KIND_PLAIN,
     LINES_PER_BUCKET, LINE_BYTES, TABLE_LINES_MAX,
 };
-use crate::op::{BoundPolicy, Op, OpResult, Outcome};
+use crate::op::{Bound, BoundPolicy, Op, OpResult, Outcome};
 use crate::superblock::{checkpoint_path, file_exists, has_checkpoint, released_journal_segment};
 
 const META_MAGIC: &[u8; 8] = b"TALLYPT1";
@@ -819,6 +819,7 @@ impl Partition {
             Op::SetBounds { floor, ceiling, .. } => {
                 self.set_bounds(probe, Bounds { floor, ceiling })
             }
+            Op::GetBound { bound, .. } => Ok(self.get_bound(probe, bound)),
         }
     }
 
@@ -890,6 +891,21 @@ impl Partition {
         match self.locate(probe) {
             Some(location) => self.slot_bounds(self.slot(location)),
             None => Bounds::NONE,
+        }
+    }
+
+    /// One bound of the counter as [`Op::GetBound`] reports it: the bound and whether it
+    /// is set (0 and false when it is not, or the counter is missing).
+    fn get_bound(&self, probe: &KeyProbe, bound: Bound) -> Outcome {
+        let bounds = self.bounds(probe);
+        let read = match bound {
+            Bound::Floor => bounds.floor,
+            Bound::Ceiling => bounds.ceiling,
+        };
+        Outcome {
+            value: read.unwrap_or(0),
+            existed: read.is_some(),
+            clamped: false,
         }
     }
 

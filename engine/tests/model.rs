@@ -1,11 +1,11 @@
 //! Property tests of every operation and of batches against a plain `HashMap` model,
-//! including bounds (reject and clamp), overflow at both ends, long keys in the key heap,
+//! including bounds (reject and clamp, and reading each bound back), overflow at both ends, long keys in the key heap,
 //! delete then re-insert, growth, and a clean close followed by a reopen.
 
 use std::collections::HashMap;
 
 use proptest::prelude::*;
-use tally_engine::{BoundPolicy, DataDir, Op, OpError, OpResult, Outcome, Store};
+use tally_engine::{Bound, BoundPolicy, DataDir, Op, OpError, OpResult, Outcome, Store};
 
 /// value, floor, ceiling
 type Model = HashMap<Vec<u8>, (i64, Option<i64>, Option<i64>)>;
@@ -32,6 +32,8 @@ enum ModelOp {
     Get(u16),
     Delete(u16),
     SetBounds(u16, Option<i64>, Option<i64>),
+    /// Read the floor (`false`) or the ceiling (`true`).
+    GetBound(u16, bool),
 }
 
 fn policy() -> impl Strategy<Value = BoundPolicy> {
@@ -57,6 +59,7 @@ fn model_op(key_ids: u16) -> impl Strategy<Value = ModelOp> {
         2 => (0..key_ids).prop_map(ModelOp::Get),
         2 => (0..key_ids).prop_map(ModelOp::Delete),
         2 => (0..key_ids, bound.clone(), bound).prop_map(|(k, f, c)| ModelOp::SetBounds(k, f, c)),
+        2 => (0..key_ids, any::<bool>()).prop_map(|(k, c)| ModelOp::GetBound(k, c)),
     ]
 }
 
@@ -92,6 +95,14 @@ fn to_op<'a>(op: &ModelOp, keys: &'a [Vec<u8>]) -> Op<'a> {
             key: &keys[k as usize],
             floor,
             ceiling,
+        },
+        ModelOp::GetBound(k, ceiling) => Op::GetBound {
+            key: &keys[k as usize],
+            bound: if ceiling {
+                Bound::Ceiling
+            } else {
+                Bound::Floor
+            },
         },
     }
 }
@@ -169,6 +180,13 @@ fn model_apply(model: &mut Model, op: &Op) -> OpResult {
             }
             model.insert(key, (value, floor, ceiling));
             outcome(value, current.is_some(), false)
+        }
+        Op::GetBound { bound, .. } => {
+            let read = current.and_then(|(_, floor, ceiling)| match bound {
+                Bound::Floor => floor,
+                Bound::Ceiling => ceiling,
+            });
+            outcome(read.unwrap_or(0), read.is_some(), false)
         }
     }
 }

@@ -214,7 +214,8 @@ impl OwnedRecord {
 
 impl<'a> Record<'a> {
     /// The record of a mutation that `outcome` reports applied, for the journal of the
-    /// core owning `partition`; `None` for a read (`Get`), which is not journaled.
+    /// core owning `partition`; `None` for a read (`Get`, `GetBound`), which is not
+    /// journaled.
     pub fn from_op(op: &Op<'a>, outcome: &Outcome, partition: u32) -> Option<Record<'a>> {
         let (kind, operand, bounds) = match *op {
             Op::Add { delta, .. } => (RecordKind::Add, delta, None),
@@ -223,7 +224,7 @@ impl<'a> Record<'a> {
             Op::SetBounds { floor, ceiling, .. } => {
                 (RecordKind::SetBounds, 0, Some(Bounds { floor, ceiling }))
             }
-            Op::Get { .. } => return None,
+            Op::Get { .. } | Op::GetBound { .. } => return None,
         };
         Some(Record {
             partition,

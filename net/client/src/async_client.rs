@@ -35,7 +35,7 @@ use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs
 use crate::config::ClientConfig;
 use crate::dispatch::{check_keyed_batch, check_keys};
 use crate::error::ClientError;
-use crate::outcome::{OpResult, Outcome};
+use crate::outcome::{Bounds, OpResult, Outcome};
 
 /// A shard-aware async client; clone it freely, all clones share the connections.
 ///
@@ -439,6 +439,14 @@ impl AsyncClient {
             ceiling,
         })
         .await
+    }
+
+    /// The floor and ceiling (`None` where there is none; a missing counter has none and
+    /// is not created). Both are read in one frame to the key's core, so from the same
+    /// state. A refused read (an empty key) is [`ClientError::Rejected`].
+    pub async fn get_bounds(&self, key: impl AsRef<[u8]>) -> Result<Bounds, ClientError> {
+        let results = self.batch(&Bounds::ops(key.as_ref())).await?;
+        Ok(Bounds::from_results(&results)?)
     }
 }
 

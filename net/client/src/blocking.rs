@@ -30,7 +30,7 @@ use crate::config::ClientConfig;
 use crate::connection::Connection;
 use crate::dispatch::{run_batch, run_keyed_batch};
 use crate::error::ClientError;
-use crate::outcome::{OpResult, Outcome};
+use crate::outcome::{Bounds, OpResult, Outcome};
 use crate::pipeline::Pipeline;
 
 /// How many shard map changes [`Client::connect_with`] follows before giving up.
@@ -420,6 +420,14 @@ impl Client {
             floor,
             ceiling,
         })
+    }
+
+    /// The floor and ceiling (`None` where there is none; a missing counter has none and
+    /// is not created). Both are read in one frame to the key's core, so from the same
+    /// state. A refused read (an empty key) is [`ClientError::Rejected`].
+    pub fn get_bounds(&mut self, key: impl AsRef<[u8]>) -> Result<Bounds, ClientError> {
+        let results = self.batch(&Bounds::ops(key.as_ref()))?;
+        Ok(Bounds::from_results(&results)?)
     }
 
     /// Round trip to the first connection.

@@ -116,6 +116,15 @@ macro_rules! op_builder_methods {
             })
         }
 
+        /// Queues a read of one bound: its [`Outcome`](crate::Outcome) has the bound in
+        /// `value` and whether the counter has it in `existed`.
+        pub fn get_bound(&mut self, key: impl AsRef<[u8]>, bound: $crate::Bound) -> &mut Self {
+            self.push(&Op::GetBound {
+                key: key.as_ref(),
+                bound,
+            })
+        }
+
         /// Operations queued.
         pub fn len(&self) -> usize {
             self.ops.len()

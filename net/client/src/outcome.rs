@@ -12,18 +12,60 @@
 //! [`crate::ClientError::NotApplied`]. A rejection is distinct from
 //! [`crate::ClientError`], which is about the call failing.
 
-use tally_protocol::{OpReply, Status};
+use tally_protocol::{Bound, Op, OpReply, Status};
 
 /// The result of an applied operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Outcome {
     /// The counter's value after the operation (for delete: the value it had; for exists:
-    /// 1 or 0).
+    /// 1 or 0; for a bound read, [`Op::GetBound`]: the bound, 0 if there is none).
     pub value: i64,
-    /// Whether the counter existed before the operation.
+    /// Whether the counter existed before the operation; for a bound read, whether the
+    /// counter has that bound.
     pub existed: bool,
     /// Whether a bound limited the operation (clamp policy).
     pub clamped: bool,
+}
+
+/// A counter's floor and ceiling, as [`crate::Client::get_bounds`] reads them; `None` is
+/// no bound on that side (a missing counter has none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Bounds {
+    /// The lowest value the counter may take.
+    pub floor: Option<i64>,
+    /// The highest value the counter may take.
+    pub ceiling: Option<i64>,
+}
+
+impl Bounds {
+    /// The two reads that make up a bounds read, floor then ceiling: one batch, so both
+    /// go to the key's core in one frame and are answered from the same state.
+    pub(crate) fn ops(key: &[u8]) -> [Op<&[u8]>; 2] {
+        [
+            Op::GetBound {
+                key,
+                bound: Bound::Floor,
+            },
+            Op::GetBound {
+                key,
+                bound: Bound::Ceiling,
+            },
+        ]
+    }
+
+    /// The bounds from the results of [`Bounds::ops`]; the first refusal if either was
+    /// refused.
+    pub(crate) fn from_results(results: &[OpResult]) -> Result<Bounds, Rejection> {
+        let [floor, ceiling] = results else {
+            panic!("one result per operation: {} for 2", results.len());
+        };
+        let read =
+            |result: &OpResult| result.map(|outcome| outcome.existed.then_some(outcome.value));
+        Ok(Bounds {
+            floor: read(floor)?,
+            ceiling: read(ceiling)?,
+        })
+    }
 }
 
 /// The detail of a [`Status::Unavailable`] result refused before it was applied (the
@@ -160,5 +202,35 @@ mod tests {
             "{error:?}"
         );
         assert!(!error.is_transient());
+    }
+
+    /// A bound read's `existed` says whether the bound is set: set bounds come back as
+    /// `Some`, absent ones (value 0 on the wire) as `None`, and a refused read is the
+    /// refusal, not "no bound".
+    #[test]
+    fn bounds_come_from_the_existed_bit_of_each_read() {
+        let read = |value, existed| from_reply(OpReply::ok(value, existed, false));
+        let both = [read(-2, true), read(9, true)];
+        assert_eq!(
+            super::Bounds::from_results(&both),
+            Ok(super::Bounds {
+                floor: Some(-2),
+                ceiling: Some(9)
+            })
+        );
+        let floor_zero = [read(0, true), read(0, false)];
+        assert_eq!(
+            super::Bounds::from_results(&floor_zero),
+            Ok(super::Bounds {
+                floor: Some(0),
+                ceiling: None
+            })
+        );
+        let refused = [
+            read(0, false),
+            from_reply(OpReply::error(Status::InvalidKey, 0)),
+        ];
+        let rejection = super::Bounds::from_results(&refused).expect_err("refused");
+        assert_eq!(rejection.status, Status::InvalidKey);
     }
 }

@@ -56,6 +56,9 @@ pub enum ProtocolError {
     /// A bound policy byte other than 0 (reject) or 1 (clamp).
     #[error("unknown bound policy {0}")]
     UnknownPolicy(u8),
+    /// A `GetBound` bound byte other than 0 (floor) or 1 (ceiling).
+    #[error("unknown bound {0}: 0 reads the floor, 1 the ceiling")]
+    UnknownBound(u8),
     /// A durability byte other than 0, 1 or 2.
     #[error("unknown durability {0}")]
     UnknownDurability(u8),

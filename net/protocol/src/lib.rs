@@ -58,7 +58,7 @@ pub use frame::{
 };
 pub use handshake::{encode_hello, Hello, HelloReply, CORE_COUNT_MAX, PARTITION_COUNT_MAX};
 pub use message::{decode_reply, decode_request, Reply, ReplyFrame, Request, RequestFrame};
-pub use op::{BoundPolicy, Durability, Op, OpRef, OP_BYTES_MAX};
+pub use op::{Bound, BoundPolicy, Durability, Op, OpRef, OP_BYTES_MAX};
 pub use status::{ErrorCode, OpReply, Status, OP_REPLY_BYTES};
 
 /// The first four bytes of every `Hello` body.

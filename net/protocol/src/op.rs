@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! offset size field
-//!      0    1 opcode      1 Add, 2 Set, 3 Get, 4 Delete, 5 Exists, 6 SetBounds
+//!      0    1 opcode      1 Add, 2 Set, 3 Get, 4 Delete, 5 Exists, 6 SetBounds,
+//!                         7 GetBound
 //!      1    1 key_length  0..=255 (0 is carried and answered with status InvalidKey)
 //!      2    k key         key_length bytes, any bytes
 //!    2+k  ... operand     by opcode:
@@ -14,7 +15,14 @@
 //!                         SetBounds: mask u8 (bit 0 floor present, bit 1 ceiling
 //!                                    present, other bits 0), then floor i64 LE if
 //!                                    present, then ceiling i64 LE if present
+//!                         GetBound:  bound u8 (0 floor, 1 ceiling; others refused)
 //! ```
+//!
+//! `GetBound` reads one bound of a counter: its result is `Ok` with `value` the bound
+//! and `existed` set if the counter has that bound, or `value` 0 and `existed` clear if
+//! it has none (a missing counter has none). It never creates a counter. One result
+//! record holds one i64, so a client reads both bounds with two `GetBound` operations
+//! in one batch (answered by one core in one pass, so from the same state).
 //!
 //! The longest operation is `SetBounds` with a 255-byte key and both bounds:
 //! [`OP_BYTES_MAX`] = 1 + 1 + 255 + 1 + 8 + 8 = 274 bytes.
@@ -35,6 +43,7 @@ const OPCODE_GET: u8 = 3;
 const OPCODE_DELETE: u8 = 4;
 const OPCODE_EXISTS: u8 = 5;
 const OPCODE_SET_BOUNDS: u8 = 6;
+const OPCODE_GET_BOUND: u8 = 7;
 
 const MASK_FLOOR: u8 = 1 << 0;
 const MASK_CEILING: u8 = 1 << 1;
@@ -57,6 +66,27 @@ impl BoundPolicy {
             0 => Ok(BoundPolicy::Reject),
             1 => Ok(BoundPolicy::Clamp),
             other => Err(ProtocolError::UnknownPolicy(other)),
+        }
+    }
+}
+
+/// Which bound of a counter a [`Op::GetBound`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Bound {
+    /// The lowest value the counter may take.
+    Floor = 0,
+    /// The highest value the counter may take.
+    Ceiling = 1,
+}
+
+impl Bound {
+    /// The bound with wire code `code`.
+    pub fn from_u8(code: u8) -> Result<Self, ProtocolError> {
+        match code {
+            0 => Ok(Bound::Floor),
+            1 => Ok(Bound::Ceiling),
+            other => Err(ProtocolError::UnknownBound(other)),
         }
     }
 }
@@ -113,6 +143,9 @@ pub enum Op<K = Vec<u8>> {
         floor: Option<i64>,
         ceiling: Option<i64>,
     },
+    /// Read one bound without creating the counter: `value` is the bound and `existed`
+    /// says whether the counter has it (value 0, `existed` false, when it has none).
+    GetBound { key: K, bound: Bound },
 }
 
 /// An operation borrowing its key from a received frame.
@@ -127,13 +160,17 @@ impl<K: AsRef<[u8]>> Op<K> {
             | Op::Get { key }
             | Op::Delete { key }
             | Op::Exists { key }
-            | Op::SetBounds { key, .. } => key.as_ref(),
+            | Op::SetBounds { key, .. }
+            | Op::GetBound { key, .. } => key.as_ref(),
         }
     }
 
     /// Whether applying this operation can change state.
     pub fn is_mutation(&self) -> bool {
-        !matches!(self, Op::Get { .. } | Op::Exists { .. })
+        !matches!(
+            self,
+            Op::Get { .. } | Op::Exists { .. } | Op::GetBound { .. }
+        )
     }
 
     /// The same operation borrowing its key.
@@ -160,6 +197,10 @@ impl<K: AsRef<[u8]>> Op<K> {
                 key: key.as_ref(),
                 floor: *floor,
                 ceiling: *ceiling,
+            },
+            Op::GetBound { key, bound } => Op::GetBound {
+                key: key.as_ref(),
+                bound: *bound,
             },
         }
     }
@@ -189,6 +230,10 @@ impl<K: AsRef<[u8]>> Op<K> {
                 floor,
                 ceiling,
             },
+            Op::GetBound { key, bound } => Op::GetBound {
+                key: key.to_vec(),
+                bound,
+            },
         }
     }
 
@@ -200,6 +245,7 @@ impl<K: AsRef<[u8]>> Op<K> {
             Op::SetBounds { floor, ceiling, .. } => {
                 1 + 8 * (usize::from(floor.is_some()) + usize::from(ceiling.is_some()))
             }
+            Op::GetBound { .. } => 1,
         };
         2 + self.key().len() + operand_bytes
     }
@@ -219,6 +265,7 @@ impl<K: AsRef<[u8]>> Op<K> {
             Op::Delete { .. } => OPCODE_DELETE,
             Op::Exists { .. } => OPCODE_EXISTS,
             Op::SetBounds { .. } => OPCODE_SET_BOUNDS,
+            Op::GetBound { .. } => OPCODE_GET_BOUND,
         };
         out.push(opcode);
         out.push(key_length);
@@ -239,6 +286,7 @@ impl<K: AsRef<[u8]>> Op<K> {
             }
             Op::Get { .. } | Op::Delete { .. } | Op::Exists { .. } => {}
             Op::SetBounds { floor, ceiling, .. } => encode_bounds(out, *floor, *ceiling),
+            Op::GetBound { bound, .. } => out.push(*bound as u8),
         }
         debug_assert_eq!(out.len() - start, self.encoded_bytes());
         Ok(())
@@ -261,7 +309,7 @@ impl<'a> OpRef<'a> {
             return Ok(add);
         }
         let opcode = cursor.u8("operation code")?;
-        if !(OPCODE_ADD..=OPCODE_SET_BOUNDS).contains(&opcode) {
+        if !(OPCODE_ADD..=OPCODE_GET_BOUND).contains(&opcode) {
             return Err(ProtocolError::UnknownOperation(opcode));
         }
         let key_length = usize::from(cursor.u8("key length")?);
@@ -286,7 +334,11 @@ impl<'a> OpRef<'a> {
             OPCODE_GET => Op::Get { key },
             OPCODE_DELETE => Op::Delete { key },
             OPCODE_EXISTS => Op::Exists { key },
-            _ => decode_bounds(cursor, key)?,
+            OPCODE_SET_BOUNDS => decode_bounds(cursor, key)?,
+            _ => Op::GetBound {
+                key,
+                bound: Bound::from_u8(cursor.u8("bound")?)?,
+            },
         };
         Ok(op)
     }

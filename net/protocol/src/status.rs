@@ -10,7 +10,10 @@
 //! ```
 //!
 //! With status `Ok`, `value` is the counter's value after the operation (for `Delete`,
-//! the value it had; for `Exists`, 1 if the counter exists and 0 otherwise). With an
+//! the value it had; for `Exists`, 1 if the counter exists and 0 otherwise; for
+//! `GetBound`, the bound, 0 if the counter has none). `existed` says whether the counter
+//! existed before the operation, except for `GetBound`, where it says whether the
+//! counter has the bound read (so a missing counter reads as having none). With an
 //! error status, `value` carries the detail named on each [`Status`] variant (the floor,
 //! the ceiling, the current value, ...) and the flags are 0.
 
@@ -105,7 +108,8 @@ pub struct OpReply {
     pub status: Status,
     /// The value, or for an error the detail its [`Status`] names.
     pub value: i64,
-    /// Whether the counter existed before the operation.
+    /// Whether the counter existed before the operation; for a `GetBound`, whether the
+    /// counter has the bound it read.
     pub existed: bool,
     /// Whether a bound limited the operation (clamp policy).
     pub clamped: bool,

@@ -58,6 +58,7 @@ proptest! {
             Op::Add { key: b"a".to_vec(), delta: 3, policy: BoundPolicy::Clamp },
             Op::SetBounds { key: b"bb".to_vec(), floor: Some(0), ceiling: None },
             Op::Exists { key: b"ccc".to_vec() },
+            Op::GetBound { key: b"dd".to_vec(), bound: Bound::Ceiling },
         ];
         let mut wire = Vec::new();
         encode_batch(&mut wire, 1, Durability::Relaxed, Some(77), &ops).unwrap();
@@ -116,6 +117,35 @@ fn unknown_opcode_is_recoverable() {
     let error = frame.request.unwrap_err();
     assert_eq!(error, ProtocolError::UnknownOperation(0x63));
     assert_eq!(error.error_code(), ErrorCode::UnknownOperation);
+}
+
+/// A `GetBound` naming neither the floor (0) nor the ceiling (1) is refused whole, as a
+/// malformed frame the connection survives, like a bad bit in a `SetBounds` mask.
+#[test]
+fn get_bound_of_unknown_bound_is_refused() {
+    for code in [2u8, 0x80, 0xff] {
+        let mut body = vec![0u8];
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(&[3, 1, b'k']); // a Get first: refused whole all the same
+        body.extend_from_slice(&[7, 1, b'k', code]);
+        let wire = framed(MessageType::Batch as u8, 0, &body);
+        let frame = decode_request(&wire).unwrap().unwrap();
+        let error = frame.request.unwrap_err();
+        assert_eq!(error, ProtocolError::UnknownBound(code));
+        assert!(!error.is_fatal());
+        assert_eq!(error.error_code(), ErrorCode::MalformedFrame);
+        assert!(error.to_string().contains("0 reads the floor"), "{error}");
+    }
+    // Without its bound byte the operation is truncated, not misread.
+    let mut body = vec![0u8];
+    body.extend_from_slice(&1u32.to_le_bytes());
+    body.extend_from_slice(&[7, 1, b'k']);
+    let wire = framed(MessageType::Batch as u8, 0, &body);
+    let frame = decode_request(&wire).unwrap().unwrap();
+    assert_eq!(
+        frame.request.unwrap_err(),
+        ProtocolError::Truncated { what: "bound" }
+    );
 }
 
 #[test]

@@ -42,6 +42,8 @@ fn op() -> impl Strategy<Value = Op> {
                 ceiling,
             }
         }),
+        (key(), prop_oneof![Just(Bound::Floor), Just(Bound::Ceiling)])
+            .prop_map(|(key, bound)| Op::GetBound { key, bound }),
     ]
 }
 
@@ -260,6 +262,45 @@ fn modulo_owner_table_follows_the_rule() {
     }
     let key = b"user:42";
     assert_eq!(reply.owner_of_key(key), partition_of(key, 16) as usize % 3);
+}
+
+/// `GetBound` byte for byte, as PROTOCOL.md lays it out: opcode 7, the key, then the
+/// bound (0 floor, 1 ceiling); a read, so not a mutation.
+#[test]
+fn get_bound_encodes_as_documented() {
+    for (bound, code) in [(Bound::Floor, 0u8), (Bound::Ceiling, 1)] {
+        let op = Op::GetBound {
+            key: b"likes:1".as_slice(),
+            bound,
+        };
+        let mut wire = Vec::new();
+        op.encode(&mut wire).unwrap();
+        let mut expected = vec![7, 7];
+        expected.extend_from_slice(b"likes:1");
+        expected.push(code);
+        assert_eq!(wire, expected);
+        assert_eq!(op.encoded_bytes(), wire.len());
+        assert!(!op.is_mutation());
+
+        let mut frame = Vec::new();
+        encode_batch(
+            &mut frame,
+            3,
+            Durability::ServerDefault,
+            None,
+            std::slice::from_ref(&op),
+        )
+        .unwrap();
+        let Ok(Request::Batch(batch)) = one_frame(&frame).request() else {
+            panic!("not a batch")
+        };
+        assert_eq!(batch.ops().collect::<Vec<_>>(), [op]);
+        assert!(!batch.has_mutation());
+    }
+    // PROTOCOL.md's worked example: the floor 0 is set, so `existed` (flags bit 0).
+    let mut reply = Vec::new();
+    encode_batch_reply(&mut reply, 3, &[OpReply::ok(0, true, false)]).unwrap();
+    assert_eq!(&reply[reply.len() - 10..], &[0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
 }
 
 /// The worked example of PROTOCOL.md, byte for byte.

@@ -745,6 +745,13 @@ fn to_engine(op: OpRef<'_>) -> (Op<'_>, bool) {
             },
             false,
         ),
+        tally_protocol::Op::GetBound { key, bound } => {
+            let bound = match bound {
+                tally_protocol::Bound::Floor => tally_engine::Bound::Floor,
+                tally_protocol::Bound::Ceiling => tally_engine::Bound::Ceiling,
+            };
+            (Op::GetBound { key, bound }, false)
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use tally_engine::journal::Durability;
-use tally_engine::{BoundPolicy, Op, OpResult};
+use tally_engine::{Bound, BoundPolicy, Op, OpResult};
 use tally_protocol::OpReply;
 
 use crate::idempotency::{Fingerprint, Full, IdempotencyKey, IdempotentBatch};
@@ -59,6 +59,9 @@ enum ForwardKind {
         floor: Option<i64>,
         ceiling: Option<i64>,
     },
+    GetBound {
+        bound: Bound,
+    },
 }
 
 // Ranges travel as u32: keys of one batch are at most BATCH_OPS_MAX * 255 bytes.
@@ -89,6 +92,7 @@ impl ForwardBatch {
             Op::Get { .. } => ForwardKind::Get,
             Op::Delete { .. } => ForwardKind::Delete,
             Op::SetBounds { floor, ceiling, .. } => ForwardKind::SetBounds { floor, ceiling },
+            Op::GetBound { bound, .. } => ForwardKind::GetBound { bound },
         };
         self.ops.push(ForwardOp {
             key: start..end,
@@ -111,6 +115,7 @@ impl ForwardBatch {
                     floor,
                     ceiling,
                 },
+                ForwardKind::GetBound { bound } => Op::GetBound { key, bound },
             }
         }));
     }

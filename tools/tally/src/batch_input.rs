@@ -167,8 +167,9 @@ fn counter_op(
 /// `bounds KEY [--floor N] [--ceiling N] | --clear`: at least one of them, so a line that
 /// names no bound is refused instead of clearing both.
 fn parse_bounds(key: Vec<u8>, arguments: &[&str]) -> Result<Op, String> {
-    const USAGE: &str = "bounds takes --floor N and/or --ceiling N (an omitted one is \
-                         cleared), or --clear alone to remove both";
+    const USAGE: &str = "in a batch, bounds takes --floor N and/or --ceiling N (an omitted \
+                         one is cleared), or --clear alone to remove both (to read a \
+                         counter's bounds, run `tally bounds KEY`)";
     let (mut floor, mut ceiling, mut clear) = (None, None, false);
     let mut rest = arguments;
     while !rest.is_empty() {

@@ -1,7 +1,7 @@
 //! `tally`: the command-line client for a running `tallyd`.
 //!
-//! One operation per invocation (`incr`, `decr`, `get`, `set`, `del`, `exists`, `bounds`),
-//! or many with `batch`, which reads one operation per line from stdin and sends them in
+//! One operation per invocation (`incr`, `decr`, `get`, `set`, `del`, `exists`, `bounds`;
+//! `bounds KEY` alone prints the floor and ceiling), or many with `batch`, which reads one operation per line from stdin and sends them in
 //! frames of up to 10,000 after checking every line. Output is a plain value for people,
 //! or one JSON object per result with `--json`, whose `outcome` says whether the change
 //! took effect: `applied`, `not_applied` or `unknown`.
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tally_client::{BoundPolicy, Client, ClientConfig, ClientError, Durability, Op};
+use tally_client::{Bound, BoundPolicy, Client, ClientConfig, ClientError, Durability, Op};
 
 use crate::batch_input::Request;
 use crate::output::{Printer, Verdict};
@@ -126,9 +126,13 @@ enum Command {
     Del { key: String },
     /// Print whether the counter exists.
     Exists { key: String },
-    /// Set the floor and ceiling: give --floor, --ceiling or both (an omitted one is
-    /// cleared), or --clear to remove both. There is no way to read a counter's bounds.
-    #[command(group(clap::ArgGroup::new("bound").required(true).multiple(true)
+    /// Print the floor and ceiling, or set them: with --floor, --ceiling or both (an
+    /// omitted one is cleared), or --clear to remove both.
+    ///
+    /// With none of these it prints the bounds: "floor 0, ceiling none" ("none": no
+    /// bound on that side; a missing counter has none and is not created), or with
+    /// --json {"op":"bounds","key":..,"ok":true,"floor":0,"ceiling":null,...}.
+    #[command(group(clap::ArgGroup::new("bound").multiple(true)
         .args(["floor", "ceiling", "clear"])))]
     Bounds {
         key: String,
@@ -243,6 +247,17 @@ fn run(cli: &Cli, printer: &mut Printer) -> Result<Verdict, CliError> {
             printer.stats(&core_stats(&mut connect()?)?);
             Ok(Verdict::AllApplied)
         }
+        Command::Bounds {
+            key,
+            floor: None,
+            ceiling: None,
+            clear: false,
+        } => {
+            let key = batch_input::checked_key(key.as_bytes()).map_err(CliError::Input)?;
+            let ops = bound_reads(key);
+            let results = connect()?.batch(&ops)?;
+            Ok(printer.bounds(&ops[0], &results))
+        }
         command => {
             let request = single_request(command).map_err(CliError::Input)?;
             let requests = std::slice::from_ref(&request);
@@ -290,6 +305,21 @@ fn send(
             .map_err(|error| CliError::Keyed(error, key)),
         None => Ok(client.batch(ops)?),
     }
+}
+
+/// The two reads of `tally bounds KEY`, floor then ceiling, sent as one request: both
+/// reach the key's core in one frame and are answered from the same state.
+fn bound_reads(key: Vec<u8>) -> [Op; 2] {
+    [
+        Op::GetBound {
+            key: key.clone(),
+            bound: Bound::Floor,
+        },
+        Op::GetBound {
+            key,
+            bound: Bound::Ceiling,
+        },
+    ]
 }
 
 /// Every core's statistics, in core order: each core is asked on its own shard port,

@@ -12,6 +12,11 @@
 //! effect: `applied`, `not_applied`, or `unknown` (it may have been applied: a call that
 //! ended without an answer, or a `Status::Unavailable` result with detail 0).
 //!
+//! Bounds (`tally bounds KEY`): `floor N, ceiling M`, with `none` for a side without a
+//! bound; JSON `{"op":"bounds","key","ok":true,"outcome":"applied","floor","ceiling"}`
+//! with `null` for none. If either read is refused, the first refusal is printed as for
+//! any operation.
+//!
 //! Statistics: one row per statistic with a column per core and a `total` column (plain),
 //! or one JSON object of the totals with a `per_core` array of every core's own object
 //! (`{"cores":2, ..., "per_core":[{"core":0, ...}, ...]}`). The total adds the cores
@@ -22,7 +27,7 @@
 use std::io::Write;
 
 use serde_json::json;
-use tally_client::{Op, OpResult};
+use tally_client::{Op, OpResult, Rejection};
 
 use crate::batch_input::Request;
 use crate::{write_stdout, CliError};
@@ -104,27 +109,57 @@ impl Printer {
                 self.line(&human, &json);
                 Verdict::AllApplied
             }
-            Err(rejection) => {
-                let (outcome, verdict) = if rejection.is_outcome_unknown() {
-                    ("unknown", Verdict::SomeUnknown)
-                } else if rejection.is_not_applied() {
-                    ("not_applied", Verdict::SomeNotApplied)
-                } else {
-                    ("not_applied", Verdict::SomeRejected)
-                };
-                let json = json!({"op": verb, "key": key, "ok": false, "outcome": outcome,
-                    "status": rejection.status.name(), "detail": rejection.detail,
-                    "error": rejection.to_string()});
-                if self.json {
-                    write_stdout(&json.to_string());
-                } else if with_key {
-                    write_stdout(&format!("{key}\terror: {rejection}"));
-                } else {
-                    eprintln!("tally: {key}: {rejection}");
-                }
-                verdict
-            }
+            Err(rejection) => self.rejection(verb, &key, rejection, with_key),
         }
+    }
+
+    /// Prints a refused operation; its verdict.
+    fn rejection(
+        &mut self,
+        verb: &str,
+        key: &str,
+        rejection: &Rejection,
+        with_key: bool,
+    ) -> Verdict {
+        let (outcome, verdict) = if rejection.is_outcome_unknown() {
+            ("unknown", Verdict::SomeUnknown)
+        } else if rejection.is_not_applied() {
+            ("not_applied", Verdict::SomeNotApplied)
+        } else {
+            ("not_applied", Verdict::SomeRejected)
+        };
+        let json = json!({"op": verb, "key": key, "ok": false, "outcome": outcome,
+            "status": rejection.status.name(), "detail": rejection.detail,
+            "error": rejection.to_string()});
+        if self.json {
+            write_stdout(&json.to_string());
+        } else if with_key {
+            write_stdout(&format!("{key}\terror: {rejection}"));
+        } else {
+            eprintln!("tally: {key}: {rejection}");
+        }
+        verdict
+    }
+
+    /// Prints the bounds read by `tally bounds KEY`: `results` answer the floor and the
+    /// ceiling reads of `op`'s key, in that order.
+    pub(crate) fn bounds(&mut self, op: &Op, results: &[OpResult]) -> Verdict {
+        assert_eq!(results.len(), 2, "a floor and a ceiling read");
+        let key = String::from_utf8_lossy(op.key());
+        let bound =
+            |result: &OpResult| result.map(|outcome| outcome.existed.then_some(outcome.value));
+        let (floor, ceiling) = match (bound(&results[0]), bound(&results[1])) {
+            (Ok(floor), Ok(ceiling)) => (floor, ceiling),
+            (Err(rejection), _) | (_, Err(rejection)) => {
+                return self.rejection("bounds", &key, &rejection, false);
+            }
+        };
+        let shown = |bound: Option<i64>| bound.map_or_else(|| "none".to_owned(), |b| b.to_string());
+        let human = format!("floor {}, ceiling {}", shown(floor), shown(ceiling));
+        let json = json!({"op": "bounds", "key": key, "ok": true, "outcome": "applied",
+            "floor": floor, "ceiling": ceiling});
+        self.line(&human, &json);
+        Verdict::AllApplied
     }
 
     /// Prints every core's statistics (in core order) and their totals.

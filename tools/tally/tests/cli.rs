@@ -174,24 +174,33 @@ fn connection_refused_exits_2_and_says_so() {
 }
 
 #[test]
-fn bounds_without_a_bound_is_refused_and_clears_nothing() {
+fn bounds_without_a_bound_prints_them_and_clears_nothing() {
     let server = FakeServer::start(1, 4);
     assert!(tally(&server, &["bounds", "likes", "--floor", "0"], "")
         .status
         .success());
-    // Before, this printed "bounds set" and removed the floor.
+    // Once this printed "bounds set" and removed the floor; then it was refused; now it
+    // reads the bounds back.
     let output = tally(&server, &["bounds", "likes"], "");
-    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
-    assert!(stderr(&output).contains("--clear"), "{}", stderr(&output));
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "floor 0, ceiling none\n");
     let output = tally(&server, &["decr", "likes"], "");
     assert_eq!(output.status.code(), Some(1), "the floor is still there");
+    // A batch line cannot print two bounds as one result: still refused, saying how.
     let output = tally(&server, &["batch"], "bounds likes\n");
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("tally bounds KEY"),
+        "{}",
+        stderr(&output)
+    );
     let output = tally(&server, &["bounds", "likes", "--clear", "--floor", "0"], "");
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     let output = tally(&server, &["bounds", "likes", "--clear"], "");
     assert_eq!(stdout(&output), "bounds set (value 0)\n");
     assert_eq!(stdout(&tally(&server, &["decr", "likes"], "")), "-1\n");
+    let output = tally(&server, &["bounds", "likes"], "");
+    assert_eq!(stdout(&output), "floor none, ceiling none\n");
 }
 
 #[test]

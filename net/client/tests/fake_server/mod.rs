@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tally_protocol::{
-    decode_request, encode_batch_reply, encode_error, encode_pong, BoundPolicy, ErrorCode,
+    decode_request, encode_batch_reply, encode_error, encode_pong, Bound, BoundPolicy, ErrorCode,
     HelloReply, Op, OpReply, Request, StatsReply, Status,
 };
 
@@ -498,6 +498,14 @@ fn apply(state: &State, op: Op<&[u8]>) -> OpReply {
             counter.floor = floor;
             counter.ceiling = ceiling;
             OpReply::ok(counter.value, existed, false)
+        }
+        Op::GetBound { key, bound } => {
+            let counter = counters.get(key);
+            let read = counter.and_then(|counter| match bound {
+                Bound::Floor => counter.floor,
+                Bound::Ceiling => counter.ceiling,
+            });
+            OpReply::ok(read.unwrap_or(0), read.is_some(), false)
         }
     }
 }
