@@ -86,6 +86,13 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         End::Refused(reason) => {
             tracing::warn!(core = core.index, %peer, reason, "connection closed by the server")
         }
+        // Routine for a pooled connection, so not a warning: one line per pool member
+        // per idle period buried the real ones.
+        End::Idle => tracing::info!(
+            core = core.index,
+            %peer,
+            "connection closed: nothing received for the read timeout"
+        ),
         End::Io(error) => {
             tracing::info!(core = core.index, %peer, %error, "connection ended with an I/O error")
         }
@@ -99,6 +106,9 @@ enum End {
     Closed,
     /// The server closed it after an error reply: what went wrong.
     Refused(String),
+    /// The server closed it, with a `Timeout` reply, after nothing was received for
+    /// the read timeout.
+    Idle,
     /// Reading or writing failed (peer gone, timeout while writing).
     Io(std::io::Error),
 }
@@ -270,7 +280,11 @@ async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
     let mut out = Vec::new();
     encode_error(&mut out, 0, ErrorCode::Timeout, reason);
     let _ = stream.write_all(&out).await;
-    End::Refused(reason.to_string())
+    if within_frame {
+        End::Refused(reason.to_string())
+    } else {
+        End::Idle
+    }
 }
 
 /// Sends the error reply for an unusable length field; the stream cannot be

@@ -183,6 +183,12 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
         Ok(Ending::Refused(reason)) => {
             tracing::warn!(core = core.index, %peer, reason, "RESP connection closed by the server")
         }
+        // Routine for pooled clients: not a warning.
+        Ok(Ending::Idle) => tracing::info!(
+            core = core.index,
+            %peer,
+            "RESP connection closed: idle for the RESP idle timeout"
+        ),
         Err(error) => {
             tracing::info!(core = core.index, %peer, %error, "RESP connection ended with an I/O error")
         }
@@ -196,6 +202,9 @@ enum Ending {
     Closed(String),
     /// The server closed it after a protocol error or a timeout: why.
     Refused(String),
+    /// The server closed it after nothing was received for the RESP idle timeout (as
+    /// Redis's `timeout` does, silently).
+    Idle,
 }
 
 /// How a turn ended.
@@ -373,12 +382,14 @@ impl Connection {
                 Ok(0) => true,
                 Ok(_) => false,
                 Err(error) if error.kind() == ErrorKind::TimedOut => {
-                    let reason = if self.deadline.within_request() {
-                        "read timeout: a command did not complete within the read timeout of its first byte"
-                    } else {
-                        "idle timeout: nothing received for the RESP idle timeout"
-                    };
-                    return Ok(Ending::Refused(reason.to_string()));
+                    if !self.deadline.within_request() {
+                        return Ok(Ending::Idle);
+                    }
+                    return Ok(Ending::Refused(
+                        "read timeout: a command did not complete within the read timeout of \
+                         its first byte"
+                            .to_string(),
+                    ));
                 }
                 Err(error) => return Err(error),
             };
