@@ -1444,6 +1444,11 @@ async fn checkpoint_round(core: &Core) -> Result<Round, JournalError> {
     let mut buffers = Vec::new();
     let mut written = Ok(());
     for partition in plan.write {
+        if journal.checkpoints_stopping.get() {
+            // The server is stopping: its final round, right after this one, writes
+            // what is left, so the stop does not wait for this round's remainder.
+            break;
+        }
         let copy_started = Instant::now();
         let snapshot = {
             let mut store = core.store.borrow_mut();
@@ -1485,6 +1490,9 @@ async fn checkpoint_round(core: &Core) -> Result<Round, JournalError> {
     };
     written?;
     finished?;
+    if journal.checkpoints_stopping.get() {
+        return Ok(round);
+    }
     let advance: Vec<CheckpointInfo> = {
         let mut store = core.store.borrow_mut();
         journal.stamp_applied(&mut store);
