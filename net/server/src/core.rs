@@ -144,6 +144,8 @@ enum Outgoing {
 
 /// The least time between two logs of a full idempotency table on one core.
 const IDEMPOTENCY_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a stop that waits for a checkpoint round says so.
+const STOP_WAIT_REPORT: Duration = Duration::from_secs(5);
 
 /// The Outcome record of operation `index` of the idempotent `batch`, which changed
 /// nothing (a read, a no-op, a refusal): its result, for a retry after a restart
@@ -895,8 +897,30 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     drop(request_receivers);
     drop(reply_receivers);
     // A round in progress needs the commit task (it waits for records to be durable).
+    // It stops after the partition in hand, which a stalled disk can make take long:
+    // said every few seconds, so a stop that does not end is not silent.
     core.journal.stop_checkpoints();
-    checkpoints.await;
+    let mut checkpoints = std::pin::pin!(checkpoints);
+    let waiting_since = Instant::now();
+    while !futures_lite::future::or(
+        async {
+            checkpoints.as_mut().await;
+            true
+        },
+        async {
+            glommio::timer::sleep(STOP_WAIT_REPORT).await;
+            false
+        },
+    )
+    .await
+    {
+        tracing::warn!(
+            core = index,
+            waited_s = waiting_since.elapsed().as_secs(),
+            "stopping: waiting for the checkpoint round in progress to finish writing a \
+             partition (is the disk stalled?)"
+        );
+    }
     core.journal.stop();
     commit.await;
     let core = Rc::into_inner(core).expect("every task of the core has ended");

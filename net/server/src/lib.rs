@@ -86,7 +86,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use glommio::channels::channel_mesh::{MeshBuilder, Receivers, Senders};
-use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement, PoolPlacement};
 use socket2::{Domain, Protocol, Socket, Type};
 use tally_engine::{DataDir, Store};
 use tally_protocol::HelloReply;
@@ -423,7 +423,12 @@ fn spawn_core(
         .name(&format!("tally-core-{index}"))
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
-        .spin_before_park(Duration::from_micros(config.spin_before_park_us));
+        .spin_before_park(Duration::from_micros(config.spin_before_park_us))
+        // The blocking thread writes checkpoints (`durability::checkpoint_round`): left
+        // unpinned, so the scheduler can run it on another CPU than the core's. Pinned
+        // beside the core (glommio's default), its copies, checksums and syscalls took
+        // that core's CPU: a review measured a round's tail at twice its longest copy.
+        .blocking_thread_pool_placement(PoolPlacement::Unbound(1));
     let config = config.clone();
     let request_mesh = shared.request_mesh.clone();
     let reply_mesh = shared.reply_mesh.clone();
