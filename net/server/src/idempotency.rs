@@ -165,13 +165,12 @@ impl RecoveredBatches {
 }
 
 /// The home core of `key` among `cores`: xxh3-64 of the key's 16 bytes (LE) modulo
-/// the core count. A function of the key alone, so every batch under a key meets the
-/// same table whatever its operations (a reuse for other operations is seen), on any
-/// connection or port.
+/// the core count ([`tally_protocol::idempotency_home_core`], the rule the client also
+/// draws its automatic keys by). A function of the key alone, so every batch under a key
+/// meets the same table whatever its operations (a reuse for other operations is seen),
+/// on any connection or port.
 pub fn home_core(key: IdempotencyKey, cores: usize) -> usize {
-    assert!(cores > 0);
-    let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
-    (hash % cores as u64) as usize
+    tally_protocol::idempotency_home_core(key, cores)
 }
 
 /// The bytes of stored results a batch of `op_count` operations may need: its results
@@ -718,6 +717,19 @@ mod tests {
         );
         assert_eq!(expand_results(&stored), frame);
         assert_eq!(expand_results(&compact_results(&reply(&[]))), reply(&[]));
+    }
+
+    /// Keys already journaled keep their home: the shared rule is still the formula the
+    /// server always used, written out here independently.
+    #[test]
+    fn home_core_is_the_formula_keys_were_journaled_under() {
+        for cores in 1..=9usize {
+            for seed in 0..500u128 {
+                let key = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834) ^ seed;
+                let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+                assert_eq!(home_core(key, cores), (hash % cores as u64) as usize);
+            }
+        }
     }
 
     #[test]
