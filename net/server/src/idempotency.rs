@@ -7,7 +7,9 @@
 //! whatever its operations and wherever it arrives, so a reuse for other operations is
 //! seen. The price: an idempotent batch whose home is another core than the one
 //! serving its connection costs a mesh round trip before it runs, and one message
-//! after (not measured; a batch without a key costs nothing).
+//! after (a batch without a key costs nothing). The native client draws its automatic
+//! keys so that their home is the core it sends the batch to; a caller's own key has a
+//! home wherever its hash says.
 //!
 //! A retry within the window gets the first results again, re-framed with the retry's
 //! request id, and nothing is applied twice. A retry that arrives while the first
@@ -41,8 +43,8 @@
 //! A key is never forgotten inside its window while the process lives: entries leave
 //! only once their window has passed, oldest first (insertion order is time order).
 //! When a new key finds the table full of keys still inside their window, the batch
-//! is refused with [`Begin::Full`] (answered `ServerBusy`, nothing applied, so the
-//! client retries it later with the same key) rather than an older key dropped, which
+//! is refused with [`Begin::Full`] (answered `ServerBusy`, nothing applied; a caller
+//! with its own key calls again later with it) rather than an older key dropped, which
 //! would let that key's retry apply a second time. A new batch reserves room for its
 //! results at begin ([`reply_bytes_bound`], the wire's 10 bytes per result), so
 //! batches running at once cannot overshoot the byte bound; once finished it keeps
