@@ -150,16 +150,24 @@
 //!         Op::Add { key: key.as_bytes(), delta: 1, policy: BoundPolicy::Reject },
 //!     ];
 //!     let results = client.batch(&ops)?;
+//!     // The Add says whether this request was counted. If LIMIT was lowered below the
+//!     // minute's count, the SetBounds is refused (OutOfBounds) and the Add runs under
+//!     // the old ceiling: judge its value against LIMIT, and never turn the SetBounds
+//!     // refusal into an error (`Rejected` reads "counter unchanged").
+//!     let allowed = match results[1] {
+//!         Ok(outcome) => outcome.value <= LIMIT,
+//!         Err(rejection) if rejection.status == Status::AboveCeiling => false,
+//!         Err(rejection) => return Err(rejection.into()),
+//!     };
 //!     // Tally has no expiry: the call that created this minute's counter deletes the
-//!     // previous minute's, so each user keeps at most two keys.
-//!     if !results[0]?.existed && minute > 0 {
-//!         client.del(format!("rate:{user}:{}", minute - 1))?;
+//!     // one of two minutes ago, so each user keeps at most two keys. Not the previous
+//!     // minute's: a request that picked it just before the boundary and arrives a
+//!     // little late would create it afresh and be let through with LIMIT more.
+//!     if matches!(results[0], Ok(outcome) if !outcome.existed) && minute >= 2 {
+//!         // A failed delete only leaves a key behind: the verdict stands.
+//!         let _ = client.del(format!("rate:{user}:{}", minute - 2));
 //!     }
-//!     match results[1] {
-//!         Ok(_) => Ok(true),
-//!         Err(rejection) if rejection.status == Status::AboveCeiling => Ok(false),
-//!         Err(rejection) => Err(rejection.into()),
-//!     }
+//!     Ok(allowed)
 //! }
 //!
 //! let mut client = Client::connect("127.0.0.1:7878")?;
@@ -174,10 +182,13 @@
 //! ```
 //!
 //! Callers on many machines share one limit as long as their clocks agree (each picks the
-//! minute from its own clock; one that is off counts into another minute's key). An error
-//! from `allow` may have counted the request ([`ClientError::OutcomeUnknown`]): whether to
-//! let such a request through is the caller's choice, but calling `allow` again for it
-//! counts it twice (it makes a new key per call; see "Counting exactly once").
+//! minute from its own clock; one that is off counts into another minute's key), and as
+//! long as a request reaches the server within a minute of picking its minute (keep
+//! [`ClientConfig::call_timeout`] well under the window). An error from `allow` may have
+//! counted the request ([`ClientError::OutcomeUnknown`]): whether to let such a request
+//! through is the caller's choice, but calling `allow` again for it counts it twice (see
+//! "Counting exactly once"). A `Rejected` per-operation result converted with `?` says
+//! only that operation changed nothing, not the others of the batch.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "tokio")]
