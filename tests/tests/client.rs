@@ -471,3 +471,48 @@ fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
     }
     assert_eq!(plain.incr(&keys[0], 1).unwrap(), 4 + applied);
 }
+
+/// At default client settings plain writes carry no idempotency key, so they are not
+/// capped by the server's key memory: many more increments than
+/// `--idempotency-max-keys` all succeed, and the server holds no key (review1 F1). With
+/// automatic keys on, the cap applies, and a refusal is `NotApplied` at once.
+#[test]
+fn plain_writes_are_not_capped_by_the_idempotency_memory() {
+    const KEYS_MAX: usize = 50;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let max_keys = KEYS_MAX.to_string();
+    let server = Tallyd::start(
+        dir.path(),
+        &["--cores", "2", "--idempotency-max-keys", &max_keys],
+    );
+    let mut client = Client::connect(server.addr).expect("connect");
+    for index in 0..4 * KEYS_MAX {
+        client
+            .incr(format!("plain:{}", index % 7), 1)
+            .unwrap_or_else(|error| panic!("increment {index}: {error}"));
+    }
+    let ops: Vec<Op<String>> = (0..300)
+        .map(|index| add(format!("bulk:{index}"), 1))
+        .collect();
+    for round in 0..2 * KEYS_MAX {
+        client
+            .batch(&ops)
+            .unwrap_or_else(|error| panic!("batch {round}: {error}"));
+    }
+    let stats = client.stats().unwrap();
+    assert_eq!(stat(&stats, "idempotency_keys"), 0, "no key was kept");
+
+    let config = ClientConfig {
+        auto_idempotency_keys: true,
+        ..ClientConfig::default()
+    };
+    let mut keyed = Client::connect_with(server.addr, config).expect("connect");
+    let refused = (0..4 * KEYS_MAX)
+        .map(|index| keyed.incr(format!("keyed:{index}"), 1))
+        .find_map(Result::err)
+        .expect("automatic keys are capped by --idempotency-max-keys");
+    assert!(
+        matches!(refused, ClientError::NotApplied { .. }),
+        "{refused:?}"
+    );
+}

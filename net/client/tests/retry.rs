@@ -403,3 +403,54 @@ async fn async_a_resend_refused_as_table_full_is_of_unknown_outcome() {
     assert_unknown_after_resend_refused_as_full(&error);
     assert_eq!(server.value("like"), Some(1));
 }
+
+/// A call whose new connection's hello gets no answer was never sent: its error says so,
+/// not "waiting for a reply", which reads as "sent, maybe applied" (review1 F3).
+fn assert_hello_timeout_not_sent(error: &ClientError) {
+    assert!(
+        matches!(error, ClientError::Timeout { .. }),
+        "nothing was sent: {error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("hello") && message.contains("not sent"),
+        "{message}"
+    );
+}
+
+fn hello_stalls_config() -> ClientConfig {
+    ClientConfig {
+        read_timeout: Duration::from_millis(100),
+        call_timeout: Duration::from_millis(300),
+        retries: 0,
+        ..ClientConfig::default()
+    }
+}
+
+#[test]
+fn blocking_a_call_whose_hello_times_out_says_it_was_not_sent() {
+    let server = FakeServer::start(1, 4);
+    let mut client = Client::connect_with(server.main_addr, hello_stalls_config()).unwrap();
+    client.incr("like", 1).unwrap();
+    server.part_idle_connections(1);
+    server.state.stall.store(true, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    assert_hello_timeout_not_sent(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_call_whose_hello_times_out_says_it_was_not_sent() {
+    let server = FakeServer::start(1, 4);
+    let client = AsyncClient::connect_with(server.main_addr, hello_stalls_config())
+        .await
+        .unwrap();
+    client.incr("like", 1).await.unwrap();
+    server.part_idle_connections(1);
+    server.state.stall.store(true, Ordering::SeqCst);
+    // Let the connection task see its connection closed, so the call opens a new one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert_hello_timeout_not_sent(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
