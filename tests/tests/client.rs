@@ -214,9 +214,13 @@ impl FromStatus for Rejection {
 fn invalid_keys_are_clear_errors_and_the_client_stays_usable() {
     let (_dir, _server, mut client) = server_and_client();
 
-    // An empty key travels and the server refuses it.
-    assert_rejected(client.incr("", 1), Status::InvalidKey, 0);
-    assert_rejected(client.get(""), Status::InvalidKey, 0);
+    // An empty key is refused before sending, as the error's docs say.
+    for result in [client.incr("", 1), client.get("")] {
+        match result {
+            Err(ClientError::InvalidKey { length: 0 }) => {}
+            other => panic!("expected InvalidKey {{ length: 0 }}, got {other:?}"),
+        }
+    }
     let message = client.incr("", 1).unwrap_err().to_string();
     assert!(message.contains("invalid key"), "{message}");
 
@@ -238,17 +242,14 @@ fn invalid_keys_are_clear_errors_and_the_client_stays_usable() {
     );
     assert!(!client.exists("ok").unwrap());
 
-    // In a batch an empty key fails alone.
-    let results = client.batch(&[add("", 1), add("ok", 1)]).unwrap();
-    assert_eq!(
-        results[0],
-        Err(Rejection {
-            status: Status::InvalidKey,
-            detail: 0
-        })
+    // So does a batch with an empty key: nothing of it is sent.
+    let err = client.batch(&[add("", 1), add("ok", 1)]).unwrap_err();
+    assert!(
+        matches!(err, ClientError::InvalidKey { length: 0 }),
+        "{err:?}"
     );
-    assert_eq!(results[1], Ok(outcome(1, false, false)));
-    assert_eq!(client.incr("ok", 1).unwrap(), 2);
+    assert!(!client.exists("ok").unwrap());
+    assert_eq!(client.incr("ok", 1).unwrap(), 1);
 }
 
 /// A random operation on one of `keys`, and the result the model expects.
@@ -469,4 +470,49 @@ fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
         assert!(error.is_transient() || unknown, "{error:?}");
     }
     assert_eq!(plain.incr(&keys[0], 1).unwrap(), 4 + applied);
+}
+
+/// At default client settings plain writes carry no idempotency key, so they are not
+/// capped by the server's key memory: many more increments than
+/// `--idempotency-max-keys` all succeed, and the server holds no key (review1 F1). With
+/// automatic keys on, the cap applies, and a refusal is `NotApplied` at once.
+#[test]
+fn plain_writes_are_not_capped_by_the_idempotency_memory() {
+    const KEYS_MAX: usize = 50;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let max_keys = KEYS_MAX.to_string();
+    let server = Tallyd::start(
+        dir.path(),
+        &["--cores", "2", "--idempotency-max-keys", &max_keys],
+    );
+    let mut client = Client::connect(server.addr).expect("connect");
+    for index in 0..4 * KEYS_MAX {
+        client
+            .incr(format!("plain:{}", index % 7), 1)
+            .unwrap_or_else(|error| panic!("increment {index}: {error}"));
+    }
+    let ops: Vec<Op<String>> = (0..300)
+        .map(|index| add(format!("bulk:{index}"), 1))
+        .collect();
+    for round in 0..2 * KEYS_MAX {
+        client
+            .batch(&ops)
+            .unwrap_or_else(|error| panic!("batch {round}: {error}"));
+    }
+    let stats = client.stats().unwrap();
+    assert_eq!(stat(&stats, "idempotency_keys"), 0, "no key was kept");
+
+    let config = ClientConfig {
+        auto_idempotency_keys: true,
+        ..ClientConfig::default()
+    };
+    let mut keyed = Client::connect_with(server.addr, config).expect("connect");
+    let refused = (0..4 * KEYS_MAX)
+        .map(|index| keyed.incr(format!("keyed:{index}"), 1))
+        .find_map(Result::err)
+        .expect("automatic keys are capped by --idempotency-max-keys");
+    assert!(
+        matches!(refused, ClientError::NotApplied { .. }),
+        "{refused:?}"
+    );
 }

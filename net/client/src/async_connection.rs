@@ -10,9 +10,10 @@
 //!
 //! A call with the caller's idempotency key gets a frame of its own under that key; other
 //! calls are packed together. A frame that can change state and has no caller's key
-//! carries a random idempotency key when retries are on, so after a lost connection or a
-//! timeout the task reconnects and resends the same bytes and the server applies them at
-//! most once. Each frame has its own retry budget
+//! carries a random idempotency key when `ClientConfig::auto_idempotency_keys` and
+//! retries are on (drawn so that the server keeps it on this task's core), so after a
+//! lost connection or a timeout the task reconnects and resends the same bytes and the
+//! server applies them at most once. Each frame has its own retry budget
 //! (`ClientConfig::retries`) and deadline (the earliest of its calls'); a frame without
 //! that safety (a mutation without a key), or one whose budget or deadline is spent,
 //! fails its calls with the error, and the others are resent. A failed connect (nothing
@@ -60,8 +61,8 @@ use tokio::time::{timeout, Instant};
 use crate::blocking::routes_differ;
 use crate::config::ClientConfig;
 use crate::dispatch::{backoff, IN_FLIGHT_OPS_MAX};
-use crate::error::{is_table_full, server_refusal, ClientError};
-use crate::idempotency::random_idempotency_key;
+use crate::error::{hello_error, is_table_full, server_refusal, ClientError};
+use crate::idempotency::{key_homed_on, random_idempotency_key};
 use crate::outcome::{from_reply, OpResult};
 
 /// Calls queued per connection before callers wait for room.
@@ -248,7 +249,9 @@ pub(crate) async fn open(
                 Err(source) => Err(ClientError::Protocol { addr, source }),
             };
         }
-        read_more(&mut stream, addr, &mut buf, deadline).await?;
+        read_more(&mut stream, addr, &mut buf, deadline)
+            .await
+            .map_err(hello_error)?;
     }
 }
 
@@ -565,8 +568,9 @@ impl ConnectionTask {
         let mutates = calls.iter().flat_map(|call| &call.ops).any(Op::is_mutation);
         // A call with the caller's key has the frame to itself (see `send`).
         let callers_key = calls.iter().find_map(|call| call.idempotency_key);
-        let idempotency_key = callers_key
-            .or_else(|| (mutates && self.config.retries > 0).then(random_idempotency_key));
+        let auto_keys = self.config.auto_idempotency_keys && self.config.retries > 0;
+        let idempotency_key =
+            callers_key.or_else(|| (mutates && auto_keys).then(|| self.automatic_key()));
         let deadline = calls.iter().map(|call| call.deadline).min();
         let deadline = deadline.expect("a frame has at least one call");
         let request_id = self.take_request_id();
@@ -600,6 +604,25 @@ impl ConnectionTask {
             op_count,
             retries_used: 0,
         })
+    }
+
+    /// A key of the client's own for a frame sent by this task, homed on the core whose
+    /// shard port the task serves (a plain random key for the main address, whose
+    /// serving core is not known).
+    fn automatic_key(&self) -> u128 {
+        let port = self.addr.port();
+        let core = (self.addr != self.main_addr)
+            .then(|| {
+                self.hello
+                    .shard_ports
+                    .iter()
+                    .position(|&shard| shard == port)
+            })
+            .flatten();
+        match core {
+            Some(core) => key_homed_on(core, self.hello.core_count()),
+            None => random_idempotency_key(),
+        }
     }
 
     /// Hands every whole reply in the read buffer to its calls.

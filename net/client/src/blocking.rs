@@ -2,8 +2,11 @@
 //!
 //! [`Client::connect`] says hello on the main address, reads the shard map, then opens one
 //! connection per core to that core's shard port (same IP as the main address). Every
-//! call routes its keys with [`HelloReply::owner_of_key`], so no request takes a
-//! cross-core hop inside the server. Connections are opened again lazily after a failure,
+//! call routes its keys with [`HelloReply::owner_of_key`], so no plain request takes a
+//! cross-core hop inside the server, nor one with an automatic idempotency key (drawn
+//! so the server keeps it on the core it is sent to). A request under the caller's key
+//! may: the server keeps that key on the core its hash names, one mesh round trip away
+//! unless it is the serving core, and forwards operations on other cores' keys. Connections are opened again lazily after a failure,
 //! or when a call finds that the server closed one while it sat idle.
 //!
 //! A reconnect that brings a different shard map (the server restarted with other cores

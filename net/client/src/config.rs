@@ -1,4 +1,5 @@
-//! Client settings: timeouts, the spin budget, retries and the default durability.
+//! Client settings: timeouts, the spin budget, retries, automatic idempotency keys and the
+//! default durability.
 //!
 //! Limits: at most [`RETRIES_MAX`] retries per call; a spin of at most [`SPIN_MAX`];
 //! timeouts must be positive.
@@ -8,8 +9,10 @@
 //! within it each attempt opens a connection if needed (at most `connect_timeout`),
 //! sends (`write_timeout`) and waits for the reply (at most `read_timeout`, and never
 //! past the deadline). Worked example with the defaults (10 s deadline, 5 s read
-//! timeout, 2 retries): a server that stops answering costs an attempt 5 s, the resend
-//! another 5 s, and the call ends at 10 s with `OutcomeUnknown`; a server that restarts
+//! timeout, 2 retries): a server that stops answering a read costs an attempt 5 s, the
+//! resend another 5 s, and the call ends at 10 s with an error (a mutation is resent
+//! only with an idempotency key: without one it ends after the first 5 s with
+//! `OutcomeUnknown`); a server that restarts
 //! in 3 s costs the call a few refused connects, retried with backoff (5 ms doubling to
 //! 500 ms), and it succeeds once the server is back.
 
@@ -45,14 +48,33 @@ pub struct ClientConfig {
     /// little first keeps the round trip's p99 low; zero never spins.
     pub spin: Duration,
     /// How many times a request that may have reached the server is resent after a lost
-    /// connection or a timeout. With retries, every mutating call carries a random
-    /// idempotency key so the server applies it once. Two other waits are retried until
-    /// the call's deadline without counting against this: a connect that fails (refused,
-    /// unreachable, timed out: nothing was sent on it), and the server's `ServerBusy` answer to a resend whose
-    /// first copy is still running (the same request is sent again with its key until the
-    /// first copy's results come back). With 0, no keys are sent and nothing is retried:
-    /// each call makes one attempt.
+    /// connection or a timeout: a read always; a mutation only if it carries an
+    /// idempotency key (the caller's, from a `*_idempotent` call, or an automatic one, see
+    /// [`ClientConfig::auto_idempotency_keys`]), so the server applies it once. A
+    /// mutation without a key is never resent once it may have reached the server: the
+    /// call ends with `ClientError::OutcomeUnknown`. Two other waits are retried until the
+    /// call's deadline without counting against this: a connect that fails (refused,
+    /// unreachable, timed out: nothing was sent on it), and the server's `ServerBusy`
+    /// answer to a resend whose first copy is still running (the same request is sent
+    /// again with its key until the first copy's results come back). With 0, each call
+    /// makes one attempt.
     pub retries: u32,
+    /// Give every mutating frame without a caller's key a random idempotency key of the
+    /// client's own (with `retries` above 0), so a mutation, too, is resent after a lost
+    /// connection or a timeout and the server still applies it once. Off by default: each
+    /// automatic key costs the server memory for its whole idempotency window (600 s by
+    /// default) although the client resends only within `call_timeout`, and a core holds
+    /// at most `tallyd --idempotency-max-keys` keys (1,000,000) and
+    /// `--idempotency-max-reply-bytes` of their results, so sustained keyed writes are
+    /// capped at about max keys / window seconds per core (1,000,000 / 600 s, about
+    /// 1,667 frames a second at the server's defaults; batches also by the result
+    /// bytes). Past the cap the server refuses every new key with `NotApplied` until keys
+    /// leave the window, plain writes included. Turn it on only when the write rate
+    /// stays well under that cap; for exactly-once counting use the `*_idempotent` calls
+    /// with keys of your own (crate docs, "Counting exactly once"), which cost the same
+    /// per key but only where you need them. The client draws each automatic key so that
+    /// the server keeps it on the core the frame is sent to (no cross-core hop).
+    pub auto_idempotency_keys: bool,
     /// The deadline of a call, from its start to its result, retries and backoff
     /// included (see the module docs). A call that runs out of it after sending a change
     /// ends with `ClientError::OutcomeUnknown`. Latency-critical callers set it to what
@@ -75,6 +97,7 @@ impl Default for ClientConfig {
             write_timeout: Duration::from_secs(5),
             spin: Duration::from_micros(75),
             retries: 2,
+            auto_idempotency_keys: false,
             call_timeout: Duration::from_secs(10),
             durability: Durability::ServerDefault,
             shard_aware: true,

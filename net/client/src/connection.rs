@@ -27,7 +27,7 @@ use tally_protocol::{
 };
 
 use crate::config::ClientConfig;
-use crate::error::{server_refusal, ClientError};
+use crate::error::{hello_error, server_refusal, ClientError};
 
 /// Initial read buffer size; it grows to the largest frame seen.
 const READ_BUF_BYTES: usize = 64 * 1024;
@@ -105,10 +105,12 @@ impl Connection {
         encode_hello(&mut connection.write_buf, request_id, &config.client_name)
             .map_err(ClientError::Encode)?;
         connection.flush()?;
-        let hello = connection.read_reply(request_id, deadline, |reply| match reply {
-            Reply::HelloReply(hello) => Ok(hello),
-            other => Err(other),
-        })?;
+        let hello = connection
+            .read_reply(request_id, deadline, |reply| match reply {
+                Reply::HelloReply(hello) => Ok(hello),
+                other => Err(other),
+            })
+            .map_err(hello_error)?;
         Ok((connection, hello))
     }
 

@@ -7,13 +7,19 @@
 //! fill both socket buffers and deadlock; replies are read one per connection in turn
 //! and their results written back to the operations' original positions.
 //!
+//! A frame that changes counters carries an idempotency key only if the caller gave one
+//! (`Client::batch_idempotent`) or `ClientConfig::auto_idempotency_keys` is on (and
+//! retries are): then each frame gets a random key of the client's own, drawn so that
+//! the server keeps it on the core the frame is sent to (`idempotency::key_homed_on`).
+//!
 //! Retries, all within the call's deadline (`ClientConfig::call_timeout`) and only when
 //! `ClientConfig::retries` is not 0, with backoff (5 ms doubling, at most 500 ms):
 //! - after a transient error on a connection the frames were sent on (lost connection, a
 //!   parting `Error` of request id 0, timeout), a core's unanswered frames are resent on a
 //!   new connection if every one of them is safe to resend: read-only, or carrying an
 //!   idempotency key (then the server applies it once), and under its retry budget
-//!   (`ClientConfig::retries` per frame). A mutation without a key is never resent;
+//!   (`ClientConfig::retries` per frame). A mutation without a key is never resent once
+//!   written: the call ends with `ClientError::OutcomeUnknown`;
 //! - after a connect that failed (refused, unreachable, timed out), nothing was sent: the
 //!   connect is tried again, at no charge to the budget (a hello that fails is charged);
 //! - after `ServerBusy` to a frame with an idempotency key (its first copy is still
@@ -27,9 +33,11 @@
 //! the call after `OutcomeUnknown` is the same request whatever the shard map.
 //!
 //! When a reconnect finds a new shard map, every queue's unanswered frames are re-routed
-//! under it, with the same rule. After any other error, or when retries or the deadline
-//! run out, every connection with unanswered frames is dropped, so no stale reply can be
-//! taken for a later call's, and the error is settled: if a frame that changes counters
+//! under it, with the same rule (a frame keeps its key, so the server may now keep that
+//! key on another core than the one the frame is sent to: one cross-core hop, only for
+//! that frame). After any other error, or when retries or the deadline run out, every
+//! connection with unanswered frames is dropped, so no stale reply can be taken for a
+//! later call's, and the error is settled: if a frame that changes counters
 //! was sent and not answered (or answered while another failed), the call's error is
 //! `ClientError::OutcomeUnknown`, never one that reads as "nothing applied".
 
@@ -42,7 +50,7 @@ use tally_protocol::{
 use crate::blocking::Client;
 use crate::connection::Connection;
 use crate::error::ClientError;
-use crate::idempotency::random_idempotency_key;
+use crate::idempotency::{key_homed_on, random_idempotency_key};
 use crate::outcome::{from_reply, OpResult};
 
 /// The most operations awaiting replies on one connection (beyond the first frame).
@@ -89,9 +97,14 @@ impl CoreQueue {
     }
 }
 
-/// Checks every key fits the wire before anything is sent.
+/// Checks every key is 1..=255 bytes before anything is sent: an empty key would only
+/// be refused by the server, after a round trip (and, keyed, a slot in its idempotency
+/// memory), and a longer one does not fit the wire.
 pub(crate) fn check_keys<K: AsRef<[u8]>>(ops: &[Op<K>]) -> Result<(), ClientError> {
-    match ops.iter().find(|op| op.key().len() > KEY_BYTES_MAX) {
+    match ops
+        .iter()
+        .find(|op| op.key().is_empty() || op.key().len() > KEY_BYTES_MAX)
+    {
         Some(op) => Err(ClientError::InvalidKey {
             length: op.key().len(),
         }),
@@ -221,7 +234,17 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
     for (index, op) in ops.iter().enumerate() {
         by_core[client.route(op.key())].push(index);
     }
-    let with_keys = client.config().retries > 0;
+    // Automatic keys are homed on the core that serves the frame; without shard ports
+    // the main port's core is not known, and a plain random key is as good as any.
+    let with_keys = client.config().auto_idempotency_keys && client.config().retries > 0;
+    let cores = client.shard_map().core_count();
+    let key_for = |core: usize| {
+        if client.config().shard_aware {
+            key_homed_on(core, cores)
+        } else {
+            random_idempotency_key()
+        }
+    };
     let mut queues = Vec::new();
     for (core, indices) in by_core
         .into_iter()
@@ -232,7 +255,7 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
             .chunks(ops_per_frame)
             .map(|op_indices| {
                 let mutates = op_indices.iter().any(|&index| ops[index].is_mutation());
-                let idempotency_key = (mutates && with_keys).then(random_idempotency_key);
+                let idempotency_key = (mutates && with_keys).then(|| key_for(core));
                 let retry_safe = !mutates || idempotency_key.is_some();
                 Chunk {
                     op_indices: op_indices.to_vec(),

@@ -12,14 +12,19 @@
 //!   applied), and the same request would be refused again.
 //! - Errors raised before anything was sent (`Resolve`, `Connect`, `InvalidKey`,
 //!   `Encode`, `InvalidConfig`, `NoSuchConnection`): nothing was applied.
-//! - The other variants, returned by a call that changes nothing (a read, `ping`,
-//!   `stats`), only say why it failed: a call that changes counters and may have reached
-//!   the server never ends with them, it ends with `OutcomeUnknown`.
+//! - The other variants only say why the call failed. A call that changes counters and
+//!   may have reached the server never ends with them, it ends with `OutcomeUnknown`; so
+//!   a call that changes counters and ends with one of them (say a `Timeout` "waiting for
+//!   the hello reply (the request was not sent)" or "waiting to send": its connection
+//!   could not be opened in time, or it was still queued at its deadline) sent nothing
+//!   and applied nothing. A call that changes nothing (a read, `ping`, `stats`) may end
+//!   with any of them.
 //!
 //! [`ClientError::is_transient`] tells the errors after which calling again may succeed
 //! and is safe: never `OutcomeUnknown`. Within a call, the client itself resends after a
-//! lost connection or a timeout, and a mutation only when it carries an idempotency key,
-//! so a retry never counts twice.
+//! lost connection or a timeout, and a mutation only when it carries an idempotency key
+//! (the caller's, or an automatic one: `ClientConfig::auto_idempotency_keys`), so a
+//! retry never counts twice.
 
 use std::net::SocketAddr;
 
@@ -56,6 +61,23 @@ pub(crate) fn is_table_full(code: ErrorCode, message: &str) -> bool {
     code == ErrorCode::ServerBusy && message.starts_with(TABLE_FULL_MESSAGE_PREFIX)
 }
 
+/// What a [`ClientError::Timeout`] says when a new connection's hello got no reply in
+/// time: the call's own request was not sent on it, so nothing of it was applied there.
+pub(crate) const HELLO_TIMEOUT_ACTION: &str =
+    "waiting for the hello reply (the request was not sent) from";
+
+/// A hello's error as the caller sees it: a timeout says the request was not sent, so it
+/// is not read as a request sent and unanswered ("waiting for a reply").
+pub(crate) fn hello_error(error: ClientError) -> ClientError {
+    match error {
+        ClientError::Timeout { addr, .. } => ClientError::Timeout {
+            action: HELLO_TIMEOUT_ACTION,
+            addr,
+        },
+        other => other,
+    }
+}
+
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,7 +103,10 @@ pub enum ClientError {
     /// The server closed the connection.
     #[error("connection to {addr} closed by the server")]
     Closed { addr: SocketAddr },
-    /// No reply (or no progress writing) within the configured timeout.
+    /// No reply (or no progress writing) within the configured timeout. `action` says
+    /// where: "waiting for a reply from" a request that was sent, "waiting for the hello
+    /// reply (the request was not sent) from" a new connection, "waiting to send to" a
+    /// call still queued at its deadline.
     #[error("timed out {action} {addr}")]
     Timeout {
         action: &'static str,
@@ -142,7 +167,8 @@ pub enum ClientError {
     /// "idempotency table full"), or a mutation while its journal cannot take one
     /// (`Status::Unavailable` with detail 1). Nothing of the request was applied. Call
     /// again later; a call made with a caller's idempotency key must be called again with
-    /// the same key (and operations), as after [`ClientError::OutcomeUnknown`]. The
+    /// the same key (and operations), as after [`ClientError::OutcomeUnknown`] (a call
+    /// without one simply calls again: its automatic key is gone and applied nothing). The
     /// client does not resend it within the call: the server would refuse it again until
     /// keys leave its window or the journal recovers. `cause` is the server's answer.
     #[error("not applied, retry later: {cause}")]
@@ -351,7 +377,7 @@ mod tests {
     /// (`net/server` `full_message`), and for a retry whose first copy still runs.
     const TABLE_FULL: &str = "idempotency table full: the core holding this key remembers \
         its limit of 20 keys (tallyd --idempotency-max-keys), all inside the 600 s window; \
-        nothing applied, retry later with the same key";
+        nothing applied, call again later (under the same key if it is your own)";
     const STILL_RUNNING: &str = "a request with this idempotency key is still running; retry";
 
     #[test]

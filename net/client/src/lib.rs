@@ -3,7 +3,8 @@
 //! The client speaks Tally's binary protocol (`tally-protocol`, see
 //! `net/PROTOCOL.md`) and nothing else: it does not pull in the server's runtime.
 //! It connects once to the main address to learn the shard map, then keeps one connection
-//! per server core and sends each key straight to the core that owns it.
+//! per server core and sends each key straight to the core that owns it (a request under
+//! a caller's idempotency key may still take a hop inside the server: see `Client`).
 //!
 //! - [`Client`]: blocking, std::net. Spins briefly before parking while it waits for a
 //!   reply ([`ClientConfig::spin`]), which keeps loopback round trips under 100 µs.
@@ -13,24 +14,50 @@
 //!   coalesced into batch frames automatically; `AsyncPipeline` collects operations to
 //!   send together.
 //!
-//! Retries within a call are safe: with `retries > 0` (the default) every mutating call
-//! carries a random 128-bit idempotency key, and after a lost connection or a timeout the
-//! call is resent with the same key, which the server applies at most once. Reads are
-//! resent freely. A connect that fails (the server restarting) is tried again with
-//! backoff, and a resend that the server answers `ServerBusy` (its first copy still
-//! running) is sent again until that copy's results come back; all of it within the
-//! call's deadline ([`ClientConfig::call_timeout`]). Nothing else is retried. A call that
-//! changes counters and may have been applied without its answer reaching the client
-//! fails with [`ClientError::OutcomeUnknown`], never with an error that reads "not
-//! applied". A new key the server refuses because its idempotency memory is full, or a
-//! mutation its journal cannot take now, fails at once with [`ClientError::NotApplied`]:
-//! nothing was applied, call again later.
+//! Retries within a call never count twice. Reads are resent freely after a lost
+//! connection or a timeout. A call that changes counters is resent only if it carries an
+//! idempotency key, which the server applies at most once: the caller's (the
+//! `*_idempotent` calls, see "Counting exactly once"), or, when
+//! [`ClientConfig::auto_idempotency_keys`] is on, a random key the client makes for each
+//! frame. By default it is off, and a mutation that may have reached the server is never
+//! resent: a lost connection or a timeout after it was sent ends the call with
+//! [`ClientError::OutcomeUnknown`]. A connect that fails (the server restarting: nothing
+//! was sent) is tried again with backoff, and a resend that the server answers
+//! `ServerBusy` (its first copy still running) is sent again until that copy's results
+//! come back; all of it within the call's deadline ([`ClientConfig::call_timeout`]).
+//! Nothing else is retried. A call that changes counters and may have been applied
+//! without its answer reaching the client fails with [`ClientError::OutcomeUnknown`],
+//! never with an error that reads "not applied". A new key the server refuses because its
+//! idempotency memory is full, or a mutation its journal cannot take now, fails at once
+//! with [`ClientError::NotApplied`] (the client does not resend it): nothing was applied,
+//! call again later.
+//!
+//! # Automatic idempotency keys: the trade-off
+//!
+//! Automatic keys make a plain `incr` survive a lost connection without an
+//! `OutcomeUnknown`, but each costs the server memory for its whole idempotency window
+//! (`tallyd --idempotency-window-s`, 600 s by default), although the client resends only
+//! within `call_timeout`. A core holds at most `--idempotency-max-keys` keys (1,000,000
+//! by default) and `--idempotency-max-reply-bytes` of their results (64 MiB, about 3
+//! bytes per result), and never forgets a key early. So sustained keyed writes are
+//! capped per core at `--idempotency-max-keys / --idempotency-window-s` frames a second
+//! (about 1,667 at the defaults; the blocking client sends one frame per call and per
+//! core of a batch, the async client packs concurrent calls into frames), and batched
+//! operations at about 64 MiB / (600 s x 3 B), some 37,000 a second. Past the cap the
+//! server refuses every frame with a new key on that core with `NotApplied` until old
+//! keys leave the window: an outage for every writer on that core, not only the fast
+//! one. Turn automatic keys on only where writes stay well under the cap (or raise the
+//! limits: about 200 bytes of server memory per key). The client draws each automatic
+//! key so that the server keeps it on the core the frame is sent to, so keyed writes
+//! take no cross-core hop. Counting exactly once across failures needs the caller's own
+//! keys anyway (a plain call's key is gone when it returns): see below.
 //!
 //! # Counting exactly once
 //!
-//! The key a plain call (`incr`, `batch`, ...) makes is gone when the call returns, so
-//! after [`ClientError::OutcomeUnknown`] calling again counts twice if the first call was
-//! applied, and not calling again loses it if it was not. To count exactly once, make
+//! A plain call (`incr`, `batch`, ...) has no key the caller could reuse (an automatic
+//! key is gone when the call returns), so after [`ClientError::OutcomeUnknown`] calling
+//! again counts twice if the first call was applied, and not calling again loses it if
+//! it was not. To count exactly once, make
 //! the key yourself and call with it: [`Client::batch_idempotent`],
 //! [`Client::execute_idempotent`], [`Client::incr_idempotent`],
 //! [`Client::decr_idempotent`] (the same on `AsyncClient`). Make the key once per
@@ -123,16 +150,24 @@
 //!         Op::Add { key: key.as_bytes(), delta: 1, policy: BoundPolicy::Reject },
 //!     ];
 //!     let results = client.batch(&ops)?;
+//!     // The Add says whether this request was counted. If LIMIT was lowered below the
+//!     // minute's count, the SetBounds is refused (OutOfBounds) and the Add runs under
+//!     // the old ceiling: judge its value against LIMIT, and never turn the SetBounds
+//!     // refusal into an error (`Rejected` reads "counter unchanged").
+//!     let allowed = match results[1] {
+//!         Ok(outcome) => outcome.value <= LIMIT,
+//!         Err(rejection) if rejection.status == Status::AboveCeiling => false,
+//!         Err(rejection) => return Err(rejection.into()),
+//!     };
 //!     // Tally has no expiry: the call that created this minute's counter deletes the
-//!     // previous minute's, so each user keeps at most two keys.
-//!     if !results[0]?.existed && minute > 0 {
-//!         client.del(format!("rate:{user}:{}", minute - 1))?;
+//!     // one of two minutes ago, so each user keeps at most two keys. Not the previous
+//!     // minute's: a request that picked it just before the boundary and arrives a
+//!     // little late would create it afresh and be let through with LIMIT more.
+//!     if matches!(results[0], Ok(outcome) if !outcome.existed) && minute >= 2 {
+//!         // A failed delete only leaves a key behind: the verdict stands.
+//!         let _ = client.del(format!("rate:{user}:{}", minute - 2));
 //!     }
-//!     match results[1] {
-//!         Ok(_) => Ok(true),
-//!         Err(rejection) if rejection.status == Status::AboveCeiling => Ok(false),
-//!         Err(rejection) => Err(rejection.into()),
-//!     }
+//!     Ok(allowed)
 //! }
 //!
 //! let mut client = Client::connect("127.0.0.1:7878")?;
@@ -147,10 +182,13 @@
 //! ```
 //!
 //! Callers on many machines share one limit as long as their clocks agree (each picks the
-//! minute from its own clock; one that is off counts into another minute's key). An error
-//! from `allow` may have counted the request ([`ClientError::OutcomeUnknown`]): whether to
-//! let such a request through is the caller's choice, but calling `allow` again for it
-//! counts it twice (it makes a new key per call; see "Counting exactly once").
+//! minute from its own clock; one that is off counts into another minute's key), and as
+//! long as a request reaches the server within a minute of picking its minute (keep
+//! [`ClientConfig::call_timeout`] well under the window). An error from `allow` may have
+//! counted the request ([`ClientError::OutcomeUnknown`]): whether to let such a request
+//! through is the caller's choice, but calling `allow` again for it counts it twice (see
+//! "Counting exactly once"). A `Rejected` per-operation result converted with `?` says
+//! only that operation changed nothing, not the others of the batch.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "tokio")]

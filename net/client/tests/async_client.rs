@@ -9,6 +9,15 @@ use std::time::Duration;
 use fake_server::FakeServer;
 use tally_client::{AsyncClient, BoundPolicy, ClientConfig, ClientError, Op, Rejection, Status};
 
+/// The client's defaults with automatic idempotency keys on: every mutating frame carries
+/// a key of the client's own, so it is resent after a lost connection.
+fn auto_keys() -> ClientConfig {
+    ClientConfig {
+        auto_idempotency_keys: true,
+        ..ClientConfig::default()
+    }
+}
+
 #[tokio::test]
 async fn operations_return_what_the_server_says() {
     let server = FakeServer::start(2, 16);
@@ -32,6 +41,30 @@ async fn operations_return_what_the_server_says() {
         client.incr(vec![0u8; 300], 1).await,
         Err(ClientError::InvalidKey { length: 300 })
     ));
+    // An empty key is refused before sending too (review1 F8), on every path.
+    let frames_before = server.state.batch_frames.load(Ordering::SeqCst);
+    assert!(matches!(
+        client.incr("", 1).await,
+        Err(ClientError::InvalidKey { length: 0 })
+    ));
+    let ops = [Op::Get { key: &b"a"[..] }, Op::Get { key: &b""[..] }];
+    assert!(matches!(
+        client.batch(&ops).await,
+        Err(ClientError::InvalidKey { length: 0 })
+    ));
+    assert!(matches!(
+        client.incr_idempotent("", 1, 7).await,
+        Err(ClientError::InvalidKey { length: 0 })
+    ));
+    assert!(matches!(
+        client.pipeline().incr("", 1).execute().await,
+        Err(ClientError::InvalidKey { length: 0 })
+    ));
+    assert_eq!(
+        server.state.batch_frames.load(Ordering::SeqCst),
+        frames_before,
+        "nothing was sent"
+    );
     assert_eq!(server.state.misrouted_ops.load(Ordering::SeqCst), 0);
 }
 
@@ -77,10 +110,49 @@ async fn batch_keeps_order_across_cores() {
     }
 }
 
+/// Without automatic keys (the default) a write whose reply was lost is not resent: it
+/// may have been applied, so the call says so; a read is still resent (review1 F1).
+#[tokio::test]
+async fn by_default_a_write_whose_reply_was_lost_is_not_resent() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { .. }),
+        "{error:?}"
+    );
+    assert_eq!(server.value("like"), Some(1), "applied once");
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    assert_eq!(client.get("like").await.unwrap(), 1, "a read is resent");
+    assert_eq!(
+        server.state.keyed_frames.load(Ordering::SeqCst),
+        0,
+        "no keys sent"
+    );
+}
+
+/// With automatic keys on, each key is drawn so that the server keeps it on the core the
+/// frame goes to: no cross-core hop (review1 F7).
+#[tokio::test]
+async fn automatic_keys_are_homed_on_the_core_the_frame_is_sent_to() {
+    let server = FakeServer::start(4, 32);
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
+    for index in 0..100 {
+        client.incr(format!("page:{index}"), 1).await.unwrap();
+    }
+    assert!(server.state.keyed_frames.load(Ordering::SeqCst) >= 100);
+    assert_eq!(server.state.keys_homed_elsewhere.load(Ordering::SeqCst), 0);
+}
+
 #[tokio::test]
 async fn lost_reply_is_retried_once_applied_once() {
     let server = FakeServer::start(2, 16);
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
     assert_eq!(server.value("like"), Some(1));

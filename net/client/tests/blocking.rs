@@ -15,6 +15,15 @@ fn key(index: usize) -> String {
     format!("key:{index}")
 }
 
+/// The client's defaults with automatic idempotency keys on: every mutating frame carries
+/// a key of the client's own, so it is resent after a lost connection.
+fn auto_keys() -> ClientConfig {
+    ClientConfig {
+        auto_idempotency_keys: true,
+        ..ClientConfig::default()
+    }
+}
+
 #[test]
 fn operations_route_to_their_owning_core() {
     let server = FakeServer::start(3, 32);
@@ -184,7 +193,7 @@ fn pipeline_decr_of_i64_min_fails_without_sending() {
 #[test]
 fn lost_reply_is_retried_with_the_same_idempotency_key() {
     let server = FakeServer::start(2, 16);
-    let mut client = Client::connect(server.main_addr).unwrap();
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     assert_eq!(client.incr("like:post:1", 1).unwrap(), 1);
     assert_eq!(server.value("like:post:1"), Some(1), "applied exactly once");
@@ -193,10 +202,65 @@ fn lost_reply_is_retried_with_the_same_idempotency_key() {
     assert_eq!(client.incr("like:post:1", 1).unwrap(), 2);
 }
 
+/// Without automatic keys (the default) a write whose reply was lost is not resent: it
+/// may have been applied, so the call says so; a read is still resent (review1 F1).
+#[test]
+fn by_default_a_write_whose_reply_was_lost_is_not_resent() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    let error = client.incr("like:post:1", 1).unwrap_err();
+    assert!(
+        matches!(error, ClientError::OutcomeUnknown { .. }),
+        "{error:?}"
+    );
+    assert_eq!(server.value("like:post:1"), Some(1), "applied once");
+    server.state.drop_after_apply.store(1, Ordering::SeqCst);
+    assert_eq!(client.get("like:post:1").unwrap(), 1, "a read is resent");
+    let ops: Vec<Op> = (0..50)
+        .map(|index| Op::Add {
+            key: key(index).into_bytes(),
+            delta: 1,
+            policy: BoundPolicy::Reject,
+        })
+        .collect();
+    client.batch(&ops).unwrap();
+    assert_eq!(
+        server.state.keyed_frames.load(Ordering::SeqCst),
+        0,
+        "no keys sent"
+    );
+    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+}
+
+/// With automatic keys on, each key is drawn so that the server keeps it on the core the
+/// frame goes to: no cross-core hop (review1 F7).
+#[test]
+fn automatic_keys_are_homed_on_the_core_the_frame_is_sent_to() {
+    let server = FakeServer::start(4, 32);
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
+    for index in 0..100 {
+        client.incr(key(index), 1).unwrap();
+    }
+    let ops: Vec<Op> = (0..100)
+        .map(|index| Op::Add {
+            key: key(index).into_bytes(),
+            delta: 1,
+            policy: BoundPolicy::Reject,
+        })
+        .collect();
+    client
+        .batch_framed(&ops, Durability::ServerDefault, 7)
+        .unwrap();
+    assert!(server.state.keyed_frames.load(Ordering::SeqCst) >= 100 + 4);
+    assert_eq!(server.state.keys_homed_elsewhere.load(Ordering::SeqCst), 0);
+    assert_eq!(server.state.misrouted_ops.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn lost_reply_of_a_batch_is_retried_per_core() {
     let server = FakeServer::start(2, 16);
-    let mut client = Client::connect(server.main_addr).unwrap();
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     let ops: Vec<Op> = (0..100)
         .map(|index| Op::Add {
@@ -280,21 +344,33 @@ fn invalid_keys_are_caught_before_sending() {
     let mut client = Client::connect(server.main_addr).unwrap();
     let error = client.incr(vec![b'k'; 256], 1).unwrap_err();
     assert!(matches!(error, ClientError::InvalidKey { length: 256 }));
+    // An empty key, too (review1 F8), on every path: single calls, batches, pipelines
+    // and calls under the caller's key.
     let empty = client.incr("", 1).unwrap_err();
     assert!(
-        matches!(
-            empty,
-            ClientError::Rejected(Rejection {
-                status: Status::InvalidKey,
-                ..
-            })
-        ),
+        matches!(empty, ClientError::InvalidKey { length: 0 }),
         "{empty:?}"
+    );
+    let ops = [Op::Get { key: &b"fine"[..] }, Op::Get { key: &b""[..] }];
+    let batch = client.batch(&ops).unwrap_err();
+    assert!(
+        matches!(batch, ClientError::InvalidKey { length: 0 }),
+        "{batch:?}"
+    );
+    let keyed = client.incr_idempotent("", 1, 7).unwrap_err();
+    assert!(
+        matches!(keyed, ClientError::InvalidKey { length: 0 }),
+        "{keyed:?}"
+    );
+    let piped = client.pipeline().incr("", 1).execute().unwrap_err();
+    assert!(
+        matches!(piped, ClientError::InvalidKey { length: 0 }),
+        "{piped:?}"
     );
     assert_eq!(
         server.state.batch_frames.load(Ordering::SeqCst),
-        1,
-        "only the empty key was sent"
+        0,
+        "nothing was sent"
     );
 }
 

@@ -43,6 +43,15 @@ fn assert_parting_timeout(error: &ClientError) {
     assert!(error.is_transient(), "{error:?}");
 }
 
+/// The client's defaults with automatic idempotency keys on: every mutating frame carries
+/// a key of the client's own, so it is resent after a lost connection.
+fn auto_keys() -> ClientConfig {
+    ClientConfig {
+        auto_idempotency_keys: true,
+        ..ClientConfig::default()
+    }
+}
+
 #[test]
 fn blocking_calls_after_an_idle_close_reconnect_and_count_once() {
     let server = FakeServer::start(2, 16);
@@ -78,7 +87,7 @@ fn blocking_without_retries_checks_an_idle_connection_before_sending() {
 #[test]
 fn blocking_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
     let server = FakeServer::start(2, 16);
-    let mut client = Client::connect(server.main_addr).unwrap();
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
     server.state.part_on_batch.store(1, Ordering::SeqCst);
     assert_eq!(client.incr("like", 1).unwrap(), 1);
     assert_eq!(server.value("like"), Some(1));
@@ -176,7 +185,9 @@ async fn async_without_retries_an_idle_close_never_counts_twice() {
 #[tokio::test(flavor = "current_thread")]
 async fn async_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
     let server = FakeServer::start(2, 16);
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     server.state.part_on_batch.store(1, Ordering::SeqCst);
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
     assert_eq!(server.value("like"), Some(1));

@@ -21,10 +21,20 @@ fn key_of_core_1(server: &FakeServer) -> String {
         .unwrap()
 }
 
+/// The client's defaults with automatic idempotency keys on: every mutating frame carries
+/// a key of the client's own, so it is resent after a lost connection.
+fn auto_keys() -> ClientConfig {
+    ClientConfig {
+        auto_idempotency_keys: true,
+        ..ClientConfig::default()
+    }
+}
+
+/// Automatic keys on (as [`auto_keys`]) and a deadline of `call_timeout`.
 fn with_call_timeout(call_timeout: Duration) -> ClientConfig {
     ClientConfig {
         call_timeout,
-        ..ClientConfig::default()
+        ..auto_keys()
     }
 }
 
@@ -67,7 +77,7 @@ fn close_every_port(server: &FakeServer) {
 #[test]
 fn blocking_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
     let server = FakeServer::start(2, 16);
-    let mut client = Client::connect(server.main_addr).unwrap();
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     server.state.busy_on_duplicate.store(2, Ordering::SeqCst);
     assert_eq!(client.incr("like", 1).unwrap(), 1);
@@ -78,7 +88,9 @@ fn blocking_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
 #[tokio::test]
 async fn async_a_resend_that_finds_its_first_copy_running_waits_for_its_results() {
     let server = FakeServer::start(2, 16);
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     server.state.drop_after_apply.store(1, Ordering::SeqCst);
     server.state.busy_on_duplicate.store(2, Ordering::SeqCst);
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
@@ -105,7 +117,9 @@ fn blocking_a_vanished_shard_port_asks_the_main_port_for_the_new_map() {
 async fn async_a_vanished_shard_port_asks_the_main_port_for_the_new_map() {
     let server = FakeServer::start(2, 16);
     let key = key_of_core_1(&server);
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
     let new_map = server.shrink_to_one_core();
     server.close_port(Some(1));
@@ -130,7 +144,9 @@ fn blocking_an_unreachable_shard_port_falls_back_to_the_main_port() {
 async fn async_an_unreachable_shard_port_falls_back_to_the_main_port() {
     let server = FakeServer::start(2, 16);
     let key = key_of_core_1(&server);
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     assert_eq!(client.incr(&key, 1).await.unwrap(), 1);
     server.close_port(Some(1));
     assert_eq!(client.incr(&key, 1).await.unwrap(), 2);
@@ -185,7 +201,9 @@ fn blocking_a_call_made_while_the_server_restarts_waits_for_it() {
 #[tokio::test]
 async fn async_a_call_made_while_the_server_restarts_waits_for_it() {
     let server = Arc::new(FakeServer::start(2, 16));
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     close_every_port(&server);
     let reopened = reopen_later(&server, Duration::from_millis(300));
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
@@ -383,5 +401,56 @@ async fn async_a_resend_refused_as_table_full_is_of_unknown_outcome() {
     server.state.full_on_known_key.store(1, Ordering::SeqCst);
     let error = client.incr("like", 1).await.unwrap_err();
     assert_unknown_after_resend_refused_as_full(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+/// A call whose new connection's hello gets no answer was never sent: its error says so,
+/// not "waiting for a reply", which reads as "sent, maybe applied" (review1 F3).
+fn assert_hello_timeout_not_sent(error: &ClientError) {
+    assert!(
+        matches!(error, ClientError::Timeout { .. }),
+        "nothing was sent: {error:?}"
+    );
+    let message = error.to_string();
+    assert!(
+        message.contains("hello") && message.contains("not sent"),
+        "{message}"
+    );
+}
+
+fn hello_stalls_config() -> ClientConfig {
+    ClientConfig {
+        read_timeout: Duration::from_millis(100),
+        call_timeout: Duration::from_millis(300),
+        retries: 0,
+        ..ClientConfig::default()
+    }
+}
+
+#[test]
+fn blocking_a_call_whose_hello_times_out_says_it_was_not_sent() {
+    let server = FakeServer::start(1, 4);
+    let mut client = Client::connect_with(server.main_addr, hello_stalls_config()).unwrap();
+    client.incr("like", 1).unwrap();
+    server.part_idle_connections(1);
+    server.state.stall.store(true, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    assert_hello_timeout_not_sent(&error);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test]
+async fn async_a_call_whose_hello_times_out_says_it_was_not_sent() {
+    let server = FakeServer::start(1, 4);
+    let client = AsyncClient::connect_with(server.main_addr, hello_stalls_config())
+        .await
+        .unwrap();
+    client.incr("like", 1).await.unwrap();
+    server.part_idle_connections(1);
+    server.state.stall.store(true, Ordering::SeqCst);
+    // Let the connection task see its connection closed, so the call opens a new one.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert_hello_timeout_not_sent(&error);
     assert_eq!(server.value("like"), Some(1));
 }

@@ -78,6 +78,21 @@ pub const DEFAULT_PORT: u16 = 7878;
 const _: () = assert!(KEY_BYTES_MAX == u8::MAX as usize);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 
+/// The home core of a batch's 128-bit idempotency key among `cores`: xxh3-64 of the
+/// key's 16 bytes (little-endian) modulo the core count. The server keeps the key on that
+/// core (`net/server`, `idempotency.rs`); a client that makes its own keys draws them so
+/// that this is the core it sends the frame to, which spares the server a cross-core
+/// hop. The one copy of the rule, so the two cannot drift: keys already journaled keep
+/// their home across versions, so it must never change.
+///
+/// # Panics
+/// If `cores` is 0.
+pub fn idempotency_home_core(idempotency_key: u128, cores: usize) -> usize {
+    assert!(cores > 0, "cores must be positive");
+    let hash = xxhash_rust::xxh3::xxh3_64(&idempotency_key.to_le_bytes());
+    (hash % cores as u64) as usize
+}
+
 /// The partition of `key`: `xxh3_64(key) % partition_count`, the same rule as the engine.
 /// tests/tests/partition_rule.rs checks that the two agree.
 ///

@@ -106,7 +106,9 @@ pub struct ServerConfig {
     pub io_memory_bytes: usize,
     /// io_uring submission ring depth per executor.
     pub ring_depth: usize,
-    /// How long an idempotency key's first reply is remembered.
+    /// How long an idempotency key's first reply is remembered, at least 1 s (0 would
+    /// forget every key at once: refused). Longer than any client retries a request:
+    /// a retry that arrives after its key's window is applied again.
     pub idempotency_window_s: u64,
     /// The most idempotency keys one core remembers (each costs about 200 bytes plus
     /// its results). A key is never forgotten inside its window: when a core's table
@@ -218,6 +220,17 @@ impl ServerConfig {
                 self.ring_depth
             ));
         }
+        if self.idempotency_window_s == 0 {
+            // Not "never" as for the timeouts: a window of 0 s forgets every key at once,
+            // so a client's resend (or a caller's retry under its key) would be applied
+            // again while the client still counts on its key.
+            return invalid(
+                "idempotency window must be at least 1 s, not 0: a key forgotten at once \
+                 lets a retry under it apply a second time (deduplication cannot be \
+                 turned off; keep the window longer than clients retry, 600 s by default)"
+                    .to_string(),
+            );
+        }
         if self.idempotency_entries_max == 0 {
             return invalid("idempotency entries must be at least 1".to_string());
         }
@@ -317,6 +330,17 @@ mod tests {
             error.contains("30 days") && error.contains("0 turns"),
             "{error}"
         );
+    }
+
+    /// A window of 0 once turned deduplication off silently (review1 F13).
+    #[test]
+    fn an_idempotency_window_of_zero_is_refused() {
+        let mut config = ServerConfig::new(PathBuf::from("x"));
+        config.idempotency_window_s = 1;
+        config.validate().unwrap();
+        config.idempotency_window_s = 0;
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("at least 1 s"), "{error}");
     }
 
     #[test]

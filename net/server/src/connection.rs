@@ -677,7 +677,7 @@ fn full_message(full: Full, config: &ServerConfig, op_count: usize) -> String {
         Full::Keys => format!(
             "idempotency table full: the core holding this key remembers its limit of {} \
              keys (tallyd --idempotency-max-keys), all inside the {window_s} s window; \
-             nothing applied, retry later with the same key",
+             nothing applied; call again later (under the same key if it is your own)",
             config.idempotency_entries_max
         ),
         // Said of the room this batch needs, which may be most of the limit.
@@ -685,8 +685,8 @@ fn full_message(full: Full, config: &ServerConfig, op_count: usize) -> String {
             "idempotency table full: this batch of {op_count} operations needs room for {} \
              bytes of results, more than the core holding its key has left of its limit of \
              {} (tallyd --idempotency-max-reply-bytes), held by batches inside the \
-             {window_s} s window or still running; nothing applied, retry later with the \
-             same key, or send a smaller batch",
+             {window_s} s window or still running; nothing applied; call again later \
+             (under the same key if it is your own), or send a smaller batch",
             idempotency::reply_bytes_bound(op_count),
             config.idempotency_reply_bytes_max
         ),

@@ -7,7 +7,9 @@
 //! whatever its operations and wherever it arrives, so a reuse for other operations is
 //! seen. The price: an idempotent batch whose home is another core than the one
 //! serving its connection costs a mesh round trip before it runs, and one message
-//! after (not measured; a batch without a key costs nothing).
+//! after (a batch without a key costs nothing). The native client draws its automatic
+//! keys so that their home is the core it sends the batch to; a caller's own key has a
+//! home wherever its hash says.
 //!
 //! A retry within the window gets the first results again, re-framed with the retry's
 //! request id, and nothing is applied twice. A retry that arrives while the first
@@ -41,8 +43,8 @@
 //! A key is never forgotten inside its window while the process lives: entries leave
 //! only once their window has passed, oldest first (insertion order is time order).
 //! When a new key finds the table full of keys still inside their window, the batch
-//! is refused with [`Begin::Full`] (answered `ServerBusy`, nothing applied, so the
-//! client retries it later with the same key) rather than an older key dropped, which
+//! is refused with [`Begin::Full`] (answered `ServerBusy`, nothing applied; a caller
+//! with its own key calls again later with it) rather than an older key dropped, which
 //! would let that key's retry apply a second time. A new batch reserves room for its
 //! results at begin ([`reply_bytes_bound`], the wire's 10 bytes per result), so
 //! batches running at once cannot overshoot the byte bound; once finished it keeps
@@ -172,13 +174,12 @@ impl RecoveredBatches {
 }
 
 /// The home core of `key` among `cores`: xxh3-64 of the key's 16 bytes (LE) modulo
-/// the core count. A function of the key alone, so every batch under a key meets the
-/// same table whatever its operations (a reuse for other operations is seen), on any
-/// connection or port.
+/// the core count ([`tally_protocol::idempotency_home_core`], the rule the client also
+/// draws its automatic keys by). A function of the key alone, so every batch under a key
+/// meets the same table whatever its operations (a reuse for other operations is seen),
+/// on any connection or port.
 pub fn home_core(key: IdempotencyKey, cores: usize) -> usize {
-    assert!(cores > 0);
-    let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
-    (hash % cores as u64) as usize
+    tally_protocol::idempotency_home_core(key, cores)
 }
 
 /// The bytes of stored results a batch of `op_count` operations may need: its results
@@ -725,6 +726,19 @@ mod tests {
         );
         assert_eq!(expand_results(&stored), frame);
         assert_eq!(expand_results(&compact_results(&reply(&[]))), reply(&[]));
+    }
+
+    /// Keys already journaled keep their home: the shared rule is still the formula the
+    /// server always used, written out here independently.
+    #[test]
+    fn home_core_is_the_formula_keys_were_journaled_under() {
+        for cores in 1..=9usize {
+            for seed in 0..500u128 {
+                let key = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c834) ^ seed;
+                let hash = xxhash_rust::xxh3::xxh3_64(&key.to_le_bytes());
+                assert_eq!(home_core(key, cores), (hash % cores as u64) as usize);
+            }
+        }
     }
 
     #[test]

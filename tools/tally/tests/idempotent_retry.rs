@@ -165,10 +165,12 @@ fn full_refusals(client: &mut Client) -> u64 {
     stat(&client.stats().expect("stats"), "idempotency_full_refusals")
 }
 
-/// A long deadline: the refusal must come back long before it.
+/// A long deadline: the refusal must come back long before it. Automatic keys on, so
+/// that a plain call carries a key of the client's own, which the full table refuses.
 fn long_deadline() -> ClientConfig {
     ClientConfig {
         call_timeout: Duration::from_secs(5),
+        auto_idempotency_keys: true,
         ..ClientConfig::default()
     }
 }

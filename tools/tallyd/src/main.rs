@@ -124,7 +124,9 @@ struct Flags {
     /// io_uring ring depth per core [default: 128].
     #[arg(long, value_name = "N")]
     ring_depth: Option<usize>,
-    /// How long an idempotency key's first reply is remembered, in s [default: 600].
+    /// How long an idempotency key's first reply is remembered, in s: a retry under
+    /// the key inside it is answered, not applied again [default: 600; at least 1, 0 is
+    /// refused, deduplication cannot be turned off]. Keep it longer than clients retry.
     #[arg(long, value_name = "S")]
     idempotency_window_s: Option<u64>,
     /// Most idempotency keys remembered per core, each about 200 bytes plus its

@@ -416,6 +416,18 @@ fn an_idempotent_retry_applies_nothing_twice() {
 
 /// An idempotency key reused with other operations is an error, not a replay of the
 /// first batch's results (which would not even have one result per operation).
+/// A window of 0 s once started and silently turned deduplication off, so clients'
+/// resends under a key were applied twice (review1 F13): it is refused at start.
+#[test]
+fn an_idempotency_window_of_zero_seconds_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = common::start_refused(dir.path(), 8, &["--idempotency-window-s", "0"]);
+    assert!(
+        stderr.contains("idempotency window must be at least 1 s"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_idempotency_key_reused_for_another_batch_is_refused() {
     let dir = tempfile::tempdir().unwrap();

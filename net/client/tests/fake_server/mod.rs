@@ -40,6 +40,11 @@ pub struct State {
     pub duplicate_batches: AtomicU64,
     /// Batch frames received.
     pub batch_frames: AtomicU64,
+    /// Batch frames received with an idempotency key.
+    pub keyed_frames: AtomicU64,
+    /// Keyed batch frames received on a shard port whose core is not the key's home core
+    /// (`tally_protocol::idempotency_home_core`): tallyd would take a cross-core hop.
+    pub keys_homed_elsewhere: AtomicU64,
     /// Operations that arrived on a shard port whose core does not own the key.
     pub misrouted_ops: AtomicU64,
     /// Operations that arrived on the main port.
@@ -322,7 +327,7 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
 /// tallyd's refusal of a new idempotency key while its idempotency memory is full.
 const TABLE_FULL: &str = "idempotency table full: the core holding this key remembers its \
     limit of 20 keys (tallyd --idempotency-max-keys), all inside the 600 s window; nothing \
-    applied, retry later with the same key";
+    applied, call again later (under the same key if it is your own)";
 
 fn take_one(countdown: &AtomicU32) -> bool {
     countdown
@@ -363,6 +368,15 @@ fn handle(
             }
             for op in batch.ops() {
                 record_route(op.key(), core, hello, state);
+            }
+            if let Some(key) = batch.idempotency_key {
+                state.keyed_frames.fetch_add(1, Ordering::SeqCst);
+                let cores = hello.core_count();
+                if core
+                    .is_some_and(|core| tally_protocol::idempotency_home_core(key, cores) != core)
+                {
+                    state.keys_homed_elsewhere.fetch_add(1, Ordering::SeqCst);
+                }
             }
             let results = match batch
                 .idempotency_key
