@@ -197,3 +197,16 @@ async fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_on
         }
     }
 }
+
+/// Connecting needs no more connections than the client keeps (one per core): under a
+/// server limit of exactly that, connect succeeds (the main connection is closed before
+/// the shard connections open).
+#[tokio::test(flavor = "current_thread")]
+async fn connects_under_a_connection_limit_of_one_per_core() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Tallyd::start(dir.path(), &["--cores", "2", "--max-connections", "2"]);
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    for key in ["limit:a", "limit:b", "limit:c", "limit:d"] {
+        assert_eq!(client.incr(key, 1).await.unwrap(), 1, "{key}");
+    }
+}

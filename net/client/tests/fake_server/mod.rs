@@ -169,6 +169,12 @@ impl FakeServer {
         hello
     }
 
+    /// Hands new connections `hello` as the shard map (for example the one the server
+    /// started with, after [`FakeServer::shrink_to_one_core`]).
+    pub fn set_shard_map(&self, hello: HelloReply) {
+        *self.state.hello.lock().unwrap() = Some(hello);
+    }
+
     /// Hands new connections `partition_count` partitions over the same shard ports, with
     /// owners reversed, so keys route differently from before.
     pub fn change_shard_map(&self, partition_count: u32) -> HelloReply {
