@@ -43,7 +43,7 @@ use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs
 use crate::config::ClientConfig;
 use crate::dispatch::{check_keyed_batch, check_keys};
 use crate::error::ClientError;
-use crate::outcome::{OpResult, Outcome};
+use crate::outcome::{partial_results, OpResult, Outcome};
 
 /// A shard-aware async client; clone it freely, all clones share the connections.
 ///
@@ -240,25 +240,50 @@ impl AsyncClient {
             }
         }
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-        // The first failure fails the call; if another part that changes counters may
-        // have been applied, the call's outcome is unknown.
+        // Operations that change counters, sent, and not answered.
+        let mut unknown = vec![false; ops.len()];
+        // The first failure fails the call. If a part that changes counters was answered
+        // (applied), the call is `PartlyApplied`, with each operation's fate; else, if
+        // another such part may have been applied, its outcome is unknown.
         let mut failure: Option<ClientError> = None;
+        let mut answered_mutations = false;
         let mut others_maybe_applied = false;
         for (chunk, receiver) in waiting {
             let mutates = chunk.iter().any(|&index| ops[index].is_mutation());
             match receiver.await.unwrap_or_else(|_| Err(task_gone())) {
                 Ok(chunk_results) => {
-                    others_maybe_applied |= mutates;
+                    answered_mutations |= mutates;
                     for (&index, result) in chunk.iter().zip(chunk_results) {
                         results[index] = Some(result);
                     }
                 }
-                Err(error) if failure.is_none() => failure = Some(error),
-                Err(error) => others_maybe_applied |= mutates && !error.is_definitive(),
+                Err(error) => {
+                    // The task settled the error: `OutcomeUnknown` if the frame may have
+                    // been applied, anything else if it was not, unless the task is gone
+                    // (it may have written the frame first).
+                    let maybe_applied = matches!(
+                        error,
+                        ClientError::OutcomeUnknown { .. } | ClientError::TaskStopped
+                    );
+                    if maybe_applied {
+                        for &index in chunk {
+                            unknown[index] = ops[index].is_mutation();
+                        }
+                    }
+                    match failure {
+                        None => failure = Some(error),
+                        Some(_) => others_maybe_applied |= mutates && !error.is_definitive(),
+                    }
+                }
             }
         }
-        if let Some(error) = failure {
-            return Err(error.settle(others_maybe_applied));
+        if let Some(cause) = failure {
+            if answered_mutations {
+                let results = partial_results(results, &unknown);
+                let cause = Box::new(cause);
+                return Err(ClientError::PartlyApplied { results, cause });
+            }
+            return Err(cause.settle(others_maybe_applied));
         }
         Ok(results
             .into_iter()

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_server::FakeServer;
-use tally_client::{AsyncClient, Client, ClientConfig, ClientError, Status};
+use tally_client::{AsyncClient, Client, ClientConfig, ClientError, PartialResult, Status};
 
 /// A key the fake server's map (2 cores, 16 partitions) gives to core 1.
 fn key_of_core_1(server: &FakeServer) -> String {
@@ -298,28 +298,34 @@ fn wait_for_value(server: &FakeServer, key: &[u8], value: i64) {
     panic!("{key} never reached {value}: {:?}", server.value(key));
 }
 
-fn assert_unknown_after_refusal(error: &ClientError) {
-    let ClientError::OutcomeUnknown { cause } = error else {
-        panic!("half the batch was applied: {error:?}");
+/// The poisoned half was refused whole (not applied), the other half applied: the
+/// error says so per operation, not `OutcomeUnknown` for all.
+fn assert_partly_applied_after_refusal(error: &ClientError) {
+    let ClientError::PartlyApplied { results, cause } = error else {
+        panic!("half the batch was applied, half refused: {error:?}");
     };
     assert!(matches!(**cause, ClientError::Server { .. }), "{error:?}");
+    assert!(
+        matches!(results[..], [PartialResult::Answered(Ok(outcome)), PartialResult::NotApplied] if outcome.value == 1),
+        "{results:?}"
+    );
 }
 
 #[test]
-fn blocking_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+fn blocking_a_batch_refused_on_one_core_and_applied_on_another_is_partly_applied() {
     let server = FakeServer::start(2, 16);
     let mut client = Client::connect(server.main_addr).unwrap();
     let ops = half_poisoned_batch(&server);
-    assert_unknown_after_refusal(&client.batch(&ops).unwrap_err());
+    assert_partly_applied_after_refusal(&client.batch(&ops).unwrap_err());
     wait_for_value(&server, ops[0].key(), 1);
 }
 
 #[tokio::test]
-async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_partly_applied() {
     let server = FakeServer::start(2, 16);
     let client = AsyncClient::connect(server.main_addr).await.unwrap();
     let ops = half_poisoned_batch(&server);
-    assert_unknown_after_refusal(&client.batch(&ops).await.unwrap_err());
+    assert_partly_applied_after_refusal(&client.batch(&ops).await.unwrap_err());
     wait_for_value(&server, ops[0].key(), 1);
 }
 
@@ -384,4 +390,85 @@ async fn async_a_resend_refused_as_table_full_is_of_unknown_outcome() {
     let error = client.incr("like", 1).await.unwrap_err();
     assert_unknown_after_resend_refused_as_full(&error);
     assert_eq!(server.value("like"), Some(1));
+}
+
+/// Keys spread over both cores of a two-core fake server.
+fn spread_keys() -> Vec<String> {
+    (0..16).map(|index| format!("part:{index}")).collect()
+}
+
+fn adds(keys: &[String]) -> Vec<tally_client::Op<&[u8]>> {
+    keys.iter()
+        .map(|key| tally_client::Op::Add {
+            key: key.as_bytes(),
+            delta: 1,
+            policy: tally_client::BoundPolicy::Reject,
+        })
+        .collect()
+}
+
+/// A batch whose frame for one core was refused as a whole ("table full", nothing
+/// applied) while the other core's was applied: the error carries each operation's fate,
+/// which matches the server, and the keys it calls not applied are exactly the ones to
+/// send again. Returns those keys.
+fn assert_partly_applied(server: &FakeServer, keys: &[String], error: ClientError) -> Vec<String> {
+    let ClientError::PartlyApplied { results, cause } = error else {
+        panic!("expected a partly applied batch, got {error:?}");
+    };
+    assert!(
+        matches!(*cause, ClientError::NotApplied { .. }),
+        "{cause:?}"
+    );
+    assert_eq!(results.len(), keys.len());
+    let mut refused = Vec::new();
+    for (key, result) in keys.iter().zip(&results) {
+        match result {
+            PartialResult::Answered(Ok(outcome)) => {
+                assert_eq!(outcome.value, 1, "{key}");
+                assert_eq!(server.value(key), Some(1), "{key}");
+            }
+            PartialResult::NotApplied => {
+                assert_eq!(server.value(key), None, "{key}");
+                refused.push(key.clone());
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(
+        !refused.is_empty() && refused.len() < keys.len(),
+        "{results:?}"
+    );
+    refused
+}
+
+#[test]
+fn blocking_a_batch_refused_on_one_core_reports_each_operations_fate() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let keys = spread_keys();
+    let error = client.batch(&adds(&keys)).unwrap_err();
+    let refused = assert_partly_applied(&server, &keys, error);
+    for result in client.batch(&adds(&refused)).unwrap() {
+        assert_eq!(result.unwrap().value, 1);
+    }
+    for key in &keys {
+        assert_eq!(server.value(key), Some(1), "{key} counted once");
+    }
+}
+
+#[tokio::test]
+async fn async_a_batch_refused_on_one_core_reports_each_operations_fate() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let keys = spread_keys();
+    let error = client.batch(&adds(&keys)).await.unwrap_err();
+    let refused = assert_partly_applied(&server, &keys, error);
+    for result in client.batch(&adds(&refused)).await.unwrap() {
+        assert_eq!(result.unwrap().value, 1);
+    }
+    for key in &keys {
+        assert_eq!(server.value(key), Some(1), "{key} counted once");
+    }
 }
