@@ -511,7 +511,7 @@ async fn open_on_map(
     hello: &HelloReply,
 ) -> Result<TcpStream, ClientError> {
     let (stream, shard_hello) = open(addr, config, open_deadline(config).into()).await?;
-    if routes_differ(&shard_hello, hello) {
+    if routes_differ(&shard_hello, hello) || shard_hello.server_id != hello.server_id {
         let reason = "the shard map changed while connecting; retry".to_owned();
         return Err(ClientError::Handshake { addr, reason });
     }

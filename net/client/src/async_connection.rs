@@ -43,6 +43,10 @@
 //! When the core's shard port cannot be reached, the task connects to the main address
 //! instead (publishing its map if it changed): the server forwards keys another core owns,
 //! so the frames are still correct. The shard port is tried again at the next reconnect.
+//! The main address is the authority: a shard port whose hello carries another
+//! `server_id` than the task knows is used only once a hello on the main address comes
+//! from the same process (see `open_trusted`), so a server that took over a freed port
+//! is never written to, nor its map adopted.
 //!
 //! While frames are in flight the task first spins (`ClientConfig::spin`, bounded):
 //! it polls the socket and the call queue without parking, yielding to the runtime
@@ -846,7 +850,8 @@ impl ConnectionTask {
     }
 
     /// Opens a new connection (to the main address if this core's port cannot be
-    /// reached); publishes its shard map if it routes differently.
+    /// reached, or answers for another server); publishes its shard map if it routes
+    /// differently.
     async fn reconnect(&mut self) -> Result<(), ClientError> {
         let deadline = self
             .in_flight
@@ -854,21 +859,67 @@ impl ConnectionTask {
             .map(|in_flight| in_flight.deadline)
             .min();
         let deadline = deadline.expect("reconnects only to send frames");
-        let (stream, hello) = match open(self.addr, &self.config, deadline).await {
-            Err(error @ ClientError::Connect { .. }) if self.addr != self.main_addr => {
-                match open(self.main_addr, &self.config, deadline).await {
-                    Ok(opened) => opened,
-                    Err(_) => return Err(error),
-                }
-            }
-            opened => opened?,
-        };
+        let (stream, hello) = self.open_trusted(deadline).await?;
         if routes_differ(&hello, &self.hello) {
-            self.hello = hello.clone();
-            self.map_watch.publish(hello);
+            self.map_watch.publish(hello.clone());
         }
+        self.hello = hello;
         self.stream = Some(stream);
         Ok(())
+    }
+
+    /// Opens this core's shard port, or the main address if that fails (refused, or
+    /// anything but a Tally hello; then the shard port's error if both fail). A shard
+    /// port's hello is trusted only from the server process this task knows (the same
+    /// `server_id`). Another id (a restart, or another server that took a port this one
+    /// freed) is checked with a hello on the main address, the authority: the shard port
+    /// is used only if both come from the same process; otherwise the main connection
+    /// serves the core (its core forwards keys, and a new map is published from it). If
+    /// the main address cannot confirm, the call fails ([`ClientError::Handshake`])
+    /// rather than write to a stranger. At most one connection is open at a time.
+    async fn open_trusted(
+        &self,
+        deadline: Instant,
+    ) -> Result<(TcpStream, HelloReply), ClientError> {
+        let (addr, main_addr) = (self.addr, self.main_addr);
+        if addr == main_addr {
+            return open(addr, &self.config, deadline).await;
+        }
+        let shard_hello = match open(addr, &self.config, deadline).await {
+            Ok((stream, hello)) if hello.server_id == self.hello.server_id => {
+                return Ok((stream, hello));
+            }
+            // Closed before the main address is asked.
+            Ok((_, hello)) => hello,
+            Err(error) => {
+                let main = open(main_addr, &self.config, deadline).await;
+                return main.map_err(|_| error);
+            }
+        };
+        let (main, main_hello) = match open(main_addr, &self.config, deadline).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                let reason = format!(
+                    "the shard port answered for another server (id {:x}, not {:x}) and \
+                     the main address cannot confirm it: {error}",
+                    shard_hello.server_id, self.hello.server_id
+                );
+                return Err(ClientError::Handshake { addr, reason });
+            }
+        };
+        let same_server = main_hello.server_id == shard_hello.server_id
+            && !routes_differ(&main_hello, &shard_hello);
+        if !same_server {
+            return Ok((main, main_hello));
+        }
+        drop(main);
+        let (stream, hello) = open(addr, &self.config, deadline).await?;
+        if hello.server_id != main_hello.server_id {
+            let reason = "the server behind the shard port changed while connecting; retry";
+            let reason = reason.to_owned();
+            return Err(ClientError::Handshake { addr, reason });
+        }
+        Ok((stream, hello))
     }
 }
 

@@ -472,3 +472,60 @@ async fn async_a_batch_refused_on_one_core_reports_each_operations_fate() {
         assert_eq!(server.value(key), Some(1), "{key} counted once");
     }
 }
+
+/// Server A (two cores) restarts with one core, freeing core 1's shard port, and another
+/// server B starts with its main port there. A client that knew A must not adopt B's map
+/// or write to B: it asks A's main address, adopts A's one-core map, and every key keeps
+/// counting on A.
+fn another_server_on_a_freed_shard_port(server: &FakeServer) -> FakeServer {
+    server.shrink_to_one_core();
+    server.close_port(Some(1));
+    let freed = server.shard_addrs[1].to_string();
+    FakeServer::start_at(&freed, 0xB0B, 1, 16)
+}
+
+#[test]
+fn blocking_a_freed_shard_port_taken_by_another_server_is_not_trusted() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 1);
+    }
+    let stranger = another_server_on_a_freed_shard_port(&server);
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 2, "{key} counted on A");
+    }
+    assert_eq!(
+        client.shard_map().shard_ports,
+        vec![server.shard_addrs[0].port()]
+    );
+    assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn async_a_freed_shard_port_taken_by_another_server_is_not_trusted() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).await.unwrap(), 1);
+    }
+    let stranger = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || another_server_on_a_freed_shard_port(&server))
+            .await
+            .unwrap()
+    };
+    for round in 2..=3 {
+        for key in &keys {
+            let value = client.incr(key, 1).await.unwrap();
+            assert_eq!(value, round, "{key} counted on A");
+        }
+    }
+    assert_eq!(
+        client.shard_map().shard_ports,
+        vec![server.shard_addrs[0].port()]
+    );
+    assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
+}
