@@ -529,3 +529,54 @@ async fn async_a_freed_shard_port_taken_by_another_server_is_not_trusted() {
     );
     assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
 }
+
+/// The freed shard port is taken by a service that does not speak Tally: its answer is a
+/// failed hello like a refused connect, so the client asks the main address, which
+/// brings the new map, instead of failing that core's keys for good.
+#[test]
+fn blocking_a_freed_shard_port_taken_by_another_service_falls_back_to_the_main_port() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 1);
+    }
+    server.shrink_to_one_core();
+    server.close_port(Some(1));
+    let junk = std::net::TcpListener::bind(server.shard_addrs[1]).unwrap();
+    std::thread::spawn(move || {
+        for stream in junk.incoming() {
+            use std::io::Write;
+            let _ = stream
+                .unwrap()
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 2, "{key}");
+    }
+    assert_eq!(client.shard_map().core_count(), 1);
+}
+
+/// The server at the main address is gone and another server answers on its old shard
+/// port: the client cannot confirm it, so it refuses (a handshake error, nothing sent)
+/// rather than count on the stranger.
+#[test]
+fn blocking_a_stranger_on_a_shard_port_is_refused_while_the_main_address_is_down() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 1);
+    }
+    server.close_port(Some(1));
+    server.close_port(None);
+    let stranger = FakeServer::start_at(&server.shard_addrs[1].to_string(), 0xB0B, 1, 16);
+    let core_1_key = keys
+        .iter()
+        .find(|key| client.route(key.as_bytes()) == 1)
+        .unwrap();
+    let error = client.incr(core_1_key, 1).unwrap_err();
+    assert!(matches!(error, ClientError::Handshake { .. }), "{error:?}");
+    assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
+}
