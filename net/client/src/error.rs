@@ -125,8 +125,7 @@ pub enum ClientError {
     /// The call may or may not have been applied: a request that changes counters was
     /// sent (or partly sent) and no answer to it came back before retries or the call's
     /// deadline ran out (the connection was lost, the reply timed out, the server went
-    /// away and a reconnect was refused), or part of a batch was applied while another
-    /// part failed, or the server answered `Status::Unavailable` with detail 0 (applied in
+    /// away and a reconnect was refused), or the server answered `Status::Unavailable` with detail 0 (applied in
     /// memory, maybe not journaled). `cause` is the last error seen. Never read it as
     /// "not applied", and do not simply repeat the call: it would count again. A call
     /// made with a caller's idempotency key ([`crate::Client::batch_idempotent`],
@@ -173,7 +172,9 @@ pub enum ClientError {
     /// A value the client cannot encode (client name too long, ...).
     #[error("cannot encode request: {0}")]
     Encode(ProtocolError),
-    /// The shard connections disagree with the main connection's shard map.
+    /// The shard connections disagree with the main connection's shard map, or a shard
+    /// port answered for another server process than the one the client knows and the
+    /// main address could not confirm it (nothing was sent to it).
     #[error("handshake with {addr} failed: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
     /// A configuration value is out of range.
