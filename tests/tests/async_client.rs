@@ -197,3 +197,99 @@ async fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_on
         }
     }
 }
+
+/// Connecting needs no more connections than the client keeps (one per core): under a
+/// server limit of exactly that, connect succeeds (the main connection is closed before
+/// the shard connections open).
+#[tokio::test(flavor = "current_thread")]
+async fn connects_under_a_connection_limit_of_one_per_core() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Tallyd::start(dir.path(), &["--cores", "2", "--max-connections", "2"]);
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    for key in ["limit:a", "limit:b", "limit:c", "limit:d"] {
+        assert_eq!(client.incr(key, 1).await.unwrap(), 1, "{key}");
+    }
+}
+
+/// Sends SIGSTOP or SIGCONT to the server.
+fn signal(server: &Tallyd, signal: i32) {
+    // SAFETY: kill(2) on the pid of a child the harness spawned and has not reaped.
+    let rc = unsafe { libc::kill(server.pid() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({signal})");
+}
+
+/// A batch too big for the socket buffers, sent to a stopped server (SIGSTOP), must not
+/// hold its calls, or a small call queued behind it on the same core, past their
+/// deadline: both end within it (generously: 5 s for a 1.5 s budget; the server stays
+/// stopped for 12 s). The batch was written in part, so its outcome is unknown; the small
+/// call was never written, so it says so (not `OutcomeUnknown`) and is indeed not
+/// applied. Once the server resumes, the client serves calls again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_blocked_behind_a_full_socket_end_by_their_deadline() {
+    let (_dir, server) = start();
+    let budget = Duration::from_millis(1500);
+    let config = ClientConfig {
+        call_timeout: budget,
+        read_timeout: budget,
+        ..ClientConfig::default()
+    };
+    let client = AsyncClient::connect_with(server.addr, config)
+        .await
+        .unwrap();
+    let small_key = "stall:small";
+    let core = client.shard_map().owner_of_key(small_key.as_bytes());
+    // 100,000 operations with 200-byte keys, all on the small key's core: about 21 MB,
+    // far more than the socket buffers hold.
+    let ops: Vec<Op<Vec<u8>>> = (0..)
+        .map(|index| format!("{index:0>200}").into_bytes())
+        .filter(|key| client.shard_map().owner_of_key(key) == core)
+        .take(100_000)
+        .map(|key| add(key, 1))
+        .collect();
+    client.incr("stall:warm", 1).await.unwrap();
+    signal(&server, libc::SIGSTOP);
+    let pid = server.pid();
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(12));
+        // SAFETY: kill(2) on the pid of the child the harness spawned, still unreaped.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
+    });
+    let started = std::time::Instant::now();
+    let big = {
+        let client = client.clone();
+        tokio::spawn(async move { (client.batch(&ops).await, started.elapsed()) })
+    };
+    // Long enough for the batch's frames to be queued on the connection first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let small_started = std::time::Instant::now();
+    let small = client.incr(small_key, 1).await;
+    let small_elapsed = small_started.elapsed();
+    let (big, big_elapsed) = tokio::time::timeout(Duration::from_secs(30), big)
+        .await
+        .expect("the batch ended")
+        .unwrap();
+    let limit = Duration::from_secs(5);
+    assert!(small_elapsed < limit, "small call took {small_elapsed:?}");
+    assert!(big_elapsed < limit, "batch took {big_elapsed:?}");
+    let big_error = big.expect_err("the server was stopped");
+    assert!(
+        matches!(big_error, ClientError::OutcomeUnknown { .. }),
+        "{big_error:?}"
+    );
+    let small_error = small.expect_err("the server was stopped");
+    assert!(
+        !matches!(small_error, ClientError::OutcomeUnknown { .. }),
+        "never written, so known not applied: {small_error:?}"
+    );
+    resume.join().unwrap();
+    let mut value = None;
+    for _ in 0..50 {
+        if let Ok(read) = client.get(small_key).await {
+            value = Some(read);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(value, Some(0), "the small call was not applied");
+    assert_eq!(client.incr("stall:after", 1).await.unwrap(), 1);
+}

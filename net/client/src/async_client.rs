@@ -10,6 +10,13 @@
 //! When a task's reconnect finds a different shard map (the server restarted with other
 //! cores or partitions), the next call rebuilds the routes from it before routing.
 //!
+//! Every connection task runs on the runtime `connect` ran on (its `Handle` is kept),
+//! including the tasks a shard map change starts later: a call made from another
+//! (perhaps short-lived) runtime, or `shard_map()` called outside any runtime, never
+//! spawns there, so no method panics for lack of a runtime and no task dies with a
+//! caller's runtime. Connecting opens at most one connection per route at a time: the
+//! main connection is closed before the shard connections open unless it serves a shard.
+//!
 //! Cancelling a call does not cancel its effect. Dropping a call's future (an aborted
 //! task, a losing `select!` branch, `tokio::time::timeout`) withdraws the call only if its
 //! frame has not been written yet; once written, the server applies it, retries
@@ -24,6 +31,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use tally_protocol::{BoundPolicy, Durability, HelloReply, Op, BATCH_OPS_MAX};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -35,7 +43,7 @@ use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs
 use crate::config::ClientConfig;
 use crate::dispatch::{check_keyed_batch, check_keys};
 use crate::error::ClientError;
-use crate::outcome::{Bounds, OpResult, Outcome};
+use crate::outcome::{partial_results, Bounds, OpResult, Outcome};
 
 /// A shard-aware async client; clone it freely, all clones share the connections.
 ///
@@ -54,6 +62,9 @@ struct Inner {
     /// snapshot taken when they start.
     routing: RwLock<Arc<Routing>>,
     map_watch: Arc<MapWatch>,
+    /// The runtime `connect` ran on: every connection task is spawned there, whoever
+    /// triggers it (a call from another runtime, or `shard_map()` from plain code).
+    runtime: Handle,
 }
 
 /// The shard map and, per connection in route order, its address and task queue.
@@ -64,7 +75,10 @@ struct Routing {
 }
 
 impl AsyncClient {
-    /// Connects with the default configuration. Must be called within a tokio runtime.
+    /// Connects with the default configuration. Must be called within a tokio runtime:
+    /// the client's connection tasks run on that runtime for the client's whole life
+    /// (also those a shard map change starts later), so it must outlive the client;
+    /// calls may then be made from any runtime.
     pub async fn connect(
         addr: impl ToSocketAddrs + std::fmt::Debug,
     ) -> Result<AsyncClient, ClientError> {
@@ -79,17 +93,34 @@ impl AsyncClient {
         config.validate()?;
         let main_addr = resolve(addr)?;
         let deadline = open_deadline(&config).into();
+        let runtime = Handle::try_current().map_err(|_| {
+            ClientError::InvalidConfig(
+                "AsyncClient::connect must run within a tokio runtime".into(),
+            )
+        })?;
         let (main_stream, hello) = open(main_addr, &config, deadline).await?;
         let map_watch = Arc::new(MapWatch::default());
-        let mut main_stream = Some(main_stream);
+        let addrs = shard_addrs(main_addr, &hello, config.shard_aware);
+        // The main connection is kept only if it serves a shard: closed first otherwise,
+        // so connecting never needs more connections than the client keeps (a server's
+        // `--max-connections` sized for clients x cores admits it).
+        let mut main_stream = Some(main_stream).filter(|_| addrs.contains(&main_addr));
         let mut queues = Vec::new();
-        for addr in shard_addrs(main_addr, &hello, config.shard_aware) {
+        for addr in addrs {
             // Opened now, so a bad shard port shows at connect time.
             let stream = match main_stream.take_if(|_| addr == main_addr) {
                 Some(stream) => stream,
                 None => open_on_map(addr, &config, &hello).await?,
             };
-            let sender = spawn_task(addr, main_addr, &config, Some(stream), &hello, &map_watch);
+            let sender = spawn_task(
+                &runtime,
+                addr,
+                main_addr,
+                &config,
+                Some(stream),
+                &hello,
+                &map_watch,
+            );
             queues.push((addr, sender));
         }
         let routing = Routing {
@@ -102,6 +133,7 @@ impl AsyncClient {
                 main_addr,
                 routing: RwLock::new(Arc::new(routing)),
                 map_watch,
+                runtime,
             }),
         })
     }
@@ -143,6 +175,7 @@ impl AsyncClient {
                 let sender = match kept {
                     Some((_, sender)) => sender.clone(),
                     None => spawn_task(
+                        &inner.runtime,
                         addr,
                         inner.main_addr,
                         &inner.config,
@@ -207,25 +240,50 @@ impl AsyncClient {
             }
         }
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
-        // The first failure fails the call; if another part that changes counters may
-        // have been applied, the call's outcome is unknown.
+        // Operations that change counters, sent, and not answered.
+        let mut unknown = vec![false; ops.len()];
+        // The first failure fails the call. If a part that changes counters was answered
+        // (applied), the call is `PartlyApplied`, with each operation's fate; else, if
+        // another such part may have been applied, its outcome is unknown.
         let mut failure: Option<ClientError> = None;
+        let mut answered_mutations = false;
         let mut others_maybe_applied = false;
         for (chunk, receiver) in waiting {
             let mutates = chunk.iter().any(|&index| ops[index].is_mutation());
             match receiver.await.unwrap_or_else(|_| Err(task_gone())) {
                 Ok(chunk_results) => {
-                    others_maybe_applied |= mutates;
+                    answered_mutations |= mutates;
                     for (&index, result) in chunk.iter().zip(chunk_results) {
                         results[index] = Some(result);
                     }
                 }
-                Err(error) if failure.is_none() => failure = Some(error),
-                Err(error) => others_maybe_applied |= mutates && !error.is_definitive(),
+                Err(error) => {
+                    // The task settled the error: `OutcomeUnknown` if the frame may have
+                    // been applied, anything else if it was not, unless the task is gone
+                    // (it may have written the frame first).
+                    let maybe_applied = matches!(
+                        error,
+                        ClientError::OutcomeUnknown { .. } | ClientError::TaskStopped
+                    );
+                    if maybe_applied {
+                        for &index in chunk {
+                            unknown[index] = ops[index].is_mutation();
+                        }
+                    }
+                    match failure {
+                        None => failure = Some(error),
+                        Some(_) => others_maybe_applied |= mutates && !error.is_definitive(),
+                    }
+                }
             }
         }
-        if let Some(error) = failure {
-            return Err(error.settle(others_maybe_applied));
+        if let Some(cause) = failure {
+            if answered_mutations {
+                let results = partial_results(results, &unknown);
+                let cause = Box::new(cause);
+                return Err(ClientError::PartlyApplied { results, cause });
+            }
+            return Err(cause.settle(others_maybe_applied));
         }
         Ok(results
             .into_iter()
@@ -461,15 +519,17 @@ async fn open_on_map(
     hello: &HelloReply,
 ) -> Result<TcpStream, ClientError> {
     let (stream, shard_hello) = open(addr, config, open_deadline(config).into()).await?;
-    if routes_differ(&shard_hello, hello) {
+    if routes_differ(&shard_hello, hello) || shard_hello.server_id != hello.server_id {
         let reason = "the shard map changed while connecting; retry".to_owned();
         return Err(ClientError::Handshake { addr, reason });
     }
     Ok(stream)
 }
 
-/// Starts the task serving `addr`; returns its call queue.
+/// Starts the task serving `addr` on `runtime` (the client's, never the caller's
+/// ambient one, which may be short-lived or absent); returns its call queue.
 fn spawn_task(
+    runtime: &Handle,
     addr: SocketAddr,
     main_addr: SocketAddr,
     config: &ClientConfig,
@@ -487,6 +547,6 @@ fn spawn_task(
         map_watch.clone(),
         receiver,
     );
-    tokio::spawn(task.run());
+    runtime.spawn(task.run());
     sender
 }

@@ -1,12 +1,25 @@
 //! One tokio task per server core: coalesces queued calls into batch frames, pipelines
 //! them, matches replies in order, and resends unanswered frames after a lost connection.
 //!
-//! The task owns the socket. It waits on three things at once: a new call (only while the
-//! in-flight window has room), bytes from the server, and the read deadline of the oldest
-//! unanswered frame. When calls arrive it drains the queue, packing calls of the same
-//! durability into frames of at most `BATCH_OPS_MAX` operations (a call never spans two
-//! frames), and writes them all with one `write_all`. Replies come back in request order,
-//! so the oldest in-flight frame is the one a reply answers.
+//! The task owns the socket. It waits on four things at once: a new call (only while the
+//! in-flight window has room), bytes from the server, room in the socket for frames not
+//! yet written, and a deadline. When calls arrive it drains the queue, packing calls of
+//! the same durability into frames of at most `BATCH_OPS_MAX` operations (a call never
+//! spans two frames), and hands them to the socket with vectored writes that never wait:
+//! what the socket does not take now is written as it makes room, so a server that stops
+//! reading never stops the task from reading, taking calls or timing out. Replies come
+//! back in request order, so the oldest in-flight frame is the one a reply answers.
+//!
+//! Deadlines: a call ends by its own (`ClientConfig::call_timeout` after it began). The
+//! task's deadline is the earliest of the oldest frame's, the deadline of the frame being
+//! written, and the last progress (bytes taken by the socket, a reply) plus
+//! `ClientConfig::write_timeout` while bytes wait to be written, else plus
+//! `ClientConfig::read_timeout`. When it passes, the connection is dropped (a frame
+//! written in part can only be withdrawn that way) and `recover` settles every frame:
+//! one with any byte handed to the socket may have been applied (`OutcomeUnknown` if it
+//! changes counters), one never handed over was not, and is resent on a new connection
+//! if its deadline leaves time. Invariant: the frames before `write_index` were wholly
+//! written to the current connection, the one at it `write_offset` bytes, the rest none.
 //!
 //! A call with the caller's idempotency key gets a frame of its own under that key; other
 //! calls are packed together. A frame that can change state and has no caller's key
@@ -31,6 +44,10 @@
 //! When the core's shard port cannot be reached, the task connects to the main address
 //! instead (publishing its map if it changed): the server forwards keys another core owns,
 //! so the frames are still correct. The shard port is tried again at the next reconnect.
+//! The main address is the authority: a shard port whose hello carries another
+//! `server_id` than the task knows is used only once a hello on the main address comes
+//! from the same process (see `open_trusted`), so a server that took over a freed port
+//! is never written to, nor its map adopted.
 //!
 //! While frames are in flight the task first spins (`ClientConfig::spin`, bounded):
 //! it polls the socket and the call queue without parking, yielding to the runtime
@@ -45,6 +62,7 @@
 //! forwards keys another core owns.
 
 use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -64,6 +82,9 @@ use crate::dispatch::{backoff, IN_FLIGHT_OPS_MAX};
 use crate::error::{hello_error, is_table_full, server_refusal, ClientError};
 use crate::idempotency::{key_homed_on, random_idempotency_key};
 use crate::outcome::{from_reply, OpResult};
+
+/// The most frames handed to the socket by one vectored write.
+const WRITE_SLICES_MAX: usize = 64;
 
 /// Calls queued per connection before callers wait for room.
 pub(crate) const CALL_QUEUE_DEPTH: usize = 4096;
@@ -140,7 +161,8 @@ struct InFlight {
     keyed: bool,
     /// Some operation changes a counter.
     mutates: bool,
-    /// Written to the current connection (unwritten frames are a suffix of the queue).
+    /// Some of its bytes (perhaps all) were handed to the current connection's socket:
+    /// it may have reached the server. Unwritten frames are a suffix of the queue.
     written: bool,
     /// Written to some connection: it may have reached the server.
     ever_written: bool,
@@ -301,8 +323,14 @@ pub(crate) struct ConnectionTask {
     in_flight: VecDeque<InFlight>,
     in_flight_ops: usize,
     next_request_id: u64,
-    /// When the oldest unanswered frame was sent, or the last reply arrived.
+    /// The last progress on this connection: sending began with nothing in flight, the
+    /// socket accepted bytes, or a reply arrived. The read and write timeouts run from it.
     waiting_since: Instant,
+    /// The index in `in_flight` of the first frame not wholly written to this connection
+    /// (`in_flight.len()` when all are), and how many of its bytes were. Frames before it
+    /// were wholly written; frames after it not at all.
+    write_index: usize,
+    write_offset: usize,
     /// The shard map this task last saw, and where to publish a different one.
     hello: HelloReply,
     map_watch: Arc<MapWatch>,
@@ -334,6 +362,8 @@ impl ConnectionTask {
             in_flight_ops: 0,
             next_request_id: 1,
             waiting_since: Instant::now(),
+            write_index: 0,
+            write_offset: 0,
             hello,
             map_watch,
             calls_closed: false,
@@ -355,13 +385,21 @@ impl ConnectionTask {
     /// Waits for one event and handles it; `Ok(false)` once the client is gone.
     async fn step(&mut self) -> Result<bool, ClientError> {
         let room = self.in_flight_ops < IN_FLIGHT_OPS_MAX && !self.calls_closed;
-        // The read timeout runs per attempt, from the last progress; the oldest frame's
-        // call deadline caps it.
-        let read_deadline = self.waiting_since + self.config.read_timeout;
-        let deadline = self
-            .in_flight
-            .front()
-            .map_or(read_deadline, |oldest| read_deadline.min(oldest.deadline));
+        let writing = self.is_writing();
+        // The read (or, while bytes wait for room in the socket, the write) timeout runs
+        // per attempt, from the last progress; the call deadlines of the oldest frame and
+        // of the frame being written cap it, so a server that stops reading cannot hold
+        // a call past its deadline.
+        let progress_timeout = if writing {
+            self.config.write_timeout
+        } else {
+            self.config.read_timeout
+        };
+        let deadline = [self.in_flight.front(), self.in_flight.get(self.write_index)]
+            .into_iter()
+            .flatten()
+            .map(|in_flight| in_flight.deadline)
+            .fold(self.waiting_since + progress_timeout, Instant::min);
         let waiting = !self.in_flight.is_empty();
         if self.calls_closed && !waiting {
             return Ok(false);
@@ -374,7 +412,7 @@ impl ConnectionTask {
             // A refused connect fails `send`; `recover` then retries it.
             return self.send(call).await.map(|()| true);
         }
-        if waiting && !self.config.spin.is_zero() && self.spin().await? {
+        if waiting && !writing && !self.config.spin.is_zero() && self.spin().await? {
             return Ok(true);
         }
         let stream = self.stream.as_mut().expect("checked above");
@@ -390,14 +428,100 @@ impl ConnectionTask {
                     Ok(waiting)
                 }
             },
-            read = stream.read_buf(&mut self.read_buf) => match read {
-                Ok(0) => Err(ClientError::Closed { addr: self.addr }),
-                Ok(_) => self.deliver().map(|()| true),
+            // Readiness only (both borrow the stream shared): reading and writing happen
+            // in the handlers, without waiting, so neither direction blocks the other.
+            ready = stream.readable() => match ready {
+                Ok(()) => self.read_ready().map(|()| true),
                 Err(source) => Err(ClientError::Io { action: "reading from", addr: self.addr, source }),
             },
+            ready = stream.writable(), if writing => match ready {
+                Ok(()) => self.try_write().map(|()| true),
+                Err(source) => Err(ClientError::Io { action: "writing to", addr: self.addr, source }),
+            },
             () = tokio::time::sleep_until(deadline), if waiting => {
-                Err(ClientError::Timeout { action: "waiting for a reply from", addr: self.addr })
+                let action = if writing { "writing to" } else { "waiting for a reply from" };
+                Err(ClientError::Timeout { action, addr: self.addr })
             }
+        }
+    }
+
+    /// Reads what the socket holds, without waiting, and hands whole replies to their
+    /// calls (a spurious readiness reads nothing).
+    fn read_ready(&mut self) -> Result<(), ClientError> {
+        let stream = self.stream.as_mut().expect("reading needs a connection");
+        match stream.try_read_buf(&mut self.read_buf) {
+            Ok(0) => Err(ClientError::Closed { addr: self.addr }),
+            Ok(_) => self.deliver(),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(source) => Err(ClientError::Io {
+                action: "reading from",
+                addr: self.addr,
+                source,
+            }),
+        }
+    }
+
+    /// Whether frames (or the rest of one) wait to be written to this connection.
+    fn is_writing(&self) -> bool {
+        self.write_index < self.in_flight.len()
+    }
+
+    /// Writes as much of the unwritten frames as the socket takes now, without waiting
+    /// (the task's `select!` waits for room, beside replies and deadlines). A frame is
+    /// marked written once its first byte is handed over: from then on it may reach the
+    /// server, and a frame written in part can only be withdrawn with the connection.
+    fn try_write(&mut self) -> Result<(), ClientError> {
+        while self.is_writing() {
+            let mut slices = [IoSlice::new(&[]); WRITE_SLICES_MAX];
+            let frames = self.in_flight.iter().skip(self.write_index);
+            let mut slice_count = 0;
+            for (slice, in_flight) in slices.iter_mut().zip(frames) {
+                let skip = if slice_count == 0 {
+                    self.write_offset
+                } else {
+                    0
+                };
+                *slice = IoSlice::new(&in_flight.bytes[skip..]);
+                slice_count += 1;
+            }
+            let stream = self.stream.as_ref().expect("writing needs a connection");
+            let written = match stream.try_write_vectored(&slices[..slice_count]) {
+                Ok(0) => return Err(ClientError::Closed { addr: self.addr }),
+                Ok(written) => written,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+                Err(source) => {
+                    let addr = self.addr;
+                    let action = "writing to";
+                    return Err(ClientError::Io {
+                        action,
+                        addr,
+                        source,
+                    });
+                }
+            };
+            self.advance_written(written);
+        }
+        Ok(())
+    }
+
+    /// Records that the socket took `byte_count` more bytes of the unwritten frames.
+    fn advance_written(&mut self, mut byte_count: usize) {
+        self.waiting_since = Instant::now();
+        while byte_count > 0 {
+            let in_flight = &mut self.in_flight[self.write_index];
+            if self.write_offset == 0 {
+                in_flight.written = true;
+                in_flight.ever_written = true;
+                in_flight.write_count += 1;
+            }
+            let left = in_flight.bytes.len() - self.write_offset;
+            if byte_count < left {
+                self.write_offset += byte_count;
+                return;
+            }
+            byte_count -= left;
+            self.write_index += 1;
+            self.write_offset = 0;
         }
     }
 
@@ -440,6 +564,10 @@ impl ConnectionTask {
     /// first if needed). Calls whose caller gave up are dropped unsent; calls past their
     /// deadline fail unsent.
     async fn send(&mut self, first: Call) -> Result<(), ClientError> {
+        if self.in_flight.is_empty() {
+            // The timeouts run from now, not from the last reply of a busy spell.
+            self.waiting_since = Instant::now();
+        }
         let mut pending = VecDeque::new();
         let mut next = Some(first);
         let now = Instant::now();
@@ -496,32 +624,17 @@ impl ConnectionTask {
         self.write_unwritten().await
     }
 
-    /// Writes the frames not yet written on this connection, connecting first if there
-    /// is none (a failed connect sends nothing of them).
+    /// Writes what the socket takes now of the frames not yet written on this
+    /// connection, connecting first if there is none (a failed connect sends nothing of
+    /// them); the task's `select!` writes the rest as the socket makes room.
     async fn write_unwritten(&mut self) -> Result<(), ClientError> {
-        if self.in_flight.iter().all(|in_flight| in_flight.written) {
+        if !self.is_writing() {
             return Ok(());
         }
         if self.stream.is_none() {
             self.reconnect().await?;
         }
-        let was_waiting = self.in_flight.iter().any(|in_flight| in_flight.written);
-        let mut out = Vec::new();
-        for in_flight in self
-            .in_flight
-            .iter_mut()
-            .filter(|in_flight| !in_flight.written)
-        {
-            out.extend_from_slice(&in_flight.bytes);
-            in_flight.written = true;
-            in_flight.ever_written = true;
-            in_flight.write_count += 1;
-        }
-        if !was_waiting {
-            self.waiting_since = Instant::now();
-        }
-        let stream = self.stream.as_mut().expect("connected above");
-        write(stream, self.addr, &out).await
+        self.try_write()
     }
 
     fn take_request_id(&mut self) -> u64 {
@@ -647,11 +760,15 @@ impl ConnectionTask {
                 // connection (and what is left in the buffer) and sends it again.
                 return Err(reply_error(addr, frame.reply));
             }
-            let Some(in_flight) = self.in_flight.pop_front() else {
+            if self.write_index == 0 {
+                // Nothing in flight, or the oldest frame is not wholly written yet.
                 return Err(ClientError::UnexpectedReply {
                     addr,
-                    reason: "reply with nothing in flight".to_owned(),
+                    reason: "reply with no request wholly sent".to_owned(),
                 });
+            }
+            let Some(in_flight) = self.in_flight.pop_front() else {
+                unreachable!("write_index counts frames in flight");
             };
             if frame.request_id != in_flight.request_id {
                 let reason = format!(
@@ -661,6 +778,7 @@ impl ConnectionTask {
                 self.in_flight.push_front(in_flight);
                 return Err(ClientError::UnexpectedReply { addr, reason });
             }
+            self.write_index -= 1;
             self.in_flight_ops -= in_flight.op_count;
             match in_flight.waiter {
                 Waiter::Batch(calls) => {
@@ -693,6 +811,9 @@ impl ConnectionTask {
         loop {
             self.stream = None;
             self.read_buf.clear();
+            // Every frame left is written again from its start on the next connection.
+            self.write_index = 0;
+            self.write_offset = 0;
             if self.in_flight.is_empty() {
                 // A connection lost while idle (the server closed it): nothing to resend,
                 // and no reason to wait longer before the next failure's retry.
@@ -752,7 +873,8 @@ impl ConnectionTask {
     }
 
     /// Opens a new connection (to the main address if this core's port cannot be
-    /// reached); publishes its shard map if it routes differently.
+    /// reached, or answers for another server); publishes its shard map if it routes
+    /// differently.
     async fn reconnect(&mut self) -> Result<(), ClientError> {
         let deadline = self
             .in_flight
@@ -760,21 +882,67 @@ impl ConnectionTask {
             .map(|in_flight| in_flight.deadline)
             .min();
         let deadline = deadline.expect("reconnects only to send frames");
-        let (stream, hello) = match open(self.addr, &self.config, deadline).await {
-            Err(error @ ClientError::Connect { .. }) if self.addr != self.main_addr => {
-                match open(self.main_addr, &self.config, deadline).await {
-                    Ok(opened) => opened,
-                    Err(_) => return Err(error),
-                }
-            }
-            opened => opened?,
-        };
+        let (stream, hello) = self.open_trusted(deadline).await?;
         if routes_differ(&hello, &self.hello) {
-            self.hello = hello.clone();
-            self.map_watch.publish(hello);
+            self.map_watch.publish(hello.clone());
         }
+        self.hello = hello;
         self.stream = Some(stream);
         Ok(())
+    }
+
+    /// Opens this core's shard port, or the main address if that fails (refused, or
+    /// anything but a Tally hello; then the shard port's error if both fail). A shard
+    /// port's hello is trusted only from the server process this task knows (the same
+    /// `server_id`). Another id (a restart, or another server that took a port this one
+    /// freed) is checked with a hello on the main address, the authority: the shard port
+    /// is used only if both come from the same process; otherwise the main connection
+    /// serves the core (its core forwards keys, and a new map is published from it). If
+    /// the main address cannot confirm, the call fails ([`ClientError::Handshake`])
+    /// rather than write to a stranger. At most one connection is open at a time.
+    async fn open_trusted(
+        &self,
+        deadline: Instant,
+    ) -> Result<(TcpStream, HelloReply), ClientError> {
+        let (addr, main_addr) = (self.addr, self.main_addr);
+        if addr == main_addr {
+            return open(addr, &self.config, deadline).await;
+        }
+        let shard_hello = match open(addr, &self.config, deadline).await {
+            Ok((stream, hello)) if hello.server_id == self.hello.server_id => {
+                return Ok((stream, hello));
+            }
+            // Closed before the main address is asked.
+            Ok((_, hello)) => hello,
+            Err(error) => {
+                let main = open(main_addr, &self.config, deadline).await;
+                return main.map_err(|_| error);
+            }
+        };
+        let (main, main_hello) = match open(main_addr, &self.config, deadline).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                let reason = format!(
+                    "the shard port answered for another server (id {:x}, not {:x}) and \
+                     the main address cannot confirm it: {error}",
+                    shard_hello.server_id, self.hello.server_id
+                );
+                return Err(ClientError::Handshake { addr, reason });
+            }
+        };
+        let same_server = main_hello.server_id == shard_hello.server_id
+            && !routes_differ(&main_hello, &shard_hello);
+        if !same_server {
+            return Ok((main, main_hello));
+        }
+        drop(main);
+        let (stream, hello) = open(addr, &self.config, deadline).await?;
+        if hello.server_id != main_hello.server_id {
+            let reason = "the server behind the shard port changed while connecting; retry";
+            let reason = reason.to_owned();
+            return Err(ClientError::Handshake { addr, reason });
+        }
+        Ok((stream, hello))
     }
 }
 

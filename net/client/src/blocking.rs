@@ -18,6 +18,13 @@
 //! keys go through that main connection, whose core forwards them, until it is lost and
 //! the shard port is tried again.
 //!
+//! The main address is the authority on the shard map. A shard port's hello is used only
+//! if it comes from the server process the client knows (its `server_id`); another id (a
+//! restart, or another server that took a port this one freed) is checked with a hello
+//! on the main address, and the shard port is used only if both come from the same
+//! process. So a client never adopts the map of, or writes to, a server other than the
+//! one at the address it was given.
+//!
 //! A `Client` is `Send` and `Sync`, but every call takes `&mut self`, so one client
 //! serves one thread at a time: use one client per thread (or a `Mutex` around one), or
 //! the async client, which batches concurrent calls.
@@ -209,21 +216,72 @@ impl Client {
         Ok(self.shards[core].connection.as_mut().expect("opened above"))
     }
 
-    /// Opens a connection for `core`: to its shard port, or, if that cannot be reached,
-    /// to the main address, whose hello tells whether the shard map changed and whose
-    /// core otherwise forwards the keys. If both fail, the shard port's error is returned.
+    /// Opens a connection for `core`: to its shard port, or, if that fails (refused, or
+    /// anything but a Tally hello), to the main address, whose hello tells whether the
+    /// shard map changed and whose core otherwise forwards the keys. If both fail, the
+    /// shard port's error is returned. A shard port's hello is trusted only from the
+    /// server process the client knows (the same `server_id`, see
+    /// [`Client::confirm_shard`]), never adopted on its own word.
     fn open_shard(
         &self,
         core: usize,
         deadline: Instant,
     ) -> Result<(Connection, HelloReply), ClientError> {
         let addr = self.shards[core].addr;
+        if addr == self.main_addr {
+            return Connection::open(addr, &self.config, deadline);
+        }
         match Connection::open(addr, &self.config, deadline) {
-            Err(error @ ClientError::Connect { .. }) if addr != self.main_addr => {
+            Ok((connection, hello)) if hello.server_id == self.hello.server_id => {
+                Ok((connection, hello))
+            }
+            Ok((connection, hello)) => self.confirm_shard(addr, connection, hello, deadline),
+            Err(error) => {
                 Connection::open(self.main_addr, &self.config, deadline).map_err(|_| error)
             }
-            opened => opened,
         }
+    }
+
+    /// A shard port answered with another `server_id` than the client knows: the server
+    /// restarted, or another server took the port (a restart with fewer cores frees
+    /// ports). Only the main address says which: its hello is taken as the truth. If it
+    /// comes from the same process as the shard port's, the shard connection is opened
+    /// again (the first was closed, so the client never holds more connections than
+    /// routes) and used; otherwise the main connection serves the core, and a map that
+    /// differs from the client's is adopted from it by the caller. If the main address
+    /// cannot be reached, nothing is sent to the stranger.
+    fn confirm_shard(
+        &self,
+        addr: SocketAddr,
+        connection: Connection,
+        shard_hello: HelloReply,
+        deadline: Instant,
+    ) -> Result<(Connection, HelloReply), ClientError> {
+        drop(connection);
+        let (main, main_hello) = match Connection::open(self.main_addr, &self.config, deadline) {
+            Ok(opened) => opened,
+            Err(error) => {
+                let reason = format!(
+                    "the shard port answered for another server (id {:x}, not {:x}) and \
+                     the main address cannot confirm it: {error}",
+                    shard_hello.server_id, self.hello.server_id
+                );
+                return Err(ClientError::Handshake { addr, reason });
+            }
+        };
+        let same_server = main_hello.server_id == shard_hello.server_id
+            && !routes_differ(&main_hello, &shard_hello);
+        if !same_server {
+            return Ok((main, main_hello));
+        }
+        drop(main);
+        let (connection, hello) = Connection::open(addr, &self.config, deadline)?;
+        if hello.server_id != main_hello.server_id {
+            let reason = "the server behind the shard port changed while connecting; retry";
+            let reason = reason.to_owned();
+            return Err(ClientError::Handshake { addr, reason });
+        }
+        Ok((connection, hello))
     }
 
     /// Takes `hello` as the shard map and rebuilds the routes from it. Every other

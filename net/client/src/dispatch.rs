@@ -35,10 +35,14 @@
 //! When a reconnect finds a new shard map, every queue's unanswered frames are re-routed
 //! under it, with the same rule (a frame keeps its key, so the server may now keep that
 //! key on another core than the one the frame is sent to: one cross-core hop, only for
-//! that frame). After any other error, or when retries or the deadline run out, every
-//! connection with unanswered frames is dropped, so no stale reply can be taken for a
-//! later call's, and the error is settled: if a frame that changes counters
-//! was sent and not answered (or answered while another failed), the call's error is
+//! that frame). A frame the server refuses as a whole by its request id (`NotApplied`,
+//! a definitive `Server` error) leaves its connection in step: the other frames go on,
+//! and the call fails at the end. After any other error, or when retries or the
+//! deadline run out, every connection with unanswered frames is dropped, so no stale
+//! reply can be taken for a later call's, and the error is settled: if frames that
+//! change counters were answered (applied) while others failed,
+//! `ClientError::PartlyApplied` with each operation's fate (answered, not applied, or
+//! unknown); else, if a frame that changes counters was sent and not answered,
 //! `ClientError::OutcomeUnknown`, never one that reads as "nothing applied".
 
 use std::time::{Duration, Instant};
@@ -51,7 +55,7 @@ use crate::blocking::Client;
 use crate::connection::Connection;
 use crate::error::ClientError;
 use crate::idempotency::{key_homed_on, random_idempotency_key};
-use crate::outcome::{from_reply, OpResult};
+use crate::outcome::{from_reply, partial_results, OpResult};
 
 /// The most operations awaiting replies on one connection (beyond the first frame).
 pub const IN_FLIGHT_OPS_MAX: usize = 16_384;
@@ -183,7 +187,8 @@ fn run<K: AsRef<[u8]>>(
     let mut run = Run {
         deadline: Instant::now() + client.config().call_timeout,
         queues,
-        answered_mutations: false,
+        refusal: None,
+        unknown: vec![false; ops.len()],
     };
     let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
     'rounds: while run.queues.iter().any(|queue| !queue.is_done()) {
@@ -196,7 +201,7 @@ fn run<K: AsRef<[u8]>>(
                 run.deadline,
             );
             if let Err(error) = sent {
-                if recover(client, &mut run, ops, index, error)? == Recovery::Rerouted {
+                if recover(client, &mut run, ops, &results, index, error)? == Recovery::Rerouted {
                     continue 'rounds;
                 }
             }
@@ -205,12 +210,20 @@ fn run<K: AsRef<[u8]>>(
             if run.queues[index].received < run.queues[index].sent {
                 let queue = &mut run.queues[index];
                 if let Err(error) = receive_one(client, queue, &mut results, run.deadline) {
-                    if recover(client, &mut run, ops, index, error)? == Recovery::Rerouted {
+                    if is_refusal(&error) {
+                        refuse_oldest(&mut run, ops, index, error);
+                        continue;
+                    }
+                    if recover(client, &mut run, ops, &results, index, error)? == Recovery::Rerouted
+                    {
                         continue 'rounds;
                     }
                 }
             }
         }
+    }
+    if let Some(refusal) = run.refusal.take() {
+        return Err(give_up(client, &run, ops, &results, usize::MAX, refusal));
     }
     Ok(results
         .into_iter()
@@ -218,13 +231,40 @@ fn run<K: AsRef<[u8]>>(
         .collect())
 }
 
+/// Whether `error` is the server refusing one frame as a whole, by its request id, before
+/// applying any of it: the connection stays in step (the reply was read), so the other
+/// frames go on and the call reports each operation's fate at the end.
+fn is_refusal(error: &ClientError) -> bool {
+    matches!(error, ClientError::NotApplied { .. })
+        || matches!(error, ClientError::Server { .. } if error.is_definitive())
+}
+
+/// Records the refusal of queue `index`'s oldest unanswered frame and moves past it. Its
+/// operations stay without results (not applied), except a refusal as "table full" of
+/// a frame sent before on another connection: the server may have forgotten its key,
+/// so the first copy may have been applied (see [`give_up`]).
+fn refuse_oldest<K: AsRef<[u8]>>(run: &mut Run, ops: &[Op<K>], index: usize, error: ClientError) {
+    let queue = &mut run.queues[index];
+    let chunk = &queue.chunks[queue.received];
+    let resent_refusal = matches!(error, ClientError::NotApplied { .. }) && chunk.send_count > 1;
+    if resent_refusal {
+        for &op_index in &chunk.op_indices {
+            run.unknown[op_index] = ops[op_index].is_mutation();
+        }
+    }
+    queue.received += 1;
+    run.refusal.get_or_insert(error);
+}
+
 /// One call's progress.
 struct Run {
     deadline: Instant,
     queues: Vec<CoreQueue>,
-    /// Frames that change counters were answered and then dropped from the queues by a
-    /// re-route: applied, whatever happens to the rest.
-    answered_mutations: bool,
+    /// The first frame the server refused as a whole (see [`is_refusal`]); the call goes
+    /// on with the other frames and fails with it at the end.
+    refusal: Option<ClientError>,
+    /// Per operation: a mutation in a refused frame that may have been applied after all.
+    unknown: Vec<bool>,
 }
 
 /// Groups operations by owning core and cuts each group into frames.
@@ -382,13 +422,14 @@ fn recover<K: AsRef<[u8]>>(
     client: &mut Client,
     run: &mut Run,
     ops: &[Op<K>],
+    results: &[Option<OpResult>],
     failed: usize,
     error: ClientError,
 ) -> Result<Recovery, ClientError> {
     if matches!(error, ClientError::ShardMapChanged { .. }) {
         return match reroute(client, run, ops) {
             Ok(()) => Ok(Recovery::Rerouted),
-            Err(()) => Err(give_up(client, run, failed, error)),
+            Err(()) => Err(give_up(client, run, ops, results, failed, error)),
         };
     }
     let retries = client.config().retries;
@@ -426,7 +467,7 @@ fn recover<K: AsRef<[u8]>>(
         std::thread::sleep(wait);
         return Ok(Recovery::Resend);
     }
-    Err(give_up(client, run, failed, error))
+    Err(give_up(client, run, ops, results, failed, error))
 }
 
 /// Ends the call: drops every connection with unanswered frames and settles the error.
@@ -436,8 +477,18 @@ fn recover<K: AsRef<[u8]>>(
 /// ([`ClientError::NotApplied`]) of a frame sent before on another connection does not
 /// count as that: the server says it does not know the key, which it also says of a key
 /// it forgot (a restart with more keys than it recovers), so the earlier copy may have
-/// been applied.
-fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) -> ClientError {
+/// been applied. When frames that change counters were answered (applied), the error is
+/// [`ClientError::PartlyApplied`] instead, with each operation's fate: answered (from
+/// `results`), unknown (a mutation in a frame that may have been applied), or not
+/// applied.
+fn give_up<K: AsRef<[u8]>>(
+    client: &mut Client,
+    run: &Run,
+    ops: &[Op<K>],
+    results: &[Option<OpResult>],
+    failed: usize,
+    error: ClientError,
+) -> ClientError {
     for queue in run
         .queues
         .iter()
@@ -447,17 +498,35 @@ fn give_up(client: &mut Client, run: &Run, failed: usize, error: ClientError) ->
     }
     let definitive = error.is_definitive();
     let resent_refusal = matches!(error, ClientError::NotApplied { .. });
-    let maybe_applied = run.answered_mutations
-        || run.queues.iter().enumerate().any(|(index, queue)| {
-            queue.chunks.iter().enumerate().any(|(position, chunk)| {
-                let refused = definitive
-                    && index == failed
-                    && position == queue.received
-                    && !(resent_refusal && chunk.send_count > 1);
-                chunk.mutates && chunk.written && !refused
-            })
-        });
-    error.settle(maybe_applied)
+    // Whether a chunk not answered may have been applied.
+    let maybe_applied = |index: usize, position: usize, chunk: &Chunk| {
+        let refused = definitive
+            && index == failed
+            && position == run.queues[index].received
+            && !(resent_refusal && chunk.send_count > 1);
+        chunk.mutates && chunk.written && !refused
+    };
+    // Answered frames (also those a re-route dropped from the queues) left results.
+    let answered_mutations = results
+        .iter()
+        .zip(ops)
+        .any(|(result, op)| result.is_some() && op.is_mutation());
+    let mut unknown = run.unknown.clone();
+    for (index, queue) in run.queues.iter().enumerate() {
+        for (position, chunk) in queue.chunks.iter().enumerate().skip(queue.received) {
+            if maybe_applied(index, position, chunk) {
+                for &op_index in &chunk.op_indices {
+                    unknown[op_index] = ops[op_index].is_mutation();
+                }
+            }
+        }
+    }
+    if answered_mutations {
+        let results = partial_results(results.to_vec(), &unknown);
+        let cause = Box::new(error);
+        return ClientError::PartlyApplied { results, cause };
+    }
+    error.settle(unknown.contains(&true))
 }
 
 /// After the client adopted a new shard map (and dropped its old connections): moves
@@ -480,8 +549,6 @@ fn reroute<K: AsRef<[u8]>>(client: &mut Client, run: &mut Run, ops: &[Op<K>]) ->
     let mut rerouted: Vec<CoreQueue> = Vec::new();
     for queue in run.queues.drain(..) {
         let sent = queue.sent;
-        let answered = &queue.chunks[..queue.received];
-        run.answered_mutations |= answered.iter().any(|chunk| chunk.mutates);
         let mut unanswered = queue.chunks.into_iter().skip(queue.received).peekable();
         let Some(first) = unanswered.peek() else {
             continue;

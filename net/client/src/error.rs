@@ -5,6 +5,9 @@
 //!   call as it was (it would count again): repeat it only with the same idempotency key,
 //!   which needs a call that takes one ([`crate::Client::batch_idempotent`] and the other
 //!   `*_idempotent` calls); the crate docs show the procedure.
+//! - [`ClientError::PartlyApplied`]: a batch sent as several requests was applied in
+//!   part; its per-operation results say which operations were applied (with their
+//!   results), which were not (send exactly those again) and which may have been.
 //! - [`ClientError::NotApplied`]: the server refused the request before applying any of
 //!   it, for a reason that passes (its idempotency memory is full, its journal cannot take
 //!   mutations): try again later, with the same idempotency key if the call had one.
@@ -30,7 +33,7 @@ use std::net::SocketAddr;
 
 use tally_protocol::{ErrorCode, ProtocolError};
 
-use crate::outcome::Rejection;
+use crate::outcome::{PartialResult, Rejection};
 
 /// How the server's message starts when it refuses a new idempotency key because the
 /// core's idempotency memory is full (`net/server`, `full_message`). The server answers
@@ -147,8 +150,7 @@ pub enum ClientError {
     /// The call may or may not have been applied: a request that changes counters was
     /// sent (or partly sent) and no answer to it came back before retries or the call's
     /// deadline ran out (the connection was lost, the reply timed out, the server went
-    /// away and a reconnect was refused), or part of a batch was applied while another
-    /// part failed, or the server answered `Status::Unavailable` with detail 0 (applied in
+    /// away and a reconnect was refused), or the server answered `Status::Unavailable` with detail 0 (applied in
     /// memory, maybe not journaled). `cause` is the last error seen. Never read it as
     /// "not applied", and do not simply repeat the call: it would count again. A call
     /// made with a caller's idempotency key ([`crate::Client::batch_idempotent`],
@@ -159,6 +161,20 @@ pub enum ClientError {
     /// [`ClientError::is_transient`] is false for it.
     #[error("outcome unknown, the request may have been applied: {cause}")]
     OutcomeUnknown {
+        #[source]
+        cause: Box<ClientError>,
+    },
+    /// A batch sent as several requests (one per core, at most `BATCH_OPS_MAX` operations
+    /// each) was applied in part: some requests were answered, with results, and others
+    /// failed. `results` has one entry per operation, in the call's order: answered (its
+    /// result), [`PartialResult::NotApplied`] (send exactly these again) or
+    /// [`PartialResult::Unknown`] (sent, no answer: may have been applied). `cause` is the
+    /// first failure. A call of one request (one operation, `*_idempotent`, a batch on
+    /// one core within `BATCH_OPS_MAX`) never ends with it. [`ClientError::is_transient`]
+    /// is false: repeating the whole batch would count the answered part twice.
+    #[error("{}", describe_partial(results, cause))]
+    PartlyApplied {
+        results: Vec<PartialResult>,
         #[source]
         cause: Box<ClientError>,
     },
@@ -182,7 +198,9 @@ pub enum ClientError {
     /// A value the client cannot encode (client name too long, ...).
     #[error("cannot encode request: {0}")]
     Encode(ProtocolError),
-    /// The shard connections disagree with the main connection's shard map.
+    /// The shard connections disagree with the main connection's shard map, or a shard
+    /// port answered for another server process than the one the client knows and the
+    /// main address could not confirm it (nothing was sent to it).
     #[error("handshake with {addr} failed: {reason}")]
     Handshake { addr: SocketAddr, reason: String },
     /// A configuration value is out of range.
@@ -260,7 +278,7 @@ impl ClientError {
     /// (`maybe_applied`): then [`ClientError::OutcomeUnknown`], unless it is already.
     pub(crate) fn settle(self, maybe_applied: bool) -> ClientError {
         match self {
-            ClientError::OutcomeUnknown { .. } => self,
+            ClientError::OutcomeUnknown { .. } | ClientError::PartlyApplied { .. } => self,
             cause if maybe_applied => ClientError::OutcomeUnknown {
                 cause: Box::new(cause),
             },
@@ -291,6 +309,18 @@ impl From<Rejection> for ClientError {
         let maybe_applied = rejection.is_outcome_unknown();
         rejected.settle(maybe_applied)
     }
+}
+
+/// The message of [`ClientError::PartlyApplied`]: how many operations fared which way.
+fn describe_partial(results: &[PartialResult], cause: &ClientError) -> String {
+    let count = |wanted: fn(&PartialResult) -> bool| results.iter().filter(|r| wanted(r)).count();
+    let answered = count(|result| matches!(result, PartialResult::Answered(_)));
+    let not_applied = count(|result| matches!(result, PartialResult::NotApplied));
+    let unknown = count(|result| matches!(result, PartialResult::Unknown));
+    format!(
+        "batch partly applied: {answered} operations answered, {not_applied} not applied, \
+         {unknown} of unknown outcome; first failure: {cause}"
+    )
 }
 
 impl ClientError {
@@ -357,6 +387,10 @@ impl ClientError {
                 cause: Box::new(cause.replicate()),
             },
             ClientError::NotApplied { cause } => ClientError::NotApplied {
+                cause: Box::new(cause.replicate()),
+            },
+            ClientError::PartlyApplied { results, cause } => ClientError::PartlyApplied {
+                results: results.clone(),
                 cause: Box::new(cause.replicate()),
             },
             ClientError::NoSuchConnection { index, count } => ClientError::NoSuchConnection {

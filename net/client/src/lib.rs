@@ -216,7 +216,7 @@ pub use config::{ClientConfig, RETRIES_MAX, SPIN_MAX};
 pub use dispatch::{IN_FLIGHT_FRAMES_MAX, IN_FLIGHT_OPS_MAX};
 pub use error::ClientError;
 pub use idempotency::random_idempotency_key;
-pub use outcome::{Bounds, OpResult, Outcome, Rejection, UNAVAILABLE_NOT_APPLIED};
+pub use outcome::{Bounds, OpResult, Outcome, PartialResult, Rejection, UNAVAILABLE_NOT_APPLIED};
 pub use pipeline::Pipeline;
 pub use tally_protocol::{
     Bound, BoundPolicy, Durability, ErrorCode, HelloReply, Op, OpRef, Status,

@@ -135,6 +135,42 @@ fn describe(status: Status, detail: i64) -> String {
 /// One operation's result in a batch.
 pub type OpResult = Result<Outcome, Rejection>;
 
+/// What became of one operation of a batch that was applied in part
+/// ([`crate::ClientError::PartlyApplied`]): a batch goes out as several requests (one per
+/// core, at most `BATCH_OPS_MAX` operations each), and some were answered while others
+/// failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartialResult {
+    /// Its request was answered: this is the operation's own result, as a successful
+    /// batch would have returned it (applied, or refused alone: see [`Rejection`]).
+    Answered(OpResult),
+    /// Not applied: its request was refused as a whole before any of it was applied, or
+    /// was never sent (or it reads, which changes nothing). Send it again.
+    NotApplied,
+    /// It changes a counter and its request was sent without an answer: it may or may
+    /// not have been applied. Sending it again may count it twice.
+    Unknown,
+}
+
+/// The per-operation results of a batch applied in part: `answered[i]` where a request
+/// answered operation `i`, else [`PartialResult::Unknown`] where `unknown[i]`, else
+/// [`PartialResult::NotApplied`].
+pub(crate) fn partial_results(
+    answered: Vec<Option<OpResult>>,
+    unknown: &[bool],
+) -> Vec<PartialResult> {
+    debug_assert_eq!(answered.len(), unknown.len());
+    answered
+        .into_iter()
+        .zip(unknown)
+        .map(|(result, &unknown)| match result {
+            Some(result) => PartialResult::Answered(result),
+            None if unknown => PartialResult::Unknown,
+            None => PartialResult::NotApplied,
+        })
+        .collect()
+}
+
 /// Converts a wire result into the client's form.
 pub(crate) fn from_reply(reply: OpReply) -> OpResult {
     if reply.status == Status::Ok {

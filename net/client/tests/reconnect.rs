@@ -265,3 +265,61 @@ async fn async_ping_stats_and_pipeline() {
         Err(ClientError::Rejected(_))
     ));
 }
+
+/// A map change that adds a core starts a connection task for it. The task must run on
+/// the runtime the client was made on: not on the runtime of whoever made the call that
+/// noticed the change (here a throw-away one per call), which would take the task down
+/// with it, and `shard_map()` from plain code, outside any runtime, must not panic.
+#[test]
+fn async_tasks_a_map_change_starts_run_on_the_clients_own_runtime() {
+    let server = FakeServer::start(2, 16);
+    let two_cores = server.hello.clone();
+    server.shrink_to_one_core();
+    // The client's runtime: driven by a thread of its own until the test ends.
+    let (client_sender, client_receiver) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let main_addr = server.main_addr;
+    let runtime_thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            client_sender
+                .send(AsyncClient::connect(main_addr).await)
+                .unwrap();
+            let _ = stopped.await;
+        });
+    });
+    let client = client_receiver.recv().unwrap().unwrap();
+    assert_eq!(client.shard_map().core_count(), 1);
+    let throw_away = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    for key in keys() {
+        assert_eq!(throw_away().block_on(client.incr(&key, 1)).unwrap(), 1);
+    }
+    server.set_shard_map(two_cores.clone());
+    server.part_idle_connections(1);
+    // This call's reconnect finds the two-core map; the next routing adopts it.
+    assert_eq!(throw_away().block_on(client.incr("idle:0", 1)).unwrap(), 2);
+    assert_eq!(
+        client.shard_map().core_count(),
+        2,
+        "adopted outside a runtime"
+    );
+    for round in 2..=4 {
+        let calls = throw_away();
+        for key in keys().iter().skip(1) {
+            let result = calls.block_on(client.incr(key, 1));
+            assert_eq!(result.unwrap(), round, "{key}");
+        }
+        drop(calls);
+    }
+    assert_eq!(client.shard_map().owners, two_cores.owners);
+    stop.send(()).unwrap();
+    runtime_thread.join().unwrap();
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fake_server::FakeServer;
-use tally_client::{AsyncClient, Client, ClientConfig, ClientError, Status};
+use tally_client::{AsyncClient, Client, ClientConfig, ClientError, PartialResult, Status};
 
 /// A key the fake server's map (2 cores, 16 partitions) gives to core 1.
 fn key_of_core_1(server: &FakeServer) -> String {
@@ -316,28 +316,34 @@ fn wait_for_value(server: &FakeServer, key: &[u8], value: i64) {
     panic!("{key} never reached {value}: {:?}", server.value(key));
 }
 
-fn assert_unknown_after_refusal(error: &ClientError) {
-    let ClientError::OutcomeUnknown { cause } = error else {
-        panic!("half the batch was applied: {error:?}");
+/// The poisoned half was refused whole (not applied), the other half applied: the
+/// error says so per operation, not `OutcomeUnknown` for all.
+fn assert_partly_applied_after_refusal(error: &ClientError) {
+    let ClientError::PartlyApplied { results, cause } = error else {
+        panic!("half the batch was applied, half refused: {error:?}");
     };
     assert!(matches!(**cause, ClientError::Server { .. }), "{error:?}");
+    assert!(
+        matches!(results[..], [PartialResult::Answered(Ok(outcome)), PartialResult::NotApplied] if outcome.value == 1),
+        "{results:?}"
+    );
 }
 
 #[test]
-fn blocking_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+fn blocking_a_batch_refused_on_one_core_and_applied_on_another_is_partly_applied() {
     let server = FakeServer::start(2, 16);
     let mut client = Client::connect(server.main_addr).unwrap();
     let ops = half_poisoned_batch(&server);
-    assert_unknown_after_refusal(&client.batch(&ops).unwrap_err());
+    assert_partly_applied_after_refusal(&client.batch(&ops).unwrap_err());
     wait_for_value(&server, ops[0].key(), 1);
 }
 
 #[tokio::test]
-async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_of_unknown_outcome() {
+async fn async_a_batch_refused_on_one_core_and_applied_on_another_is_partly_applied() {
     let server = FakeServer::start(2, 16);
     let client = AsyncClient::connect(server.main_addr).await.unwrap();
     let ops = half_poisoned_batch(&server);
-    assert_unknown_after_refusal(&client.batch(&ops).await.unwrap_err());
+    assert_partly_applied_after_refusal(&client.batch(&ops).await.unwrap_err());
     wait_for_value(&server, ops[0].key(), 1);
 }
 
@@ -453,4 +459,193 @@ async fn async_a_call_whose_hello_times_out_says_it_was_not_sent() {
     let error = client.incr("like", 1).await.unwrap_err();
     assert_hello_timeout_not_sent(&error);
     assert_eq!(server.value("like"), Some(1));
+}
+
+/// Keys spread over both cores of a two-core fake server.
+fn spread_keys() -> Vec<String> {
+    (0..16).map(|index| format!("part:{index}")).collect()
+}
+
+fn adds(keys: &[String]) -> Vec<tally_client::Op<&[u8]>> {
+    keys.iter()
+        .map(|key| tally_client::Op::Add {
+            key: key.as_bytes(),
+            delta: 1,
+            policy: tally_client::BoundPolicy::Reject,
+        })
+        .collect()
+}
+
+/// A batch whose frame for one core was refused as a whole ("table full", nothing
+/// applied) while the other core's was applied: the error carries each operation's fate,
+/// which matches the server, and the keys it calls not applied are exactly the ones to
+/// send again. Returns those keys.
+fn assert_partly_applied(server: &FakeServer, keys: &[String], error: ClientError) -> Vec<String> {
+    let ClientError::PartlyApplied { results, cause } = error else {
+        panic!("expected a partly applied batch, got {error:?}");
+    };
+    assert!(
+        matches!(*cause, ClientError::NotApplied { .. }),
+        "{cause:?}"
+    );
+    assert_eq!(results.len(), keys.len());
+    let mut refused = Vec::new();
+    for (key, result) in keys.iter().zip(&results) {
+        match result {
+            PartialResult::Answered(Ok(outcome)) => {
+                assert_eq!(outcome.value, 1, "{key}");
+                assert_eq!(server.value(key), Some(1), "{key}");
+            }
+            PartialResult::NotApplied => {
+                assert_eq!(server.value(key), None, "{key}");
+                refused.push(key.clone());
+            }
+            other => panic!("{key}: {other:?}"),
+        }
+    }
+    assert!(
+        !refused.is_empty() && refused.len() < keys.len(),
+        "{results:?}"
+    );
+    refused
+}
+
+#[test]
+fn blocking_a_batch_refused_on_one_core_reports_each_operations_fate() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let keys = spread_keys();
+    let error = client.batch(&adds(&keys)).unwrap_err();
+    let refused = assert_partly_applied(&server, &keys, error);
+    for result in client.batch(&adds(&refused)).unwrap() {
+        assert_eq!(result.unwrap().value, 1);
+    }
+    for key in &keys {
+        assert_eq!(server.value(key), Some(1), "{key} counted once");
+    }
+}
+
+#[tokio::test]
+async fn async_a_batch_refused_on_one_core_reports_each_operations_fate() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let keys = spread_keys();
+    let error = client.batch(&adds(&keys)).await.unwrap_err();
+    let refused = assert_partly_applied(&server, &keys, error);
+    for result in client.batch(&adds(&refused)).await.unwrap() {
+        assert_eq!(result.unwrap().value, 1);
+    }
+    for key in &keys {
+        assert_eq!(server.value(key), Some(1), "{key} counted once");
+    }
+}
+
+/// Server A (two cores) restarts with one core, freeing core 1's shard port, and another
+/// server B starts with its main port there. A client that knew A must not adopt B's map
+/// or write to B: it asks A's main address, adopts A's one-core map, and every key keeps
+/// counting on A.
+fn another_server_on_a_freed_shard_port(server: &FakeServer) -> FakeServer {
+    server.shrink_to_one_core();
+    server.close_port(Some(1));
+    let freed = server.shard_addrs[1].to_string();
+    FakeServer::start_at(&freed, 0xB0B, 1, 16)
+}
+
+#[test]
+fn blocking_a_freed_shard_port_taken_by_another_server_is_not_trusted() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 1);
+    }
+    let stranger = another_server_on_a_freed_shard_port(&server);
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 2, "{key} counted on A");
+    }
+    assert_eq!(
+        client.shard_map().shard_ports,
+        vec![server.shard_addrs[0].port()]
+    );
+    assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn async_a_freed_shard_port_taken_by_another_server_is_not_trusted() {
+    let server = Arc::new(FakeServer::start(2, 16));
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).await.unwrap(), 1);
+    }
+    let stranger = {
+        let server = server.clone();
+        tokio::task::spawn_blocking(move || another_server_on_a_freed_shard_port(&server))
+            .await
+            .unwrap()
+    };
+    for round in 2..=3 {
+        for key in &keys {
+            let value = client.incr(key, 1).await.unwrap();
+            assert_eq!(value, round, "{key} counted on A");
+        }
+    }
+    assert_eq!(
+        client.shard_map().shard_ports,
+        vec![server.shard_addrs[0].port()]
+    );
+    assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
+}
+
+/// The freed shard port is taken by a service that does not speak Tally: its answer is a
+/// failed hello like a refused connect, so the client asks the main address, which
+/// brings the new map, instead of failing that core's keys for good.
+#[test]
+fn blocking_a_freed_shard_port_taken_by_another_service_falls_back_to_the_main_port() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 1);
+    }
+    server.shrink_to_one_core();
+    server.close_port(Some(1));
+    let junk = std::net::TcpListener::bind(server.shard_addrs[1]).unwrap();
+    std::thread::spawn(move || {
+        for stream in junk.incoming() {
+            use std::io::Write;
+            let _ = stream
+                .unwrap()
+                .write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        }
+    });
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 2, "{key}");
+    }
+    assert_eq!(client.shard_map().core_count(), 1);
+}
+
+/// The server at the main address is gone and another server answers on its old shard
+/// port: the client cannot confirm it, so it refuses (a handshake error, nothing sent)
+/// rather than count on the stranger.
+#[test]
+fn blocking_a_stranger_on_a_shard_port_is_refused_while_the_main_address_is_down() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    let keys = spread_keys();
+    for key in &keys {
+        assert_eq!(client.incr(key, 1).unwrap(), 1);
+    }
+    server.close_port(Some(1));
+    server.close_port(None);
+    let stranger = FakeServer::start_at(&server.shard_addrs[1].to_string(), 0xB0B, 1, 16);
+    let core_1_key = keys
+        .iter()
+        .find(|key| client.route(key.as_bytes()) == 1)
+        .unwrap();
+    let error = client.incr(core_1_key, 1).unwrap_err();
+    assert!(matches!(error, ClientError::Handshake { .. }), "{error:?}");
+    assert_eq!(stranger.state.batch_frames.load(Ordering::SeqCst), 0);
 }

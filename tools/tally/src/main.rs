@@ -471,12 +471,14 @@ impl From<ClientError> for CliError {
 }
 
 impl CliError {
-    /// Whether a change may have been applied (exit status 3).
+    /// Whether a change may have been applied (exit status 3): also a batch applied in
+    /// part (`PartlyApplied`), which did change counters.
     pub(crate) fn is_outcome_unknown(&self) -> bool {
         matches!(
             self,
-            CliError::Client(ClientError::OutcomeUnknown { .. })
-                | CliError::Keyed(ClientError::OutcomeUnknown { .. }, _)
+            CliError::Client(
+                ClientError::OutcomeUnknown { .. } | ClientError::PartlyApplied { .. }
+            ) | CliError::Keyed(ClientError::OutcomeUnknown { .. }, _)
         )
     }
 

@@ -105,7 +105,18 @@ pub struct FakeServer {
 impl FakeServer {
     /// Starts a server with `core_count` shard ports and `partition_count` partitions.
     pub fn start(core_count: usize, partition_count: u32) -> FakeServer {
-        let main = TcpListener::bind("127.0.0.1:0").unwrap();
+        FakeServer::start_at("127.0.0.1:0", 0xFA4E, core_count, partition_count)
+    }
+
+    /// Like [`FakeServer::start`], with the main port at `main_addr` (another server's
+    /// freed port, say) and this `server_id` (another process's).
+    pub fn start_at(
+        main_addr: &str,
+        server_id: u64,
+        core_count: usize,
+        partition_count: u32,
+    ) -> FakeServer {
+        let main = TcpListener::bind(main_addr).unwrap();
         let shards: Vec<TcpListener> = (0..core_count)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
@@ -113,7 +124,7 @@ impl FakeServer {
             .iter()
             .map(|listener| listener.local_addr().unwrap().port())
             .collect();
-        let hello = HelloReply::with_modulo_owners(0xFA4E, partition_count, ports).unwrap();
+        let hello = HelloReply::with_modulo_owners(server_id, partition_count, ports).unwrap();
         let state = Arc::new(State::default());
         *state.ops_per_core.lock().unwrap() = vec![0; core_count];
         *state.hello.lock().unwrap() = Some(hello.clone());
@@ -172,6 +183,12 @@ impl FakeServer {
         .unwrap();
         *self.state.hello.lock().unwrap() = Some(hello.clone());
         hello
+    }
+
+    /// Hands new connections `hello` as the shard map (for example the one the server
+    /// started with, after [`FakeServer::shrink_to_one_core`]).
+    pub fn set_shard_map(&self, hello: HelloReply) {
+        *self.state.hello.lock().unwrap() = Some(hello);
     }
 
     /// Hands new connections `partition_count` partitions over the same shard ports, with
