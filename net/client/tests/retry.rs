@@ -513,7 +513,8 @@ fn assert_partly_applied(server: &FakeServer, keys: &[String], error: ClientErro
 #[test]
 fn blocking_a_batch_refused_on_one_core_reports_each_operations_fate() {
     let server = FakeServer::start(2, 16);
-    let mut client = Client::connect(server.main_addr).unwrap();
+    // Automatic keys, so that the server can refuse one core's frame as "table full".
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
     server.state.full_on_new_key.store(1, Ordering::SeqCst);
     let keys = spread_keys();
     let error = client.batch(&adds(&keys)).unwrap_err();
@@ -529,7 +530,10 @@ fn blocking_a_batch_refused_on_one_core_reports_each_operations_fate() {
 #[tokio::test]
 async fn async_a_batch_refused_on_one_core_reports_each_operations_fate() {
     let server = FakeServer::start(2, 16);
-    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    // Automatic keys, so that the server can refuse one core's frame as "table full".
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
     server.state.full_on_new_key.store(1, Ordering::SeqCst);
     let keys = spread_keys();
     let error = client.batch(&adds(&keys)).await.unwrap_err();
