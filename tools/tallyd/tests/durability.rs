@@ -982,6 +982,103 @@ fn a_keyed_batch_refused_on_a_full_disk_settles_on_a_retry_once_space_is_freed()
     assert_eq!(client.values(&keys), expected, "retries after the restart");
 }
 
+/// Keyed batches answered partly `Ok` and partly `Unavailable` on a full disk (one
+/// core's journal degraded before the other's), not retried until after the space was
+/// freed, a `kill -9` and a restart: the retry answers every operation acknowledged
+/// the first time exactly as then (from its journal record) and applies nothing for
+/// it, runs or settles the others, and every batch counts once (PROTOCOL.md: a retry
+/// "runs only those operations again and answers the others as the first time"). A
+/// client that counts such an operation again when the retry says `Ok` counts it
+/// twice: a load harness did, and reported the second count as lost increments.
+/// Needs root, as the tests above.
+#[test]
+fn a_keyed_batch_partly_acknowledged_on_a_full_disk_is_answered_as_before_after_kill_9() {
+    let Some(filesystem) = SmallFilesystem::mount_or_skip("8m", "partly acknowledged test") else {
+        return;
+    };
+    let data_dir = filesystem.path().join("data");
+    let keys = keys();
+    let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
+    let daemon = Daemon::start(&data_dir, &[]);
+    let mut client = Client::connect(daemon.addr);
+    let mut tally = Tally::new();
+    for _ in 0..20 {
+        send_acknowledged_round(&mut client, &keys, &mut tally);
+    }
+    let filler = filesystem.fill();
+    // Keyed batches until every key has been refused once; each one counts once.
+    let mut batches = 0u128;
+    let mut unsettled: Vec<(u128, Vec<OpReply>)> = Vec::new();
+    let mut refused = vec![false; keys.len()];
+    while !refused.iter().all(|&r| r) {
+        assert!(
+            batches < 20_000,
+            "durable increments are refused on a full disk"
+        );
+        let idempotency_key = 0x9a27_0000_0000 + batches;
+        let replies = client.batch(&ops, Some(idempotency_key));
+        batches += 1;
+        for (key, reply) in replies.iter().enumerate() {
+            if reply.status != Status::Ok {
+                assert_eq!(reply.status, Status::Unavailable, "key {key}");
+                refused[key] = true;
+            }
+        }
+        if replies.iter().any(|reply| reply.status != Status::Ok) {
+            unsettled.push((idempotency_key, replies));
+        }
+    }
+    let partly = unsettled
+        .iter()
+        .filter(|(_, replies)| replies.iter().any(|reply| reply.status == Status::Ok))
+        .count();
+    assert!(
+        partly > 0,
+        "no batch was answered partly Ok: both journals degraded within one batch"
+    );
+    // Space freed: a probe batch under its own key, retried until every operation is
+    // `Ok` (both journals took a retry), counts once like the others.
+    std::fs::remove_file(&filler).unwrap();
+    let probe = 0x9a27_ffff_ffff;
+    let resumed = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(100));
+        let replies = client.batch(&ops, Some(probe));
+        replies.iter().all(|reply| reply.status == Status::Ok)
+    });
+    assert!(resumed, "durable increments resume once space is freed");
+    batches += 1;
+    drop(client);
+    daemon.kill_9();
+    let daemon = Daemon::start(&data_dir, &[]);
+    let mut client = Client::connect(daemon.addr);
+    for (idempotency_key, first) in &unsettled {
+        let replies = client.batch(&ops, Some(*idempotency_key));
+        for (key, (reply, before)) in replies.iter().zip(first).enumerate() {
+            assert_eq!(
+                reply.status,
+                Status::Ok,
+                "key {key} of {idempotency_key:#x}"
+            );
+            if before.status == Status::Ok {
+                assert_eq!(
+                    reply, before,
+                    "key {key} of {idempotency_key:#x}: acknowledged the first time, so \
+                     answered as then"
+                );
+            }
+        }
+    }
+    let expected: Vec<i64> = (0..keys.len())
+        .map(|key| tally.acked[key] + batches as i64)
+        .collect();
+    assert_eq!(
+        client.values(&keys),
+        expected,
+        "every keyed batch counted exactly once ({partly} of {} retried ones partly Ok)",
+        unsettled.len()
+    );
+}
+
 /// Starts `tallyd` as `Daemon::start` does, expecting it to refuse to start; returns
 /// what it wrote to standard error.
 fn start_refused(dir: &Path, extra: &[&str]) -> String {
