@@ -847,6 +847,11 @@ impl CoreJournal {
 
     /// Takes in a journal error: the journal says whether it failed or is degraded.
     fn on_error(&self, error: &JournalError, now: Instant) {
+        if self.failed.get() {
+            // Failed for good already (logged then): a later error of the engine's
+            // journal, degraded or not, changes nothing until a restart.
+            return;
+        }
         let journal = self.journal.borrow();
         if journal.failure().is_some() || journal.degraded().is_none() {
             drop(journal);
@@ -881,7 +886,9 @@ impl CoreJournal {
 
     /// Logs the end of a degraded stay, if one just ended.
     fn note_recovered(&self) {
-        if self.degraded_logged.get().is_some() && !self.is_degraded() {
+        // A core that failed for good refuses mutations until a restart, whatever its
+        // engine journal's retries achieve: "accepted again" would be false.
+        if self.degraded_logged.get().is_some() && !self.is_degraded() && !self.failed.get() {
             self.degraded_logged.set(None);
             let retries = self.journal.borrow().stats().retry_count;
             tracing::warn!(
@@ -1023,7 +1030,12 @@ impl CoreJournal {
     async fn make_appended_durable(&self) -> Result<Lsn, JournalError> {
         let lsn = self.barrier_lsn();
         match self.wait_durable(lsn).await {
-            Ok(()) => Ok(lsn),
+            // A failed core's store may hold mutations its journal never got (an
+            // append failed inside a batch): nothing it holds may be checkpointed.
+            Ok(()) if !self.failed.get() => Ok(lsn),
+            Ok(()) => Err(JournalError::Failed {
+                reason: format!("the journal of core {} failed", self.core),
+            }),
             Err(()) => Err(JournalError::Failed {
                 reason: format!(
                     "the journal of core {} failed or degraded before LSN {lsn} was durable",
@@ -1472,6 +1484,17 @@ async fn checkpoint_round(core: &Core) -> Result<Round, JournalError> {
     let mut buffers = Vec::new();
     let mut written = Ok(());
     for partition in plan.write {
+        if journal.refuses_mutations() {
+            // Failed: the store may hold mutations the journal never got, which a copy
+            // would make durable (a retry of their batch would then apply them twice).
+            // Degraded: what it holds is not durable. Either way, no more copies.
+            written = Err(JournalError::Failed {
+                reason: format!(
+                    "the journal of core {index} failed or degraded during the checkpoint round"
+                ),
+            });
+            break;
+        }
         if journal.checkpoints_stopping.get() {
             // The server is stopping: its final round, right after this one, writes
             // what is left, so the stop does not wait for this round's remainder.
