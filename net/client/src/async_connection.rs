@@ -76,7 +76,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{timeout, Instant};
 
-use crate::blocking::routes_differ;
+use crate::blocking::{routes_differ, unconfirmed_shard_port};
 use crate::config::ClientConfig;
 use crate::dispatch::{backoff, IN_FLIGHT_OPS_MAX};
 use crate::error::{hello_error, is_table_full, server_refusal, ClientError};
@@ -922,12 +922,12 @@ impl ConnectionTask {
         let (main, main_hello) = match open(main_addr, &self.config, deadline).await {
             Ok(opened) => opened,
             Err(error) => {
-                let reason = format!(
-                    "the shard port answered for another server (id {:x}, not {:x}) and \
-                     the main address cannot confirm it: {error}",
-                    shard_hello.server_id, self.hello.server_id
-                );
-                return Err(ClientError::Handshake { addr, reason });
+                return Err(unconfirmed_shard_port(
+                    addr,
+                    shard_hello.server_id,
+                    self.hello.server_id,
+                    &error,
+                ))
             }
         };
         let same_server = main_hello.server_id == shard_hello.server_id

@@ -96,6 +96,22 @@ pub(crate) fn shard_addrs(
     }
 }
 
+/// The error for a shard port that answered for another server process (`found`) than
+/// the one the client knows (`known`), when the main address, which would say which is
+/// right, cannot be reached: nothing is sent to the stranger.
+pub(crate) fn unconfirmed_shard_port(
+    addr: SocketAddr,
+    found: u64,
+    known: u64,
+    error: &ClientError,
+) -> ClientError {
+    let reason = format!(
+        "the shard port answered for another server (id {found:x}, not {known:x}) and \
+         the main address cannot confirm it: {error}"
+    );
+    ClientError::Handshake { addr, reason }
+}
+
 /// Whether two shard maps route keys differently (the server id alone may differ).
 pub(crate) fn routes_differ(left: &HelloReply, right: &HelloReply) -> bool {
     left.partition_count != right.partition_count
@@ -261,12 +277,12 @@ impl Client {
         let (main, main_hello) = match Connection::open(self.main_addr, &self.config, deadline) {
             Ok(opened) => opened,
             Err(error) => {
-                let reason = format!(
-                    "the shard port answered for another server (id {:x}, not {:x}) and \
-                     the main address cannot confirm it: {error}",
-                    shard_hello.server_id, self.hello.server_id
-                );
-                return Err(ClientError::Handshake { addr, reason });
+                return Err(unconfirmed_shard_port(
+                    addr,
+                    shard_hello.server_id,
+                    self.hello.server_id,
+                    &error,
+                ))
             }
         };
         let same_server = main_hello.server_id == shard_hello.server_id

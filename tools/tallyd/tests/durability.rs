@@ -821,6 +821,56 @@ fn send_round(client: &mut Client, keys: &[Vec<u8>], tally: &mut Tally) -> Vec<S
     replies.iter().map(|reply| reply.status).collect()
 }
 
+/// `tallyd` on `data_dir` (inside `filesystem`), 20 acknowledged rounds of durable
+/// increments, then `filesystem` filled: the daemon, its client, the counts so far and
+/// the filler file to delete.
+fn full_disk_after_acknowledged_rounds(
+    data_dir: &Path,
+    filesystem: &SmallFilesystem,
+) -> (Daemon, Client, Tally, std::path::PathBuf) {
+    let daemon = Daemon::start(data_dir, &[]);
+    let mut client = Client::connect(daemon.addr);
+    let mut tally = Tally::new();
+    for _ in 0..20 {
+        send_acknowledged_round(&mut client, &keys(), &mut tally);
+    }
+    let filler = filesystem.fill();
+    (daemon, client, tally, filler)
+}
+
+/// Sends `ops` as durable batches under the keys `key_base`, `key_base + 1`, ... until
+/// every operation's key has been refused `Unavailable` once (only `Ok` or that is
+/// accepted). Returns how many batches were sent, and the key and replies of each
+/// batch with a refusal.
+fn send_keyed_until_every_key_is_refused(
+    client: &mut Client,
+    ops: &[Op<&[u8]>],
+    key_base: u128,
+) -> (u128, Vec<(u128, Vec<OpReply>)>) {
+    let mut batches = 0u128;
+    let mut unsettled = Vec::new();
+    let mut refused = vec![false; ops.len()];
+    while !refused.iter().all(|&r| r) {
+        assert!(
+            batches < 20_000,
+            "durable increments are refused on a full disk"
+        );
+        let idempotency_key = key_base + batches;
+        let replies = client.batch(ops, Some(idempotency_key));
+        batches += 1;
+        for (key, reply) in replies.iter().enumerate() {
+            if reply.status != Status::Ok {
+                assert_eq!(reply.status, Status::Unavailable, "key {key}");
+                refused[key] = true;
+            }
+        }
+        if replies.iter().any(|reply| reply.status != Status::Ok) {
+            unsettled.push((idempotency_key, replies));
+        }
+    }
+    (batches, unsettled)
+}
+
 /// Disk full at process level: `tallyd`'s data directory on a small tmpfs that the test
 /// fills. Durable increments then fail with `Unavailable` and are not acknowledged
 /// while reads keep being served; once the space is freed, without a restart, the
@@ -905,37 +955,12 @@ fn a_keyed_batch_refused_on_a_full_disk_settles_on_a_retry_once_space_is_freed()
     let data_dir = filesystem.path().join("data");
     let keys = keys();
     let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
-    let daemon = Daemon::start(&data_dir, &[]);
-    let mut client = Client::connect(daemon.addr);
-    let mut tally = Tally::new();
-    for _ in 0..20 {
-        send_acknowledged_round(&mut client, &keys, &mut tally);
-    }
-    let filler = filesystem.fill();
+    let (daemon, mut client, tally, filler) =
+        full_disk_after_acknowledged_rounds(&data_dir, &filesystem);
     // Keyed rounds until every key has been refused once; each is one batch to count.
-    let mut batches = 0u128;
-    let mut unsettled = Vec::new();
-    let mut refused = vec![false; keys.len()];
-    while !refused.iter().all(|&r| r) {
-        assert!(
-            batches < 20_000,
-            "durable increments are refused on a full disk"
-        );
-        let idempotency_key = 0x5e77_1e00_0000 + batches;
-        let replies = client.batch(&ops, Some(idempotency_key));
-        batches += 1;
-        let mut any_refused = false;
-        for (key, reply) in replies.iter().enumerate() {
-            if reply.status != Status::Ok {
-                assert_eq!(reply.status, Status::Unavailable, "key {key}");
-                refused[key] = true;
-                any_refused = true;
-            }
-        }
-        if any_refused {
-            unsettled.push(idempotency_key);
-        }
-    }
+    let (batches, refused_batches) =
+        send_keyed_until_every_key_is_refused(&mut client, &ops, 0x5e77_1e00_0000);
+    let mut unsettled: Vec<u128> = refused_batches.into_iter().map(|(key, _)| key).collect();
     std::fs::remove_file(&filler).unwrap();
     // Retried with their keys until settled: within a few of the journal's retries.
     let mut settled = Vec::new();
@@ -999,35 +1024,11 @@ fn a_keyed_batch_partly_acknowledged_on_a_full_disk_is_answered_as_before_after_
     let data_dir = filesystem.path().join("data");
     let keys = keys();
     let ops: Vec<Op<&[u8]>> = keys.iter().map(|key| add(key, 1)).collect();
-    let daemon = Daemon::start(&data_dir, &[]);
-    let mut client = Client::connect(daemon.addr);
-    let mut tally = Tally::new();
-    for _ in 0..20 {
-        send_acknowledged_round(&mut client, &keys, &mut tally);
-    }
-    let filler = filesystem.fill();
+    let (daemon, mut client, tally, filler) =
+        full_disk_after_acknowledged_rounds(&data_dir, &filesystem);
     // Keyed batches until every key has been refused once; each one counts once.
-    let mut batches = 0u128;
-    let mut unsettled: Vec<(u128, Vec<OpReply>)> = Vec::new();
-    let mut refused = vec![false; keys.len()];
-    while !refused.iter().all(|&r| r) {
-        assert!(
-            batches < 20_000,
-            "durable increments are refused on a full disk"
-        );
-        let idempotency_key = 0x9a27_0000_0000 + batches;
-        let replies = client.batch(&ops, Some(idempotency_key));
-        batches += 1;
-        for (key, reply) in replies.iter().enumerate() {
-            if reply.status != Status::Ok {
-                assert_eq!(reply.status, Status::Unavailable, "key {key}");
-                refused[key] = true;
-            }
-        }
-        if replies.iter().any(|reply| reply.status != Status::Ok) {
-            unsettled.push((idempotency_key, replies));
-        }
-    }
+    let (mut batches, unsettled) =
+        send_keyed_until_every_key_is_refused(&mut client, &ops, 0x9a27_0000_0000);
     let partly = unsettled
         .iter()
         .filter(|(_, replies)| replies.iter().any(|reply| reply.status == Status::Ok))
