@@ -1533,7 +1533,7 @@ fn apply_bounds(value: i64, bounds: Bounds, policy: BoundPolicy) -> Result<(i64,
     add_within_bounds(value, 0, bounds, policy)
 }
 
-/// A partition's checkpoint, copied into memory on its core ([`Partition::snapshot`]).
+/// A partition's checkpoint, copied into memory on its core (`Store::snapshot_partition`).
 /// It owns its bytes, so it can be written on another thread while the core goes on
 /// serving: the bytes are the partition as it was at the copy, whatever happens to it
 /// after.
@@ -1588,7 +1588,7 @@ impl PartitionSnapshot {
         sync_directory(destination)
     }
 
-    /// The snapshot's buffers, for the next [`Partition::snapshot`] to reuse: last
+    /// The snapshot's buffers, for the next `Store::snapshot_partition` to reuse: last
     /// file first, as that pops them, so each file gets the buffer it had (and its
     /// capacity) the last time.
     pub fn into_buffers(self) -> Vec<Vec<u8>> {

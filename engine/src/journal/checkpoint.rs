@@ -363,7 +363,7 @@ pub fn checkpoint_core<S: JournalStorage>(
 
 /// What a round found on disk, read without the store (so off the core, if the core
 /// must not wait for the file system): each partition's last checkpoint, and the
-/// release target of the core's segments (see [`release_target`]).
+/// release target of the core's segments (see `release_target`).
 #[derive(Clone, Debug)]
 pub struct Survey {
     checkpoints: Vec<(u32, Option<CheckpointInfo>)>,
