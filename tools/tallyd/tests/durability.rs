@@ -31,8 +31,23 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path, extra: &[&str]) -> Daemon {
-        // "tallyd listening on 127.0.0.1:PORT (shard ports A,B)"
-        let (process, rest) = common::start(dir, 8, extra, "tallyd listening on ");
+        Daemon::started(common::start(dir, 8, extra, "tallyd listening on "))
+    }
+
+    /// [`Daemon::start`] with its log going to `stderr`.
+    fn start_logging_to(dir: &Path, extra: &[&str], stderr: std::process::Stdio) -> Daemon {
+        Daemon::started(common::start_logging_to(
+            dir,
+            8,
+            extra,
+            "tallyd listening on ",
+            stderr,
+        ))
+    }
+
+    /// The daemon and the rest of its start line:
+    /// "tallyd listening on 127.0.0.1:PORT (shard ports A,B)".
+    fn started((process, rest): (common::Process, String)) -> Daemon {
         let addr = rest
             .split_once(' ')
             .map(|(addr, _)| addr.parse().expect("an address"))
@@ -1363,16 +1378,7 @@ fn a_checkpoint_stuck_on_its_disk_does_not_stop_its_core() {
     let dir = tempfile::tempdir().unwrap();
     let keys = keys();
     let mut tally = Tally::new();
-    // A first run lays the data directory out; its checkpoints then move to the disk
-    // that will freeze.
-    let daemon = Daemon::start(dir.path(), &[]);
-    send_acknowledged_round(&mut Client::connect(daemon.addr), &keys, &mut tally);
-    assert_eq!(daemon.terminate(), Some(0));
-    let checkpoints = dir.path().join("checkpoint");
-    run("cp", &["-a", checkpoints.to_str().unwrap()], disk.path()).unwrap();
-    std::fs::remove_dir_all(&checkpoints).unwrap();
-    std::os::unix::fs::symlink(disk.path().join("checkpoint"), &checkpoints).unwrap();
-
+    checkpoints_on(&disk, dir.path(), &mut tally);
     let daemon = Daemon::start(dir.path(), &["--checkpoint-interval-s", "1"]);
     let mut client = Client::connect(daemon.addr);
     send_acknowledged_round(&mut client, &keys, &mut tally);
@@ -1424,4 +1430,70 @@ fn a_checkpoint_stuck_on_its_disk_does_not_stop_its_core() {
     let daemon = Daemon::start(dir.path(), &[]);
     check_bounds(daemon.addr, &tally, "after a stuck checkpoint and kill -9");
     drop(daemon);
+}
+
+/// Lays out a data directory in `dir` (a first run, one acknowledged round counted in
+/// `tally`), then moves its checkpoints to `disk`, leaving a symlink in their place.
+fn checkpoints_on(disk: &FreezableFilesystem, dir: &Path, tally: &mut Tally) {
+    let daemon = Daemon::start(dir, &[]);
+    send_acknowledged_round(&mut Client::connect(daemon.addr), &keys(), tally);
+    assert_eq!(daemon.terminate(), Some(0));
+    let checkpoints = dir.join("checkpoint");
+    run("cp", &["-a", checkpoints.to_str().unwrap()], disk.path()).unwrap();
+    std::fs::remove_dir_all(&checkpoints).unwrap();
+    std::os::unix::fs::symlink(disk.path().join("checkpoint"), &checkpoints).unwrap();
+}
+
+/// A graceful stop that meets a checkpoint round stuck on its disk says what it waits
+/// for (it used to wait in silence, with the listeners already closed), ends once the
+/// disk comes back, exits 0, and loses nothing.
+#[test]
+fn a_stop_waiting_for_a_stuck_checkpoint_round_says_so_and_then_ends() {
+    let test = "a_stop_waiting_for_a_stuck_checkpoint_round_says_so_and_then_ends";
+    let Some(disk) = FreezableFilesystem::mount_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys();
+    let mut tally = Tally::new();
+    checkpoints_on(&disk, dir.path(), &mut tally);
+    let log_path = dir.path().join("tallyd.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let daemon = Daemon::start_logging_to(
+        dir.path(),
+        &["--checkpoint-interval-s", "1"],
+        std::process::Stdio::from(log),
+    );
+    let mut client = Client::connect(daemon.addr);
+    send_acknowledged_round(&mut client, &keys, &mut tally);
+    drop(client);
+    disk.freeze().unwrap();
+    // The next round (within a second) blocks on its first write.
+    thread::sleep(Duration::from_millis(1_500));
+    let stopping = thread::spawn(move || daemon.terminate());
+    let said = std::panic::catch_unwind(|| {
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(&log_path)
+            .unwrap()
+            .contains("waiting for the checkpoint round in progress")
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the stop never said what it waits for"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // Thawed whatever happened: the daemon cannot end before.
+    disk.thaw().unwrap();
+    assert_eq!(stopping.join().unwrap(), Some(0), "the stop ended cleanly");
+    if let Err(panic) = said {
+        std::panic::resume_unwind(panic);
+    }
+    let daemon = Daemon::start(dir.path(), &[]);
+    check_bounds(
+        daemon.addr,
+        &tally,
+        "after a stop that waited for a stuck round",
+    );
 }
