@@ -31,7 +31,7 @@ mod superblock;
 
 pub use error::{EngineError, OpError};
 pub use op::{recycle_ops, Bound, BoundPolicy, Op, OpResult, Outcome};
-pub use partition::PartitionSnapshot;
+pub use partition::{CheckpointBytes, PartitionSnapshot};
 pub use store::{Store, PREFETCH_DISTANCE};
 pub use superblock::{parse_core_count, DataDir, CORES_FILE, PARTITION_COUNT_MAX};
 

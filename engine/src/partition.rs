@@ -1313,28 +1313,45 @@ impl Partition {
         self.meta.write_back()
     }
 
-    /// Copies what a checkpoint of this partition holds (its header and data files, as
-    /// they are now) into memory, reusing `buffers` (from
+    /// What a checkpoint of this partition holds, borrowed from the live partition: to
+    /// write at once, on the owning core, without a copy.
+    pub(crate) fn checkpoint_bytes(&self) -> CheckpointBytes<'_> {
+        CheckpointBytes {
+            index: self.index,
+            heap_bytes: self.heap.file().length_bytes(),
+            meta_bytes: self.meta.bytes(),
+            files: self
+                .files()
+                .into_iter()
+                .skip(1)
+                .map(|file| {
+                    let name = file.path().file_name().expect("arena file name");
+                    (Path::new(name), file.bytes())
+                })
+                .collect(),
+        }
+    }
+
+    /// Copies [`Partition::checkpoint_bytes`] into memory, reusing `buffers` (from
     /// [`PartitionSnapshot::into_buffers`]) so that a round of checkpoints does not
     /// fault in fresh memory for every partition. The copy is all the owning core pays
-    /// for; [`PartitionSnapshot::write_to`] can run on any thread.
+    /// for; the snapshot's bytes can be written on any thread.
     pub(crate) fn snapshot(&self, mut buffers: Vec<Vec<u8>>) -> PartitionSnapshot {
-        let files = self
-            .files()
-            .into_iter()
-            .skip(1)
-            .map(|file| {
+        let live = self.checkpoint_bytes();
+        let files = live
+            .files
+            .iter()
+            .map(|&(name, live_bytes)| {
                 let mut bytes = buffers.pop().unwrap_or_default();
                 bytes.clear();
-                bytes.extend_from_slice(file.bytes());
-                let name = file.path().file_name().expect("arena file name");
-                (PathBuf::from(name), bytes)
+                bytes.extend_from_slice(live_bytes);
+                (name.to_path_buf(), bytes)
             })
             .collect();
         PartitionSnapshot {
-            index: self.index,
-            heap_bytes: self.heap.file().length_bytes(),
-            meta_bytes: self.meta.bytes().to_vec(),
+            index: live.index,
+            heap_bytes: live.heap_bytes,
+            meta_bytes: live.meta_bytes.to_vec(),
             files,
         }
     }
@@ -1533,22 +1550,21 @@ fn apply_bounds(value: i64, bounds: Bounds, policy: BoundPolicy) -> Result<(i64,
     add_within_bounds(value, 0, bounds, policy)
 }
 
-/// A partition's checkpoint, copied into memory on its core (`Store::snapshot_partition`).
-/// It owns its bytes, so it can be written on another thread while the core goes on
-/// serving: the bytes are the partition as it was at the copy, whatever happens to it
-/// after.
-pub struct PartitionSnapshot {
+/// What a checkpoint of one partition writes: its header and data files' bytes,
+/// borrowed from the live partition (`Store::checkpoint_bytes`) or from a
+/// [`PartitionSnapshot`].
+pub struct CheckpointBytes<'a> {
     index: u32,
     heap_bytes: u64,
-    /// The live header as copied; [`PartitionSnapshot::write_to`] marks it clean with
-    /// the data checksum.
-    meta_bytes: Vec<u8>,
+    /// The live header; [`CheckpointBytes::write_to`] writes it marked clean, with the
+    /// data checksum.
+    meta_bytes: &'a [u8],
     /// `(file name, bytes)` of every data file, in `Partition::files` order.
-    files: Vec<(PathBuf, Vec<u8>)>,
+    files: Vec<(&'a Path, &'a [u8])>,
 }
 
-impl PartitionSnapshot {
-    /// The partition copied.
+impl CheckpointBytes<'_> {
+    /// The partition.
     pub fn partition(&self) -> u32 {
         self.index
     }
@@ -1564,7 +1580,7 @@ impl PartitionSnapshot {
         for (_, bytes) in &self.files {
             hasher.update(bytes);
         }
-        let mut meta_bytes = self.meta_bytes.clone();
+        let mut meta_bytes = self.meta_bytes.to_vec();
         let header = Meta {
             version: META_VERSION,
             clean: 1,
@@ -1586,6 +1602,33 @@ impl PartitionSnapshot {
             &meta_bytes,
         )?;
         sync_directory(destination)
+    }
+}
+
+/// A partition's checkpoint, copied into memory on its core (`Store::snapshot_partition`).
+/// It owns its bytes, so it can be written on another thread while the core goes on
+/// serving: the bytes are the partition as it was at the copy, whatever happens to it
+/// after.
+pub struct PartitionSnapshot {
+    index: u32,
+    heap_bytes: u64,
+    meta_bytes: Vec<u8>,
+    files: Vec<(PathBuf, Vec<u8>)>,
+}
+
+impl PartitionSnapshot {
+    /// The copy, to write ([`CheckpointBytes::write_to`]).
+    pub fn bytes(&self) -> CheckpointBytes<'_> {
+        CheckpointBytes {
+            index: self.index,
+            heap_bytes: self.heap_bytes,
+            meta_bytes: &self.meta_bytes,
+            files: self
+                .files
+                .iter()
+                .map(|(name, bytes)| (name.as_path(), bytes.as_slice()))
+                .collect(),
+        }
     }
 
     /// The snapshot's buffers, for the next `Store::snapshot_partition` to reuse: last

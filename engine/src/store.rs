@@ -49,7 +49,7 @@ use crate::error::{EngineError, OpError};
 use crate::heap::Bounds;
 use crate::index::{InBucket, PlainKey, KEY_INLINE_BYTES_MAX};
 use crate::op::{BoundPolicy, Op, OpResult};
-use crate::partition::{KeyProbe, Partition, PartitionSnapshot};
+use crate::partition::{CheckpointBytes, KeyProbe, Partition, PartitionSnapshot};
 use crate::{key_hash, validate_key, DataDir, BATCH_OPS_MAX};
 
 /// How many operations ahead the batch pipeline prefetches the home bucket.
@@ -759,13 +759,21 @@ impl Store {
     /// those to another thread). Use a fresh directory per checkpoint and rename it into
     /// place to make the checkpoint as a whole atomic.
     pub fn checkpoint_partition(&self, partition: u32, dest_dir: &Path) -> Result<(), EngineError> {
-        self.snapshot_partition(partition, Vec::new())?
-            .write_to(dest_dir)
+        self.checkpoint_bytes(partition)?.write_to(dest_dir)
+    }
+
+    /// What a checkpoint of one owned partition writes, borrowed from the live
+    /// partition (no copy): for a writer on the owning core.
+    pub fn checkpoint_bytes(&self, partition: u32) -> Result<CheckpointBytes<'_>, EngineError> {
+        let owned = self
+            .owned_partition(partition)
+            .ok_or_else(|| Store::not_owned(partition))?;
+        Ok(owned.checkpoint_bytes())
     }
 
     /// Copies one owned partition's checkpoint into memory, reusing `buffers` (see
-    /// [`PartitionSnapshot::into_buffers`]); [`PartitionSnapshot::write_to`] then writes
-    /// it on any thread. The copy reflects exactly what the partition holds now.
+    /// [`PartitionSnapshot::into_buffers`]); its [`PartitionSnapshot::bytes`] can then
+    /// be written on any thread. The copy reflects exactly what the partition holds now.
     pub fn snapshot_partition(
         &self,
         partition: u32,

@@ -88,7 +88,7 @@ use super::stamp::{self, StampError};
 use super::storage::JournalStorage;
 use super::writer::create_dir_durably;
 use super::{journal_dir, segment, Journal, JournalError, Lsn};
-use crate::partition::PartitionSnapshot;
+use crate::partition::{CheckpointBytes, PartitionSnapshot};
 use crate::store::Store;
 
 const POSITION_FILE: &str = "journal-position";
@@ -196,15 +196,15 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), JournalError> {
 /// removes `<p>.old` ([`finish_swaps`]).
 fn write_and_swap(
     root: &Path,
-    snapshot: &PartitionSnapshot,
+    checkpoint: &CheckpointBytes<'_>,
     covered_lsn: Lsn,
 ) -> Result<CheckpointInfo, JournalError> {
-    let partition = snapshot.partition();
+    let partition = checkpoint.partition();
     let dir = root.join(partition.to_string());
     let temporary = with_suffix(&dir, ".tmp");
     let old = with_suffix(&dir, ".old");
     remove_dir_if_present(&temporary)?;
-    snapshot
+    checkpoint
         .write_to(&temporary)
         .map_err(|source| JournalError::Engine {
             action: "checkpoint partition",
@@ -251,17 +251,16 @@ fn write_checkpoints(
     let root = checkpoint_root(data_dir);
     create_dir_durably(&root)?;
     let mut written = Vec::new();
-    let mut buffers = Vec::new();
     for partition in partitions {
-        let snapshot = store
-            .snapshot_partition(partition, buffers)
-            .map_err(|source| JournalError::Engine {
-                action: "checkpoint partition",
-                source,
-            })?;
-        let swapped = write_and_swap(&root, &snapshot, covered_lsn);
-        buffers = snapshot.into_buffers();
-        match swapped {
+        // On the owning core, written straight from the live partition: no copy.
+        let checkpoint =
+            store
+                .checkpoint_bytes(partition)
+                .map_err(|source| JournalError::Engine {
+                    action: "checkpoint partition",
+                    source,
+                })?;
+        match write_and_swap(&root, &checkpoint, covered_lsn) {
             Ok(info) => written.push(info),
             Err(error) => {
                 // The renames done so far may or may not survive a crash; either way
@@ -461,7 +460,7 @@ pub fn write_snapshot(
 ) -> Result<CheckpointInfo, JournalError> {
     let root = checkpoint_root(data_dir);
     create_dir_durably(&root)?;
-    write_and_swap(&root, snapshot, covered_lsn)
+    write_and_swap(&root, &snapshot.bytes(), covered_lsn)
 }
 
 /// Makes the renames of the checkpoints [`write_snapshot`] wrote durable (one sync
