@@ -74,6 +74,17 @@ struct Routing {
     queues: Vec<(SocketAddr, mpsc::Sender<Call>)>,
 }
 
+impl Routing {
+    /// Hands `call` to the connection task of `core`.
+    async fn send(&self, core: usize, call: Call) -> Result<(), ClientError> {
+        self.queues[core]
+            .1
+            .send(call)
+            .await
+            .map_err(|_| task_gone())
+    }
+}
+
 impl AsyncClient {
     /// Connects with the default configuration. Must be called within a tokio runtime:
     /// the client's connection tasks run on that runtime for the client's whole life
@@ -231,11 +242,7 @@ impl AsyncClient {
                     reply,
                     deadline,
                 });
-                routing.queues[core]
-                    .1
-                    .send(call)
-                    .await
-                    .map_err(|_| task_gone())?;
+                routing.send(core, call).await?;
                 waiting.push((chunk, receiver));
             }
         }
@@ -319,11 +326,7 @@ impl AsyncClient {
             reply,
             deadline,
         });
-        routing.queues[core]
-            .1
-            .send(call)
-            .await
-            .map_err(|_| task_gone())?;
+        routing.send(core, call).await?;
         receiver.await.unwrap_or_else(|_| Err(task_gone()))
     }
 
@@ -399,11 +402,9 @@ impl AsyncClient {
         let routing = self.routing();
         let (reply, receiver) = oneshot::channel();
         let deadline = Instant::now() + self.inner.config.call_timeout;
-        routing.queues[0]
-            .1
-            .send(Call::Control(control, reply, deadline))
-            .await
-            .map_err(|_| task_gone())?;
+        routing
+            .send(0, Call::Control(control, reply, deadline))
+            .await?;
         receiver.await.map_err(|_| task_gone())?
     }
 
