@@ -2025,15 +2025,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_ninth_key_sharing_one_hash_is_refused_and_nothing_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut partition = Partition::open(dir.path(), 0).unwrap();
+    /// A partition in `dir` holding the 8 keys `same-hash-0..8`, all of one 32-bit hash
+    /// (returned): as many as a partition takes for one hash.
+    fn partition_full_for_one_hash(dir: &Path) -> (Partition, u32) {
+        let mut partition = Partition::open(dir, 0).unwrap();
         let hash = 0x1234_5678;
         for index in 0..8 {
             let key = format!("same-hash-{index}").into_bytes();
             assert!(add(&mut partition, &key, hash).is_ok());
         }
+        (partition, hash)
+    }
+
+    #[test]
+    fn a_ninth_key_sharing_one_hash_is_refused_and_nothing_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut partition, hash) = partition_full_for_one_hash(dir.path());
         let lines = partition.table.line_count();
         assert_eq!(
             add(&mut partition, b"same-hash-8", hash),
@@ -2055,12 +2062,7 @@ mod tests {
     #[test]
     fn a_refused_insert_needing_a_heap_record_leaves_the_heap_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
-        let mut partition = Partition::open(dir.path(), 0).unwrap();
-        let hash = 0x1234_5678;
-        for index in 0..8 {
-            let key = format!("same-hash-{index}").into_bytes();
-            assert!(add(&mut partition, &key, hash).is_ok());
-        }
+        let (mut partition, hash) = partition_full_for_one_hash(dir.path());
         // One counter with a record already, so a leak would also show in a free list.
         let kept = b"a-long-key-that-is-kept-in-the-heap";
         assert!(add(&mut partition, kept, 0x8765_4321).is_ok());

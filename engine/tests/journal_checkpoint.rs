@@ -53,6 +53,15 @@ fn add_to(store: &mut Store, journal: &mut Journal, keys: &[Vec<u8>], rounds: u6
     }
 }
 
+/// `bursts` bursts of 20 rounds of `add_to` on `keys`, each synced: with the small
+/// segment target of these tests, the journal rolls to new segments in between.
+fn roll_segments(store: &mut Store, journal: &mut Journal, keys: &[Vec<u8>], bursts: usize) {
+    for _ in 0..bursts {
+        add_to(store, journal, keys, 20);
+        journal.sync().unwrap();
+    }
+}
+
 fn snapshot(store: &Store) -> Model {
     let mut model = Model::new();
     for partition in 0..PARTITIONS {
@@ -218,10 +227,7 @@ fn segments_are_released_while_most_partitions_are_unchanged() {
     // Only the hot partitions change, over many segments (a sync between batches lets
     // the journal roll to a new segment past its small target).
     let hot_keys = keys_in(&HOT, 50);
-    for _ in 0..6 {
-        add_to(&mut store, &mut journal, &hot_keys, 20);
-        journal.sync().unwrap();
-    }
+    roll_segments(&mut store, &mut journal, &hot_keys, 6);
     let segments_before = list_segments(&journal_dir(path, 0)).unwrap().len();
     assert!(segments_before > 2, "the test needs segments to release");
     let before = inodes(path);
@@ -268,10 +274,7 @@ fn segments_are_released_while_most_partitions_are_unchanged() {
         assert!(report.positions_advanced.is_empty());
     }
     // A follower's retention blocks the release: idle positions are not moved for it.
-    for _ in 0..4 {
-        add_to(&mut store, &mut journal, &hot_keys, 20);
-        journal.sync().unwrap();
-    }
+    roll_segments(&mut store, &mut journal, &hot_keys, 4);
     let report = checkpoint_core(path, &store, &mut journal, 0, Some(1)).unwrap();
     assert_eq!(report.segments_released, 0);
     assert!(report.positions_advanced.is_empty());
@@ -306,10 +309,7 @@ fn interrupted_swaps_recover_and_are_repaired() {
     let stale = latest(path, 6).unwrap().unwrap();
     std::fs::write(stale.dir.join("journal-position.tmp"), b"torn").unwrap();
     let hot_keys = keys_in(&HOT, 50);
-    for _ in 0..4 {
-        add_to(&mut store, &mut journal, &hot_keys, 20);
-        journal.sync().unwrap();
-    }
+    roll_segments(&mut store, &mut journal, &hot_keys, 4);
     crash_here_recovers(path, &snapshot(&store), "interrupted swaps");
     let report = checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
     assert!(
@@ -346,10 +346,7 @@ fn empty_partitions_get_a_checkpoint_only_when_a_release_needs_it() {
     );
 
     // Enough records, synced in between, for the journal to roll past its small target.
-    for _ in 0..6 {
-        add_to(&mut store, &mut journal, &hot_keys, 20);
-        journal.sync().unwrap();
-    }
+    roll_segments(&mut store, &mut journal, &hot_keys, 6);
     assert!(list_segments(&journal_dir(path, 0)).unwrap().len() > 1);
     let report = checkpoint_core(path, &store, &mut journal, 0, None).unwrap();
     assert_eq!(
