@@ -35,7 +35,8 @@ use tally_protocol::{ErrorCode, HelloReply};
 use crate::config::ServerConfig;
 use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
 use crate::durability::{
-    encode_result, outcome_record_fields, unix_now_s, CoreJournal, Notify, Recovered,
+    encode_result, outcome_record_fields, unix_now_s, CoreJournal, LogThrottle, Notify, Recovered,
+    Say,
 };
 use crate::idempotency::{
     self, Begin, Fingerprint, Full, IdempotencyKey, IdempotencyTable, IdempotentBatch,
@@ -77,8 +78,8 @@ pub struct Core {
     /// Every core's idempotent batches journaled before this start, for the keys this
     /// core is home to (the same map on every core).
     pub recovered_batches: Arc<RecoveredBatches>,
-    /// When this core last logged that its idempotency table was full.
-    idempotency_full_logged: Cell<Option<Instant>>,
+    /// The "idempotency table full" line (one per [`IDEMPOTENCY_FULL_LOG_INTERVAL`]).
+    idempotency_full_logged: LogThrottle,
     pub registry: ConnectionRegistry,
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
@@ -476,13 +477,12 @@ impl Core {
     /// [`IDEMPOTENCY_FULL_LOG_INTERVAL`]: under sustained overload every new key is
     /// refused, and one line per batch would flood the log.
     fn warn_idempotency_full(&self, full: Full, keys: usize, reply_bytes: usize, now: Instant) {
-        let last = self.idempotency_full_logged.get();
-        if last
-            .is_some_and(|last| now.saturating_duration_since(last) < IDEMPOTENCY_FULL_LOG_INTERVAL)
-        {
+        let say = self
+            .idempotency_full_logged
+            .check(now, IDEMPOTENCY_FULL_LOG_INTERVAL);
+        if say == Say::Quiet {
             return;
         }
-        self.idempotency_full_logged.set(Some(now));
         tracing::warn!(
             core = self.index,
             ?full,
@@ -809,7 +809,7 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         pool: RefCell::new(BufferPool::default()),
         idempotency: RefCell::new(idempotency),
         recovered_batches: setup.recovered_batches,
-        idempotency_full_logged: Cell::new(None),
+        idempotency_full_logged: LogThrottle::default(),
         registry: ConnectionRegistry::default(),
         stop: StopNotice::default(),
         connections_open: setup.connections_open,

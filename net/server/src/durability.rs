@@ -365,6 +365,52 @@ impl Notify {
     }
 }
 
+/// One log line repeated while a condition lasts (a degraded journal, failing
+/// checkpoints, a full idempotency table): said when it begins, then at most once per
+/// interval, so a condition that lasts does not flood the log.
+#[derive(Default)]
+pub struct LogThrottle {
+    /// When the line was last said, while the condition lasts.
+    said: Cell<Option<Instant>>,
+}
+
+/// What [`LogThrottle::check`] allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Say {
+    /// The condition just began: say it.
+    First,
+    /// The interval passed since it was last said: say it again.
+    Again,
+    /// Said less than an interval ago: keep quiet.
+    Quiet,
+}
+
+impl LogThrottle {
+    /// Whether to say the line at `now`; counts as said unless [`Say::Quiet`].
+    pub fn check(&self, now: Instant, interval: Duration) -> Say {
+        let say = match self.said.get() {
+            None => Say::First,
+            Some(said) if now.saturating_duration_since(said) >= interval => Say::Again,
+            Some(_) => Say::Quiet,
+        };
+        if say != Say::Quiet {
+            self.said.set(Some(now));
+        }
+        say
+    }
+
+    /// Whether the condition is on (said at least once since it last ended).
+    pub fn is_on(&self) -> bool {
+        self.said.get().is_some()
+    }
+
+    /// The condition ended; returns whether it had been said (then the next
+    /// [`LogThrottle::check`] is [`Say::First`] again).
+    pub fn end(&self) -> bool {
+        self.said.take().is_some()
+    }
+}
+
 /// Counters reported by the `Stats` request.
 #[derive(Debug, Default)]
 pub struct DurabilityStats {
@@ -382,8 +428,8 @@ pub struct CoreJournal {
     data_dir: PathBuf,
     core: u32,
     failed: Cell<bool>,
-    /// When the last "still degraded" line was logged, while degraded.
-    degraded_logged: Cell<Option<Instant>>,
+    /// The "degraded" lines, while degraded.
+    degraded_logged: LogThrottle,
     /// The last LSN appended when the journal last became (or stayed) degraded: a
     /// durable waiter at or below it that is not durable yet gets an unknown outcome.
     degraded_lsn: Cell<Lsn>,
@@ -393,9 +439,9 @@ pub struct CoreJournal {
     /// Asks the checkpoint task ([`checkpoint_loop`]) to end, once its round is over.
     checkpoints_stopping: Cell<bool>,
     checkpoints_wake: Notify,
-    /// When a failed round was last logged, while rounds keep failing: the first
-    /// failure is logged, then at most one line per [`DEGRADED_LOG_INTERVAL`].
-    checkpoint_failure_logged: Cell<Option<Instant>>,
+    /// The "checkpoint failed" lines, while rounds keep failing (one per
+    /// [`DEGRADED_LOG_INTERVAL`] at most).
+    checkpoint_failure_logged: LogThrottle,
     /// The idempotent batches journaled here, by second of their apply.
     retained: RefCell<Retained>,
     recovered: KeyMap<Recovered>,
@@ -597,14 +643,14 @@ impl CoreJournal {
             data_dir: data_dir.to_path_buf(),
             core,
             failed: Cell::new(false),
-            degraded_logged: Cell::new(None),
+            degraded_logged: LogThrottle::default(),
             degraded_lsn: Cell::new(0),
             durable_waiters: RefCell::new(Vec::new()),
             appended: Notify::default(),
             stopping: Cell::new(false),
             checkpoints_stopping: Cell::new(false),
             checkpoints_wake: Notify::default(),
-            checkpoint_failure_logged: Cell::new(None),
+            checkpoint_failure_logged: LogThrottle::default(),
             retained: RefCell::new(retained),
             recovered,
             in_doubt: RefCell::new(VecDeque::new()),
@@ -862,25 +908,21 @@ impl CoreJournal {
         self.degraded_lsn
             .set(self.degraded_lsn.get().max(journal.appended_lsn()));
         drop(journal);
-        match self.degraded_logged.get() {
-            None => tracing::error!(
+        match self.degraded_logged.check(now, DEGRADED_LOG_INTERVAL) {
+            Say::First => tracing::error!(
                 core = self.core,
                 %error,
                 "journal degraded: mutations are refused (reads still served) and the commit is \
                  retried every second until it succeeds"
             ),
-            Some(logged) if now >= logged + DEGRADED_LOG_INTERVAL => tracing::warn!(
+            Say::Again => tracing::warn!(
                 core = self.core,
                 %error,
                 retries,
                 "journal still degraded: the retry failed again"
             ),
-            Some(_) => {
-                self.wake_waiters();
-                return;
-            }
+            Say::Quiet => {}
         }
-        self.degraded_logged.set(Some(now));
         self.wake_waiters();
     }
 
@@ -888,8 +930,8 @@ impl CoreJournal {
     fn note_recovered(&self) {
         // A core that failed for good refuses mutations until a restart, whatever its
         // engine journal's retries achieve: "accepted again" would be false.
-        if self.degraded_logged.get().is_some() && !self.is_degraded() && !self.failed.get() {
-            self.degraded_logged.set(None);
+        if self.degraded_logged.is_on() && !self.is_degraded() && !self.failed.get() {
+            self.degraded_logged.end();
             let retries = self.journal.borrow().stats().retry_count;
             tracing::warn!(
                 core = self.core,
@@ -987,28 +1029,29 @@ impl CoreJournal {
                 self.stats
                     .checkpoint_failures
                     .set(self.stats.checkpoint_failures.get() + 1);
-                let now = Instant::now();
-                match self.checkpoint_failure_logged.get() {
-                    None => tracing::error!(
+                match self
+                    .checkpoint_failure_logged
+                    .check(Instant::now(), DEGRADED_LOG_INTERVAL)
+                {
+                    Say::First => tracing::error!(
                         core = self.core,
                         %error,
                         "checkpoint failed: writes go on, and the journal keeps every record \
                          until a checkpoint succeeds (tried again at the next interval)"
                     ),
-                    Some(logged) if now >= logged + DEGRADED_LOG_INTERVAL => tracing::error!(
+                    Say::Again => tracing::error!(
                         core = self.core,
                         %error,
                         failures = self.stats.checkpoint_failures.get(),
                         "checkpoints still failing: writes go on, and the journal keeps every \
                          record until one succeeds"
                     ),
-                    Some(_) => return,
+                    Say::Quiet => {}
                 }
-                self.checkpoint_failure_logged.set(Some(now));
                 return;
             }
         };
-        if self.checkpoint_failure_logged.take().is_some() {
+        if self.checkpoint_failure_logged.end() {
             tracing::warn!(core = self.core, "checkpoints succeed again");
         }
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
