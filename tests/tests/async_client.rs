@@ -293,3 +293,17 @@ async fn calls_blocked_behind_a_full_socket_end_by_their_deadline() {
     assert_eq!(value, Some(0), "the small call was not applied");
     assert_eq!(client.incr("stall:after", 1).await.unwrap(), 1);
 }
+
+/// As for the blocking client: every address the name resolves to is tried in turn.
+#[tokio::test(flavor = "current_thread")]
+async fn connect_tries_every_address_a_name_resolves_to() {
+    let (_dir, server) = start();
+    let refusing = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port");
+    let candidates = [refusing, server.addr];
+    let client = AsyncClient::connect(&candidates[..])
+        .await
+        .expect("connect over the second address");
+    assert_eq!(client.incr("resolve:a", 1).await.unwrap(), 1);
+}

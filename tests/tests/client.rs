@@ -516,3 +516,25 @@ fn plain_writes_are_not_capped_by_the_idempotency_memory() {
         "{refused:?}"
     );
 }
+
+/// An address that refuses connections: a port bound and released again.
+fn refusing_addr() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("local addr")
+}
+
+/// A name may resolve to several addresses (`localhost` to `::1` and `127.0.0.1`) of
+/// which the server listens on one: the client tries each in turn and the first that
+/// answers becomes its main address.
+#[test]
+fn connect_tries_every_address_a_name_resolves_to() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Tallyd::start(dir.path(), &["--cores", "2"]);
+    let candidates = [refusing_addr(), server.addr];
+    let mut client = Client::connect(&candidates[..]).expect("connect over the second address");
+    assert_eq!(client.incr("resolve:b", 1).unwrap(), 1);
+    match Client::connect(&[refusing_addr()][..]) {
+        Err(ClientError::Connect { .. }) => {}
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+}

@@ -102,14 +102,26 @@ impl AsyncClient {
         config: ClientConfig,
     ) -> Result<AsyncClient, ClientError> {
         config.validate()?;
-        let main_addr = resolve(addr)?;
-        let deadline = open_deadline(&config).into();
         let runtime = Handle::try_current().map_err(|_| {
             ClientError::InvalidConfig(
                 "AsyncClient::connect must run within a tokio runtime".into(),
             )
         })?;
-        let (main_stream, hello) = open(main_addr, &config, deadline).await?;
+        // The first address that answers is the main address, as for the blocking client.
+        let mut opened = Err(ClientError::Resolve {
+            addr: format!("{addr:?}"),
+            reason: "no addresses".to_owned(),
+        });
+        for candidate in resolve(addr)? {
+            let deadline = open_deadline(&config).into();
+            opened = open(candidate, &config, deadline)
+                .await
+                .map(|(stream, hello)| (candidate, stream, hello));
+            if opened.is_ok() {
+                break;
+            }
+        }
+        let (main_addr, main_stream, hello) = opened?;
         let map_watch = Arc::new(MapWatch::default());
         let addrs = shard_addrs(main_addr, &hello, config.shard_aware);
         // The main connection is kept only if it serves a shard: closed first otherwise,

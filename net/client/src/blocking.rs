@@ -63,21 +63,27 @@ struct Shard {
     connection: Option<Connection>,
 }
 
-/// Resolves `addr` to its first socket address.
+/// Resolves `addr` to every socket address it names, in the resolver's order (a name
+/// such as `localhost` often gives `::1` before `127.0.0.1`, and a server may listen on
+/// only one of them).
 pub(crate) fn resolve(
     addr: impl ToSocketAddrs + std::fmt::Debug,
-) -> Result<SocketAddr, ClientError> {
+) -> Result<Vec<SocketAddr>, ClientError> {
     let described = format!("{addr:?}");
-    let mut addrs = addr
+    let addrs: Vec<SocketAddr> = addr
         .to_socket_addrs()
         .map_err(|error| ClientError::Resolve {
             addr: described.clone(),
             reason: error.to_string(),
-        })?;
-    addrs.next().ok_or(ClientError::Resolve {
-        addr: described,
-        reason: "no addresses".to_owned(),
-    })
+        })?
+        .collect();
+    if addrs.is_empty() {
+        return Err(ClientError::Resolve {
+            addr: described,
+            reason: "no addresses".to_owned(),
+        });
+    }
+    Ok(addrs)
 }
 
 /// The addresses the client routes over: one per core when shard-aware (each core's shard
@@ -145,8 +151,20 @@ impl Client {
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
         config.validate()?;
-        let main_addr = resolve(addr)?;
-        let (main, hello) = Connection::open(main_addr, &config, open_deadline(&config))?;
+        // The first address that answers is the main address; each gets its own
+        // connect and read timeouts, and the last failure is the one reported.
+        let mut opened = Err(ClientError::Resolve {
+            addr: format!("{addr:?}"),
+            reason: "no addresses".to_owned(),
+        });
+        for candidate in resolve(addr)? {
+            opened = Connection::open(candidate, &config, open_deadline(&config))
+                .map(|(connection, hello)| (candidate, connection, hello));
+            if opened.is_ok() {
+                break;
+            }
+        }
+        let (main_addr, main, hello) = opened?;
         let mut client = Client {
             config,
             main_addr,
