@@ -6,7 +6,11 @@
 //! ```text
 //! incr KEY [DELTA] [--clamp]      decr KEY [DELTA] [--clamp]      set KEY VALUE [--clamp]
 //! get KEY      del KEY      exists KEY      bounds KEY [--floor N] [--ceiling N] | --clear
+//! floor KEY    ceiling KEY
 //! ```
+//!
+//! `floor KEY` and `ceiling KEY` read one bound each (one operation, one result line, so
+//! output lines still follow input lines one to one); `bounds KEY` in a batch sets bounds.
 //!
 //! `--clamp` applies as much of an addition or a set as the counter's bounds allow instead
 //! of refusing it. Keys cannot contain whitespace or start with `#` here (use the
@@ -15,7 +19,7 @@
 //! The whole input is parsed before anything is sent: one bad line means nothing is
 //! applied, and every bad line is reported.
 
-use tally_client::{BoundPolicy, Op};
+use tally_client::{Bound, BoundPolicy, Op};
 use tally_protocol::KEY_BYTES_MAX;
 
 /// Most bad lines kept for the report; past this, the count alone is given, so a wrong
@@ -97,9 +101,11 @@ fn parse_words(words: &[&str]) -> Result<Request, String> {
 
 /// The operation a verb names, as a static string.
 fn verb_name(word: &str) -> Option<&'static str> {
-    ["incr", "decr", "get", "set", "del", "exists", "bounds"]
-        .into_iter()
-        .find(|verb| *verb == word)
+    [
+        "incr", "decr", "get", "set", "del", "exists", "bounds", "floor", "ceiling",
+    ]
+    .into_iter()
+    .find(|verb| *verb == word)
 }
 
 /// Splits a trailing `--clamp` off the arguments of `incr`, `decr` and `set`.
@@ -159,6 +165,14 @@ fn counter_op(
         },
         ("del", []) => Op::Delete { key },
         ("exists", []) => Op::Exists { key },
+        ("floor", []) => Op::GetBound {
+            key,
+            bound: Bound::Floor,
+        },
+        ("ceiling", []) => Op::GetBound {
+            key,
+            bound: Bound::Ceiling,
+        },
         _ => return Err("wrong number of arguments".to_owned()),
     };
     Ok(op)
@@ -168,8 +182,8 @@ fn counter_op(
 /// names no bound is refused instead of clearing both.
 fn parse_bounds(key: Vec<u8>, arguments: &[&str]) -> Result<Op, String> {
     const USAGE: &str = "in a batch, bounds takes --floor N and/or --ceiling N (an omitted \
-                         one is cleared), or --clear alone to remove both (to read a \
-                         counter's bounds, run `tally bounds KEY`)";
+                         one is cleared), or --clear alone to remove both (to read them, \
+                         `floor KEY` and `ceiling KEY`)";
     let (mut floor, mut ceiling, mut clear) = (None, None, false);
     let mut rest = arguments;
     while !rest.is_empty() {
@@ -267,6 +281,20 @@ mod tests {
             })
         );
         assert_eq!(
+            op("floor a"),
+            Ok(Op::GetBound {
+                key: b"a".to_vec(),
+                bound: Bound::Floor
+            })
+        );
+        assert_eq!(
+            op("ceiling a"),
+            Ok(Op::GetBound {
+                key: b"a".to_vec(),
+                bound: Bound::Ceiling
+            })
+        );
+        assert_eq!(
             op("bounds a --clear"),
             Ok(Op::SetBounds {
                 key: b"a".to_vec(),
@@ -311,6 +339,12 @@ mod tests {
         assert!(op("bounds a").is_err());
         assert!(op("bounds a --clear --floor 0").is_err());
         assert!(op("bounds a --floor 0 --floor 1").is_err());
+        assert!(parse_line("floor a 1")
+            .unwrap_err()
+            .contains("wrong number"));
+        assert!(parse_line("ceiling a --clamp")
+            .unwrap_err()
+            .contains("does not take --clamp"));
         assert!(op("decr a -9223372036854775808").is_err());
     }
 

@@ -162,6 +162,7 @@ per line (KEY<TAB>VALUE, or one JSON object per line with --json).
 Lines:
   incr KEY [DELTA] [--clamp]     decr KEY [DELTA] [--clamp]     set KEY VALUE [--clamp]
   get KEY     del KEY     exists KEY     bounds KEY [--floor N] [--ceiling N] | --clear
+  floor KEY   ceiling KEY   (read one bound: the bound, or \"none\")
 
 --clamp applies as much as the counter's bounds allow instead of refusing (the result \
 says \"(clamped)\"). Blank lines are skipped; a word starting with \"#\" begins a comment \

@@ -95,6 +95,7 @@ impl Printer {
                     Op::Delete { .. } => "not found".to_owned(),
                     Op::Exists { .. } => outcome.existed.to_string(),
                     Op::SetBounds { .. } => format!("bounds set (value {})", outcome.value),
+                    Op::GetBound { .. } => shown_bound(outcome.existed.then_some(outcome.value)),
                     _ if outcome.clamped => format!("{} (clamped)", outcome.value),
                     _ => outcome.value.to_string(),
                 };
@@ -103,8 +104,13 @@ impl Printer {
                 } else {
                     human
                 };
+                // A bound that is not set has no value: null, as in `tally bounds KEY`.
+                let value = match op {
+                    Op::GetBound { .. } if !outcome.existed => None,
+                    _ => Some(outcome.value),
+                };
                 let json = json!({"op": verb, "key": key, "ok": true, "outcome": "applied",
-                    "value": outcome.value, "existed": outcome.existed,
+                    "value": value, "existed": outcome.existed,
                     "clamped": outcome.clamped});
                 self.line(&human, &json);
                 Verdict::AllApplied
@@ -154,8 +160,11 @@ impl Printer {
                 return self.rejection("bounds", &key, &rejection, false);
             }
         };
-        let shown = |bound: Option<i64>| bound.map_or_else(|| "none".to_owned(), |b| b.to_string());
-        let human = format!("floor {}, ceiling {}", shown(floor), shown(ceiling));
+        let human = format!(
+            "floor {}, ceiling {}",
+            shown_bound(floor),
+            shown_bound(ceiling)
+        );
         let json = json!({"op": "bounds", "key": key, "ok": true, "outcome": "applied",
             "floor": floor, "ceiling": ceiling});
         self.line(&human, &json);
@@ -232,6 +241,11 @@ impl Printer {
     pub(crate) fn flush(&mut self) {
         let _ = std::io::stdout().flush();
     }
+}
+
+/// A bound as printed: its value, or `none` where there is none.
+fn shown_bound(bound: Option<i64>) -> String {
+    bound.map_or_else(|| "none".to_owned(), |bound| bound.to_string())
 }
 
 /// The totals row: names in the first core's order (every core sends the same names).

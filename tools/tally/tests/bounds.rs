@@ -1,6 +1,6 @@
 //! Reading a counter's bounds back, against a real `tallyd` with two cores on 127.0.0.1:
 //! through the blocking and async clients (`get_bounds`), the `tally bounds KEY` command
-//! (plain and `--json`), and raw `GetBound` operations sent to the main port (so a key
+//! and `floor KEY` / `ceiling KEY` lines of `tally batch` (plain and `--json`), and raw `GetBound` operations sent to the main port (so a key
 //! of the other core is forwarded over the mesh). Every shape of bounds is read (none,
 //! floor only, ceiling only, both, cleared, a missing counter, which the read must not
 //! create) on keys of each core, and again after a graceful restart and after a
@@ -102,8 +102,46 @@ fn assert_raw_reads(raw: &mut RawConnection, key: &str, floor: Option<i64>, ceil
     }
 }
 
+/// `tally batch` with a `floor KEY` and a `ceiling KEY` line per key prints one result
+/// line each, in input order: `KEY<TAB>BOUND` (`none` where unset), and with `--json` the
+/// bound as `value` (`null` where unset).
+#[track_caller]
+fn assert_cli_batch_reads(addr: SocketAddr, keys: &[(String, Option<i64>, Option<i64>)]) {
+    let input: String = keys
+        .iter()
+        .map(|(key, _, _)| format!("floor {key}\nceiling {key}\n"))
+        .collect();
+    let (status, stdout, stderr) = tally_cli(addr, &["batch"], Some(&input));
+    assert!(status.success(), "tally batch: {status}\n{stderr}");
+    let expected: String = keys
+        .iter()
+        .map(|(key, floor, ceiling)| {
+            format!("{key}\t{}\n{key}\t{}\n", shown(*floor), shown(*ceiling))
+        })
+        .collect();
+    assert_eq!(stdout, expected, "tally batch of bound reads");
+
+    let (status, stdout, stderr) = tally_cli(addr, &["--json", "batch"], Some(&input));
+    assert!(status.success(), "tally --json batch: {status}\n{stderr}");
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2 * keys.len(), "{stdout}");
+    for (pair, (key, floor, ceiling)) in lines.chunks(2).zip(keys) {
+        for (json, (op, bound)) in pair.iter().zip([("floor", floor), ("ceiling", ceiling)]) {
+            assert_eq!(json["op"], op, "{json}");
+            assert_eq!(json["key"], key.as_str(), "{json}");
+            assert_eq!(json["ok"], true, "{json}");
+            assert_eq!(json["value"], serde_json::json!(bound), "{json}");
+            assert_eq!(json["existed"], bound.is_some(), "{json}");
+        }
+    }
+}
+
 /// Reads every key's bounds every way and checks them.
 fn assert_all_read(addr: SocketAddr, keys: &[(String, Option<i64>, Option<i64>)]) {
+    assert_cli_batch_reads(addr, keys);
     let mut client = Client::connect(addr).expect("connect");
     let (mut raw, _) = RawConnection::open(addr);
     for (key, floor, ceiling) in keys {

@@ -186,11 +186,12 @@ fn bounds_without_a_bound_prints_them_and_clears_nothing() {
     assert_eq!(stdout(&output), "floor 0, ceiling none\n");
     let output = tally(&server, &["decr", "likes"], "");
     assert_eq!(output.status.code(), Some(1), "the floor is still there");
-    // A batch line cannot print two bounds as one result: still refused, saying how.
+    // A batch line cannot print two bounds as one result: still refused, naming the
+    // lines that read one bound each.
     let output = tally(&server, &["batch"], "bounds likes\n");
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(
-        stderr(&output).contains("tally bounds KEY"),
+        stderr(&output).contains("`floor KEY` and `ceiling KEY`"),
         "{}",
         stderr(&output)
     );
