@@ -6,6 +6,7 @@
 # line per run with p50/p99/p99.9/max, and the rounds' `longest_copy_ms` (the core's
 # only pause for a round). TALLYD picks the server binary (to compare builds).
 # Traffic goes to 127.0.0.1 only.
+# PORT sets the main port (default 7471; the two cores take the next two).
 # Usage: tools/bench-checkpoint-stall.sh [KEYS] [SECONDS] [ROUNDS]
 #        (defaults 10000000, 25, 1; needs about 1 GB of memory per 10M keys)
 set -euo pipefail
@@ -15,7 +16,7 @@ seconds=${2:-25}
 rounds=${3:-1}
 bin=./target/release
 tallyd=${TALLYD:-$bin/tallyd}
-port=7471
+port=${PORT:-7471}
 scratch=$(mktemp -d -p "${TMPDIR:-/tmp}" tally-ckpt.XXXXXX)
 server=
 cleanup() {
@@ -26,13 +27,15 @@ trap cleanup EXIT
 
 start() { # tallyd options...
     if [ -n "$server" ]; then kill "$server"; wait "$server" || true; fi
-    "$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" --durability relaxed "$@" \
+    "$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" --cores 2 --durability relaxed "$@" \
         >"$scratch/tallyd.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do
         grep -q "listening on" "$scratch/tallyd.log" && return
+        kill -0 "$server" 2>/dev/null || break
         sleep 0.1
     done
+    echo "tallyd did not start:" >&2
     cat "$scratch/tallyd.log" >&2
     exit 1
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# What one server load costs in CPU: starts TALLYD on a fresh data directory in
-# 127.0.0.1:7411 (RESP on 7419), drives it for 8 s with `tally-bench server`, and
+# What one server load costs in CPU: starts TALLYD on a fresh data directory on
+# 127.0.0.1:$PORT (default 7411; its cores take the ports after it, and the RESP door
+# the port after the last possible core, PORT + nproc + 1), drives it for 8 s with `tally-bench server`, and
 # measures, over 4 s in the middle of the run, tallyd's and the load generator's CPU
 # (`perf stat -e task-clock -p`) per acknowledged operation, and over the whole run the
 # guest's busy and stolen CPU time from /proc/stat (steal: the host not running a vCPU,
@@ -15,6 +16,8 @@ tallyd=$1
 server_options=$2
 load_options=$3
 bench=${4:-$(dirname "$0")/../target/release/tally-bench}
+port=${PORT:-7411}
+resp_port=$((port + $(nproc) + 1))
 scratch=$(mktemp -d -p "${TMPDIR:-/tmp}" tally-cpu.XXXXXX)
 server=
 cleanup() {
@@ -28,13 +31,18 @@ cpu_ticks() { # busy and steal ticks of all CPUs
 }
 
 # shellcheck disable=SC2086 # the options are word lists on purpose
-"$tallyd" --data-dir "$scratch/data" --listen 127.0.0.1:7411 --resp-listen 127.0.0.1:7419 \
+"$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" --resp-listen "127.0.0.1:$resp_port" \
     $server_options >"$scratch/tallyd.log" 2>&1 &
 server=$!
-sleep 1
+for _ in $(seq 300); do
+    grep -q "listening on" "$scratch/tallyd.log" && break
+    kill -0 "$server" 2>/dev/null || break
+    sleep 0.1
+done
+grep -q "listening on" "$scratch/tallyd.log" || { echo "tallyd did not start:" >&2; cat "$scratch/tallyd.log" >&2; exit 1; }
 read -r busy_before steal_before < <(cpu_ticks)
 # shellcheck disable=SC2086
-"$bench" server --addr 127.0.0.1:7411 $load_options --duration 8 --json >"$scratch/load.json" &
+"$bench" server --addr "127.0.0.1:$port" $load_options --duration 8 --json >"$scratch/load.json" &
 load=$!
 sleep 2
 perf stat -x, -e task-clock -p "$server" -o "$scratch/server.txt" sleep 4 &

@@ -6,6 +6,8 @@
 # created by a warm-up after tallyd starts; it prints one line per run and writes
 # nothing else. Traffic goes to 127.0.0.1 only.
 # Usage: tools/bench-latency.sh [ROUNDS]  (default 3; needs 2 CPUs or more)
+# PORT sets the first server's main port (default 7420; the second uses PORT + 10 and
+# its cores the nproc ports after that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-3}
@@ -53,14 +55,15 @@ run() { # label, command prefix (may be empty), tally-bench options...
         python3 -c 'import json,sys; d=json.load(sys.stdin); print(" ".join(f"{k}={d[k]:.1f}" for k in ["ops_per_sec","p50_us","p99_us","p999_us"]))'
 }
 
-start 7420 --cores 1 --spin-us 200
+port=${PORT:-7420}
+start "$port" --cores 1 --spin-us 200
 for _ in $(seq "$rounds"); do
-    run "cores 1, spin 200 | client on cpu $client_cpu, spin 75" "taskset -c $client_cpu" --addr 127.0.0.1:7420 --spin-us 75
-    run "cores 1, spin 200 | client on cpu $client_cpu, tally-client" "taskset -c $client_cpu" --addr 127.0.0.1:7420 --via-client
-    run "cores 1, spin 200 | client unpinned, spin 75" "" --addr 127.0.0.1:7420 --spin-us 75
+    run "cores 1, spin 200 | client on cpu $client_cpu, spin 75" "taskset -c $client_cpu" --addr "127.0.0.1:$port" --spin-us 75
+    run "cores 1, spin 200 | client on cpu $client_cpu, tally-client" "taskset -c $client_cpu" --addr "127.0.0.1:$port" --via-client
+    run "cores 1, spin 200 | client unpinned, spin 75" "" --addr "127.0.0.1:$port" --spin-us 75
 done
-start 7430
+start "$((port + 10))"
 for _ in $(seq "$rounds"); do
-    run "defaults | client unpinned, spin 0" "" --addr 127.0.0.1:7430
-    run "defaults | client unpinned, spin 75" "" --addr 127.0.0.1:7430 --spin-us 75
+    run "defaults | client unpinned, spin 0" "" --addr "127.0.0.1:$((port + 10))"
+    run "defaults | client unpinned, spin 75" "" --addr "127.0.0.1:$((port + 10))" --spin-us 75
 done

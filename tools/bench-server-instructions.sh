@@ -11,7 +11,8 @@
 # e.g.   tools/bench-server-instructions.sh target/release/tallyd 200000 \
 #            "--durability relaxed" "--connections 1 --pipeline 64"
 # PROTOCOL=resp drives the Redis door instead of the native protocol. KEEP=FILE keeps
-# the measured dump (for callgrind_annotate). Needs valgrind. Traffic goes to
+# the measured dump (for callgrind_annotate). PORT sets the main port (default 7441; the
+# one core takes PORT + 1, the Redis door PORT + 8). Needs valgrind. Traffic goes to
 # 127.0.0.1 only.
 set -euo pipefail
 tallyd=$1
@@ -19,8 +20,8 @@ ops=${2:-200000}
 server_options=${3:---durability relaxed}
 load_options=${4:---connections 1 --pipeline 64}
 bench=${TALLY_BENCH:-$(dirname "$0")/../target/release/tally-bench}
-port=7441
-resp_port=7449
+port=${PORT:-7441}
+resp_port=$((port + 8))
 load_addr=127.0.0.1:$port
 if [ "${PROTOCOL:-native}" = resp ]; then
     load_addr="127.0.0.1:$resp_port --protocol resp"
@@ -41,9 +42,10 @@ valgrind --tool=callgrind --callgrind-out-file="$scratch/callgrind.out" \
 server=$!
 for _ in $(seq 300); do
     grep -q "listening on" "$scratch/tallyd.log" && break
+    kill -0 "$server" 2>/dev/null || break
     sleep 0.1
 done
-grep -q "listening on" "$scratch/tallyd.log" || { cat "$scratch/tallyd.log" >&2; exit 1; }
+grep -q "listening on" "$scratch/tallyd.log" || { echo "tallyd did not start:" >&2; cat "$scratch/tallyd.log" >&2; exit 1; }
 # shellcheck disable=SC2086
 "$bench" server --addr $load_addr $load_options --ops "$ops" --json >/dev/null
 callgrind_control -z "$server" >/dev/null 2>&1
