@@ -38,9 +38,29 @@ pub(crate) struct Request {
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
     pub(crate) requests: Vec<Request>,
-    /// `line N: reason: "text"`, in line order, at most [`BAD_LINES_REPORTED_MAX`].
-    pub(crate) bad_lines: Vec<String>,
+    /// In line order, at most [`BAD_LINES_REPORTED_MAX`].
+    pub(crate) bad_lines: Vec<BadLine>,
     pub(crate) bad_line_count: usize,
+}
+
+/// A line that is not an operation; shown as `line N: reason: "text"`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct BadLine {
+    /// 1-based.
+    pub(crate) number: usize,
+    pub(crate) reason: String,
+    /// The line without its surrounding whitespace.
+    pub(crate) text: String,
+}
+
+impl std::fmt::Display for BadLine {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            formatter,
+            "line {}: {}: {:?}",
+            self.number, self.reason, self.text
+        )
+    }
 }
 
 /// Parses every line of `input`; stops only at a read error.
@@ -57,11 +77,11 @@ pub(crate) fn read_all<R: std::io::BufRead>(input: R) -> Result<Parsed, String> 
             Err(reason) => {
                 parsed.bad_line_count += 1;
                 if parsed.bad_lines.len() < BAD_LINES_REPORTED_MAX {
-                    let number = index + 1;
-                    let text = line.trim();
-                    parsed
-                        .bad_lines
-                        .push(format!("line {number}: {reason}: {text:?}"));
+                    parsed.bad_lines.push(BadLine {
+                        number: index + 1,
+                        reason,
+                        text: line.trim().to_owned(),
+                    });
                 }
             }
         }
@@ -354,8 +374,12 @@ mod tests {
         let parsed = read_all(input.as_bytes()).unwrap();
         assert_eq!(parsed.requests.len(), 3);
         assert_eq!(parsed.bad_line_count, 2);
-        assert!(parsed.bad_lines[0].starts_with("line 5: unknown operation"));
-        assert!(parsed.bad_lines[1].starts_with("line 7: wrong number"));
+        assert!(parsed.bad_lines[0]
+            .to_string()
+            .starts_with("line 5: unknown operation"));
+        assert_eq!(parsed.bad_lines[1].number, 7);
+        assert_eq!(parsed.bad_lines[1].reason, "wrong number of arguments");
+        assert_eq!(parsed.bad_lines[1].text, "set c");
     }
 
     #[test]

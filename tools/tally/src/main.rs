@@ -178,7 +178,10 @@ one, printed if the call fails) so that the same input run again under that key 
 applied at most once.";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return refuse_arguments(&error),
+    };
     let mut printer = Printer::new(cli.json);
     match run(&cli, &mut printer) {
         Ok(Verdict::AllApplied) => ExitCode::SUCCESS,
@@ -194,6 +197,37 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Reports bad arguments as clap does (help and version requests print and exit 0), and
+/// with `--json` among the options also as a failure object on stdout, as every other
+/// failure is: scripts that read stdout see why nothing was done.
+fn refuse_arguments(error: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        error.exit();
+    }
+    let json = std::env::args()
+        .skip(1)
+        .take_while(|argument| argument != "--")
+        .any(|argument| argument == "--json");
+    if json {
+        let message = error.kind().as_str().unwrap_or("invalid arguments");
+        let detail = error.to_string();
+        let first_line = detail.lines().next().unwrap_or(message);
+        let first_line = first_line.strip_prefix("error: ").unwrap_or(first_line);
+        write_stdout(
+            &serde_json::json!({"ok": false, "outcome": "not_applied", "error": first_line})
+                .to_string(),
+        );
+    }
+    let _ = error.print();
+    ExitCode::from(EXIT_FAILED)
 }
 
 /// `--idempotency-key`: exactly 32 hex digits, as `tally` prints keys, so that a key

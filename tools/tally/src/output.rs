@@ -211,7 +211,9 @@ impl Printer {
         if let CliError::BadLines(parsed) = error {
             for line in &parsed.bad_lines {
                 if self.json {
-                    write_stdout(&json!({"ok": false, "error": line}).to_string());
+                    let json = json!({"ok": false, "outcome": "not_applied",
+                        "line": line.number, "error": line.to_string()});
+                    write_stdout(&json.to_string());
                 }
                 eprintln!("tally: {line}");
             }

@@ -312,3 +312,41 @@ fn a_failure_that_applied_nothing_exits_2_with_outcome_not_applied() {
     let failure: serde_json::Value = serde_json::from_str(stdout(&output).trim()).unwrap();
     assert_eq!(failure["outcome"], "not_applied");
 }
+
+/// With `--json`, every failure is an object with `"outcome"` on stdout: a bad batch line
+/// (with its `"line"` number) and a bad argument, which clap refuses before anything runs.
+#[test]
+fn json_failures_all_say_their_outcome() {
+    let server = FakeServer::start(1, 4);
+    let output = tally(&server, &["--json", "batch"], "incr a 1\nincr\n");
+    assert_eq!(output.status.code(), Some(2));
+    let objects: Vec<serde_json::Value> = stdout(&output)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(objects.len(), 2, "{}", stdout(&output));
+    assert_eq!(objects[0]["line"], 2, "{}", objects[0]);
+    for object in &objects {
+        assert_eq!(object["ok"], false, "{object}");
+        assert_eq!(object["outcome"], "not_applied", "{object}");
+    }
+
+    let output = tally(&server, &["--json", "incr", "a", "x"], "");
+    assert_eq!(output.status.code(), Some(2));
+    let object: serde_json::Value =
+        serde_json::from_str(stdout(&output).trim()).expect("a JSON object on stdout");
+    assert_eq!(object["outcome"], "not_applied", "{object}");
+    assert!(
+        object["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid value 'x'"),
+        "{object}"
+    );
+    assert!(
+        stderr(&output).contains("invalid value 'x'"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(server.value("a"), None);
+}
