@@ -178,6 +178,9 @@ struct InFlight {
     /// `ever_written` as it was before the frame was written to the current connection:
     /// restored if that connection parts, since the server then says it did not apply it.
     ever_written_earlier: bool,
+    /// The last connection it was written to parted without answering it: it was not
+    /// applied there, and sending it again is not charged to its retry budget.
+    parted: bool,
     /// Times it was written (to this or earlier connections).
     write_count: u32,
     /// The earliest deadline of its calls.
@@ -195,6 +198,7 @@ impl InFlight {
         if self.written {
             self.written = false;
             self.ever_written = self.ever_written_earlier;
+            self.parted = true;
         }
     }
 
@@ -540,6 +544,7 @@ impl ConnectionTask {
                 in_flight.written = true;
                 in_flight.ever_written_earlier = in_flight.ever_written;
                 in_flight.ever_written = true;
+                in_flight.parted = false;
                 in_flight.write_count += 1;
             }
             let left = in_flight.bytes.len() - self.write_offset;
@@ -693,6 +698,7 @@ impl ConnectionTask {
             written: false,
             ever_written: false,
             ever_written_earlier: false,
+            parted: false,
             write_count: 0,
             deadline,
             waiter: Waiter::Control(reply),
@@ -741,6 +747,7 @@ impl ConnectionTask {
             written: false,
             ever_written: false,
             ever_written_earlier: false,
+            parted: false,
             write_count: 0,
             deadline,
             waiter: Waiter::Batch(calls),
@@ -861,10 +868,12 @@ impl ConnectionTask {
             if parted {
                 self.in_flight.iter_mut().for_each(InFlight::unsend);
             }
-            // A failed connect sent nothing, a parting server applied nothing, and a busy
-            // frame's first copy still runs: no retry is charged for those.
-            let free =
-                |in_flight: &InFlight| busy || parted || (!in_flight.written && connect_failed);
+            // A failed connect sent nothing, a parting server applied nothing it was sent,
+            // and a busy frame's first copy still runs: no retry is charged for those (a
+            // hello that fails is charged, even with a parting error).
+            let free = |in_flight: &InFlight| {
+                busy || in_flight.parted || (!in_flight.written && connect_failed)
+            };
             self.failure_count += 1;
             let wait = backoff(self.failure_count);
             let resume_at = Instant::now() + wait;

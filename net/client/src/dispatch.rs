@@ -469,11 +469,12 @@ fn recover<K: AsRef<[u8]>>(
     // Frames sent on the connection that failed, which may have been applied; none if
     // opening it failed or the server parted.
     let on_the_wire = queue.sent > queue.received && !parted;
-    // A connect that failed sent nothing, a parting server applied nothing, and a busy
-    // frame is known not to have run twice: none is charged to the retry budget (a
-    // hello that fails is).
+    // A connect that failed sent nothing, a parting server applied none of the frames
+    // it was sent, and a busy frame is known not to have run twice: none is charged to
+    // the retry budget (a hello that fails is, even with a parting error).
     let connect_failed = matches!(error, ClientError::Connect { .. });
-    let free = busy || parted || (!on_the_wire && connect_failed);
+    let parted_frames = parted && queue.sent > queue.received;
+    let free = busy || parted_frames || (!on_the_wire && connect_failed);
     // The frames on the lost connection, or the next one if none was sent yet.
     let unanswered = queue.received..queue.sent.max(queue.received + 1);
     let resendable = queue.chunks[unanswered.clone()]

@@ -132,6 +132,37 @@ fn blocking_a_mutation_without_a_key_answered_by_a_parting_error_is_resent_once(
     assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
 }
 
+/// One retry, and the first two sends of a frame parted: resending a parted frame is
+/// not charged to its retry budget (the server applied nothing), so the third send runs.
+fn one_retry() -> ClientConfig {
+    ClientConfig {
+        retries: 1,
+        ..ClientConfig::default()
+    }
+}
+
+#[test]
+fn blocking_resending_a_parted_frame_costs_no_retry() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect_with(server.main_addr, one_retry()).unwrap();
+    server.state.part_on_batch.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_resending_a_parted_frame_costs_no_retry() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect_with(server.main_addr, one_retry())
+        .await
+        .unwrap();
+    server.state.part_on_batch.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
 #[test]
 fn blocking_without_retries_a_parted_mutation_is_not_applied() {
     let server = FakeServer::start(2, 16);
