@@ -454,6 +454,32 @@ impl Rng {
     }
 }
 
+/// Idle times that sweep across `read_timeout`, from a fifth below it to a fifth above
+/// in quarter-millisecond steps: a loop that sleeps each one and then calls lands some
+/// calls on the server's idle close (as its parting frame is written) whatever the
+/// machine's timing.
+pub fn idle_times_around(read_timeout: Duration) -> impl Iterator<Item = Duration> {
+    const STEP: Duration = Duration::from_micros(250);
+    let first = read_timeout - read_timeout / 5;
+    let last = read_timeout + read_timeout / 5;
+    let step_count = ((last - first).as_micros() / STEP.as_micros()) as u32;
+    (0..=step_count).map(move |step| first + STEP * step)
+}
+
+/// One key owned by each core of `hello`'s shard map, in core order.
+pub fn key_per_core(hello: &tally_protocol::HelloReply, prefix: &str) -> Vec<String> {
+    let mut keys: Vec<Option<String>> = vec![None; hello.core_count()];
+    for index in 0.. {
+        let key = format!("{prefix}:{index}");
+        let owner = hello.owner_of_key(key.as_bytes());
+        keys[owner].get_or_insert(key);
+        if keys.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    keys.into_iter().map(Option::unwrap).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::address_after;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tally_client::{AsyncClient, ClientConfig, ClientError, Op, Rejection, Status};
-use tally_tests::{add, Tallyd};
+use tally_tests::{add, key_per_core, Tallyd};
 
 const TASK_COUNT: usize = 32;
 const INCREMENTS_PER_TASK: usize = 200;
@@ -195,6 +195,38 @@ async fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_on
         for key in &keys {
             assert_eq!(client.incr(key, 1).await.unwrap(), round, "{key}");
         }
+    }
+}
+
+/// Calls timed to land at the server's idle close, with automatic idempotency keys off
+/// (the default), one per core at once: a call that crosses the parting frame was not
+/// applied (PROTOCOL.md, "Closing"), so the client sends it again on a new connection.
+/// No call ends with an unknown outcome, and every increment counts exactly once.
+#[tokio::test(flavor = "current_thread")]
+async fn calls_that_cross_the_idle_close_count_exactly_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let read_timeout = Duration::from_millis(50);
+    let timeout_flag = read_timeout.as_millis().to_string();
+    let server = Tallyd::start(
+        dir.path(),
+        &["--cores", "2", "--read-timeout-ms", &timeout_flag],
+    );
+    let client = AsyncClient::connect(server.addr).await.unwrap();
+    assert!(!ClientConfig::default().auto_idempotency_keys);
+    let keys = key_per_core(&client.shard_map(), "cross");
+    let mut count = 0;
+    for idle in tally_tests::idle_times_around(read_timeout) {
+        tokio::time::sleep(idle).await;
+        count += 1;
+        let (first, second) = tokio::join!(client.incr(&keys[0], 1), client.incr(&keys[1], 1));
+        for (key, result) in keys.iter().zip([first, second]) {
+            let value =
+                result.unwrap_or_else(|error| panic!("{key} after {idle:?} idle: {error:?}"));
+            assert_eq!(value, count, "{key} after {idle:?} idle");
+        }
+    }
+    for key in &keys {
+        assert_eq!(client.get(key).await.unwrap(), count, "{key}");
     }
 }
 

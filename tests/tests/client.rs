@@ -10,7 +10,7 @@ use tally_client::{
     BoundPolicy, Client, ClientConfig, ClientError, Op, OpResult, Outcome, Rejection, Status,
 };
 use tally_protocol::partition_of;
-use tally_tests::{add, stat, RawConnection, Rng, Tallyd};
+use tally_tests::{add, key_per_core, stat, RawConnection, Rng, Tallyd};
 
 /// Starts a two-core server (both cores whatever the machine has) and connects a client.
 fn server_and_client() -> (tempfile::TempDir, Tallyd, Client) {
@@ -470,6 +470,40 @@ fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
         assert!(error.is_transient() || unknown, "{error:?}");
     }
     assert_eq!(plain.incr(&keys[0], 1).unwrap(), 4 + applied);
+}
+
+/// Calls timed to land at the server's idle close, with automatic idempotency keys off
+/// (the default): a call that crosses the parting frame was not applied (PROTOCOL.md,
+/// "Closing"), so the client sends it again on a new connection. No call ends with an
+/// unknown outcome, and every increment counts exactly once.
+#[test]
+fn calls_that_cross_the_idle_close_count_exactly_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let read_timeout = std::time::Duration::from_millis(50);
+    let timeout_flag = read_timeout.as_millis().to_string();
+    let server = Tallyd::start(
+        dir.path(),
+        &["--cores", "2", "--read-timeout-ms", &timeout_flag],
+    );
+    let mut client = Client::connect(server.addr).unwrap();
+    assert!(!client.config().auto_idempotency_keys);
+    let keys = key_per_core(client.shard_map(), "cross");
+    let ops: Vec<Op<&str>> = keys.iter().map(|key| add(key.as_str(), 1)).collect();
+    let mut count = 0;
+    for idle in tally_tests::idle_times_around(read_timeout) {
+        std::thread::sleep(idle);
+        count += 1;
+        // One frame to each core's connection, both idle for `idle`.
+        let results = client
+            .batch(&ops)
+            .unwrap_or_else(|error| panic!("after {idle:?} idle: {error:?}"));
+        for (key, result) in keys.iter().zip(results) {
+            assert_eq!(result.unwrap().value, count, "{key} after {idle:?} idle");
+        }
+    }
+    for key in &keys {
+        assert_eq!(client.get(key).unwrap(), count, "{key}");
+    }
 }
 
 /// At default client settings plain writes carry no idempotency key, so they are not

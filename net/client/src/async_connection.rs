@@ -55,7 +55,15 @@
 //!
 //! An `Error` with request id 0 is the server's parting word before it closes the
 //! connection (idle timeout, connection limit, shutdown): it is a lost connection, never
-//! the answer to the oldest frame. The task keeps reading while idle, so a connection the
+//! the answer to the oldest frame, and a promise that the server applied none of the
+//! frames it did not answer (PROTOCOL.md, "Closing"). So `recover` treats those frames
+//! as never written: they are resent on a new connection, with or without an
+//! idempotency key, at no charge to their retry budget, within their deadlines; a frame
+//! that cannot be (retries off, its deadline too near, a parting code a new connection
+//! would meet again) fails with `ClientError::NotApplied`, never `OutcomeUnknown`
+//! (unless an earlier copy went out on a connection lost without a parting word).
+//! Invariant: `ever_written` is true exactly when some copy of the frame was handed to a
+//! connection that did not part. The task keeps reading while idle, so a connection the
 //! server closed is noticed at once and the next call goes out on a new one. A reconnect
 //! that brings a different shard map publishes it ([`MapWatch`]) for the client to
 //! rebuild its routes; frames already queued here are still correct, as the server
@@ -164,8 +172,15 @@ struct InFlight {
     /// Some of its bytes (perhaps all) were handed to the current connection's socket:
     /// it may have reached the server. Unwritten frames are a suffix of the queue.
     written: bool,
-    /// Written to some connection: it may have reached the server.
+    /// Written to some connection that did not part (see the module docs): it may have
+    /// reached the server and been applied.
     ever_written: bool,
+    /// `ever_written` as it was before the frame was written to the current connection:
+    /// restored if that connection parts, since the server then says it did not apply it.
+    ever_written_earlier: bool,
+    /// The last connection it was written to parted without answering it: it was not
+    /// applied there, and sending it again is not charged to its retry budget.
+    parted: bool,
     /// Times it was written (to this or earlier connections).
     write_count: u32,
     /// The earliest deadline of its calls.
@@ -177,6 +192,16 @@ struct InFlight {
 }
 
 impl InFlight {
+    /// The connection this frame was written to parted: the server did not apply it
+    /// (PROTOCOL.md, "Closing"), so it counts as never written there.
+    fn unsend(&mut self) {
+        if self.written {
+            self.written = false;
+            self.ever_written = self.ever_written_earlier;
+            self.parted = true;
+        }
+    }
+
     /// Whether every caller waiting on this frame gave up (dropped its future).
     fn is_abandoned(&self) -> bool {
         match &self.waiter {
@@ -186,10 +211,16 @@ impl InFlight {
     }
 
     /// Fails every call waiting on this frame with `error`, settled: outcome unknown if
-    /// the frame changes counters and may have reached the server.
+    /// the frame changes counters and may have reached the server; not applied if it
+    /// changes counters and the server parted without applying it.
     fn fail(self, error: &ClientError) {
         let maybe_applied = self.mutates && self.ever_written && !error.is_definitive();
-        let error = &error.replicate().settle(maybe_applied);
+        let error = &match error.replicate().settle(maybe_applied) {
+            parting @ ClientError::Disconnected { .. } if self.mutates => ClientError::NotApplied {
+                cause: Box::new(parting),
+            },
+            settled => settled,
+        };
         match self.waiter {
             Waiter::Batch(calls) => answer(calls, Err(error.replicate())),
             Waiter::Control(reply) => {
@@ -511,7 +542,9 @@ impl ConnectionTask {
             let in_flight = &mut self.in_flight[self.write_index];
             if self.write_offset == 0 {
                 in_flight.written = true;
+                in_flight.ever_written_earlier = in_flight.ever_written;
                 in_flight.ever_written = true;
+                in_flight.parted = false;
                 in_flight.write_count += 1;
             }
             let left = in_flight.bytes.len() - self.write_offset;
@@ -664,6 +697,8 @@ impl ConnectionTask {
             mutates: false,
             written: false,
             ever_written: false,
+            ever_written_earlier: false,
+            parted: false,
             write_count: 0,
             deadline,
             waiter: Waiter::Control(reply),
@@ -711,6 +746,8 @@ impl ConnectionTask {
             mutates,
             written: false,
             ever_written: false,
+            ever_written_earlier: false,
+            parted: false,
             write_count: 0,
             deadline,
             waiter: Waiter::Batch(calls),
@@ -747,7 +784,8 @@ impl ConnectionTask {
         {
             consumed += frame.frame_bytes;
             if let (0, Ok(Reply::Error(error))) = (frame.request_id, &frame.reply) {
-                // The server's parting word: the frames in flight are not answered.
+                // The server's parting word: the frames in flight are not answered, and
+                // were not applied (PROTOCOL.md, "Closing"); `recover` resends them.
                 return Err(ClientError::Disconnected {
                     addr,
                     code: error.code,
@@ -825,14 +863,24 @@ impl ConnectionTask {
             let busy = error.is_busy();
             let transient = busy || error.is_lost_connection();
             let connect_failed = matches!(error, ClientError::Connect { .. });
+            // The server's parting word: it applied none of the frames it did not answer.
+            let parted = matches!(error, ClientError::Disconnected { .. });
+            if parted {
+                self.in_flight.iter_mut().for_each(InFlight::unsend);
+            }
+            // A failed connect sent nothing, a parting server applied nothing it was sent,
+            // and a busy frame's first copy still runs: no retry is charged for those (a
+            // hello that fails is charged, even with a parting error).
+            let free = |in_flight: &InFlight| {
+                busy || in_flight.parted || (!in_flight.written && connect_failed)
+            };
             self.failure_count += 1;
             let wait = backoff(self.failure_count);
             let resume_at = Instant::now() + wait;
             let (mut resend, fail): (VecDeque<InFlight>, VecDeque<InFlight>) =
                 self.in_flight.drain(..).partition(|in_flight| {
-                    let free = busy || (!in_flight.written && connect_failed);
                     let safe = (!in_flight.written || in_flight.retry_safe)
-                        && (free || in_flight.retries_used < retries);
+                        && (free(in_flight) || in_flight.retries_used < retries);
                     retries > 0 && transient && safe && resume_at < in_flight.deadline
                 });
             for in_flight in fail {
@@ -840,7 +888,7 @@ impl ConnectionTask {
                 in_flight.fail(&error);
             }
             for in_flight in &mut resend {
-                if !(busy || (!in_flight.written && connect_failed)) {
+                if !free(in_flight) {
                     in_flight.retries_used += 1;
                 }
                 in_flight.written = false;

@@ -10,7 +10,9 @@
 //!
 //! An `Error` frame with request id 0 is the server's parting word before it closes the
 //! connection: it becomes [`ClientError::Disconnected`], a lost connection, never the
-//! answer to the request awaited. Before a call is sent on a connection that has been
+//! answer to the request awaited, and a promise that the requests the server did not
+//! answer were not applied (PROTOCOL.md, "Closing"), which `dispatch` relies on to send
+//! them again. Before a call is sent on a connection that has been
 //! idle, one non-blocking peek tells whether the server already closed it, so the call
 //! goes out on a fresh connection instead.
 //!
@@ -338,7 +340,7 @@ fn check_reply<T>(
     if let Reply::Error(error) = &reply {
         // Request id 0 is about the connection itself (a timeout, the connection limit,
         // shutdown, a frame that could not be framed): the server closes it next, and
-        // the request awaited may never have been read.
+        // did not apply the request awaited nor any sent after it.
         if frame.request_id == 0 {
             return Err(ClientError::Disconnected {
                 addr,

@@ -14,12 +14,20 @@
 //!
 //! Retries, all within the call's deadline (`ClientConfig::call_timeout`) and only when
 //! `ClientConfig::retries` is not 0, with backoff (5 ms doubling, at most 500 ms):
-//! - after a transient error on a connection the frames were sent on (lost connection, a
-//!   parting `Error` of request id 0, timeout), a core's unanswered frames are resent on a
-//!   new connection if every one of them is safe to resend: read-only, or carrying an
-//!   idempotency key (then the server applies it once), and under its retry budget
-//!   (`ClientConfig::retries` per frame). A mutation without a key is never resent once
-//!   written: the call ends with `ClientError::OutcomeUnknown`;
+//! - after a transient error on a connection the frames were sent on (lost connection,
+//!   timeout), a core's unanswered frames are resent on a new connection if every one of
+//!   them is safe to resend: read-only, or carrying an idempotency key (then the server
+//!   applies it once), and under its retry budget (`ClientConfig::retries` per frame). A
+//!   mutation without a key is never resent once written: the call ends with
+//!   `ClientError::OutcomeUnknown`;
+//! - after a parting `Error` of request id 0 (the server closed the connection: idle
+//!   timeout, connection limit, shutdown), the frames it left unanswered were not applied
+//!   and never will be (PROTOCOL.md, "Closing"): they are resent on a new connection like
+//!   frames never sent, with or without an idempotency key, at no charge to the budget.
+//!   If they cannot be (retries off, the deadline too near, or a parting code a new
+//!   connection would meet again, such as `FrameTooLarge`), the call ends with
+//!   `ClientError::NotApplied`, or `OutcomeUnknown` if an earlier copy of a frame went
+//!   out on a connection lost without a parting word;
 //! - after a connect that failed (refused, unreachable, timed out), nothing was sent: the
 //!   connect is tried again, at no charge to the budget (a hello that fails is charged);
 //! - after `ServerBusy` to a frame with an idempotency key (its first copy is still
@@ -68,8 +76,12 @@ struct Chunk {
     idempotency_key: Option<u128>,
     /// Some operation changes a counter.
     mutates: bool,
-    /// Encoded for sending at least once: it may have reached the server.
+    /// Encoded for sending at least once on a connection that did not part (see the
+    /// module docs): it may have reached the server and been applied.
     written: bool,
+    /// `written` as it was before the latest send: restored when the connection that
+    /// send went out on parts, since the server says it did not apply it.
+    written_earlier: bool,
     /// Times it was encoded for sending (on this or earlier connections).
     send_count: u32,
     retry_safe: bool,
@@ -145,6 +157,7 @@ pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
         idempotency_key: Some(idempotency_key),
         mutates: ops.iter().any(Op::is_mutation),
         written: false,
+        written_earlier: false,
         send_count: 0,
         retry_safe: true,
         request_id: 0,
@@ -302,6 +315,7 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
                     idempotency_key,
                     mutates,
                     written: false,
+                    written_earlier: false,
                     send_count: 0,
                     retry_safe,
                     request_id: 0,
@@ -367,6 +381,7 @@ fn encode_window<K: AsRef<[u8]>>(
             writer.push(&ops[index]).map_err(ClientError::Encode)?;
         }
         writer.finish().map_err(ClientError::Encode)?;
+        chunk.written_earlier = chunk.written;
         chunk.written = true;
         chunk.send_count += 1;
         in_flight_ops += chunk.op_indices.len();
@@ -444,11 +459,22 @@ fn recover<K: AsRef<[u8]>>(
     if busy || error.breaks_connection() {
         client.drop_connection(queue.core);
     }
-    // Frames sent on the connection that failed; none if opening it failed.
-    let on_the_wire = queue.sent > queue.received;
-    // A connect that failed sent nothing, and a busy frame is known not to have run
-    // twice: neither is charged to the retry budget (a hello that fails is).
-    let free = busy || (!on_the_wire && matches!(error, ClientError::Connect { .. }));
+    // The server's parting word: it applied none of the frames it did not answer.
+    let parted = matches!(error, ClientError::Disconnected { .. });
+    if parted {
+        for chunk in &mut queue.chunks[queue.received..queue.sent] {
+            chunk.written = chunk.written_earlier;
+        }
+    }
+    // Frames sent on the connection that failed, which may have been applied; none if
+    // opening it failed or the server parted.
+    let on_the_wire = queue.sent > queue.received && !parted;
+    // A connect that failed sent nothing, a parting server applied none of the frames
+    // it was sent, and a busy frame is known not to have run twice: none is charged to
+    // the retry budget (a hello that fails is, even with a parting error).
+    let connect_failed = matches!(error, ClientError::Connect { .. });
+    let parted_frames = parted && queue.sent > queue.received;
+    let free = busy || parted_frames || (!on_the_wire && connect_failed);
     // The frames on the lost connection, or the next one if none was sent yet.
     let unanswered = queue.received..queue.sent.max(queue.received + 1);
     let resendable = queue.chunks[unanswered.clone()]
@@ -526,7 +552,14 @@ fn give_up<K: AsRef<[u8]>>(
         let cause = Box::new(error);
         return ClientError::PartlyApplied { results, cause };
     }
-    error.settle(unknown.contains(&true))
+    let mutates = ops.iter().any(Op::is_mutation);
+    match error.settle(unknown.contains(&true)) {
+        // The server parted and no earlier copy may have been applied: say so.
+        parting @ ClientError::Disconnected { .. } if mutates => ClientError::NotApplied {
+            cause: Box::new(parting),
+        },
+        settled => settled,
+    }
 }
 
 /// After the client adopted a new shard map (and dropped its old connections): moves

@@ -10,7 +10,9 @@
 //!   results), which were not (send exactly those again) and which may have been.
 //! - [`ClientError::NotApplied`]: the server refused the request before applying any of
 //!   it, for a reason that passes (its idempotency memory is full, its journal cannot take
-//!   mutations): try again later, with the same idempotency key if the call had one.
+//!   mutations), or closed the connection with its parting word before answering it and
+//!   the client could not send it again within the call: try again later, with the same
+//!   idempotency key if the call had one.
 //! - [`ClientError::Server`] and [`ClientError::Rejected`]: the server refused (nothing
 //!   applied), and the same request would be refused again.
 //! - Errors raised before anything was sent (`Resolve`, `Connect`, `InvalidKey`,
@@ -127,7 +129,9 @@ pub enum ClientError {
     /// The server closed the connection after a parting `Error` frame with request id 0
     /// (an idle or slow connection timed out, the connection limit was reached, the server
     /// is shutting down, a frame could not be framed). Requests still unanswered on that
-    /// connection may or may not have been applied.
+    /// connection were not applied and never will be (PROTOCOL.md, "Closing"): the client
+    /// sends them again on a new connection within the call, and a call that changes
+    /// counters and cannot do so ends with [`ClientError::NotApplied`] around this error.
     #[error("connection to {addr} closed by the server ({code:?}): {message}")]
     Disconnected {
         addr: SocketAddr,
@@ -181,12 +185,17 @@ pub enum ClientError {
     /// The server refused the request before applying any of it, for a reason that
     /// passes: a new idempotency key while its idempotency memory is full (`ServerBusy`,
     /// "idempotency table full"), or a mutation while its journal cannot take one
-    /// (`Status::Unavailable` with detail 1). Nothing of the request was applied. Call
+    /// (`Status::Unavailable` with detail 1). Or the server closed the connection with
+    /// its parting word ([`ClientError::Disconnected`], the `cause`) before answering the
+    /// request, and the client could not send it again within the call (retries off, the
+    /// deadline too near, a parting code a new connection would meet again, such as
+    /// `FrameTooLarge`). Nothing of the request was applied. Call
     /// again later; a call made with a caller's idempotency key must be called again with
     /// the same key (and operations), as after [`ClientError::OutcomeUnknown`] (a call
     /// without one simply calls again: its automatic key is gone and applied nothing). The
-    /// client does not resend it within the call: the server would refuse it again until
-    /// keys leave its window or the journal recovers. `cause` is the server's answer.
+    /// client does not resend a refusal within the call: the server would refuse it again
+    /// until keys leave its window or the journal recovers. `cause` is the server's answer
+    /// (its refusal, or its parting word).
     #[error("not applied, retry later: {cause}")]
     NotApplied {
         #[source]

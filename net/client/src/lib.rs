@@ -114,9 +114,13 @@
 //!
 //! An `Error` frame with request id 0 is the server closing the
 //! connection (idle timeout, connection limit, shutdown), reported as
-//! [`ClientError::Disconnected`] and handled as a lost connection; a connection the server
-//! closed while idle is noticed before the next call is sent on it, so that call goes out
-//! on a new connection. A reconnect that finds a new shard map re-routes; a shard port
+//! [`ClientError::Disconnected`] and handled as a lost connection, with one difference:
+//! the server promises it applied none of the requests it left unanswered (PROTOCOL.md,
+//! "Closing"), so the client sends them again on a new connection, mutations without an
+//! idempotency key included, and a call that cannot do so in time ends with
+//! [`ClientError::NotApplied`], never [`ClientError::OutcomeUnknown`]. A connection the
+//! server closed while idle is noticed before the next call is sent on it, so that call
+//! goes out on a new connection. A reconnect that finds a new shard map re-routes; a shard port
 //! that refuses connections (a server restarted with fewer cores) sends the client to the
 //! main address, which brings the new map, or, if the map is the same, serves that core's
 //! keys by forwarding them.

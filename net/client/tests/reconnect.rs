@@ -1,6 +1,8 @@
 //! Both clients against a fake server that closes connections the way tallyd does: a
 //! parting `Error Timeout` with request id 0, then the close. Calls after it reconnect and
-//! count once; a mutation without an idempotency key is never resent; a reconnect that
+//! count once; the requests a parting frame left unanswered were not applied
+//! (PROTOCOL.md, "Closing"), so they are resent, even mutations without an idempotency
+//! key, and without retries end `NotApplied`, never `OutcomeUnknown`; a reconnect that
 //! finds a new shard map re-routes.
 
 mod fake_server;
@@ -23,11 +25,11 @@ fn without_retries(spin: Duration) -> ClientConfig {
     }
 }
 
-/// A mutation sent on a connection the server then parted: the client cannot tell
-/// whether it ran.
-fn assert_parting_timeout(error: &ClientError) {
-    let ClientError::OutcomeUnknown { cause } = error else {
-        panic!("expected an unknown outcome, got {error:?}");
+/// A mutation sent on a connection the server then parted, and not sent again: the
+/// server's parting word says it did not run.
+fn assert_parted_not_applied(error: &ClientError) {
+    let ClientError::NotApplied { cause } = error else {
+        panic!("expected not applied, got {error:?}");
     };
     let error = cause.as_ref();
     assert!(
@@ -95,13 +97,79 @@ fn blocking_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
     assert_eq!(client.incr("like", 1).unwrap(), 2);
 }
 
+/// Increments of 1 on `keys()`, one frame each when sent with `batch_framed(.., 1)`.
+fn increments() -> Vec<tally_client::Op> {
+    keys()
+        .iter()
+        .map(|key| tally_client::Op::Add {
+            key: key.clone().into_bytes(),
+            delta: 1,
+            policy: tally_client::BoundPolicy::Reject,
+        })
+        .collect()
+}
+
 #[test]
-fn blocking_a_mutation_without_a_key_is_never_resent() {
+fn blocking_a_mutation_without_a_key_answered_by_a_parting_error_is_resent_once() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    assert!(!client.config().auto_idempotency_keys);
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.state.keyed_frames.load(Ordering::SeqCst), 0);
+    // Pipelined frames behind the parted one were not applied either: all resent once.
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    let results = client
+        .batch_framed(&increments(), Default::default(), 1)
+        .unwrap();
+    for (key, result) in keys().iter().zip(results) {
+        assert_eq!(result.unwrap().value, 1, "{key}");
+        assert_eq!(server.value(key), Some(1), "{key}");
+    }
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+}
+
+/// One retry, and the first two sends of a frame parted: resending a parted frame is
+/// not charged to its retry budget (the server applied nothing), so the third send runs.
+fn one_retry() -> ClientConfig {
+    ClientConfig {
+        retries: 1,
+        ..ClientConfig::default()
+    }
+}
+
+#[test]
+fn blocking_resending_a_parted_frame_costs_no_retry() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect_with(server.main_addr, one_retry()).unwrap();
+    server.state.part_on_batch.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_resending_a_parted_frame_costs_no_retry() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect_with(server.main_addr, one_retry())
+        .await
+        .unwrap();
+    server.state.part_on_batch.store(2, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.value("like"), Some(1));
+}
+
+#[test]
+fn blocking_without_retries_a_parted_mutation_is_not_applied() {
     let server = FakeServer::start(2, 16);
     let config = without_retries(Duration::from_micros(75));
     let mut client = Client::connect_with(server.main_addr, config).unwrap();
     server.state.part_on_batch.store(1, Ordering::SeqCst);
-    assert_parting_timeout(&client.incr("like", 1).unwrap_err());
+    assert_parted_not_applied(&client.incr("like", 1).unwrap_err());
     assert_eq!(
         server.value("like"),
         None,
@@ -196,14 +264,41 @@ async fn async_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn async_a_mutation_without_a_key_is_never_resent() {
+async fn async_a_mutation_without_a_key_answered_by_a_parting_error_is_resent_once() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 1);
+    assert_eq!(server.state.keyed_frames.load(Ordering::SeqCst), 0);
+    // Concurrent calls in flight behind the parted frame: all resent once.
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    let calls: Vec<_> = keys()
+        .into_iter()
+        .map(|key| {
+            let client = client.clone();
+            tokio::spawn(async move { (client.incr(&key, 1).await, key) })
+        })
+        .collect();
+    for call in calls {
+        let (result, key) = call.await.unwrap();
+        assert_eq!(result.unwrap(), 1, "{key}");
+        assert_eq!(server.value(&key), Some(1), "{key}");
+    }
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_without_retries_a_parted_mutation_is_not_applied() {
     let server = FakeServer::start(2, 16);
     let config = without_retries(Duration::ZERO);
     let client = AsyncClient::connect_with(server.main_addr, config)
         .await
         .unwrap();
     server.state.part_on_batch.store(1, Ordering::SeqCst);
-    assert_parting_timeout(&client.incr("like", 1).await.unwrap_err());
+    assert_parted_not_applied(&client.incr("like", 1).await.unwrap_err());
     assert_eq!(
         server.value("like"),
         None,

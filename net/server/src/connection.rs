@@ -24,6 +24,18 @@
 //! input buffer grows with the bytes received (never to a length only claimed by a
 //! header), to one whole frame at most, and shrinks back once it is consumed.
 //! Buffers are kept across turns, so a steady stream of requests allocates nothing.
+//!
+//! Closing (PROTOCOL.md, "Closing"): an `Error` frame with request id 0 is the server's
+//! last frame on the connection, and every request frame it did not answer before it
+//! was not applied and never will be. The server sends one only where nothing is left
+//! half done: on an idle or slow read timeout (before the read that timed out, every
+//! complete frame was answered; a partial one is never applied), on a length field that
+//! cannot be framed (the frames before it are answered first), at shutdown (after the
+//! replies to every frame read), and at accept over the connection limit (nothing read).
+//! After it nothing is dispatched: [`stream::linger`] only reads and discards until the
+//! client closes, so the parting frame arrives instead of being lost to a reset. A
+//! handshake refused (`HandshakeRequired`, `UnsupportedVersion`) is answered with its
+//! frame's own id and closes the same way; the frames after it are not applied either.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -62,7 +74,8 @@ const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::IdempotencyKeyReused;
 /// of keys inside their window (PROTOCOL.md): retryable, nothing was applied.
 const IDEMPOTENCY_TABLE_FULL: ErrorCode = ErrorCode::ServerBusy;
 
-/// Answers a connection over the limit with an error, then closes it.
+/// Answers a connection over the limit with a parting error, then closes it (after
+/// [`stream::linger`], so the error arrives). Nothing it sent is read as a request.
 pub async fn refuse(mut stream: TcpStream) {
     let mut out = Vec::new();
     encode_error(
@@ -71,7 +84,9 @@ pub async fn refuse(mut stream: TcpStream) {
         ErrorCode::ServerBusy,
         "too many connections; retry later",
     );
-    let _ = stream.write_all(&out).await;
+    if stream.write_all(&out).await.is_ok() {
+        stream::linger(&mut stream).await;
+    }
     let _ = stream.close().await;
 }
 
@@ -93,9 +108,15 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             %peer,
             "connection closed: nothing received for the read timeout"
         ),
+        End::Stopped => tracing::debug!(core = core.index, %peer, "connection closed at shutdown"),
         End::Io(error) => {
             tracing::info!(core = core.index, %peer, %error, "connection ended with an I/O error")
         }
+    }
+    if end.is_servers_close() {
+        // The last frame is written; wait for the client to take it (PROTOCOL.md,
+        // "Closing"): nothing read from here on is applied.
+        stream::linger(&mut stream).await;
     }
     stream::close(&core, stream, registration).await;
 }
@@ -109,8 +130,19 @@ enum End {
     /// The server closed it, with a `Timeout` reply, after nothing was received for
     /// the read timeout.
     Idle,
+    /// The server is shutting down: every frame read was answered, then the parting
+    /// `ShuttingDown` error was sent.
+    Stopped,
     /// Reading or writing failed (peer gone, timeout while writing).
     Io(std::io::Error),
+}
+
+impl End {
+    /// Whether the server ends the connection after a last frame of its own (a parting
+    /// error), so it must linger for the client to read it.
+    fn is_servers_close(&self) -> bool {
+        matches!(self, End::Refused(_) | End::Idle | End::Stopped)
+    }
 }
 
 /// A reply whose frame is fully known at dispatch, or a batch awaiting its results.
@@ -202,7 +234,10 @@ impl Connection {
                     let mut out = Vec::new();
                     let message = "the server is shutting down";
                     encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
-                    let _ = stream.write_all(&out).await;
+                    return match stream.write_all(&out).await {
+                        Ok(()) => End::Stopped,
+                        Err(error) => End::Io(error),
+                    };
                 }
                 return End::Closed;
             }

@@ -5,6 +5,19 @@
 //! its timeouts and `TCP_NODELAY`; [`close`] undoes both and gives the connection slot
 //! back. Every accepted connection goes through exactly one `open` and one `close`.
 //!
+//! [`linger`] is how the server ends a connection it closes itself after its last
+//! frame (the native door's parting `Error` of request id 0, PROTOCOL.md "Closing"):
+//! it shuts down the write side (FIN), then reads and discards whatever the client
+//! still sends, for at most [`PARTING_GRACE`], until the client closes its side. A
+//! plain close with unread bytes in the socket makes the kernel answer with a reset,
+//! which can destroy the last frame on its way or in the client's buffer; reading them
+//! first lets the last frame arrive. Nothing read there is ever decoded or applied: that
+//! is what lets the parting frame promise that every request it did not answer was not
+//! applied. Exception: at shutdown the read side is already shut (`shutdown.rs`), so a
+//! request that arrives after the FIN may still meet a reset; the promise holds there
+//! too, only the parting frame may be lost, and the client then reports a lost
+//! connection.
+//!
 //! [`ReadDeadline`] keeps the read timeout honest: between requests it is counted from
 //! the last byte (an idle connection), within a request from the request's first byte,
 //! so a client that trickles a byte at a time cannot hold a half-sent request open.
@@ -21,7 +34,7 @@
 //! afterwards.
 
 use std::io::ErrorKind;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -43,6 +56,41 @@ pub fn open(core: &Core, stream: &TcpStream, peer: SocketAddr, door: &str) -> Re
         tracing::warn!(core = core.index, %peer, door, %error, "could not configure a connection");
     }
     registration
+}
+
+/// How long the server keeps reading (and discarding) after its last frame on a
+/// connection it closes, waiting for the client to close its side; see [`linger`]. A
+/// client that reads its replies closes within a round trip of the parting frame; one
+/// that keeps sending is cut off after this, so it holds its connection slot (and the
+/// shutdown of its core, or the accept loop of a core out of descriptors, which answers
+/// one connection at a time: `descriptors.rs`) at most this much longer.
+pub const PARTING_GRACE: Duration = Duration::from_secs(1);
+
+/// The bytes read and discarded by one `read` of [`linger`].
+const LINGER_READ_BYTES: usize = 4096;
+
+/// Ends a connection the server closes after its last frame (already written): shuts
+/// down the write side, so the client reads that frame and then the end of the stream,
+/// then reads and discards what the client still sends until it closes its side, the
+/// read fails, or [`PARTING_GRACE`] has passed. Never decodes what it reads: requests
+/// that arrive now are not applied. Call [`close`] (or drop the stream) afterwards.
+pub async fn linger(stream: &mut TcpStream) {
+    if stream.shutdown(Shutdown::Write).await.is_err() {
+        // Not connected any more: there is nobody to wait for.
+        return;
+    }
+    let deadline = Instant::now() + PARTING_GRACE;
+    let mut discarded = [0u8; LINGER_READ_BYTES];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut discarded).await {
+            Ok(0) | Err(_) => return,
+            Ok(count) => debug_assert!(count <= LINGER_READ_BYTES),
+        }
+    }
 }
 
 /// Closes a stream opened with [`open`] and frees its connection slot.

@@ -806,6 +806,49 @@ fn idle_connections_time_out() {
     assert_eq!(fresh.batch(&[add(b"z", 3)])[0].value, 3);
 }
 
+/// A request that crosses the idle timeout's parting frame is not applied, and the
+/// parting frame still arrives, followed by the end of the stream, not a reset: the
+/// server reads and discards what comes after it before closing (PROTOCOL.md, "Closing").
+#[test]
+fn a_request_sent_after_the_idle_timeout_gets_the_parting_frame_and_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &["--read-timeout-ms", "200"]);
+    let mut late = daemon.connect();
+    late.hello();
+    // Past the timeout: the server has sent its parting frame and shut its side.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut frame = Vec::new();
+    encode_batch(&mut frame, 7, Durability::Durable, None, &[add(b"late", 1)]).unwrap();
+    late.stream
+        .write_all(&frame)
+        .expect("the server still reads");
+    // Time for a reset to come back, if the server's socket answers with one.
+    std::thread::sleep(Duration::from_millis(100));
+    let (id, parting) = late.next_answer();
+    assert!(
+        id == 0 && matches!(parting, Answer::Error(ErrorCode::Timeout, _)),
+        "{id} {parting:?}"
+    );
+    assert!(late.buffer.is_empty(), "the parting frame is the last");
+    let mut chunk = [0u8; 64];
+    match late.stream.read(&mut chunk) {
+        Ok(0) => {}
+        other => panic!("expected the end of the stream, got {other:?}"),
+    }
+    // Linux lets the bytes received before a reset be read; the reset still shows as
+    // the socket's pending error, and fails the next write.
+    assert!(
+        late.stream.take_error().unwrap().is_none(),
+        "the connection was reset"
+    );
+    late.stream
+        .write_all(&frame)
+        .expect("the server is still reading and discarding, not reset");
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.get(b"late"), 0, "the late increment was not applied");
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
