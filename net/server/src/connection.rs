@@ -74,8 +74,13 @@ const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::IdempotencyKeyReused;
 /// of keys inside their window (PROTOCOL.md): retryable, nothing was applied.
 const IDEMPOTENCY_TABLE_FULL: ErrorCode = ErrorCode::ServerBusy;
 
-/// Answers a connection over the limit with a parting error, then closes it (after
-/// [`stream::linger`], so the error arrives). Nothing it sent is read as a request.
+/// Answers a connection over the limit with a parting error, then closes it at once.
+/// Nothing it sent is read as a request. No [`stream::linger`] here: a refused
+/// connection is outside the limit, so a flood of them holding descriptors for the
+/// grace would exhaust what the limit protects (and on a core out of descriptors the
+/// refusal runs in the accept loop). A client sends nothing but its hello before the
+/// hello's answer, so a reset that loses this error costs it a failed connect, never a
+/// request of unknown outcome.
 pub async fn refuse(mut stream: TcpStream) {
     let mut out = Vec::new();
     encode_error(
@@ -84,9 +89,7 @@ pub async fn refuse(mut stream: TcpStream) {
         ErrorCode::ServerBusy,
         "too many connections; retry later",
     );
-    if stream.write_all(&out).await.is_ok() {
-        stream::linger(&mut stream).await;
-    }
+    let _ = stream.write_all(&out).await;
     let _ = stream.close().await;
 }
 

@@ -62,8 +62,8 @@ pub fn open(core: &Core, stream: &TcpStream, peer: SocketAddr, door: &str) -> Re
 /// connection it closes, waiting for the client to close its side; see [`linger`]. A
 /// client that reads its replies closes within a round trip of the parting frame; one
 /// that keeps sending is cut off after this, so it holds its connection slot (and the
-/// shutdown of its core, or the accept loop of a core out of descriptors, which answers
-/// one connection at a time: `descriptors.rs`) at most this much longer.
+/// shutdown of its core) at most this much longer. A connection refused at accept does
+/// not linger (`connection::refuse` says why).
 pub const PARTING_GRACE: Duration = Duration::from_secs(1);
 
 /// The bytes read and discarded by one `read` of [`linger`].
