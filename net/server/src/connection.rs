@@ -56,8 +56,7 @@ use tally_protocol::{
 use crate::config::{DurabilityMode, ServerConfig};
 use crate::core::Core;
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
-use crate::idempotency::{self, Fingerprint, Full, IdempotencyKey, IdempotentBatch};
-use crate::router::RemoteBegin;
+use crate::idempotency::{self, Begin, Fingerprint, Full, IdempotencyKey, IdempotentBatch};
 use crate::stream::{self, Input, ReadDeadline};
 
 /// The input buffer's size between large frames.
@@ -654,11 +653,11 @@ impl State {
             .idempotency_begin(home, key, fingerprint, op_count)
             .await
         {
-            Ok(RemoteBegin::New) => Ok(Some((begun, None))),
-            Ok(RemoteBegin::Resume(earlier)) if earlier.len() == batch.op_count() => {
+            Ok(Begin::New) => Ok(Some((begun, None))),
+            Ok(Begin::Resume(earlier)) if earlier.len() == batch.op_count() => {
                 Ok(Some((begun, Some(earlier))))
             }
-            Ok(RemoteBegin::Resume(earlier)) => {
+            Ok(Begin::Resume(earlier)) => {
                 // Another batch with an equal fingerprint (a 64-bit hash collision): put
                 // the first one's results back, and refuse this one as a reuse.
                 let mut frame = Vec::new();
@@ -669,16 +668,16 @@ impl State {
                 self.refuse_reused_key(core, request_id, key);
                 Err(())
             }
-            Ok(RemoteBegin::Mismatch) => {
+            Ok(Begin::Mismatch) => {
                 self.refuse_reused_key(core, request_id, key);
                 Err(())
             }
-            Ok(RemoteBegin::InFlight) => {
+            Ok(Begin::InFlight) => {
                 let message = "a request with this idempotency key is still running; retry";
                 self.stage_error(request_id, ErrorCode::ServerBusy, message);
                 Err(())
             }
-            Ok(RemoteBegin::Full(full)) => {
+            Ok(Begin::Full(full)) => {
                 let stats = &core.stats;
                 let refusals = &stats.idempotency_full_refusals;
                 refusals.set(refusals.get() + 1);
@@ -686,7 +685,7 @@ impl State {
                 self.stage_error(request_id, IDEMPOTENCY_TABLE_FULL, &message);
                 Err(())
             }
-            Ok(RemoteBegin::Done(frame)) => {
+            Ok(Begin::Done(frame)) => {
                 core.stats
                     .idempotent_replays
                     .set(core.stats.idempotent_replays.get() + 1);

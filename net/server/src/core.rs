@@ -42,7 +42,7 @@ use crate::idempotency::{
     self, Begin, Fingerprint, Full, IdempotencyKey, IdempotencyTable, IdempotentBatch,
     RecoveredBatches,
 };
-use crate::router::{BufferPool, MeshReply, MeshRequest, RemoteBegin, ReplyTable};
+use crate::router::{BufferPool, MeshReply, MeshRequest, ReplyTable};
 use crate::shutdown::{
     ConnectionRegistry, DrainBarrier, ShutdownSignal, StopNotice, POLL_INTERVAL,
 };
@@ -416,7 +416,7 @@ impl Core {
         key: IdempotencyKey,
         fingerprint: Fingerprint,
         op_count: u16,
-    ) -> Result<RemoteBegin, ErrorCode> {
+    ) -> Result<Begin, ErrorCode> {
         if home == self.index {
             return Ok(self.idempotency_begin_here(key, fingerprint, op_count));
         }
@@ -444,7 +444,7 @@ impl Core {
         key: IdempotencyKey,
         fingerprint: Fingerprint,
         op_count: u16,
-    ) -> RemoteBegin {
+    ) -> Begin {
         debug_assert_eq!(idempotency::home_core(key, self.cores), self.index);
         // Before a restart the key may have served other operations: its records carry
         // their batch's fingerprint. (A table entry for the key was begun after the
@@ -454,22 +454,18 @@ impl Core {
                 .recovered_batches
                 .conflicts(key, fingerprint, unix_now_s())
         {
-            return RemoteBegin::Mismatch;
+            return Begin::Mismatch;
         }
         let now = Instant::now();
         let mut table = self.idempotency.borrow_mut();
         match table.begin(key, fingerprint, usize::from(op_count), now) {
-            Begin::New => RemoteBegin::New,
-            Begin::InFlight => RemoteBegin::InFlight,
-            Begin::Done(reply) => RemoteBegin::Done(reply),
-            Begin::Resume(reply) => RemoteBegin::Resume(reply),
-            Begin::Mismatch => RemoteBegin::Mismatch,
             Begin::Full(full) => {
                 let (keys, reply_bytes) = (table.len(), table.reply_bytes());
                 drop(table);
                 self.warn_idempotency_full(full, keys, reply_bytes, now);
-                RemoteBegin::Full(full)
+                Begin::Full(full)
             }
+            begin => begin,
         }
     }
 

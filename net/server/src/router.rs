@@ -26,9 +26,8 @@ use std::task::{Context, Poll, Waker};
 
 use tally_engine::journal::Durability;
 use tally_engine::{Bound, BoundPolicy, Op, OpResult};
-use tally_protocol::OpReply;
 
-use crate::idempotency::{Fingerprint, Full, IdempotencyKey, IdempotentBatch};
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, IdempotentBatch};
 
 /// The core that owns `partition` when `cores` cores share the partitions.
 pub fn owner_of_partition(partition: u32, cores: usize) -> usize {
@@ -180,8 +179,9 @@ pub enum MeshReply {
         results: Vec<OpResult>,
         unavailable: bool,
     },
-    /// The answer to `IdempotencyBegin`.
-    Idempotency { ticket: u32, state: RemoteBegin },
+    /// The answer to `IdempotencyBegin`: the home core's table's answer (it owns its
+    /// data, so it travels as it is).
+    Idempotency { ticket: u32, state: Begin },
 }
 
 impl MeshReply {
@@ -191,23 +191,6 @@ impl MeshReply {
             MeshReply::Applied { ticket, .. } | MeshReply::Idempotency { ticket, .. } => *ticket,
         }
     }
-}
-
-/// [`crate::idempotency::Begin`] made owned, to travel between cores.
-#[derive(Debug, PartialEq, Eq)]
-pub enum RemoteBegin {
-    /// First time seen: run the batch.
-    New,
-    /// Another attempt is running.
-    InFlight,
-    /// Already done: the first reply frame.
-    Done(Vec<u8>),
-    /// Done with some results `Unavailable`: the results so far; run those again.
-    Resume(Vec<OpReply>),
-    /// The key belongs to a batch with other operations.
-    Mismatch,
-    /// The key is new and the home core's table is full of keys inside their window.
-    Full(Full),
 }
 
 /// Spare batches and result vectors, reused across hops to avoid allocation.
@@ -418,7 +401,7 @@ mod tests {
         assert_ne!(first, second);
         table.complete(MeshReply::Idempotency {
             ticket: first,
-            state: RemoteBegin::New,
+            state: Begin::New,
         });
         let reply = futures_lite::future::block_on(table.wait(first));
         assert_eq!(reply.ticket(), first);
@@ -426,7 +409,7 @@ mod tests {
         drop(table.wait(second));
         table.complete(MeshReply::Idempotency {
             ticket: second,
-            state: RemoteBegin::New,
+            state: Begin::New,
         });
         assert_eq!(table.outstanding(), 1);
     }
