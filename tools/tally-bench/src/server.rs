@@ -7,6 +7,10 @@
 //! `batch` pipelined Redis commands), from send (closed loop) or intended send (open
 //! loop, `--rate`) to the last reply byte. With `--via-client` the native workload goes
 //! through the client crate instead of raw frames ([`via_client`]).
+//!
+//! `--duration` bounds the run: sending stops at the deadline, and requests still
+//! unanswered [`deadline_grace`] later fail the run as stalled. The generator never
+//! blocks in a write, so a server that applies backpressure cannot deadlock it.
 
 pub mod connection;
 pub mod native;
@@ -45,6 +49,15 @@ pub enum DriveError {
     },
     #[error("the server closed the connection")]
     ServerClosed,
+    #[error(
+        "the run did not finish within {grace_s:.1} s of its deadline ({after_s:.1} s after \
+         it started): {in_flight} requests still unanswered (is the server stalled?)"
+    )]
+    Stalled {
+        grace_s: f64,
+        in_flight: usize,
+        after_s: f64,
+    },
     #[error(
         "timed out after {seconds} s waiting for the hello reply from {addr}: \
          is it a Tally native port? (not the --resp-listen one)",
@@ -127,7 +140,8 @@ pub struct ServerArgs {
     /// multiple of --batch.
     #[arg(long, default_value_t = 1_000_000)]
     pub ops: u64,
-    /// Run for this many seconds instead of a fixed operation count.
+    /// Run for this many seconds instead of a fixed operation count. Requests still
+    /// unanswered 10 s (or a quarter of the duration, if longer) after it fail the run.
     #[arg(long)]
     pub duration: Option<f64>,
     #[arg(long, value_enum, default_value_t = KeyDistribution::Uniform)]
@@ -334,6 +348,18 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
     Ok(())
 }
 
+/// How long after `--duration` the requests still in flight may take before the run
+/// fails as stalled: 10 s, or a quarter of the duration for long runs.
+pub(crate) fn deadline_grace(duration: Option<f64>) -> Duration {
+    let quarter = duration.map_or(Duration::ZERO, |seconds| {
+        Duration::from_secs_f64(seconds / 4.0)
+    });
+    quarter.max(DEADLINE_GRACE_MIN)
+}
+
+/// The shortest grace after the deadline (see [`deadline_grace`]).
+pub const DEADLINE_GRACE_MIN: Duration = Duration::from_secs(10);
+
 /// The plan of connection `index`.
 fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let connections = args.connections as u64;
@@ -347,7 +373,7 @@ fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let spin_us = args.spin_us.unwrap_or(0);
     Plan {
         pipeline: args.pipeline,
-        ops_per_request: args.batch,
+        grace: deadline_grace(args.duration),
         request_quota: if args.duration.is_some() {
             None
         } else {
@@ -441,7 +467,7 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
                 scope.spawn(move || {
                     barrier.wait();
                     let plan = plan_for(args, index, Instant::now());
-                    connection::drive(stream, codec.as_mut(), &plan, ops_done)
+                    connection::drive(vec![stream], codec.as_mut(), &plan, ops_done)
                 })
             })
             .collect();
@@ -452,8 +478,12 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         handles
             .into_iter()
             .map(|handle| handle.join().expect("a connection thread panicked"))
-            .collect::<Result<Vec<_>, _>>()
-    })?;
+            .collect::<Vec<_>>()
+    });
+    let mut reports = reports;
+    if let Some(error) = reports.iter_mut().find_map(|report| report.failure.take()) {
+        return Err(error);
+    }
     Ok(summarize(args, &reports))
 }
 
@@ -482,10 +512,11 @@ pub(crate) fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: i
 
 fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
     let mut latency = Recorder::default();
-    let (mut requests, mut ops_failed) = (0, 0);
+    let (mut requests, mut ops_total, mut ops_failed) = (0, 0, 0);
     for report in reports {
         latency.merge(&report.latency);
         requests += report.requests;
+        ops_total += report.ops;
         ops_failed += report.ops_failed;
     }
     let started = reports.iter().filter_map(|report| report.started).min();
@@ -494,7 +525,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         (Some(started), Some(finished)) => (finished - started).as_secs_f64().max(1e-9),
         _ => 1e-9,
     };
-    let ops = requests * args.batch - ops_failed;
+    let ops = ops_total - ops_failed;
     RunReport {
         protocol: args.protocol,
         addr: args.addr.to_string(),

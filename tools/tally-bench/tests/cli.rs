@@ -458,3 +458,62 @@ fn an_unwritable_plot_is_refused_before_the_run() {
     assert!(message.contains("cannot be written"), "{message}");
     assert!(!message.contains("starting"), "{message}");
 }
+
+/// Runs `tally-bench` with `arguments`, killing it if it takes longer than `limit`.
+fn tally_bench_within(limit: std::time::Duration, arguments: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for tally-bench"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("tally-bench {arguments:?} still running after {limit:?}: it hangs");
+        }
+    }
+}
+
+#[test]
+fn a_run_with_deep_pipelines_of_big_batches_ends_by_its_deadline() {
+    let (_dir, mut server) = start();
+    let resp = server.wait_for_address("resp listening on ").to_string();
+    let native = server.addr.to_string();
+    // 64 requests of 10,000 increments are megabytes each way: a generator that writes
+    // them all before reading fills both socket buffers, and tallyd stops reading.
+    let limit = std::time::Duration::from_secs(60);
+    for (addr, protocol, pipeline, batch) in [
+        (&native, "native", "64", "10000"),
+        (&resp, "resp", "64", "1000"),
+    ] {
+        let output = tally_bench_within(
+            limit,
+            &[
+                "server",
+                "--addr",
+                addr,
+                "--protocol",
+                protocol,
+                "--pipeline",
+                pipeline,
+                "--batch",
+                batch,
+                "--duration",
+                "1",
+                "--json",
+            ],
+        );
+        assert!(output.status.success(), "{protocol}: {}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(report["ops"].as_u64().unwrap() > 0, "{protocol}: {report}");
+    }
+}

@@ -2,7 +2,7 @@
 //! `Add` operations; shard-aware connections talk to one core's shard port and only send
 //! keys that core owns, so no request takes a cross-core hop.
 
-use super::connection::RequestCodec;
+use super::connection::{RequestCodec, SocketIndex};
 use super::resp::log_first_error;
 use super::{DriveError, KeySource};
 use std::io::{Read, Write};
@@ -40,8 +40,17 @@ impl NativeCodec {
 }
 
 impl RequestCodec for NativeCodec {
-    fn encode(&mut self, out: &mut Vec<u8>, request_id: u64) {
-        let mut writer = BatchWriter::begin(out, request_id, self.durability, None);
+    fn socket_count(&self) -> usize {
+        1
+    }
+
+    fn encode(
+        &mut self,
+        outs: &mut [Vec<u8>],
+        request_id: u64,
+        parts: &mut Vec<SocketIndex>,
+    ) -> u64 {
+        let mut writer = BatchWriter::begin(&mut outs[0], request_id, self.durability, None);
         for _ in 0..self.batch {
             let op = Op::Add {
                 key: self.keys.next_key(),
@@ -53,9 +62,16 @@ impl RequestCodec for NativeCodec {
                 .expect("generated keys are short and the batch is within the limit");
         }
         writer.finish().expect("a batch of short keys fits a frame");
+        parts.push(0);
+        self.batch
     }
 
-    fn decode(&mut self, buf: &[u8], completed: &mut dyn FnMut(u64)) -> Result<usize, DriveError> {
+    fn decode(
+        &mut self,
+        _socket: SocketIndex,
+        buf: &[u8],
+        completed: &mut dyn FnMut(u64),
+    ) -> Result<usize, DriveError> {
         let mut consumed = 0;
         while let Some(frame) = decode_reply(&buf[consumed..]).map_err(protocol_error)? {
             consumed += frame.frame_bytes;

@@ -1,7 +1,7 @@
 //! The workload as Redis commands: each request is `batch` `INCRBY key delta` commands
 //! sent back to back (pipelined, no MULTI), complete when all `batch` replies are in.
 
-use super::connection::RequestCodec;
+use super::connection::{RequestCodec, SocketIndex};
 use super::{DriveError, KeySource};
 use tally_resp::{parse_reply, Command, Reply};
 
@@ -30,7 +30,17 @@ impl RespCodec {
 }
 
 impl RequestCodec for RespCodec {
-    fn encode(&mut self, out: &mut Vec<u8>, _request_id: u64) {
+    fn socket_count(&self) -> usize {
+        1
+    }
+
+    fn encode(
+        &mut self,
+        outs: &mut [Vec<u8>],
+        _request_id: u64,
+        parts: &mut Vec<SocketIndex>,
+    ) -> u64 {
+        let out = &mut outs[0];
         for _ in 0..self.batch {
             let key = self.keys.next_key();
             Command::IncrBy {
@@ -39,9 +49,16 @@ impl RequestCodec for RespCodec {
             }
             .encode(out);
         }
+        parts.push(0);
+        self.batch
     }
 
-    fn decode(&mut self, buf: &[u8], completed: &mut dyn FnMut(u64)) -> Result<usize, DriveError> {
+    fn decode(
+        &mut self,
+        _socket: SocketIndex,
+        buf: &[u8],
+        completed: &mut dyn FnMut(u64),
+    ) -> Result<usize, DriveError> {
         let mut consumed = 0;
         while let Some((reply, reply_bytes)) = parse_reply(&buf[consumed..])
             .map_err(|error| DriveError::Protocol(format!("bad RESP reply: {error}")))?

@@ -125,6 +125,7 @@ fn drive_one(
         for task in tasks {
             let caller = task.await.expect("a caller task panicked")?;
             report.requests += caller.requests;
+            report.ops += caller.ops;
             report.ops_failed += caller.ops_failed;
             report.latency.merge(&caller.latency);
         }
@@ -172,6 +173,7 @@ async fn run_caller(
         };
         report.latency.record(called.elapsed());
         report.requests += 1;
+        report.ops += plan.ops_per_call;
         report.ops_failed += failed;
         ops_done.fetch_add(plan.ops_per_call, Ordering::Relaxed);
     }
