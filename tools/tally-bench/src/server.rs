@@ -3,7 +3,8 @@
 //!
 //! Each connection is one OS thread (see [`connection`]) with its own seeded key stream
 //! ([`crate::workload`]), so the native and RESP runs of the same flags send the same
-//! keys. Throughput counts acknowledged increments; latency is per request (a batch, or
+//! keys: a shard-aware native connection opens one socket per server core and sends
+//! every key of its stream to the core that owns it ([`native`]), nothing is re-drawn. Throughput counts acknowledged increments; latency is per request (a batch, or
 //! `batch` pipelined Redis commands), from send (closed loop) or intended send (open
 //! loop, `--rate`) to the last reply byte. With `--via-client` the native workload goes
 //! through the client crate instead of raw frames ([`via_client`]).
@@ -159,7 +160,9 @@ pub struct ServerArgs {
     /// --protocol resp only `server` (the server's default) is accepted.
     #[arg(long, value_enum, default_value_t = DurabilityChoice::Server)]
     pub durability: DurabilityChoice,
-    /// Native: send each key to its owning core's shard port.
+    /// Native: each connection opens one socket per server core (its shard port) and
+    /// sends every key of its stream to the core that owns it; a request spanning
+    /// cores completes when every core has answered. `false`: one socket to --addr.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub shard_aware: bool,
     /// Microseconds a read spins before blocking (default 0). Spinning saves the
@@ -216,9 +219,8 @@ pub struct RunReport {
 
 /// Which core owns each key of the run. Up to [`KeyOwners::TABLE_KEYS_MAX`] keys (and
 /// 256 cores) it is a table of one byte per rank, built once and shared by the
-/// connections, so that drawing a key of the wanted core costs no hashing (and the
-/// table stays small enough to be cached); otherwise each draw formats and hashes its
-/// key.
+/// connections, so that routing a key costs no hashing (and the table stays small
+/// enough to be cached); otherwise each key is formatted and hashed.
 pub struct KeyOwners {
     map: Arc<HelloReply>,
     by_rank: Vec<u8>,
@@ -242,51 +244,84 @@ impl KeyOwners {
         KeyOwners { map, by_rank }
     }
 
+    pub fn core_count(&self) -> usize {
+        self.map.core_count()
+    }
+
     /// The core owning key `rank`; `scratch` holds the key when there is no table.
-    fn owner_of_rank(&self, rank: u64, scratch: &mut Vec<u8>) -> usize {
-        match self.by_rank.get(rank as usize) {
+    pub fn owner_of_rank(&self, rank: u64, scratch: &mut Vec<u8>) -> usize {
+        let owner = match self.by_rank.get(rank as usize) {
             Some(&owner) => usize::from(owner),
             None => {
                 write_key(scratch, rank);
                 self.map.owner_of_key(scratch)
             }
-        }
+        };
+        debug_assert!(owner < self.core_count());
+        owner
     }
 }
 
-/// The keys one connection sends, optionally only those owned by one core.
+/// Where the ranks of a stream come from.
+enum Ranks {
+    /// Drawn from the workload's distribution, without end.
+    Drawn(KeyChooser),
+    /// `next..end` in order, once each (the fill pass).
+    Sequential { next: u64, end: u64 },
+}
+
+/// The keys one connection sends, in order: the protocol codecs take every key, so
+/// native and RESP runs of the same seed send the same stream.
 pub struct KeySource {
-    chooser: KeyChooser,
+    ranks: Ranks,
     key: Vec<u8>,
-    owner: Option<(Arc<KeyOwners>, usize)>,
 }
 
 impl KeySource {
-    /// Tries before giving up on finding a key owned by the wanted core (with C cores a
-    /// draw hits with probability 1/C; 64 misses in a row is vanishingly rare).
-    const OWNER_TRIES_MAX: u32 = 64;
-
-    pub fn new(chooser: KeyChooser, owner: Option<(Arc<KeyOwners>, usize)>) -> Self {
+    /// The endless stream `chooser` draws.
+    pub fn new(chooser: KeyChooser) -> Self {
         KeySource {
-            chooser,
+            ranks: Ranks::Drawn(chooser),
             key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
-            owner,
         }
     }
 
-    /// The next key to increment.
-    pub fn next_key(&mut self) -> &[u8] {
-        let mut rank = self.chooser.next_rank();
-        if let Some((owners, core)) = &self.owner {
-            for _ in 1..Self::OWNER_TRIES_MAX {
-                if owners.owner_of_rank(rank, &mut self.key) == *core {
-                    break;
-                }
-                rank = self.chooser.next_rank();
+    /// Every rank of `range` once, in order.
+    pub fn sequential(range: std::ops::Range<u64>) -> Self {
+        KeySource {
+            ranks: Ranks::Sequential {
+                next: range.start,
+                end: range.end.max(range.start),
+            },
+            key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
+        }
+    }
+
+    /// Ranks left, if the stream ends.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.ranks {
+            Ranks::Drawn(_) => None,
+            Ranks::Sequential { next, end } => Some(end - next),
+        }
+    }
+
+    /// The next rank, or `None` at the end of a sequential stream.
+    pub fn next_rank(&mut self) -> Option<u64> {
+        match &mut self.ranks {
+            Ranks::Drawn(chooser) => Some(chooser.next_rank()),
+            Ranks::Sequential { next, end } => {
+                let rank = (*next < *end).then_some(*next)?;
+                *next += 1;
+                Some(rank)
             }
         }
+    }
+
+    /// The next key to increment (a drawn stream never ends).
+    pub fn next_key(&mut self) -> Option<&[u8]> {
+        let rank = self.next_rank()?;
         write_key(&mut self.key, rank);
-        &self.key
+        Some(&self.key)
     }
 }
 
@@ -401,38 +436,34 @@ pub(crate) fn key_chooser(args: &ServerArgs, seed: u64) -> KeyChooser {
     KeyChooser::new(distribution, args.keys, seed)
 }
 
-/// Open connection `index` and build its codec.
+/// Open logical connection `index` (one socket, or one per core) and build its codec.
 fn open(
     args: &ServerArgs,
     index: usize,
+    shard_map: Option<&Arc<HelloReply>>,
     owners: Option<&Arc<KeyOwners>>,
-) -> Result<(TcpStream, Box<dyn RequestCodec + Send>), DriveError> {
-    let chooser = key_chooser(args, args.seed.wrapping_add(index as u64));
-    match (args.protocol, owners) {
-        (WireProtocol::Native, Some(owners)) => {
-            let (stream, core) =
-                native::connect_to_core(args.addr, &owners.map, index, args.shard_aware)?;
-            let owner = core.map(|core| (Arc::clone(owners), core));
+    keys: KeySource,
+) -> Result<(Vec<TcpStream>, Box<dyn RequestCodec + Send>), DriveError> {
+    debug_assert!(index < CONNECTIONS_MAX);
+    match (args.protocol, shard_map) {
+        (WireProtocol::Native, Some(map)) => {
+            let streams = native::connect_cores(args.addr, map, owners.is_some())?;
+            let owners = (streams.len() > 1).then(|| owners.cloned()).flatten();
             let durability = match args.durability {
                 DurabilityChoice::Server => Durability::ServerDefault,
                 DurabilityChoice::Durable => Durability::Durable,
                 DurabilityChoice::Relaxed => Durability::Relaxed,
             };
-            let codec = native::NativeCodec::new(
-                KeySource::new(chooser, owner),
-                args.batch,
-                args.delta,
-                durability,
-            );
-            Ok((stream, Box::new(codec)))
+            let codec = native::NativeCodec::new(keys, owners, args.batch, args.delta, durability);
+            Ok((streams, Box::new(codec)))
         }
         _ => {
             let stream = TcpStream::connect(args.addr).map_err(|source| DriveError::Connect {
                 addr: args.addr,
                 source,
             })?;
-            let codec = resp::RespCodec::new(KeySource::new(chooser, None), args.batch, args.delta);
-            Ok((stream, Box::new(codec)))
+            let codec = resp::RespCodec::new(keys, args.batch, args.delta);
+            Ok((vec![stream], Box::new(codec)))
         }
     }
 }
@@ -444,17 +475,24 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         let reports = via_client::drive_all(args)?;
         return Ok(summarize(args, &reports));
     }
-    let owners = match args.protocol {
-        WireProtocol::Native => {
-            let map = Arc::new(native::connect(args.addr)?.1);
-            let keys = if args.shard_aware { args.keys } else { 0 };
-            Some(Arc::new(KeyOwners::new(map, keys)))
-        }
+    let shard_map = match args.protocol {
+        WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
         WireProtocol::Resp => None,
     };
+    let owners = shard_map
+        .as_ref()
+        .filter(|_| args.shard_aware)
+        .map(|map| Arc::new(KeyOwners::new(Arc::clone(map), args.keys)));
     let mut connections = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
-        connections.push(open(args, index, owners.as_ref())?);
+        let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(index as u64)));
+        connections.push(open(
+            args,
+            index,
+            shard_map.as_ref(),
+            owners.as_ref(),
+            keys,
+        )?);
     }
     let ops_done = AtomicU64::new(0);
     let barrier = Barrier::new(args.connections + 1);
@@ -462,12 +500,12 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         let handles: Vec<_> = connections
             .into_iter()
             .enumerate()
-            .map(|(index, (stream, mut codec))| {
+            .map(|(index, (streams, mut codec))| {
                 let (barrier, ops_done) = (&barrier, &ops_done);
                 scope.spawn(move || {
                     barrier.wait();
                     let plan = plan_for(args, index, Instant::now());
-                    connection::drive(vec![stream], codec.as_mut(), &plan, ops_done)
+                    connection::drive(streams, codec.as_mut(), &plan, ops_done)
                 })
             })
             .collect();
@@ -643,40 +681,44 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
     use crate::workload::{Distribution, KeyChooser};
 
-    fn owners(keys: u64) -> Arc<KeyOwners> {
-        let map = HelloReply::with_modulo_owners(1, 64, vec![7001, 7002]).expect("a valid map");
-        Arc::new(KeyOwners::new(Arc::new(map), keys))
+    #[test]
+    fn a_sequential_source_gives_every_rank_once_then_ends() {
+        let mut source = KeySource::sequential(3..6);
+        assert_eq!(source.remaining(), Some(3));
+        assert_eq!(source.next_key(), Some(&b"key:3"[..]));
+        assert_eq!(source.next_rank(), Some(4));
+        assert_eq!(source.next_rank(), Some(5));
+        assert_eq!(source.next_rank(), None);
+        assert_eq!(source.remaining(), Some(0));
     }
 
     #[test]
-    fn a_connection_draws_keys_of_its_own_core_only_and_all_of_them() {
-        let keys = 1_000;
-        let owners = owners(keys);
-        let map = owners.map.clone();
-        for (core, distribution) in [
-            (0, Distribution::Uniform),
-            (1, Distribution::Uniform),
-            (1, Distribution::Zipfian { exponent: 0.99 }),
-        ] {
-            let chooser = KeyChooser::new(distribution, keys, 42);
-            let mut source = KeySource::new(chooser, Some((owners.clone(), core)));
-            let mut seen = HashSet::new();
-            for _ in 0..20_000 {
-                let key = source.next_key().to_vec();
-                assert_eq!(map.owner_of_key(&key), core, "{distribution:?}");
-                seen.insert(key);
-            }
-            if distribution == Distribution::Uniform {
-                let owned = (0..keys)
-                    .filter(|&rank| owners.owner_of_rank(rank, &mut Vec::new()) == core)
-                    .count();
-                assert_eq!(seen.len(), owned, "every key of core {core} drawn");
-            }
+    fn a_drawn_source_is_the_choosers_stream() {
+        let chooser = KeyChooser::new(Distribution::Zipfian { exponent: 0.99 }, 1_000, 42);
+        let mut expected = chooser.clone();
+        let mut source = KeySource::new(chooser);
+        assert_eq!(source.remaining(), None);
+        for _ in 0..1_000 {
+            assert_eq!(source.next_rank(), Some(expected.next_rank()));
         }
+    }
+
+    #[test]
+    fn owners_by_table_and_by_hash_agree() {
+        let map = HelloReply::with_modulo_owners(1, 64, vec![7001, 7002]).expect("a valid map");
+        let map = Arc::new(map);
+        let table = KeyOwners::new(Arc::clone(&map), 1_000);
+        let hashed = KeyOwners::new(map, KeyOwners::TABLE_KEYS_MAX + 1);
+        let mut scratch = Vec::new();
+        let mut seen = [0_u32; 2];
+        for rank in 0..1_000 {
+            let owner = table.owner_of_rank(rank, &mut scratch);
+            assert_eq!(owner, hashed.owner_of_rank(rank, &mut scratch));
+            seen[owner] += 1;
+        }
+        assert!(seen.iter().all(|&count| count > 300), "{seen:?}");
     }
 }

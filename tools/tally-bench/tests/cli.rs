@@ -517,3 +517,68 @@ fn a_run_with_deep_pipelines_of_big_batches_ends_by_its_deadline() {
         assert!(report["ops"].as_u64().unwrap() > 0, "{protocol}: {report}");
     }
 }
+
+/// The values of `key:0` .. `key:{keys - 1}` on the server at `addr` (0 if missing).
+fn counts(addr: std::net::SocketAddr, keys: u64) -> Vec<i64> {
+    let (mut connection, _) = tally_tests::RawConnection::open(addr);
+    let ops: Vec<tally_protocol::Op> = (0..keys)
+        .map(|rank| tally_protocol::Op::Get {
+            key: format!("key:{rank}").into_bytes(),
+        })
+        .collect();
+    connection
+        .batch_results(&ops)
+        .iter()
+        .map(|reply| reply.value)
+        .collect()
+}
+
+#[test]
+fn a_shard_aware_native_run_sends_the_same_keys_as_a_resp_run() {
+    let (_dir, mut server) = start();
+    let resp = server.wait_for_address("resp listening on ").to_string();
+    let native = server.addr;
+    let (keys, ops) = (50_u64, 6_000_u64);
+    let run = |addr: &str, protocol: &str| {
+        let output = tally_bench(&[
+            "server",
+            "--addr",
+            addr,
+            "--protocol",
+            protocol,
+            "--connections",
+            "1",
+            "--pipeline",
+            "4",
+            "--batch",
+            "10",
+            "--keys",
+            &keys.to_string(),
+            "--ops",
+            &ops.to_string(),
+            "--distribution",
+            "zipfian",
+            "--seed",
+            "7",
+        ]);
+        assert!(output.status.success(), "{protocol}: {}", stderr(&output));
+    };
+    run(&native.to_string(), "native");
+    let after_native = counts(native, keys);
+    assert_eq!(after_native.iter().sum::<i64>(), ops as i64);
+    // One connection reaches both cores: keys of each core were incremented.
+    let (_, shard_map) = tally_tests::RawConnection::open(native);
+    assert_eq!(shard_map.core_count(), 2);
+    for core in 0..2 {
+        let touched = (0..keys).filter(|&rank| {
+            shard_map.owner_of_key(format!("key:{rank}").as_bytes()) == core
+                && after_native[rank as usize] > 0
+        });
+        assert!(touched.count() > 0, "no key of core {core} incremented");
+    }
+    run(&resp, "resp");
+    let after_both = counts(native, keys);
+    // The RESP run of the same seed adds exactly the same count to every key.
+    let doubled: Vec<i64> = after_native.iter().map(|count| 2 * count).collect();
+    assert_eq!(after_both, doubled, "native {after_native:?}");
+}

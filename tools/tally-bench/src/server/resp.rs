@@ -3,6 +3,7 @@
 
 use super::connection::{RequestCodec, SocketIndex};
 use super::{DriveError, KeySource};
+use std::collections::VecDeque;
 use tally_resp::{parse_reply, Command, Reply};
 
 /// Encodes `INCRBY`s and counts integer replies.
@@ -14,6 +15,9 @@ pub struct RespCodec {
     replies_pending: u64,
     /// Failed commands in the oldest unfinished request.
     failed_pending: u64,
+    /// Commands in each request in flight, oldest first (the last request of a fill
+    /// pass is shorter).
+    part_ops: VecDeque<u64>,
 }
 
 impl RespCodec {
@@ -25,6 +29,7 @@ impl RespCodec {
             delta,
             replies_pending: 0,
             failed_pending: 0,
+            part_ops: VecDeque::new(),
         }
     }
 }
@@ -41,16 +46,23 @@ impl RequestCodec for RespCodec {
         parts: &mut Vec<SocketIndex>,
     ) -> u64 {
         let out = &mut outs[0];
-        for _ in 0..self.batch {
-            let key = self.keys.next_key();
+        let ops = self
+            .keys
+            .remaining()
+            .map_or(self.batch, |left| left.min(self.batch));
+        for _ in 0..ops {
+            let key = self.keys.next_key().expect("within the remaining keys");
             Command::IncrBy {
                 key,
                 delta: self.delta,
             }
             .encode(out);
         }
-        parts.push(0);
-        self.batch
+        if ops > 0 {
+            parts.push(0);
+            self.part_ops.push_back(ops);
+        }
+        ops
     }
 
     fn decode(
@@ -71,7 +83,12 @@ impl RequestCodec for RespCodec {
                 }
             }
             self.replies_pending += 1;
-            if self.replies_pending == self.batch {
+            let expected = *self
+                .part_ops
+                .front()
+                .ok_or_else(|| DriveError::Protocol("a RESP reply to no command".into()))?;
+            if self.replies_pending == expected {
+                self.part_ops.pop_front();
                 completed(self.failed_pending);
                 self.replies_pending = 0;
                 self.failed_pending = 0;

@@ -114,7 +114,7 @@ fn drive_one(
                     .duration
                     .map(|seconds| start + Duration::from_secs_f64(seconds)),
             };
-            let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(slot)), None);
+            let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(slot)));
             let (client, ops_done) = (client.clone(), Arc::clone(&ops_done));
             tasks.push(tokio::spawn(run_caller(client, keys, plan, ops_done)));
         }
@@ -154,7 +154,10 @@ async fn run_caller(
         }
         let called = Instant::now();
         let failed = if plan.ops_per_call == 1 {
-            match client.incr(keys.next_key(), plan.delta).await {
+            match client
+                .incr(keys.next_key().expect("drawn keys never end"), plan.delta)
+                .await
+            {
                 Ok(_) => 0,
                 Err(ClientError::Rejected(_)) => 1,
                 Err(error) => return Err(client_error(error)),
@@ -163,7 +166,7 @@ async fn run_caller(
             ops.clear();
             for _ in 0..plan.ops_per_call {
                 ops.push(Op::Add {
-                    key: keys.next_key().to_vec(),
+                    key: keys.next_key().expect("drawn keys never end").to_vec(),
                     delta: plan.delta,
                     policy: BoundPolicy::Reject,
                 });
