@@ -443,6 +443,7 @@ fn server_args(
         spin_us: None,
         via_client: false,
         seed: 1,
+        allow_errors: true,
         json: false,
         plot: None,
     }

@@ -73,9 +73,15 @@ pub enum DriveError {
     InvalidArguments(String),
     #[error(
         "all {ops_failed} operations failed, so nothing was measured \
-         (the server's first error, if it sent one, is printed above)"
+         (the first failure is printed above)"
     )]
     AllFailed { ops_failed: u64 },
+    #[error(
+        "{ops_failed} of {ops_total} operations failed (the first failure is printed \
+         above); the percentiles are of the successful requests only. Pass \
+         --allow-errors to accept a run with failures"
+    )]
+    SomeFailed { ops_failed: u64, ops_total: u64 },
     #[error("{what}: {source}")]
     Output {
         what: String,
@@ -180,6 +186,12 @@ pub struct ServerArgs {
     /// Seed of the key streams (connection i uses seed + i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Exit 0 even when some operations failed (the server answered an error or refused
+    /// an increment). Without it any failure makes the exit code 1, after the report.
+    /// Failed requests are never in the latency percentiles; they are counted in
+    /// `ops_failed` and `requests_failed`.
+    #[arg(long)]
+    pub allow_errors: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -204,13 +216,16 @@ pub struct RunReport {
     pub ops: u64,
     /// Increments the server answered with an error.
     pub ops_failed: u64,
+    /// Requests answered, successful or not.
     pub requests: u64,
+    /// Requests with at least one failed increment: not in the latency percentiles.
+    pub requests_failed: u64,
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
     /// Driven through the client crate (`--via-client`): requests are client calls.
     pub via_client: bool,
-    /// Request latency.
+    /// Latency of the successful requests (`count` of them).
     #[serde(flatten)]
     pub latency: Summary,
     #[serde(skip)]
@@ -550,10 +565,11 @@ pub(crate) fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: i
 
 fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
     let mut latency = Recorder::default();
-    let (mut requests, mut ops_total, mut ops_failed) = (0, 0, 0);
+    let (mut requests, mut requests_failed, mut ops_total, mut ops_failed) = (0, 0, 0, 0);
     for report in reports {
         latency.merge(&report.latency);
         requests += report.requests;
+        requests_failed += report.requests_failed;
         ops_total += report.ops;
         ops_failed += report.ops_failed;
     }
@@ -577,6 +593,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         ops,
         ops_failed,
         requests,
+        requests_failed,
         elapsed_s,
         ops_per_sec: ops as f64 / elapsed_s,
         requests_per_sec: requests as f64 / elapsed_s,
@@ -600,7 +617,7 @@ impl RunReport {
     /// The report for people.
     pub fn human(&self) -> String {
         format!(
-            "{}: {:.0} ops/s ({} ops, {} failed, {:.2} s); request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            "{}: {:.0} ops/s ({} ops, {} failed, {:.2} s); successful request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
             self.label(),
             self.ops_per_sec,
             self.ops,
@@ -662,6 +679,13 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     if report.ops == 0 && report.ops_failed > 0 {
         return Err(DriveError::AllFailed {
             ops_failed: report.ops_failed,
+        }
+        .into());
+    }
+    if report.ops_failed > 0 && !args.allow_errors {
+        return Err(DriveError::SomeFailed {
+            ops_failed: report.ops_failed,
+            ops_total: report.ops + report.ops_failed,
         }
         .into());
     }

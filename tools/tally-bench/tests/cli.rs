@@ -582,3 +582,43 @@ fn a_shard_aware_native_run_sends_the_same_keys_as_a_resp_run() {
     let doubled: Vec<i64> = after_native.iter().map(|count| 2 * count).collect();
     assert_eq!(after_both, doubled, "native {after_native:?}");
 }
+
+#[test]
+fn a_run_where_some_operations_fail_exits_non_zero_unless_errors_are_allowed() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let max = i64::MAX.to_string();
+    // key:0 goes to i64::MAX: every later increment of it overflows, key:1's succeed.
+    let first = tally_bench(&[
+        "server", "--addr", &addr, "--keys", "1", "--ops", "1", "--delta", &max,
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let run = |extra: &[&str]| {
+        let mut arguments = vec![
+            "server", "--addr", &addr, "--keys", "2", "--ops", "40", "--json",
+        ];
+        arguments.extend(extra);
+        tally_bench(&arguments)
+    };
+    let output = run(&[]);
+    let message = refusal(&output);
+    assert!(
+        message.contains("Overflow"),
+        "the first failure's reason: {message}"
+    );
+    assert!(message.contains("--allow-errors"), "{message}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let failed = report["requests_failed"].as_u64().unwrap();
+    assert!(
+        failed > 0 && report["ops"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    // Percentiles of the successful requests only.
+    assert_eq!(
+        report["count"].as_u64().unwrap(),
+        report["requests"].as_u64().unwrap() - failed,
+        "{report}"
+    );
+    let allowed = run(&["--allow-errors"]);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+}

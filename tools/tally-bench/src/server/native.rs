@@ -131,11 +131,20 @@ impl RequestCodec for NativeCodec {
                 .ok_or_else(|| DriveError::Protocol("a reply to no request".into()))?;
             match frame.reply.map_err(protocol_error)? {
                 Reply::BatchReply(reply) => {
-                    let failed = reply.results().filter(|r| r.status != Status::Ok).count();
-                    completed(failed as u64);
+                    let mut failed = 0;
+                    for result in reply.results().filter(|r| r.status != Status::Ok) {
+                        if failed == 0 {
+                            log_first_error(&format!(
+                                "an increment was refused: {:?} (value {})",
+                                result.status, result.value
+                            ));
+                        }
+                        failed += 1;
+                    }
+                    completed(failed);
                 }
                 Reply::Error(error) => {
-                    log_first_error(error.message);
+                    log_first_error(&format!("the server answered an error: {}", error.message));
                     completed(ops);
                 }
                 other => {

@@ -79,7 +79,10 @@ impl RequestCodec for RespCodec {
             if !matches!(reply, Reply::Integer(_)) {
                 self.failed_pending += 1;
                 if let Reply::Error(message) = reply {
-                    log_first_error(&String::from_utf8_lossy(message));
+                    log_first_error(&format!(
+                        "the server answered an error: {}",
+                        String::from_utf8_lossy(message)
+                    ));
                 }
             }
             self.replies_pending += 1;
@@ -98,8 +101,9 @@ impl RequestCodec for RespCodec {
     }
 }
 
-/// Print the first error a run meets, so a misconfigured run does not fail silently.
+/// Print the first failure a run meets (an error reply or a refused increment), so a
+/// misconfigured run does not fail silently.
 pub fn log_first_error(message: &str) {
     static LOGGED: std::sync::Once = std::sync::Once::new();
-    LOGGED.call_once(|| eprintln!("tally-bench: the server answered an error: {message}"));
+    LOGGED.call_once(|| eprintln!("tally-bench: first failure: {message}"));
 }
