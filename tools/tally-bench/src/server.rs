@@ -159,7 +159,10 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1)]
     pub delta: i64,
     /// Open loop: target increments per second over all connections; latency counts from
-    /// each request's intended send time (no coordinated omission).
+    /// each request's intended send time (no coordinated omission). Every request due
+    /// before the end of --duration is sent and timed, even if a stall holds it back
+    /// until after the end. A warning is printed when the achieved rate (`ops_per_sec`)
+    /// is below 90% of the target.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Durability each native batch asks for. RESP has no way to ask, so with
@@ -220,6 +223,9 @@ pub struct RunReport {
     pub requests: u64,
     /// Requests with at least one failed increment: not in the latency percentiles.
     pub requests_failed: u64,
+    /// Open loop: requests due before the deadline that were never sent because the
+    /// run was stopped first (a failure); they are in no percentile.
+    pub requests_missed: u64,
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
@@ -407,6 +413,9 @@ pub(crate) fn deadline_grace(duration: Option<f64>) -> Duration {
     quarter.max(DEADLINE_GRACE_MIN)
 }
 
+/// Below this fraction of `--rate`, a run warns that it fell behind.
+pub const RATE_ACHIEVED_FRACTION_MIN: f64 = 0.9;
+
 /// The shortest grace after the deadline (see [`deadline_grace`]).
 pub const DEADLINE_GRACE_MIN: Duration = Duration::from_secs(10);
 
@@ -566,7 +575,9 @@ pub(crate) fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: i
 fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
     let mut latency = Recorder::default();
     let (mut requests, mut requests_failed, mut ops_total, mut ops_failed) = (0, 0, 0, 0);
+    let mut requests_missed = 0;
     for report in reports {
+        requests_missed += report.requests_missed;
         latency.merge(&report.latency);
         requests += report.requests;
         requests_failed += report.requests_failed;
@@ -594,6 +605,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         ops_failed,
         requests,
         requests_failed,
+        requests_missed,
         elapsed_s,
         ops_per_sec: ops as f64 / elapsed_s,
         requests_per_sec: requests as f64 / elapsed_s,
@@ -612,6 +624,29 @@ impl RunReport {
             self.protocol, self.connections, self.pipeline, self.batch
         )
         .to_lowercase()
+    }
+
+    /// What a reader of the figures must know: an open loop that fell behind its rate,
+    /// requests never sent. One line each, printed to stderr.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(target) = self.rate_target {
+            if self.ops_per_sec < RATE_ACHIEVED_FRACTION_MIN * target {
+                warnings.push(format!(
+                    "achieved {:.0} ops/s, {:.0}% of the --rate target {target:.0}: the \
+                     server (or this generator) could not keep up",
+                    self.ops_per_sec,
+                    100.0 * self.ops_per_sec / target
+                ));
+            }
+        }
+        if self.requests_missed > 0 {
+            warnings.push(format!(
+                "{} requests due before the deadline were never sent",
+                self.requests_missed
+            ));
+        }
+        warnings
     }
 
     /// The report for people.
@@ -673,6 +708,9 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
         );
     } else {
         out!("{}", report.human());
+    }
+    for warning in report.warnings() {
+        eprintln!("tally-bench: warning: {warning}");
     }
     // The report (with its failure count) is printed first, so a script sees the figures
     // either way; a run where nothing succeeded measured nothing and must not pass.

@@ -622,3 +622,43 @@ fn a_run_where_some_operations_fail_exits_non_zero_unless_errors_are_allowed() {
     let allowed = run(&["--allow-errors"]);
     assert!(allowed.status.success(), "{}", stderr(&allowed));
 }
+
+#[test]
+fn an_open_loop_run_times_the_requests_a_stall_at_its_end_held_back() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let pid = server.pid() as libc::pid_t;
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "server",
+            "--addr",
+            &addr,
+            "--rate",
+            "1000",
+            "--duration",
+            "2",
+        ])
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    // Stop the server over the end of the run: from 1.5 s to 2.5 s.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // SAFETY: kill(2) on the pid of the tallyd this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let output = child.wait_with_output().expect("wait for tally-bench");
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // About 2,000 requests were due; those of the last half second waited for the stall
+    // (unpipelined, they could not even be sent during it).
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests >= 1_950, "{report}");
+    assert!(report["max_us"].as_f64().unwrap() >= 400_000.0, "{report}");
+    assert!(report["p90_us"].as_f64().unwrap() >= 10_000.0, "{report}");
+}
