@@ -8,6 +8,10 @@
 //! Tally against Redis without persistence, durable Tally against Redis `appendfsync
 //! always`. It installs nothing: the binaries are given as paths.
 //!
+//! Each freshly started server is filled before its first workload (`server --fill`:
+//! every key of `0..--keys` incremented once, untimed), so every row times increments
+//! of existing counters.
+//!
 //! Every flag and program is checked before the first server starts. A run that fails
 //! (or measures with errors) is listed after the table and on stderr, and makes the
 //! exit code 1; the rest is still printed. Servers and their scratch directories are
@@ -49,7 +53,8 @@ pub struct CompareArgs {
     /// else on PATH; without one, a note says its runs were skipped).
     #[arg(long)]
     pub redis_benchmark: Option<PathBuf>,
-    /// Seconds each workload runs against each server.
+    /// Seconds each workload runs against each server. Each server is filled (every
+    /// key incremented once, untimed) before its first workload.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Distinct keys.
@@ -443,6 +448,7 @@ fn server_args(
         spin_us: None,
         via_client: false,
         seed: 1,
+        fill: false,
         allow_errors: true,
         json: false,
         plot: None,
@@ -463,9 +469,14 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
             endpoints.extend(started.resp_addr.map(|addr| (addr, WireProtocol::Resp)));
         }
     }
+    // A fresh server has no counters: without the fill, its first workload would time
+    // mostly creations and the later ones increments.
+    let mut filled = false;
     for workload in &WORKLOADS {
         for &(addr, protocol) in &endpoints {
-            let flags = server_args(args, workload, addr, protocol);
+            let mut flags = server_args(args, workload, addr, protocol);
+            flags.fill = !filled;
+            filled = true;
             let run = format!("{}, {}, {protocol:?}", started.system.name(), workload.name);
             let report = match server::measure(&flags) {
                 Ok(report) => report,
@@ -831,7 +842,11 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
     let mut comparison = Comparison {
         rows: Vec::new(),
         redis_benchmark: Vec::new(),
-        notes: Vec::new(),
+        notes: vec![format!(
+            "each server was filled before its first workload: keys 0..{} incremented \
+             once, untimed, so every row times increments of existing counters.",
+            args.keys
+        )],
         failures: Vec::new(),
     };
     let redis_benchmark_path = programs.redis_benchmark.clone();

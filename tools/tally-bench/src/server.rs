@@ -71,6 +71,8 @@ pub enum DriveError {
     Protocol(String),
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
+    #[error("the --fill pass failed: {0}")]
+    Fill(String),
     #[error(
         "all {ops_failed} operations failed, so nothing was measured \
          (the first failure is printed above)"
@@ -189,6 +191,12 @@ pub struct ServerArgs {
     /// Seed of the key streams (connection i uses seed + i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Before measuring, add 1 to every key of `0..--keys` once (untimed, uncounted;
+    /// same protocol, in requests of 1,000 increments, 16 in flight, on up to 8
+    /// connections), so the run times increments of existing counters, not their
+    /// creation.
+    #[arg(long)]
+    pub fill: bool,
     /// Exit 0 even when some operations failed (the server answered an error or refused
     /// an increment). Without it any failure makes the exit code 1, after the report.
     /// Failed requests are never in the latency percentiles; they are counted in
@@ -229,6 +237,8 @@ pub struct RunReport {
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
+    /// Whether every key was incremented once before the run (`--fill`).
+    pub fill: bool,
     /// Driven through the client crate (`--via-client`): requests are client calls.
     pub via_client: bool,
     /// Latency of the successful requests (`count` of them).
@@ -492,13 +502,80 @@ fn open(
     }
 }
 
+/// Increments per request of the fill pass (one frame, or that many pipelined INCRBYs).
+pub const FILL_BATCH: u64 = 1_000;
+/// Requests in flight per connection during the fill pass.
+pub const FILL_PIPELINE: usize = 16;
+/// The most connections the fill pass opens.
+pub const FILL_CONNECTIONS_MAX: usize = 8;
+
+/// The untimed `--fill` pass: add 1 to every key of `0..keys` once, over the run's
+/// protocol, so the measured run increments existing counters instead of creating
+/// them. Connection `i` of `c` fills the `i`-th contiguous `keys / c` ranks.
+fn fill(
+    args: &ServerArgs,
+    shard_map: Option<&Arc<HelloReply>>,
+    owners: Option<&Arc<KeyOwners>>,
+) -> Result<(), DriveError> {
+    let fill_args = ServerArgs {
+        batch: FILL_BATCH,
+        pipeline: FILL_PIPELINE,
+        delta: 1,
+        ..args.clone()
+    };
+    let connections = args.connections.min(FILL_CONNECTIONS_MAX) as u64;
+    let share = args.keys.div_ceil(connections);
+    let mut opened = Vec::new();
+    for index in 0..connections {
+        let range = (index * share).min(args.keys)..((index + 1) * share).min(args.keys);
+        if !range.is_empty() {
+            let keys = KeySource::sequential(range);
+            opened.push(open(&fill_args, index as usize, shard_map, owners, keys)?);
+        }
+    }
+    let plan = Plan {
+        pipeline: FILL_PIPELINE,
+        request_quota: None,
+        deadline: None,
+        grace: Duration::ZERO,
+        interval: None,
+        phase: Duration::ZERO,
+        spin: Duration::ZERO,
+    };
+    let ops_done = AtomicU64::new(0);
+    let reports: Vec<ConnectionReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = opened
+            .into_iter()
+            .map(|(streams, mut codec)| {
+                let (plan, ops_done) = (&plan, &ops_done);
+                scope.spawn(move || connection::drive(streams, codec.as_mut(), plan, ops_done))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a fill thread panicked"))
+            .collect()
+    });
+    let mut ops = 0;
+    for report in reports {
+        if let Some(error) = report.failure {
+            return Err(DriveError::Fill(error.to_string()));
+        }
+        if report.ops_failed > 0 {
+            return Err(DriveError::Fill(format!(
+                "{} increments failed (the first failure is printed above)",
+                report.ops_failed
+            )));
+        }
+        ops += report.ops;
+    }
+    assert_eq!(ops, args.keys, "the fill touches every key once");
+    Ok(())
+}
+
 /// Run the benchmark `args` describes and return its report.
 pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
     validate(args)?;
-    if args.via_client {
-        let reports = via_client::drive_all(args)?;
-        return Ok(summarize(args, &reports));
-    }
     let shard_map = match args.protocol {
         WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
         WireProtocol::Resp => None,
@@ -507,6 +584,13 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         .as_ref()
         .filter(|_| args.shard_aware)
         .map(|map| Arc::new(KeyOwners::new(Arc::clone(map), args.keys)));
+    if args.fill {
+        fill(args, shard_map.as_ref(), owners.as_ref())?;
+    }
+    if args.via_client {
+        let reports = via_client::drive_all(args)?;
+        return Ok(summarize(args, &reports));
+    }
     let mut connections = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
         let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(index as u64)));
@@ -609,6 +693,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         elapsed_s,
         ops_per_sec: ops as f64 / elapsed_s,
         requests_per_sec: requests as f64 / elapsed_s,
+        fill: args.fill,
         via_client: args.via_client,
         latency: latency.summary(),
         curve: latency.percentile_curve(),
@@ -619,8 +704,9 @@ impl RunReport {
     /// A one-line name for tables and plot legends.
     pub fn label(&self) -> String {
         let driver = if self.via_client { " via client" } else { "" };
+        let filled = if self.fill { " filled" } else { "" };
         format!(
-            "{:?}{driver} c={} P={} B={}",
+            "{:?}{driver} c={} P={} B={}{filled}",
             self.protocol, self.connections, self.pipeline, self.batch
         )
         .to_lowercase()

@@ -662,3 +662,38 @@ fn an_open_loop_run_times_the_requests_a_stall_at_its_end_held_back() {
     assert!(report["max_us"].as_f64().unwrap() >= 400_000.0, "{report}");
     assert!(report["p90_us"].as_f64().unwrap() >= 10_000.0, "{report}");
 }
+
+#[test]
+fn fill_increments_every_key_once_before_the_run() {
+    let (_dir, mut server) = start();
+    let resp = server.wait_for_address("resp listening on ").to_string();
+    let native = server.addr;
+    // 2,500 keys: fill requests of 1,000, the last one shorter.
+    let keys = 2_500_u64;
+    for (addr, protocol) in [(native.to_string(), "native"), (resp, "resp")] {
+        let output = tally_bench(&[
+            "server",
+            "--addr",
+            &addr,
+            "--protocol",
+            protocol,
+            "--keys",
+            "2500",
+            "--ops",
+            "10",
+            "--connections",
+            "3",
+            "--fill",
+            "--json",
+        ]);
+        assert!(output.status.success(), "{protocol}: {}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["ops"].as_u64(), Some(10), "the fill is not counted");
+    }
+    let values = counts(native, keys);
+    assert!(
+        values.iter().all(|&value| value >= 2),
+        "every key filled twice"
+    );
+    assert_eq!(values.iter().sum::<i64>(), 2 * keys as i64 + 20);
+}
