@@ -221,7 +221,9 @@ pub struct RunReport {
     pub batch: u64,
     pub keys: u64,
     pub distribution: KeyDistribution,
-    pub durability: DurabilityChoice,
+    /// The durability asked for (`server`: the server's default); `compare` writes the
+    /// mode the server was started in.
+    pub durability: String,
     pub rate_target: Option<f64>,
     /// Increments acknowledged.
     pub ops: u64,
@@ -683,7 +685,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         batch: args.batch,
         keys: args.keys,
         distribution: args.distribution,
-        durability: args.durability,
+        durability: format!("{:?}", args.durability).to_lowercase(),
         rate_target: args.rate,
         ops,
         ops_failed,

@@ -697,3 +697,109 @@ fn fill_increments_every_key_once_before_the_run() {
     );
     assert_eq!(values.iter().sum::<i64>(), 2 * keys as i64 + 20);
 }
+
+/// A port `P` such that `P..P + count` looked free a moment ago (a race with other
+/// processes, as any port a test picks).
+fn free_port_range(count: u16) -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = listener.local_addr().expect("addr").port();
+        drop(listener);
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let free = (base..base + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn compare_records_what_it_compared_on_the_ports_and_disk_asked_for() {
+    let Some(redis) = redis_server() else { return };
+    let scratch = tempfile::tempdir().expect("temp dir");
+    // One tallyd core: ports P..=P+7.
+    let base = free_port_range(8);
+    let output = tally_bench(&[
+        "compare",
+        "--redis-server",
+        redis,
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+        "--tallyd-arg=--cores=1",
+        "--port-base",
+        &base.to_string(),
+        "--scratch-dir",
+        scratch.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let comparison: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let environment = &comparison["environment"];
+    assert_eq!(
+        environment["scratch_dir"].as_str(),
+        scratch.path().to_str(),
+        "{environment}"
+    );
+    assert!(
+        environment["scratch_filesystem"].is_string(),
+        "{environment}"
+    );
+    assert!(
+        environment["redis_server_version"]
+            .as_str()
+            .unwrap()
+            .contains("v="),
+        "{environment}"
+    );
+    assert!(environment["tallyd_version"].is_string(), "{environment}");
+    assert!(environment["started_utc"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(environment["seconds"].as_f64(), Some(0.1));
+    let rows = comparison["rows"].as_array().unwrap();
+    let find = |system: &str, protocol: &str| {
+        rows.iter()
+            .find(|row| row["system"] == system && row["protocol"] == protocol)
+            .unwrap_or_else(|| panic!("no {system} {protocol} row: {comparison}"))
+    };
+    let redis_row = find("redis", "resp");
+    assert_eq!(redis_row["addr"], format!("127.0.0.1:{base}"));
+    assert_eq!(redis_row["durability"], "none (appendonly no)");
+    let tally_row = find("tally-relaxed", "native");
+    assert_eq!(tally_row["addr"], format!("127.0.0.1:{}", base + 4));
+    assert_eq!(tally_row["durability"], "relaxed");
+    assert_eq!(find("tally-durable", "resp")["durability"], "durable");
+    assert_eq!(
+        find("tally-durable", "resp")["addr"],
+        format!("127.0.0.1:{}", base + 3)
+    );
+    // The scratch dir is left empty.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+    // A bad tallyd argument is reported as what it is, not blamed on the RESP door.
+    let output = tally_bench(&[
+        "compare",
+        "--redis-server",
+        redis,
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+        "--tallyd-arg=--bogus",
+    ]);
+    let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert!(!output.status.success(), "{table}");
+    assert!(
+        !table.contains("would not start with --resp-listen"),
+        "{table}"
+    );
+    assert!(message.contains("exited at start"), "{message}");
+    assert!(!message.contains("was not ready"), "{message}");
+}
