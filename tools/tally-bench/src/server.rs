@@ -67,6 +67,11 @@ pub enum DriveError {
     HelloTimeout { addr: SocketAddr },
     #[error("{addr} did not answer the hello like a Tally native port ({detail}): is it the --resp-listen one?")]
     NotNative { addr: SocketAddr, detail: String },
+    #[error(
+        "{addr} did not answer a RESP PING ({detail}): is it a RESP port? (for tallyd, \
+         its --resp-listen one, not its native --listen one; or drop --protocol resp)"
+    )]
+    NotResp { addr: SocketAddr, detail: String },
     #[error("{0}")]
     Protocol(String),
     #[error("invalid arguments: {0}")]
@@ -128,8 +133,10 @@ pub enum DurabilityChoice {
 /// Flags of `tally-bench server`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Address of the server (its main port, or its RESP port with --protocol resp).
-    #[arg(long, default_value = "127.0.0.1:7878")]
+    /// Address of the server (its main port, or its RESP port with --protocol resp):
+    /// HOST:PORT, where HOST is an IP address or a name (resolved once, to its first
+    /// IPv4 address if it has one).
+    #[arg(long, default_value = "127.0.0.1:7878", value_parser = resolve_addr)]
     pub addr: SocketAddr,
     #[arg(long, value_enum, default_value_t = WireProtocol::Native)]
     pub protocol: WireProtocol,
@@ -209,6 +216,26 @@ pub struct ServerArgs {
     /// Write a latency percentile plot (SVG) to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// `--addr`: an IP address and port, or a host name and port resolved now.
+fn resolve_addr(given: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = given.parse() {
+        return Ok(addr);
+    }
+    let resolved: Vec<SocketAddr> = given
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {given}: {error} (expected HOST:PORT)"))?
+        .collect();
+    // IPv4 first: `localhost` often resolves to ::1 first, and servers here listen on
+    // 127.0.0.1.
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{given} resolves to no address"))
 }
 
 /// The result of one run.
@@ -580,7 +607,10 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
     validate(args)?;
     let shard_map = match args.protocol {
         WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
-        WireProtocol::Resp => None,
+        WireProtocol::Resp => {
+            resp::check_port(args.addr)?;
+            None
+        }
     };
     let owners = shard_map
         .as_ref()
@@ -750,7 +780,10 @@ impl RunReport {
             self.latency.p99_us,
             self.latency.p999_us,
             self.latency.max_us
-        )
+        ) + &match self.latency.latency_clamped {
+            0 => String::new(),
+            clamped => format!(" ({clamped} latencies over 60 s, recorded as 60 s)"),
+        }
     }
 }
 

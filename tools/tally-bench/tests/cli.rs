@@ -803,3 +803,37 @@ fn compare_records_what_it_compared_on_the_ports_and_disk_asked_for() {
     assert!(message.contains("exited at start"), "{message}");
     assert!(!message.contains("was not ready"), "{message}");
 }
+
+#[test]
+fn a_resp_run_at_the_native_port_says_it_is_probably_the_wrong_port() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let output = tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--protocol",
+        "resp",
+        "--ops",
+        "10",
+    ]);
+    let message = refusal(&output);
+    assert!(
+        message.contains("RESP PING") && message.contains("--resp-listen"),
+        "{message}"
+    );
+}
+
+#[test]
+fn addr_accepts_a_host_name() {
+    let (_dir, server) = start();
+    let addr = format!("localhost:{}", server.addr.port());
+    let output = tally_bench(&["server", "--addr", &addr, "--ops", "10"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn engine_refuses_zero_operations() {
+    let message = refusal(&tally_bench(&["engine", "--ops", "0", "--counters", "10"]));
+    assert!(message.contains("--ops must be at least 1"), "{message}");
+}

@@ -107,3 +107,37 @@ pub fn log_first_error(message: &str) {
     static LOGGED: std::sync::Once = std::sync::Once::new();
     LOGGED.call_once(|| eprintln!("tally-bench: first failure: {message}"));
 }
+
+/// How long the RESP PING before a run may take.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Check that `addr` speaks RESP: send `PING` and expect any RESP reply (`+PONG`, or an
+/// error from a server without PING). A Tally native port closes the connection or
+/// answers with a binary frame; say so instead of "the server closed the connection".
+pub fn check_port(addr: std::net::SocketAddr) -> Result<(), DriveError> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)
+        .map_err(|source| DriveError::Connect { addr, source })?;
+    stream
+        .set_read_timeout(Some(PING_TIMEOUT))
+        .map_err(|source| DriveError::io("setting the PING timeout", source))?;
+    stream
+        .write_all(b"*1\r\n$4\r\nPING\r\n")
+        .map_err(|source| DriveError::io("sending PING", source))?;
+    let not_resp = |detail: String| DriveError::NotResp { addr, detail };
+    let mut reply = [0_u8; 64];
+    let count = match stream.read(&mut reply) {
+        Ok(0) => return Err(not_resp("it closed the connection".into())),
+        Ok(count) => count,
+        Err(error) => return Err(not_resp(format!("no reply: {error}"))),
+    };
+    match parse_reply(&reply[..count]) {
+        Ok(Some(_)) => Ok(()),
+        // A reply longer than one read is still RESP if it starts like one.
+        Ok(None) if matches!(reply[0], b'+' | b'-' | b':' | b'$' | b'*') => Ok(()),
+        _ => Err(not_resp(format!(
+            "it answered {:?}",
+            String::from_utf8_lossy(&reply[..count.min(16)])
+        ))),
+    }
+}
