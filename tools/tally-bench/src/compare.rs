@@ -566,6 +566,14 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
             filled = true;
             let run = format!("{}, {}, {protocol:?}", started.system.name(), workload.name);
             let report = match server::measure(&flags) {
+                Ok(report) if report.failure.is_some() => {
+                    let failure =
+                        server::DriveError::RunFailed(report.failure.clone().expect("checked"));
+                    let failure = format!("{run}: run failed: {failure}");
+                    eprintln!("  {failure}");
+                    comparison.failures.push(failure);
+                    continue;
+                }
                 Ok(report) => report,
                 Err(error) => {
                     let failure = format!("{run}: run failed: {error}");

@@ -76,6 +76,12 @@ pub enum DriveError {
     Protocol(String),
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
+    #[error(
+        "connection {} failed {:.2} s into the run ({} of the connections failed): {}; \
+         the report above is partial, of what was measured until then",
+        .0.connection, .0.after_s, .0.connections_failed, .0.error
+    )]
+    RunFailed(RunFailure),
     #[error("the --fill pass failed: {0}")]
     Fill(String),
     #[error(
@@ -238,6 +244,18 @@ fn resolve_addr(given: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("{given} resolves to no address"))
 }
 
+/// Why a run stopped early: what a failure drill wants to know beside the figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunFailure {
+    /// The connection that failed first (0-based).
+    pub connection: usize,
+    /// When it failed, in seconds from the start of the run.
+    pub after_s: f64,
+    pub error: String,
+    /// How many connections failed in all.
+    pub connections_failed: usize,
+}
+
 /// The result of one run.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
@@ -266,6 +284,9 @@ pub struct RunReport {
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
+    /// Set if a connection failed (server gone, stalled): the figures are those measured
+    /// until then, a partial report.
+    pub failure: Option<RunFailure>,
     /// Whether every key was incremented once before the run (`--fill`).
     pub fill: bool,
     /// Driven through the client crate (`--via-client`): requests are client calls.
@@ -658,10 +679,6 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
             .map(|handle| handle.join().expect("a connection thread panicked"))
             .collect::<Vec<_>>()
     });
-    let mut reports = reports;
-    if let Some(error) = reports.iter_mut().find_map(|report| report.failure.take()) {
-        return Err(error);
-    }
     Ok(summarize(args, &reports))
 }
 
@@ -707,7 +724,27 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         _ => 1e-9,
     };
     let ops = ops_total - ops_failed;
+    // The first connection to fail, by when it stopped.
+    let failure = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(index, report)| {
+            let error = report.failure.as_ref()?;
+            let at = report.finished?;
+            Some((at, index, error))
+        })
+        .min_by_key(|(at, _, _)| *at)
+        .map(|(at, connection, error)| RunFailure {
+            connection,
+            after_s: started.map_or(0.0, |started| (at - started).as_secs_f64()),
+            error: error.to_string(),
+            connections_failed: reports
+                .iter()
+                .filter(|report| report.failure.is_some())
+                .count(),
+        });
     RunReport {
+        failure,
         protocol: args.protocol,
         addr: args.addr.to_string(),
         connections: args.connections,
@@ -832,6 +869,9 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     for warning in report.warnings() {
         eprintln!("tally-bench: warning: {warning}");
+    }
+    if let Some(failure) = &report.failure {
+        return Err(DriveError::RunFailed(failure.clone()).into());
     }
     // The report (with its failure count) is printed first, so a script sees the figures
     // either way; a run where nothing succeeded measured nothing and must not pass.

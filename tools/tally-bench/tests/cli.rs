@@ -837,3 +837,37 @@ fn engine_refuses_zero_operations() {
     let message = refusal(&tally_bench(&["engine", "--ops", "0", "--counters", "10"]));
     assert!(message.contains("--ops must be at least 1"), "{message}");
 }
+
+#[test]
+fn a_server_that_dies_mid_run_leaves_a_partial_report() {
+    let (_dir, mut server) = start();
+    let addr = server.addr.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "server",
+            "--addr",
+            &addr,
+            "--duration",
+            "3",
+            "--connections",
+            "2",
+        ])
+        .args(["--pipeline", "4", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    server.kill9();
+    let output = child.wait_with_output().expect("wait for tally-bench");
+    let message = refusal(&output);
+    assert!(message.contains("partial"), "{message}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("no JSON report ({error}): {message}"));
+    assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
+    let failure = &report["failure"];
+    let after_s = failure["after_s"].as_f64().unwrap();
+    assert!((0.5..2.9).contains(&after_s), "{failure}");
+    assert!(failure["connection"].as_u64().unwrap() < 2, "{failure}");
+}
