@@ -1,17 +1,33 @@
 //! `tally-bench server`: drive a running server over the network with increments, in
 //! Tally's native protocol or in RESP, and report throughput and latency percentiles.
 //!
-//! Each connection is one OS thread (see [`connection`]) with its own seeded key stream
-//! ([`crate::workload`]), so the native and RESP runs of the same flags send the same
-//! keys: a shard-aware native connection opens one socket per server core and sends
-//! every key of its stream to the core that owns it ([`native`]), nothing is re-drawn. Throughput counts acknowledged increments; latency is per request (a batch, or
-//! `batch` pipelined Redis commands), from send (closed loop) or intended send (open
-//! loop, `--rate`) to the last reply byte. With `--via-client` the native workload goes
-//! through the client crate instead of raw frames ([`via_client`]).
+//! What it measures:
+//! - Throughput: acknowledged increments per second over the whole run (first send to
+//!   last reply). Failed increments are counted apart (`ops_failed`).
+//! - Latency: per request (a batch of `--batch` increments: one native frame per core
+//!   it touches, or `--batch` pipelined INCRBYs), from its send (closed loop) or its
+//!   intended send (open loop, `--rate`) to the last byte of its last reply. Only
+//!   successful requests are in the percentiles; requests with a failed increment are
+//!   counted in `requests_failed`.
 //!
-//! `--duration` bounds the run: sending stops at the deadline, and requests still
-//! unanswered [`deadline_grace`] later fail the run as stalled. The generator never
-//! blocks in a write, so a server that applies backpressure cannot deadlock it.
+//! Invariants:
+//! - The same stream: each connection is one OS thread ([`connection`]) with its own
+//!   seeded key stream ([`crate::workload`]); every key of it is sent, in order, by
+//!   either protocol. A shard-aware native connection opens one socket per server core
+//!   and routes each key to the core that owns it ([`native`]); nothing is re-drawn.
+//!   So native and RESP runs of the same flags and seed send the same keys.
+//! - Bounded: the generator never blocks in a write, so a server applying backpressure
+//!   cannot deadlock it; `--duration` stops sending at the deadline (an open loop
+//!   still sends every request due before it), and requests unanswered
+//!   [`deadline_grace`] later fail the run as stalled.
+//! - Nothing measured is lost: a run whose server fails prints the partial report
+//!   (with the first failure's connection and time) before exiting non-zero; any
+//!   failed increment makes the exit code 1 unless `--allow-errors`.
+//! - `--fill` increments every key once before the run, untimed and uncounted, so the
+//!   run times increments of existing counters rather than their creation.
+//!
+//! With `--via-client` the native workload goes through the client crate instead of
+//! raw frames ([`via_client`]).
 
 pub mod connection;
 pub mod native;

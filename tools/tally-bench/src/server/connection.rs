@@ -138,6 +138,10 @@ struct Socket {
     received: Vec<u8>,
     /// The slots of the parts in flight on this socket, oldest first.
     parts: VecDeque<usize>,
+    /// Whether a read may find bytes: set by `ppoll` (or a full read), cleared by a
+    /// read that drained the socket. Without spinning, only such sockets are read, so
+    /// an unpipelined round trip costs a write, a ppoll and a read.
+    readable: bool,
 }
 
 /// Run `plan` over `streams` until the quota or the deadline, then drain the pipeline.
@@ -205,6 +209,7 @@ impl State {
                 written: 0,
                 received: Vec::new(),
                 parts: VecDeque::with_capacity(plan.pipeline),
+                readable: false,
             });
         }
         let now = Instant::now();
@@ -275,7 +280,7 @@ impl State {
             let now = Instant::now();
             let next_due = self.fill_window(codec, plan, now);
             let mut progress = self.flush()?;
-            progress |= self.receive(codec, ops_done, report)?;
+            progress |= self.receive(codec, ops_done, report, !plan.spin.is_zero())?;
             if self.sending_done && self.in_flight() == 0 && self.unsent_bytes() == 0 {
                 return Ok(());
             }
@@ -395,19 +400,26 @@ impl State {
         codec: &mut dyn RequestCodec,
         ops_done: &AtomicU64,
         report: &mut ConnectionReport,
+        spinning: bool,
     ) -> Result<bool, DriveError> {
         let mut progress = false;
         for index in 0..self.sockets.len() {
-            let count = match self.sockets[index].stream.read(&mut self.chunk) {
+            let socket = &mut self.sockets[index];
+            if !(socket.readable || spinning && !socket.parts.is_empty()) {
+                continue;
+            }
+            let count = match socket.stream.read(&mut self.chunk) {
                 Ok(0) => return Err(DriveError::ServerClosed),
                 Ok(count) => count,
-                Err(error)
-                    if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) =>
-                {
-                    continue
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    socket.readable = false;
+                    continue;
                 }
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(source) => return Err(DriveError::io("reading replies", source)),
             };
+            // A full chunk may have left more behind.
+            socket.readable = count == self.chunk.len();
             progress = true;
             // Every reply of this read arrived with it: one timestamp for all of them (a
             // clock read per reply cost the load generator a tenth of its CPU).
@@ -481,6 +493,10 @@ impl State {
             if error.kind() != ErrorKind::Interrupted {
                 return Err(DriveError::io("waiting for the sockets", error));
             }
+        }
+        let ready = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+        for (socket, fd) in self.sockets.iter_mut().zip(&fds) {
+            socket.readable |= fd.revents & ready != 0;
         }
         Ok(())
     }

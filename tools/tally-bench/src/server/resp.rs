@@ -1,5 +1,7 @@
 //! The workload as Redis commands: each request is `batch` `INCRBY key delta` commands
-//! sent back to back (pipelined, no MULTI), complete when all `batch` replies are in.
+//! sent back to back (pipelined, no MULTI) on one socket, complete when all `batch`
+//! replies are in (replies come in command order). A reply that is not an integer
+//! fails its command. Before a run, [`check_port`] makes sure the port speaks RESP.
 
 use super::connection::{RequestCodec, SocketIndex};
 use super::{DriveError, KeySource};
