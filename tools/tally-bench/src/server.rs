@@ -286,6 +286,8 @@ pub struct RunReport {
     /// mode the server was started in.
     pub durability: String,
     pub rate_target: Option<f64>,
+    /// Open loop: `ops_per_sec / rate_target`; a run under 0.9 warns.
+    pub rate_achieved_fraction: Option<f64>,
     /// Increments acknowledged.
     pub ops: u64,
     /// Increments the server answered with an error.
@@ -770,6 +772,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         distribution: args.distribution,
         durability: format!("{:?}", args.durability).to_lowercase(),
         rate_target: args.rate,
+        rate_achieved_fraction: args.rate.map(|rate| ops as f64 / elapsed_s / rate),
         ops,
         ops_failed,
         requests,
@@ -822,8 +825,11 @@ impl RunReport {
 
     /// The report for people.
     pub fn human(&self) -> String {
+        let target = self
+            .rate_target
+            .map_or(String::new(), |target| format!(" of {target:.0} targeted"));
         format!(
-            "{}: {:.0} ops/s ({} ops, {} failed, {:.2} s); successful request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            "{}: {:.0} ops/s{target} ({} ops, {} failed, {:.2} s); successful request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
             self.label(),
             self.ops_per_sec,
             self.ops,

@@ -661,6 +661,12 @@ fn an_open_loop_run_times_the_requests_a_stall_at_its_end_held_back() {
     assert!(requests >= 1_950, "{report}");
     assert!(report["max_us"].as_f64().unwrap() >= 400_000.0, "{report}");
     assert!(report["p90_us"].as_f64().unwrap() >= 10_000.0, "{report}");
+    // The run took the stall longer than its 2 s: under 90% of the target rate.
+    assert!(
+        report["rate_achieved_fraction"].as_f64().unwrap() < 0.9,
+        "{report}"
+    );
+    assert!(message.contains("of the --rate target"), "{message}");
 }
 
 #[test]
