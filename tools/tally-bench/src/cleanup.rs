@@ -132,15 +132,15 @@ impl Drop for GuardedChild {
     }
 }
 
-/// A directory under the temporary directory, removed on drop or on a signal.
+/// A directory under a scratch directory, removed on drop or on a signal.
 pub struct ScratchDir {
     path: PathBuf,
 }
 
 impl ScratchDir {
-    /// Create `<temp dir>/<name>`.
-    pub fn create(name: &str) -> std::io::Result<ScratchDir> {
-        let path = std::env::temp_dir().join(name);
+    /// Create `<parent>/<name>`.
+    pub fn create_in(parent: &Path, name: &str) -> std::io::Result<ScratchDir> {
+        let path = parent.join(name);
         let mut registry = registry();
         std::fs::create_dir_all(&path)?;
         registry.dirs.push(path.clone());

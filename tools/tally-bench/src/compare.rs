@@ -8,6 +8,20 @@
 //! Tally against Redis without persistence, durable Tally against Redis `appendfsync
 //! always`. It installs nothing: the binaries are given as paths.
 //!
+//! Where and what: every server's data directory is a fresh directory under
+//! `--scratch-dir` (default `$TMPDIR`, else /tmp), whose filesystem is recorded and
+//! warned about when it is a tmpfs or ramfs (the durable rows would then not touch a
+//! disk). Ports are chosen by the system, or fixed from `--port-base` (see its help).
+//! The output records the redis-server and tallyd versions, the tallyd arguments,
+//! `--seconds`, `--keys`, the scratch dir and filesystem, the UTC start time and
+//! `nproc`; each row's `durability` is the mode its server ran in. redis-benchmark's
+//! `-n` is `--seconds` times the fastest RESP rate measured on the same server, unless
+//! `--redis-benchmark-requests` fixes it.
+//!
+//! Each freshly started server is filled before its first workload (`server --fill`:
+//! every key of `0..--keys` incremented once, untimed), so every row times increments
+//! of existing counters.
+//!
 //! Every flag and program is checked before the first server starts. A run that fails
 //! (or measures with errors) is listed after the table and on stderr, and makes the
 //! exit code 1; the rest is still printed. Servers and their scratch directories are
@@ -49,15 +63,31 @@ pub struct CompareArgs {
     /// else on PATH; without one, a note says its runs were skipped).
     #[arg(long)]
     pub redis_benchmark: Option<PathBuf>,
-    /// Seconds each workload runs against each server.
+    /// Seconds each workload runs against each server. Each server is filled (every
+    /// key incremented once, untimed) before its first workload.
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Distinct keys.
     #[arg(long, default_value_t = 100_000)]
     pub keys: u64,
-    /// Requests per redis-benchmark run.
-    #[arg(long, default_value_t = 2_000_000)]
-    pub redis_benchmark_requests: u64,
+    /// Requests per redis-benchmark run (`-n`). Default: --seconds times the fastest
+    /// RESP rate this comparison measured on the same server (at least 10,000), so each
+    /// run takes about --seconds whatever the server's speed.
+    #[arg(long)]
+    pub redis_benchmark_requests: Option<u64>,
+    /// Where the servers' data directories go: one fresh directory per server, removed
+    /// afterwards. Default: $TMPDIR, else /tmp. The durable rows (Redis appendfsync
+    /// always, tally-durable) measure this directory's disk: it must be on the disk
+    /// under test, not a tmpfs (the output records its filesystem and warns on tmpfs).
+    #[arg(long)]
+    pub scratch_dir: Option<PathBuf>,
+    /// Use fixed ports from P up instead of ephemeral ones: redis P, redis-aof-always
+    /// P+1, tally-relaxed RESP P+2, tally-durable RESP P+3, tally-relaxed native P+4
+    /// and its shard ports P+5..=P+4+C, tally-durable native P+5+C and its shard ports
+    /// after it (C: the --cores of --tallyd-arg, else the CPU count). Default: ports
+    /// chosen by the system.
+    #[arg(long)]
+    pub port_base: Option<u16>,
     /// Skip the Tally runs (measure Redis alone).
     #[arg(long)]
     pub redis_only: bool,
@@ -78,8 +108,14 @@ pub enum CompareError {
         program: String,
         source: std::io::Error,
     },
-    #[error("{program} exited or was not ready within {STARTUP_TIMEOUT:?}; its output:\n{output}")]
+    #[error("{program} was not ready within {STARTUP_TIMEOUT:?}; its output:\n{output}")]
     NotReady { program: String, output: String },
+    #[error("{program} exited at start ({status}); its output:\n{output}")]
+    Exited {
+        program: String,
+        status: String,
+        output: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -161,6 +197,16 @@ impl System {
         }
     }
 
+    /// The durability the server was started with, for the report's rows.
+    pub fn durability(self) -> &'static str {
+        match self {
+            System::Redis => "none (appendonly no)",
+            System::RedisAofAlways => "appendfsync always",
+            System::TallyRelaxed => "relaxed",
+            System::TallyDurable => "durable",
+        }
+    }
+
     /// The Redis configuration Tally in this mode is measured against.
     pub fn baseline(self) -> System {
         match self {
@@ -195,9 +241,32 @@ pub struct RedisBenchmarkRow {
     pub raw: String,
 }
 
+/// What was compared, where and when: enough to reproduce or question the figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct Environment {
+    /// `redis-server --version`.
+    pub redis_server: String,
+    pub redis_server_version: String,
+    pub tallyd: Option<String>,
+    /// `tallyd --version`, or the binary's modification time if it has none.
+    pub tallyd_version: Option<String>,
+    pub tallyd_args: Vec<String>,
+    pub seconds: f64,
+    pub keys: u64,
+    /// Where the servers' data went, and its filesystem (statfs f_type).
+    pub scratch_dir: String,
+    pub scratch_filesystem: String,
+    pub port_base: Option<u16>,
+    /// The UTC time the comparison started, ISO 8601.
+    pub started_utc: String,
+    /// CPUs available to this process (`nproc`).
+    pub nproc: usize,
+}
+
 /// Everything `compare` measured.
 #[derive(Clone, Debug, Serialize)]
 pub struct Comparison {
+    pub environment: Environment,
     pub rows: Vec<Row>,
     pub redis_benchmark: Vec<RedisBenchmarkRow>,
     pub notes: Vec<String>,
@@ -219,8 +288,8 @@ struct Started {
     _data_dir: ScratchDir,
 }
 
-/// A fresh scratch directory for `system`'s data.
-fn scratch_dir(system: System) -> Result<ScratchDir, CompareError> {
+/// A fresh scratch directory for `system`'s data under `parent`.
+fn scratch_dir(parent: &Path, system: System) -> Result<ScratchDir, CompareError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_nanos());
@@ -229,8 +298,8 @@ fn scratch_dir(system: System) -> Result<ScratchDir, CompareError> {
         system.name(),
         std::process::id()
     );
-    ScratchDir::create(&name).map_err(|source| CompareError::Io {
-        what: format!("creating {}", std::env::temp_dir().join(name).display()),
+    ScratchDir::create_in(parent, &name).map_err(|source| CompareError::Io {
+        what: format!("creating {}", parent.join(&name).display()),
         source,
     })
 }
@@ -313,8 +382,19 @@ fn await_ready(
             return Ok(());
         }
         if let Ok(Some(status)) = started.child.child().try_wait() {
-            seen.push_str(&format!("(exited: {status})\n"));
-            break;
+            // Let the output threads deliver what it printed before it exited.
+            let until = Instant::now() + Duration::from_millis(200);
+            while let Ok(line) =
+                output.recv_timeout(until.saturating_duration_since(Instant::now()))
+            {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+            return Err(CompareError::Exited {
+                program: program.display().to_string(),
+                status: status.to_string(),
+                output: seen,
+            });
         }
     }
     Err(CompareError::NotReady {
@@ -323,9 +403,17 @@ fn await_ready(
     })
 }
 
-fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareError> {
-    let port = free_port()?;
-    let data_dir = scratch_dir(system)?;
+fn start_redis(
+    redis_server: &Path,
+    system: System,
+    scratch: &Path,
+    port: Option<u16>,
+) -> Result<Started, CompareError> {
+    let port = match port {
+        Some(port) => port,
+        None => free_port()?,
+    };
+    let data_dir = scratch_dir(scratch, system)?;
     let mut arguments: Vec<String> = [
         "--port",
         &port.to_string(),
@@ -359,15 +447,19 @@ fn start_redis(redis_server: &Path, system: System) -> Result<Started, CompareEr
     Ok(started)
 }
 
-/// Start tallyd on port 0 (its main, shard and RESP ports all chosen by the system, so
-/// they cannot collide with each other) and read the addresses it announces.
+/// Start tallyd on `ports` (main, RESP), or on port 0 (its main, shard and RESP ports
+/// all chosen by the system, so they cannot collide with each other), and read the
+/// addresses it announces.
 fn start_tallyd(
     tallyd: &Path,
     extra: &[String],
     system: System,
     with_resp: bool,
+    scratch: &Path,
+    ports: Option<(u16, u16)>,
 ) -> Result<Started, CompareError> {
-    let data_dir = scratch_dir(system)?;
+    let data_dir = scratch_dir(scratch, system)?;
+    let (main_port, resp_port) = ports.unwrap_or((0, 0));
     let durability = if system == System::TallyDurable {
         "durable"
     } else {
@@ -377,13 +469,13 @@ fn start_tallyd(
         "--data-dir".to_owned(),
         data_dir.path().display().to_string(),
         "--listen".to_owned(),
-        "127.0.0.1:0".to_owned(),
+        format!("127.0.0.1:{main_port}"),
         "--durability".to_owned(),
         durability.to_owned(),
     ];
     if with_resp {
         arguments.push("--resp-listen".to_owned());
-        arguments.push("127.0.0.1:0".to_owned());
+        arguments.push(format!("127.0.0.1:{resp_port}"));
     }
     arguments.extend(extra.iter().cloned());
     let mut child = spawn(tallyd, &arguments)?;
@@ -443,6 +535,8 @@ fn server_args(
         spin_us: None,
         via_client: false,
         seed: 1,
+        fill: false,
+        allow_errors: true,
         json: false,
         plot: None,
     }
@@ -462,11 +556,24 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
             endpoints.extend(started.resp_addr.map(|addr| (addr, WireProtocol::Resp)));
         }
     }
+    // A fresh server has no counters: without the fill, its first workload would time
+    // mostly creations and the later ones increments.
+    let mut filled = false;
     for workload in &WORKLOADS {
         for &(addr, protocol) in &endpoints {
-            let flags = server_args(args, workload, addr, protocol);
+            let mut flags = server_args(args, workload, addr, protocol);
+            flags.fill = !filled;
+            filled = true;
             let run = format!("{}, {}, {protocol:?}", started.system.name(), workload.name);
             let report = match server::measure(&flags) {
+                Ok(report) if report.failure.is_some() => {
+                    let failure =
+                        server::DriveError::RunFailed(report.failure.clone().expect("checked"));
+                    let failure = format!("{run}: run failed: {failure}");
+                    eprintln!("  {failure}");
+                    comparison.failures.push(failure);
+                    continue;
+                }
                 Ok(report) => report,
                 Err(error) => {
                     let failure = format!("{run}: run failed: {error}");
@@ -475,6 +582,8 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
                     continue;
                 }
             };
+            let mut report = report;
+            report.durability = started.system.durability().to_owned();
             if !args.json {
                 eprintln!("  {:<17} {}", started.system.name(), report.human());
             }
@@ -509,7 +618,9 @@ fn redis_benchmark(
     program: &Path,
     system: System,
     addr: SocketAddr,
+    rows: &[Row],
 ) -> RedisBenchmarkRow {
+    let requests = redis_benchmark_requests(args, system, rows);
     let arguments = [
         "-h".to_owned(),
         addr.ip().to_string(),
@@ -522,7 +633,7 @@ fn redis_benchmark(
         "-c".to_owned(),
         "50".to_owned(),
         "-n".to_owned(),
-        args.redis_benchmark_requests.to_string(),
+        requests.to_string(),
         "-r".to_owned(),
         args.keys.to_string(),
         "--csv".to_owned(),
@@ -560,6 +671,26 @@ fn redis_benchmark(
         p99_ms: fields.get(5).copied(),
         raw,
     }
+}
+
+/// The fewest requests of a redis-benchmark run chosen from a measured rate.
+pub const REDIS_BENCHMARK_REQUESTS_MIN: u64 = 10_000;
+/// The most, so that a rate measured wrong cannot make a run of hours.
+pub const REDIS_BENCHMARK_REQUESTS_MAX: u64 = 100_000_000;
+
+/// `-n` of `system`'s redis-benchmark run: the flag if given, else --seconds at the
+/// fastest RESP rate measured on that server (10,000 if none was).
+fn redis_benchmark_requests(args: &CompareArgs, system: System, rows: &[Row]) -> u64 {
+    if let Some(requests) = args.redis_benchmark_requests {
+        return requests;
+    }
+    let fastest = rows
+        .iter()
+        .filter(|row| row.system == system && row.report.protocol == WireProtocol::Resp)
+        .map(|row| row.report.ops_per_sec)
+        .fold(0.0, f64::max);
+    ((fastest * args.seconds) as u64)
+        .clamp(REDIS_BENCHMARK_REQUESTS_MIN, REDIS_BENCHMARK_REQUESTS_MAX)
 }
 
 /// Keep `row`; one without a figure (the program would not run, or printed no INCR
@@ -609,7 +740,8 @@ fn add_ratios(rows: &mut [Row]) {
 
 /// The comparison as a Markdown table (also readable in a terminal).
 pub fn table(comparison: &Comparison) -> String {
-    let mut out = String::from(
+    let mut out = environment_lines(&comparison.environment);
+    out.push_str(
         "| workload | system | protocol | ops/s | p50 us | p99 us | p99.9 us | ops vs Redis | p99 vs Redis |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n",
     );
     let ratio = |value: Option<f64>| match value {
@@ -770,7 +902,20 @@ fn validate(args: &CompareArgs) -> Result<Programs, CompareError> {
     if args.keys == 0 {
         return invalid("--keys must be at least 1");
     }
-    if args.redis_benchmark_requests == 0 {
+    if let Some(last) = PortPlan::new(args).last() {
+        if last > u32::from(u16::MAX) || args.port_base == Some(0) {
+            return invalid("--port-base leaves no room for every server's ports below 65536");
+        }
+    }
+    if let Some(dir) = &args.scratch_dir {
+        if !dir.is_dir() {
+            return Err(CompareError::InvalidArguments(format!(
+                "--scratch-dir {} is not a directory",
+                dir.display()
+            )));
+        }
+    }
+    if args.redis_benchmark_requests == Some(0) {
         return invalid("--redis-benchmark-requests must be at least 1");
     }
     // Every run's flags, as `server` will check them (a port stands in for the server's).
@@ -827,10 +972,21 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             })?;
         }
     }
+    let scratch = args.scratch_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let environment = environment(args, &programs, &scratch)?;
+    for warning in environment_warnings(&environment) {
+        eprintln!("tally-bench: WARNING: {warning}");
+    }
+    let ports = PortPlan::new(args);
     let mut comparison = Comparison {
+        environment,
         rows: Vec::new(),
         redis_benchmark: Vec::new(),
-        notes: Vec::new(),
+        notes: vec![format!(
+            "each server was filled before its first workload: keys 0..{} incremented \
+             once, untimed, so every row times increments of existing counters.",
+            args.keys
+        )],
         failures: Vec::new(),
     };
     let redis_benchmark_path = programs.redis_benchmark.clone();
@@ -847,7 +1003,8 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             system.name(),
             programs.redis_server.display()
         );
-        let started = match start_redis(&programs.redis_server, system) {
+        let port = ports.redis(system);
+        let started = match start_redis(&programs.redis_server, system, &scratch, port) {
             Ok(started) => started,
             Err(error) => {
                 start_failed(&mut comparison, system, &error);
@@ -856,7 +1013,7 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
         };
         drive_all(args, &started, &mut comparison);
         if let Some(program) = &redis_benchmark_path {
-            let row = redis_benchmark(args, program, system, started.main_addr);
+            let row = redis_benchmark(args, program, system, started.main_addr, &comparison.rows);
             push_redis_benchmark(&mut comparison, row);
         }
     }
@@ -876,11 +1033,28 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
             }
             for system in [System::TallyRelaxed, System::TallyDurable] {
                 eprintln!("{}: starting {}", system.name(), tallyd.display());
-                let started = match start_tallyd(&tallyd, &args.tallyd_args, system, true) {
+                let tally_ports = ports.tallyd(system);
+                let start = |with_resp| {
+                    start_tallyd(
+                        &tallyd,
+                        &args.tallyd_args,
+                        system,
+                        with_resp,
+                        &scratch,
+                        tally_ports,
+                    )
+                };
+                let started = match start(true) {
                     Ok(started) => started,
-                    Err(error) => {
-                        comparison.notes.push(format!("{}: tallyd would not start with --resp-listen, RESP runs skipped: {error}", system.name()));
-                        match start_tallyd(&tallyd, &args.tallyd_args, system, false) {
+                    // Only a failure that names the RESP door is retried without it;
+                    // any other (a bad --tallyd-arg, a taken port) is the run's failure.
+                    Err(error) if names_resp(&error) => {
+                        comparison.notes.push(format!(
+                            "{}: tallyd would not start with --resp-listen, RESP runs \
+                             skipped: {error}",
+                            system.name()
+                        ));
+                        match start(false) {
                             Ok(started) => started,
                             Err(error) => {
                                 start_failed(&mut comparison, system, &error);
@@ -888,10 +1062,14 @@ pub fn measure(args: &CompareArgs) -> Result<Comparison, CompareError> {
                             }
                         }
                     }
+                    Err(error) => {
+                        start_failed(&mut comparison, system, &error);
+                        continue;
+                    }
                 };
                 drive_all(args, &started, &mut comparison);
                 if let (Some(program), Some(addr)) = (&redis_benchmark_path, started.resp_addr) {
-                    let row = redis_benchmark(args, program, system, addr);
+                    let row = redis_benchmark(args, program, system, addr, &comparison.rows);
                     push_redis_benchmark(&mut comparison, row);
                 }
             }
@@ -933,11 +1111,261 @@ pub fn run(args: &CompareArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Whether tallyd's start failure is about its RESP door (`--resp-listen` unknown to
+/// this build, or its port taken), the one case where starting without it helps.
+fn names_resp(error: &CompareError) -> bool {
+    match error {
+        // The error line, not the usage line clap prints after it (which lists every
+        // flag, --resp-listen included).
+        CompareError::Exited { output, .. } | CompareError::NotReady { output, .. } => {
+            output.lines().any(|line| {
+                let line = line.to_lowercase();
+                line.contains("error") && line.contains("resp")
+            })
+        }
+        _ => false,
+    }
+}
+
+/// Fixed ports from `--port-base` (see its help), or none (ephemeral ports).
+struct PortPlan {
+    base: Option<u16>,
+    /// The shard ports each tallyd opens after its main port.
+    tally_cores: u16,
+}
+
+impl PortPlan {
+    fn new(args: &CompareArgs) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |count| count.get());
+        let cores = tallyd_cores(&args.tallyd_args).unwrap_or(cpus);
+        PortPlan {
+            base: args.port_base,
+            tally_cores: u16::try_from(cores).unwrap_or(u16::MAX),
+        }
+    }
+
+    /// The highest port used, which must exist.
+    fn last(&self) -> Option<u32> {
+        self.base
+            .map(|base| u32::from(base) + 5 + 2 * u32::from(self.tally_cores))
+    }
+
+    fn redis(&self, system: System) -> Option<u16> {
+        let offset = u16::from(system == System::RedisAofAlways);
+        self.base.map(|base| base + offset)
+    }
+
+    /// (main, RESP) of tallyd in mode `system`.
+    fn tallyd(&self, system: System) -> Option<(u16, u16)> {
+        let base = self.base?;
+        Some(match system {
+            System::TallyDurable => (base + 5 + self.tally_cores, base + 3),
+            _ => (base + 4, base + 2),
+        })
+    }
+}
+
+/// The `--cores` among the extra tallyd arguments, if any.
+fn tallyd_cores(arguments: &[String]) -> Option<usize> {
+    let mut value = None;
+    for (index, argument) in arguments.iter().enumerate() {
+        if let Some(given) = argument.strip_prefix("--cores=") {
+            value = given.parse().ok();
+        } else if argument == "--cores" {
+            value = arguments
+                .get(index + 1)
+                .and_then(|given| given.parse().ok());
+        }
+    }
+    value
+}
+
 /// Records that `system`'s server would not start: a failed run of the comparison.
 fn start_failed(comparison: &mut Comparison, system: System, error: &dyn std::fmt::Display) {
     let failure = format!("{}: {error}", system.name());
     eprintln!("  {failure}");
     comparison.failures.push(failure);
+}
+
+/// The first line `program --version` prints, or `None` if it prints nothing or fails.
+fn version_of(program: &Path) -> Option<String> {
+    let output = die_with_parent(Command::new(program).arg("--version"))
+        .stdin(Stdio::null())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .next()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+}
+
+/// The name of the filesystem holding `path`, from statfs(2)'s `f_type`.
+pub fn filesystem_type(path: &Path) -> std::io::Result<String> {
+    let path_c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("the path contains a NUL byte"))?;
+    // SAFETY: statfs is plain old data, for which all zeroes is a valid value.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path_c` is NUL-terminated and `stat` a valid, writable statfs; both
+    // outlive the call.
+    if unsafe { libc::statfs(path_c.as_ptr(), &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets.
+    let magic = stat.f_type as u64;
+    Ok(filesystem_name(magic))
+}
+
+/// The name of a statfs magic number (linux/magic.h).
+fn filesystem_name(magic: u64) -> String {
+    let name = match magic {
+        0x0102_1994 => "tmpfs",
+        0x8584_58f6 => "ramfs",
+        0xef53 => "ext4",
+        0x5846_5342 => "xfs",
+        0x9123_683e => "btrfs",
+        0x794c_7630 => "overlayfs",
+        0x2fc1_2fc1 => "zfs",
+        0xf2f5_2010 => "f2fs",
+        0x6969 => "nfs",
+        0x6573_5546 => "fuse",
+        _ => return format!("unknown (f_type {magic:#x})"),
+    };
+    name.to_owned()
+}
+
+/// Whether durable writes to a filesystem of this name never reach a disk.
+fn is_memory_filesystem(name: &str) -> bool {
+    matches!(name, "tmpfs" | "ramfs")
+}
+
+/// `seconds` since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ` (proleptic Gregorian).
+fn utc_iso8601(seconds: u64) -> String {
+    // Days to civil date: Howard Hinnant's algorithm. Worked example: day 0 is
+    // 1970-01-01; day 19,723 is 2024-01-01.
+    let days = (seconds / 86_400) as i64;
+    let second_of_day = seconds % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        second_of_day / 3_600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+/// What is compared, recorded before the first server starts.
+fn environment(
+    args: &CompareArgs,
+    programs: &Programs,
+    scratch: &Path,
+) -> Result<Environment, CompareError> {
+    let scratch_filesystem = filesystem_type(scratch).map_err(|source| CompareError::Io {
+        what: format!(
+            "reading the filesystem of the scratch dir {}",
+            scratch.display()
+        ),
+        source,
+    })?;
+    let tallyd_version = programs.tallyd.as_deref().map(|tallyd| {
+        version_of(tallyd).unwrap_or_else(|| {
+            let modified = std::fs::metadata(tallyd).and_then(|metadata| metadata.modified());
+            match modified
+                .ok()
+                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            {
+                Some(since) => format!(
+                    "no --version; binary modified {}",
+                    utc_iso8601(since.as_secs())
+                ),
+                None => "unknown".to_owned(),
+            }
+        })
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    Ok(Environment {
+        redis_server: programs.redis_server.display().to_string(),
+        redis_server_version: version_of(&programs.redis_server)
+            .unwrap_or_else(|| "unknown".to_owned()),
+        tallyd: programs
+            .tallyd
+            .as_ref()
+            .map(|path| path.display().to_string()),
+        tallyd_version,
+        tallyd_args: args.tallyd_args.clone(),
+        seconds: args.seconds,
+        keys: args.keys,
+        scratch_dir: scratch.display().to_string(),
+        scratch_filesystem,
+        port_base: args.port_base,
+        started_utc: utc_iso8601(now),
+        nproc: std::thread::available_parallelism().map_or(1, |count| count.get()),
+    })
+}
+
+/// Warnings about the environment that make figures meaningless, one line each.
+fn environment_warnings(environment: &Environment) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if is_memory_filesystem(&environment.scratch_filesystem) {
+        warnings.push(format!(
+            "the scratch dir {} is on {}: fdatasync costs nothing there, so the durable \
+             rows (redis-aof-always, tally-durable) do not measure a disk. Pass \
+             --scratch-dir on the disk under test.",
+            environment.scratch_dir, environment.scratch_filesystem
+        ));
+    }
+    warnings
+}
+
+/// The environment as table header lines.
+fn environment_lines(environment: &Environment) -> String {
+    let mut out = format!(
+        "redis-server: {} ({})\n",
+        environment.redis_server, environment.redis_server_version
+    );
+    if let Some(tallyd) = &environment.tallyd {
+        out.push_str(&format!(
+            "tallyd: {tallyd} ({})\n",
+            environment.tallyd_version.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if !environment.tallyd_args.is_empty() {
+        out.push_str(&format!(
+            "tallyd arguments: {}\n",
+            environment.tallyd_args.join(" ")
+        ));
+    }
+    out.push_str(&format!(
+        "--seconds {} --keys {}; scratch dir {} ({}); started {}; nproc {}\n\n",
+        environment.seconds,
+        environment.keys,
+        environment.scratch_dir,
+        environment.scratch_filesystem,
+        environment.started_utc,
+        environment.nproc
+    ));
+    for warning in environment_warnings(environment) {
+        out.push_str(&format!("WARNING: {warning}\n\n"));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -967,6 +1395,47 @@ mod tests {
             Some("127.0.0.1:18190".parse().unwrap())
         );
         assert_eq!(announced_addr("starting data_dir=/tmp/x"), None);
+    }
+
+    #[test]
+    fn utc_times_format_as_iso_8601() {
+        assert_eq!(utc_iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_iso8601(19_723 * 86_400 + 3_661), "2024-01-01T01:01:01Z");
+        assert_eq!(utc_iso8601(951_782_400), "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn memory_filesystems_are_named_and_flagged() {
+        assert_eq!(filesystem_name(0x0102_1994), "tmpfs");
+        assert!(is_memory_filesystem(&filesystem_name(0x0102_1994)));
+        assert!(!is_memory_filesystem(&filesystem_name(0xef53)));
+        assert!(filesystem_name(0x1234).starts_with("unknown"));
+    }
+
+    #[test]
+    fn fixed_ports_do_not_overlap() {
+        let plan = PortPlan {
+            base: Some(23_000),
+            tally_cores: 2,
+        };
+        let relaxed = plan.tallyd(System::TallyRelaxed).unwrap();
+        let durable = plan.tallyd(System::TallyDurable).unwrap();
+        let mut ports = vec![
+            plan.redis(System::Redis).unwrap(),
+            plan.redis(System::RedisAofAlways).unwrap(),
+            relaxed.1,
+            durable.1,
+        ];
+        for main in [relaxed.0, durable.0] {
+            ports.extend(main..=main + plan.tally_cores);
+        }
+        let count = ports.len();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), count, "{ports:?}");
+        assert_eq!(u32::from(*ports.last().unwrap()), plan.last().unwrap());
+        assert_eq!(tallyd_cores(&["--cores=3".into()]), Some(3));
+        assert_eq!(tallyd_cores(&["--cores".into(), "4".into()]), Some(4));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct EngineArgs {
     /// Counters to create before measuring.
     #[arg(long, default_value_t = 1_000_000)]
     counters: u64,
-    /// Increments to measure.
+    /// Increments to measure (at least 1).
     #[arg(long, default_value_t = 10_000_000)]
     ops: u64,
     /// Bytes per key (1..=255; keys over 16 bytes go to the key heap).
@@ -102,6 +102,10 @@ fn check(args: &EngineArgs) -> Result<(), Box<dyn Error>> {
     }
     if args.batch == 0 || args.batch > BATCH_OPS_MAX {
         return Err(format!("--batch must be 1..={BATCH_OPS_MAX}").into());
+    }
+    // Zero increments measure nothing: the rates would be 0 ops/s and inf ns/op.
+    if args.ops == 0 {
+        return Err("--ops must be at least 1".into());
     }
     let distinct_keys = if args.key_bytes >= 8 {
         u64::MAX

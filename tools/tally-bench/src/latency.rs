@@ -2,7 +2,9 @@
 //!
 //! Values are recorded in nanoseconds with 3 significant digits (0.1% resolution) from
 //! 1 ns to 60 s; longer values are clamped to 60 s so that one stall cannot make the
-//! recorder fail. Percentiles are reported in microseconds, the unit the goals use.
+//! recorder fail, and counted (`latency_clamped` in reports): a `max_us` of 60,000,000
+//! with a non-zero count means "at least 60 s". Percentiles are reported in
+//! microseconds, the unit the goals use.
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -15,6 +17,8 @@ pub const LATENCY_NS_MAX: u64 = 60_000_000_000;
 #[derive(Clone, Debug)]
 pub struct Recorder {
     histogram: Histogram<u64>,
+    /// Values above [`LATENCY_NS_MAX`], recorded as it.
+    clamped: u64,
 }
 
 impl Default for Recorder {
@@ -22,6 +26,7 @@ impl Default for Recorder {
         Recorder {
             histogram: Histogram::new_with_bounds(1, LATENCY_NS_MAX, 3)
                 .expect("bounds 1..60 s with 3 digits are valid"),
+            clamped: 0,
         }
     }
 }
@@ -35,6 +40,7 @@ impl Recorder {
 
     /// Record one latency in nanoseconds.
     pub fn record_ns(&mut self, nanoseconds: u64) {
+        self.clamped += u64::from(nanoseconds > LATENCY_NS_MAX);
         let clamped = nanoseconds.clamp(1, LATENCY_NS_MAX);
         self.histogram
             .record(clamped)
@@ -46,6 +52,7 @@ impl Recorder {
         self.histogram
             .add(&other.histogram)
             .expect("histograms with the same bounds merge");
+        self.clamped += other.clamped;
     }
 
     /// How many latencies were recorded.
@@ -68,11 +75,15 @@ impl Recorder {
             p99_us: self.quantile_us(0.99),
             p999_us: self.quantile_us(0.999),
             max_us: self.histogram.max() as f64 / 1_000.0,
+            latency_clamped: self.clamped,
         }
     }
 
-    /// `(quantile, latency_us)` points from the median to the maximum, evenly spaced on
-    /// the "number of nines" scale that latency plots use.
+    /// `(quantile, latency_us)` points from quantile 0 (the minimum) to quantile
+    /// `1 - 1/count` (at most 6 nines; at least 0.9), evenly spaced on the "number of
+    /// nines" scale that latency plots use. The maximum itself is not a point: it is in
+    /// [`Summary::max_us`]. Worked example: 10,000 values give 61 points from quantile
+    /// 0 to 0.9999, one every 1/15 of a nine.
     pub fn percentile_curve(&self) -> Vec<(f64, f64)> {
         if self.count() == 0 {
             return Vec::new();
@@ -99,6 +110,8 @@ pub struct Summary {
     pub p99_us: f64,
     pub p999_us: f64,
     pub max_us: f64,
+    /// Latencies over 60 s, recorded as 60 s.
+    pub latency_clamped: u64,
 }
 
 #[cfg(test)]
@@ -136,6 +149,9 @@ mod tests {
         recorder.record(Duration::ZERO);
         recorder.record(Duration::from_secs(3_600));
         assert_eq!(recorder.count(), 2);
+        assert_eq!(recorder.summary().latency_clamped, 1);
+        // 3 significant digits: the maximum is 60 s within 0.1%.
+        assert!((recorder.summary().max_us - 60e6).abs() <= 60e3);
     }
 
     #[test]

@@ -46,8 +46,9 @@ enum Command {
     /// A running server over the network (native protocol or RESP): increments per
     /// second and latency percentiles, closed or open loop.
     Server(server::ServerArgs),
-    /// Redis and Tally side by side on 127.0.0.1: starts each, drives each with the
-    /// same workloads, runs redis-benchmark too, prints absolute figures and ratios.
+    /// Redis and Tally side by side on 127.0.0.1: starts each (data under
+    /// --scratch-dir, default $TMPDIR), fills it, drives each with the same workloads,
+    /// runs redis-benchmark too, prints what was compared, absolute figures and ratios.
     Compare(compare::CompareArgs),
     /// Restart time after an unclean stop: checkpoint restore plus journal replay.
     Recovery(recovery::RecoveryArgs),

@@ -1,12 +1,33 @@
 //! `tally-bench server`: drive a running server over the network with increments, in
 //! Tally's native protocol or in RESP, and report throughput and latency percentiles.
 //!
-//! Each connection is one OS thread (see [`connection`]) with its own seeded key stream
-//! ([`crate::workload`]), so the native and RESP runs of the same flags send the same
-//! keys. Throughput counts acknowledged increments; latency is per request (a batch, or
-//! `batch` pipelined Redis commands), from send (closed loop) or intended send (open
-//! loop, `--rate`) to the last reply byte. With `--via-client` the native workload goes
-//! through the client crate instead of raw frames ([`via_client`]).
+//! What it measures:
+//! - Throughput: acknowledged increments per second over the whole run (first send to
+//!   last reply). Failed increments are counted apart (`ops_failed`).
+//! - Latency: per request (a batch of `--batch` increments: one native frame per core
+//!   it touches, or `--batch` pipelined INCRBYs), from its send (closed loop) or its
+//!   intended send (open loop, `--rate`) to the last byte of its last reply. Only
+//!   successful requests are in the percentiles; requests with a failed increment are
+//!   counted in `requests_failed`.
+//!
+//! Invariants:
+//! - The same stream: each connection is one OS thread ([`connection`]) with its own
+//!   seeded key stream ([`crate::workload`]); every key of it is sent, in order, by
+//!   either protocol. A shard-aware native connection opens one socket per server core
+//!   and routes each key to the core that owns it ([`native`]); nothing is re-drawn.
+//!   So native and RESP runs of the same flags and seed send the same keys.
+//! - Bounded: the generator never blocks in a write, so a server applying backpressure
+//!   cannot deadlock it; `--duration` stops sending at the deadline (an open loop
+//!   still sends every request due before it), and requests unanswered
+//!   [`deadline_grace`] later fail the run as stalled.
+//! - Nothing measured is lost: a run whose server fails prints the partial report
+//!   (with the first failure's connection and time) before exiting non-zero; any
+//!   failed increment makes the exit code 1 unless `--allow-errors`.
+//! - `--fill` increments every key once before the run, untimed and uncounted, so the
+//!   run times increments of existing counters rather than their creation.
+//!
+//! With `--via-client` the native workload goes through the client crate instead of
+//! raw frames ([`via_client`]).
 
 pub mod connection;
 pub mod native;
@@ -46,6 +67,15 @@ pub enum DriveError {
     #[error("the server closed the connection")]
     ServerClosed,
     #[error(
+        "the run did not finish within {grace_s:.1} s of its deadline ({after_s:.1} s after \
+         it started): {in_flight} requests still unanswered (is the server stalled?)"
+    )]
+    Stalled {
+        grace_s: f64,
+        in_flight: usize,
+        after_s: f64,
+    },
+    #[error(
         "timed out after {seconds} s waiting for the hello reply from {addr}: \
          is it a Tally native port? (not the --resp-listen one)",
         seconds = native::HANDSHAKE_TIMEOUT.as_secs()
@@ -53,15 +83,34 @@ pub enum DriveError {
     HelloTimeout { addr: SocketAddr },
     #[error("{addr} did not answer the hello like a Tally native port ({detail}): is it the --resp-listen one?")]
     NotNative { addr: SocketAddr, detail: String },
+    #[error(
+        "{addr} did not answer a RESP PING ({detail}): is it a RESP port? (for tallyd, \
+         its --resp-listen one, not its native --listen one; or drop --protocol resp)"
+    )]
+    NotResp { addr: SocketAddr, detail: String },
     #[error("{0}")]
     Protocol(String),
     #[error("invalid arguments: {0}")]
     InvalidArguments(String),
     #[error(
+        "connection {} failed {:.2} s into the run ({} of the connections failed): {}; \
+         the report above is partial, of what was measured until then",
+        .0.connection, .0.after_s, .0.connections_failed, .0.error
+    )]
+    RunFailed(RunFailure),
+    #[error("the --fill pass failed: {0}")]
+    Fill(String),
+    #[error(
         "all {ops_failed} operations failed, so nothing was measured \
-         (the server's first error, if it sent one, is printed above)"
+         (the first failure is printed above)"
     )]
     AllFailed { ops_failed: u64 },
+    #[error(
+        "{ops_failed} of {ops_total} operations failed (the first failure is printed \
+         above); the percentiles are of the successful requests only. Pass \
+         --allow-errors to accept a run with failures"
+    )]
+    SomeFailed { ops_failed: u64, ops_total: u64 },
     #[error("{what}: {source}")]
     Output {
         what: String,
@@ -106,8 +155,10 @@ pub enum DurabilityChoice {
 /// Flags of `tally-bench server`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs {
-    /// Address of the server (its main port, or its RESP port with --protocol resp).
-    #[arg(long, default_value = "127.0.0.1:7878")]
+    /// Address of the server (its main port, or its RESP port with --protocol resp):
+    /// HOST:PORT, where HOST is an IP address or a name (resolved once, to its first
+    /// IPv4 address if it has one).
+    #[arg(long, default_value = "127.0.0.1:7878", value_parser = resolve_addr)]
     pub addr: SocketAddr,
     #[arg(long, value_enum, default_value_t = WireProtocol::Native)]
     pub protocol: WireProtocol,
@@ -127,7 +178,8 @@ pub struct ServerArgs {
     /// multiple of --batch.
     #[arg(long, default_value_t = 1_000_000)]
     pub ops: u64,
-    /// Run for this many seconds instead of a fixed operation count.
+    /// Run for this many seconds instead of a fixed operation count. Requests still
+    /// unanswered 10 s (or a quarter of the duration, if longer) after it fail the run.
     #[arg(long)]
     pub duration: Option<f64>,
     #[arg(long, value_enum, default_value_t = KeyDistribution::Uniform)]
@@ -138,14 +190,19 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 1)]
     pub delta: i64,
     /// Open loop: target increments per second over all connections; latency counts from
-    /// each request's intended send time (no coordinated omission).
+    /// each request's intended send time (no coordinated omission). Every request due
+    /// before the end of --duration is sent and timed, even if a stall holds it back
+    /// until after the end. A warning is printed when the achieved rate (`ops_per_sec`)
+    /// is below 90% of the target.
     #[arg(long)]
     pub rate: Option<f64>,
     /// Durability each native batch asks for. RESP has no way to ask, so with
     /// --protocol resp only `server` (the server's default) is accepted.
     #[arg(long, value_enum, default_value_t = DurabilityChoice::Server)]
     pub durability: DurabilityChoice,
-    /// Native: send each key to its owning core's shard port.
+    /// Native: each connection opens one socket per server core (its shard port) and
+    /// sends every key of its stream to the core that owns it; a request spanning
+    /// cores completes when every core has answered. `false`: one socket to --addr.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub shard_aware: bool,
     /// Microseconds a read spins before blocking (default 0). Spinning saves the
@@ -163,12 +220,56 @@ pub struct ServerArgs {
     /// Seed of the key streams (connection i uses seed + i).
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Before measuring, add 1 to every key of `0..--keys` once (untimed, uncounted;
+    /// same protocol, in requests of 1,000 increments, 16 in flight, on up to 8
+    /// connections), so the run times increments of existing counters, not their
+    /// creation.
+    #[arg(long)]
+    pub fill: bool,
+    /// Exit 0 even when some operations failed (the server answered an error or refused
+    /// an increment). Without it any failure makes the exit code 1, after the report.
+    /// Failed requests are never in the latency percentiles; they are counted in
+    /// `ops_failed` and `requests_failed`.
+    #[arg(long)]
+    pub allow_errors: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
     /// Write a latency percentile plot (SVG) to this file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+}
+
+/// `--addr`: an IP address and port, or a host name and port resolved now.
+fn resolve_addr(given: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = given.parse() {
+        return Ok(addr);
+    }
+    let resolved: Vec<SocketAddr> = given
+        .to_socket_addrs()
+        .map_err(|error| format!("cannot resolve {given}: {error} (expected HOST:PORT)"))?
+        .collect();
+    // IPv4 first: `localhost` often resolves to ::1 first, and servers here listen on
+    // 127.0.0.1.
+    resolved
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| format!("{given} resolves to no address"))
+}
+
+/// Why a run stopped early: what a failure drill wants to know beside the figures.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunFailure {
+    /// The connection that failed first (0-based).
+    pub connection: usize,
+    /// When it failed, in seconds from the start of the run.
+    pub after_s: f64,
+    pub error: String,
+    /// How many connections failed in all.
+    pub connections_failed: usize,
 }
 
 /// The result of one run.
@@ -181,19 +282,34 @@ pub struct RunReport {
     pub batch: u64,
     pub keys: u64,
     pub distribution: KeyDistribution,
-    pub durability: DurabilityChoice,
+    /// The durability asked for (`server`: the server's default); `compare` writes the
+    /// mode the server was started in.
+    pub durability: String,
     pub rate_target: Option<f64>,
+    /// Open loop: `ops_per_sec / rate_target`; a run under 0.9 warns.
+    pub rate_achieved_fraction: Option<f64>,
     /// Increments acknowledged.
     pub ops: u64,
     /// Increments the server answered with an error.
     pub ops_failed: u64,
+    /// Requests answered, successful or not.
     pub requests: u64,
+    /// Requests with at least one failed increment: not in the latency percentiles.
+    pub requests_failed: u64,
+    /// Open loop: requests due before the deadline that were never sent because the
+    /// run was stopped first (a failure); they are in no percentile.
+    pub requests_missed: u64,
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
+    /// Set if a connection failed (server gone, stalled): the figures are those measured
+    /// until then, a partial report.
+    pub failure: Option<RunFailure>,
+    /// Whether every key was incremented once before the run (`--fill`).
+    pub fill: bool,
     /// Driven through the client crate (`--via-client`): requests are client calls.
     pub via_client: bool,
-    /// Request latency.
+    /// Latency of the successful requests (`count` of them).
     #[serde(flatten)]
     pub latency: Summary,
     #[serde(skip)]
@@ -202,9 +318,8 @@ pub struct RunReport {
 
 /// Which core owns each key of the run. Up to [`KeyOwners::TABLE_KEYS_MAX`] keys (and
 /// 256 cores) it is a table of one byte per rank, built once and shared by the
-/// connections, so that drawing a key of the wanted core costs no hashing (and the
-/// table stays small enough to be cached); otherwise each draw formats and hashes its
-/// key.
+/// connections, so that routing a key costs no hashing (and the table stays small
+/// enough to be cached); otherwise each key is formatted and hashed.
 pub struct KeyOwners {
     map: Arc<HelloReply>,
     by_rank: Vec<u8>,
@@ -228,51 +343,84 @@ impl KeyOwners {
         KeyOwners { map, by_rank }
     }
 
+    pub fn core_count(&self) -> usize {
+        self.map.core_count()
+    }
+
     /// The core owning key `rank`; `scratch` holds the key when there is no table.
-    fn owner_of_rank(&self, rank: u64, scratch: &mut Vec<u8>) -> usize {
-        match self.by_rank.get(rank as usize) {
+    pub fn owner_of_rank(&self, rank: u64, scratch: &mut Vec<u8>) -> usize {
+        let owner = match self.by_rank.get(rank as usize) {
             Some(&owner) => usize::from(owner),
             None => {
                 write_key(scratch, rank);
                 self.map.owner_of_key(scratch)
             }
-        }
+        };
+        debug_assert!(owner < self.core_count());
+        owner
     }
 }
 
-/// The keys one connection sends, optionally only those owned by one core.
+/// Where the ranks of a stream come from.
+enum Ranks {
+    /// Drawn from the workload's distribution, without end.
+    Drawn(KeyChooser),
+    /// `next..end` in order, once each (the fill pass).
+    Sequential { next: u64, end: u64 },
+}
+
+/// The keys one connection sends, in order: the protocol codecs take every key, so
+/// native and RESP runs of the same seed send the same stream.
 pub struct KeySource {
-    chooser: KeyChooser,
+    ranks: Ranks,
     key: Vec<u8>,
-    owner: Option<(Arc<KeyOwners>, usize)>,
 }
 
 impl KeySource {
-    /// Tries before giving up on finding a key owned by the wanted core (with C cores a
-    /// draw hits with probability 1/C; 64 misses in a row is vanishingly rare).
-    const OWNER_TRIES_MAX: u32 = 64;
-
-    pub fn new(chooser: KeyChooser, owner: Option<(Arc<KeyOwners>, usize)>) -> Self {
+    /// The endless stream `chooser` draws.
+    pub fn new(chooser: KeyChooser) -> Self {
         KeySource {
-            chooser,
+            ranks: Ranks::Drawn(chooser),
             key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
-            owner,
         }
     }
 
-    /// The next key to increment.
-    pub fn next_key(&mut self) -> &[u8] {
-        let mut rank = self.chooser.next_rank();
-        if let Some((owners, core)) = &self.owner {
-            for _ in 1..Self::OWNER_TRIES_MAX {
-                if owners.owner_of_rank(rank, &mut self.key) == *core {
-                    break;
-                }
-                rank = self.chooser.next_rank();
+    /// Every rank of `range` once, in order.
+    pub fn sequential(range: std::ops::Range<u64>) -> Self {
+        KeySource {
+            ranks: Ranks::Sequential {
+                next: range.start,
+                end: range.end.max(range.start),
+            },
+            key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
+        }
+    }
+
+    /// Ranks left, if the stream ends.
+    pub fn remaining(&self) -> Option<u64> {
+        match self.ranks {
+            Ranks::Drawn(_) => None,
+            Ranks::Sequential { next, end } => Some(end - next),
+        }
+    }
+
+    /// The next rank, or `None` at the end of a sequential stream.
+    pub fn next_rank(&mut self) -> Option<u64> {
+        match &mut self.ranks {
+            Ranks::Drawn(chooser) => Some(chooser.next_rank()),
+            Ranks::Sequential { next, end } => {
+                let rank = (*next < *end).then_some(*next)?;
+                *next += 1;
+                Some(rank)
             }
         }
+    }
+
+    /// The next key to increment (a drawn stream never ends).
+    pub fn next_key(&mut self) -> Option<&[u8]> {
+        let rank = self.next_rank()?;
         write_key(&mut self.key, rank);
-        &self.key
+        Some(&self.key)
     }
 }
 
@@ -334,6 +482,21 @@ pub(crate) fn validate(args: &ServerArgs) -> Result<(), DriveError> {
     Ok(())
 }
 
+/// How long after `--duration` the requests still in flight may take before the run
+/// fails as stalled: 10 s, or a quarter of the duration for long runs.
+pub(crate) fn deadline_grace(duration: Option<f64>) -> Duration {
+    let quarter = duration.map_or(Duration::ZERO, |seconds| {
+        Duration::from_secs_f64(seconds / 4.0)
+    });
+    quarter.max(DEADLINE_GRACE_MIN)
+}
+
+/// Below this fraction of `--rate`, a run warns that it fell behind.
+pub const RATE_ACHIEVED_FRACTION_MIN: f64 = 0.9;
+
+/// The shortest grace after the deadline (see [`deadline_grace`]).
+pub const DEADLINE_GRACE_MIN: Duration = Duration::from_secs(10);
+
 /// The plan of connection `index`.
 fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let connections = args.connections as u64;
@@ -347,7 +510,7 @@ fn plan_for(args: &ServerArgs, index: usize, start: Instant) -> Plan {
     let spin_us = args.spin_us.unwrap_or(0);
     Plan {
         pipeline: args.pipeline,
-        ops_per_request: args.batch,
+        grace: deadline_grace(args.duration),
         request_quota: if args.duration.is_some() {
             None
         } else {
@@ -375,60 +538,140 @@ pub(crate) fn key_chooser(args: &ServerArgs, seed: u64) -> KeyChooser {
     KeyChooser::new(distribution, args.keys, seed)
 }
 
-/// Open connection `index` and build its codec.
+/// Open logical connection `index` (one socket, or one per core) and build its codec.
 fn open(
     args: &ServerArgs,
     index: usize,
+    shard_map: Option<&Arc<HelloReply>>,
     owners: Option<&Arc<KeyOwners>>,
-) -> Result<(TcpStream, Box<dyn RequestCodec + Send>), DriveError> {
-    let chooser = key_chooser(args, args.seed.wrapping_add(index as u64));
-    match (args.protocol, owners) {
-        (WireProtocol::Native, Some(owners)) => {
-            let (stream, core) =
-                native::connect_to_core(args.addr, &owners.map, index, args.shard_aware)?;
-            let owner = core.map(|core| (Arc::clone(owners), core));
+    keys: KeySource,
+) -> Result<(Vec<TcpStream>, Box<dyn RequestCodec + Send>), DriveError> {
+    debug_assert!(index < CONNECTIONS_MAX);
+    match (args.protocol, shard_map) {
+        (WireProtocol::Native, Some(map)) => {
+            let streams = native::connect_cores(args.addr, map, owners.is_some())?;
+            let owners = (streams.len() > 1).then(|| owners.cloned()).flatten();
             let durability = match args.durability {
                 DurabilityChoice::Server => Durability::ServerDefault,
                 DurabilityChoice::Durable => Durability::Durable,
                 DurabilityChoice::Relaxed => Durability::Relaxed,
             };
-            let codec = native::NativeCodec::new(
-                KeySource::new(chooser, owner),
-                args.batch,
-                args.delta,
-                durability,
-            );
-            Ok((stream, Box::new(codec)))
+            let codec = native::NativeCodec::new(keys, owners, args.batch, args.delta, durability);
+            Ok((streams, Box::new(codec)))
         }
         _ => {
             let stream = TcpStream::connect(args.addr).map_err(|source| DriveError::Connect {
                 addr: args.addr,
                 source,
             })?;
-            let codec = resp::RespCodec::new(KeySource::new(chooser, None), args.batch, args.delta);
-            Ok((stream, Box::new(codec)))
+            let codec = resp::RespCodec::new(keys, args.batch, args.delta);
+            Ok((vec![stream], Box::new(codec)))
         }
     }
+}
+
+/// Increments per request of the fill pass (one frame, or that many pipelined INCRBYs).
+pub const FILL_BATCH: u64 = 1_000;
+/// Requests in flight per connection during the fill pass.
+pub const FILL_PIPELINE: usize = 16;
+/// The most connections the fill pass opens.
+pub const FILL_CONNECTIONS_MAX: usize = 8;
+
+/// The untimed `--fill` pass: add 1 to every key of `0..keys` once, over the run's
+/// protocol, so the measured run increments existing counters instead of creating
+/// them. Connection `i` of `c` fills the `i`-th contiguous `keys / c` ranks.
+fn fill(
+    args: &ServerArgs,
+    shard_map: Option<&Arc<HelloReply>>,
+    owners: Option<&Arc<KeyOwners>>,
+) -> Result<(), DriveError> {
+    let fill_args = ServerArgs {
+        batch: FILL_BATCH,
+        pipeline: FILL_PIPELINE,
+        delta: 1,
+        ..args.clone()
+    };
+    let connections = args.connections.min(FILL_CONNECTIONS_MAX) as u64;
+    let share = args.keys.div_ceil(connections);
+    let mut opened = Vec::new();
+    for index in 0..connections {
+        let range = (index * share).min(args.keys)..((index + 1) * share).min(args.keys);
+        if !range.is_empty() {
+            let keys = KeySource::sequential(range);
+            opened.push(open(&fill_args, index as usize, shard_map, owners, keys)?);
+        }
+    }
+    let plan = Plan {
+        pipeline: FILL_PIPELINE,
+        request_quota: None,
+        deadline: None,
+        grace: Duration::ZERO,
+        interval: None,
+        phase: Duration::ZERO,
+        spin: Duration::ZERO,
+    };
+    let ops_done = AtomicU64::new(0);
+    let reports: Vec<ConnectionReport> = std::thread::scope(|scope| {
+        let handles: Vec<_> = opened
+            .into_iter()
+            .map(|(streams, mut codec)| {
+                let (plan, ops_done) = (&plan, &ops_done);
+                scope.spawn(move || connection::drive(streams, codec.as_mut(), plan, ops_done))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("a fill thread panicked"))
+            .collect()
+    });
+    let mut ops = 0;
+    for report in reports {
+        if let Some(error) = report.failure {
+            return Err(DriveError::Fill(error.to_string()));
+        }
+        if report.ops_failed > 0 {
+            return Err(DriveError::Fill(format!(
+                "{} increments failed (the first failure is printed above)",
+                report.ops_failed
+            )));
+        }
+        ops += report.ops;
+    }
+    assert_eq!(ops, args.keys, "the fill touches every key once");
+    Ok(())
 }
 
 /// Run the benchmark `args` describes and return its report.
 pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
     validate(args)?;
+    let shard_map = match args.protocol {
+        WireProtocol::Native => Some(Arc::new(native::connect(args.addr)?.1)),
+        WireProtocol::Resp => {
+            resp::check_port(args.addr)?;
+            None
+        }
+    };
+    let owners = shard_map
+        .as_ref()
+        .filter(|_| args.shard_aware)
+        .map(|map| Arc::new(KeyOwners::new(Arc::clone(map), args.keys)));
+    if args.fill {
+        fill(args, shard_map.as_ref(), owners.as_ref())?;
+    }
     if args.via_client {
         let reports = via_client::drive_all(args)?;
         return Ok(summarize(args, &reports));
     }
-    let owners = match args.protocol {
-        WireProtocol::Native => {
-            let map = Arc::new(native::connect(args.addr)?.1);
-            let keys = if args.shard_aware { args.keys } else { 0 };
-            Some(Arc::new(KeyOwners::new(map, keys)))
-        }
-        WireProtocol::Resp => None,
-    };
     let mut connections = Vec::with_capacity(args.connections);
     for index in 0..args.connections {
-        connections.push(open(args, index, owners.as_ref())?);
+        let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(index as u64)));
+        connections.push(open(
+            args,
+            index,
+            shard_map.as_ref(),
+            owners.as_ref(),
+            keys,
+        )?);
     }
     let ops_done = AtomicU64::new(0);
     let barrier = Barrier::new(args.connections + 1);
@@ -436,12 +679,12 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         let handles: Vec<_> = connections
             .into_iter()
             .enumerate()
-            .map(|(index, (stream, mut codec))| {
+            .map(|(index, (streams, mut codec))| {
                 let (barrier, ops_done) = (&barrier, &ops_done);
                 scope.spawn(move || {
                     barrier.wait();
                     let plan = plan_for(args, index, Instant::now());
-                    connection::drive(stream, codec.as_mut(), &plan, ops_done)
+                    connection::drive(streams, codec.as_mut(), &plan, ops_done)
                 })
             })
             .collect();
@@ -452,8 +695,8 @@ pub fn measure(args: &ServerArgs) -> Result<RunReport, DriveError> {
         handles
             .into_iter()
             .map(|handle| handle.join().expect("a connection thread panicked"))
-            .collect::<Result<Vec<_>, _>>()
-    })?;
+            .collect::<Vec<_>>()
+    });
     Ok(summarize(args, &reports))
 }
 
@@ -482,10 +725,14 @@ pub(crate) fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: i
 
 fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
     let mut latency = Recorder::default();
-    let (mut requests, mut ops_failed) = (0, 0);
+    let (mut requests, mut requests_failed, mut ops_total, mut ops_failed) = (0, 0, 0, 0);
+    let mut requests_missed = 0;
     for report in reports {
+        requests_missed += report.requests_missed;
         latency.merge(&report.latency);
         requests += report.requests;
+        requests_failed += report.requests_failed;
+        ops_total += report.ops;
         ops_failed += report.ops_failed;
     }
     let started = reports.iter().filter_map(|report| report.started).min();
@@ -494,8 +741,28 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         (Some(started), Some(finished)) => (finished - started).as_secs_f64().max(1e-9),
         _ => 1e-9,
     };
-    let ops = requests * args.batch - ops_failed;
+    let ops = ops_total - ops_failed;
+    // The first connection to fail, by when it stopped.
+    let failure = reports
+        .iter()
+        .enumerate()
+        .filter_map(|(index, report)| {
+            let error = report.failure.as_ref()?;
+            let at = report.finished?;
+            Some((at, index, error))
+        })
+        .min_by_key(|(at, _, _)| *at)
+        .map(|(at, connection, error)| RunFailure {
+            connection,
+            after_s: started.map_or(0.0, |started| (at - started).as_secs_f64()),
+            error: error.to_string(),
+            connections_failed: reports
+                .iter()
+                .filter(|report| report.failure.is_some())
+                .count(),
+        });
     RunReport {
+        failure,
         protocol: args.protocol,
         addr: args.addr.to_string(),
         connections: args.connections,
@@ -503,14 +770,18 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         batch: args.batch,
         keys: args.keys,
         distribution: args.distribution,
-        durability: args.durability,
+        durability: format!("{:?}", args.durability).to_lowercase(),
         rate_target: args.rate,
+        rate_achieved_fraction: args.rate.map(|rate| ops as f64 / elapsed_s / rate),
         ops,
         ops_failed,
         requests,
+        requests_failed,
+        requests_missed,
         elapsed_s,
         ops_per_sec: ops as f64 / elapsed_s,
         requests_per_sec: requests as f64 / elapsed_s,
+        fill: args.fill,
         via_client: args.via_client,
         latency: latency.summary(),
         curve: latency.percentile_curve(),
@@ -521,17 +792,44 @@ impl RunReport {
     /// A one-line name for tables and plot legends.
     pub fn label(&self) -> String {
         let driver = if self.via_client { " via client" } else { "" };
+        let filled = if self.fill { " filled" } else { "" };
         format!(
-            "{:?}{driver} c={} P={} B={}",
+            "{:?}{driver} c={} P={} B={}{filled}",
             self.protocol, self.connections, self.pipeline, self.batch
         )
         .to_lowercase()
     }
 
+    /// What a reader of the figures must know: an open loop that fell behind its rate,
+    /// requests never sent. One line each, printed to stderr.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(target) = self.rate_target {
+            if self.ops_per_sec < RATE_ACHIEVED_FRACTION_MIN * target {
+                warnings.push(format!(
+                    "achieved {:.0} ops/s, {:.0}% of the --rate target {target:.0}: the \
+                     server (or this generator) could not keep up",
+                    self.ops_per_sec,
+                    100.0 * self.ops_per_sec / target
+                ));
+            }
+        }
+        if self.requests_missed > 0 {
+            warnings.push(format!(
+                "{} requests due before the deadline were never sent",
+                self.requests_missed
+            ));
+        }
+        warnings
+    }
+
     /// The report for people.
     pub fn human(&self) -> String {
+        let target = self
+            .rate_target
+            .map_or(String::new(), |target| format!(" of {target:.0} targeted"));
         format!(
-            "{}: {:.0} ops/s ({} ops, {} failed, {:.2} s); request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
+            "{}: {:.0} ops/s{target} ({} ops, {} failed, {:.2} s); successful request latency us: p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}",
             self.label(),
             self.ops_per_sec,
             self.ops,
@@ -541,7 +839,10 @@ impl RunReport {
             self.latency.p99_us,
             self.latency.p999_us,
             self.latency.max_us
-        )
+        ) + &match self.latency.latency_clamped {
+            0 => String::new(),
+            clamped => format!(" ({clamped} latencies over 60 s, recorded as 60 s)"),
+        }
     }
 }
 
@@ -588,11 +889,24 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         out!("{}", report.human());
     }
+    for warning in report.warnings() {
+        eprintln!("tally-bench: warning: {warning}");
+    }
+    if let Some(failure) = &report.failure {
+        return Err(DriveError::RunFailed(failure.clone()).into());
+    }
     // The report (with its failure count) is printed first, so a script sees the figures
     // either way; a run where nothing succeeded measured nothing and must not pass.
     if report.ops == 0 && report.ops_failed > 0 {
         return Err(DriveError::AllFailed {
             ops_failed: report.ops_failed,
+        }
+        .into());
+    }
+    if report.ops_failed > 0 && !args.allow_errors {
+        return Err(DriveError::SomeFailed {
+            ops_failed: report.ops_failed,
+            ops_total: report.ops + report.ops_failed,
         }
         .into());
     }
@@ -612,40 +926,44 @@ pub fn run(args: &ServerArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
     use super::*;
     use crate::workload::{Distribution, KeyChooser};
 
-    fn owners(keys: u64) -> Arc<KeyOwners> {
-        let map = HelloReply::with_modulo_owners(1, 64, vec![7001, 7002]).expect("a valid map");
-        Arc::new(KeyOwners::new(Arc::new(map), keys))
+    #[test]
+    fn a_sequential_source_gives_every_rank_once_then_ends() {
+        let mut source = KeySource::sequential(3..6);
+        assert_eq!(source.remaining(), Some(3));
+        assert_eq!(source.next_key(), Some(&b"key:3"[..]));
+        assert_eq!(source.next_rank(), Some(4));
+        assert_eq!(source.next_rank(), Some(5));
+        assert_eq!(source.next_rank(), None);
+        assert_eq!(source.remaining(), Some(0));
     }
 
     #[test]
-    fn a_connection_draws_keys_of_its_own_core_only_and_all_of_them() {
-        let keys = 1_000;
-        let owners = owners(keys);
-        let map = owners.map.clone();
-        for (core, distribution) in [
-            (0, Distribution::Uniform),
-            (1, Distribution::Uniform),
-            (1, Distribution::Zipfian { exponent: 0.99 }),
-        ] {
-            let chooser = KeyChooser::new(distribution, keys, 42);
-            let mut source = KeySource::new(chooser, Some((owners.clone(), core)));
-            let mut seen = HashSet::new();
-            for _ in 0..20_000 {
-                let key = source.next_key().to_vec();
-                assert_eq!(map.owner_of_key(&key), core, "{distribution:?}");
-                seen.insert(key);
-            }
-            if distribution == Distribution::Uniform {
-                let owned = (0..keys)
-                    .filter(|&rank| owners.owner_of_rank(rank, &mut Vec::new()) == core)
-                    .count();
-                assert_eq!(seen.len(), owned, "every key of core {core} drawn");
-            }
+    fn a_drawn_source_is_the_choosers_stream() {
+        let chooser = KeyChooser::new(Distribution::Zipfian { exponent: 0.99 }, 1_000, 42);
+        let mut expected = chooser.clone();
+        let mut source = KeySource::new(chooser);
+        assert_eq!(source.remaining(), None);
+        for _ in 0..1_000 {
+            assert_eq!(source.next_rank(), Some(expected.next_rank()));
         }
+    }
+
+    #[test]
+    fn owners_by_table_and_by_hash_agree() {
+        let map = HelloReply::with_modulo_owners(1, 64, vec![7001, 7002]).expect("a valid map");
+        let map = Arc::new(map);
+        let table = KeyOwners::new(Arc::clone(&map), 1_000);
+        let hashed = KeyOwners::new(map, KeyOwners::TABLE_KEYS_MAX + 1);
+        let mut scratch = Vec::new();
+        let mut seen = [0_u32; 2];
+        for rank in 0..1_000 {
+            let owner = table.owner_of_rank(rank, &mut scratch);
+            assert_eq!(owner, hashed.owner_of_rank(rank, &mut scratch));
+            seen[owner] += 1;
+        }
+        assert!(seen.iter().all(|&count| count > 300), "{seen:?}");
     }
 }

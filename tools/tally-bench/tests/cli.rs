@@ -458,3 +458,422 @@ fn an_unwritable_plot_is_refused_before_the_run() {
     assert!(message.contains("cannot be written"), "{message}");
     assert!(!message.contains("starting"), "{message}");
 }
+
+/// Runs `tally-bench` with `arguments`, killing it if it takes longer than `limit`.
+fn tally_bench_within(limit: std::time::Duration, arguments: &[&str]) -> Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args(arguments)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    let pid = child.id();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    match receiver.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for tally-bench"),
+        Err(_) => {
+            // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            panic!("tally-bench {arguments:?} still running after {limit:?}: it hangs");
+        }
+    }
+}
+
+#[test]
+fn a_run_with_deep_pipelines_of_big_batches_ends_by_its_deadline() {
+    let (_dir, mut server) = start();
+    let resp = server.wait_for_address("resp listening on ").to_string();
+    let native = server.addr.to_string();
+    // 64 requests of 10,000 increments are megabytes each way: a generator that writes
+    // them all before reading fills both socket buffers, and tallyd stops reading.
+    let limit = std::time::Duration::from_secs(60);
+    for (addr, protocol, pipeline, batch) in [
+        (&native, "native", "64", "10000"),
+        (&resp, "resp", "64", "1000"),
+    ] {
+        let output = tally_bench_within(
+            limit,
+            &[
+                "server",
+                "--addr",
+                addr,
+                "--protocol",
+                protocol,
+                "--pipeline",
+                pipeline,
+                "--batch",
+                batch,
+                "--duration",
+                "1",
+                "--json",
+            ],
+        );
+        assert!(output.status.success(), "{protocol}: {}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(report["ops"].as_u64().unwrap() > 0, "{protocol}: {report}");
+    }
+}
+
+/// The values of `key:0` .. `key:{keys - 1}` on the server at `addr` (0 if missing).
+fn counts(addr: std::net::SocketAddr, keys: u64) -> Vec<i64> {
+    let (mut connection, _) = tally_tests::RawConnection::open(addr);
+    let ops: Vec<tally_protocol::Op> = (0..keys)
+        .map(|rank| tally_protocol::Op::Get {
+            key: format!("key:{rank}").into_bytes(),
+        })
+        .collect();
+    connection
+        .batch_results(&ops)
+        .iter()
+        .map(|reply| reply.value)
+        .collect()
+}
+
+#[test]
+fn a_shard_aware_native_run_sends_the_same_keys_as_a_resp_run() {
+    let (_dir, mut server) = start();
+    let resp = server.wait_for_address("resp listening on ").to_string();
+    let native = server.addr;
+    let (keys, ops) = (50_u64, 6_000_u64);
+    let run = |addr: &str, protocol: &str| {
+        let output = tally_bench(&[
+            "server",
+            "--addr",
+            addr,
+            "--protocol",
+            protocol,
+            "--connections",
+            "1",
+            "--pipeline",
+            "4",
+            "--batch",
+            "10",
+            "--keys",
+            &keys.to_string(),
+            "--ops",
+            &ops.to_string(),
+            "--distribution",
+            "zipfian",
+            "--seed",
+            "7",
+        ]);
+        assert!(output.status.success(), "{protocol}: {}", stderr(&output));
+    };
+    run(&native.to_string(), "native");
+    let after_native = counts(native, keys);
+    assert_eq!(after_native.iter().sum::<i64>(), ops as i64);
+    // One connection reaches both cores: keys of each core were incremented.
+    let (_, shard_map) = tally_tests::RawConnection::open(native);
+    assert_eq!(shard_map.core_count(), 2);
+    for core in 0..2 {
+        let touched = (0..keys).filter(|&rank| {
+            shard_map.owner_of_key(format!("key:{rank}").as_bytes()) == core
+                && after_native[rank as usize] > 0
+        });
+        assert!(touched.count() > 0, "no key of core {core} incremented");
+    }
+    run(&resp, "resp");
+    let after_both = counts(native, keys);
+    // The RESP run of the same seed adds exactly the same count to every key.
+    let doubled: Vec<i64> = after_native.iter().map(|count| 2 * count).collect();
+    assert_eq!(after_both, doubled, "native {after_native:?}");
+}
+
+#[test]
+fn a_run_where_some_operations_fail_exits_non_zero_unless_errors_are_allowed() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let max = i64::MAX.to_string();
+    // key:0 goes to i64::MAX: every later increment of it overflows, key:1's succeed.
+    let first = tally_bench(&[
+        "server", "--addr", &addr, "--keys", "1", "--ops", "1", "--delta", &max,
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let run = |extra: &[&str]| {
+        let mut arguments = vec![
+            "server", "--addr", &addr, "--keys", "2", "--ops", "40", "--json",
+        ];
+        arguments.extend(extra);
+        tally_bench(&arguments)
+    };
+    let output = run(&[]);
+    let message = refusal(&output);
+    assert!(
+        message.contains("Overflow"),
+        "the first failure's reason: {message}"
+    );
+    assert!(message.contains("--allow-errors"), "{message}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let failed = report["requests_failed"].as_u64().unwrap();
+    assert!(
+        failed > 0 && report["ops"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    // Percentiles of the successful requests only.
+    assert_eq!(
+        report["count"].as_u64().unwrap(),
+        report["requests"].as_u64().unwrap() - failed,
+        "{report}"
+    );
+    let allowed = run(&["--allow-errors"]);
+    assert!(allowed.status.success(), "{}", stderr(&allowed));
+}
+
+#[test]
+fn an_open_loop_run_times_the_requests_a_stall_at_its_end_held_back() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let pid = server.pid() as libc::pid_t;
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "server",
+            "--addr",
+            &addr,
+            "--rate",
+            "1000",
+            "--duration",
+            "2",
+        ])
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    // Stop the server over the end of the run: from 1.5 s to 2.5 s.
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // SAFETY: kill(2) on the pid of the tallyd this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let output = child.wait_with_output().expect("wait for tally-bench");
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    // About 2,000 requests were due; those of the last half second waited for the stall
+    // (unpipelined, they could not even be sent during it).
+    let requests = report["requests"].as_u64().unwrap();
+    assert!(requests >= 1_950, "{report}");
+    assert!(report["max_us"].as_f64().unwrap() >= 400_000.0, "{report}");
+    assert!(report["p90_us"].as_f64().unwrap() >= 10_000.0, "{report}");
+    // The run took the stall longer than its 2 s: under 90% of the target rate.
+    assert!(
+        report["rate_achieved_fraction"].as_f64().unwrap() < 0.9,
+        "{report}"
+    );
+    assert!(message.contains("of the --rate target"), "{message}");
+}
+
+#[test]
+fn fill_increments_every_key_once_before_the_run() {
+    let (_dir, mut server) = start();
+    let resp = server.wait_for_address("resp listening on ").to_string();
+    let native = server.addr;
+    // 2,500 keys: fill requests of 1,000, the last one shorter.
+    let keys = 2_500_u64;
+    for (addr, protocol) in [(native.to_string(), "native"), (resp, "resp")] {
+        let output = tally_bench(&[
+            "server",
+            "--addr",
+            &addr,
+            "--protocol",
+            protocol,
+            "--keys",
+            "2500",
+            "--ops",
+            "10",
+            "--connections",
+            "3",
+            "--fill",
+            "--json",
+        ]);
+        assert!(output.status.success(), "{protocol}: {}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(report["ops"].as_u64(), Some(10), "the fill is not counted");
+    }
+    let values = counts(native, keys);
+    assert!(
+        values.iter().all(|&value| value >= 2),
+        "every key filled twice"
+    );
+    assert_eq!(values.iter().sum::<i64>(), 2 * keys as i64 + 20);
+}
+
+/// A port `P` such that `P..P + count` looked free a moment ago (a race with other
+/// processes, as any port a test picks).
+fn free_port_range(count: u16) -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let base = listener.local_addr().expect("addr").port();
+        drop(listener);
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let free = (base..base + count)
+            .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
+        if free {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn compare_records_what_it_compared_on_the_ports_and_disk_asked_for() {
+    let Some(redis) = redis_server() else { return };
+    let scratch = tempfile::tempdir().expect("temp dir");
+    // One tallyd core: ports P..=P+7.
+    let base = free_port_range(8);
+    let output = tally_bench(&[
+        "compare",
+        "--redis-server",
+        redis,
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+        "--tallyd-arg=--cores=1",
+        "--port-base",
+        &base.to_string(),
+        "--scratch-dir",
+        scratch.path().to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let comparison: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let environment = &comparison["environment"];
+    assert_eq!(
+        environment["scratch_dir"].as_str(),
+        scratch.path().to_str(),
+        "{environment}"
+    );
+    assert!(
+        environment["scratch_filesystem"].is_string(),
+        "{environment}"
+    );
+    assert!(
+        environment["redis_server_version"]
+            .as_str()
+            .unwrap()
+            .contains("v="),
+        "{environment}"
+    );
+    assert!(environment["tallyd_version"].is_string(), "{environment}");
+    assert!(environment["started_utc"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(environment["seconds"].as_f64(), Some(0.1));
+    let rows = comparison["rows"].as_array().unwrap();
+    let find = |system: &str, protocol: &str| {
+        rows.iter()
+            .find(|row| row["system"] == system && row["protocol"] == protocol)
+            .unwrap_or_else(|| panic!("no {system} {protocol} row: {comparison}"))
+    };
+    let redis_row = find("redis", "resp");
+    assert_eq!(redis_row["addr"], format!("127.0.0.1:{base}"));
+    assert_eq!(redis_row["durability"], "none (appendonly no)");
+    let tally_row = find("tally-relaxed", "native");
+    assert_eq!(tally_row["addr"], format!("127.0.0.1:{}", base + 4));
+    assert_eq!(tally_row["durability"], "relaxed");
+    assert_eq!(find("tally-durable", "resp")["durability"], "durable");
+    assert_eq!(
+        find("tally-durable", "resp")["addr"],
+        format!("127.0.0.1:{}", base + 3)
+    );
+    // The scratch dir is left empty.
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+
+    // A bad tallyd argument is reported as what it is, not blamed on the RESP door.
+    let output = tally_bench(&[
+        "compare",
+        "--redis-server",
+        redis,
+        "--seconds",
+        "0.1",
+        "--keys",
+        "100",
+        "--redis-benchmark-requests",
+        "1000",
+        "--tallyd-arg=--bogus",
+    ]);
+    let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
+    assert!(!output.status.success(), "{table}");
+    assert!(
+        !table.contains("would not start with --resp-listen"),
+        "{table}"
+    );
+    assert!(message.contains("exited at start"), "{message}");
+    assert!(!message.contains("was not ready"), "{message}");
+}
+
+#[test]
+fn a_resp_run_at_the_native_port_says_it_is_probably_the_wrong_port() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let output = tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--protocol",
+        "resp",
+        "--ops",
+        "10",
+    ]);
+    let message = refusal(&output);
+    assert!(
+        message.contains("RESP PING") && message.contains("--resp-listen"),
+        "{message}"
+    );
+}
+
+#[test]
+fn addr_accepts_a_host_name() {
+    let (_dir, server) = start();
+    let addr = format!("localhost:{}", server.addr.port());
+    let output = tally_bench(&["server", "--addr", &addr, "--ops", "10"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+}
+
+#[test]
+fn engine_refuses_zero_operations() {
+    let message = refusal(&tally_bench(&["engine", "--ops", "0", "--counters", "10"]));
+    assert!(message.contains("--ops must be at least 1"), "{message}");
+}
+
+#[test]
+fn a_server_that_dies_mid_run_leaves_a_partial_report() {
+    let (_dir, mut server) = start();
+    let addr = server.addr.to_string();
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "server",
+            "--addr",
+            &addr,
+            "--duration",
+            "3",
+            "--connections",
+            "2",
+        ])
+        .args(["--pipeline", "4", "--json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    server.kill9();
+    let output = child.wait_with_output().expect("wait for tally-bench");
+    let message = refusal(&output);
+    assert!(message.contains("partial"), "{message}");
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|error| panic!("no JSON report ({error}): {message}"));
+    assert!(report["ops"].as_u64().unwrap() > 0, "{report}");
+    let failure = &report["failure"];
+    let after_s = failure["after_s"].as_f64().unwrap();
+    assert!((0.5..2.9).contains(&after_s), "{failure}");
+    assert!(failure["connection"].as_u64().unwrap() < 2, "{failure}");
+}

@@ -1,47 +1,97 @@
-//! One load-generating connection: a closed or open loop that keeps up to `pipeline`
-//! requests in flight and times each from its send (or intended send) to its reply.
+//! One logical connection's request loop: keep up to `pipeline` requests in flight,
+//! time each from its send (or intended send) to its last reply.
+//!
+//! A logical connection owns one or more sockets: one for RESP and for native runs
+//! that are not shard-aware, one per server core for shard-aware native runs. A request
+//! is split by its codec into at most one part per socket (the keys each core owns); it
+//! is complete, and its latency ends, when the reply to its last part arrives. Replies
+//! come back in order on each socket, so each socket keeps a queue of the requests its
+//! parts belong to.
 //!
 //! Closed loop: a new request leaves as soon as a reply frees a slot in the pipeline.
-//! Open loop (`interval` set): request `i` is due at `start + i * interval`; its latency is
-//! measured from that intended time, not from when it actually left, so a stalled server
-//! cannot hide its stall by slowing the generator down (coordinated omission).
+//! Open loop (`interval` set): request `i` is due at `start + phase + i * interval`; its
+//! latency is measured from that intended time, not from when it actually left, so a
+//! stalled server cannot hide its stall by slowing the generator down (coordinated
+//! omission). Every request due before the deadline is sent, even when the stall holds
+//! it back until after the deadline.
 //!
-//! Reads spin for `spin` before blocking: on this 2-core VM waking a blocked thread on
-//! the other core costs about 100 µs, which would dominate an unpipelined round trip.
+//! Invariants:
+//! - Sockets are non-blocking and the loop reads whenever it writes: a server that
+//!   stops reading while its replies are unread (backpressure) can never deadlock the
+//!   generator. Encoded but unsent bytes are capped at [`UNSENT_BYTES_MAX`] (plus one
+//!   request), so memory does not grow with `pipeline * batch`.
+//! - With a deadline, the run ends by `deadline + grace`: whatever is still unanswered
+//!   then fails the run with [`DriveError::Stalled`] instead of waiting forever.
+//! - A failure (I/O error, closed connection, stall) does not discard what was
+//!   measured: the report so far is returned with the failure and its time.
+//!
+//! Reads spin for `spin` before blocking in `ppoll`: on a 2-core VM waking a blocked
+//! thread on the other core costs about 100 µs, which would dominate an unpipelined
+//! round trip.
 
 use super::DriveError;
 use crate::latency::Recorder;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How long before an open-loop send time the generator stops sleeping and spins.
 const SEND_SPIN_MIN: Duration = Duration::from_micros(100);
 
-/// Bytes read from the socket at a time.
+/// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Encoded requests not yet accepted by the kernel, per logical connection, before the
+/// loop stops encoding more (a request of 10,000 INCRBYs is about 400 KB).
+pub const UNSENT_BYTES_MAX: usize = 1 << 20;
+
+/// The most sockets one logical connection opens (one per server core).
+pub const SOCKETS_MAX: usize = 256;
+
+/// One part of a request: the socket it goes to.
+pub type SocketIndex = usize;
 
 /// How a protocol turns workload into request bytes and reply bytes into completions.
 pub trait RequestCodec {
-    /// Append one request (a batch of increments) with id `request_id` to `out`.
-    fn encode(&mut self, out: &mut Vec<u8>, request_id: u64);
+    /// How many sockets the codec writes to (`outs.len()` in [`RequestCodec::encode`]).
+    fn socket_count(&self) -> usize;
 
-    /// Consume complete replies at the start of `buf`, calling `completed(failed_ops)`
-    /// once per finished request; return the bytes consumed.
-    fn decode(&mut self, buf: &[u8], completed: &mut dyn FnMut(u64)) -> Result<usize, DriveError>;
+    /// Append one request with id `request_id` to the sockets' output buffers, pushing
+    /// the index of every socket that got a part onto `parts` (at most one part per
+    /// socket). Returns the operations in the request, 0 when the key source is
+    /// exhausted (then nothing was encoded).
+    fn encode(
+        &mut self,
+        outs: &mut [Vec<u8>],
+        request_id: u64,
+        parts: &mut Vec<SocketIndex>,
+    ) -> u64;
+
+    /// Consume complete replies at the start of `buf`, read from socket `socket`,
+    /// calling `completed(failed_ops)` once per finished part; return the bytes
+    /// consumed.
+    fn decode(
+        &mut self,
+        socket: SocketIndex,
+        buf: &[u8],
+        completed: &mut dyn FnMut(u64),
+    ) -> Result<usize, DriveError>;
 }
 
 /// What one connection does.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub pipeline: usize,
-    pub ops_per_request: u64,
     /// Stop sending after this many requests.
     pub request_quota: Option<u64>,
-    /// Stop sending at this time.
+    /// Stop sending at this time (open loop: stop sending requests due at or after it).
     pub deadline: Option<Instant>,
+    /// With a deadline: how long after it the requests still in flight may take before
+    /// the run fails as stalled.
+    pub grace: Duration,
     /// Open loop: the time between intended sends on this connection.
     pub interval: Option<Duration>,
     /// Open loop: this connection's offset in the schedule, so connections interleave.
@@ -52,84 +102,419 @@ pub struct Plan {
 /// What one connection measured.
 #[derive(Debug, Default)]
 pub struct ConnectionReport {
+    /// Requests answered (successful or not).
     pub requests: u64,
+    /// Requests with at least one failed operation (not in `latency`).
+    pub requests_failed: u64,
+    /// Operations in the answered requests.
+    pub ops: u64,
     pub ops_failed: u64,
+    /// Open loop: requests due before the deadline that were never sent (the run was
+    /// stopped first).
+    pub requests_missed: u64,
+    /// Latency of the successful requests only.
     pub latency: Recorder,
     pub started: Option<Instant>,
     pub finished: Option<Instant>,
+    /// Why the connection stopped early; `finished` is when.
+    pub failure: Option<DriveError>,
 }
 
-/// Run `plan` over `stream` until the quota or the deadline, then drain the pipeline.
-pub fn drive(
+/// A request in flight.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    due: Instant,
+    parts_left: usize,
+    ops: u64,
+    failed_ops: u64,
+}
+
+/// One socket of the connection with its buffers.
+struct Socket {
     stream: TcpStream,
+    out: Vec<u8>,
+    /// Bytes of `out` already written.
+    written: usize,
+    received: Vec<u8>,
+    /// The slots of the parts in flight on this socket, oldest first.
+    parts: VecDeque<usize>,
+    /// Whether a read may find bytes: set by `ppoll` (or a full read), cleared by a
+    /// read that drained the socket. Without spinning, only such sockets are read, so
+    /// an unpipelined round trip costs a write, a ppoll and a read.
+    readable: bool,
+}
+
+/// Run `plan` over `streams` until the quota or the deadline, then drain the pipeline.
+/// Always returns what was measured; a failure is in [`ConnectionReport::failure`].
+pub fn drive(
+    streams: Vec<TcpStream>,
     codec: &mut dyn RequestCodec,
     plan: &Plan,
     ops_done: &AtomicU64,
-) -> Result<ConnectionReport, DriveError> {
+) -> ConnectionReport {
     assert!(plan.pipeline >= 1, "a pipeline holds at least one request");
-    let mut reader = Reader::new(stream, plan.spin)?;
-    let mut report = ConnectionReport::default();
-    let start = Instant::now();
-    report.started = Some(start);
-    let mut in_flight: VecDeque<Instant> = VecDeque::with_capacity(plan.pipeline);
-    let (mut sent, mut out, mut received) = (0_u64, Vec::new(), Vec::new());
-    loop {
-        let now = Instant::now();
-        let sending = plan.request_quota.is_none_or(|quota| sent < quota)
-            && plan.deadline.is_none_or(|deadline| now < deadline);
-        let mut next_due = None;
-        while sending && in_flight.len() < plan.pipeline {
-            let due = match plan.interval {
-                Some(interval) => start + plan.phase + interval.mul_f64(sent as f64),
-                None => now,
-            };
-            if due > now {
-                next_due = Some(due);
-                break;
-            }
-            codec.encode(&mut out, sent);
-            in_flight.push_back(due);
-            sent += 1;
-            if plan.request_quota.is_some_and(|quota| sent >= quota) {
-                break;
-            }
+    assert_eq!(
+        streams.len(),
+        codec.socket_count(),
+        "one stream per codec socket"
+    );
+    let mut report = ConnectionReport {
+        started: Some(Instant::now()),
+        ..ConnectionReport::default()
+    };
+    let mut state = match State::new(streams, plan) {
+        Ok(state) => state,
+        Err(error) => {
+            report.failure = Some(error);
+            report.finished = Some(Instant::now());
+            return report;
         }
-        if !out.is_empty() {
-            reader.write_all(&out)?;
-            out.clear();
-        }
-        if in_flight.is_empty() {
-            match next_due {
-                Some(due) => wait_until(due, plan.spin),
-                None => break,
-            }
-            continue;
-        }
-        if !reader.read_into(&mut received, next_due)? {
-            continue;
-        }
-        let requests_before = report.requests;
-        // Every reply of this read arrived with it: one timestamp for all of them (a
-        // clock read per reply cost the load generator a tenth of its CPU, and counted
-        // the decoding of the replies before it into each one's latency).
-        let finished = Instant::now();
-        let consumed = codec.decode(&received, &mut |failed_ops| {
-            if let Some(due) = in_flight.pop_front() {
-                report
-                    .latency
-                    .record(finished.saturating_duration_since(due));
-            }
-            report.requests += 1;
-            report.ops_failed += failed_ops;
-        })?;
-        received.drain(..consumed);
-        // One shared-counter update per read, not per request: the counter only feeds
-        // the progress bar, and a per-request atomic would bounce its cache line.
-        let completed = report.requests - requests_before;
-        ops_done.fetch_add(completed * plan.ops_per_request, Ordering::Relaxed);
-    }
+    };
+    let result = state.run(codec, plan, ops_done, &mut report);
     report.finished = Some(Instant::now());
-    Ok(report)
+    if let Err(error) = result {
+        report.requests_missed = state.missed(plan, report.finished.expect("just set"));
+        report.failure = Some(error);
+    }
+    report
+}
+
+/// The loop's state: sockets, slots, and how far the schedule got.
+struct State {
+    sockets: Vec<Socket>,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    start: Instant,
+    sent: u64,
+    sending_done: bool,
+    chunk: Box<[u8]>,
+    parts: Vec<SocketIndex>,
+    outs: Vec<Vec<u8>>,
+}
+
+impl State {
+    fn new(streams: Vec<TcpStream>, plan: &Plan) -> Result<Self, DriveError> {
+        assert!((1..=SOCKETS_MAX).contains(&streams.len()));
+        let mut sockets = Vec::with_capacity(streams.len());
+        for stream in streams {
+            stream
+                .set_nodelay(true)
+                .map_err(|source| DriveError::io("setting TCP_NODELAY", source))?;
+            stream
+                .set_nonblocking(true)
+                .map_err(|source| DriveError::io("switching socket mode", source))?;
+            sockets.push(Socket {
+                stream,
+                out: Vec::new(),
+                written: 0,
+                received: Vec::new(),
+                parts: VecDeque::with_capacity(plan.pipeline),
+                readable: false,
+            });
+        }
+        let now = Instant::now();
+        let idle = Slot {
+            due: now,
+            parts_left: 0,
+            ops: 0,
+            failed_ops: 0,
+        };
+        let socket_count = sockets.len();
+        Ok(State {
+            sockets,
+            slots: vec![idle; plan.pipeline],
+            free: (0..plan.pipeline).rev().collect(),
+            start: now,
+            sent: 0,
+            sending_done: false,
+            chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
+            parts: Vec::with_capacity(socket_count),
+            outs: vec![Vec::new(); socket_count],
+        })
+    }
+
+    fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    fn unsent_bytes(&self) -> usize {
+        self.sockets
+            .iter()
+            .map(|socket| socket.out.len() - socket.written)
+            .sum()
+    }
+
+    /// When request `index` is due (open loop), or `now` (closed loop).
+    fn due(&self, plan: &Plan, index: u64, now: Instant) -> Instant {
+        match plan.interval {
+            Some(interval) => self.start + plan.phase + interval.mul_f64(index as f64),
+            None => now,
+        }
+    }
+
+    /// Open loop: the requests due before the deadline that were never sent.
+    fn missed(&self, plan: &Plan, now: Instant) -> u64 {
+        let (Some(interval), Some(deadline)) = (plan.interval, plan.deadline) else {
+            return 0;
+        };
+        let until = deadline
+            .min(now)
+            .saturating_duration_since(self.start + plan.phase);
+        let due_count = (until.as_secs_f64() / interval.as_secs_f64()).ceil() as u64;
+        let due_count = plan
+            .request_quota
+            .map_or(due_count, |quota| due_count.min(quota));
+        due_count.saturating_sub(self.sent)
+    }
+
+    fn run(
+        &mut self,
+        codec: &mut dyn RequestCodec,
+        plan: &Plan,
+        ops_done: &AtomicU64,
+        report: &mut ConnectionReport,
+    ) -> Result<(), DriveError> {
+        let hard_stop = plan.deadline.map(|deadline| deadline + plan.grace);
+        let mut last_progress = Instant::now();
+        loop {
+            let now = Instant::now();
+            let next_due = self.fill_window(codec, plan, now);
+            let mut progress = self.flush()?;
+            progress |= self.receive(codec, ops_done, report, !plan.spin.is_zero())?;
+            if self.sending_done && self.in_flight() == 0 && self.unsent_bytes() == 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if let Some(stop) = hard_stop.filter(|&stop| now >= stop) {
+                return Err(DriveError::Stalled {
+                    grace_s: plan.grace.as_secs_f64(),
+                    in_flight: self.in_flight(),
+                    after_s: (stop - self.start).as_secs_f64(),
+                });
+            }
+            if progress {
+                last_progress = now;
+                continue;
+            }
+            if now < last_progress + plan.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            let wake_at = match (next_due, hard_stop) {
+                (Some(due), Some(stop)) => Some(due.min(stop)),
+                (due, stop) => due.or(stop),
+            };
+            if self.in_flight() == 0 && self.unsent_bytes() == 0 {
+                // Open loop between sends: nothing to read, wait for the next send time.
+                match next_due {
+                    Some(due) => wait_until(due, plan.spin),
+                    None => return Ok(()),
+                }
+                continue;
+            }
+            self.wait(wake_at)?;
+        }
+    }
+
+    /// Encode requests while the window and the unsent-bytes cap allow; returns when the
+    /// next open-loop request is due, if it is in the future.
+    fn fill_window(
+        &mut self,
+        codec: &mut dyn RequestCodec,
+        plan: &Plan,
+        now: Instant,
+    ) -> Option<Instant> {
+        while !self.sending_done && !self.free.is_empty() && self.unsent_bytes() < UNSENT_BYTES_MAX
+        {
+            if plan.request_quota.is_some_and(|quota| self.sent >= quota) {
+                self.sending_done = true;
+                break;
+            }
+            let due = self.due(plan, self.sent, now);
+            // Closed loop stops at the deadline; open loop sends every request due
+            // before it, however late (its latency counts from `due`).
+            let past = match plan.interval {
+                Some(_) => plan.deadline.is_some_and(|deadline| due >= deadline),
+                None => plan.deadline.is_some_and(|deadline| now >= deadline),
+            };
+            if past {
+                self.sending_done = true;
+                break;
+            }
+            if due > now {
+                return Some(due);
+            }
+            self.parts.clear();
+            let ops = codec.encode(&mut self.outs, self.sent, &mut self.parts);
+            if ops == 0 {
+                self.sending_done = true;
+                break;
+            }
+            assert!(!self.parts.is_empty(), "a request has at least one part");
+            let slot = self.free.pop().expect("checked above");
+            self.slots[slot] = Slot {
+                due,
+                parts_left: self.parts.len(),
+                ops,
+                failed_ops: 0,
+            };
+            for &socket in &self.parts {
+                let out = &mut self.outs[socket];
+                self.sockets[socket].out.extend_from_slice(out);
+                out.clear();
+                self.sockets[socket].parts.push_back(slot);
+            }
+            self.sent += 1;
+        }
+        None
+    }
+
+    /// Write what the kernel takes without blocking; whether anything was written.
+    fn flush(&mut self) -> Result<bool, DriveError> {
+        let mut progress = false;
+        for socket in &mut self.sockets {
+            while socket.written < socket.out.len() {
+                match socket.stream.write(&socket.out[socket.written..]) {
+                    Ok(0) => return Err(DriveError::ServerClosed),
+                    Ok(count) => {
+                        socket.written += count;
+                        progress = true;
+                    }
+                    Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
+                    Err(source) => return Err(DriveError::io("sending requests", source)),
+                }
+            }
+            if socket.written == socket.out.len() {
+                socket.out.clear();
+                socket.written = 0;
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Read what has arrived on every socket and complete the requests it finishes;
+    /// whether anything was read.
+    fn receive(
+        &mut self,
+        codec: &mut dyn RequestCodec,
+        ops_done: &AtomicU64,
+        report: &mut ConnectionReport,
+        spinning: bool,
+    ) -> Result<bool, DriveError> {
+        let mut progress = false;
+        for index in 0..self.sockets.len() {
+            let socket = &mut self.sockets[index];
+            if !(socket.readable || spinning && !socket.parts.is_empty()) {
+                continue;
+            }
+            let count = match socket.stream.read(&mut self.chunk) {
+                Ok(0) => return Err(DriveError::ServerClosed),
+                Ok(count) => count,
+                Err(error) if error.kind() == ErrorKind::WouldBlock => {
+                    socket.readable = false;
+                    continue;
+                }
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+                Err(source) => return Err(DriveError::io("reading replies", source)),
+            };
+            // A full chunk may have left more behind.
+            socket.readable = count == self.chunk.len();
+            progress = true;
+            // Every reply of this read arrived with it: one timestamp for all of them (a
+            // clock read per reply cost the load generator a tenth of its CPU).
+            let finished = Instant::now();
+            let socket = &mut self.sockets[index];
+            socket.received.extend_from_slice(&self.chunk[..count]);
+            let (slots, free) = (&mut self.slots, &mut self.free);
+            let mut ops_completed = 0;
+            let consumed = codec.decode(index, &socket.received, &mut |failed_ops| {
+                let slot_index = socket
+                    .parts
+                    .pop_front()
+                    .expect("a reply answers a part in flight");
+                let slot = &mut slots[slot_index];
+                slot.failed_ops += failed_ops;
+                slot.parts_left -= 1;
+                if slot.parts_left == 0 {
+                    complete(report, slot, finished);
+                    ops_completed += slot.ops;
+                    free.push(slot_index);
+                }
+            })?;
+            socket.received.drain(..consumed);
+            // One shared-counter update per read, not per request: the counter only
+            // feeds the progress bar.
+            ops_done.fetch_add(ops_completed, Ordering::Relaxed);
+        }
+        Ok(progress)
+    }
+
+    /// Block until a socket is readable (or writable, with bytes to send) or `wake_at`.
+    fn wait(&mut self, wake_at: Option<Instant>) -> Result<(), DriveError> {
+        let mut fds: Vec<libc::pollfd> = self
+            .sockets
+            .iter()
+            .map(|socket| libc::pollfd {
+                fd: socket.stream.as_raw_fd(),
+                events: libc::POLLIN
+                    | if socket.written < socket.out.len() {
+                        libc::POLLOUT
+                    } else {
+                        0
+                    },
+                revents: 0,
+            })
+            .collect();
+        let timeout = wake_at.map(|at| {
+            let left = at
+                .saturating_duration_since(Instant::now())
+                .saturating_sub(SEND_SPIN_MIN);
+            libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+            }
+        });
+        let timeout_pointer = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), |timeout| timeout as *const libc::timespec);
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds and the timeout (if any)
+        // a valid timespec, both alive for the call; ppoll only writes `revents`.
+        let result = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout_pointer,
+                std::ptr::null(),
+            )
+        };
+        if result < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.kind() != ErrorKind::Interrupted {
+                return Err(DriveError::io("waiting for the sockets", error));
+            }
+        }
+        let ready = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
+        for (socket, fd) in self.sockets.iter_mut().zip(&fds) {
+            socket.readable |= fd.revents & ready != 0;
+        }
+        Ok(())
+    }
+}
+
+/// Account a request whose last part was answered at `finished`.
+fn complete(report: &mut ConnectionReport, slot: &Slot, finished: Instant) {
+    report.requests += 1;
+    report.ops += slot.ops;
+    report.ops_failed += slot.failed_ops;
+    // An error reply is often fast: timing it would flatter the percentiles.
+    if slot.failed_ops > 0 {
+        report.requests_failed += 1;
+    } else {
+        report
+            .latency
+            .record(finished.saturating_duration_since(slot.due));
+    }
 }
 
 /// Wait for an open-loop send time. The last [`SEND_SPIN_MIN`] are spun, because a
@@ -146,108 +531,5 @@ fn wait_until(due: Instant, spin: Duration) {
     }
     while Instant::now() < due {
         std::hint::spin_loop();
-    }
-}
-
-/// A socket read with a spin phase and as few mode-switching syscalls as possible.
-struct Reader {
-    stream: TcpStream,
-    spin: Duration,
-    blocking: bool,
-    timeout: Option<Duration>,
-    chunk: Box<[u8]>,
-}
-
-impl Reader {
-    fn new(stream: TcpStream, spin: Duration) -> Result<Self, DriveError> {
-        stream
-            .set_nodelay(true)
-            .map_err(|source| DriveError::io("setting TCP_NODELAY", source))?;
-        let mut reader = Reader {
-            stream,
-            spin,
-            blocking: true,
-            timeout: None,
-            chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
-        };
-        reader.set_blocking(spin.is_zero())?;
-        Ok(reader)
-    }
-
-    fn set_blocking(&mut self, blocking: bool) -> Result<(), DriveError> {
-        if self.blocking != blocking {
-            self.stream
-                .set_nonblocking(!blocking)
-                .map_err(|source| DriveError::io("switching socket mode", source))?;
-            self.blocking = blocking;
-        }
-        Ok(())
-    }
-
-    fn write_all(&mut self, bytes: &[u8]) -> Result<(), DriveError> {
-        // A full send buffer in non-blocking mode: block for the write, it is rare.
-        match self.stream.write_all(bytes) {
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {
-                self.set_blocking(true)?;
-                self.stream.write_all(bytes)
-            }
-            other => other,
-        }
-        .map_err(|source| DriveError::io("sending requests", source))
-    }
-
-    /// Append what arrives to `received`; `false` if `wake_at` came first.
-    fn read_into(
-        &mut self,
-        received: &mut Vec<u8>,
-        wake_at: Option<Instant>,
-    ) -> Result<bool, DriveError> {
-        let spin_until = Instant::now() + self.spin;
-        if !self.spin.is_zero() {
-            self.set_blocking(false)?;
-            loop {
-                match self.stream.read(&mut self.chunk) {
-                    Ok(count) => return self.accept(received, count),
-                    Err(error) if error.kind() == ErrorKind::WouldBlock => {}
-                    Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                    Err(source) => return Err(DriveError::io("reading replies", source)),
-                }
-                if Instant::now() >= spin_until || wake_at.is_some_and(|at| Instant::now() >= at) {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
-        }
-        self.set_blocking(true)?;
-        let timeout = wake_at.map(|at| {
-            at.saturating_duration_since(Instant::now())
-                .max(Duration::from_micros(1))
-        });
-        if self.timeout != timeout {
-            self.stream
-                .set_read_timeout(timeout)
-                .map_err(|source| DriveError::io("setting the read timeout", source))?;
-            self.timeout = timeout;
-        }
-        match self.stream.read(&mut self.chunk) {
-            Ok(count) => self.accept(received, count),
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(source) => Err(DriveError::io("reading replies", source)),
-        }
-    }
-
-    fn accept(&self, received: &mut Vec<u8>, count: usize) -> Result<bool, DriveError> {
-        if count == 0 {
-            return Err(DriveError::ServerClosed);
-        }
-        received.extend_from_slice(&self.chunk[..count]);
-        Ok(true)
     }
 }

@@ -1,12 +1,22 @@
 //! The workload in Tally's native protocol: each request is one `Batch` frame of `batch`
-//! `Add` operations; shard-aware connections talk to one core's shard port and only send
-//! keys that core owns, so no request takes a cross-core hop.
+//! `Add` operations, or, shard-aware, one frame per core holding the request's keys that
+//! core owns.
+//!
+//! A shard-aware logical connection opens one socket per server core (its shard port),
+//! as the client crate does, and sends every key of its stream to the core that owns
+//! it: the keys, their order within each core, and their counts are exactly those of
+//! the stream ([`crate::workload`]), the same a RESP run with the same flags and seed
+//! sends. No request takes a cross-core hop; a request is complete when every core it
+//! touched has answered.
 
-use super::connection::RequestCodec;
+use super::connection::{RequestCodec, SocketIndex};
 use super::resp::log_first_error;
-use super::{DriveError, KeySource};
+use super::{DriveError, KeyOwners, KeySource};
+use crate::workload::write_key;
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 use tally_protocol::{
     decode_reply, encode_hello, BatchWriter, BoundPolicy, Durability, HelloReply, Op, Reply,
@@ -19,54 +29,123 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Encodes `Batch` frames of increments and counts failed operations in the replies.
 pub struct NativeCodec {
     keys: KeySource,
+    /// Shard-aware: which core (socket) owns each key; `None`: one socket.
+    owners: Option<Arc<KeyOwners>>,
     batch: u64,
     delta: i64,
     durability: Durability,
+    /// Per socket, the ranks of the request being encoded (allocated once).
+    ranks_by_socket: Vec<Vec<u64>>,
+    /// Per socket, the operations in each part in flight, oldest first: an `Error`
+    /// reply fails all of its part's operations.
+    part_ops: Vec<VecDeque<u64>>,
+    key: Vec<u8>,
 }
 
 impl NativeCodec {
-    pub fn new(keys: KeySource, batch: u64, delta: i64, durability: Durability) -> Self {
+    /// A codec writing to one socket per core of `owners`, or to one socket without.
+    pub fn new(
+        keys: KeySource,
+        owners: Option<Arc<KeyOwners>>,
+        batch: u64,
+        delta: i64,
+        durability: Durability,
+    ) -> Self {
         assert!(
             (1..=BATCH_OPS_MAX as u64).contains(&batch),
             "batch within 1..=10,000"
         );
+        let sockets = owners.as_ref().map_or(1, |owners| owners.core_count());
         NativeCodec {
             keys,
+            owners,
             batch,
             delta,
             durability,
+            ranks_by_socket: vec![Vec::with_capacity(batch as usize); sockets],
+            part_ops: vec![VecDeque::new(); sockets],
+            key: Vec::with_capacity(crate::workload::KEY_BYTES_MAX),
         }
     }
 }
 
 impl RequestCodec for NativeCodec {
-    fn encode(&mut self, out: &mut Vec<u8>, request_id: u64) {
-        let mut writer = BatchWriter::begin(out, request_id, self.durability, None);
-        for _ in 0..self.batch {
-            let op = Op::Add {
-                key: self.keys.next_key(),
-                delta: self.delta,
-                policy: BoundPolicy::Reject,
-            };
-            writer
-                .push(&op)
-                .expect("generated keys are short and the batch is within the limit");
-        }
-        writer.finish().expect("a batch of short keys fits a frame");
+    fn socket_count(&self) -> usize {
+        self.ranks_by_socket.len()
     }
 
-    fn decode(&mut self, buf: &[u8], completed: &mut dyn FnMut(u64)) -> Result<usize, DriveError> {
+    fn encode(
+        &mut self,
+        outs: &mut [Vec<u8>],
+        request_id: u64,
+        parts: &mut Vec<SocketIndex>,
+    ) -> u64 {
+        let ops = self
+            .keys
+            .remaining()
+            .map_or(self.batch, |left| left.min(self.batch));
+        for _ in 0..ops {
+            let rank = self.keys.next_rank().expect("within the remaining keys");
+            let socket = match &self.owners {
+                Some(owners) => owners.owner_of_rank(rank, &mut self.key),
+                None => 0,
+            };
+            self.ranks_by_socket[socket].push(rank);
+        }
+        for (socket, ranks) in self.ranks_by_socket.iter_mut().enumerate() {
+            if ranks.is_empty() {
+                continue;
+            }
+            let mut writer =
+                BatchWriter::begin(&mut outs[socket], request_id, self.durability, None);
+            for &rank in ranks.iter() {
+                write_key(&mut self.key, rank);
+                let op = Op::Add {
+                    key: &self.key[..],
+                    delta: self.delta,
+                    policy: BoundPolicy::Reject,
+                };
+                writer
+                    .push(&op)
+                    .expect("generated keys are short and the batch is within the limit");
+            }
+            writer.finish().expect("a batch of short keys fits a frame");
+            self.part_ops[socket].push_back(ranks.len() as u64);
+            ranks.clear();
+            parts.push(socket);
+        }
+        ops
+    }
+
+    fn decode(
+        &mut self,
+        socket: SocketIndex,
+        buf: &[u8],
+        completed: &mut dyn FnMut(u64),
+    ) -> Result<usize, DriveError> {
         let mut consumed = 0;
         while let Some(frame) = decode_reply(&buf[consumed..]).map_err(protocol_error)? {
             consumed += frame.frame_bytes;
+            let ops = self.part_ops[socket]
+                .pop_front()
+                .ok_or_else(|| DriveError::Protocol("a reply to no request".into()))?;
             match frame.reply.map_err(protocol_error)? {
                 Reply::BatchReply(reply) => {
-                    let failed = reply.results().filter(|r| r.status != Status::Ok).count();
-                    completed(failed as u64);
+                    let mut failed = 0;
+                    for result in reply.results().filter(|r| r.status != Status::Ok) {
+                        if failed == 0 {
+                            log_first_error(&format!(
+                                "an increment was refused: {:?} (value {})",
+                                result.status, result.value
+                            ));
+                        }
+                        failed += 1;
+                    }
+                    completed(failed);
                 }
                 Reply::Error(error) => {
-                    log_first_error(error.message);
-                    completed(self.batch);
+                    log_first_error(&format!("the server answered an error: {}", error.message));
+                    completed(ops);
                 }
                 other => {
                     return Err(DriveError::Protocol(format!(
@@ -127,20 +206,19 @@ pub fn connect(addr: SocketAddr) -> Result<(TcpStream, HelloReply), DriveError> 
     }
 }
 
-/// The stream connection `index` should use: the shard port of core `index % cores` when
-/// shard-aware and the server has one, else the main port. Returns the core served.
-pub fn connect_to_core(
+/// The sockets of one logical connection: one per core's shard port when shard-aware
+/// and the server has them (in core order), else one to the main port.
+pub fn connect_cores(
     addr: SocketAddr,
     shard_map: &HelloReply,
-    index: usize,
     shard_aware: bool,
-) -> Result<(TcpStream, Option<usize>), DriveError> {
-    let core = index % shard_map.core_count();
-    let port = shard_map.shard_ports[core];
-    if !shard_aware || port == 0 {
-        let (stream, _) = connect(addr)?;
-        return Ok((stream, None));
+) -> Result<Vec<TcpStream>, DriveError> {
+    if !shard_aware || shard_map.shard_ports.contains(&0) {
+        return Ok(vec![connect(addr)?.0]);
     }
-    let (stream, _) = connect(SocketAddr::new(addr.ip(), port))?;
-    Ok((stream, Some(core)))
+    shard_map
+        .shard_ports
+        .iter()
+        .map(|&port| Ok(connect(SocketAddr::new(addr.ip(), port))?.0))
+        .collect()
 }

@@ -114,7 +114,7 @@ fn drive_one(
                     .duration
                     .map(|seconds| start + Duration::from_secs_f64(seconds)),
             };
-            let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(slot)), None);
+            let keys = KeySource::new(key_chooser(args, args.seed.wrapping_add(slot)));
             let (client, ops_done) = (client.clone(), Arc::clone(&ops_done));
             tasks.push(tokio::spawn(run_caller(client, keys, plan, ops_done)));
         }
@@ -125,6 +125,7 @@ fn drive_one(
         for task in tasks {
             let caller = task.await.expect("a caller task panicked")?;
             report.requests += caller.requests;
+            report.ops += caller.ops;
             report.ops_failed += caller.ops_failed;
             report.latency.merge(&caller.latency);
         }
@@ -153,7 +154,10 @@ async fn run_caller(
         }
         let called = Instant::now();
         let failed = if plan.ops_per_call == 1 {
-            match client.incr(keys.next_key(), plan.delta).await {
+            match client
+                .incr(keys.next_key().expect("drawn keys never end"), plan.delta)
+                .await
+            {
                 Ok(_) => 0,
                 Err(ClientError::Rejected(_)) => 1,
                 Err(error) => return Err(client_error(error)),
@@ -162,7 +166,7 @@ async fn run_caller(
             ops.clear();
             for _ in 0..plan.ops_per_call {
                 ops.push(Op::Add {
-                    key: keys.next_key().to_vec(),
+                    key: keys.next_key().expect("drawn keys never end").to_vec(),
                     delta: plan.delta,
                     policy: BoundPolicy::Reject,
                 });
@@ -172,6 +176,7 @@ async fn run_caller(
         };
         report.latency.record(called.elapsed());
         report.requests += 1;
+        report.ops += plan.ops_per_call;
         report.ops_failed += failed;
         ops_done.fetch_add(plan.ops_per_call, Ordering::Relaxed);
     }
