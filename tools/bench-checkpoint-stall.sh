@@ -41,8 +41,8 @@ start() { # tallyd options...
 }
 
 start --checkpoint-interval-s 0
-"$bin/tally-bench" server --addr "127.0.0.1:$port" --connections 4 --pipeline 64 --batch 100 \
-    --keys "$keys" --ops "$((keys * 2))" --json >/dev/null
+# Every key once (--fill), then a token measured run: all KEYS counters exist.
+"$bin/tally-bench" server --addr "127.0.0.1:$port" --keys "$keys" --fill --ops 1000 --json >/dev/null
 for round in $(seq "$rounds"); do
     for interval in 10 0; do
         start --checkpoint-interval-s "$interval"

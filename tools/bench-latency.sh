@@ -33,10 +33,10 @@ start() { # port, tallyd options...
     server=$!
     for _ in $(seq 50); do
         if "$bin/tally" --addr "127.0.0.1:$port" ping >/dev/null 2>&1; then
-            # Creates the keys (inserts, table growth, the journal's first segments), so
-            # that the runs measure increments of existing counters.
+            # Creates every key (inserts, table growth, the journal's first segments),
+            # then warms the path, so that the runs measure increments of existing counters.
             "$bin/tally-bench" server --addr "127.0.0.1:$port" --connections 2 --pipeline 16 \
-                --keys 100000 --ops 1000000 --durability relaxed --json >/dev/null
+                --keys 100000 --fill --ops 1000000 --durability relaxed --json >/dev/null
             return
         fi
         sleep 0.1
