@@ -30,7 +30,8 @@
 //! was not applied and never will be. The server sends one only where nothing is left
 //! half done: on an idle or slow read timeout (before the read that timed out, every
 //! complete frame was answered; a partial one is never applied), on a length field that
-//! cannot be framed (the frames before it are answered first), at shutdown (after the
+//! cannot be framed or a request with the reserved id 0 (the frames before it are
+//! answered first, nothing of it is applied), at shutdown (after the
 //! replies to every frame read), and at accept over the connection limit (nothing read).
 //! After it nothing is dispatched: [`stream::linger`] only reads and discards until the
 //! client closes, so the parting frame arrives instead of being lost to a reset. A
@@ -65,6 +66,10 @@ const INPUT_BYTES_INITIAL: usize = 64 * 1024;
 const INPUT_BYTES_MAX: usize = FRAME_BYTES_MAX + INPUT_BYTES_INITIAL;
 const _: () =
     assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
+
+/// The request id of the server's parting word (PROTOCOL.md, "Closing"); a client must
+/// not use it, so a request that does is fatal.
+const PARTING_REQUEST_ID: u64 = 0;
 
 /// The error for an idempotency key reused with other operations (PROTOCOL.md).
 const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::IdempotencyKeyReused;
@@ -147,6 +152,14 @@ impl End {
     }
 }
 
+/// A frame after which the connection cannot go on; the frames before it are answered.
+enum Fatal {
+    /// A length field that cannot be framed: the stream cannot be resynchronized.
+    Framing(ProtocolError),
+    /// A request with the id reserved for the server's parting word.
+    ReservedRequestId,
+}
+
 /// A reply whose frame is fully known at dispatch, or a batch awaiting its results.
 enum Pending {
     Staged(Range<usize>),
@@ -206,7 +219,7 @@ impl Connection {
         loop {
             let needed = match frame_bytes_needed(self.input.buffered()) {
                 Ok(needed) => needed.unwrap_or(HEADER_BYTES),
-                Err(error) => return refuse_framing(stream, error).await,
+                Err(error) => return refuse_fatal(stream, Fatal::Framing(error)).await,
             };
             // Only a partial frame is left after a turn, and its length passed the
             // check, so this holds; closing beats a panic if it ever does not.
@@ -250,7 +263,7 @@ impl Connection {
     /// limit at a time. `Some` if the connection must end.
     async fn answer_buffered(&mut self, core: &Core, stream: &mut TcpStream) -> Option<End> {
         loop {
-            let (frames, framing_error) = self.dispatch(core).await;
+            let (frames, fatal) = self.dispatch(core).await;
             if frames > 0 {
                 self.deadline.request_done();
             }
@@ -265,8 +278,8 @@ impl Connection {
             if let Some(reason) = state.close_after.take() {
                 return Some(End::Refused(reason));
             }
-            if let Some(error) = framing_error {
-                return Some(refuse_framing(stream, error).await);
+            if let Some(fatal) = fatal {
+                return Some(refuse_fatal(stream, fatal).await);
             }
             if frames < core.config.frames_in_flight_max {
                 return None;
@@ -274,9 +287,9 @@ impl Connection {
         }
     }
 
-    /// Phase 1: dispatches complete frames in order. Returns how many, and a fatal
-    /// framing error if one stopped the turn.
-    async fn dispatch(&mut self, core: &Core) -> (usize, Option<ProtocolError>) {
+    /// Phase 1: dispatches complete frames in order. Returns how many, and the fatal
+    /// error that stopped the turn, if one did (the frames before it are dispatched).
+    async fn dispatch(&mut self, core: &Core) -> (usize, Option<Fatal>) {
         let mut frames = 0;
         let input = &mut self.input;
         let state = &mut self.state;
@@ -285,8 +298,14 @@ impl Connection {
             let frame = match decode_request(input.buffered()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => return (frames, Some(error)),
+                Err(error) => return (frames, Some(Fatal::Framing(error))),
             };
+            if frame.request_id == PARTING_REQUEST_ID {
+                // Only the server's parting word carries id 0 (PROTOCOL.md, "Frames"):
+                // answering this frame with its own id would look like one. Nothing of
+                // it is applied; it is left unconsumed, as the connection ends here.
+                return (frames, Some(Fatal::ReservedRequestId));
+            }
             frames += 1;
             let consumed = frame.frame_bytes;
             match frame.request {
@@ -324,17 +343,22 @@ async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
     }
 }
 
-/// Sends the error reply for an unusable length field; the stream cannot be
-/// resynchronized, so the connection ends.
-async fn refuse_framing(stream: &mut TcpStream, error: ProtocolError) -> End {
-    let code = match error {
-        ProtocolError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-        _ => ErrorCode::MalformedFrame,
+/// Sends the parting error for a fatal frame; the connection ends.
+async fn refuse_fatal(stream: &mut TcpStream, fatal: Fatal) -> End {
+    let (code, reason) = match fatal {
+        Fatal::Framing(error @ ProtocolError::FrameTooLarge { .. }) => {
+            (ErrorCode::FrameTooLarge, error.to_string())
+        }
+        Fatal::Framing(error) => (ErrorCode::MalformedFrame, error.to_string()),
+        Fatal::ReservedRequestId => (
+            ErrorCode::MalformedFrame,
+            "request id 0 is reserved".to_string(),
+        ),
     };
     let mut out = Vec::new();
-    encode_error(&mut out, 0, code, &error.to_string());
+    encode_error(&mut out, PARTING_REQUEST_ID, code, &reason);
     let _ = stream.write_all(&out).await;
-    End::Refused(error.to_string())
+    End::Refused(reason)
 }
 
 impl State {

@@ -849,6 +849,40 @@ fn a_request_sent_after_the_idle_timeout_gets_the_parting_frame_and_is_not_appli
     assert_eq!(fresh.get(b"late"), 0, "the late increment was not applied");
 }
 
+/// Request id 0 is reserved for the server's parting word (PROTOCOL.md, "Frames"): a
+/// request that uses it ends the connection. The frames before it are answered and
+/// applied, then the parting `MalformedFrame` arrives, and neither it nor the frames
+/// after it are applied, so the parting frame's promise holds.
+#[test]
+fn a_request_with_id_0_gets_the_parting_frame_and_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let mut pipeline = Vec::new();
+    for (id, key) in [(1, b"id-1"), (0, b"id-0"), (2, b"id-2")] {
+        encode_batch(&mut pipeline, id, Durability::Durable, None, &[add(key, 1)]).unwrap();
+    }
+    client.send(&pipeline);
+    match client.next_answer() {
+        (1, Answer::Results(results)) => assert_eq!(results[0].value, 1),
+        other => panic!("the frame before id 0 is answered first, got {other:?}"),
+    }
+    let (id, parting) = client.next_answer();
+    assert!(
+        id == 0
+            && matches!(&parting, Answer::Error(ErrorCode::MalformedFrame, message)
+                if message.contains("request id 0 is reserved")),
+        "{id} {parting:?}"
+    );
+    assert!(matches!(client.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.get(b"id-1"), 1, "the frame before id 0 was applied");
+    assert_eq!(fresh.get(b"id-0"), 0, "the frame with id 0 was not applied");
+    assert_eq!(fresh.get(b"id-2"), 0, "the frame after id 0 was not applied");
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
