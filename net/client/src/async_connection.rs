@@ -178,8 +178,10 @@ struct InFlight {
     /// `ever_written` as it was before the frame was written to the current connection:
     /// restored if that connection parts, since the server then says it did not apply it.
     ever_written_earlier: bool,
-    /// The last connection it was written to parted without answering it: it was not
-    /// applied there, and sending it again is not charged to its retry budget.
+    /// The failure `recover` is settling parted the connection it was written to,
+    /// without answering it: it was not applied there, and this resend is not charged
+    /// to its retry budget. Cleared once that failure is settled, so a later failure
+    /// (a hello refused after the part) is charged (PROTOCOL.md, "Closing").
     parted: bool,
     /// Times it was written (to this or earlier connections).
     write_count: u32,
@@ -892,6 +894,9 @@ impl ConnectionTask {
                     in_flight.retries_used += 1;
                 }
                 in_flight.written = false;
+                // Free only for this failure: if the reconnect's hello fails next, the
+                // frame is still unwritten, and that failure must be charged.
+                in_flight.parted = false;
             }
             self.in_flight = resend;
             if self.in_flight.is_empty() {

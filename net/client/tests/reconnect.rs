@@ -8,7 +8,7 @@
 mod fake_server;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fake_server::FakeServer;
 use tally_client::{AsyncClient, Client, ClientConfig, ClientError, ErrorCode};
@@ -417,4 +417,68 @@ fn async_tasks_a_map_change_starts_run_on_the_clients_own_runtime() {
     assert_eq!(client.shard_map().owners, two_cores.owners);
     stop.send(()).unwrap();
     runtime_thread.join().unwrap();
+}
+
+/// One retry, a deadline far away, and (set by the tests) a server that parts on the first
+/// batch and then refuses every hello with a parting `ServerBusy` (the connection limit).
+fn one_retry_long_deadline() -> ClientConfig {
+    ClientConfig {
+        retries: 1,
+        call_timeout: Duration::from_secs(3),
+        ..ClientConfig::default()
+    }
+}
+
+/// Resending the parted frame is free, but a hello refused after it is charged (a
+/// parting error to a hello is a failed connection like any other): with one retry the
+/// call gives up after a few hellos, not by hammering a full server until its deadline.
+fn assert_refused_hellos_were_charged(
+    result: Result<i64, ClientError>,
+    hellos: u64,
+    elapsed: Duration,
+) {
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, ClientError::NotApplied { .. }),
+        "the parted increment was not applied: {error:?}"
+    );
+    // Per connection attempt the shard port's hello and the main address's one.
+    assert!(
+        hellos <= 4,
+        "{hellos} hellos in {elapsed:?}: refusals were free"
+    );
+    assert!(
+        elapsed < one_retry_long_deadline().call_timeout / 2,
+        "{hellos} hellos in {elapsed:?}: retried until the deadline"
+    );
+}
+
+#[test]
+fn blocking_hellos_refused_after_a_part_are_charged() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect_with(server.main_addr, one_retry_long_deadline()).unwrap();
+    let hellos_before = server.state.hellos.load(Ordering::SeqCst);
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_on_hello.store(1000, Ordering::SeqCst);
+    let started = Instant::now();
+    let result = client.incr("like", 1);
+    let hellos = server.state.hellos.load(Ordering::SeqCst) - hellos_before;
+    assert_refused_hellos_were_charged(result, hellos, started.elapsed());
+    assert_eq!(server.value("like"), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_hellos_refused_after_a_part_are_charged() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect_with(server.main_addr, one_retry_long_deadline())
+        .await
+        .unwrap();
+    let hellos_before = server.state.hellos.load(Ordering::SeqCst);
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_on_hello.store(1000, Ordering::SeqCst);
+    let started = Instant::now();
+    let result = client.incr("like", 1).await;
+    let hellos = server.state.hellos.load(Ordering::SeqCst) - hellos_before;
+    assert_refused_hellos_were_charged(result, hellos, started.elapsed());
+    assert_eq!(server.value("like"), None);
 }

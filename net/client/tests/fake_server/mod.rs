@@ -64,6 +64,12 @@ pub struct State {
     pub parted_connections: AtomicU64,
     /// Hello frames answered (one per connection opened by a client).
     pub hellos: AtomicU64,
+    /// Refuse this many hellos with a parting `ServerBusy` (request id 0), as tallyd
+    /// refuses a connection over its limit; each counts in `hellos`.
+    pub part_on_hello: AtomicU32,
+    /// Part once, at the Nth batch of a connection (1 = its first), after answering the
+    /// batches before it in the same write: replies and the parting frame in one read.
+    pub part_at_batch: AtomicU32,
     /// Answer this many batches whose idempotency key is already known with `ServerBusy`
     /// "still running", applying nothing (the first copy's results are kept).
     pub busy_on_duplicate: AtomicU32,
@@ -270,6 +276,7 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
     let mut hello: Option<HelloReply> = None;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut batches_seen = 0u32;
     loop {
         let mut out = Vec::new();
         let mut consumed = 0;
@@ -280,6 +287,34 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
                     match frame.request {
                         Ok(request) => {
                             let is_batch = matches!(request, Request::Batch(_));
+                            if matches!(request, Request::Hello(_))
+                                && take_one(&state.part_on_hello)
+                            {
+                                state.hellos.fetch_add(1, Ordering::SeqCst);
+                                encode_error(
+                                    &mut out,
+                                    0,
+                                    ErrorCode::ServerBusy,
+                                    "too many connections; retry later",
+                                );
+                                let _ = stream.write_all(&out);
+                                return;
+                            }
+                            if is_batch {
+                                batches_seen += 1;
+                                let at = state.part_at_batch.load(Ordering::SeqCst);
+                                if at != 0
+                                    && batches_seen == at
+                                    && state
+                                        .part_at_batch
+                                        .compare_exchange(at, 0, Ordering::SeqCst, Ordering::SeqCst)
+                                        .is_ok()
+                                {
+                                    let _ = stream.write_all(&out);
+                                    part(&mut stream, state);
+                                    return;
+                                }
+                            }
                             if is_batch && take_one(&state.part_on_batch) {
                                 let _ = stream.write_all(&out);
                                 part(&mut stream, state);
