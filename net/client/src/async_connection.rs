@@ -217,12 +217,7 @@ impl InFlight {
     /// changes counters and the server parted without applying it.
     fn fail(self, error: &ClientError) {
         let maybe_applied = self.mutates && self.ever_written && !error.is_definitive();
-        let error = &match error.replicate().settle(maybe_applied) {
-            parting @ ClientError::Disconnected { .. } if self.mutates => ClientError::NotApplied {
-                cause: Box::new(parting),
-            },
-            settled => settled,
-        };
+        let error = &error.replicate().settle_call(maybe_applied, self.mutates);
         match self.waiter {
             Waiter::Batch(calls) => answer(calls, Err(error.replicate())),
             Waiter::Control(reply) => {
@@ -291,12 +286,17 @@ pub(crate) async fn open(
         {
             return match frame.reply {
                 Ok(Reply::HelloReply(hello)) => Ok((stream, hello)),
-                // Every error to a hello closes the connection (busy, bad version).
-                Ok(Reply::Error(error)) => Err(ClientError::Disconnected {
-                    addr,
-                    code: error.code,
-                    message: error.message.to_owned(),
-                }),
+                // Every error to a hello closes the connection. Request id 0 is the
+                // parting word (busy, shutting down); another id answers the hello
+                // itself (a bad version), as in the blocking client.
+                Ok(Reply::Error(error)) if frame.request_id == 0 => {
+                    Err(ClientError::Disconnected {
+                        addr,
+                        code: error.code,
+                        message: error.message.to_owned(),
+                    })
+                }
+                Ok(Reply::Error(error)) => Err(server_refusal(error.code, error.message)),
                 Ok(other) => Err(ClientError::UnexpectedReply {
                     addr,
                     reason: format!("{other:?}"),

@@ -553,13 +553,7 @@ fn give_up<K: AsRef<[u8]>>(
         return ClientError::PartlyApplied { results, cause };
     }
     let mutates = ops.iter().any(Op::is_mutation);
-    match error.settle(unknown.contains(&true)) {
-        // The server parted and no earlier copy may have been applied: say so.
-        parting @ ClientError::Disconnected { .. } if mutates => ClientError::NotApplied {
-            cause: Box::new(parting),
-        },
-        settled => settled,
-    }
+    error.settle_call(unknown.contains(&true), mutates)
 }
 
 /// After the client adopted a new shard map (and dropped its old connections): moves
