@@ -86,15 +86,22 @@ const IDEMPOTENCY_TABLE_FULL: ErrorCode = ErrorCode::ServerBusy;
 /// hello's answer, so a reset that loses this error costs it a failed connect, never a
 /// request of unknown outcome.
 pub async fn refuse(mut stream: TcpStream) {
-    let mut out = Vec::new();
-    encode_error(
-        &mut out,
-        0,
-        ErrorCode::ServerBusy,
-        "too many connections; retry later",
-    );
-    let _ = stream.write_all(&out).await;
+    let busy = "too many connections; retry later";
+    let _ = send_parting(&mut stream, ErrorCode::ServerBusy, busy).await;
     let _ = stream.close().await;
+}
+
+/// Writes the server's parting word (PROTOCOL.md, "Closing"): an `Error` with request
+/// id 0, the last frame on the connection. Every path that parts writes it here; only
+/// once it is written may the connection [`stream::linger`] for the client to read it.
+async fn send_parting(
+    stream: &mut TcpStream,
+    code: ErrorCode,
+    message: &str,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    encode_error(&mut out, PARTING_REQUEST_ID, code, message);
+    stream.write_all(&out).await
 }
 
 /// Serves one connection until the client closes it, it times out, it sends an
@@ -120,7 +127,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             tracing::info!(core = core.index, %peer, %error, "connection ended with an I/O error")
         }
     }
-    if end.is_servers_close() {
+    if end.wrote_last_frame() {
         // The last frame is written; wait for the client to take it (PROTOCOL.md,
         // "Closing"): nothing read from here on is applied.
         stream::linger(&mut stream).await;
@@ -132,22 +139,23 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
 enum End {
     /// The client closed it (or shutdown ended its reads) and every reply was sent.
     Closed,
-    /// The server closed it after an error reply: what went wrong.
+    /// The server closed it after an error reply, written: what went wrong.
     Refused(String),
-    /// The server closed it, with a `Timeout` reply, after nothing was received for
-    /// the read timeout.
+    /// The server closed it, with a `Timeout` reply (written), after nothing was
+    /// received for the read timeout.
     Idle,
     /// The server is shutting down: every frame read was answered, then the parting
-    /// `ShuttingDown` error was sent.
+    /// `ShuttingDown` error was written.
     Stopped,
     /// Reading or writing failed (peer gone, timeout while writing).
     Io(std::io::Error),
 }
 
 impl End {
-    /// Whether the server ends the connection after a last frame of its own (a parting
-    /// error), so it must linger for the client to read it.
-    fn is_servers_close(&self) -> bool {
+    /// Whether the server ends the connection after writing a last frame of its own (a
+    /// parting error, or the answer to a refused handshake), so it must linger for the
+    /// client to read it. A last frame that could not be written ends as [`End::Io`].
+    fn wrote_last_frame(&self) -> bool {
         matches!(self, End::Refused(_) | End::Idle | End::Stopped)
     }
 }
@@ -222,9 +230,14 @@ impl Connection {
                 Err(error) => return refuse_fatal(stream, Fatal::Framing(error)).await,
             };
             // Only a partial frame is left after a turn, and its length passed the
-            // check, so this holds; closing beats a panic if it ever does not.
+            // check, so this holds; closing beats a panic if it ever does not. Only
+            // that partial frame is unanswered, never applied: the parting word holds.
             if self.input.reserve(needed).is_err() {
-                return End::Refused("input buffer full".to_string());
+                let reason = "input buffer full";
+                return match send_parting(stream, ErrorCode::Internal, reason).await {
+                    Ok(()) => End::Refused(reason.to_string()),
+                    Err(error) => End::Io(error),
+                };
             }
             // Only a partial frame is left after a turn: it has the rest of its time.
             let partial = !self.input.buffered().is_empty();
@@ -246,10 +259,8 @@ impl Connection {
             if eof {
                 if core.stop.is_fired() {
                     // Shutdown ended the reads; every frame read was answered above.
-                    let mut out = Vec::new();
                     let message = "the server is shutting down";
-                    encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
-                    return match stream.write_all(&out).await {
+                    return match send_parting(stream, ErrorCode::ShuttingDown, message).await {
                         Ok(()) => End::Stopped,
                         Err(error) => End::Io(error),
                     };
@@ -333,13 +344,10 @@ async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
     } else {
         "read timeout: nothing received for the read timeout"
     };
-    let mut out = Vec::new();
-    encode_error(&mut out, 0, ErrorCode::Timeout, reason);
-    let _ = stream.write_all(&out).await;
-    if within_frame {
-        End::Refused(reason.to_string())
-    } else {
-        End::Idle
+    match send_parting(stream, ErrorCode::Timeout, reason).await {
+        Err(error) => End::Io(error),
+        Ok(()) if within_frame => End::Refused(reason.to_string()),
+        Ok(()) => End::Idle,
     }
 }
 
@@ -355,10 +363,10 @@ async fn refuse_fatal(stream: &mut TcpStream, fatal: Fatal) -> End {
             "request id 0 is reserved".to_string(),
         ),
     };
-    let mut out = Vec::new();
-    encode_error(&mut out, PARTING_REQUEST_ID, code, &reason);
-    let _ = stream.write_all(&out).await;
-    End::Refused(reason)
+    match send_parting(stream, code, &reason).await {
+        Ok(()) => End::Refused(reason),
+        Err(error) => End::Io(error),
+    }
 }
 
 impl State {
