@@ -285,7 +285,11 @@ pub(crate) async fn open(
             decode_reply(&buf).map_err(|source| ClientError::Protocol { addr, source })?
         {
             return match frame.reply {
-                Ok(Reply::HelloReply(hello)) => Ok((stream, hello)),
+                Ok(Reply::HelloReply(hello)) => {
+                    buf.drain(..frame.frame_bytes);
+                    check_nothing_after_hello(&mut stream, addr, buf, deadline).await?;
+                    Ok((stream, hello))
+                }
                 // Every error to a hello closes the connection. Request id 0 is the
                 // parting word (busy, shutting down); another id answers the hello
                 // itself (a bad version), as in the blocking client.
@@ -307,6 +311,44 @@ pub(crate) async fn open(
         read_more(&mut stream, addr, &mut buf, deadline)
             .await
             .map_err(hello_error)?;
+    }
+}
+
+/// Checks that no byte came after the hello's answer in `buf`, the rest of what `open`
+/// read. The server sends nothing unasked but its parting word, which may share a read
+/// with the `HelloReply` (a shutdown just after accept): the connection is then over
+/// before anything was sent on it, and the parting error is returned as the hello's,
+/// rather than lost with `open`'s buffer (the task would then write into a closing
+/// socket and meet a reset: an unknown outcome where the server promised "not applied").
+async fn check_nothing_after_hello(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<(), ClientError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    // A frame is written whole: the rest of a partial one is on its way.
+    let frame = loop {
+        match decode_reply(&buf).map_err(|source| ClientError::Protocol { addr, source })? {
+            Some(frame) => break frame,
+            None => read_more(stream, addr, &mut buf, deadline)
+                .await
+                .map_err(hello_error)?,
+        }
+    };
+    match frame.reply {
+        Ok(Reply::Error(error)) if frame.request_id == 0 => Err(ClientError::Disconnected {
+            addr,
+            code: error.code,
+            message: error.message.to_owned(),
+        }),
+        Ok(other) => Err(ClientError::UnexpectedReply {
+            addr,
+            reason: format!("{other:?} after the hello's answer"),
+        }),
+        Err(source) => Err(ClientError::Protocol { addr, source }),
     }
 }
 

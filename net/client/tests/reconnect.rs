@@ -540,3 +540,29 @@ async fn async_hellos_refused_after_a_part_are_charged() {
     assert_refused_hellos_were_charged(result, hellos, started.elapsed());
     assert_eq!(server.value("like"), None);
 }
+
+/// A parting frame in the same read as a reconnect's `HelloReply` (a server shutting
+/// down just after accepting) is not lost with the hello's buffer: the reconnect counts
+/// as failed, the next one succeeds, and the parted increment is resent and counts once,
+/// instead of being written into the closing socket (an unknown outcome).
+#[test]
+fn blocking_a_parting_frame_read_with_the_hello_reply_is_not_lost() {
+    let server = FakeServer::start(1, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_after_hello.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_parting_frame_read_with_the_hello_reply_is_not_lost() {
+    let server = FakeServer::start(1, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_after_hello.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+}

@@ -70,6 +70,10 @@ pub struct State {
     /// Part once, at the Nth batch of a connection (1 = its first), after answering the
     /// batches before it in the same write: replies and the parting frame in one read.
     pub part_at_batch: AtomicU32,
+    /// Answer this many hellos and part right after, in the same write (tallyd's
+    /// shutdown just after accept): the `HelloReply` and a parting `ShuttingDown`
+    /// arrive in one read.
+    pub part_after_hello: AtomicU32,
     /// Answer this many batches whose idempotency key is already known with `ServerBusy`
     /// "still running", applying nothing (the first copy's results are kept).
     pub busy_on_duplicate: AtomicU32,
@@ -323,8 +327,16 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
                             let hello = hello.get_or_insert_with(|| {
                                 state.hello.lock().unwrap().clone().expect("set at start")
                             });
+                            let is_hello = matches!(request, Request::Hello(_));
                             if !handle(request, frame.request_id, core, hello, state, &mut out) {
                                 return; // drop the connection without replying
+                            }
+                            if is_hello && take_one(&state.part_after_hello) {
+                                let message = "the server is shutting down";
+                                encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
+                                let _ = stream.write_all(&out);
+                                state.parted_connections.fetch_add(1, Ordering::SeqCst);
+                                return;
                             }
                         }
                         Err(error) => encode_error(
