@@ -183,8 +183,6 @@ struct InFlight {
     /// to its retry budget. Cleared once that failure is settled, so a later failure
     /// (a hello refused after the part) is charged (PROTOCOL.md, "Closing").
     parted: bool,
-    /// Times it was written (to this or earlier connections).
-    write_count: u32,
     /// The earliest deadline of its calls.
     deadline: Instant,
     waiter: Waiter,
@@ -589,7 +587,6 @@ impl ConnectionTask {
                 in_flight.ever_written_earlier = in_flight.ever_written;
                 in_flight.ever_written = true;
                 in_flight.parted = false;
-                in_flight.write_count += 1;
             }
             let left = in_flight.bytes.len() - self.write_offset;
             if byte_count < left {
@@ -743,7 +740,6 @@ impl ConnectionTask {
             ever_written: false,
             ever_written_earlier: false,
             parted: false,
-            write_count: 0,
             deadline,
             waiter: Waiter::Control(reply),
             op_count: 0,
@@ -792,7 +788,6 @@ impl ConnectionTask {
             ever_written: false,
             ever_written_earlier: false,
             parted: false,
-            write_count: 0,
             deadline,
             waiter: Waiter::Batch(calls),
             op_count,
@@ -866,8 +861,9 @@ impl ConnectionTask {
                 Waiter::Batch(calls) => {
                     let results = batch_results(addr, frame, in_flight.op_count);
                     // A "table full" refusal says the server does not know the key, as
-                    // it says of a key it forgot: an earlier copy may have been applied.
-                    let resent = in_flight.write_count > 1 && in_flight.mutates;
+                    // it says of a key it forgot: an earlier copy may have been applied,
+                    // unless every earlier copy went to a connection that parted.
+                    let resent = in_flight.ever_written_earlier && in_flight.mutates;
                     let results = results.map_err(|error| match error {
                         ClientError::NotApplied { .. } if resent => error.settle(true),
                         other => other,

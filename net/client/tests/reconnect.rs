@@ -566,3 +566,30 @@ async fn async_a_parting_frame_read_with_the_hello_reply_is_not_lost() {
     assert_eq!(server.value("like"), Some(1));
     assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
 }
+
+/// A keyed frame parted, then its resend refused as "idempotency table full": the only
+/// earlier copy went to a connection that parted, so the server never saw the key and
+/// the refusal means what it says, not applied (not an unknown outcome).
+#[test]
+fn blocking_a_parted_frame_refused_as_table_full_on_resend_is_not_applied() {
+    let server = FakeServer::start(1, 16);
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+    assert_eq!(server.value("like"), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_parted_frame_refused_as_table_full_on_resend_is_not_applied() {
+    let server = FakeServer::start(1, 16);
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+    assert_eq!(server.value("like"), None);
+}
