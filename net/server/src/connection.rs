@@ -83,8 +83,8 @@ const IDEMPOTENCY_TABLE_FULL: ErrorCode = ErrorCode::ServerBusy;
 /// connection is outside the limit, so a flood of them holding descriptors for the
 /// grace would exhaust what the limit protects (and on a core out of descriptors the
 /// refusal runs in the accept loop). A client sends nothing but its hello before the
-/// hello's answer, so a reset that loses this error costs it a failed connect, never a
-/// request of unknown outcome.
+/// hello's answer (PROTOCOL.md, "Handshake": it should not), so a reset that loses this
+/// error costs it a failed connect, never a request of unknown outcome.
 pub async fn refuse(mut stream: TcpStream) {
     let busy = "too many connections; retry later";
     let _ = send_parting(&mut stream, ErrorCode::ServerBusy, busy).await;
