@@ -476,6 +476,13 @@ fn calls_after_the_server_closed_an_idle_connection_reconnect_and_count_once() {
 /// (the default): a call that crosses the parting frame was not applied (PROTOCOL.md,
 /// "Closing"), so the client sends it again on a new connection. No call ends with an
 /// unknown outcome, and every increment counts exactly once.
+///
+/// A regression guard against a real tallyd, not a proof: the client probes an idle
+/// connection before sending, so a call crosses the parting frame only in a window of
+/// microseconds, and a run may pass without any call crossing it. The crossing itself is
+/// tested deterministically against the fake server (`net/client/tests/reconnect.rs`:
+/// `blocking_a_mutation_without_a_key_answered_by_a_parting_error_is_resent_once`,
+/// `blocking_frames_answered_before_a_parting_frame_are_not_resent`).
 #[test]
 fn calls_that_cross_the_idle_close_count_exactly_once() {
     let dir = tempfile::tempdir().expect("temp dir");

@@ -39,7 +39,9 @@ use crate::async_connection::{
     open, BatchCall, Call, ConnectionTask, Control, ControlReply, MapWatch, CALL_QUEUE_DEPTH,
 };
 use crate::async_pipeline::AsyncPipeline;
-use crate::blocking::{negate, open_deadline, resolve, routes_differ, shard_addrs};
+use crate::blocking::{
+    first_answering_async, negate, open_deadline, resolve, routes_differ, shard_addrs,
+};
 use crate::config::ClientConfig;
 use crate::dispatch::{check_keyed_batch, check_keys};
 use crate::error::ClientError;
@@ -108,20 +110,11 @@ impl AsyncClient {
             )
         })?;
         // The first address that answers is the main address, as for the blocking client.
-        let mut opened = Err(ClientError::Resolve {
-            addr: format!("{addr:?}"),
-            reason: "no addresses".to_owned(),
-        });
-        for candidate in resolve(addr)? {
-            let deadline = open_deadline(&config).into();
-            opened = open(candidate, &config, deadline)
-                .await
-                .map(|(stream, hello)| (candidate, stream, hello));
-            if opened.is_ok() {
-                break;
-            }
-        }
-        let (main_addr, main_stream, hello) = opened?;
+        let addrs = resolve(addr)?;
+        let (main_addr, (main_stream, hello)) = first_answering_async(&addrs, |candidate| {
+            open(candidate, &config, open_deadline(&config).into())
+        })
+        .await?;
         let map_watch = Arc::new(MapWatch::default());
         let addrs = shard_addrs(main_addr, &hello, config.shard_aware);
         // The main connection is kept only if it serves a shard: closed first otherwise,

@@ -178,11 +178,11 @@ struct InFlight {
     /// `ever_written` as it was before the frame was written to the current connection:
     /// restored if that connection parts, since the server then says it did not apply it.
     ever_written_earlier: bool,
-    /// The last connection it was written to parted without answering it: it was not
-    /// applied there, and sending it again is not charged to its retry budget.
+    /// The failure `recover` is settling parted the connection it was written to,
+    /// without answering it: it was not applied there, and this resend is not charged
+    /// to its retry budget. Cleared once that failure is settled, so a later failure
+    /// (a hello refused after the part) is charged (PROTOCOL.md, "Closing").
     parted: bool,
-    /// Times it was written (to this or earlier connections).
-    write_count: u32,
     /// The earliest deadline of its calls.
     deadline: Instant,
     waiter: Waiter,
@@ -215,12 +215,7 @@ impl InFlight {
     /// changes counters and the server parted without applying it.
     fn fail(self, error: &ClientError) {
         let maybe_applied = self.mutates && self.ever_written && !error.is_definitive();
-        let error = &match error.replicate().settle(maybe_applied) {
-            parting @ ClientError::Disconnected { .. } if self.mutates => ClientError::NotApplied {
-                cause: Box::new(parting),
-            },
-            settled => settled,
-        };
+        let error = &error.replicate().settle_call(maybe_applied, self.mutates);
         match self.waiter {
             Waiter::Batch(calls) => answer(calls, Err(error.replicate())),
             Waiter::Control(reply) => {
@@ -288,13 +283,22 @@ pub(crate) async fn open(
             decode_reply(&buf).map_err(|source| ClientError::Protocol { addr, source })?
         {
             return match frame.reply {
-                Ok(Reply::HelloReply(hello)) => Ok((stream, hello)),
-                // Every error to a hello closes the connection (busy, bad version).
-                Ok(Reply::Error(error)) => Err(ClientError::Disconnected {
-                    addr,
-                    code: error.code,
-                    message: error.message.to_owned(),
-                }),
+                Ok(Reply::HelloReply(hello)) => {
+                    buf.drain(..frame.frame_bytes);
+                    check_nothing_after_hello(&mut stream, addr, buf, deadline).await?;
+                    Ok((stream, hello))
+                }
+                // Every error to a hello closes the connection. Request id 0 is the
+                // parting word (busy, shutting down); another id answers the hello
+                // itself (a bad version), as in the blocking client.
+                Ok(Reply::Error(error)) if frame.request_id == 0 => {
+                    Err(ClientError::Disconnected {
+                        addr,
+                        code: error.code,
+                        message: error.message.to_owned(),
+                    })
+                }
+                Ok(Reply::Error(error)) => Err(server_refusal(error.code, error.message)),
                 Ok(other) => Err(ClientError::UnexpectedReply {
                     addr,
                     reason: format!("{other:?}"),
@@ -305,6 +309,44 @@ pub(crate) async fn open(
         read_more(&mut stream, addr, &mut buf, deadline)
             .await
             .map_err(hello_error)?;
+    }
+}
+
+/// Checks that no byte came after the hello's answer in `buf`, the rest of what `open`
+/// read. The server sends nothing unasked but its parting word, which may share a read
+/// with the `HelloReply` (a shutdown just after accept): the connection is then over
+/// before anything was sent on it, and the parting error is returned as the hello's,
+/// rather than lost with `open`'s buffer (the task would then write into a closing
+/// socket and meet a reset: an unknown outcome where the server promised "not applied").
+async fn check_nothing_after_hello(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<(), ClientError> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    // A frame is written whole: the rest of a partial one is on its way.
+    let frame = loop {
+        match decode_reply(&buf).map_err(|source| ClientError::Protocol { addr, source })? {
+            Some(frame) => break frame,
+            None => read_more(stream, addr, &mut buf, deadline)
+                .await
+                .map_err(hello_error)?,
+        }
+    };
+    match frame.reply {
+        Ok(Reply::Error(error)) if frame.request_id == 0 => Err(ClientError::Disconnected {
+            addr,
+            code: error.code,
+            message: error.message.to_owned(),
+        }),
+        Ok(other) => Err(ClientError::UnexpectedReply {
+            addr,
+            reason: format!("{other:?} after the hello's answer"),
+        }),
+        Err(source) => Err(ClientError::Protocol { addr, source }),
     }
 }
 
@@ -545,7 +587,6 @@ impl ConnectionTask {
                 in_flight.ever_written_earlier = in_flight.ever_written;
                 in_flight.ever_written = true;
                 in_flight.parted = false;
-                in_flight.write_count += 1;
             }
             let left = in_flight.bytes.len() - self.write_offset;
             if byte_count < left {
@@ -699,7 +740,6 @@ impl ConnectionTask {
             ever_written: false,
             ever_written_earlier: false,
             parted: false,
-            write_count: 0,
             deadline,
             waiter: Waiter::Control(reply),
             op_count: 0,
@@ -748,7 +788,6 @@ impl ConnectionTask {
             ever_written: false,
             ever_written_earlier: false,
             parted: false,
-            write_count: 0,
             deadline,
             waiter: Waiter::Batch(calls),
             op_count,
@@ -822,8 +861,9 @@ impl ConnectionTask {
                 Waiter::Batch(calls) => {
                     let results = batch_results(addr, frame, in_flight.op_count);
                     // A "table full" refusal says the server does not know the key, as
-                    // it says of a key it forgot: an earlier copy may have been applied.
-                    let resent = in_flight.write_count > 1 && in_flight.mutates;
+                    // it says of a key it forgot: an earlier copy may have been applied,
+                    // unless every earlier copy went to a connection that parted.
+                    let resent = in_flight.ever_written_earlier && in_flight.mutates;
                     let results = results.map_err(|error| match error {
                         ClientError::NotApplied { .. } if resent => error.settle(true),
                         other => other,
@@ -892,6 +932,9 @@ impl ConnectionTask {
                     in_flight.retries_used += 1;
                 }
                 in_flight.written = false;
+                // Free only for this failure: if the reconnect's hello fails next, the
+                // frame is still unwritten, and that failure must be charged.
+                in_flight.parted = false;
             }
             self.in_flight = resend;
             if self.in_flight.is_empty() {

@@ -65,7 +65,7 @@ struct Shard {
 
 /// Resolves `addr` to every socket address it names, in the resolver's order (a name
 /// such as `localhost` often gives `::1` before `127.0.0.1`, and a server may listen on
-/// only one of them).
+/// only one of them). Never empty: no address is a [`ClientError::Resolve`].
 pub(crate) fn resolve(
     addr: impl ToSocketAddrs + std::fmt::Debug,
 ) -> Result<Vec<SocketAddr>, ClientError> {
@@ -84,6 +84,41 @@ pub(crate) fn resolve(
         });
     }
     Ok(addrs)
+}
+
+/// Opens the first of `addrs` (from [`resolve`]: never empty) that answers, in order;
+/// if none does, the last one's failure. Each address gets its own connect and read
+/// timeouts (`open` sets them), so a name whose first addresses are black-holed (a
+/// filtered `::1`) costs their connect timeouts before one answers, and N addresses
+/// that all fail take up to N times the connect and read timeouts.
+pub(crate) fn first_answering<T>(
+    addrs: &[SocketAddr],
+    mut open: impl FnMut(SocketAddr) -> Result<T, ClientError>,
+) -> Result<(SocketAddr, T), ClientError> {
+    let (&last, earlier) = addrs.split_last().expect("resolve gives an address");
+    for &candidate in earlier {
+        if let Ok(opened) = open(candidate) {
+            return Ok((candidate, opened));
+        }
+    }
+    open(last).map(|opened| (last, opened))
+}
+
+/// [`first_answering`] for an `open` that is a future (the async client).
+pub(crate) async fn first_answering_async<T, F>(
+    addrs: &[SocketAddr],
+    mut open: impl FnMut(SocketAddr) -> F,
+) -> Result<(SocketAddr, T), ClientError>
+where
+    F: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let (&last, earlier) = addrs.split_last().expect("resolve gives an address");
+    for &candidate in earlier {
+        if let Ok(opened) = open(candidate).await {
+            return Ok((candidate, opened));
+        }
+    }
+    open(last).await.map(|opened| (last, opened))
 }
 
 /// The addresses the client routes over: one per core when shard-aware (each core's shard
@@ -151,20 +186,10 @@ impl Client {
         config: ClientConfig,
     ) -> Result<Client, ClientError> {
         config.validate()?;
-        // The first address that answers is the main address; each gets its own
-        // connect and read timeouts, and the last failure is the one reported.
-        let mut opened = Err(ClientError::Resolve {
-            addr: format!("{addr:?}"),
-            reason: "no addresses".to_owned(),
-        });
-        for candidate in resolve(addr)? {
-            opened = Connection::open(candidate, &config, open_deadline(&config))
-                .map(|(connection, hello)| (candidate, connection, hello));
-            if opened.is_ok() {
-                break;
-            }
-        }
-        let (main_addr, main, hello) = opened?;
+        // The first address that answers is the main address.
+        let (main_addr, (main, hello)) = first_answering(&resolve(addr)?, |candidate| {
+            Connection::open(candidate, &config, open_deadline(&config))
+        })?;
         let mut client = Client {
             config,
             main_addr,
@@ -584,4 +609,49 @@ pub(crate) fn negate(delta: i64) -> Result<i64, ClientError> {
             status: tally_protocol::Status::Overflow,
             detail: 0,
         }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::first_answering;
+    use crate::ClientError;
+
+    fn refused(addr: SocketAddr) -> ClientError {
+        let source = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        ClientError::Connect { addr, source }
+    }
+
+    #[test]
+    fn the_first_address_that_answers_is_used_and_the_rest_are_not_tried() {
+        let addrs: Vec<SocketAddr> = ["[::1]:1", "127.0.0.1:2", "127.0.0.1:3"]
+            .iter()
+            .map(|addr| addr.parse().unwrap())
+            .collect();
+        let mut tried = Vec::new();
+        let (addr, port) = first_answering(&addrs, |candidate| {
+            tried.push(candidate);
+            match candidate.port() {
+                1 => Err(refused(candidate)),
+                port => Ok(port),
+            }
+        })
+        .unwrap();
+        assert_eq!((addr, port), (addrs[1], 2));
+        assert_eq!(tried, addrs[..2]);
+    }
+
+    #[test]
+    fn when_no_address_answers_the_last_failure_is_reported() {
+        let addrs: Vec<SocketAddr> = ["[::1]:1", "127.0.0.1:2"]
+            .iter()
+            .map(|addr| addr.parse().unwrap())
+            .collect();
+        let error = first_answering(&addrs, |candidate| Err::<(), _>(refused(candidate)));
+        match error {
+            Err(ClientError::Connect { addr, .. }) => assert_eq!(addr, addrs[1]),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -82,8 +82,6 @@ struct Chunk {
     /// `written` as it was before the latest send: restored when the connection that
     /// send went out on parts, since the server says it did not apply it.
     written_earlier: bool,
-    /// Times it was encoded for sending (on this or earlier connections).
-    send_count: u32,
     retry_safe: bool,
     request_id: u64,
     /// Times this frame was resent; at most the configured retries.
@@ -158,7 +156,6 @@ pub(crate) fn run_keyed_batch<K: AsRef<[u8]>>(
         mutates: ops.iter().any(Op::is_mutation),
         written: false,
         written_earlier: false,
-        send_count: 0,
         retry_safe: true,
         request_id: 0,
         retries_used: 0,
@@ -259,7 +256,8 @@ fn is_refusal(error: &ClientError) -> bool {
 fn refuse_oldest<K: AsRef<[u8]>>(run: &mut Run, ops: &[Op<K>], index: usize, error: ClientError) {
     let queue = &mut run.queues[index];
     let chunk = &queue.chunks[queue.received];
-    let resent_refusal = matches!(error, ClientError::NotApplied { .. }) && chunk.send_count > 1;
+    // `written_earlier`: an earlier copy went out on a connection that did not part.
+    let resent_refusal = matches!(error, ClientError::NotApplied { .. }) && chunk.written_earlier;
     if resent_refusal {
         for &op_index in &chunk.op_indices {
             run.unknown[op_index] = ops[op_index].is_mutation();
@@ -316,7 +314,6 @@ fn plan<K: AsRef<[u8]>>(client: &Client, ops: &[Op<K>], ops_per_frame: usize) ->
                     mutates,
                     written: false,
                     written_earlier: false,
-                    send_count: 0,
                     retry_safe,
                     request_id: 0,
                     retries_used: 0,
@@ -383,7 +380,6 @@ fn encode_window<K: AsRef<[u8]>>(
         writer.finish().map_err(ClientError::Encode)?;
         chunk.written_earlier = chunk.written;
         chunk.written = true;
-        chunk.send_count += 1;
         in_flight_ops += chunk.op_indices.len();
         queue.sent += 1;
     }
@@ -529,7 +525,7 @@ fn give_up<K: AsRef<[u8]>>(
         let refused = definitive
             && index == failed
             && position == run.queues[index].received
-            && !(resent_refusal && chunk.send_count > 1);
+            && !(resent_refusal && chunk.written_earlier);
         chunk.mutates && chunk.written && !refused
     };
     // Answered frames (also those a re-route dropped from the queues) left results.
@@ -553,13 +549,7 @@ fn give_up<K: AsRef<[u8]>>(
         return ClientError::PartlyApplied { results, cause };
     }
     let mutates = ops.iter().any(Op::is_mutation);
-    match error.settle(unknown.contains(&true)) {
-        // The server parted and no earlier copy may have been applied: say so.
-        parting @ ClientError::Disconnected { .. } if mutates => ClientError::NotApplied {
-            cause: Box::new(parting),
-        },
-        settled => settled,
-    }
+    error.settle_call(unknown.contains(&true), mutates)
 }
 
 /// After the client adopted a new shard map (and dropped its old connections): moves

@@ -190,7 +190,9 @@ pub enum ClientError {
     /// request, and the client could not send it again within the call (retries off, the
     /// deadline too near, a parting code a new connection would meet again, such as
     /// `FrameTooLarge`). Nothing of the request was applied. Call
-    /// again later; a call made with a caller's idempotency key must be called again with
+    /// again later (unless [`ClientError::is_transient`] is false: a parting code other
+    /// than `Timeout`, `ServerBusy` or `ShuttingDown`, such as `FrameTooLarge`,
+    /// `MalformedFrame` or `UnsupportedVersion`, would be met again); a call made with a caller's idempotency key must be called again with
     /// the same key (and operations), as after [`ClientError::OutcomeUnknown`] (a call
     /// without one simply calls again: its automatic key is gone and applied nothing). The
     /// client does not resend a refusal within the call: the server would refuse it again
@@ -235,7 +237,29 @@ impl ClientError {
     /// better (timeout, busy, shutting down), not when the same bytes would be refused
     /// again (a frame too large, an unsupported version).
     pub fn is_transient(&self) -> bool {
-        self.is_lost_connection() || matches!(self, ClientError::NotApplied { .. })
+        match self {
+            // Not applied after a parting word: worth calling again only if a new
+            // connection can get past what made the server part.
+            ClientError::NotApplied { cause } => match cause.as_ref() {
+                parting @ ClientError::Disconnected { .. } => parting.is_lost_connection(),
+                _ => true,
+            },
+            other => other.is_lost_connection(),
+        }
+    }
+
+    /// This error as the end of a call (see [`ClientError::settle`]): a parting word the
+    /// client could not resend past, in a call that changes counters and of which no copy
+    /// may have been applied, becomes [`ClientError::NotApplied`], whatever its code
+    /// (the promise holds for every code; [`ClientError::is_transient`] tells whether a
+    /// new connection may fare better).
+    pub(crate) fn settle_call(self, maybe_applied: bool, mutates: bool) -> ClientError {
+        match self.settle(maybe_applied) {
+            parting @ ClientError::Disconnected { .. } if mutates => ClientError::NotApplied {
+                cause: Box::new(parting),
+            },
+            settled => settled,
+        }
     }
 
     /// Whether the connection that raised this error was lost or timed out (or could not
@@ -422,6 +446,51 @@ mod tests {
         its limit of 20 keys (tallyd --idempotency-max-keys), all inside the 600 s window; \
         nothing applied, call again later (under the same key if it is your own)";
     const STILL_RUNNING: &str = "a request with this idempotency key is still running; retry";
+
+    fn parting(code: ErrorCode) -> ClientError {
+        ClientError::Disconnected {
+            addr: "127.0.0.1:7878".parse().unwrap(),
+            code,
+            message: "parting".to_owned(),
+        }
+    }
+
+    /// A mutation a parting word left unsent is not applied whatever the code, but only
+    /// worth calling again when a new connection can get past the code.
+    #[test]
+    fn a_parted_mutation_is_not_applied_and_transient_only_if_a_new_connection_may_help() {
+        let passing = [
+            ErrorCode::Timeout,
+            ErrorCode::ServerBusy,
+            ErrorCode::ShuttingDown,
+        ];
+        let lasting = [
+            ErrorCode::FrameTooLarge,
+            ErrorCode::MalformedFrame,
+            ErrorCode::UnsupportedVersion,
+        ];
+        for (codes, transient) in [(passing, true), (lasting, false)] {
+            for code in codes {
+                let error = parting(code).settle_call(false, true);
+                assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+                assert_eq!(error.is_transient(), transient, "{code:?}");
+                assert_eq!(parting(code).is_transient(), transient, "{code:?}");
+            }
+        }
+    }
+
+    /// A read-only call parted, or a mutation an earlier copy of which may have been
+    /// applied, is not reported as not applied.
+    #[test]
+    fn a_parting_word_settles_as_not_applied_only_for_an_unapplied_mutation() {
+        let read = parting(ErrorCode::Timeout).settle_call(false, false);
+        assert!(matches!(read, ClientError::Disconnected { .. }), "{read:?}");
+        let maybe = parting(ErrorCode::Timeout).settle_call(true, true);
+        assert!(
+            matches!(maybe, ClientError::OutcomeUnknown { .. }),
+            "{maybe:?}"
+        );
+    }
 
     #[test]
     fn a_full_idempotency_table_is_not_applied_and_not_busy() {

@@ -8,7 +8,7 @@
 mod fake_server;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fake_server::FakeServer;
 use tally_client::{AsyncClient, Client, ClientConfig, ClientError, ErrorCode};
@@ -65,7 +65,6 @@ fn blocking_calls_after_an_idle_close_reconnect_and_count_once() {
         server.part_idle_connections(2);
     }
     assert_eq!(client.get("idle:0").unwrap(), 3);
-    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
     assert_eq!(
         server.state.batch_frames.load(Ordering::SeqCst),
         3 * 16 + 1,
@@ -129,7 +128,6 @@ fn blocking_a_mutation_without_a_key_answered_by_a_parting_error_is_resent_once(
         assert_eq!(server.value(key), Some(1), "{key}");
     }
     assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
-    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
 }
 
 /// One retry, and the first two sends of a frame parted: resending a parted frame is
@@ -205,7 +203,6 @@ fn blocking_a_new_shard_map_on_reconnect_reroutes() {
     assert_eq!(client.shard_map().partition_count, new_map.partition_count);
     assert_eq!(client.shard_map().owners, new_map.owners);
     assert_eq!(server.state.misrouted_ops.load(Ordering::SeqCst), 0);
-    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
 }
 
 /// Closes idle connections from a blocking thread while the runtime keeps running.
@@ -227,7 +224,6 @@ async fn async_calls_after_an_idle_close_reconnect_and_count_once() {
         part_idle(&server, 2).await;
     }
     assert_eq!(client.get("idle:0").await.unwrap(), 3);
-    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
     client.ping().await.unwrap();
 }
 
@@ -265,29 +261,22 @@ async fn async_a_parting_error_in_reply_to_a_batch_resends_it_with_its_key() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn async_a_mutation_without_a_key_answered_by_a_parting_error_is_resent_once() {
-    let server = FakeServer::start(2, 16);
+    // One core: every frame goes down the one connection that parts.
+    let server = FakeServer::start(1, 16);
     let client = AsyncClient::connect(server.main_addr).await.unwrap();
     server.state.part_on_batch.store(1, Ordering::SeqCst);
     assert_eq!(client.incr("like", 1).await.unwrap(), 1);
     assert_eq!(server.value("like"), Some(1));
     assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 1);
     assert_eq!(server.state.keyed_frames.load(Ordering::SeqCst), 0);
-    // Concurrent calls in flight behind the parted frame: all resent once.
+    // Concurrent calls, one frame each, in flight behind the parted frame: all resent once.
     server.state.part_on_batch.store(1, Ordering::SeqCst);
-    let calls: Vec<_> = keys()
-        .into_iter()
-        .map(|key| {
-            let client = client.clone();
-            tokio::spawn(async move { (client.incr(&key, 1).await, key) })
-        })
-        .collect();
-    for call in calls {
-        let (result, key) = call.await.unwrap();
-        assert_eq!(result.unwrap(), 1, "{key}");
-        assert_eq!(server.value(&key), Some(1), "{key}");
-    }
+    let frames_before = server.state.batch_frames.load(Ordering::SeqCst);
+    increment_in_separate_frames(&client, &server).await;
     assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
-    assert_eq!(server.state.duplicate_batches.load(Ordering::SeqCst), 0);
+    let frames = server.state.batch_frames.load(Ordering::SeqCst) - frames_before;
+    // The fake server counts the frames it answers, not the parted ones.
+    assert_eq!(frames, 16, "one frame per call, each applied once");
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -417,4 +406,190 @@ fn async_tasks_a_map_change_starts_run_on_the_clients_own_runtime() {
     assert_eq!(client.shard_map().owners, two_cores.owners);
     stop.send(()).unwrap();
     runtime_thread.join().unwrap();
+}
+
+/// Increments every key of `keys()` by 1 from concurrent calls, each in a frame of its
+/// own (alternating durabilities keep the task from packing them into one frame), and
+/// checks that each call, and the server, counted it exactly once.
+async fn increment_in_separate_frames(client: &AsyncClient, server: &FakeServer) {
+    use tally_client::{BoundPolicy, Durability, Op};
+    let calls: Vec<_> = keys()
+        .into_iter()
+        .enumerate()
+        .map(|(index, key)| {
+            let client = client.clone();
+            let durability = if index % 2 == 0 {
+                Durability::Durable
+            } else {
+                Durability::Relaxed
+            };
+            tokio::spawn(async move {
+                let ops = [Op::Add {
+                    key: key.clone().into_bytes(),
+                    delta: 1,
+                    policy: BoundPolicy::Reject,
+                }];
+                (client.batch_with(&ops, durability).await, key)
+            })
+        })
+        .collect();
+    for call in calls {
+        let (result, key) = call.await.unwrap();
+        assert_eq!(result.unwrap()[0].as_ref().unwrap().value, 1, "{key}");
+        assert_eq!(server.value(&key), Some(1), "{key}");
+    }
+}
+
+/// The parting frame comes after the replies to the frames pipelined before it, often in
+/// the same read: the answered frames must not be resent, the unanswered ones must be.
+/// The server parts at the `at`-th batch of a connection, for several positions.
+#[test]
+fn blocking_frames_answered_before_a_parting_frame_are_not_resent() {
+    for at in 2..=8 {
+        let server = FakeServer::start(2, 16);
+        let mut client = Client::connect(server.main_addr).unwrap();
+        server.state.part_at_batch.store(at, Ordering::SeqCst);
+        let results = client
+            .batch_framed(&increments(), Default::default(), 1)
+            .unwrap();
+        for (key, result) in keys().iter().zip(results) {
+            assert_eq!(result.unwrap().value, 1, "{key}, parted at batch {at}");
+            assert_eq!(server.value(key), Some(1), "{key}, parted at batch {at}");
+        }
+        let parted = server.state.parted_connections.load(Ordering::SeqCst);
+        assert_eq!(parted, 1, "parted at batch {at}");
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_frames_answered_before_a_parting_frame_are_not_resent() {
+    for at in 2..=8 {
+        // One core: every frame goes down the one connection that parts.
+        let server = FakeServer::start(1, 16);
+        let client = AsyncClient::connect(server.main_addr).await.unwrap();
+        server.state.part_at_batch.store(at, Ordering::SeqCst);
+        increment_in_separate_frames(&client, &server).await;
+        let parted = server.state.parted_connections.load(Ordering::SeqCst);
+        assert_eq!(parted, 1, "parted at batch {at}");
+        // The fake server counts the frames it answers, not the parted ones.
+        let frames = server.state.batch_frames.load(Ordering::SeqCst);
+        assert_eq!(frames, 16, "one frame per call, parted at batch {at}");
+    }
+}
+
+/// One retry, a deadline far away, and (set by the tests) a server that parts on the first
+/// batch and then refuses every hello with a parting `ServerBusy` (the connection limit).
+fn one_retry_long_deadline() -> ClientConfig {
+    ClientConfig {
+        retries: 1,
+        call_timeout: Duration::from_secs(3),
+        ..ClientConfig::default()
+    }
+}
+
+/// Resending the parted frame is free, but a hello refused after it is charged (a
+/// parting error to a hello is a failed connection like any other): with one retry the
+/// call gives up after a few hellos, not by hammering a full server until its deadline.
+fn assert_refused_hellos_were_charged(
+    result: Result<i64, ClientError>,
+    hellos: u64,
+    elapsed: Duration,
+) {
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, ClientError::NotApplied { .. }),
+        "the parted increment was not applied: {error:?}"
+    );
+    // Per connection attempt the shard port's hello and the main address's one.
+    assert!(
+        hellos <= 4,
+        "{hellos} hellos in {elapsed:?}: refusals were free"
+    );
+    assert!(
+        elapsed < one_retry_long_deadline().call_timeout / 2,
+        "{hellos} hellos in {elapsed:?}: retried until the deadline"
+    );
+}
+
+#[test]
+fn blocking_hellos_refused_after_a_part_are_charged() {
+    let server = FakeServer::start(2, 16);
+    let mut client = Client::connect_with(server.main_addr, one_retry_long_deadline()).unwrap();
+    let hellos_before = server.state.hellos.load(Ordering::SeqCst);
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_on_hello.store(1000, Ordering::SeqCst);
+    let started = Instant::now();
+    let result = client.incr("like", 1);
+    let hellos = server.state.hellos.load(Ordering::SeqCst) - hellos_before;
+    assert_refused_hellos_were_charged(result, hellos, started.elapsed());
+    assert_eq!(server.value("like"), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_hellos_refused_after_a_part_are_charged() {
+    let server = FakeServer::start(2, 16);
+    let client = AsyncClient::connect_with(server.main_addr, one_retry_long_deadline())
+        .await
+        .unwrap();
+    let hellos_before = server.state.hellos.load(Ordering::SeqCst);
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_on_hello.store(1000, Ordering::SeqCst);
+    let started = Instant::now();
+    let result = client.incr("like", 1).await;
+    let hellos = server.state.hellos.load(Ordering::SeqCst) - hellos_before;
+    assert_refused_hellos_were_charged(result, hellos, started.elapsed());
+    assert_eq!(server.value("like"), None);
+}
+
+/// A parting frame in the same read as a reconnect's `HelloReply` (a server shutting
+/// down just after accepting) is not lost with the hello's buffer: the reconnect counts
+/// as failed, the next one succeeds, and the parted increment is resent and counts once,
+/// instead of being written into the closing socket (an unknown outcome).
+#[test]
+fn blocking_a_parting_frame_read_with_the_hello_reply_is_not_lost() {
+    let server = FakeServer::start(1, 16);
+    let mut client = Client::connect(server.main_addr).unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_after_hello.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_parting_frame_read_with_the_hello_reply_is_not_lost() {
+    let server = FakeServer::start(1, 16);
+    let client = AsyncClient::connect(server.main_addr).await.unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.part_after_hello.store(1, Ordering::SeqCst);
+    assert_eq!(client.incr("like", 1).await.unwrap(), 1);
+    assert_eq!(server.value("like"), Some(1));
+    assert_eq!(server.state.parted_connections.load(Ordering::SeqCst), 2);
+}
+
+/// A keyed frame parted, then its resend refused as "idempotency table full": the only
+/// earlier copy went to a connection that parted, so the server never saw the key and
+/// the refusal means what it says, not applied (not an unknown outcome).
+#[test]
+fn blocking_a_parted_frame_refused_as_table_full_on_resend_is_not_applied() {
+    let server = FakeServer::start(1, 16);
+    let mut client = Client::connect_with(server.main_addr, auto_keys()).unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).unwrap_err();
+    assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+    assert_eq!(server.value("like"), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn async_a_parted_frame_refused_as_table_full_on_resend_is_not_applied() {
+    let server = FakeServer::start(1, 16);
+    let client = AsyncClient::connect_with(server.main_addr, auto_keys())
+        .await
+        .unwrap();
+    server.state.part_on_batch.store(1, Ordering::SeqCst);
+    server.state.full_on_new_key.store(1, Ordering::SeqCst);
+    let error = client.incr("like", 1).await.unwrap_err();
+    assert!(matches!(error, ClientError::NotApplied { .. }), "{error:?}");
+    assert_eq!(server.value("like"), None);
 }

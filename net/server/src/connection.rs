@@ -30,7 +30,8 @@
 //! was not applied and never will be. The server sends one only where nothing is left
 //! half done: on an idle or slow read timeout (before the read that timed out, every
 //! complete frame was answered; a partial one is never applied), on a length field that
-//! cannot be framed (the frames before it are answered first), at shutdown (after the
+//! cannot be framed or a request with the reserved id 0 (the frames before it are
+//! answered first, nothing of it is applied), at shutdown (after the
 //! replies to every frame read), and at accept over the connection limit (nothing read).
 //! After it nothing is dispatched: [`stream::linger`] only reads and discards until the
 //! client closes, so the parting frame arrives instead of being lost to a reset. A
@@ -66,6 +67,10 @@ const INPUT_BYTES_MAX: usize = FRAME_BYTES_MAX + INPUT_BYTES_INITIAL;
 const _: () =
     assert!(INPUT_BYTES_INITIAL >= HEADER_BYTES && INPUT_BYTES_INITIAL <= FRAME_BYTES_MAX);
 
+/// The request id of the server's parting word (PROTOCOL.md, "Closing"); a client must
+/// not use it, so a request that does is fatal.
+const PARTING_REQUEST_ID: u64 = 0;
+
 /// The error for an idempotency key reused with other operations (PROTOCOL.md).
 const IDEMPOTENCY_KEY_REUSED: ErrorCode = ErrorCode::IdempotencyKeyReused;
 
@@ -78,18 +83,25 @@ const IDEMPOTENCY_TABLE_FULL: ErrorCode = ErrorCode::ServerBusy;
 /// connection is outside the limit, so a flood of them holding descriptors for the
 /// grace would exhaust what the limit protects (and on a core out of descriptors the
 /// refusal runs in the accept loop). A client sends nothing but its hello before the
-/// hello's answer, so a reset that loses this error costs it a failed connect, never a
-/// request of unknown outcome.
+/// hello's answer (PROTOCOL.md, "Handshake": it should not), so a reset that loses this
+/// error costs it a failed connect, never a request of unknown outcome.
 pub async fn refuse(mut stream: TcpStream) {
-    let mut out = Vec::new();
-    encode_error(
-        &mut out,
-        0,
-        ErrorCode::ServerBusy,
-        "too many connections; retry later",
-    );
-    let _ = stream.write_all(&out).await;
+    let busy = "too many connections; retry later";
+    let _ = send_parting(&mut stream, ErrorCode::ServerBusy, busy).await;
     let _ = stream.close().await;
+}
+
+/// Writes the server's parting word (PROTOCOL.md, "Closing"): an `Error` with request
+/// id 0, the last frame on the connection. Every path that parts writes it here; only
+/// once it is written may the connection [`stream::linger`] for the client to read it.
+async fn send_parting(
+    stream: &mut TcpStream,
+    code: ErrorCode,
+    message: &str,
+) -> std::io::Result<()> {
+    let mut out = Vec::new();
+    encode_error(&mut out, PARTING_REQUEST_ID, code, message);
+    stream.write_all(&out).await
 }
 
 /// Serves one connection until the client closes it, it times out, it sends an
@@ -115,7 +127,7 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
             tracing::info!(core = core.index, %peer, %error, "connection ended with an I/O error")
         }
     }
-    if end.is_servers_close() {
+    if end.wrote_last_frame() {
         // The last frame is written; wait for the client to take it (PROTOCOL.md,
         // "Closing"): nothing read from here on is applied.
         stream::linger(&mut stream).await;
@@ -127,24 +139,33 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
 enum End {
     /// The client closed it (or shutdown ended its reads) and every reply was sent.
     Closed,
-    /// The server closed it after an error reply: what went wrong.
+    /// The server closed it after an error reply, written: what went wrong.
     Refused(String),
-    /// The server closed it, with a `Timeout` reply, after nothing was received for
-    /// the read timeout.
+    /// The server closed it, with a `Timeout` reply (written), after nothing was
+    /// received for the read timeout.
     Idle,
     /// The server is shutting down: every frame read was answered, then the parting
-    /// `ShuttingDown` error was sent.
+    /// `ShuttingDown` error was written.
     Stopped,
     /// Reading or writing failed (peer gone, timeout while writing).
     Io(std::io::Error),
 }
 
 impl End {
-    /// Whether the server ends the connection after a last frame of its own (a parting
-    /// error), so it must linger for the client to read it.
-    fn is_servers_close(&self) -> bool {
+    /// Whether the server ends the connection after writing a last frame of its own (a
+    /// parting error, or the answer to a refused handshake), so it must linger for the
+    /// client to read it. A last frame that could not be written ends as [`End::Io`].
+    fn wrote_last_frame(&self) -> bool {
         matches!(self, End::Refused(_) | End::Idle | End::Stopped)
     }
+}
+
+/// A frame after which the connection cannot go on; the frames before it are answered.
+enum Fatal {
+    /// A length field that cannot be framed: the stream cannot be resynchronized.
+    Framing(ProtocolError),
+    /// A request with the id reserved for the server's parting word.
+    ReservedRequestId,
 }
 
 /// A reply whose frame is fully known at dispatch, or a batch awaiting its results.
@@ -206,12 +227,17 @@ impl Connection {
         loop {
             let needed = match frame_bytes_needed(self.input.buffered()) {
                 Ok(needed) => needed.unwrap_or(HEADER_BYTES),
-                Err(error) => return refuse_framing(stream, error).await,
+                Err(error) => return refuse_fatal(stream, Fatal::Framing(error)).await,
             };
             // Only a partial frame is left after a turn, and its length passed the
-            // check, so this holds; closing beats a panic if it ever does not.
+            // check, so this holds; closing beats a panic if it ever does not. Only
+            // that partial frame is unanswered, never applied: the parting word holds.
             if self.input.reserve(needed).is_err() {
-                return End::Refused("input buffer full".to_string());
+                let reason = "input buffer full";
+                return match send_parting(stream, ErrorCode::Internal, reason).await {
+                    Ok(()) => End::Refused(reason.to_string()),
+                    Err(error) => End::Io(error),
+                };
             }
             // Only a partial frame is left after a turn: it has the rest of its time.
             let partial = !self.input.buffered().is_empty();
@@ -233,10 +259,8 @@ impl Connection {
             if eof {
                 if core.stop.is_fired() {
                     // Shutdown ended the reads; every frame read was answered above.
-                    let mut out = Vec::new();
                     let message = "the server is shutting down";
-                    encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
-                    return match stream.write_all(&out).await {
+                    return match send_parting(stream, ErrorCode::ShuttingDown, message).await {
                         Ok(()) => End::Stopped,
                         Err(error) => End::Io(error),
                     };
@@ -250,7 +274,7 @@ impl Connection {
     /// limit at a time. `Some` if the connection must end.
     async fn answer_buffered(&mut self, core: &Core, stream: &mut TcpStream) -> Option<End> {
         loop {
-            let (frames, framing_error) = self.dispatch(core).await;
+            let (frames, fatal) = self.dispatch(core).await;
             if frames > 0 {
                 self.deadline.request_done();
             }
@@ -265,8 +289,8 @@ impl Connection {
             if let Some(reason) = state.close_after.take() {
                 return Some(End::Refused(reason));
             }
-            if let Some(error) = framing_error {
-                return Some(refuse_framing(stream, error).await);
+            if let Some(fatal) = fatal {
+                return Some(refuse_fatal(stream, fatal).await);
             }
             if frames < core.config.frames_in_flight_max {
                 return None;
@@ -274,9 +298,9 @@ impl Connection {
         }
     }
 
-    /// Phase 1: dispatches complete frames in order. Returns how many, and a fatal
-    /// framing error if one stopped the turn.
-    async fn dispatch(&mut self, core: &Core) -> (usize, Option<ProtocolError>) {
+    /// Phase 1: dispatches complete frames in order. Returns how many, and the fatal
+    /// error that stopped the turn, if one did (the frames before it are dispatched).
+    async fn dispatch(&mut self, core: &Core) -> (usize, Option<Fatal>) {
         let mut frames = 0;
         let input = &mut self.input;
         let state = &mut self.state;
@@ -285,8 +309,14 @@ impl Connection {
             let frame = match decode_request(input.buffered()) {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => return (frames, Some(error)),
+                Err(error) => return (frames, Some(Fatal::Framing(error))),
             };
+            if frame.request_id == PARTING_REQUEST_ID {
+                // Only the server's parting word carries id 0 (PROTOCOL.md, "Frames"):
+                // answering this frame with its own id would look like one. Nothing of
+                // it is applied; it is left unconsumed, as the connection ends here.
+                return (frames, Some(Fatal::ReservedRequestId));
+            }
             frames += 1;
             let consumed = frame.frame_bytes;
             match frame.request {
@@ -314,27 +344,29 @@ async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
     } else {
         "read timeout: nothing received for the read timeout"
     };
-    let mut out = Vec::new();
-    encode_error(&mut out, 0, ErrorCode::Timeout, reason);
-    let _ = stream.write_all(&out).await;
-    if within_frame {
-        End::Refused(reason.to_string())
-    } else {
-        End::Idle
+    match send_parting(stream, ErrorCode::Timeout, reason).await {
+        Err(error) => End::Io(error),
+        Ok(()) if within_frame => End::Refused(reason.to_string()),
+        Ok(()) => End::Idle,
     }
 }
 
-/// Sends the error reply for an unusable length field; the stream cannot be
-/// resynchronized, so the connection ends.
-async fn refuse_framing(stream: &mut TcpStream, error: ProtocolError) -> End {
-    let code = match error {
-        ProtocolError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
-        _ => ErrorCode::MalformedFrame,
+/// Sends the parting error for a fatal frame; the connection ends.
+async fn refuse_fatal(stream: &mut TcpStream, fatal: Fatal) -> End {
+    let (code, reason) = match fatal {
+        Fatal::Framing(error @ ProtocolError::FrameTooLarge { .. }) => {
+            (ErrorCode::FrameTooLarge, error.to_string())
+        }
+        Fatal::Framing(error) => (ErrorCode::MalformedFrame, error.to_string()),
+        Fatal::ReservedRequestId => (
+            ErrorCode::MalformedFrame,
+            "request id 0 is reserved".to_string(),
+        ),
     };
-    let mut out = Vec::new();
-    encode_error(&mut out, 0, code, &error.to_string());
-    let _ = stream.write_all(&out).await;
-    End::Refused(error.to_string())
+    match send_parting(stream, code, &reason).await {
+        Ok(()) => End::Refused(reason),
+        Err(error) => End::Io(error),
+    }
 }
 
 impl State {

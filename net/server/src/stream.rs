@@ -8,7 +8,8 @@
 //! [`linger`] is how the server ends a connection it closes itself after its last
 //! frame (the native door's parting `Error` of request id 0, PROTOCOL.md "Closing"):
 //! it shuts down the write side (FIN), then reads and discards whatever the client
-//! still sends, for at most [`PARTING_GRACE`], until the client closes its side. A
+//! still sends, for at most [`PARTING_GRACE`] and [`LINGER_DISCARD_BYTES_MAX`] bytes,
+//! until the client closes its side. A
 //! plain close with unread bytes in the socket makes the kernel answer with a reset,
 //! which can destroy the last frame on its way or in the client's buffer; reading them
 //! first lets the last frame arrive. Nothing read there is ever decoded or applied: that
@@ -69,10 +70,18 @@ pub const PARTING_GRACE: Duration = Duration::from_secs(1);
 /// The bytes read and discarded by one `read` of [`linger`].
 const LINGER_READ_BYTES: usize = 4096;
 
+/// The most bytes [`linger`] reads and discards before it closes anyway: a client that
+/// reads its replies has at most a pipeline's worth in flight when the parting frame
+/// goes out, so this is plenty, while a peer that floods cannot keep a core reading
+/// and discarding at line rate for the whole [`PARTING_GRACE`].
+const LINGER_DISCARD_BYTES_MAX: usize = 4 * 1024 * 1024;
+const _: () = assert!(LINGER_READ_BYTES <= LINGER_DISCARD_BYTES_MAX);
+
 /// Ends a connection the server closes after its last frame (already written): shuts
 /// down the write side, so the client reads that frame and then the end of the stream,
 /// then reads and discards what the client still sends until it closes its side, the
-/// read fails, or [`PARTING_GRACE`] has passed. Never decodes what it reads: requests
+/// read fails, [`PARTING_GRACE`] has passed, or [`LINGER_DISCARD_BYTES_MAX`] bytes were
+/// discarded (then the close may reset). Never decodes what it reads: requests
 /// that arrive now are not applied. Call [`close`] (or drop the stream) afterwards.
 pub async fn linger(stream: &mut TcpStream) {
     if stream.shutdown(Shutdown::Write).await.is_err() {
@@ -81,14 +90,15 @@ pub async fn linger(stream: &mut TcpStream) {
     }
     let deadline = Instant::now() + PARTING_GRACE;
     let mut discarded = [0u8; LINGER_READ_BYTES];
-    loop {
+    let mut discarded_bytes = 0usize;
+    while discarded_bytes < LINGER_DISCARD_BYTES_MAX {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             return;
         }
         match stream.read(&mut discarded).await {
             Ok(0) | Err(_) => return,
-            Ok(count) => debug_assert!(count <= LINGER_READ_BYTES),
+            Ok(count) => discarded_bytes += count,
         }
     }
 }

@@ -554,6 +554,61 @@ fn an_oversize_frame_is_refused_and_closed_while_others_are_served() {
     assert_eq!(other.batch(&[add(b"x", 2)])[0].value, 2);
 }
 
+/// Good frames, then a length field that cannot be framed, then a good frame, all in
+/// one write: the frames before the bad length are answered and applied, then the
+/// parting `MalformedFrame` arrives, and nothing after it is applied.
+#[test]
+fn frames_before_an_unframeable_length_are_answered_and_none_after_it_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let mut pipeline = Vec::new();
+    for id in [10, 11] {
+        encode_batch(
+            &mut pipeline,
+            id,
+            Durability::Durable,
+            None,
+            &[add(b"before", 1)],
+        )
+        .unwrap();
+    }
+    // A length below the header's size: the receiver cannot find the next frame.
+    pipeline.extend_from_slice(&3u32.to_le_bytes());
+    encode_batch(
+        &mut pipeline,
+        12,
+        Durability::Durable,
+        None,
+        &[add(b"after", 1)],
+    )
+    .unwrap();
+    client.send(&pipeline);
+    for (id, value) in [(10, 1), (11, 2)] {
+        match client.next_answer() {
+            (answered, Answer::Results(results)) if answered == id => {
+                assert_eq!(results[0].value, value)
+            }
+            other => panic!("expected the answer to {id}, got {other:?}"),
+        }
+    }
+    let (id, parting) = client.next_answer();
+    assert!(
+        id == 0 && matches!(parting, Answer::Error(ErrorCode::MalformedFrame, _)),
+        "{id} {parting:?}"
+    );
+    assert!(matches!(client.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.get(b"before"), 2);
+    assert_eq!(
+        fresh.get(b"after"),
+        0,
+        "nothing after the bad length was applied"
+    );
+}
+
 /// The resident memory of process `pid`, in KiB, from /proc.
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -849,6 +904,44 @@ fn a_request_sent_after_the_idle_timeout_gets_the_parting_frame_and_is_not_appli
     assert_eq!(fresh.get(b"late"), 0, "the late increment was not applied");
 }
 
+/// Request id 0 is reserved for the server's parting word (PROTOCOL.md, "Frames"): a
+/// request that uses it ends the connection. The frames before it are answered and
+/// applied, then the parting `MalformedFrame` arrives, and neither it nor the frames
+/// after it are applied, so the parting frame's promise holds.
+#[test]
+fn a_request_with_id_0_gets_the_parting_frame_and_is_not_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut client = daemon.connect();
+    client.hello();
+    let mut pipeline = Vec::new();
+    for (id, key) in [(1, b"id-1"), (0, b"id-0"), (2, b"id-2")] {
+        encode_batch(&mut pipeline, id, Durability::Durable, None, &[add(key, 1)]).unwrap();
+    }
+    client.send(&pipeline);
+    match client.next_answer() {
+        (1, Answer::Results(results)) => assert_eq!(results[0].value, 1),
+        other => panic!("the frame before id 0 is answered first, got {other:?}"),
+    }
+    let (id, parting) = client.next_answer();
+    assert!(
+        id == 0
+            && matches!(&parting, Answer::Error(ErrorCode::MalformedFrame, message)
+                if message.contains("request id 0 is reserved")),
+        "{id} {parting:?}"
+    );
+    assert!(matches!(client.next_answer().1, Answer::Closed));
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(fresh.get(b"id-1"), 1, "the frame before id 0 was applied");
+    assert_eq!(fresh.get(b"id-0"), 0, "the frame with id 0 was not applied");
+    assert_eq!(
+        fresh.get(b"id-2"),
+        0,
+        "the frame after id 0 was not applied"
+    );
+}
+
 #[test]
 fn sigterm_shuts_down_cleanly_and_counts_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -908,6 +1001,7 @@ fn shutdown_says_so_before_closing() {
         "{answer:?}"
     );
     let stopping = std::thread::spawn(move || daemon.terminate());
+    let mut answered = 1;
     for (name, client) in [("idle", &mut idle), ("busy", &mut busy)] {
         let mut ids = Vec::new();
         let last = loop {
@@ -926,8 +1020,18 @@ fn shutdown_says_so_before_closing() {
             "{name}: {last:?}"
         );
         assert!(matches!(client.next_answer().1, Answer::Closed), "{name}");
+        answered += ids.len() as i64;
     }
     assert_eq!(stopping.join().unwrap(), Some(0));
+    // The parting word's promise: the frames it left unanswered were not applied.
+    let daemon = Daemon::start(dir.path(), &[]);
+    let mut fresh = daemon.connect();
+    fresh.hello();
+    assert_eq!(
+        fresh.get(b"s"),
+        answered,
+        "exactly the answered frames were applied"
+    );
 }
 
 /// Without `--partitions`, an existing data directory opens with its own partition

@@ -64,6 +64,16 @@ pub struct State {
     pub parted_connections: AtomicU64,
     /// Hello frames answered (one per connection opened by a client).
     pub hellos: AtomicU64,
+    /// Refuse this many hellos with a parting `ServerBusy` (request id 0), as tallyd
+    /// refuses a connection over its limit; each counts in `hellos`.
+    pub part_on_hello: AtomicU32,
+    /// Part once, at the Nth batch of a connection (1 = its first), after answering the
+    /// batches before it in the same write: replies and the parting frame in one read.
+    pub part_at_batch: AtomicU32,
+    /// Answer this many hellos and part right after, in the same write (tallyd's
+    /// shutdown just after accept): the `HelloReply` and a parting `ShuttingDown`
+    /// arrive in one read.
+    pub part_after_hello: AtomicU32,
     /// Answer this many batches whose idempotency key is already known with `ServerBusy`
     /// "still running", applying nothing (the first copy's results are kept).
     pub busy_on_duplicate: AtomicU32,
@@ -270,6 +280,7 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
     let mut hello: Option<HelloReply> = None;
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut batches_seen = 0u32;
     loop {
         let mut out = Vec::new();
         let mut consumed = 0;
@@ -280,6 +291,34 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
                     match frame.request {
                         Ok(request) => {
                             let is_batch = matches!(request, Request::Batch(_));
+                            if matches!(request, Request::Hello(_))
+                                && take_one(&state.part_on_hello)
+                            {
+                                state.hellos.fetch_add(1, Ordering::SeqCst);
+                                encode_error(
+                                    &mut out,
+                                    0,
+                                    ErrorCode::ServerBusy,
+                                    "too many connections; retry later",
+                                );
+                                let _ = stream.write_all(&out);
+                                return;
+                            }
+                            if is_batch {
+                                batches_seen += 1;
+                                let at = state.part_at_batch.load(Ordering::SeqCst);
+                                if at != 0
+                                    && batches_seen == at
+                                    && state
+                                        .part_at_batch
+                                        .compare_exchange(at, 0, Ordering::SeqCst, Ordering::SeqCst)
+                                        .is_ok()
+                                {
+                                    let _ = stream.write_all(&out);
+                                    part(&mut stream, state);
+                                    return;
+                                }
+                            }
                             if is_batch && take_one(&state.part_on_batch) {
                                 let _ = stream.write_all(&out);
                                 part(&mut stream, state);
@@ -288,8 +327,16 @@ fn serve(mut stream: TcpStream, core: Option<usize>, state: &State) {
                             let hello = hello.get_or_insert_with(|| {
                                 state.hello.lock().unwrap().clone().expect("set at start")
                             });
+                            let is_hello = matches!(request, Request::Hello(_));
                             if !handle(request, frame.request_id, core, hello, state, &mut out) {
                                 return; // drop the connection without replying
+                            }
+                            if is_hello && take_one(&state.part_after_hello) {
+                                let message = "the server is shutting down";
+                                encode_error(&mut out, 0, ErrorCode::ShuttingDown, message);
+                                let _ = stream.write_all(&out);
+                                state.parted_connections.fetch_add(1, Ordering::SeqCst);
+                                return;
                             }
                         }
                         Err(error) => encode_error(
