@@ -91,10 +91,11 @@ impl Client {
         let mut client = Client {
             stream,
             buffer: Vec::new(),
-            next_id: 0,
+            // The hello is request 1, batches follow (id 0 is the server's parting word).
+            next_id: 1,
         };
         let mut out = Vec::new();
-        encode_hello(&mut out, 0, "durability-test").unwrap();
+        encode_hello(&mut out, 1, "durability-test").unwrap();
         client.stream.write_all(&out).unwrap();
         assert!(matches!(client.next_reply(), Some(Answer::Hello)));
         client

@@ -345,7 +345,8 @@ impl State {
                 return Some(due);
             }
             self.parts.clear();
-            let ops = codec.encode(&mut self.outs, self.sent, &mut self.parts);
+            // Ids count from 1: id 0 is the server's parting word (PROTOCOL.md).
+            let ops = codec.encode(&mut self.outs, self.sent + 1, &mut self.parts);
             if ops == 0 {
                 self.sending_done = true;
                 break;

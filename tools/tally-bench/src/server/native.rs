@@ -170,7 +170,8 @@ pub fn connect(addr: SocketAddr) -> Result<(TcpStream, HelloReply), DriveError> 
         .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
         .map_err(|source| DriveError::io("setting the handshake timeout", source))?;
     let mut hello = Vec::new();
-    encode_hello(&mut hello, 0, "tally-bench").expect("a short client name encodes");
+    // Request id 0 is reserved for the server's parting word (PROTOCOL.md).
+    encode_hello(&mut hello, 1, "tally-bench").expect("a short client name encodes");
     stream
         .write_all(&hello)
         .map_err(|source| DriveError::io("sending the hello", source))?;
