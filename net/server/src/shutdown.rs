@@ -2,8 +2,8 @@
 //! accepting, lets in-flight requests finish, and drains connections.
 //!
 //! Sequence on every core once [`ShutdownSignal::is_requested`] turns true (each core
-//! polls it every [`POLL_INTERVAL`]; SIGINT/SIGTERM only set the flag, no work runs in a
-//! signal handler):
+//! polls it every [`POLL_INTERVAL`]; SIGINT/SIGTERM set the flag from a thread that
+//! waits for signals, no work runs in a signal handler; SIGHUP is logged and ignored):
 //!
 //! 1. the accept loops end ([`StopNotice`] fires), so no new connection is taken;
 //! 2. the read half of every open connection is shut down ([`ConnectionRegistry`]),
@@ -57,12 +57,40 @@ impl ShutdownSignal {
         self.requested.load(Ordering::Acquire)
     }
 
-    /// Makes SIGINT and SIGTERM set this flag (instead of killing the process).
+    /// Makes SIGINT and SIGTERM request a graceful stop, and SIGHUP do nothing but say
+    /// so, instead of the default actions (which kill the process with nothing logged,
+    /// losing relaxed writes not yet on disk). A thread of its own (`tally-signals`)
+    /// waits for them, so each is logged the moment it arrives, during start-up too;
+    /// nothing runs in a signal handler but signal-hook's self-pipe write.
+    ///
+    /// SIGHUP is ignored, as Redis does: a closed terminal or ssh session, a logrotate
+    /// `kill -HUP` or a `systemctl reload` must not stop a server. tallyd has no
+    /// settings to reload and writes its log to standard error, so there is nothing to
+    /// reopen either.
     pub fn install_os_handlers(&self) -> Result<(), ServerError> {
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, Arc::clone(&self.requested))
-                .map_err(ServerError::Signals)?;
-        }
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .map_err(ServerError::Signals)?;
+        let shutdown = self.clone();
+        let watcher = move || {
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => tracing::warn!(
+                        "SIGHUP received and ignored: tallyd stops gracefully on SIGTERM or \
+                         SIGINT (it has no settings to reload, and logs to standard error)"
+                    ),
+                    _ => {
+                        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+                        tracing::info!(signal = name, "stop requested");
+                        shutdown.request();
+                    }
+                }
+            }
+        };
+        std::thread::Builder::new()
+            .name("tally-signals".to_string())
+            .spawn(watcher)
+            .map_err(ServerError::Signals)?;
         Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! `tallyd listening on ADDR (shard ports P0,P1,...)` once every core serves (then, with
 //! `--resp-listen`, `tallyd resp listening on ADDR`), and exits 0
 //! after a graceful shutdown on SIGINT or SIGTERM (1 on a start-up or core error).
+//! SIGHUP is logged and ignored (see [`SIGNALS_HELP`]).
 //!
 //! Example config file:
 //!
@@ -26,9 +27,15 @@ use clap::Parser;
 use serde::Deserialize;
 use tally_server::{DurabilityMode, ServerConfig, ShutdownSignal};
 
+/// What each signal does, for `--help` (and the README says the same).
+const SIGNALS_HELP: &str = "Signals: SIGTERM or SIGINT stops gracefully: no new connections, \
+what was read is answered, the journal is synced and checkpointed, exit 0. SIGHUP is \
+ignored (one log line says so): a closed terminal or a `kill -HUP` does not stop tallyd. \
+SIGKILL loses relaxed writes not yet on disk (at most --relaxed-flush-ms).";
+
 /// Tally's counter server: one pinned executor per core, each owning its partitions.
 #[derive(Parser, Debug, Default)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = SIGNALS_HELP)]
 struct Flags {
     /// TOML file with any of the settings below (flags given here win).
     #[arg(long, value_name = "FILE")]
