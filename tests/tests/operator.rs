@@ -36,17 +36,163 @@ fn wait_for_line(server: &mut Tallyd, text: &str, within: Duration) {
 fn sighup_is_logged_and_ignored() {
     let dir = tempfile::tempdir().unwrap();
     // Relaxed writes stay in memory for up to 2 s: a kill in that time loses them.
-    let flags = ["--cores", "2", "--durability", "relaxed", "--relaxed-flush-ms", "2000"];
+    let flags = [
+        "--cores",
+        "2",
+        "--durability",
+        "relaxed",
+        "--relaxed-flush-ms",
+        "2000",
+    ];
     let mut server = Tallyd::start(dir.path(), &flags);
     assert_eq!(cli(&server, &["incr", "h", "5"]), "5");
     // SAFETY: kill(2) on the child we spawned and still hold.
     let rc = unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGHUP) };
     assert_eq!(rc, 0);
-    wait_for_line(&mut server, "SIGHUP received and ignored", Duration::from_secs(5));
+    wait_for_line(
+        &mut server,
+        "SIGHUP received and ignored",
+        Duration::from_secs(5),
+    );
     assert!(server.is_running(), "SIGHUP stopped tallyd");
     assert_eq!(cli(&server, &["incr", "h", "5"]), "10");
     let status = server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT);
     assert_eq!(status.code(), Some(0), "log:\n{}", server.log.join("\n"));
     let server = Tallyd::start(dir.path(), &flags);
     assert_eq!(cli(&server, &["get", "h"]), "10");
+}
+
+/// A `tallyd` started by hand, for what [`Tallyd::start`] cannot wait for (a start
+/// that never listens): its standard output and error, a line at a time.
+struct Bare {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    log: Vec<String>,
+}
+
+impl Bare {
+    fn start(dir: &std::path::Path, extra: &[&str]) -> Bare {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(tally_tests::binary_path("tallyd"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn tallyd");
+        let (sender, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        for stream in [
+            Box::new(stdout) as Box<dyn std::io::Read + Send>,
+            Box::new(stderr),
+        ] {
+            let sender = sender.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    if sender.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Bare {
+            child,
+            lines,
+            log: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `text`.
+    fn wait_for(&mut self, text: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log.iter().any(|line| line.contains(text)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.log.push(line),
+                Err(_) => panic!("no {text:?} within {within:?}:\n{}", self.log.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        assert_eq!(rc, 0);
+    }
+
+    /// Waits for the exit; its code, with every line the process wrote.
+    fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!(
+                    "tallyd did not exit within {within:?}:\n{}",
+                    self.log.join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        // The readers end with the pipes, once the process is gone.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.log.push(line);
+        }
+        let code = status.code();
+        assert!(
+            !self.log.iter().any(|line| line.contains("panicked")),
+            "{}",
+            self.log.join("\n")
+        );
+        self.log.iter().for_each(|line| eprintln!("{line}"));
+        code
+    }
+}
+
+impl Drop for Bare {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A SIGTERM while tallyd recovers is logged at once; recovery completes, nothing is
+/// announced as listening, the process exits 0, and every counter is intact at the
+/// next start. (It used to finish start-up, print "listening", accept, and only then
+/// stop, with nothing logged in between.)
+#[test]
+fn a_stop_during_start_up_is_logged_and_never_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    // Many partitions make start-up take long enough to signal in the middle of it.
+    let flags = ["--cores", "2", "--partitions", "512"];
+    let mut server = Tallyd::start(dir.path(), &flags);
+    assert_eq!(cli(&server, &["incr", "kept", "7"]), "7");
+    assert_eq!(
+        server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).code(),
+        Some(0)
+    );
+    drop(server);
+
+    let mut starting = Bare::start(dir.path(), &flags);
+    starting.wait_for("starting", Duration::from_secs(30));
+    starting.signal(libc::SIGTERM);
+    starting.wait_for("stop requested during start-up", Duration::from_secs(5));
+    assert_eq!(starting.wait(STOP_TIMEOUT), Some(0));
+    let log = &starting.log;
+    assert!(
+        !log.iter().any(|line| line.contains("listening on")),
+        "announced listening after a stop:\n{}",
+        log.join("\n")
+    );
+    assert!(log.iter().any(|line| line.contains("stopped cleanly")));
+
+    let server = Tallyd::start(dir.path(), &flags);
+    assert_eq!(cli(&server, &["get", "kept"]), "7");
 }

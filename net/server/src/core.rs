@@ -117,6 +117,8 @@ pub struct CoreSetup {
     pub drain: DrainBarrier,
     pub journal: CoreJournal,
     pub recovered_batches: Arc<RecoveredBatches>,
+    /// Whether to accept at all: `false` if a stop was requested during start-up.
+    pub serve: bool,
 }
 
 /// How a core's share of a batch is journaled.
@@ -835,29 +837,28 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     let checkpoints = glommio::spawn_local(crate::durability::checkpoint_loop(Rc::clone(&core)));
     let held = glommio::spawn_local(send_held_replies(Rc::clone(&core)));
     let gate = Rc::new(glommio::sync::Gate::new());
-    let accepts = [
-        glommio::spawn_local(accept_loop(
-            Rc::clone(&core),
-            setup.main_listener,
-            Rc::clone(&gate),
-            "main",
-        )),
-        glommio::spawn_local(accept_loop(
-            Rc::clone(&core),
-            setup.shard_listener,
-            Rc::clone(&gate),
-            "shard",
-        )),
-    ];
-    let resp_accept = setup.resp_listener.map(|listener| {
-        let gate = Rc::clone(&gate);
-        glommio::spawn_local(accept_loop(
-            Rc::clone(&core),
-            listener,
-            gate,
-            RESP_PORT_KIND,
-        ))
-    });
+    let (main_listener, shard_listener, resp_listener) = if setup.serve {
+        (
+            Some(setup.main_listener),
+            Some(setup.shard_listener),
+            setup.resp_listener,
+        )
+    } else {
+        // Stopped during start-up: the listeners close unused, so the clients queued
+        // in their backlog are refused rather than served by a stopping server.
+        (None, None, None)
+    };
+    let listeners = [(main_listener, "main"), (shard_listener, "shard")];
+    let listeners = listeners
+        .into_iter()
+        .chain([(resp_listener, RESP_PORT_KIND)]);
+    let accepts: Vec<_> = listeners
+        .filter_map(|(listener, port_kind)| Some((listener?, port_kind)))
+        .map(|(listener, port_kind)| {
+            let task = accept_loop(Rc::clone(&core), listener, Rc::clone(&gate), port_kind);
+            glommio::spawn_local(task)
+        })
+        .collect();
     while !setup.shutdown.is_requested() {
         glommio::timer::sleep(POLL_INTERVAL).await;
         crate::resp::publish_figures(&core);
@@ -869,9 +870,6 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     );
     core.stop.fire();
     for accept in accepts {
-        accept.await;
-    }
-    if let Some(accept) = resp_accept {
         accept.await;
     }
     core.registry.shutdown_reads();

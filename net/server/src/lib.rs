@@ -80,7 +80,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -119,6 +119,8 @@ pub struct ServerHandle {
     resp_addr: Option<SocketAddr>,
     partition_count: u32,
     shutdown: ShutdownSignal,
+    /// Whether the cores serve: `false` if a stop was requested during start-up.
+    serving: bool,
     cores: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
     /// Held until every core has stopped (after the final checkpoint).
     _lock: layout::DataDirLock,
@@ -148,6 +150,12 @@ impl ServerHandle {
     /// The flag that stops the server; `request()` it to shut down gracefully.
     pub fn shutdown_signal(&self) -> &ShutdownSignal {
         &self.shutdown
+    }
+
+    /// Whether the cores accept connections: `false` if a stop was requested during
+    /// start-up, so they recovered and are stopping without ever accepting.
+    pub fn is_serving(&self) -> bool {
+        self.serving
     }
 
     /// Waits until every core has stopped; the first error, if any.
@@ -221,6 +229,7 @@ pub fn start(
         hello,
         resp: resp::RespShared::new(config.cores, resp_addr.map_or(0, |addr| addr.port())),
         recovered_batches: Arc::new(OnceLock::new()),
+        serving: Arc::new(AtomicBool::new(false)),
     };
     let deadline = Instant::now() + START_TIMEOUT;
     let mut handles = Vec::new();
@@ -254,6 +263,11 @@ pub fn start(
         .recovered_batches
         .set(Arc::new(recovered))
         .expect("set once, before the cores serve");
+    // A stop requested during start-up (logged when it came) keeps every core from
+    // accepting: they go through the graceful stop at once, so the recovered state is
+    // synced, checkpointed and closed clean, as after any stop.
+    let serving = shutdown.begin_serving();
+    shared.serving.store(serving, Ordering::Release);
     phase.store(PHASE_SERVE, Ordering::Release);
     let partition_count = shared.dir.partition_count();
     Ok(ServerHandle {
@@ -262,6 +276,7 @@ pub fn start(
         resp_addr,
         partition_count,
         shutdown,
+        serving,
         cores: handles,
         _lock: lock,
     })
@@ -300,6 +315,8 @@ struct Shared {
     resp: Arc<resp::RespShared>,
     /// Set once every core has recovered, before they serve.
     recovered_batches: Arc<OnceLock<Arc<RecoveredBatches>>>,
+    /// Set before the serve phase: `false` if the cores must stop without accepting.
+    serving: Arc<AtomicBool>,
 }
 
 /// Tells every core to stop and waits (a bounded time) for them; a core stuck in
@@ -440,6 +457,7 @@ fn spawn_core(
     let hello = shared.hello.clone();
     let resp_shared = Arc::clone(&shared.resp);
     let recovered_batches = Arc::clone(&shared.recovered_batches);
+    let serving = Arc::clone(&shared.serving);
     let spawned = builder.spawn(move || async move {
         report.send(StartReport::Alive);
         let meshes = (request_mesh, reply_mesh);
@@ -489,6 +507,7 @@ fn spawn_core(
             connections_open,
             shutdown,
             drain,
+            serve: serving.load(Ordering::Acquire),
         };
         let (store, journal_failed) = core::run(setup).await;
         if journal_failed {

@@ -24,7 +24,7 @@ use std::future::Future;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -39,7 +39,18 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Clone, Debug, Default)]
 pub struct ShutdownSignal {
     requested: Arc<AtomicBool>,
+    /// [`STARTING`], then [`SERVING`] or [`STOPPED_IN_START`], whichever comes first:
+    /// a stop requested before the cores serve keeps them from ever serving.
+    phase: Arc<AtomicU8>,
 }
+
+/// The server has not yet started serving.
+const STARTING: u8 = 0;
+/// The server serves (or did): a stop is a graceful stop.
+const SERVING: u8 = 1;
+/// A stop was requested during start-up: the cores finish recovering, then stop
+/// without opening their listeners.
+const STOPPED_IN_START: u8 = 2;
 
 impl ShutdownSignal {
     /// A flag that is not set.
@@ -47,9 +58,33 @@ impl ShutdownSignal {
         ShutdownSignal::default()
     }
 
-    /// Asks every core to stop gracefully. Idempotent.
+    /// Asks every core to stop gracefully. Idempotent. Before the server serves, it
+    /// keeps it from serving at all ([`ShutdownSignal::begin_serving`]).
     pub fn request(&self) {
+        self.request_noting_start();
+    }
+
+    /// [`ShutdownSignal::request`]; `true` if it came during start-up (the first
+    /// request then, before the server began to serve).
+    fn request_noting_start(&self) -> bool {
         self.requested.store(true, Ordering::Release);
+        let phase = self.phase.compare_exchange(
+            STARTING,
+            STOPPED_IN_START,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        phase.is_ok() || phase == Err(STOPPED_IN_START)
+    }
+
+    /// Called once start-up is complete: `true` if the server may serve, `false` if a
+    /// stop was requested first (then it must stop without ever accepting).
+    pub(crate) fn begin_serving(&self) -> bool {
+        let phase =
+            self.phase
+                .compare_exchange(STARTING, SERVING, Ordering::AcqRel, Ordering::Acquire);
+        assert!(phase != Err(SERVING), "begin_serving is called once");
+        phase.is_ok()
     }
 
     /// Whether a stop was requested.
@@ -80,9 +115,21 @@ impl ShutdownSignal {
                          SIGINT (it has no settings to reload, and logs to standard error)"
                     ),
                     _ => {
-                        let name = if signal == SIGINT { "SIGINT" } else { "SIGTERM" };
-                        tracing::info!(signal = name, "stop requested");
-                        shutdown.request();
+                        let name = if signal == SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
+                        if shutdown.request_noting_start() {
+                            tracing::warn!(
+                                signal = name,
+                                "stop requested during start-up: recovery runs to its end \
+                                 first (cut short, the next start would redo it), then \
+                                 tallyd stops without serving"
+                            );
+                        } else {
+                            tracing::info!(signal = name, "stop requested");
+                        }
                     }
                 }
             }

@@ -6,7 +6,9 @@
 //! `tallyd listening on ADDR (shard ports P0,P1,...)` once every core serves (then, with
 //! `--resp-listen`, `tallyd resp listening on ADDR`), and exits 0
 //! after a graceful shutdown on SIGINT or SIGTERM (1 on a start-up or core error).
-//! SIGHUP is logged and ignored (see [`SIGNALS_HELP`]).
+//! SIGHUP is logged and ignored (see [`SIGNALS_HELP`]). A stop requested during
+//! start-up is logged at once; start-up then completes its recovery, prints no
+//! `listening` line, and stops without accepting (exit 0).
 //!
 //! Example config file:
 //!
@@ -29,7 +31,8 @@ use tally_server::{DurabilityMode, ServerConfig, ShutdownSignal};
 
 /// What each signal does, for `--help` (and the README says the same).
 const SIGNALS_HELP: &str = "Signals: SIGTERM or SIGINT stops gracefully: no new connections, \
-what was read is answered, the journal is synced and checkpointed, exit 0. SIGHUP is \
+what was read is answered, the journal is synced and checkpointed, exit 0 (during \
+start-up: recovery completes, then tallyd stops without listening). SIGHUP is \
 ignored (one log line says so): a closed terminal or a `kill -HUP` does not stop tallyd. \
 SIGKILL loses relaxed writes not yet on disk (at most --relaxed-flush-ms).";
 
@@ -254,6 +257,12 @@ fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !server.is_serving() {
+        // A stop came during start-up (logged then): no "listening" line, since no
+        // connection is accepted.
+        tracing::info!("start-up complete; stopping without serving, as requested");
+        return join(server);
+    }
     let ports: Vec<String> = server
         .shard_addrs()
         .iter()
@@ -271,6 +280,11 @@ fn run(config: ServerConfig) -> ExitCode {
         tracing::info!("{line}");
         print_line(&line);
     }
+    join(server)
+}
+
+/// Waits for the server to stop; the exit code.
+fn join(server: tally_server::ServerHandle) -> ExitCode {
     match server.join() {
         Ok(()) => {
             tracing::info!("stopped cleanly");
