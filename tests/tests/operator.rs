@@ -196,3 +196,52 @@ fn a_stop_during_start_up_is_logged_and_never_serves() {
     let server = Tallyd::start(dir.path(), &flags);
     assert_eq!(cli(&server, &["get", "kept"]), "7");
 }
+
+/// The voluntary context switches of the daemon's core threads (`tally-core-*`) so far.
+fn core_thread_wakeups(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("list threads");
+    let mut total = 0;
+    for task in tasks {
+        let path = task.expect("thread entry").path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if !name.starts_with("tally-core-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        let switches = status
+            .lines()
+            .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+            .map_or(0, |count| count.trim().parse::<u64>().expect("a count"));
+        total += switches;
+    }
+    total
+}
+
+/// An idle server's cores sleep: no 10 ms polling of the shutdown flag (about 100
+/// wake-ups a second per core before), only the journal's and the `INFO` figures'
+/// slow timers (a few a second). A count of wake-ups, not a timing: a busy machine
+/// delays them but does not add any. The stop still comes at once.
+#[test]
+fn an_idle_server_does_not_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Tallyd::start(dir.path(), &["--cores", "2"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = core_thread_wakeups(server.pid());
+    let window = Duration::from_secs(3);
+    std::thread::sleep(window);
+    let wakeups = core_thread_wakeups(server.pid()) - before;
+    // Two cores, at most 10 a second each (measured: 6); polling made 100 each.
+    assert!(
+        wakeups < 2 * 10 * window.as_secs(),
+        "{wakeups} wake-ups in {window:?}"
+    );
+    let asked = Instant::now();
+    assert_eq!(
+        server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).code(),
+        Some(0)
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the stop was slow"
+    );
+}

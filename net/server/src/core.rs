@@ -10,8 +10,8 @@
 //! - per peer core, a task draining the request mesh (apply forwarded operations,
 //!   answer idempotency look-ups) and a task draining the reply mesh (wake the waiting
 //!   connection task through the [`ReplyTable`]);
-//! - a watcher that polls the shutdown flag and runs the shutdown sequence
-//!   (`shutdown.rs`).
+//! - a watcher that waits for the stop (woken by the request, no polling) and runs the
+//!   shutdown sequence (`shutdown.rs`).
 //!
 //! Invariants: no lock or shared atomic on the data path (the only atomics are the
 //! shutdown flag, the drain barrier and the connection count, touched at accept/close);
@@ -19,6 +19,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -771,6 +772,56 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, res
     }
 }
 
+/// How often an idle core wakes to publish its `INFO` figures for the other cores
+/// (`resp::publish_figures`); the core answering `INFO` publishes its own first.
+const FIGURES_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Returns once a stop is requested. Woken by the request itself (a byte on a socket,
+/// [`ShutdownSignal::subscribe`]), so an idle core wakes only once per
+/// [`FIGURES_INTERVAL`]; it polls the flag every [`POLL_INTERVAL`] only if it got no
+/// socket (out of descriptors).
+async fn wait_for_stop(core: &Core, shutdown: &ShutdownSignal) {
+    use futures_lite::AsyncReadExt;
+    let mut wake = match shutdown.subscribe() {
+        // SAFETY: the fd is one end of a socket pair we just made and own;
+        // `into_raw_fd` gives up that ownership, so glommio's stream is its only owner.
+        Ok(socket) => Some(unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }),
+        Err(error) => {
+            tracing::warn!(core = core.index, %error, "no wake-up socket for the stop: \
+                           looking at the flag every 10 ms instead");
+            None
+        }
+    };
+    while !shutdown.is_requested() {
+        let woken = async {
+            match wake.as_mut() {
+                Some(socket) => {
+                    let mut byte = [0_u8; 1];
+                    matches!(socket.read(&mut byte).await, Ok(1))
+                }
+                None => {
+                    glommio::timer::sleep(POLL_INTERVAL).await;
+                    true
+                }
+            }
+        };
+        let tick = async {
+            glommio::timer::sleep(FIGURES_INTERVAL).await;
+            true
+        };
+        if !futures_lite::future::or(woken, tick).await {
+            // End of stream or an error: the socket cannot wake us; poll instead.
+            tracing::warn!(
+                core = core.index,
+                "the stop's wake-up socket failed: looking \
+                           at the flag every 10 ms instead"
+            );
+            wake = None;
+        }
+        crate::resp::publish_figures(core);
+    }
+}
+
 /// Runs one core until shutdown; returns its store, and whether its journal failed
 /// while serving (then the store holds mutations the journal never got, answered
 /// `Unavailable`, and must not be closed clean: see `lib.rs`).
@@ -859,10 +910,7 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
             glommio::spawn_local(task)
         })
         .collect();
-    while !setup.shutdown.is_requested() {
-        glommio::timer::sleep(POLL_INTERVAL).await;
-        crate::resp::publish_figures(&core);
-    }
+    wait_for_stop(&core, &setup.shutdown).await;
     tracing::info!(
         core = index,
         open = core.registry.len(),

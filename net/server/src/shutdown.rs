@@ -1,9 +1,10 @@
 //! Graceful shutdown: a process-wide request flag, and the per-core machinery that stops
 //! accepting, lets in-flight requests finish, and drains connections.
 //!
-//! Sequence on every core once [`ShutdownSignal::is_requested`] turns true (each core
-//! polls it every [`POLL_INTERVAL`]; SIGINT/SIGTERM set the flag from a thread that
-//! waits for signals, no work runs in a signal handler; SIGHUP is logged and ignored):
+//! Sequence on every core once [`ShutdownSignal::is_requested`] turns true (a request
+//! wakes each core through a socket it waits on, so idle cores never poll;
+//! SIGINT/SIGTERM set the flag from a thread that waits for signals, no work runs in a
+//! signal handler; SIGHUP is logged and ignored):
 //!
 //! 1. the accept loops end ([`StopNotice`] fires), so no new connection is taken;
 //! 2. the read half of every open connection is shut down ([`ConnectionRegistry`]),
@@ -21,17 +22,20 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::Write;
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::ServerError;
 
-/// How often a core looks at the shutdown flag (and the drain barrier).
+/// How often a core looks at the drain barrier during a stop, and at the shutdown flag
+/// if it could not [`ShutdownSignal::subscribe`] (out of descriptors).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A process-wide "please stop" flag, shared by the cores, the signal handlers and the
@@ -42,6 +46,10 @@ pub struct ShutdownSignal {
     /// [`STARTING`], then [`SERVING`] or [`STOPPED_IN_START`], whichever comes first:
     /// a stop requested before the cores serve keeps them from ever serving.
     phase: Arc<AtomicU8>,
+    /// One socket per core waiting for a stop ([`ShutdownSignal::subscribe`]): a
+    /// request writes a byte to each, which wakes the core at once, so an idle core
+    /// never wakes to look at the flag.
+    wakers: Arc<Mutex<Vec<UnixStream>>>,
 }
 
 /// The server has not yet started serving.
@@ -68,6 +76,15 @@ impl ShutdownSignal {
     /// request then, before the server began to serve).
     fn request_noting_start(&self) -> bool {
         self.requested.store(true, Ordering::Release);
+        // After the store: a core subscribing meanwhile sees the flag or gets the byte.
+        for waker in self
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            wake(waker);
+        }
         let phase = self.phase.compare_exchange(
             STARTING,
             STOPPED_IN_START,
@@ -75,6 +92,19 @@ impl ShutdownSignal {
             Ordering::Acquire,
         );
         phase.is_ok() || phase == Err(STOPPED_IN_START)
+    }
+
+    /// A socket that turns readable once a stop is requested (at once if it was
+    /// already), for a core to await instead of polling the flag.
+    pub(crate) fn subscribe(&self) -> std::io::Result<UnixStream> {
+        let (theirs, ours) = UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.is_requested() {
+            wake(&ours);
+        }
+        wakers.push(ours);
+        Ok(theirs)
     }
 
     /// Called once start-up is complete: `true` if the server may serve, `false` if a
@@ -139,6 +169,17 @@ impl ShutdownSignal {
             .spawn(watcher)
             .map_err(ServerError::Signals)?;
         Ok(())
+    }
+}
+
+/// Writes the byte that wakes a core waiting on its [`ShutdownSignal::subscribe`]
+/// socket. A full socket (`WouldBlock`) already holds an unread byte: the core wakes
+/// anyway; any other error leaves that core to see the flag at its next look.
+fn wake(mut waker: &UnixStream) {
+    if let Err(error) = waker.write(&[1]) {
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            tracing::debug!(%error, "could not wake a core for the stop");
+        }
     }
 }
 
