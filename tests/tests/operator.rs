@@ -245,3 +245,49 @@ fn an_idle_server_does_not_poll() {
         "the stop was slow"
     );
 }
+
+/// More cores than the CPUs tallyd may run on is refused at once (exit 2), naming both
+/// numbers. (It used to start several pinned cores per CPU; at 64 cores on 2 CPUs
+/// start-up spun every CPU for tens of seconds and ignored SIGTERM.)
+#[test]
+fn more_cores_than_cpus_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .arg(tally_tests::binary_path("tallyd"))
+        .args(["--listen", "127.0.0.1:0", "--cores", "2", "--data-dir"])
+        .arg(dir.path().join("data"));
+    let (code, stderr) = run_to_exit(command, Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--cores 2") && stderr.contains("the 1 CPU "),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "refused before touching the disk"
+    );
+}
+
+/// Runs `command` until it exits (killed after `within`: a refusal that did not come);
+/// its exit code and standard error.
+fn run_to_exit(mut command: std::process::Command, within: Duration) -> (Option<i32>, String) {
+    let mut child = command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running after {within:?} instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().expect("reap");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code(), stderr)
+}

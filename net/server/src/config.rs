@@ -75,7 +75,8 @@ pub struct ServerConfig {
     /// default: never, as Redis's `timeout 0`). A command once begun must still complete
     /// within `read_timeout_ms` of its first byte.
     pub resp_idle_timeout_ms: u64,
-    /// The number of cores (executors). Core `i` is pinned to CPU `i % cpu_count`.
+    /// The number of cores (executors). Core `i` is pinned to the CPU at `i % n` of
+    /// the `n` CPUs this process may run on ([`crate::allowed_cpus`]).
     pub cores: usize,
     /// The partition count used only when the data directory is created.
     pub partitions: Option<u32>,

@@ -435,8 +435,8 @@ fn spawn_core(
     ),
     report: CoreReport,
 ) -> Result<ExecutorJoinHandle<Result<(), ServerError>>, ServerError> {
-    let cpu_count = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let builder = LocalExecutorBuilder::new(Placement::Fixed(index % cpu_count))
+    let cpus = allowed_cpus();
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
         .name(&format!("tally-core-{index}"))
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
@@ -539,6 +539,32 @@ fn spawn_core(
         core: index,
         message: error.to_string(),
     })
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a container
+/// sets it), in increasing order, never empty. Core `i` is pinned to the CPU at `i`
+/// modulo their count, so with more cores than these, several cores share a CPU (and
+/// `tallyd` refuses that). If the mask cannot be read: CPUs `0..available_parallelism`.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data, all zeros being the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the kernel writes at most `size` bytes into `set`, which is that large.
+    let result = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    let cpus: Vec<usize> = if result == 0 {
+        let cpu_count_max = usize::try_from(libc::CPU_SETSIZE).expect("a positive constant");
+        // SAFETY: every index is below CPU_SETSIZE, inside the set.
+        (0..cpu_count_max)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..count).collect();
+    }
+    cpus
 }
 
 /// The two meshes a core joins, and what joining gives.

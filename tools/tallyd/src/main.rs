@@ -64,7 +64,9 @@ struct Flags {
     /// once begun must still complete within --read-timeout-ms [default: 0].
     #[arg(long, value_name = "MS")]
     resp_idle_timeout_ms: Option<u64>,
-    /// Number of cores (executors), each pinned to one CPU [default: all CPUs].
+    /// Number of cores (executors), each pinned to a CPU of its own: at most the CPUs
+    /// this process may run on (its CPU affinity, as `taskset` or a container sets it;
+    /// more is refused) [default: the CPUs available].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
     /// Partition count of a new data directory [default: 64]. An existing directory
@@ -239,7 +241,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = check_cores_fit(config.cores, tally_server::allowed_cpus().len()) {
+        report(&message);
+        return ExitCode::from(2);
+    }
     run(config)
+}
+
+/// Refuses more cores than CPUs to pin them to. Each core is a thread pinned to a CPU
+/// that never yields it while busy (glommio): several on one CPU starve each other,
+/// and a config file written for a large host made start-up spin every CPU for tens
+/// of seconds on a small one, deaf to SIGTERM.
+fn check_cores_fit(cores: usize, cpu_count: usize) -> Result<(), String> {
+    if cores <= cpu_count {
+        return Ok(());
+    }
+    let cpus = match cpu_count {
+        1 => "1 CPU".to_string(),
+        _ => format!("{cpu_count} CPUs"),
+    };
+    Err(format!(
+        "--cores {cores} is more than the {cpus} this process may run on (its \
+         CPU affinity): each core is pinned to a CPU of its own; use --cores {cpu_count} \
+         or fewer, or give tallyd more CPUs"
+    ))
 }
 
 fn run(config: ServerConfig) -> ExitCode {
@@ -436,6 +461,16 @@ mod tests {
         assert_eq!(config.cores, 3);
         assert_eq!(config.connections_max, 7);
         assert_eq!(config.durability_default, DurabilityMode::Relaxed);
+    }
+
+    #[test]
+    fn more_cores_than_cpus_are_refused() {
+        assert!(check_cores_fit(2, 2).is_ok());
+        let message = check_cores_fit(64, 2).unwrap_err();
+        assert!(
+            message.contains("--cores 64") && message.contains("the 2 CPUs"),
+            "{message}"
+        );
     }
 
     #[test]
