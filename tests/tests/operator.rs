@@ -291,3 +291,70 @@ fn run_to_exit(mut command: std::process::Command, within: Duration) -> (Option<
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     (output.status.code(), stderr)
 }
+
+/// A stop held by a client that does not read its replies says so every 5 s, with the
+/// count and the write timeout that will end it, then ends cleanly at that timeout.
+/// (It used to wait silently, up to 30 s by default.)
+#[test]
+fn a_stop_held_by_a_client_not_reading_says_so() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = [
+        "--cores",
+        "1",
+        "--resp-listen",
+        "127.0.0.1:0",
+        "--write-timeout-ms",
+        "9000",
+    ];
+    let mut server = Tallyd::start(dir.path(), &flags);
+    let resp_addr = server.wait_for_address("resp listening on ");
+    let mut client = std::net::TcpStream::connect(resp_addr).unwrap();
+    let small: libc::c_int = 4096;
+    // SAFETY: setsockopt(2) reads an int from a live local of the size given, on the
+    // socket `client` owns.
+    let rc = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::addr_of!(small).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0);
+    // INFO replies are about 1 KB each: 20,000 of them fill every buffer on the way.
+    let pipeline = b"*1\r\n$4\r\nINFO\r\n".repeat(20_000);
+    let writer = {
+        let mut client = client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            // The server stops reading once its replies back up: not an error here.
+            let _ = client.write_all(&pipeline);
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill(2) on the child we spawned and still hold.
+    assert_eq!(
+        unsafe { libc::kill(server.pid() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    wait_for_line(
+        &mut server,
+        "waiting for connections to take their replies",
+        Duration::from_secs(8),
+    );
+    let line = server
+        .log
+        .iter()
+        .find(|line| line.contains("take their replies"))
+        .unwrap();
+    assert!(
+        line.contains("connections=1") && line.contains("write_timeout_ms=9000"),
+        "{line}"
+    );
+    let status = server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT);
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log.join("\n"));
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    writer.join().unwrap();
+}

@@ -148,7 +148,8 @@ enum Outgoing {
 
 /// The least time between two logs of a full idempotency table on one core.
 const IDEMPOTENCY_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// How often a stop that waits for a checkpoint round says so.
+/// How often a stop that waits (for a checkpoint round, for connections whose clients
+/// do not take their replies) says so.
 const STOP_WAIT_REPORT: Duration = Duration::from_secs(5);
 
 /// The Outcome record of operation `index` of the idempotent `batch`, which changed
@@ -772,6 +773,27 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, res
     }
 }
 
+/// Awaits `task` during a stop, calling `report` with the time waited every
+/// [`STOP_WAIT_REPORT`] until it completes, so a stop that waits is never silent.
+async fn await_reporting<T>(
+    task: impl std::future::Future<Output = T>,
+    report: impl Fn(Duration),
+) -> T {
+    let mut task = std::pin::pin!(task);
+    let waiting_since = Instant::now();
+    loop {
+        let done = futures_lite::future::or(async { Some(task.as_mut().await) }, async {
+            glommio::timer::sleep(STOP_WAIT_REPORT).await;
+            None
+        })
+        .await;
+        match done {
+            Some(output) => return output,
+            None => report(waiting_since.elapsed()),
+        }
+    }
+}
+
 /// How often an idle core wakes to publish its `INFO` figures for the other cores
 /// (`resp::publish_figures`); the core answering `INFO` publishes its own first.
 const FIGURES_INTERVAL: Duration = Duration::from_secs(1);
@@ -921,7 +943,22 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         accept.await;
     }
     core.registry.shutdown_reads();
-    if gate.close().await.is_err() {
+    // Idle connections end at once; one whose client does not take its replies holds
+    // the stop until the write timeout ends it: said every few seconds, with the count.
+    let write_timeout_ms = core.config.write_timeout_ms;
+    let closed = await_reporting(gate.close(), |waited| {
+        tracing::warn!(
+            core = index,
+            connections = core.registry.len(),
+            waited_s = waited.as_secs(),
+            write_timeout_ms,
+            "stopping: waiting for connections to take their replies; a client that \
+             reads none is disconnected once its write has made no progress for \
+             --write-timeout-ms"
+        );
+    })
+    .await;
+    if closed.is_err() {
         tracing::warn!(core = index, "connection gate was already closed");
     }
     setup.drain.arrive();
@@ -946,27 +983,15 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     // It stops after the partition in hand, which a stalled disk can make take long:
     // said every few seconds, so a stop that does not end is not silent.
     core.journal.stop_checkpoints();
-    let mut checkpoints = std::pin::pin!(checkpoints);
-    let waiting_since = Instant::now();
-    while !futures_lite::future::or(
-        async {
-            checkpoints.as_mut().await;
-            true
-        },
-        async {
-            glommio::timer::sleep(STOP_WAIT_REPORT).await;
-            false
-        },
-    )
-    .await
-    {
+    await_reporting(checkpoints, |waited| {
         tracing::warn!(
             core = index,
-            waited_s = waiting_since.elapsed().as_secs(),
+            waited_s = waited.as_secs(),
             "stopping: waiting for the checkpoint round in progress to finish writing a \
              partition (is the disk stalled?)"
         );
-    }
+    })
+    .await;
     core.journal.stop();
     commit.await;
     let core = Rc::into_inner(core).expect("every task of the core has ended");
