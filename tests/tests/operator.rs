@@ -358,3 +358,18 @@ fn a_stop_held_by_a_client_not_reading_says_so() {
     let _ = client.shutdown(std::net::Shutdown::Both);
     writer.join().unwrap();
 }
+
+/// `RUST_LOG=warning` (a level misspelt) is refused as `--log-level warning` is, exit
+/// 2, naming RUST_LOG; it used to parse as a target name and silence every log line.
+#[test]
+fn a_rust_log_that_names_no_level_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = std::process::Command::new(tally_tests::binary_path("tallyd"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("RUST_LOG", "warning");
+    let (code, stderr) = run_to_exit(command, Duration::from_secs(30));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("invalid RUST_LOG \"warning\""), "{stderr}");
+}

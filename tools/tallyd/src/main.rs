@@ -161,7 +161,8 @@ struct Flags {
     #[arg(long, value_name = "N")]
     idempotency_journal_records: Option<u64>,
     /// Log level (off, error, warn, info, debug, trace) or comma-separated TARGET=LEVEL
-    /// directives; RUST_LOG wins if set. Anything else is a start-up error
+    /// directives; RUST_LOG wins if set, and is checked the same way. Anything else is
+    /// a start-up error (exit 2)
     /// [default: info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -401,15 +402,15 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
 
 /// Logs to standard error, filtered by `RUST_LOG` if set, else by `level` (default
 /// info); colours only on a terminal, and never with `NO_COLOR` set (no-color.org).
-/// `Err` for a filter that does not parse, or a `--log-level` that names no level (a
-/// typo such as `warning` would otherwise parse as a target name and silence every
-/// other log line).
+/// `Err` for a filter that does not parse, or a `RUST_LOG` or `--log-level` directive
+/// that names no level (a typo such as `warning` would otherwise parse as a target
+/// name and silence every other log line).
 fn init_logging(level: Option<&str>) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.is_empty() => {
-            tracing_subscriber::EnvFilter::try_new(&from_env)
-                .map_err(|error| format!("invalid RUST_LOG {from_env:?}: {error}"))?
-        }
+        // The same check as --log-level: `RUST_LOG=warning` parsed as a target name
+        // and silenced every line, the journal's ERRORs included.
+        Ok(from_env) if !from_env.is_empty() => parse_filter(&from_env)
+            .map_err(|error| format!("invalid RUST_LOG {from_env:?}: {error}"))?,
         _ => {
             let level = level.unwrap_or("info");
             parse_filter(level)
