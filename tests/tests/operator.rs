@@ -373,3 +373,34 @@ fn a_rust_log_that_names_no_level_is_refused() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("invalid RUST_LOG \"warning\""), "{stderr}");
 }
+
+/// Connections refused at `--max-connections` are logged once per 10 s per core, not
+/// once each (an overloaded server flooded its log: one WARN per connect).
+#[test]
+fn refusals_at_the_connection_limit_do_not_flood_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Tallyd::start(dir.path(), &["--cores", "1", "--max-connections", "2"]);
+    let held: Vec<_> = (0..2)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..200 {
+        let refused = std::net::TcpStream::connect(server.addr).unwrap();
+        drop(refused);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let refusal_lines = server
+        .drain_log()
+        .iter()
+        .filter(|line| line.contains("too many connections"))
+        .count();
+    assert!(
+        (1..=2).contains(&refusal_lines),
+        "{refusal_lines} refusal lines"
+    );
+    drop(held);
+    assert_eq!(
+        server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).code(),
+        Some(0)
+    );
+}
