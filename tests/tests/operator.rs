@@ -404,3 +404,54 @@ fn refusals_at_the_connection_limit_do_not_flood_the_log() {
         Some(0)
     );
 }
+
+/// A new data directory is logged as created, with its absolute path and partition
+/// count, and an existing one as opened; a missing parent (a typo, a volume not
+/// mounted) and a path that is a file are refused, naming the problem. (A new store
+/// used to be logged exactly like a recovered one, missing parents and all created.)
+#[test]
+fn a_new_data_directory_is_told_apart_and_a_missing_parent_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = Tallyd::start(&data, &["--cores", "1", "--partitions", "8"]);
+    let created = format!(
+        "created a new data directory at {} (8 partitions)",
+        data.display()
+    );
+    wait_for_line(&mut server, &created, Duration::from_secs(5));
+    assert_eq!(
+        server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).code(),
+        Some(0)
+    );
+    let mut server = Tallyd::start(&data, &["--cores", "1"]);
+    let opened = format!(
+        "opened the data directory at {} (8 partitions)",
+        data.display()
+    );
+    wait_for_line(&mut server, &opened, Duration::from_secs(5));
+    assert!(!server
+        .drain_log()
+        .iter()
+        .any(|line| line.contains("created a new")));
+    drop(server);
+
+    let unmounted = dir.path().join("mnt").join("tally");
+    let mut command = std::process::Command::new(tally_tests::binary_path("tallyd"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
+        .arg(&unmounted);
+    let (code, stderr) = run_to_exit(command, Duration::from_secs(30));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("not its parents"), "{stderr}");
+    assert!(!dir.path().join("mnt").exists(), "the parent was created");
+
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "hi").unwrap();
+    let mut command = std::process::Command::new(tally_tests::binary_path("tallyd"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--cores", "1", "--data-dir"])
+        .arg(&file);
+    let (code, stderr) = run_to_exit(command, Duration::from_secs(30));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("exists and is not a directory"), "{stderr}");
+}

@@ -206,8 +206,25 @@ pub fn start(
     config.validate()?;
     config.connections_max = descriptors::raise_open_files_limit(config.connections_max);
     let lock = layout::DataDirLock::acquire(&config.data_dir)?;
+    // Whether the store is new, told apart in the log from one recovered (whose
+    // `recovered` lines look the same for an empty store): the engine writes its
+    // superblock, named so, when it creates a data directory's store.
+    let new = !config.data_dir.join("superblock").exists();
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
         .map_err(ServerError::DataDir)?;
+    let absolute = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    let partitions = dir.partition_count();
+    if new {
+        tracing::info!(
+            "created a new data directory at {} ({partitions} partitions)",
+            absolute.display()
+        );
+    } else {
+        tracing::info!(
+            "opened the data directory at {} ({partitions} partitions)",
+            absolute.display()
+        );
+    }
     layout::migrate(&config, &dir)?;
     let Listeners {
         main: (main_listeners, listen_addr),

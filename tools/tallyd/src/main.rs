@@ -43,7 +43,8 @@ struct Flags {
     /// TOML file with any of the settings below (flags given here win).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Data directory, created if missing [default: ./tally-data].
+    /// Data directory, created if missing, but not its parent: a missing parent (a
+    /// typo, a volume not mounted) is refused [default: ./tally-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Main address; every core accepts on it. Port 0 picks a free port (printed at
@@ -274,7 +275,10 @@ fn run(config: ServerConfig) -> ExitCode {
         report(&error);
         return ExitCode::FAILURE;
     }
-    tracing::info!(data_dir = %config.data_dir.display(), cores = config.cores, "starting");
+    // Absolute, so the log says which directory a relative path (the default
+    // ./tally-data) meant.
+    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    tracing::info!(data_dir = %data_dir.display(), cores = config.cores, "starting");
     let server = match tally_server::start(config, shutdown) {
         Ok(server) => server,
         Err(error) => {
