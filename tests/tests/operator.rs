@@ -310,7 +310,7 @@ fn a_stop_held_by_a_client_not_reading_says_so() {
     ];
     let mut server = Tallyd::start(dir.path(), &flags);
     let resp_addr = server.wait_for_address("resp listening on ");
-    let mut client = std::net::TcpStream::connect(resp_addr).unwrap();
+    let client = std::net::TcpStream::connect(resp_addr).unwrap();
     let small: libc::c_int = 4096;
     // SAFETY: setsockopt(2) reads an int from a live local of the size given, on the
     // socket `client` owns.
