@@ -346,3 +346,37 @@ fn shutdown_read(fd: RawFd) {
         tracing::debug!(fd, error = %std::io::Error::last_os_error(), "shutdown(SHUT_RD) failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_stop_before_serving_keeps_the_server_from_serving() {
+        let shutdown = ShutdownSignal::new();
+        assert!(shutdown.request_noting_start(), "during start-up");
+        assert!(shutdown.request_noting_start(), "still during start-up");
+        assert!(!shutdown.begin_serving());
+        assert!(shutdown.is_requested());
+    }
+
+    #[test]
+    fn a_stop_after_serving_began_is_an_ordinary_stop() {
+        let shutdown = ShutdownSignal::new();
+        assert!(shutdown.begin_serving());
+        assert!(!shutdown.request_noting_start());
+        assert!(shutdown.is_requested());
+    }
+
+    #[test]
+    fn a_request_wakes_every_subscriber_even_a_late_one() {
+        let shutdown = ShutdownSignal::new();
+        let mut early = shutdown.subscribe().unwrap();
+        shutdown.request();
+        let mut late = shutdown.subscribe().unwrap();
+        let mut byte = [0_u8; 1];
+        assert_eq!(early.read(&mut byte).unwrap(), 1);
+        assert_eq!(late.read(&mut byte).unwrap(), 1);
+    }
+}
