@@ -838,8 +838,8 @@ async fn wait_for_stop(core: &Core, shutdown: &ShutdownSignal) {
         // `into_raw_fd` gives up that ownership, so glommio's stream is its only owner.
         Ok(socket) => Some(unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }),
         Err(error) => {
-            tracing::warn!(core = core.index, %error, "no wake-up socket for the stop: \
-                           looking at the flag every 10 ms instead");
+            let message = "no wake-up socket for the stop: looking at the flag every 10 ms";
+            tracing::warn!(core = core.index, %error, "{message}");
             None
         }
     };
@@ -862,11 +862,8 @@ async fn wait_for_stop(core: &Core, shutdown: &ShutdownSignal) {
         };
         if !futures_lite::future::or(woken, tick).await {
             // End of stream or an error: the socket cannot wake us; poll instead.
-            tracing::warn!(
-                core = core.index,
-                "the stop's wake-up socket failed: looking \
-                           at the flag every 10 ms instead"
-            );
+            let message = "the stop's wake-up socket failed: looking at the flag every 10 ms";
+            tracing::warn!(core = core.index, "{message}");
             wake = None;
         }
         crate::resp::publish_figures(core);

@@ -113,8 +113,8 @@ impl ShutdownSignal {
         let phase =
             self.phase
                 .compare_exchange(STARTING, SERVING, Ordering::AcqRel, Ordering::Acquire);
-        assert!(phase != Err(SERVING), "begin_serving is called once");
-        phase.is_ok()
+        // A signal reused for a second server (after a start that failed) serves again.
+        phase != Err(STOPPED_IN_START)
     }
 
     /// Whether a stop was requested.
