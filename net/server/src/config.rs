@@ -75,7 +75,8 @@ pub struct ServerConfig {
     /// default: never, as Redis's `timeout 0`). A command once begun must still complete
     /// within `read_timeout_ms` of its first byte.
     pub resp_idle_timeout_ms: u64,
-    /// The number of cores (executors). Core `i` is pinned to CPU `i % cpu_count`.
+    /// The number of cores (executors). Core `i` is pinned to the CPU at `i % n` of
+    /// the `n` CPUs this process may run on ([`crate::allowed_cpus`]).
     pub cores: usize,
     /// The partition count used only when the data directory is created.
     pub partitions: Option<u32>,
@@ -166,6 +167,13 @@ impl Default for JournalConfig {
     }
 }
 
+/// Whether binding both addresses would clash: the same port on the same address, or
+/// on any address where one of them is the wildcard.
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard = a.ip().is_unspecified() || b.ip().is_unspecified();
+    a.port() == b.port() && (a.ip() == b.ip() || wildcard)
+}
+
 impl ServerConfig {
     /// The defaults `tallyd` documents in `--help`, with the given data directory.
     pub fn new(data_dir: PathBuf) -> ServerConfig {
@@ -202,8 +210,15 @@ impl ServerConfig {
                 self.cores
             ));
         }
-        if self.partitions == Some(0) {
-            return invalid("partitions must be at least 1".to_string());
+        let partition_count_max = tally_engine::PARTITION_COUNT_MAX;
+        if let Some(partitions) = self.partitions {
+            // Checked here, before the data directory is touched, not by the engine
+            // once it is created and locked.
+            if partitions == 0 || partitions > partition_count_max {
+                return invalid(format!(
+                    "partitions must be in 1..={partition_count_max}, not {partitions}"
+                ));
+            }
         }
         if self.connections_max == 0 {
             return invalid("max connections must be at least 1".to_string());
@@ -270,6 +285,40 @@ impl ServerConfig {
                 return invalid(format!("shard ports {base}..={last} are not valid ports"));
             }
         }
+        self.check_ports_apart()
+    }
+
+    /// Refuses a port tallyd would bind twice (the Redis door or the main port on a
+    /// core's shard port), at once: binding found it "in use" and waited 2 s for a
+    /// killed server to let go of it.
+    fn check_ports_apart(&self) -> Result<(), ServerError> {
+        let main_port = self.listen.port();
+        let shard_port = |core| self.shard_addr(core, main_port).port();
+        let shard_ports = (0..self.cores).filter(|&core| shard_port(core) != 0);
+        for core in shard_ports {
+            let port = shard_port(core);
+            if port == main_port {
+                return Err(ServerError::InvalidConfig(format!(
+                    "--listen {} is also core {core}'s shard port (--shard-port-base)",
+                    self.listen
+                )));
+            }
+            let shard = self.shard_addr(core, main_port);
+            if let Some(resp) = self.resp_listen.filter(|resp| same_socket(*resp, shard)) {
+                return Err(ServerError::InvalidConfig(format!(
+                    "--resp-listen {resp} is also core {core}'s shard port (--shard-port-base, \
+                     or the main port + 1 + core)"
+                )));
+            }
+        }
+        let resp = self
+            .resp_listen
+            .filter(|resp| same_socket(*resp, self.listen));
+        if let Some(resp) = resp.filter(|resp| resp.port() != 0) {
+            return Err(ServerError::InvalidConfig(format!(
+                "--resp-listen {resp} is also the --listen address"
+            )));
+        }
         Ok(())
     }
 
@@ -308,6 +357,24 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         ServerConfig::new(PathBuf::from("x")).validate().unwrap();
+    }
+
+    #[test]
+    fn ports_bound_twice_are_rejected() {
+        let mut config = ServerConfig::new(PathBuf::from("/tmp/x"));
+        config.listen = "127.0.0.1:21800".parse().unwrap();
+        config.cores = 2;
+        assert!(config.validate().is_ok());
+        config.resp_listen = Some("127.0.0.1:21801".parse().unwrap());
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("core 0's shard port"), "{message}");
+        config.resp_listen = None;
+        config.shard_port_base = Some(21799);
+        let message = config.validate().unwrap_err().to_string();
+        assert!(message.contains("core 1's shard port"), "{message}");
+        config.shard_port_base = None;
+        config.partitions = Some(100_000);
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! - per peer core, a task draining the request mesh (apply forwarded operations,
 //!   answer idempotency look-ups) and a task draining the reply mesh (wake the waiting
 //!   connection task through the [`ReplyTable`]);
-//! - a watcher that polls the shutdown flag and runs the shutdown sequence
-//!   (`shutdown.rs`).
+//! - a watcher that waits for the stop (woken by the request, no polling) and runs the
+//!   shutdown sequence (`shutdown.rs`).
 //!
 //! Invariants: no lock or shared atomic on the data path (the only atomics are the
 //! shutdown flag, the drain barrier and the connection count, touched at accept/close);
@@ -19,6 +19,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -80,6 +81,10 @@ pub struct Core {
     pub recovered_batches: Arc<RecoveredBatches>,
     /// The "idempotency table full" line (one per [`IDEMPOTENCY_FULL_LOG_INTERVAL`]).
     idempotency_full_logged: LogThrottle,
+    /// The "too many connections" line (one per [`REFUSAL_LOG_INTERVAL`]), and the
+    /// refusals not logged since it was last said.
+    refusal_logged: LogThrottle,
+    refusals_unlogged: Cell<u64>,
     pub registry: ConnectionRegistry,
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
@@ -117,6 +122,8 @@ pub struct CoreSetup {
     pub drain: DrainBarrier,
     pub journal: CoreJournal,
     pub recovered_batches: Arc<RecoveredBatches>,
+    /// Whether to accept at all: `false` if a stop was requested during start-up.
+    pub serve: bool,
 }
 
 /// How a core's share of a batch is journaled.
@@ -145,7 +152,10 @@ enum Outgoing {
 
 /// The least time between two logs of a full idempotency table on one core.
 const IDEMPOTENCY_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// How often a stop that waits for a checkpoint round says so.
+/// The least time between two logs of connections refused at the limit on one core.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a stop that waits (for a checkpoint round, for connections whose clients
+/// do not take their replies) says so.
 const STOP_WAIT_REPORT: Duration = Duration::from_secs(5);
 
 /// The Outcome record of operation `index` of the idempotent `batch`, which changed
@@ -723,6 +733,29 @@ async fn shed_one(
     answered
 }
 
+/// Logs a connection refused at the limit: at most once per [`REFUSAL_LOG_INTERVAL`]
+/// per core, with the count of refusals not logged since (at the limit, an overloaded
+/// server, every connect was a line: 3,000 in 0.4 s). `connections_refused` in the
+/// stats counts every one.
+fn log_refusal(core: &Core, peer: SocketAddr) {
+    if core
+        .refusal_logged
+        .check(Instant::now(), REFUSAL_LOG_INTERVAL)
+        == Say::Quiet
+    {
+        core.refusals_unlogged.set(core.refusals_unlogged.get() + 1);
+        return;
+    }
+    tracing::warn!(
+        core = core.index,
+        %peer,
+        max = core.config.connections_max,
+        unlogged_count = core.refusals_unlogged.replace(0),
+        "connection refused: too many connections (unlogged_count: refusals since the \
+         last such line, not logged)"
+    );
+}
+
 /// Starts a connection task, or refuses the connection if the limit is reached.
 fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, resp: bool) {
     let peer = stream
@@ -735,7 +768,7 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, res
         stats
             .connections_refused
             .set(stats.connections_refused.get() + 1);
-        tracing::warn!(core = core.index, %peer, max = core.config.connections_max, "connection refused: too many connections");
+        log_refusal(core, peer);
         // A glommio task is cancelled when its handle drops: detach it.
         let spawned = if resp {
             gate.spawn(crate::resp::refuse(stream))
@@ -762,6 +795,74 @@ fn admit(core: &Rc<Core>, gate: &Rc<glommio::sync::Gate>, stream: TcpStream, res
     };
     if spawned.is_err() {
         core.connections_open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Awaits `task` during a stop, calling `report` with the time waited every
+/// [`STOP_WAIT_REPORT`] until it completes, so a stop that waits is never silent.
+async fn await_reporting<T>(
+    task: impl std::future::Future<Output = T>,
+    report: impl Fn(Duration),
+) -> T {
+    let mut task = std::pin::pin!(task);
+    let waiting_since = Instant::now();
+    loop {
+        let done = futures_lite::future::or(async { Some(task.as_mut().await) }, async {
+            glommio::timer::sleep(STOP_WAIT_REPORT).await;
+            None
+        })
+        .await;
+        match done {
+            Some(output) => return output,
+            None => report(waiting_since.elapsed()),
+        }
+    }
+}
+
+/// How often an idle core wakes to publish its `INFO` figures for the other cores
+/// (`resp::publish_figures`); the core answering `INFO` publishes its own first.
+const FIGURES_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Returns once a stop is requested. Woken by the request itself (a byte on a socket,
+/// [`ShutdownSignal::subscribe`]), so an idle core wakes only once per
+/// [`FIGURES_INTERVAL`]; it polls the flag every [`POLL_INTERVAL`] only if it got no
+/// socket (out of descriptors).
+async fn wait_for_stop(core: &Core, shutdown: &ShutdownSignal) {
+    use futures_lite::AsyncReadExt;
+    let mut wake = match shutdown.subscribe() {
+        // SAFETY: the fd is one end of a socket pair we just made and own;
+        // `into_raw_fd` gives up that ownership, so glommio's stream is its only owner.
+        Ok(socket) => Some(unsafe { glommio::net::UnixStream::from_raw_fd(socket.into_raw_fd()) }),
+        Err(error) => {
+            let message = "no wake-up socket for the stop: looking at the flag every 10 ms";
+            tracing::warn!(core = core.index, %error, "{message}");
+            None
+        }
+    };
+    while !shutdown.is_requested() {
+        let woken = async {
+            match wake.as_mut() {
+                Some(socket) => {
+                    let mut byte = [0_u8; 1];
+                    matches!(socket.read(&mut byte).await, Ok(1))
+                }
+                None => {
+                    glommio::timer::sleep(POLL_INTERVAL).await;
+                    true
+                }
+            }
+        };
+        let tick = async {
+            glommio::timer::sleep(FIGURES_INTERVAL).await;
+            true
+        };
+        if !futures_lite::future::or(woken, tick).await {
+            // End of stream or an error: the socket cannot wake us; poll instead.
+            let message = "the stop's wake-up socket failed: looking at the flag every 10 ms";
+            tracing::warn!(core = core.index, "{message}");
+            wake = None;
+        }
+        crate::resp::publish_figures(core);
     }
 }
 
@@ -806,6 +907,8 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         idempotency: RefCell::new(idempotency),
         recovered_batches: setup.recovered_batches,
         idempotency_full_logged: LogThrottle::default(),
+        refusal_logged: LogThrottle::default(),
+        refusals_unlogged: Cell::new(0),
         registry: ConnectionRegistry::default(),
         stop: StopNotice::default(),
         connections_open: setup.connections_open,
@@ -831,33 +934,29 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     let checkpoints = glommio::spawn_local(crate::durability::checkpoint_loop(Rc::clone(&core)));
     let held = glommio::spawn_local(send_held_replies(Rc::clone(&core)));
     let gate = Rc::new(glommio::sync::Gate::new());
-    let accepts = [
-        glommio::spawn_local(accept_loop(
-            Rc::clone(&core),
-            setup.main_listener,
-            Rc::clone(&gate),
-            "main",
-        )),
-        glommio::spawn_local(accept_loop(
-            Rc::clone(&core),
-            setup.shard_listener,
-            Rc::clone(&gate),
-            "shard",
-        )),
-    ];
-    let resp_accept = setup.resp_listener.map(|listener| {
-        let gate = Rc::clone(&gate);
-        glommio::spawn_local(accept_loop(
-            Rc::clone(&core),
-            listener,
-            gate,
-            RESP_PORT_KIND,
-        ))
-    });
-    while !setup.shutdown.is_requested() {
-        glommio::timer::sleep(POLL_INTERVAL).await;
-        crate::resp::publish_figures(&core);
-    }
+    let (main_listener, shard_listener, resp_listener) = if setup.serve {
+        (
+            Some(setup.main_listener),
+            Some(setup.shard_listener),
+            setup.resp_listener,
+        )
+    } else {
+        // Stopped during start-up: the listeners close unused, so the clients queued
+        // in their backlog are refused rather than served by a stopping server.
+        (None, None, None)
+    };
+    let listeners = [(main_listener, "main"), (shard_listener, "shard")];
+    let listeners = listeners
+        .into_iter()
+        .chain([(resp_listener, RESP_PORT_KIND)]);
+    let accepts: Vec<_> = listeners
+        .filter_map(|(listener, port_kind)| Some((listener?, port_kind)))
+        .map(|(listener, port_kind)| {
+            let task = accept_loop(Rc::clone(&core), listener, Rc::clone(&gate), port_kind);
+            glommio::spawn_local(task)
+        })
+        .collect();
+    wait_for_stop(&core, &setup.shutdown).await;
     tracing::info!(
         core = index,
         open = core.registry.len(),
@@ -867,11 +966,23 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     for accept in accepts {
         accept.await;
     }
-    if let Some(accept) = resp_accept {
-        accept.await;
-    }
     core.registry.shutdown_reads();
-    if gate.close().await.is_err() {
+    // Idle connections end at once; one whose client does not take its replies holds
+    // the stop until the write timeout ends it: said every few seconds, with the count.
+    let write_timeout_ms = core.config.write_timeout_ms;
+    let closed = await_reporting(gate.close(), |waited| {
+        tracing::warn!(
+            core = index,
+            connections = core.registry.len(),
+            waited_s = waited.as_secs(),
+            write_timeout_ms,
+            "stopping: waiting for connections to take their replies; a client that \
+             reads none is disconnected once its write has made no progress for \
+             --write-timeout-ms"
+        );
+    })
+    .await;
+    if closed.is_err() {
         tracing::warn!(core = index, "connection gate was already closed");
     }
     setup.drain.arrive();
@@ -896,27 +1007,15 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
     // It stops after the partition in hand, which a stalled disk can make take long:
     // said every few seconds, so a stop that does not end is not silent.
     core.journal.stop_checkpoints();
-    let mut checkpoints = std::pin::pin!(checkpoints);
-    let waiting_since = Instant::now();
-    while !futures_lite::future::or(
-        async {
-            checkpoints.as_mut().await;
-            true
-        },
-        async {
-            glommio::timer::sleep(STOP_WAIT_REPORT).await;
-            false
-        },
-    )
-    .await
-    {
+    await_reporting(checkpoints, |waited| {
         tracing::warn!(
             core = index,
-            waited_s = waiting_since.elapsed().as_secs(),
+            waited_s = waited.as_secs(),
             "stopping: waiting for the checkpoint round in progress to finish writing a \
              partition (is the disk stalled?)"
         );
-    }
+    })
+    .await;
     core.journal.stop();
     commit.await;
     let core = Rc::into_inner(core).expect("every task of the core has ended");

@@ -597,7 +597,18 @@ impl CoreJournal {
                 .path
                 .to_str()
                 .is_some_and(|path| path.ends_with(COVERED_SUFFIX));
-            if covered {
+            if covered && report.journal.corruption.is_some() {
+                // The records it still holds are in the checkpoints, but after
+                // --recover-to-corruption it may be the segment cut at the damage:
+                // "nothing lost" would contradict the ERROR above.
+                tracing::warn!(
+                    core,
+                    path = %set_aside.path.display(),
+                    "journal segment set aside whole, every record it still holds covered \
+                     by the checkpoints (kept for inspection; what was lost is in the \
+                     *.corrupt files named above)"
+                );
+            } else if covered {
                 // Intact, and every record in it is in the checkpoints already (it was
                 // replayed or covered before being set aside): nothing was lost.
                 tracing::warn!(

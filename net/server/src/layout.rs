@@ -73,7 +73,8 @@ pub struct DataDirLock {
 }
 
 impl DataDirLock {
-    /// Creates `data_dir` if needed and locks it, or says who holds it.
+    /// Creates `data_dir` if needed (not its parent: [`create_data_dir`]) and locks
+    /// it, or says who holds it.
     pub fn acquire(data_dir: &Path) -> Result<DataDirLock, ServerError> {
         let io_error =
             |action: &'static str, path: &Path, source: io::Error| ServerError::DataDirIo {
@@ -81,7 +82,7 @@ impl DataDirLock {
                 path: path.to_path_buf(),
                 source,
             };
-        fs::create_dir_all(data_dir).map_err(|e| io_error("create", data_dir, e))?;
+        create_data_dir(data_dir)?;
         let directory = File::open(data_dir).map_err(|e| io_error("open", data_dir, e))?;
         let path = data_dir.join(LOCK_FILE);
         let lock = || {
@@ -110,6 +111,53 @@ impl DataDirLock {
         Ok(DataDirLock {
             _directory: directory,
         })
+    }
+}
+
+/// Creates the data directory if it does not exist, but never its missing parents: a
+/// typo in the path, or a data volume that failed to mount, would otherwise start an
+/// empty store in a directory nobody meant, and every counter would read 0. The
+/// default `./tally-data` has a parent (the working directory) anyway. A path that
+/// exists but is no directory is named as such.
+fn create_data_dir(data_dir: &Path) -> Result<(), ServerError> {
+    let layout_error = |path: &Path, message: String| ServerError::Layout {
+        path: path.to_path_buf(),
+        message,
+    };
+    match fs::metadata(data_dir) {
+        Ok(metadata) if metadata.is_dir() => return Ok(()),
+        Ok(_) => {
+            let message = "exists and is not a directory (--data-dir names a directory)";
+            return Err(layout_error(data_dir, message.to_string()));
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::DataDirIo {
+                action: "look up",
+                path: data_dir.to_path_buf(),
+                source,
+            })
+        }
+    }
+    match fs::create_dir(data_dir) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            let parent = data_dir.parent().filter(|p| !p.as_os_str().is_empty());
+            let parent = parent.unwrap_or(Path::new("."));
+            let message = format!(
+                "does not exist, so the data directory {} cannot be created in it (a typo, \
+                 or a volume not mounted?); tallyd creates the data directory but not its \
+                 parents: create them first",
+                data_dir.display()
+            );
+            Err(layout_error(parent, message))
+        }
+        Err(source) => Err(ServerError::DataDirIo {
+            action: "create",
+            path: data_dir.to_path_buf(),
+            source,
+        }),
     }
 }
 

@@ -80,7 +80,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -119,6 +119,8 @@ pub struct ServerHandle {
     resp_addr: Option<SocketAddr>,
     partition_count: u32,
     shutdown: ShutdownSignal,
+    /// Whether the cores serve: `false` if a stop was requested during start-up.
+    serving: bool,
     cores: Vec<ExecutorJoinHandle<Result<(), ServerError>>>,
     /// Held until every core has stopped (after the final checkpoint).
     _lock: layout::DataDirLock,
@@ -148,6 +150,12 @@ impl ServerHandle {
     /// The flag that stops the server; `request()` it to shut down gracefully.
     pub fn shutdown_signal(&self) -> &ShutdownSignal {
         &self.shutdown
+    }
+
+    /// Whether the cores accept connections: `false` if a stop was requested during
+    /// start-up, so they recovered and are stopping without ever accepting.
+    pub fn is_serving(&self) -> bool {
+        self.serving
     }
 
     /// Waits until every core has stopped; the first error, if any.
@@ -198,8 +206,25 @@ pub fn start(
     config.validate()?;
     config.connections_max = descriptors::raise_open_files_limit(config.connections_max);
     let lock = layout::DataDirLock::acquire(&config.data_dir)?;
+    // Whether the store is new, told apart in the log from one recovered (whose
+    // `recovered` lines look the same for an empty store): the engine writes its
+    // superblock, named so, when it creates a data directory's store.
+    let new = !config.data_dir.join("superblock").exists();
     let dir = DataDir::open_or_create(&config.data_dir, config.partitions)
         .map_err(ServerError::DataDir)?;
+    let absolute = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    let partitions = dir.partition_count();
+    if new {
+        tracing::info!(
+            "created a new data directory at {} ({partitions} partitions)",
+            absolute.display()
+        );
+    } else {
+        tracing::info!(
+            "opened the data directory at {} ({partitions} partitions)",
+            absolute.display()
+        );
+    }
     layout::migrate(&config, &dir)?;
     let Listeners {
         main: (main_listeners, listen_addr),
@@ -221,6 +246,7 @@ pub fn start(
         hello,
         resp: resp::RespShared::new(config.cores, resp_addr.map_or(0, |addr| addr.port())),
         recovered_batches: Arc::new(OnceLock::new()),
+        serving: Arc::new(AtomicBool::new(false)),
     };
     let deadline = Instant::now() + START_TIMEOUT;
     let mut handles = Vec::new();
@@ -254,6 +280,11 @@ pub fn start(
         .recovered_batches
         .set(Arc::new(recovered))
         .expect("set once, before the cores serve");
+    // A stop requested during start-up (logged when it came) keeps every core from
+    // accepting: they go through the graceful stop at once, so the recovered state is
+    // synced, checkpointed and closed clean, as after any stop.
+    let serving = shutdown.begin_serving();
+    shared.serving.store(serving, Ordering::Release);
     phase.store(PHASE_SERVE, Ordering::Release);
     let partition_count = shared.dir.partition_count();
     Ok(ServerHandle {
@@ -262,6 +293,7 @@ pub fn start(
         resp_addr,
         partition_count,
         shutdown,
+        serving,
         cores: handles,
         _lock: lock,
     })
@@ -300,6 +332,8 @@ struct Shared {
     resp: Arc<resp::RespShared>,
     /// Set once every core has recovered, before they serve.
     recovered_batches: Arc<OnceLock<Arc<RecoveredBatches>>>,
+    /// Set before the serve phase: `false` if the cores must stop without accepting.
+    serving: Arc<AtomicBool>,
 }
 
 /// Tells every core to stop and waits (a bounded time) for them; a core stuck in
@@ -418,8 +452,8 @@ fn spawn_core(
     ),
     report: CoreReport,
 ) -> Result<ExecutorJoinHandle<Result<(), ServerError>>, ServerError> {
-    let cpu_count = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let builder = LocalExecutorBuilder::new(Placement::Fixed(index % cpu_count))
+    let cpus = allowed_cpus();
+    let builder = LocalExecutorBuilder::new(Placement::Fixed(cpus[index % cpus.len()]))
         .name(&format!("tally-core-{index}"))
         .io_memory(config.io_memory_bytes)
         .ring_depth(config.ring_depth)
@@ -440,6 +474,7 @@ fn spawn_core(
     let hello = shared.hello.clone();
     let resp_shared = Arc::clone(&shared.resp);
     let recovered_batches = Arc::clone(&shared.recovered_batches);
+    let serving = Arc::clone(&shared.serving);
     let spawned = builder.spawn(move || async move {
         report.send(StartReport::Alive);
         let meshes = (request_mesh, reply_mesh);
@@ -489,6 +524,7 @@ fn spawn_core(
             connections_open,
             shutdown,
             drain,
+            serve: serving.load(Ordering::Acquire),
         };
         let (store, journal_failed) = core::run(setup).await;
         if journal_failed {
@@ -520,6 +556,32 @@ fn spawn_core(
         core: index,
         message: error.to_string(),
     })
+}
+
+/// The CPUs this process may run on (its affinity mask, as `taskset` or a container
+/// sets it), in increasing order, never empty. Core `i` is pinned to the CPU at `i`
+/// modulo their count, so with more cores than these, several cores share a CPU (and
+/// `tallyd` refuses that). If the mask cannot be read: CPUs `0..available_parallelism`.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: `cpu_set_t` is plain data, all zeros being the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the kernel writes at most `size` bytes into `set`, which is that large.
+    let result = unsafe { libc::sched_getaffinity(0, size, &mut set) };
+    let cpus: Vec<usize> = if result == 0 {
+        let cpu_count_max = usize::try_from(libc::CPU_SETSIZE).expect("a positive constant");
+        // SAFETY: every index is below CPU_SETSIZE, inside the set.
+        (0..cpu_count_max)
+            .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+        return (0..count).collect();
+    }
+    cpus
 }
 
 /// The two meshes a core joins, and what joining gives.

@@ -1,9 +1,10 @@
 //! Graceful shutdown: a process-wide request flag, and the per-core machinery that stops
 //! accepting, lets in-flight requests finish, and drains connections.
 //!
-//! Sequence on every core once [`ShutdownSignal::is_requested`] turns true (each core
-//! polls it every [`POLL_INTERVAL`]; SIGINT/SIGTERM only set the flag, no work runs in a
-//! signal handler):
+//! Sequence on every core once [`ShutdownSignal::is_requested`] turns true (a request
+//! wakes each core through a socket it waits on, so idle cores never poll;
+//! SIGINT/SIGTERM set the flag from a thread that waits for signals, no work runs in a
+//! signal handler; SIGHUP is logged and ignored):
 //!
 //! 1. the accept loops end ([`StopNotice`] fires), so no new connection is taken;
 //! 2. the read half of every open connection is shut down ([`ConnectionRegistry`]),
@@ -21,17 +22,20 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
+use std::io::Write;
 use std::os::fd::RawFd;
+use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use crate::error::ServerError;
 
-/// How often a core looks at the shutdown flag (and the drain barrier).
+/// How often a core looks at the drain barrier during a stop, and at the shutdown flag
+/// if it could not [`ShutdownSignal::subscribe`] (out of descriptors).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
 /// A process-wide "please stop" flag, shared by the cores, the signal handlers and the
@@ -39,7 +43,22 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(10);
 #[derive(Clone, Debug, Default)]
 pub struct ShutdownSignal {
     requested: Arc<AtomicBool>,
+    /// [`STARTING`], then [`SERVING`] or [`STOPPED_IN_START`], whichever comes first:
+    /// a stop requested before the cores serve keeps them from ever serving.
+    phase: Arc<AtomicU8>,
+    /// One socket per core waiting for a stop ([`ShutdownSignal::subscribe`]): a
+    /// request writes a byte to each, which wakes the core at once, so an idle core
+    /// never wakes to look at the flag.
+    wakers: Arc<Mutex<Vec<UnixStream>>>,
 }
+
+/// The server has not yet started serving.
+const STARTING: u8 = 0;
+/// The server serves (or did): a stop is a graceful stop.
+const SERVING: u8 = 1;
+/// A stop was requested during start-up: the cores finish recovering, then stop
+/// without opening their listeners.
+const STOPPED_IN_START: u8 = 2;
 
 impl ShutdownSignal {
     /// A flag that is not set.
@@ -47,9 +66,55 @@ impl ShutdownSignal {
         ShutdownSignal::default()
     }
 
-    /// Asks every core to stop gracefully. Idempotent.
+    /// Asks every core to stop gracefully. Idempotent. Before the server serves, it
+    /// keeps it from serving at all ([`ShutdownSignal::begin_serving`]).
     pub fn request(&self) {
+        self.request_noting_start();
+    }
+
+    /// [`ShutdownSignal::request`]; `true` if it came during start-up (the first
+    /// request then, before the server began to serve).
+    fn request_noting_start(&self) -> bool {
         self.requested.store(true, Ordering::Release);
+        // After the store: a core subscribing meanwhile sees the flag or gets the byte.
+        for waker in self
+            .wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            wake(waker);
+        }
+        let phase = self.phase.compare_exchange(
+            STARTING,
+            STOPPED_IN_START,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        phase.is_ok() || phase == Err(STOPPED_IN_START)
+    }
+
+    /// A socket that turns readable once a stop is requested (at once if it was
+    /// already), for a core to await instead of polling the flag.
+    pub(crate) fn subscribe(&self) -> std::io::Result<UnixStream> {
+        let (theirs, ours) = UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.is_requested() {
+            wake(&ours);
+        }
+        wakers.push(ours);
+        Ok(theirs)
+    }
+
+    /// Called once start-up is complete: `true` if the server may serve, `false` if a
+    /// stop was requested first (then it must stop without ever accepting).
+    pub(crate) fn begin_serving(&self) -> bool {
+        let phase =
+            self.phase
+                .compare_exchange(STARTING, SERVING, Ordering::AcqRel, Ordering::Acquire);
+        // A signal reused for a second server (after a start that failed) serves again.
+        phase != Err(STOPPED_IN_START)
     }
 
     /// Whether a stop was requested.
@@ -57,13 +122,64 @@ impl ShutdownSignal {
         self.requested.load(Ordering::Acquire)
     }
 
-    /// Makes SIGINT and SIGTERM set this flag (instead of killing the process).
+    /// Makes SIGINT and SIGTERM request a graceful stop, and SIGHUP do nothing but say
+    /// so, instead of the default actions (which kill the process with nothing logged,
+    /// losing relaxed writes not yet on disk). A thread of its own (`tally-signals`)
+    /// waits for them, so each is logged the moment it arrives, during start-up too;
+    /// nothing runs in a signal handler but signal-hook's self-pipe write.
+    ///
+    /// SIGHUP is ignored, as Redis does: a closed terminal or ssh session, a logrotate
+    /// `kill -HUP` or a `systemctl reload` must not stop a server. tallyd has no
+    /// settings to reload and writes its log to standard error, so there is nothing to
+    /// reopen either.
     pub fn install_os_handlers(&self) -> Result<(), ServerError> {
-        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-            signal_hook::flag::register(signal, Arc::clone(&self.requested))
-                .map_err(ServerError::Signals)?;
-        }
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+            .map_err(ServerError::Signals)?;
+        let shutdown = self.clone();
+        let watcher = move || {
+            for signal in signals.forever() {
+                match signal {
+                    SIGHUP => tracing::warn!(
+                        "SIGHUP received and ignored: tallyd stops gracefully on SIGTERM or \
+                         SIGINT (it has no settings to reload, and logs to standard error)"
+                    ),
+                    _ => {
+                        let name = if signal == SIGINT {
+                            "SIGINT"
+                        } else {
+                            "SIGTERM"
+                        };
+                        if shutdown.request_noting_start() {
+                            tracing::warn!(
+                                signal = name,
+                                "stop requested during start-up: recovery runs to its end \
+                                 first (cut short, the next start would redo it), then \
+                                 tallyd stops without serving"
+                            );
+                        } else {
+                            tracing::info!(signal = name, "stop requested");
+                        }
+                    }
+                }
+            }
+        };
+        std::thread::Builder::new()
+            .name("tally-signals".to_string())
+            .spawn(watcher)
+            .map_err(ServerError::Signals)?;
         Ok(())
+    }
+}
+
+/// Writes the byte that wakes a core waiting on its [`ShutdownSignal::subscribe`]
+/// socket. A full socket (`WouldBlock`) already holds an unread byte: the core wakes
+/// anyway; any other error leaves that core to see the flag at its next look.
+fn wake(mut waker: &UnixStream) {
+    if let Err(error) = waker.write(&[1]) {
+        if error.kind() != std::io::ErrorKind::WouldBlock {
+            tracing::debug!(%error, "could not wake a core for the stop");
+        }
     }
 }
 
@@ -228,5 +344,39 @@ fn shutdown_read(fd: RawFd) {
     let result = unsafe { libc::shutdown(fd, libc::SHUT_RD) };
     if result != 0 {
         tracing::debug!(fd, error = %std::io::Error::last_os_error(), "shutdown(SHUT_RD) failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn a_stop_before_serving_keeps_the_server_from_serving() {
+        let shutdown = ShutdownSignal::new();
+        assert!(shutdown.request_noting_start(), "during start-up");
+        assert!(shutdown.request_noting_start(), "still during start-up");
+        assert!(!shutdown.begin_serving());
+        assert!(shutdown.is_requested());
+    }
+
+    #[test]
+    fn a_stop_after_serving_began_is_an_ordinary_stop() {
+        let shutdown = ShutdownSignal::new();
+        assert!(shutdown.begin_serving());
+        assert!(!shutdown.request_noting_start());
+        assert!(shutdown.is_requested());
+    }
+
+    #[test]
+    fn a_request_wakes_every_subscriber_even_a_late_one() {
+        let shutdown = ShutdownSignal::new();
+        let mut early = shutdown.subscribe().unwrap();
+        shutdown.request();
+        let mut late = shutdown.subscribe().unwrap();
+        let mut byte = [0_u8; 1];
+        assert_eq!(early.read(&mut byte).unwrap(), 1);
+        assert_eq!(late.read(&mut byte).unwrap(), 1);
     }
 }

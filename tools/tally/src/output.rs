@@ -22,7 +22,8 @@
 //! (`{"cores":2, ..., "per_core":[{"core":0, ...}, ...]}`). The total adds the cores
 //! up, except for what is not a per-core amount: `core` and `journal_durable_lsn` (each
 //! core's own position) have no total, and `cores`, `partitions` and `connections_open`
-//! (server-wide, the same on every core) are shown once.
+//! (server-wide, the same on every core) are not added up; the plain table shows
+//! `connections_open` in the total column only, so it does not read as per core.
 
 use std::io::Write;
 
@@ -36,6 +37,9 @@ use crate::{write_stdout, CliError};
 const STATS_PER_CORE_ONLY: [&str; 2] = ["core", "journal_durable_lsn"];
 /// Statistics that are server-wide, the same on every core: the total is the value.
 const STATS_SERVER_WIDE: [&str; 3] = ["cores", "partitions", "connections_open"];
+/// Server-wide statistics the plain table shows only in the total column: repeated in
+/// every core's column, `connections_open` read as that many per core.
+const STATS_SHOWN_ONCE: [&str; 1] = ["connections_open"];
 
 /// Whether every operation was applied; the variants are in order of severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -288,7 +292,9 @@ fn stats_table(cores: &[Vec<(String, u64)>], total: &[(String, u64)]) -> String 
     rows.push(header);
     for (name, _) in cores.first().map(Vec::as_slice).unwrap_or_default() {
         let mut row = vec![name.clone()];
+        let once = STATS_SHOWN_ONCE.contains(&name.as_str());
         row.extend(cores.iter().map(|core| match stat(core, name) {
+            Some(_) if once => String::new(),
             Some(value) => value.to_string(),
             None => "-".to_owned(),
         }));
@@ -351,6 +357,31 @@ mod tests {
         assert_eq!(
             row.split_whitespace().collect::<Vec<_>>(),
             ["journal_failed", "0", "1", "1"]
+        );
+    }
+
+    #[test]
+    fn open_connections_are_shown_once_not_per_core() {
+        let mut cores = [core(0, 5, 0), core(1, 7, 0)];
+        for core in &mut cores {
+            core.push(("connections_open".to_owned(), 2));
+        }
+        let table = stats_table(&cores, &stats_total(&cores));
+        let row = table
+            .lines()
+            .find(|line| line.starts_with("connections_open"))
+            .unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["connections_open", "2"]
+        );
+        let row = table
+            .lines()
+            .find(|line| line.starts_with("cores"))
+            .unwrap();
+        assert_eq!(
+            row.split_whitespace().collect::<Vec<_>>(),
+            ["cores", "2", "2", "2"]
         );
     }
 }

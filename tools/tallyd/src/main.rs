@@ -6,6 +6,9 @@
 //! `tallyd listening on ADDR (shard ports P0,P1,...)` once every core serves (then, with
 //! `--resp-listen`, `tallyd resp listening on ADDR`), and exits 0
 //! after a graceful shutdown on SIGINT or SIGTERM (1 on a start-up or core error).
+//! SIGHUP is logged and ignored (see [`SIGNALS_HELP`]). A stop requested during
+//! start-up is logged at once; start-up then completes its recovery, prints no
+//! `listening` line, and stops without accepting (exit 0).
 //!
 //! Example config file:
 //!
@@ -26,14 +29,22 @@ use clap::Parser;
 use serde::Deserialize;
 use tally_server::{DurabilityMode, ServerConfig, ShutdownSignal};
 
+/// What each signal does, for `--help` (and the README says the same).
+const SIGNALS_HELP: &str = "Signals: SIGTERM or SIGINT stops gracefully: no new connections, \
+what was read is answered, the journal is synced and checkpointed, exit 0 (during \
+start-up: recovery completes, then tallyd stops without listening). SIGHUP is \
+ignored (one log line says so): a closed terminal or a `kill -HUP` does not stop tallyd. \
+SIGKILL loses relaxed writes not yet on disk (at most --relaxed-flush-ms).";
+
 /// Tally's counter server: one pinned executor per core, each owning its partitions.
 #[derive(Parser, Debug, Default)]
-#[command(version, about, long_about = None)]
+#[command(version, about, long_about = None, after_help = SIGNALS_HELP)]
 struct Flags {
     /// TOML file with any of the settings below (flags given here win).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Data directory, created if missing [default: ./tally-data].
+    /// Data directory, created if missing, but not its parent: a missing parent (a
+    /// typo, a volume not mounted) is refused [default: ./tally-data].
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Main address; every core accepts on it. Port 0 picks a free port (printed at
@@ -54,7 +65,9 @@ struct Flags {
     /// once begun must still complete within --read-timeout-ms [default: 0].
     #[arg(long, value_name = "MS")]
     resp_idle_timeout_ms: Option<u64>,
-    /// Number of cores (executors), each pinned to one CPU [default: all CPUs].
+    /// Number of cores (executors), each pinned to a CPU of its own: at most the CPUs
+    /// this process may run on (its CPU affinity, as `taskset` or a container sets it;
+    /// more is refused) [default: the CPUs available].
     #[arg(long, value_name = "N")]
     cores: Option<usize>,
     /// Partition count of a new data directory [default: 64]. An existing directory
@@ -149,7 +162,8 @@ struct Flags {
     #[arg(long, value_name = "N")]
     idempotency_journal_records: Option<u64>,
     /// Log level (off, error, warn, info, debug, trace) or comma-separated TARGET=LEVEL
-    /// directives; RUST_LOG wins if set. Anything else is a start-up error
+    /// directives; RUST_LOG wins if set, and is checked the same way. Anything else is
+    /// a start-up error (exit 2)
     /// [default: info].
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
@@ -229,7 +243,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(message) = check_cores_fit(config.cores, tally_server::allowed_cpus().len()) {
+        report(&message);
+        return ExitCode::from(2);
+    }
     run(config)
+}
+
+/// Refuses more cores than CPUs to pin them to. Each core is a thread pinned to a CPU
+/// that never yields it while busy (glommio): several on one CPU starve each other,
+/// and a config file written for a large host made start-up spin every CPU for tens
+/// of seconds on a small one, deaf to SIGTERM.
+fn check_cores_fit(cores: usize, cpu_count: usize) -> Result<(), String> {
+    if cores <= cpu_count {
+        return Ok(());
+    }
+    let cpus = match cpu_count {
+        1 => "1 CPU".to_string(),
+        _ => format!("{cpu_count} CPUs"),
+    };
+    Err(format!(
+        "--cores {cores} is more than the {cpus} this process may run on (its \
+         CPU affinity): each core is pinned to a CPU of its own; use --cores {cpu_count} \
+         or fewer, or give tallyd more CPUs"
+    ))
 }
 
 fn run(config: ServerConfig) -> ExitCode {
@@ -238,7 +275,10 @@ fn run(config: ServerConfig) -> ExitCode {
         report(&error);
         return ExitCode::FAILURE;
     }
-    tracing::info!(data_dir = %config.data_dir.display(), cores = config.cores, "starting");
+    // Absolute, so the log says which directory a relative path (the default
+    // ./tally-data) meant.
+    let data_dir = std::path::absolute(&config.data_dir).unwrap_or(config.data_dir.clone());
+    tracing::info!(data_dir = %data_dir.display(), cores = config.cores, "starting");
     let server = match tally_server::start(config, shutdown) {
         Ok(server) => server,
         Err(error) => {
@@ -247,6 +287,12 @@ fn run(config: ServerConfig) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !server.is_serving() {
+        // A stop came during start-up (logged then): no "listening" line, since no
+        // connection is accepted.
+        tracing::info!("start-up complete; stopping without serving, as requested");
+        return join(server);
+    }
     let ports: Vec<String> = server
         .shard_addrs()
         .iter()
@@ -264,6 +310,11 @@ fn run(config: ServerConfig) -> ExitCode {
         tracing::info!("{line}");
         print_line(&line);
     }
+    join(server)
+}
+
+/// Waits for the server to stop; the exit code.
+fn join(server: tally_server::ServerHandle) -> ExitCode {
     match server.join() {
         Ok(()) => {
             tracing::info!("stopped cleanly");
@@ -355,15 +406,15 @@ fn merge(flags: &Flags, file: FileSettings) -> Result<ServerConfig, tally_server
 
 /// Logs to standard error, filtered by `RUST_LOG` if set, else by `level` (default
 /// info); colours only on a terminal, and never with `NO_COLOR` set (no-color.org).
-/// `Err` for a filter that does not parse, or a `--log-level` that names no level (a
-/// typo such as `warning` would otherwise parse as a target name and silence every
-/// other log line).
+/// `Err` for a filter that does not parse, or a `RUST_LOG` or `--log-level` directive
+/// that names no level (a typo such as `warning` would otherwise parse as a target
+/// name and silence every other log line).
 fn init_logging(level: Option<&str>) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(from_env) if !from_env.is_empty() => {
-            tracing_subscriber::EnvFilter::try_new(&from_env)
-                .map_err(|error| format!("invalid RUST_LOG {from_env:?}: {error}"))?
-        }
+        // The same check as --log-level: `RUST_LOG=warning` parsed as a target name
+        // and silenced every line, the journal's ERRORs included.
+        Ok(from_env) if !from_env.is_empty() => parse_filter(&from_env)
+            .map_err(|error| format!("invalid RUST_LOG {from_env:?}: {error}"))?,
         _ => {
             let level = level.unwrap_or("info");
             parse_filter(level)
@@ -415,6 +466,16 @@ mod tests {
         assert_eq!(config.cores, 3);
         assert_eq!(config.connections_max, 7);
         assert_eq!(config.durability_default, DurabilityMode::Relaxed);
+    }
+
+    #[test]
+    fn more_cores_than_cpus_are_refused() {
+        assert!(check_cores_fit(2, 2).is_ok());
+        let message = check_cores_fit(64, 2).unwrap_err();
+        assert!(
+            message.contains("--cores 64") && message.contains("the 2 CPUs"),
+            "{message}"
+        );
     }
 
     #[test]
