@@ -455,3 +455,43 @@ fn a_new_data_directory_is_told_apart_and_a_missing_parent_refused() {
     assert_ne!(code, Some(0), "{stderr}");
     assert!(stderr.contains("exists and is not a directory"), "{stderr}");
 }
+
+/// What an operator checks first in `Stats`: the version, the uptime, each core's
+/// counters and arena bytes, and how long ago a checkpoint completed.
+#[test]
+fn stats_say_version_uptime_counters_and_checkpoint_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Tallyd::start(
+        dir.path(),
+        &["--cores", "2", "--checkpoint-interval-s", "1"],
+    );
+    let mut client = tally_client::Client::connect(server.addr).expect("connect");
+    let keys: Vec<String> = (0..20).map(|index| format!("stats:{index}")).collect();
+    for key in &keys {
+        client.incr(key, 1).unwrap();
+    }
+    // A round runs within a second and finds both cores' partitions changed.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let mut counters = 0;
+    for core in 0..2 {
+        let stats = client.core_stats(core).unwrap();
+        let value = |name: &str| {
+            stats
+                .iter()
+                .find(|(entry, _)| entry == name)
+                .map(|(_, value)| *value)
+                .unwrap_or_else(|| panic!("no {name} in {stats:?}"))
+        };
+        let version = env!("CARGO_PKG_VERSION")
+            .split('.')
+            .map(|part| part.parse::<u64>().unwrap())
+            .fold(0, |sum, part| sum * 1_000 + part);
+        assert_eq!(value("version"), version, "{stats:?}");
+        assert!((2..60).contains(&value("uptime_s")), "{stats:?}");
+        assert!(value("arena_bytes") > 0, "{stats:?}");
+        assert!(value("checkpoints") >= 1, "{stats:?}");
+        assert!(value("seconds_since_checkpoint") <= 2, "{stats:?}");
+        counters += value("counters");
+    }
+    assert_eq!(counters, keys.len() as u64);
+}

@@ -336,6 +336,15 @@ impl Connection {
     }
 }
 
+/// This build's version as one number for the `version` statistic (PROTOCOL.md):
+/// major x 1,000,000 + minor x 1,000 + patch.
+fn server_version() -> u64 {
+    let part = |text: &str| text.parse::<u64>().unwrap_or(0);
+    part(env!("CARGO_PKG_VERSION_MAJOR")) * 1_000_000
+        + part(env!("CARGO_PKG_VERSION_MINOR")) * 1_000
+        + part(env!("CARGO_PKG_VERSION_PATCH"))
+}
+
 /// Sends the `Timeout` error to a connection idle for the read timeout, or whose
 /// frame did not complete within the read timeout of its first byte.
 async fn refuse_timeout(stream: &mut TcpStream, within_frame: bool) -> End {
@@ -528,10 +537,23 @@ impl State {
     fn stage_stats(&mut self, core: &Core, request_id: u64) {
         let stats = &core.stats;
         let journal = core.journal.journal_stats();
+        let uptime = core.resp.uptime();
+        let since_checkpoint = match core.journal.stats.last_checkpoint_done.get() {
+            Some(done) => done.elapsed(),
+            None => uptime,
+        };
+        let (counters, arena_bytes) = {
+            let store = core.store.borrow();
+            (store.counter_count(), store.arena_bytes())
+        };
         let entries = [
+            ("version", server_version()),
+            ("uptime_s", uptime.as_secs()),
             ("core", core.index as u64),
             ("cores", core.cores as u64),
             ("partitions", u64::from(core.partition_count)),
+            ("counters", counters),
+            ("arena_bytes", arena_bytes),
             (
                 "connections_open",
                 core.connections_open.load(Ordering::Relaxed) as u64,
@@ -566,6 +588,7 @@ impl State {
                 core.journal.stats.buffer_full_syncs.get(),
             ),
             ("checkpoints", core.journal.stats.checkpoints.get()),
+            ("seconds_since_checkpoint", since_checkpoint.as_secs()),
             (
                 "checkpoint_failures",
                 core.journal.stats.checkpoint_failures.get(),

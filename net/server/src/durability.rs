@@ -417,6 +417,8 @@ pub struct DurabilityStats {
     pub records: Cell<u64>,
     pub buffer_full_syncs: Cell<u64>,
     pub checkpoints: Cell<u64>,
+    /// When the last checkpoint round of this process completed (`None`: none has).
+    pub last_checkpoint_done: Cell<Option<Instant>>,
     /// Checkpoints that failed to write (the journal unharmed; serving went on).
     pub checkpoint_failures: Cell<u64>,
     pub recovered_records: Cell<u64>,
@@ -1066,6 +1068,7 @@ impl CoreJournal {
             tracing::warn!(core = self.core, "checkpoints succeed again");
         }
         self.stats.checkpoints.set(self.stats.checkpoints.get() + 1);
+        self.stats.last_checkpoint_done.set(Some(Instant::now()));
         tracing::info!(
             core = self.core,
             partitions_written = report.partitions.len(),

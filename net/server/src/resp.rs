@@ -114,6 +114,11 @@ pub struct RespCore {
 }
 
 impl RespCore {
+    /// How long the server has run (since its cores' shared state was made, at start).
+    pub fn uptime(&self) -> Duration {
+        self.shared.started.elapsed()
+    }
+
     /// A core's state, publishing into `shared`.
     pub fn new(shared: Arc<RespShared>) -> RespCore {
         RespCore {

@@ -34,12 +34,18 @@ use crate::batch_input::Request;
 use crate::{write_stdout, CliError};
 
 /// Statistics that are one core's own position: no total.
-const STATS_PER_CORE_ONLY: [&str; 2] = ["core", "journal_durable_lsn"];
+const STATS_PER_CORE_ONLY: [&str; 3] = ["core", "journal_durable_lsn", "seconds_since_checkpoint"];
 /// Statistics that are server-wide, the same on every core: the total is the value.
-const STATS_SERVER_WIDE: [&str; 3] = ["cores", "partitions", "connections_open"];
+const STATS_SERVER_WIDE: [&str; 5] = [
+    "version",
+    "uptime_s",
+    "cores",
+    "partitions",
+    "connections_open",
+];
 /// Server-wide statistics the plain table shows only in the total column: repeated in
 /// every core's column, `connections_open` read as that many per core.
-const STATS_SHOWN_ONCE: [&str; 1] = ["connections_open"];
+const STATS_SHOWN_ONCE: [&str; 3] = ["version", "uptime_s", "connections_open"];
 
 /// Whether every operation was applied; the variants are in order of severity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -276,6 +282,16 @@ fn stats_total(cores: &[Vec<(String, u64)>]) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// The `version` statistic (major x 1,000,000 + minor x 1,000 + patch) as `M.m.p`.
+fn version_text(version: u64) -> String {
+    format!(
+        "{}.{}.{}",
+        version / 1_000_000,
+        version / 1_000 % 1_000,
+        version % 1_000
+    )
+}
+
 fn stat(entries: &[(String, u64)], name: &str) -> Option<u64> {
     entries
         .iter()
@@ -298,7 +314,12 @@ fn stats_table(cores: &[Vec<(String, u64)>], total: &[(String, u64)]) -> String 
             Some(value) => value.to_string(),
             None => "-".to_owned(),
         }));
-        row.push(stat(total, name).map_or("-".to_owned(), |value| value.to_string()));
+        row.push(
+            stat(total, name).map_or("-".to_owned(), |value| match name.as_str() {
+                "version" => version_text(value),
+                _ => value.to_string(),
+            }),
+        );
         rows.push(row);
     }
     let column_count = rows[0].len();
@@ -326,6 +347,12 @@ fn stats_table(cores: &[Vec<(String, u64)>], total: &[(String, u64)]) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_statistic_reads_as_major_minor_patch() {
+        assert_eq!(version_text(1_000), "0.1.0");
+        assert_eq!(version_text(2_003_004), "2.3.4");
+    }
 
     fn core(index: u64, records: u64, failed: u64) -> Vec<(String, u64)> {
         [
