@@ -405,6 +405,39 @@ fn refusals_at_the_connection_limit_do_not_flood_the_log() {
     );
 }
 
+/// Connections the server closes after a bad frame (a port scanner, an HTTP health
+/// check aimed at the native port) are logged once per 10 s per core, with the count
+/// not logged, not once each.
+#[test]
+fn connections_closed_after_a_bad_frame_do_not_flood_the_log() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Tallyd::start(dir.path(), &["--cores", "1"]);
+    for _ in 0..100 {
+        let mut probe = std::net::TcpStream::connect(server.addr).unwrap();
+        probe
+            .write_all(b"GET /health HTTP/1.1\r\nHost: tally\r\n\r\n")
+            .unwrap();
+        // The parting error, then the end of the stream.
+        let mut reply = Vec::new();
+        let _ = probe.read_to_end(&mut reply);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = server
+        .drain_log()
+        .iter()
+        .filter(|line| line.contains("connection closed by the server"))
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} lines for 100 bad connections"
+    );
+    assert_eq!(
+        server.signal_and_wait(libc::SIGTERM, STOP_TIMEOUT).code(),
+        Some(0)
+    );
+}
+
 /// A new data directory is logged as created, with its absolute path and partition
 /// count, and an existing one as opened; a missing parent (a typo, a volume not
 /// mounted) and a path that is a file are refused, naming the problem. (A new store

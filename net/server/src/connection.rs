@@ -55,7 +55,7 @@ use tally_protocol::{
 };
 
 use crate::config::{DurabilityMode, ServerConfig};
-use crate::core::Core;
+use crate::core::{Core, REFUSAL_LOG_INTERVAL};
 use crate::dispatch::{Dispatch, Route, Routed, RoutedResult};
 use crate::idempotency::{self, Begin, Fingerprint, Full, IdempotencyKey, IdempotentBatch};
 use crate::stream::{self, Input, ReadDeadline};
@@ -112,8 +112,19 @@ pub async fn serve(core: Rc<Core>, mut stream: TcpStream, peer: SocketAddr) {
     let end = connection.run(&core, &mut stream).await;
     match &end {
         End::Closed => tracing::debug!(core = core.index, %peer, "connection closed"),
+        // One per bad connection (a scanner, an HTTP health check on this port): sampled.
         End::Refused(reason) => {
-            tracing::warn!(core = core.index, %peer, reason, "connection closed by the server")
+            let now = std::time::Instant::now();
+            if let Some(unlogged_count) = core.bad_frame_log.note(now, REFUSAL_LOG_INTERVAL) {
+                tracing::warn!(
+                    core = core.index,
+                    %peer,
+                    reason,
+                    unlogged_count,
+                    "connection closed by the server after a bad frame (unlogged_count: such \
+                     closes since the last such line, not logged)"
+                )
+            }
         }
         // Routine for a pooled connection, so not a warning: one line per pool member
         // per idle period buried the real ones.

@@ -34,10 +34,10 @@ use tally_engine::{recycle_ops, Op, OpError, OpResult, Outcome, Store};
 use tally_protocol::{ErrorCode, HelloReply};
 
 use crate::config::ServerConfig;
-use crate::descriptors::{self, AcceptErrorLog, SpareDescriptor};
+use crate::descriptors::{self, SpareDescriptor};
 use crate::durability::{
     encode_result, outcome_record_fields, unix_now_s, CoreJournal, LogThrottle, Notify, Recovered,
-    Say,
+    SampledLog, Say,
 };
 use crate::idempotency::{
     self, Begin, Fingerprint, Full, IdempotencyKey, IdempotencyTable, IdempotentBatch,
@@ -81,10 +81,12 @@ pub struct Core {
     pub recovered_batches: Arc<RecoveredBatches>,
     /// The "idempotency table full" line (one per [`IDEMPOTENCY_FULL_LOG_INTERVAL`]).
     idempotency_full_logged: LogThrottle,
-    /// The "too many connections" line (one per [`REFUSAL_LOG_INTERVAL`]), and the
-    /// refusals not logged since it was last said.
-    refusal_logged: LogThrottle,
-    refusals_unlogged: Cell<u64>,
+    /// The "too many connections" line (one per [`REFUSAL_LOG_INTERVAL`]).
+    refusal_log: SampledLog,
+    /// The line for a connection the server closed after a bad frame (one per
+    /// [`REFUSAL_LOG_INTERVAL`]: a port scanner or an HTTP health check sends one per
+    /// connection).
+    pub bad_frame_log: SampledLog,
     pub registry: ConnectionRegistry,
     pub stop: StopNotice,
     pub connections_open: Arc<AtomicUsize>,
@@ -152,8 +154,9 @@ enum Outgoing {
 
 /// The least time between two logs of a full idempotency table on one core.
 const IDEMPOTENCY_FULL_LOG_INTERVAL: Duration = Duration::from_secs(10);
-/// The least time between two logs of connections refused at the limit on one core.
-const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// The least time between two logs of connections refused at the limit, or closed after
+/// a bad frame, on one core.
+pub const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// How often a stop that waits (for a checkpoint round, for connections whose clients
 /// do not take their replies) says so.
 const STOP_WAIT_REPORT: Duration = Duration::from_secs(5);
@@ -668,14 +671,17 @@ async fn accept_loop(
     port_kind: &'static str,
 ) {
     let mut spare = SpareDescriptor::open();
-    let mut error_log = AcceptErrorLog::default();
+    let error_log = SampledLog::default();
     let resp = port_kind == RESP_PORT_KIND;
     loop {
         let stream = match accept_or_stop(&core, &listener).await {
             None => break,
             Some(Ok(stream)) => stream,
             Some(Err(error)) => {
-                if let Some(unlogged_count) = error_log.note(Instant::now()) {
+                let now = Instant::now();
+                if let Some(unlogged_count) =
+                    error_log.note(now, descriptors::ACCEPT_ERROR_LOG_INTERVAL)
+                {
                     tracing::warn!(core = core.index, port_kind, %error, unlogged_count, "accept failed");
                 }
                 let answered = descriptors::is_out_of_descriptors(&error)
@@ -738,19 +744,14 @@ async fn shed_one(
 /// server, every connect was a line: 3,000 in 0.4 s). `connections_refused` in the
 /// stats counts every one.
 fn log_refusal(core: &Core, peer: SocketAddr) {
-    if core
-        .refusal_logged
-        .check(Instant::now(), REFUSAL_LOG_INTERVAL)
-        == Say::Quiet
-    {
-        core.refusals_unlogged.set(core.refusals_unlogged.get() + 1);
+    let Some(unlogged_count) = core.refusal_log.note(Instant::now(), REFUSAL_LOG_INTERVAL) else {
         return;
-    }
+    };
     tracing::warn!(
         core = core.index,
         %peer,
         max = core.config.connections_max,
-        unlogged_count = core.refusals_unlogged.replace(0),
+        unlogged_count,
         "connection refused: too many connections (unlogged_count: refusals since the \
          last such line, not logged)"
     );
@@ -907,8 +908,8 @@ pub async fn run(setup: CoreSetup) -> (Store, bool) {
         idempotency: RefCell::new(idempotency),
         recovered_batches: setup.recovered_batches,
         idempotency_full_logged: LogThrottle::default(),
-        refusal_logged: LogThrottle::default(),
-        refusals_unlogged: Cell::new(0),
+        refusal_log: SampledLog::default(),
+        bad_frame_log: SampledLog::default(),
         registry: ConnectionRegistry::default(),
         stop: StopNotice::default(),
         connections_open: setup.connections_open,

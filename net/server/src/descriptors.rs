@@ -13,12 +13,13 @@
 //! keeps a [`SpareDescriptor`] (an open `/dev/null`): it closes it, accepts the waiting
 //! connection into the freed slot, answers it `ServerBusy`, closes it, and opens the
 //! spare again. If that fails too (another thread took the slot), the loop backs off
-//! for [`ACCEPT_BACKOFF`]. [`AcceptErrorLog`] logs such failures at most once per
-//! [`ACCEPT_ERROR_LOG_INTERVAL`], with the count of those it did not log.
+//! for [`ACCEPT_BACKOFF`]. Such failures are logged at most once per
+//! [`ACCEPT_ERROR_LOG_INTERVAL`], with the count of those that were not
+//! (`durability::SampledLog`).
 
 use std::fs::File;
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Descriptors a server needs besides its connections: listeners, journals, rings,
 /// eventfds and spares of every core, with room to spare.
@@ -116,44 +117,9 @@ impl SpareDescriptor {
     }
 }
 
-/// Rate-limits the log lines about accept failures.
-#[derive(Debug, Default)]
-pub struct AcceptErrorLog {
-    last_logged: Option<Instant>,
-    unlogged_count: u64,
-}
-
-impl AcceptErrorLog {
-    /// Counts one failure; `Some(count)` if it should be logged now, with how many
-    /// failures were not logged since the last line.
-    pub fn note(&mut self, now: Instant) -> Option<u64> {
-        let due = self
-            .last_logged
-            .is_none_or(|last| now.duration_since(last) >= ACCEPT_ERROR_LOG_INTERVAL);
-        if !due {
-            self.unlogged_count += 1;
-            return None;
-        }
-        self.last_logged = Some(now);
-        Some(std::mem::take(&mut self.unlogged_count))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn accept_errors_are_logged_once_per_interval_with_the_count_skipped() {
-        let mut log = AcceptErrorLog::default();
-        let start = Instant::now();
-        assert_eq!(log.note(start), Some(0));
-        for millis in 1..100 {
-            assert_eq!(log.note(start + Duration::from_millis(millis)), None);
-        }
-        assert_eq!(log.note(start + ACCEPT_ERROR_LOG_INTERVAL), Some(99));
-        assert_eq!(log.note(start + ACCEPT_ERROR_LOG_INTERVAL), None);
-    }
 
     #[test]
     fn connections_keep_descriptors_for_the_rest() {

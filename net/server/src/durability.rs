@@ -368,7 +368,7 @@ impl Notify {
 /// One log line repeated while a condition lasts (a degraded journal, failing
 /// checkpoints, a full idempotency table): said when it begins, then at most once per
 /// interval, so a condition that lasts does not flood the log.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct LogThrottle {
     /// When the line was last said, while the condition lasts.
     said: Cell<Option<Instant>>,
@@ -408,6 +408,27 @@ impl LogThrottle {
     /// [`LogThrottle::check`] is [`Say::First`] again).
     pub fn end(&self) -> bool {
         self.said.take().is_some()
+    }
+}
+
+/// A log line about events that can come in floods (refused connections, failed
+/// accepts, bad frames): said at most once per interval, with how many of the events
+/// since the last line were not said.
+#[derive(Debug, Default)]
+pub struct SampledLog {
+    throttle: LogThrottle,
+    unlogged: Cell<u64>,
+}
+
+impl SampledLog {
+    /// Counts one event at `now`; `Some(unlogged)` if its line is to be said now, with
+    /// the count of events not said since the last line.
+    pub fn note(&self, now: Instant, interval: Duration) -> Option<u64> {
+        if self.throttle.check(now, interval) == Say::Quiet {
+            self.unlogged.set(self.unlogged.get() + 1);
+            return None;
+        }
+        Some(self.unlogged.replace(0))
     }
 }
 
@@ -1648,6 +1669,22 @@ async fn off_core<R: Send + 'static>(work: impl FnOnce() -> R + Send + 'static) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sampled_line_is_said_once_per_interval_with_the_count_not_said() {
+        let log = SampledLog::default();
+        let interval = Duration::from_secs(1);
+        let start = Instant::now();
+        assert_eq!(log.note(start, interval), Some(0));
+        for millis in 1..100 {
+            assert_eq!(
+                log.note(start + Duration::from_millis(millis), interval),
+                None
+            );
+        }
+        assert_eq!(log.note(start + interval, interval), Some(99));
+        assert_eq!(log.note(start + interval, interval), None);
+    }
 
     /// Idempotent batches keep their journal for the window, but never more than the
     /// record bound behind the last append, so heavy idempotent traffic cannot grow
