@@ -31,8 +31,9 @@ pub enum ServerError {
         core: usize,
         source: tally_engine::journal::JournalError,
     },
-    /// The data directory could not be opened or created.
-    #[error("data directory: {0}")]
+    /// The data directory could not be opened or created (the engine's error names the
+    /// directory or the file, so nothing is prefixed).
+    #[error(transparent)]
     DataDir(tally_engine::EngineError),
     /// Another server holds the data directory's lock.
     #[error("data directory {} is in use by another tallyd ({holder}); stop it first", path.display())]
