@@ -413,11 +413,11 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
     let filter = match std::env::var("RUST_LOG") {
         // The same check as --log-level: `RUST_LOG=warning` parsed as a target name
         // and silenced every line, the journal's ERRORs included.
-        Ok(from_env) if !from_env.is_empty() => parse_filter(&from_env)
+        Ok(from_env) if !from_env.is_empty() => parse_filter(&from_env, Strictness::Env)
             .map_err(|error| format!("invalid RUST_LOG {from_env:?}: {error}"))?,
         _ => {
             let level = level.unwrap_or("info");
-            parse_filter(level)
+            parse_filter(level, Strictness::Flag)
                 .map_err(|error| format!("invalid --log-level {level:?}: {error}"))?
         }
     };
@@ -438,13 +438,50 @@ fn init_logging(level: Option<&str>) -> Result<(), String> {
 /// The levels a filter directive may name.
 const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 
-/// A log filter: comma-separated directives, each a level or `target=level`.
-fn parse_filter(text: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+/// Words people write for a level that are not one: alone in `RUST_LOG` each parses as
+/// a target name, which enables that (nonexistent) target and silences everything else.
+const LEVEL_MISTAKES: [&str; 10] = [
+    "warning",
+    "warnings",
+    "err",
+    "errors",
+    "information",
+    "notice",
+    "critical",
+    "fatal",
+    "verbose",
+    "all",
+];
+
+/// How much of the filter grammar a source may use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strictness {
+    /// `--log-level`: every directive names a level (`LEVEL` or `TARGET=LEVEL`).
+    Flag,
+    /// `RUST_LOG`: the whole `tracing` grammar (a bare `TARGET` enables every level of
+    /// it, as other Rust programs read the same variable), except a bare word that is
+    /// a level misspelled ([`LEVEL_MISTAKES`]).
+    Env,
+}
+
+/// A log filter: comma-separated directives, checked as `strictness` says.
+fn parse_filter(
+    text: &str,
+    strictness: Strictness,
+) -> Result<tracing_subscriber::EnvFilter, String> {
     for directive in text.split(',').map(str::trim) {
+        if directive.is_empty() && strictness == Strictness::Env {
+            continue;
+        }
         let level = directive
             .rsplit_once('=')
-            .map_or(directive, |(_, level)| level);
-        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            .map_or(directive, |(_, level)| level)
+            .to_ascii_lowercase();
+        let refused = match strictness {
+            Strictness::Flag => !LEVELS.contains(&level.as_str()),
+            Strictness::Env => LEVEL_MISTAKES.contains(&level.as_str()),
+        };
+        if refused {
             return Err(format!(
                 "{directive:?} names no level; use one of {} or TARGET=LEVEL",
                 LEVELS.join(", ")
@@ -479,13 +516,28 @@ mod tests {
     }
 
     #[test]
-    fn log_filters_must_name_a_level() {
-        assert!(parse_filter("warn").is_ok());
-        assert!(parse_filter("INFO").is_ok());
-        assert!(parse_filter("info,tally_server=debug").is_ok());
-        assert!(parse_filter("warning").is_err());
-        assert!(parse_filter("tally_server=loud").is_err());
-        assert!(parse_filter("").is_err());
+    fn log_level_flags_must_name_a_level() {
+        let flag = |text| parse_filter(text, Strictness::Flag);
+        assert!(flag("warn").is_ok());
+        assert!(flag("INFO").is_ok());
+        assert!(flag("info,tally_server=debug").is_ok());
+        assert!(flag("warning").is_err());
+        assert!(flag("tally_server").is_err());
+        assert!(flag("tally_server=loud").is_err());
+        assert!(flag("").is_err());
+    }
+
+    /// `RUST_LOG` takes what other Rust programs accept (a bare target, a trailing
+    /// comma), and refuses only a level misspelled, which would silence everything.
+    #[test]
+    fn rust_log_refuses_only_a_misspelled_level() {
+        let env = |text| parse_filter(text, Strictness::Env);
+        assert!(env("tally_server").is_ok());
+        assert!(env("info,").is_ok());
+        assert!(env("warn,tally_server::durability=debug").is_ok());
+        assert!(env("warning").is_err());
+        assert!(env("info,Errors").is_err());
+        assert!(env("tally_server=loud").is_err());
     }
 
     #[test]
