@@ -4,7 +4,7 @@
 //! Every connection costs one descriptor, and so do the listeners, the journals, the
 //! io_uring rings and their eventfds. At start [`raise_open_files_limit`] raises the
 //! soft `RLIMIT_NOFILE` to the hard limit (as Redis does); if the connection limit plus
-//! [`DESCRIPTORS_RESERVED`] still does not fit, it lowers the connection limit (as Redis
+//! [`descriptors_reserved`] still does not fit, it lowers the connection limit (as Redis
 //! lowers `maxclients`) and warns: connections beyond it are answered `ServerBusy`, and
 //! the journal is not the one to fail when it needs a new segment file.
 //!
@@ -21,17 +21,28 @@ use std::fs::File;
 use std::io;
 use std::time::Duration;
 
-/// Descriptors a server needs besides its connections: listeners, journals, rings,
-/// eventfds and spares of every core, with room to spare.
-pub const DESCRIPTORS_RESERVED: u64 = 256;
+/// Descriptors a server needs besides its connections, whatever its core count: the
+/// log, the data directory's lock, the signal thread, with room to spare.
+const DESCRIPTORS_RESERVED_BASE: u64 = 64;
+/// Descriptors each core needs besides its connections: its listeners, journal
+/// segments, checkpoint files, io_uring rings and their eventfds, its wake-up sockets
+/// and its accept loops' spares, with room to spare.
+const DESCRIPTORS_RESERVED_PER_CORE: u64 = 32;
+
+/// Descriptors a server of `cores` cores keeps out of its connections' reach.
+pub fn descriptors_reserved(cores: usize) -> u64 {
+    DESCRIPTORS_RESERVED_BASE + DESCRIPTORS_RESERVED_PER_CORE * cores as u64
+}
 /// How long an accept loop waits after an accept failure it could not answer.
 pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 /// At most one log line per accept loop per this interval about accept failures.
 pub const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Raises the soft open-files limit to the hard limit; returns how many of
-/// `connections_max` connections fit under it (warning if not all do).
-pub fn raise_open_files_limit(connections_max: usize) -> usize {
+/// `connections_max` connections fit under it beside what `cores` cores need (warning
+/// if not all do).
+pub fn raise_open_files_limit(connections_max: usize, cores: usize) -> usize {
+    let reserved = descriptors_reserved(cores);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -61,13 +72,13 @@ pub fn raise_open_files_limit(connections_max: usize) -> usize {
             tracing::warn!(%error, soft = limit.rlim_cur, "could not raise the open-files limit");
         }
     }
-    let fit = connections_that_fit(limit.rlim_cur, connections_max);
+    let fit = connections_that_fit(limit.rlim_cur, connections_max, reserved);
     if fit < connections_max {
         tracing::warn!(
             open_files_limit = limit.rlim_cur,
             max_connections = connections_max,
             lowered_to = fit,
-            "the open-files limit is below max connections + {DESCRIPTORS_RESERVED}: \
+            "the open-files limit is below max connections + {reserved} for the cores: \
              lowering max connections; raise the hard `ulimit -n` to serve more"
         );
     }
@@ -75,12 +86,12 @@ pub fn raise_open_files_limit(connections_max: usize) -> usize {
 }
 
 /// How many of `connections_max` connections fit under `open_files_limit` with
-/// [`DESCRIPTORS_RESERVED`] descriptors kept for the rest (at least one).
-fn connections_that_fit(open_files_limit: u64, connections_max: usize) -> usize {
+/// `reserved` descriptors kept for the rest (at least one).
+fn connections_that_fit(open_files_limit: u64, connections_max: usize, reserved: u64) -> usize {
     if open_files_limit == libc::RLIM_INFINITY {
         return connections_max;
     }
-    let room = open_files_limit.saturating_sub(DESCRIPTORS_RESERVED).max(1);
+    let room = open_files_limit.saturating_sub(reserved).max(1);
     connections_max.min(usize::try_from(room).unwrap_or(usize::MAX))
 }
 
@@ -123,10 +134,15 @@ mod tests {
 
     #[test]
     fn connections_keep_descriptors_for_the_rest() {
-        assert_eq!(connections_that_fit(20_000, 10_000), 10_000);
-        assert_eq!(connections_that_fit(1_024, 10_000), 768);
-        assert_eq!(connections_that_fit(100, 10_000), 1);
-        assert_eq!(connections_that_fit(libc::RLIM_INFINITY, 10_000), 10_000);
+        assert_eq!(connections_that_fit(20_000, 10_000, 256), 10_000);
+        assert_eq!(connections_that_fit(1_024, 10_000, 256), 768);
+        assert_eq!(connections_that_fit(100, 10_000, 256), 1);
+        assert_eq!(
+            connections_that_fit(libc::RLIM_INFINITY, 10_000, 256),
+            10_000
+        );
+        assert_eq!(descriptors_reserved(2), 128);
+        assert_eq!(descriptors_reserved(64), 64 + 32 * 64);
     }
 
     #[test]

@@ -204,7 +204,8 @@ pub fn start(
     shutdown: ShutdownSignal,
 ) -> Result<ServerHandle, ServerError> {
     config.validate()?;
-    config.connections_max = descriptors::raise_open_files_limit(config.connections_max);
+    config.connections_max =
+        descriptors::raise_open_files_limit(config.connections_max, config.cores);
     let lock = layout::DataDirLock::acquire(&config.data_dir)?;
     // Whether the store is new, told apart in the log from one recovered (whose
     // `recovered` lines look the same for an empty store): the engine writes its

@@ -316,7 +316,7 @@ fn info_reports_real_figures() {
     };
     assert!(field(&text, "used_memory:") > 0);
     assert!(field(&text, "total_commands_processed:") >= 26);
-    // Each core publishes its figures every 10 ms; the other core's may lag that long.
+    // Each core publishes its figures once a second; the other core's may lag that long.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let keyspace: String = query(&mut redis, &["INFO", "keyspace"]);
