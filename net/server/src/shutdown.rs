@@ -22,8 +22,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::io::Write;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -77,14 +76,12 @@ impl ShutdownSignal {
     fn request_noting_start(&self) -> bool {
         self.requested.store(true, Ordering::Release);
         // After the store: a core subscribing meanwhile sees the flag or gets the byte.
-        for waker in self
-            .wakers
+        // A core that has ended closed its end: its socket is dropped here, so a signal
+        // reused across starts (or asked to stop twice) keeps no dead sockets.
+        self.wakers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-        {
-            wake(waker);
-        }
+            .retain(wake);
         let phase = self.phase.compare_exchange(
             STARTING,
             STOPPED_IN_START,
@@ -101,7 +98,8 @@ impl ShutdownSignal {
         ours.set_nonblocking(true)?;
         let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
         if self.is_requested() {
-            wake(&ours);
+            // Its peer is `theirs`, open: the byte is written.
+            let _ = wake(&ours);
         }
         wakers.push(ours);
         Ok(theirs)
@@ -173,12 +171,33 @@ impl ShutdownSignal {
 }
 
 /// Writes the byte that wakes a core waiting on its [`ShutdownSignal::subscribe`]
-/// socket. A full socket (`WouldBlock`) already holds an unread byte: the core wakes
+/// socket; `false` if the core's end is closed (the core has ended), so the socket can
+/// go. A full socket (`WouldBlock`) already holds an unread byte: the core wakes
 /// anyway; any other error leaves that core to see the flag at its next look.
-fn wake(mut waker: &UnixStream) {
-    if let Err(error) = waker.write(&[1]) {
-        if error.kind() != std::io::ErrorKind::WouldBlock {
+/// `MSG_NOSIGNAL`: a closed peer must not raise `SIGPIPE` in a program that embeds the
+/// server and has not ignored it.
+fn wake(waker: &UnixStream) -> bool {
+    // SAFETY: the descriptor is `waker`'s, open for the call; the buffer is one valid
+    // byte.
+    let sent = unsafe {
+        libc::send(
+            waker.as_raw_fd(),
+            [1u8].as_ptr().cast(),
+            1,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        )
+    };
+    if sent >= 0 {
+        return true;
+    }
+    let error = std::io::Error::last_os_error();
+    match error.kind() {
+        // Full of unread bytes: the core is woken already.
+        std::io::ErrorKind::WouldBlock => true,
+        std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => false,
+        _ => {
             tracing::debug!(%error, "could not wake a core for the stop");
+            true
         }
     }
 }
@@ -351,6 +370,27 @@ fn shutdown_read(fd: RawFd) {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    /// A stop asked for after the cores ended (a second Ctrl-C, a signal reused after a
+    /// failed start) drops their closed sockets instead of writing into them again.
+    #[test]
+    fn a_stop_after_the_cores_ended_drops_their_sockets() {
+        let shutdown = ShutdownSignal::new();
+        let mut live = shutdown.subscribe().unwrap();
+        drop(shutdown.subscribe().unwrap());
+        shutdown.request();
+        shutdown.request();
+        let mut byte = [0u8; 1];
+        live.read_exact(&mut byte).unwrap();
+        assert_eq!(
+            shutdown.wakers.lock().unwrap().len(),
+            1,
+            "the live core's stays"
+        );
+        drop(live);
+        shutdown.request();
+        assert!(shutdown.wakers.lock().unwrap().is_empty());
+    }
 
     #[test]
     fn a_stop_before_serving_keeps_the_server_from_serving() {
