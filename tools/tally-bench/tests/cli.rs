@@ -704,22 +704,27 @@ fn fill_increments_every_key_once_before_the_run() {
     assert_eq!(values.iter().sum::<i64>(), 2 * keys as i64 + 20);
 }
 
-/// A port `P` such that `P..P + count` looked free a moment ago (a race with other
-/// processes, as any port a test picks).
+/// A port `P` such that `P..P + count` looked free a moment ago, below the kernel's
+/// ephemeral range: a range inside it races with every outgoing connection of the
+/// tests running beside this one, which take their local ports there.
 fn free_port_range(count: u16) -> u16 {
-    loop {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let base = listener.local_addr().expect("addr").port();
-        drop(listener);
-        if base.checked_add(count).is_none() {
-            continue;
-        }
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    // Spread over the range by process id, so parallel runs start apart.
+    let span = ephemeral_low.saturating_sub(low + count).max(1);
+    let mut base = low + (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..1_000 {
         let free = (base..base + count)
             .all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok());
         if free {
             return base;
         }
+        base = low + (base - low + count) % span;
     }
+    panic!("no {count} free ports in a row below {ephemeral_low}");
 }
 
 #[test]
