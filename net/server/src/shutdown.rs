@@ -126,6 +126,9 @@ impl ShutdownSignal {
     /// waits for them, so each is logged the moment it arrives, during start-up too;
     /// nothing runs in a signal handler but signal-hook's self-pipe write.
     ///
+    /// A second SIGINT during a stop (Ctrl-C again) exits at once with status 1, as
+    /// Redis does; a second SIGTERM changes nothing (supervisors repeat themselves).
+    ///
     /// SIGHUP is ignored, as Redis does: a closed terminal or ssh session, a logrotate
     /// `kill -HUP` or a `systemctl reload` must not stop a server. tallyd has no
     /// settings to reload and writes its log to standard error, so there is nothing to
@@ -142,6 +145,19 @@ impl ShutdownSignal {
                         "SIGHUP received and ignored: tallyd stops gracefully on SIGTERM or \
                          SIGINT (it has no settings to reload, and logs to standard error)"
                     ),
+                    SIGINT if shutdown.is_requested() => {
+                        // Ctrl-C again during a stop: the operator insists, as Redis
+                        // lets them. Like `kill -9` for what is left: durable writes
+                        // acknowledged are on disk; the next start recovers.
+                        tracing::warn!(
+                            "SIGINT again during the stop: exiting now, without waiting \
+                             for connections, the final sync or the final checkpoint \
+                             (acknowledged durable writes are on disk; relaxed ones from \
+                             the last --relaxed-flush-ms may be lost; the next start \
+                             recovers from the journal)"
+                        );
+                        std::process::exit(1);
+                    }
                     _ => {
                         let name = if signal == SIGINT {
                             "SIGINT"

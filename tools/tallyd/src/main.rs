@@ -32,7 +32,9 @@ use tally_server::{DurabilityMode, ServerConfig, ShutdownSignal};
 /// What each signal does, for `--help` (and the README says the same).
 const SIGNALS_HELP: &str = "Signals: SIGTERM or SIGINT stops gracefully: no new connections, \
 what was read is answered, the journal is synced and checkpointed, exit 0 (during \
-start-up: recovery completes, then tallyd stops without listening). SIGHUP is \
+start-up: recovery completes, then tallyd stops without listening). A second SIGINT \
+during a stop exits at once with status 1, skipping the final sync and checkpoint (like \
+SIGKILL; a second SIGTERM changes nothing). SIGHUP is \
 ignored (one log line says so): a closed terminal or a `kill -HUP` does not stop tallyd. \
 SIGKILL loses relaxed writes not yet on disk (at most --relaxed-flush-ms).";
 
