@@ -216,7 +216,6 @@ fn redis_wrapper(dir: &std::path::Path, redis: &str, fail_with_aof: bool) -> std
 #[test]
 fn compare_checks_its_arguments_and_programs_before_starting_anything() {
     let Some(redis) = redis_server() else { return };
-    let quick = ["--seconds", "0.1", "--keys", "100"];
     let cases: [(&[&str], &str); 6] = [
         (&["--seconds", "0", "--redis-only"], "--seconds"),
         (&["--seconds", "nan", "--redis-only"], "--seconds"),
@@ -232,11 +231,7 @@ fn compare_checks_its_arguments_and_programs_before_starting_anything() {
         ),
     ];
     for (arguments, expected) in cases {
-        let mut all = vec!["compare", "--redis-server", redis];
-        all.extend(quick);
-        all.extend(["--redis-benchmark-requests", "1000"]);
-        all.extend(arguments);
-        let output = tally_bench(&all);
+        let output = tally_bench(&quick_compare(redis, arguments));
         let message = stderr(&output);
         assert!(!output.status.success(), "{arguments:?}: {message}");
         assert!(message.contains(expected), "{arguments:?}: {message}");
@@ -252,18 +247,7 @@ fn compare_exits_non_zero_when_a_run_fails_and_still_prints_the_others() {
     // No redis-benchmark beside the wrapper nor on this PATH: a note says so.
     let output = tally_bench_with_path(
         dir.path(),
-        &[
-            "compare",
-            "--redis-server",
-            failing.to_str().unwrap(),
-            "--redis-only",
-            "--seconds",
-            "0.1",
-            "--keys",
-            "100",
-            "--redis-benchmark-requests",
-            "1000",
-        ],
+        &quick_compare(failing.to_str().unwrap(), &["--redis-only"]),
     );
     let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
     assert!(!output.status.success(), "{table}\n{message}");
@@ -297,18 +281,7 @@ fn compare_finds_redis_benchmark_on_the_path() {
     let wrapper = redis_wrapper(dir.path(), redis, false);
     let output = tally_bench_with_path(
         bin,
-        &[
-            "compare",
-            "--redis-server",
-            wrapper.to_str().unwrap(),
-            "--redis-only",
-            "--seconds",
-            "0.1",
-            "--keys",
-            "100",
-            "--redis-benchmark-requests",
-            "1000",
-        ],
+        &quick_compare(wrapper.to_str().unwrap(), &["--redis-only"]),
     );
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{table}\n{}", stderr(&output));
@@ -440,20 +413,10 @@ fn an_unwritable_plot_is_refused_before_the_run() {
 
     let Some(redis) = redis_server() else { return };
     // /proc exists, and no file can be created in it.
-    let output = tally_bench(&[
-        "compare",
-        "--redis-only",
-        "--redis-server",
+    let output = tally_bench(&quick_compare(
         redis,
-        "--seconds",
-        "0.1",
-        "--keys",
-        "100",
-        "--redis-benchmark-requests",
-        "1000",
-        "--plot-dir",
-        "/proc",
-    ]);
+        &["--redis-only", "--plot-dir", "/proc"],
+    ));
     let message = refusal(&output);
     assert!(message.contains("cannot be written"), "{message}");
     assert!(!message.contains("starting"), "{message}");
@@ -704,6 +667,25 @@ fn fill_increments_every_key_once_before_the_run() {
     assert_eq!(values.iter().sum::<i64>(), 2 * keys as i64 + 20);
 }
 
+/// `compare` against `redis` with short runs (0.1 s, 100 keys, 1,000 requests of
+/// redis-benchmark), then `extra`.
+fn quick_compare<'a>(redis: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut arguments = vec!["compare", "--redis-server", redis];
+    arguments.extend(QUICK_COMPARE);
+    arguments.extend(extra);
+    arguments
+}
+
+/// The arguments that keep a `compare` run short.
+const QUICK_COMPARE: [&str; 6] = [
+    "--seconds",
+    "0.1",
+    "--keys",
+    "100",
+    "--redis-benchmark-requests",
+    "1000",
+];
+
 /// A port `P` such that `P..P + count` looked free a moment ago, below the kernel's
 /// ephemeral range: a range inside it races with every outgoing connection of the
 /// tests running beside this one, which take their local ports there.
@@ -733,23 +715,17 @@ fn compare_records_what_it_compared_on_the_ports_and_disk_asked_for() {
     let scratch = tempfile::tempdir().expect("temp dir");
     // One tallyd core: ports P..=P+7.
     let base = free_port_range(8);
-    let output = tally_bench(&[
-        "compare",
-        "--redis-server",
+    let output = tally_bench(&quick_compare(
         redis,
-        "--seconds",
-        "0.1",
-        "--keys",
-        "100",
-        "--redis-benchmark-requests",
-        "1000",
-        "--tallyd-arg=--cores=1",
-        "--port-base",
-        &base.to_string(),
-        "--scratch-dir",
-        scratch.path().to_str().unwrap(),
-        "--json",
-    ]);
+        &[
+            "--tallyd-arg=--cores=1",
+            "--port-base",
+            &base.to_string(),
+            "--scratch-dir",
+            scratch.path().to_str().unwrap(),
+            "--json",
+        ],
+    ));
     assert!(output.status.success(), "{}", stderr(&output));
     let comparison: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let environment = &comparison["environment"];
@@ -793,18 +769,7 @@ fn compare_records_what_it_compared_on_the_ports_and_disk_asked_for() {
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
 
     // A bad tallyd argument is reported as what it is, not blamed on the RESP door.
-    let output = tally_bench(&[
-        "compare",
-        "--redis-server",
-        redis,
-        "--seconds",
-        "0.1",
-        "--keys",
-        "100",
-        "--redis-benchmark-requests",
-        "1000",
-        "--tallyd-arg=--bogus",
-    ]);
+    let output = tally_bench(&quick_compare(redis, &["--tallyd-arg=--bogus"]));
     let (table, message) = (String::from_utf8_lossy(&output.stdout), stderr(&output));
     assert!(!output.status.success(), "{table}");
     assert!(
