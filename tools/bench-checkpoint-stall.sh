@@ -11,6 +11,8 @@
 #        (defaults 10000000, 25, 1; needs about 1 GB of memory per 10M keys)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=tools/wait-for-tallyd.sh
+source tools/wait-for-tallyd.sh
 keys=${1:-10000000}
 seconds=${2:-25}
 rounds=${3:-1}
@@ -30,14 +32,7 @@ start() { # tallyd options...
     "$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" --cores 2 --durability relaxed "$@" \
         >"$scratch/tallyd.log" 2>&1 &
     server=$!
-    for _ in $(seq 300); do
-        grep -q "listening on" "$scratch/tallyd.log" && return
-        kill -0 "$server" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "tallyd did not start:" >&2
-    cat "$scratch/tallyd.log" >&2
-    exit 1
+    wait_for_tallyd "$scratch/tallyd.log" "$server"
 }
 
 start --checkpoint-interval-s 0

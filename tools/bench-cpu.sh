@@ -12,6 +12,8 @@
 #            "--connections 4 --pipeline 64"
 # Needs perf and python3. Prints one line. Traffic goes to 127.0.0.1 only.
 set -euo pipefail
+# shellcheck source=tools/wait-for-tallyd.sh
+source "$(dirname "$0")/wait-for-tallyd.sh"
 tallyd=$1
 server_options=$2
 load_options=$3
@@ -34,12 +36,7 @@ cpu_ticks() { # busy and steal ticks of all CPUs
 "$tallyd" --data-dir "$scratch/data" --listen "127.0.0.1:$port" --resp-listen "127.0.0.1:$resp_port" \
     $server_options >"$scratch/tallyd.log" 2>&1 &
 server=$!
-for _ in $(seq 300); do
-    grep -q "listening on" "$scratch/tallyd.log" && break
-    kill -0 "$server" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "listening on" "$scratch/tallyd.log" || { echo "tallyd did not start:" >&2; cat "$scratch/tallyd.log" >&2; exit 1; }
+wait_for_tallyd "$scratch/tallyd.log" "$server"
 read -r busy_before steal_before < <(cpu_ticks)
 # shellcheck disable=SC2086
 "$bench" server --addr "127.0.0.1:$port" $load_options --duration 8 --json >"$scratch/load.json" &

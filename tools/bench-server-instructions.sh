@@ -15,6 +15,8 @@
 # one core takes PORT + 1, the Redis door PORT + 8). Needs valgrind. Traffic goes to
 # 127.0.0.1 only.
 set -euo pipefail
+# shellcheck source=tools/wait-for-tallyd.sh
+source "$(dirname "$0")/wait-for-tallyd.sh"
 tallyd=$1
 ops=${2:-200000}
 server_options=${3:---durability relaxed}
@@ -40,12 +42,7 @@ valgrind --tool=callgrind --callgrind-out-file="$scratch/callgrind.out" \
     --resp-listen "127.0.0.1:$resp_port" --cores 1 \
     $server_options >"$scratch/tallyd.log" 2>&1 &
 server=$!
-for _ in $(seq 300); do
-    grep -q "listening on" "$scratch/tallyd.log" && break
-    kill -0 "$server" 2>/dev/null || break
-    sleep 0.1
-done
-grep -q "listening on" "$scratch/tallyd.log" || { echo "tallyd did not start:" >&2; cat "$scratch/tallyd.log" >&2; exit 1; }
+wait_for_tallyd "$scratch/tallyd.log" "$server"
 # shellcheck disable=SC2086
 "$bench" server --addr $load_addr $load_options --ops "$ops" --json >/dev/null
 callgrind_control -z "$server" >/dev/null 2>&1
