@@ -8,6 +8,18 @@
 //! come back in order on each socket, so each socket keeps a queue of the requests its
 //! parts belong to.
 //!
+//! The pipeline window is split over the sockets: each socket keeps at most its share
+//! of it in flight ([`shares`]: `pipeline / sockets`, at least 1, the shares summing to
+//! `pipeline` when it is at least the socket count). Requests are drawn in the key
+//! stream's order; a part whose socket's share is full waits in that socket's pending
+//! queue until a reply frees a place, while later requests for other sockets may go
+//! first (the order within each socket is kept). So a core's turn of `share` replies
+//! frees `share` places of the same socket, refilled by one write. (Refilling every
+//! free place at once spread each refill over all sockets: a write of about
+//! `pipeline / sockets²` requests per socket, and a generator that cost much more CPU
+//! per operation than the RESP one.) Drawing stops while a pending queue holds a full
+//! share, so at most twice the window is encoded.
+//!
 //! Closed loop: a new request leaves as soon as a reply frees a slot in the pipeline.
 //! Open loop (`interval` set): request `i` is due at `start + phase + i * interval`; its
 //! latency is measured from that intended time, not from when it actually left, so a
@@ -120,11 +132,15 @@ pub struct ConnectionReport {
     pub failure: Option<DriveError>,
 }
 
-/// A request in flight.
+/// A request drawn and not yet answered.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
+    /// When its latency starts: the intended send (open loop), or when its last part
+    /// left the pending queue for the socket's output buffer (closed loop).
     due: Instant,
     parts_left: usize,
+    /// Parts still in a socket's pending queue (not yet in its output buffer).
+    parts_pending: usize,
     ops: u64,
     failed_ops: u64,
 }
@@ -138,6 +154,14 @@ struct Socket {
     received: Vec<u8>,
     /// The slots of the parts in flight on this socket, oldest first.
     parts: VecDeque<usize>,
+    /// The most parts in flight on this socket: its share of the pipeline.
+    share: usize,
+    /// Parts drawn while the share was full: their slots and the end of their bytes in
+    /// `pending_bytes`, oldest first.
+    pending: VecDeque<(usize, usize)>,
+    /// The encoded pending parts; `pending_start` bytes of it have already moved out.
+    pending_bytes: Vec<u8>,
+    pending_start: usize,
     /// Whether a read may find bytes: set by `ppoll` (or a full read), cleared by a
     /// read that drained the socket. Without spinning, only such sockets are read, so
     /// an unpipelined round trip costs a write, a ppoll and a read.
@@ -190,13 +214,19 @@ struct State {
     chunk: Box<[u8]>,
     parts: Vec<SocketIndex>,
     outs: Vec<Vec<u8>>,
+    /// Open loop: a request's latency starts at its intended send, set when drawn.
+    interval_set: bool,
 }
 
 impl State {
     fn new(streams: Vec<TcpStream>, plan: &Plan) -> Result<Self, DriveError> {
         assert!((1..=SOCKETS_MAX).contains(&streams.len()));
+        let shares = shares(plan.pipeline, streams.len());
+        // Every part is in flight or pending, each at most a share per socket, and every
+        // request has at least one part.
+        let slot_count = 2 * shares.iter().sum::<usize>();
         let mut sockets = Vec::with_capacity(streams.len());
-        for stream in streams {
+        for (stream, share) in streams.into_iter().zip(shares) {
             stream
                 .set_nodelay(true)
                 .map_err(|source| DriveError::io("setting TCP_NODELAY", source))?;
@@ -208,7 +238,11 @@ impl State {
                 out: Vec::new(),
                 written: 0,
                 received: Vec::new(),
-                parts: VecDeque::with_capacity(plan.pipeline),
+                parts: VecDeque::with_capacity(share),
+                share,
+                pending: VecDeque::with_capacity(share + 1),
+                pending_bytes: Vec::new(),
+                pending_start: 0,
                 readable: false,
             });
         }
@@ -216,20 +250,22 @@ impl State {
         let idle = Slot {
             due: now,
             parts_left: 0,
+            parts_pending: 0,
             ops: 0,
             failed_ops: 0,
         };
         let socket_count = sockets.len();
         Ok(State {
             sockets,
-            slots: vec![idle; plan.pipeline],
-            free: (0..plan.pipeline).rev().collect(),
+            slots: vec![idle; slot_count],
+            free: (0..slot_count).rev().collect(),
             start: now,
             sent: 0,
             sending_done: false,
             chunk: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             parts: Vec::with_capacity(socket_count),
             outs: vec![Vec::new(); socket_count],
+            interval_set: plan.interval.is_some(),
         })
     }
 
@@ -237,11 +273,29 @@ impl State {
         self.slots.len() - self.free.len()
     }
 
+    /// Encoded bytes not yet accepted by the kernel, pending parts included.
     fn unsent_bytes(&self) -> usize {
         self.sockets
             .iter()
-            .map(|socket| socket.out.len() - socket.written)
+            .map(|socket| {
+                socket.out.len() - socket.written + socket.pending_bytes.len()
+                    - socket.pending_start
+            })
             .sum()
+    }
+
+    /// Whether another request may be drawn: some socket has room in its share, and no
+    /// pending queue holds a full share (which bounds the slots and the encoded bytes).
+    fn may_draw(&self) -> bool {
+        let room = self
+            .sockets
+            .iter()
+            .any(|socket| socket.parts.len() < socket.share);
+        let pending_full = self
+            .sockets
+            .iter()
+            .any(|socket| socket.pending.len() >= socket.share);
+        room && !pending_full
     }
 
     /// When request `index` is due (open loop), or `now` (closed loop).
@@ -324,8 +378,8 @@ impl State {
         plan: &Plan,
         now: Instant,
     ) -> Option<Instant> {
-        while !self.sending_done && !self.free.is_empty() && self.unsent_bytes() < UNSENT_BYTES_MAX
-        {
+        self.promote_pending(now);
+        while !self.sending_done && self.may_draw() && self.unsent_bytes() < UNSENT_BYTES_MAX {
             if plan.request_quota.is_some_and(|quota| self.sent >= quota) {
                 self.sending_done = true;
                 break;
@@ -352,22 +406,63 @@ impl State {
                 break;
             }
             assert!(!self.parts.is_empty(), "a request has at least one part");
-            let slot = self.free.pop().expect("checked above");
+            let slot = self.free.pop().expect("may_draw bounds the slots in use");
             self.slots[slot] = Slot {
                 due,
                 parts_left: self.parts.len(),
+                parts_pending: 0,
                 ops,
                 failed_ops: 0,
             };
-            for &socket in &self.parts {
-                let out = &mut self.outs[socket];
-                self.sockets[socket].out.extend_from_slice(out);
+            for &index in &self.parts {
+                let out = &mut self.outs[index];
+                let socket = &mut self.sockets[index];
+                if socket.pending.is_empty() && socket.parts.len() < socket.share {
+                    socket.out.extend_from_slice(out);
+                    socket.parts.push_back(slot);
+                } else {
+                    socket.pending_bytes.extend_from_slice(out);
+                    socket.pending.push_back((slot, socket.pending_bytes.len()));
+                    self.slots[slot].parts_pending += 1;
+                }
                 out.clear();
-                self.sockets[socket].parts.push_back(slot);
             }
             self.sent += 1;
         }
         None
+    }
+
+    /// Move pending parts into their sockets' output buffers while their shares have
+    /// room. Closed loop: a request's latency starts when its last part moves (`now`).
+    fn promote_pending(&mut self, now: Instant) {
+        let open_loop = self.interval_set;
+        for socket in &mut self.sockets {
+            let mut end = socket.pending_start;
+            while socket.parts.len() < socket.share {
+                let Some((slot, part_end)) = socket.pending.pop_front() else {
+                    break;
+                };
+                assert!(part_end > end, "a pending part has bytes");
+                end = part_end;
+                socket.parts.push_back(slot);
+                let slot = &mut self.slots[slot];
+                assert!(slot.parts_pending > 0);
+                slot.parts_pending -= 1;
+                if slot.parts_pending == 0 && !open_loop {
+                    slot.due = now;
+                }
+            }
+            if end > socket.pending_start {
+                socket
+                    .out
+                    .extend_from_slice(&socket.pending_bytes[socket.pending_start..end]);
+                socket.pending_start = end;
+            }
+            if socket.pending.is_empty() {
+                socket.pending_bytes.clear();
+                socket.pending_start = 0;
+            }
+        }
     }
 
     /// Write what the kernel takes without blocking; whether anything was written.
@@ -503,6 +598,20 @@ impl State {
     }
 }
 
+/// Each socket's share of a `pipeline`-request window over `socket_count` sockets:
+/// `pipeline / socket_count`, the first `pipeline % socket_count` one more, at least 1.
+/// For example 64 over 3 sockets: 22, 21, 21.
+fn shares(pipeline: usize, socket_count: usize) -> Vec<usize> {
+    assert!(pipeline >= 1 && socket_count >= 1);
+    let shares: Vec<usize> = (0..socket_count)
+        .map(|index| {
+            (pipeline / socket_count + usize::from(index < pipeline % socket_count)).max(1)
+        })
+        .collect();
+    assert_eq!(shares.iter().sum::<usize>(), pipeline.max(socket_count));
+    shares
+}
+
 /// Account a request whose last part was answered at `finished`.
 fn complete(report: &mut ConnectionReport, slot: &Slot, finished: Instant) {
     report.requests += 1;
@@ -532,5 +641,19 @@ fn wait_until(due: Instant, spin: Duration) {
     }
     while Instant::now() < due {
         std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shares;
+
+    #[test]
+    fn the_shares_split_the_window_over_the_sockets() {
+        assert_eq!(shares(64, 2), vec![32, 32]);
+        assert_eq!(shares(64, 3), vec![22, 21, 21]);
+        assert_eq!(shares(1, 1), vec![1]);
+        // Fewer requests than sockets: every socket still gets one.
+        assert_eq!(shares(2, 4), vec![1, 1, 1, 1]);
     }
 }
