@@ -50,7 +50,10 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How long before an open-loop send time the generator stops sleeping and spins.
+/// How long before an open-loop send time the generator stops sleeping and spins on the
+/// clock, without system calls: a sleep overshoots by the timer slack (~50 µs), and a late
+/// send counts as latency. The cost: a reply that arrives during the spin is read right
+/// after the send, so its latency may read up to this much too long.
 const SEND_SPIN_MIN: Duration = Duration::from_micros(100);
 
 /// Bytes read from a socket at a time.
@@ -223,8 +226,13 @@ impl State {
         assert!((1..=SOCKETS_MAX).contains(&streams.len()));
         let shares = shares(plan.pipeline, streams.len());
         // Every part is in flight or pending, each at most a share per socket, and every
-        // request has at least one part.
-        let slot_count = 2 * shares.iter().sum::<usize>();
+        // request has at least one part. With fewer requests than sockets the shares (1
+        // each) sum to more than the pipeline: the slots alone hold it to `pipeline`.
+        let slot_count = if plan.pipeline >= streams.len() {
+            2 * plan.pipeline
+        } else {
+            plan.pipeline
+        };
         let mut sockets = Vec::with_capacity(streams.len());
         for (stream, share) in streams.into_iter().zip(shares) {
             stream
@@ -295,7 +303,7 @@ impl State {
             .sockets
             .iter()
             .any(|socket| socket.pending.len() >= socket.share);
-        room && !pending_full
+        room && !pending_full && !self.free.is_empty()
     }
 
     /// When request `index` is due (open loop), or `now` (closed loop).
@@ -354,7 +362,19 @@ impl State {
                 std::hint::spin_loop();
                 continue;
             }
-            let wake_at = match (next_due, hard_stop) {
+            if let Some(due) = next_due.filter(|&due| due <= now + SEND_SPIN_MIN) {
+                // Open loop, the next send is close: spin on the clock rather than calling
+                // ppoll with (nearly) zero timeouts, then read every socket with parts in
+                // flight after the send.
+                spin_until(due);
+                for socket in &mut self.sockets {
+                    socket.readable |= !socket.parts.is_empty();
+                }
+                continue;
+            }
+            // Wake up early enough to spin for the next send.
+            let wake_for_send = next_due.map(|due| due - SEND_SPIN_MIN);
+            let wake_at = match (wake_for_send, hard_stop) {
                 (Some(due), Some(stop)) => Some(due.min(stop)),
                 (due, stop) => due.or(stop),
             };
@@ -563,9 +583,7 @@ impl State {
             })
             .collect();
         let timeout = wake_at.map(|at| {
-            let left = at
-                .saturating_duration_since(Instant::now())
-                .saturating_sub(SEND_SPIN_MIN);
+            let left = at.saturating_duration_since(Instant::now());
             libc::timespec {
                 tv_sec: left.as_secs() as libc::time_t,
                 tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
@@ -639,6 +657,11 @@ fn wait_until(due: Instant, spin: Duration) {
     if remaining > spin {
         std::thread::sleep(remaining - spin);
     }
+    spin_until(due);
+}
+
+/// Spin on the clock until `due`, without system calls.
+fn spin_until(due: Instant) {
     while Instant::now() < due {
         std::hint::spin_loop();
     }
