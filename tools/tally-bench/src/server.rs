@@ -76,6 +76,11 @@ pub enum DriveError {
         after_s: f64,
     },
     #[error(
+        "no reply for {seconds} s with {in_flight} requests in flight: is the server \
+         stalled? (stopped, or overloaded beyond any useful measurement)"
+    )]
+    NoReply { seconds: u64, in_flight: usize },
+    #[error(
         "timed out after {seconds} s waiting for the hello reply from {addr}: \
          is it a Tally native port? (not the --resp-listen one)",
         seconds = native::HANDSHAKE_TIMEOUT.as_secs()

@@ -847,3 +847,47 @@ fn a_server_that_dies_mid_run_leaves_a_partial_report() {
     assert!((0.5..2.9).contains(&after_s), "{failure}");
     assert!(failure["connection"].as_u64().unwrap() < 2, "{failure}");
 }
+
+#[test]
+fn a_run_with_an_op_count_fails_instead_of_hanging_when_the_server_stops_answering() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let pid = server.pid() as libc::pid_t;
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "server",
+            "--addr",
+            &addr,
+            "--connections",
+            "2",
+            "--pipeline",
+            "16",
+            "--ops",
+            "2000000000",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    let bench_pid = child.id();
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // SAFETY: kill(2) on the pid of the tallyd this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    // The stall timeout (10 s) plus a margin for a loaded machine.
+    let output = receiver.recv_timeout(std::time::Duration::from_secs(25));
+    // SAFETY: as above; the server must run again to be stopped cleanly.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let Ok(output) = output else {
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        unsafe { libc::kill(bench_pid as libc::pid_t, libc::SIGKILL) };
+        panic!("tally-bench still running 25 s after the server stopped: it hangs");
+    };
+    let output = output.expect("wait for tally-bench");
+    let message = refusal(&output);
+    assert!(message.contains("no reply for 10 s"), "{message}");
+}

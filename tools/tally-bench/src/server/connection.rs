@@ -34,6 +34,9 @@
 //!   request), so memory does not grow with `pipeline * batch`.
 //! - With a deadline, the run ends by `deadline + grace`: whatever is still unanswered
 //!   then fails the run with [`DriveError::Stalled`] instead of waiting forever.
+//! - Every run and the fill pass, with or without a deadline, fail with
+//!   [`DriveError::NoReply`] after [`STALL_TIMEOUT`] without a reply while requests are
+//!   in flight: no run can hang on a server that stopped answering.
 //! - A failure (I/O error, closed connection, stall) does not discard what was
 //!   measured: the report so far is returned with the failure and its time.
 //!
@@ -55,6 +58,11 @@ use std::time::{Duration, Instant};
 /// send counts as latency. The cost: a reply that arrives during the spin is read right
 /// after the send, so its latency may read up to this much too long.
 const SEND_SPIN_MIN: Duration = Duration::from_micros(100);
+
+/// How long a connection may wait for a reply, with requests in flight, before the run
+/// fails as stalled. Far above any latency worth measuring (a durable commit takes
+/// milliseconds), short enough that a stopped server is reported, not waited on forever.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes read from a socket at a time.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -219,6 +227,9 @@ struct State {
     outs: Vec<Vec<u8>>,
     /// Open loop: a request's latency starts at its intended send, set when drawn.
     interval_set: bool,
+    /// The last read of a reply, or the last time nothing was in flight: the stall
+    /// timeout counts from it.
+    last_reply: Instant,
 }
 
 impl State {
@@ -274,6 +285,7 @@ impl State {
             parts: Vec::with_capacity(socket_count),
             outs: vec![Vec::new(); socket_count],
             interval_set: plan.interval.is_some(),
+            last_reply: now,
         })
     }
 
@@ -340,13 +352,26 @@ impl State {
         let mut last_progress = Instant::now();
         loop {
             let now = Instant::now();
+            if self.in_flight() == 0 {
+                self.last_reply = now;
+            }
             let next_due = self.fill_window(codec, plan, now);
             let mut progress = self.flush()?;
-            progress |= self.receive(codec, ops_done, report, !plan.spin.is_zero())?;
+            if self.receive(codec, ops_done, report, !plan.spin.is_zero())? {
+                progress = true;
+                self.last_reply = Instant::now();
+            }
             if self.sending_done && self.in_flight() == 0 && self.unsent_bytes() == 0 {
                 return Ok(());
             }
             let now = Instant::now();
+            let stall_at = self.last_reply + STALL_TIMEOUT;
+            if self.in_flight() > 0 && now >= stall_at {
+                return Err(DriveError::NoReply {
+                    seconds: STALL_TIMEOUT.as_secs(),
+                    in_flight: self.in_flight(),
+                });
+            }
             if let Some(stop) = hard_stop.filter(|&stop| now >= stop) {
                 return Err(DriveError::Stalled {
                     grace_s: plan.grace.as_secs_f64(),
@@ -374,10 +399,11 @@ impl State {
             }
             // Wake up early enough to spin for the next send.
             let wake_for_send = next_due.map(|due| due - SEND_SPIN_MIN);
-            let wake_at = match (wake_for_send, hard_stop) {
-                (Some(due), Some(stop)) => Some(due.min(stop)),
-                (due, stop) => due.or(stop),
-            };
+            // Never an endless ppoll: the stall timeout bounds every wait.
+            let wake_at = [wake_for_send, hard_stop]
+                .into_iter()
+                .flatten()
+                .fold(stall_at, Instant::min);
             if self.in_flight() == 0 && self.unsent_bytes() == 0 {
                 // Open loop between sends: nothing to read, wait for the next send time.
                 match next_due {
@@ -567,7 +593,7 @@ impl State {
     }
 
     /// Block until a socket is readable (or writable, with bytes to send) or `wake_at`.
-    fn wait(&mut self, wake_at: Option<Instant>) -> Result<(), DriveError> {
+    fn wait(&mut self, wake_at: Instant) -> Result<(), DriveError> {
         let mut fds: Vec<libc::pollfd> = self
             .sockets
             .iter()
@@ -582,23 +608,18 @@ impl State {
                 revents: 0,
             })
             .collect();
-        let timeout = wake_at.map(|at| {
-            let left = at.saturating_duration_since(Instant::now());
-            libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
-            }
-        });
-        let timeout_pointer = timeout
-            .as_ref()
-            .map_or(std::ptr::null(), |timeout| timeout as *const libc::timespec);
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds and the timeout (if any)
+        let left = wake_at.saturating_duration_since(Instant::now());
+        let timeout = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+        };
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfds and the timeout
         // a valid timespec, both alive for the call; ppoll only writes `revents`.
         let result = unsafe {
             libc::ppoll(
                 fds.as_mut_ptr(),
                 fds.len() as libc::nfds_t,
-                timeout_pointer,
+                &timeout,
                 std::ptr::null(),
             )
         };
