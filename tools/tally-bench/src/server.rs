@@ -66,6 +66,8 @@ pub enum DriveError {
     },
     #[error("the server closed the connection")]
     ServerClosed,
+    #[error("the server is closing the connection: {message}")]
+    ServerClosing { message: String },
     #[error(
         "the run did not finish within {grace_s:.1} s of its deadline ({after_s:.1} s after \
          it started): {in_flight} requests still unanswered (is the server stalled?)"

@@ -891,3 +891,42 @@ fn a_run_with_an_op_count_fails_instead_of_hanging_when_the_server_stops_answeri
     let message = refusal(&output);
     assert!(message.contains("no reply for 10 s"), "{message}");
 }
+
+#[test]
+fn a_server_shutting_down_is_reported_as_closing_not_as_a_reply() {
+    let (_dir, server) = start();
+    let addr = server.addr.to_string();
+    let pid = server.pid() as libc::pid_t;
+    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+        .args([
+            "server",
+            "--addr",
+            &addr,
+            "--connections",
+            "2",
+            "--pipeline",
+            "16",
+            "--batch",
+            "10",
+            "--duration",
+            "20",
+            "--allow-errors",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tally-bench");
+    std::thread::sleep(std::time::Duration::from_millis(1_500));
+    // SAFETY: kill(2) on the pid of the tallyd this test started.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let output = child.wait_with_output().expect("wait for tally-bench");
+    let message = refusal(&output);
+    // The parting word (request id 0) ends the run; it is never taken as a reply.
+    assert!(
+        message.contains("the server is closing the connection")
+            || message.contains("the server closed the connection"),
+        "{message}"
+    );
+    assert!(!message.contains("a reply to"), "{message}");
+}

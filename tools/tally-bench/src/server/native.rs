@@ -36,9 +36,10 @@ pub struct NativeCodec {
     durability: Durability,
     /// Per socket, the ranks of the request being encoded (allocated once).
     ranks_by_socket: Vec<Vec<u64>>,
-    /// Per socket, the operations in each part in flight, oldest first: an `Error`
-    /// reply fails all of its part's operations.
-    part_ops: Vec<VecDeque<u64>>,
+    /// Per socket, the request id and operations of each part in flight, oldest first:
+    /// a reply must carry the oldest part's id, and an `Error` reply fails all of its
+    /// part's operations.
+    part_ops: Vec<VecDeque<(u64, u64)>>,
     key: Vec<u8>,
 }
 
@@ -110,7 +111,7 @@ impl RequestCodec for NativeCodec {
                     .expect("generated keys are short and the batch is within the limit");
             }
             writer.finish().expect("a batch of short keys fits a frame");
-            self.part_ops[socket].push_back(ranks.len() as u64);
+            self.part_ops[socket].push_back((request_id, ranks.len() as u64));
             ranks.clear();
             parts.push(socket);
         }
@@ -126,11 +127,36 @@ impl RequestCodec for NativeCodec {
         let mut consumed = 0;
         while let Some(frame) = decode_reply(&buf[consumed..]).map_err(protocol_error)? {
             consumed += frame.frame_bytes;
-            let ops = self.part_ops[socket]
+            if frame.request_id == 0 {
+                // The server's parting word (PROTOCOL.md "Closing"): it answers no request.
+                return Err(match frame.reply.map_err(protocol_error)? {
+                    Reply::Error(error) => DriveError::ServerClosing {
+                        message: error.message.to_string(),
+                    },
+                    other => DriveError::Protocol(format!(
+                        "a reply with request id 0 that is not an error: {other:?}"
+                    )),
+                });
+            }
+            let (request_id, ops) = self.part_ops[socket]
                 .pop_front()
                 .ok_or_else(|| DriveError::Protocol("a reply to no request".into()))?;
+            // Replies come in request order on each connection: any other id is a
+            // mismatch that would time and count the wrong request.
+            if frame.request_id != request_id {
+                return Err(DriveError::Protocol(format!(
+                    "a reply to request {}, expected one to request {request_id}",
+                    frame.request_id
+                )));
+            }
             match frame.reply.map_err(protocol_error)? {
                 Reply::BatchReply(reply) => {
+                    if reply.results().len() as u64 != ops {
+                        return Err(DriveError::Protocol(format!(
+                            "a batch reply of {} results to a part of {ops} operations",
+                            reply.results().len()
+                        )));
+                    }
                     let mut failed = 0;
                     for result in reply.results().filter(|r| r.status != Status::Ok) {
                         if failed == 0 {
