@@ -146,12 +146,12 @@ pub struct ConnectionReport {
 /// A request drawn and not yet answered.
 #[derive(Clone, Copy, Debug)]
 struct Slot {
-    /// When its latency starts: the intended send (open loop), or when its last part
-    /// left the pending queue for the socket's output buffer (closed loop).
+    /// When its latency starts: the intended send (open loop), or the write that
+    /// handed its last part's last byte to the kernel (closed loop).
     due: Instant,
     parts_left: usize,
-    /// Parts still in a socket's pending queue (not yet in its output buffer).
-    parts_pending: usize,
+    /// Parts not yet written in full (pending, or in a socket's output buffer).
+    parts_unwritten: usize,
     ops: u64,
     failed_ops: u64,
 }
@@ -173,6 +173,9 @@ struct Socket {
     /// The encoded pending parts; `pending_start` bytes of it have already moved out.
     pending_bytes: Vec<u8>,
     pending_start: usize,
+    /// The parts in `out` not yet written in full: their slots and the end of their
+    /// bytes in `out`, oldest first.
+    unwritten: VecDeque<(usize, usize)>,
     /// Whether a read may find bytes: set by `ppoll` (or a full read), cleared by a
     /// read that drained the socket. Without spinning, only such sockets are read, so
     /// an unpipelined round trip costs a write, a ppoll and a read.
@@ -262,6 +265,7 @@ impl State {
                 pending: VecDeque::with_capacity(share + 1),
                 pending_bytes: Vec::new(),
                 pending_start: 0,
+                unwritten: VecDeque::with_capacity(share),
                 readable: false,
             });
         }
@@ -269,7 +273,7 @@ impl State {
         let idle = Slot {
             due: now,
             parts_left: 0,
-            parts_pending: 0,
+            parts_unwritten: 0,
             ops: 0,
             failed_ops: 0,
         };
@@ -424,7 +428,7 @@ impl State {
         plan: &Plan,
         now: Instant,
     ) -> Option<Instant> {
-        self.promote_pending(now);
+        self.promote_pending();
         while !self.sending_done && self.may_draw() && self.unsent_bytes() < UNSENT_BYTES_MAX {
             if plan.request_quota.is_some_and(|quota| self.sent >= quota) {
                 self.sending_done = true;
@@ -456,7 +460,7 @@ impl State {
             self.slots[slot] = Slot {
                 due,
                 parts_left: self.parts.len(),
-                parts_pending: 0,
+                parts_unwritten: self.parts.len(),
                 ops,
                 failed_ops: 0,
             };
@@ -465,11 +469,11 @@ impl State {
                 let socket = &mut self.sockets[index];
                 if socket.pending.is_empty() && socket.parts.len() < socket.share {
                     socket.out.extend_from_slice(out);
+                    socket.unwritten.push_back((slot, socket.out.len()));
                     socket.parts.push_back(slot);
                 } else {
                     socket.pending_bytes.extend_from_slice(out);
                     socket.pending.push_back((slot, socket.pending_bytes.len()));
-                    self.slots[slot].parts_pending += 1;
                 }
                 out.clear();
             }
@@ -479,9 +483,8 @@ impl State {
     }
 
     /// Move pending parts into their sockets' output buffers while their shares have
-    /// room. Closed loop: a request's latency starts when its last part moves (`now`).
-    fn promote_pending(&mut self, now: Instant) {
-        let open_loop = self.interval_set;
+    /// room.
+    fn promote_pending(&mut self) {
         for socket in &mut self.sockets {
             let mut end = socket.pending_start;
             while socket.parts.len() < socket.share {
@@ -491,12 +494,8 @@ impl State {
                 assert!(part_end > end, "a pending part has bytes");
                 end = part_end;
                 socket.parts.push_back(slot);
-                let slot = &mut self.slots[slot];
-                assert!(slot.parts_pending > 0);
-                slot.parts_pending -= 1;
-                if slot.parts_pending == 0 && !open_loop {
-                    slot.due = now;
-                }
+                let out_end = socket.out.len() + (part_end - socket.pending_start);
+                socket.unwritten.push_back((slot, out_end));
             }
             if end > socket.pending_start {
                 socket
@@ -512,8 +511,12 @@ impl State {
     }
 
     /// Write what the kernel takes without blocking; whether anything was written.
+    /// Closed loop: a request's latency starts at the write that took its last byte
+    /// (one clock read per flush), not when it was encoded or while it waited in `out`.
     fn flush(&mut self) -> Result<bool, DriveError> {
         let mut progress = false;
+        let mut now = None;
+        let closed_loop = !self.interval_set;
         for socket in &mut self.sockets {
             while socket.written < socket.out.len() {
                 match socket.stream.write(&socket.out[socket.written..]) {
@@ -527,7 +530,23 @@ impl State {
                     Err(source) => return Err(DriveError::io("sending requests", source)),
                 }
             }
+            while let Some(&(slot, end)) = socket.unwritten.front() {
+                if end > socket.written {
+                    break;
+                }
+                socket.unwritten.pop_front();
+                let slot = &mut self.slots[slot];
+                assert!(slot.parts_unwritten > 0, "a part is written once");
+                slot.parts_unwritten -= 1;
+                if slot.parts_unwritten == 0 && closed_loop {
+                    slot.due = *now.get_or_insert_with(Instant::now);
+                }
+            }
             if socket.written == socket.out.len() {
+                assert!(
+                    socket.unwritten.is_empty(),
+                    "every written part was stamped"
+                );
                 socket.out.clear();
                 socket.written = 0;
             }
@@ -653,6 +672,7 @@ fn shares(pipeline: usize, socket_count: usize) -> Vec<usize> {
 
 /// Account a request whose last part was answered at `finished`.
 fn complete(report: &mut ConnectionReport, slot: &Slot, finished: Instant) {
+    assert_eq!(slot.parts_unwritten, 0, "a reply answers a written request");
     report.requests += 1;
     report.ops += slot.ops;
     report.ops_failed += slot.failed_ops;
