@@ -586,6 +586,9 @@ fn drive_all(args: &CompareArgs, started: &Started, comparison: &mut Comparison)
             report.durability = started.system.durability().to_owned();
             if !args.json {
                 eprintln!("  {:<17} {}", started.system.name(), report.human());
+                for warning in report.warnings() {
+                    eprintln!("  {run}: warning: {warning}");
+                }
             }
             // Errors make the figures those of another workload (and a run where all
             // failed measured only error replies): report it, keep what was measured.

@@ -849,6 +849,13 @@ impl RunReport {
         ) + &match self.latency.latency_clamped {
             0 => String::new(),
             clamped => format!(" ({clamped} latencies over 60 s, recorded as 60 s)"),
+        } + &match self.requests_failed {
+            // `ops` counts their successful operations; `latency` leaves them out.
+            0 => String::new(),
+            failed => format!(", {failed} requests failed (not in the percentiles)"),
+        } + &match self.requests_missed {
+            0 => String::new(),
+            missed => format!(", {missed} requests due but never sent"),
         }
     }
 }

@@ -584,6 +584,23 @@ fn a_run_where_some_operations_fail_exits_non_zero_unless_errors_are_allowed() {
     );
     let allowed = run(&["--allow-errors"]);
     assert!(allowed.status.success(), "{}", stderr(&allowed));
+    // The human line says how many requests the percentiles leave out.
+    let human = tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--keys",
+        "2",
+        "--ops",
+        "40",
+        "--allow-errors",
+    ]);
+    assert!(human.status.success(), "{}", stderr(&human));
+    let line = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        line.contains("requests failed (not in the percentiles)"),
+        "{line}"
+    );
 }
 
 #[test]
