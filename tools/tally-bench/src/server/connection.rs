@@ -233,6 +233,8 @@ struct State {
     /// The last read of a reply, or the last time nothing was in flight: the stall
     /// timeout counts from it.
     last_reply: Instant,
+    /// One `ppoll` entry per socket, allocated once (`events` refreshed per wait).
+    pollfds: Vec<libc::pollfd>,
 }
 
 impl State {
@@ -269,6 +271,14 @@ impl State {
                 readable: false,
             });
         }
+        let pollfds = sockets
+            .iter()
+            .map(|socket| libc::pollfd {
+                fd: socket.stream.as_raw_fd(),
+                events: 0,
+                revents: 0,
+            })
+            .collect();
         let now = Instant::now();
         let idle = Slot {
             due: now,
@@ -290,6 +300,7 @@ impl State {
             outs: vec![Vec::new(); socket_count],
             interval_set: plan.interval.is_some(),
             last_reply: now,
+            pollfds,
         })
     }
 
@@ -613,20 +624,17 @@ impl State {
 
     /// Block until a socket is readable (or writable, with bytes to send) or `wake_at`.
     fn wait(&mut self, wake_at: Instant) -> Result<(), DriveError> {
-        let mut fds: Vec<libc::pollfd> = self
-            .sockets
-            .iter()
-            .map(|socket| libc::pollfd {
-                fd: socket.stream.as_raw_fd(),
-                events: libc::POLLIN
-                    | if socket.written < socket.out.len() {
-                        libc::POLLOUT
-                    } else {
-                        0
-                    },
-                revents: 0,
-            })
-            .collect();
+        let fds = &mut self.pollfds;
+        assert_eq!(fds.len(), self.sockets.len(), "one pollfd per socket");
+        for (fd, socket) in fds.iter_mut().zip(&self.sockets) {
+            fd.events = libc::POLLIN
+                | if socket.written < socket.out.len() {
+                    libc::POLLOUT
+                } else {
+                    0
+                };
+            fd.revents = 0;
+        }
         let left = wake_at.saturating_duration_since(Instant::now());
         let timeout = libc::timespec {
             tv_sec: left.as_secs() as libc::time_t,
@@ -649,7 +657,7 @@ impl State {
             }
         }
         let ready = libc::POLLIN | libc::POLLHUP | libc::POLLERR;
-        for (socket, fd) in self.sockets.iter_mut().zip(&fds) {
+        for (socket, fd) in self.sockets.iter_mut().zip(&self.pollfds) {
             socket.readable |= fd.revents & ready != 0;
         }
         Ok(())
