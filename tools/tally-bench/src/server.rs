@@ -306,6 +306,9 @@ pub struct RunReport {
     /// Open loop: requests due before the deadline that were never sent because the
     /// run was stopped first (a failure); they are in no percentile.
     pub requests_missed: u64,
+    /// Requests sent (or encoded) and still unanswered when the run failed: in no
+    /// other count and no percentile.
+    pub requests_unanswered: u64,
     pub elapsed_s: f64,
     pub ops_per_sec: f64,
     pub requests_per_sec: f64,
@@ -733,9 +736,10 @@ pub(crate) fn show_progress(args: &ServerArgs, ops_done: &AtomicU64, finished: i
 fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
     let mut latency = Recorder::default();
     let (mut requests, mut requests_failed, mut ops_total, mut ops_failed) = (0, 0, 0, 0);
-    let mut requests_missed = 0;
+    let (mut requests_missed, mut requests_unanswered) = (0, 0);
     for report in reports {
         requests_missed += report.requests_missed;
+        requests_unanswered += report.requests_unanswered;
         latency.merge(&report.latency);
         requests += report.requests;
         requests_failed += report.requests_failed;
@@ -785,6 +789,7 @@ fn summarize(args: &ServerArgs, reports: &[ConnectionReport]) -> RunReport {
         requests,
         requests_failed,
         requests_missed,
+        requests_unanswered,
         elapsed_s,
         ops_per_sec: ops as f64 / elapsed_s,
         requests_per_sec: requests as f64 / elapsed_s,
@@ -856,6 +861,9 @@ impl RunReport {
         } + &match self.requests_missed {
             0 => String::new(),
             missed => format!(", {missed} requests due but never sent"),
+        } + &match self.requests_unanswered {
+            0 => String::new(),
+            unanswered => format!(", {unanswered} requests unanswered when it failed"),
         }
     }
 }

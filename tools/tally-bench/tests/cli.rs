@@ -907,6 +907,9 @@ fn a_run_with_an_op_count_fails_instead_of_hanging_when_the_server_stops_answeri
     let output = output.expect("wait for tally-bench");
     let message = refusal(&output);
     assert!(message.contains("no reply for 10 s"), "{message}");
+    // The partial report names the requests the stall left unanswered.
+    let partial = String::from_utf8_lossy(&output.stdout);
+    assert!(partial.contains("requests unanswered"), "{partial}");
 }
 
 #[test]

@@ -135,6 +135,9 @@ pub struct ConnectionReport {
     /// Open loop: requests due before the deadline that were never sent (the run was
     /// stopped first).
     pub requests_missed: u64,
+    /// Requests drawn (sent, or encoded and waiting to be) and not answered when the
+    /// run failed: in no other count and no percentile.
+    pub requests_unanswered: u64,
     /// Latency of the successful requests only.
     pub latency: Recorder,
     pub started: Option<Instant>,
@@ -212,6 +215,7 @@ pub fn drive(
     report.finished = Some(Instant::now());
     if let Err(error) = result {
         report.requests_missed = state.missed(plan, report.finished.expect("just set"));
+        report.requests_unanswered = state.in_flight() as u64;
         report.failure = Some(error);
     }
     report
