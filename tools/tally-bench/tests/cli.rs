@@ -422,28 +422,39 @@ fn an_unwritable_plot_is_refused_before_the_run() {
     assert!(!message.contains("starting"), "{message}");
 }
 
-/// Runs `tally-bench` with `arguments`, killing it if it takes longer than `limit`.
-fn tally_bench_within(limit: std::time::Duration, arguments: &[&str]) -> Output {
-    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
+/// Starts `tally-bench` with `arguments`, its output captured.
+fn spawn_tally_bench(arguments: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tally-bench"))
         .args(arguments)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run tally-bench");
+        .expect("run tally-bench")
+}
+
+/// Waits for `child` for at most `limit`; `None` (the child killed) if it still runs.
+fn wait_within(child: std::process::Child, limit: std::time::Duration) -> Option<Output> {
     let pid = child.id();
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = sender.send(child.wait_with_output());
     });
     match receiver.recv_timeout(limit) {
-        Ok(output) => output.expect("wait for tally-bench"),
+        Ok(output) => Some(output.expect("wait for tally-bench")),
         Err(_) => {
             // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-            panic!("tally-bench {arguments:?} still running after {limit:?}: it hangs");
+            None
         }
     }
+}
+
+/// Runs `tally-bench` with `arguments`, killing it if it takes longer than `limit`.
+fn tally_bench_within(limit: std::time::Duration, arguments: &[&str]) -> Output {
+    wait_within(spawn_tally_bench(arguments), limit).unwrap_or_else(|| {
+        panic!("tally-bench {arguments:?} still running after {limit:?}: it hangs")
+    })
 }
 
 #[test]
@@ -608,22 +619,16 @@ fn an_open_loop_run_times_the_requests_a_stall_at_its_end_held_back() {
     let (_dir, server) = start();
     let addr = server.addr.to_string();
     let pid = server.pid() as libc::pid_t;
-    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
-        .args([
-            "server",
-            "--addr",
-            &addr,
-            "--rate",
-            "1000",
-            "--duration",
-            "2",
-        ])
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tally-bench");
+    let child = spawn_tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--rate",
+        "1000",
+        "--duration",
+        "2",
+        "--json",
+    ]);
     // Stop the server over the end of the run: from 1.5 s to 2.5 s.
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     // SAFETY: kill(2) on the pid of the tallyd this test started.
@@ -835,22 +840,18 @@ fn engine_refuses_zero_operations() {
 fn a_server_that_dies_mid_run_leaves_a_partial_report() {
     let (_dir, mut server) = start();
     let addr = server.addr.to_string();
-    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
-        .args([
-            "server",
-            "--addr",
-            &addr,
-            "--duration",
-            "3",
-            "--connections",
-            "2",
-        ])
-        .args(["--pipeline", "4", "--json"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tally-bench");
+    let child = spawn_tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--duration",
+        "3",
+        "--connections",
+        "2",
+        "--pipeline",
+        "4",
+        "--json",
+    ]);
     std::thread::sleep(std::time::Duration::from_secs(1));
     server.kill9();
     let output = child.wait_with_output().expect("wait for tally-bench");
@@ -870,41 +871,27 @@ fn a_run_with_an_op_count_fails_instead_of_hanging_when_the_server_stops_answeri
     let (_dir, server) = start();
     let addr = server.addr.to_string();
     let pid = server.pid() as libc::pid_t;
-    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
-        .args([
-            "server",
-            "--addr",
-            &addr,
-            "--connections",
-            "2",
-            "--pipeline",
-            "16",
-            "--ops",
-            "2000000000",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tally-bench");
-    let bench_pid = child.id();
+    let child = spawn_tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--connections",
+        "2",
+        "--pipeline",
+        "16",
+        "--ops",
+        "2000000000",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     // SAFETY: kill(2) on the pid of the tallyd this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
     // The stall timeout (10 s) plus a margin for a loaded machine.
-    let output = receiver.recv_timeout(std::time::Duration::from_secs(25));
+    let output = wait_within(child, std::time::Duration::from_secs(25));
     // SAFETY: as above; the server must run again to be stopped cleanly.
     unsafe { libc::kill(pid, libc::SIGCONT) };
-    let Ok(output) = output else {
-        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
-        unsafe { libc::kill(bench_pid as libc::pid_t, libc::SIGKILL) };
+    let Some(output) = output else {
         panic!("tally-bench still running 25 s after the server stopped: it hangs");
     };
-    let output = output.expect("wait for tally-bench");
     let message = refusal(&output);
     assert!(message.contains("no reply for 10 s"), "{message}");
     // The partial report names the requests the stall left unanswered.
@@ -917,26 +904,20 @@ fn a_server_shutting_down_is_reported_as_closing_not_as_a_reply() {
     let (_dir, server) = start();
     let addr = server.addr.to_string();
     let pid = server.pid() as libc::pid_t;
-    let child = Command::new(env!("CARGO_BIN_EXE_tally-bench"))
-        .args([
-            "server",
-            "--addr",
-            &addr,
-            "--connections",
-            "2",
-            "--pipeline",
-            "16",
-            "--batch",
-            "10",
-            "--duration",
-            "20",
-            "--allow-errors",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tally-bench");
+    let child = spawn_tally_bench(&[
+        "server",
+        "--addr",
+        &addr,
+        "--connections",
+        "2",
+        "--pipeline",
+        "16",
+        "--batch",
+        "10",
+        "--duration",
+        "20",
+        "--allow-errors",
+    ]);
     std::thread::sleep(std::time::Duration::from_millis(1_500));
     // SAFETY: kill(2) on the pid of the tallyd this test started.
     unsafe { libc::kill(pid, libc::SIGINT) };
