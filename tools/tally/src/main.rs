@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tally_client::{Bound, BoundPolicy, Client, ClientConfig, ClientError, Durability, Op};
+use tally_client::{BoundPolicy, Client, ClientConfig, ClientError, Durability, Op};
 
 use crate::batch_input::Request;
 use crate::output::{Printer, Verdict};
@@ -289,9 +289,13 @@ fn run(cli: &Cli, printer: &mut Printer) -> Result<Verdict, CliError> {
             clear: false,
         } => {
             let key = batch_input::checked_key(key.as_bytes()).map_err(CliError::Input)?;
-            let ops = bound_reads(key);
-            let results = connect()?.batch(&ops)?;
-            Ok(printer.bounds(&ops[0], &results))
+            // A refused read is printed as one (exit 1), like any refused operation.
+            let read = match connect()?.get_bounds(&key) {
+                Ok(bounds) => Ok(bounds),
+                Err(ClientError::Rejected(rejection)) => Err(rejection),
+                Err(error) => return Err(error.into()),
+            };
+            Ok(printer.bounds(&key, read))
         }
         command => {
             let request = single_request(command).map_err(CliError::Input)?;
@@ -340,21 +344,6 @@ fn send(
             .map_err(|error| CliError::Keyed(error, key)),
         None => Ok(client.batch(ops)?),
     }
-}
-
-/// The two reads of `tally bounds KEY`, floor then ceiling, sent as one request: both
-/// reach the key's core in one frame and are answered from the same state.
-fn bound_reads(key: Vec<u8>) -> [Op; 2] {
-    [
-        Op::GetBound {
-            key: key.clone(),
-            bound: Bound::Floor,
-        },
-        Op::GetBound {
-            key,
-            bound: Bound::Ceiling,
-        },
-    ]
 }
 
 /// Every core's statistics, in core order: each core is asked on its own shard port,

@@ -28,7 +28,7 @@
 use std::io::Write;
 
 use serde_json::json;
-use tally_client::{Op, OpResult, Rejection};
+use tally_client::{Bounds, Op, OpResult, Rejection};
 
 use crate::batch_input::Request;
 use crate::{write_stdout, CliError};
@@ -157,18 +157,13 @@ impl Printer {
         verdict
     }
 
-    /// Prints the bounds read by `tally bounds KEY`: `results` answer the floor and the
-    /// ceiling reads of `op`'s key, in that order.
-    pub(crate) fn bounds(&mut self, op: &Op, results: &[OpResult]) -> Verdict {
-        assert_eq!(results.len(), 2, "a floor and a ceiling read");
-        let key = String::from_utf8_lossy(op.key());
-        let bound =
-            |result: &OpResult| result.map(|outcome| outcome.existed.then_some(outcome.value));
-        let (floor, ceiling) = match (bound(&results[0]), bound(&results[1])) {
-            (Ok(floor), Ok(ceiling)) => (floor, ceiling),
-            (Err(rejection), _) | (_, Err(rejection)) => {
-                return self.rejection("bounds", &key, &rejection, false);
-            }
+    /// Prints the bounds of `key` read by `tally bounds KEY` (the client's
+    /// `get_bounds`), or the refusal of the read.
+    pub(crate) fn bounds(&mut self, key: &[u8], read: Result<Bounds, Rejection>) -> Verdict {
+        let key = String::from_utf8_lossy(key);
+        let Bounds { floor, ceiling } = match read {
+            Ok(bounds) => bounds,
+            Err(rejection) => return self.rejection("bounds", &key, &rejection, false),
         };
         let human = format!(
             "floor {}, ceiling {}",
